@@ -1,0 +1,32 @@
+"""The explicit registry of adapters, one module per format, in the order they claim files.
+
+Order matters where two formats share a suffix: a W&B chart export is a CSV that ``wandb-csv``
+recognises by its header before ``csv`` sees it.
+"""
+
+from __future__ import annotations
+
+from gradaudit.adapters import (
+    csv_table,
+    hf_trainer,
+    json_table,
+    megatron,
+    parquet,
+    tensorboard,
+    wandb_csv,
+    wandb_run,
+)
+from gradaudit.adapters.base import Adapter
+
+REGISTRY: dict[str, Adapter] = {
+    tensorboard.FORMAT: tensorboard,
+    wandb_run.FORMAT: wandb_run,
+    hf_trainer.FORMAT: hf_trainer,
+    megatron.FORMAT: megatron,
+    wandb_csv.FORMAT: wandb_csv,
+    parquet.FORMAT: parquet,
+    csv_table.FORMAT: csv_table,
+    json_table.FORMAT: json_table,
+}
+
+__all__ = ["REGISTRY"]

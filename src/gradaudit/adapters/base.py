@@ -1,0 +1,64 @@
+"""What every adapter module provides, and the unit of work discovery hands it.
+
+An adapter is a module with:
+
+- ``FORMAT``: the format name written into reports (``"tensorboard"``, ``"csv"``, ...).
+- ``claim(directory, files) -> list[Source]``: given one folder and the regular files directly
+  in it that no earlier adapter claimed, return the sources (groups of files, each one run or a
+  file holding several runs) this adapter reads. Sniff cheaply: names and a few header bytes.
+- ``read(source) -> list[RawRun]``: read one source. Raise :class:`gradaudit.errors.ReadError`
+  when nothing at all could be read; record partial problems (a truncated tail, one bad file
+  among several) in ``RawRun.problems`` and return what was read.
+
+Adapters stream: they never hold a Python object per logged point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import polars as pl
+
+from gradaudit.series import FileProblem
+
+
+@dataclass(frozen=True)
+class Source:
+    """Files that one adapter reads together.
+
+    ``name`` is the run name relative to the scanned root (``"."`` for the root itself).
+    Sources of the same format and name found in different folders are merged (their ``files``
+    concatenated) before reading, e.g. ``checkpoint-N/trainer_state.json`` copies.
+    """
+
+    format: str
+    name: str
+    files: tuple[Path, ...]
+
+
+@dataclass
+class RawRun:
+    """What an adapter read: points in write order, before duplicate resolution.
+
+    ``suffix`` names one run inside a multi-run source (a W&B CSV export): the run is then
+    called ``f"{source.name}#{suffix}"``. ``step_tag_hint`` lets a format name its own step
+    series. ``files`` defaults to the source's files.
+    """
+
+    points: pl.DataFrame | pl.LazyFrame
+    suffix: str | None = None
+    problems: list[FileProblem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    files: list[Path] | None = None
+
+
+class Adapter(Protocol):
+    """The module interface above, as a type."""
+
+    FORMAT: str
+
+    def claim(self, directory: Path, files: list[Path]) -> list[Source]: ...
+
+    def read(self, source: Source) -> list[RawRun]: ...

@@ -1,0 +1,17 @@
+"""PLACEHOLDER adapter for parquet: to be written (claims nothing yet)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gradaudit.adapters.base import RawRun, Source
+
+FORMAT = "parquet"
+
+
+def claim(directory: Path, files: list[Path]) -> list[Source]:
+    return []
+
+
+def read(source: Source) -> list[RawRun]:
+    raise NotImplementedError

@@ -1,0 +1,138 @@
+"""The library API: discover, read, audit, gate. The CLI only parses options and calls these."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from gradaudit.adapters.base import Source
+from gradaudit.audit import audit_run as _audit_run
+from gradaudit.clip import batch_clip
+from gradaudit.discover import discover
+from gradaudit.errors import UsageError
+from gradaudit.gate import evaluate_gate
+from gradaudit.ingest import read_source
+from gradaudit.model import InputError, RunAudit
+from gradaudit.result import AuditResult
+from gradaudit.series import RunSeries
+from gradaudit.settings import Settings
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass
+class Inspection:
+    """What ``gradaudit inspect`` shows: the runs read (no analysis) and inputs that failed."""
+
+    runs: list[RunSeries]
+    errors: list[InputError]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": 1,
+            "runs": [r.summary_dict() for r in self.runs],
+            "errors": [e.to_dict() for e in self.errors],
+        }
+
+    @property
+    def exit_code(self) -> int:
+        """2 when nothing at all could be read, else 0."""
+        return 2 if not self.runs and self.errors else 0
+
+
+def _sources(paths: Iterable[PathLike]) -> list[Source]:
+    paths = list(paths)
+    if not paths:
+        raise UsageError("no path given")
+    found = discover(paths)
+    if found.missing:
+        raise UsageError("no such file or folder: " + ", ".join(found.missing))
+    return found.sources
+
+
+def _map(fn: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
+    """Run ``fn`` over ``items`` serially or in a process pool, results in input order."""
+    if workers <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    pool: Executor = ProcessPoolExecutor(max_workers=min(workers, len(items)))
+    with pool:
+        chunk = max(1, len(items) // (workers * 8))
+        yield from pool.map(fn, items, chunksize=chunk)
+
+
+@dataclass(frozen=True)
+class _ReadJob:
+    grad_tag: str | None
+    loss_tag: str | None
+
+    def __call__(self, source: Source) -> tuple[list[RunSeries], list[InputError]]:
+        return read_source(source, self.grad_tag, self.loss_tag)
+
+
+@dataclass(frozen=True)
+class _ScanJob:
+    settings: Settings
+
+    def __call__(self, source: Source) -> tuple[list[RunAudit], list[InputError]]:
+        runs, errors = read_source(source, self.settings.grad_tag, self.settings.loss_tag)
+        return [_audit_run(run, self.settings) for run in runs], errors
+
+
+def inspect(
+    paths: Iterable[PathLike],
+    *,
+    grad_tag: str | None = None,
+    loss_tag: str | None = None,
+    workers: int = 1,
+) -> Inspection:
+    """Discover and read runs under ``paths`` without analysis."""
+    runs: list[RunSeries] = []
+    errors: list[InputError] = []
+    for got, bad in _map(_ReadJob(grad_tag, loss_tag), _sources(paths), workers):
+        runs.extend(got)
+        errors.extend(bad)
+    return Inspection(runs=runs, errors=errors)
+
+
+def read_runs(
+    paths: Iterable[PathLike],
+    *,
+    grad_tag: str | None = None,
+    loss_tag: str | None = None,
+    workers: int = 1,
+) -> list[RunSeries]:
+    """The runs under ``paths`` in canonical form; inputs that fail are left out."""
+    return inspect(paths, grad_tag=grad_tag, loss_tag=loss_tag, workers=workers).runs
+
+
+def audit_run(series: RunSeries, settings: Settings | None = None, **overrides: Any) -> RunAudit:
+    """Find episodes, their loss impact and clip suggestions for one run."""
+    settings = (settings or Settings()).with_overrides(**overrides)
+    return _audit_run(series, settings)
+
+
+def scan(
+    paths: Iterable[PathLike], settings: Settings | None = None, **overrides: Any
+) -> AuditResult:
+    """Discover, read and audit every run under ``paths``, then apply the gate.
+
+    Keyword overrides are :class:`~gradaudit.settings.Settings` fields, e.g.
+    ``scan(["runs/"], fail_on="warning", impact_horizon=100)``.
+    """
+    settings = (settings or Settings()).with_overrides(**overrides)
+    audits: list[RunAudit] = []
+    errors: list[InputError] = []
+    for got, bad in _map(_ScanJob(settings), _sources(paths), settings.workers):
+        audits.extend(got)
+        errors.extend(bad)
+    result = AuditResult(runs=audits, errors=errors, settings=settings)
+    result.batch_clip = batch_clip(audits)
+    evaluate_gate(result)
+    return result

@@ -1,0 +1,117 @@
+"""The ``gradaudit`` command: parse options, call the library, write, exit with its code."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from gradaudit import __version__, api
+from gradaudit.config import load_config
+from gradaudit.errors import UsageError
+from gradaudit.inspect_view import write_inspection
+from gradaudit.report import FORMATTERS, format_for
+from gradaudit.settings import FAIL_ON, Settings
+
+EXIT_OK, EXIT_GATE, EXIT_USAGE = 0, 1, 2
+
+
+def _progress(message: str) -> None:
+    if sys.stderr.isatty():
+        click.echo(message, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gradaudit")
+def cli() -> None:
+    """Find where gradients exploded in training logs, what it cost, and how to clip.
+
+    \b
+    Example:
+      gradaudit scan runs/ --out report.html
+    """
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--out", "out", default=None, help="Report file ('-' = stdout, the default).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(sorted(FORMATTERS)),
+    default=None,
+    help="Report format; defaults from --out's suffix (JSON on stdout).",
+)
+@click.option("--json", "json_out", default=None, help="Also write the JSON report here.")
+@click.option("--fail-on", type=click.Choice(FAIL_ON), default=None, help="Gate level [explosion].")
+@click.option("--baseline", default=None, help="Earlier JSON report to compare against.")
+@click.option("--grad-tag", default=None, help="Glob naming the grad-norm tag.")
+@click.option("--loss-tag", default=None, help="Glob naming the loss tag.")
+@click.option("--impact-horizon", type=click.IntRange(min=1), default=None, help="Steps [200].")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes [1].")
+@click.option("--quiet", is_flag=True, help="No progress messages.")
+def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str | None,
+         quiet: bool, **options: Any) -> int:
+    """Audit the runs under PATHS and write a report.
+
+    \b
+    Examples:
+      gradaudit scan runs/ --out report.html
+      gradaudit scan nightly/ --format md --fail-on explosion --baseline last-good.json
+      gradaudit scan /archive --out audit.html --json audit.json --workers 8
+    """
+    try:
+        settings = Settings().with_overrides(**load_config()).with_overrides(**options)
+        out = out or "-"
+        fmt = format_for(out, fmt)
+        if not quiet:
+            _progress(f"gradaudit: scanning {', '.join(paths)} ...")
+        result = api.scan(paths, settings)
+        result.write(out, fmt)
+        if json_out:
+            result.write(json_out, "json")
+    except (UsageError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    if not quiet:
+        summary = result.summary()
+        _progress(
+            "gradaudit: {runs} run(s), {explosions} explosion(s), {warnings} warning(s), "
+            "{errors} error(s)".format(**summary)
+        )
+    return result.exit_code
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option("--grad-tag", default=None, help="Glob naming the grad-norm tag.")
+@click.option("--loss-tag", default=None, help="Glob naming the loss tag.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, help="Processes [1].")
+def inspect(paths: tuple[str, ...], fmt: str, grad_tag: str | None, loss_tag: str | None,
+            workers: int) -> int:
+    """List the runs and tags found under PATHS, and which tags were chosen.
+
+    \b
+    Example:
+      gradaudit inspect runs/ --format json
+    """
+    try:
+        found = api.inspect(paths, grad_tag=grad_tag, loss_tag=loss_tag, workers=workers)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from exc
+    write_inspection(found, sys.stdout, fmt)
+    return found.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (the console script's entry point)."""
+    try:
+        code = cli.main(args=argv, prog_name="gradaudit", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return EXIT_USAGE
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE
+    return int(code or EXIT_OK)

@@ -1,0 +1,119 @@
+"""Walk the given paths and group files into sources, one adapter each.
+
+Runs are named the way ``tensorboard --logdir`` names them: by their folder relative to the
+scanned root (``"."`` for the root itself). A file that holds several runs yields
+``file.csv#run``. When more than one path is scanned, names are prefixed with the path as given
+so that two roots never share a name. Symlinked folders are followed once: a link to a folder
+already seen (``wandb/latest-run``, a loop) is not walked again. Folders whose names start with a
+dot are skipped, and so are files no adapter claims.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from gradaudit.adapters import REGISTRY
+from gradaudit.adapters.base import Source
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """What a walk found: sources to read, and paths that could not be used at all."""
+
+    sources: list[Source]
+    missing: list[str]
+
+
+def _walk(root: Path) -> Iterator[tuple[Path, list[Path]]]:
+    """Yield ``(folder, regular files directly in it)``, each real folder once."""
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = folder.stat()
+        except OSError:
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            continue
+        seen.add(key)
+        files: list[Path] = []
+        real_dirs: list[Path] = []
+        linked_dirs: list[Path] = []
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    if entry.name.startswith("."):
+                        continue
+                    (linked_dirs if entry.is_symlink() else real_dirs).append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=True):
+                    files.append(Path(entry.path))
+            except OSError:
+                continue
+        yield folder, files
+        # Stack order: real folders are walked before links, so a real name wins over a link.
+        stack.extend(reversed(linked_dirs))
+        stack.extend(reversed(real_dirs))
+
+
+def _claim(folder: Path, files: list[Path]) -> list[Source]:
+    sources: list[Source] = []
+    remaining = list(files)
+    for adapter in REGISTRY.values():
+        if not remaining:
+            break
+        claimed = adapter.claim(folder, remaining)
+        if claimed:
+            taken = {f for s in claimed for f in s.files}
+            remaining = [f for f in remaining if f not in taken]
+            sources.extend(claimed)
+    return sources
+
+
+def _join(prefix: str, rel: str) -> str:
+    return posixpath.normpath(posixpath.join(prefix, rel))
+
+
+def discover(paths: Iterable[str | os.PathLike[str]]) -> Discovery:
+    """Find the sources under ``paths`` (files or folders)."""
+    paths = [str(p) for p in paths]
+    merged: dict[tuple[str, str], list[Path]] = {}
+    missing: list[str] = []
+    seen_files: set[tuple[int, int]] = set()
+    for given in paths:
+        root = Path(given)
+        prefix = given.rstrip("/") or "/" if len(paths) > 1 else "."
+        if root.is_file():
+            for src in _claim(root.parent, [root]):
+                name = given if len(paths) > 1 or src.name in (".", root.name) else src.name
+                merged.setdefault((src.format, name), []).extend(src.files)
+            continue
+        if not root.is_dir():
+            missing.append(given)
+            continue
+        for folder, files in _walk(root):
+            unique = []
+            for f in files:
+                try:
+                    st = f.stat()
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) not in seen_files:
+                    seen_files.add((st.st_dev, st.st_ino))
+                    unique.append(f)
+            rel_folder = folder.relative_to(root).as_posix() if folder != root else "."
+            for src in _claim(folder, unique):
+                name = _join(_join(prefix, rel_folder), src.name)
+                merged.setdefault((src.format, name), []).extend(src.files)
+    sources = [Source(fmt, name, tuple(files)) for (fmt, name), files in merged.items()]
+    sources.sort(key=lambda s: (s.name, s.format))
+    return Discovery(sources=sources, missing=missing)

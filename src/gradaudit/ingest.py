@@ -1,0 +1,70 @@
+"""Read discovered sources into RunSeries, collecting problems instead of aborting."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gradaudit.adapters import REGISTRY
+from gradaudit.adapters.base import RawRun, Source
+from gradaudit.errors import ReadError
+from gradaudit.model import InputError
+from gradaudit.series import RunSeries, canonical_frame
+from gradaudit.tags import choose_tags
+
+
+def _display(path: Path) -> str:
+    return os.fspath(path)
+
+
+def build_series(
+    source: Source, raw: RawRun, grad_tag: str | None = None, loss_tag: str | None = None
+) -> RunSeries:
+    """Turn one adapter result into a RunSeries: resolve duplicates, choose the tags."""
+    frame, notes = canonical_frame(raw.points)
+    name = source.name if raw.suffix is None else f"{source.name}#{raw.suffix}"
+    files = raw.files if raw.files is not None else list(source.files)
+    series = RunSeries(
+        name=name,
+        format=source.format,
+        files=[_display(f) for f in files],
+        frame=frame,
+        problems=list(raw.problems),
+        notes=list(raw.notes) + notes,
+    )
+    choice = choose_tags(series.tags(), grad_tag=grad_tag, loss_tag=loss_tag)
+    series.grad_norm_tag, series.loss_tag, series.lr_tag = choice.grad_norm, choice.loss, choice.lr
+    series.notes.extend(choice.notes)
+    return series
+
+
+def read_source(
+    source: Source, grad_tag: str | None = None, loss_tag: str | None = None
+) -> tuple[list[RunSeries], list[InputError]]:
+    """Read one source. Never raises for bad input: problems come back as InputErrors."""
+    adapter = REGISTRY[source.format]
+    where = source.name if len(source.files) != 1 else _display(source.files[0])
+    try:
+        raws = adapter.read(source)
+    except ReadError as exc:
+        return [], [InputError(where, str(exc))]
+    except MemoryError:
+        return [], [InputError(where, "out of memory while reading this input")]
+    except Exception as exc:  # noqa: BLE001 - one bad file must never stop a batch
+        return [], [InputError(where, f"unexpected error reading this input: {exc!r}")]
+    runs: list[RunSeries] = []
+    errors: list[InputError] = []
+    for raw in raws:
+        try:
+            series = build_series(source, raw, grad_tag, loss_tag)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(InputError(where, f"could not build the run's series: {exc!r}"))
+            continue
+        if series.frame.height == 0:
+            reasons = "; ".join(f"{p.file}: {p.message}" for p in series.problems)
+            errors.append(InputError(series.name, reasons or "no scalar points in this input"))
+        else:
+            runs.append(series)
+    if not runs and not errors:
+        errors.append(InputError(where, "no scalar series found in this input"))
+    return runs, errors

@@ -1,0 +1,41 @@
+"""How ``gradaudit inspect`` shows what it found: JSON, or a readable table."""
+
+from __future__ import annotations
+
+import json
+from typing import TextIO
+
+from gradaudit.api import Inspection
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def write_inspection(found: Inspection, stream: TextIO, fmt: str = "text") -> None:
+    """Write ``found`` to ``stream`` as ``json`` or ``text``."""
+    if fmt == "json":
+        stream.write(json.dumps(found.to_dict(), indent=2, ensure_ascii=False, allow_nan=False))
+        stream.write("\n")
+        return
+    header = ("run", "format", "grad norm", "loss", "lr", "steps", "first", "last", "tags")
+    rows = []
+    for run in found.runs:
+        n, first, last = run.step_summary()
+        rows.append((run.name, run.format, _cell(run.grad_norm_tag), _cell(run.loss_tag),
+                     _cell(run.lr_tag), str(n), _cell(first), _cell(last),
+                     str(len(run.tag_counts()))))
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    for row in (header, *rows):
+        stream.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        stream.write("\n")
+    for run in found.runs:
+        for problem in run.problems:
+            stream.write(f"! {run.name}: {problem.file}: {problem.message}\n")
+        for note in run.notes:
+            stream.write(f"  {run.name}: {note}\n")
+    for error in found.errors:
+        stream.write(f"! {error.path}: {error.message}\n")
+    if not found.runs and not found.errors:
+        stream.write("no runs found\n")

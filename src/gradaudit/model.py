@@ -1,0 +1,177 @@
+"""The audit's results: episodes, loss impact, clip suggestions, per run and for the batch.
+
+``AuditResult.to_dict()`` is the schema-1 JSON contract of docs/json-schema.md; every report
+format derives from it (plus ``RunAudit.traces`` for figures). Non-finite floats become null.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gradaudit.series import FileProblem
+
+SCHEMA_VERSION = 1
+
+STATUSES = ("ok", "warning", "explosion", "error")
+KINDS = ("spike", "level_shift", "divergence", "nonfinite", "loss_spike")
+SEVERITIES = ("warning", "explosion")
+
+
+def finite_or_none(x: float | int | None) -> float | None:
+    """``x`` as a float, or ``None`` when it is missing, NaN or infinite."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+@dataclass
+class LossImpact:
+    """What an episode cost the loss (DESIGN.md, "Loss impact")."""
+
+    excess_loss: float | None
+    loss_jump: float | None
+    recovery_step: int | None
+    diverged: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "excess_loss": finite_or_none(self.excess_loss),
+            "loss_jump": finite_or_none(self.loss_jump),
+            "recovery_step": self.recovery_step,
+            "diverged": bool(self.diverged),
+        }
+
+
+@dataclass
+class Episode:
+    """One stretch of anomalous gradient norm (or loss), as DESIGN.md defines it."""
+
+    onset_step: int
+    peak_step: int
+    end_step: int | None
+    peak_grad_norm: float | None
+    baseline_grad_norm: float | None
+    peak_ratio: float | None
+    kind: str
+    severity: str
+    detected_by: list[str]
+    loss_impact: LossImpact | None = None
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "onset_step": int(self.onset_step),
+            "peak_step": int(self.peak_step),
+            "end_step": None if self.end_step is None else int(self.end_step),
+            "peak_grad_norm": finite_or_none(self.peak_grad_norm),
+            "baseline_grad_norm": finite_or_none(self.baseline_grad_norm),
+            "peak_ratio": finite_or_none(self.peak_ratio),
+            "kind": self.kind,
+            "severity": self.severity,
+            "detected_by": list(self.detected_by),
+            "loss_impact": None if self.loss_impact is None else self.loss_impact.to_dict(),
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class ClipOption:
+    """One clip threshold and what it would have done on this run."""
+
+    method: str
+    threshold: float
+    healthy_clipped_fraction: float
+    episode_steps_clipped_fraction: float | None
+    episode_peak_cut: list[float | None]
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "threshold": finite_or_none(self.threshold),
+            "healthy_clipped_fraction": finite_or_none(self.healthy_clipped_fraction),
+            "episode_steps_clipped_fraction": finite_or_none(self.episode_steps_clipped_fraction),
+            "episode_peak_cut": [finite_or_none(x) for x in self.episode_peak_cut],
+            "description": self.description,
+        }
+
+
+@dataclass
+class ClipSuggestion:
+    """The suggested threshold, the method that gave it, and the options considered.
+
+    ``advice`` says what to do instead where clipping cannot help (a level shift after a
+    learning-rate change, a loss spike with a healthy grad norm).
+    """
+
+    suggested_threshold: float | None
+    method: str
+    options: list[ClipOption] = field(default_factory=list)
+    advice: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "suggested_threshold": finite_or_none(self.suggested_threshold),
+            "method": self.method,
+            "options": [o.to_dict() for o in self.options],
+            "advice": self.advice,
+        }
+
+
+@dataclass
+class RunAudit:
+    """The audit of one run. ``traces`` holds decimated series for figures (not in the JSON)."""
+
+    run: str
+    format: str
+    files: list[str]
+    grad_norm_tag: str | None
+    loss_tag: str | None
+    lr_tag: str | None
+    n_steps: int
+    first_step: int | None
+    last_step: int | None
+    status: str
+    episodes: list[Episode] = field(default_factory=list)
+    clip: ClipSuggestion | None = None
+    errors: list[FileProblem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    healthy_grad_norm: float | None = None
+    spike_rate: float | None = None
+    traces: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run": self.run,
+            "format": self.format,
+            "files": list(self.files),
+            "grad_norm_tag": self.grad_norm_tag,
+            "loss_tag": self.loss_tag,
+            "lr_tag": self.lr_tag,
+            "n_steps": int(self.n_steps),
+            "first_step": self.first_step,
+            "last_step": self.last_step,
+            "status": self.status,
+            "healthy_grad_norm": finite_or_none(self.healthy_grad_norm),
+            "spike_rate": finite_or_none(self.spike_rate),
+            "episodes": [e.to_dict() for e in self.episodes],
+            "clip": None if self.clip is None else self.clip.to_dict(),
+            "notes": list(self.notes),
+            "errors": [p.to_dict() for p in self.errors],
+        }
+
+
+@dataclass
+class InputError:
+    """An input that yielded no run at all."""
+
+    path: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "message": self.message}

@@ -1,0 +1,70 @@
+"""AuditResult: a whole scan's outcome, its JSON contract, and writing it out."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from gradaudit import __version__
+from gradaudit.model import SCHEMA_VERSION, ClipSuggestion, InputError, RunAudit
+from gradaudit.settings import Settings
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass
+class AuditResult:
+    """Runs, inputs that yielded no run, the batch clip suggestion, and the gate's verdict.
+
+    ``exit_code`` follows DESIGN.md: 0 nothing at or above ``fail_on``, 1 the gate failed,
+    2 nothing could be read. ``regressions`` lists what got worse against ``--baseline``.
+    """
+
+    runs: list[RunAudit]
+    errors: list[InputError] = field(default_factory=list)
+    settings: Settings = field(default_factory=Settings)
+    batch_clip: ClipSuggestion | None = None
+    regressions: list[dict[str, Any]] = field(default_factory=list)
+    gate_reasons: list[str] = field(default_factory=list)
+    exit_code: int = 0
+    generated_at: str = field(default_factory=_now)
+
+    def summary(self) -> dict[str, int]:
+        statuses = [r.status for r in self.runs]
+        return {
+            "runs": len(self.runs),
+            "explosions": statuses.count("explosion"),
+            "warnings": statuses.count("warning"),
+            "errors": statuses.count("error") + len(self.errors),
+            "regressions": len(self.regressions),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The schema-1 JSON document."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "gradaudit", "version": __version__},
+            "generated_at": self.generated_at,
+            "settings": self.settings.to_dict(),
+            "runs": [r.to_dict() for r in self.runs],
+            "errors": [e.to_dict() for e in self.errors],
+            "batch_clip": None if self.batch_clip is None else self.batch_clip.to_dict(),
+            "regressions": list(self.regressions),
+            "gate": {"exit_code": self.exit_code, "reasons": list(self.gate_reasons)},
+            "summary": self.summary(),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The schema-1 JSON document as text (strict JSON: no NaN or Infinity)."""
+        import json
+
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, ensure_ascii=False)
+
+    def write(self, path: str, fmt: str | None = None) -> None:
+        """Write the report to ``path`` (``-`` for stdout) atomically, in ``fmt`` or by suffix."""
+        from gradaudit.report import write_report
+
+        write_report(self, path, fmt)

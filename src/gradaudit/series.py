@@ -1,0 +1,156 @@
+"""RunSeries: the canonical form every adapter reads a run into.
+
+One Polars frame in one schema (``step: Int64, tag: Categorical, value: Float64,
+wall_time: Float64``), sorted by tag then step, with duplicate steps resolved the way current
+TensorBoard resolves them: within a tag, a point written at step ``s`` removes every point of that
+tag written *earlier* with a step ``>= s``. After a resume that rewinds the step, the later write
+wins; a step logged twice keeps its last value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+SCHEMA: dict[str, pl.DataType] = {
+    "step": pl.Int64(),
+    "tag": pl.Categorical(),
+    "value": pl.Float64(),
+    "wall_time": pl.Float64(),
+}
+
+
+def empty_frame() -> pl.DataFrame:
+    """A frame with the canonical schema and no rows."""
+    return pl.DataFrame(schema=SCHEMA)
+
+
+@dataclass
+class FileProblem:
+    """Something wrong with one input file of a run; the run goes on without it (or its tail)."""
+
+    file: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"file": self.file, "message": self.message}
+
+
+@dataclass
+class RunSeries:
+    """All scalar series of one run, in the canonical schema, plus the chosen tags.
+
+    ``frame`` holds every point that survived duplicate resolution, sorted by ``(tag, step)``.
+    ``grad_norm_tag``/``loss_tag``/``lr_tag`` are chosen by :func:`gradaudit.tags.choose_tags`.
+    ``problems`` are per-file read problems (the run still carries what could be read);
+    ``notes`` are facts worth reporting (resumed step ranges, a sampled history table, ...).
+    """
+
+    name: str
+    format: str
+    files: list[str]
+    frame: pl.DataFrame
+    grad_norm_tag: str | None = None
+    loss_tag: str | None = None
+    lr_tag: str | None = None
+    problems: list[FileProblem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def tag_counts(self) -> dict[str, int]:
+        """Number of points per tag, tags in name order."""
+        if self.frame.height == 0:
+            return {}
+        counts = self.frame.group_by("tag").len().with_columns(pl.col("tag").cast(pl.String))
+        return dict(sorted(zip(counts["tag"].to_list(), counts["len"].to_list(), strict=True)))
+
+    def tags(self) -> list[str]:
+        """The tag names of this run, sorted."""
+        return list(self.tag_counts())
+
+    def series(self, tag: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps int64, values float64)`` of one tag, sorted by step; empty if absent."""
+        if tag is None or self.frame.height == 0:
+            return np.empty(0, np.int64), np.empty(0, np.float64)
+        sub = self.frame.filter(pl.col("tag").cast(pl.String) == tag)
+        return sub["step"].to_numpy().astype(np.int64, copy=False), sub[
+            "value"
+        ].to_numpy().astype(np.float64, copy=False)
+
+    def wall_times(self, tag: str | None) -> np.ndarray:
+        """Wall times (seconds since the epoch, NaN where unknown) of one tag, by step."""
+        if tag is None or self.frame.height == 0:
+            return np.empty(0, np.float64)
+        sub = self.frame.filter(pl.col("tag").cast(pl.String) == tag)
+        return sub["wall_time"].fill_null(float("nan")).to_numpy().astype(np.float64, copy=False)
+
+    def step_summary(self) -> tuple[int, int | None, int | None]:
+        """``(n_steps, first_step, last_step)`` of the grad-norm series, else of the loss series."""
+        tag = self.grad_norm_tag or self.loss_tag
+        steps, _ = self.series(tag)
+        if steps.size == 0:
+            return 0, None, None
+        return int(np.unique(steps).size), int(steps[0]), int(steps[-1])
+
+    def summary_dict(self) -> dict[str, Any]:
+        """The run's entry in ``gradaudit inspect --format json``."""
+        n_steps, first, last = self.step_summary()
+        return {
+            "run": self.name,
+            "format": self.format,
+            "files": list(self.files),
+            "tags": self.tag_counts(),
+            "grad_norm_tag": self.grad_norm_tag,
+            "loss_tag": self.loss_tag,
+            "lr_tag": self.lr_tag,
+            "n_steps": n_steps,
+            "first_step": first,
+            "last_step": last,
+            "notes": list(self.notes),
+            "errors": [p.to_dict() for p in self.problems],
+        }
+
+
+def canonical_frame(raw: pl.DataFrame | pl.LazyFrame) -> tuple[pl.DataFrame, list[str]]:
+    """Resolve duplicates and sort a frame of points given **in write order**.
+
+    ``raw`` needs columns ``step`` and ``tag`` and ``value``; ``wall_time`` is optional.
+    Returns the canonical frame and notes naming the step ranges a resume replaced.
+    """
+    lf = raw.lazy() if isinstance(raw, pl.DataFrame) else raw
+    names = lf.collect_schema().names()
+    if "wall_time" not in names:
+        lf = lf.with_columns(pl.lit(None, dtype=pl.Float64).alias("wall_time"))
+    lf = lf.select(
+        pl.col("step").cast(pl.Int64),
+        pl.col("tag").cast(pl.String),
+        pl.col("value").cast(pl.Float64),
+        pl.col("wall_time").cast(pl.Float64),
+    ).filter(pl.col("step").is_not_null() & pl.col("tag").is_not_null())
+    # A point survives when every later write of its tag has a larger step.
+    later_min = (
+        pl.col("step").reverse().cum_min().reverse().shift(-1).over("tag")
+    )
+    marked = lf.with_columns(keep=later_min.is_null() | (pl.col("step") < later_min)).collect()
+    notes: list[str] = []
+    dropped = marked.filter(~pl.col("keep"))
+    if dropped.height:
+        per_tag = (
+            dropped.group_by("tag")
+            .agg(pl.col("step").min().alias("lo"), pl.col("step").max().alias("hi"), pl.len())
+            .sort("tag")
+        )
+        for tag, lo, hi, n in per_tag.iter_rows():
+            notes.append(
+                f"tag {tag!r}: {n} earlier point(s) at steps {lo}-{hi} replaced by later writes"
+                " (a resume that rewound the step, or a step logged twice)"
+            )
+    frame = (
+        marked.filter(pl.col("keep"))
+        .drop("keep")
+        .sort(["tag", "step"])
+        .with_columns(pl.col("tag").cast(pl.Categorical))
+    )
+    return frame, notes

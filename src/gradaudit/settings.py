@@ -1,0 +1,46 @@
+"""Settings of a scan, with their documented defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+FAIL_ON = ("explosion", "warning", "never")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a scan can be told. The CLI and ``[tool.gradaudit]`` fill the same fields.
+
+    - ``grad_tag``/``loss_tag``: globs that restrict which tags are the grad norm and the loss.
+    - ``impact_horizon``: steps after an onset over which the excess loss is averaged.
+    - ``fail_on``: the lowest run status that fails the gate (``never`` turns the gate off).
+    - ``baseline``: path of an earlier JSON report to compare against.
+    - ``workers``: processes that read and audit runs (1 = in this process).
+    """
+
+    grad_tag: str | None = None
+    loss_tag: str | None = None
+    impact_horizon: int = 200
+    fail_on: str = "explosion"
+    baseline: str | None = None
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.fail_on not in FAIL_ON:
+            raise ValueError(f"fail_on must be one of {', '.join(FAIL_ON)}, not {self.fail_on!r}")
+        if int(self.impact_horizon) < 1:
+            raise ValueError("impact_horizon must be a positive number of steps")
+        if int(self.workers) < 1:
+            raise ValueError("workers must be at least 1")
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with the given fields replaced; ``None`` values are ignored."""
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

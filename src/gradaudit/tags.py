@@ -1,0 +1,193 @@
+"""Choose a run's grad-norm, loss and learning-rate series from the names frameworks log.
+
+The names come from the training code of each framework (see docs/formats.md): Hugging Face
+``train/grad_norm``, Megatron ``grad-norm``/``grad norm``, OLMo ``optim/total_grad_norm``,
+fairseq ``gnorm``, Lightning ``grad_2.0_norm_total``, Composer ``l2_norm/grad/global``, ...
+Known names win; otherwise a name that says grad+norm (or loss) is ranked: training before
+validation, a total norm before per-layer norms, step-indexed before sample-indexed series.
+A user's glob (``--grad-tag``/``--loss-tag``) restricts the candidates to the tags it matches.
+
+W&B chart exports carry ``<metric>__MIN``/``__MAX`` beside each bucketed column: the grad norm is
+read from ``__MAX`` (spikes live there), the loss from the plain column.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+GRAD_NORM_NAMES: tuple[str, ...] = (
+    "train/grad_norm",
+    "grad_norm",
+    "train/global_grad_norm",
+    "global_grad_norm",
+    "optim/total_grad_norm",
+    "optim/total grad norm",
+    "grad-norm",
+    "grad norm",
+    "train_inner/gnorm",
+    "train/gnorm",
+    "gnorm",
+    "l2_norm/grad/global",
+    "grad_2.0_norm_total",
+    "grad_norm_total",
+    "total_grad_norm",
+    "train/gradient_norm",
+    "gradient_norm",
+    "gradient_norm/total",
+    "grad_norm/total",
+    "trainer/grad_norm",
+)
+
+LOSS_NAMES: tuple[str, ...] = (
+    "train/loss",
+    "lm loss",
+    "lm-loss",
+    "train/lm_loss",
+    "train/lm loss",
+    "train_loss",
+    "train_loss_step",
+    "train/loss_step",
+    "train/crossentropyloss",
+    "train/ce loss",
+    "loss/train/total",
+    "train_inner/loss",
+    "loss_metrics/global_avg_loss",
+    "reduced_train_loss",
+    "training_loss",
+    "train/train_loss",
+    "loss",
+)
+
+LR_NAMES: tuple[str, ...] = (
+    "train/learning_rate",
+    "learning_rate",
+    "learning-rate",
+    "learning rate",
+    "train/lr",
+    "lr",
+    "optim/lr (group 0)",
+    "optim/lr",
+    "lr-adamw",
+    "lr-adam",
+    "lr-sgd",
+    "trainer/learning_rate",
+    "train_inner/lr",
+)
+
+_BUCKET = re.compile(r"__(MIN|MAX)$")
+_EVAL = re.compile(r"(^|[/_\-. ])(val|valid|validation|eval|evaluation|test|dev)([/_\-. ]|$)")
+_SAMPLE_INDEXED = re.compile(r"vs samples|vs tokens|samples/|tokens/", re.IGNORECASE)
+_GRAD_NORM = re.compile(r"(grad(ient)?s?[ _\-/.]*(l?2[ _\-.]*|2\.0[ _\-]*)?norm|gnorm)", re.I)
+_LOSS = re.compile(r"loss", re.IGNORECASE)
+_NOT_LOSS = re.compile(r"scale|scaler|ppl|perplexity|weight|coef|skipped", re.IGNORECASE)
+_NOT_GRAD = re.compile(r"ratio|scale|clip_coef|std|var|frac|count", re.IGNORECASE)
+_LR = re.compile(r"(^|[/_\-. ])(lr|learning[ _\-]?rate)([/_\-. (]|$)", re.IGNORECASE)
+_PER_PARAM = re.compile(r"(weight|bias|layer|block|param|\.\d+\.|/\d+/|embed)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class TagChoice:
+    """The chosen tags (``None`` where a run logs no such series) and why not, if not."""
+
+    grad_norm: str | None
+    loss: str | None
+    lr: str | None
+    notes: tuple[str, ...] = ()
+
+
+def _known_rank(tag: str, names: tuple[str, ...]) -> int | None:
+    low = tag.lower()
+    try:
+        return names.index(low)
+    except ValueError:
+        return None
+
+
+def _heuristic_penalty(tag: str) -> int:
+    """Lower is better: validation, sample-indexed, per-parameter and deep names rank last."""
+    low = tag.lower()
+    penalty = low.count("/")
+    if _EVAL.search(low):
+        penalty += 100
+    if _SAMPLE_INDEXED.search(tag):
+        penalty += 50
+    if "epoch" in low:
+        penalty += 20
+    return penalty
+
+
+def _rank(
+    tags: Iterable[str], names: tuple[str, ...], accept: re.Pattern[str], reject: re.Pattern[str]
+) -> list[str]:
+    scored: list[tuple[int, int, str]] = []
+    for tag in tags:
+        if _BUCKET.search(tag):
+            continue
+        known = _known_rank(tag, names)
+        if known is not None:
+            scored.append((0, known, tag))
+            continue
+        last = tag.rsplit("/", 1)[-1]
+        known_last = _known_rank(last, names)
+        penalty = _heuristic_penalty(tag)
+        if known_last is not None:
+            scored.append((1 + penalty, known_last, tag))
+        elif accept.search(tag) and not reject.search(tag):
+            scored.append((1000 + penalty, len(tag), tag))
+    scored.sort()
+    return [tag for _, _, tag in scored]
+
+
+def _grad_candidates(tags: list[str]) -> list[str]:
+    ranked = _rank(tags, GRAD_NORM_NAMES, _GRAD_NORM, _NOT_GRAD)
+
+    def per_param(tag: str) -> bool:
+        m = _GRAD_NORM.search(tag)
+        tail = tag[m.end():] if m else ""
+        return bool(tail.startswith("/") or _PER_PARAM.search(tag)) and not re.search(
+            r"total|global", tag, re.I
+        )
+
+    totals = [t for t in ranked if not per_param(t)]
+    return totals or ranked
+
+
+def _apply_glob(tags: list[str], glob: str | None) -> list[str]:
+    if glob is None:
+        return tags
+    return [t for t in tags if fnmatchcase(t, glob) or fnmatchcase(t.lower(), glob.lower())]
+
+
+def choose_tags(
+    tags: Iterable[str], grad_tag: str | None = None, loss_tag: str | None = None
+) -> TagChoice:
+    """Pick the grad-norm, loss and lr tags among ``tags``; globs restrict the candidates."""
+    all_tags = sorted(set(tags))
+    notes: list[str] = []
+
+    grad_pool = _apply_glob(all_tags, grad_tag)
+    grad = None
+    if grad_tag is not None:
+        plain = [t for t in grad_pool if not _BUCKET.search(t)]
+        grad = (_grad_candidates(plain) or plain or [None])[0]
+        if grad is None:
+            notes.append(f"no tag matches --grad-tag {grad_tag!r}")
+    else:
+        grad = next(iter(_grad_candidates(all_tags)), None)
+    if grad is not None and f"{grad}__MAX" in all_tags:
+        grad = f"{grad}__MAX"
+
+    loss_pool = _apply_glob(all_tags, loss_tag)
+    if loss_tag is not None:
+        plain = [t for t in loss_pool if not _BUCKET.search(t)]
+        loss = (_rank(plain, LOSS_NAMES, _LOSS, _NOT_LOSS) or plain or [None])[0]
+        if loss is None:
+            notes.append(f"no tag matches --loss-tag {loss_tag!r}")
+    else:
+        loss = next(iter(_rank(all_tags, LOSS_NAMES, _LOSS, _NOT_LOSS)), None)
+
+    lr = next(iter(_rank(all_tags, LR_NAMES, _LR, _NOT_LOSS)), None)
+    return TagChoice(grad_norm=grad, loss=loss, lr=lr, notes=tuple(notes))
