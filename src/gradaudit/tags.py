@@ -106,12 +106,23 @@ def _known_rank(tag: str, names: tuple[str, ...]) -> int | None:
         return None
 
 
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_TRAIN = re.compile(r"(^|[/_\-. ])train(ing)?([/_\-. ]|$)")
+
+
+def _words(tag: str) -> str:
+    """``tag`` lower-cased with camelCase split: ``Metrics/ValLoss`` -> ``metrics/val_loss``."""
+    return _CAMEL.sub("_", tag).lower()
+
+
 def _heuristic_penalty(tag: str) -> int:
     """Lower is better: validation, sample-indexed, per-parameter and deep names rank last."""
-    low = tag.lower()
-    penalty = low.count("/")
+    low = _words(tag)
+    penalty = low.count("/") * 2
     if _EVAL.search(low):
         penalty += 100
+    if _TRAIN.search(low):
+        penalty -= 1
     if _SAMPLE_INDEXED.search(tag):
         penalty += 50
     if "epoch" in low:

@@ -1,0 +1,131 @@
+"""Discovery: run naming (TensorBoard logdir semantics), symlinks, several roots."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from gradaudit import discover as discover_module
+from gradaudit.adapters.base import Source
+
+
+class _FolderRuns:
+    """A minimal adapter for these tests: every ``*.ev`` file's folder is one run."""
+
+    FORMAT = "ev"
+
+    @staticmethod
+    def claim(directory: Path, files: list[Path]) -> list[Source]:
+        mine = tuple(f for f in files if f.suffix == ".ev")
+        return [Source("ev", ".", mine)] if mine else []
+
+    @staticmethod
+    def read(source):  # pragma: no cover - discovery never reads
+        raise AssertionError
+
+
+class _FileRuns:
+    """Every ``*.tab`` file is a run of its own; a ``checkpoint-N`` copy belongs to its parent."""
+
+    FORMAT = "tab"
+
+    @staticmethod
+    def claim(directory: Path, files: list[Path]) -> list[Source]:
+        out = []
+        for f in files:
+            if f.suffix == ".tab":
+                name = ".." if directory.name.startswith("checkpoint-") else f.name
+                out.append(Source("tab", name, (f,)))
+        return out
+
+    @staticmethod
+    def read(source):  # pragma: no cover
+        raise AssertionError
+
+
+@pytest.fixture(autouse=True)
+def _registry(monkeypatch):
+    monkeypatch.setattr(discover_module, "REGISTRY", {"ev": _FolderRuns, "tab": _FileRuns})
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def names(paths) -> list[str]:
+    return [s.name for s in discover_module.discover(paths).sources]
+
+
+def test_folders_holding_files_are_runs_named_relative_to_the_root(tmp_path):
+    _touch(tmp_path / "a" / "1.ev")
+    _touch(tmp_path / "a" / "2.ev")
+    _touch(tmp_path / "b" / "c" / "1.ev")
+    _touch(tmp_path / "top.ev")
+    found = discover_module.discover([tmp_path]).sources
+    assert [s.name for s in found] == [".", "a", "b/c"]
+    a = next(s for s in found if s.name == "a")
+    assert [f.name for f in a.files] == ["1.ev", "2.ev"]
+
+
+def test_unknown_files_are_skipped(tmp_path):
+    _touch(tmp_path / "r" / "notes.txt")
+    _touch(tmp_path / "r" / "x.ev")
+    found = discover_module.discover([tmp_path])
+    assert [s.name for s in found.sources] == ["r"] and found.missing == []
+
+
+def test_file_runs_and_checkpoint_copies_merge(tmp_path):
+    _touch(tmp_path / "out" / "state.tab")
+    _touch(tmp_path / "out" / "checkpoint-10" / "state.tab")
+    _touch(tmp_path / "out" / "checkpoint-20" / "state.tab")
+    found = discover_module.discover([tmp_path]).sources
+    names_ = sorted(s.name for s in found)
+    assert names_ == ["out", "out/state.tab"]
+    merged = next(s for s in found if s.name == "out")
+    assert len(merged.files) == 2
+
+
+def test_symlink_loop_is_not_followed_forever(tmp_path):
+    _touch(tmp_path / "runs" / "a" / "1.ev")
+    os.symlink(tmp_path / "runs", tmp_path / "runs" / "a" / "loop")
+    assert names([tmp_path / "runs"]) == ["a"]
+
+
+def test_latest_run_link_is_not_counted_twice_and_real_name_wins(tmp_path):
+    _touch(tmp_path / "wandb" / "run-20260101_000000-abc" / "run-abc.ev")
+    os.symlink("run-20260101_000000-abc", tmp_path / "wandb" / "latest-run")
+    assert names([tmp_path]) == ["wandb/run-20260101_000000-abc"]
+
+
+def test_linked_file_counted_once(tmp_path):
+    real = _touch(tmp_path / "data" / "x.tab")
+    (tmp_path / "link").mkdir()
+    os.symlink(real, tmp_path / "link" / "y.tab")
+    assert names([tmp_path]) == ["data/x.tab"]
+
+
+def test_several_roots_are_prefixed(tmp_path):
+    _touch(tmp_path / "one" / "r" / "1.ev")
+    _touch(tmp_path / "two" / "r" / "1.ev")
+    got = names([str(tmp_path / "one"), str(tmp_path / "two") + "/"])
+    assert got == [f"{tmp_path}/one/r", f"{tmp_path}/two/r"]
+
+
+def test_a_file_given_directly_is_named_as_given(tmp_path):
+    f = _touch(tmp_path / "d" / "x.tab")
+    assert names([str(f)]) == [str(f)]
+
+
+def test_missing_paths_are_reported(tmp_path):
+    found = discover_module.discover([tmp_path / "nope"])
+    assert found.sources == [] and found.missing == [str(tmp_path / "nope")]
+
+
+def test_hidden_folders_are_skipped(tmp_path):
+    _touch(tmp_path / ".git" / "1.ev")
+    _touch(tmp_path / "r" / "1.ev")
+    assert names([tmp_path]) == ["r"]
