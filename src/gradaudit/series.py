@@ -92,7 +92,8 @@ class RunSeries:
         steps, _ = self.series(tag)
         if steps.size == 0:
             return 0, None, None
-        return int(np.unique(steps).size), int(steps[0]), int(steps[-1])
+        # Steps are sorted (canonical_frame), so distinct steps are the changes plus one.
+        return int(np.count_nonzero(np.diff(steps))) + 1, int(steps[0]), int(steps[-1])
 
     def summary_dict(self) -> dict[str, Any]:
         """The run's entry in ``gradaudit inspect --format json``."""

@@ -1,17 +1,531 @@
-"""PLACEHOLDER adapter for wandb: to be written (claims nothing yet)."""
+"""Weights & Biases run files (``run-<id>.wandb``), read without the wandb package.
+
+A ``.wandb`` file is W&B's transaction log of a run: a 7-byte header (``:W&B``, magic 0xBEE1
+little-endian, version 0) followed by LevelDB-log framed protobuf ``Record`` messages
+(``wandb/proto/wandb_internal.proto``). Only history records are read:
+``Record.history`` (field 2) -> ``HistoryRecord.item`` (1) -> ``HistoryItem`` with ``key`` (1,
+older writers) or ``nested_key`` (2, repeated, joined with ``"/"``) and ``value_json`` (16).
+
+Steps: each history row's ``_step`` (falling back to ``HistoryRecord.step.num``); a row that
+carries a trainer step (``train/global_step`` from Hugging Face, ``trainer/global_step`` from
+Lightning) is placed at that step instead. ``_timestamp`` is the wall time. Values that are not
+numbers in JSON (strings, booleans, dicts such as histograms or images, lists) are skipped;
+``NaN``/``Infinity``/``-Infinity`` are kept.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from gradaudit.adapters._leveldb_log import LogDamage, iter_records
+from gradaudit.adapters._protowire import WireError, iter_fields, read_varint
 from gradaudit.adapters.base import RawRun, Source
+from gradaudit.errors import ReadError
+from gradaudit.series import FileProblem
 
 FORMAT = "wandb"
 
+MAGIC = b":W&B\xe1\xbe"
+FILE_HEADER = 7
+SUPPORTED_VERSION = 0
+
+#: Logged trainer steps, preferred over ``_step`` in the rows that carry them.
+STEP_KEYS: tuple[str, ...] = ("train/global_step", "trainer/global_step")
+#: W&B bookkeeping keys that are not metrics.
+INTERNAL_KEYS: tuple[str, ...] = ("_step", "_runtime", "_timestamp")
+
+# Codes of the keys handled specially; metric codes start after them.
+_C_STEP, _C_TIME, _C_RUNTIME = 0, 1, 2
+_C_GLOBAL = (3, 4)
+_FIRST_METRIC = 5
+_NUMERIC_START = frozenset(b"-0123456789NI")
+_KEY_TAGS = (0x0A, 0x12)
+_ROW_BATCH = 1 << 16  # history rows decoded per NumPy batch
+_PAD = 512  # zero bytes after a batch, so lockstep reads past a malformed end stay in bounds
+_NUMERIC_TABLE = np.zeros(256, bool)
+_NUMERIC_TABLE[list(_NUMERIC_START)] = True
+_ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+_MIX1 = np.uint64(0x9E3779B97F4A7C15)
+_MIX2 = np.uint64(0xBF58476D1CE4E5B9)
+
+
+def _usable_step(v: np.ndarray) -> np.ndarray:
+    """Step values that are integers in int64 range (not NaN, not huge)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(v) & (np.abs(v) < 2.0**62) & (v == np.floor(v))
+
 
 def claim(directory: Path, files: list[Path]) -> list[Source]:
-    return []
+    """One source per ``*.wandb`` file; the folder holding it is the run (name ``"."``)."""
+    return [Source(FORMAT, ".", (f,)) for f in sorted(files) if f.name.endswith(".wandb")]
+
+
+class _KeyTable:
+    """Maps the raw key bytes of a history item to a small integer code."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = ["_step", "_timestamp", "_runtime", *STEP_KEYS]
+        self._by_name = {n: i for i, n in enumerate(self.names)}
+        self.by_raw: dict[bytes, int] = {}
+
+    def code(self, raw: bytes) -> int:
+        """Code of an item's key fields (``raw`` = the item bytes before its value)."""
+        code = self.by_raw.get(raw)
+        if code is not None:
+            return code
+        key = ""
+        nested: list[str] = []
+        for number, wire, a, b in iter_fields(raw):
+            if wire != 2:
+                continue
+            text = raw[a:b].decode("utf-8", "replace")
+            if number == 1:
+                key = text
+            elif number == 2:
+                nested.append(text)
+        name = "/".join(nested) if nested else key
+        code = self._by_name.get(name)
+        if code is None:
+            code = len(self.names)
+            self.names.append(name)
+            self._by_name[name] = code
+        self.by_raw[raw] = code
+        return code
+
+
+def _field(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """One field at ``pos``: ``(key, start, stop)``; LEN payloads are ``buf[start:stop]``."""
+    key, pos = read_varint(buf, pos, end)
+    wire = key & 7
+    if wire == 2:
+        size, pos = read_varint(buf, pos, end)
+        stop = pos + size
+    elif wire == 0:
+        _, stop = read_varint(buf, pos, end)
+    elif wire == 1:
+        stop = pos + 8
+    elif wire == 5:
+        stop = pos + 4
+    else:
+        raise WireError(f"unsupported wire type {wire}")
+    if stop > end:
+        raise WireError("field runs past the end of its message")
+    return key, pos, stop
+
+
+def _history_span(buf: bytes, pos: int) -> tuple[int, int] | None:
+    """Where ``Record.history`` is, for records not in the usual field order; else None."""
+    end = len(buf)
+    found = None
+    while pos < end:
+        key, start, stop = _field(buf, pos, end)
+        if key == 0x12:
+            found = (start, stop)
+        pos = stop
+    return found
+
+
+def _item_slow(buf: bytes, start: int, stop: int) -> tuple[int, int] | None:
+    """A history item in any shape: ``(end of its key fields, start of value_json)``."""
+    q = start
+    while q < stop and buf[q] in _KEY_TAGS:
+        n, q = read_varint(buf, q + 1, stop)
+        q += n
+    if q == start or q + 2 > stop or buf[q] != 0x82 or buf[q + 1] != 0x01:
+        return None
+    n, vstart = read_varint(buf, q + 2, stop)
+    if vstart + n != stop:
+        return None
+    return q, vstart
+
+
+def _step_num(buf: bytes, start: int, stop: int) -> int:
+    """``HistoryStep.num``; -1 when absent."""
+    num = -1
+    for number, wire, a, _ in iter_fields(buf, start, stop):
+        if number == 1 and wire == 0:
+            num = a
+    return num
+
+
+def _decode_history(buf: bytes, start: int, end: int) -> tuple[list[tuple[bytes, bytes]], int]:
+    """Careful decoder of one ``HistoryRecord``: ``([(raw key, value_json)], step num)``.
+
+    Numeric-looking values only. Raises :class:`WireError` for malformed bytes.
+    """
+    points: list[tuple[bytes, bytes]] = []
+    step_num = -1
+    for number, wire, a, b in iter_fields(buf, start, end):
+        if wire != 2:
+            continue
+        if number == 2:
+            step_num = _step_num(buf, a, b)
+        elif number == 1:
+            item = _item_slow(buf, a, b)
+            if item is None:
+                continue
+            q, vstart = item
+            if vstart < b and buf[vstart] in _NUMERIC_START:
+                points.append((buf[a:q], buf[vstart:b]))
+    return points, step_num
+
+
+def _parse_numbers(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """JSON number texts (binary) -> ``(float64 values, parsed ok)``; NaN/Infinity included."""
+    parsed = texts.cast(pl.String, strict=False).cast(pl.Float64, strict=False)
+    return parsed.fill_null(float("nan")).to_numpy(), parsed.is_not_null().to_numpy()
+
+
+def _gather_spans(arr: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> pl.Series:
+    """The byte spans ``arr[starts[i]:stops[i]]`` as one binary Series (no Python loop)."""
+    lengths = stops - starts
+    offsets = np.zeros(lengths.size + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    # index = starts[i] + j for the j-th byte of span i, built as a cumulative sum of steps.
+    steps = np.ones(int(offsets[-1]), np.int64)
+    nonempty = lengths > 0
+    firsts = offsets[:-1][nonempty]
+    if firsts.size:
+        jumps = starts[nonempty]
+        steps[firsts[1:]] = jumps[1:] - (jumps[:-1] + lengths[nonempty][:-1]) + 1
+        steps[0] = jumps[0]
+    data = arr[np.cumsum(steps, out=steps)]
+    spans = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), lengths.size, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+    return pl.Series(pl.from_arrow(spans))
+
+
+class _History:
+    """Columns accumulated from history records: NumPy arrays, no Python object per point.
+
+    The per-record Python work is only to find the history payload; payloads are decoded in
+    batches with NumPy, all rows in lockstep (the k-th item of every row at once). Rows in an
+    unusual shape are decoded one by one by :func:`_decode_history`.
+    """
+
+    def __init__(self) -> None:
+        self.keys = _KeyTable()
+        self.payloads: list[bytes] = []  # history payloads not yet decoded
+        self.codes: list[np.ndarray] = []
+        self.values: list[np.ndarray] = []
+        self.rows: list[np.ndarray] = []
+        self.step_num: list[np.ndarray] = []
+        self.n_rows = 0
+        self.bad = 0
+
+    def add_records(self, records: Iterable[bytes]) -> int:
+        """Take ``Record`` messages; history ones become rows. Returns how many were invalid."""
+        payloads = self.payloads
+        append = payloads.append
+        bad = 0
+        for buf in records:
+            try:
+                pos = 0
+                if buf[0] == 0x08:  # Record.num
+                    pos = 1
+                    while buf[pos] & 0x80:
+                        pos += 1
+                    pos += 1
+                tag = buf[pos]
+                if tag == 0x12:
+                    size = buf[pos + 1]
+                    if size < 0x80:
+                        pos += 2
+                    elif buf[pos + 2] < 0x80:
+                        size = (size & 0x7F) | (buf[pos + 2] << 7)
+                        pos += 3
+                    else:
+                        size, pos = read_varint(buf, pos + 1)
+                    end = pos + size
+                    if end > len(buf):
+                        raise WireError("history runs past the end of the record")
+                elif 0x1A <= tag <= 0x7A and tag & 7 == 2:
+                    continue  # another record type (summary, output, ...): a oneof
+                else:
+                    span = _history_span(buf, pos)
+                    if span is None:
+                        continue
+                    pos, end = span
+            except (WireError, IndexError):
+                bad += 1
+                continue
+            append(buf[pos:end])
+            if len(payloads) >= _ROW_BATCH:
+                self._decode_batch()
+        self._decode_batch()
+        bad += self.bad
+        self.bad = 0
+        return bad
+
+    def _decode_batch(self) -> None:
+        payloads = self.payloads
+        n = len(payloads)
+        if not n:
+            return
+        lens = np.fromiter(map(len, payloads), np.int64, n)
+        ends = np.cumsum(lens)
+        starts = ends - lens
+        blob = b"".join(payloads) + bytes(_PAD)
+        arr = np.frombuffer(blob, np.uint8)
+        # 1. Walk the fields of every row in lockstep.
+        slow = np.zeros(n, bool)
+        item_rows, item_s, item_e, step_rows, step_s = [], [], [], [], []
+        pos = starts.copy()
+        idx = np.nonzero(pos < ends)[0]
+        while idx.size:
+            p = pos[idx]
+            tag = arr[p]
+            size = arr[p + 1].astype(np.int64)
+            stop = p + 2 + size
+            fine = (size < 0x80) & (tag < 0x80) & (tag & 7 == 2) & (stop <= ends[idx])
+            slow[idx[~fine]] = True
+            is_item = fine & (tag == 0x0A)
+            is_step = fine & (tag == 0x12)
+            item_rows.append(idx[is_item])
+            item_s.append(p[is_item] + 2)
+            item_e.append(stop[is_item])
+            step_rows.append(idx[is_step])
+            step_s.append(p[is_step] + 2)
+            idx, stop = idx[fine], stop[fine]
+            pos[idx] = stop
+            idx = idx[stop < ends[idx]]
+        rows = np.concatenate(item_rows)
+        s = np.concatenate(item_s)
+        e = np.concatenate(item_e)
+        keep = ~slow[rows]
+        rows, s, e = rows[keep], s[keep], e[keep]
+        # 2. Key fields (1 key / 2 nested_key, any number of them), then value_json (16).
+        q = s.copy()
+        act = np.arange(q.size)
+        while act.size:
+            qa = q[act]
+            t = arr[qa]
+            ln = arr[qa + 1].astype(np.int64)
+            more = ((t == 0x12) | (t == 0x0A)) & (ln < 0x80) & (qa < e[act])
+            act = act[more]
+            q[act] = qa[more] + 2 + ln[more]
+        vlen = arr[q + 2].astype(np.int64)
+        has_value = (q > s) & (q + 3 <= e) & (arr[q] == 0x82) & (arr[q + 1] == 0x01)
+        shaped = has_value & (vlen < 0x80) & (q + 3 + vlen == e)
+        odd = has_value & ~shaped  # a long value (not a number) or a malformed item
+        slow[rows[odd & (q + 3 + vlen > e) & (vlen < 0x80)]] = True
+        vs = q + 3
+        numeric = shaped & _NUMERIC_TABLE[arr[np.minimum(vs, arr.size - 1)]] & (vs < e)
+        numeric &= ~slow[rows]
+        rows, s, q, vs, e = rows[numeric], s[numeric], q[numeric], vs[numeric], e[numeric]
+        codes = self._key_codes(blob, arr, s, q)
+        values, ok = _parse_numbers(_gather_spans(arr, vs, e))
+        order_key = s
+        # 3. Rows in an unusual shape, one by one.
+        slow_rows = np.nonzero(slow)[0]
+        step_num = np.full(n, -1, np.int64)
+        if slow_rows.size:
+            extra_rows, extra_pos, extra_codes, extra_texts = [], [], [], []
+            dead = []
+            for r in slow_rows.tolist():
+                try:
+                    points, num = _decode_history(payloads[r], 0, len(payloads[r]))
+                except (WireError, IndexError):
+                    dead.append(r)
+                    continue
+                step_num[r] = num
+                for k, (raw, text) in enumerate(points):
+                    extra_rows.append(r)
+                    extra_pos.append(int(starts[r]) + k)
+                    extra_codes.append(self.keys.code(raw))
+                    extra_texts.append(text)
+            if extra_rows:
+                xv, xok = _parse_numbers(pl.Series(extra_texts, dtype=pl.Binary))
+                rows = np.concatenate([rows, np.array(extra_rows, np.int64)])
+                order_key = np.concatenate([order_key, np.array(extra_pos, np.int64)])
+                codes = np.concatenate([codes, np.array(extra_codes, np.int64)])
+                values = np.concatenate([values, xv])
+                ok = np.concatenate([ok, xok])
+            if dead:
+                self.bad += len(dead)
+        else:
+            dead = []
+        # HistoryStep.num of the regular rows (needed only where a row has no _step item).
+        srows = np.concatenate(step_rows)
+        sstart = np.concatenate(step_s)
+        fine = ~slow[srows]
+        self._step_nums(arr, srows[fine], sstart[fine], step_num)
+        # 4. Write order, drop values that did not parse, renumber rows without the dead ones.
+        order = pl.Series(order_key).arg_sort().to_numpy()
+        rows, codes, values = rows[order], codes[order], values[order]
+        good = ok[order]
+        alive = np.ones(n, bool)
+        alive[dead] = False
+        renumber = np.cumsum(alive) - 1 + self.n_rows
+        self.rows.append(renumber[rows[good]])
+        self.codes.append(codes[good])
+        self.values.append(values[good])
+        self.step_num.append(step_num[alive])
+        self.n_rows += int(alive.sum())
+        payloads.clear()
+
+    @staticmethod
+    def _step_nums(arr: np.ndarray, rows: np.ndarray, start: np.ndarray, out: np.ndarray) -> None:
+        """``HistoryStep.num`` (``08 <varint>``) into ``out[rows]``; others left at -1."""
+        size = arr[start - 1].astype(np.int64)
+        has = (size >= 2) & (arr[start] == 0x08)
+        rows, pos, stop = rows[has], start[has] + 1, start[has] + size[has]
+        value = np.zeros(rows.size, np.int64)
+        done = np.zeros(rows.size, bool)
+        for shift in range(0, 63, 7):
+            b = arr[np.minimum(pos, arr.size - 1)].astype(np.int64)
+            live = ~done & (pos < stop)
+            value[live] |= (b[live] & 0x7F) << shift
+            done |= live & (b < 0x80)
+            pos = pos + 1
+        out[rows[done]] = value[done]
+
+    def _key_codes(self, blob: bytes, arr: np.ndarray, s: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Codes of the key spans ``arr[s:q]``: hashed in NumPy, verified, named once each."""
+        if not s.size:
+            return np.empty(0, np.int64)
+        length = (q - s).astype(np.int64)
+        words = np.lib.stride_tricks.as_strided(arr, (arr.size - 7, 8), (1, 1)).view("<u8")[:, 0]
+        n_words = int((length.max() + 7) // 8)
+
+        chunks = []
+        for k in range(n_words):
+            rem = np.clip(length - 8 * k, 0, 8).astype(np.uint64)
+            mask = np.where(rem >= 8, _ALL_ONES, (np.uint64(1) << (rem << np.uint64(3))) - 1)
+            chunks.append(words[np.minimum(s + 8 * k, words.size - 1)] & mask)
+        h = length.astype(np.uint64) * _MIX1
+        for chunk in chunks:
+            h = (h ^ chunk) * _MIX2
+            h ^= h >> np.uint64(29)
+        uniq, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+        inverse = inverse.ravel()
+        rep = first[inverse]
+        same = length == length[rep]
+        for chunk in chunks:
+            same &= chunk == chunk[rep]
+        rep_codes = np.array(
+            [self.keys.code(blob[int(s[i]) : int(q[i])]) for i in first.tolist()], np.int64
+        )
+        codes = rep_codes[inverse]
+        for i in np.nonzero(~same)[0].tolist():  # a hash collision: name it directly
+            codes[i] = self.keys.code(blob[int(s[i]) : int(q[i])])
+        return codes
+
+    def to_frame(self) -> tuple[pl.DataFrame, list[str]]:
+        """The points as a frame in write order, and notes about the step used."""
+        notes: list[str] = []
+        n = self.n_rows
+        codes = np.concatenate(self.codes) if self.codes else np.empty(0, np.int64)
+        values = np.concatenate(self.values) if self.values else np.empty(0)
+        rows = np.concatenate(self.rows) if self.rows else np.empty(0, np.int64)
+        step = np.concatenate(self.step_num) if self.step_num else np.empty(0, np.int64)
+        has_step = step >= 0
+
+        def per_row(code: int) -> tuple[np.ndarray, np.ndarray]:
+            sel = codes == code
+            return rows[sel], values[sel]
+
+        r, v = per_row(_C_STEP)
+        ok = _usable_step(v)
+        step[r[ok]] = v[ok].astype(np.int64)
+        has_step[r[ok]] = True
+        if not has_step.all():
+            # Rows without any step: one past the previous row's step.
+            idx = np.arange(n)
+            last = np.maximum.accumulate(np.where(has_step, idx, -1))
+            gap = idx - last
+            base = np.where(last >= 0, step[np.maximum(last, 0)], -1)
+            step = np.where(has_step, step, base + gap)
+        wall = np.full(n, np.nan)
+        r, v = per_row(_C_TIME)
+        wall[r] = v
+        for code in _C_GLOBAL:
+            r, v = per_row(code)
+            ok = _usable_step(v)
+            if ok.any():
+                name = self.keys.names[code]
+                step[r[ok]] = v[ok].astype(np.int64)
+                carried = int(ok.sum())
+                msg = f"steps are the logged {name!r} ({carried} of {n} history rows carry it"
+                if carried < n:
+                    msg += "; the other rows keep W&B's _step"
+                notes.append(msg + ")")
+        metric = codes >= _FIRST_METRIC
+        pr = rows[metric]
+        names = self.keys.names
+        cats = pl.Series("tag", names, dtype=pl.String)
+        frame = pl.DataFrame(
+            {
+                "step": step[pr],
+                "tag": cats.gather(pl.Series(codes[metric].astype(np.uint32))),
+                "value": values[metric],
+                "wall_time": wall[pr],
+            }
+        )
+        return frame, notes
+
+
+def _read_file(path: Path, hist: _History) -> list[FileProblem]:
+    """Add one file's history to ``hist``; return its problems. Raises ReadError if unusable."""
+    problems: list[FileProblem] = []
+    try:
+        stream = path.open("rb")
+    except OSError as exc:
+        raise ReadError(f"cannot open {path.name}: {exc.strerror or exc}") from exc
+    with stream:
+        head = stream.read(FILE_HEADER)
+        if len(head) < FILE_HEADER or head[:6] != MAGIC:
+            what = "an empty file" if not head else "the header is not ':W&B'"
+            raise ReadError(f"not a W&B run file ({what}): {path.name}")
+        if head[6] != SUPPORTED_VERSION:
+            problems.append(
+                FileProblem(str(path), f"unknown .wandb format version {head[6]}; read as 0")
+            )
+        stream.seek(0)
+        damage = LogDamage()
+        bad_records = hist.add_records(iter_records(stream, FILE_HEADER, damage))
+    if damage.corrupt_blocks:
+        problems.append(
+            FileProblem(
+                str(path),
+                f"{damage.corrupt_blocks} corrupt block(s) skipped (checksum or length wrong, "
+                f"first at byte {damage.first_bad_offset}); {damage.dropped_records} record(s) "
+                "lost with them",
+            )
+        )
+    if bad_records:
+        problems.append(
+            FileProblem(str(path), f"{bad_records} record(s) skipped: not valid protobuf")
+        )
+    if damage.truncated:
+        problems.append(
+            FileProblem(str(path), "file ends inside a record (run still being written?)")
+        )
+    return problems
 
 
 def read(source: Source) -> list[RawRun]:
-    raise NotImplementedError
+    """Read the history of one run folder's ``.wandb`` file(s), in file-name order."""
+    hist = _History()
+    problems: list[FileProblem] = []
+    errors: list[str] = []
+    read_any = False
+    for path in sorted(source.files):
+        try:
+            problems.extend(_read_file(path, hist))
+            read_any = True
+        except ReadError as exc:
+            errors.append(str(exc))
+            problems.append(FileProblem(str(path), str(exc)))
+    if not read_any:
+        raise ReadError("; ".join(errors))
+    frame, notes = hist.to_frame()
+    if hist.n_rows == 0:
+        notes.append("no history rows in this run file")
+    return [RawRun(points=frame, problems=problems, notes=notes)]

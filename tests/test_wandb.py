@@ -1,0 +1,393 @@
+"""The ``.wandb`` run-file adapter, on runs written by the real wandb SDK in offline mode.
+
+Expected values are the values the fixture logged; wandb's own protobuf classes decode the same
+file as a second reference. Damaged copies of the real file check the error handling.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gradaudit
+from gradaudit.adapters import wandb_run
+from gradaudit.adapters.base import Source
+
+wandb = pytest.importorskip("wandb")
+
+N_A = 3000  # log calls of run A
+SWITCH = 1500  # from this call on, run A passes an explicit step=2*i
+EVERY = 7  # eval/loss is logged every EVERY calls
+BIG_AT = 1000  # the call that logs LAYERS per-layer norms at once (a record > 32 KiB)
+LAYERS = 3000
+N_B = 600  # log calls of the HF-style run B
+HF_STEP = 4  # run B logs train/global_step = HF_STEP * (i + 1)
+
+
+def _a_step(i: int) -> int:
+    return i if i < SWITCH else 2 * i
+
+
+def _a_values(i: int) -> dict[str, float]:
+    g = 1.0 + 0.25 * math.sin(i / 17.0) + i * 1e-4
+    if i == 200:
+        g = math.inf
+    loss = 3.0 * math.exp(-i / 900.0) + 0.01 * math.cos(i)
+    if i == 100:
+        loss = math.nan
+    out = {
+        "train/grad_norm": g,
+        "train/loss": loss,
+        "train/learning_rate": 3e-4 * min(1.0, (i + 1) / 100.0),
+        "opt/moments/v": -math.inf if i == 201 else i / 3.0,  # logged as a nested dict
+    }
+    if i % EVERY == 0:
+        out["eval/loss"] = 2.5 + i / 7.0
+    return out
+
+
+def _b_train(i: int) -> dict[str, float]:
+    return {
+        "train/grad_norm": 0.5 + (i % 13) / 10.0,
+        "train/loss": 2.0 - i / 1000.0,
+        "train/learning_rate": 1e-4,
+        "train/epoch": i / 100.0,
+    }
+
+
+def _settings() -> object:
+    return wandb.Settings(
+        console="off", save_code=False, disable_git=True, x_disable_stats=True,
+        x_disable_meta=True,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def wandb_root(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Two real offline runs (A: plain steps, B: HF-style train/global_step) in one root."""
+    root = tmp_path_factory.mktemp("wandb_runs")
+    home = tmp_path_factory.mktemp("wandb_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
+        for var, sub in (
+            ("WANDB_DIR", root),
+            ("WANDB_CACHE_DIR", home / "cache"),
+            ("WANDB_CONFIG_DIR", home / "config"),
+            ("WANDB_DATA_DIR", home / "data"),
+            ("WANDB_ARTIFACT_DIR", home / "artifacts"),
+        ):
+            mp.setenv(var, str(sub))
+        t0 = time.time()
+        run = wandb.init(mode="offline", dir=str(root), project="gradaudit-a", settings=_settings())
+        for i in range(N_A):
+            v = _a_values(i)
+            logged: dict[str, object] = {k: x for k, x in v.items() if k != "opt/moments/v"}
+            logged["opt"] = {"moments": {"v": v["opt/moments/v"]}}
+            logged["note"] = "text is skipped"
+            logged["flag"] = True
+            logged["shape"] = [1, 2, 3]
+            if i == BIG_AT:
+                logged.update({f"layers/{j}/grad_norm": j * 0.5 for j in range(LAYERS)})
+            if i < SWITCH:
+                run.log(logged)
+            else:
+                run.log(logged, step=_a_step(i))
+        id_a = run.id
+        run.finish()
+        t1 = time.time()
+        run = wandb.init(mode="offline", dir=str(root), project="gradaudit-b", settings=_settings())
+        for i in range(N_B):
+            run.log({**_b_train(i), "train/global_step": HF_STEP * (i + 1)})
+            if (i + 1) % 100 == 0:
+                run.log({"eval/loss": 1.5 + i / 1e4, "train/global_step": HF_STEP * (i + 1)})
+        run.log({"custom/score": 0.75})  # no train/global_step: stays at W&B's _step
+        id_b = run.id
+        run.finish()
+    files = sorted(root.rglob("*.wandb"))
+    by_id = {f.stem.removeprefix("run-"): f for f in files if "latest-run" not in f.parts}
+    return {"root": root, "a": by_id[id_a], "b": by_id[id_b], "t0": t0, "t1": t1}
+
+
+def _expected_a() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for i in range(N_A):
+        for tag, value in _a_values(i).items():
+            out.setdefault(tag, ([], []))
+            out[tag][0].append(_a_step(i))
+            out[tag][1].append(value)
+    return {t: (np.array(s, np.int64), np.array(v, np.float64)) for t, (s, v) in out.items()}
+
+
+def _run(runs: list, wandb_file: Path):
+    folder = wandb_file.parent.name
+    hits = [r for r in runs if r.name.endswith(folder) or r.name == "."]
+    assert len(hits) == 1, [r.name for r in runs]
+    return hits[0]
+
+
+def _assert_series(run, tag: str, steps: np.ndarray, values: np.ndarray) -> None:
+    got_s, got_v = run.series(tag)
+    np.testing.assert_array_equal(got_s, steps, err_msg=tag)
+    np.testing.assert_array_equal(got_v, values, err_msg=tag)  # NaN == NaN here, exact floats
+
+
+def test_reads_exactly_what_was_logged(wandb_root):
+    runs = gradaudit.read_runs([wandb_root["root"]])
+    run = _run(runs, wandb_root["a"])
+    assert run.format == "wandb"
+    expected = _expected_a()
+    for tag, (steps, values) in expected.items():
+        _assert_series(run, tag, steps, values)
+    layer_tags = {f"layers/{j}/grad_norm" for j in range(LAYERS)}
+    assert set(run.tags()) == set(expected) | layer_tags  # no _step/_runtime/text/bool/list
+    assert run.grad_norm_tag == "train/grad_norm"
+    assert run.loss_tag == "train/loss"
+    assert run.lr_tag == "train/learning_rate"
+    assert run.problems == []
+    wall = run.wall_times("train/loss")
+    assert np.all(np.diff(wall) >= 0)
+    assert wandb_root["t0"] - 1 <= wall[0] and wall[-1] <= wandb_root["t1"] + 1
+
+
+def test_record_larger_than_a_block(wandb_root):
+    # Precondition: the per-layer record really is split over FIRST/MIDDLE/LAST chunks.
+    data = wandb_root["a"].read_bytes()
+    kinds = set()
+    pos = 7
+    while pos + 7 <= len(data):
+        room = 32768 - pos % 32768
+        if room < 7:
+            pos += room
+            continue
+        _, length, kind = struct.unpack_from("<IHB", data, pos)
+        kinds.add(kind)
+        pos += 7 + length
+    assert {2, 3, 4} <= kinds
+    run = _run(gradaudit.read_runs([wandb_root["a"].parent]), wandb_root["a"])
+    for j in (0, 1, LAYERS // 2, LAYERS - 1):
+        _assert_series(run, f"layers/{j}/grad_norm", np.array([BIG_AT]), np.array([j * 0.5]))
+
+
+def test_hf_global_step_is_the_step(wandb_root):
+    run = _run(gradaudit.read_runs([wandb_root["root"]]), wandb_root["b"])
+    steps = HF_STEP * (np.arange(N_B) + 1)
+    for tag in ("train/grad_norm", "train/loss", "train/learning_rate", "train/epoch"):
+        values = np.array([_b_train(i)[tag] for i in range(N_B)])
+        _assert_series(run, tag, steps, values)
+    evals = [i for i in range(N_B) if (i + 1) % 100 == 0]
+    _assert_series(
+        run, "eval/loss", HF_STEP * (np.array(evals) + 1), np.array([1.5 + i / 1e4 for i in evals])
+    )
+    # The last row carries no global step: it keeps W&B's _step (one per log call).
+    _assert_series(run, "custom/score", np.array([N_B + len(evals)]), np.array([0.75]))
+    assert "train/global_step" not in run.tags()
+    assert any("train/global_step" in note for note in run.notes)
+
+
+def _reference_history(path: Path) -> dict[str, dict[int, float]]:
+    """wandb's own protobuf classes over the file (framing per the LevelDB log spec)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    records, parts, pos = [], [], 7
+    while pos < len(data):
+        room = 32768 - pos % 32768
+        if room < 7:
+            pos += room
+            continue
+        crc, length, kind = struct.unpack_from("<IHB", data, pos)
+        chunk = data[pos + 7 : pos + 7 + length]
+        assert zlib.crc32(bytes([kind]) + chunk) == crc
+        parts.append(chunk)
+        if kind in (1, 4):
+            records.append(b"".join(parts))
+            parts = []
+        pos += 7 + length
+    out: dict[str, dict[int, float]] = {}
+    for raw in records:
+        rec = wandb_internal_pb2.Record()
+        rec.ParseFromString(raw)
+        if rec.WhichOneof("record_type") != "history":
+            continue
+        row = {"/".join(item.nested_key) or item.key: item.value_json for item in rec.history.item}
+        step = int(row.pop("_step"))
+        for key, text in row.items():
+            if key.startswith("_") or text[:1] in ('"', "{", "[", "t", "f", "n"):
+                continue
+            value = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}.get(text)
+            out.setdefault(key, {})[step] = float(text) if value is None else value
+    return out
+
+
+def test_matches_wandb_protobuf_reference(wandb_root):
+    reference = _reference_history(wandb_root["a"])
+    raws = wandb_run.read(Source("wandb", ".", (wandb_root["a"],)))
+    frame = raws[0].points
+    assert set(frame["tag"].cast(str).unique()) == set(reference)
+    for tag, points in reference.items():
+        sub = frame.filter(frame["tag"].cast(str) == tag)
+        steps = np.array(sorted(points))
+        np.testing.assert_array_equal(sub["step"].to_numpy(), steps, err_msg=tag)
+        np.testing.assert_array_equal(
+            sub["value"].to_numpy(), np.array([points[s] for s in steps]), err_msg=tag
+        )
+
+
+def test_each_run_found_once_under_its_real_folder(wandb_root):
+    root = wandb_root["root"]
+    assert (root / "wandb" / "latest-run").is_symlink()
+    runs = gradaudit.read_runs([root])
+    wandb_runs = sorted(r.name for r in runs if r.format == "wandb")
+    assert wandb_runs == sorted(f"wandb/{wandb_root[k].parent.name}" for k in ("a", "b")), (
+        wandb_runs
+    )
+    assert all(name.startswith("wandb/offline-run-") for name in wandb_runs)
+
+
+# --- damaged input -------------------------------------------------------------------------
+
+
+def _copy_run(src: Path, root: Path, name: str) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    dst = folder / src.name
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def _errors_by_folder(result) -> dict[str, str]:
+    """``{folder: message}``; an error's path is the file, or the run's name."""
+    out = {}
+    for e in result.errors:
+        path = Path(e.path)
+        out[path.parent.name if path.suffix == ".wandb" else path.name] = e.message
+    return out
+
+
+def _history_chunk_in_block(data: bytes, block: int) -> int:
+    """File offset of the data of a FULL chunk in ``block`` that holds a history record."""
+    from wandb.proto import wandb_internal_pb2
+
+    pos = block * 32768
+    end = pos + 32768
+    # Find the first chunk header of the block (chunks never cross blocks: one starts here).
+    while pos + 7 <= end:
+        _, length, kind = struct.unpack_from("<IHB", data, pos)
+        chunk = data[pos + 7 : pos + 7 + length]
+        if kind == 1:
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(chunk)
+            if rec.WhichOneof("record_type") == "history":
+                return pos + 7
+        pos += 7 + length
+    raise AssertionError("no history record in that block")
+
+
+def test_truncated_file_keeps_complete_records(wandb_root, tmp_path):
+    data = wandb_root["a"].read_bytes()
+    cut = _copy_run(wandb_root["a"], tmp_path, "cut")
+    # Cut in the middle of a chunk's data, well inside the history.
+    at = len(data) * 3 // 5
+    cut.write_bytes(data[:at])
+    result = gradaudit.inspect([tmp_path])
+    (run,) = result.runs
+    assert [p.message for p in run.problems] == [
+        "file ends inside a record (run still being written?)"
+    ]
+    # Every point kept is exactly what was logged; only a tail is missing.
+    expected = _expected_a()
+    steps, values = run.series("train/loss")
+    n = steps.size
+    assert 0.4 * N_A < n < 0.8 * N_A
+    np.testing.assert_array_equal(steps, expected["train/loss"][0][:n])
+    np.testing.assert_array_equal(values, expected["train/loss"][1][:n])
+
+
+def test_flipped_byte_skips_one_block(wandb_root, tmp_path):
+    data = bytearray(wandb_root["a"].read_bytes())
+    bad = _copy_run(wandb_root["a"], tmp_path, "flipped")
+    _copy_run(wandb_root["b"], tmp_path, "good")
+    at = _history_chunk_in_block(bytes(data), 20) + 30
+    data[at] ^= 0x5A
+    bad.write_bytes(bytes(data))
+    result = gradaudit.inspect([tmp_path])
+    runs = {r.name: r for r in result.runs}
+    assert set(runs) == {"flipped", "good"}
+    assert runs["good"].problems == []
+    run = runs["flipped"]
+    (problem,) = run.problems
+    assert "corrupt block" in problem.message and "checksum" in problem.message
+    expected = _expected_a()
+    exp_s, exp_v = expected["train/grad_norm"]
+    steps, values = run.series("train/grad_norm")
+    lost = exp_s.size - steps.size
+    assert 0 < lost < 200  # one 32 KiB block holds well under 200 log calls
+    assert steps[-1] == exp_s[-1]  # reading resumed after the damaged block
+    keep = np.isin(exp_s, steps)
+    np.testing.assert_array_equal(values, exp_v[keep])
+
+
+def test_lying_chunk_length_is_contained(wandb_root, tmp_path):
+    data = bytearray(wandb_root["a"].read_bytes())
+    bad = _copy_run(wandb_root["a"], tmp_path, "lying")
+    # Make the first chunk of block 10 claim 65535 bytes (more than a block).
+    struct.pack_into("<H", data, 10 * 32768 + 4, 0xFFFF)
+    bad.write_bytes(bytes(data))
+    (run,) = gradaudit.read_runs([tmp_path])
+    (problem,) = run.problems
+    assert "corrupt block" in problem.message
+    assert run.series("train/loss")[0][-1] == _a_step(N_A - 1)
+
+
+def test_bad_files_are_reported_and_good_runs_still_read(wandb_root, tmp_path):
+    _copy_run(wandb_root["a"], tmp_path, "good")
+    garbage = tmp_path / "garbage" / "run-x.wandb"
+    garbage.parent.mkdir()
+    garbage.write_bytes(os.urandom(5000))
+    empty = tmp_path / "empty" / "run-y.wandb"
+    empty.parent.mkdir()
+    empty.write_bytes(b"")
+    header_only = tmp_path / "header_only" / "run-z.wandb"
+    header_only.parent.mkdir()
+    header_only.write_bytes(wandb_root["a"].read_bytes()[:7])
+    result = gradaudit.inspect([tmp_path])
+    assert [r.name for r in result.runs] == ["good"]
+    errors = _errors_by_folder(result)
+    assert "not a W&B run file" in errors["garbage"] and "run-x.wandb" in errors["garbage"]
+    assert "not a W&B run file (an empty file)" in errors["empty"]
+    assert "no history" in errors["header_only"] or "no scalar" in errors["header_only"]
+    assert result.exit_code == 0
+
+
+def test_random_damage_never_crashes(wandb_root, tmp_path):
+    """Flipped bytes, lying lengths and cuts anywhere: a clear result, never an exception."""
+    data = wandb_root["b"].read_bytes()
+    rng = np.random.default_rng(0)
+    expected = {HF_STEP * (i + 1): _b_train(i)["train/loss"] for i in range(N_B)}
+    for trial in range(12):
+        damaged = bytearray(data)
+        for at in rng.integers(7, len(data), size=int(rng.integers(1, 40))):
+            damaged[at] = int(rng.integers(0, 256))
+        if trial % 3 == 0:
+            damaged = damaged[: int(rng.integers(8, len(damaged)))]
+        src = Source("wandb", ".", (tmp_path / f"run-{trial}.wandb",))
+        src.files[0].write_bytes(bytes(damaged))
+        try:
+            (raw,) = wandb_run.read(src)
+        except gradaudit.errors.ReadError:
+            continue
+        frame = raw.points.filter(raw.points["tag"] == "train/loss")
+        # A CRC-checked record is either lost or exact: no value comes back altered.
+        for step, value in zip(frame["step"], frame["value"], strict=True):
+            if step in expected:
+                assert value == expected[step]
