@@ -129,3 +129,9 @@ def test_hidden_folders_are_skipped(tmp_path):
     _touch(tmp_path / ".git" / "1.ev")
     _touch(tmp_path / "r" / "1.ev")
     assert names([tmp_path]) == ["r"]
+
+
+def test_checkpoint_folder_scanned_from_inside_is_not_named_dotdot(tmp_path):
+    f = _touch(tmp_path / "out" / "checkpoint-10" / "state.tab")
+    assert names([tmp_path / "out" / "checkpoint-10"]) == ["."]
+    assert names([str(f)]) == [str(f)]

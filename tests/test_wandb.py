@@ -290,7 +290,18 @@ def _history_chunk_in_block(data: bytes, block: int) -> int:
             if rec.WhichOneof("record_type") == "history":
                 return pos + 7
         pos += 7 + length
-    raise AssertionError("no history record in that block")
+    raise LookupError("no history record in that block")
+
+
+def _history_chunk_from_block(data: bytes, first: int) -> int:
+    """Like ``_history_chunk_in_block`` for the first block from ``first`` that has one
+    (a block can be filled by the middle of one large record)."""
+    for block in range(first, len(data) // 32768):
+        try:
+            return _history_chunk_in_block(data, block)
+        except LookupError:
+            continue
+    raise AssertionError("no history record after that block")
 
 
 def test_truncated_file_keeps_complete_records(wandb_root, tmp_path):
@@ -317,7 +328,7 @@ def test_flipped_byte_skips_one_block(wandb_root, tmp_path):
     data = bytearray(wandb_root["a"].read_bytes())
     bad = _copy_run(wandb_root["a"], tmp_path, "flipped")
     _copy_run(wandb_root["b"], tmp_path, "good")
-    at = _history_chunk_in_block(bytes(data), 20) + 30
+    at = _history_chunk_from_block(bytes(data), 20) + 30
     data[at] ^= 0x5A
     bad.write_bytes(bytes(data))
     result = gradaudit.inspect([tmp_path])

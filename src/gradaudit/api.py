@@ -9,11 +9,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from gradaudit.adapters.base import Source
-from gradaudit.audit import audit_run as _audit_run
-from gradaudit.clip import batch_clip
 from gradaudit.discover import discover
 from gradaudit.errors import UsageError
-from gradaudit.gate import evaluate_gate
 from gradaudit.ingest import read_source
 from gradaudit.model import InputError, RunAudit
 from gradaudit.result import AuditResult
@@ -81,6 +78,8 @@ class _ScanJob:
     settings: Settings
 
     def __call__(self, source: Source) -> tuple[list[RunAudit], list[InputError]]:
+        from gradaudit.audit import audit_run as _audit_run
+
         runs, errors = read_source(source, self.settings.grad_tag, self.settings.loss_tag)
         return [_audit_run(run, self.settings) for run in runs], errors
 
@@ -114,6 +113,8 @@ def read_runs(
 
 def audit_run(series: RunSeries, settings: Settings | None = None, **overrides: Any) -> RunAudit:
     """Find episodes, their loss impact and clip suggestions for one run."""
+    from gradaudit.audit import audit_run as _audit_run
+
     settings = (settings or Settings()).with_overrides(**overrides)
     return _audit_run(series, settings)
 
@@ -126,6 +127,10 @@ def scan(
     Keyword overrides are :class:`~gradaudit.settings.Settings` fields, e.g.
     ``scan(["runs/"], fail_on="warning", impact_horizon=100)``.
     """
+    # The engine (numpy/scipy) is imported here, not at start-up: `inspect` never needs it.
+    from gradaudit.clip import batch_clip
+    from gradaudit.gate import evaluate_gate
+
     settings = (settings or Settings()).with_overrides(**overrides)
     audits: list[RunAudit] = []
     errors: list[InputError] = []

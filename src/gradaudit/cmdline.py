@@ -10,6 +10,7 @@ import click
 from gradaudit import __version__, api
 from gradaudit.config import load_config
 from gradaudit.errors import UsageError
+from gradaudit.gate import load_baseline
 from gradaudit.inspect_view import write_inspection
 from gradaudit.report import FORMATTERS, format_for
 from gradaudit.settings import FAIL_ON, Settings
@@ -41,11 +42,14 @@ def cli() -> None:
     "fmt",
     type=click.Choice(sorted(FORMATTERS)),
     default=None,
-    help="Report format; defaults from --out's suffix (JSON on stdout).",
+    help="Report format; defaults from --out's suffix (JSON on stdout). 'github' prints "
+    "workflow-command annotations.",
 )
 @click.option("--json", "json_out", default=None, help="Also write the JSON report here.")
-@click.option("--fail-on", type=click.Choice(FAIL_ON), default=None, help="Gate level [explosion].")
-@click.option("--baseline", default=None, help="Earlier JSON report to compare against.")
+@click.option("--fail-on", type=click.Choice(FAIL_ON), default=None,
+              help="Lowest run status that fails the gate (exit 1) [explosion].")
+@click.option("--baseline", default=None,
+              help="Earlier JSON report of the same runs; what got worse fails the gate.")
 @click.option("--grad-tag", default=None, help="Glob naming the grad-norm tag.")
 @click.option("--loss-tag", default=None, help="Glob naming the loss tag.")
 @click.option("--impact-horizon", type=click.IntRange(min=1), default=None, help="Steps [200].")
@@ -65,6 +69,8 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
         settings = Settings().with_overrides(**load_config()).with_overrides(**options)
         out = out or "-"
         fmt = format_for(out, fmt)
+        if settings.baseline:
+            load_baseline(settings.baseline)  # fail before a long scan, not after it
         if not quiet:
             _progress(f"gradaudit: scanning {', '.join(paths)} ...")
         result = api.scan(paths, settings)

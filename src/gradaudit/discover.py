@@ -94,7 +94,7 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> Discovery:
         prefix = given.rstrip("/") or "/" if len(paths) > 1 else "."
         if root.is_file():
             for src in _claim(root.parent, [root]):
-                name = given if len(paths) > 1 or src.name in (".", root.name) else src.name
+                name = given if len(paths) > 1 or src.name in (".", "..", root.name) else src.name
                 merged.setdefault((src.format, name), []).extend(src.files)
             continue
         if not root.is_dir():
@@ -113,6 +113,9 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> Discovery:
             rel_folder = folder.relative_to(root).as_posix() if folder != root else "."
             for src in _claim(folder, unique):
                 name = _join(_join(prefix, rel_folder), src.name)
+                if name == ".." or name.startswith("../"):
+                    # A run that names its parent folder, scanned from inside: the root it is.
+                    name = prefix
                 merged.setdefault((src.format, name), []).extend(src.files)
     sources = [Source(fmt, name, tuple(files)) for (fmt, name), files in merged.items()]
     sources.sort(key=lambda s: (s.name, s.format))

@@ -1,20 +1,182 @@
-"""PLACEHOLDER gate: to be extended with baselines (issue 4)."""
+"""The CI gate: the exit code of a scan, and what got worse against a baseline report.
+
+Exit codes (DESIGN.md, "CLI contract"):
+
+- **0**: no run at or above ``fail_on`` and nothing regressed (or ``fail_on="never"``).
+- **1**: the gate failed: a run's status is at or above ``fail_on`` (``explosion``: only
+  explosions fail; ``warning``: warnings too), or a run regressed against the baseline.
+- **2**: nothing could be audited: no run was read at all (every input failed, or no run was
+  found). Usage errors (a missing path, an unreadable baseline) raise
+  :class:`~gradaudit.errors.UsageError`, which the command line also maps to 2.
+
+A baseline is an earlier schema-1 JSON report (``--json`` output) of the same runs, matched by
+run name. A run *regressed* when, compared with its baseline entry:
+
+- it is a **new explosion**: its status was ``ok`` or ``warning`` and is ``explosion`` now;
+- its **healthy grad-norm level** (``healthy_grad_norm``) grew more than
+  ``baseline_grad_norm_ratio`` times (default 1.5);
+- its **spike rate** (``spike_rate``, episodes per 1000 steps) grew by more than
+  ``baseline_spike_rate_delta`` per 1000 steps (default 1.0) *and* to more than
+  ``baseline_spike_rate_ratio`` times the baseline (default 2.0).
+
+Runs that are not in the baseline are new, not regressions. Baseline runs that are missing now
+are reported in ``gate_reasons`` (as notes) but do not fail the gate. Regressions fail the gate
+whatever ``fail_on`` is, except ``never``, which turns the gate off (regressions are still
+listed).
+"""
 
 from __future__ import annotations
 
+import json
+import math
+from typing import Any
+
+from gradaudit.errors import UsageError
 from gradaudit.result import AuditResult
 
-_RANK = {"ok": 0, "warning": 1, "explosion": 2, "error": 0}
+EXIT_OK, EXIT_GATE, EXIT_NOTHING = 0, 1, 2
+
+# Documented tolerances; a Settings field of the same name overrides each one.
+BASELINE_GRAD_NORM_RATIO = 1.5
+BASELINE_SPIKE_RATE_DELTA = 1.0
+BASELINE_SPIKE_RATE_RATIO = 2.0
+
+_LEVEL = {"warning": 1, "explosion": 2}
+_RANK = {"ok": 0, "error": 0, "warning": 1, "explosion": 2}
+MAX_LISTED = 20
 
 
-def evaluate_gate(result: AuditResult) -> None:
-    if not result.runs and result.errors:
-        result.exit_code = 2
+def _tolerance(settings: Any, name: str, default: float) -> float:
+    value = getattr(settings, name, None)
+    return float(default if value is None else value)
+
+
+def load_baseline(path: str) -> dict[str, dict[str, Any]]:
+    """The runs of a schema-1 JSON report, by run name. Raises UsageError when unusable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError as exc:
+        raise UsageError(f"baseline {path!r}: no such file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"baseline {path!r}: cannot read it: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"baseline {path!r}: not a JSON report: {exc}") from exc
+    if not isinstance(doc, dict) or "schema_version" not in doc:
+        raise UsageError(f"baseline {path!r}: not a gradaudit JSON report (no schema_version)")
+    if doc["schema_version"] != 1:
+        raise UsageError(
+            f"baseline {path!r}: schema_version {doc['schema_version']!r} is not supported "
+            "(this gradaudit reads schema_version 1)"
+        )
+    runs = doc.get("runs")
+    if not isinstance(runs, list):
+        raise UsageError(f"baseline {path!r}: 'runs' must be a list")
+    out: dict[str, dict[str, Any]] = {}
+    for i, entry in enumerate(runs):
+        if not isinstance(entry, dict) or not isinstance(entry.get("run"), str):
+            raise UsageError(f"baseline {path!r}: runs[{i}] has no run name")
+        out[entry["run"]] = entry
+    return out
+
+
+def _finite(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def compare(result: AuditResult, baseline: dict[str, dict[str, Any]]) -> tuple[
+        list[dict[str, Any]], list[str]]:
+    """The regressions of ``result`` against ``baseline`` runs, and notes (missing runs)."""
+    settings = result.settings
+    gn_ratio = _tolerance(settings, "baseline_grad_norm_ratio", BASELINE_GRAD_NORM_RATIO)
+    sr_delta = _tolerance(settings, "baseline_spike_rate_delta", BASELINE_SPIKE_RATE_DELTA)
+    sr_ratio = _tolerance(settings, "baseline_spike_rate_ratio", BASELINE_SPIKE_RATE_RATIO)
+    regressions: list[dict[str, Any]] = []
+    notes: list[str] = []
+    current = {r.run: r for r in result.runs}
+    for run in result.runs:
+        old = baseline.get(run.run)
+        if old is None:
+            continue
+        old_status = old.get("status")
+        if run.status == "explosion" and old_status in ("ok", "warning"):
+            regressions.append({
+                "run": run.run, "metric": "status", "baseline": old_status,
+                "current": run.status,
+                "message": f"new explosion (was {old_status} in the baseline)",
+            })
+        old_gn, new_gn = _finite(old.get("healthy_grad_norm")), _finite(run.healthy_grad_norm)
+        if old_gn is not None and new_gn is not None and old_gn > 0 and new_gn > gn_ratio * old_gn:
+            regressions.append({
+                "run": run.run, "metric": "healthy_grad_norm", "baseline": old_gn,
+                "current": new_gn,
+                "message": f"healthy grad-norm level rose {new_gn / old_gn:.3g}x "
+                           f"({old_gn:.4g} -> {new_gn:.4g}; tolerance {gn_ratio:g}x)",
+            })
+        old_sr, new_sr = _finite(old.get("spike_rate")), _finite(run.spike_rate)
+        if (old_sr is not None and new_sr is not None and new_sr > old_sr + sr_delta
+                and new_sr > sr_ratio * old_sr):
+            regressions.append({
+                "run": run.run, "metric": "spike_rate", "baseline": old_sr, "current": new_sr,
+                "message": f"spike rate rose from {old_sr:.3g} to {new_sr:.3g} episodes per 1000 "
+                           f"steps (tolerance +{sr_delta:g} and {sr_ratio:g}x)",
+            })
+        if run.status == "error" and old_status not in (None, "error"):
+            notes.append(f"note: run {run.run!r} was readable in the baseline and is not now")
+    missing = [name for name in baseline if name not in current]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:MAX_LISTED])
+        more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+        notes.append(f"note: {len(missing)} baseline run(s) missing now: {shown}{more}")
+    return regressions, notes
+
+
+def evaluate_gate(result: AuditResult, baseline: dict[str, dict[str, Any]] | None = None) -> None:
+    """Set ``result.exit_code``, ``result.regressions`` and ``result.gate_reasons``.
+
+    ``baseline`` (runs by name) defaults to loading ``result.settings.baseline`` when set.
+    Raises :class:`~gradaudit.errors.UsageError` for an unusable baseline file.
+    """
+    settings = result.settings
+    if baseline is None and settings.baseline:
+        baseline = load_baseline(settings.baseline)
+    reasons: list[str] = []
+    regressions: list[dict[str, Any]] = []
+    notes: list[str] = []
+    if not result.runs:
+        result.regressions = []
+        if result.errors:
+            reasons.append(f"no run could be read ({len(result.errors)} input(s) failed)")
+        else:
+            reasons.append("no run found under the given paths")
+        result.gate_reasons = reasons
+        result.exit_code = EXIT_NOTHING
         return
-    fail_on = result.settings.fail_on
-    if fail_on == "never":
-        result.exit_code = 0
-        return
-    bar = _RANK[fail_on]
-    bad = [r.run for r in result.runs if _RANK[r.status] >= bar and r.status != "ok"]
-    result.exit_code = 1 if bad else 0
+    if baseline is not None:
+        regressions, notes = compare(result, baseline)
+    result.regressions = regressions
+    failing: list[str] = []
+    if settings.fail_on != "never":
+        bar = _LEVEL[settings.fail_on]
+        failing = [r.run for r in result.runs if _RANK.get(r.status, 0) >= bar]
+    if failing:
+        level = "explosion" if settings.fail_on == "explosion" else "warning or explosion"
+        shown = ", ".join(repr(n) for n in failing[:MAX_LISTED])
+        more = f" and {len(failing) - MAX_LISTED} more" if len(failing) > MAX_LISTED else ""
+        reasons.append(f"{len(failing)} run(s) at {level} (--fail-on {settings.fail_on}): "
+                       f"{shown}{more}")
+    if regressions and settings.fail_on != "never":
+        runs = sorted({r["run"] for r in regressions})
+        shown = ", ".join(repr(n) for n in runs[:MAX_LISTED])
+        more = f" and {len(runs) - MAX_LISTED} more" if len(runs) > MAX_LISTED else ""
+        reasons.append(f"{len(regressions)} regression(s) against the baseline in "
+                       f"{len(runs)} run(s): {shown}{more}")
+    elif regressions:
+        reasons.append(f"{len(regressions)} regression(s) against the baseline "
+                       "(not failing: --fail-on never)")
+    result.exit_code = EXIT_GATE if (failing or (regressions and settings.fail_on != "never")) \
+        else EXIT_OK
+    result.gate_reasons = reasons + notes

@@ -130,28 +130,47 @@ def canonical_frame(raw: pl.DataFrame | pl.LazyFrame) -> tuple[pl.DataFrame, lis
         pl.col("value").cast(pl.Float64),
         pl.col("wall_time").cast(pl.Float64),
     ).filter(pl.col("step").is_not_null() & pl.col("tag").is_not_null())
-    # A point survives when every later write of its tag has a larger step.
-    later_min = (
-        pl.col("step").reverse().cum_min().reverse().shift(-1).over("tag")
+    df = lf.collect()
+    if df.height == 0:
+        return df.with_columns(pl.col("tag").cast(pl.Categorical)), []
+    # Group the points by tag (tags in name order), keeping write order within a tag.
+    tags = df.get_column("tag").unique().sort()
+    rank = df.get_column("tag").replace_strict(
+        tags, pl.int_range(tags.len(), eager=True, dtype=pl.Int64)
     )
-    marked = lf.with_columns(keep=later_min.is_null() | (pl.col("step") < later_min)).collect()
+    df = df.with_columns(rank.alias("_rank")).sort("_rank", maintain_order=True)
+    # A point survives when every later write of its tag has a larger step. With the tag rank
+    # folded into one key, a single reverse cumulative minimum does it for all tags at once:
+    # keys of later tags are larger than any key of an earlier tag.
+    lo, hi = df.get_column("step").min(), df.get_column("step").max()
+    span = int(hi) - int(lo) + 1
+    if span * tags.len() < 2**62:
+        key = (pl.col("step") - lo) + pl.col("_rank") * span
+        later_min = key.reverse().cum_min().reverse().shift(-1)
+        keep = later_min.is_null() | (key < later_min)
+    else:
+        later_min = pl.col("step").reverse().cum_min().reverse().shift(-1).over("_rank")
+        keep = later_min.is_null() | (pl.col("step") < later_min)
+    marked = df.with_columns(keep=keep).drop("_rank")
     notes: list[str] = []
     dropped = marked.filter(~pl.col("keep"))
     if dropped.height:
-        per_tag = (
+        per_range = (
             dropped.group_by("tag")
-            .agg(pl.col("step").min().alias("lo"), pl.col("step").max().alias("hi"), pl.len())
-            .sort("tag")
+            .agg(pl.col("step").min().alias("lo"), pl.col("step").max().alias("hi"))
+            .group_by("lo", "hi")
+            .agg(pl.col("tag").sort())
+            .sort("lo", "hi")
         )
-        for tag, lo, hi, n in per_tag.iter_rows():
+        for lo_step, hi_step, range_tags in per_range.iter_rows():
+            shown = ", ".join(repr(t) for t in range_tags[:3])
+            more = f" and {len(range_tags) - 3} more" if len(range_tags) > 3 else ""
             notes.append(
-                f"tag {tag!r}: {n} earlier point(s) at steps {lo}-{hi} replaced by later writes"
-                " (a resume that rewound the step, or a step logged twice)"
+                f"steps {lo_step}-{hi_step} were written again later (a resume that rewound the"
+                f" step, or a step logged twice): the later write wins for {shown}{more}"
             )
-    frame = (
-        marked.filter(pl.col("keep"))
-        .drop("keep")
-        .sort(["tag", "step"])
-        .with_columns(pl.col("tag").cast(pl.Categorical))
+    # Survivors are already sorted by (tag, step): within a tag they strictly increase.
+    frame = marked.filter(pl.col("keep")).drop("keep").with_columns(
+        pl.col("tag").cast(pl.Categorical)
     )
     return frame, notes

@@ -17,6 +17,16 @@ class Settings:
     - ``fail_on``: the lowest run status that fails the gate (``never`` turns the gate off).
     - ``baseline``: path of an earlier JSON report to compare against.
     - ``workers``: processes that read and audit runs (1 = in this process).
+    - ``spike_ratio``: grad norm / healthy level at which a point starts an episode (3x).
+    - ``level_ratio``: a PELT level shift this many times the level before is an episode (2x).
+    - ``merge_gap``: anomalous points at most this many logged points apart join one episode.
+    - ``harm_excess``: excess loss (fraction of the loss level, and at least 2 noise sigmas of
+      the healthy loss) that counts as harm (1 %).
+    - ``harm_jump``: loss jump (fraction of the loss level, and at least 6 noise sigmas) that
+      counts as harm (10 %). An episode is an explosion only when the loss was harmed.
+    - ``explosion_ratio``: with no loss series, the peak ratio that makes an explosion (10x).
+    - ``clip_max_cost``: the suggested clip threshold is the smallest option that clips at most
+      this fraction of healthy steps (0.5 %).
     """
 
     grad_tag: str | None = None
@@ -25,6 +35,13 @@ class Settings:
     fail_on: str = "explosion"
     baseline: str | None = None
     workers: int = 1
+    spike_ratio: float = 3.0
+    level_ratio: float = 2.0
+    merge_gap: int = 5
+    harm_excess: float = 0.01
+    harm_jump: float = 0.1
+    explosion_ratio: float = 10.0
+    clip_max_cost: float = 0.005
 
     def __post_init__(self) -> None:
         if self.fail_on not in FAIL_ON:

@@ -1,17 +1,122 @@
-"""PLACEHOLDER adapter for csv: to be written (claims nothing yet)."""
+"""CSV/TSV tables of scalars: long, wide or W&B history layout (see :mod:`._tables`).
+
+Read lazily with ``polars.scan_csv``. Metric columns are parsed as Float64, so ``nan``, ``NaN``,
+``inf``, ``Infinity`` cells are kept as the non-finite values that were logged, while an empty
+cell is a point that was not logged. A cell that is not a number becomes "not logged" too.
+Invalid UTF-8 does not stop the read: the file is read again with replacement characters and the
+run carries a problem saying so (numbers are ASCII, so only text such as run names can suffer).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
+
+from gradaudit.adapters import _tables
 from gradaudit.adapters.base import RawRun, Source
+from gradaudit.errors import ReadError
+from gradaudit.series import FileProblem
 
 FORMAT = "csv"
+SUFFIXES = {".csv": ",", ".tsv": "\t"}
+#: Rows read up front to decide column types (sparse metrics may be empty for a while).
+SAMPLE_ROWS = 5000
 
 
 def claim(directory: Path, files: list[Path]) -> list[Source]:
-    return []
+    """Every ``.csv``/``.tsv`` file is one source named after the file."""
+    return [Source(FORMAT, f.name, (f,)) for f in files if f.suffix.lower() in SUFFIXES]
+
+
+def _numeric_text(sample: pl.DataFrame) -> set[str]:
+    """String columns of the sample that hold mostly numbers (or nothing) so far."""
+    out: set[str] = set()
+    for name, dtype in sample.schema.items():
+        if dtype not in (pl.String, pl.Null):
+            continue
+        col = sample.get_column(name)
+        if dtype == pl.Null:
+            out.add(name)
+            continue
+        text = col.str.strip_chars()
+        text = text.filter(text.is_not_null() & (text != ""))
+        # Mostly numbers: a few garbled cells become "not logged", the column stays a metric.
+        if text.len() == 0 or 2 * text.cast(pl.Float64, strict=False).null_count() < text.len():
+            out.add(name)
+    return out
+
+
+def _read(path: Path, sep: str, encoding: str) -> tuple[pl.LazyFrame, set[str]]:
+    try:
+        sample = pl.read_csv(
+            path,
+            separator=sep,
+            n_rows=SAMPLE_ROWS,
+            infer_schema_length=SAMPLE_ROWS,
+            encoding=encoding,
+            truncate_ragged_lines=True,
+        )
+    except pl.exceptions.NoDataError as exc:
+        raise ReadError("the file is empty") from exc
+    numeric_text = _numeric_text(sample)
+    # An all-empty sample column reads as String: it may still be a sparse metric.
+    layout = _tables.detect_layout(dict(sample.schema), numeric_text)
+    overrides: dict[str, pl.DataType] = dict(sample.schema)
+    for name, dtype in sample.schema.items():
+        if name in layout.metrics or name == layout.value:
+            overrides[name] = pl.Float64()
+        elif name == layout.step and dtype != pl.Int64:
+            overrides[name] = pl.Float64() if dtype.is_numeric() else pl.String()
+        elif dtype == pl.Null:
+            overrides[name] = pl.String()
+    lf = pl.scan_csv(
+        path,
+        separator=sep,
+        schema_overrides=overrides,
+        infer_schema_length=SAMPLE_ROWS,
+        ignore_errors=True,
+        encoding=encoding,
+        truncate_ragged_lines=True,
+    )
+    return lf, numeric_text
+
+
+def read_file(path: Path) -> list[RawRun]:
+    """Read one CSV/TSV table into raw runs."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ReadError(f"cannot read the file: {exc.strerror}") from exc
+    if size == 0:
+        raise ReadError("the file is empty")
+    sep = SUFFIXES.get(path.suffix.lower(), ",")
+    problems: list[FileProblem] = []
+    try:
+        try:
+            lf, numeric_text = _read(path, sep, "utf8")
+            return _tables.table_runs(lf, path, numeric_text=numeric_text)
+        except pl.exceptions.ComputeError as exc:
+            if "utf-8" not in str(exc).lower() and "utf8" not in str(exc).lower():
+                raise
+        problems.append(
+            FileProblem(
+                path.name,
+                "the file is not valid UTF-8; it was read with replacement characters",
+            )
+        )
+        lf, numeric_text = _read(path, sep, "utf8-lossy")
+        return _tables.table_runs(lf, path, numeric_text=numeric_text, problems=problems)
+    except ReadError:
+        raise
+    except pl.exceptions.PolarsError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ReadError(f"could not parse the CSV: {first}") from exc
 
 
 def read(source: Source) -> list[RawRun]:
-    raise NotImplementedError
+    """Read the source's table (one file)."""
+    runs: list[RawRun] = []
+    for path in source.files:
+        runs.extend(read_file(path))
+    return runs

@@ -1,17 +1,170 @@
-"""PLACEHOLDER adapter for hf-trainer-state: to be written (claims nothing yet)."""
+"""Hugging Face ``trainer_state.json``: the ``log_history`` of a Trainer run.
+
+Training entries (``loss``, ``grad_norm``, ``learning_rate``, ``epoch``, ...) become the tags the
+Trainer reports to TensorBoard/W&B: ``train/loss``, ``train/grad_norm``, ``train/learning_rate``,
+``train/epoch``; eval entries (``eval_loss``, ``eval_runtime``, ...) become ``eval/loss``, ...;
+``test_*`` become ``test/*``. The final summary entry (``train_runtime``, ``train_loss``, ...) is
+no series point. Non-finite values (``NaN``/``Infinity`` tokens written by Python's ``json``) are
+kept.
+
+An output folder ``out/`` is one run; each ``out/checkpoint-N/trainer_state.json`` is a copy of the
+state at step N and belongs to the same run. The copy with the largest ``global_step`` is read
+(on a tie, the top-level one); a note names it.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from pathlib import Path
+from typing import Any
+
+import polars as pl
 
 from gradaudit.adapters.base import RawRun, Source
+from gradaudit.errors import ReadError
+from gradaudit.series import FileProblem
 
 FORMAT = "hf-trainer-state"
+FILE_NAME = "trainer_state.json"
+#: Largest trainer_state.json loaded (parsed as one Python object).
+MAX_BYTES = 512 * 1024 * 1024
+_CHECKPOINT = re.compile(r"checkpoint-\d+$")
+_GLOBAL_STEP = re.compile(rb'"global_step"\s*:\s*(\d+)')
+#: Keys of the final summary entry the Trainer appends after training.
+_SUMMARY_KEYS = frozenset({"train_runtime", "train_samples_per_second", "train_steps_per_second"})
 
 
 def claim(directory: Path, files: list[Path]) -> list[Source]:
-    return []
+    """``trainer_state.json``; a copy inside ``checkpoint-N/`` belongs to the parent run."""
+    out: list[Source] = []
+    for f in files:
+        if f.name == FILE_NAME:
+            name = ".." if _CHECKPOINT.match(directory.name) else "."
+            out.append(Source(FORMAT, name, (f,)))
+    return out
+
+
+def tag_for(key: str) -> str:
+    """The tag the Trainer reports a log_history key under (its ``rewrite_logs``)."""
+    if key.startswith("eval_"):
+        return "eval/" + key[len("eval_") :]
+    if key.startswith("test_"):
+        return "test/" + key[len("test_") :]
+    return "train/" + key
+
+
+def _sniff_step(path: Path) -> int | None:
+    """``global_step`` from the head of the file (keys are sorted: it precedes log_history)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return None
+    m = _GLOBAL_STEP.search(head)
+    return int(m.group(1)) if m else None
+
+
+def _is_top_level(path: Path) -> bool:
+    return not _CHECKPOINT.match(path.parent.name)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ReadError(f"cannot read the file: {exc.strerror}") from exc
+    if size == 0:
+        raise ReadError("the file is empty")
+    if size > MAX_BYTES:
+        raise ReadError(
+            f"the file is {size >> 20} MiB; trainer_state.json files over {MAX_BYTES >> 20} MiB "
+            "are not loaded"
+        )
+    try:
+        with path.open("r", encoding="utf-8", errors="replace") as fh:
+            state = json.load(fh)
+    except ValueError as exc:
+        raise ReadError(f"not valid JSON (a partly written file?): {exc}") from exc
+    except RecursionError as exc:
+        raise ReadError("the JSON nests too deeply") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("log_history"), list):
+        raise ReadError("not a trainer_state.json: no log_history list")
+    return state
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    return float(v)
+
+
+def _points(state: dict[str, Any]) -> tuple[pl.DataFrame, int]:
+    steps: list[int] = []
+    tags: list[str] = []
+    values: list[float] = []
+    skipped = 0
+    for entry in state["log_history"]:
+        if not isinstance(entry, dict):
+            skipped += 1
+            continue
+        if _SUMMARY_KEYS & entry.keys():
+            continue
+        step = entry.get("step")
+        if isinstance(step, float) and math.isfinite(step) and step.is_integer():
+            step = int(step)
+        if isinstance(step, bool) or not isinstance(step, int):
+            skipped += 1
+            continue
+        # An eval entry repeats the epoch of the training entry at the same step.
+        is_eval = any(k.startswith(("eval_", "test_")) for k in entry)
+        for key, raw in entry.items():
+            if key == "step" or (is_eval and key == "epoch"):
+                continue
+            value = _number(raw)
+            if value is None:
+                continue
+            steps.append(step)
+            tags.append(tag_for(key))
+            values.append(value)
+    frame = pl.DataFrame(
+        {"step": steps, "tag": tags, "value": values},
+        schema={"step": pl.Int64, "tag": pl.String, "value": pl.Float64},
+    )
+    return frame, skipped
 
 
 def read(source: Source) -> list[RawRun]:
-    raise NotImplementedError
+    """Read the most advanced copy of the run's ``trainer_state.json``."""
+    files = sorted(
+        source.files,
+        key=lambda p: (-(_sniff_step(p) or -1), not _is_top_level(p), str(p)),
+    )
+    problems: list[FileProblem] = []
+    last_error: ReadError | None = None
+    for path in files:
+        try:
+            state = _load(path)
+        except ReadError as exc:
+            problems.append(FileProblem(str(path), str(exc)))
+            last_error = exc
+            continue
+        frame, skipped = _points(state)
+        if skipped:
+            problems.append(
+                FileProblem(str(path), f"{skipped} log_history entries without a step skipped")
+            )
+        notes = []
+        if len(source.files) > 1:
+            notes.append(
+                f"read {path} (global_step {state.get('global_step')}), the most advanced of "
+                f"{len(source.files)} trainer_state.json copies"
+            )
+        return [RawRun(points=frame, problems=problems, notes=notes, files=[path])]
+    if len(files) == 1 and last_error is not None:
+        raise last_error
+    raise ReadError(
+        "no trainer_state.json copy could be read: "
+        + "; ".join(f"{p.file}: {p.message}" for p in problems)
+    )

@@ -1,17 +1,317 @@
-"""PLACEHOLDER adapter for megatron-log: to be written (claims nothing yet)."""
+"""Megatron-LM / Megatron-DeepSpeed stdout logs: the ``iteration N/ M | field: value |`` lines.
+
+Each field of an iteration line becomes a tag named as logged (``lm loss``, ``grad norm``,
+``loss scale``, ``learning rate``, ``num zeros``, ``number of skipped iterations``, ...); the
+validation lines (``validation loss at iteration N | lm loss value: ... | lm loss PPL: ...``)
+become ``validation/lm loss`` and ``validation/lm loss PPL`` (``test/...`` for the test set).
+``nan``/``inf`` values are kept. Whatever surrounds the lines is ignored: rank tags
+(``[default7]:``), timestamps (read as wall time when they are ISO-like), ``time (ms)`` lines,
+``[...]`` elisions, prose, code fences. A line folded in two (a terminal or paste wrap) is joined
+back. Identical lines printed by several ranks count once. The DeepSpeed engine's
+``step=N, skipped=K, lr=[...]`` lines give ``deepspeed/skipped`` and ``deepspeed/lr``.
+
+The text is parsed in large chunks with Polars' string kernels, not a Python object per field.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import polars as pl
+
 from gradaudit.adapters.base import RawRun, Source
+from gradaudit.errors import ReadError
+from gradaudit.series import FileProblem
 
 FORMAT = "megatron-log"
+SUFFIXES = frozenset({".log", ".txt", ".out", ".err", ""})
+SNIFF_BYTES = 64 * 1024
+CHUNK_BYTES = 32 * 1024 * 1024
+
+_ITER = r"iteration\s+(\d+)\s*/\s*\d+\s*\|"
+_ITER_SNIFF = re.compile(rb"iteration\s+\d+\s*/\s*\d+\s*\|")
+#: An iteration line from its step on (``31214/  115311 | field: value | ...``).
+_ITER_FAST = re.compile(r"iteration\s+(\d+\s*/\s*\d+\s*\|[^\n]*)")
+#: The same, with an ISO-like timestamp before it on the line (read as wall time).
+_ITER_TIMED = re.compile(
+    r"^(?:[^\n]*?(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}))?[^\n]*?iteration\s+"
+    r"(\d+\s*/\s*\d+\s*\|[^\n]*)",
+    re.M,
+)
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}")
+_VALID = re.compile(r"validation loss at iteration\s+(\d+)(?:\s+on\s+(\w+)\s+set)?\s*\|([^\n]*)")
+_DS_STEP = re.compile(r"\bstep=(\d+),\s*skipped=(\d+),\s*lr=\[\s*([^,\]\s]+)")
+#: A line folded right after a ``|``: the next line goes on with ``name: value |`` fields.
+_FOLD_AT_BAR = re.compile(r"\|[ \t]*\r?\n[ \t]*[A-Za-z][A-Za-z0-9 _./()-]*:\s*[-+.0-9a-zA-Z]+\s*\|")
+_FIELD_START = r"^\s*[A-Za-z][A-Za-z0-9 _./()-]*:\s*[-+.0-9a-zA-Z]+\s*\|"
+_TIME_LINE = r"^\s*(\[[^\]]*\]:?\s*)?time \(ms\)"
+
+_SCHEMA = {"step": pl.Int64, "tag": pl.String, "value": pl.Float64, "wall_time": pl.Float64}
+_COLS = ["i", *_SCHEMA]
+
+
+def _sniff(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except OSError:
+        return False
+    if b"\x00" in head:
+        return False
+    return _ITER_SNIFF.search(head) is not None
 
 
 def claim(directory: Path, files: list[Path]) -> list[Source]:
-    return []
+    """Text-ish files whose first 64 KiB hold a Megatron iteration line."""
+    return [
+        Source(FORMAT, f.name, (f,)) for f in files if f.suffix.lower() in SUFFIXES and _sniff(f)
+    ]
+
+
+def _fields_generic(records: pl.DataFrame, prefix: str) -> pl.DataFrame:
+    """Explode the ``name: value |`` fields of ``body`` into (i, step, tag, value, wall_time)."""
+    tag = pl.col("field_0").str.strip_chars()
+    return (
+        records.lazy()
+        .with_columns(pl.col("body").str.split("|"))
+        .explode("body")
+        .with_columns(pl.col("body").str.split_exact(":", 1).alias("kv"))
+        .unnest("kv")
+        .select(
+            "i",
+            "step",
+            (pl.lit(prefix) + tag if prefix else tag).alias("tag"),
+            pl.col("field_1").str.strip_chars().cast(pl.Float64, strict=False).alias("value"),
+            "wall_time",
+        )
+        .filter(pl.col("value").is_not_null() & (pl.col("tag") != ""))
+        .collect()
+    )
+
+
+def _template(cells: list[str | None]) -> list[tuple[int, str, str]] | None:
+    """``(position, "name:" exactly as printed, name)`` of the fields of one line."""
+    out: list[tuple[int, str, str]] = []
+    for pos, cell in enumerate(cells):
+        name, sep, _ = (cell or "").partition(":")
+        if sep and name.strip():
+            out.append((pos, name + sep, name.strip()))
+    names = [n for _, _, n in out]
+    return out if out and len(set(names)) == len(names) else None
+
+
+def _fields(records: pl.DataFrame, prefix: str = "") -> pl.DataFrame:
+    """Points (step, tag, value, wall_time) of the ``name: value |`` fields of ``body``.
+
+    A field whose value is no number is left out. Lines laid out like the first one (the usual
+    case: every line of a run prints the same fields) are read column by column without
+    splitting names off each field; other lines go through the generic path.
+    """
+    records = records.with_row_index("i")
+    split = records.select("i", "step", "wall_time", pl.col("body").str.split("|").alias("f"))
+    template = _template(split.get_column("f")[0].to_list()) if split.height else None
+    if template is None:
+        generic = _fields_generic(records, prefix)
+        return generic.drop("i")
+    n_cells = split.get_column("f")[0].len()
+    f = pl.col("f")
+    same = pl.all_horizontal(
+        [f.list.len() == n_cells]
+        + [
+            f.list.get(pos, null_on_oob=True).str.starts_with(head).fill_null(False)
+            for pos, head, _ in template
+        ]
+    )
+    marked = split.with_columns(same.alias("same"))
+    fast = marked.filter(pl.col("same"))
+    wide = fast.select(
+        "i",
+        "step",
+        "wall_time",
+        *[
+            f.list.get(pos)
+            .str.slice(len(head))
+            .str.strip_chars()
+            .cast(pl.Float64, strict=False)
+            .alias(prefix + name)
+            for pos, head, name in template
+        ],
+    )
+    points = wide.unpivot(
+        index=["i", "step", "wall_time"], variable_name="tag", value_name="value"
+    ).filter(pl.col("value").is_not_null())
+    if fast.height == split.height:
+        return points.select("step", "tag", "value", "wall_time")
+    others = records.join(marked.filter(~pl.col("same")).select("i"), on="i", how="semi")
+    both = pl.concat([points.select(_COLS), _fields_generic(others, prefix).select(_COLS)])
+    # Keep write order within each tag: the lines of both paths interleave in the file.
+    return both.sort("i", maintain_order=True).drop("i")
+
+
+def _epoch_seconds(stamps: pl.Series) -> pl.Series:
+    parsed = stamps.str.replace("T", " ", literal=True).str.to_datetime(
+        "%Y-%m-%d %H:%M:%S", strict=False, time_unit="us"
+    )
+    return (parsed.dt.epoch("us").cast(pl.Float64) / 1e6).alias("wall_time")
+
+
+def _records(lines: list[str], stamps: list[str] | None) -> pl.DataFrame:
+    """(step, body, wall_time) of iteration lines given from their step on."""
+    parts = (
+        pl.Series("line", lines, dtype=pl.String)
+        .str.splitn("|", 2)
+        .struct.rename_fields(["head", "body"])
+        .struct.unnest()
+    )
+    frame = pl.DataFrame(
+        {
+            "step": parts.get_column("head").str.extract(r"^(\d+)", 1).cast(pl.Int64),
+            "body": parts.get_column("body"),
+        }
+    )
+    wall = (
+        _epoch_seconds(pl.Series(stamps, dtype=pl.String))
+        if stamps is not None
+        else pl.Series("wall_time", [None] * frame.height, dtype=pl.Float64)
+    )
+    frame = frame.with_columns(wall).filter(pl.col("step").is_not_null())
+    if not frame.get_column("step").is_duplicated().any():
+        return frame
+    # The same line printed by several ranks counts once.
+    return frame.unique(subset=["step", "body"], keep="last", maintain_order=True)
+
+
+def _unfold(text: str) -> str:
+    """Join iteration lines folded in two back into one line."""
+    lines = pl.Series("line", text.split("\n"), dtype=pl.String).to_frame()
+    line = pl.col("line")
+    nxt = line.shift(-1)
+    is_iter = line.str.contains(_ITER)
+    joins = (
+        is_iter
+        & nxt.is_not_null()
+        & ~nxt.str.contains(_ITER)
+        & ~nxt.str.contains("validation loss at iteration", literal=True)
+        & ~nxt.str.contains(_TIME_LINE)
+        & nxt.str.contains("|", literal=True)
+        & (~line.str.strip_chars_end().str.ends_with("|") | nxt.str.contains(_FIELD_START))
+    )
+    marked = lines.with_columns(joins.fill_null(False).alias("join"))
+    # A continuation line is dropped once its text was appended to the line before it.
+    joined = marked.with_columns(
+        pl.when(pl.col("join")).then(line.str.strip_chars_end("\r") + nxt).otherwise(line),
+        pl.col("join").shift(1).fill_null(False).alias("absorbed"),
+    ).filter(~pl.col("absorbed"))
+    return "\n".join(joined.get_column("line").to_list())
+
+
+def _find_iterations(text: str) -> tuple[list[str], list[str] | None]:
+    """Iteration lines from the step on, and their timestamps when the lines carry one."""
+    first = _ITER_FAST.search(text)
+    if first is None:
+        return [], None
+    line_start = text.rfind("\n", 0, first.start()) + 1
+    if _TIMESTAMP.search(text, line_start, first.start()):
+        found = _ITER_TIMED.findall(text)
+        return [f[1] for f in found], [f[0] for f in found]
+    return _ITER_FAST.findall(text), None
+
+
+def _folded(text: str, lines: list[str]) -> bool:
+    """Whether some iteration line of ``text`` seems folded into two lines."""
+    if not lines:
+        return False
+    body = pl.Series(lines, dtype=pl.String)
+    if not text.endswith("\n"):
+        body = body.head(-1)  # the file's last line, perhaps cut short by a crash
+    if not body.str.strip_chars_end().str.ends_with("|").all():
+        return True  # a line cut inside a field
+    if body.str.count_matches("|", literal=True).n_unique() == 1:
+        return False  # every line has all its fields
+    return _FOLD_AT_BAR.search(text) is not None
+
+
+def parse_text(text: str) -> pl.DataFrame:
+    """Points (step, tag, value, wall_time) of a chunk of Megatron log text, in line order."""
+    if "iteration" not in text and "skipped=" not in text:
+        return pl.DataFrame(schema=_SCHEMA)
+    lines, stamps = _find_iterations(text)
+    if _folded(text, lines):
+        text = _unfold(text)
+        lines, stamps = _find_iterations(text)
+    parts = [_fields(_records(lines, stamps))] if lines else []
+    valid = _VALID.findall(text)
+    if valid:
+        for split in sorted({v[1] for v in valid}):
+            rows = [v for v in valid if v[1] == split]
+            lines = [f"{v[0]}/0 |{v[2].replace(' value:', ':')}" for v in rows]
+            records = _records(lines, None)
+            parts.append(_fields(records, "test/" if split == "test" else "validation/"))
+    if "skipped=" in text:
+        ds = _DS_STEP.findall(text)
+        if ds:
+            frame = pl.DataFrame(
+                {
+                    "step": pl.Series([d[0] for d in ds]).cast(pl.Int64, strict=False),
+                    "skipped": pl.Series([d[1] for d in ds]).cast(pl.Float64, strict=False),
+                    "lr": pl.Series([d[2] for d in ds]).cast(pl.Float64, strict=False),
+                }
+            ).unique(keep="last", maintain_order=True)
+            parts.append(
+                frame.unpivot(on=["skipped", "lr"], index="step", variable_name="tag")
+                .with_columns(
+                    ("deepspeed/" + pl.col("tag")).alias("tag"),
+                    pl.lit(None, dtype=pl.Float64).alias("wall_time"),
+                )
+                .filter(pl.col("value").is_not_null() & pl.col("step").is_not_null())
+            )
+    parts = [p for p in parts if p.height]
+    if not parts:
+        return pl.DataFrame(schema=_SCHEMA)
+    return pl.concat([p.select(list(_SCHEMA)).cast(_SCHEMA) for p in parts])
+
+
+def _chunks(path: Path):  # noqa: ANN202 - a generator of str
+    """Decoded text in large pieces, cut after a line end (a folded pair stays together)."""
+    carry = b""
+    with path.open("rb") as fh:
+        while True:
+            block = fh.read(CHUNK_BYTES)
+            if not block:
+                break
+            data = carry + block
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                carry = data
+                continue
+            # Keep the last whole line with the next chunk: its fold may continue there.
+            prev = data.rfind(b"\n", 0, cut)
+            if prev > 0 and b"iteration" in data[prev:cut]:
+                cut = prev
+            carry = data[cut + 1 :]
+            yield data[: cut + 1].decode("utf-8", errors="replace")
+    if carry:
+        yield carry.decode("utf-8", errors="replace")
+
+
+def read_file(path: Path) -> RawRun:
+    """Read one Megatron stdout log."""
+    try:
+        if path.stat().st_size == 0:
+            raise ReadError("the file is empty")
+        parts = [parse_text(text) for text in _chunks(path)]
+    except OSError as exc:
+        raise ReadError(f"cannot read the file: {exc.strerror}") from exc
+    frame = pl.concat(parts) if parts else pl.DataFrame(schema=_SCHEMA)
+    if frame.height == 0:
+        raise ReadError("no Megatron iteration line with a numeric field found")
+    problems: list[FileProblem] = []
+    if frame.get_column("wall_time").null_count() == frame.height:
+        frame = frame.drop("wall_time")
+    return RawRun(points=frame, problems=problems)
 
 
 def read(source: Source) -> list[RawRun]:
-    raise NotImplementedError
+    """Read the source's log (one file)."""
+    return [read_file(path) for path in source.files]

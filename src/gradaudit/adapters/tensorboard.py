@@ -1,17 +1,445 @@
-"""PLACEHOLDER adapter for tensorboard: to be written (claims nothing yet)."""
+"""TensorBoard event files (``*tfevents*``): every scalar point, without TensorFlow.
+
+A run is a folder that directly holds event files; they are read in sorted file-name order
+(the timestamp leads the name, so that is chronological) and concatenated in write order;
+:func:`gradaudit.series.canonical_frame` then applies TensorBoard's "later write wins" rule
+across a resume.
+
+Scalars are read from ``Summary.Value.simple_value`` (torch / tensorboardX ``add_scalar``, TF1)
+and from one-element float tensors (DT_FLOAT, DT_DOUBLE, DT_HALF, DT_BFLOAT16) whose plugin is
+``scalars`` (TF2 ``tf.summary.scalar``, torch ``new_style=True``). Histograms, images, text,
+hparams and other plugins' tensors are skipped.
+
+Speed: the common record layouts (one ``simple_value``, or one torch-style scalar tensor, per
+event) are decoded for all records of a chunk at once with NumPy; only records of another shape
+go through a small general protobuf decoder. Tags are identified by a 64-bit hash of their
+bytes (per tag length), so no Python object is made per event.
+"""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
+import numpy as np
+import polars as pl
+
+from gradaudit.adapters._tfrecord import Chunk, FileStatus, read_chunks, unaligned
 from gradaudit.adapters.base import RawRun, Source
+from gradaudit.errors import ReadError
+from gradaudit.series import FileProblem
 
 FORMAT = "tensorboard"
 
+DT_FLOAT, DT_DOUBLE, DT_BFLOAT16, DT_HALF = 1, 2, 14, 19
+SCALARS_PLUGIN = "scalars"
+
+# torch new_style scalar: after the tag, this tail with the float32 at offset 6.
+_TORCH_TENSOR_TAIL = bytes.fromhex("42080801" "2a04") + b"\0\0\0\0" + bytes.fromhex(
+    "4a0b0a090a07"
+) + b"scalars"
+_TAIL_VALUE_AT = 6
+
 
 def claim(directory: Path, files: list[Path]) -> list[Source]:
-    return []
+    """The event files directly in ``directory`` form one run named ``"."``."""
+    events = sorted(
+        (f for f in files if "tfevents" in f.name and not f.name.endswith(".profile-empty")),
+        key=lambda f: f.name,
+    )
+    return [Source(FORMAT, ".", tuple(events))] if events else []
+
+
+class _Tags:
+    """Tag strings of one source, each with a small integer code."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.codes: dict[str, int] = {}
+        self.by_hash: dict[tuple[int, int], int] = {}
+        self.plugin: dict[str, str] = {}  # first plugin name seen per tag (TF1 strips repeats)
+
+    def code(self, name: str) -> int:
+        c = self.codes.get(name)
+        if c is None:
+            c = self.codes[name] = len(self.names)
+            self.names.append(name)
+        return c
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast path: the common layouts, decoded for all records at once.
+
+_PRIME = np.uint64(0x100000001B3)
+_SEED = np.uint64(0xCBF29CE484222325)
+
+
+def _hash_tags(buf: np.ndarray, tpos: np.ndarray, tlen: np.ndarray, tags: _Tags) -> np.ndarray:
+    """Codes of the tags at ``buf[tpos : tpos + tlen]``: hashed per tag length, no per-row str."""
+    codes = np.empty(tpos.size, dtype=np.int32)
+    u64 = unaligned(buf, "<u8")
+    tend = tpos + tlen
+    lengths = np.flatnonzero(np.bincount(tlen, minlength=1)).tolist()
+    for ln in lengths:
+        rows = np.flatnonzero(tlen == ln) if len(lengths) > 1 else np.arange(tpos.size)
+        end = tend[rows]
+        h = np.full(rows.size, _SEED, dtype=np.uint64)
+        nwords = (ln + 7) // 8
+        for k in range(1, nwords + 1):
+            word = u64[end - 8 * k]
+            spill = 8 * k - ln  # bytes of this word that lie before the tag
+            if spill > 0:
+                word = word & np.uint64((1 << 64) - (1 << (8 * spill)))
+            h ^= word
+            h *= _PRIME
+        uniq = pl.Series(h, dtype=pl.UInt64).unique().sort().to_numpy()
+        local = np.searchsorted(uniq, h)
+        first = np.empty(uniq.size, dtype=np.int64)
+        first[local] = rows
+        mapping = np.empty(uniq.size, dtype=np.int32)
+        for i, (hv, row) in enumerate(zip(uniq.tolist(), first.tolist(), strict=True)):
+            key = (ln, hv)
+            c = tags.by_hash.get(key)
+            if c is None:
+                start = int(tpos[row])
+                name = buf[start : start + ln].tobytes().decode("utf-8", errors="replace")
+                c = tags.by_hash[key] = tags.code(name)
+            mapping[i] = c
+        codes[rows] = mapping[local]
+    return codes
+
+
+def _varint_at(buf: np.ndarray, pos: np.ndarray, limit: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Vectorized varint decode at ``pos``: (value uint64, byte count, ok)."""
+    value = np.zeros(pos.size, dtype=np.uint64)
+    count = np.zeros(pos.size, dtype=np.int64)
+    ok = np.ones(pos.size, dtype=bool)
+    idx = np.arange(pos.size)
+    p = np.minimum(pos, buf.size - 1)
+    for k in range(10):
+        b = buf[p]
+        part = (b & 0x7F).astype(np.uint64) << np.uint64(7 * k)
+        if k == 0:
+            value |= part
+            count += 1
+        else:
+            value[idx] |= part
+            count[idx] += 1
+        more = b >= 0x80
+        if not more.any():
+            break
+        idx, p = idx[more], np.minimum(p[more] + 1, buf.size - 1)
+    else:
+        ok[idx] = False  # still unterminated after 10 bytes: not a valid varint
+    ok &= pos + count <= limit
+    return value, count, ok
+
+
+def _decode_fast(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
+    """Decode records laid out as one scalar per event; returns (ok, step, value, wall, tpos,
+    tlen) where ``ok`` marks the records that fit a fast layout (the others are not decoded)."""
+    last = buf.size - 1
+    p, end = starts, starts + lengths
+    ok = (lengths >= 20) & (buf[p] == 0x09)
+    q = p + 9
+    has_step = buf[np.minimum(q, last)] == 0x10
+    step = np.zeros(p.size, dtype=np.int64)
+    r = q.copy()
+    if has_step.any():
+        si = np.flatnonzero(has_step)
+        v, cnt, vok = _varint_at(buf, q[si] + 1, end[si])
+        step[si] = v.view(np.int64)
+        r[si] = q[si] + 1 + cnt
+        ok[si] &= vok
+    r = np.minimum(r, last - 6)
+    head = np.lib.stride_tricks.as_strided(buf, (buf.size - 5, 6), (1, 1))[r]
+    slen, vlen, tlen = head[:, 1].astype(np.int64), head[:, 3].astype(np.int64), head[:, 5]
+    ok &= (head[:, 0] == 0x2A) & (head[:, 2] == 0x0A) & (head[:, 4] == 0x0A)
+    ok &= (slen < 0x80) & (vlen < 0x80) & (tlen < 0x80)
+    ok &= (r + 2 + slen == end) & (slen == vlen + 2)
+    tlen = tlen.astype(np.int64)
+    tpos = r + 6
+    vpos = np.minimum(tpos + tlen, last)
+    marker = buf[vpos]
+    simple = ok & (marker == 0x15) & (vlen == tlen + 7)
+    value_at = vpos + 1
+    tensor = ok & (marker == 0x42) & (vlen == tlen + 2 + len(_TORCH_TENSOR_TAIL))
+    if tensor.any():
+        ti = np.flatnonzero(tensor)
+        width = len(_TORCH_TENSOR_TAIL)
+        vp = np.minimum(vpos[ti], buf.size - width)
+        tail = np.lib.stride_tricks.as_strided(buf, (buf.size - width + 1, width), (1, 1))[vp]
+        want = np.frombuffer(_TORCH_TENSOR_TAIL, dtype=np.uint8)
+        same = tail == want
+        same[:, _TAIL_VALUE_AT : _TAIL_VALUE_AT + 4] = True
+        tensor[ti] = same.all(axis=1)
+        value_at = np.where(tensor, vpos + _TAIL_VALUE_AT, value_at)
+    ok = simple | tensor
+    wall = unaligned(buf, "<f8")[np.minimum(p + 1, buf.size - 8)]
+    with np.errstate(invalid="ignore"):  # signalling NaNs stay NaN
+        value = unaligned(buf, "<f4")[np.minimum(value_at, buf.size - 4)].astype(np.float64)
+    return ok, step, value, wall, tpos, tlen
+
+
+# ---------------------------------------------------------------------------------------------
+# General path: any event, one record at a time (records that are not in a fast layout).
+
+
+class _Malformed(ValueError):
+    pass
+
+
+def _varint(b: bytes, i: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if i >= end or shift > 63:
+            raise _Malformed("bad varint")
+        byte = b[i]
+        i += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, i
+        shift += 7
+
+
+def _fields(b: bytes, i: int, end: int):
+    """Yield ``(field, wire_type, value)``: an int for varints, else the value's offset (fixed
+    types) or ``(start, stop)`` (length-delimited)."""
+    while i < end:
+        key, i = _varint(b, i, end)
+        fn, wt = key >> 3, key & 7
+        if wt == 0:
+            v, i = _varint(b, i, end)
+            yield fn, wt, v
+        elif wt == 1:
+            if i + 8 > end:
+                raise _Malformed("short fixed64")
+            yield fn, wt, i
+            i += 8
+        elif wt == 2:
+            n, i = _varint(b, i, end)
+            if i + n > end:
+                raise _Malformed("length past the end")
+            yield fn, wt, (i, i + n)
+            i += n
+        elif wt == 5:
+            if i + 4 > end:
+                raise _Malformed("short fixed32")
+            yield fn, wt, i
+            i += 4
+        else:
+            raise _Malformed(f"wire type {wt}")
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _plugin_name(b: bytes, span: tuple[int, int]) -> str:
+    for fn, wt, v in _fields(b, *span):
+        if fn == 1 and wt == 2:  # plugin_data
+            for fn2, wt2, v2 in _fields(b, *v):
+                if fn2 == 1 and wt2 == 2:
+                    return b[v2[0] : v2[1]].decode("utf-8", errors="replace")
+    return ""
+
+
+def _tensor_scalar(b: bytes, span: tuple[int, int]) -> float | None:
+    """The value of a one-element float tensor, else None."""
+    dtype = 0
+    dims: list[int] | None = None
+    content: bytes | None = None
+    vals: list[float] = []
+    halves: list[int] = []
+    for fn, wt, v in _fields(b, *span):
+        if fn == 1 and wt == 0:
+            dtype = v
+        elif fn == 2 and wt == 2:
+            dims = []
+            for fn2, wt2, v2 in _fields(b, *v):
+                if fn2 == 2 and wt2 == 2:
+                    size = 0
+                    for fn3, wt3, v3 in _fields(b, *v2):
+                        if fn3 == 1 and wt3 == 0:
+                            size = _signed(v3)
+                    dims.append(size)
+        elif fn == 4 and wt == 2:
+            content = b[v[0] : v[1]]
+        elif fn == 5 and dtype in (0, DT_FLOAT):
+            if wt == 5:
+                vals.append(struct.unpack_from("<f", b, v)[0])
+            elif wt == 2:
+                vals.extend(x[0] for x in struct.iter_unpack("<f", b[v[0] : v[1]]))
+        elif fn == 6:
+            if wt == 1:
+                vals.append(struct.unpack_from("<d", b, v)[0])
+            elif wt == 2:
+                vals.extend(x[0] for x in struct.iter_unpack("<d", b[v[0] : v[1]]))
+        elif fn == 13:
+            if wt == 0:
+                halves.append(v)
+            elif wt == 2:
+                i, stop = v
+                while i < stop:
+                    h, i = _varint(b, i, stop)
+                    halves.append(h)
+    count = 1
+    for d in dims or []:
+        count *= d
+    if count != 1:
+        return None
+    if dtype == DT_FLOAT:
+        fmt = "<f"
+    elif dtype == DT_DOUBLE:
+        fmt = "<d"
+    elif dtype == DT_HALF:
+        fmt = "<e"
+    elif dtype == DT_BFLOAT16:
+        fmt = "bf16"
+    else:
+        return None
+    if content is not None:
+        if fmt == "bf16":
+            if len(content) != 2:
+                return None
+            return struct.unpack("<f", b"\0\0" + content)[0]
+        if len(content) != struct.calcsize(fmt):
+            return None
+        return struct.unpack(fmt, content)[0]
+    if dtype in (DT_HALF, DT_BFLOAT16):
+        if len(halves) > 1:
+            return None
+        bits = (halves[0] if halves else 0) & 0xFFFF
+        if dtype == DT_HALF:
+            return struct.unpack("<e", bits.to_bytes(2, "little"))[0]
+        return struct.unpack("<f", (bits << 16).to_bytes(4, "little"))[0]
+    if len(vals) > 1:
+        return None
+    return vals[0] if vals else 0.0
+
+
+def _decode_event(b: bytes, tags: _Tags, out: list[tuple[int, int, float, float]]) -> None:
+    """Append ``(step, tag code, value, wall_time)`` for each scalar in one Event payload."""
+    wall = float("nan")
+    step = 0
+    summary: tuple[int, int] | None = None
+    for fn, wt, v in _fields(b, 0, len(b)):
+        if fn == 1 and wt == 1:
+            wall = struct.unpack_from("<d", b, v)[0]
+        elif fn == 2 and wt == 0:
+            step = _signed(v)
+        elif fn == 5 and wt == 2:
+            summary = v
+    if summary is None:
+        return  # file_version, session_log, graph, ... : no scalars
+    for fn, wt, vspan in _fields(b, *summary):
+        if fn != 1 or wt != 2:
+            continue
+        tag = ""
+        simple: float | None = None
+        tensor: tuple[int, int] | None = None
+        plugin: str | None = None
+        for fn2, wt2, v2 in _fields(b, *vspan):
+            if fn2 == 1 and wt2 == 2:
+                tag = b[v2[0] : v2[1]].decode("utf-8", errors="replace")
+            elif fn2 == 2 and wt2 == 5:
+                simple = struct.unpack_from("<f", b, v2)[0]
+            elif fn2 == 8 and wt2 == 2:
+                tensor = v2
+            elif fn2 == 9 and wt2 == 2:
+                plugin = _plugin_name(b, v2)
+        if plugin is not None and tag not in tags.plugin:
+            tags.plugin[tag] = plugin
+        if simple is not None:
+            out.append((step, tags.code(tag), simple, wall))
+        elif tensor is not None:
+            if (plugin if plugin is not None else tags.plugin.get(tag)) != SCALARS_PLUGIN:
+                continue
+            value = _tensor_scalar(b, tensor)
+            if value is not None:
+                out.append((step, tags.code(tag), value, wall))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _decode_chunk(chunk: Chunk, tags: _Tags, bad: list[int]) -> tuple[np.ndarray, ...]:
+    """Scalars of one chunk in write order: (step, code, value, wall)."""
+    buf, starts, lengths = chunk.buf, chunk.starts, chunk.lengths
+    ok, step, value, wall, tpos, tlen = _decode_fast(buf, starts, lengths)
+    fast = np.flatnonzero(ok)
+    if fast.size == starts.size:
+        codes = _hash_tags(buf, tpos, tlen, tags)
+        return step, codes, value, wall
+    codes = _hash_tags(buf, tpos[fast], tlen[fast], tags)
+    slow_rows: list[tuple[int, int, float, float]] = []
+    slow_order: list[int] = []
+    for i in np.flatnonzero(~ok).tolist():
+        s = int(starts[i])
+        payload = buf[s : s + int(lengths[i])].tobytes()
+        before = len(slow_rows)
+        try:
+            _decode_event(payload, tags, slow_rows)
+        except (_Malformed, struct.error, IndexError):
+            del slow_rows[before:]
+            bad.append(int(chunk.index[i]))
+            continue
+        slow_order.extend([i] * (len(slow_rows) - before))
+    if not slow_rows:
+        return step[fast], codes, value[fast], wall[fast]
+    s_step, s_code, s_value, s_wall = zip(*slow_rows, strict=True)
+    order_key = np.concatenate([fast, np.asarray(slow_order, dtype=np.int64)])
+    perm = np.argsort(order_key, kind="stable")
+    return (
+        np.concatenate([step[fast], np.asarray(s_step, dtype=np.int64)])[perm],
+        np.concatenate([codes, np.asarray(s_code, dtype=np.int32)])[perm],
+        np.concatenate([value[fast], np.asarray(s_value, dtype=np.float64)])[perm],
+        np.concatenate([wall[fast], np.asarray(s_wall, dtype=np.float64)])[perm],
+    )
+
+
+def read_file(path: Path, tags: _Tags) -> tuple[list[tuple[np.ndarray, ...]], FileStatus]:
+    """Decode one event file: chunks of (step, code, value, wall) and what went wrong."""
+    status = FileStatus()
+    parts: list[tuple[np.ndarray, ...]] = []
+    bad: list[int] = []
+    for chunk in read_chunks(path, status):
+        parts.append(_decode_chunk(chunk, tags, bad))
+    if bad:
+        status.problems.append(
+            f"{len(bad)} record(s) could not be decoded as events (first: record {bad[0]})"
+        )
+    return parts, status
 
 
 def read(source: Source) -> list[RawRun]:
-    raise NotImplementedError
+    """Read the event files of one run, in order, into one frame of points in write order."""
+    tags = _Tags()
+    parts: list[tuple[np.ndarray, ...]] = []
+    problems: list[FileProblem] = []
+    n_records = 0
+    for path in source.files:
+        try:
+            got, status = read_file(Path(path), tags)
+        except OSError as exc:
+            problems.append(FileProblem(str(path), f"could not read the file: {exc}"))
+            continue
+        parts.extend(got)
+        n_records += status.n_records
+        problems.extend(FileProblem(str(path), msg) for msg in status.problems)
+    if n_records == 0 and problems:
+        raise ReadError(
+            "no event records could be read: "
+            + "; ".join(f"{p.file}: {p.message}" for p in problems)
+        )
+    if parts:
+        step, code, value, wall = (np.concatenate(cols) for cols in zip(*parts, strict=True))
+    else:
+        step = np.empty(0, np.int64)
+        code = np.empty(0, np.int32)
+        value = wall = np.empty(0, np.float64)
+    tag = pl.Series("tag", tags.names, dtype=pl.Categorical).gather(code)
+    frame = pl.DataFrame(
+        {"step": step, "tag": tag, "value": value, "wall_time": wall},
+    )
+    return [RawRun(points=frame, problems=problems)]

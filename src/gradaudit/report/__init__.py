@@ -1,20 +1,41 @@
-"""Report formats, one module each, and writing a report atomically."""
+"""Report formats, one module each, and writing a report atomically.
+
+Formatters are registered by name in :data:`FORMATTERS`; each is ``write(result, stream)``.
+They are imported on first use, so the command line does not pay for matplotlib unless it
+writes HTML. The helpers here (ranking runs worst first, one-line summaries) are shared by the
+formats so that HTML, Markdown and the GitHub annotations tell the same story in the same order.
+"""
 
 from __future__ import annotations
 
+import importlib
+import math
 import os
 import sys
 import tempfile
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
 
 from gradaudit.errors import UsageError
-from gradaudit.report import json_report
 
-FORMATTERS: dict[str, Callable[..., None]] = {
-    "json": json_report.write,
+_MODULES = {"json": "json_report", "html": "html", "md": "markdown", "github": "github"}
+
+
+def _lazy(module: str) -> Callable[[Any, TextIO], None]:
+    def writer(result: Any, stream: TextIO) -> None:
+        importlib.import_module(f"gradaudit.report.{module}").write(result, stream)
+
+    writer.__name__ = f"write_{module}"
+    writer.__doc__ = f"Write the report with gradaudit.report.{module}.write."
+    return writer
+
+
+FORMATTERS: dict[str, Callable[[Any, TextIO], None]] = {
+    name: _lazy(module) for name, module in _MODULES.items()
 }
 SUFFIXES = {".json": "json", ".html": "html", ".htm": "html", ".md": "md", ".markdown": "md"}
+
+STATUS_RANK = {"explosion": 3, "warning": 2, "error": 1, "ok": 0}
 
 
 def format_for(path: str, fmt: str | None) -> str:
@@ -31,8 +52,23 @@ def format_for(path: str, fmt: str | None) -> str:
     return SUFFIXES[suffix]
 
 
+def _final_mode(path: str) -> int:
+    """The mode a newly created file would get (0666 less the umask), or the existing one's."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_report(result: object, path: str, fmt: str | None = None) -> None:
-    """Write ``result`` to ``path`` (``-`` = stdout); a temporary file is renamed into place."""
+    """Write ``result`` to ``path`` (``-`` = stdout); a temporary file is renamed into place.
+
+    A formatter that fails leaves neither a partial report nor the temporary file behind. The
+    report gets the permissions of the file it replaces, or 0666 less the umask.
+    """
     fmt = format_for(path, fmt)
     writer = FORMATTERS[fmt]
     if path == "-":
@@ -40,10 +76,14 @@ def write_report(result: object, path: str, fmt: str | None = None) -> None:
         sys.stdout.flush()
         return
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".gradaudit-", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".gradaudit-", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise UsageError(f"cannot write the report {path!r}: {exc.strerror or exc}") from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as stream:
             writer(result, stream)
+        os.chmod(tmp, _final_mode(path))
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -53,3 +93,106 @@ def write_report(result: object, path: str, fmt: str | None = None) -> None:
         raise
 
 
+# --- shared by the formats ------------------------------------------------------------------
+
+
+def _num(x: float | None) -> float:
+    return x if x is not None and math.isfinite(x) else -math.inf
+
+
+def worst_peak_ratio(run: Any) -> float | None:
+    """The largest finite ``peak_ratio`` among the run's episodes, or ``None``."""
+    ratios = [e.peak_ratio for e in run.episodes
+              if e.peak_ratio is not None and math.isfinite(e.peak_ratio)]
+    return max(ratios) if ratios else None
+
+
+def worst_excess_loss(run: Any) -> float | None:
+    """The largest finite excess loss among the run's episodes, or ``None``."""
+    values = [e.loss_impact.excess_loss for e in run.episodes
+              if e.loss_impact is not None and e.loss_impact.excess_loss is not None
+              and math.isfinite(e.loss_impact.excess_loss)]
+    return max(values) if values else None
+
+
+def suggested_clip(run: Any) -> float | None:
+    """The run's suggested clip threshold, or ``None``."""
+    if run.clip is None or run.clip.suggested_threshold is None:
+        return None
+    t = run.clip.suggested_threshold
+    return t if math.isfinite(t) else None
+
+
+def severity_key(run: Any) -> tuple[float, ...]:
+    """Sort key, larger = worse: status, then any diverged episode, peak ratio, excess loss."""
+    diverged = any(e.loss_impact is not None and e.loss_impact.diverged for e in run.episodes)
+    return (STATUS_RANK.get(run.status, 0), float(diverged), _num(worst_peak_ratio(run)),
+            _num(worst_excess_loss(run)), float(len(run.episodes)))
+
+
+def worst_first(runs: list[Any]) -> list[Any]:
+    """``runs`` ordered worst first (stable: equal runs keep their scan order)."""
+    return sorted(runs, key=severity_key, reverse=True)
+
+
+def has_findings(run: Any) -> bool:
+    """True when the run has episodes or a non-ok status worth a detailed section."""
+    return bool(run.episodes) or run.status in ("warning", "explosion")
+
+
+def fmt_num(x: float | None, digits: int = 3) -> str:
+    """A short human number; ``-`` when missing or non-finite."""
+    if x is None:
+        return "-"
+    x = float(x)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}"
+
+
+def fmt_pct(x: float | None) -> str:
+    """A fraction as a percentage; ``-`` when missing."""
+    if x is None or not math.isfinite(x):
+        return "-"
+    return f"{100 * x:.3g}%"
+
+
+def run_headline(run: Any) -> str:
+    """One plain-text line on a run's findings (untrusted parts are NOT escaped here)."""
+    if run.status == "error":
+        msgs = "; ".join(p.message for p in run.errors) or "could not be read"
+        return f"could not be read: {msgs}"
+    if not run.episodes:
+        return f"{run.status}: no episodes"
+    n_exp = sum(e.severity == "explosion" for e in run.episodes)
+    worst = max(run.episodes, key=lambda e: _num(e.peak_ratio))
+    parts = [f"{run.status}: {len(run.episodes)} episode(s)"
+             + (f", {n_exp} explosion(s)" if n_exp else "")]
+    parts.append(f"worst {worst.kind} at step {worst.onset_step}"
+                 + (f" (peak {fmt_num(worst.peak_ratio)}x healthy)"
+                    if worst.peak_ratio is not None else ""))
+    excess = worst_excess_loss(run)
+    if excess is not None:
+        parts.append(f"excess loss {fmt_num(excess)}")
+    if any(e.loss_impact is not None and e.loss_impact.diverged for e in run.episodes):
+        parts.append("diverged")
+    clip = suggested_clip(run)
+    if clip is not None:
+        parts.append(f"suggested clip {fmt_num(clip)}")
+    elif run.clip is not None and run.clip.advice:
+        parts.append(run.clip.advice)
+    return "; ".join(parts)
+
+
+def gate_headline(result: Any) -> str:
+    """One plain-text line on the gate's verdict."""
+    code = result.exit_code
+    if code == 0:
+        return "gate passed (exit 0)"
+    if code == 1:
+        return "gate failed (exit 1)"
+    return f"nothing could be audited (exit {code})"

@@ -1,0 +1,83 @@
+"""Engine speed: audit_run over 1e6 steps, PELT vs ruptures Pelt(l2) at n=3e4.
+
+Run: ``python benchmarks/bench_engine.py [--ruptures-cap SECONDS]``. Prints medians and ratios.
+ruptures runs once, in a subprocess killed at the cap (it takes minutes at n=3e4); when capped
+the ratio printed is a lower bound.
+
+Measured (2 shared cores, load ~3-6): audit_run n=1e6 median 0.57-0.68 s (was 5.4 s);
+pelt l2 n=3e4 median 0.47 s; ruptures Pelt(l2) > 150 s (capped) -> ratio > 321x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def _timed(fn, repeat):
+    out = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        res = fn()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out), res
+
+
+def _ruptures(x, pen, q):
+    import ruptures as rpt
+
+    t = time.perf_counter()
+    bk = rpt.Pelt(model="l2", min_size=5, jump=1).fit(x).predict(pen=pen)
+    q.put((time.perf_counter() - t, bk))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ruptures-cap", type=float, default=120.0)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    import ruptures as rpt
+    from _synth import healthy, run_series
+
+    from gradaudit.audit import audit_run
+    from gradaudit.detect.pelt import pelt
+
+    s, g, loss = healthy(n=1_000_000, seed=0)
+    rng = np.random.default_rng(1)
+    for i in rng.integers(1000, s.size - 1000, 20):
+        g[i:i + 3] *= 30
+        loss[i + 1:i + 40] += 0.5
+    run = run_series(s, g, loss)
+    t_audit, a = _timed(lambda: audit_run(run), args.repeat)
+    print(f"audit_run n=1e6: median {t_audit:.3f} s ({len(a.episodes)} episodes, {a.status})")
+
+    sig, _ = rpt.pw_constant(30_000, 1, 30, noise_std=1.0, seed=1)
+    x = sig.ravel()
+    pen = 3 * np.log(x.size)
+    t_pelt, ours = _timed(lambda: pelt(x, cost="l2", penalty=pen, min_size=5), args.repeat)
+    print(f"pelt l2 n=3e4: median {t_pelt:.3f} s, {len(ours) - 1} breakpoints")
+    q: mp.Queue = mp.Queue()
+    p = mp.Process(target=_ruptures, args=(x, pen, q))
+    p.start()
+    p.join(args.ruptures_cap)
+    if p.is_alive():
+        p.terminate()
+        p.join()
+        print(f"ruptures Pelt(l2) n=3e4: > {args.ruptures_cap:.0f} s (capped, run once); "
+              f"ratio > {args.ruptures_cap / t_pelt:.0f}x")
+    else:
+        t_r, bk = q.get()
+        print(f"ruptures Pelt(l2) n=3e4: {t_r:.1f} s (run once); ratio {t_r / t_pelt:.0f}x; "
+              f"same breakpoints: {bk == ours}")
+
+
+if __name__ == "__main__":
+    main()

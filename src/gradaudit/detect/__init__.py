@@ -1,0 +1,36 @@
+"""Detectors: pure functions over NumPy arrays, each in its own module with a stable ID.
+
+``DETECTORS`` maps the ID (as reported in an episode's ``detected_by``) to the function; each
+function's docstring (and its module's) is its user documentation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gradaudit.detect.ema_zscore import ema_zscore, olmo_skip
+from gradaudit.detect.loss_spike import loss_spike
+from gradaudit.detect.nonfinite import nonfinite
+from gradaudit.detect.pelt import level_shifts, pelt
+from gradaudit.detect.robust_threshold import robust_threshold
+
+DETECTORS: dict[str, Callable[..., Any]] = {
+    "robust-threshold": robust_threshold,
+    "ema-zscore": ema_zscore,
+    "olmo-skip": olmo_skip,
+    "pelt": level_shifts,
+    "nonfinite": nonfinite,
+    "loss-spike": loss_spike,
+}
+
+__all__ = [
+    "DETECTORS",
+    "ema_zscore",
+    "level_shifts",
+    "loss_spike",
+    "nonfinite",
+    "olmo_skip",
+    "pelt",
+    "robust_threshold",
+]

@@ -1,0 +1,164 @@
+"""Helpers shared by the detectors: log transform, trailing robust statistics, run labelling.
+
+The trailing statistics are exact wherever they are computed, but they are only computed where
+they can matter: the level over the whole series (one median filter), the spread only at the
+points a caller asks for (``spread_at``), and after a change of the healthy mask only around the
+points that changed (:func:`retrail`). That keeps a 10^6-step run well under a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy.ndimage import median_filter
+
+MAD_TO_SIGMA = 1.4826
+_GATHER_MAX = 1 << 21  # gathered window elements per chunk (16 MB of float64)
+
+
+def log_positive(values: np.ndarray) -> np.ndarray:
+    """``log(values)`` where finite and > 0, NaN elsewhere."""
+    v = np.asarray(values, dtype=np.float64)
+    out = np.full(v.shape, np.nan)
+    ok = np.isfinite(v) & (v > 0)
+    out[ok] = np.log(v[ok])
+    return out
+
+
+def _trailing_rank(xs: np.ndarray, pos: np.ndarray, w: int) -> np.ndarray:
+    """The upper median of ``xs[p - w + 1 : p + 1]`` for each ``p`` in ``pos`` (indices below 0
+    repeat ``xs[0]``): exactly what ``median_filter(xs, w, mode="nearest", origin=(w-1)//2)``
+    gives at ``pos``, computed only there."""
+    out = np.empty(pos.size)
+    offs = np.arange(-w + 1, 1)
+    step = max(1, _GATHER_MAX // w)
+    for k in range(0, pos.size, step):
+        j = pos[k:k + step, None] + offs[None, :]
+        np.maximum(j, 0, out=j)
+        out[k:k + step] = np.partition(xs[j], w // 2, axis=1)[:, w // 2]
+    return out
+
+
+def trailing_median_before(
+    x: np.ndarray,
+    use: np.ndarray,
+    window: int,
+    min_history: int,
+    spread: bool = True,
+    *,
+    at: np.ndarray | None = None,
+    spread_at: Callable[[np.ndarray, int], np.ndarray] | None = None,
+    offset: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Median and MAD-sigma of the last ``window`` points with ``use`` True, strictly before i.
+
+    Returns ``(level, spread)`` of length ``len(x)``, NaN where fewer than ``min_history`` such
+    points precede ``i``. Vectorised: the used points are compressed, filtered, and mapped back.
+    ``at`` (bool mask): compute the level only there (NaN elsewhere). ``spread_at``: a function
+    of ``(level, offset)`` giving the bool mask of the points whose spread is wanted (NaN
+    elsewhere; ``offset``: where ``x`` starts in the caller's series); by default everywhere.
+    """
+    n = x.size
+    level = np.full(n, np.nan)
+    spr = np.full(n, np.nan)
+    ok_use = use & np.isfinite(x)
+    idx = np.flatnonzero(ok_use)
+    if idx.size == 0 or n == 0:
+        return level, spr
+    xs = x[idx]
+    w = int(max(1, min(window, xs.size)))
+    origin = (w - 1) // 2  # window [k - w + 1, k]: trailing, current point included
+    # number of used points strictly before i
+    before = np.cumsum(ok_use) - ok_use
+    ok = before >= max(1, min_history)
+    if at is not None:
+        ok &= at
+    pts = np.flatnonzero(ok)
+    pos = before[pts] - 1  # compressed position of the last used point before i
+    if at is not None and pos.size * 8 < xs.size:
+        level[pts] = _trailing_rank(xs, pos, w)
+        med = None
+    else:
+        med = median_filter(xs, size=w, mode="nearest", origin=origin)
+        level[pts] = med[pos]
+    if not spread:
+        return level, spr
+    if spread_at is not None:
+        want = ok & spread_at(level, offset)
+        pts = np.flatnonzero(want)
+        pos = before[pts] - 1
+    if pos.size == 0:
+        return level, spr
+    if med is None or (spread_at is not None and pos.size * 8 < xs.size):
+        # MAD at p needs the medians at p - w + 1 .. p
+        need = np.unique((pos[:, None] + np.arange(-w + 1, 1)[None, :]).clip(0))
+        if med is None:
+            mneed = _trailing_rank(xs, need, w)
+        else:
+            mneed = med[need]
+        dev = np.zeros(xs.size)
+        dev[need] = np.abs(xs[need] - mneed)
+        spr[pts] = _trailing_rank(dev, pos, w) * MAD_TO_SIGMA
+    else:
+        dev = np.abs(xs - med)
+        mad = median_filter(dev, size=w, mode="nearest", origin=origin) * MAD_TO_SIGMA
+        spr[pts] = mad[pos]
+    return level, spr
+
+
+def retrail(
+    x: np.ndarray,
+    use_old: np.ndarray,
+    use_new: np.ndarray,
+    level: np.ndarray,
+    spread: np.ndarray,
+    window: int,
+    min_history: int,
+    *,
+    spread_at: Callable[[np.ndarray, int], np.ndarray] | None = None,
+    with_spread: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`trailing_median_before` for ``use_new``, given its result for ``use_old``.
+
+    ``use_new`` must be a subset of ``use_old``. Only the stretches after removed points (up to
+    ``2 window + 2`` kept points later, where the old windows take over again) are recomputed;
+    the result is identical to a full computation with ``use_new``.
+    """
+    n = x.size
+    fin = np.isfinite(x)
+    old = use_old & fin
+    new = use_new & fin
+    removed = old & ~new
+    if not removed.any():
+        return level.copy(), spread.copy()
+    if int(new.sum()) < 4 * window + 4 or removed.sum() * 16 > n:
+        return trailing_median_before(x, use_new, window, min_history, with_spread,
+                                      spread_at=spread_at)
+    reach = 2 * window + 2
+    new_idx = np.flatnonzero(new)
+    old_idx = np.flatnonzero(old)
+    level = level.copy()
+    spread = spread.copy()
+    for a, b in runs_of(removed, reach):
+        k = int(np.searchsorted(new_idx, a))  # kept points before a
+        lo = 0 if k <= reach else int(new_idx[k - reach - 1])
+        j = int(np.searchsorted(old_idx, b, side="right")) + reach
+        hi = n - 1 if j >= old_idx.size else int(old_idx[j])
+        lv, sp = trailing_median_before(x[lo:hi + 1], use_new[lo:hi + 1], window, min_history,
+                                        with_spread, spread_at=spread_at, offset=lo)
+        start = lo if lo == 0 else a
+        level[start:hi + 1] = lv[start - lo:]
+        spread[start:hi + 1] = sp[start - lo:]
+    return level, spread
+
+
+def runs_of(mask: np.ndarray, gap: int = 0) -> list[tuple[int, int]]:
+    """``[(first, last), ...]`` index ranges where ``mask`` is True, joining gaps <= ``gap``."""
+    idx = np.flatnonzero(mask)
+    if idx.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(idx) > gap + 1)
+    starts = np.concatenate(([idx[0]], idx[breaks + 1]))
+    ends = np.concatenate((idx[breaks], [idx[-1]]))
+    return list(zip(starts.tolist(), ends.tolist(), strict=True))

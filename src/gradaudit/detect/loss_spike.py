@@ -1,0 +1,88 @@
+"""``loss-spike``: upward jumps of the loss against its trailing robust level.
+
+For runs that log no usable grad norm (BLOOM-13B logged ``grad norm: 0.000``) and for loss jumps
+while the grad norm stays healthy (bad data, not an explosion: clipping would not help).
+
+Level ``b(i)``: median of the last ``window`` healthy loss points before ``i``; noise ``s``: the
+MAD-sigma of step-to-step loss differences over the same points divided by sqrt 2 (so a falling
+trend does not count as noise), floored at ``min_rel_spread * |b|``. A point triggers when
+``L - b >= max(z_hi * s, rel_jump * |b|)`` (default 6 sigma and 5 % of the loss), and is elevated
+(part of the spike) while ``L - b >= max(z_lo * s, rel_band * |b|)`` (3 sigma, 2 %).
+With ``persist=True`` (default) a trigger also needs the next logged point to be elevated: a
+per-step mini-batch loss has heavy-tailed noise, and one high batch that the next step already
+forgets is no event (a fault that hurts the run keeps the loss up).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradaudit.detect._common import MAD_TO_SIGMA, retrail, trailing_median_before
+
+ID = "loss-spike"
+
+
+@dataclass
+class LossLevel:
+    """Per-point output of :func:`loss_spike`."""
+
+    level: np.ndarray
+    spread: np.ndarray
+    trigger: np.ndarray
+    elevated: np.ndarray
+    use: np.ndarray | None = None  # the points the level was computed from
+
+
+def loss_spike(
+    loss: np.ndarray,
+    *,
+    healthy: np.ndarray | None = None,
+    window: int = 50,
+    z_hi: float = 6.0,
+    rel_jump: float = 0.05,
+    z_lo: float = 3.0,
+    rel_band: float = 0.02,
+    min_history: int = 8,
+    min_rel_spread: float = 0.002,
+    prior: LossLevel | None = None,
+    persist: bool = True,
+) -> LossLevel:
+    """Flag upward loss jumps (see module doc). ``window``/``min_history`` in logged points.
+
+    ``prior``: the result for a healthy mask containing this one (its level is reused where the
+    two agree). The noise is only computed where the loss is ``min(rel_band, rel_jump)`` above
+    the level (elsewhere nothing can fire); ``spread`` is the floor there.
+    """
+    y = np.asarray(loss, dtype=np.float64)
+    fin = np.isfinite(y)
+    use = fin if healthy is None else (np.asarray(healthy, bool) & fin)
+    if prior is not None and prior.use is not None and not (use & ~prior.use).any():
+        level, _ = retrail(y, prior.use, use, prior.level, prior.level, window, min_history,
+                           with_spread=False)
+    else:
+        level, _ = trailing_median_before(y, use, window, min_history, spread=False)
+    with np.errstate(invalid="ignore"):
+        target = (y - level) >= min(rel_band, rel_jump) * np.abs(level)
+    # noise from successive differences of the used points
+    idx = np.flatnonzero(use)
+    diff = np.full(y.size, np.nan)
+    if idx.size > 1:
+        diff[idx[1:]] = np.abs(np.diff(y[idx]))
+    dmed, _ = trailing_median_before(diff, np.isfinite(diff), window, max(2, min_history - 1),
+                                     spread=False, at=target)
+    spread = dmed * MAD_TO_SIGMA / np.sqrt(2.0)
+    floor = min_rel_spread * np.abs(level)
+    spread = np.fmax(np.nan_to_num(spread, nan=0.0), floor)
+    d = y - level
+    with np.errstate(invalid="ignore"):
+        hi = np.maximum(z_hi * spread, rel_jump * np.abs(level))
+        lo = np.maximum(z_lo * spread, rel_band * np.abs(level))
+        trigger = np.isfinite(d) & (d >= hi)
+        elevated = np.isfinite(d) & (d >= lo)
+    if persist and trigger.any():
+        nxt = np.zeros_like(elevated)
+        nxt[:-1] = elevated[1:]
+        trigger &= nxt
+    return LossLevel(level, spread, trigger, elevated, use)

@@ -1,0 +1,86 @@
+"""``robust-threshold``: the grad norm against a trailing robust level of its healthy past.
+
+For every logged point ``i`` the healthy level ``b(i)`` is the median of ``log g`` over the last
+``window`` *healthy* points before ``i`` (points flagged ``healthy=False`` - already inside an
+episode, or non-finite - are left out), and the spread ``s(i)`` is the MAD of those points,
+scaled to a normal sigma and floored at ``min_spread``. The point's excess ``d = log g - b``
+gives the ratio ``g / exp(b)`` and the robust z-score ``d / s``.
+
+- ``trigger``: ``d >= max(log(spike_ratio), z_hi * s)`` - clearly anomalous (default 3x and 5
+  sigma: a healthy log-normal grad norm with sigma 0.1-0.3 almost never gets there).
+- ``elevated``: ``d >= max(log(band_ratio), z_lo * s)`` - outside the healthy band (default 1.5x
+  and 2 sigma); used to extend an episode from its trigger to where it ends (hysteresis).
+
+The spread is only computed where it can matter (``d >= log(min(band_ratio, spike_ratio))``);
+``spread`` and ``z`` are NaN elsewhere. Given the result for a larger healthy mask (``prior``),
+only the stretches after the removed points are recomputed (same result, much faster).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradaudit.detect._common import retrail, trailing_median_before
+
+ID = "robust-threshold"
+
+
+@dataclass
+class RobustLevel:
+    """Per-point output of :func:`robust_threshold` (arrays of the input's length)."""
+
+    level: np.ndarray  # healthy level b, in log g (NaN while there is too little history)
+    spread: np.ndarray  # robust sigma of log g around b
+    ratio: np.ndarray  # g / exp(b)
+    z: np.ndarray  # (log g - b) / spread
+    trigger: np.ndarray  # bool
+    elevated: np.ndarray  # bool
+    use: np.ndarray | None = None  # the points the level was computed from
+
+
+def robust_threshold(
+    log_g: np.ndarray,
+    *,
+    healthy: np.ndarray | None = None,
+    window: int = 50,
+    spike_ratio: float = 3.0,
+    z_hi: float = 5.0,
+    band_ratio: float = 1.5,
+    z_lo: float = 2.0,
+    min_history: int = 8,
+    min_spread: float = 0.05,
+    prior: RobustLevel | None = None,
+) -> RobustLevel:
+    """Flag points whose grad norm is far above the trailing healthy level (see module doc).
+
+    ``log_g``: natural log of the grad norm, NaN where missing/non-finite. ``healthy``: which
+    points may enter the level (default: all finite points). ``window``, ``min_history``: logged
+    points. ``prior``: the result for a healthy mask that contains this one (reused where the
+    two agree). Returns a :class:`RobustLevel`.
+    """
+    x = np.asarray(log_g, dtype=np.float64)
+    use = np.isfinite(x) if healthy is None else (np.asarray(healthy, bool) & np.isfinite(x))
+    gate = np.log(min(band_ratio, spike_ratio))
+
+    def spread_at(lvl: np.ndarray, off: int) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return x[off:off + lvl.size] - lvl >= gate
+
+    if prior is not None and prior.use is not None and not (use & ~prior.use).any():
+        level, spread = retrail(x, prior.use, use, prior.level, prior.spread, window,
+                                min_history, spread_at=spread_at)
+    else:
+        level, spread = trailing_median_before(x, use, window, min_history,
+                                               spread_at=spread_at)
+    spread = np.maximum(spread, min_spread)  # NaN stays NaN
+    d = x - level
+    with np.errstate(invalid="ignore", over="ignore"):
+        ratio = np.exp(d)
+        z = d / spread
+        hi = np.maximum(np.log(spike_ratio), z_hi * spread)
+        lo = np.maximum(np.log(band_ratio), z_lo * spread)
+        trigger = np.isfinite(d) & (d >= hi)
+        elevated = np.isfinite(d) & (d >= lo)
+    return RobustLevel(level, spread, ratio, z, trigger, elevated, use)

@@ -1,0 +1,229 @@
+"""Assembly of detector hits into episodes (DESIGN.md, "Episode"), in index space.
+
+Grad-norm episodes: the robust level is computed twice - first from all points, then only from
+points outside the first pass's episodes (the healthy level). A point *triggers* an episode when
+``robust-threshold`` flags it or it lies in an upward ``pelt`` level shift; the episode extends
+over neighbouring *elevated* points (outside the healthy band) and non-finite points, with gaps
+of at most ``merge_gap`` points joined. Onset: a hinge fit of ``log g`` (flat at the healthy level,
+then a straight climb) over the points before the peak - the step where the slope turns from flat
+to positive; for a one-step spike that is the spike itself. Peak: the highest grad norm. End:
+the first point after the last elevated one (None when the run ends first).
+
+Loss episodes (``loss-spike``) that no grad episode explains become ``loss_spike`` episodes.
+Severity is set later from the loss impact (:func:`severity`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gradaudit.detect._common import log_positive, runs_of
+from gradaudit.detect.ema_zscore import ema_zscore_spans, olmo_skip_spans
+from gradaudit.detect.loss_spike import loss_spike
+from gradaudit.detect.pelt import level_shifts
+from gradaudit.detect.robust_threshold import RobustLevel, robust_threshold
+
+
+@dataclass
+class EpisodeParams:
+    """Knobs of the assembly, with their defaults (the Settings fill the first four)."""
+
+    spike_ratio: float = 3.0
+    level_ratio: float = 2.0
+    merge_gap: int = 5
+    window: int = 50
+    onset_lookback: int = 30
+    level_min_points: int = 20
+
+
+@dataclass
+class RawEpisode:
+    """An episode before its loss impact and severity are known (indices into its series)."""
+
+    onset: int  # index into the series it was found in
+    peak: int
+    last: int  # last anomalous index
+    kind: str
+    detected_by: set[str] = field(default_factory=set)
+    source: str = "grad"  # "grad" or "loss"
+    base_log: float | None = None  # healthy log g at onset
+
+
+@dataclass
+class GradAnalysis:
+    """Everything the grad-norm pass found."""
+
+    episodes: list[RawEpisode]
+    level: RobustLevel | None
+    in_episode: np.ndarray  # bool per point
+    zclip_final_bound: float | None
+
+
+def _hinge_onset(x: np.ndarray, base: float, lo: int, first: int, peak: int) -> int:
+    """Index where ``x`` turns from flat at ``base`` to a straight climb towards ``peak``."""
+    hi = max(first, peak)
+    t = np.arange(lo, hi + 1)
+    y = x[lo:hi + 1] - base
+    ok = np.isfinite(y)
+    if ok.sum() < 2 or first <= lo:
+        return first
+    t, y = t[ok], y[ok]
+    best, best_sse = first, np.inf
+    for s in range(lo - 1, first):  # onset = s + 1
+        dt = np.clip(t - s, 0, None).astype(np.float64)
+        den = float((dt * dt).sum())
+        if den == 0:
+            continue
+        slope = max(0.0, float((dt * y).sum()) / den)
+        sse = float(((y - slope * dt) ** 2).sum())
+        if sse < best_sse - 1e-12:
+            best, best_sse = s + 1, sse
+    return int(best)
+
+
+def grad_episodes(g: np.ndarray, p: EpisodeParams) -> GradAnalysis:
+    """Find grad-norm episodes in ``g`` (raw values; NaN/inf allowed; <= 0 means missing)."""
+    g = np.asarray(g, dtype=np.float64)
+    n = g.size
+    x = log_positive(g)
+    nf = np.isnan(g) | np.isinf(g)
+    if n == 0 or np.isfinite(x).sum() < 3:
+        eps = [RawEpisode(a, a, b, "nonfinite", {"nonfinite"}) for a, b in runs_of(nf, p.merge_gap)]
+        return GradAnalysis(eps, None, nf.copy(), None)
+    shifts = level_shifts(x, level_ratio=p.level_ratio, min_size=10)
+    shift_mask = np.zeros(n, bool)
+    for a, b, _ in shifts:
+        shift_mask[a:b + 1] = True
+    shift_mask &= np.isfinite(x)
+
+    def components(rl: RobustLevel) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
+        trig = rl.trigger | shift_mask
+        elev = rl.elevated | trig
+        comps = [c for c in runs_of(elev | nf, p.merge_gap)
+                 if trig[c[0]:c[1] + 1].any() or nf[c[0]:c[1] + 1].any()]
+        return comps, trig, elev
+
+    rl1 = robust_threshold(x, window=p.window, spike_ratio=p.spike_ratio)
+    comps1, _, _ = components(rl1)
+    excl = nf.copy()
+    for a, b in comps1:
+        excl[a:b + 1] = True
+    rl = robust_threshold(x, healthy=~excl, window=p.window, spike_ratio=p.spike_ratio,
+                          prior=rl1)
+    comps, trig, elev = components(rl)
+    zc_flag, zc_final = ema_zscore_spans(g, comps)
+    olmo = olmo_skip_spans(g, comps)
+    eps: list[RawEpisode] = []
+    in_ep = np.zeros(n, bool)
+    prev_last = -1
+    for a, b in comps:
+        sl = slice(a, b + 1)
+        finite_trig = trig[sl] & np.isfinite(x[sl])
+        in_ep[sl] = True
+        by = set()
+        if rl.trigger[sl].any():
+            by.add("robust-threshold")
+        if shift_mask[sl].any():
+            by.add("pelt")
+        if nf[sl].any():
+            by.add("nonfinite")
+        if zc_flag[sl].any():
+            by.add("ema-zscore")
+        if olmo[sl].any():
+            by.add("olmo-skip")
+        if not finite_trig.any():
+            first_nf = a + int(np.argmax(nf[sl]))
+            kind = "divergence" if (b == n - 1 and nf[n - 1]) else "nonfinite"
+            eps.append(RawEpisode(first_nf, first_nf, b, kind, by,
+                                  base_log=_at(rl.level, first_nf)))
+            prev_last = b
+            continue
+        first = a + int(np.argmax(finite_trig))
+        xs = np.where(np.isfinite(x[sl]), x[sl], -np.inf)
+        peak = a + int(np.argmax(xs))
+        if nf[sl].any() and b == n - 1 and nf[n - 1]:
+            peak = max(peak, a + int(np.argmax(nf[sl])))
+        base = _at(rl.level, first)
+        lo = max(prev_last + 1, first - p.onset_lookback)
+        onset = first
+        jumped = base is not None and x[first] - base >= 0.5 * (x[peak] - base)
+        if base is not None and not jumped:  # a climb, not a jump: fit where it starts
+            onset = _hinge_onset(x, base, lo, first, min(peak, first + p.onset_lookback))
+        onset = min(onset, first)
+        length = b - onset + 1
+        tail_growing = b == n - 1 and (nf[n - 1] or peak >= b - max(2, length // 10))
+        med_ratio = float(np.nanmedian(x[onset:b + 1]) - base) if base is not None else 0.0
+        if tail_growing and length >= 3:
+            kind = "divergence"
+        elif length >= p.level_min_points and med_ratio >= np.log(p.level_ratio):
+            kind = "level_shift"
+        else:
+            kind = "spike"
+        eps.append(RawEpisode(onset, peak, b, kind, by, base_log=base))
+        in_ep[onset:b + 1] = True
+        prev_last = b
+    return GradAnalysis(eps, rl, in_ep, zc_final)
+
+
+def _at(arr: np.ndarray | None, i: int) -> float | None:
+    if arr is None or i < 0 or i >= arr.size or not np.isfinite(arr[i]):
+        return None
+    return float(arr[i])
+
+
+def loss_episodes(loss: np.ndarray, p: EpisodeParams) -> list[RawEpisode]:
+    """Upward loss jumps and non-finite losses, as loss-indexed episodes."""
+    y = np.asarray(loss, dtype=np.float64)
+    n = y.size
+    if n == 0:
+        return []
+    nf = ~np.isfinite(y)
+    eps: list[RawEpisode] = []
+    if np.isfinite(y).sum() >= 10:
+        ll1 = loss_spike(y, window=p.window)
+        excl = nf.copy()
+        for a, b in runs_of(ll1.elevated, p.merge_gap):
+            if ll1.trigger[a:b + 1].any():
+                excl[a:b + 1] = True
+        ll = loss_spike(y, healthy=~excl, window=p.window, prior=ll1)
+        for a, b in runs_of(ll.elevated | ll.trigger, p.merge_gap):
+            trig = ll.trigger[a:b + 1]
+            if not trig.any():
+                continue
+            first = a + int(np.argmax(trig))
+            onset = first
+            while onset - 1 >= a and ll.elevated[onset - 1]:
+                onset -= 1
+            peak = a + int(np.argmax(np.where(np.isfinite(y[a:b + 1]), y[a:b + 1], -np.inf)))
+            eps.append(RawEpisode(onset, peak, b, "loss_spike", {"loss-spike"}, "loss"))
+    for a, b in runs_of(nf, p.merge_gap):
+        lasting = b == n - 1 or (b - a + 1) >= 3
+        kind = "divergence" if lasting else "nonfinite"
+        eps.append(RawEpisode(a, a, b, kind, {"nonfinite"}, "loss"))
+    eps.sort(key=lambda e: e.onset)
+    return eps
+
+
+def severity(kind: str, peak_ratio: float | None, harmful: bool | None, has_grad: bool,
+             spike_ratio: float, explosion_ratio: float) -> str:
+    """``explosion`` or ``warning``: severity follows harm.
+
+    - divergence: explosion. nonfinite: warning.
+    - spike / level_shift: explosion when the loss was harmed (``harmful``) and the peak ratio
+      reached ``spike_ratio``; with no loss series (``harmful is None``) when the peak ratio
+      reached ``explosion_ratio``.
+    - loss_spike: explosion when harmful and no grad norm is logged (nothing rules an explosion
+      out); with a healthy grad norm it is no gradient explosion, a warning.
+    """
+    if kind == "divergence":
+        return "explosion"
+    if kind == "nonfinite":
+        return "warning"
+    if kind == "loss_spike":
+        return "explosion" if (harmful and not has_grad) else "warning"
+    r = peak_ratio or 0.0
+    if harmful is None:
+        return "explosion" if r >= explosion_ratio else "warning"
+    return "explosion" if (harmful and r >= spike_ratio) else "warning"

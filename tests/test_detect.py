@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+import ruptures as rpt
+
+from gradaudit.detect import DETECTORS
+from gradaudit.detect.ema_zscore import ema_zscore, olmo_skip
+from gradaudit.detect.loss_spike import loss_spike
+from gradaudit.detect.pelt import level_shifts, pelt, pelt_reference
+from gradaudit.detect.robust_threshold import robust_threshold
+
+
+def test_registry_ids_are_stable():
+    assert set(DETECTORS) >= {"robust-threshold", "ema-zscore", "pelt", "nonfinite",
+                              "loss-spike", "olmo-skip"}
+    for fn in DETECTORS.values():
+        assert fn.__doc__
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("cost", ["l2", "normal"])
+@pytest.mark.parametrize("m", [1, 3, 5])
+def test_pelt_equals_exhaustive_dp(seed, cost, m):
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(mu, sd, k) for mu, sd, k in
+                        [(0, 1, 80), (3, 1, 60), (3, 4, 70), (-1, 0.5, 90)]])
+    if seed % 2:
+        x = rng.standard_t(2, 300)  # heavy tails: lots of near-ties
+    assert pelt(x, cost=cost, min_size=m) == pelt_reference(x, cost=cost, min_size=m)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pelt_matches_ruptures_l2(seed):
+    sig, truth = rpt.pw_constant(2000, 1, 6, noise_std=1.0, seed=seed)
+    x = sig.ravel()
+    pen = 3 * np.log(x.size)
+    want = rpt.Pelt(model="l2", min_size=5, jump=1).fit(x).predict(pen=pen)
+    assert pelt(x, cost="l2", penalty=pen, min_size=5) == want
+
+
+def test_level_shifts_finds_known_shift_and_ignores_noise():
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 0.2, 2000)
+    assert level_shifts(x) == []
+    x[1200:] += np.log(4)
+    (a, b, jump), = level_shifts(x)
+    assert abs(a - 1200) <= 10 and b == 1999 and jump == pytest.approx(np.log(4), abs=0.15)
+
+
+def test_robust_threshold_spike_ratio_and_z():
+    rng = np.random.default_rng(0)
+    x = np.log(0.5) + rng.normal(0, 0.1, 500)
+    x[300] += np.log(20)
+    r = robust_threshold(x)
+    assert r.trigger[300] and r.trigger.sum() == 1
+    assert r.ratio[300] == pytest.approx(20, rel=0.3)
+
+
+def test_ema_zscore_matches_scalar_recursion():
+    rng = np.random.default_rng(1)
+    g = np.exp(rng.normal(0, 0.3, 3000))
+    g[rng.integers(100, 3000, 15)] *= 40
+    g[2500:] *= np.exp(np.arange(500) * 0.02)  # a divergence: clips feed clips
+    out = ema_zscore(g)
+    mu, var = g[:25].mean(), g[:25].var()
+    for t in range(25, g.size):
+        sd = var ** 0.5
+        assert out.z[t] == pytest.approx((g[t] - mu) / sd, rel=1e-7, abs=1e-7)
+        c = min(g[t], mu + 2.5 * sd)
+        mu = 0.97 * mu + 0.03 * c
+        var = 0.97 * var + 0.03 * (c - mu) ** 2
+    assert out.final_bound == pytest.approx(mu + 2.5 * var ** 0.5, rel=1e-7)
+
+
+def test_olmo_skip_flags_big_outlier_only():
+    rng = np.random.default_rng(2)
+    v = rng.normal(1, 0.05, 1000)
+    v[700] = 3.0
+    assert np.flatnonzero(olmo_skip(v)).tolist() == [700]
+
+
+def test_loss_spike_detector():
+    rng = np.random.default_rng(4)
+    y = 3 + rng.normal(0, 0.02, 400)
+    y[250:255] += 2.0
+    out = loss_spike(y)
+    assert out.trigger[250] and not out.trigger[:250].any()

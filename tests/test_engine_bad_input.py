@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+from gradaudit.audit import audit_run
+from gradaudit.series import RunSeries, empty_frame
+from tests._synth import healthy, run_series
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5])
+def test_tiny_series(n):
+    s = np.arange(n)
+    a = audit_run(run_series(s, np.ones(n), np.ones(n)))
+    assert a.status in ("ok", "error")
+
+
+def test_no_series_at_all():
+    a = audit_run(RunSeries("x", "csv", [], empty_frame()))
+    assert a.status == "error" and a.notes
+
+
+def test_all_nan():
+    s = np.arange(100)
+    a = audit_run(run_series(s, np.full(100, np.nan), np.full(100, np.nan)))
+    assert a.status == "error" and "NaN" in " ".join(a.notes)
+
+
+def test_negative_grad_norms():
+    s, g, loss = healthy(n=200)
+    g[50] = -1.0
+    a = audit_run(run_series(s, g, loss))
+    assert a.status == "error" and "negative" in " ".join(a.notes)
+
+
+def test_constant_series():
+    s = np.arange(500)
+    a = audit_run(run_series(s, np.full(500, 0.7), np.full(500, 2.0)))
+    assert a.status == "ok" and not a.episodes and "constant" in " ".join(a.notes)
+
+
+def test_unsorted_duplicate_steps_hand_built():
+    s, g, loss = healthy(n=1000)
+    g[600] *= 40
+    perm = np.random.default_rng(0).permutation(s.size)
+    ss = np.concatenate([s[perm], [600]])
+    gg = np.concatenate([g[perm], [g[600]]])
+    ll = np.concatenate([loss[perm], [loss[600]]])
+    a = audit_run(run_series(ss, gg, ll))
+    assert [e.onset_step for e in a.episodes] == [600]

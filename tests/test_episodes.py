@@ -1,0 +1,133 @@
+import numpy as np
+import pytest
+
+from gradaudit.audit import audit_run
+from tests._synth import healthy, run_series
+
+
+def _one(a):
+    assert len(a.episodes) == 1, [e.to_dict() for e in a.episodes]
+    return a.episodes[0]
+
+
+def test_spike_with_loss_damage_is_explosion_with_exact_onset():
+    s, g, loss = healthy()
+    g[1500] *= 50
+    loss[1501:1600] += np.linspace(1.5, 0, 99)
+    e = _one(audit_run(run_series(s, g, loss)))
+    assert (e.onset_step, e.peak_step, e.kind, e.severity) == (1500, 1500, "spike", "explosion")
+    assert e.end_step == 1501 and e.peak_ratio == pytest.approx(50, rel=0.3)
+
+
+def test_spike_that_left_loss_alone_is_warning():
+    s, g, loss = healthy(seed=1)
+    g[1000:1002] *= 20
+    a = audit_run(run_series(s, g, loss))
+    e = _one(a)
+    assert e.severity == "warning" and a.status == "warning"
+
+
+def test_bloom_like_ramp_onset():
+    # BLOOM-176B: 0.242 (31214) -> 0.947 -> 2.39 -> 15.9 -> 145 -> 960 (31219), then decays.
+    s, g, loss = healthy(n=2000, level=0.242, sigma=0.05)
+    s = s + 30000
+    i = 1214
+    g[i + 1:i + 6] = [0.947, 2.390, 15.886, 145.119, 960.351]
+    g[i + 6:i + 12] = [353.2, 379.3, 60.0, 8.0, 1.2, 0.5]
+    loss[i + 5:i + 40] += np.linspace(2.9, 0, 35)
+    e = _one(audit_run(run_series(s, g, loss)))
+    assert e.onset_step == 31215 and e.peak_step == 31219 and e.severity == "explosion"
+
+
+@pytest.mark.parametrize("start", [800, 1300])
+def test_slow_ramp_onset_within_3_steps(start):
+    s, g, loss = healthy(seed=5, sigma=0.08)
+    g[start:start + 25] *= np.exp(np.arange(1, 26) * 0.25)
+    loss[start + 20:start + 120] += 0.8
+    e = _one(audit_run(run_series(s, g, loss)))
+    assert abs(e.onset_step - start) <= 3
+
+
+def test_level_shift_after_lr_jump_open_ended_with_advice():
+    s, g, loss = healthy(seed=6)
+    lr = np.full(s.size, 1e-3)
+    lr[2000:] = 8e-3
+    g[2000:] *= 5
+    loss[2000:] += 0.4
+    a = audit_run(run_series(s, g, loss, lr))
+    e = _one(a)
+    assert e.kind == "level_shift" and e.end_step is None and abs(e.onset_step - 2000) <= 3
+    assert "learning rate" in a.clip.advice and "8" in a.clip.advice
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_heavy_tailed_healthy_run_never_explodes(seed):
+    rng = np.random.default_rng(seed)
+    s, _, loss = healthy(seed=seed)
+    g = 0.5 * np.exp(0.25 * rng.standard_t(3, s.size))
+    a = audit_run(run_series(s, g, loss))
+    assert all(e.severity != "explosion" for e in a.episodes)
+
+
+def test_fp16_overflow_steps_are_nonfinite_warnings():
+    s, g, loss = healthy(seed=7)
+    for i in (400, 1100, 2300):
+        g[i] = np.inf
+    g[1700] = np.nan
+    a = audit_run(run_series(s, g, loss))
+    assert [e.kind for e in a.episodes] == ["nonfinite"] * 4
+    assert {e.onset_step for e in a.episodes} == {400, 1100, 1700, 2300}
+    assert a.status == "warning"
+
+
+def test_divergence_to_nan_loss():
+    s, g, loss = healthy(seed=8)
+    g[2500:] *= np.exp(np.arange(500) * 0.1)
+    loss[2540:] = np.nan
+    a = audit_run(run_series(s, g, loss))
+    assert a.status == "explosion"
+    e = a.episodes[-1]
+    assert e.kind == "divergence" and e.loss_impact.diverged and abs(e.onset_step - 2500) <= 3
+
+
+def test_loss_spike_with_healthy_grad_norm():
+    s, g, loss = healthy(seed=9)
+    loss[1800:1805] += 3.0
+    a = audit_run(run_series(s, g, loss))
+    e = _one(a)
+    assert e.kind == "loss_spike" and e.onset_step == 1800 and e.severity == "warning"
+    assert "would not help" in a.clip.advice and "1800" in a.clip.advice
+
+
+def test_loss_only_run_bloom13b_style():
+    # grad norm logged as 0.000; lm loss 2.77 -> 7.34 at 29050 (logged every 10 steps)
+    rng = np.random.default_rng(10)
+    s = np.arange(27000, 30000, 10)
+    loss = 2.8 - 1e-5 * (s - 27000) + rng.normal(0, 0.01, s.size)
+    k = int(np.flatnonzero(s == 29050)[0])
+    loss[k:k + 8] = [7.34, 8.72, 7.65, 6.5, 5.0, 4.0, 3.5, 3.2]
+    a = audit_run(run_series(s, np.zeros(s.size), loss))
+    e = _one(a)
+    assert e.kind == "loss_spike" and e.onset_step == 29050 and e.severity == "explosion"
+    assert any("constant 0" in n for n in a.notes) and a.clip.suggested_threshold is None
+
+
+def test_sparse_logging_reports_steps():
+    s, g, loss = healthy(seed=11)
+    s = s * 100
+    g[1200] *= 30
+    loss[1201:1260] += 1.0
+    e = _one(audit_run(run_series(s, g, loss)))
+    assert e.onset_step == 120000 and e.end_step == 120100
+
+
+def test_traces_only_for_runs_with_findings_and_decimated():
+    s, g, loss = healthy(n=20000, seed=12)
+    a = audit_run(run_series(s, g, loss))
+    assert a.traces == {} or a.episodes
+    g[15000] *= 100
+    loss[15001:15100] += 1.0
+    a = audit_run(run_series(s, g, loss))
+    assert set(a.traces) >= {"grad_norm", "loss", "counterfactual:15000"}
+    ts, tv = a.traces["grad_norm"]
+    assert ts.size <= 2100 and 15000 in ts.tolist()

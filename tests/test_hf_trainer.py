@@ -1,0 +1,218 @@
+"""Hugging Face trainer_state.json: written the way transformers' TrainerState.save_to_json does."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import gradaudit
+from gradaudit.adapters import hf_trainer
+from gradaudit.adapters.base import Source
+from gradaudit.errors import ReadError
+from gradaudit.series import RunSeries
+
+
+@dataclass
+class TrainerState:
+    """The fields of transformers.TrainerState (transformers is not installed here)."""
+
+    epoch: float | None = None
+    global_step: int = 0
+    max_steps: int = 0
+    logging_steps: int = 500
+    eval_steps: int = 500
+    save_steps: int = 500
+    train_batch_size: int | None = None
+    num_train_epochs: int = 0
+    total_flos: float = 0
+    log_history: list[dict[str, float]] = field(default_factory=list)
+    best_metric: float | None = None
+    best_model_checkpoint: str | None = None
+    is_local_process_zero: bool = True
+    is_world_process_zero: bool = True
+    is_hyper_param_search: bool = False
+    trial_name: str | None = None
+    trial_params: dict[str, Any] | None = None
+    stateful_callbacks: dict[str, Any] = field(default_factory=dict)
+
+    def save_to_json(self, path: Path) -> None:
+        """As transformers writes it."""
+        text = json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+
+
+MAX_STEPS = 100
+LOG_EVERY = 5
+EVAL_EVERY = 25
+SAVE_EVERY = 50
+STEPS_PER_EPOCH = 40
+
+
+def _train(out: Path, *, final: bool = True) -> dict[str, dict[int, float]]:
+    """Simulate a Trainer run: log, eval, save checkpoints; return what was logged per key."""
+    rng = np.random.default_rng(1)
+    state = TrainerState(
+        max_steps=MAX_STEPS, logging_steps=LOG_EVERY, eval_steps=EVAL_EVERY,
+        save_steps=SAVE_EVERY, train_batch_size=8, num_train_epochs=3,
+        stateful_callbacks={"TrainerControl": {"args": {"should_save": True}, "attributes": {}}},
+    )  # fmt: skip
+    logged: dict[str, dict[int, float]] = {}
+    for step in range(1, MAX_STEPS + 1):
+        state.global_step = step
+        state.epoch = step / STEPS_PER_EPOCH
+        if step % LOG_EVERY == 0:
+            grad_norm = float(rng.lognormal(0.0, 0.2))
+            if step == 60:
+                grad_norm = 250.0  # the spike
+            if step == 35:
+                grad_norm = float("nan")  # fp16 overflow step
+            entry = {
+                "epoch": round(state.epoch, 4),
+                "grad_norm": grad_norm,
+                "learning_rate": 5e-5 * (1 - step / MAX_STEPS),
+                "loss": round(3.0 - step / 100 + float(rng.normal(0, 0.01)), 4),
+                "step": step,
+            }
+            state.log_history.append(entry)
+            for k, v in entry.items():
+                if k != "step":
+                    logged.setdefault(k, {})[step] = v
+        if step % EVAL_EVERY == 0:
+            entry = {
+                "epoch": round(state.epoch, 4),
+                "eval_loss": 3.1 - step / 100,
+                "eval_runtime": 1.5,
+                "eval_samples_per_second": 100.0,
+                "eval_steps_per_second": 12.5,
+                "step": step,
+            }
+            state.log_history.append(entry)
+            logged.setdefault("eval_loss", {})[step] = entry["eval_loss"]
+            if state.best_metric is None or entry["eval_loss"] < state.best_metric:
+                state.best_metric = entry["eval_loss"]
+                state.best_model_checkpoint = str(out / f"checkpoint-{step}")
+        if step % SAVE_EVERY == 0:
+            state.total_flos = 1e12 * step
+            state.save_to_json(out / f"checkpoint-{step}" / "trainer_state.json")
+    if final:
+        state.log_history.append(
+            {
+                "epoch": state.epoch,
+                "step": state.global_step,
+                "total_flos": state.total_flos,
+                "train_loss": 2.5,
+                "train_runtime": 123.4,
+                "train_samples_per_second": 6.5,
+                "train_steps_per_second": 0.8,
+            }
+        )
+        state.save_to_json(out / "trainer_state.json")
+    return logged
+
+
+def _assert_series(run: RunSeries, tag: str, expected: dict[int, float]) -> None:
+    steps, values = run.series(tag)
+    assert steps.tolist() == sorted(expected)
+    np.testing.assert_array_equal(values, [expected[s] for s in sorted(expected)])
+
+
+def test_output_dir_is_one_run_with_hf_tags(tmp_path: Path) -> None:
+    out = tmp_path / "runs" / "out"
+    logged = _train(out)
+    runs = gradaudit.read_runs([tmp_path / "runs"])
+    assert [r.name for r in runs] == ["out"]
+    (run,) = runs
+    assert run.format == "hf-trainer-state"
+    assert run.grad_norm_tag == "train/grad_norm"
+    assert run.loss_tag == "train/loss"
+    assert run.lr_tag == "train/learning_rate"
+    _assert_series(run, "train/grad_norm", logged["grad_norm"])
+    _assert_series(run, "train/loss", logged["loss"])
+    _assert_series(run, "train/learning_rate", logged["learning_rate"])
+    _assert_series(run, "eval/loss", logged["eval_loss"])
+    steps, gn = run.series("train/grad_norm")
+    assert math.isnan(gn[steps.tolist().index(35)])
+    assert gn[steps.tolist().index(60)] == 250.0
+    tags = set(run.tags())
+    assert {"train/epoch", "eval/runtime", "eval/samples_per_second"} <= tags
+    # The final summary entry is no series point.
+    assert not tags & {"train/train_loss", "train/train_runtime", "train/total_flos"}
+    # The top-level copy wins the tie with checkpoint-100 and is named in a note.
+    assert run.files == [str(out / "trainer_state.json")]
+    assert any(str(out / "trainer_state.json") in n and "3 trainer_state.json" in n
+               for n in run.notes)  # fmt: skip
+    # Eval entries repeat the epoch of the training entry: no step is "replaced".
+    assert not any("written again later" in n for n in run.notes)
+
+
+def test_crashed_run_uses_the_latest_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    logged = _train(out, final=False)
+    runs = gradaudit.read_runs([tmp_path])
+    assert [r.name for r in runs] == ["out"]
+    (run,) = runs
+    assert run.files == [str(out / "checkpoint-100" / "trainer_state.json")]
+    _assert_series(run, "train/grad_norm", logged["grad_norm"])
+
+
+def test_more_advanced_checkpoint_beats_stale_top_level(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _train(out)
+    stale = json.loads((out / "checkpoint-50" / "trainer_state.json").read_text())
+    (out / "trainer_state.json").write_text(json.dumps(stale, indent=2, sort_keys=True))
+    (run,) = gradaudit.read_runs([tmp_path])
+    assert run.files == [str(out / "checkpoint-100" / "trainer_state.json")]
+    assert run.series("train/loss")[0][-1] == 100
+
+
+def test_truncated_copy_falls_back_with_a_problem(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    logged = _train(out)
+    top = out / "trainer_state.json"
+    text = top.read_text()
+    top.write_text(text[: len(text) // 2])  # a crash while writing
+    (run,) = gradaudit.read_runs([tmp_path])
+    assert run.files == [str(out / "checkpoint-100" / "trainer_state.json")]
+    assert any("not valid JSON" in p.message for p in run.problems)
+    _assert_series(run, "train/grad_norm", logged["grad_norm"])
+
+
+def test_single_file_and_bad_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    _train(out)
+    path = out / "trainer_state.json"
+    (raw,) = hf_trainer.read(Source(hf_trainer.FORMAT, ".", (path,)))
+    assert raw.files == [path]
+    bad = tmp_path / "bad" / "trainer_state.json"
+    bad.parent.mkdir()
+    bad.write_text('{"log_history": 5}')
+    with pytest.raises(ReadError, match="no log_history"):
+        hf_trainer.read(Source(hf_trainer.FORMAT, ".", (bad,)))
+    bad.write_text("")
+    with pytest.raises(ReadError, match="empty"):
+        hf_trainer.read(Source(hf_trainer.FORMAT, ".", (bad,)))
+    monkeypatch.setattr(hf_trainer, "MAX_BYTES", 1000)
+    with pytest.raises(ReadError, match="MiB"):
+        hf_trainer.read(Source(hf_trainer.FORMAT, ".", (path,)))
+
+
+def test_claim_names(tmp_path: Path) -> None:
+    ck = tmp_path / "checkpoint-500"
+    ck.mkdir()
+    (ck / "trainer_state.json").write_text("{}")
+    (ck / "config.json").write_text("{}")
+    (tmp_path / "trainer_state.json").write_text("{}")
+    assert hf_trainer.claim(ck, sorted(ck.iterdir())) == [
+        Source(hf_trainer.FORMAT, "..", (ck / "trainer_state.json",))
+    ]
+    assert hf_trainer.claim(tmp_path, [tmp_path / "trainer_state.json"]) == [
+        Source(hf_trainer.FORMAT, ".", (tmp_path / "trainer_state.json",))
+    ]

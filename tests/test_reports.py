@@ -1,0 +1,390 @@
+"""The report formats (HTML, Markdown, GitHub annotations, JSON) on constructed AuditResults."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import re
+import stat
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from reportkit import FIXED_TIME, episode, fixed_result, run
+
+from gradaudit import __version__
+from gradaudit.errors import UsageError
+from gradaudit.gate import evaluate_gate
+from gradaudit.model import InputError
+from gradaudit.report import FORMATTERS, format_for, github, html, markdown, write_report
+from gradaudit.result import AuditResult
+from gradaudit.series import FileProblem
+
+GOLD = Path(__file__).parent / "gold"
+
+HOSTILE = [
+    "<script>alert(1)</script>",
+    '"><img src=x onerror=alert(1)>',
+    "</script><script>alert(2)</script>",
+    "<!--",
+    "a|b|c",
+    "`code` **bold** [link](http://evil.example)",
+    "line1\nline2\r\n::error title=x::injected",
+    "100%, done: yes",
+]
+
+
+def render(fmt: str, result: AuditResult) -> str:
+    buf = io.StringIO()
+    FORMATTERS[fmt](result, buf)
+    return buf.getvalue()
+
+
+class TagCollector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.script_text: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        self._in_script = tag == "script"
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data):
+        if self._in_script:
+            self.script_text.append(data)
+
+
+def hostile_result() -> AuditResult:
+    runs = []
+    for i, name in enumerate(HOSTILE):
+        runs.append(run(name, "explosion", [episode(300, 10.0 + i, reason=f"because {name}")],
+                        tag=name, notes=[f"note {name}"],
+                        errors=[FileProblem(name, f"problem {name}")]))
+    runs.append(run(HOSTILE[1] + "-broken", "error", errors=[FileProblem(HOSTILE[0], HOSTILE[1])]))
+    result = AuditResult(runs=runs, errors=[InputError(HOSTILE[2], HOSTILE[0])],
+                         generated_at=FIXED_TIME)
+    evaluate_gate(result)
+    result.regressions = [{"run": HOSTILE[0], "metric": "status", "baseline": "ok",
+                           "current": "explosion", "message": f"new explosion {HOSTILE[1]}"}]
+    return result
+
+
+# --- registry, format choice, atomic writing ----------------------------------------------
+
+
+def test_formatters_registered_and_suffixes():
+    assert {"json", "html", "md", "github"} <= set(FORMATTERS)
+    assert format_for("r.html", None) == "html"
+    assert format_for("r.md", None) == "md"
+    assert format_for("-", None) == "json"
+    assert format_for("x.txt", "github") == "github"
+    with pytest.raises(UsageError):
+        format_for("report.txt", None)
+
+
+def test_failed_formatter_leaves_no_file_and_no_temp(tmp_path, monkeypatch):
+    def broken(result, stream):
+        stream.write("half a report" * 1000)
+        raise RuntimeError("formatter died")
+
+    monkeypatch.setitem(FORMATTERS, "md", broken)
+    target = tmp_path / "report.md"
+    with pytest.raises(RuntimeError):
+        write_report(fixed_result(), str(target))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_formatter_keeps_the_previous_report(tmp_path, monkeypatch):
+    target = tmp_path / "report.md"
+    target.write_text("previous\n")
+
+    def broken(result, stream):
+        stream.write("partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(FORMATTERS, "md", broken)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(fixed_result(), str(target))
+    assert target.read_text() == "previous\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_report_permissions_follow_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        write_report(fixed_result(), str(tmp_path / "r.json"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == mode
+
+
+def test_report_keeps_mode_of_replaced_file(tmp_path):
+    target = tmp_path / "r.md"
+    target.write_text("old")
+    target.chmod(0o640)
+    write_report(fixed_result(), str(target))
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert target.read_text().startswith("## ")
+
+
+def test_missing_output_folder_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="cannot write"):
+        write_report(fixed_result(), str(tmp_path / "no" / "such" / "r.md"))
+
+
+def test_dash_means_stdout(capsys):
+    result = fixed_result()
+    write_report(result, "-", "md")
+    assert capsys.readouterr().out == markdown.render(result)
+    write_report(result, "-")
+    assert json.loads(capsys.readouterr().out)["schema_version"] == 1
+
+
+# --- JSON ---------------------------------------------------------------------------------
+
+
+def test_json_contract_fields():
+    result = fixed_result()
+    evaluate_gate(result)
+    doc = json.loads(render("json", result))
+    assert doc["schema_version"] == 1
+    assert doc["tool"] == {"name": "gradaudit", "version": __version__}
+    assert doc["summary"] == {"runs": 5, "explosions": 2, "warnings": 1, "errors": 2,
+                              "regressions": 0}
+    assert doc["gate"]["exit_code"] == 1
+    by_name = {r["run"]: r for r in doc["runs"]}
+    ep = by_name["exp/lr-3e-4"]["episodes"][0]
+    assert ep["onset_step"] == 400 and ep["peak_ratio"] == 25.0
+    assert by_name["diverged"]["episodes"][0]["loss_impact"]["excess_loss"] is None
+    assert doc["errors"] == [{"path": "junk.csv", "message": "no step column"}]
+
+
+# --- HTML ---------------------------------------------------------------------------------
+
+
+def test_html_is_self_contained_and_complete():
+    result = fixed_result()
+    evaluate_gate(result)
+    text = render("html", result)
+    parser = TagCollector()
+    parser.feed(text)
+    tags = parser.tags
+    # No network: no external scripts, stylesheets, images or links.
+    for tag, attrs in tags:
+        for key in ("src", "href"):
+            value = attrs.get(key) or ""
+            assert not re.match(r"(?i)\s*(https?:|//|ftp:)", value), (tag, attrs)
+        assert tag != "link"
+    assert sum(1 for t, _ in tags if t == "script") == 1
+    # The CSP allows exactly the page's own script.
+    script = "".join(parser.script_text)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    csp = next(a["content"] for t, a in tags if t == "meta" and a.get("http-equiv"))
+    assert f"'sha256-{digest}'" in csp and "default-src 'none'" in csp
+    # One figure per run with findings and traces (3 here), each an embedded PNG.
+    imgs = [a["src"] for t, a in tags if t == "img"]
+    assert len(imgs) == 3 and all(s.startswith("data:image/png;base64,") for s in imgs)
+    assert base64.b64decode(imgs[0].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    # The summary table lists every run; its sort/filter hooks are there.
+    rows = [a for t, a in tags if t == "tr" and "data-run" in a]
+    assert [r["data-run"] for r in rows] == ["diverged", "exp/lr-3e-4", "warn-run", "broken",
+                                             "clean-run"]
+    assert 'id="runs-filter"' in text and 'class="sortable"' in text
+    # Findings: reasons, advice, clip options, notes, errors of runs and of inputs.
+    for needle in ("grad norm 25.0x its healthy level of 1.0", "lower the learning rate",
+                   "ZClip alpha 0.97 z 2.5", "replaced by later writes", "truncated record",
+                   "no step column", "junk.csv", "gate failed (exit 1)"):
+        assert needle in text, needle
+
+
+def test_html_cap_on_figures_and_details(monkeypatch):
+    monkeypatch.setattr(html, "MAX_FIGURES", 2)
+    monkeypatch.setattr(html, "MAX_DETAILED", 3)
+    runs = [run(f"r{i}", "explosion", [episode(100, 5.0 + i)], n=300) for i in range(6)]
+    text = render("html", AuditResult(runs=runs, generated_at=FIXED_TIME))
+    assert text.count("<img ") == 2
+    assert text.count('<section class="run"') == 3
+    # The worst (largest ratio) runs get figures: r5 and r4 first.
+    first_sections = re.findall(r'<section class="run" id="run-\d+"><h3>.*?mono">(r\d)<', text)
+    assert first_sections == ["r5", "r4", "r3"]
+
+
+def test_html_escapes_hostile_text():
+    text = render("html", hostile_result())
+    parser = TagCollector()
+    parser.feed(text)
+    assert sum(1 for t, _ in parser.tags if t == "script") == 1
+    for tag, attrs in parser.tags:
+        assert not any(k.startswith("on") for k in attrs), (tag, attrs)
+        assert tag != "img" or attrs["src"].startswith("data:image/png;base64,")
+    # The hostile text is shown, as text.
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in text
+    assert "<script>alert" not in text and "<img src=x" not in text
+    assert text.count("</script>") == 1
+    # data-run attributes hold the names intact (the HTML parser unescapes them).
+    names = {a["data-run"] for t, a in parser.tags if t == "tr" and "data-run" in a}
+    assert set(HOSTILE) <= names
+
+
+def test_html_names_regressions():
+    result = fixed_result()
+    result.regressions = [{"run": "warn-run", "metric": "spike_rate", "baseline": 0.1,
+                           "current": 3.0, "message": "spike rate rose from 0.1 to 3"}]
+    text = render("html", result)
+    assert "What regressed against the baseline" in text
+    assert "spike rate rose from 0.1 to 3" in text
+
+
+def test_html_5000_runs_stays_small_and_fast():
+    runs = []
+    for i in range(5000):
+        if i % 5 == 0:  # 1000 runs with findings, each with traces of 2000 steps
+            runs.append(run(f"sweep/lr-{i}/seed-{i % 7}", "explosion" if i % 10 == 0 else
+                            "warning", [episode(900, 3.0 + i % 97)], n=2000))
+        else:
+            runs.append(run(f"sweep/lr-{i}/seed-{i % 7}"))
+    result = AuditResult(runs=runs, generated_at=FIXED_TIME)
+    evaluate_gate(result)
+    start = time.perf_counter()
+    text = render("html", result)
+    elapsed = time.perf_counter() - start
+    size = len(text.encode())
+    print(f"\n5000-run HTML: {size / 1e6:.2f} MB in {elapsed:.1f} s")
+    assert size < 25e6
+    assert text.count("<img ") == html.MAX_FIGURES
+    assert text.count('<tr data-run="') == 5000
+    md_text = markdown.render(result)
+    md_size = len(md_text.encode())
+    print(f"5000-run Markdown: {md_size / 1024:.0f} KiB")
+    assert md_size < 1024 * 1024
+
+
+# --- Markdown -----------------------------------------------------------------------------
+
+
+def _table_cells(line: str) -> list[str]:
+    # Split a GFM table row on unescaped pipes.
+    return re.split(r"(?<!\\)\|", line.strip())[1:-1]
+
+
+def test_markdown_content():
+    result = fixed_result()
+    evaluate_gate(result)
+    text = markdown.render(result)
+    assert text.startswith("## ❌ gradaudit: gate failed (exit 1)")
+    assert "| <code>exp/lr-3e-4</code> | 🔴 explosion | 2 | 25 | 0.25 | 1.8 |" in text
+    assert "| 400 | 402 | 405 | spike | explosion | 25 | 0.25 | 520 |" in text
+    assert "**Advice:** lower the learning rate" in text
+    assert "input <code>junk.csv</code>: no step column" in text
+    assert "1 run(s) without findings" in text
+
+
+def test_markdown_escapes_hostile_text():
+    text = markdown.render(hostile_result())
+    assert "<script" not in text and "<img" not in text and "<!--" not in text
+    # Every row of a table has as many cells as its header (no pipe or newline broke out).
+    tables: list[list[str]] = []
+    for block in text.split("\n\n"):
+        rows = [ln for ln in block.splitlines() if ln.startswith("|")]
+        if rows:
+            tables.append(rows)
+    assert tables
+    for rows in tables:
+        widths = {len(_table_cells(r)) for r in rows}
+        assert len(widths) == 1, rows
+    assert r"a\|b\|c" in text
+    assert r"\`code\` \*\*bold\*\* \[link\]" in text
+    assert "line1 line2 ::error" in text
+
+
+def test_markdown_5000_regressions_and_long_names_stay_under_limit():
+    runs = [run("x" * 5000 + str(i), "explosion", [episode(10, 50.0)] * 30, n=100,
+                with_traces=False) for i in range(300)]
+    result = AuditResult(runs=runs, generated_at=FIXED_TIME)
+    result.regressions = [{"run": r.run, "metric": "status", "baseline": "ok",
+                           "current": "explosion", "message": "m" * 10000} for r in runs]
+    assert len(markdown.render(result).encode()) < 1024 * 1024
+
+
+# --- GitHub annotations -------------------------------------------------------------------
+
+
+def test_github_escaping_rules():
+    assert github.escape_data("50% a\r\nb") == "50%25 a%0D%0Ab"
+    assert github.escape_property("a:b,c%\n") == "a%3Ab%2Cc%25%0A"
+
+
+def test_github_annotations_worst_first():
+    result = fixed_result()
+    evaluate_gate(result)
+    lines = github.lines(result)
+    assert lines[0].startswith("::notice title=gradaudit::gate failed (exit 1)")
+    assert lines[1].startswith("::error title=gradaudit%3A diverged::")
+    assert lines[2].startswith("::error title=gradaudit%3A exp/lr-3e-4::explosion: 2 episode")
+    assert lines[3].startswith("::warning title=gradaudit%3A warn-run::warning")
+    assert all(line.endswith("\n") and line.count("\n") == 1 for line in lines)
+
+
+def test_github_warning_is_error_when_it_fails_the_gate():
+    result = fixed_result(fail_on="warning")
+    evaluate_gate(result)
+    assert any(ln.startswith("::error title=gradaudit%3A warn-run::") for ln in
+               github.lines(result))
+
+
+def test_github_escapes_hostile_text():
+    result = hostile_result()
+    out = render("github", result)
+    for line in out.splitlines():
+        assert re.match(r"^::(notice|warning|error) title=[^:]*::", line), line
+        title = line.split("::")[1]
+        assert "," not in title.split("title=", 1)[1]
+    assert "line1%0Aline2%0D%0A%3A%3Aerror title=x%3A%3Ainjected" in out
+    assert "100%25%2C done%3A yes" in out
+    assert "regression%3A <script>alert(1)</script>::new explosion" in out
+
+
+# --- gold files ---------------------------------------------------------------------------
+
+
+def _html_skeleton(text: str) -> str:
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "data:image/png;base64,FIGURE", text)
+    text = re.sub(r"<style>.*?</style>", "<style>CSS</style>", text, flags=re.S)
+    text = re.sub(r"<script>.*?</script>", "<script>JS</script>", text, flags=re.S)
+    text = re.sub(r"sha256-[A-Za-z0-9+/=]+", "sha256-HASH", text)
+    text = text.replace(FIXED_TIME, "TIME").replace(f"gradaudit {__version__}", "gradaudit VER")
+    return text.replace("><", ">\n<")
+
+
+def _markdown_stable(text: str) -> str:
+    return text.replace(f"gradaudit {__version__}", "gradaudit VER")
+
+
+@pytest.mark.parametrize("name,fmt,clean", [("report.md", "md", _markdown_stable),
+                                            ("report.html", "html", _html_skeleton)])
+def test_gold(name, fmt, clean):
+    result = fixed_result(baseline="last-good.json")
+    result.regressions = [{"run": "warn-run", "metric": "healthy_grad_norm", "baseline": 1.0,
+                           "current": 2.0, "message": "healthy grad-norm level rose 2x"}]
+    result.gate_reasons = ["1 regression(s) against the baseline in 1 run(s): 'warn-run'"]
+    result.exit_code = 1
+    got = clean(render(fmt, result))
+    path = GOLD / name
+    if os.environ.get("GRADAUDIT_UPDATE_GOLD") == "1":
+        GOLD.mkdir(exist_ok=True)
+        path.write_text(got, encoding="utf-8")
+        pytest.skip(f"updated {path}")
+    assert path.exists(), f"{path} missing: run with GRADAUDIT_UPDATE_GOLD=1"
+    assert got == path.read_text(encoding="utf-8")

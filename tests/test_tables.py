@@ -1,0 +1,333 @@
+"""Parquet / CSV / JSON tables: long, wide and W&B history layouts, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import gradaudit
+from gradaudit.adapters import csv_table, json_table, parquet
+from gradaudit.adapters.base import Source
+from gradaudit.errors import ReadError
+from gradaudit.series import RunSeries
+
+NAN = float("nan")
+INF = float("inf")
+
+
+def _runs(path: Path) -> dict[str, RunSeries]:
+    return {r.name: r for r in gradaudit.read_runs([path])}
+
+
+def _values(run: RunSeries, tag: str) -> dict[int, float]:
+    steps, values = run.series(tag)
+    return dict(zip(steps.tolist(), values.tolist(), strict=True))
+
+
+def _same(got: dict[int, float], want: dict[int, float]) -> None:
+    assert sorted(got) == sorted(want)
+    for k, v in want.items():
+        assert (math.isnan(v) and math.isnan(got[k])) or got[k] == v, (k, got[k], v)
+
+
+# A W&B history as run.scan_history() returns it for an HF Trainer run: one row per log call,
+# eval rows interleaved (train metrics null there), train/global_step logged on every row.
+def _history(n_train: int = 60, eval_every: int = 4) -> list[dict[str, float | None]]:
+    rng = np.random.default_rng(3)
+    rows: list[dict[str, float | None]] = []
+    t0 = 1_700_000_000.0
+    for i in range(n_train):
+        gstep = (i + 1) * 10
+        gn = float(rng.lognormal(0, 0.2))
+        if i == 30:
+            gn = 400.0
+        if i == 31:
+            gn = NAN
+        rows.append(
+            {
+                "_step": len(rows), "_runtime": 2.0 * len(rows), "_timestamp": t0 + 2.0 * len(rows),
+                "train/global_step": gstep, "train/epoch": gstep / 200, "train/loss": 2.0 - i / 100,
+                "train/grad_norm": gn, "train/learning_rate": 1e-4, "eval/loss": None,
+            }
+        )  # fmt: skip
+        if (i + 1) % eval_every == 0:
+            rows.append(
+                {
+                    "_step": len(rows), "_runtime": 2.0 * len(rows),
+                    "_timestamp": t0 + 2.0 * len(rows), "train/global_step": gstep,
+                    "train/epoch": gstep / 200, "train/loss": None, "train/grad_norm": None,
+                    "train/learning_rate": None, "eval/loss": 2.1 - i / 100,
+                }
+            )  # fmt: skip
+    return rows
+
+
+def _expected(rows: list[dict[str, float | None]], key: str) -> dict[int, float]:
+    return {int(r["train/global_step"]): r[key] for r in rows if r[key] is not None}  # type: ignore[arg-type,misc]
+
+
+def _write_csv(path: Path, rows: list[dict[str, float | None]], sep: str = ",") -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter=sep)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: "" if v is None else repr(v) for k, v in r.items()})
+
+
+def _check_history_run(run: RunSeries, rows: list[dict[str, float | None]]) -> None:
+    assert run.grad_norm_tag == "train/grad_norm" and run.loss_tag == "train/loss"
+    _same(_values(run, "train/grad_norm"), _expected(rows, "train/grad_norm"))
+    _same(_values(run, "train/loss"), _expected(rows, "train/loss"))
+    _same(_values(run, "eval/loss"), _expected(rows, "eval/loss"))
+    assert "_step" not in run.tags() and "_runtime" not in run.tags()
+    assert "train/global_step" not in run.tags()
+    walls = run.wall_times("train/grad_norm")
+    want = [r["_timestamp"] for r in rows if r["train/grad_norm"] is not None]
+    np.testing.assert_array_equal(walls, want)
+    assert not any("sampled" in n for n in run.notes)
+
+
+@pytest.mark.parametrize("kind", ["csv", "tsv", "parquet", "jsonl", "json-records", "json-nan"])
+def test_wandb_history_tables(tmp_path: Path, kind: str) -> None:
+    rows = _history()
+    if kind == "csv":
+        path = tmp_path / "history.csv"
+        _write_csv(path, rows)
+    elif kind == "tsv":
+        path = tmp_path / "history.tsv"
+        _write_csv(path, rows, "\t")
+    elif kind == "parquet":
+        path = tmp_path / "history.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif kind == "jsonl":
+        path = tmp_path / "history.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # NaN token inside
+    elif kind == "json-records":
+        path = tmp_path / "history.json"
+        clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                  for k, v in r.items()} for r in rows]  # fmt: skip
+        path.write_text(json.dumps(clean))
+    else:
+        path = tmp_path / "history.json"
+        path.write_text(json.dumps(rows, indent=1))  # Python writes NaN tokens
+    runs = _runs(tmp_path)
+    assert list(runs) == [path.name]
+    run = runs[path.name]
+    assert run.format == {"tsv": "csv", "jsonl": "json", "json-records": "json",
+                          "json-nan": "json"}.get(kind, kind)  # fmt: skip
+    if kind == "json-records":
+        rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                 for k, v in r.items()} for r in rows]  # fmt: skip
+    _check_history_run(run, rows)
+
+
+def test_sampled_history_note(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    full = 20_000
+    sampled = np.sort(rng.choice(full, 500, replace=False))
+    pq.write_table(
+        pa.table(
+            {
+                "_step": sampled,
+                "_runtime": sampled * 1.0,
+                "_timestamp": sampled + 1.7e9,
+                "grad_norm": rng.random(500),
+                "loss": rng.random(500),
+            }
+        ),  # fmt: skip
+        tmp_path / "sampled.parquet",
+    )
+    consecutive = np.arange(400)
+    pq.write_table(
+        pa.table(
+            {"_step": consecutive, "_runtime": consecutive * 1.0, "grad_norm": rng.random(400)}
+        ),  # fmt: skip
+        tmp_path / "every-row.parquet",
+    )
+    runs = _runs(tmp_path)
+    assert any("sampled" in n and "scan_history" in n for n in runs["sampled.parquet"].notes)
+    assert _values(runs["sampled.parquet"], "grad_norm").keys() == set(sampled.tolist())
+    assert not any("sampled" in n for n in runs["every-row.parquet"].notes)
+
+
+def test_wide_parquet_nulls_nan_inf_and_epoch(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "epoch": [0.0, 0.5, 1.0, 1.5, 2.0],
+            "global_step": pa.array([0, 100, 200, 300, 400], pa.int32()),
+            "grad_norm": [1.0, NAN, INF, None, 2.0],
+            "loss": pa.array([3.0, 2.9, None, 2.7, 2.6], pa.float32()),
+            "note": ["a", "b", "c", "d", "e"],
+            "ok": [True, False, True, True, True],
+        }
+    )
+    path = tmp_path / "metrics.pq"
+    pq.write_table(table, path)
+    (run,) = _runs(tmp_path).values()
+    assert run.format == "parquet" and run.name == "metrics.pq"
+    assert set(run.tags()) == {"epoch", "grad_norm", "loss"}
+    _same(_values(run, "grad_norm"), {0: 1.0, 100: NAN, 200: INF, 400: 2.0})
+    _same(_values(run, "loss"), {0: 3.0, 100: 2.9000000953674316, 300: 2.700000047683716,
+                                 400: 2.5999999046325684})  # fmt: skip
+    _same(_values(run, "epoch"), {0: 0.0, 100: 0.5, 200: 1.0, 300: 1.5, 400: 2.0})
+
+
+def test_long_csv_with_runs_and_write_order(tmp_path: Path) -> None:
+    path = tmp_path / "long.csv"
+    lines = ["run,step,metric,value,wall_time"]
+    # run a resumes at step 2: its later writes at steps 2-3 replace the earlier ones.
+    for run, step, tag, value in [
+        ("a", 1, "grad_norm", 1.0), ("a", 2, "grad_norm", 9.0), ("a", 3, "grad_norm", 9.5),
+        ("b", 1, "grad_norm", 0.5), ("a", 2, "grad_norm", 2.0), ("a", 3, "grad_norm", 3.0),
+        ("b", 2, "loss", 4.0), ("b", 3, "grad_norm", "nan"),
+    ]:  # fmt: skip
+        lines.append(f"{run},{step},{tag},{value},{1000 + step}")
+    path.write_text("\n".join(lines) + "\n")
+    runs = _runs(tmp_path)
+    assert set(runs) == {"long.csv#a", "long.csv#b"}
+    assert _values(runs["long.csv#a"], "grad_norm") == {1: 1.0, 2: 2.0, 3: 3.0}
+    assert any("written again later" in n for n in runs["long.csv#a"].notes)
+    _same(_values(runs["long.csv#b"], "grad_norm"), {1: 0.5, 3: NAN})
+    assert _values(runs["long.csv#b"], "loss") == {2: 4.0}
+    assert runs["long.csv#b"].wall_times("loss").tolist() == [1002.0]
+
+
+def test_long_json_name_is_tag_when_no_tag_column(tmp_path: Path) -> None:
+    recs = [{"step": s, "name": "grad_norm", "value": 0.1 * s, "run_id": "r1"} for s in range(5)]
+    (tmp_path / "points.json").write_text(json.dumps(recs))
+    runs = _runs(tmp_path)
+    assert list(runs) == ["points.json#r1"]
+    assert _values(runs["points.json#r1"], "grad_norm") == {s: 0.1 * s for s in range(5)}
+
+
+def test_pandas_index_and_tbparse_dir_name(tmp_path: Path) -> None:
+    # df.to_csv() of a tbparse scalars frame: an unnamed index column, dir_name = the run.
+    rows = [",step,tag,value,dir_name", "0,1,grad_norm,0.5,runA", "1,1,grad_norm,0.7,runB",
+            "2,2,grad_norm,0.6,runA"]  # fmt: skip
+    (tmp_path / "scalars.csv").write_text("\n".join(rows) + "\n")
+    # A wide frame saved with its index.
+    (tmp_path / "wide.csv").write_text("Unnamed: 0,step,loss\n0,10,2.0\n1,20,1.5\n")
+    runs = _runs(tmp_path)
+    assert _values(runs["scalars.csv#runA"], "grad_norm") == {1: 0.5, 2: 0.6}
+    assert _values(runs["scalars.csv#runB"], "grad_norm") == {1: 0.7}
+    assert runs["wide.csv"].tags() == ["loss"]
+
+
+def test_wide_csv_text_nan_and_sparse_columns(tmp_path: Path) -> None:
+    rows = ["iteration,grad norm,val_loss"]
+    rows += ["1,nan,", "2,Infinity,", "3,-inf,", "4,NaN,"]
+    rows += [f"{i},{i / 10},," for i in range(5, 6000)]
+    rows += ["6000,0.5,1.25"]  # a metric first seen after the type-inference sample
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    (run,) = _runs(tmp_path).values()
+    gn = _values(run, "grad norm")
+    assert math.isnan(gn[1]) and gn[2] == INF and gn[3] == -INF and math.isnan(gn[4])
+    assert gn[5] == 0.5 and gn[6000] == 0.5 and len(gn) == 6000
+    assert _values(run, "val_loss") == {6000: 1.25}
+
+
+def test_pandas_column_and_split_orient_json(tmp_path: Path) -> None:
+    cols = {"_step": {"0": 0, "1": 1, "2": 2}, "_runtime": {"0": 1, "1": 2, "2": 3},
+            "loss": {"0": 2.0, "1": None, "2": 1.5}}  # fmt: skip
+    (tmp_path / "cols.json").write_text(json.dumps(cols))
+    split = {"columns": ["step", "grad_norm"], "index": [0, 1], "data": [[10, 0.5], [20, 0.7]]}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    table = {"schema": {"fields": [{"name": "index"}, {"name": "step"}], "primaryKey": ["index"]},
+             "data": [{"index": 0, "step": 3, "grad_norm": 1.5}]}  # fmt: skip
+    (tmp_path / "table.json").write_text(json.dumps(table))
+    runs = _runs(tmp_path)
+    assert _values(runs["cols.json"], "loss") == {0: 2.0, 2: 1.5}
+    assert _values(runs["split.json"], "grad_norm") == {10: 0.5, 20: 0.7}
+    assert runs["table.json"].tags() == ["grad_norm"]
+    assert _values(runs["table.json"], "grad_norm") == {3: 1.5}
+
+
+def test_json_claim_skips_config_and_summaries(tmp_path: Path) -> None:
+    def put(name: str, obj: object) -> None:
+        (tmp_path / name).write_text(json.dumps(obj))
+
+    put("config.json", {"architectures": ["GPT2"], "n_layer": 12})
+    put("tokenizer.json", {"version": "1.0", "model": {"vocab": {}}})
+    put("wandb-summary.json", {"_step": 99, "_runtime": 5, "loss": 1.0})
+    put("wandb-metadata.json", {"os": "Linux", "python": "3.11"})
+    put("trainer_state.json", {"global_step": 5, "log_history": []})
+    put("summary.json", {"step": 5, "loss": 1.0})
+    put("records.json", [{"step": 1, "loss": 2.0}])
+    put("other.json", [1, 2, 3])
+    put("train.json", [{"text": "a data set, not a log"}, {"text": "step: 5"}])
+    (tmp_path / "lines.json").write_text('{"step": 1, "loss": 2}\n{"step": 2, "loss": 1}\n')
+    (tmp_path / "x.ndjson").write_text('{"step": 1, "loss": 2}\n')
+    claimed = {s.name for s in json_table.claim(tmp_path, sorted(tmp_path.iterdir()))}
+    assert claimed == {"records.json", "lines.json", "x.ndjson"}
+
+
+def _read_one(adapter: object, path: Path) -> list:
+    return adapter.read(Source(adapter.FORMAT, path.name, (path,)))  # type: ignore[attr-defined]
+
+
+def test_bad_inputs(tmp_path: Path) -> None:
+    nostep = tmp_path / "nostep.csv"
+    nostep.write_text("epoch,loss\n0.5,2.0\n1.0,1.9\n")
+    with pytest.raises(ReadError) as err:
+        _read_one(csv_table, nostep)
+    assert "'epoch', 'loss'" in str(err.value) and "global_step" in str(err.value)
+    assert "epoch is not a step" in str(err.value)
+
+    fake = tmp_path / "fake.parquet"
+    fake.write_text("step,loss\n1,2\n")
+    with pytest.raises(ReadError, match="not a Parquet file"):
+        _read_one(parquet, fake)
+    cut = tmp_path / "cut.parquet"
+    pq.write_table(pa.table({"step": [1, 2], "loss": [1.0, 2.0]}), cut)
+    cut.write_bytes(cut.read_bytes()[:-10])
+    with pytest.raises(ReadError, match="truncated"):
+        _read_one(parquet, cut)
+
+    for name in ("empty.csv", "empty.parquet", "empty.jsonl", "empty.json"):
+        (tmp_path / name).write_text("")
+    for adapter, name in ((csv_table, "empty.csv"), (parquet, "empty.parquet"),
+                          (json_table, "empty.jsonl"), (json_table, "empty.json")):  # fmt: skip
+        with pytest.raises(ReadError, match="empty"):
+            _read_one(adapter, tmp_path / name)
+
+    header = tmp_path / "header.csv"
+    header.write_text("step,loss,grad_norm\n")
+    with pytest.raises(ReadError, match="no rows"):
+        _read_one(csv_table, header)
+
+    textstep = tmp_path / "textstep.csv"
+    textstep.write_text("step,loss\nfirst,2.0\nsecond,1.0\n")
+    with pytest.raises(ReadError, match="no numbers"):
+        _read_one(csv_table, textstep)
+
+    somebad = tmp_path / "somebad.csv"
+    somebad.write_text("step,loss\n1,2.0\nx,1.5\n3,1.0\n2.5,0.9\n")
+    (raw,) = _read_one(csv_table, somebad)
+    points = raw.points.collect()
+    assert points["step"].to_list() == [1, 3]
+    assert any("non-integer" in p.message for p in raw.problems)
+    assert any("without a usable" in p.message for p in raw.problems)
+
+    badutf = tmp_path / "badutf.csv"
+    badutf.write_bytes(b"run,step,loss\nr\xff1,1,2.0\nr2,2,1.0\n")
+    raws = _read_one(csv_table, badutf)
+    assert len(raws) == 2
+    assert all(any("UTF-8" in p.message for p in r.problems) for r in raws)
+
+    notjson = tmp_path / "broken.jsonl"
+    notjson.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
+    (raw,) = _read_one(json_table, notjson)
+    assert raw.points.collect()["value"].to_list() == [2.0]
+    assert any("not valid JSON" in p.message for p in raw.problems)
+
+    # One bad file never stops the others.
+    runs = gradaudit.inspect([tmp_path])
+    assert "somebad.csv" in {r.name for r in runs.runs}
+    assert any("nostep.csv" in e.path for e in runs.errors)

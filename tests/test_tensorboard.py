@@ -1,0 +1,327 @@
+"""TensorBoard adapter: real event files written at test time by tensorboardX / tensorboard."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboardX import SummaryWriter
+
+import gradaudit
+from gradaudit.adapters import _crc32c, tensorboard
+from gradaudit.adapters._tfrecord import FileStatus, read_chunks
+from gradaudit.cmdline import main
+
+N_STEPS = 3000
+
+
+def _loss(s: int) -> float:
+    return 3.0 / (1.0 + s / 500.0)
+
+
+def _gnorm(s: int) -> float:
+    return 1.0 + 0.5 * math.sin(s / 7.0) + (25.0 if s % 997 == 0 else 0.0)
+
+
+def write_tbx(folder: Path, steps: range = range(N_STEPS), extra: bool = True) -> Path:
+    """Scalars through tensorboardX add_scalar (simple_value); returns the event file."""
+    w = SummaryWriter(str(folder), flush_secs=3600, max_queue=100_000)
+    for s in steps:
+        w.add_scalar("train/loss", _loss(s), s)
+        w.add_scalar("train/grad_norm", _gnorm(s), s)
+        w.add_scalar("train/learning_rate", 1e-4, s)
+    if extra:
+        w.add_scalar("odd", float("nan"), 1)
+        w.add_scalar("odd", float("inf"), 2)
+        w.add_scalar("odd", -float("inf"), 3)
+        w.add_scalar("odd", 1e39, 4)  # above float32 max: becomes inf
+        w.add_scalar("odd", 2.5, 2**40)  # large step: multi-byte varint
+    w.close()
+    (path,) = list(folder.glob("*tfevents*"))
+    return path
+
+
+def _value(
+    tag: str, tensor: tensor_pb2.TensorProto, plugin: str | None
+) -> summary_pb2.Summary.Value:
+    v = summary_pb2.Summary.Value(tag=tag, tensor=tensor)
+    if plugin is not None:
+        v.metadata.plugin_data.plugin_name = plugin
+    return v
+
+
+def write_tensor_style(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Tensor scalars with tensorboard's protobufs through tensorboard's own event writer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = EventFileWriter(str(folder))
+    expected: dict[str, list[tuple[int, float]]] = {}
+    scalar_shape = tensor_shape_pb2.TensorShapeProto()
+    for s in range(50):
+        x = 0.1 * s + 1.0 / 3.0
+        values = [
+            _value("f_val", tensor_pb2.TensorProto(dtype=1, float_val=[x]), "scalars"),
+            _value("f_content", tensor_pb2.TensorProto(
+                dtype=1, tensor_shape=scalar_shape,
+                tensor_content=np.float32(x).tobytes()), "scalars"),
+            _value("d_val", tensor_pb2.TensorProto(dtype=2, double_val=[x]), "scalars"),
+            _value("h_val", tensor_pb2.TensorProto(
+                dtype=19, half_val=[int(np.float16(x).view(np.uint16))]), "scalars"),
+            # a tensor under another plugin, and a 3-element "scalars" tensor: both ignored
+            _value("text", tensor_pb2.TensorProto(dtype=1, float_val=[x]), "text"),
+            _value("vector", tensor_pb2.TensorProto(
+                dtype=1, tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                    dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=3)]),
+                float_val=[x, x, x]), "scalars"),
+            summary_pb2.Summary.Value(tag="hist", histo=summary_pb2.HistogramProto(
+                min=0.0, max=1.0, num=2, sum=1.0, sum_squares=1.0, bucket_limit=[1.0],
+                bucket=[2.0])),
+            summary_pb2.Summary.Value(tag="img", image=summary_pb2.Summary.Image(
+                height=1, width=1, colorspace=1, encoded_image_string=b"\x89PNG")),
+        ]
+        event = event_pb2.Event(wall_time=time.time(), step=s,
+                                summary=summary_pb2.Summary(value=values))
+        writer.add_event(event)
+        expected.setdefault("f_val", []).append((s, float(np.float32(x))))
+        expected.setdefault("f_content", []).append((s, float(np.float32(x))))
+        expected.setdefault("d_val", []).append((s, x))
+        expected.setdefault("h_val", []).append((s, float(np.float16(x))))
+    writer.close()
+    return expected
+
+
+def _series(run: gradaudit.api.RunSeries, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    return run.series(tag)
+
+
+def test_tensorboardx_simple_values(tmp_path: Path) -> None:
+    write_tbx(tmp_path / "run")
+    (run,) = gradaudit.read_runs([tmp_path])
+    assert run.name == "run" and run.format == "tensorboard"
+    assert run.grad_norm_tag == "train/grad_norm" and run.loss_tag == "train/loss"
+    steps, values = run.series("train/grad_norm")
+    assert steps.tolist() == list(range(N_STEPS))
+    assert values.tolist() == [float(np.float32(_gnorm(s))) for s in range(N_STEPS)]
+    steps, values = run.series("train/loss")
+    assert values.tolist() == [float(np.float32(_loss(s))) for s in range(N_STEPS)]
+    steps, odd = run.series("odd")
+    assert steps.tolist() == [1, 2, 3, 4, 2**40]
+    assert math.isnan(odd[0]) and odd[1] == math.inf and odd[2] == -math.inf
+    assert odd[3] == math.inf and odd[4] == 2.5
+    assert not run.problems
+    wall = run.wall_times("train/loss")
+    assert np.all(np.abs(wall - time.time()) < 600)
+
+
+def test_tensor_style_scalars_and_ignored_plugins(tmp_path: Path) -> None:
+    expected = write_tensor_style(tmp_path / "tf")
+    (run,) = gradaudit.read_runs([tmp_path / "tf"])
+    assert set(run.tags()) == set(expected)  # text, vector, hist, img are not scalars
+    for tag, points in expected.items():
+        steps, values = run.series(tag)
+        assert steps.tolist() == [s for s, _ in points]
+        assert values.tolist() == [v for _, v in points], tag
+
+
+def test_parity_with_event_accumulator(tmp_path: Path) -> None:
+    write_tbx(tmp_path / "a", range(1500), extra=False)
+    write_tensor_style(tmp_path / "b")
+    for sub in ("a", "b"):
+        acc = EventAccumulator(str(tmp_path / sub), size_guidance={"scalars": 0, "tensors": 0})
+        acc.Reload()
+        (run,) = gradaudit.read_runs([tmp_path / sub])
+        tags = acc.Tags()
+        n_checked = 0
+        for tag in tags["scalars"]:
+            ev = acc.Scalars(tag)
+            steps, values = run.series(tag)
+            assert steps.tolist() == [e.step for e in ev]
+            assert values.tolist() == [float(np.float32(e.value)) for e in ev]
+            assert run.wall_times(tag).tolist() == [e.wall_time for e in ev]
+            n_checked += 1
+        for tag in tags["tensors"]:
+            meta = acc.SummaryMetadata(tag)
+            ev = acc.Tensors(tag)
+            arrays = [_tensor_value(e.tensor_proto) for e in ev]
+            if meta.plugin_data.plugin_name != "scalars" or arrays[0].size != 1:
+                assert tag not in run.tags()
+                continue
+            steps, values = run.series(tag)
+            assert steps.tolist() == [e.step for e in ev]
+            assert values.tolist() == [float(a.reshape(-1)[0]) for a in arrays]
+            assert run.wall_times(tag).tolist() == [e.wall_time for e in ev]
+            n_checked += 1
+        assert n_checked >= 3
+
+
+def _tensor_value(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    from tensorboard.util import tensor_util
+
+    return np.asarray(tensor_util.make_ndarray(proto))
+
+
+def test_resumed_run_later_write_wins(tmp_path: Path) -> None:
+    run_dir = tmp_path / "resumed"
+    first = write_tbx(run_dir, range(1000), extra=False)
+    time.sleep(1.1)  # the file name starts with the timestamp in seconds
+    w = SummaryWriter(str(run_dir), flush_secs=3600, max_queue=100_000)
+    for s in range(600, 1500):
+        w.add_scalar("train/loss", -1.0, s)  # marks points from file two
+        w.add_scalar("train/grad_norm", _gnorm(s), s)
+    w.close()
+    assert len(list(run_dir.glob("*tfevents*"))) == 2
+    (run,) = gradaudit.read_runs([run_dir])
+    assert run.files[0] == str(first)
+    steps, values = run.series("train/loss")
+    assert steps.tolist() == list(range(1500))
+    assert values[:600].tolist() == [float(np.float32(_loss(s))) for s in range(600)]
+    assert (values[600:] == -1.0).all()
+    assert any("600-999" in n and "train/loss" in n for n in run.notes), run.notes
+    found = gradaudit.inspect([run_dir])
+    assert found.runs[0].step_summary() == (1500, 0, 1499)
+
+
+def _corrupt(path: Path, at: int, new: bytes | None = None, cut: bool = False) -> None:
+    data = bytearray(path.read_bytes())
+    if cut:
+        data = data[:at]
+    else:
+        data[at : at + len(new or b"")] = new or b""
+    path.write_bytes(bytes(data))
+
+
+def _record_offsets(path: Path) -> list[int]:
+    data = path.read_bytes()
+    pos, out = 0, []
+    while pos < len(data):
+        out.append(pos)
+        pos += 16 + int.from_bytes(data[pos : pos + 8], "little")
+    return out
+
+
+def _good(tmp_path: Path, name: str, steps: int = 200) -> Path:
+    return write_tbx(tmp_path / name, range(steps), extra=False)
+
+
+def test_truncated_last_record(tmp_path: Path) -> None:
+    path = _good(tmp_path, "t")
+    offs = _record_offsets(path)
+    _corrupt(path, offs[-1] + 20, cut=True)  # inside the last record's payload
+    (run,) = gradaudit.read_runs([tmp_path / "t"])
+    assert run.series("train/learning_rate")[0].tolist() == list(range(199))
+    assert run.series("train/loss")[0].tolist() == list(range(200))
+    (problem,) = run.problems
+    assert "ends inside a record" in problem.message and str(len(offs) - 1) in problem.message
+
+
+def test_payload_crc_mismatch_skips_one_record(tmp_path: Path) -> None:
+    path = _good(tmp_path, "c")
+    offs = _record_offsets(path)
+    rec = offs[10]  # record 10 = step 3, train/loss (record 0 is file_version)
+    data = path.read_bytes()
+    _corrupt(path, rec + 14, bytes([data[rec + 14] ^ 0xFF]))
+    (run,) = gradaudit.read_runs([tmp_path / "c"])
+    steps = run.series("train/loss")[0].tolist()
+    assert 3 not in steps and len(steps) == 199
+    assert run.series("train/grad_norm")[0].size == 200
+    (problem,) = run.problems
+    assert "1 record(s) skipped" in problem.message and "CRC" in problem.message
+
+
+def test_length_crc_mismatch_stops_file(tmp_path: Path) -> None:
+    path = _good(tmp_path, "l")
+    offs = _record_offsets(path)
+    _corrupt(path, offs[31], b"\x07")  # record 31: the length changes, its CRC does not
+    (run,) = gradaudit.read_runs([tmp_path / "l"])
+    assert run.series("train/loss")[0].tolist() == list(range(10))  # records 1..30 kept
+    (problem,) = run.problems
+    assert "length CRC mismatch" in problem.message and "record 31" in problem.message
+
+
+def test_length_larger_than_file(tmp_path: Path) -> None:
+    path = _good(tmp_path, "big")
+    offs = _record_offsets(path)
+    header = (10**12).to_bytes(8, "little")
+    crc = _crc32c.mask(_crc32c.crc32c(header)).to_bytes(4, "little")
+    _corrupt(path, offs[-3], header + crc)  # a sound header asking for a terabyte
+    (run,) = gradaudit.read_runs([tmp_path / "big"])
+    assert run.series("train/loss")[0].tolist() == list(range(199))  # step 199 was cut off
+    assert run.series("train/learning_rate")[0].tolist() == list(range(199))
+    (problem,) = run.problems
+    assert "ends inside a record" in problem.message and str(10**12) in problem.message
+
+
+def test_empty_file_next_to_good_one_and_garbage(tmp_path: Path) -> None:
+    good = _good(tmp_path, "mix")
+    empty = good.parent / "events.out.tfevents.0000000001.host"
+    empty.write_bytes(b"")
+    (run,) = gradaudit.read_runs([tmp_path / "mix"])
+    assert run.series("train/loss")[0].size == 200
+    assert [p.file for p in run.problems] == [str(empty)]
+    assert "empty" in run.problems[0].message
+    # A batch: good runs, a run of random garbage, a run that is only an empty file.
+    _good(tmp_path, "ok2")
+    rng = np.random.default_rng(1)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "events.out.tfevents.123.junk").write_bytes(rng.bytes(5000))
+    (tmp_path / "zero").mkdir()
+    (tmp_path / "zero" / "events.out.tfevents.123.zero").write_bytes(b"")
+    found = gradaudit.inspect([tmp_path])
+    assert sorted(r.name for r in found.runs) == ["mix", "ok2"]
+    bad = {e.to_dict()["path"]: e.to_dict()["message"] for e in found.errors}
+    assert len(bad) == 2
+    assert any("length CRC" in m or "past the end" in m or "ends inside" in m
+               for m in bad.values()), bad
+    assert any("empty" in m for m in bad.values()), bad
+
+
+def test_crc_numpy_matches_package_and_reference(tmp_path: Path) -> None:
+    pytest.importorskip("crc32c")
+    path = write_tbx(tmp_path / "x", range(300))
+    status = FileStatus()
+    (chunk,) = list(read_chunks(path, status))
+    numpy_crc = _crc32c.crc32c_many(chunk.buf, chunk.starts, chunk.lengths)
+    pkg_crc = _crc32c.crc32c_many_package(chunk.buf, chunk.starts, chunk.lengths)
+    assert numpy_crc.tolist() == pkg_crc.tolist()
+    rng = np.random.default_rng(0)
+    buf = rng.integers(0, 256, 200_000, dtype=np.uint8)
+    lengths = np.array([1, 3, 8, 37, 96, 97, 255, 256, 257, 1000, 70_000] * 3)
+    starts = rng.integers(0, buf.size - 70_000, lengths.size)
+    assert (_crc32c.crc32c_many(buf, starts, lengths).tolist()
+            == _crc32c.crc32c_many_package(buf, starts, lengths).tolist())
+    assert _crc32c.crc32c_python(b"123456789") == 0xE3069283  # the CRC-32C check value
+
+
+def test_numpy_fallback_without_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_tbx(tmp_path / "r", range(500))
+    expected = gradaudit.read_runs([tmp_path / "r"])[0].frame
+    monkeypatch.setattr(_crc32c, "_crc32c_pkg", None)
+    got = gradaudit.read_runs([tmp_path / "r"])[0].frame
+    assert got.equals(expected)
+
+
+def test_cli_inspect_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_tbx(tmp_path / "exp", range(400))
+    code = main(["inspect", str(tmp_path), "--format", "json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    (run,) = out["runs"]
+    assert run["format"] == "tensorboard"
+    assert run["grad_norm_tag"] == "train/grad_norm" and run["loss_tag"] == "train/loss"
+    assert (run["n_steps"], run["first_step"], run["last_step"]) == (400, 0, 399)
+    assert run["tags"]["train/loss"] == 400 and out["errors"] == []
+
+
+def test_claim_skips_profile_empty(tmp_path: Path) -> None:
+    names = ["events.out.tfevents.2.b", "events.out.tfevents.1.a", "x.profile-empty",
+             "events.out.tfevents.3.profile-empty", "notes.txt"]
+    files = [tmp_path / n for n in names]
+    (src,) = tensorboard.claim(tmp_path, files)
+    assert [f.name for f in src.files] == ["events.out.tfevents.1.a", "events.out.tfevents.2.b"]
+    assert src.name == "."
