@@ -131,3 +131,42 @@ def test_traces_only_for_runs_with_findings_and_decimated():
     assert set(a.traces) >= {"grad_norm", "loss", "counterfactual:15000"}
     ts, tv = a.traces["grad_norm"]
     assert ts.size <= 2100 and 15000 in ts.tolist()
+
+
+def test_sustained_loss_rise_under_flat_grad_norm_with_lr_onset():
+    # an lr spike under Adam: the grad norm barely moves, the loss stays up; onset from the lr
+    s, g, loss = healthy(seed=20)
+    lr = np.full(s.size, 1e-3)
+    lr[1500:1510] = 2e-2  # logged lr at step s is the one step s used
+    loss[1501:1700] += np.linspace(0.5, 0.1, 199)
+    a = audit_run(run_series(s, g, loss, lr))
+    e = _one(a)
+    assert e.onset_step == 1501 and "lr-change" in e.detected_by
+    assert e.severity == "explosion" and "learning rate rose" in e.reason
+
+
+def test_sustained_loss_rise_without_lr_found_by_loss_rise():
+    s, g, loss = healthy(seed=21)
+    loss[2000:2300] += 0.3
+    e = _one(audit_run(run_series(s, g, loss)))
+    assert abs(e.onset_step - 2000) <= 3 and "loss-rise" in e.detected_by
+
+
+def test_warmup_transient_not_flagged():
+    # grad norm falls from a large initial transient while the lr warms up
+    s, g, loss = healthy(seed=22)
+    g[:30] *= np.linspace(8, 1, 30)
+    g[5] *= 4
+    lr = np.minimum(1.0, (s + 1) / 30) * 1e-3
+    a = audit_run(run_series(s, g, loss, lr))
+    assert all(e.onset_step > 30 for e in a.episodes)
+
+
+def test_spiky_healthy_run_not_warned():
+    # a heavy-tailed loss (squared error): 10x batches are ordinary, not events
+    rng = np.random.default_rng(23)
+    s = np.arange(3000)
+    loss = 0.03 * np.exp(rng.standard_t(2, s.size) * 0.5)
+    g = 0.5 * np.exp(rng.normal(0, 0.2, s.size))
+    a = audit_run(run_series(s, g, loss))
+    assert a.episodes == []

@@ -10,6 +10,8 @@ import numpy as np
 import polars as pl
 
 from gradaudit.clip import clip_options, suggest
+from gradaudit.detect.lr_change import ID as ID_LR
+from gradaudit.detect.lr_change import lr_onset_step, lr_rises, warmup_end_step
 from gradaudit.episodes import (
     EpisodeParams,
     GradAnalysis,
@@ -131,16 +133,24 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             notes.append(f"only {int(ok.sum())} usable grad-norm points: too few to judge")
     p = EpisodeParams(spike_ratio=st.spike_ratio, level_ratio=st.level_ratio,
                       merge_gap=st.merge_gap)
+    warm = None  # last step of the lr warm-up: no healthy level exists before it
+    if series.lr_tag is not None:
+        rs, rv = _clean(*_series(series, series.lr_tag))
+        warm = warmup_end_step(rs, rv)
+        if warm is not None and rs.size and warm > rs[min(rs.size - 1, rs.size // 4)]:
+            warm = None  # an lr that rises through most of the run is no warm-up
     ga: GradAnalysis | None = None
     raw: list[tuple[RawEpisode, int, int | None]] = []  # (episode, onset step, end step)
     if has_grad:
         g_use = np.where(g > 0, g, np.where(np.isfinite(g), np.nan, g))  # zeros: missing
         g_use = np.where(np.isnan(g) | np.isinf(g), g, g_use)
-        ga = grad_episodes(g_use, p)
+        ga = grad_episodes(g_use, p, skip=int(np.searchsorted(gs, warm, side="right"))
+                           if warm is not None else 0)
         for e in ga.episodes:
             end = int(gs[e.last + 1]) if e.last + 1 < gs.size else None
             raw.append((e, int(gs[e.onset]), end))
-    l_eps = loss_episodes(lv, p) if has_loss else []
+    l_eps = loss_episodes(lv, p, skip=int(np.searchsorted(ls, warm, side="right"))
+                          if warm is not None else 0) if has_loss else []
     lag_steps = _typical_gap(gs) * (p.merge_gap + 1) if gs.size > 1 else 0
     for le in l_eps:
         on, end = int(ls[le.onset]), (int(ls[le.last + 1]) if le.last + 1 < ls.size else None)
@@ -156,6 +166,10 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
                 owner.kind = "divergence"
             continue
         raw.append((le, on, end))
+    lr_notes: dict[int, tuple[str, bool]] = {}  # id(episode) -> (lr text, schedule restart)
+    if has_loss or has_grad:
+        raw = _attach_lr(series, raw, gs if has_grad else ls, ls, lv, lr_notes,
+                         p.merge_gap, st.lr_ratio, st.lr_lookahead)
     raw.sort(key=lambda r: r[1])
     # healthy loss points: outside every episode
     l_healthy = np.ones(ls.size, bool)
@@ -175,7 +189,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             base_g = float(np.exp(e.base_log)) if e.base_log is not None else None
             peak_step = int(gs[e.peak])
         else:
-            peak_step = int(ls[e.peak])
+            peak_step = int(ls[e.peak]) if ls.size else on
             if has_grad and ga is not None and ga.level is not None:
                 i0 = int(np.clip(np.searchsorted(gs, on), 0, gs.size - 1))
                 i1 = int(np.clip(np.searchsorted(gs, end if end is not None else gs[-1],
@@ -197,10 +211,10 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             noise = imp.noise or 0.0
             ex, jp = li.excess_loss, li.loss_jump
             # harm = lasting damage: the excess over the horizon, significant against its own
-            # noise (3 standard errors); the jump only where no excess could be measured
+            # noise (2 standard errors); the jump only where no excess could be measured
             harmful = bool(li.diverged
                            or (ex is not None
-                               and ex >= max(st.harm_excess * lvl, 3 * imp.excess_noise))
+                               and ex >= max(st.harm_excess * lvl, 2 * imp.excess_noise))
                            or (ex is None and jp is not None
                                and jp >= max(st.harm_jump * lvl, 6 * noise)))
             reason = "loss harmed" if harmful else "the loss was not harmed"
@@ -208,9 +222,21 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             harmful = bool(li.diverged) if li.diverged else None
         if harmful is None and e.kind not in ("nonfinite", "divergence"):
             reason = "no loss to judge the harm; severity from the peak ratio"
-        if e.kind == "loss_spike" and has_grad:
+        lr_note = lr_notes.get(id(e))
+        if e.kind == "loss_spike" and has_grad and lr_note is None:
             reason = "the loss jumped while the grad norm stayed healthy: no gradient explosion"
         sev = severity(e.kind, ratio, harmful, has_grad, st.spike_ratio, st.explosion_ratio)
+        if lr_note is not None:
+            text, restart = lr_note
+            if e.kind == "loss_spike":
+                # the loss rose after an lr rise: severity follows harm, unless the schedule
+                # merely returned to an lr the run already had (a warm restart)
+                sev = "explosion" if (harmful and not restart) else "warning"
+            if restart:
+                sev = "warning"
+            reason = f"{text}; {reason}" if reason else text
+        if e.source == "lr" and not harmful:
+            continue  # an lr rise that left no mark on the loss is no episode
         kind = e.kind
         if li is not None and li.diverged and kind in ("spike", "level_shift") and \
                 not np.isfinite(lv[np.searchsorted(ls, on):]).all():
@@ -252,6 +278,59 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             traces[key] = decimate(*traces[key])
         audit.traces = traces
     return audit
+
+
+def _attach_lr(series: RunSeries, raw: list, steps: np.ndarray, ls: np.ndarray,
+               lv: np.ndarray, notes: dict, merge_gap: int, ratio: float,
+               lookahead: int) -> list:
+    """Tie episodes to upward lr changes (``lr-change``).
+
+    An episode whose onset lies between the lr rise's onset (:func:`lr_onset_step`, minus the
+    merge lag) and ``lookahead`` logged points after the rise's top is caused by it: its onset
+    moves to the rise's onset and ``lr-change`` joins its detectors. A rise that no episode
+    follows becomes a candidate loss episode, kept only if its loss impact shows harm.
+    """
+    if series.lr_tag is None or not ls.size:
+        return raw
+    rs, rv = _clean(*_series(series, series.lr_tag))
+    rises = lr_rises(rv, ratio=ratio)
+    if not rises:
+        return raw
+    gap = _typical_gap(steps) if steps.size > 1 else 1
+    out = [list(r) for r in raw]
+    for rise in rises:
+        on = lr_onset_step(rs, rise, steps)
+        if on is None:
+            continue
+        top = int(rs[rise.top])
+        text = (f"the learning rate rose {rise.factor:.3g}x at step {on} "
+                f"({rv[rise.start]:.3g} -> {rv[rise.top]:.3g})"
+                + (", back to an earlier level (schedule restart)" if rise.restart else ""))
+        lo, hi = on - gap * (merge_gap + 1), top + gap * lookahead
+        hits = [r for r in out if lo <= r[1] <= hi and id(r[0]) not in notes]
+        if hits:
+            r = min(hits, key=lambda r: r[1])
+            r[0].detected_by.add(ID_LR)
+            if r[0].source == "grad":
+                # keep the grad indices consistent: the onset index moves with the step
+                r[0].onset = int(np.searchsorted(steps, on))
+            elif r[0].source == "loss":
+                r[0].onset = int(np.searchsorted(ls, on))
+            r[1] = on
+            notes[id(r[0])] = (text, rise.restart)
+            continue
+        i0 = int(np.searchsorted(ls, on))
+        if i0 >= ls.size:
+            continue
+        i1 = int(np.clip(np.searchsorted(ls, hi, side="right"), i0 + 1, ls.size))
+        seg = np.where(np.isfinite(lv[i0:i1]), lv[i0:i1], -np.inf)
+        peak = i0 + int(np.argmax(seg))
+        last = int(np.clip(np.searchsorted(ls, top, side="right") - 1, i0, ls.size - 1))
+        e = RawEpisode(i0, peak, last, "loss_spike", {ID_LR}, "lr")
+        end = int(ls[last + 1]) if last + 1 < ls.size else None
+        out.append([e, int(ls[i0]), end])
+        notes[id(e)] = (text, rise.restart)
+    return [tuple(r) for r in out]
 
 
 def _typical_gap(steps: np.ndarray) -> int:

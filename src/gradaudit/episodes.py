@@ -21,6 +21,7 @@ import numpy as np
 
 from gradaudit.detect._common import log_positive, runs_of
 from gradaudit.detect.ema_zscore import ema_zscore_spans, olmo_skip_spans
+from gradaudit.detect.loss_rise import loss_rise
 from gradaudit.detect.loss_spike import loss_spike
 from gradaudit.detect.pelt import level_shifts
 from gradaudit.detect.robust_threshold import RobustLevel, robust_threshold
@@ -36,6 +37,7 @@ class EpisodeParams:
     window: int = 50
     onset_lookback: int = 30
     level_min_points: int = 20
+    min_history: int = 25  # healthy points before the grad level is trusted (warm-up)
 
 
 @dataclass
@@ -83,18 +85,26 @@ def _hinge_onset(x: np.ndarray, base: float, lo: int, first: int, peak: int) -> 
     return int(best)
 
 
-def grad_episodes(g: np.ndarray, p: EpisodeParams) -> GradAnalysis:
-    """Find grad-norm episodes in ``g`` (raw values; NaN/inf allowed; <= 0 means missing)."""
+def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysis:
+    """Find grad-norm episodes in ``g`` (raw values; NaN/inf allowed; <= 0 means missing).
+
+    ``skip``: points of the lr warm-up, which neither enter the healthy level nor trigger."""
     g = np.asarray(g, dtype=np.float64)
     n = g.size
     x = log_positive(g)
+    if skip > 0:
+        x[:skip] = np.nan
     nf = np.isnan(g) | np.isinf(g)
+    nf[:skip] = False
     if n == 0 or np.isfinite(x).sum() < 3:
         eps = [RawEpisode(a, a, b, "nonfinite", {"nonfinite"}) for a, b in runs_of(nf, p.merge_gap)]
         return GradAnalysis(eps, None, nf.copy(), None)
     shifts = level_shifts(x, level_ratio=p.level_ratio, min_size=10)
     shift_mask = np.zeros(n, bool)
+    fin_before = np.cumsum(np.isfinite(x))
     for a, b, _ in shifts:
+        if fin_before[a] <= p.min_history:
+            continue  # a "shift" out of the warm-up transient: no healthy level to shift from
         shift_mask[a:b + 1] = True
     shift_mask &= np.isfinite(x)
 
@@ -105,13 +115,14 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams) -> GradAnalysis:
                  if trig[c[0]:c[1] + 1].any() or nf[c[0]:c[1] + 1].any()]
         return comps, trig, elev
 
-    rl1 = robust_threshold(x, window=p.window, spike_ratio=p.spike_ratio)
+    rl1 = robust_threshold(x, window=p.window, spike_ratio=p.spike_ratio,
+                           min_history=p.min_history)
     comps1, _, _ = components(rl1)
     excl = nf.copy()
     for a, b in comps1:
         excl[a:b + 1] = True
     rl = robust_threshold(x, healthy=~excl, window=p.window, spike_ratio=p.spike_ratio,
-                          prior=rl1)
+                          min_history=p.min_history, prior=rl1)
     comps, trig, elev = components(rl)
     zc_flag, zc_final = ema_zscore_spans(g, comps)
     olmo = olmo_skip_spans(g, comps)
@@ -173,21 +184,27 @@ def _at(arr: np.ndarray | None, i: int) -> float | None:
     return float(arr[i])
 
 
-def loss_episodes(loss: np.ndarray, p: EpisodeParams) -> list[RawEpisode]:
-    """Upward loss jumps and non-finite losses, as loss-indexed episodes."""
-    y = np.asarray(loss, dtype=np.float64)
+def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0) -> list[RawEpisode]:
+    """Upward loss jumps, sustained rises and non-finite losses, as loss-indexed episodes.
+
+    ``skip``: points of the lr warm-up, left out (no healthy level exists yet)."""
+    y = np.asarray(loss, dtype=np.float64).copy()
+    if skip > 0:
+        y[:skip] = np.nan
     n = y.size
     if n == 0:
         return []
     nf = ~np.isfinite(y)
+    nf[:skip] = False
     eps: list[RawEpisode] = []
     if np.isfinite(y).sum() >= 10:
-        ll1 = loss_spike(y, window=p.window)
+        ll1 = loss_spike(y, window=p.window, min_history=p.min_history)
         excl = nf.copy()
         for a, b in runs_of(ll1.elevated, p.merge_gap):
             if ll1.trigger[a:b + 1].any():
                 excl[a:b + 1] = True
-        ll = loss_spike(y, healthy=~excl, window=p.window, prior=ll1)
+        ll = loss_spike(y, healthy=~excl, window=p.window, min_history=p.min_history,
+                        prior=ll1)
         for a, b in runs_of(ll.elevated | ll.trigger, p.merge_gap):
             trig = ll.trigger[a:b + 1]
             if not trig.any():
@@ -198,6 +215,18 @@ def loss_episodes(loss: np.ndarray, p: EpisodeParams) -> list[RawEpisode]:
                 onset -= 1
             peak = a + int(np.argmax(np.where(np.isfinite(y[a:b + 1]), y[a:b + 1], -np.inf)))
             eps.append(RawEpisode(onset, peak, b, "loss_spike", {"loss-spike"}, "loss"))
+        for onset, first, last in loss_rise(y, healthy=~nf & np.isfinite(y)):
+            hit = [e for e in eps
+                   if e.onset <= last + p.merge_gap and e.last >= onset - p.merge_gap]
+            if hit:
+                for e in hit:
+                    e.detected_by.add("loss-rise")
+                    e.onset = min(e.onset, onset)
+                    e.last = max(e.last, last)
+                continue
+            seg = np.where(np.isfinite(y[first:last + 1]), y[first:last + 1], -np.inf)
+            peak = first + int(np.argmax(seg))
+            eps.append(RawEpisode(onset, peak, last, "loss_spike", {"loss-rise"}, "loss"))
     for a, b in runs_of(nf, p.merge_gap):
         lasting = b == n - 1 or (b - a + 1) >= 3
         kind = "divergence" if lasting else "nonfinite"

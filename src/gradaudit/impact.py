@@ -2,7 +2,10 @@
 
 The counterfactual ``L^(t)`` is ``a + b log(step + 1)`` fitted by least squares (one pass of
 3-sigma MAD outlier rejection) to the last ``fit_points`` (300) healthy loss points before the
-onset - a power-law-like decay that extrapolates sensibly over a horizon. The slope is
+onset - a power-law-like decay that extrapolates sensibly over a horizon. Both the fit and the
+excess use the loss smoothed by a running median of ``smooth`` (9) logged points: a per-step
+mini-batch loss is heavy-tailed, and one hard batch (which no counterfactual can predict) must
+not dominate a 200-step mean; a lasting rise passes through the median unchanged. The slope is
 clipped at 0 (a loss that was rising before the onset is extrapolated flat); with fewer than
 ``min_fit`` points the counterfactual is their median. Definitions follow DESIGN.md ("Loss impact").
 """
@@ -64,6 +67,7 @@ def loss_impact(
     min_fit: int = 5,
     recovery_tolerance: float = 0.05,
     lag_points: int = 3,
+    smooth: int = 9,
 ) -> Impact | None:
     """Loss impact of one episode (None when the run has no loss series)."""
     n = steps.size
@@ -82,8 +86,10 @@ def loss_impact(
         return Impact(LossImpact(None, None, None, nonfinite_after), None, None,
                       np.empty(0, np.int64), np.empty(0))
     u_pre = np.log(steps[pre].astype(np.float64) + 1.0)
-    a, b = _fit(u_pre, loss[pre], min_fit)
     y_pre = loss[pre]
+    k = min(smooth, pre.size)
+    a, b = _fit(u_pre, median_filter(y_pre, size=k, mode="nearest") if k > 2 else y_pre,
+                min_fit)
     noise = float(np.median(np.abs(np.diff(y_pre))) * 1.4826 / np.sqrt(2)) if pre.size > 2 else 0.0
     # the window where the counterfactual is used: up to the next episode, at most 5 horizons
     stop = onset_step + 5 * horizon
@@ -101,7 +107,10 @@ def loss_impact(
     h = after[:i_h - i_on]
     excess = None
     if h.size and fin[h].all():
-        excess = float(np.mean(loss[h] - (a + b * np.log(steps[h].astype(np.float64) + 1.0))))
+        yh = loss[h]
+        if h.size > 2:
+            yh = median_filter(yh, size=min(smooth, h.size), mode="nearest")
+        excess = float(np.mean(yh - (a + b * np.log(steps[h].astype(np.float64) + 1.0))))
     # loss jump: max over the episode (and the next few points: the loss lags the step)
     ep = after[: max(i_ep - i_on, min(lag_points, n - i_on))]
     jump = None
@@ -117,7 +126,14 @@ def loss_impact(
         elif not bad[-1]:
             recovery = int(steps[win[int(np.flatnonzero(bad)[-1]) + 1]])
     reached_end = win.size > 0 and win[-1] == n - 1
-    diverged = nonfinite_after or (recovery is None and reached_end and win.size > 1)
+    # "never came back": no recovery to the counterfactual by the run's end AND the loss ends
+    # above the level it had at the onset (a far extrapolation alone must not call divergence)
+    runaway = False
+    if recovery is None and reached_end and win.size > 1:
+        tail = loss[win[-min(win.size, 20):]]
+        tail = tail[np.isfinite(tail)]
+        runaway = bool(tail.size and np.median(tail) > level + recovery_tolerance * abs(level))
+    diverged = nonfinite_after or runaway
     # standard error of the excess: the mean of the horizon's points minus the fitted line
     # extrapolated to their mean position (ordinary least-squares prediction error)
     se = 0.0

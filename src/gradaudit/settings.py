@@ -20,13 +20,19 @@ class Settings:
     - ``spike_ratio``: grad norm / healthy level at which a point starts an episode (3x).
     - ``level_ratio``: a PELT level shift this many times the level before is an episode (2x).
     - ``merge_gap``: anomalous points at most this many logged points apart join one episode.
-    - ``harm_excess``: excess loss (fraction of the loss level, and at least 2 noise sigmas of
-      the healthy loss) that counts as harm (1 %).
+    - ``harm_excess``: excess loss (fraction of the loss level, and at least 2 standard errors
+      of the excess estimate) that counts as harm (3 %: the loss averaged over the impact
+      horizon was 3 % worse than the counterfactual - above the seed-to-seed spread of a run's
+      smoothed loss and the estimate's own error of ~1-2 %, below the 5 % that clearly hurts).
     - ``harm_jump``: loss jump (fraction of the loss level, and at least 6 noise sigmas) that
       counts as harm (10 %). An episode is an explosion only when the loss was harmed.
     - ``explosion_ratio``: with no loss series, the peak ratio that makes an explosion (10x).
     - ``clip_max_cost``: the suggested clip threshold is the smallest option that clips at most
       this fraction of healthy steps (0.5 %).
+    - ``lr_ratio``: an lr rise (outside the warm-up) by this factor is an ``lr-change``
+      (1.25x: a decaying schedule never rises, so any clear rise is an event).
+    - ``lr_lookahead``: an episode starting up to this many logged points after an lr rise's
+      top is attributed to it, and its onset moves to the rise (50).
     """
 
     grad_tag: str | None = None
@@ -38,10 +44,12 @@ class Settings:
     spike_ratio: float = 3.0
     level_ratio: float = 2.0
     merge_gap: int = 5
-    harm_excess: float = 0.01
+    harm_excess: float = 0.03
     harm_jump: float = 0.1
     explosion_ratio: float = 10.0
     clip_max_cost: float = 0.005
+    lr_ratio: float = 1.25
+    lr_lookahead: int = 50
 
     def __post_init__(self) -> None:
         if self.fail_on not in FAIL_ON:

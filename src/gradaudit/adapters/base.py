@@ -21,7 +21,19 @@ from typing import Protocol
 
 import polars as pl
 
+from gradaudit.errors import ReadError
 from gradaudit.series import FileProblem
+
+
+def nonempty_size(path: Path) -> int:
+    """The size of ``path`` in bytes; ReadError when it cannot be read or is empty."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ReadError(f"cannot read the file: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise ReadError("the file is empty")
+    return size
 
 
 @dataclass(frozen=True)

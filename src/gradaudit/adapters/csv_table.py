@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from gradaudit.adapters import _tables
-from gradaudit.adapters.base import RawRun, Source
+from gradaudit.adapters.base import RawRun, Source, nonempty_size
 from gradaudit.errors import ReadError
 from gradaudit.series import FileProblem
 
@@ -84,12 +84,7 @@ def _read(path: Path, sep: str, encoding: str) -> tuple[pl.LazyFrame, set[str]]:
 
 def read_file(path: Path) -> list[RawRun]:
     """Read one CSV/TSV table into raw runs."""
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ReadError(f"cannot read the file: {exc.strerror}") from exc
-    if size == 0:
-        raise ReadError("the file is empty")
+    nonempty_size(path)
     sep = SUFFIXES.get(path.suffix.lower(), ",")
     problems: list[FileProblem] = []
     try:

@@ -22,7 +22,7 @@ from typing import Any
 
 import polars as pl
 
-from gradaudit.adapters.base import RawRun, Source
+from gradaudit.adapters.base import RawRun, Source, nonempty_size
 from gradaudit.errors import ReadError
 from gradaudit.series import FileProblem
 
@@ -71,12 +71,7 @@ def _is_top_level(path: Path) -> bool:
 
 
 def _load(path: Path) -> dict[str, Any]:
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ReadError(f"cannot read the file: {exc.strerror}") from exc
-    if size == 0:
-        raise ReadError("the file is empty")
+    size = nonempty_size(path)
     if size > MAX_BYTES:
         raise ReadError(
             f"the file is {size >> 20} MiB; trainer_state.json files over {MAX_BYTES >> 20} MiB "

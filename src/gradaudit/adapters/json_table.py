@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from gradaudit.adapters import _tables
-from gradaudit.adapters.base import RawRun, Source
+from gradaudit.adapters.base import RawRun, Source, nonempty_size
 from gradaudit.errors import ReadError
 from gradaudit.series import FileProblem
 
@@ -244,12 +244,7 @@ def _read_document(path: Path, size: int) -> pl.LazyFrame:
 
 def read_file(path: Path) -> list[RawRun]:
     """Read one JSON / JSON Lines table into raw runs."""
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ReadError(f"cannot read the file: {exc.strerror}") from exc
-    if size == 0:
-        raise ReadError("the file is empty")
+    size = nonempty_size(path)
     problems: list[FileProblem] = []
     try:
         if path.suffix.lower() in LINES_SUFFIXES or _json_lines(_head(path)):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from gradaudit.adapters.base import RawRun, Source
+from gradaudit.adapters.base import RawRun, Source, nonempty_size
 from gradaudit.errors import ReadError
 from gradaudit.series import FileProblem
 
@@ -297,9 +297,8 @@ def _chunks(path: Path):  # noqa: ANN202 - a generator of str
 
 def read_file(path: Path) -> RawRun:
     """Read one Megatron stdout log."""
+    nonempty_size(path)
     try:
-        if path.stat().st_size == 0:
-            raise ReadError("the file is empty")
         parts = [parse_text(text) for text in _chunks(path)]
     except OSError as exc:
         raise ReadError(f"cannot read the file: {exc.strerror}") from exc

@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from gradaudit.adapters import _tables
-from gradaudit.adapters.base import RawRun, Source
+from gradaudit.adapters.base import RawRun, Source, nonempty_size
 from gradaudit.errors import ReadError
 
 FORMAT = "parquet"
@@ -25,8 +25,8 @@ def claim(directory: Path, files: list[Path]) -> list[Source]:
 
 
 def _check_magic(path: Path) -> None:
+    size = nonempty_size(path)
     try:
-        size = path.stat().st_size
         with path.open("rb") as fh:
             head = fh.read(4)
             if size >= 12:
@@ -36,8 +36,6 @@ def _check_magic(path: Path) -> None:
                 tail = b""
     except OSError as exc:
         raise ReadError(f"cannot read the file: {exc.strerror}") from exc
-    if size == 0:
-        raise ReadError("the file is empty")
     if head != MAGIC:
         raise ReadError("not a Parquet file (it does not start with the PAR1 magic bytes)")
     if tail != MAGIC:

@@ -10,7 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from gradaudit.detect.ema_zscore import ema_zscore, olmo_skip
+from gradaudit.detect.loss_rise import loss_rise
 from gradaudit.detect.loss_spike import loss_spike
+from gradaudit.detect.lr_change import lr_rises
 from gradaudit.detect.nonfinite import nonfinite
 from gradaudit.detect.pelt import level_shifts, pelt
 from gradaudit.detect.robust_threshold import robust_threshold
@@ -22,13 +24,17 @@ DETECTORS: dict[str, Callable[..., Any]] = {
     "pelt": level_shifts,
     "nonfinite": nonfinite,
     "loss-spike": loss_spike,
+    "loss-rise": loss_rise,
+    "lr-change": lr_rises,
 }
 
 __all__ = [
     "DETECTORS",
     "ema_zscore",
     "level_shifts",
+    "loss_rise",
     "loss_spike",
+    "lr_rises",
     "nonfinite",
     "olmo_skip",
     "pelt",

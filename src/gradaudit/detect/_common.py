@@ -162,3 +162,22 @@ def runs_of(mask: np.ndarray, gap: int = 0) -> list[tuple[int, int]]:
     starts = np.concatenate(([idx[0]], idx[breaks + 1]))
     ends = np.concatenate((idx[breaks], [idx[-1]]))
     return list(zip(starts.tolist(), ends.tolist(), strict=True))
+
+
+
+def typical_max(d: np.ndarray, use: np.ndarray, trigger: np.ndarray, q: float = 0.99,
+                cluster: int = 3, min_points: int = 100) -> float:
+    """The run's own spike size: the ``q`` (99th) percentile of ``d`` over the used points,
+    leaving out stretches of ``cluster`` (3) or more consecutive ``trigger`` points (a lasting
+    event is no part of the run's healthy spikiness; scattered one- or two-point spikes are).
+    0 with fewer than ``min_points`` points. For gaussian noise it is 2.3 sigma."""
+    keep = use & np.isfinite(d)
+    for a, b in runs_of(trigger):
+        if b - a + 1 >= cluster:
+            keep[a:b + 1] = False
+    v = d[keep]
+    if v.size > 200_000:  # a strided sample of ~100k points estimates the percentile well
+        v = v[:: v.size // 100_000]
+    if v.size < min_points:
+        return 0.0
+    return max(0.0, float(np.quantile(v, q)))

@@ -3,11 +3,19 @@
 For runs that log no usable grad norm (BLOOM-13B logged ``grad norm: 0.000``) and for loss jumps
 while the grad norm stays healthy (bad data, not an explosion: clipping would not help).
 
+The loss is compared in log space when every finite value is positive (``log_space=True``,
+default): a mini-batch loss has multiplicative, heavy-tailed noise (a squared-error loss jumps
+10x on an ordinary batch), and the relative thresholds then read as ``log(1 + rel)``.
+
 Level ``b(i)``: median of the last ``window`` healthy loss points before ``i``; noise ``s``: the
 MAD-sigma of step-to-step loss differences over the same points divided by sqrt 2 (so a falling
 trend does not count as noise), floored at ``min_rel_spread * |b|``. A point triggers when
 ``L - b >= max(z_hi * s, rel_jump * |b|)`` (default 6 sigma and 5 % of the loss), and is elevated
 (part of the spike) while ``L - b >= max(z_lo * s, rel_band * |b|)`` (3 sigma, 2 %).
+A trigger must also reach ``tail_factor`` (2) times the 99th percentile of ``L - b`` over the
+run's points (when it has >= 100): the run's own spikiness. A gaussian-noise loss has its 99th
+percentile at 2.3 sigma, so this only binds on heavy-tailed losses, where 6-sigma jumps are
+ordinary batches.
 With ``persist=True`` (default) a trigger also needs the next logged point to be elevated: a
 per-step mini-batch loss has heavy-tailed noise, and one high batch that the next step already
 forgets is no event (a fault that hurts the run keeps the loss up).
@@ -19,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradaudit.detect._common import MAD_TO_SIGMA, retrail, trailing_median_before
+from gradaudit.detect._common import MAD_TO_SIGMA, retrail, trailing_median_before, typical_max
 
 ID = "loss-spike"
 
@@ -48,6 +56,8 @@ def loss_spike(
     min_rel_spread: float = 0.002,
     prior: LossLevel | None = None,
     persist: bool = True,
+    log_space: bool = True,
+    tail_factor: float = 2.0,
 ) -> LossLevel:
     """Flag upward loss jumps (see module doc). ``window``/``min_history`` in logged points.
 
@@ -57,14 +67,20 @@ def loss_spike(
     """
     y = np.asarray(loss, dtype=np.float64)
     fin = np.isfinite(y)
+    logged = bool(log_space and fin.any() and np.all(y[fin] > 0))
+    if logged:
+        y = np.where(fin, np.log(np.where(fin & (y > 0), y, 1.0)), y)
     use = fin if healthy is None else (np.asarray(healthy, bool) & fin)
     if prior is not None and prior.use is not None and not (use & ~prior.use).any():
         level, _ = retrail(y, prior.use, use, prior.level, prior.level, window, min_history,
                            with_spread=False)
     else:
         level, _ = trailing_median_before(y, use, window, min_history, spread=False)
+    def rel_of(r: float) -> np.ndarray | float:
+        return float(np.log1p(r)) if logged else r * np.abs(level)
+
     with np.errstate(invalid="ignore"):
-        target = (y - level) >= min(rel_band, rel_jump) * np.abs(level)
+        target = (y - level) >= np.minimum(rel_of(rel_band), rel_of(rel_jump))
     # noise from successive differences of the used points
     idx = np.flatnonzero(use)
     diff = np.full(y.size, np.nan)
@@ -73,14 +89,19 @@ def loss_spike(
     dmed, _ = trailing_median_before(diff, np.isfinite(diff), window, max(2, min_history - 1),
                                      spread=False, at=target)
     spread = dmed * MAD_TO_SIGMA / np.sqrt(2.0)
-    floor = min_rel_spread * np.abs(level)
+    floor = rel_of(min_rel_spread)
     spread = np.fmax(np.nan_to_num(spread, nan=0.0), floor)
     d = y - level
     with np.errstate(invalid="ignore"):
-        hi = np.maximum(z_hi * spread, rel_jump * np.abs(level))
-        lo = np.maximum(z_lo * spread, rel_band * np.abs(level))
+        hi = np.maximum(z_hi * spread, rel_of(rel_jump))
+        lo = np.maximum(z_lo * spread, rel_of(rel_band))
         trigger = np.isfinite(d) & (d >= hi)
         elevated = np.isfinite(d) & (d >= lo)
+    if tail_factor > 0 and trigger.any():
+        # the run's own spikiness: a jump must also be tail_factor x the run's 99th percentile
+        # of the loss above its level (a heavy-tailed loss, e.g. squared error, jumps 10x on
+        # ordinary batches; a gaussian-noise loss has q99 = 2.3 sigma, so this never binds)
+        trigger &= d >= tail_factor * typical_max(d, use, trigger)
     if persist and trigger.any():
         nxt = np.zeros_like(elevated)
         nxt[:-1] = elevated[1:]

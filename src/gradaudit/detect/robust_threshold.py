@@ -8,6 +8,13 @@ gives the ratio ``g / exp(b)`` and the robust z-score ``d / s``.
 
 - ``trigger``: ``d >= max(log(spike_ratio), z_hi * s)`` - clearly anomalous (default 3x and 5
   sigma: a healthy log-normal grad norm with sigma 0.1-0.3 almost never gets there).
+  A trigger must also reach ``tail_factor`` (2) x the run's own spike size: the 99th percentile
+  of ``d`` over its healthy points (>= 100 of them), leaving out stretches of 3 or more
+  consecutive triggers and of 10 or more points above ``band_ratio`` (lasting events and ramps
+  are no part of the run's healthy spikiness; scattered one- or two-point spikes are). The
+  spikiness of a healthy but spiky run (a W&B bucket max, a small batch) is so learned from
+  the run itself; for a log-normal grad norm the 99th percentile is 2.3 sigma, so this binds
+  only on heavy tails.
 - ``elevated``: ``d >= max(log(band_ratio), z_lo * s)`` - outside the healthy band (default 1.5x
   and 2 sigma); used to extend an episode from its trigger to where it ends (hysteresis).
 
@@ -22,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradaudit.detect._common import retrail, trailing_median_before
+from gradaudit.detect._common import retrail, runs_of, trailing_median_before, typical_max
 
 ID = "robust-threshold"
 
@@ -52,6 +59,7 @@ def robust_threshold(
     min_history: int = 8,
     min_spread: float = 0.05,
     prior: RobustLevel | None = None,
+    tail_factor: float = 2.0,
 ) -> RobustLevel:
     """Flag points whose grad norm is far above the trailing healthy level (see module doc).
 
@@ -83,4 +91,12 @@ def robust_threshold(
         lo = np.maximum(np.log(band_ratio), z_lo * spread)
         trigger = np.isfinite(d) & (d >= hi)
         elevated = np.isfinite(d) & (d >= lo)
+    if tail_factor > 0 and trigger.any():
+        with np.errstate(invalid="ignore"):
+            high = np.isfinite(d) & (d >= np.log(band_ratio))
+        excl = np.zeros_like(high)
+        for a, b in runs_of(high):
+            if b - a + 1 >= 10:
+                excl[a:b + 1] = True
+        trigger &= d >= tail_factor * typical_max(d, use & ~excl, trigger)
     return RobustLevel(level, spread, ratio, z, trigger, elevated, use)

@@ -1,0 +1,89 @@
+"""``lr-change``: upward learning-rate changes in the middle of a run.
+
+Schedules warm up from the first step and then decay; an lr that *rises* later (a spike, a
+permanent jump, a ramp, a warm restart) is strong evidence for whatever the loss and the grad
+norm do next, and it explains a level shift that clipping cannot fix.
+
+Rules (on the positive, finite logged lr values):
+
+- A *rise* is a maximal stretch of consecutive logged increases (each > ``tol`` relative), from
+  the last point with the old lr (``start``) to the highest point (``top``). It is reported when
+  ``lr[top] / lr[start] >= ratio`` (default 1.5x).
+- A rise that begins at the first logged point is the warm-up: never reported.
+- ``restart``: the new lr is not above the highest lr the run had before the rise (within 1 %):
+  the schedule returning to an earlier level (a warm restart or a cyclic schedule), not a fault
+  on its own.
+
+The onset of what a rise causes (:func:`lr_onset_step`): the lr logged at step ``s`` is the one
+the update at ``s`` used, and its effect first shows in the loss/grad norm of the next step. The
+new lr may have come into force anywhere after the last logged step with the old lr (``s0``), so
+the onset is the first logged point at or after ``s0 + 2``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ID = "lr-change"
+
+
+@dataclass
+class LrRise:
+    """One upward lr change (indices into the lr series)."""
+
+    start: int  # last point with the old lr
+    top: int  # highest point of the rise
+    factor: float  # lr[top] / lr[start]
+    restart: bool  # back to (not above) an lr the run had before
+
+
+def lr_rises(lr: np.ndarray, *, ratio: float = 1.5, tol: float = 1e-6) -> list[LrRise]:
+    """Upward lr changes of at least ``ratio`` outside the warm-up (see module doc)."""
+    v = np.asarray(lr, dtype=np.float64)
+    ok = np.flatnonzero(np.isfinite(v) & (v > 0))
+    if ok.size < 3:
+        return []
+    x = v[ok]
+    up = np.diff(x) > tol * np.abs(x[:-1])
+    out: list[LrRise] = []
+    idx = np.flatnonzero(up)
+    if idx.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(idx) > 1)
+    starts = np.concatenate(([idx[0]], idx[breaks + 1]))
+    ends = np.concatenate((idx[breaks], [idx[-1]])) + 1
+    run_max = np.maximum.accumulate(x)
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        if a == 0:
+            continue  # warm-up
+        f = float(x[b] / x[a])
+        if f < ratio:
+            continue
+        restart = bool(x[b] <= 1.01 * run_max[a])
+        out.append(LrRise(int(ok[a]), int(ok[b]), f, restart))
+    return out
+
+
+def lr_onset_step(lr_steps: np.ndarray, rise: LrRise, steps: np.ndarray) -> int | None:
+    """The first step of ``steps`` (sorted) at or after ``lr_steps[rise.start] + 2``."""
+    s0 = int(lr_steps[rise.start]) + 2
+    i = int(np.searchsorted(steps, s0))
+    return int(steps[i]) if i < steps.size else None
+
+
+def warmup_end_step(lr_steps: np.ndarray, lr: np.ndarray, *, tol: float = 1e-6) -> int | None:
+    """The step where the lr warm-up (a rise from the first logged point) reaches its top, or
+    None when the lr does not start by rising. Before it the grad norm and loss have no
+    stationary healthy level: the engine learns levels only after it."""
+    v = np.asarray(lr, dtype=np.float64)
+    ok = np.flatnonzero(np.isfinite(v) & (v > 0))
+    if ok.size < 2:
+        return None
+    x = v[ok]
+    up = np.diff(x) > tol * np.abs(x[:-1])
+    if not up[0]:
+        return None
+    k = int(np.argmin(up)) if not up.all() else up.size
+    return int(lr_steps[ok[k]])
