@@ -79,6 +79,8 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
             result.write(json_out, "json")
     except (UsageError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc
+    except OSError as exc:  # the report could not be written (no space, no permission, ...)
+        raise click.FileError(exc.filename or out or "-", exc.strerror or str(exc)) from exc
     if not quiet:
         summary = result.summary()
         _progress(
