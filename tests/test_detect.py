@@ -84,3 +84,27 @@ def test_loss_spike_detector():
     y[250:255] += 2.0
     out = loss_spike(y)
     assert out.trigger[250] and not out.trigger[:250].any()
+
+
+def test_extreme_spike_counts_even_in_a_constantly_spiky_run():
+    from gradaudit.detect.robust_threshold import robust_threshold
+    rng = np.random.default_rng(4)
+    g = 0.5 * np.exp(rng.normal(0, 0.1, 3000))
+    spiky = rng.choice(np.arange(100, 3000), 60, replace=False)
+    g[spiky] *= 5.0  # 2 % of the steps spike 5x: the run's own spikiness
+    g[2000] = 0.5 * 20.0  # one 20x explosion: below 2x the run's typical spike in log terms
+    out = robust_threshold(np.log(g))
+    assert out.trigger[2000]
+    assert not out.trigger[spiky[spiky > 200]].any()
+
+
+def test_lr_rise_to_an_intermediate_level_is_no_restart():
+    from gradaudit.detect.lr_change import lr_rises
+    warm = np.linspace(1e-4, 1e-2, 100)
+    decay = 1e-2 * np.cos(np.linspace(0, 1.4, 900)) ** 2
+    jump = np.concatenate((warm, decay[:500], 1.5 * decay[500:]))
+    (r,) = lr_rises(jump, ratio=1.25)
+    assert r.start == 599 and not r.restart
+    restart = np.concatenate((warm, decay[:500], decay[:400]))
+    (r,) = lr_rises(restart, ratio=1.25)
+    assert r.restart

@@ -170,3 +170,13 @@ def test_spiky_healthy_run_not_warned():
     g = 0.5 * np.exp(rng.normal(0, 0.2, s.size))
     a = audit_run(run_series(s, g, loss))
     assert a.episodes == []
+
+
+def test_reason_gives_the_numbers_behind_the_verdict():
+    s, g, loss = healthy(n=3000, seed=21)
+    g[2000:2003] *= 40.0
+    loss[2001:2200] += 0.5
+    a = audit_run(run_series(s, g, loss))
+    (e,) = [e for e in a.episodes if abs(e.onset_step - 2000) <= 3]
+    assert "above its healthy level" in e.reason and "the loss was harmed" in e.reason
+    assert "counterfactual over the next 200 steps" in e.reason

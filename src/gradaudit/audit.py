@@ -204,27 +204,34 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
         if peak_g is not None and base_g:
             ratio = peak_g / base_g if np.isfinite(peak_g) else float("inf")
         harmful = None
-        reason = ""
         li = imp.impact if imp is not None else None
+        harm_text = ""
         if imp is not None and imp.level is not None:
             lvl = abs(imp.level) or 1.0
             noise = imp.noise or 0.0
             ex, jp = li.excess_loss, li.loss_jump
             # harm = lasting damage: the excess over the horizon, significant against its own
             # noise (2 standard errors); the jump only where no excess could be measured
+            ex_thr = max(st.harm_excess * lvl, 2 * imp.excess_noise)
+            jp_thr = max(st.harm_jump * lvl, 6 * noise)
             harmful = bool(li.diverged
-                           or (ex is not None
-                               and ex >= max(st.harm_excess * lvl, 2 * imp.excess_noise))
-                           or (ex is None and jp is not None
-                               and jp >= max(st.harm_jump * lvl, 6 * noise)))
-            reason = "loss harmed" if harmful else "the loss was not harmed"
+                           or (ex is not None and ex >= ex_thr)
+                           or (ex is None and jp is not None and jp >= jp_thr))
+            harm_text = _harm_text(li, imp.level, st.impact_horizon, harmful, ex_thr, jp_thr)
         elif imp is not None:
             harmful = bool(li.diverged) if li.diverged else None
+            if li.diverged:
+                harm_text = "the loss went non-finite"
+        reason = _grad_text(e.kind, ratio, base_g, peak_step, e.source == "grad")
+        if harm_text:
+            reason = f"{reason}; {harm_text}" if reason else harm_text
         if harmful is None and e.kind not in ("nonfinite", "divergence"):
-            reason = "no loss to judge the harm; severity from the peak ratio"
+            reason = (f"{reason}; " if reason else "") + \
+                "no loss to judge the harm: severity from the peak ratio"
         lr_note = lr_notes.get(id(e))
         if e.kind == "loss_spike" and has_grad and lr_note is None:
-            reason = "the loss jumped while the grad norm stayed healthy: no gradient explosion"
+            reason = ("the loss jumped while the grad norm stayed healthy: no gradient "
+                      f"explosion, clipping would not help; {harm_text or reason}")
         sev = severity(e.kind, ratio, harmful, has_grad, st.spike_ratio, st.explosion_ratio)
         if lr_note is not None:
             text, restart = lr_note
@@ -234,9 +241,13 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
                 sev = "explosion" if (harmful and not restart) else "warning"
             if restart:
                 sev = "warning"
+                text += " - a warning only: the schedule returned to an earlier lr"
             reason = f"{text}; {reason}" if reason else text
-        if e.source == "lr" and not harmful:
-            continue  # an lr rise that left no mark on the loss is no episode
+        if sev == "warning" and harmful and e.kind in ("spike", "level_shift") and \
+                ratio is not None and ratio < st.spike_ratio:
+            reason += f" (a warning: the grad norm peaked below {st.spike_ratio:g}x)"
+        if e.source == "lr" and not harmful and lr_note is not None and lr_note[1]:
+            continue  # a schedule restart that left no mark on the loss is no episode
         kind = e.kind
         if li is not None and li.diverged and kind in ("spike", "level_shift") and \
                 not np.isfinite(lv[np.searchsorted(ls, on):]).all():
@@ -331,6 +342,43 @@ def _attach_lr(series: RunSeries, raw: list, steps: np.ndarray, ls: np.ndarray,
         out.append([e, int(ls[i0]), end])
         notes[id(e)] = (text, rise.restart)
     return [tuple(r) for r in out]
+
+
+def _grad_text(kind: str, ratio: float | None, base: float | None, peak_step: int,
+               from_grad: bool) -> str:
+    """The grad-norm half of an episode's reason."""
+    if kind == "nonfinite":
+        return ("the grad norm was logged inf/NaN (e.g. fp16 loss-scaler overflow steps that "
+                "the optimizer skipped): benign on its own")
+    if ratio is None or base is None:
+        return ""
+    if not np.isfinite(ratio):
+        return f"the grad norm went non-finite (healthy level {base:.3g})"
+    if not from_grad:
+        return f"the grad norm peaked {ratio:.3g}x its healthy level {base:.3g} (step {peak_step})"
+    return (f"grad norm rose {ratio:.3g}x above its healthy level {base:.3g} "
+            f"(peak at step {peak_step})")
+
+
+def _harm_text(li, level: float, horizon: int, harmful: bool, ex_thr: float,
+               jp_thr: float) -> str:
+    """The loss half of an episode's reason: the numbers behind the harm verdict."""
+    if li.diverged:
+        return "the loss diverged (non-finite, or never came back by the run's end)"
+    parts = []
+    if li.loss_jump is not None:
+        parts.append(f"loss jumped {li.loss_jump:+.3g} from its level {level:.3g}")
+    ex = li.excess_loss
+    if ex is not None:
+        parts.append(f"averaged {ex:+.3g} against its counterfactual over the next "
+                     f"{horizon} steps")
+    text = " and ".join(parts) or "the loss impact could not be measured"
+    if harmful:
+        return f"{text}: the loss was harmed"
+    if ex is not None:
+        return (f"{text}: below the harm threshold {ex_thr:.3g} (the loss was not "
+                f"lastingly harmed, so a warning)")
+    return f"{text}: below the harm threshold {jp_thr:.3g} (so a warning)"
 
 
 def _typical_gap(steps: np.ndarray) -> int:

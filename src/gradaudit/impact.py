@@ -1,13 +1,42 @@
 """Loss impact of an episode: counterfactual loss, excess loss, jump, recovery, divergence.
 
-The counterfactual ``L^(t)`` is ``a + b log(step + 1)`` fitted by least squares (one pass of
-3-sigma MAD outlier rejection) to the last ``fit_points`` (300) healthy loss points before the
-onset - a power-law-like decay that extrapolates sensibly over a horizon. Both the fit and the
-excess use the loss smoothed by a running median of ``smooth`` (9) logged points: a per-step
-mini-batch loss is heavy-tailed, and one hard batch (which no counterfactual can predict) must
-not dominate a 200-step mean; a lasting rise passes through the median unchanged. The slope is
-clipped at 0 (a loss that was rising before the onset is extrapolated flat); with fewer than
-``min_fit`` points the counterfactual is their median. Definitions follow DESIGN.md ("Loss impact").
+Definitions follow DESIGN.md ("Loss impact"). Rules and defaults:
+
+- **Smoothing.** Fits and the excess use the loss smoothed by a running median of ``smooth``
+  (9) logged points: a per-step mini-batch loss is heavy-tailed, and one hard batch (which no
+  counterfactual can predict) must not dominate a 200-step mean; a lasting rise passes through
+  the median unchanged.
+- **Fit window.** The healthy finite loss points in the ``fit_span`` steps before the onset
+  (default ``2 x horizon``), at least ``min_fit`` (20) of them (the window reaches further back
+  if needed) and at most ``fit_points`` (300). A window in *steps* keeps a sparsely logged run
+  (every 10 steps, W&B buckets) from reaching back into the steep early phase of training.
+- **Model.** ``L^(t) = a + b (log(t + 1) - log(onset + 1))`` - a power-law-like decay that slows
+  down by itself - fitted by least squares with one pass of 3-sigma MAD outlier rejection.
+- **Slope shrinkage.** The fitted slope ``b`` is only as trustworthy as its standard error
+  ``se_b`` (from the larger of the per-point noise and the smoothed residuals' wander, times the
+  smoothing width), so it is shrunk towards flat as ``b t^2 / (t^2 + shrink_t^2)`` with
+  ``t = b / se_b`` and ``shrink_t`` = 2: a slope at 2 standard errors keeps half its size, a
+  clear trend (t > 6) almost all, and the noise of a flat, noisy loss no longer extrapolates
+  into a steep decline. A rising slope (``b > 0``) is extrapolated flat. The level ``a`` is then
+  the mean of the detrended smoothed window.
+- **Bracketing.** Where the loss comes back after the episode - the smoothed loss over the
+  ``post`` window ``[onset + horizon, onset + 2 horizon)`` (cut before the next episode and the
+  run's end, at least ``min_fit / 2`` points) is not above the pre-onset extrapolation by more
+  than ``max(2 x its standard error, 1 % of the level)`` - the model is refitted to the pre-onset
+  window and the post window together (same shrinkage): the counterfactual is then
+  interpolated between two anchors instead of extrapolated from one (much more accurate early in
+  training, where the slope is steep and uncertain). A loss that stays up (lasting damage) is
+  never used as an anchor.
+- ``excess_loss``: mean over ``[onset, onset + horizon)`` of the smoothed loss minus ``L^``.
+  None when the loss is non-finite there.
+- ``loss_jump``: the highest loss in the episode (and the next ``lag_points``, 3: the loss lags
+  the grad norm) minus ``L^(onset)``.
+- ``recovery_step``: the first step after the onset from which the loss smoothed over 5 points
+  stays within the tolerance of ``L^``: ``max(recovery_tolerance x |L^|, 3 x the 5-point median's
+  noise)`` (``recovery_tolerance`` = 5 %; the noise term matters for a loss near 0, e.g. a
+  regression loss of 0.01, whose 5 % is far below its own batch-to-batch noise).
+- ``diverged``: the loss went non-finite after the onset, or it never recovered and ends the
+  run above ``L^(onset)`` by more than the tolerance.
 """
 
 from __future__ import annotations
@@ -26,32 +55,53 @@ class Impact:
 
     impact: LossImpact
     level: float | None  # counterfactual at the onset
-    noise: float | None  # robust sigma of the healthy loss before the onset
+    noise: float | None  # robust sigma of the healthy loss before the onset (per point)
     cf_steps: np.ndarray
     cf_values: np.ndarray
-    excess_noise: float = 0.0  # standard error of excess_loss from the per-step loss noise
+    excess_noise: float = 0.0  # standard error of excess_loss
+    bracketed: bool = False  # the counterfactual was anchored after the episode too
 
 
-def _fit(u: np.ndarray, y: np.ndarray, min_fit: int) -> tuple[float, float]:
-    if y.size < min_fit:
-        return float(np.median(y)), 0.0
-    a, b = _lsq(u, y)
-    r = y - (a + b * u)
-    mad = np.median(np.abs(r - np.median(r))) * 1.4826
-    keep = np.abs(r) <= 3 * mad if mad > 0 else np.ones(y.size, bool)
-    if keep.sum() >= min_fit:
-        a, b = _lsq(u[keep], y[keep])
-    if b > 0:
-        return float(np.median(y[-min_fit:])), 0.0
-    return a, b
-
-
-def _lsq(u: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def _lsq(u: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares ``(mean y, slope, sum of squared u deviations)``."""
     um, ym = u.mean(), y.mean()
     du = u - um
     den = float((du * du).sum())
     b = float((du * (y - ym)).sum() / den) if den > 0 else 0.0
-    return float(ym - b * um), b
+    return float(ym - b * um), b, den
+
+
+def _fit(u: np.ndarray, y: np.ndarray, noise: float, k: int, shrink_t: float,
+         min_fit: int) -> tuple[float, float]:
+    """Robust, shrunk fit of ``y = a + b u`` (``u`` relative to the onset): ``(a, b)``."""
+    if y.size < min(min_fit, 5):
+        return float(np.median(y)), 0.0
+    a, b, suu = _lsq(u, y)
+    r = y - (a + b * u)
+    mad = float(np.median(np.abs(r - np.median(r)))) * 1.4826
+    keep = np.abs(r - np.median(r)) <= 3 * mad if mad > 0 else np.ones(y.size, bool)
+    if keep.sum() >= max(5, y.size // 2):
+        u, y = u[keep], y[keep]
+        a, b, suu = _lsq(u, y)
+        r = y - (a + b * u)
+    if suu <= 0:
+        return float(np.mean(y)), 0.0
+    # standard error of the slope: point noise, or the smoothed residuals' wander (whose
+    # points are correlated over the smoothing width k), whichever is larger
+    wander = float(np.sqrt(np.mean(r * r)))
+    sig2 = max(noise * noise, k * wander * wander)
+    se_b = float(np.sqrt(sig2 / suu))
+    if b > 0:
+        b = 0.0
+    elif se_b > 0:
+        t2 = (b / se_b) ** 2
+        b *= t2 / (t2 + shrink_t * shrink_t)
+    return float(np.mean(y - b * u)), b
+
+
+def _smooth(y: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, y.size)
+    return median_filter(y, size=k, mode="nearest") if k > 2 else y
 
 
 def loss_impact(
@@ -63,34 +113,46 @@ def loss_impact(
     horizon: int,
     *,
     next_onset: int | None = None,
+    fit_span: int | None = None,
     fit_points: int = 300,
-    min_fit: int = 5,
+    min_fit: int = 20,
     recovery_tolerance: float = 0.05,
     lag_points: int = 3,
     smooth: int = 9,
+    shrink_t: float = 3.0,
+    bracket: bool = True,
 ) -> Impact | None:
-    """Loss impact of one episode (None when the run has no loss series)."""
+    """Loss impact of one episode (None when the run has no loss series); see module doc."""
     n = steps.size
     if n == 0:
         return None
     fin = np.isfinite(loss)
     i_on = int(np.searchsorted(steps, onset_step))  # steps are sorted
-    # the last fit_points healthy finite points before the onset, searched backwards
-    lo, pre = i_on, np.empty(0, np.int64)
-    while lo > 0 and pre.size < fit_points:
-        lo = max(0, i_on - max(4 * fit_points, 2 * (i_on - lo)))
+    span = 2 * horizon if fit_span is None else int(fit_span)
+    # the healthy finite points in the fit window, reaching back for at least min_fit of them
+    lo = int(np.searchsorted(steps, max(onset_step - span, onset_step // 2)))
+    pre = lo + np.flatnonzero(healthy[lo:i_on] & fin[lo:i_on])
+    while pre.size < min_fit and lo > 0:
+        lo = max(0, i_on - max(4 * min_fit, 2 * (i_on - lo)))
         pre = lo + np.flatnonzero(healthy[lo:i_on] & fin[lo:i_on])
+        if pre.size >= min_fit:
+            pre = pre[-min_fit:]
     pre = pre[-fit_points:]
     nonfinite_after = not bool(fin[i_on:].all()) if i_on < n else False
     if pre.size < 2 or i_on >= n:
         return Impact(LossImpact(None, None, None, nonfinite_after), None, None,
                       np.empty(0, np.int64), np.empty(0))
-    u_pre = np.log(steps[pre].astype(np.float64) + 1.0)
+    u0 = np.log(onset_step + 1.0)
+
+    def uof(idx: np.ndarray) -> np.ndarray:
+        return np.log(steps[idx].astype(np.float64) + 1.0) - u0
+
     y_pre = loss[pre]
-    k = min(smooth, pre.size)
-    a, b = _fit(u_pre, median_filter(y_pre, size=k, mode="nearest") if k > 2 else y_pre,
-                min_fit)
     noise = float(np.median(np.abs(np.diff(y_pre))) * 1.4826 / np.sqrt(2)) if pre.size > 2 else 0.0
+    k = min(smooth, pre.size)
+    u_pre = uof(pre)
+    ys_pre = _smooth(y_pre, k)
+    a, b = _fit(u_pre, ys_pre, noise, k, shrink_t, min_fit)
     # the window where the counterfactual is used: up to the next episode, at most 5 horizons
     stop = onset_step + 5 * horizon
     if next_onset is not None:
@@ -100,27 +162,44 @@ def loss_impact(
     i_h = int(np.searchsorted(steps, onset_step + horizon))
     i_ep = int(np.searchsorted(steps, last, side="right"))
     after = np.arange(i_on, min(n, max(i_win, i_h, i_ep, i_on + lag_points)))
+    # bracketing: anchor the counterfactual after the episode where the loss came back
+    bracketed = False
+    if bracket:
+        p_hi = onset_step + 2 * horizon
+        if next_onset is not None:
+            p_hi = min(p_hi, next_onset)
+        p_lo = max(onset_step + horizon, last + 1)
+        i0, i1 = int(np.searchsorted(steps, p_lo)), int(np.searchsorted(steps, p_hi))
+        post = i0 + np.flatnonzero(fin[i0:i1])
+        if post.size >= max(5, min_fit // 2) and fin[i_on:i1].all():
+            ys_post = _smooth(loss[post], min(smooth, post.size))
+            u_post = uof(post)
+            gap = float(np.mean(ys_post - (a + b * u_post)))
+            se_post = noise * float(np.sqrt(np.pi / 2 / post.size + 1.0 / pre.size))
+            if gap <= max(2 * se_post, recovery_tolerance * abs(a)):
+                a, b = _fit(np.concatenate((u_pre, u_post)), np.concatenate((ys_pre, ys_post)),
+                            noise, k, shrink_t, min_fit)
+                bracketed = True
     win = after[:i_win - i_on]
-    cf = a + b * np.log(steps[win].astype(np.float64) + 1.0)
-    level = float(a + b * np.log(onset_step + 1.0))
+    cf = a + b * uof(win)
+    level = float(a)
     # excess loss over [onset, onset + H)
     h = after[:i_h - i_on]
     excess = None
     if h.size and fin[h].all():
-        yh = loss[h]
-        if h.size > 2:
-            yh = median_filter(yh, size=min(smooth, h.size), mode="nearest")
-        excess = float(np.mean(yh - (a + b * np.log(steps[h].astype(np.float64) + 1.0))))
+        yh = _smooth(loss[h], smooth) if h.size > 2 else loss[h]
+        excess = float(np.mean(yh - (a + b * uof(h))))
     # loss jump: max over the episode (and the next few points: the loss lags the step)
     ep = after[: max(i_ep - i_on, min(lag_points, n - i_on))]
     jump = None
     if ep.size and fin[ep].all():
         jump = float(loss[ep].max() - level)
-    # recovery: smoothed loss stays within tolerance of the counterfactual
+    # recovery: the 5-point smoothed loss stays within the tolerance of the counterfactual
+    tol = max(recovery_tolerance * abs(level), 3.0 * noise * float(np.sqrt(np.pi / 2 / 5)))
     recovery = None
     if win.size and fin[win].all():
         sm = median_filter(loss[win], size=min(5, win.size), mode="nearest")
-        bad = np.abs(sm - cf) > recovery_tolerance * np.abs(cf)
+        bad = np.abs(sm - cf) > np.maximum(recovery_tolerance * np.abs(cf), tol)
         if not bad.any():
             recovery = int(steps[win[0]])
         elif not bad[-1]:
@@ -132,16 +211,16 @@ def loss_impact(
     if recovery is None and reached_end and win.size > 1:
         tail = loss[win[-min(win.size, 20):]]
         tail = tail[np.isfinite(tail)]
-        runaway = bool(tail.size and np.median(tail) > level + recovery_tolerance * abs(level))
+        runaway = bool(tail.size and np.median(tail) > level + tol)
     diverged = nonfinite_after or runaway
-    # standard error of the excess: the mean of the horizon's points minus the fitted line
-    # extrapolated to their mean position (ordinary least-squares prediction error)
+    # standard error of the excess: the horizon mean's noise plus the level's and the
+    # (shrunk) trend's uncertainty at the horizon's mean position
     se = 0.0
     if excess is not None and h.size and pre.size > 2:
-        u_h = float(np.log(steps[h].astype(np.float64) + 1.0).mean())
+        u_h = float(uof(h).mean())
         du = u_pre - u_pre.mean()
         suu = float((du * du).sum())
         lever = (u_h - float(u_pre.mean())) ** 2 / suu if suu > 0 else 0.0
         se = noise * float(np.sqrt(1.0 / h.size + 1.0 / pre.size + lever))
     return Impact(LossImpact(excess, jump, recovery, bool(diverged)), level, noise,
-                  steps[win], cf, se)
+                  steps[win], cf, se, bracketed)

@@ -10,9 +10,10 @@ Rules (on the positive, finite logged lr values):
   the last point with the old lr (``start``) to the highest point (``top``). It is reported when
   ``lr[top] / lr[start] >= ratio`` (default 1.5x).
 - A rise that begins at the first logged point is the warm-up: never reported.
-- ``restart``: the new lr is not above the highest lr the run had before the rise (within 1 %):
-  the schedule returning to an earlier level (a warm restart or a cyclic schedule), not a fault
-  on its own.
+- ``restart``: the new lr is back at the highest lr the run had before the rise (between
+  ``restart_band`` (90 %) of it and 1 % above it): the schedule returning to its peak (a warm
+  restart or a cyclic schedule), not a fault on its own. A rise to an intermediate lr (say 1.5x
+  in the middle of the decay) is no restart.
 
 The onset of what a rise causes (:func:`lr_onset_step`): the lr logged at step ``s`` is the one
 the update at ``s`` used, and its effect first shows in the loss/grad norm of the next step. The
@@ -39,7 +40,8 @@ class LrRise:
     restart: bool  # back to (not above) an lr the run had before
 
 
-def lr_rises(lr: np.ndarray, *, ratio: float = 1.5, tol: float = 1e-6) -> list[LrRise]:
+def lr_rises(lr: np.ndarray, *, ratio: float = 1.5, tol: float = 1e-6,
+             restart_band: float = 0.9) -> list[LrRise]:
     """Upward lr changes of at least ``ratio`` outside the warm-up (see module doc)."""
     v = np.asarray(lr, dtype=np.float64)
     ok = np.flatnonzero(np.isfinite(v) & (v > 0))
@@ -61,7 +63,7 @@ def lr_rises(lr: np.ndarray, *, ratio: float = 1.5, tol: float = 1e-6) -> list[L
         f = float(x[b] / x[a])
         if f < ratio:
             continue
-        restart = bool(x[b] <= 1.01 * run_max[a])
+        restart = bool(restart_band * run_max[a] <= x[b] <= 1.01 * run_max[a])
         out.append(LrRise(int(ok[a]), int(ok[b]), f, restart))
     return out
 

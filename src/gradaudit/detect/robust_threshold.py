@@ -14,7 +14,9 @@ gives the ratio ``g / exp(b)`` and the robust z-score ``d / s``.
   are no part of the run's healthy spikiness; scattered one- or two-point spikes are). The
   spikiness of a healthy but spiky run (a W&B bucket max, a small batch) is so learned from
   the run itself; for a log-normal grad norm the 99th percentile is 2.3 sigma, so this binds
-  only on heavy tails.
+  only on heavy tails. An *extreme* point - ``extreme_ratio`` (10) x the healthy level and above
+  the run's own spike size - triggers even where the run spikes a lot: a constantly spiky run
+  can still explode.
 - ``elevated``: ``d >= max(log(band_ratio), z_lo * s)`` - outside the healthy band (default 1.5x
   and 2 sigma); used to extend an episode from its trigger to where it ends (hysteresis).
 
@@ -60,6 +62,7 @@ def robust_threshold(
     min_spread: float = 0.05,
     prior: RobustLevel | None = None,
     tail_factor: float = 2.0,
+    extreme_ratio: float = 10.0,
 ) -> RobustLevel:
     """Flag points whose grad norm is far above the trailing healthy level (see module doc).
 
@@ -98,5 +101,8 @@ def robust_threshold(
         for a, b in runs_of(high):
             if b - a + 1 >= 10:
                 excl[a:b + 1] = True
-        trigger &= d >= tail_factor * typical_max(d, use & ~excl, trigger)
+        tmax = typical_max(d, use & ~excl, trigger)
+        with np.errstate(invalid="ignore"):
+            extreme = d >= max(np.log(extreme_ratio), tmax)
+        trigger &= (d >= tail_factor * tmax) | extreme
     return RobustLevel(level, spread, ratio, z, trigger, elevated, use)
