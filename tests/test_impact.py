@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from gradaudit.impact import loss_impact
+from gradaudit.impact import bucket_mean, loss_impact
 
 
 def _curve(n=3000, seed=0, noise=0.01):
@@ -83,3 +83,56 @@ def test_recovery_near_zero_loss_uses_the_noise_band():
     assert out.impact.recovery_step is not None
     assert 1015 <= out.impact.recovery_step <= 1060
     assert not out.impact.diverged
+
+
+def test_bucket_mean_recovers_a_spike_the_last_value_misses():
+    # per-step loss bucketed as a W&B chart export: 6 steps a bucket, last/min/max kept
+    s, clean, y = _curve(n=1500, seed=5)
+    bump = np.zeros(s.size)
+    bump[902] = 8.0  # a bad batch: one step far up, inside a bucket
+    bump[903:1000] = np.linspace(0.5, 0.0, 97)
+    y = y + bump
+    k = 6
+    ends = np.arange(k - 1, s.size, k)
+    last = y[ends]
+    mn = np.array([y[e - k + 1:e + 1].min() for e in ends])
+    mx = np.array([y[e - k + 1:e + 1].max() for e in ends])
+    bs = s[ends]
+    est = bucket_mean(bs, last, bs, mn, bs, mx)
+    true_means = np.array([y[e - k + 1:e + 1].mean() for e in ends])
+    on = int(np.searchsorted(bs, 900))
+    # the spike bucket's mean is close; the last value alone misses the spike
+    assert abs(last[on] - true_means[on]) > 0.2 * true_means[on]
+    assert abs(est[on] - true_means[on]) < 0.25 * abs(last[on] - true_means[on])
+    truth = float(np.mean(bump[900:1100]))
+    with_means = loss_impact(bs, est, bs < 900, 900, 906, 200)
+    with_last = loss_impact(bs, last, bs < 900, 900, 906, 200)
+    assert with_means.impact.excess_loss == pytest.approx(truth, rel=0.5)
+    assert abs(with_means.impact.excess_loss - truth) < abs(with_last.impact.excess_loss - truth)
+
+
+def test_bucket_mean_keeps_the_last_value_without_extremes():
+    s = np.array([10, 20, 30])
+    last = np.array([1.0, 2.0, 3.0])
+    out = bucket_mean(s, last, np.array([10, 20]), np.array([0.5, 5.0]),  # 5.0 > last: broken
+                      np.array([10, 20]), np.array([1.5, 6.0]))
+    assert out[0] == pytest.approx((0.5 + 1.5 + 8 * 1.0) / 10)
+    assert out[1] == 2.0 and out[2] == 3.0
+
+
+def test_fit_window_skips_an_earlier_episodes_aftermath():
+    # an earlier explosion at 500 whose loss recovers until ~900: a steep transient decline
+    # that, taken as the trend, would extrapolate far below the (flat) loss after 1000
+    rng = np.random.default_rng(7)
+    s = np.arange(2000)
+    y = 2.0 + rng.normal(0, 0.01, s.size)
+    y[500:900] += np.linspace(1.5, 0.0, 400)
+    bump = np.zeros(s.size)
+    bump[1000:1100] = 0.3
+    y = y + bump
+    healthy = ~((s >= 500) & (s < 502)) & (s < 1000)
+    truth = float(np.mean(bump[1000:1200]))
+    out = loss_impact(s, y, healthy, 1000, 1001, 200, floor_step=900)
+    assert out.impact.excess_loss == pytest.approx(truth, rel=0.15)
+    naive = loss_impact(s, y, healthy, 1000, 1001, 200, fit_span=600, bracket=False)
+    assert naive.impact.excess_loss > 1.3 * truth  # what the floor protects against

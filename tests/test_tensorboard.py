@@ -325,3 +325,122 @@ def test_claim_skips_profile_empty(tmp_path: Path) -> None:
     (src,) = tensorboard.claim(tmp_path, files)
     assert [f.name for f in src.files] == ["events.out.tfevents.1.a", "events.out.tfevents.2.b"]
     assert src.name == "."
+
+
+_TAG_BYTES = np.frombuffer(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./-", np.uint8)
+
+
+def _colliding_tag(tag: bytes) -> bytes:
+    """A 16-byte tag (of characters tensorboardX keeps as they are) whose word hash (the
+    adapter's grouping hash) equals ``tag``'s."""
+    assert len(tag) == 16
+    seed, prime = tensorboard._SEED, tensorboard._PRIME
+    first, last = np.frombuffer(tag, "<u8")
+    rng = np.random.default_rng(0)
+    with np.errstate(over="ignore"):
+        target = ((seed ^ last) * prime) ^ first  # before the final multiply
+        while True:
+            tails = rng.integers(0x61, 0x7B, (100_000, 8), dtype=np.uint8)
+            heads = ((seed ^ tails.view("<u8").ravel()) * prime) ^ target
+            hb = heads.view(np.uint8).reshape(-1, 8)
+            ok = np.flatnonzero(np.isin(hb, _TAG_BYTES).all(axis=1))
+            if ok.size:
+                return hb[ok[0]].tobytes() + tails[ok[0]].tobytes()
+
+
+def test_tags_with_equal_hashes_stay_apart(tmp_path: Path) -> None:
+    a = b"train/grad_normA"
+    b = _colliding_tag(a)
+    assert a != b
+    words = [np.frombuffer(t, "<u8")[::-1].copy() for t in (a, b)]
+    with np.errstate(over="ignore"):
+        hashes = []
+        for w in words:
+            h = tensorboard._SEED
+            for x in w:
+                h = (h ^ x) * tensorboard._PRIME
+            hashes.append(int(h))
+    assert hashes[0] == hashes[1]  # the grouping hash really collides
+    w = SummaryWriter(str(tmp_path / "col"), flush_secs=3600, max_queue=100_000)
+    for s in range(300):
+        w.add_scalar(a.decode(), float(s), s)
+        w.add_scalar(b.decode(), -float(s), s)
+    w.close()
+    (run,) = gradaudit.read_runs([tmp_path / "col"])
+    assert sorted(run.tags()) == sorted([a.decode(), b.decode()])
+    assert run.series(a.decode())[1].tolist() == [float(s) for s in range(300)]
+    assert run.series(b.decode())[1].tolist() == [-float(s) for s in range(300)]
+
+
+def test_small_chunks_read_the_same_records(tmp_path: Path) -> None:
+    path = write_tbx(tmp_path / "ch", range(2000))
+    data = path.read_bytes()
+
+    def payloads(chunk_size: int) -> list[bytes]:
+        status = FileStatus()
+        out = []
+        for chunk in read_chunks(path, status, chunk_size=chunk_size):
+            for s, n in zip(chunk.starts.tolist(), chunk.lengths.tolist(), strict=True):
+                out.append(chunk.buf[s : s + n].tobytes())
+        assert not status.problems
+        return out
+
+    expected = [data[o + 12 : o + 12 + int.from_bytes(data[o : o + 8], "little")]
+                for o in _record_offsets(path)]
+    for size in (100, 4096, 50_000, 1 << 24):
+        assert payloads(size) == expected, size
+
+
+def _naive_canonical(rows: list[tuple[int, str, float]]) -> list[tuple[str, int, float]]:
+    """TensorBoard's rule, point by point: a write at step s drops earlier points >= s."""
+    kept: dict[str, list[tuple[int, float]]] = {}
+    for step, tag, value in rows:
+        pts = [p for p in kept.get(tag, []) if p[0] < step]
+        pts.append((step, value))
+        kept[tag] = pts
+    return [(tag, s, v) for tag in sorted(kept) for s, v in kept[tag]]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_canonical_frame_categorical_path_matches_the_rule(seed: int) -> None:
+    import polars as pl
+
+    from gradaudit.series import canonical_frame
+
+    rng = np.random.default_rng(seed)
+    tags = ["b/loss", "a/grad", "c", "zz", "m/lr"][: 1 + seed % 5]
+    rows, step = [], {t: 0 for t in tags}
+    for i in range(3000):
+        tag = tags[int(rng.integers(len(tags)))]
+        if rng.random() < 0.002 * seed:  # a resume that rewinds this tag
+            step[tag] = max(0, step[tag] - int(rng.integers(1, 50)))
+        rows.append((step[tag], tag, float(i)))
+        step[tag] += int(rng.integers(0, 3)) if seed % 2 else 1
+    want = _naive_canonical(rows)
+    for dtype, lazy in ((pl.Categorical, False), (pl.String, False), (pl.String, True)):
+        raw = pl.DataFrame({"step": [r[0] for r in rows], "tag": [r[1] for r in rows],
+                            "value": [r[2] for r in rows]},
+                           schema={"step": pl.Int64, "tag": dtype, "value": pl.Float64})
+        frame, notes = canonical_frame(raw.lazy() if lazy else raw)  # lazy: the generic path
+        got = list(zip(frame["tag"].cast(pl.String).to_list(), frame["step"].to_list(),
+                       frame["value"].to_list(), strict=True))
+        assert got == want, dtype
+        assert frame.schema["tag"] == pl.Categorical
+        assert bool(notes) == (len(want) < len(rows))
+
+
+def test_record_longer_than_16_mib_between_scalars(tmp_path: Path) -> None:
+    # A 17 MB text summary: its header has a non-zero byte 3, so the fast framing pass cannot
+    # see it; the sequential walk must take over and hand back to the fast pass after it.
+    w = SummaryWriter(str(tmp_path / "big"), flush_secs=3600, max_queue=100_000)
+    for s in range(0, 5000):
+        w.add_scalar("train/loss", _loss(s), s)
+        if s == 2500:
+            w.add_text("notes", "x" * (17 << 20), s)
+    w.close()
+    (run,) = gradaudit.read_runs([tmp_path / "big"])
+    steps, values = run.series("train/loss")
+    assert steps.tolist() == list(range(5000))
+    assert values.tolist() == [float(np.float32(_loss(s))) for s in range(5000)]
+    assert not run.problems

@@ -20,7 +20,7 @@ from gradaudit.episodes import (
     loss_episodes,
     severity,
 )
-from gradaudit.impact import loss_impact
+from gradaudit.impact import bucket_mean, loss_impact
 from gradaudit.model import Episode, RunAudit
 from gradaudit.series import RunSeries
 from gradaudit.settings import Settings
@@ -179,10 +179,17 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
         l_healthy[i0:i1] = False
     episodes: list[Episode] = []
     traces: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    lv_mean = _bucket_means(series, ls, lv) if has_loss and raw else lv
+    floor: int | None = None  # where the last episode's loss aftermath ended
     for k, (e, on, end) in enumerate(raw):
         nxt = raw[k + 1][1] if k + 1 < len(raw) else None
-        imp = loss_impact(ls, lv, l_healthy, on, end, st.impact_horizon, next_onset=nxt) \
-            if has_loss else None
+        imp = loss_impact(ls, lv_mean, l_healthy, on, end, st.impact_horizon, next_onset=nxt,
+                          floor_step=floor) if has_loss else None
+        rec = imp.impact.recovery_step if imp is not None else None
+        if rec is not None and (end is None or rec > end):
+            # the loss was still coming back until ``rec``: no healthy level to fit there
+            l_healthy[int(np.searchsorted(ls, on)):int(np.searchsorted(ls, rec))] = False
+            floor = rec if floor is None else max(floor, rec)
         peak_g = base_g = ratio = None
         if e.source == "grad":
             peak_g = float(g[e.peak])
@@ -272,7 +279,8 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
     n_logged = gs.size if has_grad else ls.size
     audit.spike_rate = 1000.0 * len(episodes) / n_logged if n_logged else None
     if has_grad and ga is not None:
-        healthy = ~ga.in_episode & np.isfinite(g) & (g > 0)
+        judged = np.isfinite(ga.level.level) if ga.level is not None else None
+        healthy = _healthy_grad(gs, g, ga.in_episode, episodes, warm, judged)
         if healthy.any():
             audit.healthy_grad_norm = float(np.median(g[healthy]))
         slices = [(e.onset, e.last) for e in ga.episodes]
@@ -289,6 +297,46 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             traces[key] = decimate(*traces[key])
         audit.traces = traces
     return audit
+
+
+def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
+                  episodes: list[Episode], warm: int | None,
+                  judged: np.ndarray | None = None) -> np.ndarray:
+    """The healthy grad-norm points the clip options are computed from: finite and > 0, after
+    the lr warm-up, where the detectors had a healthy level to judge against (``judged``: the
+    first points of a run are no evidence of health - an early explosion there is not caught),
+    outside every grad-norm episode and outside every reported episode of any kind or severity
+    (warnings, loss episodes, lr-attributed episodes whose onset moved to the lr rise), each
+    from its onset to its end (to the run's end when it has none)."""
+    healthy = ~in_episode & np.isfinite(g) & (g > 0)
+    if warm is not None:
+        healthy &= gs > warm
+    if judged is not None and judged.size == g.size and (healthy & judged).sum() >= 10:
+        healthy &= judged
+    for e in episodes:
+        i0 = int(np.searchsorted(gs, e.onset_step))
+        i1 = gs.size if e.end_step is None else int(np.searchsorted(gs, e.end_step))
+        healthy[i0:max(i1, i0 + 1)] = False
+    return healthy
+
+
+def _bucket_means(series: RunSeries, ls: np.ndarray, lv: np.ndarray) -> np.ndarray:
+    """The loss as the mean of each logged bucket where the export is bucketed (the loss tag has
+    ``__MIN``/``__MAX`` siblings, as in a W&B chart CSV; :func:`bucket_mean`), else as logged."""
+    tag = series.loss_tag
+    if tag is None:
+        return lv
+    try:
+        cats = set(series.frame["tag"].cat.get_categories().to_list())
+    except Exception:  # noqa: BLE001 - not a categorical column
+        cats = set(series.tags())
+    if f"{tag}__MIN" not in cats or f"{tag}__MAX" not in cats:
+        return lv
+    mn = _clean(*_series(series, f"{tag}__MIN"))
+    mx = _clean(*_series(series, f"{tag}__MAX"))
+    if mn[0].size == 0 or mx[0].size == 0:
+        return lv
+    return bucket_mean(ls, lv, *mn, *mx)
 
 
 def _attach_lr(series: RunSeries, raw: list, steps: np.ndarray, ls: np.ndarray,

@@ -3,7 +3,9 @@
 Options, each computed from the run's *healthy* grad norms (finite, outside every episode) and
 named so a user can reproduce it:
 
-- ``p99.9-healthy`` / ``p99-healthy``: that percentile of the healthy grad norms.
+- ``p99.9-healthy`` / ``p99-healthy``: that empirical percentile (``numpy.quantile(...,
+  method="inverted_cdf")``: the smallest norm with at least 99.9 / 99 % of healthy norms at or
+  below it, so it clips at most 0.1 / 1 % of them) of the healthy grad norms.
 - ``autoclip-p10``: AutoClip (Seetharaman et al. 2020): the 10th percentile of the whole norm
   history (it clips most steps by design; the cost column shows it).
 - ``zclip-z2.5-a0.97``: ZClip's bound ``mean + 2.5 sd`` of its EMA (alpha 0.97) after the last step.
@@ -14,8 +16,16 @@ Each option reports the fraction of healthy steps it clips (cost), the fraction 
 steps it clips and, per episode, the fraction of the peak norm it cuts (benefit).
 
 Rule for the suggested threshold: the *smallest* option whose cost is at most
-``clip_max_cost`` (default 0.5 % of healthy steps); p99.9-healthy always qualifies.
-Batch rule (:func:`batch_clip`): the median over runs of their p99.9-healthy thresholds.
+``clip_max_cost`` (default 1 % of healthy steps); p99-healthy and p99.9-healthy always qualify,
+so the suggestion is at least as strong as the 99th percentile of the healthy norms.
+Why 1 %: DESIGN.md judges a threshold by replay (retrain the faulted run with it): on the
+benchmark's fault pairs with a clean twin, p99-healthy removed a median 78 % of the lasting
+damage and cost the clean twin's final loss <= 1 % on 7 of 8 pairs (median 0.04 %), where
+p99.9-healthy (the 0.5 % rule) removed only 35 % (cost <= 1 % on 8 of 8); fixed 1.0 removed
+84 % but broke the 1 % bar on 3 of 8 (benchmarks/detection/README.md, "replay").
+The healthy norms exclude the lr warm-up and every episode (warnings too), so an explosion
+never raises its own threshold.
+Batch rule (:func:`batch_clip`): the median over runs of their p99-healthy thresholds.
 """
 
 from __future__ import annotations
@@ -38,8 +48,10 @@ def clip_options(
         return []
     allg = g[fin]
     cands: list[tuple[str, float, str]] = [
-        ("p99.9-healthy", float(np.quantile(h, 0.999)), "99.9th percentile of healthy norms"),
-        ("p99-healthy", float(np.quantile(h, 0.99)), "99th percentile of healthy norms"),
+        ("p99.9-healthy", float(np.quantile(h, 0.999, method="inverted_cdf")),
+         "99.9th percentile of healthy norms (empirical, inverted CDF)"),
+        ("p99-healthy", float(np.quantile(h, 0.99, method="inverted_cdf")),
+         "99th percentile of healthy norms (empirical, inverted CDF)"),
         ("autoclip-p10", float(np.quantile(allg, 0.10)),
          "AutoClip: 10th percentile of the norm history"),
         ("fixed-1.0", 1.0, "the fixed threshold most LLM recipes use"),
@@ -70,7 +82,7 @@ def clip_options(
 
 def suggest(options: list[ClipOption], max_cost: float, advice: str | None) -> ClipSuggestion:
     """Pick the smallest option clipping at most ``max_cost`` of healthy steps."""
-    ok = [o for o in options if o.healthy_clipped_fraction <= max_cost]
+    ok = [o for o in options if o.healthy_clipped_fraction <= max_cost + 1e-12]
     if not ok:
         return ClipSuggestion(None, "none", options, advice)
     best = min(ok, key=lambda o: o.threshold)
@@ -78,14 +90,14 @@ def suggest(options: list[ClipOption], max_cost: float, advice: str | None) -> C
 
 
 def batch_clip(audits: list[RunAudit]) -> ClipSuggestion | None:
-    """One threshold for the batch: the median of the runs' p99.9-healthy thresholds."""
+    """One threshold for the batch: the median of the runs' p99-healthy thresholds."""
     vals = []
     for a in audits:
         if a.clip is None:
             continue
         for o in a.clip.options:
-            if o.method == "p99.9-healthy" and np.isfinite(o.threshold):
+            if o.method == "p99-healthy" and np.isfinite(o.threshold):
                 vals.append(o.threshold)
     if not vals:
         return None
-    return ClipSuggestion(float(np.median(vals)), "median-of-runs-p99.9-healthy", [], None)
+    return ClipSuggestion(float(np.median(vals)), "median-of-runs-p99-healthy", [], None)

@@ -10,6 +10,15 @@ Definitions follow DESIGN.md ("Loss impact"). Rules and defaults:
   (default ``2 x horizon``), at least ``min_fit`` (20) of them (the window reaches further back
   if needed) and at most ``fit_points`` (300). A window in *steps* keeps a sparsely logged run
   (every 10 steps, W&B buckets) from reaching back into the steep early phase of training.
+- **Aftermath.** An earlier episode's loss aftermath (from its onset to its recovery step) is
+  no healthy stretch: the fit window starts after it (``floor_step``, set by the engine) when at
+  least ``min_pre`` (5) healthy points lie there, else it may reach back as before. Fitting the
+  recovery from an earlier explosion as the trend extrapolates a steep, transient decline.
+  A window of fewer than ``min_fit`` points is fitted flat (too short for a trend).
+- **Bucketed exports.** Where the loss is a W&B chart export (one value per bucket, the
+  bucket's last, with ``__MIN``/``__MAX`` beside it) the engine passes the estimated bucket
+  means (:func:`bucket_mean`): the excess is a mean over steps, and a bad batch's spike lives
+  in the bucket's max, not its last value.
 - **Model.** ``L^(t) = a + b (log(t + 1) - log(onset + 1))`` - a power-law-like decay that slows
   down by itself - fitted by least squares with one pass of 3-sigma MAD outlier rejection.
 - **Slope shrinkage.** The fitted slope ``b`` is only as trustworthy as its standard error
@@ -74,8 +83,8 @@ def _lsq(u: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
 def _fit(u: np.ndarray, y: np.ndarray, noise: float, k: int, shrink_t: float,
          min_fit: int) -> tuple[float, float]:
     """Robust, shrunk fit of ``y = a + b u`` (``u`` relative to the onset): ``(a, b)``."""
-    if y.size < min(min_fit, 5):
-        return float(np.median(y)), 0.0
+    if y.size < min_fit:  # too few points for a trend: flat at their mean
+        return float(np.mean(y)), 0.0
     a, b, suu = _lsq(u, y)
     r = y - (a + b * u)
     mad = float(np.median(np.abs(r - np.median(r)))) * 1.4826
@@ -99,6 +108,43 @@ def _fit(u: np.ndarray, y: np.ndarray, noise: float, k: int, shrink_t: float,
     return float(np.mean(y - b * u)), b
 
 
+def bucket_mean(steps: np.ndarray, last: np.ndarray, mn_steps: np.ndarray, mn: np.ndarray,
+                mx_steps: np.ndarray, mx: np.ndarray) -> np.ndarray:
+    """Estimated mean of each bucket of a bucketed export (a W&B chart CSV), where a logged point
+    holds the bucket's last value and its ``__MIN``/``__MAX`` columns its extremes.
+
+    A bucket ending at step ``s`` covers the ``k = s - s_prev`` steps since the previous one (the
+    first bucket: the median gap). Its min and max are two of its ``k`` values, exactly known;
+    the other ``k - 2`` are represented by the last value: ``(min + max + (k - 2) last) / k``.
+    A one-step bucket is its value; where min/max are missing or inconsistent (not bracketing the
+    last value) the last value is kept. The last value alone is one sample per bucket and misses
+    a short spike (a bad batch) that the bucket's mean, and so the excess loss, contains.
+    """
+    out = np.asarray(last, dtype=np.float64).copy()
+    if steps.size == 0:
+        return out
+
+    def at(s2: np.ndarray, v2: np.ndarray) -> np.ndarray:
+        res = np.full(steps.size, np.nan)
+        if s2.size:
+            j = np.clip(np.searchsorted(s2, steps), 0, s2.size - 1)
+            hit = s2[j] == steps
+            res[hit] = v2[j[hit]]
+        return res
+
+    lo, hi = at(mn_steps, mn), at(mx_steps, mx)
+    d = np.diff(steps)
+    k = np.empty(steps.size)
+    k[1:] = d
+    k[0] = np.median(d) if d.size else 1.0
+    k = np.maximum(k, 2.0)
+    ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(out)
+    ok &= (lo <= out * (1 + 1e-6) + 1e-12) & (hi >= out * (1 - 1e-6) - 1e-12)
+    est = (lo + hi + (k - 2.0) * out) / k
+    out[ok] = est[ok]
+    return out
+
+
 def _smooth(y: np.ndarray, k: int) -> np.ndarray:
     k = min(k, y.size)
     return median_filter(y, size=k, mode="nearest") if k > 2 else y
@@ -116,11 +162,13 @@ def loss_impact(
     fit_span: int | None = None,
     fit_points: int = 300,
     min_fit: int = 20,
+    min_pre: int = 5,
     recovery_tolerance: float = 0.05,
     lag_points: int = 3,
     smooth: int = 9,
     shrink_t: float = 3.0,
     bracket: bool = True,
+    floor_step: int | None = None,
 ) -> Impact | None:
     """Loss impact of one episode (None when the run has no loss series); see module doc."""
     n = steps.size
@@ -131,9 +179,16 @@ def loss_impact(
     span = 2 * horizon if fit_span is None else int(fit_span)
     # the healthy finite points in the fit window, reaching back for at least min_fit of them
     lo = int(np.searchsorted(steps, max(onset_step - span, onset_step // 2)))
+    floor = 0
+    if floor_step is not None:
+        # after an earlier episode's aftermath only, if enough points lie there
+        f = int(np.searchsorted(steps, floor_step))
+        if f < i_on and np.count_nonzero(healthy[f:i_on] & fin[f:i_on]) >= min_pre:
+            floor = f
+            lo = max(lo, f)
     pre = lo + np.flatnonzero(healthy[lo:i_on] & fin[lo:i_on])
-    while pre.size < min_fit and lo > 0:
-        lo = max(0, i_on - max(4 * min_fit, 2 * (i_on - lo)))
+    while pre.size < min_fit and lo > floor:
+        lo = max(floor, i_on - max(4 * min_fit, 2 * (i_on - lo)))
         pre = lo + np.flatnonzero(healthy[lo:i_on] & fin[lo:i_on])
         if pre.size >= min_fit:
             pre = pre[-min_fit:]
@@ -164,6 +219,7 @@ def loss_impact(
     after = np.arange(i_on, min(n, max(i_win, i_h, i_ep, i_on + lag_points)))
     # bracketing: anchor the counterfactual after the episode where the loss came back
     bracketed = False
+    u_fit = u_pre  # where the counterfactual was fitted
     if bracket:
         p_hi = onset_step + 2 * horizon
         if next_onset is not None:
@@ -177,8 +233,8 @@ def loss_impact(
             gap = float(np.mean(ys_post - (a + b * u_post)))
             se_post = noise * float(np.sqrt(np.pi / 2 / post.size + 1.0 / pre.size))
             if gap <= max(2 * se_post, recovery_tolerance * abs(a)):
-                a, b = _fit(np.concatenate((u_pre, u_post)), np.concatenate((ys_pre, ys_post)),
-                            noise, k, shrink_t, min_fit)
+                u_fit = np.concatenate((u_pre, u_post))
+                a, b = _fit(u_fit, np.concatenate((ys_pre, ys_post)), noise, k, shrink_t, min_fit)
                 bracketed = True
     win = after[:i_win - i_on]
     cf = a + b * uof(win)
@@ -218,9 +274,11 @@ def loss_impact(
     se = 0.0
     if excess is not None and h.size and pre.size > 2:
         u_h = float(uof(h).mean())
-        du = u_pre - u_pre.mean()
+        du = u_fit - u_fit.mean()
         suu = float((du * du).sum())
-        lever = (u_h - float(u_pre.mean())) ** 2 / suu if suu > 0 else 0.0
-        se = noise * float(np.sqrt(1.0 / h.size + 1.0 / pre.size + lever))
+        # a flat fit (too few points for a trend) has no slope to be uncertain about
+        lever = (u_h - float(u_fit.mean())) ** 2 / suu if suu > 0 and u_fit.size >= min_fit \
+            else 0.0
+        se = noise * float(np.sqrt(1.0 / h.size + 1.0 / u_fit.size + lever))
     return Impact(LossImpact(excess, jump, recovery, bool(diverged)), level, noise,
                   steps[win], cf, se, bracketed)

@@ -70,11 +70,19 @@ class RunSeries:
         """The tag names of this run, sorted."""
         return list(self.tag_counts())
 
+    def _rows(self, tag: str) -> pl.DataFrame:
+        """The rows of one tag. A categorical column is compared directly (no cast of the
+        column to strings: ~10x faster at 10^6 points)."""
+        try:
+            return self.frame.filter(pl.col("tag") == tag)
+        except pl.exceptions.PolarsError:  # e.g. an Enum without that category
+            return self.frame.filter(pl.col("tag").cast(pl.String) == tag)
+
     def series(self, tag: str | None) -> tuple[np.ndarray, np.ndarray]:
         """``(steps int64, values float64)`` of one tag, sorted by step; empty if absent."""
         if tag is None or self.frame.height == 0:
             return np.empty(0, np.int64), np.empty(0, np.float64)
-        sub = self.frame.filter(pl.col("tag").cast(pl.String) == tag)
+        sub = self._rows(tag)
         return sub["step"].to_numpy().astype(np.int64, copy=False), sub[
             "value"
         ].to_numpy().astype(np.float64, copy=False)
@@ -83,7 +91,7 @@ class RunSeries:
         """Wall times (seconds since the epoch, NaN where unknown) of one tag, by step."""
         if tag is None or self.frame.height == 0:
             return np.empty(0, np.float64)
-        sub = self.frame.filter(pl.col("tag").cast(pl.String) == tag)
+        sub = self._rows(tag)
         return sub["wall_time"].fill_null(float("nan")).to_numpy().astype(np.float64, copy=False)
 
     def step_summary(self) -> tuple[int, int | None, int | None]:
@@ -114,12 +122,117 @@ class RunSeries:
         }
 
 
+def _rewind_notes(dropped: pl.DataFrame) -> list[str]:
+    """Notes naming, per step range, the tags whose points a later write replaced."""
+    if dropped.height == 0:
+        return []
+    per_range = (
+        dropped.select(pl.col("tag").cast(pl.String), "step")
+        .group_by("tag")
+        .agg(pl.col("step").min().alias("lo"), pl.col("step").max().alias("hi"))
+        .group_by("lo", "hi")
+        .agg(pl.col("tag").sort())
+        .sort("lo", "hi")
+    )
+    notes: list[str] = []
+    for lo_step, hi_step, range_tags in per_range.iter_rows():
+        shown = ", ".join(repr(t) for t in range_tags[:3])
+        more = f" and {len(range_tags) - 3} more" if len(range_tags) > 3 else ""
+        where = (f"step {lo_step} was" if lo_step == hi_step
+                 else f"steps {lo_step}-{hi_step} were")
+        notes.append(
+            f"{where} written again later (a resume that rewound the step, or a step"
+            f" logged twice): the later write wins for {shown}{more}"
+        )
+    return notes
+
+
+def _stable_group_order(rank: np.ndarray, n_tags: int) -> np.ndarray | None:
+    """Row order grouping rows by ``rank`` (0..n_tags-1), write order kept within a group;
+    None when that is already the order."""
+    if n_tags == 1 or bool((rank[1:] >= rank[:-1]).all()):
+        return None
+    if n_tags <= 8:
+        return np.concatenate([np.flatnonzero(rank == k) for k in range(n_tags)])
+    return np.argsort(rank, kind="stable")
+
+
+def _canonical_categorical(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str]] | None:
+    """:func:`canonical_frame` for a frame whose tag column is Categorical, on the integer
+    codes (no string per row); None when the frame does not fit this path."""
+    schema = df.schema
+    if not isinstance(schema["tag"], pl.Categorical) or not schema["step"].is_integer():
+        return None
+    if df.height == 0 or df.get_column("step").null_count() or df.get_column("tag").null_count():
+        return None
+    cols = [
+        pl.col("step").cast(pl.Int64),
+        pl.col("tag"),
+        pl.col("value").cast(pl.Float64),
+        pl.col("wall_time").cast(pl.Float64)
+        if "wall_time" in schema
+        else pl.lit(None, dtype=pl.Float64).alias("wall_time"),
+    ]
+    df = df.select(cols)
+    tag = df.get_column("tag")
+    present = tag.unique()
+    names = present.cast(pl.String).to_list()
+    ids = present.to_physical().to_numpy().astype(np.int64)
+    order = sorted(range(len(names)), key=names.__getitem__)  # tags in name order
+    rank_of = np.empty(len(names), dtype=np.int64)
+    rank_of[order] = np.arange(len(names))
+    codes = tag.to_physical().to_numpy()
+    dtype = np.uint8 if len(names) <= 1 << 8 else np.uint16 if len(names) <= 1 << 16 else np.int64
+    if int(ids.max()) <= 4 * df.height + 1024:
+        lut = np.zeros(int(ids.max()) + 1, dtype=dtype)
+        lut[ids] = rank_of
+        rank = lut[codes]
+    else:
+        by_id = np.argsort(ids)
+        rank = rank_of[by_id][np.searchsorted(ids[by_id], codes)].astype(dtype)
+    perm = _stable_group_order(rank, len(names))
+    step = df.get_column("step").to_numpy()
+    if perm is not None:
+        step, rank = step[perm], rank[perm]
+    # A point survives when every later write of its tag has a larger step. Usually the steps
+    # of each tag already increase in write order and all points survive.
+    new_group = rank[1:] != rank[:-1]
+    rising = step[1:] > step[:-1]
+    if bool((rising | new_group).all()):
+        keep = None
+    else:
+        lo, hi = int(step.min()), int(step.max())
+        span = hi - lo + 1
+        if span * len(names) >= 2**62:
+            return None
+        key = (step - lo) + rank.astype(np.int64) * span
+        later_min = np.minimum.accumulate(key[::-1])[::-1]
+        keep = np.ones(step.size, dtype=bool)
+        keep[:-1] = key[:-1] < later_min[1:]
+    notes: list[str] = []
+    if keep is None:
+        rows = perm
+    else:
+        rows = np.flatnonzero(keep) if perm is None else perm[keep]
+        gone = np.flatnonzero(~keep) if perm is None else perm[~keep]
+        notes = _rewind_notes(df[gone])
+    frame = df if rows is None else df[rows]
+    return frame, notes
+
+
 def canonical_frame(raw: pl.DataFrame | pl.LazyFrame) -> tuple[pl.DataFrame, list[str]]:
     """Resolve duplicates and sort a frame of points given **in write order**.
 
     ``raw`` needs columns ``step`` and ``tag`` and ``value``; ``wall_time`` is optional.
     Returns the canonical frame and notes naming the step ranges a resume replaced.
     """
+    if isinstance(raw, pl.DataFrame) and {"step", "tag", "value"} <= set(raw.columns):
+        df = raw
+        if df.schema["tag"] == pl.String:  # one hash per row, then integer codes throughout
+            df = df.with_columns(pl.col("tag").cast(pl.Categorical))
+        fast = _canonical_categorical(df)
+        if fast is not None:
+            return fast
     lf = raw.lazy() if isinstance(raw, pl.DataFrame) else raw
     names = lf.collect_schema().names()
     if "wall_time" not in names:
@@ -152,23 +265,7 @@ def canonical_frame(raw: pl.DataFrame | pl.LazyFrame) -> tuple[pl.DataFrame, lis
         later_min = pl.col("step").reverse().cum_min().reverse().shift(-1).over("_rank")
         keep = later_min.is_null() | (pl.col("step") < later_min)
     marked = df.with_columns(keep=keep).drop("_rank")
-    notes: list[str] = []
-    dropped = marked.filter(~pl.col("keep"))
-    if dropped.height:
-        per_range = (
-            dropped.group_by("tag")
-            .agg(pl.col("step").min().alias("lo"), pl.col("step").max().alias("hi"))
-            .group_by("lo", "hi")
-            .agg(pl.col("tag").sort())
-            .sort("lo", "hi")
-        )
-        for lo_step, hi_step, range_tags in per_range.iter_rows():
-            shown = ", ".join(repr(t) for t in range_tags[:3])
-            more = f" and {len(range_tags) - 3} more" if len(range_tags) > 3 else ""
-            notes.append(
-                f"steps {lo_step}-{hi_step} were written again later (a resume that rewound the"
-                f" step, or a step logged twice): the later write wins for {shown}{more}"
-            )
+    notes = _rewind_notes(marked.filter(~pl.col("keep")))
     # Survivors are already sorted by (tag, step): within a tag they strictly increase.
     frame = marked.filter(pl.col("keep")).drop("keep").with_columns(
         pl.col("tag").cast(pl.Categorical)

@@ -4,7 +4,9 @@ A record is ``u64 LE length``, ``u32 LE masked CRC32C of those 8 bytes``, the pa
 ``u32 LE masked CRC32C of the payload``. The file is read in chunks; each chunk's records are
 located by a speculative vectorized pass (every record header has zero bytes 3..7 because
 lengths are < 16 MiB; the candidates whose length CRC holds and that chain from offset 0 are the
-records) and, where the speculation does not hold, by a plain sequential walk.
+records) and, where the speculation does not hold (a record of 16 MiB or more, corruption), by a
+plain sequential walk of a few records before the fast pass is tried again. Chunks are small
+(4 MiB) so that a chunk and the temporaries of its passes stay in the CPU caches.
 
 What goes wrong, and what happens:
 
@@ -26,13 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from gradaudit.adapters._crc32c import _const as _crc_const
+from gradaudit.adapters._crc32c import _t16, crc32c_many, mask
 from gradaudit.adapters._crc32c import _tables as _crc_tables
-from gradaudit.adapters._crc32c import crc32c_many, mask
 
 HEADER = 12  # u64 length + u32 length CRC
 OVERHEAD = 16  # header + u32 payload CRC
 PAD = 32  # zero bytes kept after every chunk so fixed-width gathers never run off the end
-CHUNK = 16 << 20
+CHUNK = 4 << 20  # small enough that a chunk and its temporaries stay in cache
 
 
 @dataclass
@@ -72,46 +74,84 @@ def _u32_at(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
     return unaligned(buf, "<u4")[pos]
 
 
-def _speculate(buf: np.ndarray, n: int) -> np.ndarray:
-    """Header offsets of the records chaining from 0, as far as the fast pass can prove them."""
-    if n < 4096:
-        return np.empty(0, np.int64)
-    zeros = np.flatnonzero(buf[:n] == 0)
-    if zeros.size < 5:
-        return np.empty(0, np.int64)
-    run5 = zeros[4:] == zeros[:-4] + 4
-    cand = zeros[:-4][run5] - 3
-    cand = cand[(cand >= 0) & (cand <= n - HEADER)]
-    if cand.size == 0 or cand[0] != 0:
-        return np.empty(0, np.int64)
-    # The length CRC of a length < 2**24 depends on its 3 low bytes only: 3 table lookups.
-    b0, b1, b2 = buf[cand], buf[cand + 1], buf[cand + 2]
-    tables = _crc_tables()
-    crc = tables[7][b0] ^ tables[6][b1] ^ tables[5][b2] ^ np.uint32(_crc_const(8))
-    good = unaligned(buf, "<u4")[cand + 8] == mask(crc)
-    cand = cand[good]
-    nxt = cand + (
-        OVERHEAD
-        + (b0[good].astype(np.int64) | (b1[good].astype(np.int64) << 8)
-           | (b2[good].astype(np.int64) << 16))
-    )
-    if cand.size == 0 or cand[0] != 0:
-        return np.empty(0, np.int64)
-    # The longest prefix where each record starts where the previous one ends.
-    breaks = np.flatnonzero(nxt[:-1] != cand[1:])
-    stop = breaks[0] + 1 if breaks.size else cand.size
-    chain = cand[:stop]
-    # The last record of the proven chain must fit in the chunk.
-    while chain.size and nxt[chain.size - 1] > n:
-        chain = chain[:-1]
-    return chain
+class _Candidates:
+    """Record headers found by the speculative pass over one chunk.
+
+    Every header of a record shorter than 16 MiB has zero bytes 3..7, and five zero bytes always
+    hold an even-aligned run of four: so the candidates are found from the even offsets where
+    four zero bytes start (two positions each, then checked exactly). A candidate is kept when
+    its record fits in the chunk, its successor (``offset + 16 + length``) could be a header
+    too, and its length CRC holds. ``breaks`` are the indexes ``i`` where candidate ``i + 1``
+    does not start where candidate ``i`` ends.
+    """
+
+    def __init__(self, buf: np.ndarray, n: int) -> None:
+        self.heads = np.empty(0, np.int64)
+        self.nxt = np.empty(0, np.int64)
+        self.breaks = np.empty(0, np.int64)
+        if n < 64:
+            return
+        pairs = buf[: n & ~1].view(np.uint16) == 0
+        quad = pairs[:-1] & pairs[1:]  # quad[j]: bytes 2j .. 2j+3 are zero
+        del pairs
+        q = np.flatnonzero(quad)
+        q *= 2
+        # A header at h has its quad at the first even offset >= h + 3: h = q - 4 or q - 3.
+        cand = np.empty((q.size, 2), dtype=np.int64)
+        np.subtract(q, 4, out=cand[:, 0])
+        np.subtract(q, 3, out=cand[:, 1])
+        cand = cand.reshape(-1)  # sorted: q grows by at least 2
+        lo, hi = np.searchsorted(cand, [0, n - HEADER + 1]).tolist()
+        cand = cand[lo:hi]
+        length = unaligned(buf, "<u8")[cand]
+        keep = length < 1 << 24
+        nxt = length.view(np.int64)
+        nxt += cand
+        nxt += OVERHEAD
+        # The record must fit in the chunk, and the next header, unless the chunk ends first,
+        # must have its zero quad too.
+        nq = nxt + 4
+        nq >>= 1
+        np.clip(nq, 0, quad.size - 1, out=nq)  # garbage lengths: any index
+        linked = quad[nq]
+        linked |= nxt > n - HEADER
+        linked &= nxt <= n
+        keep &= linked
+        del quad, nq, linked, length
+        idx = np.flatnonzero(keep)
+        cand, nxt = cand[idx], nxt[idx]
+        # The length CRC of a length < 2**24 depends on its 3 low bytes only: 2 table lookups.
+        crc = _t16(6)[unaligned(buf, "<u2")[cand]]
+        crc ^= _crc_tables()[5][buf[cand + 2]]
+        crc ^= np.uint32(_crc_const(8))
+        good = unaligned(buf, "<u4")[cand + 8] == mask(crc)
+        self.heads, self.nxt = cand[good], nxt[good]
+        self.breaks = np.flatnonzero(self.nxt[:-1] != self.heads[1:])
+
+    def chain(self, pos: int, n: int) -> np.ndarray:
+        """Headers of the records chaining from ``pos`` that fit in the chunk (maybe none)."""
+        i = int(np.searchsorted(self.heads, pos))
+        if i >= self.heads.size or int(self.heads[i]) != pos:
+            return self.heads[:0]
+        b = int(np.searchsorted(self.breaks, i))
+        stop = int(self.breaks[b]) + 1 if b < self.breaks.size else self.heads.size
+        # The last record of the chain must fit in the chunk.
+        while stop > i and int(self.nxt[stop - 1]) > n:
+            stop -= 1
+        return self.heads[i:stop]
 
 
-def _walk(buf: np.ndarray, n: int, pos: int, limit: int) -> tuple[list[int], int]:
+RESTARTS = 64  # records walked one by one before the speculative chain is tried again
+
+
+def _walk(buf: np.ndarray, n: int, pos: int, limit: int,
+          max_records: int | None = None) -> tuple[list[int], int]:
     """Sequential walk from ``pos``: header offsets of records that fit, and where it stopped."""
     mv = memoryview(buf)
     heads: list[int] = []
     while n - pos >= HEADER:
+        if max_records is not None and len(heads) >= max_records:
+            break
         length = int.from_bytes(mv[pos : pos + 8], "little")
         if length > limit or pos + OVERHEAD + length > n:
             break
@@ -120,17 +160,33 @@ def _walk(buf: np.ndarray, n: int, pos: int, limit: int) -> tuple[list[int], int
     return heads, pos
 
 
-def _scan(buf: np.ndarray, n: int, limit: int) -> tuple[np.ndarray, int, int]:
-    """Header offsets of the records that fit in ``buf[:n]``, how many of them already have a
-    checked length CRC (a prefix), and where the last one ends."""
-    chain = _speculate(buf, n)
+def _scan(buf: np.ndarray, n: int, limit: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Header offsets of the records that fit in ``buf[:n]``, which of them already have a
+    checked length CRC, and where the last one ends."""
+    cands = _Candidates(buf, n)
+    parts: list[np.ndarray] = []
+    checked: list[np.ndarray] = []
     pos = 0
-    if chain.size:
-        last = int(chain[-1])
-        pos = last + OVERHEAD + int.from_bytes(buf[last : last + 8].tobytes(), "little")
-    rest, pos = _walk(buf, n, pos, limit)
-    heads = np.concatenate([chain, np.asarray(rest, dtype=np.int64)]) if rest else chain
-    return heads.astype(np.int64, copy=False), int(chain.size), pos
+    while n - pos >= HEADER:
+        chain = cands.chain(pos, n)
+        if chain.size:
+            parts.append(chain)
+            checked.append(np.ones(chain.size, dtype=bool))
+            last = int(chain[-1])
+            pos = last + OVERHEAD + int.from_bytes(buf[last : last + 8].tobytes(), "little")
+            continue
+        # Off the speculative chain (a long record, or corruption): walk a few records.
+        rest, new_pos = _walk(buf, n, pos, limit, RESTARTS)
+        if not rest:
+            break
+        parts.append(np.asarray(rest, dtype=np.int64))
+        checked.append(np.zeros(len(rest), dtype=bool))
+        pos = new_pos
+    if not parts:
+        return np.empty(0, np.int64), np.empty(0, bool), pos
+    if len(parts) == 1:
+        return parts[0], checked[0], pos
+    return np.concatenate(parts), np.concatenate(checked), pos
 
 
 def _length_crc_ok(buf: np.ndarray, heads: np.ndarray) -> np.ndarray:
@@ -148,32 +204,32 @@ def read_chunks(path: str | os.PathLike[str], status: FileStatus,
     carry = np.empty(0, np.uint8)
     consumed = 0  # file offset of carry[0]
     want = chunk_size
-    with open(path, "rb") as fh:
+    with open(path, "rb", buffering=0) as fh:
         while True:
-            fresh = fh.read(max(want - carry.size, 0))
-            n = carry.size + len(fresh)
-            buf = np.zeros(n + PAD, dtype=np.uint8)
-            buf[: carry.size] = carry
-            buf[carry.size : n] = np.frombuffer(fresh, dtype=np.uint8)
-            del fresh
-            final = consumed + n >= size
-            heads, verified, end = _scan(buf, n, size - consumed)
+            room = max(want - carry.size, 0)
+            store = np.empty(carry.size + room + PAD, dtype=np.uint8)
+            store[: carry.size] = carry
+            got = fh.readinto(memoryview(store)[carry.size : carry.size + room]) or 0
+            n = carry.size + got
+            buf = store[: n + PAD]
+            buf[n:] = 0
+            final = consumed + n >= size or got == 0  # got 0: the file shrank
+            heads, checked, end = _scan(buf, n, size - consumed)
             stop_msg = None
-            # The header after the last complete record, if one is there: is it sound?
-            pending = None
+            # Length CRCs the speculative pass did not check, and the header after the last
+            # complete record if one is there: are they sound?
+            todo = np.flatnonzero(~checked)
+            check = heads[todo]
             if n - end >= HEADER:
-                pending = end
-            if heads.size or pending is not None:
-                check = heads[verified:] if pending is None else np.append(
-                    heads[verified:], pending)
-                ok = _length_crc_ok(buf, check)
-                bad = np.flatnonzero(~ok)
+                check = np.append(check, end)
+            if check.size:
+                bad = np.flatnonzero(~_length_crc_ok(buf, check))
                 if bad.size:
-                    first = verified + int(bad[0])
-                    check = heads if pending is None else np.append(heads, pending)
+                    k = int(bad[0])
+                    first = int(todo[k]) if k < todo.size else int(heads.size)
                     heads = heads[:first]
                     stop_msg = (
-                        f"record {status.n_records + first} (byte {consumed + int(check[first])})"
+                        f"record {status.n_records + first} (byte {consumed + int(check[k])})"
                         " has a corrupt length field (length CRC mismatch); the rest of the file"
                         " was not read"
                     )
@@ -195,7 +251,7 @@ def read_chunks(path: str | os.PathLike[str], status: FileStatus,
             if end >= n and final:
                 break
             need = 0
-            if pending is not None:
+            if n - end >= HEADER:
                 need = OVERHEAD + int.from_bytes(buf[end : end + 8].tobytes(), "little")
             if final or need > size - consumed - end:
                 asks = f"its header asks for {need - OVERHEAD} bytes, " if need else ""

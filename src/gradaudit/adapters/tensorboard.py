@@ -12,8 +12,8 @@ hparams and other plugins' tensors are skipped.
 
 Speed: the common record layouts (one ``simple_value``, or one torch-style scalar tensor, per
 event) are decoded for all records of a chunk at once with NumPy; only records of another shape
-go through a small general protobuf decoder. Tags are identified by a 64-bit hash of their
-bytes (per tag length), so no Python object is made per event.
+go through a small general protobuf decoder. Tags are grouped by length and a 64-bit hash of
+their bytes, every row then checked byte for byte, so no Python object is made per event.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class _Tags:
     def __init__(self) -> None:
         self.names: list[str] = []
         self.codes: dict[str, int] = {}
-        self.by_hash: dict[tuple[int, int], int] = {}
+        self.by_bytes: dict[bytes, int] = {}
         self.plugin: dict[str, str] = {}  # first plugin name seen per tag (TF1 strips repeats)
 
     def code(self, name: str) -> int:
@@ -64,6 +64,12 @@ class _Tags:
         if c is None:
             c = self.codes[name] = len(self.names)
             self.names.append(name)
+        return c
+
+    def code_of_bytes(self, raw: bytes) -> int:
+        c = self.by_bytes.get(raw)
+        if c is None:
+            c = self.by_bytes[raw] = self.code(raw.decode("utf-8", errors="replace"))
         return c
 
 
@@ -74,39 +80,84 @@ _PRIME = np.uint64(0x100000001B3)
 _SEED = np.uint64(0xCBF29CE484222325)
 
 
-def _hash_tags(buf: np.ndarray, tpos: np.ndarray, tlen: np.ndarray, tags: _Tags) -> np.ndarray:
-    """Codes of the tags at ``buf[tpos : tpos + tlen]``: hashed per tag length, no per-row str."""
-    codes = np.empty(tpos.size, dtype=np.int32)
-    u64 = unaligned(buf, "<u8")
-    tend = tpos + tlen
-    lengths = np.flatnonzero(np.bincount(tlen, minlength=1)).tolist()
-    for ln in lengths:
-        rows = np.flatnonzero(tlen == ln) if len(lengths) > 1 else np.arange(tpos.size)
-        end = tend[rows]
-        h = np.full(rows.size, _SEED, dtype=np.uint64)
-        nwords = (ln + 7) // 8
-        for k in range(1, nwords + 1):
-            word = u64[end - 8 * k]
-            spill = 8 * k - ln  # bytes of this word that lie before the tag
-            if spill > 0:
-                word = word & np.uint64((1 << 64) - (1 << (8 * spill)))
-            h ^= word
-            h *= _PRIME
+def _group_words(words: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Group rows whose words are all equal: (group of each row, one row of each group).
+
+    Rows are grouped by a 64-bit hash of their words, then every row is checked against its
+    group's representative; only if two different tags share a hash (never seen in practice,
+    but the input is untrusted) are the rows grouped exactly by sorting.
+    """
+    h = np.full(n, _SEED, dtype=np.uint64)
+    for word in words:
+        h ^= word
+        h *= _PRIME
+    if n and bool((h == h[0]).all()):
+        local = np.zeros(n, dtype=np.int64)
+        first = np.zeros(1, dtype=np.int64)
+    else:
         uniq = pl.Series(h, dtype=pl.UInt64).unique().sort().to_numpy()
         local = np.searchsorted(uniq, h)
         first = np.empty(uniq.size, dtype=np.int64)
-        first[local] = rows
-        mapping = np.empty(uniq.size, dtype=np.int32)
-        for i, (hv, row) in enumerate(zip(uniq.tolist(), first.tolist(), strict=True)):
-            key = (ln, hv)
-            c = tags.by_hash.get(key)
-            if c is None:
-                start = int(tpos[row])
-                name = buf[start : start + ln].tobytes().decode("utf-8", errors="replace")
-                c = tags.by_hash[key] = tags.code(name)
-            mapping[i] = c
-        codes[rows] = mapping[local]
+        first[local] = np.arange(n)
+    for word in words:
+        if not bool((word == word[first][local]).all()):
+            mat = np.stack(words, axis=1)
+            _, first, local = np.unique(mat, axis=0, return_index=True, return_inverse=True)
+            return local.reshape(-1), first
+    return local, first
+
+
+def _tag_codes(buf: np.ndarray, tpos: np.ndarray, tlen: np.ndarray, tags: _Tags) -> np.ndarray:
+    """Codes of the tags at ``buf[tpos : tpos + tlen]``, grouped by length and then by their
+    8-byte words (checked exactly), so no Python object is made per row."""
+    codes = np.empty(tpos.size, dtype=np.int32)
+    if tpos.size == 0:
+        return codes
+    u64 = unaligned(buf, "<u8")
+    tend = tpos + tlen
+    lengths = np.flatnonzero(np.bincount(tlen)).tolist()
+    for ln in lengths:
+        rows = np.flatnonzero(tlen == ln) if len(lengths) > 1 else None
+        end = tend if rows is None else tend[rows]
+        words = []
+        for k in range(1, (ln + 7) // 8 + 1):
+            word = u64[end - 8 * k]  # end - 8k >= tpos - 7 >= 0: the tag follows a header
+            spill = 8 * k - ln  # bytes of this word that lie before the tag
+            if spill > 0:
+                word &= np.uint64((1 << 64) - (1 << (8 * spill)))
+            words.append(word)
+        local, first = _group_words(words, end.size)
+        first_rows = first if rows is None else rows[first]
+        mapping = np.empty(first.size, dtype=np.int32)
+        for i, row in enumerate(first_rows.tolist()):
+            start = int(tpos[row])
+            mapping[i] = tags.code_of_bytes(buf[start : start + ln].tobytes())
+        if rows is None:
+            codes[:] = mapping[local]
+        else:
+            codes[rows] = mapping[local]
     return codes
+
+
+_VARINT4_MASK = np.array([0, 0xFF, 0xFFFF, 0xFFFFFF, 0xFFFFFFFF], dtype=np.uint32)
+
+
+def _varint4(buf: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Varints of at most 4 bytes at ``pos`` (< buf.size - 3): (value int64, byte count);
+    count 0 where the varint is longer."""
+    w = unaligned(buf, "<u4")[pos]
+    stop = ~w & np.uint32(0x80808080)  # the high bit of the varint's last byte is clear
+    low = stop & (~stop + np.uint32(1))  # the first such byte
+    count = (low != 0).astype(np.int64)
+    count += low > 0x80
+    count += low > 0x8000
+    count += low > 0x800000
+    x = w & _VARINT4_MASK[count]
+    v = x & np.uint32(0x7F)
+    v |= (x >> np.uint32(1)) & np.uint32(0x3F80)
+    v |= (x >> np.uint32(2)) & np.uint32(0x1FC000)
+    v |= (x >> np.uint32(3)) & np.uint32(0xFE00000)
+    return v.astype(np.int64), count
 
 
 def _varint_at(buf: np.ndarray, pos: np.ndarray, limit: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -135,29 +186,38 @@ def _varint_at(buf: np.ndarray, pos: np.ndarray, limit: np.ndarray) -> tuple[np.
     return value, count, ok
 
 
+# After the step: 0x2A <summary len> 0x0A <value len> 0x0A <tag len>, lengths < 0x80.
+_HEAD_MASK = np.uint64(0x80FF80FF80FF)
+_HEAD_WANT = np.uint64(0x000A000A002A)
+
+
 def _decode_fast(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
     """Decode records laid out as one scalar per event; returns (ok, step, value, wall, tpos,
-    tlen) where ``ok`` marks the records that fit a fast layout (the others are not decoded)."""
+    tlen) where ``ok`` marks the records that fit a fast layout (the others are not decoded).
+
+    ``starts`` lie in the chunk, which ``PAD`` zero bytes follow, so fixed offsets up to
+    ``PAD`` past a start can be read without a bounds check."""
     last = buf.size - 1
     p, end = starts, starts + lengths
     ok = (lengths >= 20) & (buf[p] == 0x09)
+    wall = unaligned(buf, "<f8")[p + 1]
     q = p + 9
-    has_step = buf[np.minimum(q, last)] == 0x10
-    step = np.zeros(p.size, dtype=np.int64)
-    r = q.copy()
-    if has_step.any():
-        si = np.flatnonzero(has_step)
-        v, cnt, vok = _varint_at(buf, q[si] + 1, end[si])
-        step[si] = v.view(np.int64)
-        r[si] = q[si] + 1 + cnt
-        ok[si] &= vok
-    r = np.minimum(r, last - 6)
-    head = np.lib.stride_tricks.as_strided(buf, (buf.size - 5, 6), (1, 1))[r]
-    slen, vlen, tlen = head[:, 1].astype(np.int64), head[:, 3].astype(np.int64), head[:, 5]
-    ok &= (head[:, 0] == 0x2A) & (head[:, 2] == 0x0A) & (head[:, 4] == 0x0A)
-    ok &= (slen < 0x80) & (vlen < 0x80) & (tlen < 0x80)
+    has_step = buf[q] == 0x10
+    step, count = _varint4(buf, q + 1)
+    step[~has_step] = 0
+    longer = np.flatnonzero(has_step & (count == 0))
+    if longer.size:
+        v, cnt, vok = _varint_at(buf, q[longer] + 1, end[longer])
+        step[longer] = v.view(np.int64)
+        count[longer] = cnt
+        ok[longer] &= vok
+    r = np.where(has_step, q + 1 + count, q)
+    head = unaligned(buf, "<u8")[np.minimum(r, last - 7)]
+    ok &= (head & _HEAD_MASK) == _HEAD_WANT
+    slen = ((head >> np.uint64(8)) & np.uint64(0x7F)).astype(np.int64)
+    vlen = ((head >> np.uint64(24)) & np.uint64(0x7F)).astype(np.int64)
+    tlen = ((head >> np.uint64(40)) & np.uint64(0x7F)).astype(np.int64)
     ok &= (r + 2 + slen == end) & (slen == vlen + 2)
-    tlen = tlen.astype(np.int64)
     tpos = r + 6
     vpos = np.minimum(tpos + tlen, last)
     marker = buf[vpos]
@@ -175,7 +235,6 @@ def _decode_fast(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
         tensor[ti] = same.all(axis=1)
         value_at = np.where(tensor, vpos + _TAIL_VALUE_AT, value_at)
     ok = simple | tensor
-    wall = unaligned(buf, "<f8")[np.minimum(p + 1, buf.size - 8)]
     with np.errstate(invalid="ignore"):  # signalling NaNs stay NaN
         value = unaligned(buf, "<f4")[np.minimum(value_at, buf.size - 4)].astype(np.float64)
     return ok, step, value, wall, tpos, tlen
@@ -369,9 +428,9 @@ def _decode_chunk(chunk: Chunk, tags: _Tags, bad: list[int]) -> tuple[np.ndarray
     ok, step, value, wall, tpos, tlen = _decode_fast(buf, starts, lengths)
     fast = np.flatnonzero(ok)
     if fast.size == starts.size:
-        codes = _hash_tags(buf, tpos, tlen, tags)
+        codes = _tag_codes(buf, tpos, tlen, tags)
         return step, codes, value, wall
-    codes = _hash_tags(buf, tpos[fast], tlen[fast], tags)
+    codes = _tag_codes(buf, tpos[fast], tlen[fast], tags)
     slow_rows: list[tuple[int, int, float, float]] = []
     slow_order: list[int] = []
     for i in np.flatnonzero(~ok).tolist():
@@ -432,14 +491,18 @@ def read(source: Source) -> list[RawRun]:
             "no event records could be read: "
             + "; ".join(f"{p.file}: {p.message}" for p in problems)
         )
-    if parts:
-        step, code, value, wall = (np.concatenate(cols) for cols in zip(*parts, strict=True))
-    else:
-        step = np.empty(0, np.int64)
-        code = np.empty(0, np.int32)
-        value = wall = np.empty(0, np.float64)
+    # One column at a time, each chunk's piece dropped once copied: peak memory stays near
+    # the size of the output arrays.
+    dtypes = (np.int64, np.int32, np.float64, np.float64)
+    pieces = [list(col) for col in zip(*parts, strict=True)] if parts else [[], [], [], []]
+    parts.clear()
+    cols: list[np.ndarray] = []
+    for i, dtype in enumerate(dtypes):
+        cols.append(np.concatenate(pieces[i]) if pieces[i] else np.empty(0, dtype))
+        pieces[i].clear()
+    step, code, value, wall = cols
+    del cols
     tag = pl.Series("tag", tags.names, dtype=pl.Categorical).gather(code)
-    frame = pl.DataFrame(
-        {"step": step, "tag": tag, "value": value, "wall_time": wall},
-    )
+    del code
+    frame = pl.DataFrame({"step": step, "tag": tag, "value": value, "wall_time": wall})
     return [RawRun(points=frame, problems=problems)]

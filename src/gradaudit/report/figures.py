@@ -190,7 +190,7 @@ class RunFigure:
             cf_values = np.asarray(cf_values, dtype=np.float64)
             good = np.isfinite(cf_values)
             ax.plot(np.asarray(cf_steps)[good], cf_values[good], color=_CF, linewidth=1.3,
-                    linestyle="--", label="counterfactual (no episode)" if first else None)
+                    linestyle="--", label="loss without the episode (counterfactual)" if first else None)
             first = False
 
     @staticmethod
