@@ -189,8 +189,9 @@ class RunFigure:
             cf_steps, cf_values = traces[key]
             cf_values = np.asarray(cf_values, dtype=np.float64)
             good = np.isfinite(cf_values)
+            label = "loss without the episode (counterfactual)" if first else None
             ax.plot(np.asarray(cf_steps)[good], cf_values[good], color=_CF, linewidth=1.3,
-                    linestyle="--", label="loss without the episode (counterfactual)" if first else None)
+                    linestyle="--", label=label)
             first = False
 
     @staticmethod
