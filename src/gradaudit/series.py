@@ -226,7 +226,9 @@ def canonical_frame(raw: pl.DataFrame | pl.LazyFrame) -> tuple[pl.DataFrame, lis
     ``raw`` needs columns ``step`` and ``tag`` and ``value``; ``wall_time`` is optional.
     Returns the canonical frame and notes naming the step ranges a resume replaced.
     """
-    if isinstance(raw, pl.DataFrame) and {"step", "tag", "value"} <= set(raw.columns):
+    if isinstance(raw, pl.LazyFrame):
+        raw = raw.collect()
+    if {"step", "tag", "value"} <= set(raw.columns):
         df = raw
         if df.schema["tag"] == pl.String:  # one hash per row, then integer codes throughout
             df = df.with_columns(pl.col("tag").cast(pl.Categorical))

@@ -41,8 +41,12 @@ class LrRise:
 
 
 def lr_rises(lr: np.ndarray, *, ratio: float = 1.5, tol: float = 1e-6,
-             restart_band: float = 0.9) -> list[LrRise]:
-    """Upward lr changes of at least ``ratio`` outside the warm-up (see module doc)."""
+             restart_band: float = 0.9, max_rises: int = 50) -> list[LrRise]:
+    """Upward lr changes of at least ``ratio`` outside the warm-up (see module doc).
+
+    A series that rises more than ``max_rises`` times is not read as a learning-rate schedule
+    (noise, a many-cycle cyclic schedule, or a tag that is not the lr): no rise is reported.
+    """
     v = np.asarray(lr, dtype=np.float64)
     ok = np.flatnonzero(np.isfinite(v) & (v > 0))
     if ok.size < 3:
@@ -65,6 +69,8 @@ def lr_rises(lr: np.ndarray, *, ratio: float = 1.5, tol: float = 1e-6,
             continue
         restart = bool(restart_band * run_max[a] <= x[b] <= 1.01 * run_max[a])
         out.append(LrRise(int(ok[a]), int(ok[b]), f, restart))
+        if len(out) > max_rises:
+            return []
     return out
 
 
