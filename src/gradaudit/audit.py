@@ -152,14 +152,19 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
     l_eps = loss_episodes(lv, p, skip=int(np.searchsorted(ls, warm, side="right"))
                           if warm is not None else 0) if has_loss else []
     lag_steps = _typical_gap(gs) * (p.merge_gap + 1) if gs.size > 1 else 0
+    # the grad episodes are sorted and disjoint (onsets and ends both rise): the first one whose
+    # window [onset - lag, end + lag] holds a loss onset is found by bisection
+    g_on = np.array([r[1] for r in raw], dtype=np.int64)
+    g_end = np.array([r[2] if r[2] is not None else (int(ls[-1]) if ls.size else r[1])
+                      for r in raw], dtype=np.int64)
+    n_grad = len(raw)
+    reach = np.maximum.accumulate(g_end + lag_steps) if n_grad else g_end  # first >= on: same
     for le in l_eps:
         on, end = int(ls[le.onset]), (int(ls[le.last + 1]) if le.last + 1 < ls.size else None)
         owner = None
-        for e, eon, eend in raw:
-            if e.source == "grad" and eon - lag_steps <= on <= (
-                    eend if eend is not None else int(ls[-1])) + lag_steps:
-                owner = e
-                break
+        j = int(np.searchsorted(reach, on)) if n_grad else 0
+        if j < n_grad and g_on[j] - lag_steps <= on:
+            owner = raw[j][0]
         if owner is not None:
             owner.detected_by |= le.detected_by
             if le.kind == "divergence":
@@ -181,6 +186,11 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
     traces: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     lv_mean = _bucket_means(series, ls, lv) if has_loss and raw else lv
     floor: int | None = None  # where the last episode's loss aftermath ended
+    n_cand = len(raw) + (ga.n_unlisted if ga is not None else 0) + \
+        getattr(l_eps, "n_unlisted", 0)
+    chance = None  # a chronically spiky run: the excess that chance alone reaches (see below)
+    if has_loss and n_cand > p.max_episodes:
+        chance = _chance_excess(ls, lv_mean, l_healthy, st.impact_horizon, len(raw))
     for k, (e, on, end) in enumerate(raw):
         nxt = raw[k + 1][1] if k + 1 < len(raw) else None
         imp = loss_impact(ls, lv_mean, l_healthy, on, end, st.impact_horizon, next_onset=nxt,
@@ -219,7 +229,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             ex, jp = li.excess_loss, li.loss_jump
             # harm = lasting damage: the excess over the horizon, significant against its own
             # noise (2 standard errors); the jump only where no excess could be measured
-            ex_thr = max(st.harm_excess * lvl, 2 * imp.excess_noise)
+            ex_thr = max(st.harm_excess * lvl, 2 * imp.excess_noise, chance or 0.0)
             jp_thr = max(st.harm_jump * lvl, 6 * noise)
             harmful = bool(li.diverged
                            or (ex is not None and ex >= ex_thr)
@@ -273,6 +283,15 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
         last_step=int(gs[-1]) if gs.size else (int(ls[-1]) if ls.size else None),
         errors=list(series.problems), notes=list(series.notes) + notes)
     audit.episodes = episodes
+    for what, k, top in (("grad-norm", ga.n_unlisted if ga is not None else 0,
+                          ga.unlisted_max_ratio if ga is not None else None),
+                         ("loss", getattr(l_eps, "n_unlisted", 0), None)):
+        if k:
+            up = f" of up to {top:.3g}x the healthy level" if top else ""
+            audit.notes.append(
+                f"chronically spiky {what}: {k} further candidate {what} episodes{up} are not "
+                f"listed (only the {p.max_episodes} largest are reported, with their loss "
+                f"impact); spikes this frequent are the run's normal regime")
     sev_rank = {"warning": 1, "explosion": 2}
     worst = max((sev_rank[e.severity] for e in episodes), default=0)
     audit.status = ("ok", "warning", "explosion")[worst]
@@ -427,6 +446,36 @@ def _harm_text(li, level: float, horizon: int, harmful: bool, ex_thr: float,
         return (f"{text}: below the harm threshold {ex_thr:.3g} (the loss was not "
                 f"lastingly harmed, so a warning)")
     return f"{text}: below the harm threshold {jp_thr:.3g} (so a warning)"
+
+
+def _chance_excess(ls: np.ndarray, lv: np.ndarray, healthy: np.ndarray, horizon: int,
+                   n_tests: int) -> float | None:
+    """The excess loss that chance alone reaches in this run, for a chronically spiky run.
+
+    Such a run (more candidate episodes than ``max_episodes``) tests hundreds of episodes at
+    once, and its spikes are its normal regime: an episode only counts as harm where its
+    excess beats what the run's own loss does over *any* horizon. The statistic, at every
+    healthy point ``t``: the mean of the loss (running median of 9) over the next ``horizon``
+    points minus its mean over the ``2 horizon`` points before (the fit window) - the excess
+    against a flat counterfactual. The bar is its ``1 - 0.05 / n_tests`` quantile (Bonferroni:
+    about one false harm verdict in 20 runs however many episodes are listed). None with too
+    few points. (This narrows false harm verdicts but does not remove them all: the episode's
+    own counterfactual fit is noisier than this flat comparison.)"""
+    from scipy.ndimage import median_filter
+
+    h = int(max(1, horizon))
+    fin = np.isfinite(lv)
+    if ls.size < 5 * h or fin.sum() < 5 * h:
+        return None
+    sm = median_filter(np.where(fin, lv, np.nanmedian(lv[fin])), size=9, mode="nearest")
+    c = np.concatenate(([0.0], np.cumsum(sm)))
+    t = np.arange(2 * h, ls.size - h + 1)
+    stat = (c[t + h] - c[t]) / h - (c[t] - c[t - 2 * h]) / (2 * h)
+    stat = stat[healthy[t]]
+    if stat.size < 100:
+        return None
+    q = 1.0 - 0.05 / max(1, n_tests)
+    return float(np.quantile(stat, min(q, 1.0 - 1.0 / stat.size)))
 
 
 def _typical_gap(steps: np.ndarray) -> int:

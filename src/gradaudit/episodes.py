@@ -11,6 +11,16 @@ the first point after the last elevated one (None when the run ends first).
 
 Loss episodes (``loss-spike``) that no grad episode explains become ``loss_spike`` episodes.
 Severity is set later from the loss impact (:func:`severity`).
+
+Chronically spiky runs: a run with more than ``max_episodes`` (500) candidate episodes of one
+source (an untrusted log, a heavy-tailed or bimodal grad norm) is not 500 separate events but a
+run whose spikes are its normal regime. Only the ``max_episodes`` largest (by peak excess over
+the healthy level; non-finite and run-ending ones first) are kept as episodes - assembled in
+detail, with their loss impact - and the rest are counted and summarised (``n_unlisted``,
+``unlisted_max_ratio``; the engine writes a run note). Their points still count as anomalous
+(never healthy). This bounds every per-episode step (assembly, ZClip/OLMo flags, loss impact)
+whatever the input; a normal run never gets near the cap. There the ZClip burn-in before each
+episode is 200 steps instead of 1000 (its flags are labels only; the state is forgotten to 0.2 %).
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ class EpisodeParams:
     onset_lookback: int = 30
     level_min_points: int = 20
     min_history: int = 25  # healthy points before the grad level is trusted (warm-up)
+    max_episodes: int = 500  # more candidates than this: a chronically spiky run (module doc)
 
 
 @dataclass
@@ -61,6 +72,8 @@ class GradAnalysis:
     level: RobustLevel | None
     in_episode: np.ndarray  # bool per point
     zclip_final_bound: float | None
+    n_unlisted: int = 0  # candidate episodes beyond ``max_episodes``, summarised only
+    unlisted_max_ratio: float | None = None  # the largest peak ratio among them
 
 
 def _hinge_onset(x: np.ndarray, base: float, lo: int, first: int, peak: int) -> int:
@@ -124,10 +137,18 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
     rl = robust_threshold(x, healthy=~excl, window=p.window, spike_ratio=p.spike_ratio,
                           min_history=p.min_history, prior=rl1)
     comps, trig, elev = components(rl)
-    zc_flag, zc_final = ema_zscore_spans(g, comps)
+    in_ep = np.zeros(n, bool)
+    n_unlisted, unlisted_max = 0, None
+    if len(comps) > p.max_episodes:
+        for a, b in comps:  # every candidate stays anomalous, listed or not
+            in_ep[a:b + 1] = True
+        comps, n_unlisted, unlisted_max = _keep_worst(comps, x - rl.level, nf,
+                                                       p.max_episodes)
+    # a chronically spiky run clips all the time, where the ZClip recursion is a scalar loop:
+    # its per-episode burn-in is cut to 200 steps there (alpha^200 = 0.2 % of the start state)
+    zc_flag, zc_final = ema_zscore_spans(g, comps, burn_in=200 if n_unlisted else 1000)
     olmo = olmo_skip_spans(g, comps)
     eps: list[RawEpisode] = []
-    in_ep = np.zeros(n, bool)
     prev_last = -1
     for a, b in comps:
         sl = slice(a, b + 1)
@@ -175,7 +196,34 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
         eps.append(RawEpisode(onset, peak, b, kind, by, base_log=base))
         in_ep[onset:b + 1] = True
         prev_last = b
-    return GradAnalysis(eps, rl, in_ep, zc_final)
+    return GradAnalysis(eps, rl, in_ep, zc_final, n_unlisted, unlisted_max)
+
+
+def _span_max(v: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
+    """``max(v[a:b + 1])`` for each of the disjoint, sorted ``spans`` (vectorised)."""
+    ab = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    lens = ab[:, 1] - ab[:, 0] + 1
+    starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
+    idx = np.repeat(ab[:, 0] - starts, lens) + np.arange(int(lens.sum()))
+    return np.maximum.reduceat(v[idx], starts)
+
+
+def _keep_worst(spans: list[tuple[int, int]], excess: np.ndarray, nf: np.ndarray,
+                cap: int) -> tuple[list[tuple[int, int]], int, float | None]:
+    """The ``cap`` worst of ``spans`` (in order) by peak ``excess`` (log ratio); spans with a
+    non-finite point and a span reaching the series' end rank first. Returns the kept spans, how
+    many were dropped, and the largest peak ratio among the dropped (None if unknown)."""
+    ex = np.where(np.isfinite(excess), excess, -np.inf)
+    peak = _span_max(ex, spans)
+    score = np.where(_span_max(nf.astype(np.int8), spans) > 0, np.inf, peak)
+    if spans[-1][1] == excess.size - 1:
+        score[-1] = np.inf
+    order = np.argsort(-score, kind="stable")
+    keep = np.sort(order[:cap])
+    drop = order[cap:]
+    dmax = float(np.max(peak[drop])) if drop.size else -np.inf
+    ratio = float(np.exp(min(dmax, 700.0))) if np.isfinite(dmax) else None
+    return [spans[i] for i in keep.tolist()], int(drop.size), ratio
 
 
 def _at(arr: np.ndarray | None, i: int) -> float | None:
@@ -184,7 +232,18 @@ def _at(arr: np.ndarray | None, i: int) -> float | None:
     return float(arr[i])
 
 
-def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0) -> list[RawEpisode]:
+class EpisodeList(list):
+    """A list of :class:`RawEpisode` that also says how many candidates were left unlisted
+    (beyond ``max_episodes``; see the module doc) and their largest peak ratio."""
+
+    def __init__(self, items=(), *, n_unlisted: int = 0,
+                 unlisted_max_ratio: float | None = None) -> None:
+        super().__init__(items)
+        self.n_unlisted = n_unlisted
+        self.unlisted_max_ratio = unlisted_max_ratio
+
+
+def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0) -> EpisodeList:
     """Upward loss jumps, sustained rises and non-finite losses, as loss-indexed episodes.
 
     ``skip``: points of the lr warm-up, left out (no healthy level exists yet)."""
@@ -193,10 +252,11 @@ def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0) -> list[Raw
         y[:skip] = np.nan
     n = y.size
     if n == 0:
-        return []
+        return EpisodeList()
     nf = ~np.isfinite(y)
     nf[:skip] = False
     eps: list[RawEpisode] = []
+    n_unlisted, lvl, ysp = 0, None, y
     if np.isfinite(y).sum() >= 10:
         ll1 = loss_spike(y, window=p.window, min_history=p.min_history)
         excl = nf.copy()
@@ -205,34 +265,68 @@ def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0) -> list[Raw
                 excl[a:b + 1] = True
         ll = loss_spike(y, healthy=~excl, window=p.window, min_history=p.min_history,
                         prior=ll1)
-        for a, b in runs_of(ll.elevated | ll.trigger, p.merge_gap):
+        fin_y = np.isfinite(y)
+        logged = bool(fin_y.any() and np.all(y[fin_y] > 0))  # the space loss_spike works in
+        lvl = ll.level
+        ysp = np.log(np.where(fin_y & (y > 0), y, 1.0)) if logged else y
+        spans = [(a, b) for a, b in runs_of(ll.elevated | ll.trigger, p.merge_gap)
+                 if ll.trigger[a:b + 1].any()]
+        if len(spans) > p.max_episodes:
+            spans, k, _ = _keep_worst(spans, ysp - lvl, np.zeros(n, bool), p.max_episodes)
+            n_unlisted += k
+        for a, b in spans:
             trig = ll.trigger[a:b + 1]
-            if not trig.any():
-                continue
             first = a + int(np.argmax(trig))
             onset = first
             while onset - 1 >= a and ll.elevated[onset - 1]:
                 onset -= 1
             peak = a + int(np.argmax(np.where(np.isfinite(y[a:b + 1]), y[a:b + 1], -np.inf)))
             eps.append(RawEpisode(onset, peak, b, "loss_spike", {"loss-spike"}, "loss"))
+        # the spike episodes are sorted and disjoint: the ones a rise touches are found by
+        # bisection, plus those an earlier rise extended or created (checked as they are now;
+        # rises come in order, so one that ended before this rise's reach is dropped for good)
+        on0 = np.array([e.onset for e in eps], dtype=np.int64)
+        last0 = np.array([e.last for e in eps], dtype=np.int64)
+        grown: list[RawEpisode] = []
         for onset, first, last in loss_rise(y, healthy=~nf & np.isfinite(y)):
-            hit = [e for e in eps
+            grown = [e for e in grown if e.last >= onset - p.merge_gap]
+            j0 = int(np.searchsorted(last0, onset - p.merge_gap))
+            j1 = int(np.searchsorted(on0, last + p.merge_gap, side="right"))
+            cand = {id(e): e for e in eps[j0:max(j0, j1)] + grown}
+            hit = [e for e in cand.values()
                    if e.onset <= last + p.merge_gap and e.last >= onset - p.merge_gap]
             if hit:
                 for e in hit:
                     e.detected_by.add("loss-rise")
                     e.onset = min(e.onset, onset)
                     e.last = max(e.last, last)
+                grown.extend(hit)
                 continue
             seg = np.where(np.isfinite(y[first:last + 1]), y[first:last + 1], -np.inf)
             peak = first + int(np.argmax(seg))
             eps.append(RawEpisode(onset, peak, last, "loss_spike", {"loss-rise"}, "loss"))
+            grown.append(eps[-1])
     for a, b in runs_of(nf, p.merge_gap):
         lasting = b == n - 1 or (b - a + 1) >= 3
         kind = "divergence" if lasting else "nonfinite"
         eps.append(RawEpisode(a, a, b, kind, {"nonfinite"}, "loss"))
     eps.sort(key=lambda e: e.onset)
-    return eps
+    if len(eps) > p.max_episodes:
+        # keep the divergences, then the spikes by height above the level, then the rest
+        with np.errstate(invalid="ignore"):
+            exc = np.where(np.isfinite(ysp - lvl), ysp - lvl, -np.inf) if lvl is not None \
+                else None
+
+        def rank(e: RawEpisode) -> float:
+            if e.kind == "divergence":
+                return np.inf
+            return float(exc[e.peak]) if exc is not None and e.kind != "nonfinite" else -1e300
+
+        order = sorted(range(len(eps)), key=lambda i: -rank(eps[i]))
+        keep = sorted(order[:p.max_episodes])
+        n_unlisted += len(order) - p.max_episodes
+        eps = [eps[i] for i in keep]
+    return EpisodeList(eps, n_unlisted=n_unlisted)
 
 
 def severity(kind: str, peak_ratio: float | None, harmful: bool | None, has_grad: bool,

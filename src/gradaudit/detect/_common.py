@@ -15,6 +15,7 @@ from scipy.ndimage import median_filter
 
 MAD_TO_SIGMA = 1.4826
 _GATHER_MAX = 1 << 21  # gathered window elements per chunk (16 MB of float64)
+_MAX_STRETCHES = 256  # retrail: more changed stretches than this -> one full computation
 
 
 def log_positive(values: np.ndarray) -> np.ndarray:
@@ -136,11 +137,15 @@ def retrail(
         return trailing_median_before(x, use_new, window, min_history, with_spread,
                                       spread_at=spread_at)
     reach = 2 * window + 2
+    stretches = runs_of(removed, reach)
+    if len(stretches) > _MAX_STRETCHES:  # many small patches cost more than one full pass
+        return trailing_median_before(x, use_new, window, min_history, with_spread,
+                                      spread_at=spread_at)
     new_idx = np.flatnonzero(new)
     old_idx = np.flatnonzero(old)
     level = level.copy()
     spread = spread.copy()
-    for a, b in runs_of(removed, reach):
+    for a, b in stretches:
         k = int(np.searchsorted(new_idx, a))  # kept points before a
         lo = 0 if k <= reach else int(new_idx[k - reach - 1])
         j = int(np.searchsorted(old_idx, b, side="right")) + reach

@@ -11,6 +11,10 @@ gradient is clipped to) is the bound ``m + z_threshold * sqrt(v)``. Here, per fi
 The recursion is run with SciPy's linear filter (fixed-point sweeps, then chunks) and as a
 scalar loop only where clips feed clips, so it is exact (to 1e-12) and fast. Non-finite
 steps are skipped (the trainer skips them too).
+
+Huge values: the recursions square the grad norm, so values are first limited to ``HUGE``
+(1e150, far above any real norm; its square and a sum of 10^6 squares stay finite): a norm of
+1e300 is then flagged exactly like one of 1e150, and nothing overflows.
 """
 
 from __future__ import annotations
@@ -21,6 +25,16 @@ import numpy as np
 from scipy.signal import lfilter
 
 ID = "ema-zscore"
+HUGE = 1e150  # values are limited to +-HUGE before squaring (see module doc)
+
+
+def _finite_limited(values: np.ndarray) -> np.ndarray:
+    """``values`` as float64 with finite entries limited to ``[-HUGE, HUGE]``."""
+    v = np.asarray(values, dtype=np.float64)
+    fin = np.isfinite(v)
+    if fin.any() and np.abs(v[fin]).max() > HUGE:
+        v = np.where(fin, np.clip(v, -HUGE, HUGE), v)
+    return v
 
 
 @dataclass
@@ -41,7 +55,7 @@ def ema_zscore(
     warmup: int = 25,
 ) -> EmaZ:
     """ZClip's EMA z-score of the grad norm, fed clipped values (see module doc)."""
-    g_all = np.asarray(grad_norm, dtype=np.float64)
+    g_all = _finite_limited(grad_norm)
     n_all = g_all.size
     z_all = np.full(n_all, np.nan)
     b_all = np.full(n_all, np.nan)
@@ -151,7 +165,7 @@ def ema_zscore_spans(
     (6e-14 for 0.97 and 1000 steps), so the flags equal the full recursion's except inside a
     stretch where every step of the burn-in is clipped. Short series run the full recursion.
     """
-    g_all = np.asarray(grad_norm, dtype=np.float64)
+    g_all = _finite_limited(grad_norm)
     n_all = g_all.size
     ok = np.flatnonzero(np.isfinite(g_all))
     g = g_all[ok]
@@ -218,7 +232,7 @@ def olmo_skip(
     """OLMo-core's skip-step rule: True where ``|value - mean| > z_max * std`` of the previous
     ``window`` finite values (the trainer skips that step). Needs ``min_history`` values first.
     """
-    v = np.asarray(values, dtype=np.float64)
+    v = _finite_limited(values)
     out = np.zeros(v.size, bool)
     ok = np.isfinite(v)
     x = v[ok]

@@ -16,7 +16,9 @@ gives the ratio ``g / exp(b)`` and the robust z-score ``d / s``.
   the run itself; for a log-normal grad norm the 99th percentile is 2.3 sigma, so this binds
   only on heavy tails. An *extreme* point - ``extreme_ratio`` (10) x the healthy level and above
   the run's own spike size - triggers even where the run spikes a lot: a constantly spiky run
-  can still explode.
+  can still explode. "Above" is strict: in a run whose spikes are its normal regime (say 20 %
+  of the steps at 50x), the 99th percentile *is* the usual spike, and a spike of that size is
+  no event.
 - ``elevated``: ``d >= max(log(band_ratio), z_lo * s)`` - outside the healthy band (default 1.5x
   and 2 sigma); used to extend an episode from its trigger to where it ends (hysteresis).
 
@@ -103,6 +105,6 @@ def robust_threshold(
                 excl[a:b + 1] = True
         tmax = typical_max(d, use & ~excl, trigger)
         with np.errstate(invalid="ignore"):
-            extreme = d >= max(np.log(extreme_ratio), tmax)
+            extreme = (d >= np.log(extreme_ratio)) & (d > tmax)
         trigger &= (d >= tail_factor * tmax) | extreme
     return RobustLevel(level, spread, ratio, z, trigger, elevated, use)
