@@ -135,3 +135,11 @@ def test_checkpoint_folder_scanned_from_inside_is_not_named_dotdot(tmp_path):
     f = _touch(tmp_path / "out" / "checkpoint-10" / "state.tab")
     assert names([tmp_path / "out" / "checkpoint-10"]) == ["."]
     assert names([str(f)]) == [str(f)]
+
+
+def test_folder_reached_by_link_and_by_path_is_named_by_its_path(tmp_path):
+    # a/link -> ../b is walked before b/ in depth-first order; the real name must still win
+    _touch(tmp_path / "b" / "1.ev")
+    (tmp_path / "a").mkdir()
+    os.symlink("../b", tmp_path / "a" / "link")
+    assert names([tmp_path]) == ["b"]

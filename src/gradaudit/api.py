@@ -12,7 +12,7 @@ from gradaudit.adapters.base import Source
 from gradaudit.discover import discover
 from gradaudit.errors import UsageError
 from gradaudit.ingest import read_source
-from gradaudit.model import InputError, RunAudit
+from gradaudit.model import SCHEMA_VERSION, InputError, RunAudit
 from gradaudit.result import AuditResult
 from gradaudit.series import RunSeries
 from gradaudit.settings import Settings
@@ -32,7 +32,7 @@ class Inspection:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema_version": 1,
+            "schema_version": SCHEMA_VERSION,
             "runs": [r.summary_dict() for r in self.runs],
             "errors": [e.to_dict() for e in self.errors],
         }

@@ -7,7 +7,6 @@ status ``error`` and a note saying why.
 from __future__ import annotations
 
 import numpy as np
-import polars as pl
 
 from gradaudit.clip import clip_options, suggest
 from gradaudit.detect.lr_change import ID as ID_LR
@@ -41,19 +40,6 @@ def _clean(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarra
     keep = np.ones(n, bool)
     keep[:-1] = s[1:] != s[:-1]  # last write of each step
     return s[keep], v[keep]
-
-
-def _series(series: RunSeries, tag: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """``series.series(tag)``, comparing the categorical tag directly (no cast of the column to
-    strings: 50x faster at 10^6 points)."""
-    if tag is None or series.frame.height == 0:
-        return np.empty(0, np.int64), np.empty(0, np.float64)
-    try:
-        sub = series.frame.filter(pl.col("tag") == tag)
-    except Exception:  # noqa: BLE001 - a frame that is not categorical: the generic path
-        return series.series(tag)
-    return (sub["step"].to_numpy().astype(np.int64, copy=False),
-            sub["value"].to_numpy().astype(np.float64, copy=False))
 
 
 def decimate(steps: np.ndarray, values: np.ndarray,
@@ -102,8 +88,8 @@ def audit_run(series: RunSeries, settings: Settings | None = None) -> RunAudit:
 
 def _audit(series: RunSeries, st: Settings) -> RunAudit:
     notes: list[str] = []
-    gs, g = _clean(*_series(series, series.grad_norm_tag))
-    ls, lv = _clean(*_series(series, series.loss_tag))
+    gs, g = _clean(*series.series(series.grad_norm_tag))
+    ls, lv = _clean(*series.series(series.loss_tag))
     if series.grad_norm_tag is not None and g.size == 0:
         notes.append("grad-norm tag has no points")
     if g.size and np.any(np.isfinite(g) & (g < 0)):
@@ -135,7 +121,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
                       merge_gap=st.merge_gap)
     warm = None  # last step of the lr warm-up: no healthy level exists before it
     if series.lr_tag is not None:
-        rs, rv = _clean(*_series(series, series.lr_tag))
+        rs, rv = _clean(*series.series(series.lr_tag))
         warm = warmup_end_step(rs, rv)
         if warm is not None and rs.size and warm > rs[min(rs.size - 1, rs.size // 4)]:
             warm = None  # an lr that rises through most of the run is no warm-up
@@ -351,8 +337,8 @@ def _bucket_means(series: RunSeries, ls: np.ndarray, lv: np.ndarray) -> np.ndarr
         cats = set(series.tags())
     if f"{tag}__MIN" not in cats or f"{tag}__MAX" not in cats:
         return lv
-    mn = _clean(*_series(series, f"{tag}__MIN"))
-    mx = _clean(*_series(series, f"{tag}__MAX"))
+    mn = _clean(*series.series(f"{tag}__MIN"))
+    mx = _clean(*series.series(f"{tag}__MAX"))
     if mn[0].size == 0 or mx[0].size == 0:
         return lv
     return bucket_mean(ls, lv, *mn, *mx)
@@ -370,7 +356,7 @@ def _attach_lr(series: RunSeries, raw: list, steps: np.ndarray, ls: np.ndarray,
     """
     if series.lr_tag is None or not ls.size:
         return raw
-    rs, rv = _clean(*_series(series, series.lr_tag))
+    rs, rv = _clean(*series.series(series.lr_tag))
     rises = lr_rises(rv, ratio=ratio)
     if not rises:
         return raw
@@ -515,7 +501,7 @@ def _lr_change(series: RunSeries, onset: int) -> tuple[str, float] | None:
     """A learning-rate change within a few logged points before the onset: (text, factor)."""
     if series.lr_tag is None:
         return None
-    s, v = _clean(*_series(series, series.lr_tag))
+    s, v = _clean(*series.series(series.lr_tag))
     ok = np.isfinite(v) & (v > 0)
     s, v = s[ok], v[ok]
     if s.size < 2:

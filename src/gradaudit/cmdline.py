@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -16,6 +17,25 @@ from gradaudit.report import FORMATTERS, format_for
 from gradaudit.settings import FAIL_ON, Settings
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE = 0, 1, 2
+
+
+def _settings(**options: Any) -> Settings:
+    """Defaults, then ``[tool.gradaudit]``, then the command line; UsageError when invalid."""
+    try:
+        return Settings().with_overrides(**load_config()).with_overrides(**options)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _check_writable(target: str | None) -> None:
+    """UsageError unless ``target``'s folder exists and can be written (``-`` is stdout)."""
+    if target is None or target == "-":
+        return
+    folder = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(folder):
+        raise UsageError(f"cannot write {target!r}: no folder {folder!r}")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write {target!r}: the folder is not writable")
 
 
 def _progress(message: str) -> None:
@@ -66,18 +86,22 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
       gradaudit scan /archive --out audit.html --json audit.json --workers 8
     """
     try:
-        settings = Settings().with_overrides(**load_config()).with_overrides(**options)
+        settings = _settings(**options)
         out = out or "-"
         fmt = format_for(out, fmt)
+        if json_out == "-" and out == "-":
+            raise UsageError("--json - and a report on stdout would mix two formats on stdout")
+        for target in (out, json_out):
+            _check_writable(target)  # fail before a long scan, not after it
         if settings.baseline:
-            load_baseline(settings.baseline)  # fail before a long scan, not after it
+            load_baseline(settings.baseline)
         if not quiet:
             _progress(f"gradaudit: scanning {', '.join(paths)} ...")
         result = api.scan(paths, settings)
         result.write(out, fmt)
         if json_out:
             result.write(json_out, "json")
-    except (UsageError, ValueError) as exc:
+    except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
     except OSError as exc:  # the report could not be written (no space, no permission, ...)
         raise click.FileError(exc.filename or out or "-", exc.strerror or str(exc)) from exc
@@ -105,7 +129,9 @@ def inspect(paths: tuple[str, ...], fmt: str, grad_tag: str | None, loss_tag: st
       gradaudit inspect runs/ --format json
     """
     try:
-        found = api.inspect(paths, grad_tag=grad_tag, loss_tag=loss_tag, workers=workers)
+        settings = _settings(grad_tag=grad_tag, loss_tag=loss_tag)
+        found = api.inspect(paths, grad_tag=settings.grad_tag, loss_tag=settings.loss_tag,
+                            workers=workers)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
     write_inspection(found, sys.stdout, fmt)
@@ -121,5 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except click.ClickException as exc:
         exc.show()
+        return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - never exit 1 (the gate's code) on a crash
+        click.echo(f"gradaudit: internal error: {exc!r}", err=True)
         return EXIT_USAGE
     return int(code or EXIT_OK)

@@ -29,11 +29,17 @@ class Discovery:
 
 
 def _walk(root: Path) -> Iterator[tuple[Path, list[Path]]]:
-    """Yield ``(folder, regular files directly in it)``, each real folder once."""
+    """Yield ``(folder, regular files directly in it)``, each real folder once.
+
+    Every folder reachable without a symlink is walked before any folder reached through one,
+    so a folder seen both ways is named by its real path.
+    """
     seen: set[tuple[int, int]] = set()
-    stack = [root]
-    while stack:
-        folder = stack.pop()
+    stack = [root]  # reached through real folders only
+    linked: list[Path] = []  # reached through a symlink somewhere on the way
+    via_link: set[Path] = set()
+    while stack or linked:
+        folder = stack.pop() if stack else linked.pop()
         try:
             st = folder.stat()
         except OSError:
@@ -60,9 +66,12 @@ def _walk(root: Path) -> Iterator[tuple[Path, list[Path]]]:
             except OSError:
                 continue
         yield folder, files
-        # Stack order: real folders are walked before links, so a real name wins over a link.
-        stack.extend(reversed(linked_dirs))
-        stack.extend(reversed(real_dirs))
+        # Folders under a link wait until every folder reachable without one was walked.
+        later = linked_dirs + real_dirs if folder in via_link else linked_dirs
+        via_link.update(later)
+        linked.extend(reversed(later))
+        if folder not in via_link:
+            stack.extend(reversed(real_dirs))
 
 
 def _claim(folder: Path, files: list[Path]) -> list[Source]:
@@ -71,7 +80,10 @@ def _claim(folder: Path, files: list[Path]) -> list[Source]:
     for adapter in REGISTRY.values():
         if not remaining:
             break
-        claimed = adapter.claim(folder, remaining)
+        try:
+            claimed = adapter.claim(folder, remaining)
+        except Exception:  # noqa: BLE001 - a sniff that chokes on a hostile file skips it
+            claimed = []
         if claimed:
             taken = {f for s in claimed for f in s.files}
             remaining = [f for f in remaining if f not in taken]

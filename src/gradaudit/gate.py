@@ -36,7 +36,7 @@ from gradaudit.result import AuditResult
 
 EXIT_OK, EXIT_GATE, EXIT_NOTHING = 0, 1, 2
 
-# Documented tolerances; a Settings field of the same name overrides each one.
+# Documented tolerances; the Settings fields of the same name (lower case) override them.
 BASELINE_GRAD_NORM_RATIO = 1.5
 BASELINE_SPIKE_RATE_DELTA = 1.0
 BASELINE_SPIKE_RATE_RATIO = 2.0
@@ -62,6 +62,8 @@ def load_baseline(path: str) -> dict[str, dict[str, Any]]:
         raise UsageError(f"baseline {path!r}: cannot read it: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise UsageError(f"baseline {path!r}: not a JSON report: {exc}") from exc
+    except RecursionError as exc:
+        raise UsageError(f"baseline {path!r}: not a JSON report (nested too deeply)") from exc
     if not isinstance(doc, dict) or "schema_version" not in doc:
         raise UsageError(f"baseline {path!r}: not a gradaudit JSON report (no schema_version)")
     if doc["schema_version"] != 1:

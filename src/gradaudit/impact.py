@@ -24,18 +24,18 @@ Definitions follow DESIGN.md ("Loss impact"). Rules and defaults:
 - **Slope shrinkage.** The fitted slope ``b`` is only as trustworthy as its standard error
   ``se_b`` (from the larger of the per-point noise and the smoothed residuals' wander, times the
   smoothing width), so it is shrunk towards flat as ``b t^2 / (t^2 + shrink_t^2)`` with
-  ``t = b / se_b`` and ``shrink_t`` = 2: a slope at 2 standard errors keeps half its size, a
-  clear trend (t > 6) almost all, and the noise of a flat, noisy loss no longer extrapolates
+  ``t = b / se_b`` and ``shrink_t`` = 3: a slope at 3 standard errors keeps half its size, a
+  clear trend (t > 9) almost all, and the noise of a flat, noisy loss no longer extrapolates
   into a steep decline. A rising slope (``b > 0``) is extrapolated flat. The level ``a`` is then
   the mean of the detrended smoothed window.
 - **Bracketing.** Where the loss comes back after the episode - the smoothed loss over the
   ``post`` window ``[onset + horizon, onset + 2 horizon)`` (cut before the next episode and the
   run's end, at least ``min_fit / 2`` points) is not above the pre-onset extrapolation by more
-  than ``max(2 x its standard error, 1 % of the level)`` - the model is refitted to the pre-onset
-  window and the post window together (same shrinkage): the counterfactual is then
-  interpolated between two anchors instead of extrapolated from one (much more accurate early in
-  training, where the slope is steep and uncertain). A loss that stays up (lasting damage) is
-  never used as an anchor.
+  than ``max(2 x its standard error, recovery_tolerance x the level)`` (5 %) - the model is
+  refitted to the pre-onset window and the post window together (same shrinkage): the
+  counterfactual is then interpolated between two anchors instead of extrapolated from one (much
+  more accurate early in training, where the slope is steep and uncertain). A loss that stays up
+  (lasting damage) is never used as an anchor.
 - ``excess_loss``: mean over ``[onset, onset + horizon)`` of the smoothed loss minus ``L^``.
   None when the loss is non-finite there.
 - ``loss_jump``: the highest loss in the episode (and the next ``lag_points``, 3: the loss lags

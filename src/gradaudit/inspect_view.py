@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import TextIO
 
 from gradaudit.api import Inspection
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _safe(text: object) -> str:
+    """``text`` with control characters (ANSI escapes from hostile run or tag names) shown as
+    backslash-x escapes instead of reaching the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
 
 def _cell(value: object) -> str:
-    return "-" if value is None else str(value)
+    return "-" if value is None else _safe(value)
 
 
 def write_inspection(found: Inspection, stream: TextIO, fmt: str = "text") -> None:
@@ -22,7 +31,7 @@ def write_inspection(found: Inspection, stream: TextIO, fmt: str = "text") -> No
     rows = []
     for run in found.runs:
         n, first, last = run.step_summary()
-        rows.append((run.name, run.format, _cell(run.grad_norm_tag), _cell(run.loss_tag),
+        rows.append((_safe(run.name), run.format, _cell(run.grad_norm_tag), _cell(run.loss_tag),
                      _cell(run.lr_tag), str(n), _cell(first), _cell(last),
                      str(len(run.tag_counts()))))
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
@@ -32,10 +41,10 @@ def write_inspection(found: Inspection, stream: TextIO, fmt: str = "text") -> No
         stream.write("\n")
     for run in found.runs:
         for problem in run.problems:
-            stream.write(f"! {run.name}: {problem.file}: {problem.message}\n")
+            stream.write(_safe(f"! {run.name}: {problem.file}: {problem.message}") + "\n")
         for note in run.notes:
-            stream.write(f"  {run.name}: {note}\n")
+            stream.write(_safe(f"  {run.name}: {note}") + "\n")
     for error in found.errors:
-        stream.write(f"! {error.path}: {error.message}\n")
+        stream.write(_safe(f"! {error.path}: {error.message}") + "\n")
     if not found.runs and not found.errors:
         stream.write("no runs found\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -34,6 +35,11 @@ class Settings:
       (1.25x: a decaying schedule never rises, so any clear rise is an event).
     - ``lr_lookahead``: an episode starting up to this many logged points after an lr rise's
       top is attributed to it, and its onset moves to the rise (50).
+    - ``baseline_grad_norm_ratio``: against ``--baseline``, a healthy grad-norm level above this
+      many times the baseline's is a regression (1.5x).
+    - ``baseline_spike_rate_delta``/``baseline_spike_rate_ratio``: a spike rate (episodes per
+      1000 steps) above the baseline's by this much *and* this many times is a regression
+      (+1 and 2x).
     """
 
     grad_tag: str | None = None
@@ -51,6 +57,9 @@ class Settings:
     clip_max_cost: float = 0.01
     lr_ratio: float = 1.25
     lr_lookahead: int = 50
+    baseline_grad_norm_ratio: float = 1.5
+    baseline_spike_rate_delta: float = 1.0
+    baseline_spike_rate_ratio: float = 2.0
 
     def __post_init__(self) -> None:
         if self.fail_on not in FAIL_ON:
@@ -59,6 +68,12 @@ class Settings:
             raise ValueError("impact_horizon must be a positive number of steps")
         if int(self.workers) < 1:
             raise ValueError("workers must be at least 1")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if not math.isfinite(value) or value < 0 or (isinstance(value, float) and value == 0):
+                raise ValueError(f"{f.name} must be a finite positive number, not {value!r}")
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with the given fields replaced; ``None`` values are ignored."""

@@ -55,8 +55,7 @@ class RawRun:
     """What an adapter read: points in write order, before duplicate resolution.
 
     ``suffix`` names one run inside a multi-run source (a W&B CSV export): the run is then
-    called ``f"{source.name}#{suffix}"``. ``step_tag_hint`` lets a format name its own step
-    series. ``files`` defaults to the source's files.
+    called ``f"{source.name}#{suffix}"``. ``files`` defaults to the source's files.
     """
 
     points: pl.DataFrame | pl.LazyFrame

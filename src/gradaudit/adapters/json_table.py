@@ -71,7 +71,7 @@ def _json_lines(head: str) -> bool:
         return False
     try:
         first = json.loads(lines[0])
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(first, dict)
 

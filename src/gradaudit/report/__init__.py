@@ -141,7 +141,7 @@ def has_findings(run: Any) -> bool:
 
 
 def fmt_num(x: float | None, digits: int = 3) -> str:
-    """A short human number; ``-`` when missing or non-finite."""
+    """A short human number; ``-`` when missing (non-finite values print as nan/inf)."""
     if x is None:
         return "-"
     x = float(x)

@@ -1,0 +1,67 @@
+"""Hostile or odd inputs to the command line: one clear error, never a traceback or exit 1."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gradaudit.cmdline import main
+from gradaudit.settings import Settings
+
+
+def _good_run(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 300
+    g = np.full(n, 1.0)
+    loss = np.linspace(3.0, 2.0, n)
+    pq.write_table(pa.table({"step": np.arange(n), "train/grad_norm": g, "train/loss": loss}),
+                   folder / "run.parquet")
+
+
+def test_deeply_nested_json_is_skipped_and_the_scan_goes_on(tmp_path, capsys):
+    _good_run(tmp_path)
+    (tmp_path / "deep.json").write_text('{"step":1,"a":' + "[" * 5000 + "\n{}\n")
+    assert main(["inspect", str(tmp_path), "--format", "json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert [r["run"] for r in found["runs"]] == ["run.parquet"]
+
+
+def test_deeply_nested_baseline_is_a_usage_error(tmp_path, capsys):
+    _good_run(tmp_path / "runs")
+    baseline = tmp_path / "base.json"
+    baseline.write_text("[" * 200000)
+    code = main(["scan", str(tmp_path / "runs"), "--baseline", str(baseline), "--quiet"])
+    assert code == 2
+    assert "nested too deeply" in capsys.readouterr().err
+
+
+def test_two_reports_on_stdout_are_refused(tmp_path, capsys):
+    _good_run(tmp_path)
+    assert main(["scan", str(tmp_path), "--format", "md", "--json", "-", "--quiet"]) == 2
+    assert capsys.readouterr().out == ""
+
+
+def test_missing_report_folder_fails_before_the_scan(tmp_path, capsys):
+    _good_run(tmp_path)
+    code = main(["scan", str(tmp_path), "--out", str(tmp_path / "nope" / "r.html"), "--quiet"])
+    assert code == 2
+    assert "no folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [{"spike_ratio": float("nan")}, {"spike_ratio": -1.0},
+                                 {"harm_excess": 0.0}, {"merge_gap": -1}])
+def test_settings_reject_impossible_numbers(bad):
+    with pytest.raises(ValueError):
+        Settings(**bad)
+
+
+def test_bad_setting_in_pyproject_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    _good_run(tmp_path / "runs")
+    (tmp_path / "pyproject.toml").write_text("[tool.gradaudit]\nspike-ratio = -1.0\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["scan", "runs", "--quiet"]) == 2
+    assert "spike_ratio" in capsys.readouterr().err
