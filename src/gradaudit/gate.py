@@ -33,22 +33,11 @@ from typing import Any
 
 from gradaudit.errors import UsageError
 from gradaudit.result import AuditResult
+from gradaudit.settings import fails_gate
 
 EXIT_OK, EXIT_GATE, EXIT_NOTHING = 0, 1, 2
 
-# Documented tolerances; the Settings fields of the same name (lower case) override them.
-BASELINE_GRAD_NORM_RATIO = 1.5
-BASELINE_SPIKE_RATE_DELTA = 1.0
-BASELINE_SPIKE_RATE_RATIO = 2.0
-
-_LEVEL = {"warning": 1, "explosion": 2}
-_RANK = {"ok": 0, "error": 0, "warning": 1, "explosion": 2}
 MAX_LISTED = 20
-
-
-def _tolerance(settings: Any, name: str, default: float) -> float:
-    value = getattr(settings, name, None)
-    return float(default if value is None else value)
 
 
 def load_baseline(path: str) -> dict[str, dict[str, Any]]:
@@ -93,9 +82,10 @@ def compare(result: AuditResult, baseline: dict[str, dict[str, Any]]) -> tuple[
         list[dict[str, Any]], list[str]]:
     """The regressions of ``result`` against ``baseline`` runs, and notes (missing runs)."""
     settings = result.settings
-    gn_ratio = _tolerance(settings, "baseline_grad_norm_ratio", BASELINE_GRAD_NORM_RATIO)
-    sr_delta = _tolerance(settings, "baseline_spike_rate_delta", BASELINE_SPIKE_RATE_DELTA)
-    sr_ratio = _tolerance(settings, "baseline_spike_rate_ratio", BASELINE_SPIKE_RATE_RATIO)
+    # the tolerances are Settings fields with documented defaults (1.5x; +1 per 1000 and 2x)
+    gn_ratio = settings.baseline_grad_norm_ratio
+    sr_delta = settings.baseline_spike_rate_delta
+    sr_ratio = settings.baseline_spike_rate_ratio
     regressions: list[dict[str, Any]] = []
     notes: list[str] = []
     current = {r.run: r for r in result.runs}
@@ -160,10 +150,7 @@ def evaluate_gate(result: AuditResult, baseline: dict[str, dict[str, Any]] | Non
     if baseline is not None:
         regressions, notes = compare(result, baseline)
     result.regressions = regressions
-    failing: list[str] = []
-    if settings.fail_on != "never":
-        bar = _LEVEL[settings.fail_on]
-        failing = [r.run for r in result.runs if _RANK.get(r.status, 0) >= bar]
+    failing = [r.run for r in result.runs if fails_gate(r.status, settings.fail_on)]
     if failing:
         level = "explosion" if settings.fail_on == "explosion" else "warning or explosion"
         shown = ", ".join(repr(n) for n in failing[:MAX_LISTED])

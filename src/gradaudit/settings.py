@@ -7,6 +7,15 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 FAIL_ON = ("explosion", "warning", "never")
+_GATE_LEVEL = {"explosion": 2, "warning": 1}
+_STATUS_LEVEL = {"explosion": 2, "warning": 1}  # ok and error never fail the gate by themselves
+
+
+def fails_gate(status: str, fail_on: str) -> bool:
+    """Whether a run with ``status`` fails a gate set at ``fail_on`` (``never``: nothing does)."""
+    if fail_on == "never":
+        return False
+    return _STATUS_LEVEL.get(status, 0) >= _GATE_LEVEL[fail_on]
 
 
 @dataclass(frozen=True)

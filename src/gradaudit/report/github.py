@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any, TextIO
 
 from gradaudit.report import gate_headline, has_findings, run_headline, worst_first
+from gradaudit.settings import fails_gate
 
 MAX_TEXT = 1000
-_FAILS = {"explosion": {"explosion"}, "warning": {"explosion", "warning"}, "never": set()}
 
 
 def escape_data(text: str) -> str:
@@ -36,7 +36,6 @@ def _line(level: str, title: str, message: str) -> str:
 def lines(result: Any) -> list[str]:
     """The annotation lines, in the order they are printed."""
     s = result.summary()
-    fails = _FAILS.get(result.settings.fail_on, {"explosion"})
     out = [_line("notice", "gradaudit",
                  f"{gate_headline(result)}: {s['runs']} run(s), {s['explosions']} explosion(s), "
                  f"{s['warnings']} warning(s), {s['errors']} error(s), "
@@ -47,7 +46,7 @@ def lines(result: Any) -> list[str]:
                          f"gradaudit regression: {reg.get('run')}", str(reg.get("message"))))
     for run in worst_first(result.runs):
         if has_findings(run):
-            level = "error" if run.status in fails else "warning"
+            level = "error" if fails_gate(run.status, result.settings.fail_on) else "warning"
             out.append(_line(level, f"gradaudit: {run.run}", run_headline(run)))
     for run in result.runs:
         if run.status == "error":

@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 from gradaudit import __version__
 from gradaudit.report import (
+    STATUS_RANK,
     fmt_num,
     fmt_pct,
     gate_headline,
@@ -154,7 +155,6 @@ def _summary_table(runs: list[Any], anchors: dict[int, str]) -> str:
         '<th class="num" data-type="num">excess loss</th>'
         '<th class="num" data-type="num">suggested clip</th></tr></thead><tbody>'
     ]
-    rank = {"explosion": 3, "warning": 2, "error": 1, "ok": 0}
     for run in runs:
         name = e(run.run)
         anchor = anchors.get(id(run))
@@ -162,7 +162,7 @@ def _summary_table(runs: list[Any], anchors: dict[int, str]) -> str:
         out.append(
             f'<tr data-run="{name}" data-status="{e(run.status)}">'
             f'<td class="run mono" data-v="{name}">{label}</td>'
-            f'<td data-v="{rank.get(run.status, 0)}">{_badge(run.status)}</td>'
+            f'<td data-v="{STATUS_RANK.get(run.status, 0)}">{_badge(run.status)}</td>'
             f"<td>{e(run.format)}</td>"
             + _num_cell(run.n_steps, str(run.n_steps))
             + _num_cell(len(run.episodes), str(len(run.episodes)))
