@@ -388,3 +388,13 @@ def test_gold(name, fmt, clean):
         pytest.skip(f"updated {path}")
     assert path.exists(), f"{path} missing: run with GRADAUDIT_UPDATE_GOLD=1"
     assert got == path.read_text(encoding="utf-8")
+
+
+def test_markdown_does_not_mention_or_link_from_run_names():
+    from gradaudit.report.markdown import md
+
+    # GitHub would notify @org/team and link the URL; a word joiner breaks both, visibly intact
+    for text in ("@org/team run", "see https://evil.example/x", "www.evil.com"):
+        out = md(text)
+        assert out.replace("\u2060", "") == text
+        assert "@o" not in out and "://" not in out and "www." not in out

@@ -36,6 +36,10 @@ MAX_BYTES = 900 * 1024
 # & < > are left to html.escape. Line-start syntax (#, -, +, >) never starts our lines.
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 _ICON = {"explosion": "🔴", "warning": "🟠", "error": "⚪", "ok": "🟢"}
+# GitHub turns "@name" into a mention (a notification) and "x://y" / "www." into links even in
+# escaped text; a word joiner (U+2060) after "@" and inside "://" and "www." breaks both.
+_AUTOLINK = re.compile(r"(@|:(?=//)|(?<![\w.])www(?=\.))", re.IGNORECASE)
+_JOINER = "\u2060"
 
 
 def md(value: Any, limit: int = MAX_TEXT) -> str:
@@ -45,6 +49,7 @@ def md(value: Any, limit: int = MAX_TEXT) -> str:
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     text = _MD_SPECIAL.sub(r"\\\1", text)
+    text = _AUTOLINK.sub(lambda m: m.group() + _JOINER, text)
     return html.escape(text, quote=False)
 
 
