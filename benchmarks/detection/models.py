@@ -181,6 +181,24 @@ class TinyGPT(nn.Module):
         return self.head(self.norm(h))
 
 
+def _char_batches(data: torch.Tensor, starts: np.ndarray, ctx: int):
+    """The batch of a step: windows of ``ctx + 1`` characters from ``starts[step]``, shifted by
+    one for the targets."""
+
+    def batch_fn(step: int):
+        idx = torch.from_numpy(starts[step])[:, None] + torch.arange(ctx + 1)[None, :]
+        chunk = data[idx]
+        return chunk[:, :-1], chunk[:, 1:]
+
+    return batch_fn
+
+
+def _char_lm_loss(model, xb, yb):
+    """Next-character cross-entropy of a model returning per-position logits."""
+    logits = model(xb)
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1))
+
+
 def char_lm(seed: int, steps: int, batch: int = 16, ctx: int = 48, lr: float = 3e-3) -> Task:
     """Transformer char LM, AdamW."""
     data, vocab, starts, half = _text_batches(seed, steps, batch, ctx)
@@ -189,18 +207,11 @@ def char_lm(seed: int, steps: int, batch: int = 16, ctx: int = 48, lr: float = 3
         torch.manual_seed(seed)
         return TinyGPT(vocab, ctx)
 
-    def batch_fn(step: int):
-        idx = torch.from_numpy(starts[step])[:, None] + torch.arange(ctx + 1)[None, :]
-        chunk = data[idx]
-        return chunk[:, :-1], chunk[:, 1:]
-
-    def loss_fn(model, xb, yb):
-        logits = model(xb)
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1))
+    batch_fn = _char_batches(data, starts, ctx)
 
     return Task("char_lm", make_model,
                 lambda m, lr_: torch.optim.AdamW(m.parameters(), lr=lr_, weight_decay=0.01),
-                batch_fn, loss_fn, lr)
+                batch_fn, _char_lm_loss, lr)
 
 
 class CharRNN(nn.Module):
@@ -226,18 +237,11 @@ def rnn(seed: int, steps: int, batch: int = 16, ctx: int = 64, lr: float = 0.1,
         torch.manual_seed(seed)
         return CharRNN(vocab, hidden, nonlinearity)
 
-    def batch_fn(step: int):
-        idx = torch.from_numpy(starts[step])[:, None] + torch.arange(ctx + 1)[None, :]
-        chunk = data[idx]
-        return chunk[:, :-1], chunk[:, 1:]
-
-    def loss_fn(model, xb, yb):
-        logits = model(xb)
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1))
+    batch_fn = _char_batches(data, starts, ctx)
 
     return Task("rnn", make_model,
                 lambda m, lr_: torch.optim.SGD(m.parameters(), lr=lr_, momentum=momentum),
-                batch_fn, loss_fn, lr)
+                batch_fn, _char_lm_loss, lr)
 
 
 TASKS = {"mlp_cls": mlp_cls, "mlp_reg": mlp_reg, "char_lm": char_lm, "rnn": rnn}
