@@ -108,3 +108,50 @@ def test_lr_rise_to_an_intermediate_level_is_no_restart():
     restart = np.concatenate((warm, decay[:500], decay[:400]))
     (r,) = lr_rises(restart, ratio=1.25)
     assert r.restart
+
+
+def _heavy_tailed_g(seed, n=3000):
+    # a heavy-tailed healthy grad norm: 2 % of the steps spike 3-6x on their own (scattered)
+    rng = np.random.default_rng(seed)
+    g = np.exp(rng.normal(0, 0.15, n))
+    spikes = rng.choice(np.arange(100, n), n // 50, replace=False)
+    g[spikes] *= rng.uniform(3.0, 6.0, spikes.size)
+    return g, spikes
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_five_moderately_high_steps_trigger_where_single_points_cannot(seed):
+    # a loss-scaling bug for five steps (3-5x each) in a run whose own single spikes reach 6x:
+    # no point alone beats twice the run's spike size, their 5-step mean beats its 5-step means
+    g, spikes = _heavy_tailed_g(seed)
+    g[2000:2005] = np.array([3.6, 3.2, 3.0, 4.5, 5.0])
+    out = robust_threshold(np.log(g))
+    assert out.trigger[2000:2005].all()
+    assert not robust_threshold(np.log(g), sustain=0).trigger[2000:2005].any()
+    # the scattered natural spikes stay untriggered (they are the run's own spikiness)
+    assert not out.trigger[spikes[(spikes > 200) & ((spikes < 1990) | (spikes > 2010))]].any()
+
+
+def test_one_huge_point_does_not_make_its_neighbours_a_sustained_window():
+    # a 200x point beside ordinary ones: the single-point rule's business only; the isolated
+    # 2x point three steps before it must not be pulled in by the window's mean
+    g, _ = _heavy_tailed_g(5)
+    g[1996:2004] = [1.0, 2.1, 1.0, 0.9, 200.0, 1.1, 1.0, 1.0]
+    out = robust_threshold(np.log(g))
+    assert out.trigger[2000] and not out.trigger[1997]
+
+
+def test_two_point_loss_jump_found_in_a_loss_only_heavy_tailed_run():
+    # a squared-error loss (multiplicative, heavy-tailed noise: sd 0.6 in log) with two batches
+    # of shuffled labels (x40, x20): mostly too small for 6 sigma at one point, clear as a pair
+    from gradaudit.episodes import EpisodeParams, loss_episodes
+    pair = single = 0
+    for seed in range(8):
+        y = 0.04 * np.exp(np.random.default_rng(seed).normal(0, 0.6, 2000))
+        y[1500:1502] = 0.04 * np.array([40.0, 20.0])
+        found = [e.onset for e in loss_episodes(y, EpisodeParams(), loss_only=True)]
+        assert all(s == 1500 for s in found)  # the pair rule is no license for the noise
+        pair += 1500 in found
+        # with a grad norm beside it a loss jump is secondary evidence: single points only
+        single += 1500 in [e.onset for e in loss_episodes(y, EpisodeParams())]
+    assert pair >= 6 and single <= 2

@@ -180,3 +180,33 @@ def test_reason_gives_the_numbers_behind_the_verdict():
     (e,) = [e for e in a.episodes if abs(e.onset_step - 2000) <= 3]
     assert "above its healthy level" in e.reason and "the loss was harmed" in e.reason
     assert "counterfactual over the next 200 steps" in e.reason
+
+
+def test_level_shift_peaking_late_by_chance_is_no_divergence():
+    # the grad norm jumps 4x and stays there to the end (a changed loss scale); its highest
+    # point happens to lie near the end: a level shift, not a divergence
+    s, g, loss = healthy(seed=3)
+    g[2000:] *= 4.0
+    g[-5] *= 1.6
+    e = _one(audit_run(run_series(s, g, loss)))
+    assert e.kind == "level_shift" and e.onset_step == 2000
+
+
+def test_grad_norm_growing_to_the_end_is_divergence():
+    s, g, loss = healthy(seed=4)
+    g[2970:] *= 50 * 1.1 ** np.arange(30)  # 50x, and still growing 10 % a step at the end
+    e = _one(audit_run(run_series(s, g, loss)))
+    assert e.kind == "divergence" and e.severity == "explosion"
+
+
+def test_isolated_high_point_before_a_level_shift_is_not_its_onset():
+    # sparse logging (every 6 steps): one natural 1.8x point three logged points before a bad
+    # batch that leaves the grad norm 2.5x up; the segmentation may take the early point in
+    s, g, loss = healthy(n=500, seed=6)
+    s = s * 6
+    g[300] *= 1.8
+    g[303] *= 25.0
+    g[304:330] *= 2.5
+    loss[304:360] += 0.3
+    e = _one(audit_run(run_series(s, g, loss)))
+    assert e.onset_step == 303 * 6

@@ -1,6 +1,6 @@
 """Score gradaudit's explosion detection on the labelled benchmark, beside the anchor rules.
 
-    python benchmarks/detection/score.py [--verbose] [--data DIR] [--margin 10]
+    python benchmarks/detection/score.py [--verbose] [--data DIR ...] [--margin 10]
 
 Reads every run listed in ``data/labels.json`` with ``gradaudit.read_runs``, audits it with
 ``gradaudit.audit_run`` and runs the anchor rules (anchors.py) on the same series. Needs no
@@ -259,7 +259,9 @@ def _impact_ok(p: Pred, event: dict) -> bool:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description="Score gradaudit against anchor rules.")
-    ap.add_argument("--data", default=str(HERE / "data"))
+    ap.add_argument("--data", action="append", default=None,
+                    help="a benchmark folder (repeat to pool several: held-out seeds, see "
+                         "README); default: the committed data/")
     ap.add_argument("--margin", type=int, default=10)
     ap.add_argument("--verbose", "-v", action="store_true", help="per-run details")
     ap.add_argument("--only", default=None, help="substring filter on run ids")
@@ -269,10 +271,17 @@ def main() -> int:
                     help="ruptures KernelCPD('linear') (C, same l2 cost) instead of Pelt('l2')")
     args = ap.parse_args()
     anchors.EXACT_PELT = not args.fast_pelt
-    data = Path(args.data)
-    meta = json.loads((data / "labels.json").read_text())
-    labels = [r for r in meta["runs"] if not args.only or args.only in r["id"]]
-    horizon = int(meta["impact_horizon"])
+    labels: list[dict] = []  # each with the folder it lives in ("_dir")
+    horizons = set()
+    dirs = [Path(d) for d in (args.data or [str(HERE / "data")])]
+    for data in dirs:
+        meta = json.loads((data / "labels.json").read_text())
+        horizons.add(int(meta["impact_horizon"]))
+        labels += [{**r, "_dir": data} for r in meta["runs"]
+                   if not args.only or args.only in r["id"]]
+    if len(horizons) != 1:
+        ap.error(f"the folders use different impact horizons: {sorted(horizons)}")
+    horizon = horizons.pop()
     methods = ["gradaudit", *ANCHORS]
     if args.methods:
         methods = [m for m in methods if m in args.methods.split(",")]
@@ -283,6 +292,7 @@ def main() -> int:
     problems: list[str] = []
     for label in labels:
         t = time.perf_counter()
+        data = label["_dir"]
         path = data / label["path"]
         try:
             runs = gradaudit.read_runs([str(path)])
@@ -324,7 +334,8 @@ def main() -> int:
             timing[m] += time.perf_counter() - t
             preds.sort(key=lambda p: p.onset)
             d = details[m]
-            d.append(f"  {label['id']} ({label['format']}/{label['style']}"
+            where = f"{data.name}/" if len(dirs) > 1 else ""
+            d.append(f"  {where}{label['id']} ({label['format']}/{label['style']}"
                      f"{', every ' + str(label['log_every']) if label['log_every'] > 1 else ''}, "
                      f"{label.get('kind') or 'clean'}, read by {source})")
             score_run(label, preds, tallies[m], args.margin, d, with_sev)
@@ -333,8 +344,9 @@ def main() -> int:
     n_must = sum(role(e) == "must" for e in evs)
     n_opt = sum(role(e) == "optional" for e in evs)
     n_clean = sum(is_clean(r) for r in labels)
-    print(f"{len(labels)} runs: {n_must} harmful events (must find), {n_opt} harmless or "
-          f"ambiguous events (optional), {n_clean} clean or benign-only runs; margin "
+    print(f"{len(labels)} runs in {len(dirs)} folder(s): {n_must} harmful events (must find), "
+          f"{n_opt} harmless or ambiguous events (optional), {n_clean} clean or benign-only runs; "
+          f"margin "
           f"{args.margin} steps, impact horizon {horizon}")
     if args.verbose:
         for m in methods:

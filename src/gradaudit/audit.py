@@ -136,7 +136,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             end = int(gs[e.last + 1]) if e.last + 1 < gs.size else None
             raw.append((e, int(gs[e.onset]), end))
     l_eps = loss_episodes(lv, p, skip=int(np.searchsorted(ls, warm, side="right"))
-                          if warm is not None else 0) if has_loss else []
+                          if warm is not None else 0, loss_only=not has_grad) if has_loss else []
     lag_steps = _typical_gap(gs) * (p.merge_gap + 1) if gs.size > 1 else 0
     # the grad episodes are sorted and disjoint (onsets and ends both rise): the first one whose
     # window [onset - lag, end + lag] holds a loss onset is found by bisection

@@ -2,12 +2,19 @@
 
 Grad-norm episodes: the robust level is computed twice - first from all points, then only from
 points outside the first pass's episodes (the healthy level). A point *triggers* an episode when
-``robust-threshold`` flags it or it lies in an upward ``pelt`` level shift; the episode extends
+``robust-threshold`` flags it or it lies in an upward ``pelt`` level shift (from the shift's first
+point that is elevated with one of the next two: a segment boundary is only as sharp as the
+noise, and an isolated high point just before a shift is no part of it); the episode extends
 over neighbouring *elevated* points (outside the healthy band) and non-finite points, with gaps
 of at most ``merge_gap`` points joined. Onset: a hinge fit of ``log g`` (flat at the healthy level,
 then a straight climb) over the points before the peak - the step where the slope turns from flat
 to positive; for a one-step spike that is the spike itself. Peak: the highest grad norm. End:
-the first point after the last elevated one (None when the run ends first).
+the first point after the last elevated one (None when the run ends first). Kind: ``divergence``
+when the episode runs to the end of the run and is still climbing there (non-finite at the end,
+or its peak among its last tenth of points and, for an episode of ``level_min_points`` or more,
+those last points at least ``level_ratio`` above its median: a level shift that peaks late by
+chance is no divergence), ``level_shift`` when it lasts ``level_min_points`` with a median of
+``level_ratio`` x the healthy level, else ``spike``.
 
 Loss episodes (``loss-spike``) that no grad episode explains become ``loss_spike`` episodes.
 Severity is set later from the loss impact (:func:`severity`).
@@ -113,16 +120,25 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
         eps = [RawEpisode(a, a, b, "nonfinite", {"nonfinite"}) for a, b in runs_of(nf, p.merge_gap)]
         return GradAnalysis(eps, None, nf.copy(), None)
     shifts = level_shifts(x, level_ratio=p.level_ratio, min_size=10)
-    shift_mask = np.zeros(n, bool)
     fin_before = np.cumsum(np.isfinite(x))
-    for a, b, _ in shifts:
-        if fin_before[a] <= p.min_history:
-            continue  # a "shift" out of the warm-up transient: no healthy level to shift from
-        shift_mask[a:b + 1] = True
-    shift_mask &= np.isfinite(x)
+    # a "shift" out of the warm-up transient has no healthy level to shift from
+    shifts = [(a, b) for a, b, _ in shifts if fin_before[a] > p.min_history]
+
+    def shift_mask_of(elevated: np.ndarray) -> np.ndarray:
+        # a segment boundary is only as sharp as the noise: a shift starts at its first point
+        # that is elevated with one of the next two (an isolated high point just before the
+        # shift, which the segmentation may take in, is no part of it)
+        mask = np.zeros(n, bool)
+        e = elevated
+        pair = e & (np.r_[e[1:], False] | np.r_[e[2:], False, False])
+        for a, b in shifts:
+            hits = np.flatnonzero(pair[a:b + 1])
+            first = a + int(hits[0]) if hits.size else a
+            mask[first:b + 1] = True
+        return mask & np.isfinite(x)
 
     def components(rl: RobustLevel) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
-        trig = rl.trigger | shift_mask
+        trig = rl.trigger | shift_mask_of(rl.elevated)
         elev = rl.elevated | trig
         comps = [c for c in runs_of(elev | nf, p.merge_gap)
                  if trig[c[0]:c[1] + 1].any() or nf[c[0]:c[1] + 1].any()]
@@ -137,6 +153,7 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
     rl = robust_threshold(x, healthy=~excl, window=p.window, spike_ratio=p.spike_ratio,
                           min_history=p.min_history, prior=rl1)
     comps, trig, elev = components(rl)
+    shift_mask = shift_mask_of(rl.elevated)
     in_ep = np.zeros(n, bool)
     n_unlisted, unlisted_max = 0, None
     if len(comps) > p.max_episodes:
@@ -185,8 +202,13 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
             onset = _hinge_onset(x, base, lo, first, min(peak, first + p.onset_lookback))
         onset = min(onset, first)
         length = b - onset + 1
-        tail_growing = b == n - 1 and (nf[n - 1] or peak >= b - max(2, length // 10))
         med_ratio = float(np.nanmedian(x[onset:b + 1]) - base) if base is not None else 0.0
+        # still climbing when the run ends: the peak is among the last points and those sit
+        # well above the episode's bulk (a level shift that peaks late by chance does not)
+        tail = x[max(onset, b + 1 - max(3, length // 10)):b + 1]
+        tail_growing = b == n - 1 and (nf[n - 1] or (
+            peak >= b - max(2, length // 10) and (length < p.level_min_points or float(
+                np.nanmedian(tail) - np.nanmedian(x[onset:b + 1])) >= np.log(p.level_ratio))))
         if tail_growing and length >= 3:
             kind = "divergence"
         elif length >= p.level_min_points and med_ratio >= np.log(p.level_ratio):
@@ -243,10 +265,16 @@ class EpisodeList(list):
         self.unlisted_max_ratio = unlisted_max_ratio
 
 
-def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0) -> EpisodeList:
+def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0,
+                  loss_only: bool = False) -> EpisodeList:
     """Upward loss jumps, sustained rises and non-finite losses, as loss-indexed episodes.
 
-    ``skip``: points of the lr warm-up, left out (no healthy level exists yet)."""
+    ``skip``: points of the lr warm-up, left out (no healthy level exists yet). ``loss_only``:
+    the run has no usable grad norm, so the loss is the only evidence: jumps are also judged
+    over two consecutive points against the run's two-point spikiness (``loss_spike``'s
+    ``sustain``), which finds a short bad stretch in a heavy-tailed loss. Where a grad norm
+    exists, a loss jump it does not explain is a warning about the data at most, and the
+    single-point rule alone keeps those few."""
     y = np.asarray(loss, dtype=np.float64).copy()
     if skip > 0:
         y[:skip] = np.nan
@@ -258,13 +286,14 @@ def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0) -> EpisodeL
     eps: list[RawEpisode] = []
     n_unlisted, lvl, ysp = 0, None, y
     if np.isfinite(y).sum() >= 10:
-        ll1 = loss_spike(y, window=p.window, min_history=p.min_history)
+        sustain = 2 if loss_only else 0
+        ll1 = loss_spike(y, window=p.window, min_history=p.min_history, sustain=sustain)
         excl = nf.copy()
         for a, b in runs_of(ll1.elevated, p.merge_gap):
             if ll1.trigger[a:b + 1].any():
                 excl[a:b + 1] = True
         ll = loss_spike(y, healthy=~excl, window=p.window, min_history=p.min_history,
-                        prior=ll1)
+                        prior=ll1, sustain=sustain)
         fin_y = np.isfinite(y)
         logged = bool(fin_y.any() and np.all(y[fin_y] > 0))  # the space loss_spike works in
         lvl = ll.level

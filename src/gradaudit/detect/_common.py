@@ -186,3 +186,63 @@ def typical_max(d: np.ndarray, use: np.ndarray, trigger: np.ndarray, q: float = 
     if v.size < min_points:
         return 0.0
     return max(0.0, float(np.quantile(v, q)))
+
+
+def sustained(d: np.ndarray, use: np.ndarray, spread: np.ndarray, w: int,
+              floor: float | np.ndarray, z_hi: float, tail_factor: float,
+              point_min: float | np.ndarray) -> np.ndarray:
+    """Points of ``w`` consecutive finite points that are together, not one by one, anomalous.
+
+    ``d``: excess over the trailing level. A window ``[i, i + w)`` triggers when every point
+    in it reaches ``point_min`` (one huge point is the single-point rules' business) and its
+    mean excess reaches ``floor``, ``z_hi`` standard errors of a ``w``-point mean
+    (``spread / sqrt(w)``) and ``tail_factor`` x the run's own typical maximum of such means
+    over its used windows (:func:`typical_max`): the single-point rules at the time scale of
+    ``w`` points. All its points trigger. This finds a fault of a few moderately high steps (a
+    loss-scaling bug for five steps, two batches with shuffled labels) in a heavy-tailed run,
+    whose single-point spikes are larger.
+    """
+    n = d.size
+    out = np.zeros(n, bool)
+    if w < 2 or n < w:
+        return out
+    fl = np.broadcast_to(np.asarray(floor, dtype=np.float64), (n,))
+    with np.errstate(invalid="ignore"):
+        big = np.flatnonzero(d >= fl)  # a window whose mean reaches the floor holds such a point
+    if big.size == 0:
+        return out
+    offs = np.arange(w)
+    if big.size * w > n // 8:  # a run full of high points: every window is a candidate
+        starts = np.arange(n - w + 1)
+    else:
+        starts = np.unique(np.clip(big[:, None] - offs, 0, n - w).ravel())
+
+    fin = np.isfinite(d)
+    c = np.concatenate(([0.0], np.cumsum(np.where(fin, d, 0.0))))
+    nf = np.concatenate(([0], np.cumsum(fin)))
+    pm = np.broadcast_to(np.asarray(point_min, dtype=np.float64), (n,))
+    with np.errstate(invalid="ignore"):
+        nh = np.concatenate(([0], np.cumsum(d >= pm)))  # points reaching point_min
+
+    def means(st: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ok = nf[st + w] - nf[st] == w
+        return np.where(ok, (c[st + w] - c[st]) / w, -np.inf), ok
+
+    m, whole = means(starts)
+    with np.errstate(invalid="ignore"):
+        # a NaN spread (not computed: nothing can fire there) leaves the floor alone
+        cand = whole & (nh[starts + w] - nh[starts] == w) & \
+            (m >= np.fmax(fl[starts], z_hi * spread[starts] / np.sqrt(w)))
+    if not cand.any():
+        return out
+    # the run's typical maximum of w-point means over its used windows (on a strided sample of
+    # at most ~100k windows: a percentile needs no more)
+    grid = np.arange(0, n - w + 1, max(1, (n - w + 1) // 100_000))
+    m_all, whole_all = means(grid)
+    nu = np.concatenate(([0], np.cumsum(use)))
+    used = whole_all & (nu[grid + w] - nu[grid] == w)
+    tmax = typical_max(m_all, used, np.zeros(grid.size, bool))
+    hit = starts[cand & (m >= tail_factor * tmax)]
+    if hit.size:
+        out[(hit[:, None] + offs).ravel()] = True
+    return out

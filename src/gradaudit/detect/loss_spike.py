@@ -19,6 +19,11 @@ ordinary batches.
 With ``persist=True`` (default) a trigger also needs the next logged point to be elevated: a
 per-step mini-batch loss has heavy-tailed noise, and one high batch that the next step already
 forgets is no event (a fault that hurts the run keeps the loss up).
+With ``sustain=w`` (> 1; the engine sets 2 for runs that log no grad norm, where the loss is the
+only evidence) ``w`` consecutive elevated points whose mean excess reaches the trigger bar at
+the time scale of ``w`` points (``z_hi`` standard errors of a ``w``-point mean, ``rel_jump``,
+``tail_factor`` x the run's typical ``w``-point maximum) trigger too: two batches with shuffled
+labels (x40 and x20) in a squared-error loss whose ordinary batches jump 10x.
 """
 
 from __future__ import annotations
@@ -27,7 +32,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradaudit.detect._common import MAD_TO_SIGMA, retrail, trailing_median_before, typical_max
+from gradaudit.detect._common import (
+    MAD_TO_SIGMA,
+    retrail,
+    sustained,
+    trailing_median_before,
+    typical_max,
+)
 
 ID = "loss-spike"
 
@@ -58,6 +69,7 @@ def loss_spike(
     persist: bool = True,
     log_space: bool = True,
     tail_factor: float = 2.0,
+    sustain: int = 0,
 ) -> LossLevel:
     """Flag upward loss jumps (see module doc). ``window``/``min_history`` in logged points.
 
@@ -106,4 +118,7 @@ def loss_spike(
         nxt = np.zeros_like(elevated)
         nxt[:-1] = elevated[1:]
         trigger &= nxt
+    if sustain > 1:
+        trigger |= sustained(d, use, spread, sustain, np.broadcast_to(rel_of(rel_jump), d.shape),
+                             z_hi, tail_factor, point_min=lo)
     return LossLevel(level, spread, trigger, elevated, use)

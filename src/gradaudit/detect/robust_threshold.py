@@ -19,6 +19,12 @@ gives the ratio ``g / exp(b)`` and the robust z-score ``d / s``.
   can still explode. "Above" is strict: in a run whose spikes are its normal regime (say 20 %
   of the steps at 50x), the 99th percentile *is* the usual spike, and a spike of that size is
   no event.
+- ``sustain`` (5): a few consecutive moderately high points also trigger - every one of
+  ``sustain`` consecutive points at least ``sqrt(spike_ratio)`` (1.7x) and their mean excess at
+  ``spike_ratio``, at ``z_hi`` standard errors of a 5-point mean and at ``tail_factor`` x the
+  run's own typical maximum of 5-point means (``_common.sustained``). A loss-scaling bug for
+  five steps (3-6x each) in a heavy-tailed run whose scattered single spikes reach 6x passes
+  no single-point test, and no healthy stretch of that run looks like it.
 - ``elevated``: ``d >= max(log(band_ratio), z_lo * s)`` - outside the healthy band (default 1.5x
   and 2 sigma); used to extend an episode from its trigger to where it ends (hysteresis).
 
@@ -33,7 +39,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradaudit.detect._common import retrail, runs_of, trailing_median_before, typical_max
+from gradaudit.detect._common import (
+    retrail,
+    runs_of,
+    sustained,
+    trailing_median_before,
+    typical_max,
+)
 
 ID = "robust-threshold"
 
@@ -65,6 +77,7 @@ def robust_threshold(
     prior: RobustLevel | None = None,
     tail_factor: float = 2.0,
     extreme_ratio: float = 10.0,
+    sustain: int = 5,
 ) -> RobustLevel:
     """Flag points whose grad norm is far above the trailing healthy level (see module doc).
 
@@ -107,4 +120,8 @@ def robust_threshold(
         with np.errstate(invalid="ignore"):
             extreme = (d >= np.log(extreme_ratio)) & (d > tmax)
         trigger &= (d >= tail_factor * tmax) | extreme
+    if sustain > 1:
+        trigger |= sustained(d, use, spread, sustain, np.log(spike_ratio), z_hi, tail_factor,
+                             point_min=0.5 * np.log(spike_ratio))
     return RobustLevel(level, spread, ratio, z, trigger, elevated, use)
+
