@@ -7,6 +7,7 @@ status ``error`` and a note saying why.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import ndtri
 
 from gradaudit.clip import clip_options, suggest
 from gradaudit.detect.lr_change import ID as ID_LR
@@ -175,8 +176,12 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
     n_cand = len(raw) + (ga.n_unlisted if ga is not None else 0) + \
         getattr(l_eps, "n_unlisted", 0)
     chance = None  # a chronically spiky run: the excess that chance alone reaches (see below)
+    z_harm = 2.0  # standard errors of its own estimate an excess must reach to count as harm
     if has_loss and n_cand > p.max_episodes:
         chance = _chance_excess(ls, lv_mean, l_healthy, st.impact_horizon, len(raw))
+        # hundreds of episodes judged at once: each against its own standard error at the
+        # Bonferroni level (about one false harm verdict in 20 such runs), not at 2 sigma
+        z_harm = max(z_harm, float(ndtri(1.0 - 0.05 / max(1, len(raw)))))
     for k, (e, on, end) in enumerate(raw):
         nxt = raw[k + 1][1] if k + 1 < len(raw) else None
         imp = loss_impact(ls, lv_mean, l_healthy, on, end, st.impact_horizon, next_onset=nxt,
@@ -215,7 +220,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             ex, jp = li.excess_loss, li.loss_jump
             # harm = lasting damage: the excess over the horizon, significant against its own
             # noise (2 standard errors); the jump only where no excess could be measured
-            ex_thr = max(st.harm_excess * lvl, 2 * imp.excess_noise, chance or 0.0)
+            ex_thr = max(st.harm_excess * lvl, z_harm * imp.excess_noise, chance or 0.0)
             jp_thr = max(st.harm_jump * lvl, 6 * noise)
             harmful = bool(li.diverged
                            or (ex is not None and ex >= ex_thr)
@@ -445,8 +450,9 @@ def _chance_excess(ls: np.ndarray, lv: np.ndarray, healthy: np.ndarray, horizon:
     points minus its mean over the ``2 horizon`` points before (the fit window) - the excess
     against a flat counterfactual. The bar is its ``1 - 0.05 / n_tests`` quantile (Bonferroni:
     about one false harm verdict in 20 runs however many episodes are listed). None with too
-    few points. (This narrows false harm verdicts but does not remove them all: the episode's
-    own counterfactual fit is noisier than this flat comparison.)"""
+    few points. The episode's own counterfactual fit is noisier than this flat comparison, so
+    the engine also raises the bar on each episode's own standard error from 2 to the same
+    Bonferroni level (``z_harm``)."""
     from scipy.ndimage import median_filter
 
     h = int(max(1, horizon))
