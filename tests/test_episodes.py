@@ -210,3 +210,14 @@ def test_isolated_high_point_before_a_level_shift_is_not_its_onset():
     loss[304:360] += 0.3
     e = _one(audit_run(run_series(s, g, loss)))
     assert e.onset_step == 303 * 6
+
+
+def test_spike_in_the_last_steps_is_judged_by_its_jump_not_a_five_point_excess():
+    # a 30x spike five steps before the run ends; the loss rises a little on those steps:
+    # five points are no "lasting" damage, and the jump is within the loss's noise
+    s, g, loss = healthy(seed=7, loss_noise=0.05)
+    g[-5] *= 30
+    loss[-4:] += 0.08
+    e = _one(audit_run(run_series(s, g, loss)))
+    assert e.severity == "warning"
+    assert "before the run ended" in e.reason

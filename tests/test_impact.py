@@ -177,3 +177,14 @@ def test_counterfactual_continues_an_earlier_aftermath(seed):
     assert abs(out.impact.excess_loss) < 0.01  # the second event did nothing
     flat = loss_impact(s, y, healthy, 1060, 1061, 200, local_span=None)
     assert flat.impact.excess_loss > 0.03  # what the gap term guards against
+
+
+def test_an_unanchored_trend_is_not_extrapolated_past_its_own_stretch():
+    # step 40 of a loss still falling fast (10 -> 3 over the last 20 steps): a harmless event
+    # there; the fitted slope, carried 200 steps ahead, would forecast a loss far below zero
+    s = np.arange(400)
+    y = 2.0 + 300.0 / (s + 10.0) + np.random.default_rng(0).normal(0, 0.05, s.size)
+    out = loss_impact(s, y, np.ones(s.size, bool), 40, 41, 200, bracket=False)
+    truth = 0.0  # nothing happened
+    assert abs(out.impact.excess_loss - truth) < 2.0
+    assert out.cf_values.min() > 0.0  # a loss forecast, not a line through zero

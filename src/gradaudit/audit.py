@@ -177,6 +177,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
         getattr(l_eps, "n_unlisted", 0)
     chance = None  # a chronically spiky run: the excess that chance alone reaches (see below)
     z_harm = 2.0  # standard errors of its own estimate an excess must reach to count as harm
+    h_points = st.impact_horizon / _typical_gap(ls) if ls.size > 1 else 1.0  # a full horizon
     if has_loss and n_cand > p.max_episodes:
         chance = _chance_excess(ls, lv_mean, l_healthy, st.impact_horizon, len(raw))
         # hundreds of episodes judged at once: each against its own standard error at the
@@ -218,14 +219,18 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             lvl = abs(imp.level) or 1.0
             noise = imp.noise or 0.0
             ex, jp = li.excess_loss, li.loss_jump
+            # the run ended within the horizon, leaving under a quarter of it: too short a
+            # stretch for lasting damage, so the jump judges (the excess is still reported)
+            short = ex is not None and imp.horizon_points < max(5.0, h_points / 4)
             # harm = lasting damage: the excess over the horizon, significant against its own
             # noise (2 standard errors); the jump only where no excess could be measured
             ex_thr = max(st.harm_excess * lvl, z_harm * imp.excess_noise, chance or 0.0)
             jp_thr = max(st.harm_jump * lvl, 6 * noise)
             harmful = bool(li.diverged
-                           or (ex is not None and ex >= ex_thr)
-                           or (ex is None and jp is not None and jp >= jp_thr))
-            harm_text = _harm_text(li, imp.level, st.impact_horizon, harmful, ex_thr, jp_thr)
+                           or (ex is not None and not short and ex >= ex_thr)
+                           or ((ex is None or short) and jp is not None and jp >= jp_thr))
+            harm_text = _harm_text(li, imp.level, st.impact_horizon, harmful, ex_thr, jp_thr,
+                                   imp.horizon_points if short else None)
         elif imp is not None:
             harmful = bool(li.diverged) if li.diverged else None
             if li.diverged:
@@ -419,8 +424,9 @@ def _grad_text(kind: str, ratio: float | None, base: float | None, peak_step: in
 
 
 def _harm_text(li, level: float, horizon: int, harmful: bool, ex_thr: float,
-               jp_thr: float) -> str:
-    """The loss half of an episode's reason: the numbers behind the harm verdict."""
+               jp_thr: float, short: int | None = None) -> str:
+    """The loss half of an episode's reason: the numbers behind the harm verdict
+    (``short``: the run ended after only that many logged points of the horizon)."""
     if li.diverged:
         return "the loss diverged (non-finite, or never came back by the run's end)"
     parts = []
@@ -428,12 +434,14 @@ def _harm_text(li, level: float, horizon: int, harmful: bool, ex_thr: float,
         parts.append(f"loss jumped {li.loss_jump:+.3g} from its level {level:.3g}")
     ex = li.excess_loss
     if ex is not None:
-        parts.append(f"averaged {ex:+.3g} against its counterfactual over the next "
-                     f"{horizon} steps")
+        over = (f"over the {short} logged point(s) before the run ended (too few to judge "
+                "lasting damage: the jump decides)") if short is not None \
+            else f"over the next {horizon} steps"
+        parts.append(f"averaged {ex:+.3g} against its counterfactual {over}")
     text = " and ".join(parts) or "the loss impact could not be measured"
     if harmful:
         return f"{text}: the loss was harmed"
-    if ex is not None:
+    if ex is not None and short is None:
         return (f"{text}: below the harm threshold {ex_thr:.3g} (the loss was not "
                 f"lastingly harmed, so a warning)")
     return f"{text}: below the harm threshold {jp_thr:.3g} (so a warning)"

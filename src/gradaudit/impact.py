@@ -30,8 +30,11 @@ Definitions follow DESIGN.md ("Loss impact"). Rules and defaults:
   smoothing width), so it is shrunk towards flat as ``b t^2 / (t^2 + shrink_t^2)`` with
   ``t = b / se_b`` and ``shrink_t`` = 3: a slope at 3 standard errors keeps half its size, a
   clear trend (t > 9) almost all, and the noise of a flat, noisy loss no longer extrapolates
-  into a steep decline. A rising slope (``b > 0``) is extrapolated flat. The level ``a`` is then
-  the mean of the detrended smoothed window.
+  into a steep decline. A rising slope (``b > 0``) is extrapolated flat. Unless bracketed
+  (below), the trend is not extrapolated further past the onset than the stretch it was fitted
+  on reaches before it (``onset - first fitted step``); beyond, it is held flat - early in
+  training a fit over 30 steps would otherwise be carried 200 steps ahead, through zero. The
+  level ``a`` is then the mean of the detrended smoothed window.
 - **Bracketing.** Where the loss comes back after the episode - the smoothed loss over the
   ``post`` window ``[onset + horizon, onset + 2 horizon)`` (cut before the next episode and the
   run's end, at least ``min_fit / 2`` points) is not above the pre-onset extrapolation by more
@@ -79,6 +82,7 @@ class Impact:
     cf_values: np.ndarray
     excess_noise: float = 0.0  # standard error of excess_loss
     bracketed: bool = False  # the counterfactual was anchored after the episode too
+    horizon_points: int = 0  # logged points the excess was averaged over
 
 
 def _lsq(u: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -265,8 +269,14 @@ def loss_impact(
             g0 *= z2 / (z2 + shrink_t * shrink_t)
     tau = max(1.0, local_tau * horizon)
 
+    # an unanchored trend is not extrapolated further than the stretch it was fitted on: past
+    # ``onset + (onset - first fitted step)`` it is held flat (early in training a fit over 30
+    # steps would otherwise be carried 200 steps ahead, through zero)
+    u_hold = np.inf if bracketed else \
+        float(np.log(2.0 * onset_step - float(steps[pre[0]]) + 1.0) - u0)
+
     def cfun(idx: np.ndarray) -> np.ndarray:
-        base = a + b * uof(idx)
+        base = a + b * np.minimum(uof(idx), u_hold)
         if g0 == 0.0:
             return base
         return base + g0 * np.exp(-(steps[idx] - onset_step) / tau)
@@ -308,7 +318,7 @@ def loss_impact(
     # (shrunk) trend's uncertainty at the horizon's mean position
     se = 0.0
     if excess is not None and h.size and pre.size > 2:
-        u_h = float(uof(h).mean())
+        u_h = float(np.minimum(uof(h), u_hold).mean())
         du = u_fit - u_fit.mean()
         suu = float((du * du).sum())
         # a flat fit (too few points for a trend) has no slope to be uncertain about
@@ -316,4 +326,4 @@ def loss_impact(
             else 0.0
         se = noise * float(np.sqrt(1.0 / h.size + 1.0 / u_fit.size + lever))
     return Impact(LossImpact(excess, jump, recovery, bool(diverged)), level, noise,
-                  steps[win], cf, se, bracketed)
+                  steps[win], cf, se, bracketed, int(h.size))
