@@ -8,6 +8,8 @@ Measured (2 shared cores, load ~3-6): audit_run n=1e6 median 0.57-0.68 s (was 5.
 pelt l2 n=3e4 median 0.47 s; ruptures Pelt(l2) > 150 s (capped) -> ratio > 321x.
 Pathological n=1e6 (before the episode cap -> after): heavy 16.4 s -> ~2.5 s,
 allspiky 46 s -> ~1.0 s, sawlr ~0.9 s (normal run unchanged, 0.65 s).
+2026-11-26, with the sustained triggers: audit_run n=1e6 median 0.71 s; heavy 2.6 s, allspiky
+1.1 s, sawlr 1.1 s; pelt 0.44 s vs ruptures > 150 s (capped): > 343x.
 """
 
 from __future__ import annotations
