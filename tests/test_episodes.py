@@ -221,3 +221,21 @@ def test_spike_in_the_last_steps_is_judged_by_its_jump_not_a_five_point_excess()
     e = _one(audit_run(run_series(s, g, loss)))
     assert e.severity == "warning"
     assert "before the run ended" in e.reason
+
+
+def test_sparse_logging_alone_does_not_make_a_horizon_short():
+    # logged every 50 steps: a 200-step horizon holds 4 points everywhere, not only at the end;
+    # a mid-run explosion that leaves the loss 8 % higher is judged by its excess as usual
+    s, g, loss = healthy(seed=8, loss_noise=0.01)
+    g[1500:1503] *= 30
+    loss[1500:] += 0.2
+    e = _one(audit_run(run_series(s * 50, g, loss)))
+    assert e.severity == "explosion" and "before the run ended" not in e.reason
+
+
+def test_level_shift_that_blows_up_in_its_last_steps_is_divergence():
+    s, g, loss = healthy(seed=9)
+    g[2000:] *= 3.0
+    g[-10:] *= np.geomspace(2, 300, 10)  # the last ten steps climb 300x
+    e = _one(audit_run(run_series(s, g, loss)))
+    assert e.kind == "divergence"

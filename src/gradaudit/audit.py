@@ -219,11 +219,14 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             lvl = abs(imp.level) or 1.0
             noise = imp.noise or 0.0
             ex, jp = li.excess_loss, li.loss_jump
-            # the run ended within the horizon, leaving under a quarter of it: too short a
-            # stretch for lasting damage, so the jump judges (the excess is still reported)
-            short = ex is not None and imp.horizon_points < max(5.0, h_points / 4)
+            # the run ended within the horizon, leaving under a quarter of the points a whole
+            # horizon holds (and under 5): too short a stretch for lasting damage, so the jump
+            # judges (the excess is still reported). Sparse logging alone is no reason.
+            short = ex is not None and on + st.impact_horizon > int(ls[-1]) + 1 and \
+                imp.horizon_points < max(min(5.0, h_points), h_points / 4)
             # harm = lasting damage: the excess over the horizon, significant against its own
-            # noise (2 standard errors); the jump only where no excess could be measured
+            # noise (2 standard errors; the Bonferroni level in a chronically spiky run); the
+            # jump only where no excess could be measured
             ex_thr = max(st.harm_excess * lvl, z_harm * imp.excess_noise, chance or 0.0)
             jp_thr = max(st.harm_jump * lvl, 6 * noise)
             harmful = bool(li.diverged
@@ -455,7 +458,7 @@ def _chance_excess(ls: np.ndarray, lv: np.ndarray, healthy: np.ndarray, horizon:
     once, and its spikes are its normal regime: an episode only counts as harm where its
     excess beats what the run's own loss does over *any* horizon. The statistic, at every
     healthy point ``t``: the mean of the loss (running median of 9) over the next ``horizon``
-    points minus its mean over the ``2 horizon`` points before (the fit window) - the excess
+    points minus its mean over the ``2 horizon`` points before - the excess
     against a flat counterfactual. The bar is its ``1 - 0.05 / n_tests`` quantile (Bonferroni:
     about one false harm verdict in 20 runs however many episodes are listed). None with too
     few points. The episode's own counterfactual fit is noisier than this flat comparison, so

@@ -12,9 +12,9 @@ to positive; for a one-step spike that is the spike itself. Peak: the highest gr
 the first point after the last elevated one (None when the run ends first). Kind: ``divergence``
 when the episode runs to the end of the run and is still climbing there (non-finite at the end,
 or its peak among its last tenth of points and, for an episode of ``level_min_points`` or more,
-those last points at least ``level_ratio`` above its median: a level shift that peaks late by
-chance is no divergence), ``level_shift`` when it lasts ``level_min_points`` with a median of
-``level_ratio`` x the healthy level, else ``spike``.
+the median of its last three points at least ``level_ratio`` above its median: a level shift
+that peaks late by chance is no divergence), ``level_shift`` when it lasts ``level_min_points``
+with a median of ``level_ratio`` x the healthy level, else ``spike``.
 
 Loss episodes (``loss-spike``) that no grad episode explains become ``loss_spike`` episodes.
 Severity is set later from the loss impact (:func:`severity`).
@@ -126,8 +126,8 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
 
     def shift_mask_of(elevated: np.ndarray) -> np.ndarray:
         # a segment boundary is only as sharp as the noise: a shift starts at its first point
-        # that is elevated with one of the next two (an isolated high point just before the
-        # shift, which the segmentation may take in, is no part of it)
+        # that is elevated with one of the next two (a high point followed by two ordinary
+        # ones, which the segmentation may take in, is no part of it)
         mask = np.zeros(n, bool)
         e = elevated
         pair = e & (np.r_[e[1:], False] | np.r_[e[2:], False, False])
@@ -203,9 +203,10 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
         onset = min(onset, first)
         length = b - onset + 1
         med_ratio = float(np.nanmedian(x[onset:b + 1]) - base) if base is not None else 0.0
-        # still climbing when the run ends: the peak is among the last points and those sit
-        # well above the episode's bulk (a level shift that peaks late by chance does not)
-        tail = x[max(onset, b + 1 - max(3, length // 10)):b + 1]
+        # still climbing when the run ends: the peak is among the last points and the last
+        # three sit well above the episode's bulk (a level shift that peaks late by chance at
+        # one point does not; a blow-up in the last few steps does)
+        tail = x[max(onset, b - 2):b + 1]
         tail_growing = b == n - 1 and (nf[n - 1] or (
             peak >= b - max(2, length // 10) and (length < p.level_min_points or float(
                 np.nanmedian(tail) - np.nanmedian(x[onset:b + 1])) >= np.log(p.level_ratio))))

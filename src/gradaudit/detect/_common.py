@@ -208,7 +208,8 @@ def sustained(d: np.ndarray, use: np.ndarray, spread: np.ndarray, w: int,
         return out
     fl = np.broadcast_to(np.asarray(floor, dtype=np.float64), (n,))
     with np.errstate(invalid="ignore"):
-        big = np.flatnonzero(d >= fl)  # a window whose mean reaches the floor holds such a point
+        # a window whose mean reaches its floor holds a point at least at the lowest floor
+        big = np.flatnonzero(d >= np.nanmin(fl)) if np.isfinite(fl).any() else np.empty(0, int)
     if big.size == 0:
         return out
     offs = np.arange(w)
@@ -216,31 +217,34 @@ def sustained(d: np.ndarray, use: np.ndarray, spread: np.ndarray, w: int,
         starts = np.arange(n - w + 1)
     else:
         starts = np.unique(np.clip(big[:, None] - offs, 0, n - w).ravel())
-
-    fin = np.isfinite(d)
-    c = np.concatenate(([0.0], np.cumsum(np.where(fin, d, 0.0))))
-    nf = np.concatenate(([0], np.cumsum(fin)))
     pm = np.broadcast_to(np.asarray(point_min, dtype=np.float64), (n,))
-    with np.errstate(invalid="ignore"):
-        nh = np.concatenate(([0], np.cumsum(d >= pm)))  # points reaching point_min
 
-    def means(st: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ok = nf[st + w] - nf[st] == w
-        return np.where(ok, (c[st + w] - c[st]) / w, -np.inf), ok
+    def windows(st: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # means summed directly (w is small): a cumulative sum would let one huge value
+        # wipe out the precision of every later window
+        win = d[st[:, None] + offs]
+        ok = np.isfinite(win).all(axis=1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            return np.where(ok, win.sum(axis=1) / w, -np.inf), ok
 
-    m, whole = means(starts)
+    m, whole = windows(starts)
+    idx = starts[:, None] + offs
     with np.errstate(invalid="ignore"):
-        # a NaN spread (not computed: nothing can fire there) leaves the floor alone
-        cand = whole & (nh[starts + w] - nh[starts] == w) & \
-            (m >= np.fmax(fl[starts], z_hi * spread[starts] / np.sqrt(w)))
+        every = (d[idx] >= pm[idx]).all(axis=1)
+        # the window's largest computed spread; none (NaN: nothing could fire) leaves the floor
+        sp = np.fmax.reduce(spread[idx], axis=1)
+        cand = whole & every & (m >= np.fmax(fl[starts], z_hi * sp / np.sqrt(w)))
     if not cand.any():
         return out
     # the run's typical maximum of w-point means over its used windows (on a strided sample of
-    # at most ~100k windows: a percentile needs no more)
+    # at most ~100k windows: a percentile needs no more), leaving out the windows that overlap
+    # a candidate: an event must not set its own bar
     grid = np.arange(0, n - w + 1, max(1, (n - w + 1) // 100_000))
-    m_all, whole_all = means(grid)
-    nu = np.concatenate(([0], np.cumsum(use)))
-    used = whole_all & (nu[grid + w] - nu[grid] == w)
+    m_all, whole_all = windows(grid)
+    inside = np.zeros(n, bool)  # points of candidate windows: a window overlapping one holds one
+    inside[(starts[cand][:, None] + offs).ravel()] = True
+    bad = np.concatenate(([0], np.cumsum(~use | inside)))
+    used = whole_all & (bad[grid + w] - bad[grid] == 0)
     tmax = typical_max(m_all, used, np.zeros(grid.size, bool))
     hit = starts[cand & (m >= tail_factor * tmax)]
     if hit.size:
