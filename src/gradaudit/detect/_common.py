@@ -207,33 +207,28 @@ def sustained(d: np.ndarray, use: np.ndarray, spread: np.ndarray, w: int,
     if w < 2 or n < w:
         return out
     fl = np.broadcast_to(np.asarray(floor, dtype=np.float64), (n,))
+    pm = np.broadcast_to(np.asarray(point_min, dtype=np.float64), (n,))
     with np.errstate(invalid="ignore"):
-        # a window whose mean reaches its floor holds a point at least at the lowest floor
-        big = np.flatnonzero(d >= np.nanmin(fl)) if np.isfinite(fl).any() else np.empty(0, int)
-    if big.size == 0:
+        high = np.concatenate(([0], np.cumsum(d >= pm)))  # points reaching point_min (exact)
+    starts = np.flatnonzero(high[w:] - high[:-w] == w)  # windows whose every point does
+    if starts.size == 0:
         return out
     offs = np.arange(w)
-    if big.size * w > n // 8:  # a run full of high points: every window is a candidate
-        starts = np.arange(n - w + 1)
-    else:
-        starts = np.unique(np.clip(big[:, None] - offs, 0, n - w).ravel())
-    pm = np.broadcast_to(np.asarray(point_min, dtype=np.float64), (n,))
+    view = np.lib.stride_tricks.sliding_window_view  # row i: the window [i, i + w), no copy
 
     def windows(st: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # means summed directly (w is small): a cumulative sum would let one huge value
         # wipe out the precision of every later window
-        win = d[st[:, None] + offs]
+        win = view(d, w)[st]
         ok = np.isfinite(win).all(axis=1)
         with np.errstate(invalid="ignore", over="ignore"):
             return np.where(ok, win.sum(axis=1) / w, -np.inf), ok
 
     m, whole = windows(starts)
-    idx = starts[:, None] + offs
     with np.errstate(invalid="ignore"):
-        every = (d[idx] >= pm[idx]).all(axis=1)
         # the window's largest computed spread; none (NaN: nothing could fire) leaves the floor
-        sp = np.fmax.reduce(spread[idx], axis=1)
-        cand = whole & every & (m >= np.fmax(fl[starts], z_hi * sp / np.sqrt(w)))
+        sp = np.fmax.reduce(view(np.asarray(spread, dtype=np.float64), w)[starts], axis=1)
+        cand = whole & (m >= np.fmax(fl[starts], z_hi * sp / np.sqrt(w)))
     if not cand.any():
         return out
     # the run's typical maximum of w-point means over its used windows (on a strided sample of
