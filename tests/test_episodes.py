@@ -239,3 +239,18 @@ def test_level_shift_that_blows_up_in_its_last_steps_is_divergence():
     g[-10:] *= np.geomspace(2, 300, 10)  # the last ten steps climb 300x
     e = _one(audit_run(run_series(s, g, loss)))
     assert e.kind == "divergence"
+
+
+def test_level_shift_that_keeps_climbing_to_the_end_is_one_divergence():
+    # 3x from step 2500, then a steady climb to 30x by the last step: the first pass's level
+    # follows the climb and ends the episode early; the tail must not become "healthy" level
+    rng = np.random.default_rng(7)
+    s = np.arange(3000)
+    g = np.exp(rng.normal(0, 0.15, s.size))
+    g[2500:] *= 3.0
+    g[2900:] *= np.geomspace(1, 10, 100)
+    loss = 2.5 + rng.normal(0, 0.02, s.size)
+    loss[2500:] += 0.3
+    loss[2900:] += np.linspace(0, 5, 100)
+    e = _one(audit_run(run_series(s, g, loss)))
+    assert e.end_step is None and e.kind == "divergence"

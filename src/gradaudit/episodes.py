@@ -1,7 +1,9 @@
 """Assembly of detector hits into episodes (DESIGN.md, "Episode"), in index space.
 
-Grad-norm episodes: the robust level is computed twice - first from all points, then only from
-points outside the first pass's episodes (the healthy level). A point *triggers* an episode when
+Grad-norm episodes: the robust level is computed first from all points, then only from points
+outside the previous pass's episodes (the healthy level), again while those episodes grow (at
+most four passes: a climb that the first level followed would leave its tail in the healthy
+set). A point *triggers* an episode when
 ``robust-threshold`` flags it or it lies in an upward ``pelt`` level shift (from the shift's first
 point that is elevated with one of the next two: a segment boundary is only as sharp as the
 noise, and an isolated high point just before a shift is no part of it); the episode extends
@@ -153,6 +155,19 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
     rl = robust_threshold(x, healthy=~excl, window=p.window, spike_ratio=p.spike_ratio,
                           min_history=p.min_history, prior=rl1)
     comps, trig, elev = components(rl)
+    # an anomaly that outlasts the first pass's episode (a climb the first level followed)
+    # leaves its tail in the healthy set, and the level follows it again: exclude the grown
+    # episodes and recompute, until they stop growing (at most twice more)
+    for _ in range(2):
+        grown = excl.copy()
+        for a, b in comps:
+            grown[a:b + 1] = True
+        if not (grown & ~excl).any() or len(comps) > p.max_episodes:
+            break
+        excl = grown
+        rl = robust_threshold(x, healthy=~excl, window=p.window, spike_ratio=p.spike_ratio,
+                              min_history=p.min_history, prior=rl)
+        comps, trig, elev = components(rl)
     shift_mask = shift_mask_of(rl.elevated)
     in_ep = np.zeros(n, bool)
     n_unlisted, unlisted_max = 0, None
