@@ -140,35 +140,31 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
         return mask & np.isfinite(x)
 
     def components(rl: RobustLevel) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
-        trig = rl.trigger | shift_mask_of(rl.elevated)
+        shift = shift_mask_of(rl.elevated)
+        trig = rl.trigger | shift
         elev = rl.elevated | trig
         comps = [c for c in runs_of(elev | nf, p.merge_gap)
                  if trig[c[0]:c[1] + 1].any() or nf[c[0]:c[1] + 1].any()]
-        return comps, trig, elev
+        return comps, trig, shift
 
-    rl1 = robust_threshold(x, window=p.window, spike_ratio=p.spike_ratio,
-                           min_history=p.min_history)
-    comps1, _, _ = components(rl1)
+    # the level from all points, then from the points outside the previous pass's episodes
+    # (the healthy level), again while those grow: an anomaly that outlasts the first pass's
+    # episode (a climb the first level followed) leaves its tail in the healthy set, and the
+    # level would follow it again (at most four passes)
+    rl = robust_threshold(x, window=p.window, spike_ratio=p.spike_ratio,
+                          min_history=p.min_history)
+    comps, trig, shift_mask = components(rl)
     excl = nf.copy()
-    for a, b in comps1:
-        excl[a:b + 1] = True
-    rl = robust_threshold(x, healthy=~excl, window=p.window, spike_ratio=p.spike_ratio,
-                          min_history=p.min_history, prior=rl1)
-    comps, trig, elev = components(rl)
-    # an anomaly that outlasts the first pass's episode (a climb the first level followed)
-    # leaves its tail in the healthy set, and the level follows it again: exclude the grown
-    # episodes and recompute, until they stop growing (at most twice more)
-    for _ in range(2):
+    for i in range(3):
         grown = excl.copy()
         for a, b in comps:
             grown[a:b + 1] = True
-        if not (grown & ~excl).any() or len(comps) > p.max_episodes:
+        if i and (not (grown & ~excl).any() or len(comps) > p.max_episodes):
             break
         excl = grown
         rl = robust_threshold(x, healthy=~excl, window=p.window, spike_ratio=p.spike_ratio,
                               min_history=p.min_history, prior=rl)
-        comps, trig, elev = components(rl)
-    shift_mask = shift_mask_of(rl.elevated)
+        comps, trig, shift_mask = components(rl)
     in_ep = np.zeros(n, bool)
     n_unlisted, unlisted_max = 0, None
     if len(comps) > p.max_episodes:
@@ -217,14 +213,15 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
             onset = _hinge_onset(x, base, lo, first, min(peak, first + p.onset_lookback))
         onset = min(onset, first)
         length = b - onset + 1
-        med_ratio = float(np.nanmedian(x[onset:b + 1]) - base) if base is not None else 0.0
+        med = float(np.nanmedian(x[onset:b + 1]))
+        med_ratio = med - base if base is not None else 0.0
         # still climbing when the run ends: the peak is among the last points and the last
         # three sit well above the episode's bulk (a level shift that peaks late by chance at
         # one point does not; a blow-up in the last few steps does)
         tail = x[max(onset, b - 2):b + 1]
         tail_growing = b == n - 1 and (nf[n - 1] or (
             peak >= b - max(2, length // 10) and (length < p.level_min_points or float(
-                np.nanmedian(tail) - np.nanmedian(x[onset:b + 1])) >= np.log(p.level_ratio))))
+                np.nanmedian(tail)) - med >= np.log(p.level_ratio))))
         if tail_growing and length >= 3:
             kind = "divergence"
         elif length >= p.level_min_points and med_ratio >= np.log(p.level_ratio):

@@ -275,8 +275,11 @@ def loss_impact(
     u_hold = np.inf if bracketed else \
         float(np.log(2.0 * onset_step - float(steps[pre[0]]) + 1.0) - u0)
 
+    def u_held(idx: np.ndarray) -> np.ndarray:
+        return np.minimum(uof(idx), u_hold)
+
     def cfun(idx: np.ndarray) -> np.ndarray:
-        base = a + b * np.minimum(uof(idx), u_hold)
+        base = a + b * u_held(idx)
         if g0 == 0.0:
             return base
         return base + g0 * np.exp(-(steps[idx] - onset_step) / tau)
@@ -318,7 +321,7 @@ def loss_impact(
     # (shrunk) trend's uncertainty at the horizon's mean position
     se = 0.0
     if excess is not None and h.size and pre.size > 2:
-        u_h = float(np.minimum(uof(h), u_hold).mean())
+        u_h = float(u_held(h).mean())
         du = u_fit - u_fit.mean()
         suu = float((du * du).sum())
         # a flat fit (too few points for a trend) has no slope to be uncertain about

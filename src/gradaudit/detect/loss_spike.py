@@ -119,6 +119,6 @@ def loss_spike(
         nxt[:-1] = elevated[1:]
         trigger &= nxt
     if sustain > 1:
-        trigger |= sustained(d, use, spread, sustain, np.broadcast_to(rel_of(rel_jump), d.shape),
-                             z_hi, tail_factor, point_min=lo)
+        trigger |= sustained(d, use, spread, sustain, rel_of(rel_jump), z_hi, tail_factor,
+                             point_min=lo)
     return LossLevel(level, spread, trigger, elevated, use)

@@ -124,4 +124,3 @@ def robust_threshold(
         trigger |= sustained(d, use, spread, sustain, np.log(spike_ratio), z_hi, tail_factor,
                              point_min=0.5 * np.log(spike_ratio))
     return RobustLevel(level, spread, ratio, z, trigger, elevated, use)
-
