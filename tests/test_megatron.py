@@ -224,3 +224,14 @@ def test_large_log_speed(tmp_path: Path) -> None:
     )
     # The target is >= 200k lines/s; the floor here is lenient for a shared, loaded machine.
     assert rate > 50_000
+
+
+def test_too_short_an_excerpt_says_so_instead_of_ok_silently():
+    # the BLOOM-176B excerpt holds 11 iterations, the explosion among them: no healthy level
+    # can be learned from one point before it, and the audit must say why it found nothing
+    from gradaudit.audit import audit_run
+
+    (run,) = gradaudit.read_runs([str(REAL / "bloom-176b-spike-iter31214.log")])
+    a = audit_run(run)
+    assert not a.episodes
+    assert any("only 11 usable grad-norm points: too few to judge" in n for n in a.notes)

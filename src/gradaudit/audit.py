@@ -116,10 +116,14 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
         ok = np.isfinite(g) & (g > 0)
         if ok.sum() >= 2 and np.ptp(g[ok]) == 0:
             notes.append("grad norm is constant")
-        if ok.sum() < 10:
-            notes.append(f"only {int(ok.sum())} usable grad-norm points: too few to judge")
     p = EpisodeParams(spike_ratio=st.spike_ratio, level_ratio=st.level_ratio,
                       merge_gap=st.merge_gap)
+    # no healthy level exists before p.min_history points: nothing can be judged against one
+    usable = int(ok.sum()) if has_grad else int(np.isfinite(lv).sum())
+    if usable <= p.min_history:
+        what = "grad-norm" if has_grad else "loss"
+        notes.append(f"only {usable} usable {what} points: too few to judge (a healthy level "
+                     f"needs more than {p.min_history})")
     warm = None  # last step of the lr warm-up: no healthy level exists before it
     if series.lr_tag is not None:
         rs, rv = _clean(*series.series(series.lr_tag))
