@@ -23,33 +23,47 @@ Definitions follow DESIGN.md ("Loss impact"). Rules and defaults:
   bucket's last, with ``__MIN``/``__MAX`` beside it) the engine passes the estimated bucket
   means (:func:`bucket_mean`): the excess is a mean over steps, and a bad batch's spike lives
   in the bucket's max, not its last value.
-- **Model.** ``L^(t) = a + b (log(t + 1) - log(onset + 1))`` - a power-law-like decay that slows
-  down by itself - fitted by least squares with one pass of 3-sigma MAD outlier rejection.
+- **Model.** ``log L^(t) = a + b (log(t + 1) - log(onset + 1))`` - a power law in the step, the
+  shape of training curves (it slows down by itself and never crosses zero) - fitted by least
+  squares on the log of the smoothed loss with one pass of 3-sigma MAD outlier rejection. A loss
+  with a non-positive value in the fit window (a loss that can be negative) is fitted the same
+  way without the log (``log_fit=False`` always does). On 13 benchmark seeds the power law puts
+  75 % of the estimates within 2x of the truth against 73 % for the same line in the plain loss
+  (early in training the line was forecasting a regression loss below zero).
 - **Slope shrinkage.** The fitted slope ``b`` is only as trustworthy as its standard error
   ``se_b`` (from the larger of the per-point noise and the smoothed residuals' wander, times the
   smoothing width), so it is shrunk towards flat as ``b t^2 / (t^2 + shrink_t^2)`` with
   ``t = b / se_b`` and ``shrink_t`` = 3: a slope at 3 standard errors keeps half its size, a
   clear trend (t > 9) almost all, and the noise of a flat, noisy loss no longer extrapolates
-  into a steep decline. A rising slope (``b > 0``) is extrapolated flat. Unless bracketed
-  (below), the trend is not extrapolated further past the onset than the stretch it was fitted
-  on reaches before it (``onset - first fitted step``); beyond, it is held flat - early in
-  training a fit over 30 steps would otherwise be carried 200 steps ahead, through zero. The
-  level ``a`` is then the mean of the detrended smoothed window.
+  into a steep decline. A rising slope (``b > 0``) is extrapolated flat. The linear fallback
+  only, unless bracketed (below): the trend is not extrapolated further past the onset than the
+  stretch it was fitted on reaches before it (``onset - first fitted step``); beyond, it is held
+  flat - early in training a line fitted over 30 steps would otherwise be carried 200 steps
+  ahead, through zero (the power law needs no such hold: on the benchmark seeds it changes no
+  verdict and no estimate's 2x band). The level ``a`` is then the mean of the detrended smoothed
+  window.
 - **Bracketing.** Where the loss comes back after the episode - the smoothed loss over the
-  ``post`` window ``[onset + horizon, onset + 2 horizon)`` (cut before the next episode and the
-  run's end, at least ``min_fit / 2`` points) is not above the pre-onset extrapolation by more
-  than ``max(2 x its standard error, recovery_tolerance x the level)`` (5 %) - the model is
+  ``post`` window ``[onset + post_start x horizon, onset + 2 horizon)`` (``post_start`` 0.5;
+  after the episode's end; cut before the next episode and the run's end; at least
+  ``min_fit / 2`` points) is not above the pre-onset extrapolation by more than
+  ``max(2 x its standard error, recovery_tolerance x the level)`` (5 %) - the model is
   refitted to the pre-onset window and the post window together (same shrinkage): the
   counterfactual is then interpolated between two anchors instead of extrapolated from one (much
   more accurate early in training, where the slope is steep and uncertain). A loss that stays up
-  (lasting damage) is never used as an anchor.
+  (lasting damage) is never used as an anchor. The anchor starts half a horizon after the onset,
+  not a whole one: how soon the loss settles has nothing to do with the horizon the excess is
+  averaged over; the nearer anchor interpolates over a shorter gap, and a run that ends within
+  two horizons of the onset still has one (75 % -> 78 % within 2x on the 13 seeds).
 - **Local gap.** The mean residual of the smoothed loss against the fit over the last
   ``local_span`` horizons (a quarter) before the onset - the loss's own slow wander, or an
   earlier episode's aftermath still decaying - shrunk towards 0 like the slope (by its
   standard error, ``shrink_t``), is added to the counterfactual at the onset and decays with
   time constant ``local_tau`` horizons (a quarter): the counterfactual starts where the loss
   was, and an earlier bump's tail is not booked as the new episode's damage.
-- ``excess_loss``: mean over ``[onset, onset + horizon)`` of the smoothed loss minus ``L^``.
+- ``excess_loss``: mean over ``[onset, onset + horizon)`` of the smoothed loss minus ``L^``,
+  where the episode's own spike points (in the episode and the ``lag_points`` after it, above
+  the smoothed loss by ``spike_sigmas`` (6) noise sigmas) count at their raw value: the
+  smoothing keeps an ordinary hard batch out of the mean, but a bad batch's loss is the damage.
   None when the loss is non-finite there.
 - ``loss_jump``: the highest loss in the episode (and the next ``lag_points``, 3: the loss lags
   the grad norm) minus ``L^(onset)``.
@@ -185,6 +199,9 @@ def loss_impact(
     floor_step: int | None = None,
     local_span: float | None = 0.25,
     local_tau: float = 0.25,
+    log_fit: bool = True,
+    post_start: float = 0.5,
+    spike_sigmas: float | None = 6.0,
 ) -> Impact | None:
     """Loss impact of one episode (None when the run has no loss series); see module doc."""
     n = steps.size
@@ -219,11 +236,21 @@ def loss_impact(
         return np.log(steps[idx].astype(np.float64) + 1.0) - u0
 
     y_pre = loss[pre]
-    noise = float(np.median(np.abs(np.diff(y_pre))) * 1.4826 / np.sqrt(2)) if pre.size > 2 else 0.0
+
+    def sigma(y: np.ndarray) -> float:
+        return float(np.median(np.abs(np.diff(y))) * 1.4826 / np.sqrt(2)) if y.size > 2 else 0.0
+
+    noise = sigma(y_pre)
     k = min(smooth, pre.size)
     u_pre = uof(pre)
     ys_pre = _smooth(y_pre, k)
-    a, b = _fit(u_pre, ys_pre, noise, k, shrink_t, min_fit)
+    # the fit space: log loss where the loss is positive (a power law, never through zero)
+    logsp = bool(log_fit and np.all(y_pre > 0))
+    fwd = np.log if logsp else (lambda x: x)
+    inv = np.exp if logsp else (lambda x: x)
+    fs_pre = fwd(ys_pre)
+    nf = sigma(fwd(y_pre)) if logsp else noise
+    a, b = _fit(u_pre, fs_pre, nf, k, shrink_t, min_fit)
     # the window where the counterfactual is used: up to the next episode, at most 5 horizons
     stop = onset_step + 5 * horizon
     if next_onset is not None:
@@ -240,17 +267,19 @@ def loss_impact(
         p_hi = onset_step + 2 * horizon
         if next_onset is not None:
             p_hi = min(p_hi, next_onset)
-        p_lo = max(onset_step + horizon, last + 1)
+        p_lo = max(onset_step + int(post_start * horizon), last + 1)
         i0, i1 = int(np.searchsorted(steps, p_lo)), int(np.searchsorted(steps, p_hi))
         post = i0 + np.flatnonzero(fin[i0:i1])
-        if post.size >= max(5, min_fit // 2) and fin[i_on:i1].all():
-            ys_post = _smooth(loss[post], min(smooth, post.size))
+        if post.size >= max(5, min_fit // 2) and fin[i_on:i1].all() and \
+                (not logsp or np.all(loss[post] > 0)):
+            fs_post = fwd(_smooth(loss[post], min(smooth, post.size)))
             u_post = uof(post)
-            gap = float(np.mean(ys_post - (a + b * u_post)))
-            se_post = noise * float(np.sqrt(np.pi / 2 / post.size + 1.0 / pre.size))
-            if gap <= max(2 * se_post, recovery_tolerance * abs(a)):
+            gap = float(np.mean(fs_post - (a + b * u_post)))
+            se_post = nf * float(np.sqrt(np.pi / 2 / post.size + 1.0 / pre.size))
+            tol = float(np.log1p(recovery_tolerance)) if logsp else recovery_tolerance * abs(a)
+            if gap <= max(2 * se_post, tol):
                 u_fit = np.concatenate((u_pre, u_post))
-                a, b = _fit(u_fit, np.concatenate((ys_pre, ys_post)), noise, k, shrink_t, min_fit)
+                a, b = _fit(u_fit, np.concatenate((fs_pre, fs_post)), nf, k, shrink_t, min_fit)
                 bracketed = True
     # local gap: the smoothed loss just before the onset against the fit (autocorrelated wander,
     # or an earlier episode's decaying aftermath), carried forward with exponential decay
@@ -261,18 +290,18 @@ def loss_impact(
         if sel.sum() < 5:
             sel = np.zeros(pre.size, bool)
             sel[-5:] = True
-        r_loc = ys_pre[sel] - (a + b * u_pre[sel])
+        r_loc = fs_pre[sel] - (a + b * u_pre[sel])
         g0 = float(np.mean(r_loc))
-        se_g = noise * float(np.sqrt(min(k, sel.sum()) / sel.sum())) if noise > 0 else 0.0
+        se_g = nf * float(np.sqrt(min(k, sel.sum()) / sel.sum())) if nf > 0 else 0.0
         if se_g > 0:
             z2 = (g0 / se_g) ** 2
             g0 *= z2 / (z2 + shrink_t * shrink_t)
     tau = max(1.0, local_tau * horizon)
 
-    # an unanchored trend is not extrapolated further than the stretch it was fitted on: past
-    # ``onset + (onset - first fitted step)`` it is held flat (early in training a fit over 30
-    # steps would otherwise be carried 200 steps ahead, through zero)
-    u_hold = np.inf if bracketed else \
+    # an unanchored line in the plain loss is not extrapolated further than the stretch it was
+    # fitted on: past ``onset + (onset - first fitted step)`` it is held flat (early in training
+    # a fit over 30 steps would otherwise be carried 200 steps ahead, through zero)
+    u_hold = np.inf if bracketed or logsp else \
         float(np.log(2.0 * onset_step - float(steps[pre[0]]) + 1.0) - u0)
 
     def u_held(idx: np.ndarray) -> np.ndarray:
@@ -280,18 +309,25 @@ def loss_impact(
 
     def cfun(idx: np.ndarray) -> np.ndarray:
         base = a + b * u_held(idx)
-        if g0 == 0.0:
-            return base
-        return base + g0 * np.exp(-(steps[idx] - onset_step) / tau)
+        if g0 != 0.0:
+            base = base + g0 * np.exp(-(steps[idx] - onset_step) / tau)
+        return inv(base)
 
     win = after[:i_win - i_on]
     cf = cfun(win)
-    level = float(a + g0)
+    level = float(inv(a + g0))
     # excess loss over [onset, onset + H)
     h = after[:i_h - i_on]
     excess = None
     if h.size and fin[h].all():
         yh = _smooth(loss[h], smooth) if h.size > 2 else loss[h]
+        if spike_sigmas is not None and h.size > 2:
+            # the episode's own spike points (and the loss's lag after it) count in full: the
+            # smoothing that keeps an ordinary hard batch out also drops a bad batch's loss
+            m = min(h.size, i_ep - i_on + lag_points)
+            raw = loss[h[:m]]
+            spike = raw > yh[:m] + spike_sigmas * noise
+            yh[:m][spike] = raw[spike]
         excess = float(np.mean(yh - cfun(h)))
     # loss jump: max over the episode (and the next few points: the loss lags the step)
     ep = after[: max(i_ep - i_on, min(lag_points, n - i_on))]
