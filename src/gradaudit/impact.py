@@ -12,8 +12,9 @@ Definitions follow DESIGN.md ("Loss impact"). Rules and defaults:
   (every 10 steps, W&B buckets) from reaching back into the steep early phase of training.
   One horizon, not two: a loss that fell steeply and then levelled off (a learning phase) has
   its old decline in a longer window, and the trend carries it into the forecast; on 13
-  benchmark seeds (``benchmarks/detection``, held-out protocol) one horizon puts 73 % of the
-  estimates within 2x of the truth against 70 % for two, detection and false alarms alike.
+  benchmark seeds (``benchmarks/detection``, held-out protocol; measured with the line model of
+  the time) one horizon puts 73 % of the estimates within 2x of the truth against 70 % for two,
+  detection and false alarms alike.
 - **Aftermath.** An earlier episode's loss aftermath (from its onset to its recovery step) is
   no healthy stretch: the fit window starts after it (``floor_step``, set by the engine) when at
   least ``min_pre`` (5) healthy points lie there, else it may reach back as before. Fitting the
