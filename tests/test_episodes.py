@@ -254,3 +254,19 @@ def test_level_shift_that_keeps_climbing_to_the_end_is_one_divergence():
     loss[2900:] += np.linspace(0, 5, 100)
     e = _one(audit_run(run_series(s, g, loss)))
     assert e.end_step is None and e.kind == "divergence"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_bad_batch_counts_in_the_excess_but_is_no_lasting_harm(seed):
+    # one garbage batch: its loss is 12x the level, the next step is back to normal. Its own
+    # loss is part of the horizon's mean (30 / 200 = 0.15, above the 3 % harm bar of ~0.08),
+    # but nothing lasted: a warning, whose reason gives both numbers
+    s, g, loss = healthy(seed=seed)
+    clean = loss.copy()
+    g[1500] *= 20
+    loss[1501] += 30.0
+    e = _one(audit_run(run_series(s, g, loss)))
+    truth = float(np.mean((loss - clean)[1500:1700]))
+    assert e.loss_impact.excess_loss == pytest.approx(truth, rel=0.1)
+    assert e.severity == "warning"
+    assert "without the spike itself" in e.reason

@@ -245,3 +245,34 @@ def test_the_post_episode_anchor_starts_half_a_horizon_after_the_onset(seed):
     assert truth / 2 <= out.impact.excess_loss <= 2 * truth
     late = loss_impact(s, y, s < 1000, 1000, 1020, 200, post_start=1.0)
     assert not late.bracketed and late.impact.excess_loss < -0.1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_loss_that_crosses_zero_after_the_onset_is_fitted_without_the_log(seed):
+    # positive before the onset, below zero soon after (a signed loss falling through 0): a
+    # power law cannot follow it, and a fit space chosen from the pre-onset window alone read
+    # this lasting +0.1 of damage as a benefit
+    rng = np.random.default_rng(seed)
+    s = np.arange(2000)
+    y = 0.15 - 2.0 * (np.log(s + 1.0) - np.log(1001.0)) + rng.normal(0, 0.01, s.size)
+    y[1000:] += 0.1
+    out = loss_impact(s, y, s < 1000, 1000, 1001, 200)
+    assert out.impact.excess_loss == pytest.approx(0.1, rel=0.2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lasting_damage_above_the_harm_bar_is_never_an_anchor(seed):
+    # a lasting 4 % rise (above the engine's 3 % harm bar) on a quiet, still-falling loss:
+    # the post-episode stretch is no counterfactual. At the old 5 % anchor tolerance it was
+    # taken as one and half the damage was fitted away
+    rng = np.random.default_rng(seed)
+    s = np.arange(2000)
+    clean = 1.0 + 2.0 * (s + 50.0) ** -0.5
+    y = clean * (1 + rng.normal(0, 0.005, s.size))
+    y[1000:] *= 1.04
+    truth = float(np.mean((y - clean)[1000:1200]))
+    out = loss_impact(s, y, s < 1000, 1000, 1001, 200)
+    assert not out.bracketed
+    assert out.impact.excess_loss == pytest.approx(truth, rel=0.15)
+    loose = loss_impact(s, y, s < 1000, 1000, 1001, 200, anchor_tolerance=0.05)
+    assert loose.bracketed and loose.impact.excess_loss < 0.6 * truth

@@ -190,7 +190,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
     for k, (e, on, end) in enumerate(raw):
         nxt = raw[k + 1][1] if k + 1 < len(raw) else None
         imp = loss_impact(ls, lv_mean, l_healthy, on, end, st.impact_horizon, next_onset=nxt,
-                          floor_step=floor) if has_loss else None
+                          floor_step=floor, anchor_tolerance=st.harm_excess) if has_loss else None
         rec = imp.impact.recovery_step if imp is not None else None
         if rec is not None and (end is None or rec > end):
             # the loss was still coming back until ``rec``: no healthy level to fit there
@@ -223,6 +223,8 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             lvl = abs(imp.level) or 1.0
             noise = imp.noise or 0.0
             ex, jp = li.excess_loss, li.loss_jump
+            if imp.lasting_excess is not None:
+                ex = imp.lasting_excess  # harm is lasting damage, not the spike itself
             # the run ended within the horizon, leaving under a quarter of the points a whole
             # horizon holds (and under 5): too short a stretch for lasting damage, so the jump
             # judges (the excess is still reported). Sparse logging alone is no reason.
@@ -237,7 +239,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
                            or (ex is not None and not short and ex >= ex_thr)
                            or ((ex is None or short) and jp is not None and jp >= jp_thr))
             harm_text = _harm_text(li, imp.level, st.impact_horizon, harmful, ex_thr, jp_thr,
-                                   imp.horizon_points if short else None)
+                                   imp.horizon_points if short else None, imp.lasting_excess)
         elif imp is not None:
             harmful = bool(li.diverged) if li.diverged else None
             if li.diverged:
@@ -431,9 +433,10 @@ def _grad_text(kind: str, ratio: float | None, base: float | None, peak_step: in
 
 
 def _harm_text(li, level: float, horizon: int, harmful: bool, ex_thr: float,
-               jp_thr: float, short: int | None = None) -> str:
+               jp_thr: float, short: int | None = None, lasting: float | None = None) -> str:
     """The loss half of an episode's reason: the numbers behind the harm verdict
-    (``short``: the run ended after only that many logged points of the horizon)."""
+    (``short``: the run ended after only that many logged points of the horizon; ``lasting``:
+    the excess without the episode's own spike points, which the verdict uses)."""
     if li.diverged:
         return "the loss diverged (non-finite, or never came back by the run's end)"
     parts = []
@@ -444,7 +447,9 @@ def _harm_text(li, level: float, horizon: int, harmful: bool, ex_thr: float,
         over = (f"over the {short} logged point(s) before the run ended (too few to judge "
                 "lasting damage: the jump decides)") if short is not None \
             else f"over the next {horizon} steps"
-        parts.append(f"averaged {ex:+.3g} against its counterfactual {over}")
+        spike = "" if lasting is None or lasting == ex else \
+            f" ({lasting:+.3g} without the spike itself)"
+        parts.append(f"averaged {ex:+.3g} against its counterfactual {over}{spike}")
     text = " and ".join(parts) or "the loss impact could not be measured"
     if harmful:
         return f"{text}: the loss was harmed"

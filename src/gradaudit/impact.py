@@ -27,10 +27,19 @@ Definitions follow DESIGN.md ("Loss impact"). Rules and defaults:
 - **Model.** ``log L^(t) = a + b (log(t + 1) - log(onset + 1))`` - a power law in the step, the
   shape of training curves (it slows down by itself and never crosses zero) - fitted by least
   squares on the log of the smoothed loss with one pass of 3-sigma MAD outlier rejection. A loss
-  with a non-positive value in the fit window (a loss that can be negative) is fitted the same
-  way without the log (``log_fit=False`` always does). On 13 benchmark seeds the power law puts
-  75 % of the estimates within 2x of the truth against 73 % for the same line in the plain loss
-  (early in training the line was forecasting a regression loss below zero).
+  with a value <= 0 in the fit window or in the stretch it is compared with (up to
+  ``onset + 2 horizon``, the end of the post window below) - a loss that can be negative - is
+  fitted the same way without the log (``log_fit=False`` always does). On 13 benchmark seeds
+  the power law puts 75 % of the estimates within 2x of the truth against 73 % for the same line
+  in the plain loss (early in training the line was forecasting a regression loss below zero).
+  Known trade-offs: a loss that levels off exponentially towards a floor bends down in log-log
+  and is extrapolated too low (a harmless blip on ``2 + 8 exp(-t/300)`` at step 150 reads as
+  harm; the line in the plain loss does not); and the level of a log fit is a geometric mean,
+  below the arithmetic mean of a skewed loss: at pseudo-onsets of the benchmark's clean runs the
+  excess averages +1.9 % of the level (median 0.0 %; +6 % for the heavy-tailed regression loss).
+  Centring the log fit on the arithmetic mean (Duan's smearing) brings that to +1.3 % but puts
+  1.8 points fewer estimates within 2x of the truth: the excess is measured on the running
+  median, which understates damage that scales a skewed loss, and the two biases partly cancel.
 - **Slope shrinkage.** The fitted slope ``b`` is only as trustworthy as its standard error
   ``se_b`` (from the larger of the per-point noise and the smoothed residuals' wander, times the
   smoothing width), so it is shrunk towards flat as ``b t^2 / (t^2 + shrink_t^2)`` with
@@ -42,12 +51,13 @@ Definitions follow DESIGN.md ("Loss impact"). Rules and defaults:
   flat - early in training a line fitted over 30 steps would otherwise be carried 200 steps
   ahead, through zero (the power law needs no such hold: on the benchmark seeds it changes no
   verdict and no estimate's 2x band). The level ``a`` is then the mean of the detrended smoothed
-  window.
+  window (in log space: its geometric mean).
 - **Bracketing.** Where the loss comes back after the episode - the smoothed loss over the
   ``post`` window ``[onset + post_start x horizon, onset + 2 horizon)`` (``post_start`` 0.5;
   after the episode's end; cut before the next episode and the run's end; at least
-  ``min_fit / 2`` points) is not above the pre-onset extrapolation by more than
-  ``max(2 x its standard error, recovery_tolerance x the level)`` (5 %) - the model is
+  ``max(5, min_fit // 2)`` points) is not above the pre-onset extrapolation by more than
+  ``max(2 x its standard error, anchor_tolerance x the level)`` (3 %, the engine passes its
+  ``harm_excess``: damage that would count as harm is never fitted away) - the model is
   refitted to the pre-onset window and the post window together (same shrinkage): the
   counterfactual is then interpolated between two anchors instead of extrapolated from one (much
   more accurate early in training, where the slope is steep and uncertain). A loss that stays up
@@ -65,7 +75,9 @@ Definitions follow DESIGN.md ("Loss impact"). Rules and defaults:
   where the episode's own spike points (in the episode and the ``lag_points`` after it, above
   the smoothed loss by ``spike_sigmas`` (6) noise sigmas) count at their raw value: the
   smoothing keeps an ordinary hard batch out of the mean, but a bad batch's loss is the damage.
-  None when the loss is non-finite there.
+  None when the loss is non-finite there. ``Impact.lasting_excess`` is the same mean without
+  the spike points: the lasting damage the engine's harm verdict is about (one bad batch whose
+  loss comes straight back is a warning, however high it jumped).
 - ``loss_jump``: the highest loss in the episode (and the next ``lag_points``, 3: the loss lags
   the grad norm) minus ``L^(onset)``.
 - ``recovery_step``: the first step after the onset from which the loss smoothed over 5 points
@@ -98,6 +110,7 @@ class Impact:
     excess_noise: float = 0.0  # standard error of excess_loss
     bracketed: bool = False  # the counterfactual was anchored after the episode too
     horizon_points: int = 0  # logged points the excess was averaged over
+    lasting_excess: float | None = None  # the excess without the episode's own spike points
 
 
 def _lsq(u: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -201,6 +214,7 @@ def loss_impact(
     local_span: float | None = 0.25,
     local_tau: float = 0.25,
     log_fit: bool = True,
+    anchor_tolerance: float = 0.03,
     post_start: float = 0.5,
     spike_sigmas: float | None = 6.0,
 ) -> Impact | None:
@@ -245,8 +259,12 @@ def loss_impact(
     k = min(smooth, pre.size)
     u_pre = uof(pre)
     ys_pre = _smooth(y_pre, k)
-    # the fit space: log loss where the loss is positive (a power law, never through zero)
-    logsp = bool(log_fit and np.all(y_pre > 0))
+    # the fit space: log loss where the loss is positive - before the onset and over the
+    # stretch it is compared with (to the end of the post-episode anchor): a power law, never
+    # through zero. A loss that reaches zero or below there is fitted in plain loss
+    i_2h = int(np.searchsorted(steps, onset_step + 2 * horizon))
+    seen = loss[i_on:i_2h]
+    logsp = bool(log_fit and np.all(y_pre > 0) and np.all(seen[np.isfinite(seen)] > 0))
     fwd = np.log if logsp else (lambda x: x)
     inv = np.exp if logsp else (lambda x: x)
     fs_pre = fwd(ys_pre)
@@ -271,13 +289,12 @@ def loss_impact(
         p_lo = max(onset_step + int(post_start * horizon), last + 1)
         i0, i1 = int(np.searchsorted(steps, p_lo)), int(np.searchsorted(steps, p_hi))
         post = i0 + np.flatnonzero(fin[i0:i1])
-        if post.size >= max(5, min_fit // 2) and fin[i_on:i1].all() and \
-                (not logsp or np.all(loss[post] > 0)):
+        if post.size >= max(5, min_fit // 2) and fin[i_on:i1].all():
             fs_post = fwd(_smooth(loss[post], min(smooth, post.size)))
             u_post = uof(post)
             gap = float(np.mean(fs_post - (a + b * u_post)))
             se_post = nf * float(np.sqrt(np.pi / 2 / post.size + 1.0 / pre.size))
-            tol = float(np.log1p(recovery_tolerance)) if logsp else recovery_tolerance * abs(a)
+            tol = float(np.log1p(anchor_tolerance)) if logsp else anchor_tolerance * abs(a)
             if gap <= max(2 * se_post, tol):
                 u_fit = np.concatenate((u_pre, u_post))
                 a, b = _fit(u_fit, np.concatenate((fs_pre, fs_post)), nf, k, shrink_t, min_fit)
@@ -291,8 +308,7 @@ def loss_impact(
         if sel.sum() < 5:
             sel = np.zeros(pre.size, bool)
             sel[-5:] = True
-        r_loc = fs_pre[sel] - (a + b * u_pre[sel])
-        g0 = float(np.mean(r_loc))
+        g0 = float(np.mean(fs_pre[sel] - (a + b * u_pre[sel])))
         se_g = nf * float(np.sqrt(min(k, sel.sum()) / sel.sum())) if nf > 0 else 0.0
         if se_g > 0:
             z2 = (g0 / se_g) ** 2
@@ -319,17 +335,21 @@ def loss_impact(
     level = float(inv(a + g0))
     # excess loss over [onset, onset + H)
     h = after[:i_h - i_on]
-    excess = None
+    excess = lasting = None
     if h.size and fin[h].all():
         yh = _smooth(loss[h], smooth) if h.size > 2 else loss[h]
+        cf_h = cfun(h)
+        lasting = excess = float(np.mean(yh - cf_h))
         if spike_sigmas is not None and h.size > 2:
             # the episode's own spike points (and the loss's lag after it) count in full: the
             # smoothing that keeps an ordinary hard batch out also drops a bad batch's loss
             m = min(h.size, i_ep - i_on + lag_points)
             raw = loss[h[:m]]
-            spike = raw > yh[:m] + spike_sigmas * noise
-            yh[:m][spike] = raw[spike]
-        excess = float(np.mean(yh - cfun(h)))
+            floor = max(noise, 1e-6 * abs(level))  # a quantised loss has no batch noise
+            spike = raw > yh[:m] + spike_sigmas * floor
+            if spike.any():
+                yh[:m][spike] = raw[spike]
+                excess = float(np.mean(yh - cf_h))
     # loss jump: max over the episode (and the next few points: the loss lags the step)
     ep = after[: max(i_ep - i_on, min(lag_points, n - i_on))]
     jump = None
@@ -366,4 +386,4 @@ def loss_impact(
             else 0.0
         se = noise * float(np.sqrt(1.0 / h.size + 1.0 / u_fit.size + lever))
     return Impact(LossImpact(excess, jump, recovery, bool(diverged)), level, noise,
-                  steps[win], cf, se, bracketed, int(h.size))
+                  steps[win], cf, se, bracketed, int(h.size), lasting)

@@ -30,7 +30,8 @@ class Settings:
     - ``spike_ratio``: grad norm / healthy level at which a point starts an episode (3x).
     - ``level_ratio``: a PELT level shift this many times the level before is an episode (2x).
     - ``merge_gap``: anomalous points at most this many logged points apart join one episode.
-    - ``harm_excess``: excess loss (fraction of the loss level, and at least 2 standard errors
+    - ``harm_excess``: lasting excess loss (the excess without the episode's own spike points;
+      a fraction of the loss level, and at least 2 standard errors
       of the excess estimate - the Bonferroni level over the listed episodes in a chronically
       spiky run) that counts as harm (3 %: the loss averaged over the impact
       horizon was 3 % worse than the counterfactual - above the seed-to-seed spread of a run's
