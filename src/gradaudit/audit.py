@@ -190,7 +190,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
     for k, (e, on, end) in enumerate(raw):
         nxt = raw[k + 1][1] if k + 1 < len(raw) else None
         imp = loss_impact(ls, lv_mean, l_healthy, on, end, st.impact_horizon, next_onset=nxt,
-                          floor_step=floor, anchor_tolerance=st.harm_excess) if has_loss else None
+                          floor_step=floor) if has_loss else None
         rec = imp.impact.recovery_step if imp is not None else None
         if rec is not None and (end is None or rec > end):
             # the loss was still coming back until ``rec``: no healthy level to fit there

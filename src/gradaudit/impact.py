@@ -56,12 +56,15 @@ Definitions follow DESIGN.md ("Loss impact"). Rules and defaults:
   ``post`` window ``[onset + post_start x horizon, onset + 2 horizon)`` (``post_start`` 0.5;
   after the episode's end; cut before the next episode and the run's end; at least
   ``max(5, min_fit // 2)`` points) is not above the pre-onset extrapolation by more than
-  ``max(2 x its standard error, anchor_tolerance x the level)`` (3 %, the engine passes its
-  ``harm_excess``: damage that would count as harm is never fitted away) - the model is
+  ``max(2 x its standard error, anchor_tolerance x the level)`` (5 %) - the model is
   refitted to the pre-onset window and the post window together (same shrinkage): the
   counterfactual is then interpolated between two anchors instead of extrapolated from one (much
   more accurate early in training, where the slope is steep and uncertain). A loss that stays up
-  (lasting damage) is never used as an anchor. The anchor starts half a horizon after the onset,
+  (lasting damage) is never used as an anchor; a lasting rise under the tolerance on a quiet
+  loss is partly fitted away (half of a 4 % rise), a known cost: at 3 % (the harm bar) the
+  benchmark's development pool lost an estimate within 2x and two severity verdicts, because
+  an unanchored fit carries its extrapolation's uncertainty into the harm bar (lr ramps read
+  as warnings). The anchor starts half a horizon after the onset,
   not a whole one: how soon the loss settles has nothing to do with the horizon the excess is
   averaged over; the nearer anchor interpolates over a shorter gap, and a run that ends within
   two horizons of the onset still has one (75 % -> 78 % within 2x on the 13 seeds).
@@ -214,7 +217,7 @@ def loss_impact(
     local_span: float | None = 0.25,
     local_tau: float = 0.25,
     log_fit: bool = True,
-    anchor_tolerance: float = 0.03,
+    anchor_tolerance: float = 0.05,
     post_start: float = 0.5,
     spike_sigmas: float | None = 6.0,
 ) -> Impact | None:
