@@ -222,9 +222,9 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
         if imp is not None and imp.level is not None:
             lvl = abs(imp.level) or 1.0
             noise = imp.noise or 0.0
-            ex, jp = li.excess_loss, li.loss_jump
-            if imp.lasting_excess is not None:
-                ex = imp.lasting_excess  # harm is lasting damage, not the spike itself
+            # harm is lasting damage: the excess without the episode's own spike points (None
+            # exactly when the excess is)
+            ex, jp = imp.lasting_excess, li.loss_jump
             # the run ended within the horizon, leaving under a quarter of the points a whole
             # horizon holds (and under 5): too short a stretch for lasting damage, so the jump
             # judges (the excess is still reported). Sparse logging alone is no reason.

@@ -348,8 +348,8 @@ def loss_impact(
             # smoothing that keeps an ordinary hard batch out also drops a bad batch's loss
             m = min(h.size, i_ep - i_on + lag_points)
             raw = loss[h[:m]]
-            floor = max(noise, 1e-6 * abs(level))  # a quantised loss has no batch noise
-            spike = raw > yh[:m] + spike_sigmas * floor
+            spike_noise = max(noise, 1e-6 * abs(level))  # a quantised loss has no batch noise
+            spike = raw > yh[:m] + spike_sigmas * spike_noise
             if spike.any():
                 yh[:m][spike] = raw[spike]
                 excess = float(np.mean(yh - cf_h))

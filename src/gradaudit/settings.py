@@ -31,11 +31,11 @@ class Settings:
     - ``level_ratio``: a PELT level shift this many times the level before is an episode (2x).
     - ``merge_gap``: anomalous points at most this many logged points apart join one episode.
     - ``harm_excess``: lasting excess loss (the excess without the episode's own spike points;
-      a fraction of the loss level, and at least 2 standard errors
-      of the excess estimate - the Bonferroni level over the listed episodes in a chronically
-      spiky run) that counts as harm (3 %: the loss averaged over the impact
-      horizon was 3 % worse than the counterfactual - above the seed-to-seed spread of a run's
-      smoothed loss and the estimate's own error of ~1-2 %, below the 5 % that clearly hurts).
+      a fraction of the loss level, and at least 2 standard errors of the excess estimate - the
+      Bonferroni level over the listed episodes in a chronically spiky run) that counts as harm
+      (3 %: the loss averaged over the impact horizon was 3 % worse than the counterfactual -
+      above the seed-to-seed spread of a run's smoothed loss and the estimate's own error of
+      ~1-2 %, below the 5 % that clearly hurts).
     - ``harm_jump``: loss jump (fraction of the loss level, and at least 6 noise sigmas) that
       counts as harm (10 %). An episode is an explosion only when the loss was harmed.
     - ``explosion_ratio``: with no loss series, the peak ratio that makes an explosion (10x).
