@@ -98,6 +98,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import median_filter
 
+from gradaudit.detect._common import MAD_TO_SIGMA
 from gradaudit.model import LossImpact
 
 
@@ -132,7 +133,7 @@ def _fit(u: np.ndarray, y: np.ndarray, noise: float, k: int, shrink_t: float,
         return float(np.mean(y)), 0.0
     a, b, suu = _lsq(u, y)
     r = y - (a + b * u)
-    mad = float(np.median(np.abs(r - np.median(r)))) * 1.4826
+    mad = float(np.median(np.abs(r - np.median(r)))) * MAD_TO_SIGMA
     keep = np.abs(r - np.median(r)) <= 3 * mad if mad > 0 else np.ones(y.size, bool)
     if keep.sum() >= max(5, y.size // 2):
         u, y = u[keep], y[keep]
@@ -195,6 +196,203 @@ def _smooth(y: np.ndarray, k: int) -> np.ndarray:
     return median_filter(y, size=k, mode="nearest") if k > 2 else y
 
 
+def _noise_sigma(y: np.ndarray) -> float:
+    """Per-point noise of ``y``: the MAD of successive differences, scaled to a normal sigma."""
+    if y.size <= 2:
+        return 0.0
+    return float(np.median(np.abs(np.diff(y))) * MAD_TO_SIGMA / np.sqrt(2))
+
+
+def _fit_window(steps: np.ndarray, healthy: np.ndarray, fin: np.ndarray, i_on: int,
+                onset_step: int, span: int, floor_step: int | None, min_fit: int, min_pre: int,
+                fit_points: int) -> np.ndarray:
+    """Indices of the healthy finite points the counterfactual is fitted on ("Fit window",
+    "Aftermath" in the module doc)."""
+    lo = int(np.searchsorted(steps, max(onset_step - span, onset_step // 2)))
+    floor = 0
+    if floor_step is not None:
+        # after an earlier episode's aftermath only, if enough points lie there
+        f = int(np.searchsorted(steps, floor_step))
+        if f < i_on and np.count_nonzero(healthy[f:i_on] & fin[f:i_on]) >= min_pre:
+            floor = f
+            lo = max(lo, f)
+    pre = lo + np.flatnonzero(healthy[lo:i_on] & fin[lo:i_on])
+    while pre.size < min_fit and lo > floor:  # reach further back for min_fit points
+        lo = max(floor, i_on - max(4 * min_fit, 2 * (i_on - lo)))
+        pre = lo + np.flatnonzero(healthy[lo:i_on] & fin[lo:i_on])
+        if pre.size >= min_fit:
+            pre = pre[-min_fit:]
+    return pre[-fit_points:]
+
+
+@dataclass
+class _Counterfactual:
+    """``L^`` at logged points: ``inv(a + b u + g0 exp(-(t - onset) / tau))`` with
+    ``u = log(t + 1) - log(onset + 1)`` held at ``u_hold``; ``inv`` is ``exp`` for a log fit."""
+
+    steps: np.ndarray
+    onset_step: int
+    logsp: bool
+    a: float
+    b: float
+    g0: float = 0.0
+    tau: float = 1.0
+    u_hold: float = np.inf
+
+    def fwd(self, y: np.ndarray) -> np.ndarray:
+        """Loss values in fit space."""
+        return np.log(y) if self.logsp else y
+
+    def inv(self, f: np.ndarray | float) -> np.ndarray | float:
+        """Fit-space values as loss."""
+        return np.exp(f) if self.logsp else f
+
+    def u(self, idx: np.ndarray) -> np.ndarray:
+        return np.log(self.steps[idx].astype(np.float64) + 1.0) - np.log(self.onset_step + 1.0)
+
+    def u_held(self, idx: np.ndarray) -> np.ndarray:
+        return np.minimum(self.u(idx), self.u_hold)
+
+    def trend(self, idx: np.ndarray) -> np.ndarray:
+        """The fitted trend (fit space, no local gap, no hold)."""
+        return self.a + self.b * self.u(idx)
+
+    def __call__(self, idx: np.ndarray) -> np.ndarray:
+        base = self.a + self.b * self.u_held(idx)
+        if self.g0 != 0.0:
+            base = base + self.g0 * np.exp(-(self.steps[idx] - self.onset_step) / self.tau)
+        return self.inv(base)
+
+    @property
+    def level(self) -> float:
+        """The counterfactual at the onset."""
+        return float(self.inv(self.a + self.g0))
+
+
+def _fit_space_is_log(loss: np.ndarray, y_pre: np.ndarray, steps: np.ndarray, i_on: int,
+                      onset_step: int, horizon: int) -> bool:
+    """Log loss where the loss is positive before the onset and over the stretch it is compared
+    with (to the end of the post-episode anchor, ``onset + 2 horizon``): a power law, never
+    through zero. A loss that reaches zero or below there is fitted in plain loss."""
+    seen = loss[i_on:int(np.searchsorted(steps, onset_step + 2 * horizon))]
+    return bool(np.all(y_pre > 0) and np.all(seen[np.isfinite(seen)] > 0))
+
+
+@dataclass
+class _PreOnset:
+    """The fit window: its point indices, their ``u``, the smoothed loss in fit space, the
+    fit-space noise per point and the smoothing width used."""
+
+    idx: np.ndarray
+    u: np.ndarray
+    fs: np.ndarray
+    nf: float
+    k: int
+
+
+def _anchor_after(cf: _Counterfactual, w: _PreOnset, loss: np.ndarray, fin: np.ndarray,
+                  i_on: int, last: int, horizon: int, next_onset: int | None, *, smooth: int,
+                  shrink_t: float, min_fit: int, anchor_tolerance: float,
+                  post_start: float) -> np.ndarray | None:
+    """Bracketing (module doc): refit ``cf`` to the pre-onset window and the post-episode
+    window together where the loss came back; returns the fitted ``u`` values, or None (and
+    ``cf`` unchanged) where it did not."""
+    steps, onset_step, nf = cf.steps, cf.onset_step, w.nf
+    p_hi = onset_step + 2 * horizon
+    if next_onset is not None:
+        p_hi = min(p_hi, next_onset)
+    p_lo = max(onset_step + int(post_start * horizon), last + 1)
+    i0, i1 = int(np.searchsorted(steps, p_lo)), int(np.searchsorted(steps, p_hi))
+    post = i0 + np.flatnonzero(fin[i0:i1])
+    if post.size < max(5, min_fit // 2) or not fin[i_on:i1].all():
+        return None
+    fs_post = cf.fwd(_smooth(loss[post], min(smooth, post.size)))
+    u_post = cf.u(post)
+    gap = float(np.mean(fs_post - cf.trend(post)))
+    se_post = nf * float(np.sqrt(np.pi / 2 / post.size + 1.0 / w.idx.size))
+    tol = float(np.log1p(anchor_tolerance)) if cf.logsp else anchor_tolerance * abs(cf.a)
+    if gap > max(2 * se_post, tol):
+        return None  # the loss stayed up: lasting damage is no anchor
+    u_fit = np.concatenate((w.u, u_post))
+    cf.a, cf.b = _fit(u_fit, np.concatenate((w.fs, fs_post)), nf, w.k, shrink_t, min_fit)
+    return u_fit
+
+
+def _local_gap(cf: _Counterfactual, w: _PreOnset, shrink_t: float, local_span: float,
+               horizon: int) -> float:
+    """The mean residual of the smoothed loss against the fit over the last ``local_span``
+    horizons before the onset, shrunk towards 0 by its standard error (module doc)."""
+    span_s = max(1.0, local_span * horizon)
+    sel = cf.steps[w.idx] >= cf.onset_step - span_s
+    if sel.sum() < 5:
+        sel = np.zeros(w.idx.size, bool)
+        sel[-5:] = True
+    g0 = float(np.mean(w.fs[sel] - (cf.a + cf.b * w.u[sel])))
+    se_g = w.nf * float(np.sqrt(min(w.k, sel.sum()) / sel.sum())) if w.nf > 0 else 0.0
+    if se_g > 0:
+        z2 = (g0 / se_g) ** 2
+        g0 *= z2 / (z2 + shrink_t * shrink_t)
+    return g0
+
+
+def _excess(cf: _Counterfactual, loss: np.ndarray, h: np.ndarray, n_spike: int, smooth: int,
+            noise: float, spike_sigmas: float | None) -> tuple[float, float]:
+    """``(excess_loss, lasting_excess)`` over the horizon points ``h``; the first ``n_spike``
+    of them (the episode and the loss's lag) may hold spike points that count at their raw
+    value in ``excess_loss`` (module doc)."""
+    yh = _smooth(loss[h], smooth) if h.size > 2 else loss[h]
+    cf_h = cf(h)
+    lasting = excess = float(np.mean(yh - cf_h))
+    if spike_sigmas is not None and h.size > 2:
+        # the smoothing that keeps an ordinary hard batch out also drops a bad batch's loss
+        m = min(h.size, n_spike)
+        raw = loss[h[:m]]
+        spike_noise = max(noise, 1e-6 * abs(cf.level))  # a quantised loss has no batch noise
+        spike = raw > yh[:m] + spike_sigmas * spike_noise
+        if spike.any():
+            yh[:m][spike] = raw[spike]
+            excess = float(np.mean(yh - cf_h))
+    return excess, lasting
+
+
+def _recovery(cf: _Counterfactual, loss: np.ndarray, win: np.ndarray, cf_win: np.ndarray,
+              noise: float, recovery_tolerance: float, n: int) -> tuple[int | None, bool]:
+    """``(recovery_step, runaway)``: where the 5-point smoothed loss came back within the
+    tolerance of ``L^`` for good, and whether it never did and ends the run above the onset
+    level (module doc)."""
+    level = cf.level
+    tol = max(recovery_tolerance * abs(level), 3.0 * noise * float(np.sqrt(np.pi / 2 / 5)))
+    recovery = None
+    if win.size and np.isfinite(loss[win]).all():
+        sm = median_filter(loss[win], size=min(5, win.size), mode="nearest")
+        bad = np.abs(sm - cf_win) > np.maximum(recovery_tolerance * np.abs(cf_win), tol)
+        if not bad.any():
+            recovery = int(cf.steps[win[0]])
+        elif not bad[-1]:
+            recovery = int(cf.steps[win[int(np.flatnonzero(bad)[-1]) + 1]])
+    reached_end = win.size > 0 and win[-1] == n - 1
+    # "never came back": no recovery to the counterfactual by the run's end AND the loss ends
+    # above the level it had at the onset (a far extrapolation alone must not call divergence)
+    runaway = False
+    if recovery is None and reached_end and win.size > 1:
+        tail = loss[win[-min(win.size, 20):]]
+        tail = tail[np.isfinite(tail)]
+        runaway = bool(tail.size and np.median(tail) > level + tol)
+    return recovery, runaway
+
+
+def _excess_se(cf: _Counterfactual, h: np.ndarray, u_fit: np.ndarray, noise: float,
+               min_fit: int) -> float:
+    """Standard error of the excess: the horizon mean's noise plus the level's and the
+    (shrunk) trend's uncertainty at the horizon's mean position."""
+    u_h = float(cf.u_held(h).mean())
+    du = u_fit - u_fit.mean()
+    suu = float((du * du).sum())
+    # a flat fit (too few points for a trend) has no slope to be uncertain about
+    lever = (u_h - float(u_fit.mean())) ** 2 / suu if suu > 0 and u_fit.size >= min_fit else 0.0
+    return noise * float(np.sqrt(1.0 / h.size + 1.0 / u_fit.size + lever))
+
+
 def loss_impact(
     steps: np.ndarray,
     loss: np.ndarray,
@@ -228,51 +426,20 @@ def loss_impact(
     fin = np.isfinite(loss)
     i_on = int(np.searchsorted(steps, onset_step))  # steps are sorted
     span = horizon if fit_span is None else int(fit_span)
-    # the healthy finite points in the fit window, reaching back for at least min_fit of them
-    lo = int(np.searchsorted(steps, max(onset_step - span, onset_step // 2)))
-    floor = 0
-    if floor_step is not None:
-        # after an earlier episode's aftermath only, if enough points lie there
-        f = int(np.searchsorted(steps, floor_step))
-        if f < i_on and np.count_nonzero(healthy[f:i_on] & fin[f:i_on]) >= min_pre:
-            floor = f
-            lo = max(lo, f)
-    pre = lo + np.flatnonzero(healthy[lo:i_on] & fin[lo:i_on])
-    while pre.size < min_fit and lo > floor:
-        lo = max(floor, i_on - max(4 * min_fit, 2 * (i_on - lo)))
-        pre = lo + np.flatnonzero(healthy[lo:i_on] & fin[lo:i_on])
-        if pre.size >= min_fit:
-            pre = pre[-min_fit:]
-    pre = pre[-fit_points:]
+    pre = _fit_window(steps, healthy, fin, i_on, onset_step, span, floor_step, min_fit, min_pre,
+                      fit_points)
     nonfinite_after = not bool(fin[i_on:].all()) if i_on < n else False
     if pre.size < 2 or i_on >= n:
         return Impact(LossImpact(None, None, None, nonfinite_after), None, None,
                       np.empty(0, np.int64), np.empty(0))
-    u0 = np.log(onset_step + 1.0)
-
-    def uof(idx: np.ndarray) -> np.ndarray:
-        return np.log(steps[idx].astype(np.float64) + 1.0) - u0
-
     y_pre = loss[pre]
-
-    def sigma(y: np.ndarray) -> float:
-        return float(np.median(np.abs(np.diff(y))) * 1.4826 / np.sqrt(2)) if y.size > 2 else 0.0
-
-    noise = sigma(y_pre)
+    noise = _noise_sigma(y_pre)
     k = min(smooth, pre.size)
-    u_pre = uof(pre)
-    ys_pre = _smooth(y_pre, k)
-    # the fit space: log loss where the loss is positive - before the onset and over the
-    # stretch it is compared with (to the end of the post-episode anchor): a power law, never
-    # through zero. A loss that reaches zero or below there is fitted in plain loss
-    i_2h = int(np.searchsorted(steps, onset_step + 2 * horizon))
-    seen = loss[i_on:i_2h]
-    logsp = bool(log_fit and np.all(y_pre > 0) and np.all(seen[np.isfinite(seen)] > 0))
-    fwd = np.log if logsp else (lambda x: x)
-    inv = np.exp if logsp else (lambda x: x)
-    fs_pre = fwd(ys_pre)
-    nf = sigma(fwd(y_pre)) if logsp else noise
-    a, b = _fit(u_pre, fs_pre, nf, k, shrink_t, min_fit)
+    logsp = log_fit and _fit_space_is_log(loss, y_pre, steps, i_on, onset_step, horizon)
+    cf = _Counterfactual(steps, onset_step, logsp, 0.0, 0.0)
+    w = _PreOnset(pre, cf.u(pre), cf.fwd(_smooth(y_pre, k)),
+                  _noise_sigma(cf.fwd(y_pre)) if logsp else noise, k)
+    cf.a, cf.b = _fit(w.u, w.fs, w.nf, k, shrink_t, min_fit)
     # the window where the counterfactual is used: up to the next episode, at most 5 horizons
     stop = onset_step + 5 * horizon
     if next_onset is not None:
@@ -282,111 +449,38 @@ def loss_impact(
     i_h = int(np.searchsorted(steps, onset_step + horizon))
     i_ep = int(np.searchsorted(steps, last, side="right"))
     after = np.arange(i_on, min(n, max(i_win, i_h, i_ep, i_on + lag_points)))
-    # bracketing: anchor the counterfactual after the episode where the loss came back
-    bracketed = False
-    u_fit = u_pre  # where the counterfactual was fitted
+    u_fit = None
     if bracket:
-        p_hi = onset_step + 2 * horizon
-        if next_onset is not None:
-            p_hi = min(p_hi, next_onset)
-        p_lo = max(onset_step + int(post_start * horizon), last + 1)
-        i0, i1 = int(np.searchsorted(steps, p_lo)), int(np.searchsorted(steps, p_hi))
-        post = i0 + np.flatnonzero(fin[i0:i1])
-        if post.size >= max(5, min_fit // 2) and fin[i_on:i1].all():
-            fs_post = fwd(_smooth(loss[post], min(smooth, post.size)))
-            u_post = uof(post)
-            gap = float(np.mean(fs_post - (a + b * u_post)))
-            se_post = nf * float(np.sqrt(np.pi / 2 / post.size + 1.0 / pre.size))
-            tol = float(np.log1p(anchor_tolerance)) if logsp else anchor_tolerance * abs(a)
-            if gap <= max(2 * se_post, tol):
-                u_fit = np.concatenate((u_pre, u_post))
-                a, b = _fit(u_fit, np.concatenate((fs_pre, fs_post)), nf, k, shrink_t, min_fit)
-                bracketed = True
-    # local gap: the smoothed loss just before the onset against the fit (autocorrelated wander,
-    # or an earlier episode's decaying aftermath), carried forward with exponential decay
-    g0 = 0.0
+        u_fit = _anchor_after(cf, w, loss, fin, i_on, last, horizon, next_onset,
+                              smooth=smooth, shrink_t=shrink_t, min_fit=min_fit,
+                              anchor_tolerance=anchor_tolerance, post_start=post_start)
+    bracketed = u_fit is not None
+    if u_fit is None:
+        u_fit = w.u
     if local_span is not None and pre.size >= 5:
-        span_s = max(1.0, local_span * horizon)
-        sel = steps[pre] >= onset_step - span_s
-        if sel.sum() < 5:
-            sel = np.zeros(pre.size, bool)
-            sel[-5:] = True
-        g0 = float(np.mean(fs_pre[sel] - (a + b * u_pre[sel])))
-        se_g = nf * float(np.sqrt(min(k, sel.sum()) / sel.sum())) if nf > 0 else 0.0
-        if se_g > 0:
-            z2 = (g0 / se_g) ** 2
-            g0 *= z2 / (z2 + shrink_t * shrink_t)
-    tau = max(1.0, local_tau * horizon)
-
-    # an unanchored line in the plain loss is not extrapolated further than the stretch it was
-    # fitted on: past ``onset + (onset - first fitted step)`` it is held flat (early in training
-    # a fit over 30 steps would otherwise be carried 200 steps ahead, through zero)
-    u_hold = np.inf if bracketed or logsp else \
-        float(np.log(2.0 * onset_step - float(steps[pre[0]]) + 1.0) - u0)
-
-    def u_held(idx: np.ndarray) -> np.ndarray:
-        return np.minimum(uof(idx), u_hold)
-
-    def cfun(idx: np.ndarray) -> np.ndarray:
-        base = a + b * u_held(idx)
-        if g0 != 0.0:
-            base = base + g0 * np.exp(-(steps[idx] - onset_step) / tau)
-        return inv(base)
-
+        cf.g0 = _local_gap(cf, w, shrink_t, local_span, horizon)
+    cf.tau = max(1.0, local_tau * horizon)
+    if not (bracketed or logsp):
+        # an unanchored line in the plain loss is not extrapolated further than the stretch it
+        # was fitted on (early in training a fit over 30 steps would otherwise be carried 200
+        # steps ahead, through zero)
+        cf.u_hold = float(np.log(2.0 * onset_step - float(steps[pre[0]]) + 1.0)
+                          - np.log(onset_step + 1.0))
     win = after[:i_win - i_on]
-    cf = cfun(win)
-    level = float(inv(a + g0))
-    # excess loss over [onset, onset + H)
+    cf_win = cf(win)
     h = after[:i_h - i_on]
     excess = lasting = None
     if h.size and fin[h].all():
-        yh = _smooth(loss[h], smooth) if h.size > 2 else loss[h]
-        cf_h = cfun(h)
-        lasting = excess = float(np.mean(yh - cf_h))
-        if spike_sigmas is not None and h.size > 2:
-            # the episode's own spike points (and the loss's lag after it) count in full: the
-            # smoothing that keeps an ordinary hard batch out also drops a bad batch's loss
-            m = min(h.size, i_ep - i_on + lag_points)
-            raw = loss[h[:m]]
-            spike_noise = max(noise, 1e-6 * abs(level))  # a quantised loss has no batch noise
-            spike = raw > yh[:m] + spike_sigmas * spike_noise
-            if spike.any():
-                yh[:m][spike] = raw[spike]
-                excess = float(np.mean(yh - cf_h))
+        excess, lasting = _excess(cf, loss, h, i_ep - i_on + lag_points, smooth, noise,
+                                  spike_sigmas)
     # loss jump: max over the episode (and the next few points: the loss lags the step)
     ep = after[: max(i_ep - i_on, min(lag_points, n - i_on))]
     jump = None
     if ep.size and fin[ep].all():
-        jump = float(loss[ep].max() - level)
-    # recovery: the 5-point smoothed loss stays within the tolerance of the counterfactual
-    tol = max(recovery_tolerance * abs(level), 3.0 * noise * float(np.sqrt(np.pi / 2 / 5)))
-    recovery = None
-    if win.size and fin[win].all():
-        sm = median_filter(loss[win], size=min(5, win.size), mode="nearest")
-        bad = np.abs(sm - cf) > np.maximum(recovery_tolerance * np.abs(cf), tol)
-        if not bad.any():
-            recovery = int(steps[win[0]])
-        elif not bad[-1]:
-            recovery = int(steps[win[int(np.flatnonzero(bad)[-1]) + 1]])
-    reached_end = win.size > 0 and win[-1] == n - 1
-    # "never came back": no recovery to the counterfactual by the run's end AND the loss ends
-    # above the level it had at the onset (a far extrapolation alone must not call divergence)
-    runaway = False
-    if recovery is None and reached_end and win.size > 1:
-        tail = loss[win[-min(win.size, 20):]]
-        tail = tail[np.isfinite(tail)]
-        runaway = bool(tail.size and np.median(tail) > level + tol)
-    diverged = nonfinite_after or runaway
-    # standard error of the excess: the horizon mean's noise plus the level's and the
-    # (shrunk) trend's uncertainty at the horizon's mean position
+        jump = float(loss[ep].max() - cf.level)
+    recovery, runaway = _recovery(cf, loss, win, cf_win, noise, recovery_tolerance, n)
     se = 0.0
     if excess is not None and h.size and pre.size > 2:
-        u_h = float(u_held(h).mean())
-        du = u_fit - u_fit.mean()
-        suu = float((du * du).sum())
-        # a flat fit (too few points for a trend) has no slope to be uncertain about
-        lever = (u_h - float(u_fit.mean())) ** 2 / suu if suu > 0 and u_fit.size >= min_fit \
-            else 0.0
-        se = noise * float(np.sqrt(1.0 / h.size + 1.0 / u_fit.size + lever))
-    return Impact(LossImpact(excess, jump, recovery, bool(diverged)), level, noise,
-                  steps[win], cf, se, bracketed, int(h.size), lasting)
+        se = _excess_se(cf, h, u_fit, noise, min_fit)
+    return Impact(LossImpact(excess, jump, recovery, bool(nonfinite_after or runaway)),
+                  cf.level, noise, steps[win], cf_win, se, bracketed, int(h.size), lasting)
