@@ -80,6 +80,21 @@ def test_fp16_overflow_steps_are_nonfinite_warnings():
     assert a.status == "warning"
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_step_up_that_later_diverges_has_its_onset_at_the_step(seed):
+    # an lr set 50x too high: the grad norm steps up 3.5x at once, holds there, then blows up;
+    # the blow-up must not drag the onset back before the step (a straight climb fitted to a
+    # step put it 15 steps early on a held-out benchmark run)
+    s, g, loss = healthy(seed=seed)
+    g[2000:] *= 3.5
+    g[2100:] *= np.exp(np.arange(900) * 0.2)
+    loss[2000:] += np.linspace(0, 50, 1000)
+    a = audit_run(run_series(s, g, loss))
+    e = a.episodes[-1]
+    assert e.kind == "divergence" and e.severity == "explosion"
+    assert abs(e.onset_step - 2000) <= 1, e.to_dict()
+
+
 def test_divergence_to_nan_loss():
     s, g, loss = healthy(seed=8)
     g[2500:] *= np.exp(np.arange(500) * 0.1)

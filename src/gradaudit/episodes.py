@@ -10,8 +10,11 @@ noise, and an isolated high point just before a shift is no part of it); the epi
 over neighbouring *elevated* points (outside the healthy band) and non-finite points, with gaps
 of at most ``merge_gap`` points joined. Onset: a hinge fit of ``log g`` (flat at the healthy level,
 then a straight climb) over the points before the peak - the step where the slope turns from flat
-to positive; for a one-step spike that is the spike itself. Peak: the highest grad norm. End:
-the first point after the last elevated one (None when the run ends first). Kind: ``divergence``
+to positive; for a one-step spike that is the spike itself, and so for a step up (the first
+triggering point half the peak's height, or the points just before it still at the healthy
+level: a step to a higher level that later blows up is no slow climb). Peak: the highest grad
+norm. End: the first point after the last elevated one (None when the run ends first). Kind:
+``divergence``
 when the episode runs to the end of the run and is still climbing there (non-finite at the end,
 or its peak among its last tenth of points and, for an episode of ``level_min_points`` or more,
 the median of its last three points at least ``level_ratio`` above its median: a level shift
@@ -105,6 +108,16 @@ def _hinge_onset(x: np.ndarray, base: float, lo: int, first: int, peak: int) -> 
         if sse < best_sse - 1e-12:
             best, best_sse = s + 1, sse
     return int(best)
+
+
+def _stepped(x: np.ndarray, base: float, first: int, lo: int, before: int = 5) -> bool:
+    """A step up at ``first``: the ``before`` points before it sit at the healthy level (their
+    median within a quarter of the step) - the climb starts at ``first``, however high the
+    episode later goes (a step to a higher level that later diverges)."""
+    prev = x[max(lo, first - before):first]
+    prev = prev[np.isfinite(prev)]
+    return prev.size >= min(before, first - lo) > 0 and \
+        float(np.median(prev)) - base <= 0.25 * (x[first] - base)
 
 
 def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysis:
@@ -208,7 +221,8 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
         base = _at(rl.level, first)
         lo = max(prev_last + 1, first - p.onset_lookback)
         onset = first
-        jumped = base is not None and x[first] - base >= 0.5 * (x[peak] - base)
+        jumped = base is not None and (x[first] - base >= 0.5 * (x[peak] - base)
+                                       or _stepped(x, base, first, lo))
         if base is not None and not jumped:  # a climb, not a jump: fit where it starts
             onset = _hinge_onset(x, base, lo, first, min(peak, first + p.onset_lookback))
         onset = min(onset, first)
