@@ -7,13 +7,13 @@ point *triggers* an episode when ``robust-threshold`` flags it or it lies in an 
 level shift (from the shift's first point that is elevated with one of the next two: a segment
 boundary is only as sharp as the noise, and an isolated high point just before a shift is no part
 of it); the episode extends over neighbouring *elevated* points (outside the healthy band) and
-non-finite points, with gaps of at most ``merge_gap`` points joined. Onset: a hinge fit of ``log
-g`` (flat at the healthy level, then a straight climb) over the points before the peak - the step
-where the slope turns from flat to positive; for a one-step spike that is the spike itself, and so
-for a step up (the first triggering point half the peak's height, or the points just before it
-still at the healthy level: a step to a higher level that later blows up is no slow climb). Peak:
-the highest grad norm. End: the first point after the last elevated one (None when the run ends
-first). Kind: ``divergence`` when the episode runs to the end of the run and is still climbing
+non-finite points, with gaps of at most ``merge_gap`` points joined. Onset: a hinge fit of
+``log g`` (flat at the healthy level, then a straight climb) over the points before the peak - the
+step where the slope turns from flat to positive; for a one-step spike that is the spike itself,
+and so for a step up (the first triggering point half the peak's height, or the points just before
+it still at the healthy level: a step to a higher level that later blows up is no slow climb).
+Peak: the highest grad norm. End: the first point after the last elevated one (None when the run
+ends first). Kind: ``divergence`` when the episode runs to the end of the run and is still climbing
 there (non-finite at the end, or its peak among its last tenth of points and, for an episode of
 ``level_min_points`` or more, the median of its last three points at least ``level_ratio`` above
 its median: a level shift that peaks late by chance is no divergence), ``level_shift`` when it
