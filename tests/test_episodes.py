@@ -285,3 +285,51 @@ def test_one_bad_batch_counts_in_the_excess_but_is_no_lasting_harm(seed):
     assert e.loss_impact.excess_loss == pytest.approx(truth, rel=0.1)
     assert e.severity == "warning"
     assert "without the spike itself" in e.reason
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_spike_just_before_an_lr_fault_is_not_charged_with_its_damage(seed):
+    # a harmless grad spike at 1000, then the lr set 30x too high from 1020 on: the loss the
+    # lr fault raised is that episode's, not the spike's (the spike was called an explosion
+    # with the lr fault's excess in its horizon)
+    s, g, loss = healthy(seed=seed)
+    g[1000] *= 20
+    lr = np.full(s.size, 1e-3)
+    lr[1020:1030] = 3e-2
+    g[1020:1030] *= 8
+    loss[1021:1400] += 0.6
+    a = audit_run(run_series(s, g, loss, lr))
+    spike, fault = sorted(a.episodes, key=lambda e: e.onset_step)
+    assert spike.onset_step == 1000 and spike.severity == "warning", spike.reason
+    assert "next episode's onset (step 1021)" in spike.reason
+    assert abs(spike.loss_impact.excess_loss) < 0.1
+    assert fault.onset_step == 1021 and fault.severity == "explosion"
+    assert "learning rate rose" in fault.reason and fault.loss_impact.excess_loss > 0.4
+
+
+def test_aftershock_damage_stays_in_the_first_episode_horizon():
+    # a second grad explosion 40 steps after the first (no lr change): it may be the first's
+    # aftershock, so the first episode's horizon is not cut there
+    s, g, loss = healthy(seed=5)
+    g[1000] *= 50
+    g[1040] *= 50
+    loss[1001:1400] += 0.3
+    loss[1041:1400] += 0.3
+    a = audit_run(run_series(s, g, loss))
+    first, second = sorted(a.episodes, key=lambda e: e.onset_step)
+    assert first.onset_step == 1000 and second.onset_step == 1040
+    assert first.loss_impact.excess_loss > 0.5  # 0.3 throughout plus 0.3 over 4/5 of it
+
+
+def test_loss_rise_under_way_when_the_lr_rose_is_that_lr_episode():
+    # the loss drifts up a little before an lr ramp's first logged rise, then climbs with it: one
+    # episode, tied to the lr rise (the loss-rise detector's onset is only good to a block)
+    s, g, loss = healthy(seed=21)
+    lr = np.full(s.size, 1e-3)
+    lr[1500:1600] = 2e-2
+    loss[1490:1501] += np.linspace(0.0, 0.1, 11)
+    loss[1501:1700] += 0.5
+    a = audit_run(run_series(s, g, loss, lr))
+    e = _one(a)
+    assert "lr-change" in e.detected_by and "loss-rise" in e.detected_by
+    assert e.onset_step == 1501 and e.severity == "explosion"

@@ -10,6 +10,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from gradaudit.clip import clip_options, suggest
+from gradaudit.detect.loss_rise import ID as ID_RISE
 from gradaudit.detect.lr_change import ID as ID_LR
 from gradaudit.detect.lr_change import lr_onset_step, lr_rises, warmup_end_step
 from gradaudit.episodes import (
@@ -189,8 +190,11 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
         z_harm = max(z_harm, float(ndtri(1.0 - 0.05 / max(1, len(raw)))))
     for k, (e, on, end) in enumerate(raw):
         nxt = raw[k + 1][1] if k + 1 < len(raw) else None
+        # the loss after an lr rise is that rise's to answer for, not an earlier episode's
+        # (a later grad episode may be this one's aftershock: its damage stays in this horizon)
+        lr_next = nxt is not None and ID_LR in raw[k + 1][0].detected_by
         imp = loss_impact(ls, lv_mean, l_healthy, on, end, st.impact_horizon, next_onset=nxt,
-                          floor_step=floor) if has_loss else None
+                          cut_at_next=lr_next, floor_step=floor) if has_loss else None
         rec = imp.impact.recovery_step if imp is not None else None
         if rec is not None and (end is None or rec > end):
             # the loss was still coming back until ``rec``: no healthy level to fit there
@@ -225,10 +229,12 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             # harm is lasting damage: the excess without the episode's own spike points (None
             # exactly when the excess is)
             ex, jp = imp.lasting_excess, li.loss_jump
-            # the run ended within the horizon, leaving under a quarter of the points a whole
-            # horizon holds (and under 5): too short a stretch for lasting damage, so the jump
-            # judges (the excess is still reported). Sparse logging alone is no reason.
-            short = ex is not None and on + st.impact_horizon > int(ls[-1]) + 1 and \
+            # the run ended (or the next episode's lr rise started) within the horizon, leaving
+            # under a quarter of the points a whole horizon holds (and under 5): too short a
+            # stretch for lasting damage, so the jump judges (the excess is still reported).
+            # Sparse logging alone is no reason.
+            short = ex is not None and (imp.cut_by_next or on + st.impact_horizon >
+                                        int(ls[-1]) + 1) and \
                 imp.horizon_points < max(min(5.0, h_points), h_points / 4)
             # harm = lasting damage: the excess over the horizon, significant against its own
             # noise (2 standard errors; the Bonferroni level in a chronically spiky run); the
@@ -238,8 +244,11 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             harmful = bool(li.diverged
                            or (ex is not None and not short and ex >= ex_thr)
                            or ((ex is None or short) and jp is not None and jp >= jp_thr))
+            cut = f"the next episode's onset (step {nxt})" if imp.cut_by_next else \
+                "the run ended"
             harm_text = _harm_text(li, imp.level, st.impact_horizon, harmful, ex_thr, jp_thr,
-                                   imp.horizon_points if short else None, imp.lasting_excess)
+                                   (imp.horizon_points, cut) if short else None,
+                                   imp.lasting_excess, nxt if imp.cut_by_next else None)
         elif imp is not None:
             harmful = bool(li.diverged) if li.diverged else None
             if li.diverged:
@@ -369,9 +378,11 @@ def _attach_lr(series: RunSeries, raw: list, steps: np.ndarray, ls: np.ndarray,
     """Tie episodes to upward lr changes (``lr-change``).
 
     An episode whose onset lies between the lr rise's onset (:func:`lr_onset_step`, minus the
-    merge lag) and ``lookahead`` logged points after the rise's top is caused by it: its onset
-    moves to the rise's onset and ``lr-change`` joins its detectors. A rise that no episode
-    follows becomes a candidate loss episode, kept only if its loss impact shows harm.
+    merge lag) and ``lookahead`` logged points after the rise's top is caused by it, and so is
+    a sustained loss rise under way at the rise's onset that peaks after it (a ``loss-rise``
+    onset is only known to a block of points, and noise can start it early): its onset moves
+    to the rise's onset and ``lr-change`` joins its detectors. A rise that no episode follows
+    becomes a candidate loss episode, kept only if its loss impact shows harm.
     """
     if series.lr_tag is None or not ls.size:
         return raw
@@ -390,7 +401,8 @@ def _attach_lr(series: RunSeries, raw: list, steps: np.ndarray, ls: np.ndarray,
                 f"({rv[rise.start]:.3g} -> {rv[rise.top]:.3g})"
                 + (", back to an earlier level (schedule restart)" if rise.restart else ""))
         lo, hi = on - gap * (merge_gap + 1), top + gap * lookahead
-        hits = [r for r in out if lo <= r[1] <= hi and id(r[0]) not in notes]
+        hits = [r for r in out if id(r[0]) not in notes and
+                (lo <= r[1] <= hi or _rising_through(r, on, ls))]
         if hits:
             r = min(hits, key=lambda r: r[1])
             r[0].detected_by.add(ID_LR)
@@ -416,6 +428,14 @@ def _attach_lr(series: RunSeries, raw: list, steps: np.ndarray, ls: np.ndarray,
     return [tuple(r) for r in out]
 
 
+def _rising_through(r: tuple, on: int, ls: np.ndarray) -> bool:
+    """Whether ``r`` (episode, onset step, end step) is a loss rise under way at step ``on``
+    that peaks at or after it."""
+    e, start, end = r
+    return e.source == "loss" and ID_RISE in e.detected_by and start < on and \
+        (end is None or end > on) and int(ls[e.peak]) >= on
+
+
 def _grad_text(kind: str, ratio: float | None, base: float | None, peak_step: int,
                from_grad: bool) -> str:
     """The grad-norm half of an episode's reason."""
@@ -433,10 +453,12 @@ def _grad_text(kind: str, ratio: float | None, base: float | None, peak_step: in
 
 
 def _harm_text(li, level: float, horizon: int, harmful: bool, ex_thr: float,
-               jp_thr: float, short: int | None = None, lasting: float | None = None) -> str:
+               jp_thr: float, short: tuple[int, str] | None = None,
+               lasting: float | None = None, held_from: int | None = None) -> str:
     """The loss half of an episode's reason: the numbers behind the harm verdict
-    (``short``: the run ended after only that many logged points of the horizon; ``lasting``:
-    the excess without the episode's own spike points, which the verdict uses)."""
+    (``short``: only that many logged points of the horizon, before what cut it; ``lasting``:
+    the excess without the episode's own spike points, which the verdict uses;
+    ``held_from``: the next episode's onset, from which the excess was held)."""
     if li.diverged:
         return "the loss diverged (non-finite, or never came back by the run's end)"
     parts = []
@@ -444,9 +466,12 @@ def _harm_text(li, level: float, horizon: int, harmful: bool, ex_thr: float,
         parts.append(f"loss jumped {li.loss_jump:+.3g} from its level {level:.3g}")
     ex = li.excess_loss
     if ex is not None:
-        over = (f"over the {short} logged point(s) before the run ended (too few to judge "
+        over = (f"over the {short[0]} logged point(s) before {short[1]} (too few to judge "
                 "lasting damage: the jump decides)") if short is not None \
             else f"over the next {horizon} steps"
+        if held_from is not None and short is None:
+            over += (f" (held from step {held_from} on at the excess it had reached: the loss "
+                     "after that is the next episode's)")
         spike = "" if lasting is None or lasting == ex else \
             f" ({lasting:+.3g} without the spike itself)"
         parts.append(f"averaged {ex:+.3g} against its counterfactual {over}{spike}")

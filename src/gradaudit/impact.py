@@ -80,7 +80,14 @@ Definitions follow DESIGN.md ("Loss impact"). Rules and defaults:
   smoothing keeps an ordinary hard batch out of the mean, but a bad batch's loss is the damage.
   None when the loss is non-finite there. ``Impact.lasting_excess`` is the same mean without
   the spike points: the lasting damage the engine's harm verdict is about (one bad batch whose
-  loss comes straight back is a warning, however high it jumped).
+  loss comes straight back is a warning, however high it jumped). With ``cut_at_next`` (the
+  engine sets it where the next episode starts with an lr rise inside the horizon) the loss
+  from ``next_onset`` on is that episode's to answer for: the horizon's remaining points count
+  at the mean excess of the last ``smooth`` points before it (the damage this episode had left
+  by then is held, not dropped), and ``Impact.cut_by_next`` says so. Only an lr rise cuts: a
+  later grad episode may be this one's aftershock (in an unclipped RNN one explosion sets off
+  the next), whose damage the horizon keeps; a natural spike 20 steps before an lr x30 fault
+  was otherwise charged with the fault's damage (+1.14) and called an explosion.
 - ``loss_jump``: the highest loss in the episode (and the next ``lag_points``, 3: the loss lags
   the grad norm) minus ``L^(onset)``.
 - ``recovery_step``: the first step after the onset from which the loss smoothed over 5 points
@@ -115,6 +122,7 @@ class Impact:
     bracketed: bool = False  # the counterfactual was anchored after the episode too
     horizon_points: int = 0  # logged points the excess was averaged over
     lasting_excess: float | None = None  # the excess without the episode's own spike points
+    cut_by_next: bool = False  # the horizon ended early, at the next episode's onset
 
 
 def _lsq(u: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -336,13 +344,19 @@ def _local_gap(cf: _Counterfactual, w: _PreOnset, shrink_t: float, local_span: f
 
 
 def _excess(cf: _Counterfactual, loss: np.ndarray, h: np.ndarray, n_spike: int, smooth: int,
-            noise: float, spike_sigmas: float | None) -> tuple[float, float]:
+            noise: float, spike_sigmas: float | None, n_held: int = 0) -> tuple[float, float]:
     """``(excess_loss, lasting_excess)`` over the horizon points ``h``; the first ``n_spike``
     of them (the episode and the loss's lag) may hold spike points that count at their raw
-    value in ``excess_loss`` (module doc)."""
+    value in ``excess_loss``; ``n_held`` more points (the horizon's rest after the next
+    episode's onset) count at the excess of the last ``smooth`` points (module doc)."""
     yh = _smooth(loss[h], smooth) if h.size > 2 else loss[h]
-    cf_h = cf(h)
-    lasting = excess = float(np.mean(yh - cf_h))
+    d = yh - cf(h)
+    held = float(np.mean(d[-min(smooth, d.size):])) * n_held
+
+    def mean(x: np.ndarray) -> float:
+        return float((np.sum(x) + held) / (x.size + n_held))
+
+    lasting = excess = mean(d)
     if spike_sigmas is not None and h.size > 2:
         # the smoothing that keeps an ordinary hard batch out also drops a bad batch's loss
         m = min(h.size, n_spike)
@@ -350,8 +364,8 @@ def _excess(cf: _Counterfactual, loss: np.ndarray, h: np.ndarray, n_spike: int, 
         spike_noise = max(noise, 1e-6 * abs(cf.level))  # a quantised loss has no batch noise
         spike = raw > yh[:m] + spike_sigmas * spike_noise
         if spike.any():
-            yh[:m][spike] = raw[spike]
-            excess = float(np.mean(yh - cf_h))
+            d[:m][spike] += raw[spike] - yh[:m][spike]
+            excess = mean(d)
     return excess, lasting
 
 
@@ -402,6 +416,7 @@ def loss_impact(
     horizon: int,
     *,
     next_onset: int | None = None,
+    cut_at_next: bool = False,
     fit_span: int | None = None,
     fit_points: int = 300,
     min_fit: int = 20,
@@ -447,6 +462,12 @@ def loss_impact(
     last = end_step if end_step is not None else int(steps[-1])
     i_win = int(np.searchsorted(steps, max(stop, onset_step + 1)))
     i_h = int(np.searchsorted(steps, onset_step + horizon))
+    n_held = 0
+    cut_by_next = bool(cut_at_next and next_onset is not None
+                       and onset_step < next_onset < onset_step + horizon)
+    if cut_by_next:  # the loss after the next onset is the next episode's to answer for
+        i_next = int(np.searchsorted(steps, next_onset))
+        n_held, i_h = i_h - i_next, i_next
     i_ep = int(np.searchsorted(steps, last, side="right"))
     after = np.arange(i_on, min(n, max(i_win, i_h, i_ep, i_on + lag_points)))
     u_fit = None
@@ -472,7 +493,7 @@ def loss_impact(
     excess = lasting = None
     if h.size and fin[h].all():
         excess, lasting = _excess(cf, loss, h, i_ep - i_on + lag_points, smooth, noise,
-                                  spike_sigmas)
+                                  spike_sigmas, n_held)
     # loss jump: max over the episode (and the next few points: the loss lags the step)
     ep = after[: max(i_ep - i_on, min(lag_points, n - i_on))]
     jump = None
@@ -483,4 +504,5 @@ def loss_impact(
     if excess is not None and h.size and pre.size > 2:
         se = _excess_se(cf, h, u_fit, noise, min_fit)
     return Impact(LossImpact(excess, jump, recovery, bool(nonfinite_after or runaway)),
-                  cf.level, noise, steps[win], cf_win, se, bracketed, int(h.size), lasting)
+                  cf.level, noise, steps[win], cf_win, se, bracketed, int(h.size), lasting,
+                  cut_by_next)
