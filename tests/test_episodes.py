@@ -127,6 +127,19 @@ def test_loss_only_run_bloom13b_style():
     assert any("constant 0" in n for n in a.notes) and a.clip.suggested_threshold is None
 
 
+def test_exact_zero_grad_norms_are_missing_points_not_overflows():
+    # a batch whose loss underflows to exactly 0 has no gradient (seen on a confident CNN
+    # trained with AdamW): its grad norm 0 is a missing point, not a non-finite overflow step
+    s, g, loss = healthy(seed=13)
+    g[[700, 1500, 2200]] = 0.0
+    a = audit_run(run_series(s, g, loss))
+    assert a.status == "ok" and not a.episodes, [e.to_dict() for e in a.episodes]
+    assert any("3 grad-norm value(s) of exactly 0" in n for n in a.notes)
+    g[1800] = np.inf  # a real overflow step is still one
+    (e,) = audit_run(run_series(s, g, loss)).episodes
+    assert e.kind == "nonfinite" and e.onset_step == 1800
+
+
 def test_sparse_logging_reports_steps():
     s, g, loss = healthy(seed=11)
     s = s * 100

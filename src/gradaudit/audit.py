@@ -113,6 +113,13 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
         else:
             why = "no usable grad-norm or loss series"
         return _empty(series, "error", notes + [why])
+    if has_grad and np.any(g == 0):
+        # a norm of exactly 0: no gradient at that step (a batch whose loss underflowed to 0,
+        # a frozen step) - a missing point, not an overflow or an event
+        zero = g == 0
+        notes.append(f"{int(zero.sum())} grad-norm value(s) of exactly 0 left out (no gradient "
+                     "at those steps)")
+        gs, g = gs[~zero], g[~zero]
     if has_grad:
         ok = np.isfinite(g) & (g > 0)
         if ok.sum() >= 2 and np.ptp(g[ok]) == 0:
@@ -134,9 +141,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
     ga: GradAnalysis | None = None
     raw: list[tuple[RawEpisode, int, int | None]] = []  # (episode, onset step, end step)
     if has_grad:
-        g_use = np.where(g > 0, g, np.where(np.isfinite(g), np.nan, g))  # zeros: missing
-        g_use = np.where(np.isnan(g) | np.isinf(g), g, g_use)
-        ga = grad_episodes(g_use, p, skip=int(np.searchsorted(gs, warm, side="right"))
+        ga = grad_episodes(g, p, skip=int(np.searchsorted(gs, warm, side="right"))
                            if warm is not None else 0)
         for e in ga.episodes:
             end = int(gs[e.last + 1]) if e.last + 1 < gs.size else None
