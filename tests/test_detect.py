@@ -86,6 +86,18 @@ def test_loss_spike_detector():
     assert out.trigger[250] and not out.trigger[:250].any()
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_lone_ratio_finds_one_bad_batch_in_an_interval_mean(seed):
+    # logged every 10 steps as the mean since the last log: one shuffled-label batch (loss 3.3
+    # against 0.2) is one interval at ~0.5, and the next interval has forgotten it
+    rng = np.random.default_rng(seed)
+    per_step = 0.2 * np.exp(rng.normal(0, 0.3, 1500))
+    per_step[705] = 3.3
+    logged = per_step.reshape(150, 10).mean(axis=1)
+    assert np.flatnonzero(loss_spike(logged, lone_ratio=2.0).trigger).tolist() == [70]
+    assert not loss_spike(logged).trigger.any()  # per-step rule: the next point must be high
+
+
 def test_extreme_spike_counts_even_in_a_constantly_spiky_run():
     from gradaudit.detect.robust_threshold import robust_threshold
     rng = np.random.default_rng(4)

@@ -216,3 +216,31 @@ def test_claim_names(tmp_path: Path) -> None:
     assert hf_trainer.claim(tmp_path, [tmp_path / "trainer_state.json"]) == [
         Source(hf_trainer.FORMAT, ".", (tmp_path / "trainer_state.json",))
     ]
+
+
+def _bad_batch_run(out: Path) -> None:
+    """1500 steps logged every 10 as the Trainer does: ``loss`` the mean since the last log,
+    ``grad_norm`` the logging step's own; one shuffled-label batch at step 705."""
+    rng = np.random.default_rng(7)
+    per_step = 0.2 * np.exp(rng.normal(0, 0.3, 1501))
+    per_step[705] = 3.3
+    state = TrainerState(max_steps=1500, logging_steps=10)
+    for step in range(10, 1501, 10):
+        state.log_history.append({
+            "epoch": step / 1500, "grad_norm": float(rng.lognormal(0.0, 0.2)),
+            "learning_rate": 1e-3, "loss": round(float(per_step[step - 9:step + 1].mean()), 4),
+            "step": step})
+    state.global_step = 1500
+    state.save_to_json(out / "trainer_state.json")
+
+
+def test_one_bad_batch_in_the_trainers_interval_mean_loss_is_found(tmp_path: Path) -> None:
+    _bad_batch_run(tmp_path / "out")
+    (run,) = gradaudit.read_runs([tmp_path])
+    assert run.interval_means == frozenset({"train/loss"})
+    (e,) = gradaudit.audit_run(run).episodes
+    assert e.onset_step == 710 and e.kind == "loss_spike" and e.severity == "warning"
+    # the same points without the format's word that they are interval means: one high point
+    # that the next has forgotten is an ordinary hard batch of a per-step loss
+    run.interval_means = frozenset()
+    assert gradaudit.audit_run(run).episodes == []

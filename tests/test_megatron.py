@@ -107,6 +107,8 @@ def test_read_runs_chooses_megatron_tags(tmp_path: Path) -> None:
         assert run.grad_norm_tag == "grad norm"
         assert run.loss_tag == "lm loss"
         assert run.lr_tag == "learning rate"
+        # Megatron averages an iteration line's losses over the log interval
+        assert "lm loss" in run.interval_means and "validation/lm loss" not in run.interval_means
     steps, values = runs["bloom-176b-spike-iter31214.log"].series("grad norm")
     assert steps.tolist()[:2] == [31214, 31215] and values[5] == 960.351
 

@@ -146,8 +146,12 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
         for e in ga.episodes:
             end = int(gs[e.last + 1]) if e.last + 1 < gs.size else None
             raw.append((e, int(gs[e.onset]), end))
+    # a loss the format logs as a mean over a logging interval of several steps
+    interval_mean = series.loss_tag in series.interval_means and ls.size > 1 and \
+        _typical_gap(ls) > 1
     l_eps = loss_episodes(lv, p, skip=int(np.searchsorted(ls, warm, side="right"))
-                          if warm is not None else 0, loss_only=not has_grad) if has_loss else []
+                          if warm is not None else 0, loss_only=not has_grad,
+                          interval_mean=interval_mean) if has_loss else []
     lag_steps = _typical_gap(gs) * (p.merge_gap + 1) if gs.size > 1 else 0
     # the grad episodes are sorted and disjoint (onsets and ends both rise): the first one whose
     # window [onset - lag, end + lag] holds a loss onset is found by bisection

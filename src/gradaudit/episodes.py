@@ -291,7 +291,7 @@ class EpisodeList(list):
 
 
 def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0,
-                  loss_only: bool = False) -> EpisodeList:
+                  loss_only: bool = False, interval_mean: bool = False) -> EpisodeList:
     """Upward loss jumps, sustained rises and non-finite losses, as loss-indexed episodes.
 
     ``skip``: points of the lr warm-up, left out (no healthy level exists yet). ``loss_only``:
@@ -299,7 +299,9 @@ def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0,
     over two consecutive points against the run's two-point spikiness (``loss_spike``'s
     ``sustain``), which finds a short bad stretch in a heavy-tailed loss. Where a grad norm
     exists, a loss jump it does not explain is a warning about the data at most, and the
-    single-point rule alone keeps those few."""
+    single-point rule alone keeps those few. ``interval_mean``: each point is the mean over
+    several steps (the format says so), where one point at twice the level is an event on its
+    own (``loss_spike``'s ``lone_ratio``)."""
     y = np.asarray(loss, dtype=np.float64).copy()
     if skip > 0:
         y[:skip] = np.nan
@@ -312,13 +314,15 @@ def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0,
     n_unlisted, lvl, ysp = 0, None, y
     if np.isfinite(y).sum() >= 10:
         sustain = 2 if loss_only else 0
-        ll1 = loss_spike(y, window=p.window, min_history=p.min_history, sustain=sustain)
+        lone = 2.0 if interval_mean else None
+        ll1 = loss_spike(y, window=p.window, min_history=p.min_history, sustain=sustain,
+                         lone_ratio=lone)
         excl = nf.copy()
         for a, b in runs_of(ll1.elevated, p.merge_gap):
             if ll1.trigger[a:b + 1].any():
                 excl[a:b + 1] = True
         ll = loss_spike(y, healthy=~excl, window=p.window, min_history=p.min_history,
-                        prior=ll1, sustain=sustain)
+                        prior=ll1, sustain=sustain, lone_ratio=lone)
         fin_y = np.isfinite(y)
         logged = bool(fin_y.any() and np.all(y[fin_y] > 0))  # the space loss_spike works in
         lvl = ll.level

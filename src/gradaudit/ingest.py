@@ -31,6 +31,7 @@ def build_series(
         frame=frame,
         problems=list(raw.problems),
         notes=list(raw.notes) + notes,
+        interval_means=raw.interval_means,
     )
     choice = choose_tags(series.tags(), grad_tag=grad_tag, loss_tag=loss_tag)
     series.grad_norm_tag, series.loss_tag, series.lr_tag = choice.grad_norm, choice.loss, choice.lr

@@ -47,6 +47,7 @@ class RunSeries:
     ``grad_norm_tag``/``loss_tag``/``lr_tag`` are chosen by :func:`gradaudit.tags.choose_tags`.
     ``problems`` are per-file read problems (the run still carries what could be read);
     ``notes`` are facts worth reporting (resumed step ranges, a sampled history table, ...).
+    ``interval_means``: tags logged as means over the logging interval (from the adapter).
     """
 
     name: str
@@ -58,6 +59,7 @@ class RunSeries:
     lr_tag: str | None = None
     problems: list[FileProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    interval_means: frozenset[str] = frozenset()
 
     def tag_counts(self) -> dict[str, int]:
         """Number of points per tag, tags in name order."""

@@ -56,6 +56,8 @@ class RawRun:
 
     ``suffix`` names one run inside a multi-run source (a W&B CSV export): the run is then
     called ``f"{source.name}#{suffix}"``. ``files`` defaults to the source's files.
+    ``interval_means``: tags whose logged value is the mean over the steps since the previous
+    logged point (a Trainer's ``loss``, Megatron's ``lm loss``), where the format says so.
     """
 
     points: pl.DataFrame | pl.LazyFrame
@@ -63,6 +65,7 @@ class RawRun:
     problems: list[FileProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     files: list[Path] | None = None
+    interval_means: frozenset[str] = frozenset()
 
 
 class Adapter(Protocol):

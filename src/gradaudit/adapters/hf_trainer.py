@@ -5,7 +5,7 @@ Trainer reports to TensorBoard/W&B: ``train/loss``, ``train/grad_norm``, ``train
 ``train/epoch``; eval entries (``eval_loss``, ``eval_runtime``, ...) become ``eval/loss``, ...;
 ``test_*`` become ``test/*``. The final summary entry (``train_runtime``, ``train_loss``, ...) is
 no series point. Non-finite values (``NaN``/``Infinity`` tokens written by Python's ``json``) are
-kept.
+kept. ``loss`` is the mean over the steps since the previous log (``interval_means``).
 
 An output folder ``out/`` is one run; each ``out/checkpoint-N/trainer_state.json`` is a copy of the
 state at step N and belongs to the same run. The copy with the largest ``global_step`` is read
@@ -34,6 +34,8 @@ _CHECKPOINT = re.compile(r"checkpoint-\d+$")
 _GLOBAL_STEP = re.compile(rb'"global_step"\s*:\s*(\d+)')
 #: Keys of the final summary entry the Trainer appends after training.
 _SUMMARY_KEYS = frozenset({"train_runtime", "train_samples_per_second", "train_steps_per_second"})
+#: The Trainer logs ``loss`` as the mean over the steps since its previous log.
+INTERVAL_MEANS = frozenset({"train/loss"})
 
 
 def claim(directory: Path, files: list[Path]) -> list[Source]:
@@ -156,7 +158,8 @@ def read(source: Source) -> list[RawRun]:
                 f"read {path} (global_step {state.get('global_step')}), the most advanced of "
                 f"{len(source.files)} trainer_state.json copies"
             )
-        return [RawRun(points=frame, problems=problems, notes=notes, files=[path])]
+        return [RawRun(points=frame, problems=problems, notes=notes, files=[path],
+                       interval_means=INTERVAL_MEANS)]
     if len(files) == 1 and last_error is not None:
         raise last_error
     raise ReadError(

@@ -8,7 +8,8 @@ become ``validation/lm loss`` and ``validation/lm loss PPL`` (``test/...`` for t
 (``[default7]:``), timestamps (read as wall time when they are ISO-like), ``time (ms)`` lines,
 ``[...]`` elisions, prose, code fences. A line folded in two (a terminal or paste wrap) is joined
 back. Identical lines printed by several ranks count once. The DeepSpeed engine's
-``step=N, skipped=K, lr=[...]`` lines give ``deepspeed/skipped`` and ``deepspeed/lr``.
+``step=N, skipped=K, lr=[...]`` lines give ``deepspeed/skipped`` and ``deepspeed/lr``. An
+iteration line's losses are means over the log interval (``interval_means``).
 
 The text is parsed in large chunks with Polars' string kernels, not a Python object per field.
 """
@@ -308,7 +309,10 @@ def read_file(path: Path) -> RawRun:
     problems: list[FileProblem] = []
     if frame.get_column("wall_time").null_count() == frame.height:
         frame = frame.drop("wall_time")
-    return RawRun(points=frame, problems=problems)
+    # the iteration line's losses are averaged over the log interval (training_log)
+    tags = frame.get_column("tag").unique().to_list()
+    means = frozenset(t for t in tags if t.endswith("loss") and "/" not in t)
+    return RawRun(points=frame, problems=problems, interval_means=means)
 
 
 def read(source: Source) -> list[RawRun]:

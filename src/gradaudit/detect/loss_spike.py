@@ -18,7 +18,12 @@ percentile at 2.3 sigma, so this only binds on heavy-tailed losses, where 6-sigm
 ordinary batches.
 With ``persist=True`` (default) a trigger also needs the next logged point to be elevated: a
 per-step mini-batch loss has heavy-tailed noise, and one high batch that the next step already
-forgets is no event (a fault that hurts the run keeps the loss up).
+forgets is no event (a fault that hurts the run keeps the loss up). With ``lone_ratio`` (the
+engine sets 2 where the format logs the loss as a mean over a logging interval of several
+steps: a Trainer's ``loss``, Megatron's ``lm loss``) a point at ``lone_ratio`` x its level
+triggers alone: averaging has taken the batches' tails away, and one bad batch is one high
+interval that the next has forgotten. Not for per-step losses: a heavy-tailed one (Student t
+with 2 degrees of freedom) has lone points beyond any multiple of its own spikiness.
 With ``sustain=w`` (> 1; the engine sets 2 for runs that log no grad norm, where the loss is the
 only evidence) ``w`` consecutive elevated points whose mean excess reaches the trigger bar at
 the time scale of ``w`` points (``z_hi`` standard errors of a ``w``-point mean, ``rel_jump``,
@@ -67,6 +72,7 @@ def loss_spike(
     min_rel_spread: float = 0.002,
     prior: LossLevel | None = None,
     persist: bool = True,
+    lone_ratio: float | None = None,
     log_space: bool = True,
     tail_factor: float = 2.0,
     sustain: int = 0,
@@ -117,6 +123,9 @@ def loss_spike(
     if persist and trigger.any():
         nxt = np.zeros_like(elevated)
         nxt[:-1] = elevated[1:]
+        if lone_ratio is not None:
+            with np.errstate(invalid="ignore"):
+                nxt |= d >= rel_of(lone_ratio - 1.0)
         trigger &= nxt
     if sustain > 1:
         trigger |= sustained(d, use, spread, sustain, rel_of(rel_jump), z_hi, tail_factor,
