@@ -301,21 +301,26 @@ def test_one_bad_batch_counts_in_the_excess_but_is_no_lasting_harm(seed):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_spike_just_before_an_lr_fault_is_not_charged_with_its_damage(seed):
+@pytest.mark.parametrize("between", [False, True])
+def test_spike_just_before_an_lr_fault_is_not_charged_with_its_damage(seed, between):
     # a harmless grad spike at 1000, then the lr set 30x too high from 1020 on: the loss the
     # lr fault raised is that episode's, not the spike's (the spike was called an explosion
-    # with the lr fault's excess in its horizon)
+    # with the lr fault's excess in its horizon) - also with another spike in between
     s, g, loss = healthy(seed=seed)
     g[1000] *= 20
+    if between:
+        g[1010] *= 20
     lr = np.full(s.size, 1e-3)
     lr[1020:1030] = 3e-2
     g[1020:1030] *= 8
     loss[1021:1400] += 0.6
     a = audit_run(run_series(s, g, loss, lr))
-    spike, fault = sorted(a.episodes, key=lambda e: e.onset_step)
-    assert spike.onset_step == 1000 and spike.severity == "warning", spike.reason
-    assert "next episode's onset (step 1021)" in spike.reason
-    assert abs(spike.loss_impact.excess_loss) < 0.1
+    spike, *other, fault = sorted(a.episodes, key=lambda e: e.onset_step)
+    assert len(other) == int(between)
+    for e in [spike, *other]:
+        assert e.severity == "warning" and "before the lr rise at step 1021" in e.reason
+        assert abs(e.loss_impact.excess_loss) < 0.1
+    assert spike.onset_step == 1000
     assert fault.onset_step == 1021 and fault.severity == "explosion"
     assert "learning rate rose" in fault.reason and fault.loss_impact.excess_loss > 0.4
 

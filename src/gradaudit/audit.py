@@ -6,6 +6,8 @@ status ``error`` and a note saying why.
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 from scipy.special import ndtri
 
@@ -197,13 +199,15 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
         # hundreds of episodes judged at once: each against its own standard error at the
         # Bonferroni level (about one false harm verdict in 20 such runs), not at 2 sigma
         z_harm = max(z_harm, float(ndtri(1.0 - 0.05 / max(1, len(raw)))))
+    # the loss after an lr rise is that rise's to answer for, not an earlier episode's (a later
+    # grad episode may be this one's aftershock: its damage stays in this horizon)
+    lr_onsets = [on for e, on, _ in raw if ID_LR in e.detected_by]  # raw is sorted by onset
     for k, (e, on, end) in enumerate(raw):
         nxt = raw[k + 1][1] if k + 1 < len(raw) else None
-        # the loss after an lr rise is that rise's to answer for, not an earlier episode's
-        # (a later grad episode may be this one's aftershock: its damage stays in this horizon)
-        lr_next = nxt is not None and ID_LR in raw[k + 1][0].detected_by
+        j = bisect.bisect_right(lr_onsets, on)
+        lr_after = lr_onsets[j] if j < len(lr_onsets) else None
         imp = loss_impact(ls, lv_mean, l_healthy, on, end, st.impact_horizon, next_onset=nxt,
-                          cut_at_next=lr_next, floor_step=floor) if has_loss else None
+                          cut_at=lr_after, floor_step=floor) if has_loss else None
         rec = imp.impact.recovery_step if imp is not None else None
         if rec is not None and (end is None or rec > end):
             # the loss was still coming back until ``rec``: no healthy level to fit there
@@ -238,11 +242,11 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             # harm is lasting damage: the excess without the episode's own spike points (None
             # exactly when the excess is)
             ex, jp = imp.lasting_excess, li.loss_jump
-            # the run ended (or the next episode's lr rise started) within the horizon, leaving
+            # the run ended (or a later episode's lr rise started) within the horizon, leaving
             # under a quarter of the points a whole horizon holds (and under 5): too short a
             # stretch for lasting damage, so the jump judges (the excess is still reported).
             # Sparse logging alone is no reason.
-            short = ex is not None and (imp.cut_by_next or on + st.impact_horizon >
+            short = ex is not None and (imp.cut_step is not None or on + st.impact_horizon >
                                         int(ls[-1]) + 1) and \
                 imp.horizon_points < max(min(5.0, h_points), h_points / 4)
             # harm = lasting damage: the excess over the horizon, significant against its own
@@ -253,11 +257,11 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             harmful = bool(li.diverged
                            or (ex is not None and not short and ex >= ex_thr)
                            or ((ex is None or short) and jp is not None and jp >= jp_thr))
-            cut = f"the next episode's onset (step {nxt})" if imp.cut_by_next else \
+            cut = f"the lr rise at step {imp.cut_step}" if imp.cut_step is not None else \
                 "the run ended"
             harm_text = _harm_text(li, imp.level, st.impact_horizon, harmful, ex_thr, jp_thr,
                                    (imp.horizon_points, cut) if short else None,
-                                   imp.lasting_excess, nxt if imp.cut_by_next else None)
+                                   imp.lasting_excess, imp.cut_step)
         elif imp is not None:
             harmful = bool(li.diverged) if li.diverged else None
             if li.diverged:
@@ -467,7 +471,7 @@ def _harm_text(li, level: float, horizon: int, harmful: bool, ex_thr: float,
     """The loss half of an episode's reason: the numbers behind the harm verdict
     (``short``: only that many logged points of the horizon, before what cut it; ``lasting``:
     the excess without the episode's own spike points, which the verdict uses;
-    ``held_from``: the next episode's onset, from which the excess was held)."""
+    ``held_from``: a later lr episode's onset, from which the excess was held)."""
     if li.diverged:
         return "the loss diverged (non-finite, or never came back by the run's end)"
     parts = []
@@ -480,7 +484,7 @@ def _harm_text(li, level: float, horizon: int, harmful: bool, ex_thr: float,
             else f"over the next {horizon} steps"
         if held_from is not None and short is None:
             over += (f" (held from step {held_from} on at the excess it had reached: the loss "
-                     "after that is the next episode's)")
+                     "after the lr rise there is that episode's)")
         spike = "" if lasting is None or lasting == ex else \
             f" ({lasting:+.3g} without the spike itself)"
         parts.append(f"averaged {ex:+.3g} against its counterfactual {over}{spike}")

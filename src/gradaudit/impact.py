@@ -80,11 +80,12 @@ Definitions follow DESIGN.md ("Loss impact"). Rules and defaults:
   smoothing keeps an ordinary hard batch out of the mean, but a bad batch's loss is the damage.
   None when the loss is non-finite there. ``Impact.lasting_excess`` is the same mean without
   the spike points: the lasting damage the engine's harm verdict is about (one bad batch whose
-  loss comes straight back is a warning, however high it jumped). With ``cut_at_next`` (the
-  engine sets it where the next episode starts with an lr rise inside the horizon) the loss
-  from ``next_onset`` on is that episode's to answer for: the horizon's remaining points count
-  at the mean excess of the last ``smooth`` points before it (the damage this episode had left
-  by then is held, not dropped), and ``Impact.cut_by_next`` says so. Only an lr rise cuts: a
+  loss comes straight back is a warning, however high it jumped). With ``cut_at`` (the engine
+  passes the onset of the first later episode that starts with an lr rise) the loss from that
+  step on is that episode's to answer for: where it falls inside the horizon, the horizon's
+  remaining points count at the mean excess of the last ``smooth`` points before it (the
+  damage this episode had left by then is held, not dropped), and ``Impact.cut_step`` says
+  where. Only an lr rise cuts: a
   later grad episode may be this one's aftershock (in an unclipped RNN one explosion sets off
   the next), whose damage the horizon keeps; a natural spike 20 steps before an lr x30 fault
   was otherwise charged with the fault's damage (+1.14) and called an explosion.
@@ -122,7 +123,7 @@ class Impact:
     bracketed: bool = False  # the counterfactual was anchored after the episode too
     horizon_points: int = 0  # logged points the excess was averaged over
     lasting_excess: float | None = None  # the excess without the episode's own spike points
-    cut_by_next: bool = False  # the horizon ended early, at the next episode's onset
+    cut_step: int | None = None  # where the horizon ended early (a later lr episode's onset)
 
 
 def _lsq(u: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -416,7 +417,7 @@ def loss_impact(
     horizon: int,
     *,
     next_onset: int | None = None,
-    cut_at_next: bool = False,
+    cut_at: int | None = None,
     fit_span: int | None = None,
     fit_points: int = 300,
     min_fit: int = 20,
@@ -463,11 +464,11 @@ def loss_impact(
     i_win = int(np.searchsorted(steps, max(stop, onset_step + 1)))
     i_h = int(np.searchsorted(steps, onset_step + horizon))
     n_held = 0
-    cut_by_next = bool(cut_at_next and next_onset is not None
-                       and onset_step < next_onset < onset_step + horizon)
-    if cut_by_next:  # the loss after the next onset is the next episode's to answer for
-        i_next = int(np.searchsorted(steps, next_onset))
-        n_held, i_h = i_h - i_next, i_next
+    cut_step = cut_at if cut_at is not None and onset_step < cut_at < onset_step + horizon \
+        else None
+    if cut_step is not None:  # the loss from there on is another episode's to answer for
+        i_cut = int(np.searchsorted(steps, cut_step))
+        n_held, i_h = max(0, i_h - i_cut), min(i_h, i_cut)
     i_ep = int(np.searchsorted(steps, last, side="right"))
     after = np.arange(i_on, min(n, max(i_win, i_h, i_ep, i_on + lag_points)))
     u_fit = None
@@ -505,4 +506,4 @@ def loss_impact(
         se = _excess_se(cf, h, u_fit, noise, min_fit)
     return Impact(LossImpact(excess, jump, recovery, bool(nonfinite_after or runaway)),
                   cf.level, noise, steps[win], cf_win, se, bracketed, int(h.size), lasting,
-                  cut_by_next)
+                  cut_step)
