@@ -351,3 +351,18 @@ def test_loss_rise_under_way_when_the_lr_rose_is_that_lr_episode():
     e = _one(a)
     assert "lr-change" in e.detected_by and "loss-rise" in e.detected_by
     assert e.onset_step == 1501 and e.severity == "explosion"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_loss_jump_the_grad_norm_joined_is_a_gradient_spike(seed):
+    # a grad norm that varies a lot (log sigma 0.9: a 30x point is under 5 robust sigmas) and
+    # one bad batch: the loss jumps 25x and the grad norm 30x with it. Found through the loss,
+    # it is a gradient spike - not a loss jump "while the grad norm stayed healthy"
+    s, g, loss = healthy(seed=seed, sigma=0.9)
+    g[1500] = np.exp(np.median(np.log(g[1300:1500]))) * 30
+    loss[1500] *= 25
+    loss[1501:1600] += 0.3
+    a = audit_run(run_series(s, g, loss))
+    (e,) = [e for e in a.episodes if abs(e.onset_step - 1500) <= 1]
+    assert e.kind == "spike" and "rose" in e.reason and "stayed healthy" not in e.reason
+    assert e.peak_ratio > 20 and e.severity == "explosion"

@@ -204,8 +204,8 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
     lr_onsets = [on for e, on, _ in raw if ID_LR in e.detected_by]  # raw is sorted by onset
     for k, (e, on, end) in enumerate(raw):
         nxt = raw[k + 1][1] if k + 1 < len(raw) else None
-        j = bisect.bisect_right(lr_onsets, on)
-        lr_after = lr_onsets[j] if j < len(lr_onsets) else None
+        k_lr = bisect.bisect_right(lr_onsets, on)
+        lr_after = lr_onsets[k_lr] if k_lr < len(lr_onsets) else None
         imp = loss_impact(ls, lv_mean, l_healthy, on, end, st.impact_horizon, next_onset=nxt,
                           cut_at=lr_after, floor_step=floor) if has_loss else None
         rec = imp.impact.recovery_step if imp is not None else None
@@ -213,7 +213,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             # the loss was still coming back until ``rec``: no healthy level to fit there
             l_healthy[int(np.searchsorted(ls, on)):int(np.searchsorted(ls, rec))] = False
             floor = rec if floor is None else max(floor, rec)
-        peak_g = base_g = ratio = None
+        peak_g = base_g = ratio = peak_g_step = None
         if e.source == "grad":
             peak_g = float(g[e.peak])
             base_g = float(np.exp(e.base_log)) if e.base_log is not None else None
@@ -228,11 +228,17 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
                 fin = np.isfinite(seg)
                 if fin.any():
                     j = i0 + int(np.argmax(np.where(fin, seg, -np.inf)))
-                    peak_g = float(g[j])
+                    peak_g, peak_g_step = float(g[j]), int(gs[j])
                     lvl = ga.level.level[i0]
                     base_g = float(np.exp(lvl)) if np.isfinite(lvl) else None
         if peak_g is not None and base_g:
             ratio = peak_g / base_g if np.isfinite(peak_g) else float("inf")
+        # a loss jump that the grad norm joined (spike_ratio x or more), though in a run whose
+        # grad norm varies too much for that rise to trigger alone: a gradient spike, found
+        # through the loss - not a jump "while the grad norm stayed healthy"
+        joined = e.kind == "loss_spike" and e.source == "loss" and id(e) not in lr_notes and \
+            ratio is not None and ratio >= st.spike_ratio
+        ep_kind = "spike" if joined else e.kind
         harmful = None
         li = imp.impact if imp is not None else None
         harm_text = ""
@@ -273,10 +279,14 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             reason = (f"{reason}; " if reason else "") + \
                 "no loss to judge the harm: severity from the peak ratio"
         lr_note = lr_notes.get(id(e))
-        if e.kind == "loss_spike" and has_grad and lr_note is None:
+        if joined:
+            reason = (f"the loss jumped and the grad norm rose {ratio:.3g}x with it (peak at "
+                      f"step {peak_g_step}; this run's grad norm varies too much for that rise to "
+                      f"flag alone); {harm_text or reason}")
+        elif e.kind == "loss_spike" and has_grad and lr_note is None:
             reason = ("the loss jumped while the grad norm stayed healthy: no gradient "
                       f"explosion, clipping would not help; {harm_text or reason}")
-        sev = severity(e.kind, ratio, harmful, has_grad, st.spike_ratio, st.explosion_ratio)
+        sev = severity(ep_kind, ratio, harmful, has_grad, st.spike_ratio, st.explosion_ratio)
         if lr_note is not None:
             text, restart = lr_note
             if e.kind == "loss_spike":
@@ -292,7 +302,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             reason += f" (a warning: the grad norm peaked below {st.spike_ratio:g}x)"
         if e.source == "lr" and not harmful and lr_note is not None and lr_note[1]:
             continue  # a schedule restart that left no mark on the loss is no episode
-        kind = e.kind
+        kind = ep_kind
         if li is not None and li.diverged and kind in ("spike", "level_shift") and \
                 not np.isfinite(lv[np.searchsorted(ls, on):]).all():
             kind, sev = "divergence", "explosion"

@@ -41,6 +41,7 @@ import numpy as np
 
 from gradaudit.detect._common import log_positive, runs_of
 from gradaudit.detect.ema_zscore import ema_zscore_spans, olmo_skip_spans
+from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
 from gradaudit.detect.loss_rise import loss_rise
 from gradaudit.detect.loss_spike import loss_spike
 from gradaudit.detect.pelt import level_shifts
@@ -356,7 +357,10 @@ def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0,
             if hit:
                 for e in hit:
                     e.detected_by.add("loss-rise")
-                    e.onset = min(e.onset, onset)
+                    # a jump's onset is exact, a rise's only good to a block: the rise moves
+                    # it only when it clearly started earlier
+                    if onset < e.onset - RISE_BLOCK:
+                        e.onset = onset
                     e.last = max(e.last, last)
                 grown.extend(hit)
                 continue

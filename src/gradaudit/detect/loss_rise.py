@@ -31,13 +31,14 @@ import numpy as np
 from gradaudit.detect._common import MAD_TO_SIGMA, runs_of, trailing_median_before
 
 ID = "loss-rise"
+BLOCK = 8  # logged points per block (default); a rise's onset is known to about a block
 
 
 def loss_rise(
     loss: np.ndarray,
     *,
     healthy: np.ndarray | None = None,
-    block: int = 8,
+    block: int = BLOCK,
     window: int = 30,
     min_history: int = 4,
     z: float = 4.0,
