@@ -98,6 +98,21 @@ def test_lone_ratio_finds_one_bad_batch_in_an_interval_mean(seed):
     assert not loss_spike(logged).trigger.any()  # per-step rule: the next point must be high
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_extreme_lone_loss_point_is_a_spike_where_the_loss_is_smooth(seed):
+    # a language-model loss (per step, +-10 %): one shuffled-label batch at 15x its level, back
+    # to normal at the next step, is far beyond anything the run's own batches do
+    rng = np.random.default_rng(seed)
+    smooth = 0.22 * np.exp(rng.normal(0, 0.1, 1500))
+    smooth[700] = 3.3
+    assert np.flatnonzero(loss_spike(smooth).trigger).tolist() == [700]
+    assert not loss_spike(smooth, lone_factor=np.inf).trigger.any()  # the persistence rule
+    # a loss whose ordinary batches reach 4x: a lone 10x batch is no event
+    heavy = 0.05 * np.exp(rng.normal(0, 0.6, 1500))
+    heavy[700] = 10 * 0.05
+    assert not loss_spike(heavy).trigger[700]
+
+
 def test_extreme_spike_counts_even_in_a_constantly_spiky_run():
     from gradaudit.detect.robust_threshold import robust_threshold
     rng = np.random.default_rng(4)

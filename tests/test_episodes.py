@@ -197,7 +197,17 @@ def test_spiky_healthy_run_not_warned():
     loss = 0.03 * np.exp(rng.standard_t(2, s.size) * 0.5)
     g = 0.5 * np.exp(rng.normal(0, 0.2, s.size))
     a = audit_run(run_series(s, g, loss))
-    assert a.episodes == []
+    # Student t with 2 degrees of freedom: the 99th percentile is 31x the median, the 99.9th
+    # 5e7x; nothing up to there is an event. Only lone points beyond the extreme bar (6x the
+    # run's own 99th percentile in log terms: here 1e10x and more) are, as data warnings
+    med = np.median(loss)
+    assert len(a.episodes) <= 5
+    for e in a.episodes:
+        assert e.kind == "loss_spike" and e.severity == "warning"
+        assert loss[e.onset_step] > 1e9 * med
+    calm = loss.copy()
+    calm[calm > 1e6 * med] = med  # the same run without its astronomically bad batches
+    assert audit_run(run_series(s, g, calm)).episodes == []
 
 
 def test_reason_gives_the_numbers_behind_the_verdict():

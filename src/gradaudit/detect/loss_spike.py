@@ -18,12 +18,15 @@ percentile at 2.3 sigma, so this only binds on heavy-tailed losses, where 6-sigm
 ordinary batches.
 With ``persist=True`` (default) a trigger also needs the next logged point to be elevated: a
 per-step mini-batch loss has heavy-tailed noise, and one high batch that the next step already
-forgets is no event (a fault that hurts the run keeps the loss up). With ``lone_ratio`` (the
-engine sets 2 where the format logs the loss as a mean over a logging interval of several
-steps: a Trainer's ``loss``, Megatron's ``lm loss``) a point at ``lone_ratio`` x its level
-triggers alone: averaging has taken the batches' tails away, and one bad batch is one high
-interval that the next has forgotten. Not for per-step losses: a heavy-tailed one (Student t
-with 2 degrees of freedom) has lone points beyond any multiple of its own spikiness.
+forgets is no event (a fault that hurts the run keeps the loss up) - unless it is *extreme*:
+at least twice the level and ``lone_factor`` (6) x the run's own 99th-percentile excess (in log
+terms: a loss whose ordinary batches reach 3x at the 99th percentile needs 700x; a smooth
+language-model loss, whose 99th percentile is +30 %, 5x). One shuffled-label batch in a
+transformer LM is such a point (its grad norm rose only 7x). With ``lone_ratio`` (the engine
+sets 2 where the format logs the loss as a mean over a logging interval of several steps: a
+Trainer's ``loss``, Megatron's ``lm loss``) a point at ``lone_ratio`` x its level triggers
+alone, beyond the run's spikiness as every trigger: averaging has taken the batches' tails
+away, and one bad batch is one high interval that the next has forgotten.
 With ``sustain=w`` (> 1; the engine sets 2 for runs that log no grad norm, where the loss is the
 only evidence) ``w`` consecutive elevated points whose mean excess reaches the trigger bar at
 the time scale of ``w`` points (``z_hi`` standard errors of a ``w``-point mean, ``rel_jump``,
@@ -73,6 +76,7 @@ def loss_spike(
     prior: LossLevel | None = None,
     persist: bool = True,
     lone_ratio: float | None = None,
+    lone_factor: float = 6.0,
     log_space: bool = True,
     tail_factor: float = 2.0,
     sustain: int = 0,
@@ -115,17 +119,21 @@ def loss_spike(
         lo = np.maximum(z_lo * spread, rel_of(rel_band))
         trigger = np.isfinite(d) & (d >= hi)
         elevated = np.isfinite(d) & (d >= lo)
+    tmax = 0.0
     if tail_factor > 0 and trigger.any():
         # the run's own spikiness: a jump must also be tail_factor x the run's 99th percentile
         # of the loss above its level (a heavy-tailed loss, e.g. squared error, jumps 10x on
         # ordinary batches; a gaussian-noise loss has q99 = 2.3 sigma, so this never binds)
-        trigger &= d >= tail_factor * typical_max(d, use, trigger)
+        tmax = typical_max(d, use, trigger)
+        trigger &= d >= tail_factor * tmax
     if persist and trigger.any():
         nxt = np.zeros_like(elevated)
         nxt[:-1] = elevated[1:]
-        if lone_ratio is not None:
-            with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore"):
+            if lone_ratio is not None:
                 nxt |= d >= rel_of(lone_ratio - 1.0)
+            if tmax > 0:  # extreme: only where the run's own spikiness is known
+                nxt |= d >= np.maximum(rel_of(1.0), lone_factor * tmax)
         trigger &= nxt
     if sustain > 1:
         trigger |= sustained(d, use, spread, sustain, rel_of(rel_jump), z_hi, tail_factor,
