@@ -376,3 +376,21 @@ def test_loss_jump_the_grad_norm_joined_is_a_gradient_spike(seed):
     (e,) = [e for e in a.episodes if abs(e.onset_step - 1500) <= 1]
     assert e.kind == "spike" and "rose" in e.reason and "stayed healthy" not in e.reason
     assert e.peak_ratio > 20 and e.severity == "explosion"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_small_spike_the_lr_climb_joined_is_the_lr_episode(seed):
+    # a natural 8x spike at 990 whose tail is still elevated when the lr is set 30x too high at
+    # 1000: the grad climb (40x) joins it into one grad episode, which the lr rise explains -
+    # not a level shift from 990 charged with the fault plus a separate lr episode
+    s, g, loss = healthy(seed=seed)
+    lr = np.full(s.size, 1e-3)
+    lr[1000:1010] = 3e-2
+    g[990] *= 8
+    g[991:1000] *= 2.5
+    g[1001:1041] *= 40  # the first step after the raised lr
+    loss[1001:1300] += 0.8
+    a = audit_run(run_series(s, g, loss, lr))
+    (e,) = [e for e in a.episodes if 980 <= e.onset_step <= 1010]
+    assert e.onset_step == 1001 and "lr-change" in e.detected_by and e.severity == "explosion"
+    assert e.loss_impact.excess_loss > 0.6
