@@ -238,8 +238,12 @@ def test_one_bad_batch_in_the_trainers_interval_mean_loss_is_found(tmp_path: Pat
     _bad_batch_run(tmp_path / "out")
     (run,) = gradaudit.read_runs([tmp_path])
     assert run.interval_means == frozenset({"train/loss"})
-    (e,) = gradaudit.audit_run(run).episodes
+    audit = gradaudit.audit_run(run)
+    (e,) = audit.episodes
     assert e.onset_step == 710 and e.kind == "loss_spike" and e.severity == "warning"
+    # the grad norm is the logging step's own: the report does not claim it stayed healthy
+    assert "logged every 10 steps, stayed healthy at the logged steps" in e.reason
+    assert "log the grad norm every step" in audit.clip.advice
     # the same points without the format's word that they are interval means: one high point
     # that the next has forgotten is an ordinary hard batch of a per-step loss
     run.interval_means = frozenset()

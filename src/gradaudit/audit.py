@@ -154,7 +154,8 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
     l_eps = loss_episodes(lv, p, skip=int(np.searchsorted(ls, warm, side="right"))
                           if warm is not None else 0, loss_only=not has_grad,
                           interval_mean=interval_mean) if has_loss else []
-    lag_steps = _typical_gap(gs) * (p.merge_gap + 1) if gs.size > 1 else 0
+    g_every = _typical_gap(gs) if gs.size > 1 else 1  # the grad norm's logging interval
+    lag_steps = g_every * (p.merge_gap + 1) if gs.size > 1 else 0
     # the grad episodes are sorted and disjoint (onsets and ends both rise): the first one whose
     # window [onset - lag, end + lag] holds a loss onset is found by bisection
     g_on = np.array([r[1] for r in raw], dtype=np.int64)
@@ -284,8 +285,13 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
                       f"step {peak_g_step}; this run's grad norm varies too much for that rise to "
                       f"flag alone); {harm_text or reason}")
         elif e.kind == "loss_spike" and has_grad and lr_note is None:
-            reason = ("the loss jumped while the grad norm stayed healthy: no gradient "
-                      f"explosion, clipping would not help; {harm_text or reason}")
+            if g_every > 1:  # a one-step spike between two logged grad norms is invisible
+                reason = (f"the loss jumped while the grad norm, logged every {g_every:g} "
+                          "steps, stayed healthy at the logged steps: no gradient explosion "
+                          f"seen; {harm_text or reason}")
+            else:
+                reason = ("the loss jumped while the grad norm stayed healthy: no gradient "
+                          f"explosion, clipping would not help; {harm_text or reason}")
         sev = severity(ep_kind, ratio, harmful, has_grad, st.spike_ratio, st.explosion_ratio)
         if lr_note is not None:
             text, restart = lr_note
@@ -341,9 +347,9 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             audit.healthy_grad_norm = float(np.median(g[healthy]))
         slices = [(e.onset, e.last) for e in ga.episodes]
         opts = clip_options(g, healthy, slices, ga.zclip_final_bound)
-        audit.clip = suggest(opts, st.clip_max_cost, _advice(episodes, series, has_grad))
+        audit.clip = suggest(opts, st.clip_max_cost, _advice(episodes, series, has_grad, g_every))
     else:
-        audit.clip = suggest([], st.clip_max_cost, _advice(episodes, series, has_grad))
+        audit.clip = suggest([], st.clip_max_cost, _advice(episodes, series, has_grad, g_every))
     if episodes:
         if has_grad:
             traces["grad_norm"] = decimate(gs, g)
@@ -559,7 +565,8 @@ def _typical_gap(steps: np.ndarray) -> int:
     return int(np.median(d)) if d.size else 1
 
 
-def _advice(episodes: list[Episode], series: RunSeries, has_grad: bool) -> str | None:
+def _advice(episodes: list[Episode], series: RunSeries, has_grad: bool,
+            g_every: int = 1) -> str | None:
     parts = []
     if not has_grad:
         parts.append("no usable grad norm is logged, so no clip threshold can be derived; "
@@ -575,6 +582,10 @@ def _advice(episodes: list[Episode], series: RunSeries, has_grad: bool) -> str |
                 f"clipping cannot fix the sustained level shift {what}at step {e.onset_step} "
                 f"(grad norm settled ~{x:.3g}x higher, peak {f:.3g}x): lower the learning rate "
                 f"by the measured factor {x:.3g}")
+        elif e.kind == "loss_spike" and has_grad and g_every > 1:
+            parts.append(f"the loss spike at step {e.onset_step} came with no grad-norm rise at "
+                         f"the logged steps (every {g_every}); look at the data there, and log "
+                         "the grad norm every step to see a one-step spike")
         elif e.kind == "loss_spike" and has_grad:
             parts.append(f"clipping would not help the loss spike at step {e.onset_step}: the "
                          f"grad norm stayed healthy; look at the data at step {e.onset_step}")
