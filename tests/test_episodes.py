@@ -379,10 +379,11 @@ def test_loss_jump_the_grad_norm_joined_is_a_gradient_spike(seed):
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_small_spike_the_lr_climb_joined_is_the_lr_episode(seed):
+def test_grad_episode_straddling_an_lr_rise_is_split_there(seed):
     # a natural 8x spike at 990 whose tail is still elevated when the lr is set 30x too high at
-    # 1000: the grad climb (40x) joins it into one grad episode, which the lr rise explains -
-    # not a level shift from 990 charged with the fault plus a separate lr episode
+    # 1000: the grad climb (40x) joins it into one grad episode. Split at the rise: the spike
+    # stays a harmless warning of its own, the climb is the lr episode - not a level shift from
+    # 990 charged with the fault beside a separate lr episode
     s, g, loss = healthy(seed=seed)
     lr = np.full(s.size, 1e-3)
     lr[1000:1010] = 3e-2
@@ -391,6 +392,9 @@ def test_small_spike_the_lr_climb_joined_is_the_lr_episode(seed):
     g[1001:1041] *= 40  # the first step after the raised lr
     loss[1001:1300] += 0.8
     a = audit_run(run_series(s, g, loss, lr))
-    (e,) = [e for e in a.episodes if 980 <= e.onset_step <= 1010]
-    assert e.onset_step == 1001 and "lr-change" in e.detected_by and e.severity == "explosion"
-    assert e.loss_impact.excess_loss > 0.6
+    spike, fault = [e for e in a.episodes if 980 <= e.onset_step <= 1010]
+    assert spike.onset_step == 990 and spike.peak_step == 990 and spike.end_step == 1001
+    assert spike.kind == "spike" and spike.severity == "warning"
+    assert abs(spike.loss_impact.excess_loss) < 0.05 and "lr-change" not in spike.detected_by
+    assert fault.onset_step == 1001 and "lr-change" in fault.detected_by
+    assert fault.severity == "explosion" and fault.loss_impact.excess_loss > 0.6

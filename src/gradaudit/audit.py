@@ -178,7 +178,8 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
     lr_notes: dict[int, tuple[str, bool]] = {}  # id(episode) -> (lr text, schedule restart)
     if has_loss or has_grad:
         raw = _attach_lr(series, raw, gs if has_grad else ls, g if has_grad else None, ls, lv,
-                         lr_notes, p.merge_gap, st.lr_ratio, st.lr_lookahead)
+                         lr_notes, p.merge_gap, st.lr_ratio, st.lr_lookahead,
+                         p.level_min_points)
     raw.sort(key=lambda r: r[1])
     # healthy loss points: outside every episode
     l_healthy = np.ones(ls.size, bool)
@@ -403,17 +404,17 @@ def _bucket_means(series: RunSeries, ls: np.ndarray, lv: np.ndarray) -> np.ndarr
 
 def _attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | None,
                ls: np.ndarray, lv: np.ndarray, notes: dict, merge_gap: int, ratio: float,
-               lookahead: int) -> list:
+               lookahead: int, level_min_points: int) -> list:
     """Tie episodes to upward lr changes (``lr-change``).
 
     An episode whose onset lies between the lr rise's onset (:func:`lr_onset_step`, minus the
     merge lag) and ``lookahead`` logged points after the rise's top is caused by it, and so is
     a sustained loss rise under way at the rise's onset that peaks after it (a ``loss-rise``
-    onset is only known to a block of points, and noise can start it early), and a grad
-    episode under way at the rise's onset whose peak after it is at least twice anything
-    before it (a small spike the rise's climb joined): its onset moves to the rise's onset and
-    ``lr-change`` joins its detectors. A rise that no episode follows becomes a candidate loss
-    episode, kept only if its loss impact shows harm.
+    onset is only known to a block of points, and noise can start it early): its onset moves
+    to the rise's onset and ``lr-change`` joins its detectors. A grad episode under way at the
+    rise's onset that peaks after it is split there (:func:`_split_at`): a natural spike whose
+    tail the rise's climb joined stays itself, the climb is the rise's. A rise that no episode
+    follows becomes a candidate loss episode, kept only if its loss impact shows harm.
     """
     if series.lr_tag is None or not ls.size:
         return raw
@@ -433,8 +434,11 @@ def _attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | 
                 + (", back to an earlier level (schedule restart)" if rise.restart else ""))
         lo, hi = on - gap * (merge_gap + 1), top + gap * lookahead
         hits = [r for r in out if id(r[0]) not in notes and
-                (lo <= r[1] <= hi or _rising_through(r, on, ls)
-                 or _climbs_through(r, on, steps, g))]
+                (lo <= r[1] <= hi or _rising_through(r, on, ls))]
+        if not hits:
+            split = _split_at(out, on, steps, g, level_min_points)
+            if split is not None:
+                hits = [split]
         if hits:
             r = min(hits, key=lambda r: r[1])
             r[0].detected_by.add(ID_LR)
@@ -468,17 +472,29 @@ def _rising_through(r: tuple, on: int, ls: np.ndarray) -> bool:
         (end is None or end > on) and int(ls[e.peak]) >= on
 
 
-def _climbs_through(r: tuple, on: int, steps: np.ndarray, g: np.ndarray | None) -> bool:
-    """Whether ``r`` is a grad episode under way at step ``on`` whose peak comes after it and
-    is at least twice its highest grad norm before it."""
-    e, start, end = r
-    if g is None or e.source != "grad" or not start < on or (end is not None and end <= on):
-        return False
+def _split_at(out: list, on: int, steps: np.ndarray, g: np.ndarray | None,
+              level_min_points: int) -> list | None:
+    """Split the grad episode under way at lr-rise step ``on`` whose peak comes after it: the
+    part before the rise stays an episode of its own (a natural spike whose tail the rise's
+    climb joined), the part from the rise on is returned (appended to ``out``) for the rise."""
+    if g is None:
+        return None
     i_on = int(np.searchsorted(steps, on))
-    before = g[e.onset:i_on]
-    before = before[np.isfinite(before)]
-    return e.peak >= i_on and np.isfinite(g[e.peak]) and before.size > 0 and \
-        2 * float(before.max()) <= float(g[e.peak])
+    for r in out:
+        e, start, end = r
+        if e.source != "grad" or not start < on or (end is not None and end <= on) or \
+                e.peak < i_on or e.onset >= i_on:
+            continue
+        seg = np.where(np.isfinite(g[e.onset:i_on]), g[e.onset:i_on], -np.inf)
+        head_peak = e.onset + int(np.argmax(seg))
+        head_kind = e.kind if e.kind == "level_shift" and i_on - e.onset >= level_min_points \
+            else "spike"
+        tail = RawEpisode(i_on, e.peak, e.last, e.kind, set(e.detected_by), "grad", e.base_log)
+        e.peak, e.last, e.kind = head_peak, i_on - 1, head_kind
+        r[2] = on
+        out.append([tail, on, end])
+        return out[-1]
+    return None
 
 
 def _grad_text(kind: str, ratio: float | None, base: float | None, peak_step: int,

@@ -497,6 +497,8 @@ def loss_impact(
                                   spike_sigmas, n_held)
     # loss jump: max over the episode (and the next few points: the loss lags the step)
     ep = after[: max(i_ep - i_on, min(lag_points, n - i_on))]
+    if cut_step is not None:  # the loss from the cut on is the later episode's
+        ep = ep[steps[ep] < cut_step]
     jump = None
     if ep.size and fin[ep].all():
         jump = float(loss[ep].max() - cf.level)
