@@ -113,6 +113,22 @@ def test_extreme_lone_loss_point_is_a_spike_where_the_loss_is_smooth(seed):
     assert not loss_spike(heavy).trigger[700]
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_extreme_spike_counts_under_5_sigma_where_the_level_is_noisy(seed):
+    # a grad norm spread evenly over 11x (robust log sigma 0.9, but a light tail: its 99th
+    # percentile is 3x the median): a 30x spike is only 3.8 sigma, yet twice as far out as
+    # anything the run does - a transformer's 40x spike like that cost its loss +16 %
+    from gradaudit.detect.robust_threshold import robust_threshold
+    rng = np.random.default_rng(seed)
+    x = np.log(0.3) + rng.uniform(-1.2, 1.2, 3000)
+    level = np.median(x[1300:1500])
+    x[1500] = level + np.log(30)
+    out = robust_threshold(x)
+    assert np.flatnonzero(out.trigger).tolist() == [1500] and out.z[1500] < 5
+    x[1500] = level + np.log(8)  # within twice the run's own spike size: no event
+    assert not robust_threshold(x).trigger.any()
+
+
 def test_extreme_spike_counts_even_in_a_constantly_spiky_run():
     from gradaudit.detect.robust_threshold import robust_threshold
     rng = np.random.default_rng(4)
