@@ -10,6 +10,9 @@ Pathological n=1e6 (before the episode cap -> after): heavy 16.4 s -> ~2.5 s,
 allspiky 46 s -> ~1.0 s, sawlr ~0.9 s (normal run unchanged, 0.65 s).
 2026-11-26, with the sustained triggers: audit_run n=1e6 median 0.71 s; heavy 2.6 s, allspiky
 1.1 s, sawlr 1.1 s; pelt 0.44 s vs ruptures > 150 s (capped): > 343x.
+2026-11-27 (second round, another job on the second core): audit_run n=1e6 median 0.75 s;
+heavy 3.4 s (997 episodes, was 677: the t(2) loss's lone extreme points now count, up to the
+500-per-source cap), allspiky 1.1 s, sawlr 1.1 s; pelt 0.56 s vs ruptures > 150 s: > 270x.
 """
 
 from __future__ import annotations
