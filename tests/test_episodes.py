@@ -398,3 +398,48 @@ def test_grad_episode_straddling_an_lr_rise_is_split_there(seed):
     assert abs(spike.loss_impact.excess_loss) < 0.05 and "lr-change" not in spike.detected_by
     assert fault.onset_step == 1001 and "lr-change" in fault.detected_by
     assert fault.severity == "explosion" and fault.loss_impact.excess_loss > 0.6
+    # the clip options judge both halves (the climb was missing from them)
+    assert all(len(o.episode_peak_cut) == 2 for o in a.clip.options)
+    assert "loss-rise" not in spike.detected_by  # the loss rose with the climb, not the spike
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_bad_batch_on_the_onset_step_is_no_lasting_damage(seed):
+    # loss only; one batch at 25x that comes straight back: its own loss counts in the excess,
+    # not in the harm verdict - wherever the onset falls (a median that repeated the onset
+    # point made the batch its own level when it was the first point of the horizon)
+    s, _, loss = healthy(seed=seed)
+    loss[1500] *= 25
+    (e,) = audit_run(run_series(s, None, loss)).episodes
+    assert e.onset_step == 1500 and e.severity == "warning"
+    assert e.loss_impact.excess_loss > 0.2 and "without the spike itself" in e.reason
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_loss_jump_with_ordinary_grad_noise_is_no_gradient_spike(seed):
+    # a noisy grad norm (log sigma 0.9) left alone and a loss jump that stays up: 3x grad points
+    # somewhere in the loss episode are the grad norm's own noise, not a spike that joined it
+    s, g, loss = healthy(seed=seed, sigma=0.9)
+    loss[1500] *= 25
+    loss[1501:1600] += 0.3
+    (e,) = [e for e in audit_run(run_series(s, g, loss)).episodes if e.onset_step == 1500]
+    assert e.kind == "loss_spike" and "stayed healthy" in e.reason
+
+
+def test_spike_with_no_loss_point_before_an_lr_fault_is_judged_by_its_ratio():
+    # the loss logged every 50 steps: nothing of it lies between a 50x spike and an lr fault
+    # 28 steps later, so its severity comes from the peak ratio, not from "not harmed"
+    s, g, loss = healthy(seed=3)
+    g[1410] *= 50
+    lr = np.full(s.size, 1e-3)
+    lr[1438:1448] = 3e-2
+    loss[1439:] += 0.5
+    keep = s % 50 == 0
+    run = run_series(s, g, None, lr)
+    frame = run_series(s[keep], None, loss[keep]).frame
+    import polars as pl
+    run.frame = pl.concat([run.frame, frame]).sort("tag", "step")
+    run.loss_tag = "loss"
+    (e,) = [e for e in audit_run(run).episodes if e.onset_step == 1410]
+    assert e.severity == "explosion" and "severity from the peak ratio" in e.reason
+    assert "below the harm threshold" not in e.reason

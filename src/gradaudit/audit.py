@@ -12,6 +12,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from gradaudit.clip import clip_options, suggest
+from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
 from gradaudit.detect.loss_rise import ID as ID_RISE
 from gradaudit.detect.lr_change import ID as ID_LR
 from gradaudit.detect.lr_change import lr_onset_step, lr_rises, warmup_end_step
@@ -179,7 +180,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
     if has_loss or has_grad:
         raw = _attach_lr(series, raw, gs if has_grad else ls, g if has_grad else None, ls, lv,
                          lr_notes, p.merge_gap, st.lr_ratio, st.lr_lookahead,
-                         p.level_min_points)
+                         p.level_min_points, ga.episodes if ga is not None else None)
     raw.sort(key=lambda r: r[1])
     # healthy loss points: outside every episode
     l_healthy = np.ones(ls.size, bool)
@@ -203,7 +204,9 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
         z_harm = max(z_harm, float(ndtri(1.0 - 0.05 / max(1, len(raw)))))
     # the loss after an lr rise is that rise's to answer for, not an earlier episode's (a later
     # grad episode may be this one's aftershock: its damage stays in this horizon)
-    lr_onsets = [on for e, on, _ in raw if ID_LR in e.detected_by]  # raw is sorted by onset
+    # (a schedule restart is the schedule's own doing, no fault: it cuts nothing)
+    lr_onsets = [on for e, on, _ in raw if ID_LR in e.detected_by
+                 and not lr_notes.get(id(e), ("", False))[1]]  # raw is sorted by onset
     for k, (e, on, end) in enumerate(raw):
         nxt = raw[k + 1][1] if k + 1 < len(raw) else None
         k_lr = bisect.bisect_right(lr_onsets, on)
@@ -235,11 +238,16 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
                     base_g = float(np.exp(lvl)) if np.isfinite(lvl) else None
         if peak_g is not None and base_g:
             ratio = peak_g / base_g if np.isfinite(peak_g) else float("inf")
-        # a loss jump that the grad norm joined (spike_ratio x or more), though in a run whose
-        # grad norm varies too much for that rise to trigger alone: a gradient spike, found
-        # through the loss - not a jump "while the grad norm stayed healthy"
-        joined = e.kind == "loss_spike" and e.source == "loss" and id(e) not in lr_notes and \
-            ratio is not None and ratio >= st.spike_ratio
+        # a loss jump that the grad norm joined - at the jump (the same batch: its step or the
+        # next few), spike_ratio x and 3 robust sigmas above its level - in a run whose grad
+        # norm varies too much for that rise to trigger alone: a gradient spike found through
+        # the loss, not a jump "while the grad norm stayed healthy"
+        j_at = _grad_joined(ga, gs, on, g_every, st.spike_ratio) if e.kind == "loss_spike" \
+            and e.source == "loss" and id(e) not in lr_notes else None
+        joined = j_at is not None
+        if joined:  # the grad point that joined the jump is the episode's grad peak
+            peak_g, peak_g_step = float(g[j_at]), int(gs[j_at])
+            ratio = float(ga.level.ratio[j_at])
         ep_kind = "spike" if joined else e.kind
         harmful = None
         li = imp.impact if imp is not None else None
@@ -262,9 +270,16 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             # jump only where no excess could be measured
             ex_thr = max(st.harm_excess * lvl, z_harm * imp.excess_noise, chance or 0.0)
             jp_thr = max(st.harm_jump * lvl, 6 * noise)
+            # where the lr cut left only a stretch the loss had already recovered in, the jump
+            # was transient: no harm
+            recovered = imp.cut_step is not None and li.recovery_step is not None and \
+                li.recovery_step < imp.cut_step
             harmful = bool(li.diverged
                            or (ex is not None and not short and ex >= ex_thr)
-                           or ((ex is None or short) and jp is not None and jp >= jp_thr))
+                           or ((ex is None or short) and jp is not None and jp >= jp_thr
+                               and not recovered))
+            if not li.diverged and ex is None and jp is None:
+                harmful = None  # nothing of the loss could be measured (sparse logging)
             cut = f"the lr rise at step {imp.cut_step}" if imp.cut_step is not None else \
                 "the run ended"
             harm_text = _harm_text(li, imp.level, st.impact_horizon, harmful, ex_thr, jp_thr,
@@ -404,14 +419,16 @@ def _bucket_means(series: RunSeries, ls: np.ndarray, lv: np.ndarray) -> np.ndarr
 
 def _attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | None,
                ls: np.ndarray, lv: np.ndarray, notes: dict, merge_gap: int, ratio: float,
-               lookahead: int, level_min_points: int) -> list:
+               lookahead: int, level_min_points: int,
+               grad_episodes: list | None = None) -> list:
     """Tie episodes to upward lr changes (``lr-change``).
 
     An episode whose onset lies between the lr rise's onset (:func:`lr_onset_step`, minus the
     merge lag) and ``lookahead`` logged points after the rise's top is caused by it, and so is
-    a sustained loss rise under way at the rise's onset that peaks after it (a ``loss-rise``
-    onset is only known to a block of points, and noise can start it early): its onset moves
-    to the rise's onset and ``lr-change`` joins its detectors. A grad episode under way at the
+    where none does, a sustained loss rise under way at the rise's onset, started at most a
+    block of points before that window, that peaks after it (a ``loss-rise`` onset is only
+    known to a block, and noise can start it early): its onset moves to the rise's onset and
+    ``lr-change`` joins its detectors. A grad episode under way at the
     rise's onset that peaks after it is split there (:func:`_split_at`): a natural spike whose
     tail the rise's climb joined stays itself, the climb is the rise's. A rise that no episode
     follows becomes a candidate loss episode, kept only if its loss impact shows harm.
@@ -433,10 +450,13 @@ def _attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | 
                 f"({rv[rise.start]:.3g} -> {rv[rise.top]:.3g})"
                 + (", back to an earlier level (schedule restart)" if rise.restart else ""))
         lo, hi = on - gap * (merge_gap + 1), top + gap * lookahead
-        hits = [r for r in out if id(r[0]) not in notes and
-                (lo <= r[1] <= hi or _rising_through(r, on, ls))]
+        free = [r for r in out if id(r[0]) not in notes]
+        hits = [r for r in free if lo <= r[1] <= hi]
+        if not hits:  # a loss rise whose onset noise put a little early (about a block)
+            lead = lo - _typical_gap(ls) * RISE_BLOCK if ls.size > 1 else lo
+            hits = [r for r in free if lead <= r[1] and _rising_through(r, on, ls)]
         if not hits:
-            split = _split_at(out, on, steps, g, level_min_points)
+            split = _split_at(out, on, steps, g, level_min_points, grad_episodes)
             if split is not None:
                 hits = [split]
         if hits:
@@ -464,6 +484,23 @@ def _attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | 
     return [tuple(r) for r in out]
 
 
+def _grad_joined(ga: GradAnalysis | None, gs: np.ndarray, on: int, g_every: int,
+                 spike_ratio: float, lag: int = 3, z_min: float = 3.0) -> int | None:
+    """The grad point (index) that rose ``spike_ratio`` x and ``z_min`` robust sigmas above
+    its level within a logged point before and ``lag`` after step ``on`` (the highest), or
+    None."""
+    if ga is None or ga.level is None or not gs.size:
+        return None
+    i0 = int(np.searchsorted(gs, on - g_every))
+    i1 = int(np.searchsorted(gs, on + lag * g_every, side="right"))
+    rl = ga.level
+    with np.errstate(invalid="ignore"):
+        hit = (rl.ratio[i0:i1] >= spike_ratio) & (rl.z[i0:i1] >= z_min)
+    if not hit.any():
+        return None
+    return i0 + int(np.argmax(np.where(hit, rl.ratio[i0:i1], -np.inf)))
+
+
 def _rising_through(r: tuple, on: int, ls: np.ndarray) -> bool:
     """Whether ``r`` (episode, onset step, end step) is a loss rise under way at step ``on``
     that peaks at or after it."""
@@ -473,7 +510,7 @@ def _rising_through(r: tuple, on: int, ls: np.ndarray) -> bool:
 
 
 def _split_at(out: list, on: int, steps: np.ndarray, g: np.ndarray | None,
-              level_min_points: int) -> list | None:
+              level_min_points: int, grad_episodes: list | None = None) -> list | None:
     """Split the grad episode under way at lr-rise step ``on`` whose peak comes after it: the
     part before the rise stays an episode of its own (a natural spike whose tail the rise's
     climb joined), the part from the rise on is returned (appended to ``out``) for the rise."""
@@ -490,7 +527,13 @@ def _split_at(out: list, on: int, steps: np.ndarray, g: np.ndarray | None,
         head_kind = e.kind if e.kind == "level_shift" and i_on - e.onset >= level_min_points \
             else "spike"
         tail = RawEpisode(i_on, e.peak, e.last, e.kind, set(e.detected_by), "grad", e.base_log)
+        # the loss detectors the grad episode took in belong to the climb (the loss follows it)
+        e.detected_by -= {ID_RISE, "loss-spike"}
         e.peak, e.last, e.kind = head_peak, i_on - 1, head_kind
+        if grad_episodes is not None:  # the clip options slice the grad episodes
+            k = next((i for i, x in enumerate(grad_episodes) if x is e), None)
+            if k is not None:
+                grad_episodes.insert(k + 1, tail)
         r[2] = on
         out.append([tail, on, end])
         return out[-1]
@@ -513,7 +556,7 @@ def _grad_text(kind: str, ratio: float | None, base: float | None, peak_step: in
             f"(peak at step {peak_step})")
 
 
-def _harm_text(li, level: float, horizon: int, harmful: bool, ex_thr: float,
+def _harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: float,
                jp_thr: float, short: tuple[int, str] | None = None,
                lasting: float | None = None, held_from: int | None = None) -> str:
     """The loss half of an episode's reason: the numbers behind the harm verdict
@@ -537,6 +580,8 @@ def _harm_text(li, level: float, horizon: int, harmful: bool, ex_thr: float,
             f" ({lasting:+.3g} without the spike itself)"
         parts.append(f"averaged {ex:+.3g} against its counterfactual {over}{spike}")
     text = " and ".join(parts) or "the loss impact could not be measured"
+    if harmful is None:
+        return text
     if harmful:
         return f"{text}: the loss was harmed"
     if ex is not None and short is None:

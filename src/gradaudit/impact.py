@@ -200,9 +200,9 @@ def bucket_mean(steps: np.ndarray, last: np.ndarray, mn_steps: np.ndarray, mn: n
     return out
 
 
-def _smooth(y: np.ndarray, k: int) -> np.ndarray:
+def _smooth(y: np.ndarray, k: int, mode: str = "nearest") -> np.ndarray:
     k = min(k, y.size)
-    return median_filter(y, size=k, mode="nearest") if k > 2 else y
+    return median_filter(y, size=k, mode=mode) if k > 2 else y
 
 
 def _noise_sigma(y: np.ndarray) -> float:
@@ -348,25 +348,33 @@ def _excess(cf: _Counterfactual, loss: np.ndarray, h: np.ndarray, n_spike: int, 
             noise: float, spike_sigmas: float | None, n_held: int = 0) -> tuple[float, float]:
     """``(excess_loss, lasting_excess)`` over the horizon points ``h``; the first ``n_spike``
     of them (the episode and the loss's lag) may hold spike points that count at their raw
-    value in ``excess_loss``; ``n_held`` more points (the horizon's rest after the next
-    episode's onset) count at the excess of the last ``smooth`` points (module doc)."""
-    yh = _smooth(loss[h], smooth) if h.size > 2 else loss[h]
-    d = yh - cf(h)
+    value in ``excess_loss`` and not at all in ``lasting_excess``; ``n_held`` more points (the
+    horizon's rest after a later lr episode's onset) count at the excess of the last ``smooth``
+    points (module doc)."""
+    raw = loss[h]
+    spike = np.zeros(h.size, bool)
+    if spike_sigmas is not None and h.size > 2:
+        # spike points against a median that does not repeat the first point (a bad batch at
+        # the onset itself would otherwise be its own level)
+        ref = _smooth(raw, smooth, "mirror")
+        m = min(h.size, n_spike)
+        spike_noise = max(noise, 1e-6 * abs(cf.level))  # a quantised loss has no batch noise
+        spike[:m] = raw[:m] > ref[:m] + spike_sigmas * spike_noise
+        raw_wo = np.where(spike, ref, raw)
+    else:
+        raw_wo = raw
+    yl = _smooth(raw_wo, smooth) if h.size > 2 else raw_wo
+    d = yl - cf(h)
     held = float(np.mean(d[-min(smooth, d.size):])) * n_held
 
     def mean(x: np.ndarray) -> float:
         return float((np.sum(x) + held) / (x.size + n_held))
 
     lasting = excess = mean(d)
-    if spike_sigmas is not None and h.size > 2:
+    if spike.any():
         # the smoothing that keeps an ordinary hard batch out also drops a bad batch's loss
-        m = min(h.size, n_spike)
-        raw = loss[h[:m]]
-        spike_noise = max(noise, 1e-6 * abs(cf.level))  # a quantised loss has no batch noise
-        spike = raw > yh[:m] + spike_sigmas * spike_noise
-        if spike.any():
-            d[:m][spike] += raw[spike] - yh[:m][spike]
-            excess = mean(d)
+        d[spike] += raw[spike] - yl[spike]
+        excess = mean(d)
     return excess, lasting
 
 
