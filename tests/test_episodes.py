@@ -443,3 +443,22 @@ def test_spike_with_no_loss_point_before_an_lr_fault_is_judged_by_its_ratio():
     (e,) = [e for e in audit_run(run).episodes if e.onset_step == 1410]
     assert e.severity == "explosion" and "severity from the peak ratio" in e.reason
     assert "below the harm threshold" not in e.reason
+
+
+def test_slow_loss_rise_before_an_lr_fault_keeps_its_own_episode():
+    # the loss drifts up from step 1000 (no lr change), then the lr is set 30x too high at 1250
+    # and the grad norm climbs 40x: the lr episode is the climb; the earlier rise stays a loss
+    # episode of its own, whose reason does not call the later 40x "healthy"
+    s, g, loss = healthy(seed=2)
+    loss[1000:1300] += np.linspace(0, 0.5, 300)
+    lr = np.full(s.size, 1e-3)
+    lr[1250:1260] = 3e-2
+    g[1251:1290] *= 40
+    loss[1251:1500] += 0.8
+    eps = sorted(audit_run(run_series(s, g, loss, lr)).episodes, key=lambda e: e.onset_step)
+    rise, fault = eps[0], eps[-1]
+    assert rise.onset_step < 1200 and rise.kind == "loss_spike"
+    assert "lr-change" not in rise.detected_by
+    assert "stayed healthy at the jump" in rise.reason and "later, at step" in rise.reason
+    assert fault.onset_step == 1251 and "lr-change" in fault.detected_by
+    assert fault.kind in ("spike", "level_shift") and fault.severity == "explosion"

@@ -305,6 +305,11 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
                 reason = (f"the loss jumped while the grad norm, logged every {g_every:g} "
                           "steps, stayed healthy at the logged steps: no gradient explosion "
                           f"seen; {harm_text or reason}")
+            elif ratio is not None and ratio >= st.spike_ratio:
+                # the grad norm rose later in a long loss episode, not with the jump
+                reason = ("the loss jumped while the grad norm stayed healthy at the jump (it "
+                          f"peaked {ratio:.3g}x later, at step {peak_g_step}): no gradient "
+                          f"explosion behind the jump; {harm_text or reason}")
             else:
                 reason = ("the loss jumped while the grad norm stayed healthy: no gradient "
                           f"explosion, clipping would not help; {harm_text or reason}")
