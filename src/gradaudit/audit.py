@@ -14,6 +14,7 @@ from scipy.special import ndtri
 from gradaudit.clip import clip_options, suggest
 from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
 from gradaudit.detect.loss_rise import ID as ID_RISE
+from gradaudit.detect.loss_spike import ID as ID_SPIKE
 from gradaudit.detect.lr_change import ID as ID_LR
 from gradaudit.detect.lr_change import lr_onset_step, lr_rises, warmup_end_step
 from gradaudit.episodes import (
@@ -150,12 +151,11 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             end = int(gs[e.last + 1]) if e.last + 1 < gs.size else None
             raw.append((e, int(gs[e.onset]), end))
     # a loss the format logs as a mean over a logging interval of several steps
-    interval_mean = series.loss_tag in series.interval_means and ls.size > 1 and \
-        _typical_gap(ls) > 1
+    interval_mean = series.loss_tag in series.interval_means and _typical_gap(ls) > 1
     l_eps = loss_episodes(lv, p, skip=int(np.searchsorted(ls, warm, side="right"))
                           if warm is not None else 0, loss_only=not has_grad,
                           interval_mean=interval_mean) if has_loss else []
-    g_every = _typical_gap(gs) if gs.size > 1 else 1  # the grad norm's logging interval
+    g_every = _typical_gap(gs)  # the grad norm's logging interval (1 for a single point)
     lag_steps = g_every * (p.merge_gap + 1) if gs.size > 1 else 0
     # the grad episodes are sorted and disjoint (onsets and ends both rise): the first one whose
     # window [onset - lag, end + lag] holds a loss onset is found by bisection
@@ -433,10 +433,10 @@ def _attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | 
     where none does, a sustained loss rise under way at the rise's onset, started at most a
     block of points before that window, that peaks after it (a ``loss-rise`` onset is only
     known to a block, and noise can start it early): its onset moves to the rise's onset and
-    ``lr-change`` joins its detectors. A grad episode under way at the
-    rise's onset that peaks after it is split there (:func:`_split_at`): a natural spike whose
-    tail the rise's climb joined stays itself, the climb is the rise's. A rise that no episode
-    follows becomes a candidate loss episode, kept only if its loss impact shows harm.
+    ``lr-change`` joins its detectors. A grad episode under way at the rise's onset that peaks
+    after it is split there (:func:`_split_at`): a natural spike whose tail the rise's climb
+    joined stays itself, the climb is the rise's. A rise that no episode follows becomes a
+    candidate loss episode, kept only if its loss impact shows harm.
     """
     if series.lr_tag is None or not ls.size:
         return raw
@@ -458,7 +458,7 @@ def _attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | 
         free = [r for r in out if id(r[0]) not in notes]
         hits = [r for r in free if lo <= r[1] <= hi]
         if not hits:  # a loss rise whose onset noise put a little early (about a block)
-            lead = lo - _typical_gap(ls) * RISE_BLOCK if ls.size > 1 else lo
+            lead = lo - _typical_gap(ls) * RISE_BLOCK
             hits = [r for r in free if lead <= r[1] and _rising_through(r, on, ls)]
         if not hits:
             split = _split_at(out, on, steps, g, level_min_points, grad_episodes)
@@ -533,7 +533,7 @@ def _split_at(out: list, on: int, steps: np.ndarray, g: np.ndarray | None,
             else "spike"
         tail = RawEpisode(i_on, e.peak, e.last, e.kind, set(e.detected_by), "grad", e.base_log)
         # the loss detectors the grad episode took in belong to the climb (the loss follows it)
-        e.detected_by -= {ID_RISE, "loss-spike"}
+        e.detected_by -= {ID_RISE, ID_SPIKE}
         e.peak, e.last, e.kind = head_peak, i_on - 1, head_kind
         if grad_episodes is not None:  # the clip options slice the grad episodes
             k = next((i for i, x in enumerate(grad_episodes) if x is e), None)

@@ -106,7 +106,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import median_filter
 
-from gradaudit.detect._common import MAD_TO_SIGMA
+from gradaudit.detect._common import MAD_TO_SIGMA, diff_sigma
 from gradaudit.model import LossImpact
 
 
@@ -206,10 +206,8 @@ def _smooth(y: np.ndarray, k: int, mode: str = "nearest") -> np.ndarray:
 
 
 def _noise_sigma(y: np.ndarray) -> float:
-    """Per-point noise of ``y``: the MAD of successive differences, scaled to a normal sigma."""
-    if y.size <= 2:
-        return 0.0
-    return float(np.median(np.abs(np.diff(y))) * MAD_TO_SIGMA / np.sqrt(2))
+    """Per-point noise of ``y`` (:func:`diff_sigma`); 0 with two points or fewer."""
+    return diff_sigma(y) if y.size > 2 else 0.0
 
 
 def _fit_window(steps: np.ndarray, healthy: np.ndarray, fin: np.ndarray, i_on: int,

@@ -27,6 +27,14 @@ def log_positive(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def diff_sigma(y: np.ndarray) -> float:
+    """Per-point noise of ``y``: the median absolute successive difference scaled to a normal
+    sigma (``/ sqrt 2``: a difference holds two points' noise); a trend barely moves it. 0 with
+    fewer than two points."""
+    d = np.abs(np.diff(y))
+    return float(np.median(d)) * MAD_TO_SIGMA / np.sqrt(2.0) if d.size else 0.0
+
+
 def _trailing_rank(xs: np.ndarray, pos: np.ndarray, w: int) -> np.ndarray:
     """The upper median of ``xs[p - w + 1 : p + 1]`` for each ``p`` in ``pos`` (indices below 0
     repeat ``xs[0]``): exactly what ``median_filter(xs, w, mode="nearest", origin=(w-1)//2)``

@@ -28,7 +28,7 @@ import warnings
 
 import numpy as np
 
-from gradaudit.detect._common import MAD_TO_SIGMA, runs_of, trailing_median_before
+from gradaudit.detect._common import diff_sigma, runs_of, trailing_median_before
 
 ID = "loss-rise"
 BLOCK = 8  # logged points per block (default); a rise's onset is known to about a block
@@ -69,8 +69,7 @@ def loss_rise(
     enough = np.isfinite(ub).sum(axis=1) * 2 >= block
     bm[~enough] = np.nan
     hb = use[: nb * block].reshape(nb, block).all(axis=1) & np.isfinite(bm)
-    d = np.abs(np.diff(u[fin]))
-    sig = float(np.median(d)) * MAD_TO_SIGMA / np.sqrt(2.0) if d.size else 0.0
+    sig = diff_sigma(u[fin])
     floor_b = 1.25 * sig / np.sqrt(block)
 
     def detect(hmask: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
