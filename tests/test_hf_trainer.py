@@ -248,3 +248,36 @@ def test_one_bad_batch_in_the_trainers_interval_mean_loss_is_found(tmp_path: Pat
     # that the next has forgotten is an ordinary hard batch of a per-step loss
     run.interval_means = frozenset()
     assert gradaudit.audit_run(run).episodes == []
+
+
+def test_the_trainers_interval_mean_loss_is_known_in_tensorboard_too(tmp_path: Path) -> None:
+    """The Trainer's TensorBoard callback writes the same interval-mean ``loss`` as
+    ``train/loss`` beside ``train/learning_rate`` and ``train/epoch``: the one bad batch is
+    found there as in trainer_state.json; under other names it is an ordinary hard batch."""
+    from tensorboardX import SummaryWriter
+
+    def write_scalars(folder: Path, series: dict[str, dict[int, float]]) -> None:
+        writer = SummaryWriter(str(folder), flush_secs=3600)
+        for tag, points in series.items():
+            for step, value in points.items():
+                writer.add_scalar(tag, value, step)
+        writer.close()
+
+    rng = np.random.default_rng(7)
+    per_step = 0.2 * np.exp(rng.normal(0, 0.3, 1501))
+    per_step[705] = 3.3
+    logs = {step: {"loss": float(per_step[step - 9:step + 1].mean()),
+                   "grad_norm": float(rng.lognormal(0.0, 0.2)), "learning_rate": 1e-3,
+                   "epoch": step / 1500} for step in range(10, 1501, 10)}
+    write_scalars(tmp_path / "hf", {f"train/{k}": {s: v[k] for s, v in logs.items()}
+                                    for k in ("loss", "grad_norm", "learning_rate", "epoch")})
+    write_scalars(tmp_path / "other", {
+        "loss": {s: v["loss"] for s, v in logs.items()},
+        "grad_norm": {s: v["grad_norm"] for s, v in logs.items()},
+        "lr": {s: v["learning_rate"] for s, v in logs.items()}})
+    runs = {r.name: r for r in gradaudit.read_runs([tmp_path])}
+    assert runs["hf"].interval_means == frozenset({"train/loss"})
+    (e,) = gradaudit.audit_run(runs["hf"]).episodes
+    assert e.onset_step == 710 and e.kind == "loss_spike"
+    assert runs["other"].interval_means == frozenset()
+    assert gradaudit.audit_run(runs["other"]).episodes == []

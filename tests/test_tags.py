@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gradaudit.tags import choose_tags
+from gradaudit.tags import choose_tags, interval_mean_tags
 
 FRAMEWORKS = [
     # (tags a framework logs, grad norm, loss)
@@ -85,3 +85,14 @@ def test_glob_matching_nothing_says_so():
     choice = choose_tags(["grad_norm", "loss"], grad_tag="nothing*")
     assert choice.grad_norm is None
     assert any("nothing*" in note for note in choice.notes)
+
+
+def test_interval_mean_losses_are_known_by_their_companion_tags():
+    hf = ["train/loss", "train/grad_norm", "train/learning_rate", "train/epoch", "eval/loss"]
+    assert interval_mean_tags(hf) == {"train/loss"}
+    assert interval_mean_tags(["train/loss", "train/learning_rate", "train/epoch"]) == {
+        "train/loss"}
+    # one companion is not the Trainer's signature; Megatron's TensorBoard loss is per step
+    assert interval_mean_tags(["train/loss", "train/learning_rate"]) == frozenset()
+    assert interval_mean_tags(["lm loss", "grad-norm", "learning-rate"]) == frozenset()
+    assert interval_mean_tags(["train_inner/loss", "train_inner/gnorm"]) == {"train_inner/loss"}

@@ -10,7 +10,7 @@ from gradaudit.adapters.base import RawRun, Source
 from gradaudit.errors import ReadError
 from gradaudit.model import InputError
 from gradaudit.series import RunSeries, canonical_frame
-from gradaudit.tags import choose_tags
+from gradaudit.tags import choose_tags, interval_mean_tags
 
 
 def _display(path: Path) -> str:
@@ -33,7 +33,9 @@ def build_series(
         notes=list(raw.notes) + notes,
         interval_means=raw.interval_means,
     )
-    choice = choose_tags(series.tags(), grad_tag=grad_tag, loss_tag=loss_tag)
+    tags = series.tags()
+    series.interval_means |= interval_mean_tags(tags)
+    choice = choose_tags(tags, grad_tag=grad_tag, loss_tag=loss_tag)
     series.grad_norm_tag, series.loss_tag, series.lr_tag = choice.grad_norm, choice.loss, choice.lr
     series.notes.extend(choice.notes)
     return series

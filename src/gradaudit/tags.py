@@ -77,6 +77,16 @@ LR_NAMES: tuple[str, ...] = (
     "train_inner/lr",
 )
 
+# Losses that a framework logs as the mean over the steps since its previous log, known by the
+# tags logged beside them. The HF Trainer averages ``loss`` over its logging interval and its
+# TensorBoard and W&B callbacks write it as ``train/loss`` next to ``train/learning_rate``,
+# ``train/epoch`` and (4.38+) ``train/grad_norm``; fairseq resets its ``train_inner`` meters at
+# each log. Megatron's TensorBoard ``lm loss`` is the iteration's own (its stdout line averages).
+INTERVAL_MEAN_SIGNATURES: tuple[tuple[str, frozenset[str], int], ...] = (
+    ("train/loss", frozenset({"train/learning_rate", "train/epoch", "train/grad_norm"}), 2),
+    ("train_inner/loss", frozenset(), 0),
+)
+
 _BUCKET = re.compile(r"__(MIN|MAX)$")
 _EVAL = re.compile(r"(^|[/_\-. ])(val|valid|validation|eval|evaluation|test|dev)([/_\-. ]|$)")
 _SAMPLE_INDEXED = re.compile(r"vs samples|vs tokens|samples/|tokens/", re.IGNORECASE)
@@ -170,6 +180,16 @@ def _apply_glob(tags: list[str], glob: str | None) -> list[str]:
     if glob is None:
         return tags
     return [t for t in tags if fnmatchcase(t, glob) or fnmatchcase(t.lower(), glob.lower())]
+
+
+def interval_mean_tags(tags: Iterable[str]) -> frozenset[str]:
+    """The loss tags among ``tags`` that their framework logs as interval means (see
+    ``INTERVAL_MEAN_SIGNATURES``: the loss tag and at least ``need`` of its companions)."""
+    present = set(tags)
+    return frozenset(
+        loss for loss, companions, need in INTERVAL_MEAN_SIGNATURES
+        if loss in present and len(companions & present) >= need
+    )
 
 
 def choose_tags(
