@@ -153,6 +153,21 @@ def test_lr_rise_to_an_intermediate_level_is_no_restart():
     assert r.restart
 
 
+def test_warm_restart_after_a_transient_lr_spike_is_still_a_restart():
+    from gradaudit.detect.lr_change import lr_rises
+    warm = np.linspace(1e-4, 1e-3, 100)
+    cycle = 1e-3 * np.cos(np.linspace(0, 1.5, 400)) ** 2
+    lr = np.concatenate((warm, cycle, cycle, cycle))
+    lr[250:270] *= 30  # a fault: 30x for 20 steps, then back to the schedule
+    spike, *restarts = lr_rises(lr)
+    assert spike.start == 249 and not spike.restart
+    assert [r.start for r in restarts] == [499, 899] and all(r.restart for r in restarts)
+    # a jump that stays is the run's own lr from then on: no earlier peak is forgotten for it
+    lasting = np.concatenate((warm, cycle, 3 * cycle[:200]))
+    (jump,) = lr_rises(lasting)
+    assert not jump.restart
+
+
 def _heavy_tailed_g(seed, n=3000):
     # a heavy-tailed healthy grad norm: 2 % of the steps spike 3-6x on their own (scattered)
     rng = np.random.default_rng(seed)
