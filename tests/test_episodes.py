@@ -271,6 +271,23 @@ def test_sparse_logging_alone_does_not_make_a_horizon_short():
     assert e.severity == "explosion" and "before the run ended" not in e.reason
 
 
+@pytest.mark.parametrize("every", [10, 25])
+def test_loss_logged_sparser_than_the_grad_norm_joins_the_grad_spike(every):
+    # grad norm every step, loss every `every` steps: the damage of the step-1500 explosion
+    # shows at the next logged loss point, inside the same episode - not as a second episode
+    # claiming the grad norm stayed healthy and clipping would not help
+    import polars as pl
+
+    s, g, loss = healthy(seed=3)
+    g[1500] *= 30
+    loss[1501:] += 0.6 * np.exp(-np.arange(1499) / 150.0)
+    run = run_series(s, g, loss)
+    run.frame = run.frame.filter((pl.col("tag") != "loss") | (pl.col("step") % every == 0))
+    e = _one(audit_run(run))
+    assert (e.onset_step, e.kind, e.severity) == (1500, "spike", "explosion")
+    assert "loss-spike" in e.detected_by and "stayed healthy" not in e.reason
+
+
 def test_level_shift_that_blows_up_in_its_last_steps_is_divergence():
     s, g, loss = healthy(seed=9)
     g[2000:] *= 3.0
