@@ -288,6 +288,42 @@ def test_loss_logged_sparser_than_the_grad_norm_joins_the_grad_spike(every):
     assert "loss-spike" in e.detected_by and "stayed healthy" not in e.reason
 
 
+@pytest.mark.parametrize("seed", [0, 3, 6])
+def test_sparse_loss_jump_is_not_joined_by_an_ordinary_grad_point_before_it(seed):
+    # a heavy-tailed healthy grad norm (2 % of steps at 3-6x) and a loss logged every 50 steps:
+    # the 50 steps before a data-caused jump hold an ordinary 3x point by chance (these seeds),
+    # which is no gradient spike found through the loss
+    import polars as pl
+
+    s, _, loss = healthy(seed=seed)
+    rng = np.random.default_rng(100 + seed)
+    g = np.exp(rng.normal(0, 0.15, s.size))
+    spiky = rng.choice(np.arange(100, s.size), s.size // 50, replace=False)
+    g[spiky] *= rng.uniform(3.0, 6.0, spiky.size)
+    assert ((spiky > 1950) & (spiky < 1999)).any()
+    loss[1951:] += np.exp(-np.arange(s.size - 1951) / 150.0)
+    run = run_series(s, g, loss)
+    run.frame = run.frame.filter((pl.col("tag") != "loss") | (pl.col("step") % 50 == 0))
+    (e,) = [e for e in audit_run(run).episodes if 1950 <= e.onset_step <= 2010]
+    assert e.kind == "loss_spike"
+
+
+def test_sparse_loss_jump_before_a_grad_spike_is_not_credited_to_it():
+    # loss every 50 steps: a data-caused jump first logged at step 2000 and an unrelated grad
+    # spike at 2040 - the loss trails the gradient, so the jump cannot be the spike's
+    import polars as pl
+
+    s, g, loss = healthy(seed=3)
+    loss[1951:] += np.exp(-np.arange(s.size - 1951) / 150.0)
+    g[2040] *= 30
+    run = run_series(s, g, loss)
+    run.frame = run.frame.filter((pl.col("tag") != "loss") | (pl.col("step") % 50 == 0))
+    jump, spike = audit_run(run).episodes
+    assert (jump.onset_step, jump.kind) == (2000, "loss_spike")
+    assert (spike.onset_step, spike.kind) == (2040, "spike")
+    assert "loss-spike" not in spike.detected_by
+
+
 def test_level_shift_that_blows_up_in_its_last_steps_is_divergence():
     s, g, loss = healthy(seed=9)
     g[2000:] *= 3.0

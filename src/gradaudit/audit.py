@@ -156,16 +156,17 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
                           if warm is not None else 0, loss_only=not has_grad,
                           interval_mean=interval_mean) if has_loss else []
     g_every = _typical_gap(gs)  # the grad norm's logging interval (1 for a single point)
+    lag_steps = g_every * (p.merge_gap + 1) if gs.size > 1 else 0
     # a loss logged more sparsely than the grad norm shows a jump only at its next logged point
-    l_late = max(0, _typical_gap(ls) - g_every)
-    lag_steps = g_every * (p.merge_gap + 1) + l_late if gs.size > 1 else 0
+    # after the grad episode (never before it: the loss trails the gradient)
+    l_late = max(0, _typical_gap(ls) - g_every) if gs.size > 1 else 0
     # the grad episodes are sorted and disjoint (onsets and ends both rise): the first one whose
-    # window [onset - lag, end + lag] holds a loss onset is found by bisection
+    # window [onset - lag, end + lag + l_late] holds a loss onset is found by bisection
     g_on = np.array([r[1] for r in raw], dtype=np.int64)
     g_end = np.array([r[2] if r[2] is not None else (int(ls[-1]) if ls.size else r[1])
                       for r in raw], dtype=np.int64)
     n_grad = len(raw)
-    reach = np.maximum.accumulate(g_end + lag_steps) if n_grad else g_end  # first >= on: same
+    reach = np.maximum.accumulate(g_end + lag_steps + l_late) if n_grad else g_end  # first >= on
     for le in l_eps:
         on, end = int(ls[le.onset]), (int(ls[le.last + 1]) if le.last + 1 < ls.size else None)
         owner = None
@@ -244,8 +245,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
         # next few), spike_ratio x and 3 robust sigmas above its level - in a run whose grad
         # norm varies too much for that rise to trigger alone: a gradient spike found through
         # the loss, not a jump "while the grad norm stayed healthy"
-        j_at = _grad_joined(ga, gs, on, g_every + l_late, st.spike_ratio, g_every) \
-            if e.kind == "loss_spike" \
+        j_at = _grad_joined(ga, gs, on, g_every, st.spike_ratio) if e.kind == "loss_spike" \
             and e.source == "loss" and id(e) not in lr_notes else None
         joined = j_at is not None
         if joined:  # the grad point that joined the jump is the episode's grad peak
@@ -492,15 +492,15 @@ def _attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | 
     return [tuple(r) for r in out]
 
 
-def _grad_joined(ga: GradAnalysis | None, gs: np.ndarray, on: int, before: int,
-                 spike_ratio: float, g_every: int, lag: int = 3,
-                 z_min: float = 3.0) -> int | None:
+def _grad_joined(ga: GradAnalysis | None, gs: np.ndarray, on: int, g_every: int,
+                 spike_ratio: float, lag: int = 3, z_min: float = 3.0) -> int | None:
     """The grad point (index) that rose ``spike_ratio`` x and ``z_min`` robust sigmas above
-    its level from ``before`` steps before step ``on`` (a logged point of the sparser series)
-    to ``lag`` logged grad points after it (the highest), or None."""
+    its level within a logged point before and ``lag`` after step ``on`` (the highest), or
+    None. (Not further back where the loss is logged more sparsely: in a grad norm with
+    ordinary 3x points, a longer window would hold one by chance.)"""
     if ga is None or ga.level is None or not gs.size:
         return None
-    i0 = int(np.searchsorted(gs, on - before))
+    i0 = int(np.searchsorted(gs, on - g_every))
     i1 = int(np.searchsorted(gs, on + lag * g_every, side="right"))
     rl = ga.level
     with np.errstate(invalid="ignore"):
