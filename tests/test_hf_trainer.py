@@ -277,6 +277,8 @@ def test_the_trainers_interval_mean_loss_is_known_in_tensorboard_too(tmp_path: P
         "lr": {s: v["learning_rate"] for s, v in logs.items()}})
     runs = {r.name: r for r in gradaudit.read_runs([tmp_path])}
     assert runs["hf"].interval_means == frozenset({"train/loss"})
+    assert any("train/loss: read as a mean over each logging interval" in n
+               for n in runs["hf"].notes)
     (e,) = gradaudit.audit_run(runs["hf"]).episodes
     assert e.onset_step == 710 and e.kind == "loss_spike"
     assert runs["other"].interval_means == frozenset()

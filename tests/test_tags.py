@@ -90,9 +90,16 @@ def test_glob_matching_nothing_says_so():
 def test_interval_mean_losses_are_known_by_their_companion_tags():
     hf = ["train/loss", "train/grad_norm", "train/learning_rate", "train/epoch", "eval/loss"]
     assert interval_mean_tags(hf) == {"train/loss"}
-    assert interval_mean_tags(["train/loss", "train/learning_rate", "train/epoch"]) == {
-        "train/loss"}
-    # one companion is not the Trainer's signature; Megatron's TensorBoard loss is per step
-    assert interval_mean_tags(["train/loss", "train/learning_rate"]) == frozenset()
+    wandb_hf = ["train/loss", "train/learning_rate", "train/epoch", "train/global_step"]
+    assert interval_mean_tags(wandb_hf) == {"train/loss"}
+    # HF-like names of a loop of one's own that logs its current loss are not enough: the
+    # Trainer's TensorBoard log always has all three; Megatron's TensorBoard loss is per step
+    assert interval_mean_tags(["train/loss", "train/learning_rate", "train/epoch"]) == set()
     assert interval_mean_tags(["lm loss", "grad-norm", "learning-rate"]) == frozenset()
-    assert interval_mean_tags(["train_inner/loss", "train_inner/gnorm"]) == {"train_inner/loss"}
+    fairseq_wandb = ["train_inner/loss", "train_inner/gnorm", "train_inner/wps", "train_inner/ups"]
+    assert interval_mean_tags(fairseq_wandb) == {"train_inner/loss"}
+    fairseq_tb = ["loss", "nll_loss", "ppl", "wps", "ups", "wpb", "bsz", "lr", "gnorm",
+                  "train_wall", "gb_free", "wall"]  # its train_inner folder
+    assert interval_mean_tags(fairseq_tb) == {"loss"}
+    assert interval_mean_tags(["loss", "nll_loss", "ppl", "wps", "wpb", "bsz"]) == set()  # valid
+    assert interval_mean_tags(["loss", "grad_norm", "lr"]) == frozenset()
