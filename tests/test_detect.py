@@ -162,6 +162,13 @@ def test_warm_restart_after_a_transient_lr_spike_is_still_a_restart():
     spike, *restarts = lr_rises(lr)
     assert spike.start == 249 and not spike.restart
     assert [r.start for r in restarts] == [499, 899] and all(r.restart for r in restarts)
+    # a second spike like the first returns to the spike's lr, not to the schedule's peak
+    flat = np.concatenate((warm, np.full(1900, 1e-3)))
+    flat[500:520] = flat[1200:1220] = 3e-2
+    assert [(r.start, r.restart) for r in lr_rises(flat)] == [(499, False), (1199, False)]
+    # a phase the schedule raised and decayed through its old lr keeps its peak for a restart
+    phase = np.concatenate((warm, cycle[:300], 3 * cycle, 3 * cycle[:100]))
+    assert [r.restart for r in lr_rises(phase)] == [False, True]
     # a jump that stays is the run's own lr from then on: no earlier peak is forgotten for it
     lasting = np.concatenate((warm, cycle, 3 * cycle[:200]))
     (jump,) = lr_rises(lasting)

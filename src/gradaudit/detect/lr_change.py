@@ -13,9 +13,11 @@ Rules (on the positive, finite logged lr values):
 - ``restart``: the new lr is back at the highest lr the run had before the rise (between
   ``restart_band`` (90 %) of it and 1 % above it): the schedule returning to its peak (a warm
   restart or a cyclic schedule), not a fault on its own. A rise to an intermediate lr (say 1.5x
-  in the middle of the decay) is no restart. The highest lr is also taken without the points of
-  an earlier rise that was no restart and has since come back down (a transient lr spike): a
-  schedule that restarts after such a spike returns to its own peak, not to the spike's.
+  in the middle of the decay) is no restart. The highest lr is taken without the points of an
+  earlier *transient* rise: one that was no restart and came back down to its old lr in one
+  logged step falling ``ratio`` x or more (an lr spike ended). A schedule restarts to its own
+  peak, not to a spike's (so a second spike like the first is no restart either); a phase the
+  schedule raised and then decayed through its old lr keeps its peak.
 
 The onset of what a rise causes (:func:`lr_onset_step`): the lr logged at step ``s`` is the one
 the update at ``s`` used, and its effect first shows in the loss/grad norm of the next step. The
@@ -62,24 +64,23 @@ def lr_rises(lr: np.ndarray, *, ratio: float = 1.5, tol: float = 1e-6,
     breaks = np.flatnonzero(np.diff(idx) > 1)
     starts = np.concatenate(([idx[0]], idx[breaks + 1]))
     ends = np.concatenate((idx[breaks], [idx[-1]])) + 1
-    run_max = np.maximum.accumulate(x)
-    spiked = np.zeros(x.size, dtype=bool)  # points of transient non-restart rises
+    spiked = np.zeros(x.size, dtype=bool)  # points of transient rises (lr spikes)
     for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
         if a == 0:
             continue  # warm-up
         f = float(x[b] / x[a])
         if f < ratio:
             continue
-        held = x[: a + 1][~spiked[: a + 1]]
-        peaks = (run_max[a], held.max()) if held.size else (run_max[a],)
-        restart = any(restart_band * m <= x[b] <= 1.01 * m for m in peaks)
+        peak = float(x[: a + 1][~spiked[: a + 1]].max())  # x[0] is never a spike's
+        restart = bool(restart_band * peak <= x[b] <= 1.01 * peak)
         out.append(LrRise(int(ok[a]), int(ok[b]), f, restart))
         if len(out) > max_rises:
             return []
         if not restart:
             back = np.flatnonzero(x[b + 1:] <= x[a] * (1 + tol))
-            if back.size:
-                spiked[a + 1: b + 1 + int(back[0])] = True
+            k = b + 1 + int(back[0]) if back.size else None
+            if k is not None and x[k - 1] >= ratio * x[k]:
+                spiked[a + 1: k] = True
     return out
 
 
