@@ -234,27 +234,59 @@ def test_payload_crc_mismatch_skips_one_record(tmp_path: Path) -> None:
     assert "1 record(s) skipped" in problem.message and "CRC" in problem.message
 
 
-def test_length_crc_mismatch_stops_file(tmp_path: Path) -> None:
+def test_length_crc_mismatch_skips_to_the_next_sound_record(tmp_path: Path) -> None:
     path = _good(tmp_path, "l")
     offs = _record_offsets(path)
-    _corrupt(path, offs[31], b"\x07")  # record 31: the length changes, its CRC does not
+    _corrupt(path, offs[31], b"\x07")  # record 31 (step 10's loss): its length changes, not its CRC
     (run,) = gradaudit.read_runs([tmp_path / "l"])
-    assert run.series("train/loss")[0].tolist() == list(range(10))  # records 1..30 kept
+    assert run.series("train/loss")[0].tolist() == [s for s in range(200) if s != 10]
+    assert run.series("train/grad_norm")[0].size == 200
     (problem,) = run.problems
-    assert "length CRC mismatch" in problem.message and "record 31" in problem.message
+    assert "record 31" in problem.message and "length CRC mismatch" in problem.message
+    assert f"skipped to the next sound record (byte {offs[32]})" in problem.message
 
 
-def test_length_larger_than_file(tmp_path: Path) -> None:
+def test_length_larger_than_file_in_the_middle_is_skipped(tmp_path: Path) -> None:
     path = _good(tmp_path, "big")
     offs = _record_offsets(path)
     header = (10**12).to_bytes(8, "little")
     crc = _crc32c.mask(_crc32c.crc32c(header)).to_bytes(4, "little")
     _corrupt(path, offs[-3], header + crc)  # a sound header asking for a terabyte
     (run,) = gradaudit.read_runs([tmp_path / "big"])
-    assert run.series("train/loss")[0].tolist() == list(range(199))  # step 199 was cut off
-    assert run.series("train/learning_rate")[0].tolist() == list(range(199))
+    assert run.series("train/loss")[0].tolist() == list(range(199))  # that record was 199's
+    assert run.series("train/learning_rate")[0].tolist() == list(range(200))  # read after it
     (problem,) = run.problems
-    assert "ends inside a record" in problem.message and str(10**12) in problem.message
+    assert str(10**12) in problem.message and "more than the file holds" in problem.message
+    assert f"(byte {offs[-2]}), read from there on" in problem.message
+
+
+def test_junk_spliced_mid_file_loses_nothing_after_it(tmp_path: Path) -> None:
+    path = _good(tmp_path, "j", steps=2000)
+    offs = _record_offsets(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: offs[600]] + b"\xde\xad\xbe\xef" * 8 + data[offs[600]:])
+    (run,) = gradaudit.read_runs([tmp_path / "j"])
+    for tag in ("train/loss", "train/grad_norm", "train/learning_rate"):
+        assert run.series(tag)[0].tolist() == list(range(2000))
+    (problem,) = run.problems
+    assert "32 bytes skipped" in problem.message
+    # the same with small chunks: the search crosses chunk boundaries
+    status = FileStatus()
+    n = sum(c.starts.size for c in read_chunks(path, status, chunk_size=100))
+    assert n == len(offs) and len(status.problems) == 1
+
+
+def test_corrupt_tail_with_no_sound_record_after_it(tmp_path: Path) -> None:
+    path = _good(tmp_path, "tail")
+    offs = _record_offsets(path)
+    data = bytearray(path.read_bytes())
+    data[offs[-5]] ^= 0x5A  # a corrupt length field ...
+    for o in offs[-4:]:
+        data[o + 12] ^= 0xFF  # ... and every record after it has a bad payload
+    path.write_bytes(bytes(data))
+    (run,) = gradaudit.read_runs([tmp_path / "tail"])
+    (problem,) = run.problems
+    assert "no sound record follows it: the rest of the file was not read" in problem.message
 
 
 def test_empty_file_next_to_good_one_and_garbage(tmp_path: Path) -> None:

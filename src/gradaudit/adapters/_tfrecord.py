@@ -10,11 +10,11 @@ plain sequential walk of a few records before the fast pass is tried again. Chun
 
 What goes wrong, and what happens:
 
-- the file ends inside a record (writer still running, or crashed): keep the complete records,
-  note it (``truncated``);
-- a length field says the record goes past the end of the file: treated as truncated (nothing
-  that size is ever allocated);
-- the length CRC does not match: framing cannot be trusted any more; stop there;
+- the length CRC does not match, or a length field says the record goes past the end of the
+  file (nothing that size is ever allocated): the framing is lost there. The bytes after it are
+  searched for the next sound record (length CRC and payload CRC both hold, under 16 MiB);
+  reading resumes there and the skipped bytes are noted. Found none: the file ends inside a
+  record (a writer still running or crashed), or its rest is corrupt; either is noted;
 - the payload CRC does not match but the length CRC does: skip that record, count it.
 """
 
@@ -189,6 +189,22 @@ def _scan(buf: np.ndarray, n: int, limit: int) -> tuple[np.ndarray, np.ndarray, 
     return np.concatenate(parts), np.concatenate(checked), pos
 
 
+RESYNC_KEEP = 1 << 16  # bytes kept at a chunk's end while searching: a record may start there
+
+
+def _resync(buf: np.ndarray, n: int) -> int | None:
+    """Offset of the first sound record in ``buf[:n]``: its length (< 16 MiB) and payload CRCs
+    hold and it fits in the chunk; None if there is none."""
+    heads = _Candidates(buf, n).heads
+    if not heads.size:
+        return None
+    lengths = _u64_at(buf, heads).astype(np.int64)
+    starts = heads + HEADER
+    sound = np.flatnonzero(_u32_at(buf, starts + lengths)
+                           == mask(crc32c_many(buf, starts, lengths)))
+    return int(heads[sound[0]]) if sound.size else None
+
+
 def _length_crc_ok(buf: np.ndarray, heads: np.ndarray) -> np.ndarray:
     return _u32_at(buf, heads + 8) == mask(crc32c_many(buf, heads, np.full(heads.size, 8)))
 
@@ -204,6 +220,7 @@ def read_chunks(path: str | os.PathLike[str], status: FileStatus,
     carry = np.empty(0, np.uint8)
     consumed = 0  # file offset of carry[0]
     want = chunk_size
+    lost: tuple[int, str, str] | None = None  # framing lost: (byte, what, message if no resync)
     with open(path, "rb", buffering=0) as fh:
         while True:
             room = max(want - carry.size, 0)
@@ -214,8 +231,29 @@ def read_chunks(path: str | os.PathLike[str], status: FileStatus,
             buf = store[: n + PAD]
             buf[n:] = 0
             final = consumed + n >= size or got == 0  # got 0: the file shrank
+            if lost is not None:  # search for the next sound record
+                at = _resync(buf, n)
+                if at is None:
+                    if final:
+                        status.problems.append(lost[2])
+                        break
+                    keep = min(n, RESYNC_KEEP, max(1, want // 2))
+                    carry = buf[n - keep : n].copy()
+                    consumed += n - keep
+                    want = chunk_size
+                    continue
+                status.problems.append(
+                    f"{lost[1]}: {consumed + at - lost[0]} bytes skipped to the next sound record"
+                    f" (byte {consumed + at}), read from there on"
+                )
+                lost = None
+                carry = buf[at:n].copy()
+                consumed += at
+                if final and carry.size < HEADER:
+                    break
+                continue
             heads, checked, end = _scan(buf, n, size - consumed)
-            stop_msg = None
+            bad_at = None
             # Length CRCs the speculative pass did not check, and the header after the last
             # complete record if one is there: are they sound?
             todo = np.flatnonzero(~checked)
@@ -228,11 +266,12 @@ def read_chunks(path: str | os.PathLike[str], status: FileStatus,
                     k = int(bad[0])
                     first = int(todo[k]) if k < todo.size else int(heads.size)
                     heads = heads[:first]
-                    stop_msg = (
-                        f"record {status.n_records + first} (byte {consumed + int(check[k])})"
-                        " has a corrupt length field (length CRC mismatch); the rest of the file"
-                        " was not read"
-                    )
+                    bad_at = int(check[k])
+                    what = (f"record {status.n_records + first} (byte {consumed + bad_at}) has a"
+                            " corrupt length field (length CRC mismatch)")
+                    lost = (consumed + bad_at, what,
+                            f"{what}; no sound record follows it: the rest of the file was not"
+                            " read")
             lengths = _u64_at(buf, heads).astype(np.int64)
             starts = heads + HEADER
             if heads.size:
@@ -245,26 +284,30 @@ def read_chunks(path: str | os.PathLike[str], status: FileStatus,
                     status.n_bad_crc += nbad
                     starts, lengths, index = starts[good], lengths[good], index[good]
                 yield Chunk(buf, starts, lengths, index)
-            if stop_msg is not None:
-                status.problems.append(stop_msg)
-                break
-            if end >= n and final:
-                break
-            need = 0
-            if n - end >= HEADER:
-                need = OVERHEAD + int.from_bytes(buf[end : end + 8].tobytes(), "little")
-            if final or need > size - consumed - end:
+            if bad_at is None:
+                if end >= n and final:
+                    break
+                need = 0
+                if n - end >= HEADER:
+                    need = OVERHEAD + int.from_bytes(buf[end : end + 8].tobytes(), "little")
+                if not (final or need > size - consumed - end):
+                    # Carry the incomplete tail over and read more.
+                    carry = buf[end:n].copy()
+                    consumed += end
+                    want = max(chunk_size, need)
+                    continue
                 asks = f"its header asks for {need - OVERHEAD} bytes, " if need else ""
-                status.problems.append(
-                    f"{status.n_records} records read; the file ends inside a record ({asks}"
-                    f"{size - consumed - end} bytes remain): a writer still running or crashed,"
-                    " or a corrupt length; the rest is treated as a truncated tail"
-                )
-                break
-            # Carry the incomplete tail over and read more.
-            carry = buf[end:n].copy()
-            consumed += end
-            want = max(chunk_size, need)
+                bad_at = end
+                lost = (consumed + end,
+                        f"record {status.n_records} (byte {consumed + end}) claims"
+                        f" {need - OVERHEAD} bytes, more than the file holds (a corrupt length)",
+                        f"{status.n_records} records read; the file ends inside a record ({asks}"
+                        f"{size - consumed - end} bytes remain): a writer still running or"
+                        " crashed, or a corrupt length; the rest is treated as a truncated tail")
+            # Framing lost at bad_at: search the bytes after it for the next sound record.
+            carry = buf[bad_at + 1 : n].copy()
+            consumed += bad_at + 1
+            want = chunk_size
     if status.n_bad_crc:
         status.problems.append(
             f"{status.n_bad_crc} record(s) skipped: payload CRC mismatch (corrupt data)"
