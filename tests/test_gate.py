@@ -43,7 +43,9 @@ def boom(name="a", **kw):
     ("warning", [boom()], 1),
     ("never", [boom()], 0),
     ("never", [warn()], 0),
-    ("explosion", [run("broken", "error")], 0),
+    ("explosion", [ok(), run("broken", "error")], 0),
+    ("explosion", [run("broken", "error")], 2),  # nothing could be audited
+    ("never", [run("broken", "error"), run("nan", "error")], 2),
 ])
 def test_exit_code_by_fail_on(fail_on, runs, code):
     result = result_of(*runs, fail_on=fail_on)

@@ -398,3 +398,24 @@ def test_markdown_does_not_mention_or_link_from_run_names():
         out = md(text)
         assert out.replace("\u2060", "") == text
         assert "@o" not in out and "://" not in out and "www." not in out
+
+
+def test_every_format_names_files_read_in_part_and_why_a_run_could_not_be_audited():
+    # an audited run whose event file had a corrupt record (no findings), and a run read but
+    # with nothing usable (its reason is in its notes): each format says both
+    partial = run("partial", errors=[FileProblem("partial/events.out", "record 600: skipped")])
+    nan = run("all-nan", "error", notes=["every grad-norm and loss value is NaN/inf"])
+    result = AuditResult(runs=[run("clean"), partial, nan], generated_at=FIXED_TIME)
+    evaluate_gate(result)
+    for fmt in ("md", "html", "github"):
+        text = render(fmt, result)
+        assert "record 600: skipped" in text, fmt
+        assert "every grad-norm and loss value is NaN/inf" in text, fmt
+        assert "no data" not in text and "could not be read: could not be read" not in text
+
+
+def test_nothing_but_unusable_runs_is_exit_2():
+    result = AuditResult(runs=[run("all-nan", "error", notes=["every value is NaN"])],
+                         generated_at=FIXED_TIME)
+    evaluate_gate(result)
+    assert result.exit_code == 2 and "no run could be audited" in result.gate_reasons[0]

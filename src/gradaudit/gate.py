@@ -6,8 +6,9 @@ Exit codes (DESIGN.md, "CLI contract"):
 - **1**: the gate failed: a run's status is at or above ``fail_on`` (``explosion``: only
   explosions fail; ``warning``: warnings too), or a run regressed against the baseline.
 - **2**: nothing could be audited: no run was read at all (every input failed, or no run was
-  found). Usage errors (a missing path, an unreadable baseline) raise
-  :class:`~gradaudit.errors.UsageError`, which the command line also maps to 2.
+  found), or no run read has usable data (all NaN, negative grad norms). Usage errors (a
+  missing path, an unreadable baseline) raise :class:`~gradaudit.errors.UsageError`, which the
+  command line also maps to 2.
 
 A baseline is an earlier schema-1 JSON report (``--json`` output) of the same runs, matched by
 run name. A run *regressed* when, compared with its baseline entry:
@@ -138,9 +139,14 @@ def evaluate_gate(result: AuditResult, baseline: dict[str, dict[str, Any]] | Non
     reasons: list[str] = []
     regressions: list[dict[str, Any]] = []
     notes: list[str] = []
-    if not result.runs:
+    unusable = [r for r in result.runs if r.status == "error"]
+    if len(unusable) == len(result.runs):  # no run at all, or none that could be audited
         result.regressions = []
-        if result.errors:
+        if unusable:
+            failed = f", {len(result.errors)} input(s) failed" if result.errors else ""
+            reasons.append(f"no run could be audited ({len(unusable)} run(s) with no usable "
+                           f"data{failed})")
+        elif result.errors:
             reasons.append(f"no run could be read ({len(result.errors)} input(s) failed)")
         else:
             reasons.append("no run found under the given paths")

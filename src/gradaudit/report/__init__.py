@@ -161,11 +161,23 @@ def fmt_pct(x: float | None) -> str:
     return f"{100 * x:.3g}%"
 
 
+def error_reason(run: Any) -> str:
+    """Why a run in status ``error`` could not be audited: its file problems, else its notes
+    (plain text, NOT escaped)."""
+    msgs = [f"{p.file}: {p.message}" for p in run.errors] or list(run.notes)
+    return "; ".join(msgs) or "no data"
+
+
+def partly_read(runs: list[Any]) -> list[Any]:
+    """Audited runs with a file problem: a corrupt record skipped, a truncated tail, a bad file
+    beside good ones. Their findings stand on what could be read."""
+    return [r for r in runs if r.status != "error" and r.errors]
+
+
 def run_headline(run: Any) -> str:
     """One plain-text line on a run's findings (untrusted parts are NOT escaped here)."""
     if run.status == "error":
-        msgs = "; ".join(p.message for p in run.errors) or "could not be read"
-        return f"could not be read: {msgs}"
+        return f"could not be audited: {error_reason(run)}"
     if not run.episodes:
         return f"{run.status}: no episodes"
     n_exp = sum(e.severity == "explosion" for e in run.episodes)

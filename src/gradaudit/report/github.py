@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from typing import Any, TextIO
 
-from gradaudit.report import gate_headline, has_findings, run_headline, worst_first
+from gradaudit.report import (
+    gate_headline,
+    has_findings,
+    partly_read,
+    run_headline,
+    worst_first,
+)
 from gradaudit.settings import fails_gate
 
 MAX_TEXT = 1000
@@ -51,6 +57,9 @@ def lines(result: Any) -> list[str]:
     for run in result.runs:
         if run.status == "error":
             out.append(_line("warning", f"gradaudit: {run.run}", run_headline(run)))
+    for run in partly_read(result.runs):
+        msgs = "; ".join(f"{p.file}: {p.message}" for p in run.errors)
+        out.append(_line("warning", f"gradaudit: {run.run}", f"read in part: {msgs}"))
     for err in result.errors:
         out.append(_line("warning", f"gradaudit: {err.path}", f"could not be read: {err.message}"))
     return out

@@ -24,10 +24,12 @@ from typing import Any, TextIO
 from gradaudit import __version__
 from gradaudit.report import (
     STATUS_RANK,
+    error_reason,
     fmt_num,
     fmt_pct,
     gate_headline,
     has_findings,
+    partly_read,
     suggested_clip,
     worst_excess_loss,
     worst_first,
@@ -281,17 +283,26 @@ def _run_section(run: Any, anchor: str, figure: str | None, regressions: list[An
 
 def _errors(result: Any) -> str:
     bad_runs = [r for r in result.runs if r.status == "error"]
-    if not bad_runs and not result.errors:
+    partial = partly_read(result.runs)
+    if not bad_runs and not result.errors and not partial:
         return ""
     out = ['<h2 id="errors">Errors</h2><div class="panel">']
     if bad_runs:
         out.append("<h3>Runs that could not be audited</h3><ul class=\"reasons\">")
         for run in bad_runs[:MAX_LISTED_ERRORS]:
-            msgs = "; ".join(f"{p.file}: {p.message}" for p in run.errors) or "no data"
-            out.append(f'<li><span class="mono">{e(run.run)}</span>: {e(msgs)}</li>')
+            out.append(f'<li><span class="mono">{e(run.run)}</span>: {e(error_reason(run))}</li>')
         out.append("</ul>")
         if len(bad_runs) > MAX_LISTED_ERRORS:
             out.append(f'<p class="note">and {len(bad_runs) - MAX_LISTED_ERRORS} more.</p>')
+    if partial:
+        out.append("<h3>Runs read in part (findings stand on what could be read)</h3>"
+                   "<ul class=\"reasons\">")
+        for run in partial[:MAX_LISTED_ERRORS]:
+            msgs = "; ".join(f"{p.file}: {p.message}" for p in run.errors)
+            out.append(f'<li><span class="mono">{e(run.run)}</span>: {e(msgs)}</li>')
+        out.append("</ul>")
+        if len(partial) > MAX_LISTED_ERRORS:
+            out.append(f'<p class="note">and {len(partial) - MAX_LISTED_ERRORS} more.</p>')
     if result.errors:
         out.append("<h3>Inputs that yielded no run</h3><ul class=\"reasons\">")
         for err in result.errors[:MAX_LISTED_ERRORS]:

@@ -15,10 +15,12 @@ from typing import Any, TextIO
 
 from gradaudit import __version__
 from gradaudit.report import (
+    error_reason,
     fmt_num,
     fmt_pct,
     gate_headline,
     has_findings,
+    partly_read,
     suggested_clip,
     worst_excess_loss,
     worst_first,
@@ -181,15 +183,18 @@ def _details(run: Any, regressions: list[Any]) -> list[str]:
 
 def _errors(result: Any) -> list[str]:
     bad = [r for r in result.runs if r.status == "error"]
-    if not bad and not result.errors:
+    partial = partly_read(result.runs)
+    if not bad and not result.errors and not partial:
         return []
     lines = ["### Errors", ""]
     for run in bad[:MAX_LISTED]:
-        msgs = "; ".join(f"{p.file}: {p.message}" for p in run.errors) or "no data"
-        lines.append(f"- run {code(run.run, 150)}: {md(msgs)}")
+        lines.append(f"- run {code(run.run, 150)}: {md(error_reason(run))}")
     for err in result.errors[:MAX_LISTED]:
         lines.append(f"- input {code(err.path, 150)}: {md(err.message)}")
-    more = max(0, len(bad) - MAX_LISTED) + max(0, len(result.errors) - MAX_LISTED)
+    for run in partial[:MAX_LISTED]:
+        msgs = "; ".join(f"{p.file}: {p.message}" for p in run.errors)
+        lines.append(f"- run {code(run.run, 150)} read in part: {md(msgs)}")
+    more = sum(max(0, len(x) - MAX_LISTED) for x in (bad, result.errors, partial))
     if more:
         lines.append(f"- …and {more} more (see the JSON report).")
     lines.append("")
