@@ -331,3 +331,33 @@ def test_bad_inputs(tmp_path: Path) -> None:
     runs = gradaudit.inspect([tmp_path])
     assert "somebad.csv" in {r.name for r in runs.runs}
     assert any("nostep.csv" in e.path for e in runs.errors)
+
+
+def test_binary_and_endless_lines_are_refused_before_parsing(tmp_path: Path) -> None:
+    # a sparse (all-NUL) file or one endless line would be held whole by the parser, many times
+    # its size: refused with a clear reason before any parse, and one bad file stops nothing
+    sparse = tmp_path / "sparse.csv"
+    with sparse.open("wb") as fh:
+        fh.truncate(64 << 20)  # 64 MiB of NUL bytes, no disk used
+    with pytest.raises(ReadError, match="NUL byte at byte 0"):
+        _read_one(csv_table, sparse)
+    jsonl = tmp_path / "nul.jsonl"
+    jsonl.write_bytes(b'{"step": 1, "loss": 2.0}\n' + b"\x00" * 100)
+    with pytest.raises(ReadError, match="NUL byte at byte 25"):
+        _read_one(json_table, jsonl)
+    endless = tmp_path / "endless.csv"
+    endless.write_bytes(b"step,loss\n1,2.0\n" + b"9" * (17 << 20) + b"\n2,1.0\n")
+    with pytest.raises(ReadError, match="a line longer than 16 MiB \\(from byte 16\\)"):
+        _read_one(csv_table, endless)
+    doc = tmp_path / "one_line.json"  # a JSON document may be one long line
+    doc.write_text(json.dumps({"step": list(range(3)), "loss": [2.0, 1.5, 1.0]}))
+    (raw,) = _read_one(json_table, doc)
+    assert raw.points.collect()["value"].to_list() == [2.0, 1.5, 1.0]
+
+
+def test_error_messages_quoting_a_file_stay_short(tmp_path: Path) -> None:
+    wide = tmp_path / "wide.csv"
+    wide.write_text("x" * (2 << 20) + ",y\n1,2\n")  # a 2 MiB column name, no step column
+    found = gradaudit.inspect([tmp_path])
+    (err,) = found.errors
+    assert len(err.message) <= 1000 and "more characters" in err.message

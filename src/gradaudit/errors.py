@@ -13,3 +13,14 @@ class ReadError(GradauditError):
 
 class UsageError(GradauditError):
     """The caller asked for something that cannot be done (bad option, missing path)."""
+
+
+MAX_MESSAGE = 1000  # characters: a message quoting a file's content stays readable and small
+
+
+def clip_message(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` cut to ``limit`` characters (a message may quote a header or cell of a file)."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 40]}... ({len(text) - limit + 40} more characters)"

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from gradaudit.errors import clip_message
 from gradaudit.series import FileProblem
 
 SCHEMA_VERSION = 1
@@ -172,6 +173,9 @@ class InputError:
 
     path: str
     message: str
+
+    def __post_init__(self) -> None:
+        self.message = clip_message(self.message)
 
     def to_dict(self) -> dict[str, str]:
         return {"path": self.path, "message": self.message}

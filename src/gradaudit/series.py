@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from gradaudit.errors import clip_message
+
 SCHEMA: dict[str, pl.DataType] = {
     "step": pl.Int64(),
     "tag": pl.Categorical(),
@@ -34,6 +36,9 @@ class FileProblem:
 
     file: str
     message: str
+
+    def __post_init__(self) -> None:
+        self.file, self.message = clip_message(self.file, 4096), clip_message(self.message)
 
     def to_dict(self) -> dict[str, str]:
         return {"file": self.file, "message": self.message}

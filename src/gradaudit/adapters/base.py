@@ -19,10 +19,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import polars as pl
 
 from gradaudit.errors import ReadError
 from gradaudit.series import FileProblem
+
+MAX_LINE = 16 << 20  # bytes: no table or log line is longer; a parser would hold it whole
+_TEXT_BLOCK = 16 << 20
+
+
+def check_text(path: Path, max_line: int | None = MAX_LINE) -> None:
+    """ReadError when ``path`` holds a NUL byte (binary data, or a sparse or NUL-filled file)
+    or, unless ``max_line`` is None, a line longer than ``max_line`` bytes: a CSV or JSON
+    Lines parser would hold such a line whole in memory (many times its size)."""
+    offset = line_start = 0
+    try:
+        with path.open("rb") as fh:
+            while block := fh.read(_TEXT_BLOCK):
+                nul = block.find(b"\0")
+                if nul >= 0:
+                    raise ReadError(f"binary data (a NUL byte at byte {offset + nul}): not a "
+                                    "text table")
+                if max_line is not None:
+                    ends = np.flatnonzero(np.frombuffer(block, np.uint8) == 10) + offset
+                    starts = np.concatenate(([line_start], ends[:-1] + 1))
+                    long = np.flatnonzero(ends - starts > max_line)
+                    if long.size or (not ends.size and offset + len(block) - line_start
+                                     > max_line):
+                        at = int(starts[long[0]]) if long.size else line_start
+                        raise ReadError(f"a line longer than {max_line >> 20} MiB (from byte "
+                                        f"{at}): not a table of scalars")
+                    if ends.size:
+                        line_start = int(ends[-1]) + 1
+                offset += len(block)
+    except OSError as exc:
+        raise ReadError(f"cannot read the file: {exc.strerror or exc}") from exc
+    if max_line is not None and offset - line_start > max_line:
+        raise ReadError(f"a line longer than {max_line >> 20} MiB (from byte {line_start}): "
+                        "not a table of scalars")
 
 
 def nonempty_size(path: Path) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from gradaudit.adapters import _tables
-from gradaudit.adapters.base import RawRun, Source, nonempty_size
+from gradaudit.adapters.base import RawRun, Source, check_text, nonempty_size
 from gradaudit.errors import ReadError
 from gradaudit.series import FileProblem
 
@@ -85,6 +85,7 @@ def _read(path: Path, sep: str, encoding: str) -> tuple[pl.LazyFrame, set[str]]:
 def read_file(path: Path) -> list[RawRun]:
     """Read one CSV/TSV table into raw runs."""
     nonempty_size(path)
+    check_text(path)
     sep = SUFFIXES.get(path.suffix.lower(), ",")
     problems: list[FileProblem] = []
     try:

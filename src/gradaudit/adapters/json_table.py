@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from gradaudit.adapters import _tables
-from gradaudit.adapters.base import RawRun, Source, nonempty_size
+from gradaudit.adapters.base import RawRun, Source, check_text, nonempty_size
 from gradaudit.errors import ReadError
 from gradaudit.series import FileProblem
 
@@ -248,8 +248,10 @@ def read_file(path: Path) -> list[RawRun]:
     problems: list[FileProblem] = []
     try:
         if path.suffix.lower() in LINES_SUFFIXES or _json_lines(_head(path)):
+            check_text(path)
             lf = _read_lines(path, size, problems)
         else:
+            check_text(path, max_line=None)  # a document may well be one long line
             lf = _read_document(path, size)
         if not lf.collect_schema():
             raise ReadError("the file holds no records")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
-from gradaudit.adapters.base import RawRun, Source
+from gradaudit.adapters.base import RawRun, Source, check_text
 from gradaudit.errors import ReadError
 from gradaudit.series import FileProblem
 
@@ -103,6 +103,7 @@ def _read_table(path: Path) -> tuple[pl.DataFrame, list[FileProblem]]:
 
 def _read_file(path: Path) -> tuple[dict[str, pl.DataFrame], list[FileProblem]]:
     """Points per run of one export: ``{run: frame(step, tag, value)}``."""
+    check_text(path)
     table, problems = _read_table(path)
     columns = table.columns
     if not columns or not is_export_header(columns):
