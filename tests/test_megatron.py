@@ -120,10 +120,23 @@ def test_claim_only_logs_with_iteration_lines(tmp_path: Path) -> None:
     (tmp_path / "e.csv").write_text(line)
     (tmp_path / "f.log").write_text("no iteration here\n")
     (tmp_path / "g.bin").write_bytes(b"\x00" + line.encode())
-    (tmp_path / "h.log").write_bytes(b"\x00\x01" + line.encode())
+    (tmp_path / "h.log").write_bytes(b"\x00\x01" + line.encode())  # NULs: still a log
     files = sorted(tmp_path.iterdir())
     names = {s.name for s in megatron.claim(tmp_path, files)}
-    assert names == {"a.log", "b.txt", "c.out", "slurm-12", "d.err"}
+    assert names == {"a.log", "b.txt", "c.out", "slurm-12", "d.err", "h.log"}
+
+
+def test_nul_filled_block_in_a_log_is_skipped_not_the_log(tmp_path: Path) -> None:
+    # a node crash or a full disk can leave a block of NUL bytes in a log, even in its first
+    # 64 KiB; the iteration lines around it are read, and the run says what was dropped
+    lines = [LINE.format(it=i, cs=2048 * i, loss="2.0E+00", gn="0.5") + "\n"
+             for i in range(1, 301)]
+    text = "".join(lines[:50]).encode() + b"\x00" * 8192 + "".join(lines[50:]).encode()
+    (tmp_path / "train.log").write_bytes(text)
+    (run,) = gradaudit.read_runs([tmp_path])
+    assert run.series("grad norm")[0].tolist() == list(range(1, 301))
+    (problem,) = run.problems
+    assert "8192 NUL byte(s) ignored" in problem.message
 
 
 def test_fold_rank_tags_timestamps_nonfinite(tmp_path: Path) -> None:

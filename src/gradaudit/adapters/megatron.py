@@ -21,7 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
-from gradaudit.adapters.base import RawRun, Source, nonempty_size
+from gradaudit.adapters.base import MAX_LINE, RawRun, Source, nonempty_size
 from gradaudit.errors import ReadError
 from gradaudit.series import FileProblem
 
@@ -58,9 +58,8 @@ def _sniff(path: Path) -> bool:
             head = fh.read(SNIFF_BYTES)
     except OSError:
         return False
-    if b"\x00" in head:
-        return False
-    return _ITER_SNIFF.search(head) is not None
+    # NUL bytes are no reason to pass a log by: a crash can leave NUL-filled blocks in it
+    return _ITER_SNIFF.search(head.replace(b"\x00", b"")) is not None
 
 
 def claim(directory: Path, files: list[Path]) -> list[Source]:
@@ -273,17 +272,28 @@ def parse_text(text: str) -> pl.DataFrame:
     return pl.concat([p.select(list(_SCHEMA)).cast(_SCHEMA) for p in parts])
 
 
-def _chunks(path: Path):  # noqa: ANN202 - a generator of str
-    """Decoded text in large pieces, cut after a line end (a folded pair stays together)."""
+def _chunks(path: Path, dropped: list[int]):  # noqa: ANN202 - a generator of str
+    """Decoded text in large pieces, cut after a line end (a folded pair stays together).
+
+    NUL bytes (a crash or a full disk can leave NUL-filled blocks in a log) are dropped and
+    counted in ``dropped[0]``; so is a stretch with no line end longer than ``MAX_LINE``
+    (``dropped[1]``), which no iteration line is."""
     carry = b""
     with path.open("rb") as fh:
         while True:
             block = fh.read(CHUNK_BYTES)
             if not block:
                 break
+            nul = block.count(b"\x00")
+            if nul:
+                dropped[0] += nul
+                block = block.replace(b"\x00", b"")
             data = carry + block
             cut = data.rfind(b"\n")
             if cut < 0:
+                if len(data) > MAX_LINE:
+                    dropped[1] += len(data)
+                    data = b""
                 carry = data
                 continue
             # Keep the last whole line with the next chunk: its fold may continue there.
@@ -299,14 +309,21 @@ def _chunks(path: Path):  # noqa: ANN202 - a generator of str
 def read_file(path: Path) -> RawRun:
     """Read one Megatron stdout log."""
     nonempty_size(path)
+    dropped = [0, 0]
     try:
-        parts = [parse_text(text) for text in _chunks(path)]
+        parts = [parse_text(text) for text in _chunks(path, dropped)]
     except OSError as exc:
         raise ReadError(f"cannot read the file: {exc.strerror}") from exc
     frame = pl.concat(parts) if parts else pl.DataFrame(schema=_SCHEMA)
     if frame.height == 0:
         raise ReadError("no Megatron iteration line with a numeric field found")
     problems: list[FileProblem] = []
+    if dropped[0]:
+        problems.append(FileProblem(path.name, f"{dropped[0]} NUL byte(s) ignored (a crash or "
+                                    "a full disk can leave NUL-filled blocks in a log)"))
+    if dropped[1]:
+        problems.append(FileProblem(path.name, f"{dropped[1]} bytes without a line end "
+                                    f"(longer than {MAX_LINE >> 20} MiB) skipped"))
     if frame.get_column("wall_time").null_count() == frame.height:
         frame = frame.drop("wall_time")
     # the iteration line's losses are averaged over the log interval (training_log)
