@@ -144,6 +144,22 @@ def test_missing_path_is_2(tmp_path, capsys):
     assert "no such file or folder" in capsys.readouterr().err
 
 
+def test_special_file_path_says_what_it_is(tmp_path, capsys):
+    import os
+
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    assert scan(str(tmp_path / "fifo"), str(tmp_path / "dangling"), "/dev/null") == 2
+    err = capsys.readouterr().err
+    assert "not a regular file or folder" in err and "no such file" not in err
+
+
+def test_out_naming_a_folder_says_so(tmp_path, capsys):
+    assert scan(str(tmp_path), "--out", str(tmp_path), "--format", "json") == 2
+    err = capsys.readouterr().err
+    assert "it is a folder" in err and ".gradaudit-" not in err
+
+
 def test_unreadable_input_only_is_2(tmp_path):
     folder = tmp_path / "runs"
     folder.mkdir()

@@ -48,3 +48,11 @@ def test_unsorted_duplicate_steps_hand_built():
     ll = np.concatenate([loss[perm], [loss[600]]])
     a = audit_run(run_series(ss, gg, ll))
     assert [e.onset_step for e in a.episodes] == [600]
+
+
+def test_a_run_without_a_grad_norm_says_it_was_audited_from_the_loss_alone():
+    s, _, loss = healthy()
+    a = audit_run(run_series(s, loss=loss))
+    assert a.status == "ok"
+    assert any("no grad-norm series" in n and "--grad-tag" in n for n in a.notes)
+    assert "no clip threshold can be derived" in a.clip.advice

@@ -65,3 +65,27 @@ def test_bad_setting_in_pyproject_is_a_usage_error(tmp_path, monkeypatch, capsys
     monkeypatch.chdir(tmp_path)
     assert main(["scan", "runs", "--quiet"]) == 2
     assert "spike_ratio" in capsys.readouterr().err
+
+
+def test_a_panic_inside_polars_is_one_input_error_not_a_crash(tmp_path, monkeypatch, capsys):
+    # polars' PanicException derives from BaseException: `except Exception` lets it through,
+    # and an escaping exception would exit 1, the gate's code
+    import polars as pl
+
+    from gradaudit.adapters import parquet
+
+    _good_run(tmp_path / "good")
+    _good_run(tmp_path / "bad")
+    real = parquet.read
+
+    def panicky(source):
+        if "bad" in str(source.files[0]):
+            raise pl.exceptions.PanicException("capacity overflow")
+        return real(source)
+
+    monkeypatch.setattr(parquet, "read", panicky)
+    assert main(["scan", str(tmp_path), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["run"] for r in doc["runs"]] == ["good/run.parquet"]
+    (err,) = doc["errors"]
+    assert "PanicException" in err["message"] and "capacity overflow" in err["message"]

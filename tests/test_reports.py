@@ -419,3 +419,16 @@ def test_nothing_but_unusable_runs_is_exit_2():
                          generated_at=FIXED_TIME)
     evaluate_gate(result)
     assert result.exit_code == 2 and "no run could be audited" in result.gate_reasons[0]
+
+
+def test_terminal_escapes_in_names_never_reach_the_terminal():
+    name = "run_\x1b[2J\x1b]0;PWNED\x07\x9b31m"
+    result = AuditResult(runs=[run(name, "explosion", [episode(300, 20.0, reason=name)],
+                                   errors=[FileProblem(name, name)])],
+                         generated_at=FIXED_TIME)
+    evaluate_gate(result)
+    for fmt in ("md", "github", "html", "json"):
+        text = render(fmt, result)
+        if fmt != "json":  # JSON escapes them as \u001b
+            assert not any(c in text for c in "\x1b\x07\x9b"), fmt
+    assert "\\x1b[2J" in render("github", result).replace("%5B", "[")

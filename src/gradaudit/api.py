@@ -49,7 +49,12 @@ def _sources(paths: Iterable[PathLike]) -> list[Source]:
         raise UsageError("no path given")
     found = discover(paths)
     if found.missing:
-        raise UsageError("no such file or folder: " + ", ".join(found.missing))
+        odd = [p for p in found.missing if os.path.lexists(p)]
+        gone = [p for p in found.missing if p not in odd]
+        why = ([f"no such file or folder: {', '.join(gone)}"] if gone else []) + (
+            [f"not a regular file or folder (a device, a FIFO or a dangling link): "
+             f"{', '.join(odd)}"] if odd else [])
+        raise UsageError("; ".join(why))
     return found.sources
 
 

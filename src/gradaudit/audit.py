@@ -25,6 +25,7 @@ from gradaudit.episodes import (
     loss_episodes,
     severity,
 )
+from gradaudit.errors import UNEXPECTED
 from gradaudit.impact import bucket_mean, loss_impact
 from gradaudit.model import Episode, RunAudit
 from gradaudit.series import RunSeries
@@ -88,7 +89,7 @@ def audit_run(series: RunSeries, settings: Settings | None = None) -> RunAudit:
     settings = settings or Settings()
     try:
         return _audit(series, settings)
-    except Exception as exc:  # noqa: BLE001 - a bad run must not stop the batch
+    except UNEXPECTED as exc:  # a bad run must not stop the batch
         return _empty(series, "error", [f"analysis failed: {type(exc).__name__}: {exc}"])
 
 
@@ -96,7 +97,10 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
     notes: list[str] = []
     gs, g = _clean(*series.series(series.grad_norm_tag))
     ls, lv = _clean(*series.series(series.loss_tag))
-    if series.grad_norm_tag is not None and g.size == 0:
+    if series.grad_norm_tag is None:
+        notes.append("no grad-norm series among the run's tags: audited from the loss alone "
+                     "(pass --grad-tag if it is logged under another name)")
+    elif g.size == 0:
         notes.append("grad-norm tag has no points")
     if g.size and np.any(np.isfinite(g) & (g < 0)):
         n_neg = int(np.sum(np.isfinite(g) & (g < 0)))

@@ -10,7 +10,7 @@ import click
 
 from gradaudit import __version__, api
 from gradaudit.config import load_config
-from gradaudit.errors import UsageError
+from gradaudit.errors import UNEXPECTED, UsageError
 from gradaudit.gate import load_baseline
 from gradaudit.inspect_view import write_inspection
 from gradaudit.report import FORMATTERS, format_for
@@ -31,6 +31,8 @@ def _check_writable(target: str | None) -> None:
     """UsageError unless ``target``'s folder exists and can be written (``-`` is stdout)."""
     if target is None or target == "-":
         return
+    if os.path.isdir(target):
+        raise UsageError(f"cannot write {target!r}: it is a folder; give a file name")
     folder = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(folder):
         raise UsageError(f"cannot write {target!r}: no folder {folder!r}")
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return EXIT_USAGE
-    except Exception as exc:  # noqa: BLE001 - never exit 1 (the gate's code) on a crash
+    except UNEXPECTED as exc:  # never exit 1 (the gate's code) on a crash
         click.echo(f"gradaudit: internal error: {exc!r}", err=True)
         return EXIT_USAGE
     return int(code or EXIT_OK)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from polars.exceptions import PanicException
+
+#: What a per-input or per-run guard catches: any error, and a panic inside polars' Rust code
+#: (``PanicException`` derives from ``BaseException``, so ``except Exception`` lets it through).
+UNEXPECTED: tuple[type[BaseException], ...] = (Exception, PanicException)
+
 
 class GradauditError(Exception):
     """Base class of gradaudit's own errors."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gradaudit.adapters import REGISTRY
 from gradaudit.adapters.base import RawRun, Source
-from gradaudit.errors import ReadError
+from gradaudit.errors import UNEXPECTED, ReadError
 from gradaudit.model import InputError
 from gradaudit.series import RunSeries, canonical_frame
 from gradaudit.tags import choose_tags, interval_mean_tags
@@ -58,14 +58,14 @@ def read_source(
         return [], [InputError(where, str(exc))]
     except MemoryError:
         return [], [InputError(where, "out of memory while reading this input")]
-    except Exception as exc:  # noqa: BLE001 - one bad file must never stop a batch
+    except UNEXPECTED as exc:  # one bad file must never stop a batch
         return [], [InputError(where, f"unexpected error reading this input: {exc!r}")]
     runs: list[RunSeries] = []
     errors: list[InputError] = []
     for raw in raws:
         try:
             series = build_series(source, raw, grad_tag, loss_tag)
-        except Exception as exc:  # noqa: BLE001
+        except UNEXPECTED as exc:
             errors.append(InputError(where, f"could not build the run's series: {exc!r}"))
             continue
         if series.frame.height == 0:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import TextIO
 
 from gradaudit.api import Inspection
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+from gradaudit.report import show_controls
 
 
 def _safe(text: object) -> str:
-    """``text`` with control characters (ANSI escapes from hostile run or tag names) shown as
-    backslash-x escapes instead of reaching the terminal."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+    """``text`` with every control character (tab and line ends too: one table row per run)
+    written as a backslash-x escape."""
+    return show_controls(str(text).replace("\t", "\\x09").replace("\r", "\\x0d")
+                         .replace("\n", "\\x0a"))
 
 
 def _cell(value: object) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -36,6 +37,14 @@ FORMATTERS: dict[str, Callable[[Any, TextIO], None]] = {
 SUFFIXES = {".json": "json", ".html": "html", ".htm": "html", ".md": "md", ".markdown": "md"}
 
 STATUS_RANK = {"explosion": 3, "warning": 2, "error": 1, "ok": 0}
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def show_controls(text: object) -> str:
+    """``text`` with control characters other than tab, CR and LF (ANSI escapes in hostile run
+    or tag names) written as backslash-x escapes, so that they never reach a terminal or log."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
 def format_for(path: str, fmt: str | None) -> str:

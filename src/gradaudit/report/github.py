@@ -16,6 +16,7 @@ from gradaudit.report import (
     has_findings,
     partly_read,
     run_headline,
+    show_controls,
     worst_first,
 )
 from gradaudit.settings import fails_gate
@@ -25,6 +26,7 @@ MAX_TEXT = 1000
 
 def escape_data(text: str) -> str:
     """Escape a workflow-command message."""
+    text = show_controls(text)
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 

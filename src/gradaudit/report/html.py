@@ -30,6 +30,7 @@ from gradaudit.report import (
     gate_headline,
     has_findings,
     partly_read,
+    show_controls,
     suggested_clip,
     worst_excess_loss,
     worst_first,
@@ -43,8 +44,9 @@ MAX_LISTED_ERRORS = 500
 
 
 def e(value: Any) -> str:
-    """Escape any value for HTML text and attribute values."""
-    return html.escape("" if value is None else str(value), quote=True)
+    """Escape any value for HTML text and attribute values (control characters, invalid in
+    HTML, as backslash-x escapes)."""
+    return html.escape(show_controls("" if value is None else value), quote=True)
 
 
 @cache

@@ -21,6 +21,7 @@ from gradaudit.report import (
     gate_headline,
     has_findings,
     partly_read,
+    show_controls,
     suggested_clip,
     worst_excess_loss,
     worst_first,
@@ -47,7 +48,7 @@ _JOINER = "\u2060"
 def md(value: Any, limit: int = MAX_TEXT) -> str:
     """Escape untrusted text for a Markdown table cell or paragraph (one line, bounded)."""
     text = "" if value is None else str(value)
-    text = " ".join(text.split())  # newlines, tabs, \r -> single spaces
+    text = show_controls(" ".join(text.split()))  # newlines, tabs, \r -> single spaces
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     text = _MD_SPECIAL.sub(r"\\\1", text)
