@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -89,3 +90,30 @@ def test_a_panic_inside_polars_is_one_input_error_not_a_crash(tmp_path, monkeypa
     assert [r["run"] for r in doc["runs"]] == ["good/run.parquet"]
     (err,) = doc["errors"]
     assert "PanicException" in err["message"] and "capacity overflow" in err["message"]
+
+
+def test_a_worker_killed_while_reading_loses_only_its_own_input(tmp_path, monkeypatch, capsys):
+    # the OOM killer (or a crash in native code) ends a worker process: the other inputs,
+    # including those that worker had queued, are still read and reported. The workers are
+    # fresh processes: a sitecustomize on their PYTHONPATH makes the reader die on one input
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, signal\n"
+        "from gradaudit.adapters import parquet\n"
+        "_real = parquet.read\n"
+        "def _deadly(source):\n"
+        "    if 'killer' in str(source.files[0]):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return _real(source)\n"
+        "parquet.read = _deadly\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [
+        str(hook), os.environ.get("PYTHONPATH", "")])))
+    runs = tmp_path / "runs"
+    for name in ("a", "b", "killer", "c", "d"):
+        _good_run(runs / name)
+    assert main(["scan", str(runs), "--format", "json", "--workers", "2"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["run"] for r in doc["runs"]] == [f"{n}/run.parquet" for n in "abcd"]
+    (err,) = doc["errors"]
+    assert "killer" in err["path"] and "process reading this input died" in err["message"]

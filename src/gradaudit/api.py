@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing import get_context
 from typing import Any, TypeVar
 
 from gradaudit.adapters.base import Source
 from gradaudit.discover import discover
 from gradaudit.errors import UsageError
-from gradaudit.ingest import read_source
+from gradaudit.ingest import read_source, source_label
 from gradaudit.model import SCHEMA_VERSION, InputError, RunAudit
 from gradaudit.result import AuditResult
 from gradaudit.series import RunSeries
@@ -58,15 +60,42 @@ def _sources(paths: Iterable[PathLike]) -> list[Source]:
     return found.sources
 
 
-def _map(fn: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
-    """Run ``fn`` over ``items`` serially or in a process pool, results in input order."""
+WORKER_DIED = ("the process reading this input died (killed for memory, or a crash in native "
+               "code); the other inputs were read")
+
+
+def _map(fn: Callable[[T], R], items: Sequence[T], workers: int,
+         lost: Callable[[T, str], R]) -> Iterator[R]:
+    """Run ``fn`` over ``items`` serially or in a process pool, results in input order.
+
+    A worker that dies takes no other input with it: the inputs it left unfinished are run
+    again one by one, each in a process of its own; one that kills that process too comes back
+    as ``lost(item, why)``.
+    """
     if workers <= 1 or len(items) <= 1:
         yield from map(fn, items)
         return
-    pool: Executor = ProcessPoolExecutor(max_workers=min(workers, len(items)))
-    with pool:
-        chunk = max(1, len(items) // (workers * 8))
-        yield from pool.map(fn, items, chunksize=chunk)
+    with _pool(min(workers, len(items))) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        for item, future in zip(items, futures, strict=True):
+            try:
+                yield future.result()
+            except BrokenProcessPool:
+                yield _alone(fn, item, lost)
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes started fresh ("spawn"): a process forked after polars has started its
+    thread pool can hang in its first query (polars' own advice)."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+
+
+def _alone(fn: Callable[[T], R], item: T, lost: Callable[[T, str], R]) -> R:
+    with _pool(1) as solo:
+        try:
+            return solo.submit(fn, item).result()
+        except BrokenProcessPool:
+            return lost(item, WORKER_DIED)
 
 
 @dataclass(frozen=True)
@@ -76,6 +105,10 @@ class _ReadJob:
 
     def __call__(self, source: Source) -> tuple[list[RunSeries], list[InputError]]:
         return read_source(source, self.grad_tag, self.loss_tag)
+
+    @staticmethod
+    def lost(source: Source, why: str) -> tuple[list[RunSeries], list[InputError]]:
+        return [], [InputError(source_label(source), why)]
 
 
 @dataclass(frozen=True)
@@ -88,6 +121,10 @@ class _ScanJob:
         runs, errors = read_source(source, self.settings.grad_tag, self.settings.loss_tag)
         return [_audit_run(run, self.settings) for run in runs], errors
 
+    @staticmethod
+    def lost(source: Source, why: str) -> tuple[list[RunAudit], list[InputError]]:
+        return [], [InputError(source_label(source), why)]
+
 
 def inspect(
     paths: Iterable[PathLike],
@@ -99,7 +136,8 @@ def inspect(
     """Discover and read runs under ``paths`` without analysis."""
     runs: list[RunSeries] = []
     errors: list[InputError] = []
-    for got, bad in _map(_ReadJob(grad_tag, loss_tag), _sources(paths), workers):
+    job = _ReadJob(grad_tag, loss_tag)
+    for got, bad in _map(job, _sources(paths), workers, job.lost):
         runs.extend(got)
         errors.extend(bad)
     return Inspection(runs=runs, errors=errors)
@@ -139,7 +177,8 @@ def scan(
     settings = (settings or Settings()).with_overrides(**overrides)
     audits: list[RunAudit] = []
     errors: list[InputError] = []
-    for got, bad in _map(_ScanJob(settings), _sources(paths), settings.workers):
+    job = _ScanJob(settings)
+    for got, bad in _map(job, _sources(paths), settings.workers, job.lost):
         audits.extend(got)
         errors.extend(bad)
     result = AuditResult(runs=audits, errors=errors, settings=settings)

@@ -17,6 +17,11 @@ def _display(path: Path) -> str:
     return os.fspath(path)
 
 
+def source_label(source: Source) -> str:
+    """How errors name a source: its file when it is one file, else its run name."""
+    return source.name if len(source.files) != 1 else _display(source.files[0])
+
+
 def build_series(
     source: Source, raw: RawRun, grad_tag: str | None = None, loss_tag: str | None = None
 ) -> RunSeries:
@@ -51,7 +56,7 @@ def read_source(
 ) -> tuple[list[RunSeries], list[InputError]]:
     """Read one source. Never raises for bad input: problems come back as InputErrors."""
     adapter = REGISTRY[source.format]
-    where = source.name if len(source.files) != 1 else _display(source.files[0])
+    where = source_label(source)
     try:
         raws = adapter.read(source)
     except ReadError as exc:
