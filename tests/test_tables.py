@@ -361,3 +361,29 @@ def test_error_messages_quoting_a_file_stay_short(tmp_path: Path) -> None:
     found = gradaudit.inspect([tmp_path])
     (err,) = found.errors
     assert len(err.message) <= 1000 and "more characters" in err.message
+
+
+def test_table_in_no_step_order_is_read_sorted_but_appended_resumes_still_rewind(tmp_path):
+    # rows shuffled (an export sorted by something else): read sorted by step, with a note -
+    # not as 700 "resumes" that would leave a handful of points
+    rng = np.random.default_rng(0)
+    steps = np.arange(1500)
+    g = np.exp(rng.normal(0, 0.1, 1500))
+    g[1000] = 30.0
+    perm = rng.permutation(1500)
+    pq.write_table(pa.table({"step": steps[perm], "grad_norm": g[perm]}),
+                   tmp_path / "shuffled.parquet")
+    (run,) = gradaudit.read_runs([tmp_path / "shuffled.parquet"])
+    s, v = run.series("grad_norm")
+    assert s.tolist() == list(range(1500)) and v[1000] == 30.0
+    assert any("not in step order" in n for n in run.notes)
+    assert [e.onset_step for e in gradaudit.audit_run(run).episodes] == [1000]
+    # three resumes appended to a table (steps rewind 3 times): the later write still wins
+    rows = np.concatenate([np.arange(0, 400), np.arange(350, 800), np.arange(780, 1200),
+                           np.arange(1100, 1500)])
+    vals = np.arange(rows.size, dtype=float)
+    pq.write_table(pa.table({"step": rows, "loss": vals}), tmp_path / "resumed.parquet")
+    (run,) = gradaudit.read_runs([tmp_path / "resumed.parquet"])
+    s, v = run.series("loss")
+    assert s.tolist() == list(range(1500)) and v[360] == 410.0  # the first resume's step 360
+    assert not any("not in step order" in n for n in run.notes)

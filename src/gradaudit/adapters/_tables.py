@@ -274,12 +274,16 @@ def table_runs(
             FileProblem(name, f"{n_null} row(s) without a usable {layout.step!r} value skipped")
         )
     long = long.filter(pl.col("step").is_not_null())
+    groups = [c for c in (layout.run, layout.tag) if c is not None]
+    order_note = _step_order(step, [df.get_column(c) for c in groups])
+    if order_note:
+        long = long.sort("step", maintain_order=True)
     sampled_steps = df.get_column("_step") if layout.kind == "history" else None
     if layout.run is None:
         notes = []
         if sampled_steps is not None and _looks_sampled(_ints(sampled_steps)):
             notes.append(sampled_note(df.height))
-        return [RawRun(points=long, problems=problems, notes=notes)]
+        return [RawRun(points=long, problems=problems, notes=notes + order_note)]
     runs_col = index[-1]
     out: list[RawRun] = []
     collected = long.collect()
@@ -297,12 +301,30 @@ def table_runs(
                 points=part.drop("__run"),
                 suffix=str(run_name) if run_name is not None else "(no run)",
                 problems=list(problems),
-                notes=notes,
+                notes=notes + order_note,
             )
         )
     if not out:
         out.append(RawRun(points=collected.drop("__run"), problems=problems))
     return out
+
+
+def _step_order(step: pl.Series, groups: list[pl.Series]) -> list[str]:
+    """Rows are write order (a resumed run appended to a table rewinds its step a few times) -
+    unless the steps of a run (and tag) go back at least 10 times and in 1 % of the rows: then
+    the table was exported in some other order, and its points are taken sorted by step (the
+    note returned says so)."""
+    if step.len() < 2:
+        return []
+    back = pl.DataFrame([step.alias("__s"), *(g.alias(f"__g{i}") for i, g in enumerate(groups))])
+    went_back = pl.col("__s").diff() < 0
+    if groups:
+        went_back = went_back.over([f"__g{i}" for i in range(len(groups))])
+    n = int(back.select(went_back.sum()).item())
+    if n <= max(10, step.len() // 100):
+        return []
+    return [f"the rows are not in step order ({n} step(s) go back): read sorted by step - a "
+            "table in another order than it was written cannot show resumed runs"]
 
 
 def _ints(s: pl.Series) -> np.ndarray:
