@@ -402,3 +402,15 @@ def test_random_damage_never_crashes(wandb_root, tmp_path):
         for step, value in zip(frame["step"], frame["value"], strict=True):
             if step in expected:
                 assert value == expected[step]
+
+
+def test_a_value_with_invalid_utf8_is_no_number_and_loses_nothing_else():
+    # a damaged byte inside one history value (its record CRC fixed up): polars refuses to
+    # cast a whole batch for it; only that value is lost, not the run
+    import polars as pl
+
+    from gradaudit.adapters.wandb_run import _parse_numbers
+
+    values, ok = _parse_numbers(pl.Series([b"1.5", b"2\xb9", b"NaN", b"-3e2"], dtype=pl.Binary))
+    assert ok.tolist() == [True, False, True, True]
+    assert values[0] == 1.5 and values[3] == -300.0 and np.isnan(values[2])

@@ -176,8 +176,14 @@ def _decode_history(buf: bytes, start: int, end: int) -> tuple[list[tuple[bytes,
 
 
 def _parse_numbers(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """JSON number texts (binary) -> ``(float64 values, parsed ok)``; NaN/Infinity included."""
-    parsed = texts.cast(pl.String, strict=False).cast(pl.Float64, strict=False)
+    """JSON number texts (binary) -> ``(float64 values, parsed ok)``; NaN/Infinity included.
+    A text that is not valid UTF-8 (a damaged value) is no number; the others still are."""
+    try:
+        strings = texts.cast(pl.String, strict=False)
+    except pl.exceptions.ComputeError:  # polars refuses the whole batch for one bad text
+        strings = pl.Series([None if t is None else t.decode("utf-8", "replace")
+                             for t in texts.to_list()], dtype=pl.String)
+    parsed = strings.cast(pl.Float64, strict=False)
     return parsed.fill_null(float("nan")).to_numpy(), parsed.is_not_null().to_numpy()
 
 
