@@ -476,3 +476,18 @@ def test_record_longer_than_16_mib_between_scalars(tmp_path: Path) -> None:
     assert steps.tolist() == list(range(5000))
     assert values.tolist() == [float(np.float32(_loss(s))) for s in range(5000)]
     assert not run.problems
+
+
+@pytest.mark.parametrize("chunk_size", [4096, 50_000, 1 << 22])
+def test_one_junk_byte_before_a_record_loses_only_itself(tmp_path: Path, chunk_size: int) -> None:
+    # the next sound record starts right after the junk byte: reading resumes there and the
+    # rest of the file is read whatever the chunk size (a full carry is no end of file)
+    path = _good(tmp_path, "one", steps=3000)
+    offs = _record_offsets(path)
+    for k in (1000, 5000):
+        data = path.read_bytes()
+        path.write_bytes(data[: offs[k]] + b"\x07" + data[offs[k]:])
+        status = FileStatus()
+        n = sum(c.starts.size for c in read_chunks(path, status, chunk_size=chunk_size))
+        assert n == len(offs) and len(status.problems) == 1, status.problems
+        path.write_bytes(data)

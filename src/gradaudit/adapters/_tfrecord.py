@@ -195,6 +195,8 @@ RESYNC_KEEP = 1 << 16  # bytes kept at a chunk's end while searching: a record m
 def _resync(buf: np.ndarray, n: int) -> int | None:
     """Offset of the first sound record in ``buf[:n]``: its length (< 16 MiB) and payload CRCs
     hold and it fits in the chunk; None if there is none."""
+    if not buf[:n].any():  # a NUL-filled stretch (a crash leaves them): no record here
+        return None
     heads = _Candidates(buf, n).heads
     if not heads.size:
         return None
@@ -230,7 +232,7 @@ def read_chunks(path: str | os.PathLike[str], status: FileStatus,
             n = carry.size + got
             buf = store[: n + PAD]
             buf[n:] = 0
-            final = consumed + n >= size or got == 0  # got 0: the file shrank
+            final = consumed + n >= size or (room > 0 and got == 0)  # got 0: the file shrank
             if lost is not None:  # search for the next sound record
                 at = _resync(buf, n)
                 if at is None:
