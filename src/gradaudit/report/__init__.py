@@ -171,9 +171,9 @@ def fmt_pct(x: float | None) -> str:
 
 
 def error_reason(run: Any) -> str:
-    """Why a run in status ``error`` could not be audited: its file problems, else its notes
-    (plain text, NOT escaped)."""
-    msgs = [f"{p.file}: {p.message}" for p in run.errors] or list(run.notes)
+    """Why a run in status ``error`` could not be audited: its notes (the engine's reason),
+    then its file problems (plain text, NOT escaped)."""
+    msgs = list(run.notes) + [f"{p.file}: {p.message}" for p in run.errors]
     return "; ".join(msgs) or "no data"
 
 
