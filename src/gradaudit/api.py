@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterable
 from dataclasses import dataclass
-from multiprocessing import get_context
-from typing import Any, TypeVar
+from typing import Any
 
 from gradaudit.adapters.base import Source
 from gradaudit.discover import discover
 from gradaudit.errors import UsageError
 from gradaudit.ingest import read_source, source_label
 from gradaudit.model import SCHEMA_VERSION, InputError, RunAudit
+from gradaudit.parallel import run_all
 from gradaudit.result import AuditResult
 from gradaudit.series import RunSeries
 from gradaudit.settings import Settings
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 PathLike = str | os.PathLike[str]
 
@@ -58,44 +53,6 @@ def _sources(paths: Iterable[PathLike]) -> list[Source]:
              f"{', '.join(odd)}"] if odd else [])
         raise UsageError("; ".join(why))
     return found.sources
-
-
-WORKER_DIED = ("the process reading this input died (killed for memory, or a crash in native "
-               "code); the other inputs were read")
-
-
-def _map(fn: Callable[[T], R], items: Sequence[T], workers: int,
-         lost: Callable[[T, str], R]) -> Iterator[R]:
-    """Run ``fn`` over ``items`` serially or in a process pool, results in input order.
-
-    A worker that dies takes no other input with it: the inputs it left unfinished are run
-    again one by one, each in a process of its own; one that kills that process too comes back
-    as ``lost(item, why)``.
-    """
-    if workers <= 1 or len(items) <= 1:
-        yield from map(fn, items)
-        return
-    with _pool(min(workers, len(items))) as pool:
-        futures = [pool.submit(fn, item) for item in items]
-        for item, future in zip(items, futures, strict=True):
-            try:
-                yield future.result()
-            except BrokenProcessPool:
-                yield _alone(fn, item, lost)
-
-
-def _pool(workers: int) -> ProcessPoolExecutor:
-    """Worker processes started fresh ("spawn"): a process forked after polars has started its
-    thread pool can hang in its first query (polars' own advice)."""
-    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-
-
-def _alone(fn: Callable[[T], R], item: T, lost: Callable[[T, str], R]) -> R:
-    with _pool(1) as solo:
-        try:
-            return solo.submit(fn, item).result()
-        except BrokenProcessPool:
-            return lost(item, WORKER_DIED)
 
 
 @dataclass(frozen=True)
@@ -137,7 +94,7 @@ def inspect(
     runs: list[RunSeries] = []
     errors: list[InputError] = []
     job = _ReadJob(grad_tag, loss_tag)
-    for got, bad in _map(job, _sources(paths), workers, job.lost):
+    for got, bad in run_all(job, _sources(paths), workers, job.lost):
         runs.extend(got)
         errors.extend(bad)
     return Inspection(runs=runs, errors=errors)
@@ -178,7 +135,7 @@ def scan(
     audits: list[RunAudit] = []
     errors: list[InputError] = []
     job = _ScanJob(settings)
-    for got, bad in _map(job, _sources(paths), settings.workers, job.lost):
+    for got, bad in run_all(job, _sources(paths), settings.workers, job.lost):
         audits.extend(got)
         errors.extend(bad)
     result = AuditResult(runs=audits, errors=errors, settings=settings)

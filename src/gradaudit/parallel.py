@@ -1,0 +1,85 @@
+"""Run a job over many inputs in worker processes, so that no input can take the others down.
+
+- Workers are *spawned* (fresh interpreters): a process forked after polars has started its
+  thread pool can hang in its first query (polars' own advice).
+- Before inputs are handed out, a worker must answer a no-op. If none can start - a script
+  that calls gradaudit at its top level, without ``if __name__ == "__main__":``, is re-run by
+  every spawned worker, which then cannot start a pool of its own - the inputs are run in this
+  process instead, with a warning.
+- A worker that dies (killed for memory, a crash in native code) breaks its pool. The inputs
+  it left unfinished are split in two halves, each run in a new pool, and so on: the input that
+  kills its workers is isolated in a few rounds and comes back as ``lost(item, why)``; every
+  other input is read.
+- Ctrl-C cancels the inputs not yet started instead of waiting for them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+WORKER_DIED = ("the process reading this input died (killed for memory, or a crash in native "
+               "code); the other inputs were read")
+
+
+class _CannotStart(Exception):
+    """No worker process could start."""
+
+
+def _ready() -> bool:
+    return True
+
+
+def run_all(fn: Callable[[T], R], items: Sequence[T], workers: int,
+            lost: Callable[[T, str], R]) -> list[R]:
+    """``[fn(item) for item in items]``, in up to ``workers`` processes (see the module doc)."""
+    if workers <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    out: list[R | None] = [None] * len(items)
+    try:
+        _run(fn, items, list(range(len(items))), workers, lost, out, check_start=True)
+    except _CannotStart:
+        warnings.warn("gradaudit: worker processes could not start (a script that calls it at "
+                      "its top level needs `if __name__ == \"__main__\":`); reading in this "
+                      "process instead", RuntimeWarning, stacklevel=2)
+        return [fn(item) for item in items]
+    return out  # type: ignore[return-value]  # every slot is filled by _run
+
+
+def _run(fn: Callable[[T], R], items: Sequence[T], idx: list[int], workers: int,
+         lost: Callable[[T, str], R], out: list[R | None], check_start: bool = False) -> None:
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(idx)),
+                               mp_context=get_context("spawn"))
+    unfinished: list[int] = []
+    try:
+        if check_start:
+            try:
+                pool.submit(_ready).result()
+            except BrokenProcessPool as exc:
+                raise _CannotStart from exc
+        futures = [pool.submit(fn, items[i]) for i in idx]
+        for i, future in zip(idx, futures, strict=True):
+            try:
+                out[i] = future.result()
+            except BrokenProcessPool:
+                unfinished.append(i)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    if not unfinished:
+        return
+    if len(idx) == 1:
+        out[idx[0]] = lost(items[idx[0]], WORKER_DIED)
+        return
+    half = (len(unfinished) + 1) // 2
+    for part in (unfinished[:half], unfinished[half:]):
+        if part:
+            _run(fn, items, part, workers, lost, out)
