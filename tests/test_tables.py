@@ -387,3 +387,26 @@ def test_table_in_no_step_order_is_read_sorted_but_appended_resumes_still_rewind
     s, v = run.series("loss")
     assert s.tolist() == list(range(1500)) and v[360] == 410.0  # the first resume's step 360
     assert not any("not in step order" in n for n in run.notes)
+
+
+def test_step_order_is_judged_per_run_and_many_resumes_stay_resumes(tmp_path):
+    rng = np.random.default_rng(1)
+    steps = np.arange(300)
+    shuffled = rng.permutation(300)
+    pq.write_table(pa.table({
+        "run": ["a"] * 300 + ["b"] * 300,
+        "step": np.concatenate([steps, steps[shuffled]]),
+        "loss": np.concatenate([np.linspace(3, 2, 300), np.linspace(3, 2, 300)[shuffled]])}),
+        tmp_path / "two.parquet")
+    runs = {r.name.rsplit("#", 1)[1]: r for r in gradaudit.read_runs([tmp_path / "two.parquet"])}
+    assert not any("not in step order" in n for n in runs["a"].notes)
+    assert any("not in step order" in n for n in runs["b"].notes)
+    assert runs["b"].series("loss")[0].tolist() == list(range(300))
+    # 12 resumes appended in 600 rows (each rewinds 20 steps): still later-write-wins
+    rows = np.concatenate([np.arange(max(0, 50 * k - 20), 50 * (k + 1)) for k in range(12)])
+    pq.write_table(pa.table({"step": rows, "loss": np.arange(rows.size, dtype=float)}),
+                   tmp_path / "resumes.parquet")
+    (run,) = gradaudit.read_runs([tmp_path / "resumes.parquet"])
+    assert not any("not in step order" in n for n in run.notes)
+    s, v = run.series("loss")
+    assert s.tolist() == list(range(600)) and v[30] == 50.0  # the first resume's step 30

@@ -274,10 +274,13 @@ def table_runs(
             FileProblem(name, f"{n_null} row(s) without a usable {layout.step!r} value skipped")
         )
     long = long.filter(pl.col("step").is_not_null())
-    groups = [c for c in (layout.run, layout.tag) if c is not None]
-    order_note = _step_order(step, [df.get_column(c) for c in groups])
-    if order_note:
-        long = long.sort("step", maintain_order=True)
+    order_note: list[str] = []
+    if layout.run is None:  # with a run column, each run is judged on its own (below)
+        tags = [df.get_column(layout.tag)] if layout.tag is not None else []
+        order_note = _step_order(pl.DataFrame([step.alias("step"), *tags]),
+                                 layout.tag if layout.tag is not None else None)
+        if order_note:
+            long = long.sort("step", maintain_order=True)
     sampled_steps = df.get_column("_step") if layout.kind == "history" else None
     if layout.run is None:
         notes = []
@@ -296,9 +299,13 @@ def table_runs(
             sub = sampled_steps.filter(mask.fill_null(False) if run_name is not None else mask)
             if _looks_sampled(_ints(sub)):
                 notes.append(sampled_note(sub.len()))
+        points = part.drop("__run")
+        order_note = _step_order(points, "tag")
+        if order_note:
+            points = points.sort("step", maintain_order=True)
         out.append(
             RawRun(
-                points=part.drop("__run"),
+                points=points,
                 suffix=str(run_name) if run_name is not None else "(no run)",
                 problems=list(problems),
                 notes=notes + order_note,
@@ -309,19 +316,17 @@ def table_runs(
     return out
 
 
-def _step_order(step: pl.Series, groups: list[pl.Series]) -> list[str]:
-    """Rows are write order (a resumed run appended to a table rewinds its step a few times) -
-    unless the steps of a run (and tag) go back at least 10 times and in 1 % of the rows: then
-    the table was exported in some other order, and its points are taken sorted by step (the
-    note returned says so)."""
-    if step.len() < 2:
+def _step_order(rows: pl.DataFrame, tag: str | None) -> list[str]:
+    """Rows are write order: a resumed run appended to a table rewinds its step now and then.
+    Where a tag's steps go back at least 10 times and in a tenth of the rows, the table was
+    exported in another order; its points are then taken sorted by step (the note says so)."""
+    if rows.height < 2:
         return []
-    back = pl.DataFrame([step.alias("__s"), *(g.alias(f"__g{i}") for i, g in enumerate(groups))])
-    went_back = pl.col("__s").diff() < 0
-    if groups:
-        went_back = went_back.over([f"__g{i}" for i in range(len(groups))])
-    n = int(back.select(went_back.sum()).item())
-    if n <= max(10, step.len() // 100):
+    went_back = pl.col("step").diff() < 0
+    if tag is not None:
+        went_back = went_back.over(tag)
+    n = int(rows.select(went_back.sum()).item())
+    if n <= max(10, rows.height // 10):
         return []
     return [f"the rows are not in step order ({n} step(s) go back): read sorted by step - a "
             "table in another order than it was written cannot show resumed runs"]
