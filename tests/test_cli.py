@@ -177,7 +177,9 @@ def test_bad_option_values_are_2(tmp_path):
     assert scan(str(tmp_path), "--out", str(tmp_path / "missing-dir" / "r.md")) == 2
 
 
-@pytest.mark.parametrize("content", [None, "{]", '{"schema_version": 7, "runs": []}'])
+@pytest.mark.parametrize("content", [None, "{]", '{"schema_version": 7, "runs": []}',
+                                     '{"schema_version": true, "runs": []}',
+                                     '{"schema_version": 1, "runs": [], "x": ' + "9" * 5000 + "}"])
 def test_invalid_baseline_is_2(tmp_path, capsys, content):
     base = tmp_path / "base.json"
     if content is not None:

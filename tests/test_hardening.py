@@ -54,7 +54,8 @@ def test_missing_report_folder_fails_before_the_scan(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("bad", [{"spike_ratio": float("nan")}, {"spike_ratio": -1.0},
-                                 {"harm_excess": 0.0}, {"merge_gap": -1}])
+                                 {"harm_excess": 0.0}, {"merge_gap": -1},
+                                 {"merge_gap": 2**63 - 1}])
 def test_settings_reject_impossible_numbers(bad):
     with pytest.raises(ValueError):
         Settings(**bad)

@@ -283,3 +283,12 @@ def test_the_trainers_interval_mean_loss_is_known_in_tensorboard_too(tmp_path: P
     assert e.onset_step == 710 and e.kind == "loss_spike"
     assert runs["other"].interval_means == frozenset()
     assert gradaudit.audit_run(runs["other"]).episodes == []
+
+
+def test_a_byte_order_mark_is_allowed(tmp_path: Path) -> None:
+    _bad_batch_run(tmp_path / "out")
+    path = tmp_path / "out" / "trainer_state.json"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    (run,) = gradaudit.read_runs([tmp_path])
+    assert run.series("train/loss")[0].size == 150
+

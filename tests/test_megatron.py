@@ -250,3 +250,26 @@ def test_too_short_an_excerpt_says_so_instead_of_ok_silently():
     a = audit_run(run)
     assert not a.episodes
     assert any("only 11 usable grad-norm points: too few to judge" in n for n in a.notes)
+
+
+def test_first_iteration_line_after_100_kb_of_start_up_output(tmp_path: Path) -> None:
+    preamble = "".join(f"  argument_{i:05d} .......... {i}\n" for i in range(4000))  # ~140 KB
+    lines = "".join(LINE.format(it=i, cs=2048 * i, loss="2.0E+00", gn="0.5") + "\n"
+                    for i in range(1, 101))
+    (tmp_path / "late.log").write_text(preamble + lines)
+    (run,) = gradaudit.read_runs([tmp_path])
+    assert run.series("grad norm")[0].tolist() == list(range(1, 101))
+
+
+def test_a_line_cut_by_a_crash_is_not_glued_to_the_next(tmp_path: Path) -> None:
+    good = [LINE.format(it=i, cs=2048 * i, loss="2.0E+00", gn="0.5") + "\n" for i in range(1, 51)]
+    cut = LINE.format(it=51, cs=2048 * 51, loss="9.0E+00", gn="77.0")
+    cut = cut[: cut.index("grad norm")]  # the crash hit mid-line; the block went to NULs
+    after = [LINE.format(it=i, cs=2048 * i, loss="2.0E+00", gn="0.7") + "\n" for i in range(52, 60)]
+    (tmp_path / "crash.log").write_bytes(
+        "".join(good).encode() + cut.encode() + b"\x00" * 4096 + "".join(after).encode())
+    (run,) = gradaudit.read_runs([tmp_path])
+    steps, values = run.series("grad norm")
+    assert steps.tolist() == [*range(1, 51), *range(52, 60)]  # step 51 lost its grad norm
+    assert values[-1] == 0.7
+

@@ -410,3 +410,11 @@ def test_step_order_is_judged_per_run_and_many_resumes_stay_resumes(tmp_path):
     assert not any("not in step order" in n for n in run.notes)
     s, v = run.series("loss")
     assert s.tolist() == list(range(600)) and v[30] == 50.0  # the first resume's step 30
+
+
+def test_utf16_csv_is_named_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes("step,loss\n1,2.0\n2,1.5\n".encode("utf-16"))
+    with pytest.raises(ReadError, match="UTF-16 text"):
+        _read_one(csv_table, path)
+

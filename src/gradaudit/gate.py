@@ -50,13 +50,13 @@ def load_baseline(path: str) -> dict[str, dict[str, Any]]:
         raise UsageError(f"baseline {path!r}: no such file") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"baseline {path!r}: cannot read it: {exc}") from exc
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
         raise UsageError(f"baseline {path!r}: not a JSON report: {exc}") from exc
     except RecursionError as exc:
         raise UsageError(f"baseline {path!r}: not a JSON report (nested too deeply)") from exc
     if not isinstance(doc, dict) or "schema_version" not in doc:
         raise UsageError(f"baseline {path!r}: not a gradaudit JSON report (no schema_version)")
-    if doc["schema_version"] != 1:
+    if doc["schema_version"] != 1 or isinstance(doc["schema_version"], bool):
         raise UsageError(
             f"baseline {path!r}: schema_version {doc['schema_version']!r} is not supported "
             "(this gradaudit reads schema_version 1)"

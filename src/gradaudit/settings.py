@@ -18,6 +18,10 @@ def fails_gate(status: str, fail_on: str) -> bool:
     return _STATUS_LEVEL.get(status, 0) >= _GATE_LEVEL[fail_on]
 
 
+#: No setting is meaningful above this (steps, points, ratios alike); larger values overflow.
+MAX_SETTING = 1e9
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a scan can be told. The CLI and ``[tool.gradaudit]`` fill the same fields.
@@ -85,6 +89,8 @@ class Settings:
                 continue
             if not math.isfinite(value) or value < 0 or (isinstance(value, float) and value == 0):
                 raise ValueError(f"{f.name} must be a finite positive number, not {value!r}")
+            if value > MAX_SETTING:
+                raise ValueError(f"{f.name} must be at most {MAX_SETTING:g}, not {value!r}")
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with the given fields replaced; ``None`` values are ignored."""

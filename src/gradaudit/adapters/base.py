@@ -37,6 +37,9 @@ def check_text(path: Path, max_line: int | None = MAX_LINE) -> None:
     try:
         with path.open("rb") as fh:
             while block := fh.read(_TEXT_BLOCK):
+                if offset == 0 and block[:2] in (b"\xff\xfe", b"\xfe\xff"):
+                    raise ReadError("UTF-16 text (Excel's 'Unicode Text', PowerShell): save it "
+                                    "as UTF-8")
                 nul = block.find(b"\0")
                 if nul >= 0:
                     raise ReadError(f"binary data (a NUL byte at byte {offset + nul}): not a "

@@ -80,7 +80,7 @@ def _load(path: Path) -> dict[str, Any]:
             "are not loaded"
         )
     try:
-        with path.open("r", encoding="utf-8", errors="replace") as fh:
+        with path.open("r", encoding="utf-8-sig", errors="replace") as fh:  # a BOM is allowed
             state = json.load(fh)
     except ValueError as exc:
         raise ReadError(f"not valid JSON (a partly written file?): {exc}") from exc

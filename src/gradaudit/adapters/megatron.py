@@ -27,11 +27,14 @@ from gradaudit.series import FileProblem
 
 FORMAT = "megatron-log"
 SUFFIXES = frozenset({".log", ".txt", ".out", ".err", ""})
-SNIFF_BYTES = 64 * 1024
+SNIFF_BYTES = 1024 * 1024  # start-up output (argument dumps, warnings) can fill the first 100 KB
 CHUNK_BYTES = 32 * 1024 * 1024
 
 _ITER = r"iteration\s+(\d+)\s*/\s*\d+\s*\|"
 _ITER_SNIFF = re.compile(rb"iteration\s+\d+\s*/\s*\d+\s*\|")
+_ITER_START = re.compile(rb"iteration\s+\d+\s*/")  # where an iteration line's record starts
+_NUL_RUN = re.compile(rb"\x00{2,}")
+_TAIL_BYTES = 64 * 1024  # how far back from a chunk's end the last iteration line is looked for
 #: An iteration line from its step on (``31214/  115311 | field: value | ...``).
 _ITER_FAST = re.compile(r"iteration\s+(\d+\s*/\s*\d+\s*\|[^\n]*)")
 #: The same, with an ISO-like timestamp before it on the line (read as wall time).
@@ -63,7 +66,7 @@ def _sniff(path: Path) -> bool:
 
 
 def claim(directory: Path, files: list[Path]) -> list[Source]:
-    """Text-ish files whose first 64 KiB hold a Megatron iteration line."""
+    """Text-ish files whose first MiB holds a Megatron iteration line."""
     return [
         Source(FORMAT, f.name, (f,)) for f in files if f.suffix.lower() in SUFFIXES and _sniff(f)
     ]
@@ -178,8 +181,13 @@ def _records(lines: list[str], stamps: list[str] | None) -> pl.DataFrame:
     frame = frame.with_columns(wall).filter(pl.col("step").is_not_null())
     if not frame.get_column("step").is_duplicated().any():
         return frame
-    # The same line printed by several ranks counts once.
-    return frame.unique(subset=["step", "body"], keep="last", maintain_order=True)
+    # The same line printed by several ranks counts once. If then no step is left twice, no
+    # step was printed again with other values (a resume), and the order in which ranks that
+    # lag each other printed their lines means nothing: the lines are taken in step order
+    frame = frame.unique(subset=["step", "body"], keep="first", maintain_order=True)
+    if frame.get_column("step").is_duplicated().any():
+        return frame
+    return frame.sort("step", maintain_order=True)
 
 
 def _unfold(text: str) -> str:
@@ -257,7 +265,7 @@ def parse_text(text: str) -> pl.DataFrame:
                     "skipped": pl.Series([d[1] for d in ds]).cast(pl.Float64, strict=False),
                     "lr": pl.Series([d[2] for d in ds]).cast(pl.Float64, strict=False),
                 }
-            ).unique(keep="last", maintain_order=True)
+            ).unique(keep="first", maintain_order=True)
             parts.append(
                 frame.unpivot(on=["skipped", "lr"], index="step", variable_name="tag")
                 .with_columns(
@@ -285,9 +293,9 @@ def _chunks(path: Path, dropped: list[int]):  # noqa: ANN202 - a generator of st
             if not block:
                 break
             nul = block.count(b"\x00")
-            if nul:
+            if nul:  # a run of NULs ends the line a crash cut off; single ones (UTF-16) go
                 dropped[0] += nul
-                block = block.replace(b"\x00", b"")
+                block = _NUL_RUN.sub(b"\n", block).replace(b"\x00", b"")
             data = carry + block
             cut = data.rfind(b"\n")
             if cut < 0:
@@ -296,10 +304,12 @@ def _chunks(path: Path, dropped: list[int]):  # noqa: ANN202 - a generator of st
                     data = b""
                 carry = data
                 continue
-            # Keep the last whole line with the next chunk: its fold may continue there.
-            prev = data.rfind(b"\n", 0, cut)
-            if prev > 0 and b"iteration" in data[prev:cut]:
-                cut = prev
+            # Keep the last iteration line (from its line start) with the next chunk: a fold
+            # may split it over two lines, and its second half may be the last line here
+            tail = max(0, cut - _TAIL_BYTES)
+            last = max((m.start() for m in _ITER_START.finditer(data, tail, cut)), default=None)
+            if last is not None:
+                cut = data.rfind(b"\n", 0, last)
             carry = data[cut + 1 :]
             yield data[: cut + 1].decode("utf-8", errors="replace")
     if carry:
@@ -315,12 +325,14 @@ def read_file(path: Path) -> RawRun:
     except OSError as exc:
         raise ReadError(f"cannot read the file: {exc.strerror}") from exc
     frame = pl.concat(parts) if parts else pl.DataFrame(schema=_SCHEMA)
+    if len(parts) > 1:  # a line that several ranks printed on both sides of a chunk's end
+        frame = frame.unique(subset=["step", "tag", "value"], keep="first", maintain_order=True)
     if frame.height == 0:
         raise ReadError("no Megatron iteration line with a numeric field found")
     problems: list[FileProblem] = []
     if dropped[0]:
-        problems.append(FileProblem(path.name, f"{dropped[0]} NUL byte(s) ignored (a crash or "
-                                    "a full disk can leave NUL-filled blocks in a log)"))
+        problems.append(FileProblem(path.name, f"{dropped[0]} NUL byte(s) ignored (NUL-filled "
+                                    "blocks that a crash or a full disk left, or UTF-16 text)"))
     if dropped[1]:
         problems.append(FileProblem(path.name, f"{dropped[1]} bytes without a line end "
                                     f"(longer than {MAX_LINE >> 20} MiB) skipped"))
