@@ -56,13 +56,19 @@ _COLS = ["i", *_SCHEMA]
 
 
 def _sniff(path: Path) -> bool:
+    # NUL bytes are no reason to pass a log by: a crash can leave NUL-filled blocks in it
+    seen, tail = 0, b""
     try:
         with path.open("rb") as fh:
-            head = fh.read(SNIFF_BYTES)
+            while seen < SNIFF_BYTES and (block := fh.read(64 * 1024)):
+                seen += len(block)
+                text = tail + block.replace(b"\x00", b"")
+                if _ITER_SNIFF.search(text) is not None:
+                    return True
+                tail = text[-256:]  # a line start cut by the block's end
     except OSError:
         return False
-    # NUL bytes are no reason to pass a log by: a crash can leave NUL-filled blocks in it
-    return _ITER_SNIFF.search(head.replace(b"\x00", b"")) is not None
+    return False
 
 
 def claim(directory: Path, files: list[Path]) -> list[Source]:
