@@ -491,3 +491,17 @@ def test_one_junk_byte_before_a_record_loses_only_itself(tmp_path: Path, chunk_s
         n = sum(c.starts.size for c in read_chunks(path, status, chunk_size=chunk_size))
         assert n == len(offs) and len(status.problems) == 1, status.problems
         path.write_bytes(data)
+
+
+def test_an_hparams_record_is_no_run_and_no_error(tmp_path: Path) -> None:
+    # add_hparams writes its own sub-folder (the hyperparameters, one point per metric): it is
+    # no training log, so it is neither a run nor an error next to the run it describes
+    w = SummaryWriter(str(tmp_path / "run"), flush_secs=3600)
+    for s in range(300):
+        w.add_scalar("train/loss", _loss(s), s)
+        w.add_scalar("train/grad_norm", _gnorm(s), s)
+    w.add_hparams({"lr": 1e-3, "batch": 32}, {"hparam/accuracy": 0.9, "hparam/loss": 0.5})
+    w.close()
+    assert len([p for p in (tmp_path / "run").rglob("*tfevents*")]) == 2
+    found = gradaudit.inspect([tmp_path])
+    assert [r.name for r in found.runs] == ["run"] and found.errors == []

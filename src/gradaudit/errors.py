@@ -17,6 +17,11 @@ class ReadError(GradauditError):
     """An input file could not be read at all; the message says why, for a user."""
 
 
+class NotATrainingLog(GradauditError):
+    """An input that by design holds no training curves (an hparams record next to the run it
+    describes): it is left out of a scan, not reported as an error."""
+
+
 class UsageError(GradauditError):
     """The caller asked for something that cannot be done (bad option, missing path)."""
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gradaudit.adapters import REGISTRY
 from gradaudit.adapters.base import RawRun, Source
-from gradaudit.errors import UNEXPECTED, ReadError
+from gradaudit.errors import UNEXPECTED, NotATrainingLog, ReadError
 from gradaudit.model import InputError
 from gradaudit.series import RunSeries, canonical_frame
 from gradaudit.tags import choose_tags, interval_mean_tags
@@ -59,6 +59,8 @@ def read_source(
     where = source_label(source)
     try:
         raws = adapter.read(source)
+    except NotATrainingLog:
+        return [], []
     except ReadError as exc:
         return [], [InputError(where, str(exc))]
     except MemoryError:

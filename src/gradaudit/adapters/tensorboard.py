@@ -26,13 +26,14 @@ import polars as pl
 
 from gradaudit.adapters._tfrecord import Chunk, FileStatus, read_chunks, unaligned
 from gradaudit.adapters.base import RawRun, Source
-from gradaudit.errors import ReadError
+from gradaudit.errors import NotATrainingLog, ReadError
 from gradaudit.series import FileProblem
 
 FORMAT = "tensorboard"
 
 DT_FLOAT, DT_DOUBLE, DT_BFLOAT16, DT_HALF = 1, 2, 14, 19
 SCALARS_PLUGIN = "scalars"
+HPARAMS_PLUGIN = "hparams"
 
 # torch new_style scalar: after the tag, this tail with the float32 at offset 6.
 _TORCH_TENSOR_TAIL = bytes.fromhex("42080801" "2a04") + b"\0\0\0\0" + bytes.fromhex(
@@ -502,6 +503,10 @@ def read(source: Source) -> list[RawRun]:
         pieces[i].clear()
     step, code, value, wall = cols
     del cols
+    if HPARAMS_PLUGIN in tags.plugin.values() and not problems and (
+            code.size == 0 or np.bincount(code).max() <= 1):
+        # add_hparams writes its own folder: the hyperparameters and one point per metric
+        raise NotATrainingLog("an hparams record (add_hparams), not training curves")
     tag = pl.Series("tag", tags.names, dtype=pl.Categorical).gather(code)
     del code
     frame = pl.DataFrame({"step": step, "tag": tag, "value": value, "wall_time": wall})
