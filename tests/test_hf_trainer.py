@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,8 @@ def test_more_advanced_checkpoint_beats_stale_top_level(tmp_path: Path) -> None:
     _train(out)
     stale = json.loads((out / "checkpoint-50" / "trainer_state.json").read_text())
     (out / "trainer_state.json").write_text(json.dumps(stale, indent=2, sort_keys=True))
+    # written by an earlier, shorter run (the later one crashed before saving its state)
+    os.utime(out / "trainer_state.json", (1_000_000_000, 1_000_000_000))
     (run,) = gradaudit.read_runs([tmp_path])
     assert run.files == [str(out / "checkpoint-100" / "trainer_state.json")]
     assert run.series("train/loss")[0][-1] == 100
@@ -292,3 +295,18 @@ def test_a_byte_order_mark_is_allowed(tmp_path: Path) -> None:
     (run,) = gradaudit.read_runs([tmp_path])
     assert run.series("train/loss")[0].size == 150
 
+
+
+def test_a_reused_output_folder_reads_the_newest_copy_and_says_so(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    old = out / "checkpoint-2000"
+    old.mkdir(parents=True)
+    stale = TrainerState(max_steps=2000, logging_steps=10, global_step=2000)
+    stale.log_history = [{"step": s, "loss": 1.0, "grad_norm": 1.0, "learning_rate": 1e-3,
+                          "epoch": s / 2000} for s in range(10, 2001, 10)]
+    stale.save_to_json(old / "trainer_state.json")
+    os.utime(old / "trainer_state.json", (1_000_000_000, 1_000_000_000))  # an earlier run's
+    _bad_batch_run(out)  # this run: 1500 steps, its bad batch at 705
+    (run,) = gradaudit.read_runs([tmp_path])
+    assert run.series("train/loss")[0].max() == 1500
+    assert any("the copies disagree" in n for n in run.notes)

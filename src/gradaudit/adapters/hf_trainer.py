@@ -9,7 +9,9 @@ kept. ``loss`` is the mean over the steps since the previous log (``interval_mea
 
 An output folder ``out/`` is one run; each ``out/checkpoint-N/trainer_state.json`` is a copy of the
 state at step N and belongs to the same run. The copy with the largest ``global_step`` is read
-(on a tie, the top-level one); a note names it.
+(on a tie, the top-level one); a note names it. Where the top-level copy (written last in a run)
+is behind a checkpoint, one of them is left from an earlier run in a reused folder: the most
+recently written copy is read, and a note says the copies disagree.
 """
 
 from __future__ import annotations
@@ -66,6 +68,13 @@ def _sniff_step(path: Path) -> int | None:
         return None
     m = _GLOBAL_STEP.search(head)
     return int(m.group(1)) if m else None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _is_top_level(path: Path) -> bool:
@@ -134,10 +143,20 @@ def _points(state: dict[str, Any]) -> tuple[pl.DataFrame, int]:
 
 def read(source: Source) -> list[RawRun]:
     """Read the most advanced copy of the run's ``trainer_state.json``."""
+    steps = {p: _sniff_step(p) for p in source.files}
     files = sorted(
         source.files,
-        key=lambda p: (-(_sniff_step(p) or -1), not _is_top_level(p), str(p)),
+        key=lambda p: (-(steps[p] or -1), not _is_top_level(p), str(p)),
     )
+    conflict = None
+    top = [p for p in files if _is_top_level(p) and steps[p] is not None]
+    if top and (steps[files[0]] or -1) > (steps[top[0]] or -1):
+        # the top-level state (written last in a run) is behind a checkpoint: one of them is
+        # left from an earlier run in the same output folder; the newer file is the run's
+        files.sort(key=_mtime, reverse=True)
+        conflict = (f"the copies disagree: {top[0]} is at step {steps[top[0]]} but a checkpoint "
+                    f"is at step {max(v or -1 for v in steps.values())} (an output folder used "
+                    "again?); the most recently written copy was read")
     problems: list[FileProblem] = []
     last_error: ReadError | None = None
     for path in files:
@@ -152,8 +171,8 @@ def read(source: Source) -> list[RawRun]:
             problems.append(
                 FileProblem(str(path), f"{skipped} log_history entries without a step skipped")
             )
-        notes = []
-        if len(source.files) > 1:
+        notes = [conflict] if conflict else []
+        if len(source.files) > 1 and not conflict:
             notes.append(
                 f"read {path} (global_step {state.get('global_step')}), the most advanced of "
                 f"{len(source.files)} trainer_state.json copies"
