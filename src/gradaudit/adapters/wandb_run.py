@@ -501,8 +501,7 @@ def _read_file(path: Path, hist: _History) -> list[FileProblem]:
             FileProblem(
                 str(path),
                 f"{damage.corrupt_blocks} corrupt block(s) skipped (checksum or length wrong, "
-                f"first at byte {damage.first_bad_offset}); {damage.dropped_records} record(s) "
-                "lost with them",
+                f"first at byte {damage.first_bad_offset})",
             )
         )
     if bad_records:
