@@ -273,3 +273,33 @@ def test_a_line_cut_by_a_crash_is_not_glued_to_the_next(tmp_path: Path) -> None:
     assert steps.tolist() == [*range(1, 51), *range(52, 60)]  # step 51 lost its grad norm
     assert values[-1] == 0.7
 
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 30, 40_000])
+def test_a_resume_whose_values_repeat_keeps_every_step(tmp_path: Path, monkeypatch, chunk_bytes):
+    # printed 1..200, restarted from the checkpoint at 100: the resumed run's 150 and 160 have
+    # the same grad norm as the first run's (3 decimals); every step is there once, the later
+    # run's value wins, and a lone last line or chunk boundary changes nothing
+    monkeypatch.setattr(megatron, "CHUNK_BYTES", chunk_bytes)
+    def gn(it, second):
+        return 0.2 + (it % 50) / 1000 if not second or it in (150, 160) else 0.3 + (it % 50) / 1000
+    first = [LINE.format(it=i, cs=i, loss="2.0", gn=f"{gn(i, False):.3f}") for i in range(1, 201)]
+    second = [LINE.format(it=i, cs=i, loss="2.5", gn=f"{gn(i, True):.3f}") for i in range(101, 301)]
+    (tmp_path / "resumed.log").write_text("\n".join(
+        [*first, "restarting from checkpoint at iteration 100", *second]) + "\n")
+    (run,) = gradaudit.read_runs([tmp_path])
+    steps, values = run.series("grad norm")
+    assert steps.tolist() == list(range(1, 301))
+    assert values[steps.tolist().index(170)] == pytest.approx(0.32)  # the second run's
+    assert run.series("lm loss")[1][-1] == 2.5
+
+
+def test_the_last_line_folded_at_a_bar_keeps_its_grad_norm(tmp_path: Path) -> None:
+    rows = [LINE.format(it=i, cs=i, loss="2.0", gn="0.300") for i in range(1, 20)]
+    last = LINE.format(it=20, cs=20, loss="9.0", gn="1234.567")
+    k = last.index("| loss scale")
+    rows.append(last[: k + 1] + "\n" + last[k + 1:])  # the crash line, wrapped by a terminal
+    (tmp_path / "wrapped.log").write_text("\n".join(rows) + "\n")
+    (run,) = gradaudit.read_runs([tmp_path])
+    steps, values = run.series("grad norm")
+    assert steps[-1] == 20 and values[-1] == 1234.567

@@ -287,12 +287,15 @@ def parse_text(text: str) -> pl.DataFrame:
 
 
 def _chunks(path: Path, dropped: list[int]):  # noqa: ANN202 - a generator of str
-    """Decoded text in large pieces, cut after a line end (a folded pair stays together).
+    """Decoded text in large pieces, cut after a line end; the last iteration line of a piece
+    (a fold may split it over two lines) goes with the next piece, and the file's last piece
+    holds the one before it too, so that no piece is a lone line.
 
     NUL bytes (a crash or a full disk can leave NUL-filled blocks in a log) are dropped and
     counted in ``dropped[0]``; so is a stretch with no line end longer than ``MAX_LINE``
     (``dropped[1]``), which no iteration line is."""
     carry = b""
+    pending = b""  # the last piece cut, given out once more text follows it
     with path.open("rb") as fh:
         while True:
             block = fh.read(CHUNK_BYTES)
@@ -310,16 +313,16 @@ def _chunks(path: Path, dropped: list[int]):  # noqa: ANN202 - a generator of st
                     data = b""
                 carry = data
                 continue
-            # Keep the last iteration line (from its line start) with the next chunk: a fold
-            # may split it over two lines, and its second half may be the last line here
             tail = max(0, cut - _TAIL_BYTES)
             last = max((m.start() for m in _ITER_START.finditer(data, tail, cut)), default=None)
-            if last is not None:
-                cut = data.rfind(b"\n", 0, last)
+            if last is not None and (start := data.rfind(b"\n", 0, last)) >= 0:
+                cut = start
             carry = data[cut + 1 :]
-            yield data[: cut + 1].decode("utf-8", errors="replace")
-    if carry:
-        yield carry.decode("utf-8", errors="replace")
+            if pending:
+                yield pending.decode("utf-8", errors="replace")
+            pending = data[: cut + 1]
+    if pending or carry:
+        yield (pending + carry).decode("utf-8", errors="replace")
 
 
 def read_file(path: Path) -> RawRun:
@@ -331,8 +334,6 @@ def read_file(path: Path) -> RawRun:
     except OSError as exc:
         raise ReadError(f"cannot read the file: {exc.strerror}") from exc
     frame = pl.concat(parts) if parts else pl.DataFrame(schema=_SCHEMA)
-    if len(parts) > 1:  # a line that several ranks printed on both sides of a chunk's end
-        frame = frame.unique(subset=["step", "tag", "value"], keep="first", maintain_order=True)
     if frame.height == 0:
         raise ReadError("no Megatron iteration line with a numeric field found")
     problems: list[FileProblem] = []
