@@ -505,3 +505,14 @@ def test_an_hparams_record_is_no_run_and_no_error(tmp_path: Path) -> None:
     assert len([p for p in (tmp_path / "run").rglob("*tfevents*")]) == 2
     found = gradaudit.inspect([tmp_path])
     assert [r.name for r in found.runs] == ["run"] and found.errors == []
+    # hyperparameters written into a run's own files (as Lightning's log_hyperparams does): a
+    # run that died after its first log is still a run
+    from tensorboardX.summary import hparams
+
+    w = SummaryWriter(str(tmp_path / "short"), flush_secs=3600)
+    for summary in hparams({"lr": 1e-3}, {"val_loss": 0.0}):
+        w._get_file_writer().add_summary(summary)
+    w.add_scalar("train/loss", float("nan"), 0)
+    w.add_scalar("train/grad_norm", 1e6, 0)
+    w.close()
+    assert sorted(r.name for r in gradaudit.inspect([tmp_path]).runs) == ["run", "short"]

@@ -472,6 +472,22 @@ def read_file(path: Path, tags: _Tags) -> tuple[list[tuple[np.ndarray, ...]], Fi
     return parts, status
 
 
+def _hparams_record(source: Source, tags: _Tags, code: np.ndarray,
+                    problems: list[FileProblem]) -> bool:
+    """Whether the source is what ``add_hparams`` (torch, tensorboardX) writes: a sub-folder of
+    a run's folder holding the hyperparameters and one point per metric. (Lightning's
+    ``log_hyperparams`` writes into the run's own files: that folder stays a run.)"""
+    if HPARAMS_PLUGIN not in tags.plugin.values() or problems:
+        return False
+    if code.size and np.bincount(code).max() > 1:
+        return False
+    parent = Path(source.files[0]).parent.parent
+    try:
+        return any("tfevents" in f.name and f.is_file() for f in parent.iterdir())
+    except OSError:
+        return False
+
+
 def read(source: Source) -> list[RawRun]:
     """Read the event files of one run, in order, into one frame of points in write order."""
     tags = _Tags()
@@ -503,9 +519,7 @@ def read(source: Source) -> list[RawRun]:
         pieces[i].clear()
     step, code, value, wall = cols
     del cols
-    if HPARAMS_PLUGIN in tags.plugin.values() and not problems and (
-            code.size == 0 or np.bincount(code).max() <= 1):
-        # add_hparams writes its own folder: the hyperparameters and one point per metric
+    if _hparams_record(source, tags, code, problems):
         raise NotATrainingLog("an hparams record (add_hparams), not training curves")
     tag = pl.Series("tag", tags.names, dtype=pl.Categorical).gather(code)
     del code
