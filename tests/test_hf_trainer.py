@@ -310,3 +310,17 @@ def test_a_reused_output_folder_reads_the_newest_copy_and_says_so(tmp_path: Path
     (run,) = gradaudit.read_runs([tmp_path])
     assert run.series("train/loss")[0].max() == 1500
     assert any("the copies disagree" in n for n in run.notes)
+
+
+def test_a_run_resumed_and_saved_further_is_no_disagreement(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "checkpoint-1500").mkdir(parents=True)
+    hist = [{"step": s, "loss": 1.0 + s / 1e4, "grad_norm": 1.0, "learning_rate": 1e-3,
+             "epoch": s / 1500} for s in range(10, 1501, 10)]
+    TrainerState(global_step=1000, log_history=hist[:100]).save_to_json(out / "trainer_state.json")
+    os.utime(out / "trainer_state.json", (1_000_000_000, 1_000_000_000))
+    TrainerState(global_step=1500, log_history=hist).save_to_json(
+        out / "checkpoint-1500" / "trainer_state.json")
+    (run,) = gradaudit.read_runs([tmp_path])
+    assert run.series("train/loss")[0].max() == 1500
+    assert not any("disagree" in n for n in run.notes)

@@ -10,8 +10,9 @@ kept. ``loss`` is the mean over the steps since the previous log (``interval_mea
 An output folder ``out/`` is one run; each ``out/checkpoint-N/trainer_state.json`` is a copy of the
 state at step N and belongs to the same run. The copy with the largest ``global_step`` is read
 (on a tie, the top-level one); a note names it. Where the top-level copy (written last in a run)
-is behind a checkpoint, one of them is left from an earlier run in a reused folder: the most
-recently written copy is read, and a note says the copies disagree.
+is behind a checkpoint whose history does not go on from it, one of them is left from an earlier
+run in a reused folder: the copy written last is read (the most advanced one when both carry the
+same time, as after a copy), and a note says the copies disagree.
 """
 
 from __future__ import annotations
@@ -68,6 +69,18 @@ def _sniff_step(path: Path) -> int | None:
         return None
     m = _GLOBAL_STEP.search(head)
     return int(m.group(1)) if m else None
+
+
+def _extends(later: Path, earlier: Path) -> bool:
+    """Whether ``later``'s log_history goes on from ``earlier``'s (a run resumed and saved
+    further), rather than being another run's; False when either cannot be read."""
+    try:
+        a, b = _load(earlier)["log_history"], _load(later)["log_history"]
+    except (ReadError, KeyError):
+        return False
+    steps_a = [e.get("step") for e in a if isinstance(e, dict)]
+    steps_b = [e.get("step") for e in b if isinstance(e, dict)][: len(steps_a)]
+    return steps_a == steps_b and a[: len(steps_b)] == b[: len(steps_b)]
 
 
 def _mtime(path: Path) -> float:
@@ -150,13 +163,19 @@ def read(source: Source) -> list[RawRun]:
     )
     conflict = None
     top = [p for p in files if _is_top_level(p) and steps[p] is not None]
-    if top and (steps[files[0]] or -1) > (steps[top[0]] or -1):
-        # the top-level state (written last in a run) is behind a checkpoint: one of them is
-        # left from an earlier run in the same output folder; the newer file is the run's
-        files.sort(key=_mtime, reverse=True)
-        conflict = (f"the copies disagree: {top[0]} is at step {steps[top[0]]} but a checkpoint "
-                    f"is at step {max(v or -1 for v in steps.values())} (an output folder used "
-                    "again?); the most recently written copy was read")
+    if top and (steps[files[0]] or -1) > (steps[top[0]] or -1) \
+            and not _extends(files[0], top[0]):
+        # the top-level state (written last in a run) is behind a checkpoint that does not go
+        # on from it: one of them is left from an earlier run in the same output folder, and
+        # the copy written last is this run's - unless both were written at once (copied)
+        pair = f"{top[0]} is at step {steps[top[0]]} but {files[0]} at step {steps[files[0]]}"
+        if abs(_mtime(top[0]) - _mtime(files[0])) < 1.0:
+            conflict = (f"the copies disagree ({pair}; an output folder used again?) and were "
+                        "written at the same time: the most advanced one was read")
+        else:
+            files.sort(key=_mtime, reverse=True)
+            conflict = (f"the copies disagree ({pair}; an output folder used again?): the one "
+                        "written last was read")
     problems: list[FileProblem] = []
     last_error: ReadError | None = None
     for path in files:
