@@ -70,6 +70,8 @@ def _run(fn: Callable[[T], R], items: Sequence[T], idx: list[int], workers: int,
                 out[i] = future.result()
             except BrokenProcessPool:
                 unfinished.append(i)
+            except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be pickled
+                out[i] = lost(items[i], f"the worker reading this input failed: {exc!r}")
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
