@@ -336,13 +336,17 @@ def test_flipped_byte_skips_one_block(wandb_root, tmp_path):
     assert set(runs) == {"flipped", "good"}
     assert runs["good"].problems == []
     run = runs["flipped"]
-    (problem,) = run.problems
+    problem, missing = run.problems
     assert "corrupt block" in problem.message and "checksum" in problem.message
     expected = _expected_a()
     exp_s, exp_v = expected["train/grad_norm"]
     steps, values = run.series("train/grad_norm")
     lost = exp_s.size - steps.size
     assert 0 < lost < 200  # one 32 KiB block holds well under 200 log calls
+    # the steps that went with the damaged block are named, and how many rows
+    gone = exp_s[~np.isin(exp_s, steps)]
+    assert f"history lost where the file is damaged: steps {gone[0]}-{gone[-1]} (about " \
+        f"{gone.size} row(s))" in missing.message
     assert steps[-1] == exp_s[-1]  # reading resumed after the damaged block
     keep = np.isin(exp_s, steps)
     np.testing.assert_array_equal(values, exp_v[keep])
@@ -355,7 +359,7 @@ def test_lying_chunk_length_is_contained(wandb_root, tmp_path):
     struct.pack_into("<H", data, 10 * 32768 + 4, 0xFFFF)
     bad.write_bytes(bytes(data))
     (run,) = gradaudit.read_runs([tmp_path])
-    (problem,) = run.problems
+    problem = run.problems[0]
     assert "corrupt block" in problem.message
     assert run.series("train/loss")[0][-1] == _a_step(N_A - 1)
 
@@ -414,3 +418,19 @@ def test_a_value_with_invalid_utf8_is_no_number_and_loses_nothing_else():
     values, ok = _parse_numbers(pl.Series([b"1.5", b"2\xb9", b"NaN", b"-3e2"], dtype=pl.Binary))
     assert ok.tolist() == [True, False, True, True]
     assert values[0] == 1.5 and values[3] == -300.0 and np.isnan(values[2])
+
+
+def test_a_zero_filled_block_mid_file_is_damage_with_its_steps_named(wandb_root, tmp_path):
+    # zeroed space is padding at a file's end, but a sound chunk after it means a block was lost
+    data = bytearray(wandb_root["a"].read_bytes())
+    bad = _copy_run(wandb_root["a"], tmp_path, "zeroed")
+    data[10 * 32768: 12 * 32768] = bytes(2 * 32768)
+    bad.write_bytes(bytes(data))
+    (run,) = gradaudit.read_runs([tmp_path])
+    exp_s = _expected_a()["train/grad_norm"][0]
+    steps = run.series("train/grad_norm")[0]
+    gone = exp_s[~np.isin(exp_s, steps)]
+    assert gone.size > 0
+    messages = " | ".join(p.message for p in run.problems)
+    assert "zero-filled" in messages and f"steps {gone[0]}-{gone[-1]}" in messages
+

@@ -50,6 +50,7 @@ def iter_records(stream: BinaryIO, start: int, damage: LogDamage) -> Iterator[by
     Problems are counted in ``damage`` instead of raised.
     """
     pending: list[bytes] | None = None
+    zeroed: int | None = None  # offset of zeroed space that a sound chunk may still follow
     base = 0  # file offset of buf[0]
     unpack = _HEADER.unpack_from
     crc32 = zlib.crc32
@@ -73,7 +74,10 @@ def iter_records(stream: BinaryIO, start: int, damage: LogDamage) -> Iterator[by
                 crc, length, kind = unpack(buf, pos)
                 data_end = pos + CHUNK_HEADER + length
                 if kind == 0 and length == 0 and crc == 0:
-                    # Zeroed space (preallocation or padding): nothing more in this block.
+                    # Zeroed space (preallocation or padding): nothing more in this block. If a
+                    # sound chunk follows it later, the zeros were damage (a block lost)
+                    if zeroed is None:
+                        zeroed = base + pos
                     break
                 if data_end > block_end:
                     if partial_block:
@@ -93,6 +97,14 @@ def iter_records(stream: BinaryIO, start: int, damage: LogDamage) -> Iterator[by
                         pending = None
                     break
                 pos = data_end
+                if zeroed is not None:
+                    damage._corrupt(zeroed)
+                    zeroed = None
+                    if pending is not None:
+                        damage.dropped_records += 1
+                        pending = None
+                        if kind in (MIDDLE, LAST):
+                            continue
                 if kind == FULL:
                     if pending is not None:
                         damage.dropped_records += 1

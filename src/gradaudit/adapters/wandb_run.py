@@ -224,13 +224,21 @@ class _History:
         self.step_num: list[np.ndarray] = []
         self.n_rows = 0
         self.bad = 0
+        self.breaks: list[int] = []  # rows before which the file was damaged (rows were lost)
+        self.lost: list[tuple[int, int, int]] = []  # steps missing there (set by to_frame)
 
-    def add_records(self, records: Iterable[bytes]) -> int:
-        """Take ``Record`` messages; history ones become rows. Returns how many were invalid."""
+    def add_records(self, records: Iterable[bytes], damage: LogDamage | None = None) -> int:
+        """Take ``Record`` messages; history ones become rows. Returns how many were invalid.
+        Where ``damage`` grows between two records, the row that follows is noted in
+        ``breaks``: the rows logged in between are lost."""
         payloads = self.payloads
         append = payloads.append
         bad = 0
+        seen = 0
         for buf in records:
+            if damage is not None and damage.corrupt_blocks + bad != seen:
+                seen = damage.corrupt_blocks + bad
+                self.breaks.append(self.n_rows + len(payloads))
             try:
                 pos = 0
                 if buf[0] == 0x08:  # Record.num
@@ -260,6 +268,9 @@ class _History:
                     pos, end = span
             except (WireError, IndexError):
                 bad += 1
+                if damage is not None:
+                    seen += 1
+                    self.breaks.append(self.n_rows + len(payloads))
                 continue
             append(buf[pos:end])
             if len(payloads) >= _ROW_BATCH:
@@ -462,6 +473,7 @@ class _History:
                 if carried < n:
                     msg += "; the other rows keep W&B's _step"
                 notes.append(msg + ")")
+        self.lost = _lost_spans(step, self.breaks)
         metric = codes >= _FIRST_METRIC
         pr = rows[metric]
         names = self.keys.names
@@ -475,6 +487,24 @@ class _History:
             }
         )
         return frame, notes
+
+
+def _lost_spans(step: np.ndarray, breaks: list[int]) -> list[tuple[int, int, int]]:
+    """``(first, last, about how many rows)`` of the steps missing at each damaged place: the
+    steps between the rows around it, beyond the usual step between rows just before it."""
+    if step.size < 3 or not breaks:
+        return []
+    gaps = np.diff(step)
+    out = []
+    for k in sorted(set(breaks)):
+        if not 0 < k < step.size:
+            continue
+        near = gaps[max(0, k - 21): k - 1] if k > 1 else gaps[k: k + 20]
+        usual = max(1, int(np.median(near))) if near.size else 1
+        if step[k] - step[k - 1] > usual:
+            out.append((int(step[k - 1]) + usual, int(step[k]) - usual,
+                        int((step[k] - step[k - 1]) // usual) - 1))
+    return out
 
 
 def _read_file(path: Path, hist: _History) -> list[FileProblem]:
@@ -495,13 +525,13 @@ def _read_file(path: Path, hist: _History) -> list[FileProblem]:
             )
         stream.seek(0)
         damage = LogDamage()
-        bad_records = hist.add_records(iter_records(stream, FILE_HEADER, damage))
+        bad_records = hist.add_records(iter_records(stream, FILE_HEADER, damage), damage)
     if damage.corrupt_blocks:
         problems.append(
             FileProblem(
                 str(path),
                 f"{damage.corrupt_blocks} corrupt block(s) skipped (checksum or length wrong, "
-                f"first at byte {damage.first_bad_offset})",
+                f"or zero-filled; first at byte {damage.first_bad_offset})",
             )
         )
     if bad_records:
@@ -533,4 +563,11 @@ def read(source: Source) -> list[RawRun]:
     frame, notes = hist.to_frame()
     if hist.n_rows == 0:
         notes.append("no history rows in this run file")
+    if hist.lost:
+        spans = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b, _ in hist.lost[:5])
+        more = f" and {len(hist.lost) - 5} more" if len(hist.lost) > 5 else ""
+        problems.append(FileProblem(
+            str(sorted(source.files)[-1]),
+            f"history lost where the file is damaged: steps {spans}{more} (about "
+            f"{sum(n for _, _, n in hist.lost)} row(s))"))
     return [RawRun(points=frame, problems=problems, notes=notes)]
