@@ -55,6 +55,11 @@ def _sources(paths: Iterable[PathLike]) -> list[Source]:
     return found.sources
 
 
+def _lost(source: Source, why: str) -> tuple[list[Any], list[InputError]]:
+    """A source whose worker process died: no run, and that as its error."""
+    return [], [InputError(source_label(source), why)]
+
+
 @dataclass(frozen=True)
 class _ReadJob:
     grad_tag: str | None
@@ -62,10 +67,6 @@ class _ReadJob:
 
     def __call__(self, source: Source) -> tuple[list[RunSeries], list[InputError]]:
         return read_source(source, self.grad_tag, self.loss_tag)
-
-    @staticmethod
-    def lost(source: Source, why: str) -> tuple[list[RunSeries], list[InputError]]:
-        return [], [InputError(source_label(source), why)]
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,6 @@ class _ScanJob:
         runs, errors = read_source(source, self.settings.grad_tag, self.settings.loss_tag)
         return [_audit_run(run, self.settings) for run in runs], errors
 
-    @staticmethod
-    def lost(source: Source, why: str) -> tuple[list[RunAudit], list[InputError]]:
-        return [], [InputError(source_label(source), why)]
-
 
 def inspect(
     paths: Iterable[PathLike],
@@ -93,8 +90,7 @@ def inspect(
     """Discover and read runs under ``paths`` without analysis."""
     runs: list[RunSeries] = []
     errors: list[InputError] = []
-    job = _ReadJob(grad_tag, loss_tag)
-    for got, bad in run_all(job, _sources(paths), workers, job.lost):
+    for got, bad in run_all(_ReadJob(grad_tag, loss_tag), _sources(paths), workers, _lost):
         runs.extend(got)
         errors.extend(bad)
     return Inspection(runs=runs, errors=errors)
@@ -134,8 +130,7 @@ def scan(
     settings = (settings or Settings()).with_overrides(**overrides)
     audits: list[RunAudit] = []
     errors: list[InputError] = []
-    job = _ScanJob(settings)
-    for got, bad in run_all(job, _sources(paths), settings.workers, job.lost):
+    for got, bad in run_all(_ScanJob(settings), _sources(paths), settings.workers, _lost):
         audits.extend(got)
         errors.extend(bad)
     result = AuditResult(runs=audits, errors=errors, settings=settings)

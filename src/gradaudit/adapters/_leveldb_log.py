@@ -33,7 +33,6 @@ class LogDamage:
     """What a read had to skip; all zero for an intact file."""
 
     corrupt_blocks: int = 0
-    dropped_records: int = 0
     first_bad_offset: int | None = None
     truncated: bool = False
 
@@ -84,35 +83,23 @@ def iter_records(stream: BinaryIO, start: int, damage: LogDamage) -> Iterator[by
                         damage.truncated = True
                     else:
                         damage._corrupt(base + pos)
-                        if pending is not None:
-                            damage.dropped_records += 1
-                            pending = None
+                        pending = None  # a record cut in two by the damage
                     break
                 seed = seeds.get(kind)
                 data = buf[pos + CHUNK_HEADER : data_end]
                 if seed is None or crc32(data, seed) != crc:
                     damage._corrupt(base + pos)
-                    if pending is not None:
-                        damage.dropped_records += 1
-                        pending = None
+                    pending = None
                     break
                 pos = data_end
                 if zeroed is not None:
                     damage._corrupt(zeroed)
                     zeroed = None
-                    if pending is not None:
-                        damage.dropped_records += 1
-                        pending = None
-                        if kind in (MIDDLE, LAST):
-                            continue
+                    pending = None
                 if kind == FULL:
-                    if pending is not None:
-                        damage.dropped_records += 1
-                        pending = None
+                    pending = None
                     yield data
                 elif kind == FIRST:
-                    if pending is not None:
-                        damage.dropped_records += 1
                     pending = [data]
                 elif pending is None:
                     # MIDDLE/LAST without its FIRST: the start was in a damaged block.

@@ -277,8 +277,7 @@ def table_runs(
     order_note: list[str] = []
     if layout.run is None:  # with a run column, each run is judged on its own (below)
         tags = [df.get_column(layout.tag)] if layout.tag is not None else []
-        order_note = _step_order(pl.DataFrame([step.alias("step"), *tags]),
-                                 layout.tag if layout.tag is not None else None)
+        order_note = _step_order(pl.DataFrame([step.alias("step"), *tags]), layout.tag)
         if order_note:
             long = long.sort("step", maintain_order=True)
     sampled_steps = df.get_column("_step") if layout.kind == "history" else None

@@ -267,10 +267,7 @@ class _History:
                         continue
                     pos, end = span
             except (WireError, IndexError):
-                bad += 1
-                if damage is not None:
-                    seen += 1
-                    self.breaks.append(self.n_rows + len(payloads))
+                bad += 1  # the next record notes the break
                 continue
             append(buf[pos:end])
             if len(payloads) >= _ROW_BATCH:

@@ -170,10 +170,17 @@ def fmt_pct(x: float | None) -> str:
     return f"{100 * x:.3g}%"
 
 
+def file_problems(run: Any) -> str:
+    """A run's file problems as one line, ``file: message; ...`` (plain text, NOT escaped)."""
+    return "; ".join(f"{p.file}: {p.message}" for p in run.errors)
+
+
 def error_reason(run: Any) -> str:
     """Why a run in status ``error`` could not be audited: its notes (the engine's reason),
     then its file problems (plain text, NOT escaped)."""
-    msgs = list(run.notes) + [f"{p.file}: {p.message}" for p in run.errors]
+    msgs = list(run.notes)
+    if run.errors:
+        msgs.append(file_problems(run))
     return "; ".join(msgs) or "no data"
 
 

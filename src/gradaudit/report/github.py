@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, TextIO
 
 from gradaudit.report import (
+    file_problems,
     gate_headline,
     has_findings,
     partly_read,
@@ -60,8 +61,7 @@ def lines(result: Any) -> list[str]:
         if run.status == "error":
             out.append(_line("warning", f"gradaudit: {run.run}", run_headline(run)))
     for run in partly_read(result.runs):
-        msgs = "; ".join(f"{p.file}: {p.message}" for p in run.errors)
-        out.append(_line("warning", f"gradaudit: {run.run}", f"read in part: {msgs}"))
+        out.append(_line("warning", f"gradaudit: {run.run}", f"read in part: {file_problems(run)}"))
     for err in result.errors:
         out.append(_line("warning", f"gradaudit: {err.path}", f"could not be read: {err.message}"))
     return out

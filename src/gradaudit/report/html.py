@@ -25,6 +25,7 @@ from gradaudit import __version__
 from gradaudit.report import (
     STATUS_RANK,
     error_reason,
+    file_problems,
     fmt_num,
     fmt_pct,
     gate_headline,
@@ -300,8 +301,7 @@ def _errors(result: Any) -> str:
         out.append("<h3>Runs read in part (findings stand on what could be read)</h3>"
                    "<ul class=\"reasons\">")
         for run in partial[:MAX_LISTED_ERRORS]:
-            msgs = "; ".join(f"{p.file}: {p.message}" for p in run.errors)
-            out.append(f'<li><span class="mono">{e(run.run)}</span>: {e(msgs)}</li>')
+            out.append(f'<li><span class="mono">{e(run.run)}</span>: {e(file_problems(run))}</li>')
         out.append("</ul>")
         if len(partial) > MAX_LISTED_ERRORS:
             out.append(f'<p class="note">and {len(partial) - MAX_LISTED_ERRORS} more.</p>')

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from gradaudit import __version__
 from gradaudit.report import (
     error_reason,
+    file_problems,
     fmt_num,
     fmt_pct,
     gate_headline,
@@ -193,8 +194,7 @@ def _errors(result: Any) -> list[str]:
     for err in result.errors[:MAX_LISTED]:
         lines.append(f"- input {code(err.path, 150)}: {md(err.message)}")
     for run in partial[:MAX_LISTED]:
-        msgs = "; ".join(f"{p.file}: {p.message}" for p in run.errors)
-        lines.append(f"- run {code(run.run, 150)} read in part: {md(msgs)}")
+        lines.append(f"- run {code(run.run, 150)} read in part: {md(file_problems(run))}")
     more = sum(max(0, len(x) - MAX_LISTED) for x in (bad, result.errors, partial))
     if more:
         lines.append(f"- …and {more} more (see the JSON report).")
