@@ -516,3 +516,79 @@ def test_an_hparams_record_is_no_run_and_no_error(tmp_path: Path) -> None:
     w.add_scalar("train/grad_norm", 1e6, 0)
     w.close()
     assert sorted(r.name for r in gradaudit.inspect([tmp_path]).runs) == ["run", "short"]
+
+
+def _add_scalars_run(folder: Path, spike: int = 400, steps: int = 600) -> None:
+    """tensorboardX add_scalars: a sub-folder per key (``grad_norm/total``...), the same tag in
+    each; the lr through add_scalar into the run's own files. One grad spike that harms the
+    loss at ``spike``."""
+    rng = np.random.default_rng(3)
+    w = SummaryWriter(str(folder), flush_secs=3600, max_queue=100_000)
+    for s in range(1, steps):
+        g = 1.0 + 0.05 * rng.standard_normal() + (40.0 if s == spike else 0.0)
+        lo = 2.0 * math.exp(-s / 500) + 0.01 * rng.standard_normal()
+        lo += math.exp(-(s - spike) / 30) if s >= spike else 0.0
+        w.add_scalars("grad_norm", {"total": g, "clipped": min(g, 1.0)}, s)
+        w.add_scalars("loss", {"train": lo, "val": lo + 0.1}, s)
+        w.add_scalar("lr", 1e-3, s)
+    w.close()
+
+
+def test_add_scalars_sub_folders_are_one_run_with_the_reference_values(tmp_path: Path) -> None:
+    _add_scalars_run(tmp_path / "run")
+    found = gradaudit.inspect([tmp_path])
+    assert found.errors == [] and [r.name for r in found.runs] == ["run"]
+    (run,) = found.runs
+    assert sorted(run.tags()) == ["grad_norm/clipped", "grad_norm/total", "loss/train",
+                                  "loss/val", "lr"]
+    assert (run.grad_norm_tag, run.loss_tag, run.lr_tag) == ("grad_norm/total", "loss/train", "lr")
+    assert any("add_scalars sub-folders" in n for n in run.notes)
+    for key in ("grad_norm/total", "grad_norm/clipped", "loss/train", "loss/val"):
+        acc = EventAccumulator(str(tmp_path / "run" / key), size_guidance={"scalars": 0})
+        acc.Reload()
+        main_tag = key.split("/")[0]
+        ref = acc.Scalars(main_tag)
+        steps, values = _series(run, key)
+        assert steps.tolist() == [e.step for e in ref]
+        assert np.array_equal(values, np.array([e.value for e in ref], dtype=np.float64))
+    # the spike is audited with the loss logged beside it, not as a run without a loss
+    (audit,) = gradaudit.scan([tmp_path]).runs
+    (ep,) = [e for e in audit.episodes if e.severity == "explosion"]
+    assert ep.onset_step == 400 and ep.loss_impact is not None
+    assert ep.loss_impact.excess_loss > 0.05
+
+
+def test_torch_add_scalars_layout_and_a_resume_in_a_sub_folder(tmp_path: Path) -> None:
+    # torch's SummaryWriter.add_scalars names the sub-folder "<tag with / as _>_<key>" and
+    # writes the tag itself there (one file writer per key); built here with tensorboardX
+    # writers in that layout. A resume writes a second file whose steps go back: the later
+    # write wins within the merged tag as everywhere else.
+    run = tmp_path / "exp"
+    w = SummaryWriter(str(run), flush_secs=3600)
+    w.add_scalar("lr", 1e-3, 0)
+    w.close()
+    for sub, tag, f in (("train_grad_norm_total", "train/grad_norm", _gnorm),
+                        ("loss_train", "loss", _loss)):
+        for first, last, bump in ((0, 300, 0.0), (200, 400, 1.0)):
+            w = SummaryWriter(str(run / sub), flush_secs=3600, filename_suffix=f".{first}")
+            for s in range(first, last):
+                w.add_scalar(tag, f(s) + bump, s)
+            w.close()
+            time.sleep(0.01)
+    (got,) = gradaudit.inspect([tmp_path]).runs
+    assert got.name == "exp"
+    assert (got.grad_norm_tag, got.loss_tag) == ("train/grad_norm/total", "loss/train")
+    steps, values = _series(got, "loss/train")
+    assert steps.tolist() == list(range(400))
+    assert values[199] == pytest.approx(_loss(199), rel=1e-6)
+    assert values[200] == pytest.approx(_loss(200) + 1.0, rel=1e-6)
+
+
+def test_sub_folders_add_scalars_did_not_write_stay_runs(tmp_path: Path) -> None:
+    # Keras' logs/train and logs/validation (no event file in logs/), and an "eval" writer
+    # nested in a run's folder whose tag is no add_scalars name for it: runs of their own
+    for folder in (tmp_path / "logs" / "train", tmp_path / "logs" / "validation",
+                   tmp_path / "run", tmp_path / "run" / "eval"):
+        write_tbx(folder, steps=range(50), extra=False)
+    names = [r.name for r in gradaudit.inspect([tmp_path]).runs]
+    assert names == ["logs/train", "logs/validation", "run", "run/eval"]

@@ -91,6 +91,16 @@ def _claim(folder: Path, files: list[Path]) -> list[Source]:
     return sources
 
 
+def _regroup(sources: list[Source]) -> list[Source]:
+    """Let each adapter with a ``regroup`` hook fold its sources together (base module doc)."""
+    out: list[Source] = []
+    for fmt, adapter in REGISTRY.items():
+        mine = [s for s in sources if s.format == fmt]
+        hook = getattr(adapter, "regroup", None)
+        out.extend(hook(mine) if hook is not None and len(mine) > 1 else mine)
+    return out
+
+
 def _join(prefix: str, rel: str) -> str:
     return posixpath.normpath(posixpath.join(prefix, rel))
 
@@ -129,6 +139,6 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> Discovery:
                     # A run that names its parent folder, scanned from inside: the root it is.
                     name = prefix
                 merged.setdefault((src.format, name), []).extend(src.files)
-    sources = [Source(fmt, name, tuple(files)) for (fmt, name), files in merged.items()]
+    sources = _regroup([Source(fmt, name, tuple(files)) for (fmt, name), files in merged.items()])
     sources.sort(key=lambda s: (s.name, s.format))
     return Discovery(sources=sources, missing=missing)

@@ -9,6 +9,8 @@ An adapter is a module with:
 - ``read(source) -> list[RawRun]``: read one source. Raise :class:`gradaudit.errors.ReadError`
   when nothing at all could be read; record partial problems (a truncated tail, one bad file
   among several) in ``RawRun.problems`` and return what was read.
+- Optionally ``regroup(sources) -> list[Source]``: given all of this format's sources found in
+  one scan, fold together those that are one run (TensorBoard's ``add_scalars`` sub-folders).
 
 Adapters stream: they never hold a Python object per logged point.
 """

@@ -10,6 +10,15 @@ and from one-element float tensors (DT_FLOAT, DT_DOUBLE, DT_HALF, DT_BFLOAT16) w
 ``scalars`` (TF2 ``tf.summary.scalar``, torch ``new_style=True``). Histograms, images, text,
 hparams and other plugins' tensors are skipped.
 
+``add_scalars(tag, {key: value})`` (torch, tensorboardX) writes each key into its own sub-folder
+of the run's folder, each holding the same ``tag``: torch names it ``tag_key`` (``/`` in the tag
+made ``_``), tensorboardX ``tag/key``. TensorBoard shows such a sub-folder as a run of its own;
+here (:func:`regroup`) a sub-folder whose name is what ``add_scalars`` would call it for its first
+scalar's tag is part of the run whose folder holds it, and its tag reads as ``tag/key``
+(``add_scalars("grad_norm", {"total": g})`` -> ``grad_norm/total``), so the grad norm and the loss
+logged beside it are audited together. A folder with event files under no run's folder stays a
+run (Keras' ``logs/train`` and ``logs/validation``).
+
 Speed: the common record layouts (one ``simple_value``, or one torch-style scalar tensor, per
 event) are decoded for all records of a chunk at once with NumPy; only records of another shape
 go through a small general protobuf decoder. Tags are grouped by length and a 64-bit hash of
@@ -24,7 +33,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from gradaudit.adapters._tfrecord import Chunk, FileStatus, read_chunks, unaligned
+from gradaudit.adapters._tfrecord import (
+    HEADER,
+    OVERHEAD,
+    Chunk,
+    FileStatus,
+    read_chunks,
+    unaligned,
+)
 from gradaudit.adapters.base import RawRun, Source
 from gradaudit.errors import NotATrainingLog, ReadError
 from gradaudit.series import FileProblem
@@ -40,6 +56,10 @@ _TORCH_TENSOR_TAIL = bytes.fromhex("42080801" "2a04") + b"\0\0\0\0" + bytes.from
     "4a0b0a090a07"
 ) + b"scalars"
 _TAIL_VALUE_AT = 6
+
+
+SNIFF = 1 << 16  # bytes of a sub-folder's first event file read to learn its first tag
+SUBRUN_DEPTH = 4  # folder levels an add_scalars sub-folder may lie below its run's folder
 
 
 def claim(directory: Path, files: list[Path]) -> list[Source]:
@@ -488,18 +508,103 @@ def _hparams_record(source: Source, tags: _Tags, code: np.ndarray,
         return False
 
 
+def subrun_key(rel: str, tag: str) -> str | None:
+    """The key of ``add_scalars(tag, {key: ...})`` that wrote the sub-folder ``rel`` (a path
+    relative to its run's folder), or None when ``add_scalars`` would not have named it so."""
+    for head in (tag + "/", tag.replace("/", "_") + "_"):
+        if tag and rel.startswith(head) and len(rel) > len(head):
+            return rel[len(head):]
+    return None
+
+
+def _first_tag(path: Path) -> str | None:
+    """The tag of the first scalar in the first :data:`SNIFF` bytes of an event file."""
+    try:
+        with open(path, "rb") as fh:
+            b = fh.read(SNIFF)
+    except OSError:
+        return None
+    tags, out, i = _Tags(), [], 0
+    while i + OVERHEAD <= len(b):
+        (n,) = struct.unpack_from("<Q", b, i)
+        if n > len(b) - i - OVERHEAD:
+            return None
+        try:
+            _decode_event(b[i + HEADER : i + HEADER + n], tags, out)
+        except (_Malformed, struct.error, IndexError, UnicodeError):
+            return None
+        if out:
+            return tags.names[out[0][1]]
+        i += OVERHEAD + n
+    return None
+
+
+def regroup(sources: list[Source]) -> list[Source]:
+    """Fold ``add_scalars`` sub-folders into the run whose folder holds them (module doc)."""
+    by_dir = {s.files[0].parent: i for i, s in enumerate(sources) if s.files}
+    into: dict[int, int] = {}
+    for i, s in enumerate(sources):
+        if not s.files:
+            continue
+        d = s.files[0].parent
+        for anc in d.parents[:SUBRUN_DEPTH]:
+            j = by_dir.get(anc)
+            if j is not None:
+                tag = _first_tag(s.files[0])
+                if tag is not None and subrun_key(d.relative_to(anc).as_posix(), tag):
+                    into[i] = j
+                break
+    if not into:
+        return sources
+
+    def root(i: int) -> int:
+        seen = {i}
+        while i in into and into[i] not in seen:
+            i = into[i]
+            seen.add(i)
+        return i
+
+    extra: dict[int, list[Path]] = {}
+    for i in sorted(into, key=lambda i: sources[i].files[0].parent.as_posix()):
+        extra.setdefault(root(i), []).extend(sources[i].files)
+    return [Source(s.format, s.name, s.files + tuple(extra.get(i, ())))
+            for i, s in enumerate(sources) if i not in into]
+
+
+def _as_subrun(got: list[tuple[np.ndarray, ...]], rel: str, tags: _Tags,
+               renamed: dict[str, str]) -> list[tuple[np.ndarray, ...]]:
+    """``got`` (a sub-folder ``rel``'s chunks) with each tag ``T`` read as ``T/key``
+    (:func:`subrun_key`), or as ``rel/T`` where ``add_scalars`` would not have written it."""
+    if not got:
+        return got
+    lut = np.arange(len(tags.names), dtype=np.int32)
+    for c in np.unique(np.concatenate([part[1] for part in got])).tolist():
+        old = tags.names[c]
+        key = subrun_key(rel, old)
+        new = f"{old}/{key}" if key else f"{rel}/{old}"
+        renamed[rel] = new
+        lut[c] = tags.code(new)
+    return [(st, lut[code], val, wall) for st, code, val, wall in got]
+
+
 def read(source: Source) -> list[RawRun]:
     """Read the event files of one run, in order, into one frame of points in write order."""
     tags = _Tags()
     parts: list[tuple[np.ndarray, ...]] = []
     problems: list[FileProblem] = []
     n_records = 0
+    run_dir = min((Path(f).parent for f in source.files), key=lambda d: len(d.parts),
+                  default=Path("."))
+    renamed: dict[str, str] = {}  # add_scalars sub-folder -> the tag it is read as
     for path in source.files:
         try:
             got, status = read_file(Path(path), tags)
         except OSError as exc:
             problems.append(FileProblem(str(path), f"could not read the file: {exc}"))
             continue
+        if Path(path).parent != run_dir:
+            got = _as_subrun(got, Path(path).parent.relative_to(run_dir).as_posix(), tags,
+                             renamed)
         parts.extend(got)
         n_records += status.n_records
         problems.extend(FileProblem(str(path), msg) for msg in status.problems)
@@ -524,4 +629,10 @@ def read(source: Source) -> list[RawRun]:
     tag = pl.Series("tag", tags.names, dtype=pl.Categorical).gather(code)
     del code
     frame = pl.DataFrame({"step": step, "tag": tag, "value": value, "wall_time": wall})
-    return [RawRun(points=frame, problems=problems)]
+    notes = []
+    if renamed:
+        shown = [rel if rel == t else f"{rel} as {t!r}" for rel, t in sorted(renamed.items())]
+        more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
+        notes.append("add_scalars sub-folders read into this run: " + ", ".join(shown[:5])
+                     + more)
+    return [RawRun(points=frame, problems=problems, notes=notes)]
