@@ -303,3 +303,27 @@ def test_the_last_line_folded_at_a_bar_keeps_its_grad_norm(tmp_path: Path) -> No
     (run,) = gradaudit.read_runs([tmp_path])
     steps, values = run.series("grad norm")
     assert steps[-1] == 20 and values[-1] == 1234.567
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 30, 4099])
+@pytest.mark.parametrize("ends", ["cr", "crlf", "mixed", "progress"])
+def test_cr_line_ends_read_like_lf(tmp_path: Path, monkeypatch, chunk_bytes, ends) -> None:
+    # the BLOOM-176B excerpt with its line ends made CR (an old Mac file), CR LF, a mix, and
+    # with a progress bar's CR redraws before each line (a terminal captured with the log);
+    # small chunks cut CR LF pairs and lines at every possible place
+    monkeypatch.setattr(megatron, "CHUNK_BYTES", chunk_bytes)
+    src = REAL / "bloom-176b-spike-iter31214.log"
+    lines = src.read_text().split("\n")
+    if ends == "cr":
+        text = "\r".join(lines)
+    elif ends == "crlf":
+        text = "\r\n".join(lines)
+    elif ends == "mixed":
+        text = "".join(ln + ("\r" if i % 2 else "\r\n" if i % 3 else "\n")
+                       for i, ln in enumerate(lines))
+    else:
+        text = "\n".join(f"saving  {i % 100:3d}%|####   \r{ln}" for i, ln in enumerate(lines))
+    path = tmp_path / "ends.log"
+    path.write_bytes(text.encode())
+    for tag in ("grad norm", "lm loss", "learning rate", "consumed tokens"):
+        assert _series(path, tag) == _series(src, tag), tag

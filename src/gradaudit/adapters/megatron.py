@@ -7,7 +7,8 @@ become ``validation/lm loss`` and ``validation/lm loss PPL`` (``test/...`` for t
 ``nan``/``inf`` values are kept. Whatever surrounds the lines is ignored: rank tags
 (``[default7]:``), timestamps (read as wall time when they are ISO-like), ``time (ms)`` lines,
 ``[...]`` elisions, prose, code fences. A line folded in two (a terminal or paste wrap) is joined
-back. Identical lines printed by several ranks count once. The DeepSpeed engine's
+back. Lines may end in LF, CR LF or a lone CR (terminal progress redraws captured with the
+log). Identical lines printed by several ranks count once. The DeepSpeed engine's
 ``step=N, skipped=K, lr=[...]`` lines give ``deepspeed/skipped`` and ``deepspeed/lr``. An
 iteration line's losses are means over the log interval (``interval_means``).
 
@@ -286,6 +287,17 @@ def parse_text(text: str) -> pl.DataFrame:
     return pl.concat([p.select(list(_SCHEMA)).cast(_SCHEMA) for p in parts])
 
 
+def _line_feeds(data: bytes) -> bytes:
+    """``data`` with every CR line end (CR LF, or a lone CR: an old Mac file, a terminal's
+    progress redraws captured with the log) made LF; a CR at the very end is kept, since the LF
+    of a CR LF may begin the next block."""
+    if b"\r" not in data:
+        return data
+    keep = data.endswith(b"\r")
+    body = data[:-1] if keep else data
+    return body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if keep else b"")
+
+
 def _chunks(path: Path, dropped: list[int]):  # noqa: ANN202 - a generator of str
     """Decoded text in large pieces, cut after a line end; the last iteration line of a piece
     (a fold may split it over two lines) goes with the next piece, and the file's last piece
@@ -305,7 +317,7 @@ def _chunks(path: Path, dropped: list[int]):  # noqa: ANN202 - a generator of st
             if nul:  # a run of NULs ends the line a crash cut off; single ones (UTF-16) go
                 dropped[0] += nul
                 block = _NUL_RUN.sub(b"\n", block).replace(b"\x00", b"")
-            data = carry + block
+            data = _line_feeds(carry + block)
             cut = data.rfind(b"\n")
             if cut < 0:
                 if len(data) > MAX_LINE:
@@ -322,7 +334,7 @@ def _chunks(path: Path, dropped: list[int]):  # noqa: ANN202 - a generator of st
                 yield pending.decode("utf-8", errors="replace")
             pending = data[: cut + 1]
     if pending or carry:
-        yield (pending + carry).decode("utf-8", errors="replace")
+        yield (pending + carry).replace(b"\r", b"\n").decode("utf-8", errors="replace")
 
 
 def read_file(path: Path) -> RawRun:
