@@ -602,9 +602,9 @@ def read(source: Source) -> list[RawRun]:
         except OSError as exc:
             problems.append(FileProblem(str(path), f"could not read the file: {exc}"))
             continue
-        if Path(path).parent != run_dir:
-            got = _as_subrun(got, Path(path).parent.relative_to(run_dir).as_posix(), tags,
-                             renamed)
+        folder = Path(path).parent
+        if folder != run_dir and folder.is_relative_to(run_dir):  # an add_scalars sub-folder
+            got = _as_subrun(got, folder.relative_to(run_dir).as_posix(), tags, renamed)
         parts.extend(got)
         n_records += status.n_records
         problems.extend(FileProblem(str(path), msg) for msg in status.problems)
