@@ -222,3 +222,34 @@ def test_two_point_loss_jump_found_in_a_loss_only_heavy_tailed_run():
         # with a grad norm beside it a loss jump is secondary evidence: single points only
         single += 1500 in [e.onset for e in loss_episodes(y, EpisodeParams())]
     assert pair >= 6 and single <= 2
+
+
+def test_a_spike_that_fell_back_is_transient_a_jump_and_a_held_ramp_are_not():
+    from gradaudit.detect.lr_change import lr_rises
+    flat = np.full(1000, 1e-3)
+    spike = flat.copy()
+    spike[500:520] = 3e-3
+    jump = flat.copy()
+    jump[500:] = 3e-3
+    ramp = flat.copy()
+    ramp[500:550] = np.linspace(1e-3, 1e-2, 50)
+    ramp[550:] = 1e-2
+    assert [(r.start, r.transient) for r in lr_rises(spike)] == [(499, True)]
+    assert [(r.start, r.transient) for r in lr_rises(jump)] == [(499, False)]
+    assert [(r.start, r.top, r.transient) for r in lr_rises(ramp)] == [(500, 549, False)]
+
+
+def test_lr_time_counts_each_step_at_its_lr_and_the_schedule_without_the_rise():
+    from gradaudit.detect.lr_change import lr_rises, lr_time
+    steps = np.arange(0, 1000, 10)  # lr and loss logged every 10 steps
+    decay = 1e-3 * (1.0 - steps / 2000.0)
+    lr = np.where(steps <= 500, decay, 3.0 * decay)
+    (rise,) = lr_rises(lr)
+    run, sched = lr_time(steps, lr, rise, steps, 520)
+    # before the rise both advance 10 steps at a time, each at its lr over the old lr
+    ref = np.cumsum(np.diff(steps, prepend=0) * decay / decay[rise.start])
+    assert rise.start == 50 and np.allclose(run[:51], ref[:51])
+    assert np.array_equal(sched[:53], run[:53])  # the same up to the onset (step 520)
+    # after it the run goes the rise's factor (3x) faster than the schedule, which decays on
+    assert np.allclose(np.diff(run[52:]), rise.factor * np.diff(sched[52:]))
+    assert np.allclose(np.diff(sched[52:]), 10 * decay[53:] / decay[rise.start], rtol=0.01)

@@ -515,3 +515,50 @@ def test_slow_loss_rise_before_an_lr_fault_keeps_its_own_episode():
     assert "stayed healthy at the jump" in rise.reason and "later, at step" in rise.reason
     assert fault.onset_step == 1251 and "lr-change" in fault.detected_by
     assert fault.kind in ("spike", "level_shift") and fault.severity == "explosion"
+
+
+def _lr_time_run(seed: int, harm: float = 0.0):
+    """A loss that is a power law in the lr's sum (training progress goes with it), on a
+    decaying schedule; the lr is raised 3x for good at step 600 (a brief grad-norm rise with
+    it). ``harm`` adds a bump that decays over 300 steps. Returns the run and the true excess
+    over [600, 800) against the same run without the raise (noiseless curves)."""
+    rng = np.random.default_rng(seed)
+    n, on = 2000, 600
+    s = np.arange(n)
+    lr_clean = 1e-3 * np.cos(0.5 * np.pi * s / n) ** 2
+    lr = np.where(s < on, lr_clean, 3.0 * lr_clean)
+
+    def loss_of(x):
+        return 2.0 + 3.0 * (np.cumsum(x) / 1e-3 + 20.0) ** -0.5
+    bump = np.where(s >= on, harm * np.exp(-(s - on) / 300.0), 0.0)
+    loss = loss_of(lr) + bump + rng.normal(0, 0.03, n)
+    g = 0.5 * np.exp(rng.normal(0, 0.1, n))
+    g[on + 1:on + 30] *= 4
+    truth = float(np.mean((loss_of(lr) + bump - loss_of(lr_clean))[on:on + 200]))
+    return run_series(s, g, loss, lr), truth
+
+
+def test_a_lasting_lr_raise_that_trained_faster_is_measured_as_a_gain():
+    # step time reads such a raise as no change (about 0 against a true -0.011: the anchor
+    # after it fits the gain away); learning-rate time measures it
+    hits = 0
+    for seed in range(8):
+        run, truth = _lr_time_run(seed)
+        e = _one(audit_run(run))
+        assert e.onset_step == 601 and e.severity == "warning"
+        ex = e.loss_impact.excess_loss
+        if "learning-rate time" in e.reason:
+            assert 2 * truth <= ex <= truth / 2, (seed, ex, truth)  # within 2x (< 0)
+            hits += 1
+    assert truth < -0.01 and hits >= 6
+
+
+def test_learning_rate_time_never_turns_harm_into_no_harm():
+    # the same raise with a loss bump that costs +0.1 over the horizon: an explosion, measured
+    # in step time
+    for seed in range(4):
+        run, truth = _lr_time_run(seed, harm=0.2)
+        e = _one(audit_run(run))
+        assert truth > 0.09 and e.severity == "explosion", (seed, e.reason)
+        assert "learning-rate time" not in e.reason
+        assert truth / 2 <= e.loss_impact.excess_loss <= truth * 2

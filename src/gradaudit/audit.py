@@ -16,7 +16,7 @@ from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
 from gradaudit.detect.loss_rise import ID as ID_RISE
 from gradaudit.detect.loss_spike import ID as ID_SPIKE
 from gradaudit.detect.lr_change import ID as ID_LR
-from gradaudit.detect.lr_change import lr_onset_step, lr_rises, warmup_end_step
+from gradaudit.detect.lr_change import LrRise, lr_onset_step, lr_rises, lr_time, warmup_end_step
 from gradaudit.episodes import (
     EpisodeParams,
     GradAnalysis,
@@ -183,7 +183,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
                 owner.kind = "divergence"
             continue
         raw.append((le, on, end))
-    lr_notes: dict[int, tuple[str, bool]] = {}  # id(episode) -> (lr text, schedule restart)
+    lr_notes: dict[int, tuple[str, LrRise]] = {}  # id(episode) -> (lr text, the rise)
     if has_loss or has_grad:
         raw = _attach_lr(series, raw, gs if has_grad else ls, g if has_grad else None, ls, lv,
                          lr_notes, p.merge_gap, st.lr_ratio, st.lr_lookahead,
@@ -213,7 +213,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
     # grad episode may be this one's aftershock: its damage stays in this horizon)
     # (a schedule restart is the schedule's own doing, no fault: it cuts nothing)
     lr_onsets = [on for e, on, _ in raw if ID_LR in e.detected_by
-                 and not lr_notes.get(id(e), ("", False))[1]]  # raw is sorted by onset
+                 and not lr_notes[id(e)][1].restart]  # raw is sorted by onset
     for k, (e, on, end) in enumerate(raw):
         nxt = raw[k + 1][1] if k + 1 < len(raw) else None
         k_lr = bisect.bisect_right(lr_onsets, on)
@@ -289,9 +289,21 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
                 harmful = None  # nothing of the loss could be measured (sparse logging)
             cut = f"the lr rise at step {imp.cut_step}" if imp.cut_step is not None else \
                 "the run ended"
+            rise = lr_notes[id(e)][1] if id(e) in lr_notes else None
+            if harmful is False and not short and rise is not None and \
+                    not (rise.restart or rise.transient):
+                # no harm after a lasting lr rise: measured in the schedule's learning-rate
+                # time where the loss after it is where that time puts it (impact module doc)
+                lr_t = lr_time(*_clean(*series.series(series.lr_tag)), rise, ls, on)
+                fast = loss_impact(ls, lv_mean, l_healthy, on, end, st.impact_horizon,
+                                   next_onset=nxt, cut_at=lr_after, floor_step=floor,
+                                   lr_time=lr_t) if lr_t is not None else None
+                if fast is not None and fast.lasting_excess is not None and \
+                        fast.lasting_excess < ex_thr:
+                    imp, li = fast, fast.impact
             harm_text = _harm_text(li, imp.level, st.impact_horizon, harmful, ex_thr, jp_thr,
                                    (imp.horizon_points, cut) if short else None,
-                                   imp.lasting_excess, imp.cut_step)
+                                   imp.lasting_excess, imp.cut_step, imp.lr_time)
         elif imp is not None:
             harmful = bool(li.diverged) if li.diverged else None
             if li.diverged:
@@ -322,7 +334,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
                           f"explosion, clipping would not help; {harm_text or reason}")
         sev = severity(ep_kind, ratio, harmful, has_grad, st.spike_ratio, st.explosion_ratio)
         if lr_note is not None:
-            text, restart = lr_note
+            text, restart = lr_note[0], lr_note[1].restart
             if e.kind == "loss_spike":
                 # the loss rose after an lr rise: severity follows harm, unless the schedule
                 # merely returned to an lr the run already had (a warm restart)
@@ -334,7 +346,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
         if sev == "warning" and harmful and e.kind in ("spike", "level_shift") and \
                 ratio is not None and ratio < st.spike_ratio:
             reason += f" (a warning: the grad norm peaked below {st.spike_ratio:g}x)"
-        if e.source == "lr" and not harmful and lr_note is not None and lr_note[1]:
+        if e.source == "lr" and not harmful and lr_note is not None and lr_note[1].restart:
             continue  # a schedule restart that left no mark on the loss is no episode
         kind = ep_kind
         if li is not None and li.diverged and kind in ("spike", "level_shift") and \
@@ -480,7 +492,7 @@ def _attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | 
             elif r[0].source == "loss":
                 r[0].onset = int(np.searchsorted(ls, on))
             r[1] = on
-            notes[id(r[0])] = (text, rise.restart)
+            notes[id(r[0])] = (text, rise)
             continue
         i0 = int(np.searchsorted(ls, on))
         if i0 >= ls.size:
@@ -492,7 +504,7 @@ def _attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | 
         e = RawEpisode(i0, peak, last, "loss_spike", {ID_LR}, "lr")
         end = int(ls[last + 1]) if last + 1 < ls.size else None
         out.append([e, int(ls[i0]), end])
-        notes[id(e)] = (text, rise.restart)
+        notes[id(e)] = (text, rise)
     return [tuple(r) for r in out]
 
 
@@ -571,11 +583,13 @@ def _grad_text(kind: str, ratio: float | None, base: float | None, peak_step: in
 
 def _harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: float,
                jp_thr: float, short: tuple[int, str] | None = None,
-               lasting: float | None = None, held_from: int | None = None) -> str:
+               lasting: float | None = None, held_from: int | None = None,
+               lr_time: bool = False) -> str:
     """The loss half of an episode's reason: the numbers behind the harm verdict
     (``short``: only that many logged points of the horizon, before what cut it; ``lasting``:
     the excess without the episode's own spike points, which the verdict uses;
-    ``held_from``: a later lr episode's onset, from which the excess was held)."""
+    ``held_from``: a later lr episode's onset, from which the excess was held; ``lr_time``:
+    the counterfactual follows the schedule's learning-rate time)."""
     if li.diverged:
         return "the loss diverged (non-finite, or never came back by the run's end)"
     parts = []
@@ -586,6 +600,9 @@ def _harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: flo
         over = (f"over the {short[0]} logged point(s) before {short[1]} (too few to judge "
                 "lasting damage: the jump decides)") if short is not None \
             else f"over the next {horizon} steps"
+        if lr_time:
+            over += (" (on the schedule's learning-rate time: the loss after the rise is where "
+                     "the raised lr's own progress puts it)")
         if held_from is not None and short is None:
             over += (f" (held from step {held_from} on at the excess it had reached: the loss "
                      "after the lr rise there is that episode's)")

@@ -42,6 +42,7 @@ class LrRise:
     top: int  # highest point of the rise
     factor: float  # lr[top] / lr[start]
     restart: bool  # back to (not above) an lr the run had before
+    transient: bool = False  # came back to the old lr in one fall of ``ratio`` x (a spike)
 
 
 def lr_rises(lr: np.ndarray, *, ratio: float = 1.5, tol: float = 1e-6,
@@ -73,7 +74,8 @@ def lr_rises(lr: np.ndarray, *, ratio: float = 1.5, tol: float = 1e-6,
             continue
         peak = float(x[: a + 1][~spiked[: a + 1]].max())  # x[0] is never a spike's
         restart = bool(restart_band * peak <= x[b] <= 1.01 * peak)
-        out.append(LrRise(int(ok[a]), int(ok[b]), f, restart))
+        rise = LrRise(int(ok[a]), int(ok[b]), f, restart)
+        out.append(rise)
         if len(out) > max_rises:
             return []
         if not restart:
@@ -81,6 +83,7 @@ def lr_rises(lr: np.ndarray, *, ratio: float = 1.5, tol: float = 1e-6,
             k = b + 1 + int(back[0]) if back.size else None
             if k is not None and x[k - 1] >= ratio * x[k]:
                 spiked[a + 1: k] = True
+                rise.transient = True
     return out
 
 
@@ -89,6 +92,36 @@ def lr_onset_step(lr_steps: np.ndarray, rise: LrRise, steps: np.ndarray) -> int 
     s0 = int(lr_steps[rise.start]) + 2
     i = int(np.searchsorted(steps, s0))
     return int(steps[i]) if i < steps.size else None
+
+
+def lr_time(lr_steps: np.ndarray, lr: np.ndarray, rise: LrRise, steps: np.ndarray,
+            onset: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Learning-rate time at ``steps`` (sorted) around a lasting rise: ``(run, schedule)``.
+
+    Learning-rate time is the sum of the lr over the steps so far, in units of the old lr
+    (``lr[rise.start]``): each step counts for the lr in force (the last one logged) over the
+    old one. ``run`` is the run's own; ``schedule`` is the same up to ``onset`` and then goes on
+    as if the rise had not happened: the old lr up to the rise's top, the run's lr divided by the
+    rise's factor after it (a schedule that went on decaying is still followed). None where the
+    old lr is not known.
+    """
+    v = np.asarray(lr, dtype=np.float64)
+    ok = np.isfinite(v) & (v > 0)
+    ls, lv = np.asarray(lr_steps)[ok], v[ok]
+    old = float(v[rise.start]) if ok[rise.start] else 0.0
+    i_on = int(np.searchsorted(steps, onset))
+    if old <= 0 or ls.size == 0 or i_on >= steps.size:
+        return None
+    at = np.clip(np.searchsorted(ls, steps, side="right") - 1, 0, ls.size - 1)
+    r = lv[at] / old
+    top = int(np.asarray(lr_steps)[rise.top])
+    r_cf = np.where(steps <= top, np.minimum(r, 1.0), r / rise.factor)
+    t = steps.astype(np.float64)
+    dt = np.diff(t, prepend=0.0)
+    run = np.cumsum(dt * r)
+    sched = run.copy()
+    sched[i_on + 1:] = run[i_on] + np.cumsum(dt[i_on + 1:] * r_cf[i_on + 1:])
+    return run, sched
 
 
 def warmup_end_step(lr_steps: np.ndarray, lr: np.ndarray, *, tol: float = 1e-6) -> int | None:
