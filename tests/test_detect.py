@@ -253,3 +253,13 @@ def test_lr_time_counts_each_step_at_its_lr_and_the_schedule_without_the_rise():
     # after it the run goes the rise's factor (3x) faster than the schedule, which decays on
     assert np.allclose(np.diff(run[52:]), rise.factor * np.diff(sched[52:]))
     assert np.allclose(np.diff(sched[52:]), 10 * decay[53:] / decay[rise.start], rtol=0.01)
+
+
+def test_a_lasting_raise_then_a_step_decay_below_it_is_no_spike():
+    # MultiStepLR x0.1 at 1500 after the lr was raised 3x for good at 600: the fall lands far
+    # below the old lr, so it ends no spike (the rise stays lasting)
+    from gradaudit.detect.lr_change import lr_rises
+    s = np.arange(2000)
+    sched = np.where(s < 1500, 1e-3, 1e-4)
+    (r,) = lr_rises(np.where(s < 600, sched, 3 * sched))
+    assert r.start == 599 and not r.transient

@@ -592,3 +592,35 @@ def test_sub_folders_add_scalars_did_not_write_stay_runs(tmp_path: Path) -> None
         write_tbx(folder, steps=range(50), extra=False)
     names = [r.name for r in gradaudit.inspect([tmp_path]).runs]
     assert names == ["logs/train", "logs/validation", "run", "run/eval"]
+
+
+def test_a_nested_run_whose_first_tag_looks_like_add_scalars_stays_a_run(tmp_path: Path) -> None:
+    # a sweep run in exp/lr_3e-3 logs "lr" first, then its loss and grad norm: its name fits
+    # add_scalars("lr", {"3e-3": ...}) for the first tag only, so it is a run of its own
+    write_tbx(tmp_path / "exp", steps=range(100), extra=False)
+    w = SummaryWriter(str(tmp_path / "exp" / "lr_3e-3"), flush_secs=3600)
+    for s in range(100):
+        w.add_scalar("lr", 3e-3, s)
+        w.add_scalar("loss", _loss(s), s)
+        w.add_scalar("grad_norm", _gnorm(s), s)
+    w.close()
+    runs = {r.name: r for r in gradaudit.inspect([tmp_path]).runs}
+    assert sorted(runs) == ["exp", "exp/lr_3e-3"]
+    assert sorted(runs["exp/lr_3e-3"].tags()) == ["grad_norm", "loss", "lr"]
+
+
+def test_an_add_scalars_sub_folder_whose_first_file_holds_no_scalar(tmp_path: Path) -> None:
+    # a job killed before its first flush leaves an event file with the file-version record
+    # only; the resumed job's file in the same sub-folder decides
+    write_tbx(tmp_path / "run", steps=range(100), extra=False)
+    sub = tmp_path / "run" / "grads_total"
+    EventFileWriter(str(sub)).close()
+    (killed,) = sub.glob("*tfevents*")
+    killed.rename(sub / "events.out.tfevents.0000000001.host.0")  # the earlier file
+    w = SummaryWriter(str(sub), flush_secs=3600)
+    for s in range(100):
+        w.add_scalar("grads", _gnorm(s), s)
+    w.close()
+    assert sorted(f.stat().st_size > 100 for f in sub.glob("*tfevents*")) == [False, True]
+    (run,) = gradaudit.inspect([tmp_path]).runs
+    assert run.name == "run" and "grads/total" in run.tags()

@@ -299,7 +299,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
                                    next_onset=nxt, cut_at=lr_after, floor_step=floor,
                                    lr_time=lr_t) if lr_t is not None else None
                 if fast is not None and fast.lasting_excess is not None and \
-                        fast.lasting_excess < ex_thr:
+                        fast.lasting_excess < ex_thr and fast.impact.diverged == li.diverged:
                     imp, li = fast, fast.impact
             harm_text = _harm_text(li, imp.level, st.impact_horizon, harmful, ex_thr, jp_thr,
                                    (imp.horizon_points, cut) if short else None,

@@ -13,11 +13,12 @@ hparams and other plugins' tensors are skipped.
 ``add_scalars(tag, {key: value})`` (torch, tensorboardX) writes each key into its own sub-folder
 of the run's folder, each holding the same ``tag``: torch names it ``tag_key`` (``/`` in the tag
 made ``_``), tensorboardX ``tag/key``. TensorBoard shows such a sub-folder as a run of its own;
-here (:func:`regroup`) a sub-folder whose name is what ``add_scalars`` would call it for its first
-scalar's tag is part of the run whose folder holds it, and its tag reads as ``tag/key``
-(``add_scalars("grad_norm", {"total": g})`` -> ``grad_norm/total``), so the grad norm and the loss
-logged beside it are audited together. A folder with event files under no run's folder stays a
-run (Keras' ``logs/train`` and ``logs/validation``).
+here (:func:`regroup`) a sub-folder is part of the run whose folder holds it where its name is
+what ``add_scalars`` would call it for every scalar tag at the start of its first file with
+scalars, and its tag reads as ``tag/key`` (``add_scalars("grad_norm", {"total": g})`` ->
+``grad_norm/total``), so the grad norm and the loss logged beside it are audited together. A
+folder with event files under no run's folder stays a run (Keras' ``logs/train`` and
+``logs/validation``), and so does one that logs other tags (a sweep run in ``exp/lr_3e-3``).
 
 Speed: the common record layouts (one ``simple_value``, or one torch-style scalar tensor, per
 event) are decoded for all records of a chunk at once with NumPy; only records of another shape
@@ -58,7 +59,8 @@ _TORCH_TENSOR_TAIL = bytes.fromhex("42080801" "2a04") + b"\0\0\0\0" + bytes.from
 _TAIL_VALUE_AT = 6
 
 
-SNIFF = 1 << 16  # bytes of a sub-folder's first event file read to learn its first tag
+SNIFF = 1 << 16  # bytes of a sub-folder's event file read to learn its tags
+SNIFF_FILES = 8  # a sub-folder's event files sniffed for one that holds a scalar
 SUBRUN_DEPTH = 4  # folder levels an add_scalars sub-folder may lie below its run's folder
 
 
@@ -517,8 +519,9 @@ def subrun_key(rel: str, tag: str) -> str | None:
     return None
 
 
-def _first_tag(path: Path) -> str | None:
-    """The tag of the first scalar in the first :data:`SNIFF` bytes of an event file."""
+def _scalar_tags(path: Path) -> set[str] | None:
+    """The scalar tags in the first :data:`SNIFF` bytes of an event file (empty: none there;
+    None: the bytes are no sound event records)."""
     try:
         with open(path, "rb") as fh:
             b = fh.read(SNIFF)
@@ -528,15 +531,26 @@ def _first_tag(path: Path) -> str | None:
     while i + OVERHEAD <= len(b):
         (n,) = struct.unpack_from("<Q", b, i)
         if n > len(b) - i - OVERHEAD:
-            return None
+            break  # a record the sniff cut (or a corrupt length): judge what came before
         try:
             _decode_event(b[i + HEADER : i + HEADER + n], tags, out)
         except (_Malformed, struct.error, IndexError, UnicodeError):
             return None
-        if out:
-            return tags.names[out[0][1]]
         i += OVERHEAD + n
-    return None
+    return {tags.names[c] for _, c, _, _ in out}
+
+
+def _written_by_add_scalars(files: tuple[Path, ...], rel: str) -> bool:
+    """Whether the sub-folder ``rel`` (its event files ``files``) is one ``add_scalars``
+    wrote: the first of its files with a scalar (a job killed before its first flush leaves
+    one without) holds no tag but the one ``add_scalars`` would have named this folder for."""
+    for path in files[:SNIFF_FILES]:
+        tags = _scalar_tags(path)
+        if tags is None:
+            return False
+        if tags:
+            return all(subrun_key(rel, t) for t in tags)
+    return False
 
 
 def regroup(sources: list[Source]) -> list[Source]:
@@ -550,8 +564,7 @@ def regroup(sources: list[Source]) -> list[Source]:
         for anc in d.parents[:SUBRUN_DEPTH]:
             j = by_dir.get(anc)
             if j is not None:
-                tag = _first_tag(s.files[0])
-                if tag is not None and subrun_key(d.relative_to(anc).as_posix(), tag):
+                if _written_by_add_scalars(s.files, d.relative_to(anc).as_posix()):
                     into[i] = j
                 break
     if not into:

@@ -15,9 +15,10 @@ Rules (on the positive, finite logged lr values):
   restart or a cyclic schedule), not a fault on its own. A rise to an intermediate lr (say 1.5x
   in the middle of the decay) is no restart. The highest lr is taken without the points of an
   earlier *transient* rise: one that was no restart and came back down to its old lr in one
-  logged step falling ``ratio`` x or more (an lr spike ended). A schedule restarts to its own
-  peak, not to a spike's (so a second spike like the first is no restart either); a phase the
-  schedule raised and then decayed through its old lr keeps its peak.
+  logged step falling ``ratio`` x or more, landing within ``ratio`` x of the old lr (an lr
+  spike ended; a step decay far below it, after a lasting raise, ends no spike). A schedule
+  restarts to its own peak, not to a spike's (so a second spike like the first is no restart
+  either); a phase the schedule raised and then decayed through its old lr keeps its peak.
 
 The onset of what a rise causes (:func:`lr_onset_step`): the lr logged at step ``s`` is the one
 the update at ``s`` used, and its effect first shows in the loss/grad norm of the next step. The
@@ -81,7 +82,9 @@ def lr_rises(lr: np.ndarray, *, ratio: float = 1.5, tol: float = 1e-6,
         if not restart:
             back = np.flatnonzero(x[b + 1:] <= x[a] * (1 + tol))
             k = b + 1 + int(back[0]) if back.size else None
-            if k is not None and x[k - 1] >= ratio * x[k]:
+            # a spike ends on its old lr; a later step decay that falls far below it (a
+            # MultiStepLR milestone after a lasting raise) ends no spike
+            if k is not None and x[k - 1] >= ratio * x[k] and x[k] * ratio >= x[a]:
                 spiked[a + 1: k] = True
                 rise.transient = True
     return out
