@@ -171,6 +171,9 @@ def test_sustained_loss_rise_under_flat_grad_norm_with_lr_onset():
     e = _one(a)
     assert e.onset_step == 1501 and "lr-change" in e.detected_by
     assert e.severity == "explosion" and "learning rate rose" in e.reason
+    # the advice names the lr rise, not a grad norm that "stayed healthy" or a data problem
+    assert e.kind == "loss_spike" and "with a learning-rate rise" in a.clip.advice
+    assert "look at the data" not in a.clip.advice
 
 
 def test_sustained_loss_rise_without_lr_found_by_loss_rise():

@@ -673,6 +673,10 @@ def _advice(episodes: list[Episode], series: RunSeries, has_grad: bool,
                 f"clipping cannot fix the sustained level shift {what}at step {e.onset_step} "
                 f"(grad norm settled ~{x:.3g}x higher, peak {f:.3g}x): lower the learning rate "
                 f"by the measured factor {x:.3g}")
+        elif e.kind == "loss_spike" and ID_LR in e.detected_by:
+            parts.append(f"the loss moved at step {e.onset_step} with a learning-rate rise, "
+                         "not through a gradient explosion: clipping would not help; check "
+                         "the lr schedule there")
         elif e.kind == "loss_spike" and has_grad and g_every > 1:
             parts.append(f"the loss spike at step {e.onset_step} came with no grad-norm rise at "
                          f"the logged steps (every {g_every}); look at the data there, and log "
