@@ -60,6 +60,17 @@ def test_level_shift_after_lr_jump_open_ended_with_advice():
     assert "learning rate" in a.clip.advice and "8" in a.clip.advice
 
 
+def test_a_harmless_level_shift_gets_no_advice_to_lower_the_lr():
+    # gradient accumulation switched on: the grad norm settles 5x higher, the loss goes on
+    s, g, loss = healthy(seed=6)
+    g[2000:] *= 5
+    a = audit_run(run_series(s, g, loss))
+    e = _one(a)
+    assert e.kind == "level_shift" and e.end_step is None and e.severity == "warning"
+    assert "without lasting harm" in a.clip.advice and "lower the learning rate" not in \
+        a.clip.advice
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_heavy_tailed_healthy_run_never_explodes(seed):
     rng = np.random.default_rng(seed)

@@ -669,6 +669,13 @@ def _advice(episodes: list[Episode], series: RunSeries, has_grad: bool,
             factor = lr_note[1] if lr_note else None
             x = factor if factor and factor > 1 else _settled_ratio(e)
             what = f"after a learning-rate change ({lr_note[0]}) " if lr_note else ""
+            if e.severity == "warning":  # the loss took no lasting harm: no lr to lower
+                parts.append(
+                    f"the grad norm settled ~{x:.3g}x higher {what}at step {e.onset_step} "
+                    "without lasting harm to the loss (a changed batch size, gradient "
+                    "accumulation, loss scale or lr does that): a clip threshold from the "
+                    "steps before it would clip every step after it")
+                continue
             parts.append(
                 f"clipping cannot fix the sustained level shift {what}at step {e.onset_step} "
                 f"(grad norm settled ~{x:.3g}x higher, peak {f:.3g}x): lower the learning rate "
