@@ -139,6 +139,16 @@ def test_explosion_in_tensorboard_events(tmp_path, capsys):
     assert lines[1].startswith("::error title=gradaudit%3A exp::explosion")
 
 
+def test_a_format_the_out_suffix_contradicts_is_written_with_a_warning(tmp_path, capsys):
+    write_table(tmp_path / "runs" / "b", "clean", fmt="csv")
+    out = tmp_path / "report.html"
+    assert scan(str(tmp_path / "runs"), "--out", str(out), "--format", "md") == 0
+    assert out.read_text().startswith("## ")
+    assert "writing the md report to" in capsys.readouterr().err
+    assert scan(str(tmp_path / "runs"), "--out", str(tmp_path / "r.md"), "--format", "md") == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_missing_path_is_2(tmp_path, capsys):
     assert scan(str(tmp_path / "no-such-folder")) == 2
     assert "no such file or folder" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from gradaudit.config import load_config
 from gradaudit.errors import UNEXPECTED, UsageError
 from gradaudit.gate import load_baseline
 from gradaudit.inspect_view import write_inspection
-from gradaudit.report import FORMATTERS, format_for
+from gradaudit.report import FORMATTERS, SUFFIXES, format_for
 from gradaudit.settings import FAIL_ON, Settings
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE = 0, 1, 2
@@ -91,6 +91,10 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
         settings = _settings(**options)
         out = out or "-"
         fmt = format_for(out, fmt)
+        named = SUFFIXES.get(os.path.splitext(out)[1].lower()) if out != "-" else None
+        if named is not None and named != fmt:  # --out report.html --format md
+            click.echo(f"gradaudit: warning: writing the {fmt} report to {out!r}, whose suffix "
+                       f"says {named}", err=True)
         if json_out == "-" and out == "-":
             raise UsageError("--json - and a report on stdout would mix two formats on stdout")
         for target in (out, json_out):
