@@ -69,6 +69,10 @@ def test_a_harmless_level_shift_gets_no_advice_to_lower_the_lr():
     assert e.kind == "level_shift" and e.end_step is None and e.severity == "warning"
     assert "without lasting harm" in a.clip.advice and "lower the learning rate" not in \
         a.clip.advice
+    # the suggestion is for the run's regime at its end: about its p99, not the old one's
+    after, before = g[2100:], g[1000:2000]
+    assert a.clip.suggested_threshold == pytest.approx(np.percentile(after, 99), rel=0.1)
+    assert a.clip.suggested_threshold > 3 * np.percentile(before, 99)
 
 
 @pytest.mark.parametrize("seed", range(4))

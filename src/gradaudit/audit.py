@@ -403,18 +403,33 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
 
 def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
                   episodes: list[Episode], warm: int | None,
-                  judged: np.ndarray | None = None) -> np.ndarray:
+                  judged: np.ndarray | None = None, min_regime: int = 50) -> np.ndarray:
     """The healthy grad-norm points the clip options are computed from: finite and > 0, after
     the lr warm-up, where the detectors had a healthy level to judge against (``judged``: the
     first points of a run are no evidence of health - an early explosion there is not caught),
     outside every grad-norm episode and outside every reported episode of any kind or severity
     (warnings, loss episodes, lr-attributed episodes whose onset moved to the lr rise), each
-    from its onset to its end (to the run's end when it has none)."""
+    from its onset to its end (to the run's end when it has none). Where the grad norm changed
+    its scale for good and the loss took no lasting harm (a harmless open-ended level shift: a
+    changed batch size, gradient accumulation, loss scale), the points after the last such
+    change are the healthy ones (at least ``min_regime`` of them): a threshold applied from here
+    on meets that regime, and one from before it would clip every step."""
     healthy = ~in_episode & np.isfinite(g) & (g > 0)
     if warm is not None:
         healthy &= gs > warm
     if judged is not None and judged.size == g.size and (healthy & judged).sum() >= 10:
         healthy &= judged
+    regime = [e for e in episodes if e.kind == "level_shift" and e.end_step is None
+              and e.severity == "warning"]
+    if regime:  # a harmless change of scale for good: the run's last regime is the healthy one
+        after = np.isfinite(g) & (g > 0) & (gs >= regime[-1].onset_step)
+        for e in episodes:
+            if e is not regime[-1]:
+                i0 = int(np.searchsorted(gs, e.onset_step))
+                i1 = gs.size if e.end_step is None else int(np.searchsorted(gs, e.end_step))
+                after[i0:max(i1, i0 + 1)] = False
+        if after.sum() >= min_regime:
+            return after
     for e in episodes:
         i0 = int(np.searchsorted(gs, e.onset_step))
         i1 = gs.size if e.end_step is None else int(np.searchsorted(gs, e.end_step))
@@ -673,8 +688,8 @@ def _advice(episodes: list[Episode], series: RunSeries, has_grad: bool,
                 parts.append(
                     f"the grad norm settled ~{x:.3g}x higher {what}at step {e.onset_step} "
                     "without lasting harm to the loss (a changed batch size, gradient "
-                    "accumulation, loss scale or lr does that): a clip threshold from the "
-                    "steps before it would clip every step after it")
+                    "accumulation, loss scale or lr does that): the clip options are computed "
+                    "from the steps after it, the run's regime at its end")
                 continue
             parts.append(
                 f"clipping cannot fix the sustained level shift {what}at step {e.onset_step} "
