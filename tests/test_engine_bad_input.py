@@ -21,9 +21,24 @@ def test_no_series_at_all():
 
 
 def test_all_nan():
+    # nothing finite at all (no loss logged): nothing to judge
     s = np.arange(100)
-    a = audit_run(run_series(s, np.full(100, np.nan), np.full(100, np.nan)))
+    a = audit_run(run_series(s, np.full(100, np.nan)))
     assert a.status == "error" and "NaN" in " ".join(a.notes)
+
+
+@pytest.mark.parametrize("grad", ["nan", "finite", "none"])
+def test_a_loss_that_was_never_finite_diverged_from_the_start(grad):
+    # fp16 without loss scaling, a bad init or lr: the loss is NaN from the first logged step;
+    # an explosion at that step (a CI gate must fail), whatever the grad norm did
+    s = np.arange(10, 110)
+    g = {"nan": np.full(100, np.nan), "finite": np.ones(100), "none": None}[grad]
+    a = audit_run(run_series(s, g, np.full(100, np.nan)))
+    assert a.status == "explosion"
+    (e,) = a.episodes
+    assert (e.onset_step, e.kind, e.severity, e.loss_impact.diverged) == \
+        (10, "divergence", "explosion", True)
+    assert "never finite" in e.reason
 
 
 def test_negative_grad_norms():

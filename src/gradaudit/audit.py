@@ -27,7 +27,7 @@ from gradaudit.episodes import (
 )
 from gradaudit.errors import UNEXPECTED
 from gradaudit.impact import bucket_mean, loss_impact
-from gradaudit.model import Episode, RunAudit
+from gradaudit.model import Episode, LossImpact, RunAudit
 from gradaudit.series import RunSeries
 from gradaudit.settings import Settings
 
@@ -115,6 +115,18 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
         else:
             notes.append("grad norm is never finite")
     has_loss = bool(lv.size) and bool(np.isfinite(lv).any())
+    if lv.size and not has_loss:
+        # a loss logged and never finite: training diverged before its first logged step
+        # (fp16 without loss scaling, a bad init or lr): an explosion, not an unreadable run
+        audit = _empty(series, "explosion", notes)
+        audit.episodes = [Episode(
+            onset_step=int(ls[0]), peak_step=int(ls[0]), end_step=None, peak_grad_norm=None,
+            baseline_grad_norm=None, peak_ratio=None, kind="divergence", severity="explosion",
+            detected_by=["nonfinite"], loss_impact=LossImpact(None, None, None, True),
+            reason=f"the loss was never finite: all {lv.size} logged value(s) of "
+                   f"{series.loss_tag!r} are NaN/inf, so training diverged before its first "
+                   "logged step (or that tag holds no loss)")]
+        return audit
     if not has_grad and not has_loss:
         if g.size and not np.isfinite(g).any() or lv.size and not np.isfinite(lv).any():
             why = "every grad-norm and loss value is NaN/inf"
