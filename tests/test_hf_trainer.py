@@ -324,3 +324,25 @@ def test_a_run_resumed_and_saved_further_is_no_disagreement(tmp_path: Path) -> N
     (run,) = gradaudit.read_runs([tmp_path])
     assert run.series("train/loss")[0].max() == 1500
     assert not any("disagree" in n for n in run.notes)
+
+
+def test_an_earlier_longer_runs_top_level_copy_is_not_read(tmp_path: Path) -> None:
+    # out/ held a finished 2000-step run; a new run in the same folder saved checkpoint-500 and
+    # checkpoint-1000 and crashed: the top-level copy (step 2000) is the earlier run's
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = TrainerState(max_steps=2000, logging_steps=10, global_step=2000)
+    stale.log_history = [{"step": s, "loss": 1.0, "grad_norm": 1.0, "learning_rate": 1e-3,
+                          "epoch": s / 2000} for s in range(10, 2001, 10)]
+    stale.save_to_json(out / "trainer_state.json")
+    os.utime(out / "trainer_state.json", (1_000_000_000, 1_000_000_000))
+    hist = [{"step": s, "loss": 2.0 + s / 1e4, "grad_norm": 0.5, "learning_rate": 1e-3,
+             "epoch": s / 2000} for s in range(10, 1001, 10)]
+    for n in (500, 1000):
+        (out / f"checkpoint-{n}").mkdir()
+        TrainerState(global_step=n, log_history=hist[: n // 10]).save_to_json(
+            out / f"checkpoint-{n}" / "trainer_state.json")
+    (run,) = gradaudit.read_runs([tmp_path])
+    assert run.files == [str(out / "checkpoint-1000" / "trainer_state.json")]
+    assert run.series("train/loss")[0].max() == 1000
+    assert any("the copies disagree" in n and "written later" in n for n in run.notes)

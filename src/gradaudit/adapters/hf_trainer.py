@@ -10,9 +10,11 @@ kept. ``loss`` is the mean over the steps since the previous log (``interval_mea
 An output folder ``out/`` is one run; each ``out/checkpoint-N/trainer_state.json`` is a copy of the
 state at step N and belongs to the same run. The copy with the largest ``global_step`` is read
 (on a tie, the top-level one); a note names it. Where the top-level copy (written last in a run)
-is behind a checkpoint whose history does not go on from it, one of them is left from an earlier
-run in a reused folder: the copy written last is read (the most advanced one when both carry the
-same time, as after a copy), and a note says the copies disagree.
+is behind a checkpoint whose history does not go on from it, or where a copy written later than
+the most advanced one has a history that one does not go on from (an earlier, longer run's
+top-level copy left in the folder), one of them is left from an earlier run in a reused folder:
+the copy written last is read (the most advanced one when both carry the same time, as after a
+copy), and a note says the copies disagree.
 """
 
 from __future__ import annotations
@@ -163,7 +165,16 @@ def read(source: Source) -> list[RawRun]:
     )
     conflict = None
     top = [p for p in files if _is_top_level(p) and steps[p] is not None]
-    if top and (steps[files[0]] or -1) > (steps[top[0]] or -1) \
+    newest = max(files, key=_mtime)
+    if newest != files[0] and steps[newest] is not None \
+            and _mtime(newest) - _mtime(files[0]) >= 1.0 and not _extends(files[0], newest):
+        # a copy written after the most advanced one, whose history that one does not go on
+        # from: the most advanced one is left from an earlier, longer run in the same folder
+        conflict = (f"the copies disagree ({files[0]} is at step {steps[files[0]]} but {newest}, "
+                    f"written later, at step {steps[newest]}; an output folder used again?): "
+                    "the one written last was read")
+        files.sort(key=_mtime, reverse=True)
+    elif top and (steps[files[0]] or -1) > (steps[top[0]] or -1) \
             and not _extends(files[0], top[0]):
         # the top-level state (written last in a run) is behind a checkpoint that does not go
         # on from it: one of them is left from an earlier run in the same output folder, and
