@@ -186,6 +186,7 @@ def test_sustained_loss_rise_under_flat_grad_norm_with_lr_onset():
     e = _one(a)
     assert e.onset_step == 1501 and "lr-change" in e.detected_by
     assert e.severity == "explosion" and "learning rate rose" in e.reason
+    assert "rose 20x at step 1500" in e.reason  # the lr's own step; its effect shows at 1501
     # the advice names the lr rise, not a grad norm that "stayed healthy" or a data problem
     assert e.kind == "loss_spike" and "with a learning-rate rise" in a.clip.advice
     assert "look at the data" not in a.clip.advice
@@ -580,3 +581,30 @@ def test_learning_rate_time_never_turns_harm_into_no_harm():
         assert truth > 0.09 and e.severity == "explosion", (seed, e.reason)
         assert "learning-rate time" not in e.reason
         assert truth / 2 <= e.loss_impact.excess_loss <= truth * 2
+
+
+def test_a_bad_batch_that_changed_the_model_for_good():
+    # one huge batch at 1500; after it the grad norm stays 8x higher and the loss never comes
+    # back: the advice is a restart (no lr change happened), the clip comes from the steps
+    # before it (the damaged model's norms are no healthy level), the reason says how it diverged
+    s, g, loss = healthy(seed=31)
+    g[1500] *= 1000
+    g[1501:] *= 8
+    loss[1501:] += 0.5
+    a = audit_run(run_series(s, g, loss))
+    e = [e for e in a.episodes if e.severity == "explosion"][0]
+    assert e.onset_step == 1500 and e.loss_impact.diverged
+    assert "never came back" in e.reason and "non-finite" not in e.reason
+    assert "restart from a checkpoint before it" in a.clip.advice
+    assert "lower the learning rate" not in a.clip.advice and "~8" in a.clip.advice
+    assert a.clip.suggested_threshold == pytest.approx(np.percentile(g[1000:1500], 99), rel=0.15)
+
+
+def test_a_loss_gone_non_finite_is_named_so_with_restart_advice():
+    s, g, loss = healthy(seed=32)
+    g[2000:] = np.inf
+    loss[2000:] = np.nan
+    a = audit_run(run_series(s, g, loss))
+    (e,) = [e for e in a.episodes if e.kind == "divergence"]
+    assert "went non-finite" in e.reason
+    assert "too late to clip" in a.clip.advice and "2000" in a.clip.advice

@@ -16,7 +16,14 @@ from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
 from gradaudit.detect.loss_rise import ID as ID_RISE
 from gradaudit.detect.loss_spike import ID as ID_SPIKE
 from gradaudit.detect.lr_change import ID as ID_LR
-from gradaudit.detect.lr_change import LrRise, lr_onset_step, lr_rises, lr_time, warmup_end_step
+from gradaudit.detect.lr_change import (
+    LrRise,
+    lr_onset_step,
+    lr_rise_step,
+    lr_rises,
+    lr_time,
+    warmup_end_step,
+)
 from gradaudit.episodes import (
     EpisodeParams,
     GradAnalysis,
@@ -315,7 +322,8 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
                     imp, li = fast, fast.impact
             harm_text = _harm_text(li, imp.level, st.impact_horizon, harmful, ex_thr, jp_thr,
                                    (imp.horizon_points, cut) if short else None,
-                                   imp.lasting_excess, imp.cut_step, imp.lr_time)
+                                   imp.lasting_excess, imp.cut_step, imp.lr_time,
+                                   not np.isfinite(lv[np.searchsorted(ls, on):]).all())
         elif imp is not None:
             harmful = bool(li.diverged) if li.diverged else None
             if li.diverged:
@@ -387,6 +395,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
                 f"chronically spiky {what}: {k} further candidate {what} episodes{up} are not "
                 f"listed (only the {p.max_episodes} largest are reported, with their loss "
                 f"impact); spikes this frequent are the run's normal regime")
+    restarts = frozenset(on for e, on, _ in raw if id(e) in lr_notes and lr_notes[id(e)][1].restart)
     sev_rank = {"warning": 1, "explosion": 2}
     worst = max((sev_rank[e.severity] for e in episodes), default=0)
     audit.status = ("ok", "warning", "explosion")[worst]
@@ -399,9 +408,11 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             audit.healthy_grad_norm = float(np.median(g[healthy]))
         slices = [(e.onset, e.last) for e in ga.episodes]
         opts = clip_options(g, healthy, slices, ga.zclip_final_bound)
-        audit.clip = suggest(opts, st.clip_max_cost, _advice(episodes, series, has_grad, g_every))
+        audit.clip = suggest(opts, st.clip_max_cost,
+                             _advice(episodes, series, has_grad, g_every, restarts))
     else:
-        audit.clip = suggest([], st.clip_max_cost, _advice(episodes, series, has_grad, g_every))
+        audit.clip = suggest([], st.clip_max_cost,
+                             _advice(episodes, series, has_grad, g_every, restarts))
     if episodes:
         if has_grad:
             traces["grad_norm"] = decimate(gs, g)
@@ -425,12 +436,24 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
     its scale for good and the loss took no lasting harm (a harmless open-ended level shift: a
     changed batch size, gradient accumulation, loss scale), the points after the last such
     change are the healthy ones (at least ``min_regime`` of them): a threshold applied from here
-    on meets that regime, and one from before it would clip every step."""
+    on meets that regime, and one from before it would clip every step. After an explosion the
+    loss never came back from, the norms are a damaged model's: only the points before it count
+    (where at least ``min_regime`` are left)."""
     healthy = ~in_episode & np.isfinite(g) & (g > 0)
     if warm is not None:
         healthy &= gs > warm
     if judged is not None and judged.size == g.size and (healthy & judged).sum() >= 10:
         healthy &= judged
+    damaged = [e.onset_step for e in episodes if e.severity == "explosion"
+               and e.loss_impact is not None and e.loss_impact.recovery_step is None]
+    if damaged:  # the loss never came back: the norms after are a damaged model's
+        before = healthy & (gs < min(damaged))
+        for e in episodes:
+            i0 = int(np.searchsorted(gs, e.onset_step))
+            i1 = gs.size if e.end_step is None else int(np.searchsorted(gs, e.end_step))
+            before[i0:max(i1, i0 + 1)] = False
+        if before.sum() >= min_regime:
+            return before
     regime = [e for e in episodes if e.kind == "level_shift" and e.end_step is None
               and e.severity == "warning"]
     if regime:  # a harmless change of scale for good: the run's last regime is the healthy one
@@ -497,7 +520,8 @@ def _attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | 
         if on is None:
             continue
         top = int(rs[rise.top])
-        text = (f"the learning rate rose {rise.factor:.3g}x at step {on} "
+        text = (f"the learning rate rose {rise.factor:.3g}x at step "
+                f"{lr_rise_step(rs, rv, rise)} "
                 f"({rv[rise.start]:.3g} -> {rv[rise.top]:.3g})"
                 + (", back to an earlier level (schedule restart)" if rise.restart else ""))
         lo, hi = on - gap * (merge_gap + 1), top + gap * lookahead
@@ -611,14 +635,18 @@ def _grad_text(kind: str, ratio: float | None, base: float | None, peak_step: in
 def _harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: float,
                jp_thr: float, short: tuple[int, str] | None = None,
                lasting: float | None = None, held_from: int | None = None,
-               lr_time: bool = False) -> str:
+               lr_time: bool = False, nonfinite: bool = True) -> str:
     """The loss half of an episode's reason: the numbers behind the harm verdict
     (``short``: only that many logged points of the horizon, before what cut it; ``lasting``:
     the excess without the episode's own spike points, which the verdict uses;
     ``held_from``: a later lr episode's onset, from which the excess was held; ``lr_time``:
-    the counterfactual follows the schedule's learning-rate time)."""
+    the counterfactual follows the schedule's learning-rate time; ``nonfinite``: the loss went
+    non-finite after the onset)."""
     if li.diverged:
-        return "the loss diverged (non-finite, or never came back by the run's end)"
+        if nonfinite:
+            return "the loss diverged: it went non-finite"
+        return ("the loss diverged: it never came back, and ends the run above its level "
+                "before the onset")
     parts = []
     if li.loss_jump is not None:
         parts.append(f"loss jumped {li.loss_jump:+.3g} from its level {level:.3g}")
@@ -684,33 +712,44 @@ def _typical_gap(steps: np.ndarray) -> int:
 
 
 def _advice(episodes: list[Episode], series: RunSeries, has_grad: bool,
-            g_every: int = 1) -> str | None:
+            g_every: int = 1, restarts: frozenset[int] = frozenset()) -> str | None:
+    """What would help, where the suggested clip would not (``restarts``: onsets of episodes
+    a schedule's warm restart explains)."""
     parts = []
     if not has_grad:
         parts.append("no usable grad norm is logged, so no clip threshold can be derived; "
                      "log the global grad norm (before clipping)")
     for e in episodes:
-        if e.kind == "level_shift" and e.end_step is None:
-            f = e.peak_ratio or 0.0
+        lr_rise = ID_LR in e.detected_by and e.onset_step not in restarts
+        if e.kind == "divergence":
+            parts.append(f"the run diverged at step {e.onset_step}: too late to clip; restart "
+                         "from a checkpoint before it with a lower learning rate")
+        elif e.kind == "level_shift" and e.end_step is None:
             lr_note = _lr_change(series, e.onset_step)
             factor = lr_note[1] if lr_note else None
-            x = factor if factor and factor > 1 else _settled_ratio(e)
+            settled = _settled_ratio(e, series)
             what = f"after a learning-rate change ({lr_note[0]}) " if lr_note else ""
             if e.severity == "warning":  # the loss took no lasting harm: no lr to lower
                 parts.append(
-                    f"the grad norm settled ~{x:.3g}x higher {what}at step {e.onset_step} "
-                    "without lasting harm to the loss (a changed batch size, gradient "
-                    "accumulation, loss scale or lr does that): the clip options are computed "
-                    "from the steps after it, the run's regime at its end")
-                continue
-            parts.append(
-                f"clipping cannot fix the sustained level shift {what}at step {e.onset_step} "
-                f"(grad norm settled ~{x:.3g}x higher, peak {f:.3g}x): lower the learning rate "
-                f"by the measured factor {x:.3g}")
-        elif e.kind == "loss_spike" and ID_LR in e.detected_by:
-            parts.append(f"the loss moved at step {e.onset_step} with a learning-rate rise, "
-                         "not through a gradient explosion: clipping would not help; check "
-                         "the lr schedule there")
+                    f"the grad norm settled ~{settled:.3g}x higher {what}at step "
+                    f"{e.onset_step} without lasting harm to the loss (a changed batch size, "
+                    "gradient accumulation, loss scale or lr does that): the clip options are "
+                    "computed from the steps after it, the run's regime at its end")
+            elif lr_note is not None or lr_rise:
+                x = factor if factor and factor > 1 else settled
+                parts.append(
+                    f"clipping cannot fix the sustained level shift {what}at step "
+                    f"{e.onset_step} (grad norm settled ~{settled:.3g}x higher): lower the "
+                    f"learning rate by the measured factor {x:.3g}")
+            else:
+                parts.append(
+                    f"the grad norm stayed ~{settled:.3g}x higher after step {e.onset_step} "
+                    "and the loss was harmed: the model changed there; restart from a "
+                    "checkpoint before it (the suggested clip cuts the climb into it)")
+        elif lr_rise:
+            parts.append(f"the {'loss moved' if e.kind == 'loss_spike' else 'episode began'} "
+                         f"at step {e.onset_step} with a learning-rate rise: clipping would not "
+                         "undo it; check the lr schedule there")
         elif e.kind == "loss_spike" and has_grad and g_every > 1:
             parts.append(f"the loss spike at step {e.onset_step} came with no grad-norm rise at "
                          f"the logged steps (every {g_every}); look at the data there, and log "
@@ -721,10 +760,15 @@ def _advice(episodes: list[Episode], series: RunSeries, has_grad: bool,
     return "; ".join(parts) if parts else None
 
 
-def _settled_ratio(e: Episode) -> float:
-    if e.peak_ratio is None:
-        return 1.0
-    return float(e.peak_ratio)
+def _settled_ratio(e: Episode, series: RunSeries, tail: int = 50) -> float:
+    """Where the grad norm settled in an open-ended episode: the median of its last ``tail``
+    finite points over the healthy level before it (the peak ratio where that is unknown)."""
+    gs, g = _clean(*series.series(series.grad_norm_tag))
+    seg = g[int(np.searchsorted(gs, e.onset_step)):]
+    seg = seg[np.isfinite(seg) & (seg > 0)]
+    if not seg.size or not e.baseline_grad_norm:
+        return float(e.peak_ratio) if e.peak_ratio is not None else 1.0
+    return float(np.median(seg[-tail:]) / e.baseline_grad_norm)
 
 
 def _lr_change(series: RunSeries, onset: int) -> tuple[str, float] | None:

@@ -406,7 +406,8 @@ def _excess(cf: _Counterfactual, loss: np.ndarray, h: np.ndarray, n_spike: int, 
 
 
 def _recovery(cf: _Counterfactual, loss: np.ndarray, win: np.ndarray, cf_win: np.ndarray,
-              noise: float, recovery_tolerance: float, n: int) -> tuple[int | None, bool]:
+              noise: float, recovery_tolerance: float, n: int,
+              last_episode: bool = False) -> tuple[int | None, bool]:
     """``(recovery_step, runaway)``: where the 5-point smoothed loss came back within the
     tolerance of ``L^`` for good, and whether it never did and ends the run above the onset
     level (module doc)."""
@@ -420,12 +421,13 @@ def _recovery(cf: _Counterfactual, loss: np.ndarray, win: np.ndarray, cf_win: np
             recovery = int(cf.steps[win[0]])
         elif not bad[-1]:
             recovery = int(cf.steps[win[int(np.flatnonzero(bad)[-1]) + 1]])
-    reached_end = win.size > 0 and win[-1] == n - 1
+    # the window reaches the run's end, or no later episode lies between it and the end
+    reached_end = win.size > 0 and (win[-1] == n - 1 or last_episode)
     # "never came back": no recovery to the counterfactual by the run's end AND the loss ends
     # above the level it had at the onset (a far extrapolation alone must not call divergence)
     runaway = False
     if recovery is None and reached_end and win.size > 1:
-        tail = loss[win[-min(win.size, 20):]]
+        tail = loss[max(int(win[0]), n - 20):]
         tail = tail[np.isfinite(tail)]
         runaway = bool(tail.size and np.median(tail) > level + tol)
     return recovery, runaway
@@ -549,7 +551,8 @@ def loss_impact(
     jump = None
     if ep.size and fin[ep].all():
         jump = float(loss[ep].max() - cf.level)
-    recovery, runaway = _recovery(cf, loss, win, cf_win, noise, recovery_tolerance, n)
+    recovery, runaway = _recovery(cf, loss, win, cf_win, noise, recovery_tolerance, n,
+                                  next_onset is None)
     se = 0.0
     if excess is not None and h.size and pre.size > 2:
         se = _excess_se(cf, h, u_fit, noise, min_fit)

@@ -90,6 +90,14 @@ def lr_rises(lr: np.ndarray, *, ratio: float = 1.5, tol: float = 1e-6,
     return out
 
 
+def lr_rise_step(lr_steps: np.ndarray, lr: np.ndarray, rise: LrRise) -> int:
+    """The first logged step with the raised lr (the step the rise is seen at in the lr's own
+    log; its effect shows from :func:`lr_onset_step` on)."""
+    v = np.asarray(lr, dtype=np.float64)
+    later = np.flatnonzero(np.isfinite(v[rise.start + 1:]) & (v[rise.start + 1:] > 0))
+    return int(lr_steps[rise.start + 1 + int(later[0])]) if later.size else int(lr_steps[rise.top])
+
+
 def lr_onset_step(lr_steps: np.ndarray, rise: LrRise, steps: np.ndarray) -> int | None:
     """The first step of ``steps`` (sorted) at or after ``lr_steps[rise.start] + 2``."""
     s0 = int(lr_steps[rise.start]) + 2
