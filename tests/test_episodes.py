@@ -608,3 +608,16 @@ def test_a_loss_gone_non_finite_is_named_so_with_restart_advice():
     (e,) = [e for e in a.episodes if e.kind == "divergence"]
     assert "went non-finite" in e.reason
     assert "too late to clip" in a.clip.advice and "2000" in a.clip.advice
+
+
+def test_an_lr_raise_that_helped_reads_as_a_gain():
+    # lr x4 for good at 1500, the grad norm unchanged, the loss falling faster after it: a
+    # warning whose peak lies within it, whose loss "did not rise" and whose excess is a gain
+    s, g, loss = healthy(seed=33)
+    lr = np.where(s < 1500, 1e-3, 4e-3)
+    loss[1501:] -= 0.15 + np.minimum((s[1501:] - 1500) / 2000.0, 0.1)
+    a = audit_run(run_series(s, g, loss, lr))
+    (e,) = a.episodes
+    assert e.kind == "loss_spike" and e.severity == "warning" and "lr-change" in e.detected_by
+    assert e.onset_step <= e.peak_step < e.end_step
+    assert "did not rise above its level" in e.reason and "(a gain)" in e.reason

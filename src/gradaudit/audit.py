@@ -505,7 +505,8 @@ def _attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | 
     ``lr-change`` joins its detectors. A grad episode under way at the rise's onset that peaks
     after it is split there (:func:`_split_at`): a natural spike whose tail the rise's climb
     joined stays itself, the climb is the rise's. A rise that no episode follows becomes a
-    candidate loss episode, kept only if its loss impact shows harm.
+    candidate loss episode: an explosion where its loss impact shows harm, else a warning (a
+    schedule's warm restart that left the loss alone is dropped).
     """
     if series.lr_tag is None or not ls.size:
         return raw
@@ -548,10 +549,9 @@ def _attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | 
         i0 = int(np.searchsorted(ls, on))
         if i0 >= ls.size:
             continue
-        i1 = int(np.clip(np.searchsorted(ls, hi, side="right"), i0 + 1, ls.size))
-        seg = np.where(np.isfinite(lv[i0:i1]), lv[i0:i1], -np.inf)
-        peak = i0 + int(np.argmax(seg))
         last = int(np.clip(np.searchsorted(ls, top, side="right") - 1, i0, ls.size - 1))
+        seg = np.where(np.isfinite(lv[i0:last + 1]), lv[i0:last + 1], -np.inf)
+        peak = i0 + int(np.argmax(seg))  # within the episode: its end follows its peak
         e = RawEpisode(i0, peak, last, "loss_spike", {ID_LR}, "lr")
         end = int(ls[last + 1]) if last + 1 < ls.size else None
         out.append([e, int(ls[i0]), end])
@@ -648,8 +648,10 @@ def _harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: flo
         return ("the loss diverged: it never came back, and ends the run above its level "
                 "before the onset")
     parts = []
-    if li.loss_jump is not None:
+    if li.loss_jump is not None and li.loss_jump > 0:
         parts.append(f"loss jumped {li.loss_jump:+.3g} from its level {level:.3g}")
+    elif li.loss_jump is not None:
+        parts.append(f"the loss did not rise above its level {level:.3g}")
     ex = li.excess_loss
     if ex is not None:
         over = (f"over the {short[0]} logged point(s) before {short[1]} (too few to judge "
@@ -663,7 +665,8 @@ def _harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: flo
                      "after the lr rise there is that episode's)")
         spike = "" if lasting is None or lasting == ex else \
             f" ({lasting:+.3g} without the spike itself)"
-        parts.append(f"averaged {ex:+.3g} against its counterfactual {over}{spike}")
+        gain = " (a gain)" if ex < 0 and (lasting is None or lasting < 0) else ""
+        parts.append(f"averaged {ex:+.3g}{gain} against its counterfactual {over}{spike}")
     text = " and ".join(parts) or "the loss impact could not be measured"
     if harmful is None:
         return text

@@ -201,7 +201,8 @@ def run_headline(run: Any) -> str:
     parts = [f"{run.status}: {len(run.episodes)} episode(s)"
              + (f", {n_exp} explosion(s)" if n_exp else "")]
     parts.append(f"worst {worst.kind} at step {worst.onset_step}"
-                 + (f" (peak {fmt_num(worst.peak_ratio)}x healthy)"
+                 + ((" (grad norm non-finite)" if math.isinf(worst.peak_ratio) else
+                     f" (peak {fmt_num(worst.peak_ratio)}x healthy)")
                     if worst.peak_ratio is not None else ""))
     excess = worst_excess_loss(run)
     if excess is not None:

@@ -34,6 +34,7 @@ MAX_DETAILED = 20
 MAX_EPISODE_ROWS = 10
 MAX_LISTED = 50
 MAX_TEXT = 300
+MAX_REASON = 800  # an episode's reason ends with its verdict: keep it whole
 MAX_BYTES = 900 * 1024
 
 # Markdown punctuation that can act mid-line (emphasis, code, links, table cells, strike);
@@ -51,7 +52,9 @@ def md(value: Any, limit: int = MAX_TEXT) -> str:
     text = "" if value is None else str(value)
     text = show_controls(" ".join(text.split()))  # newlines, tabs, \r -> single spaces
     if len(text) > limit:
-        text = text[: limit - 1] + "…"
+        cut = text[: limit - 1]
+        space = cut.rfind(" ")
+        text = (cut[:space] if space > limit // 2 else cut) + "…"  # at a word's end
     text = _MD_SPECIAL.sub(r"\\\1", text)
     text = _AUTOLINK.sub(lambda m: m.group() + _JOINER, text)
     return html.escape(text, quote=False)
@@ -157,7 +160,7 @@ def _details(run: Any, regressions: list[Any]) -> list[str]:
         lines.append("")
         for ep in run.episodes[:MAX_EPISODE_ROWS]:
             if ep.reason:
-                lines.append(f"- step {ep.onset_step}: {md(ep.reason)}")
+                lines.append(f"- step {ep.onset_step}: {md(ep.reason, MAX_REASON)}")
     clip = run.clip
     if clip is not None:
         if clip.suggested_threshold is not None:
