@@ -149,6 +149,12 @@ def test_a_format_the_out_suffix_contradicts_is_written_with_a_warning(tmp_path,
     assert "warning" not in capsys.readouterr().err
 
 
+def test_nothing_to_audit_says_why_on_stderr(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert scan(str(tmp_path / "empty"), "--quiet") == 2
+    assert "nothing could be audited: no run found" in capsys.readouterr().err
+
+
 def test_missing_path_is_2(tmp_path, capsys):
     assert scan(str(tmp_path / "no-such-folder")) == 2
     assert "no such file or folder" in capsys.readouterr().err

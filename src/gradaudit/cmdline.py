@@ -111,6 +111,9 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
         raise click.UsageError(str(exc)) from exc
     except OSError as exc:  # the report could not be written (no space, no permission, ...)
         raise click.FileError(exc.filename or out or "-", exc.strerror or str(exc)) from exc
+    if result.exit_code == 2:  # nothing audited: say why where a CI log shows it
+        click.echo("gradaudit: nothing could be audited: " + "; ".join(result.gate_reasons),
+                   err=True)
     if not quiet:
         summary = result.summary()
         _progress(
