@@ -112,8 +112,10 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
     except OSError as exc:  # the report could not be written (no space, no permission, ...)
         raise click.FileError(exc.filename or out or "-", exc.strerror or str(exc)) from exc
     if result.exit_code == 2:  # nothing audited: say why where a CI log shows it
-        click.echo("gradaudit: nothing could be audited: " + "; ".join(result.gate_reasons),
-                   err=True)
+        first = f" (first: {result.errors[0].path}: {result.errors[0].message})" \
+            if result.errors else ""
+        click.echo("gradaudit: nothing could be audited: " + "; ".join(result.gate_reasons)
+                   + first, err=True)
     if not quiet:
         summary = result.summary()
         _progress(
