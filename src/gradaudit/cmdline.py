@@ -13,7 +13,7 @@ from gradaudit.config import load_config
 from gradaudit.errors import UNEXPECTED, UsageError
 from gradaudit.gate import load_baseline
 from gradaudit.inspect_view import write_inspection
-from gradaudit.report import FORMATTERS, SUFFIXES, format_for
+from gradaudit.report import FORMATTERS, SUFFIXES, format_for, show_controls
 from gradaudit.settings import FAIL_ON, Settings
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE = 0, 1, 2
@@ -114,8 +114,8 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
     if result.exit_code == 2:  # nothing audited: say why where a CI log shows it
         first = f" (first: {result.errors[0].path}: {result.errors[0].message})" \
             if result.errors else ""
-        click.echo("gradaudit: nothing could be audited: " + "; ".join(result.gate_reasons)
-                   + first, err=True)
+        click.echo(show_controls("gradaudit: nothing could be audited: "
+                                 + "; ".join(result.gate_reasons) + first), err=True)
     if not quiet:
         summary = result.summary()
         _progress(
