@@ -155,6 +155,15 @@ def test_nothing_to_audit_says_why_on_stderr(tmp_path, capsys):
     assert "nothing could be audited: no run found" in capsys.readouterr().err
 
 
+def test_inspect_lists_the_tags_on_request(tmp_path, capsys):
+    write_table(tmp_path / "runs" / "b", "clean", fmt="csv")
+    assert main(["inspect", str(tmp_path / "runs")]) == 0
+    assert ": tags:" not in capsys.readouterr().out
+    assert main(["inspect", str(tmp_path / "runs"), "--tags"]) == 0
+    out = capsys.readouterr().out
+    assert ": tags: " in out and "grad_norm (" in out
+
+
 def test_missing_path_is_2(tmp_path, capsys):
     assert scan(str(tmp_path / "no-such-folder")) == 2
     assert "no such file or folder" in capsys.readouterr().err

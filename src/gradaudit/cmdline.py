@@ -131,12 +131,15 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
 @click.option("--grad-tag", default=None, help="Glob naming the grad-norm tag.")
 @click.option("--loss-tag", default=None, help="Glob naming the loss tag.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, help="Processes [1].")
+@click.option("--tags", "show_tags", is_flag=True,
+              help="Also list every run's tags, with their point counts (text format).")
 def inspect(paths: tuple[str, ...], fmt: str, grad_tag: str | None, loss_tag: str | None,
-            workers: int) -> int:
+            workers: int, show_tags: bool) -> int:
     """List the runs and tags found under PATHS, and which tags were chosen.
 
     \b
-    Example:
+    Examples:
+      gradaudit inspect runs/ --tags
       gradaudit inspect runs/ --format json
     """
     try:
@@ -145,7 +148,7 @@ def inspect(paths: tuple[str, ...], fmt: str, grad_tag: str | None, loss_tag: st
                             workers=workers)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
-    write_inspection(found, sys.stdout, fmt)
+    write_inspection(found, sys.stdout, fmt, show_tags)
     return found.exit_code
 
 

@@ -20,8 +20,10 @@ def _cell(value: object) -> str:
     return "-" if value is None else _safe(value)
 
 
-def write_inspection(found: Inspection, stream: TextIO, fmt: str = "text") -> None:
-    """Write ``found`` to ``stream`` as ``json`` or ``text``."""
+def write_inspection(found: Inspection, stream: TextIO, fmt: str = "text",
+                     show_tags: bool = False) -> None:
+    """Write ``found`` to ``stream`` as ``json`` or ``text`` (``show_tags``: each run's tags
+    and point counts under the table, the names ``--grad-tag``/``--loss-tag`` match)."""
     if fmt == "json":
         stream.write(json.dumps(found.to_dict(), indent=2, ensure_ascii=False, allow_nan=False))
         stream.write("\n")
@@ -39,6 +41,9 @@ def write_inspection(found: Inspection, stream: TextIO, fmt: str = "text") -> No
         stream.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         stream.write("\n")
     for run in found.runs:
+        if show_tags:
+            tags = ", ".join(f"{name} ({n})" for name, n in run.tag_counts().items())
+            stream.write(_safe(f"  {run.name}: tags: {tags or '-'}") + "\n")
         for problem in run.problems:
             stream.write(_safe(f"! {run.name}: {problem.file}: {problem.message}") + "\n")
         for note in run.notes:
