@@ -409,10 +409,10 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
         slices = [(e.onset, e.last) for e in ga.episodes]
         opts = clip_options(g, healthy, slices, ga.zclip_final_bound)
         audit.clip = suggest(opts, st.clip_max_cost,
-                             _advice(episodes, series, has_grad, g_every, restarts))
+                             _advice(episodes, series, gs, g, has_grad, g_every, restarts))
     else:
         audit.clip = suggest([], st.clip_max_cost,
-                             _advice(episodes, series, has_grad, g_every, restarts))
+                             _advice(episodes, series, gs, g, has_grad, g_every, restarts))
     if episodes:
         if has_grad:
             traces["grad_norm"] = decimate(gs, g)
@@ -447,29 +447,27 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
     damaged = [e.onset_step for e in episodes if e.severity == "explosion"
                and e.loss_impact is not None and e.loss_impact.recovery_step is None]
     if damaged:  # the loss never came back: the norms after are a damaged model's
-        before = healthy & (gs < min(damaged))
-        for e in episodes:
-            i0 = int(np.searchsorted(gs, e.onset_step))
-            i1 = gs.size if e.end_step is None else int(np.searchsorted(gs, e.end_step))
-            before[i0:max(i1, i0 + 1)] = False
+        before = _outside(healthy & (gs < min(damaged)), gs, episodes)
         if before.sum() >= min_regime:
             return before
     regime = [e for e in episodes if e.kind == "level_shift" and e.end_step is None
               and e.severity == "warning"]
     if regime:  # a harmless change of scale for good: the run's last regime is the healthy one
         after = np.isfinite(g) & (g > 0) & (gs >= regime[-1].onset_step)
-        for e in episodes:
-            if e is not regime[-1]:
-                i0 = int(np.searchsorted(gs, e.onset_step))
-                i1 = gs.size if e.end_step is None else int(np.searchsorted(gs, e.end_step))
-                after[i0:max(i1, i0 + 1)] = False
+        after = _outside(after, gs, [e for e in episodes if e is not regime[-1]])
         if after.sum() >= min_regime:
             return after
+    return _outside(healthy, gs, episodes)
+
+
+def _outside(mask: np.ndarray, gs: np.ndarray, episodes: list[Episode]) -> np.ndarray:
+    """``mask`` (changed in place) with every episode's points, from its onset to its end (to
+    the run's end when it has none), set False."""
     for e in episodes:
         i0 = int(np.searchsorted(gs, e.onset_step))
         i1 = gs.size if e.end_step is None else int(np.searchsorted(gs, e.end_step))
-        healthy[i0:max(i1, i0 + 1)] = False
-    return healthy
+        mask[i0:max(i1, i0 + 1)] = False
+    return mask
 
 
 def _bucket_means(series: RunSeries, ls: np.ndarray, lv: np.ndarray) -> np.ndarray:
@@ -714,10 +712,11 @@ def _typical_gap(steps: np.ndarray) -> int:
     return int(np.median(d)) if d.size else 1
 
 
-def _advice(episodes: list[Episode], series: RunSeries, has_grad: bool,
-            g_every: int = 1, restarts: frozenset[int] = frozenset()) -> str | None:
-    """What would help, where the suggested clip would not (``restarts``: onsets of episodes
-    a schedule's warm restart explains)."""
+def _advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.ndarray,
+            has_grad: bool, g_every: int = 1,
+            restarts: frozenset[int] = frozenset()) -> str | None:
+    """What would help, where the suggested clip would not (``gs``, ``g``: the grad norm;
+    ``restarts``: onsets of episodes a schedule's warm restart explains)."""
     parts = []
     if not has_grad:
         parts.append("no usable grad norm is logged, so no clip threshold can be derived; "
@@ -730,7 +729,7 @@ def _advice(episodes: list[Episode], series: RunSeries, has_grad: bool,
         elif e.kind == "level_shift" and e.end_step is None:
             lr_note = _lr_change(series, e.onset_step)
             factor = lr_note[1] if lr_note else None
-            settled = _settled_ratio(e, series)
+            settled = _settled_ratio(e, gs, g)
             what = f"after a learning-rate change ({lr_note[0]}) " if lr_note else ""
             if e.severity == "warning":  # the loss took no lasting harm: no lr to lower
                 parts.append(
@@ -763,10 +762,10 @@ def _advice(episodes: list[Episode], series: RunSeries, has_grad: bool,
     return "; ".join(parts) if parts else None
 
 
-def _settled_ratio(e: Episode, series: RunSeries, tail: int = 50) -> float:
-    """Where the grad norm settled in an open-ended episode: the median of its last ``tail``
-    finite points over the healthy level before it (the peak ratio where that is unknown)."""
-    gs, g = _clean(*series.series(series.grad_norm_tag))
+def _settled_ratio(e: Episode, gs: np.ndarray, g: np.ndarray, tail: int = 50) -> float:
+    """Where the grad norm ``g`` (at ``gs``) settled in an open-ended episode: the median of its
+    last ``tail`` finite points over the healthy level before it (the peak ratio where that is
+    unknown)."""
     seg = g[int(np.searchsorted(gs, e.onset_step)):]
     seg = seg[np.isfinite(seg) & (seg > 0)]
     if not seg.size or not e.baseline_grad_norm:

@@ -515,16 +515,14 @@ def loss_impact(
     i_ep = int(np.searchsorted(steps, last, side="right"))
     after = np.arange(i_on, min(n, max(i_win, i_h, i_ep, i_on + lag_points)))
     u_fit = None
-    if lr_time is not None:  # held to the anchor's standard error alone (module doc)
+    if bracket or lr_time is not None:
+        # in lr time the anchor is held to its standard error alone (module doc)
         u_fit = _anchor_after(cf, w, loss, fin, i_on, last, horizon, next_onset,
                               smooth=smooth, shrink_t=shrink_t, min_fit=min_fit,
-                              anchor_tolerance=0.0, post_start=post_start)
-        if u_fit is None:
+                              anchor_tolerance=0.0 if lr_time is not None else anchor_tolerance,
+                              post_start=post_start)
+        if u_fit is None and lr_time is not None:
             return None
-    elif bracket:
-        u_fit = _anchor_after(cf, w, loss, fin, i_on, last, horizon, next_onset,
-                              smooth=smooth, shrink_t=shrink_t, min_fit=min_fit,
-                              anchor_tolerance=anchor_tolerance, post_start=post_start)
     bracketed = u_fit is not None
     if u_fit is None:
         u_fit = w.u

@@ -30,19 +30,20 @@ def write_inspection(found: Inspection, stream: TextIO, fmt: str = "text",
         return
     header = ("run", "format", "grad norm", "loss", "lr", "steps", "first", "last", "tags")
     rows = []
-    for run in found.runs:
+    counts = [run.tag_counts() for run in found.runs]
+    for run, tag_counts in zip(found.runs, counts, strict=True):
         n, first, last = run.step_summary()
         rows.append((_safe(run.name), run.format, _cell(run.grad_norm_tag), _cell(run.loss_tag),
                      _cell(run.lr_tag), str(n), _cell(first), _cell(last),
-                     str(len(run.tag_counts()))))
+                     str(len(tag_counts))))
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(header)]
     for row in (header, *rows):
         stream.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         stream.write("\n")
-    for run in found.runs:
+    for run, tag_counts in zip(found.runs, counts, strict=True):
         if show_tags:
-            tags = ", ".join(f"{name} ({n})" for name, n in run.tag_counts().items())
+            tags = ", ".join(f"{name} ({n})" for name, n in tag_counts.items())
             stream.write(_safe(f"  {run.name}: tags: {tags or '-'}") + "\n")
         for problem in run.problems:
             stream.write(_safe(f"! {run.name}: {problem.file}: {problem.message}") + "\n")

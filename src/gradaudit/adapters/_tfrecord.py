@@ -144,9 +144,10 @@ class _Candidates:
 RESTARTS = 64  # records walked one by one before the speculative chain is tried again
 
 
-def _walk(buf: np.ndarray, n: int, pos: int, limit: int,
-          max_records: int | None = None) -> tuple[list[int], int]:
-    """Sequential walk from ``pos``: header offsets of records that fit, and where it stopped."""
+def walk_records(buf: np.ndarray, n: int, pos: int, limit: int,
+                 max_records: int | None = None) -> tuple[list[int], int]:
+    """Sequential walk from ``pos`` over the framing alone (no CRC checked): header offsets of
+    the records of at most ``limit`` bytes that fit in ``buf[:n]``, and where it stopped."""
     mv = memoryview(buf)
     heads: list[int] = []
     while n - pos >= HEADER:
@@ -176,7 +177,7 @@ def _scan(buf: np.ndarray, n: int, limit: int) -> tuple[np.ndarray, np.ndarray, 
             pos = last + OVERHEAD + int.from_bytes(buf[last : last + 8].tobytes(), "little")
             continue
         # Off the speculative chain (a long record, or corruption): walk a few records.
-        rest, new_pos = _walk(buf, n, pos, limit, RESTARTS)
+        rest, new_pos = walk_records(buf, n, pos, limit, RESTARTS)
         if not rest:
             break
         parts.append(np.asarray(rest, dtype=np.int64))

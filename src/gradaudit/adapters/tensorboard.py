@@ -36,11 +36,11 @@ import polars as pl
 
 from gradaudit.adapters._tfrecord import (
     HEADER,
-    OVERHEAD,
     Chunk,
     FileStatus,
     read_chunks,
     unaligned,
+    walk_records,
 )
 from gradaudit.adapters.base import RawRun, Source
 from gradaudit.errors import NotATrainingLog, ReadError
@@ -527,16 +527,16 @@ def _scalar_tags(path: Path) -> set[str] | None:
             b = fh.read(SNIFF)
     except OSError:
         return None
-    tags, out, i = _Tags(), [], 0
-    while i + OVERHEAD <= len(b):
+    tags, out = _Tags(), []
+    # the records that fit (a record the sniff cut, or a corrupt length, ends the walk: what
+    # came before is judged)
+    heads, _ = walk_records(np.frombuffer(b, np.uint8), len(b), 0, len(b))
+    for i in heads:
         (n,) = struct.unpack_from("<Q", b, i)
-        if n > len(b) - i - OVERHEAD:
-            break  # a record the sniff cut (or a corrupt length): judge what came before
         try:
             _decode_event(b[i + HEADER : i + HEADER + n], tags, out)
         except (_Malformed, struct.error, IndexError, UnicodeError):
             return None
-        i += OVERHEAD + n
     return {tags.names[c] for _, c, _, _ in out}
 
 
