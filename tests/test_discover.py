@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import gradaudit
 from gradaudit import discover as discover_module
 from gradaudit.adapters.base import Source
 
@@ -118,6 +119,18 @@ def test_several_roots_are_prefixed(tmp_path):
 def test_a_file_given_directly_is_named_as_given(tmp_path):
     f = _touch(tmp_path / "d" / "x.tab")
     assert names([str(f)]) == [str(f)]
+
+
+def test_a_file_named_directly_that_no_reader_takes_is_an_input_error(tmp_path):
+    # a file in a folder may be anything and is passed by; one the user named is reported
+    (tmp_path / "ds.log").write_text("steps: 10 loss: 2.3100 iter time (s): 0.412\n" * 50)
+    found = discover_module.discover([tmp_path / "ds.log"])
+    assert found.sources == [] and found.unrecognised == [str(tmp_path / "ds.log")]
+    result = gradaudit.scan([tmp_path / "ds.log"])
+    assert [e.path for e in result.errors] == [str(tmp_path / "ds.log")]
+    assert "not a log gradaudit reads" in result.errors[0].message
+    assert result.exit_code == 2
+    assert discover_module.discover([tmp_path]).unrecognised == []  # under a folder: skipped
 
 
 def test_missing_paths_are_reported(tmp_path):

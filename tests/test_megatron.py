@@ -261,6 +261,22 @@ def test_first_iteration_line_after_100_kb_of_start_up_output(tmp_path: Path) ->
     assert run.series("grad norm")[0].tolist() == list(range(1, 101))
 
 
+def test_first_iteration_line_after_megabytes_of_nccl_start_up(tmp_path: Path) -> None:
+    # NCCL_DEBUG=INFO prints a dozen lines per rank and channel: 1.4 MB here, past the first
+    # MiB the sniff used to stop at, so the run (and its explosion) vanished without a word
+    nccl = "".join(f"node{i % 64:02d}:{1000 + i}:{2000 + i} [{i % 8}] NCCL INFO Channel "
+                   f"{i % 32:02d}/0 : {i % 8}[{i % 8}] -> {(i + 1) % 8}[{(i + 1) % 8}] via P2P/IPC"
+                   "\n" for i in range(20000))
+    assert len(nccl) > megatron.SNIFF_BYTES
+    lines = "".join(LINE.format(it=i, cs=2048 * i, loss="2.0E+00", gn="0.5") + "\n"
+                    for i in range(1, 101))
+    (tmp_path / "job.log").write_text(nccl + lines)
+    (tmp_path / "other.log").write_text("x" * (2 * megatron.SNIFF_BYTES))  # no start-up: 1 MiB
+    (run,) = gradaudit.read_runs([tmp_path])
+    assert run.name == "job.log"
+    assert run.series("grad norm")[0].tolist() == list(range(1, 101))
+
+
 def test_a_line_cut_by_a_crash_is_not_glued_to_the_next(tmp_path: Path) -> None:
     good = [LINE.format(it=i, cs=2048 * i, loss="2.0E+00", gn="0.5") + "\n" for i in range(1, 51)]
     cut = LINE.format(it=51, cs=2048 * 51, loss="9.0E+00", gn="77.0")

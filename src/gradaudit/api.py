@@ -40,7 +40,13 @@ class Inspection:
         return 2 if not self.runs and self.errors else 0
 
 
-def _sources(paths: Iterable[PathLike]) -> list[Source]:
+UNRECOGNISED = ("not a log gradaudit reads (TensorBoard event files, W&B run files or CSV "
+                "exports, Parquet/CSV/JSON tables, HF trainer_state.json, Megatron logs with "
+                "'iteration N/ M |' lines)")
+
+
+def _sources(paths: Iterable[PathLike]) -> tuple[list[Source], list[InputError]]:
+    """The sources under ``paths``, and an error for each file named that no reader takes."""
     paths = list(paths)
     if not paths:
         raise UsageError("no path given")
@@ -52,7 +58,7 @@ def _sources(paths: Iterable[PathLike]) -> list[Source]:
             [f"not a regular file or folder (a device, a FIFO or a dangling link): "
              f"{', '.join(odd)}"] if odd else [])
         raise UsageError("; ".join(why))
-    return found.sources
+    return found.sources, [InputError(p, UNRECOGNISED) for p in found.unrecognised]
 
 
 def _lost(source: Source, why: str) -> tuple[list[Any], list[InputError]]:
@@ -88,9 +94,9 @@ def inspect(
     workers: int = 1,
 ) -> Inspection:
     """Discover and read runs under ``paths`` without analysis."""
+    sources, errors = _sources(paths)
     runs: list[RunSeries] = []
-    errors: list[InputError] = []
-    for got, bad in run_all(_ReadJob(grad_tag, loss_tag), _sources(paths), workers, _lost):
+    for got, bad in run_all(_ReadJob(grad_tag, loss_tag), sources, workers, _lost):
         runs.extend(got)
         errors.extend(bad)
     return Inspection(runs=runs, errors=errors)
@@ -128,9 +134,9 @@ def scan(
     from gradaudit.gate import evaluate_gate
 
     settings = (settings or Settings()).with_overrides(**overrides)
+    sources, errors = _sources(paths)
     audits: list[RunAudit] = []
-    errors: list[InputError] = []
-    for got, bad in run_all(_ScanJob(settings), _sources(paths), settings.workers, _lost):
+    for got, bad in run_all(_ScanJob(settings), sources, settings.workers, _lost):
         audits.extend(got)
         errors.extend(bad)
     result = AuditResult(runs=audits, errors=errors, settings=settings)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import posixpath
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradaudit.adapters import REGISTRY
@@ -26,6 +26,7 @@ class Discovery:
 
     sources: list[Source]
     missing: list[str]
+    unrecognised: list[str] = field(default_factory=list)  # files named but in no known format
 
 
 def _walk(root: Path) -> Iterator[tuple[Path, list[Path]]]:
@@ -110,12 +111,16 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> Discovery:
     paths = [str(p) for p in paths]
     merged: dict[tuple[str, str], list[Path]] = {}
     missing: list[str] = []
+    unrecognised: list[str] = []
     seen_files: set[tuple[int, int]] = set()
     for given in paths:
         root = Path(given)
         prefix = given.rstrip("/") or "/" if len(paths) > 1 else "."
         if root.is_file():
-            for src in _claim(root.parent, [root]):
+            claimed = _claim(root.parent, [root])
+            if not claimed:
+                unrecognised.append(given)
+            for src in claimed:
                 name = given if len(paths) > 1 or src.name in (".", "..", root.name) else src.name
                 merged.setdefault((src.format, name), []).extend(src.files)
             continue
@@ -141,4 +146,4 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> Discovery:
                 merged.setdefault((src.format, name), []).extend(src.files)
     sources = _regroup([Source(fmt, name, tuple(files)) for (fmt, name), files in merged.items()])
     sources.sort(key=lambda s: (s.name, s.format))
-    return Discovery(sources=sources, missing=missing)
+    return Discovery(sources=sources, missing=missing, unrecognised=unrecognised)

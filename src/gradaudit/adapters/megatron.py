@@ -29,6 +29,10 @@ from gradaudit.series import FileProblem
 FORMAT = "megatron-log"
 SUFFIXES = frozenset({".log", ".txt", ".out", ".err", ""})
 SNIFF_BYTES = 1024 * 1024  # start-up output (argument dumps, warnings) can fill the first 100 KB
+#: Where the first MiB shows a distributed job's start-up (``NCCL_DEBUG=INFO`` prints a dozen
+#: lines per rank and channel, megabytes on a large job), the sniff reads on this far.
+LONG_SNIFF_BYTES = 256 * 1024 * 1024
+_STARTUP = re.compile(rb"NCCL INFO|[Mm]egatron|DeepSpeed|deepspeed|torch\.distributed|> building")
 CHUNK_BYTES = 32 * 1024 * 1024
 
 _ITER = r"iteration\s+(\d+)\s*/\s*\d+\s*\|"
@@ -58,14 +62,17 @@ _COLS = ["i", *_SCHEMA]
 
 def _sniff(path: Path) -> bool:
     # NUL bytes are no reason to pass a log by: a crash can leave NUL-filled blocks in it
-    seen, tail = 0, b""
+    seen, tail, limit = 0, b"", SNIFF_BYTES
     try:
         with path.open("rb") as fh:
-            while seen < SNIFF_BYTES and (block := fh.read(64 * 1024)):
+            while seen < limit and (block := fh.read(64 * 1024 if seen < SNIFF_BYTES
+                                                     else 1024 * 1024)):
                 seen += len(block)
                 text = tail + block.replace(b"\x00", b"")
                 if _ITER_SNIFF.search(text) is not None:
                     return True
+                if limit == SNIFF_BYTES and _STARTUP.search(text) is not None:
+                    limit = LONG_SNIFF_BYTES  # a training job's start-up: its lines come later
                 tail = text[-256:]  # a line start cut by the block's end
     except OSError:
         return False
@@ -73,7 +80,8 @@ def _sniff(path: Path) -> bool:
 
 
 def claim(directory: Path, files: list[Path]) -> list[Source]:
-    """Text-ish files whose first MiB holds a Megatron iteration line."""
+    """Text-ish files whose first MiB holds a Megatron iteration line (or, after a distributed
+    job's start-up output, the first ``LONG_SNIFF_BYTES``)."""
     return [
         Source(FORMAT, f.name, (f,)) for f in files if f.suffix.lower() in SUFFIXES and _sniff(f)
     ]
