@@ -621,3 +621,36 @@ def test_an_lr_raise_that_helped_reads_as_a_gain():
     assert e.kind == "loss_spike" and e.severity == "warning" and "lr-change" in e.detected_by
     assert e.onset_step <= e.peak_step < e.end_step
     assert "did not rise above its level" in e.reason and "(a gain)" in e.reason
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("start", [3, 8])
+def test_blow_up_from_the_first_steps_has_its_onset_where_the_climb_starts(seed, start):
+    # an lr far too high: the grad norm grows ~2.5x a step from step `start` and is inf by
+    # start + 25, inside the detectors' warm-up. The level there follows the climb up; read
+    # as healthy, the climb gave a "healthy level" of 1.9e7 and a suggested clip of 7.5e13
+    # (a 30-run torch sweep in a user review).
+    rng = np.random.default_rng(seed)
+    n = 1500
+    s = np.arange(n)
+    g = 2.5 * np.exp(rng.normal(0, 0.05, n))
+    g[start:start + 25] *= np.exp(np.arange(25) * 0.9 + rng.normal(0, 0.3, 25))
+    g[start + 25:] = np.inf
+    loss = 2.3 - 0.01 * s[:n] ** 0.5 + rng.normal(0, 0.01, n)
+    loss[start:start + 25] += np.linspace(0, 40, 25)
+    loss[start + 25:] = np.nan
+    a = audit_run(run_series(s, g, loss))
+    e = a.episodes[-1]
+    assert e.kind == "divergence" and e.severity == "explosion"
+    assert start - 1 <= e.onset_step <= start + 2, e.to_dict()
+    assert "healthy level 2." in e.reason, e.reason
+    assert a.clip.suggested_threshold is not None and a.clip.suggested_threshold < 4.0
+
+
+def test_a_jump_to_nonfinite_from_a_flat_run_keeps_its_onset():
+    # no climb before the grad norm went non-finite: the onset stays at the non-finite point
+    s, g, loss = healthy(seed=3)
+    g[2500:] = np.inf
+    loss[2500:] = np.nan
+    e = audit_run(run_series(s, g, loss)).episodes[-1]
+    assert e.kind == "divergence" and e.onset_step == 2500

@@ -18,6 +18,10 @@ there (non-finite at the end, or its peak among its last tenth of points and, fo
 ``level_min_points`` or more, the median of its last three points at least ``level_ratio`` above
 its median: a level shift that peaks late by chance is no divergence), ``level_shift`` when it
 lasts ``level_min_points`` with a median of ``level_ratio`` x the healthy level, else ``spike``.
+A divergence whose climb began before a detector could flag it (in the first steps of training,
+where the level learnt in the warm-up followed the climb up, or a climb that only the non-finite
+end flagged) has its onset walked back to where that climb started, and its healthy level is
+the level the climb started from (:func:`_climb_before`): the climb is no healthy stretch.
 
 Loss episodes (``loss-spike``) that no grad episode explains become ``loss_spike`` episodes.
 Severity is set later from the loss impact (:func:`severity`).
@@ -107,6 +111,31 @@ def _hinge_onset(x: np.ndarray, base: float, lo: int, first: int, peak: int) -> 
         if sse < best_sse - 1e-12:
             best, best_sse = s + 1, sse
     return int(best)
+
+
+def _climb_before(x: np.ndarray, level: np.ndarray, lo: int, first_nf: int, p: EpisodeParams,
+                  onset: int, base: float | None) -> tuple[int, float | None]:
+    """``(onset, healthy log level)`` of a divergence that no detector flagged before its grad
+    norm went non-finite: where the finite points before it climbed from the level they started
+    at to ``spike_ratio`` x above it (a blow-up in the first steps of training, before the
+    detectors had a healthy level, or one the level followed up), the hinge onset of that climb
+    and the starting level; else the non-finite point and the level there, unchanged."""
+    lo = max(lo, first_nf - p.onset_lookback)
+    fin = lo + np.flatnonzero(np.isfinite(x[lo:first_nf]))
+    if fin.size < 3:
+        return onset, base
+    start = _at(level, int(fin[0]))
+    if start is None:  # no healthy level yet (the warm-up): the first points' own level
+        start = float(np.median(x[fin[:3]]))
+    last = int(fin[-1])
+    high = x[fin] - start >= np.log(p.spike_ratio)
+    if not high[-1]:
+        return onset, base  # a jump to non-finite from where the run was: no climb
+    # the first point from which the climb stays spike_ratio x above where it started, and the
+    # hinge onset before it (a blow-up grows faster than a straight line in log g: fitted up to
+    # its top alone, the hinge would fall late, its first steps read as healthy)
+    first = int(fin[len(high) - int(np.argmin(high[::-1])) if not high.all() else 0])
+    return min(_hinge_onset(x, start, int(fin[0]), first, last), first), start
 
 
 def _stepped(x: np.ndarray, base: float, first: int, lo: int, before: int = 5) -> bool:
@@ -208,8 +237,11 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
         if not finite_trig.any():
             first_nf = a + int(np.argmax(nf[sl]))
             kind = "divergence" if (b == n - 1 and nf[n - 1]) else "nonfinite"
-            eps.append(RawEpisode(first_nf, first_nf, b, kind, by,
-                                  base_log=_at(rl.level, first_nf)))
+            onset, base = first_nf, _at(rl.level, first_nf)
+            if kind == "divergence":
+                onset, base = _climb_before(x, rl.level, prev_last + 1, first_nf, p, onset, base)
+            eps.append(RawEpisode(onset, first_nf, b, kind, by, base_log=base))
+            in_ep[onset:b + 1] = True
             prev_last = b
             continue
         first = a + int(np.argmax(finite_trig))
@@ -237,6 +269,8 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
                 np.nanmedian(tail)) - med >= np.log(p.level_ratio))))
         if tail_growing and length >= 3:
             kind = "divergence"
+            # a blow-up that began in the warm-up, where the level followed it up
+            onset, base = _climb_before(x, rl.level, prev_last + 1, onset, p, onset, base)
         elif length >= p.level_min_points and med_ratio >= np.log(p.level_ratio):
             kind = "level_shift"
         else:
