@@ -645,6 +645,9 @@ def test_blow_up_from_the_first_steps_has_its_onset_where_the_climb_starts(seed,
     assert start - 1 <= e.onset_step <= start + 2, e.to_dict()
     assert "healthy level 2." in e.reason, e.reason
     assert a.clip.suggested_threshold is not None and a.clip.suggested_threshold < 4.0
+    # a handful of healthy points is no level for --baseline to compare (a sweep's diverged
+    # runs read "healthy grad-norm level rose 1.19e3x" against their own earlier divergence)
+    assert a.healthy_grad_norm is None
 
 
 def test_a_jump_to_nonfinite_from_a_flat_run_keeps_its_onset():

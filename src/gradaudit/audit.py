@@ -404,7 +404,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
     if has_grad and ga is not None:
         judged = np.isfinite(ga.level.level) if ga.level is not None else None
         healthy = _healthy_grad(gs, g, ga.in_episode, episodes, warm, judged)
-        if healthy.any():
+        if healthy.sum() >= p.min_history:  # fewer points are no level to compare runs by
             audit.healthy_grad_norm = float(np.median(g[healthy]))
         slices = [(e.onset, e.last) for e in ga.episodes]
         opts = clip_options(g, healthy, slices, ga.zclip_final_bound)
