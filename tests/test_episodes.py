@@ -657,3 +657,24 @@ def test_a_jump_to_nonfinite_from_a_flat_run_keeps_its_onset():
     loss[2500:] = np.nan
     e = audit_run(run_series(s, g, loss)).episodes[-1]
     assert e.kind == "divergence" and e.onset_step == 2500
+
+
+def test_divergence_after_one_bad_batch_advises_clipping_and_a_slow_climb_a_lower_lr():
+    # a batch with its inputs x100 (a Lightning run in a user review): the grad norm jumps
+    # 6e5x in one step and the run diverges; replayed with the suggested clip, it trained to
+    # the clean twin's loss, so "restart with a lower learning rate" was the wrong advice
+    s, g, loss = healthy(seed=5)
+    g[2000] *= 6e5
+    g[2001:2003] = [1e10, np.inf]
+    g[2003:] = np.nan
+    loss[2001:] = np.nan
+    a = audit_run(run_series(s, g, loss))
+    e = a.episodes[-1]
+    assert e.kind == "divergence" and e.onset_step == 2000
+    assert "one-step grad-norm jump" in a.clip.advice and "clipping on" in a.clip.advice
+    assert a.clip.suggested_threshold is not None and a.clip.suggested_threshold < 2.0
+    s, g, loss = healthy(seed=8)  # an lr too high: a climb over 40 steps
+    g[2500:] *= np.exp(np.arange(500) * 0.1)
+    loss[2540:] = np.nan
+    advice = audit_run(run_series(s, g, loss)).clip.advice
+    assert "lower learning rate" in advice and "one-step" not in advice

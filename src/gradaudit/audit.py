@@ -723,7 +723,16 @@ def _advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.nd
                      "log the global grad norm (before clipping)")
     for e in episodes:
         lr_rise = ID_LR in e.detected_by and e.onset_step not in restarts
-        if e.kind == "divergence":
+        if e.kind == "divergence" and lr_rise:
+            parts.append(f"the run diverged at step {e.onset_step} with a learning-rate rise: "
+                         "restart from a checkpoint before it and check the lr schedule there")
+        elif e.kind == "divergence" and _jumped(e, gs, g):
+            parts.append(f"the run diverged at step {e.onset_step} after a one-step grad-norm "
+                         f"jump from its healthy level (a bad batch or a numerical fault): a clip "
+                         "at the suggested threshold would have capped that update; restart from "
+                         "a checkpoint before it with clipping on, and look at the data at step "
+                         f"{e.onset_step}")
+        elif e.kind == "divergence":
             parts.append(f"the run diverged at step {e.onset_step}: too late to clip; restart "
                          "from a checkpoint before it with a lower learning rate")
         elif e.kind == "level_shift" and e.end_step is None:
@@ -760,6 +769,14 @@ def _advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.nd
             parts.append(f"clipping would not help the loss spike at step {e.onset_step}: the "
                          f"grad norm stayed healthy; look at the data at step {e.onset_step}")
     return "; ".join(parts) if parts else None
+
+
+def _jumped(e: Episode, gs: np.ndarray, g: np.ndarray, ratio: float = 10.0) -> bool:
+    """The episode's first point is a finite grad norm ``ratio`` x above the healthy level: it
+    began with one step out of health (a bad batch), not a climb (an lr too high)."""
+    i = int(np.searchsorted(gs, e.onset_step))
+    return bool(i < gs.size and gs[i] == e.onset_step and np.isfinite(g[i])
+                and e.baseline_grad_norm and g[i] >= ratio * e.baseline_grad_norm)
 
 
 def _settled_ratio(e: Episode, gs: np.ndarray, g: np.ndarray, tail: int = 50) -> float:
