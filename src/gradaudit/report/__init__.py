@@ -124,6 +124,23 @@ def worst_excess_loss(run: Any) -> float | None:
     return max(values) if values else None
 
 
+def diverged(run: Any) -> bool:
+    """Whether any of the run's episodes diverged."""
+    return any(e.loss_impact is not None and e.loss_impact.diverged for e in run.episodes)
+
+
+def worst_peak_text(run: Any) -> str:
+    """The run table's peak-ratio cell: ``inf`` where a grad norm went non-finite."""
+    if any(e.peak_ratio is not None and math.isinf(e.peak_ratio) for e in run.episodes):
+        return "inf"
+    return fmt_num(worst_peak_ratio(run))
+
+
+def worst_excess_text(run: Any) -> str:
+    """The run table's excess-loss cell: ``diverged`` where an episode did (no finite mean)."""
+    return "diverged" if diverged(run) else fmt_num(worst_excess_loss(run))
+
+
 def suggested_clip(run: Any) -> float | None:
     """The run's suggested clip threshold, or ``None``."""
     if run.clip is None or run.clip.suggested_threshold is None:
@@ -134,8 +151,7 @@ def suggested_clip(run: Any) -> float | None:
 
 def severity_key(run: Any) -> tuple[float, ...]:
     """Sort key, larger = worse: status, then any diverged episode, peak ratio, excess loss."""
-    diverged = any(e.loss_impact is not None and e.loss_impact.diverged for e in run.episodes)
-    return (STATUS_RANK.get(run.status, 0), float(diverged), _num(worst_peak_ratio(run)),
+    return (STATUS_RANK.get(run.status, 0), float(diverged(run)), _num(worst_peak_ratio(run)),
             _num(worst_excess_loss(run)), float(len(run.episodes)))
 
 

@@ -17,6 +17,7 @@ import base64
 import hashlib
 import html
 import math
+import sys
 from functools import cache
 from importlib import resources
 from typing import Any, TextIO
@@ -24,6 +25,7 @@ from typing import Any, TextIO
 from gradaudit import __version__
 from gradaudit.report import (
     STATUS_RANK,
+    diverged,
     error_reason,
     file_problems,
     fmt_num,
@@ -34,8 +36,10 @@ from gradaudit.report import (
     show_controls,
     suggested_clip,
     worst_excess_loss,
+    worst_excess_text,
     worst_first,
     worst_peak_ratio,
+    worst_peak_text,
 )
 
 MAX_FIGURES = 200
@@ -68,6 +72,11 @@ def _badge(status: str) -> str:
 def _num_cell(x: float | None, text: str | None = None) -> str:
     v = "" if x is None or not math.isfinite(x) else repr(float(x))
     return f'<td class="num" data-v="{v}">{e(text if text is not None else fmt_num(x))}</td>'
+
+
+def _sort_high(x: float | None, worst: bool) -> float | None:
+    """A cell's sort value: the largest float where the text says inf or diverged."""
+    return sys.float_info.max if worst else x
 
 
 def _head(result: Any, script: str) -> str:
@@ -171,8 +180,9 @@ def _summary_table(runs: list[Any], anchors: dict[int, str]) -> str:
             f"<td>{e(run.format)}</td>"
             + _num_cell(run.n_steps, str(run.n_steps))
             + _num_cell(len(run.episodes), str(len(run.episodes)))
-            + _num_cell(worst_peak_ratio(run))
-            + _num_cell(worst_excess_loss(run))
+            + _num_cell(_sort_high(worst_peak_ratio(run), worst_peak_text(run) == "inf"),
+                        worst_peak_text(run))
+            + _num_cell(_sort_high(worst_excess_loss(run), diverged(run)), worst_excess_text(run))
             + _num_cell(suggested_clip(run))
             + "</tr>"
         )

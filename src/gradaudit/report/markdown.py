@@ -24,9 +24,9 @@ from gradaudit.report import (
     partly_read,
     show_controls,
     suggested_clip,
-    worst_excess_loss,
+    worst_excess_text,
     worst_first,
-    worst_peak_ratio,
+    worst_peak_text,
 )
 
 MAX_TABLE_ROWS = 100
@@ -118,8 +118,8 @@ def _table(result: Any, ranked: list[Any], regressed: set[str]) -> list[str]:
              "|---|---|--:|--:|--:|--:|"]
     for run in shown[:MAX_TABLE_ROWS]:
         lines.append(f"| {code(run.run, 150)} | {_ICON.get(run.status, '')} {md(run.status)} | "
-                     f"{len(run.episodes)} | {fmt_num(worst_peak_ratio(run))} | "
-                     f"{fmt_num(worst_excess_loss(run))} | {fmt_num(suggested_clip(run))} |")
+                     f"{len(run.episodes)} | {worst_peak_text(run)} | "
+                     f"{worst_excess_text(run)} | {fmt_num(suggested_clip(run))} |")
     rest = len(shown) - MAX_TABLE_ROWS
     ok = len(result.runs) - len(shown)
     tail = []
