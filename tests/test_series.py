@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 
@@ -63,3 +65,28 @@ def test_series_accessors_and_summary():
     assert run.series("absent")[0].size == 0
     summary = run.summary_dict()
     assert summary["n_steps"] == 5 and summary["last_step"] == 40
+
+
+def test_a_step_written_twice_with_the_same_value_is_no_rewrite() -> None:
+    # a resume note is for values a later write replaced; the same value again is no news
+    same = pl.DataFrame({"step": [1, 2, 2, 3], "tag": ["epoch"] * 4, "value": [0.0, 0.0, 0.0, 1.0]})
+    frame, notes = canonical_frame(same)
+    assert frame.height == 3 and notes == []
+    changed = pl.DataFrame({"step": [1, 2, 3, 2, 3, 9, 9], "tag": ["loss"] * 5 + ["lr"] * 2,
+                            "value": [5.0, 4.0, 3.0, 4.5, 3.5, 0.1, 0.1]})
+    frame, notes = canonical_frame(changed)
+    assert notes == ["steps 2-3 were written again later (a resume that rewound the step, or a "
+                     "step logged twice): the later write wins for 'loss'"]
+
+
+def test_lightning_csvlogger_metrics_has_no_false_resume_note() -> None:
+    # written by lightning 2.6.6's CSVLogger (an 8-epoch MLP, grad norms logged per step; the
+    # first 300 rows): the validation row and the epoch-end row repeat `epoch` at steps 127 and
+    # 255, which read as "steps 127-255 were written again later (a resume ...)"
+    import gradaudit
+
+    (run,) = gradaudit.read_runs([Path(__file__).parent / "data" / "lightning-csvlogger"])
+    assert run.grad_norm_tag == "grad_2.0_norm_total" and run.loss_tag == "train_loss_step"
+    assert not any("written again" in n for n in run.notes), run.notes
+    steps, _ = run.series("epoch")
+    assert 127 in steps and 255 in steps and (np.diff(steps) > 0).all()

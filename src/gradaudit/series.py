@@ -129,24 +129,37 @@ class RunSeries:
         }
 
 
-def _rewind_notes(dropped: pl.DataFrame) -> list[str]:
-    """Notes naming, per step range, the tags whose points a later write replaced."""
+def _rewind_notes(dropped: pl.DataFrame, kept: pl.DataFrame) -> list[str]:
+    """Notes naming, per step range, the tags whose points a later write replaced with another
+    value (a step written twice with the same value - Lightning logs ``epoch`` on two rows of
+    one step - is no news)."""
     if dropped.height == 0:
         return []
+    key = [pl.col("tag").cast(pl.String), "step"]
+    later = kept.select(*key, pl.col("value").alias("_later"))
+    changed = (
+        dropped.select(*key, "value")
+        .join(later, on=["tag", "step"], how="left")
+        .filter(~((pl.col("value") == pl.col("_later"))
+                  | (pl.col("value").is_nan() & pl.col("_later").is_nan())).fill_null(False))
+    )
+    if changed.height == 0:
+        return []
     per_range = (
-        dropped.select(pl.col("tag").cast(pl.String), "step")
-        .group_by("tag")
-        .agg(pl.col("step").min().alias("lo"), pl.col("step").max().alias("hi"))
-        .group_by("lo", "hi")
+        changed.group_by("tag")
+        .agg(pl.col("step").min().alias("lo"), pl.col("step").max().alias("hi"),
+             pl.col("step").n_unique().alias("k"))
+        .group_by("lo", "hi", "k")
         .agg(pl.col("tag").sort())
-        .sort("lo", "hi")
+        .sort("lo", "hi", "k")
     )
     notes: list[str] = []
-    for lo_step, hi_step, range_tags in per_range.iter_rows():
+    for lo_step, hi_step, k, range_tags in per_range.iter_rows():
         shown = ", ".join(repr(t) for t in range_tags[:3])
         more = f" and {len(range_tags) - 3} more" if len(range_tags) > 3 else ""
         where = (f"step {lo_step} was" if lo_step == hi_step
-                 else f"steps {lo_step}-{hi_step} were")
+                 else f"steps {lo_step}-{hi_step} were" if k == hi_step - lo_step + 1
+                 else f"{k} steps between {lo_step} and {hi_step} were")
         notes.append(
             f"{where} written again later (a resume that rewound the step, or a step"
             f" logged twice): the later write wins for {shown}{more}"
@@ -222,8 +235,9 @@ def _canonical_categorical(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str]] |
     else:
         rows = np.flatnonzero(keep) if perm is None else perm[keep]
         gone = np.flatnonzero(~keep) if perm is None else perm[~keep]
-        notes = _rewind_notes(df[gone])
     frame = df if rows is None else df[rows]
+    if keep is not None:
+        notes = _rewind_notes(df[gone], frame)
     return frame, notes
 
 
@@ -274,9 +288,8 @@ def canonical_frame(raw: pl.DataFrame | pl.LazyFrame) -> tuple[pl.DataFrame, lis
         later_min = pl.col("step").reverse().cum_min().reverse().shift(-1).over("_rank")
         keep = later_min.is_null() | (pl.col("step") < later_min)
     marked = df.with_columns(keep=keep).drop("_rank")
-    notes = _rewind_notes(marked.filter(~pl.col("keep")))
     # Survivors are already sorted by (tag, step): within a tag they strictly increase.
     frame = marked.filter(pl.col("keep")).drop("keep").with_columns(
         pl.col("tag").cast(pl.Categorical)
     )
-    return frame, notes
+    return frame, _rewind_notes(marked.filter(~pl.col("keep")), frame)
