@@ -400,7 +400,7 @@ def test_spike_just_before_an_lr_fault_is_not_charged_with_its_damage(seed, betw
     spike, *other, fault = sorted(a.episodes, key=lambda e: e.onset_step)
     assert len(other) == int(between)
     for e in [spike, *other]:
-        assert e.severity == "warning" and "before the lr rise at step 1021" in e.reason
+        assert e.severity == "warning" and "before the lr-rise episode at step 1021" in e.reason
         assert abs(e.loss_impact.excess_loss) < 0.1
     assert spike.onset_step == 1000
     assert fault.onset_step == 1021 and fault.severity == "explosion"

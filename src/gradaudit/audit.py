@@ -306,7 +306,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
                                and not recovered))
             if not li.diverged and ex is None and jp is None:
                 harmful = None  # nothing of the loss could be measured (sparse logging)
-            cut = f"the lr rise at step {imp.cut_step}" if imp.cut_step is not None else \
+            cut = f"the lr-rise episode at step {imp.cut_step}" if imp.cut_step is not None else \
                 "the run ended"
             rise = lr_notes[id(e)][1] if id(e) in lr_notes else None
             if harmful is False and not short and rise is not None and \
@@ -660,7 +660,7 @@ def _harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: flo
                      "the raised lr's own progress puts it)")
         if held_from is not None and short is None:
             over += (f" (held from step {held_from} on at the excess it had reached: the loss "
-                     "after the lr rise there is that episode's)")
+                     "from there on is that lr-rise episode's)")
         spike = "" if lasting is None or lasting == ex else \
             f" ({lasting:+.3g} without the spike itself)"
         gain = " (a gain)" if ex < 0 and (lasting is None or lasting < 0) else ""
