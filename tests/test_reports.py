@@ -433,3 +433,34 @@ def test_terminal_escapes_in_names_never_reach_the_terminal():
         if fmt != "json":  # JSON escapes them as \u001b
             assert not any(c in text for c in "\x1b\x07\x9b"), fmt
     assert "\\x1b[2J" in render("github", result).replace("%5B", "[")
+
+
+def test_a_long_runs_worst_episodes_get_full_resolution_zooms():
+    # 200k logged steps drawn 800 px wide put an episode and its counterfactual in one pixel
+    # (a user review); the worst episodes are drawn again from full-resolution windows
+    import numpy as np
+    from _synth import healthy, run_series
+
+    from gradaudit.audit import MAX_ZOOMS, audit_run
+
+    s, g, loss = healthy(n=20000, seed=4)
+    for on in (5000, 9000, 13000, 17000):
+        g[on:on + 30] *= 25.0
+        loss[on:on + 30] += 1.0
+        loss[on + 30:on + 230] += np.linspace(0.3, 0.0, 200)
+    long_run = audit_run(run_series(s, g, loss, name="long"))
+    zoomed = sorted({k.split(":")[1] for k in long_run.traces if k.startswith("zoom:")})
+    assert len(zoomed) == MAX_ZOOMS and len(long_run.episodes) > MAX_ZOOMS
+    for key in (f"zoom:{zoomed[0]}:grad", f"zoom:{zoomed[0]}:loss"):
+        steps, _ = long_run.traces[key]
+        assert steps[0] == int(zoomed[0]) - 200 and steps[-1] == int(zoomed[0]) + 400
+        assert np.all(np.diff(steps) == 1)  # every logged point, not the decimated trace
+    result = AuditResult(runs=[long_run])
+    evaluate_gate(result)
+    page = render("html", result)
+    assert len(re.findall(r"Episode at step \d+, zoomed", page)) == MAX_ZOOMS
+    s, g, loss = healthy(n=1500, seed=4)  # a short run's figure already shows its episodes
+    g[700:730] *= 25.0
+    loss[700:730] += 1.0
+    short_run = audit_run(run_series(s, g, loss, name="short"))
+    assert short_run.episodes and not any(k.startswith("zoom:") for k in short_run.traces)

@@ -39,6 +39,7 @@ from gradaudit.series import RunSeries
 from gradaudit.settings import Settings
 
 MAX_TRACE_POINTS = 2000
+MAX_ZOOMS = 3  # episodes of a long run drawn again at full resolution
 
 
 def _clean(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -420,8 +421,33 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             traces["loss"] = decimate(ls, lv)
         for key in [k for k in traces if k.startswith("counterfactual:")]:
             traces[key] = decimate(*traces[key])
+        _zoom_traces(traces, episodes, gs if has_grad else None, g, ls if has_loss else None,
+                     lv, st.impact_horizon)
         audit.traces = traces
     return audit
+
+
+def _zoom_traces(traces: dict, episodes: list[Episode], gs: np.ndarray | None, g: np.ndarray,
+                 ls: np.ndarray | None, lv: np.ndarray, horizon: int,
+                 max_zooms: int = MAX_ZOOMS) -> None:
+    """Full-resolution windows around the worst ``max_zooms`` episodes (``zoom:{onset}:grad``,
+    ``zoom:{onset}:loss``: one horizon before the onset to two after), where the whole-run
+    traces were decimated: on a long run an episode and its counterfactual are a pixel wide."""
+    long = (gs is not None and gs.size > MAX_TRACE_POINTS) or \
+        (ls is not None and ls.size > MAX_TRACE_POINTS)
+    if not long:
+        return
+    rank = {"explosion": 1, "warning": 0}
+    worst = sorted(episodes, key=lambda e: (rank.get(e.severity, 0), e.peak_ratio or 0.0),
+                   reverse=True)[:max_zooms]
+    for e in worst:
+        lo, hi = e.onset_step - horizon, e.onset_step + 2 * horizon
+        for key, s, v in (("grad", gs, g), ("loss", ls, lv)):
+            if s is None:
+                continue
+            i0, i1 = int(np.searchsorted(s, lo)), int(np.searchsorted(s, hi, side="right"))
+            if i1 > i0:
+                traces[f"zoom:{e.onset_step}:{key}"] = decimate(s[i0:i1], v[i0:i1])
 
 
 def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,

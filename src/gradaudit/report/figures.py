@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -105,8 +106,34 @@ class RunFigure:
             ax.set_autoscale_on(True)
         return fig, axes
 
-    def png_data_uri(self, run: Any) -> str | None:
-        """The run's figure as a ``data:image/png;base64,...`` URI, or None without traces."""
+    def zoom_data_uris(self, run: Any) -> list[tuple[int, str]]:
+        """``(onset, figure URI)`` of each episode a long run's traces hold a full-resolution
+        window of (``zoom:{onset}:*``, worst first): the whole-run figure shows it a pixel wide."""
+        traces = run.traces or {}
+        onsets = list(dict.fromkeys(int(k.split(":")[1]) for k in traces if k.startswith("zoom:")))
+        out = []
+        for on in onsets:
+            grad, loss = traces.get(f"zoom:{on}:grad"), traces.get(f"zoom:{on}:loss")
+            spans = [np.asarray(t[0]) for t in (grad, loss) if t is not None and len(t[0])]
+            if not spans:
+                continue
+            lo = min(int(x[0]) for x in spans)
+            hi = max(int(x[-1]) for x in spans)
+            view = SimpleNamespace(
+                traces={k: v for k, v in (("grad_norm", grad), ("loss", loss),
+                                          (f"counterfactual:{on}",
+                                           traces.get(f"counterfactual:{on}"))) if v is not None},
+                episodes=[ep for ep in run.episodes if ep.onset_step <= hi and
+                          (ep.end_step is None or ep.end_step >= lo)],
+                clip=run.clip, first_step=lo, last_step=hi)
+            uri = self.png_data_uri(view, (lo, hi))
+            if uri is not None:
+                out.append((on, uri))
+        return out
+
+    def png_data_uri(self, run: Any, xlim: tuple[int, int] | None = None) -> str | None:
+        """The run's figure as a ``data:image/png;base64,...`` URI, or None without traces
+        (``xlim``: the steps to show, for a zoom)."""
         traces = run.traces or {}
         grad = traces.get("grad_norm")
         loss = traces.get("loss")
@@ -122,6 +149,8 @@ class RunFigure:
             ax.autoscale_view()
         if loss is not None:
             self._loss_limits(axes[-1], loss)
+        if xlim is not None:
+            axes[-1].set_xlim(*xlim)  # the axes share x
         handles, labels = [], []
         for ax in axes:
             h, lab = ax.get_legend_handles_labels()

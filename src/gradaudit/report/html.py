@@ -268,7 +268,8 @@ def _notes(run: Any) -> str:
     return "<h4>Notes</h4>" + "".join(parts) if parts else ""
 
 
-def _run_section(run: Any, anchor: str, figure: str | None, regressions: list[Any]) -> str:
+def _run_section(run: Any, anchor: str, figure: str | None, regressions: list[Any],
+                 zooms: list[tuple[int, str]] = ()) -> str:
     tags = [f"grad norm <span class=\"mono\">{e(run.grad_norm_tag or '-')}</span>",
             f"loss <span class=\"mono\">{e(run.loss_tag or '-')}</span>"]
     if run.lr_tag:
@@ -285,6 +286,10 @@ def _run_section(run: Any, anchor: str, figure: str | None, regressions: list[An
                    + "</div>")
     if figure:
         out.append(f'<img alt="grad norm and loss of this run, episodes shaded" src="{figure}">')
+    for onset, uri in zooms:  # a long run's worst episodes, at full resolution
+        out.append(f'<div class="sub">Episode at step {int(onset)}, zoomed: one impact horizon '
+                   f'before it to two after</div><img alt="grad norm and loss around the '
+                   f'episode at step {int(onset)}, with its counterfactual" src="{uri}">')
     if run.episodes:
         out.append(_episodes_table(run))
     out.append(_reasons(run))
@@ -366,15 +371,16 @@ def write(result: Any, stream: TextIO) -> None:
                          "table above and entries of the JSON report.</p>\n")
         figure_maker = None
         for i, run in enumerate(detailed):
-            figure = None
+            figure, zooms = None, []
             if i < MAX_FIGURES and run.traces:
                 if figure_maker is None:
                     from gradaudit.report.figures import RunFigure
 
                     figure_maker = RunFigure()
                 figure = figure_maker.png_data_uri(run)
+                zooms = figure_maker.zoom_data_uris(run)
             stream.write(_run_section(run, anchors[id(run)], figure,
-                                      regressions_by_run.get(run.run, [])))
+                                      regressions_by_run.get(run.run, []), zooms))
         if len(detailed) > MAX_FIGURES:
             stream.write(f'<p class="note">Figures are drawn for the {MAX_FIGURES} worst runs '
                          "only.</p>\n")
