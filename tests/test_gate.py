@@ -132,6 +132,20 @@ def test_new_and_missing_runs(tmp_path):
     assert result.regressions == []  # a new run is not a regression
     assert result.exit_code == 1  # ... but its explosion still fails the gate
     assert any("missing now" in r and "old-1" in r for r in result.gate_reasons)
+    assert any("not in the baseline (new, not compared): 'brand-new'" in r
+               for r in result.gate_reasons)
+
+
+def test_a_baseline_that_no_run_matches_says_nothing_was_compared(tmp_path):
+    # W&B offline-run-<time>-<id> folders change name every run: a nightly run with every
+    # gradient x2 passed its baseline with exit 0 and only "1 baseline run(s) missing now"
+    base = baseline_file(tmp_path, ok("wandb/offline-run-20261126_010203-abc", healthy=1.0))
+    result = result_of(ok("wandb/offline-run-20261127_010203-def", healthy=2.0), baseline=base)
+    evaluate_gate(result)
+    assert result.exit_code == 0 and result.regressions == []
+    said = " ".join(result.gate_reasons)
+    assert "no run matched a baseline run by name, so nothing was compared" in said
+    assert "offline-run-20261127_010203-def" in said
 
 
 def test_regressions_named_in_every_format(tmp_path):

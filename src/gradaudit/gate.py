@@ -20,10 +20,11 @@ run name. A run *regressed* when, compared with its baseline entry:
   ``baseline_spike_rate_delta`` per 1000 steps (default 1.0) *and* to more than
   ``baseline_spike_rate_ratio`` times the baseline (default 2.0).
 
-Runs that are not in the baseline are new, not regressions. Baseline runs that are missing now
-are reported in ``gate_reasons`` (as notes) but do not fail the gate. Regressions fail the gate
-whatever ``fail_on`` is, except ``never``, which turns the gate off (regressions are still
-listed).
+Runs that are not in the baseline are new, not regressions; they and baseline runs that are
+missing now are reported in ``gate_reasons`` (as notes) but do not fail the gate. Where no run
+matched a baseline run at all, the note says that nothing was compared, and why names differ.
+Regressions fail the gate whatever ``fail_on`` is, except ``never``, which turns the gate off
+(regressions are still listed).
 """
 
 from __future__ import annotations
@@ -121,10 +122,23 @@ def compare(result: AuditResult, baseline: dict[str, dict[str, Any]]) -> tuple[
             notes.append(f"note: run {run.run!r} was readable in the baseline and is not now")
     missing = [name for name in baseline if name not in current]
     if missing:
-        shown = ", ".join(repr(m) for m in missing[:MAX_LISTED])
-        more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
-        notes.append(f"note: {len(missing)} baseline run(s) missing now: {shown}{more}")
+        notes.append(f"note: {len(missing)} baseline run(s) missing now: {_listed(missing)}")
+    new = [run.run for run in result.runs if run.run not in baseline]
+    if new and len(new) == len(result.runs):
+        notes.append(
+            f"note: no run matched a baseline run by name, so nothing was compared (new: "
+            f"{_listed(new)}); runs are matched by their path relative to the scanned folder, "
+            "and W&B offline-run-<time>-<id> or HF runs/<date>_<host> folders change name every "
+            "run: scan them under a stable name (copy or link each to a fixed folder)")
+    elif new:
+        notes.append(f"note: {len(new)} run(s) not in the baseline (new, not compared): "
+                     f"{_listed(new)}")
     return regressions, notes
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(repr(m) for m in names[:MAX_LISTED])
+    return shown + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
 
 
 def evaluate_gate(result: AuditResult, baseline: dict[str, dict[str, Any]] | None = None) -> None:
