@@ -434,3 +434,41 @@ def test_a_zero_filled_block_mid_file_is_damage_with_its_steps_named(wandb_root,
     messages = " | ".join(p.message for p in run.problems)
     assert "zero-filled" in messages and f"steps {gone[0]}-{gone[-1]}" in messages
 
+
+
+def test_a_resumed_offline_run_is_one_run_unless_its_steps_restart(tmp_path, monkeypatch):
+    # wandb.init(id=..., resume="allow") after a crash writes a second run-<time>-<id> folder;
+    # read apart, the first half "never came back" from an lr spike the run recovered from
+    # (a user review). A later folder whose steps start again at 0 says nothing of where it
+    # resumed: those stay runs of their own.
+    root, home = tmp_path / "runs", tmp_path / "home"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for var, sub in (("WANDB_DIR", root), ("WANDB_CACHE_DIR", home / "cache"),
+                     ("WANDB_CONFIG_DIR", home / "config"), ("WANDB_DATA_DIR", home / "data"),
+                     ("WANDB_ARTIFACT_DIR", home / "artifacts")):
+        monkeypatch.setenv(var, str(sub))
+    root.mkdir()
+
+    def session(run_id: str, steps: range, base: float) -> None:
+        run = wandb.init(mode="offline", dir=str(root), project="resume", id=run_id,
+                         resume="allow", settings=_settings())
+        for s in steps:
+            run.log({"train/loss": base + s / 1000, "train/grad_norm": 1.0}, step=s)
+        run.finish()
+        time.sleep(1.1)  # the next folder's name carries the next second
+
+    session("rsm1", range(0, 80), 1.0)
+    session("rsm1", range(60, 150), 5.0)  # resumed from a checkpoint at step 60
+    session("rst2", range(0, 60), 1.0)
+    session("rst2", range(0, 30), 5.0)  # a counter that starts again at 0
+    runs = {r.name.split("-")[-1]: r for r in gradaudit.read_runs([root])}
+    resumed = runs["rsm1"]
+    steps, loss = resumed.series("train/loss")
+    assert steps.tolist() == list(range(150))
+    np.testing.assert_allclose(loss[55:65], [1.055, 1.056, 1.057, 1.058, 1.059,
+                                             5.06, 5.061, 5.062, 5.063, 5.064], rtol=1e-6)
+    assert any(n.startswith("a resumed run: read as one from 2 run folders") for n in resumed.notes)
+    split = [r for r in gradaudit.read_runs([root]) if "rst2" in r.name]
+    assert sorted(len(r.series("train/loss")[0]) for r in split) == [30, 60]
+    assert sum("#resumed-" in r.name for r in split) == 1

@@ -15,6 +15,7 @@ numbers in JSON (strings, booleans, dicts such as histograms or images, lists) a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -63,6 +64,47 @@ def _usable_step(v: np.ndarray) -> np.ndarray:
 def claim(directory: Path, files: list[Path]) -> list[Source]:
     """One source per ``*.wandb`` file; the folder holding it is the run (name ``"."``)."""
     return [Source(FORMAT, ".", (f,)) for f in sorted(files) if f.name.endswith(".wandb")]
+
+
+#: A run folder as wandb names it: ``[offline-]run-<YYYYmmdd_HHMMSS>-<run id>``.
+_RUN_DIR = re.compile(r"^(?:offline-)?run-(\d{8}_\d{6})-([A-Za-z0-9_-]+)$")
+
+
+def _run_key(source: Source) -> tuple[Path, str, str] | None:
+    """``(parent folder, run id, start time)`` of a source in a wandb-named run folder."""
+    if not source.files:
+        return None
+    folder = source.files[0].parent
+    m = _RUN_DIR.match(folder.name)
+    return (folder.parent, m.group(2), m.group(1)) if m else None
+
+
+def regroup(sources: list[Source]) -> list[Source]:
+    """Fold the folders of a resumed run into one run: ``wandb.init(id=..., resume=...)`` after
+    a crash writes a new ``run-<time>-<id>`` folder with the same id, and ``wandb sync`` uploads
+    both into one run. The folders are read in time order (a later write of a step wins); the
+    run is named by its first folder."""
+    groups: dict[tuple[Path, str], list[tuple[str, int]]] = {}
+    for i, src in enumerate(sources):
+        key = _run_key(src)
+        if key is not None:
+            groups.setdefault(key[:2], []).append((key[2], i))
+    first_of: dict[int, list[int]] = {}
+    merged: set[int] = set()
+    for members in groups.values():
+        if len(members) > 1:
+            order = [i for _, i in sorted(members)]
+            first_of[order[0]] = order
+            merged.update(order[1:])
+    if not first_of:
+        return sources
+    out = []
+    for i, src in enumerate(sources):
+        if i in merged:
+            continue
+        files = tuple(f for j in first_of.get(i, [i]) for f in sources[j].files)
+        out.append(Source(src.format, src.name, files))
+    return out
 
 
 class _KeyTable:
@@ -542,13 +584,13 @@ def _read_file(path: Path, hist: _History) -> list[FileProblem]:
     return problems
 
 
-def read(source: Source) -> list[RawRun]:
-    """Read the history of one run folder's ``.wandb`` file(s), in file-name order."""
+def _read_paths(paths: list[Path]) -> RawRun:
+    """One run from ``paths``, read in the order given (a later write of a step wins)."""
     hist = _History()
     problems: list[FileProblem] = []
     errors: list[str] = []
     read_any = False
-    for path in sorted(source.files):
+    for path in paths:
         try:
             problems.extend(_read_file(path, hist))
             read_any = True
@@ -564,7 +606,40 @@ def read(source: Source) -> list[RawRun]:
         spans = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b, _ in hist.lost[:5])
         more = f" and {len(hist.lost) - 5} more" if len(hist.lost) > 5 else ""
         problems.append(FileProblem(
-            str(sorted(source.files)[-1]),
+            str(paths[-1]),
             f"history lost where the file is damaged: steps {spans}{more} (about "
             f"{sum(n for _, _, n in hist.lost)} row(s))"))
-    return [RawRun(points=frame, problems=problems, notes=notes)]
+    return RawRun(points=frame, problems=problems, notes=notes, files=list(paths))
+
+
+def _first_step(raw: RawRun) -> int | None:
+    frame = raw.points if isinstance(raw.points, pl.DataFrame) else raw.points.collect()
+    return None if frame.height == 0 else int(frame.get_column("step").min())
+
+
+def read(source: Source) -> list[RawRun]:
+    """Read the history of one run's ``.wandb`` file(s): a folder's in file-name order, the
+    folders of a resumed run in time order (:func:`regroup`), as one run - unless a later
+    folder's step counter starts again at 0 (an offline resume, which cannot know the steps
+    logged before it): its steps say nothing of where it resumed, so each folder is a run of
+    its own (``#resumed-<time>``)."""
+    folders = list(dict.fromkeys(p.parent for p in source.files))
+    groups = [sorted(f for f in source.files if f.parent == d) for d in folders]
+    if len(groups) == 1:
+        return [_read_paths(groups[0])]
+    parts = [_read_paths(g) for g in groups]
+    firsts = [_first_step(r) for r in parts]
+    names = ", ".join(d.name for d in folders)
+    if any(f == 0 for f in firsts[1:]) and any(f is not None for f in firsts[:1]):
+        for k, (raw, d) in enumerate(zip(parts, folders, strict=True)):
+            m = _RUN_DIR.match(d.name)
+            if k:
+                raw.suffix = f"resumed-{m.group(1) if m else k}"
+            raw.notes.insert(0, f"one of {len(folders)} run folders with the same run id "
+                                f"({names}); a later one's steps start again at 0, so each is "
+                                "read as a run of its own")
+        return parts
+    merged = _read_paths([p for g in groups for p in g])
+    merged.notes.insert(0, f"a resumed run: read as one from {len(folders)} run folders with "
+                           f"the same run id, in time order ({names})")
+    return [merged]
