@@ -346,3 +346,18 @@ def test_an_earlier_longer_runs_top_level_copy_is_not_read(tmp_path: Path) -> No
     assert run.files == [str(out / "checkpoint-1000" / "trainer_state.json")]
     assert run.series("train/loss")[0].max() == 1000
     assert any("the copies disagree" in n and "written later" in n for n in run.notes)
+
+
+def test_a_bad_batch_in_the_detectors_warm_up_is_found():
+    # written by transformers 5.24's Trainer (a 2-layer GPT-2 from scratch, logging_steps=10,
+    # one batch of garbage tokens at step 200): the logged loss is 29.6 at step 210 against
+    # 1.8, its 21st point. The detectors need 25 points for a level, so the first 250 steps
+    # (12,500 at the Trainer's default logging_steps=500) went unjudged and the run read "ok".
+    import gradaudit
+
+    (run,) = gradaudit.read_runs([Path(__file__).parent / "data" / "hf-logging-steps-10"])
+    steps, loss = run.series("train/loss")
+    assert steps[20] == 210 and loss[20] > 10 * loss[19]
+    a = gradaudit.audit_run(run)
+    assert [e.onset_step for e in a.episodes] == [210]
+    assert a.episodes[0].kind == "loss_spike"

@@ -24,6 +24,11 @@ end flagged) has its onset walked back to where that climb started, and its heal
 the level the climb started from (:func:`_climb_before`): the climb is no healthy stretch.
 
 Loss episodes (``loss-spike``) that no grad episode explains become ``loss_spike`` episodes.
+Where each logged loss is a mean over a logging interval (a Trainer's ``loss``), a point before
+the loss has a level (its first ``min_history`` logged points: 250 steps of a run logged every
+10) that stands ``spike_ratio`` x above every earlier one is a jump too (:func:`_warm_jumps`): a
+training loss starts at its highest, and the averaging took the batches' tails away (a single
+batch's loss logged every 10 steps keeps them: a squared error jumps 3x on ordinary batches).
 Severity is set later from the loss impact (:func:`severity`).
 
 Chronically spiky runs: a run with more than ``max_episodes`` (500) candidate episodes of one
@@ -281,6 +286,44 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
     return GradAnalysis(eps, rl, in_ep, zc_final, n_unlisted, unlisted_max)
 
 
+def _warm_jumps(ysp: np.ndarray, lvl: np.ndarray, logged: bool, p: EpisodeParams) -> np.ndarray:
+    """Points before the loss has a level (its first ``min_history`` points: the detectors'
+    warm-up) that stand ``spike_ratio`` x above every earlier point, and twice the run's 99th
+    percentile above its level: a training loss starts at its highest, so such a point is a
+    jump whatever the level would have been (one bad batch at step 200 of a run logged every 10
+    steps is its 21st point). Positive losses only."""
+    out = np.zeros(ysp.size, bool)
+    if not logged:
+        return out
+    fin = np.isfinite(ysp)
+    warm = fin & ~np.isfinite(lvl)
+    idx = np.flatnonzero(fin)
+    if idx.size < 4 or not warm.any():
+        return out
+    prev_max = np.full(ysp.size, np.nan)
+    prev_max[idx[1:]] = np.maximum.accumulate(ysp[idx])[:-1]
+    enough = np.zeros(ysp.size, bool)
+    enough[idx[3:]] = True  # three earlier points at least
+    # and beyond the run's own spikiness, as every loss trigger (loss_spike's tail_factor): a
+    # squared-error loss jumps 3x on ordinary batches
+    excess = (ysp - lvl)[np.isfinite(lvl) & fin]
+    tail = float(np.percentile(excess, 99)) if excess.size >= 100 else 0.0
+    with np.errstate(invalid="ignore"):
+        out = warm & enough & (ysp - prev_max >= max(np.log(p.spike_ratio), 2.0 * tail))
+    return out
+
+
+def _with_warmup_jumps(spans: list[tuple[int, int]], jumps: np.ndarray,
+                       merge_gap: int) -> list[tuple[int, int]]:
+    """``spans`` plus one span per run of warm-up ``jumps`` (:func:`_warm_jumps`) they miss."""
+    if not jumps.any():
+        return spans
+    taken = np.zeros(jumps.size, bool)
+    for a, b in spans:
+        taken[a:b + 1] = True
+    return sorted(spans + runs_of(jumps & ~taken, merge_gap))
+
+
 def _span_max(v: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
     """``max(v[a:b + 1])`` for each of the disjoint, sorted ``spans`` (vectorised)."""
     ab = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
@@ -367,8 +410,11 @@ def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0,
         if len(spans) > p.max_episodes:
             spans, k, _ = _keep_worst(spans, ysp - lvl, np.zeros(n, bool), p.max_episodes)
             n_unlisted += k
+        jumps = _warm_jumps(np.where(fin_y, ysp, np.nan), lvl, logged, p) if interval_mean \
+            else np.zeros(n, bool)
+        spans = _with_warmup_jumps(spans, jumps, p.merge_gap)
         for a, b in spans:
-            trig = ll.trigger[a:b + 1]
+            trig = ll.trigger[a:b + 1] | jumps[a:b + 1]
             first = a + int(np.argmax(trig))
             onset = first
             while onset - 1 >= a and ll.elevated[onset - 1]:
