@@ -40,6 +40,7 @@ from gradaudit.settings import Settings
 
 MAX_TRACE_POINTS = 2000
 MAX_ZOOMS = 3  # episodes of a long run drawn again at full resolution
+WARMUP_NOTE_STEPS = 100  # a detectors' warm-up this many steps long or more gets a run note
 
 
 def _clean(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -160,6 +161,14 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
         what = "grad-norm" if has_grad else "loss"
         notes.append(f"only {usable} usable {what} points: too few to judge (a healthy level "
                      f"needs more than {p.min_history})")
+    else:
+        steps_of = gs if has_grad else ls
+        warm_to = int(steps_of[p.min_history])
+        if warm_to - int(steps_of[0]) >= WARMUP_NOTE_STEPS:
+            notes.append(f"the first {p.min_history} logged points (steps {int(steps_of[0])}-"
+                         f"{warm_to - 1}) are the detectors' warm-up: no healthy level exists "
+                         "there yet, so only jumps far above every earlier point are judged "
+                         "(log more often to judge the start of training)")
     warm = None  # last step of the lr warm-up: no healthy level exists before it
     if series.lr_tag is not None:
         rs, rv = _clean(*series.series(series.lr_tag))
