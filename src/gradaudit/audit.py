@@ -11,6 +11,7 @@ import bisect
 import numpy as np
 from scipy.special import ndtri
 
+from gradaudit.adapters.hf_trainer import FORMAT as HF_FORMAT
 from gradaudit.clip import clip_options, suggest
 from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
 from gradaudit.detect.loss_rise import ID as ID_RISE
@@ -794,8 +795,9 @@ def _advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.nd
                     "checkpoint before it (the suggested clip cuts the climb into it)")
         elif lr_rise:
             parts.append(f"the {'loss moved' if e.kind == 'loss_spike' else 'episode began'} "
-                         f"at step {e.onset_step} with a learning-rate rise: clipping would not "
-                         "undo it; check the lr schedule there")
+                         f"at step {e.onset_step} with a learning-rate rise: the cause is the "
+                         "lr schedule, check it there (a clip only softens such an episode: "
+                         "every update is still taken at the raised lr)")
         elif e.kind == "loss_spike" and has_grad and g_every > 1:
             parts.append(f"the loss spike at step {e.onset_step} came with no grad-norm rise at "
                          f"the logged steps (every {g_every}); look at the data there, and log "
@@ -803,6 +805,10 @@ def _advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.nd
         elif e.kind == "loss_spike" and has_grad:
             parts.append(f"clipping would not help the loss spike at step {e.onset_step}: the "
                          f"grad norm stayed healthy; look at the data at step {e.onset_step}")
+    if has_grad and episodes and series.format == HF_FORMAT:
+        parts.append("the Hugging Face Trainer clips at max_grad_norm (1.0 by default) and logs "
+                     "the grad norm before clipping: compare the options with the clip this run "
+                     "trained with")
     return "; ".join(parts) if parts else None
 
 
