@@ -364,3 +364,31 @@ def test_a_bad_batch_in_the_detectors_warm_up_is_found():
     # and the report says how long the warm-up is
     assert any("first 25 logged points (steps 10-259) are the detectors' warm-up" in n
                for n in a.notes)
+
+
+def test_a_trainer_runs_tensorboard_copy_is_not_a_second_run(tmp_path: Path) -> None:
+    # report_to="tensorboard" writes the log history again into <output_dir>/runs/<date>_<host>:
+    # one training run was audited twice (3 explosions reported for 2 runs, and counted twice
+    # in the batch clip). A TensorBoard run anywhere else stays a run of its own.
+    import shutil
+
+    from tensorboardX import SummaryWriter
+
+    out = tmp_path / "gpt2-lrspike"
+    out.mkdir()
+    state = Path(__file__).parent / "data" / "hf-logging-steps-10" / "trainer_state.json"
+    shutil.copy(state, out / "trainer_state.json")
+    for folder in (out / "runs" / "Nov27_08-57-26_vm", tmp_path / "other" / "runs" / "x"):
+        writer = SummaryWriter(str(folder), flush_secs=3600)
+        for entry in json.loads(state.read_text())["log_history"]:
+            if "loss" in entry:
+                writer.add_scalar("train/loss", entry["loss"], entry["step"])
+                writer.add_scalar("train/grad_norm", entry["grad_norm"], entry["step"])
+        writer.close()
+    runs = {r.name: r for r in gradaudit.read_runs([tmp_path])}
+    assert sorted(runs) == ["gpt2-lrspike", "other/runs/x"]
+    assert runs["gpt2-lrspike"].format == "hf-trainer-state"
+    assert any("gpt2-lrspike/runs/Nov27_08-57-26_vm is this Trainer run's copy" in n
+               for n in runs["gpt2-lrspike"].notes)
+    (only,) = gradaudit.read_runs([out])  # scanned from the output folder itself
+    assert only.format == "hf-trainer-state"

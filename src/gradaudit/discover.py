@@ -18,6 +18,8 @@ from pathlib import Path
 
 from gradaudit.adapters import REGISTRY
 from gradaudit.adapters.base import Source
+from gradaudit.adapters.hf_trainer import FORMAT as HF_FORMAT
+from gradaudit.adapters.tensorboard import FORMAT as TB_FORMAT
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,35 @@ def _regroup(sources: list[Source]) -> list[Source]:
     return out
 
 
+def _without_trainer_copies(sources: list[Source]) -> list[Source]:
+    """Sources less the TensorBoard copies of a Hugging Face Trainer run: ``report_to=
+    "tensorboard"`` writes the same log history into ``<output_dir>/runs/<date>_<host>`` (the
+    default ``logging_dir``) beside ``trainer_state.json``; one training run is one run, read
+    from ``trainer_state.json``, which says so in a note."""
+    trainer = {s.name: i for i, s in enumerate(sources) if s.format == HF_FORMAT}
+    copies: dict[int, list[str]] = {}
+    drop = set()
+    for i, s in enumerate(sources):
+        if s.format != TB_FORMAT:
+            continue
+        parent, _, leaf = s.name.rpartition("/")
+        owner_name, _, runs = parent.rpartition("/") if "/" in parent else ("", "", parent)
+        owner = trainer.get(owner_name or ".") if runs == "runs" and leaf else None
+        if owner is not None:
+            drop.add(i)
+            copies.setdefault(owner, []).append(s.name)
+    out = []
+    for i, s in enumerate(sources):
+        if i in drop:
+            continue
+        if i in copies:
+            note = (f"the TensorBoard log in {', '.join(copies[i])} is this Trainer run's copy "
+                    "(report_to='tensorboard'): read once, from trainer_state.json")
+            s = Source(s.format, s.name, s.files, s.notes + (note,))
+        out.append(s)
+    return out
+
+
 def _join(prefix: str, rel: str) -> str:
     return posixpath.normpath(posixpath.join(prefix, rel))
 
@@ -145,5 +176,6 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> Discovery:
                     name = prefix
                 merged.setdefault((src.format, name), []).extend(src.files)
     sources = _regroup([Source(fmt, name, tuple(files)) for (fmt, name), files in merged.items()])
+    sources = _without_trainer_copies(sources)
     sources.sort(key=lambda s: (s.name, s.format))
     return Discovery(sources=sources, missing=missing, unrecognised=unrecognised)

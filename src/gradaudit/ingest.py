@@ -35,7 +35,7 @@ def build_series(
         files=[_display(f) for f in files],
         frame=frame,
         problems=list(raw.problems),
-        notes=list(raw.notes) + notes,
+        notes=list(source.notes) + list(raw.notes) + notes,
         interval_means=raw.interval_means,
     )
     tags = series.tags()

@@ -88,6 +88,7 @@ class Source:
     format: str
     name: str
     files: tuple[Path, ...]
+    notes: tuple[str, ...] = ()  # said by discovery about this run (what it stands for)
 
 
 @dataclass
