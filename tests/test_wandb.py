@@ -472,3 +472,31 @@ def test_a_resumed_offline_run_is_one_run_unless_its_steps_restart(tmp_path, mon
     split = [r for r in gradaudit.read_runs([root]) if "rst2" in r.name]
     assert sorted(len(r.series("train/loss")[0]) for r in split) == [30, 60]
     assert sum("#resumed-" in r.name for r in split) == 1
+
+
+def test_a_define_metric_step_axis_is_the_step(tmp_path, monkeypatch):
+    # define_metric("*", step_metric="global_step") with a validation wandb.log call of its own
+    # every 100 steps: _step counts the calls, so the run read 1528 steps for 1500 and an lr
+    # spike at 500 was reported at 510 (a user review)
+    root, home = tmp_path / "runs", tmp_path / "home"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for var, sub in (("WANDB_DIR", root), ("WANDB_CACHE_DIR", home / "cache"),
+                     ("WANDB_CONFIG_DIR", home / "config"), ("WANDB_DATA_DIR", home / "data"),
+                     ("WANDB_ARTIFACT_DIR", home / "artifacts")):
+        monkeypatch.setenv(var, str(sub))
+    root.mkdir()
+    run = wandb.init(mode="offline", dir=str(root), project="axis", settings=_settings())
+    run.define_metric("global_step")
+    run.define_metric("*", step_metric="global_step")
+    for s in range(300):
+        run.log({"train/loss": 2.0 - s / 1000, "train/grad_norm": 1.0 + (s == 250),
+                 "global_step": s})
+        if s % 100 == 99:
+            run.log({"val/loss": 1.5 - s / 1000, "global_step": s})
+    run.finish()
+    (got,) = gradaudit.read_runs([root])
+    steps, grad = got.series("train/grad_norm")
+    assert steps.tolist() == list(range(300)) and grad[250] == 2.0
+    assert got.series("val/loss")[0].tolist() == [99, 199, 299]
+    assert any("steps are the logged 'global_step'" in n for n in got.notes)

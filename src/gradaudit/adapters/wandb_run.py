@@ -8,9 +8,10 @@ older writers) or ``nested_key`` (2, repeated, joined with ``"/"``) and ``value_
 
 Steps: each history row's ``_step`` (falling back to ``HistoryRecord.step.num``); a row that
 carries a trainer step (``train/global_step`` from Hugging Face, ``trainer/global_step`` from
-Lightning) is placed at that step instead. ``_timestamp`` is the wall time. Values that are not
-numbers in JSON (strings, booleans, dicts such as histograms or images, lists) are skipped;
-``NaN``/``Infinity``/``-Infinity`` are kept.
+Lightning, or the ``step_metric`` a ``define_metric`` call named: ``Record.metric`` (12) ->
+``MetricRecord.step_metric`` (4)) is placed at that step instead. ``_timestamp`` is the wall
+time. Values that are not numbers in JSON (strings, booleans, dicts such as histograms or
+images, lists) are skipped; ``NaN``/``Infinity``/``-Infinity`` are kept.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ _C_GLOBAL = (3, 4)
 _FIRST_METRIC = 5
 _NUMERIC_START = frozenset(b"-0123456789NI")
 _KEY_TAGS = (0x0A, 0x12)
+_METRIC_KEY = 0x62  # Record.metric (field 12, length-delimited)
 _ROW_BATCH = 1 << 16  # history rows decoded per NumPy batch
 _PAD = 512  # zero bytes after a batch, so lockstep reads past a malformed end stay in bounds
 _NUMERIC_TABLE = np.zeros(256, bool)
@@ -115,6 +117,10 @@ class _KeyTable:
         self._by_name = {n: i for i, n in enumerate(self.names)}
         self.by_raw: dict[bytes, int] = {}
 
+    def lookup(self, name: str) -> int | None:
+        """The code of a key seen by name, or None."""
+        return self._by_name.get(name)
+
     def code(self, raw: bytes) -> int:
         """Code of an item's key fields (``raw`` = the item bytes before its value)."""
         code = self.by_raw.get(raw)
@@ -160,13 +166,14 @@ def _field(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
     return key, pos, stop
 
 
-def _history_span(buf: bytes, pos: int) -> tuple[int, int] | None:
-    """Where ``Record.history`` is, for records not in the usual field order; else None."""
+def _history_span(buf: bytes, pos: int, key_byte: int = 0x12) -> tuple[int, int] | None:
+    """Where ``Record.history`` (or the field of ``key_byte``) is, for records not in the usual
+    field order; else None."""
     end = len(buf)
     found = None
     while pos < end:
         key, start, stop = _field(buf, pos, end)
-        if key == 0x12:
+        if key == key_byte:
             found = (start, stop)
         pos = stop
     return found
@@ -268,6 +275,15 @@ class _History:
         self.bad = 0
         self.breaks: list[int] = []  # rows before which the file was damaged (rows were lost)
         self.lost: list[tuple[int, int, int]] = []  # steps missing there (set by to_frame)
+        self.step_metrics: list[str] = []  # define_metric(..., step_metric=X) axes, in order
+
+    def _metric(self, payload: bytes) -> None:
+        """Note the ``step_metric`` (field 4) of a ``MetricRecord`` (``Record.metric``, 12)."""
+        for number, wire, a, b in iter_fields(payload):
+            if number == 4 and wire == 2:
+                name = payload[a:b].decode("utf-8", "replace")
+                if name and name not in self.step_metrics:
+                    self.step_metrics.append(name)
 
     def add_records(self, records: Iterable[bytes], damage: LogDamage | None = None) -> int:
         """Take ``Record`` messages; history ones become rows. Returns how many were invalid.
@@ -301,11 +317,14 @@ class _History:
                     end = pos + size
                     if end > len(buf):
                         raise WireError("history runs past the end of the record")
-                elif 0x1A <= tag <= 0x7A and tag & 7 == 2:
+                elif 0x1A <= tag <= 0x7A and tag & 7 == 2 and tag != 0x62:
                     continue  # another record type (summary, output, ...): a oneof
                 else:
                     span = _history_span(buf, pos)
                     if span is None:
+                        metric = _history_span(buf, pos, _METRIC_KEY)
+                        if metric is not None:  # Record.metric: a define_metric call
+                            self._metric(buf[metric[0]:metric[1]])
                         continue
                     pos, end = span
             except (WireError, IndexError):
@@ -501,7 +520,10 @@ class _History:
         wall = np.full(n, np.nan)
         r, v = per_row(_C_TIME)
         wall[r] = v
-        for code in _C_GLOBAL:
+        # a trainer's step, or the axis a define_metric call named (Lightning and HF name theirs
+        # too; a loop of one's own that logs a global step beside wandb.log calls of its own)
+        declared = [self.keys.lookup(m) for m in self.step_metrics]
+        for code in (*_C_GLOBAL, *(c for c in declared if c is not None and c >= _FIRST_METRIC)):
             r, v = per_row(code)
             ok = _usable_step(v)
             if ok.any():
