@@ -464,3 +464,30 @@ def test_a_long_runs_worst_episodes_get_full_resolution_zooms():
     loss[700:730] += 1.0
     short_run = audit_run(run_series(s, g, loss, name="short"))
     assert short_run.episodes and not any(k.startswith("zoom:") for k in short_run.traces)
+
+
+def test_a_loss_that_blew_up_is_drawn_on_a_log_scale_and_the_next_run_is_not():
+    # a run that diverged in its first steps is mostly its climb to 1e21: on a linear axis,
+    # a flat line (a user review); the reused axes go back to linear for the next run
+    import numpy as np
+    from _synth import healthy, run_series
+
+    from gradaudit.audit import audit_run
+    from gradaudit.report.figures import RunFigure
+
+    s, g, loss = healthy(n=1500, seed=1)
+    g[5:30] *= np.exp(np.arange(25) * 1.2)
+    g[30:] = np.inf
+    loss[5:30] *= np.exp(np.arange(25) * 2.0)
+    loss[30:] = np.nan
+    blown = audit_run(run_series(s, g, loss, name="blown"))
+    s, g, loss = healthy(n=1500, seed=2)
+    g[700:730] *= 25.0
+    loss[700:730] += 1.0
+    normal = audit_run(run_series(s, g, loss, name="normal"))
+    maker = RunFigure()
+    assert maker.png_data_uri(blown) is not None
+    (_, axes), = maker._layouts.values()
+    assert axes[-1].get_yscale() == "log"
+    assert maker.png_data_uri(normal) is not None
+    assert axes[-1].get_yscale() == "linear"

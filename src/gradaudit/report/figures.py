@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, MaxNLocator, NullLocator
 
 WIDTH_IN, HEIGHT_IN, DPI = 9.0, 4.6, 90
+LOG_LOSS_SPAN = 1e3  # a positive loss spanning more than this is drawn on a log scale
 MAX_POINTS = 1600  # about two points per pixel of the panel's width
 
 _GRAD = "#2563eb"
@@ -225,12 +226,22 @@ class RunFigure:
 
     @staticmethod
     def _loss_limits(ax: Any, loss: tuple[np.ndarray, np.ndarray]) -> None:
-        """Y limits that keep the loss readable when a divergence shoots it up."""
+        """Y limits that keep the loss readable when a divergence shoots it up; a positive loss
+        whose middle 99 % spans more than ``LOG_LOSS_SPAN`` x is drawn on a log scale (a run
+        that diverged early is mostly its climb, to 1e21: linear, a flat line)."""
+        ax.set_yscale("linear")  # the axes are reused from run to run
+        ax.yaxis.set_major_locator(MaxNLocator(5))
         values = np.asarray(loss[1], dtype=np.float64)
         values = values[np.isfinite(values)]
         if values.size == 0:
             return
         lo, hi = np.percentile(values, [0.5, 99.5])
+        if lo > 0 and hi / lo > LOG_LOSS_SPAN:
+            ax.set_yscale("log")
+            ax.set_ylim(float(values.min()) / 1.5, float(values.max()) * 1.5)
+            ax.yaxis.set_major_locator(LogLocator(base=10, numticks=6))
+            ax.yaxis.set_minor_locator(NullLocator())
+            return
         peak = float(np.max(values))
         span = max(float(hi - lo), 1e-12)
         ax.set_ylim(lo - 0.05 * span, max(hi, min(peak, hi + 3 * span)) + 0.05 * span)
