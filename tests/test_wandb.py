@@ -486,7 +486,8 @@ def test_a_define_metric_step_axis_is_the_step(tmp_path, monkeypatch):
                      ("WANDB_ARTIFACT_DIR", home / "artifacts")):
         monkeypatch.setenv(var, str(sub))
     root.mkdir()
-    run = wandb.init(mode="offline", dir=str(root), project="axis", settings=_settings())
+    run = wandb.init(mode="offline", dir=str(root), project="axis", name="lr-sweep-3",
+                     settings=_settings())
     run.define_metric("global_step")
     run.define_metric("*", step_metric="global_step")
     for s in range(300):
@@ -500,3 +501,5 @@ def test_a_define_metric_step_axis_is_the_step(tmp_path, monkeypatch):
     assert steps.tolist() == list(range(300)) and grad[250] == 2.0
     assert got.series("val/loss")[0].tolist() == [99, 199, 299]
     assert any("steps are the logged 'global_step'" in n for n in got.notes)
+    # the run is named by its folder; the name given to wandb.init tells runs apart
+    assert "W&B run 'lr-sweep-3' in project 'axis'" in got.notes

@@ -48,6 +48,7 @@ _FIRST_METRIC = 5
 _NUMERIC_START = frozenset(b"-0123456789NI")
 _KEY_TAGS = (0x0A, 0x12)
 _METRIC_KEY = 0x62  # Record.metric (field 12, length-delimited)
+_RUN_KEY = 0x8A  # Record.run (field 17, length-delimited; the varint key 0x8A 0x01)
 _ROW_BATCH = 1 << 16  # history rows decoded per NumPy batch
 _PAD = 512  # zero bytes after a batch, so lockstep reads past a malformed end stay in bounds
 _NUMERIC_TABLE = np.zeros(256, bool)
@@ -276,6 +277,14 @@ class _History:
         self.breaks: list[int] = []  # rows before which the file was damaged (rows were lost)
         self.lost: list[tuple[int, int, int]] = []  # steps missing there (set by to_frame)
         self.step_metrics: list[str] = []  # define_metric(..., step_metric=X) axes, in order
+        self.display: tuple[str, str] | None = None  # the run's (display name, project)
+
+    def _run(self, payload: bytes) -> None:
+        """Note ``RunRecord.display_name`` (8) and ``project`` (3)."""
+        got = {n: payload[a:b].decode("utf-8", "replace") for n, w, a, b in iter_fields(payload)
+               if w == 2 and n in (3, 8)}
+        if got.get(8):
+            self.display = (got[8], got.get(3, ""))
 
     def _metric(self, payload: bytes) -> None:
         """Note the ``step_metric`` (field 4) of a ``MetricRecord`` (``Record.metric``, 12)."""
@@ -325,6 +334,10 @@ class _History:
                         metric = _history_span(buf, pos, _METRIC_KEY)
                         if metric is not None:  # Record.metric: a define_metric call
                             self._metric(buf[metric[0]:metric[1]])
+                        elif self.display is None:
+                            run = _history_span(buf, pos, _RUN_KEY)
+                            if run is not None:  # Record.run: the run's name and project
+                                self._run(buf[run[0]:run[1]])
                         continue
                     pos, end = span
             except (WireError, IndexError):
@@ -622,6 +635,9 @@ def _read_paths(paths: list[Path]) -> RawRun:
     if not read_any:
         raise ReadError("; ".join(errors))
     frame, notes = hist.to_frame()
+    if hist.display is not None:
+        name, project = hist.display
+        notes.insert(0, f"W&B run {name!r}" + (f" in project {project!r}" if project else ""))
     if hist.n_rows == 0:
         notes.append("no history rows in this run file")
     if hist.lost:
