@@ -378,17 +378,24 @@ def test_a_trainer_runs_tensorboard_copy_is_not_a_second_run(tmp_path: Path) -> 
     out.mkdir()
     state = Path(__file__).parent / "data" / "hf-logging-steps-10" / "trainer_state.json"
     shutil.copy(state, out / "trainer_state.json")
-    for folder in (out / "runs" / "Nov27_08-57-26_vm", tmp_path / "other" / "runs" / "x"):
+    # the copy, a run of one's own elsewhere, and an earlier run left in the reused output folder
+    for folder, scale in ((out / "runs" / "Nov27_08-57-26_vm", 1.0),
+                          (tmp_path / "other" / "runs" / "x", 1.0),
+                          (out / "runs" / "Nov26_10-00-00_vm", 1.5)):
         writer = SummaryWriter(str(folder), flush_secs=3600)
         for entry in json.loads(state.read_text())["log_history"]:
             if "loss" in entry:
-                writer.add_scalar("train/loss", entry["loss"], entry["step"])
+                writer.add_scalar("train/loss", scale * entry["loss"], entry["step"])
                 writer.add_scalar("train/grad_norm", entry["grad_norm"], entry["step"])
         writer.close()
     runs = {r.name: r for r in gradaudit.read_runs([tmp_path])}
-    assert sorted(runs) == ["gpt2-lrspike", "other/runs/x"]
+    assert sorted(runs) == ["gpt2-lrspike", "gpt2-lrspike/runs/Nov26_10-00-00_vm",
+                            "other/runs/x"]
     assert runs["gpt2-lrspike"].format == "hf-trainer-state"
     assert any("gpt2-lrspike/runs/Nov27_08-57-26_vm is this Trainer run's copy" in n
                for n in runs["gpt2-lrspike"].notes)
-    (only,) = gradaudit.read_runs([out])  # scanned from the output folder itself
-    assert only.format == "hf-trainer-state"
+    # scanned from the output folder itself, or with the shell's out/* (other names, same pairs)
+    for paths in ([out], sorted(out.iterdir())):
+        found = sorted((r.format, r.name.rsplit("/", 1)[-1]) for r in gradaudit.read_runs(paths))
+        assert [f for f, _ in found] == ["hf-trainer-state", "tensorboard"]
+        assert found[1][1] == "Nov26_10-00-00_vm"

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from gradaudit.adapters import REGISTRY
 from gradaudit.adapters.base import Source
 from gradaudit.adapters.hf_trainer import FORMAT as HF_FORMAT
@@ -104,21 +106,49 @@ def _regroup(sources: list[Source]) -> list[Source]:
     return out
 
 
+def _trainer_dir(source: Source) -> Path | None:
+    """The output folder of a Hugging Face Trainer source (its ``trainer_state.json`` copies
+    sit there and in its ``checkpoint-N`` folders)."""
+    if source.format != HF_FORMAT or not source.files:
+        return None
+    folders = {f.parent.parent if f.parent.name.startswith("checkpoint-") else f.parent
+               for f in source.files}
+    return folders.pop() if len(folders) == 1 else None
+
+
+def _same_history(trainer: Source, board: Source) -> bool:
+    """Whether a TensorBoard run holds the Trainer run's own training loss, step for step."""
+    from gradaudit.ingest import read_source
+
+    try:
+        (a,), _ = read_source(trainer, None, None)
+        (b,), _ = read_source(board, None, None)
+    except Exception:  # noqa: BLE001 - unreadable or several runs: no copy to drop
+        return False
+    if "train/loss" not in a.tags() or "train/loss" not in b.tags():
+        return False
+    (sa, va), (sb, vb) = a.series("train/loss"), b.series("train/loss")
+    return sa.size > 0 and np.array_equal(sa, sb) and np.allclose(va, vb, rtol=1e-6,
+                                                                  equal_nan=True)
+
+
 def _without_trainer_copies(sources: list[Source]) -> list[Source]:
     """Sources less the TensorBoard copies of a Hugging Face Trainer run: ``report_to=
     "tensorboard"`` writes the same log history into ``<output_dir>/runs/<date>_<host>`` (the
-    default ``logging_dir``) beside ``trainer_state.json``; one training run is one run, read
-    from ``trainer_state.json``, which says so in a note."""
-    trainer = {s.name: i for i, s in enumerate(sources) if s.format == HF_FORMAT}
+    default ``logging_dir``) beside ``trainer_state.json``. Such a folder is dropped where its
+    training loss is the Trainer run's, step for step (an earlier run in a reused output folder,
+    or a SummaryWriter of one's own, stays a run); the Trainer run's note names it."""
+    trainers = {d: i for i, s in enumerate(sources) if (d := _trainer_dir(s)) is not None}
+    if not trainers:
+        return sources
     copies: dict[int, list[str]] = {}
     drop = set()
     for i, s in enumerate(sources):
-        if s.format != TB_FORMAT:
+        if s.format != TB_FORMAT or not s.files:
             continue
-        parent, _, leaf = s.name.rpartition("/")
-        owner_name, _, runs = parent.rpartition("/") if "/" in parent else ("", "", parent)
-        owner = trainer.get(owner_name or ".") if runs == "runs" and leaf else None
-        if owner is not None:
+        folder = s.files[0].parent
+        owner = trainers.get(folder.parent.parent) if folder.parent.name == "runs" else None
+        if owner is not None and _same_history(sources[owner], s):
             drop.add(i)
             copies.setdefault(owner, []).append(s.name)
     out = []
@@ -127,7 +157,8 @@ def _without_trainer_copies(sources: list[Source]) -> list[Source]:
             continue
         if i in copies:
             note = (f"the TensorBoard log in {', '.join(copies[i])} is this Trainer run's copy "
-                    "(report_to='tensorboard'): read once, from trainer_state.json")
+                    "(report_to='tensorboard'; the same training loss at every step): read "
+                    "once, from trainer_state.json")
             s = Source(s.format, s.name, s.files, s.notes + (note,))
         out.append(s)
     return out
