@@ -436,11 +436,8 @@ def test_a_zero_filled_block_mid_file_is_damage_with_its_steps_named(wandb_root,
 
 
 
-def test_a_resumed_offline_run_is_one_run_unless_its_steps_restart(tmp_path, monkeypatch):
-    # wandb.init(id=..., resume="allow") after a crash writes a second run-<time>-<id> folder;
-    # read apart, the first half "never came back" from an lr spike the run recovered from
-    # (a user review). A later folder whose steps start again at 0 says nothing of where it
-    # resumed: those stay runs of their own.
+def _offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder for real offline wandb runs, with wandb's own folders under tmp_path too."""
     root, home = tmp_path / "runs", tmp_path / "home"
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -449,6 +446,15 @@ def test_a_resumed_offline_run_is_one_run_unless_its_steps_restart(tmp_path, mon
                      ("WANDB_ARTIFACT_DIR", home / "artifacts")):
         monkeypatch.setenv(var, str(sub))
     root.mkdir()
+    return root
+
+
+def test_a_resumed_offline_run_is_one_run_unless_its_steps_restart(tmp_path, monkeypatch):
+    # wandb.init(id=..., resume="allow") after a crash writes a second run-<time>-<id> folder;
+    # read apart, the first half "never came back" from an lr spike the run recovered from
+    # (a user review). A later folder whose steps start again at 0 says nothing of where it
+    # resumed: those stay runs of their own.
+    root = _offline(tmp_path, monkeypatch)
 
     def session(run_id: str, steps: range, base: float) -> None:
         run = wandb.init(mode="offline", dir=str(root), project="resume", id=run_id,
@@ -478,14 +484,7 @@ def test_a_define_metric_step_axis_is_the_step(tmp_path, monkeypatch):
     # define_metric("*", step_metric="global_step") with a validation wandb.log call of its own
     # every 100 steps: _step counts the calls, so the run read 1528 steps for 1500 and an lr
     # spike at 500 was reported at 510 (a user review)
-    root, home = tmp_path / "runs", tmp_path / "home"
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    for var, sub in (("WANDB_DIR", root), ("WANDB_CACHE_DIR", home / "cache"),
-                     ("WANDB_CONFIG_DIR", home / "config"), ("WANDB_DATA_DIR", home / "data"),
-                     ("WANDB_ARTIFACT_DIR", home / "artifacts")):
-        monkeypatch.setenv(var, str(sub))
-    root.mkdir()
+    root = _offline(tmp_path, monkeypatch)
     run = wandb.init(mode="offline", dir=str(root), project="axis", name="lr-sweep-3",
                      settings=_settings())
     run.define_metric("global_step")
@@ -503,3 +502,43 @@ def test_a_define_metric_step_axis_is_the_step(tmp_path, monkeypatch):
     assert any("steps are the logged 'global_step'" in n for n in got.notes)
     # the run is named by its folder; the name given to wandb.init tells runs apart
     assert "W&B run 'lr-sweep-3' in project 'axis'" in got.notes
+
+
+def test_a_step_axis_for_some_metrics_or_of_fractions_is_no_step(tmp_path, monkeypatch):
+    # define_metric("val/*", step_metric="epoch") with `epoch` in the training rows too put
+    # every training row at its epoch: 1000 points became 10 (review); an axis of fractions
+    # (epoch = s / 100) made a mixed axis that read as rewinds
+    root = _offline(tmp_path, monkeypatch)
+    for name, glob, epoch in (("val-axis", "val/*", lambda s: s // 100),
+                              ("fraction-axis", "*", lambda s: s / 100)):
+        run = wandb.init(mode="offline", dir=str(root), project="axes", name=name,
+                         settings=_settings())
+        run.define_metric("epoch")
+        run.define_metric(glob, step_metric="epoch")
+        for s in range(300):
+            run.log({"train/loss": 2.0 - s / 1000, "train/grad_norm": 1.0, "epoch": epoch(s)},
+                    step=s)
+        run.finish()
+    for got in gradaudit.read_runs([root]):
+        assert got.series("train/grad_norm")[0].tolist() == list(range(300)), got.notes
+    fraction = next(r for r in gradaudit.read_runs([root]) if "'fraction-axis'" in r.notes[0])
+    assert any("'epoch' is not whole numbers" in n for n in fraction.notes)
+
+
+def test_an_unusable_folder_of_a_resumed_run_is_a_problem_not_the_runs_end(tmp_path,
+                                                                         monkeypatch):
+    # the second folder of a resume whose job was killed at start-up holds an empty .wandb
+    # file: the whole run was lost (review); the first folder alone read fine
+    root = _offline(tmp_path, monkeypatch)
+    run = wandb.init(mode="offline", dir=str(root), project="resume", id="kill1",
+                     resume="allow", settings=_settings())
+    for s in range(100):
+        run.log({"train/loss": 1.0, "train/grad_norm": 1.0}, step=s)
+    run.finish()
+    first = next(root.glob("wandb/offline-run-*-kill1"))
+    later = first.parent / (first.name[:12] + "99991231_235959-kill1")
+    later.mkdir()
+    (later / "run-kill1.wandb").write_bytes(b"")
+    (got,) = gradaudit.read_runs([root])
+    assert got.series("train/loss")[0].tolist() == list(range(100))
+    assert any("99991231_235959-kill1" in p.message for p in got.problems), got.problems

@@ -287,12 +287,14 @@ class _History:
             self.display = (got[8], got.get(3, ""))
 
     def _metric(self, payload: bytes) -> None:
-        """Note the ``step_metric`` (field 4) of a ``MetricRecord`` (``Record.metric``, 12)."""
-        for number, wire, a, b in iter_fields(payload):
-            if number == 4 and wire == 2:
-                name = payload[a:b].decode("utf-8", "replace")
-                if name and name not in self.step_metrics:
-                    self.step_metrics.append(name)
+        """Note the ``step_metric`` (field 4) of a ``MetricRecord`` (``Record.metric``, 12)
+        defined for every metric (``glob_name`` (2) ``"*"``): an axis for some metrics only
+        (``define_metric("val/*", step_metric="epoch")``) is no step for the rest."""
+        got = {n: payload[a:b].decode("utf-8", "replace") for n, w, a, b in iter_fields(payload)
+               if w == 2 and n in (2, 4)}
+        name = got.get(4)
+        if got.get(2) == "*" and name and name not in self.step_metrics:
+            self.step_metrics.append(name)
 
     def add_records(self, records: Iterable[bytes], damage: LogDamage | None = None) -> int:
         """Take ``Record`` messages; history ones become rows. Returns how many were invalid.
@@ -533,12 +535,19 @@ class _History:
         wall = np.full(n, np.nan)
         r, v = per_row(_C_TIME)
         wall[r] = v
-        # a trainer's step, or the axis a define_metric call named (Lightning and HF name theirs
-        # too; a loop of one's own that logs a global step beside wandb.log calls of its own)
-        declared = [self.keys.lookup(m) for m in self.step_metrics]
-        for code in (*_C_GLOBAL, *(c for c in declared if c is not None and c >= _FIRST_METRIC)):
+        # the axis a define_metric("*", step_metric=...) call named (a loop of one's own that
+        # logs a global step beside wandb.log calls of its own), then a trainer's step (HF and
+        # Lightning name theirs that way too): where both are logged, the trainer's wins. An
+        # axis that is not whole numbers everywhere (an epoch fraction) is no step.
+        declared = [c for c in map(self.keys.lookup, self.step_metrics)
+                    if c is not None and c >= _FIRST_METRIC]
+        for code in (*declared, *_C_GLOBAL):
             r, v = per_row(code)
             ok = _usable_step(v)
+            if code in declared and not ok.all():
+                notes.append(f"the define_metric step axis {self.keys.names[code]!r} is not "
+                             "whole numbers: steps are W&B's _step")
+                continue
             if ok.any():
                 name = self.keys.names[code]
                 step[r[ok]] = v[ok].astype(np.int64)
@@ -665,7 +674,20 @@ def read(source: Source) -> list[RawRun]:
     groups = [sorted(f for f in source.files if f.parent == d) for d in folders]
     if len(groups) == 1:
         return [_read_paths(groups[0])]
-    parts = [_read_paths(g) for g in groups]
+    parts: list[RawRun] = []
+    failed: list[FileProblem] = []
+    for d, g in zip(folders, groups, strict=True):
+        try:
+            parts.append(_read_paths(g))
+        except ReadError as exc:  # one unusable folder (killed at start-up): read the others
+            failed.append(FileProblem(str(g[0]), f"{d.name}: {exc}"))
+    if not parts:
+        raise ReadError("; ".join(p.message for p in failed))
+    if len(parts) == 1:
+        parts[0].problems.extend(failed)
+        return parts
+    folders = [d for d in folders if any(f.parent == d for r in parts for f in r.files or ())]
+    groups = [list(r.files or ()) for r in parts]
     firsts = [_first_step(r) for r in parts]
     names = ", ".join(d.name for d in folders)
     if any(f == 0 for f in firsts[1:]) and any(f is not None for f in firsts[:1]):
@@ -676,8 +698,10 @@ def read(source: Source) -> list[RawRun]:
             raw.notes.insert(0, f"one of {len(folders)} run folders with the same run id "
                                 f"({names}); a later one's steps start again at 0, so each is "
                                 "read as a run of its own")
+        parts[0].problems.extend(failed)
         return parts
     merged = _read_paths([p for g in groups for p in g])
+    merged.problems.extend(failed)
     merged.notes.insert(0, f"a resumed run: read as one from {len(folders)} run folders with "
                            f"the same run id, in time order ({names})")
     return [merged]
