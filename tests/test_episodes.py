@@ -678,3 +678,20 @@ def test_divergence_after_one_bad_batch_advises_clipping_and_a_slow_climb_a_lowe
     loss[2540:] = np.nan
     advice = audit_run(run_series(s, g, loss)).clip.advice
     assert "lower learning rate" in advice and "one-step" not in advice
+
+
+def test_a_sudden_blow_up_after_a_noise_dip_keeps_its_onset():
+    # a noisy grad norm (~1.5x) around 0.9 that dips to 0.45 at 17-19, then jumps at 47 and
+    # is inf from 78: three dip points read as "the level the climb started from" put the
+    # onset at 17 with a healthy level of 0.48 (review); the level is every point before it
+    from gradaudit.episodes import EpisodeParams, grad_episodes
+
+    rng = np.random.default_rng(11)
+    g = 0.9 * np.exp(rng.normal(0, 0.35, 84))
+    g[17:20] = [0.78, 0.48, 0.43]
+    g[44:47] = [1.67, 1.19, 1.46]  # ordinary noise, 3x above the dip
+    g[47:78] = 4.6 * np.exp(np.arange(31) * 1.4)
+    g[78:] = np.inf
+    (e,) = [e for e in grad_episodes(g, EpisodeParams()).episodes if e.kind == "divergence"]
+    assert 46 <= e.onset <= 47, e
+    assert 0.7 < np.exp(e.base_log) < 1.2

@@ -133,13 +133,22 @@ def _climb_before(x: np.ndarray, level: np.ndarray, lo: int, first_nf: int, p: E
     if start is None:  # no healthy level yet (the warm-up): the first points' own level
         start = float(np.median(x[fin[:3]]))
     last = int(fin[-1])
-    high = x[fin] - start >= np.log(p.spike_ratio)
-    if not high[-1]:
-        return onset, base  # a jump to non-finite from where the run was: no climb
-    # the first point from which the climb stays spike_ratio x above where it started, and the
-    # hinge onset before it (a blow-up grows faster than a straight line in log g: fitted up to
-    # its top alone, the hinge would fall late, its first steps read as healthy)
-    first = int(fin[len(high) - int(np.argmin(high[::-1])) if not high.all() else 0])
+    # the first point from which the climb stays spike_ratio x above where it started; where it
+    # started is then the median of every point before that (three points alone can be a dip
+    # of ordinary noise, making the noise before a sudden jump read as a climb), until it holds
+    k = len(fin)
+    for _ in range(3):
+        high = x[fin] - start >= np.log(p.spike_ratio)
+        if not high[-1]:
+            return onset, base  # a jump to non-finite from where the run was: no climb
+        k_new = len(high) - int(np.argmin(high[::-1])) if not high.all() else 0
+        if k_new == k or k_new < 3:
+            k = k_new
+            break
+        k, start = k_new, float(np.median(x[fin[:k_new]]))
+    first = int(fin[k]) if k < len(fin) else last
+    # the hinge onset before it (a blow-up grows faster than a straight line in log g: fitted
+    # up to its top alone, the hinge would fall late, its first steps read as healthy)
     return min(_hinge_onset(x, start, int(fin[0]), first, last), first), start
 
 
