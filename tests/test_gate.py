@@ -191,3 +191,27 @@ def test_baseline_round_trip_through_json_report(tmp_path):
     first.write(str(path))
     runs = load_baseline(str(path))
     assert runs["a"]["healthy_grad_norm"] == 1.0 and runs["b"]["status"] == "warning"
+
+
+def test_a_healthy_level_known_on_one_side_only_is_named_as_not_compared(tmp_path):
+    base = baseline_file(tmp_path, ok("smoke", healthy=1.0))
+    result = result_of(ok("smoke", healthy=None), baseline=base)
+    evaluate_gate(result)
+    assert result.exit_code == 0
+    assert any("'smoke': healthy grad-norm level not compared (none now" in r
+               for r in result.gate_reasons)
+
+
+def test_a_short_smoke_runs_grad_norm_level_is_compared():
+    # a 24-point CI smoke run has a level to compare (review: under the 25 points a detector
+    # needs, its x3 grad norm passed the baseline unseen); a run diverged in its first few
+    # steps has none (test_episodes)
+    import numpy as np
+    from _synth import run_series
+
+    from gradaudit.audit import audit_run
+
+    rng = np.random.default_rng(0)
+    a = audit_run(run_series(np.arange(24), 0.5 * np.exp(rng.normal(0, 0.1, 24)),
+                             2.0 - 0.01 * np.arange(24)))
+    assert a.healthy_grad_norm is not None and 0.4 < a.healthy_grad_norm < 0.6

@@ -362,7 +362,7 @@ def test_a_bad_batch_in_the_detectors_warm_up_is_found():
     assert [e.onset_step for e in a.episodes] == [210]
     assert a.episodes[0].kind == "loss_spike"
     # and the report says how long the warm-up is
-    assert any("first 25 logged points (steps 10-259) are the detectors' warm-up" in n
+    assert any("first 25 usable logged points (steps 10-259) are the detectors' warm-up" in n
                for n in a.notes)
 
 

@@ -42,6 +42,7 @@ from gradaudit.settings import Settings
 MAX_TRACE_POINTS = 2000
 MAX_ZOOMS = 3  # episodes of a long run drawn again at full resolution
 WARMUP_NOTE_STEPS = 100  # a detectors' warm-up this many steps long or more gets a run note
+MIN_HEALTHY_LEVEL = 10  # healthy grad-norm points a run's healthy_grad_norm needs
 
 
 def _clean(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -162,20 +163,14 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
         what = "grad-norm" if has_grad else "loss"
         notes.append(f"only {usable} usable {what} points: too few to judge (a healthy level "
                      f"needs more than {p.min_history})")
-    else:
-        steps_of = gs if has_grad else ls
-        warm_to = int(steps_of[p.min_history])
-        if warm_to - int(steps_of[0]) >= WARMUP_NOTE_STEPS:
-            notes.append(f"the first {p.min_history} logged points (steps {int(steps_of[0])}-"
-                         f"{warm_to - 1}) are the detectors' warm-up: no healthy level exists "
-                         "there yet, so only jumps far above every earlier point are judged "
-                         "(log more often to judge the start of training)")
     warm = None  # last step of the lr warm-up: no healthy level exists before it
     if series.lr_tag is not None:
         rs, rv = _clean(*series.series(series.lr_tag))
         warm = warmup_end_step(rs, rv)
         if warm is not None and rs.size and warm > rs[min(rs.size - 1, rs.size // 4)]:
             warm = None  # an lr that rises through most of the run is no warm-up
+    if usable > p.min_history:
+        _warmup_note(notes, gs[ok] if has_grad else ls[np.isfinite(lv)], warm, p.min_history)
     ga: GradAnalysis | None = None
     raw: list[tuple[RawEpisode, int, int | None]] = []  # (episode, onset step, end step)
     if has_grad:
@@ -415,7 +410,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
     if has_grad and ga is not None:
         judged = np.isfinite(ga.level.level) if ga.level is not None else None
         healthy = _healthy_grad(gs, g, ga.in_episode, episodes, warm, judged)
-        if healthy.sum() >= p.min_history:  # fewer points are no level to compare runs by
+        if healthy.sum() >= MIN_HEALTHY_LEVEL:  # fewer points are no level to compare runs by
             audit.healthy_grad_norm = float(np.median(g[healthy]))
         slices = [(e.onset, e.last) for e in ga.episodes]
         opts = clip_options(g, healthy, slices, ga.zclip_final_bound)
@@ -435,6 +430,22 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
                      lv, st.impact_horizon)
         audit.traces = traces
     return audit
+
+
+def _warmup_note(notes: list[str], usable: np.ndarray, warm: int | None,
+                 min_history: int) -> None:
+    """A run note where the detectors' warm-up - the first ``min_history`` usable points after
+    the lr warm-up, before any healthy level exists - covers ``WARMUP_NOTE_STEPS`` or more."""
+    after = usable[usable > warm] if warm is not None else usable
+    if after.size <= min_history:
+        return
+    first, end = int(after[0]), int(after[min_history])
+    if end - first >= WARMUP_NOTE_STEPS:
+        notes.append(f"the first {min_history} usable logged points (steps {first}-{end - 1}"
+                     f"{', after the lr warm-up' if warm is not None else ''}) are the "
+                     "detectors' warm-up: no healthy level exists there yet, so only jumps far "
+                     "above every earlier point are judged (log more often to judge the start "
+                     "of training)")
 
 
 def _zoom_traces(traces: dict, episodes: list[Episode], gs: np.ndarray | None, g: np.ndarray,

@@ -110,6 +110,10 @@ def compare(result: AuditResult, baseline: dict[str, dict[str, Any]]) -> tuple[
                 "message": f"healthy grad-norm level rose {new_gn / old_gn:.3g}x "
                            f"({old_gn:.4g} -> {new_gn:.4g}; tolerance {gn_ratio:g}x)",
             })
+        elif (old_gn is None) != (new_gn is None) and run.status != "error":
+            notes.append(f"note: run {run.run!r}: healthy grad-norm level not compared (none "
+                         f"{'now' if new_gn is None else 'in the baseline'}: under 10 healthy "
+                         "points, or no grad norm)")
         old_sr, new_sr = _finite(old.get("spike_rate")), _finite(run.spike_rate)
         if (old_sr is not None and new_sr is not None and new_sr > old_sr + sr_delta
                 and new_sr > sr_ratio * old_sr):

@@ -142,7 +142,7 @@ class RunAudit:
     clip: ClipSuggestion | None = None
     errors: list[FileProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    healthy_grad_norm: float | None = None  # median healthy g; None under 25 healthy points
+    healthy_grad_norm: float | None = None  # median healthy g; None under 10 healthy points
     spike_rate: float | None = None
     traces: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 

@@ -129,24 +129,28 @@ class RunSeries:
         }
 
 
-def _rewind_notes(dropped: pl.DataFrame, kept: pl.DataFrame) -> list[str]:
-    """Notes naming, per step range, the tags whose points a later write replaced with another
-    value (a step written twice with the same value - Lightning logs ``epoch`` on two rows of
-    one step - is no news)."""
-    if dropped.height == 0:
-        return []
-    key = [pl.col("tag").cast(pl.String), "step"]
-    later = kept.select(*key, pl.col("value").alias("_later"))
-    changed = (
-        dropped.select(*key, "value")
-        .join(later, on=["tag", "step"], how="left")
-        .filter(~((pl.col("value") == pl.col("_later"))
-                  | (pl.col("value").is_nan() & pl.col("_later").is_nan())).fill_null(False))
+def _changed(dropped: pl.DataFrame, kept: pl.DataFrame) -> pl.DataFrame:
+    """The ``dropped`` points whose later write at the same (tag, step) in ``kept`` holds
+    another value, or that no later write replaced at their step (a rewind): a step written
+    twice with the same value - Lightning logs ``epoch`` on two rows of one step - is no news.
+    Both frames carry the tag as a string (the slow path; the fast path compares in NumPy)."""
+    later = kept.join(dropped.select("tag", "step").unique(), on=["tag", "step"], how="semi")
+    same = pl.col("value") == pl.col("_later")
+    return (
+        dropped.select("tag", "step", "value")
+        .join(later.select("tag", "step", pl.col("value").alias("_later")),
+              on=["tag", "step"], how="left")
+        .filter(~(same | (pl.col("value").is_nan() & pl.col("_later").is_nan())).fill_null(False))
     )
+
+
+def _rewind_notes(changed: pl.DataFrame) -> list[str]:
+    """Notes naming, per step range, the tags whose points a later write replaced with another
+    value (:func:`_changed`)."""
     if changed.height == 0:
         return []
     per_range = (
-        changed.group_by("tag")
+        changed.select(pl.col("tag").cast(pl.String), "step").group_by("tag")
         .agg(pl.col("step").min().alias("lo"), pl.col("step").max().alias("hi"),
              pl.col("step").n_unique().alias("k"))
         .group_by("lo", "hi", "k")
@@ -237,7 +241,17 @@ def _canonical_categorical(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str]] |
         gone = np.flatnonzero(~keep) if perm is None else perm[~keep]
     frame = df if rows is None else df[rows]
     if keep is not None:
-        notes = _rewind_notes(df[gone], frame)
+        # a rewrite with the same value is no news (_changed): kept keys rise strictly, so each
+        # dropped point's later write at its (tag, step) is found by bisection
+        kept_key, gone_key = key[keep], key[~keep]
+        value = df.get_column("value").to_numpy()
+        if perm is not None:
+            value = value[perm]
+        at = np.minimum(np.searchsorted(kept_key, gone_key), kept_key.size - 1)
+        v_gone, v_later = value[~keep], value[keep][at]
+        same = (kept_key[at] == gone_key) & ((v_gone == v_later)
+                                             | (np.isnan(v_gone) & np.isnan(v_later)))
+        notes = _rewind_notes(df[gone[~same]])
     return frame, notes
 
 
@@ -292,4 +306,5 @@ def canonical_frame(raw: pl.DataFrame | pl.LazyFrame) -> tuple[pl.DataFrame, lis
     frame = marked.filter(pl.col("keep")).drop("keep").with_columns(
         pl.col("tag").cast(pl.Categorical)
     )
-    return frame, _rewind_notes(marked.filter(~pl.col("keep")), frame)
+    return frame, _rewind_notes(_changed(marked.filter(~pl.col("keep")),
+                                         marked.filter(pl.col("keep"))))

@@ -238,7 +238,7 @@ class RunFigure:
         lo, hi = np.percentile(values, [0.5, 99.5])
         if lo > 0 and hi / lo > LOG_LOSS_SPAN:
             ax.set_yscale("log")
-            ax.set_ylim(float(values.min()) / 1.5, float(values.max()) * 1.5)
+            ax.set_ylim(float(values[values > 0].min()) / 1.5, float(values.max()) * 1.5)
             ax.yaxis.set_major_locator(LogLocator(base=10, numticks=6))
             ax.yaxis.set_minor_locator(NullLocator())
             return
