@@ -436,9 +436,15 @@ def test_a_zero_filled_block_mid_file_is_damage_with_its_steps_named(wandb_root,
 
 
 
+def _finish(run) -> None:
+    """finish() and shut wandb's service down: finish() alone does not always wait for the
+    service to write the last rows on a loaded machine (a test read 269 of 300 rows once)."""
+    run.finish()
+    wandb.teardown()
+
+
 def _from_zero(steps: np.ndarray, at_least: int) -> bool:
-    """Steps 0, 1, 2, ... with at least ``at_least`` of them (wandb's finish() does not always
-    wait for the last rows on a loaded machine)."""
+    """Steps 0, 1, 2, ... with at least ``at_least`` of them."""
     return steps.size >= at_least and steps.tolist() == list(range(steps.size))
 
 
@@ -467,7 +473,7 @@ def test_a_resumed_offline_run_is_one_run_unless_its_steps_restart(tmp_path, mon
                          resume="allow", settings=_settings())
         for s in steps:
             run.log({"train/loss": base + s / 1000, "train/grad_norm": 1.0}, step=s)
-        run.finish()
+        _finish(run)
         time.sleep(1.1)  # the next folder's name carries the next second
 
     session("rsm1", range(0, 80), 1.0)
@@ -477,13 +483,13 @@ def test_a_resumed_offline_run_is_one_run_unless_its_steps_restart(tmp_path, mon
     runs = {r.name.split("-")[-1]: r for r in gradaudit.read_runs([root])}
     resumed = runs["rsm1"]
     steps, loss = resumed.series("train/loss")
-    assert _from_zero(steps, at_least=140)
+    assert _from_zero(steps, at_least=150)
     np.testing.assert_allclose(loss[55:65], [1.055, 1.056, 1.057, 1.058, 1.059,
                                              5.06, 5.061, 5.062, 5.063, 5.064], rtol=1e-6)
     assert any(n.startswith("a resumed run: read as one from 2 run folders") for n in resumed.notes)
     split = [r for r in gradaudit.read_runs([root]) if "rst2" in r.name]
-    assert [len(r.series("train/loss")[0]) > 20 for r in split] == [True, True]
-    assert all(_from_zero(r.series("train/loss")[0], at_least=20) for r in split)
+    assert sorted(len(r.series("train/loss")[0]) for r in split) == [30, 60]
+    assert all(_from_zero(r.series("train/loss")[0], at_least=30) for r in split)
     assert sum("#resumed-" in r.name for r in split) == 1
 
 
@@ -501,12 +507,11 @@ def test_a_define_metric_step_axis_is_the_step(tmp_path, monkeypatch):
                  "global_step": s})
         if s % 100 == 99:
             run.log({"val/loss": 1.5 - s / 1000, "global_step": s})
-    run.finish()
+    _finish(run)
     (got,) = gradaudit.read_runs([root])
     steps, grad = got.series("train/grad_norm")
-    # finish() does not always wait for the last rows under load: the steps there are the test
-    assert _from_zero(steps, at_least=280) and grad[250] == 2.0
-    assert got.series("val/loss")[0].tolist()[:2] == [99, 199]
+    assert _from_zero(steps, at_least=300) and grad[250] == 2.0
+    assert got.series("val/loss")[0].tolist() == [99, 199, 299]
     assert any("steps are the logged 'global_step'" in n for n in got.notes)
     # the run is named by its folder; the name given to wandb.init tells runs apart
     assert "W&B run 'lr-sweep-3' in project 'axis'" in got.notes
@@ -526,9 +531,9 @@ def test_a_step_axis_for_some_metrics_or_of_fractions_is_no_step(tmp_path, monke
         for s in range(300):
             run.log({"train/loss": 2.0 - s / 1000, "train/grad_norm": 1.0, "epoch": epoch(s)},
                     step=s)
-        run.finish()
+        _finish(run)
     for got in gradaudit.read_runs([root]):
-        assert _from_zero(got.series("train/grad_norm")[0], at_least=280), got.notes
+        assert _from_zero(got.series("train/grad_norm")[0], at_least=300), got.notes
     fraction = next(r for r in gradaudit.read_runs([root]) if "'fraction-axis'" in r.notes[0])
     assert any("'epoch' is not whole numbers" in n for n in fraction.notes)
 
@@ -542,11 +547,11 @@ def test_an_unusable_folder_of_a_resumed_run_is_a_problem_not_the_runs_end(tmp_p
                      resume="allow", settings=_settings())
     for s in range(100):
         run.log({"train/loss": 1.0, "train/grad_norm": 1.0}, step=s)
-    run.finish()
+    _finish(run)
     first = next(root.glob("wandb/offline-run-*-kill1"))
     later = first.parent / (first.name[:12] + "99991231_235959-kill1")
     later.mkdir()
     (later / "run-kill1.wandb").write_bytes(b"")
     (got,) = gradaudit.read_runs([root])
-    assert _from_zero(got.series("train/loss")[0], at_least=90)
+    assert _from_zero(got.series("train/loss")[0], at_least=100)
     assert any("99991231_235959-kill1" in p.message for p in got.problems), got.problems
