@@ -102,7 +102,7 @@ def wandb_root(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             else:
                 run.log(logged, step=_a_step(i))
         id_a = run.id
-        run.finish()
+        _finish(run)
         t1 = time.time()
         run = wandb.init(mode="offline", dir=str(root), project="gradaudit-b", settings=_settings())
         for i in range(N_B):
@@ -111,7 +111,7 @@ def wandb_root(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
                 run.log({"eval/loss": 1.5 + i / 1e4, "train/global_step": HF_STEP * (i + 1)})
         run.log({"custom/score": 0.75})  # no train/global_step: stays at W&B's _step
         id_b = run.id
-        run.finish()
+        _finish(run)
     files = sorted(root.rglob("*.wandb"))
     by_id = {f.stem.removeprefix("run-"): f for f in files if "latest-run" not in f.parts}
     return {"root": root, "a": by_id[id_a], "b": by_id[id_b], "t0": t0, "t1": t1}
