@@ -481,6 +481,9 @@ def test_a_loss_that_blew_up_is_drawn_on_a_log_scale_and_the_next_run_is_not():
     loss[5:30] *= np.exp(np.arange(25) * 2.0)
     loss[30:] = np.nan
     blown = audit_run(run_series(s, g, loss, name="blown"))
+    # its counterfactual is drawn up to the loss's last finite step, not 1000 steps past it
+    (cf_steps, _), = [v for k, v in blown.traces.items() if k.startswith("counterfactual:")]
+    assert cf_steps.size and cf_steps.max() < 30
     s, g, loss = healthy(n=1500, seed=2)
     g[700:730] *= 25.0
     loss[700:730] += 1.0

@@ -383,7 +383,11 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             baseline_grad_norm=base_g, peak_ratio=ratio, kind=kind, severity=sev,
             detected_by=sorted(e.detected_by), loss_impact=li, reason=reason))
         if imp is not None and imp.cf_steps.size:
-            traces[f"counterfactual:{on}"] = (imp.cf_steps, imp.cf_values)
+            # drawn where the loss is there to compare with: not on past a loss gone NaN
+            bad = ~np.isfinite(lv) & (ls >= on)
+            stop = int(ls[np.argmax(bad)]) if bad.any() else None
+            keep = imp.cf_steps < stop if stop is not None else slice(None)
+            traces[f"counterfactual:{on}"] = (imp.cf_steps[keep], imp.cf_values[keep])
     audit = RunAudit(
         run=series.name, format=series.format, files=list(series.files),
         grad_norm_tag=series.grad_norm_tag, loss_tag=series.loss_tag, lr_tag=series.lr_tag,
