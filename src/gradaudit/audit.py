@@ -35,14 +35,13 @@ from gradaudit.episodes import (
 )
 from gradaudit.errors import UNEXPECTED
 from gradaudit.impact import bucket_mean, loss_impact
-from gradaudit.model import Episode, LossImpact, RunAudit
+from gradaudit.model import MIN_HEALTHY_LEVEL, Episode, LossImpact, RunAudit
 from gradaudit.series import RunSeries
 from gradaudit.settings import Settings
 
 MAX_TRACE_POINTS = 2000
 MAX_ZOOMS = 3  # episodes of a long run drawn again at full resolution
 WARMUP_NOTE_STEPS = 100  # a detectors' warm-up this many steps long or more gets a run note
-MIN_HEALTHY_LEVEL = 10  # healthy grad-norm points a run's healthy_grad_norm needs
 
 
 def _clean(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -239,6 +238,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
     # (a schedule restart is the schedule's own doing, no fault: it cuts nothing)
     lr_onsets = [on for e, on, _ in raw if ID_LR in e.detected_by
                  and not lr_notes[id(e)][1].restart]  # raw is sorted by onset
+    nan_loss_steps = ls[~np.isfinite(lv)]  # where the loss went NaN/inf (sorted)
     for k, (e, on, end) in enumerate(raw):
         nxt = raw[k + 1][1] if k + 1 < len(raw) else None
         k_lr = bisect.bisect_right(lr_onsets, on)
@@ -329,7 +329,7 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             harm_text = _harm_text(li, imp.level, st.impact_horizon, harmful, ex_thr, jp_thr,
                                    (imp.horizon_points, cut) if short else None,
                                    imp.lasting_excess, imp.cut_step, imp.lr_time,
-                                   not np.isfinite(lv[np.searchsorted(ls, on):]).all())
+                                   bool(nan_loss_steps.size) and nan_loss_steps[-1] >= on)
         elif imp is not None:
             harmful = bool(li.diverged) if li.diverged else None
             if li.diverged:
@@ -384,9 +384,8 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
             detected_by=sorted(e.detected_by), loss_impact=li, reason=reason))
         if imp is not None and imp.cf_steps.size:
             # drawn where the loss is there to compare with: not on past a loss gone NaN
-            bad = ~np.isfinite(lv) & (ls >= on)
-            stop = int(ls[np.argmax(bad)]) if bad.any() else None
-            keep = imp.cf_steps < stop if stop is not None else slice(None)
+            j = int(np.searchsorted(nan_loss_steps, on))
+            keep = imp.cf_steps < nan_loss_steps[j] if j < nan_loss_steps.size else slice(None)
             traces[f"counterfactual:{on}"] = (imp.cf_steps[keep], imp.cf_values[keep])
     audit = RunAudit(
         run=series.name, format=series.format, files=list(series.files),

@@ -34,6 +34,7 @@ import math
 from typing import Any
 
 from gradaudit.errors import UsageError
+from gradaudit.model import MIN_HEALTHY_LEVEL
 from gradaudit.result import AuditResult
 from gradaudit.settings import fails_gate
 
@@ -112,8 +113,8 @@ def compare(result: AuditResult, baseline: dict[str, dict[str, Any]]) -> tuple[
             })
         elif (old_gn is None) != (new_gn is None) and run.status != "error":
             notes.append(f"note: run {run.run!r}: healthy grad-norm level not compared (none "
-                         f"{'now' if new_gn is None else 'in the baseline'}: under 10 healthy "
-                         "points, or no grad norm)")
+                         f"{'now' if new_gn is None else 'in the baseline'}: under "
+                         f"{MIN_HEALTHY_LEVEL} healthy points, or no grad norm)")
         old_sr, new_sr = _finite(old.get("spike_rate")), _finite(run.spike_rate)
         if (old_sr is not None and new_sr is not None and new_sr > old_sr + sr_delta
                 and new_sr > sr_ratio * old_sr):

@@ -20,6 +20,9 @@ SCHEMA_VERSION = 1
 STATUSES = ("ok", "warning", "explosion", "error")
 KINDS = ("spike", "level_shift", "divergence", "nonfinite", "loss_spike")
 SEVERITIES = ("warning", "explosion")
+#: Healthy grad-norm points a run needs for a ``healthy_grad_norm`` (fewer: no level to
+#: compare runs by, e.g. a run that diverged in its first steps).
+MIN_HEALTHY_LEVEL = 10
 
 
 def finite_or_none(x: float | int | None) -> float | None:
@@ -142,7 +145,7 @@ class RunAudit:
     clip: ClipSuggestion | None = None
     errors: list[FileProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    healthy_grad_norm: float | None = None  # median healthy g; None under 10 healthy points
+    healthy_grad_norm: float | None = None  # median healthy g; None under MIN_HEALTHY_LEVEL
     spike_rate: float | None = None
     traces: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
