@@ -22,6 +22,7 @@ from gradaudit.adapters import REGISTRY
 from gradaudit.adapters.base import Source
 from gradaudit.adapters.hf_trainer import FORMAT as HF_FORMAT
 from gradaudit.adapters.tensorboard import FORMAT as TB_FORMAT
+from gradaudit.errors import UNEXPECTED
 
 
 @dataclass(frozen=True)
@@ -116,18 +117,23 @@ def _trainer_dir(source: Source) -> Path | None:
     return folders.pop() if len(folders) == 1 else None
 
 
-def _same_history(trainer: Source, board: Source) -> bool:
-    """Whether a TensorBoard run holds the Trainer run's own training loss, step for step."""
+def _train_loss(source: Source) -> tuple[np.ndarray, np.ndarray] | None:
+    """A source's ``train/loss`` series, or None (unreadable, several runs, no such tag)."""
     from gradaudit.ingest import read_source
 
     try:
-        (a,), _ = read_source(trainer, None, None)
-        (b,), _ = read_source(board, None, None)
-    except Exception:  # noqa: BLE001 - unreadable or several runs: no copy to drop
+        (run,), _ = read_source(source, None, None)
+        return run.series("train/loss") if "train/loss" in run.tags() else None
+    except UNEXPECTED:  # no run or several, or a run that cannot say: no copy to compare
+        return None
+
+
+def _same_loss(a: tuple[np.ndarray, np.ndarray] | None,
+               b: tuple[np.ndarray, np.ndarray] | None) -> bool:
+    """Whether two ``train/loss`` series are one, step for step."""
+    if a is None or b is None:
         return False
-    if "train/loss" not in a.tags() or "train/loss" not in b.tags():
-        return False
-    (sa, va), (sb, vb) = a.series("train/loss"), b.series("train/loss")
+    (sa, va), (sb, vb) = a, b
     return sa.size > 0 and np.array_equal(sa, sb) and np.allclose(va, vb, rtol=1e-6,
                                                                   equal_nan=True)
 
@@ -143,12 +149,17 @@ def _without_trainer_copies(sources: list[Source]) -> list[Source]:
         return sources
     copies: dict[int, list[str]] = {}
     drop = set()
+    owner_loss: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}  # each Trainer run read once
     for i, s in enumerate(sources):
         if s.format != TB_FORMAT or not s.files:
             continue
         folder = s.files[0].parent
         owner = trainers.get(folder.parent.parent) if folder.parent.name == "runs" else None
-        if owner is not None and _same_history(sources[owner], s):
+        if owner is None:
+            continue
+        if owner not in owner_loss:
+            owner_loss[owner] = _train_loss(sources[owner])
+        if _same_loss(owner_loss[owner], _train_loss(s)):
             drop.add(i)
             copies.setdefault(owner, []).append(s.name)
     out = []

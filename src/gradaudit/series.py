@@ -239,8 +239,6 @@ def _canonical_categorical(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str]] |
     else:
         rows = np.flatnonzero(keep) if perm is None else perm[keep]
         gone = np.flatnonzero(~keep) if perm is None else perm[~keep]
-    frame = df if rows is None else df[rows]
-    if keep is not None:
         # a rewrite with the same value is no news (_changed): kept keys rise strictly, so each
         # dropped point's later write at its (tag, step) is found by bisection
         kept_key, gone_key = key[keep], key[~keep]
@@ -252,6 +250,7 @@ def _canonical_categorical(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str]] |
         same = (kept_key[at] == gone_key) & ((v_gone == v_later)
                                              | (np.isnan(v_gone) & np.isnan(v_later)))
         notes = _rewind_notes(df[gone[~same]])
+    frame = df if rows is None else df[rows]
     return frame, notes
 
 

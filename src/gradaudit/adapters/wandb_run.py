@@ -47,6 +47,7 @@ _C_GLOBAL = (3, 4)
 _FIRST_METRIC = 5
 _NUMERIC_START = frozenset(b"-0123456789NI")
 _KEY_TAGS = (0x0A, 0x12)
+_HISTORY_KEY = 0x12  # Record.history (field 2, length-delimited)
 _METRIC_KEY = 0x62  # Record.metric (field 12, length-delimited)
 _RUN_KEY = 0x8A  # Record.run (field 17, length-delimited; the varint key 0x8A 0x01)
 _ROW_BATCH = 1 << 16  # history rows decoded per NumPy batch
@@ -167,15 +168,15 @@ def _field(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
     return key, pos, stop
 
 
-def _history_span(buf: bytes, pos: int, key_byte: int = 0x12) -> tuple[int, int] | None:
-    """Where ``Record.history`` (or the field of ``key_byte``) is, for records not in the usual
-    field order; else None."""
+def _field_spans(buf: bytes, pos: int) -> dict[int, tuple[int, int]]:
+    """``{field key: (start, stop)}`` of a record's fields from ``pos`` (the last of each key),
+    for records not in the usual field order: where ``Record.history``, ``.metric`` or ``.run``
+    is."""
     end = len(buf)
-    found = None
+    found: dict[int, tuple[int, int]] = {}
     while pos < end:
         key, start, stop = _field(buf, pos, end)
-        if key == key_byte:
-            found = (start, stop)
+        found[key] = (start, stop)
         pos = stop
     return found
 
@@ -316,7 +317,7 @@ class _History:
                         pos += 1
                     pos += 1
                 tag = buf[pos]
-                if tag == 0x12:
+                if tag == _HISTORY_KEY:
                     size = buf[pos + 1]
                     if size < 0x80:
                         pos += 2
@@ -328,18 +329,17 @@ class _History:
                     end = pos + size
                     if end > len(buf):
                         raise WireError("history runs past the end of the record")
-                elif 0x1A <= tag <= 0x7A and tag & 7 == 2 and tag != 0x62:
+                elif 0x1A <= tag <= 0x7A and tag & 7 == 2 and tag != _METRIC_KEY:
                     continue  # another record type (summary, output, ...): a oneof
                 else:
-                    span = _history_span(buf, pos)
+                    spans = _field_spans(buf, pos)
+                    span = spans.get(_HISTORY_KEY)
                     if span is None:
-                        metric = _history_span(buf, pos, _METRIC_KEY)
+                        metric, run = spans.get(_METRIC_KEY), spans.get(_RUN_KEY)
                         if metric is not None:  # Record.metric: a define_metric call
                             self._metric(buf[metric[0]:metric[1]])
-                        elif self.display is None:
-                            run = _history_span(buf, pos, _RUN_KEY)
-                            if run is not None:  # Record.run: the run's name and project
-                                self._run(buf[run[0]:run[1]])
+                        elif run is not None and self.display is None:  # Record.run
+                            self._run(buf[run[0]:run[1]])
                         continue
                     pos, end = span
             except (WireError, IndexError):
@@ -671,37 +671,34 @@ def read(source: Source) -> list[RawRun]:
     logged before it): its steps say nothing of where it resumed, so each folder is a run of
     its own (``#resumed-<time>``)."""
     folders = list(dict.fromkeys(p.parent for p in source.files))
-    groups = [sorted(f for f in source.files if f.parent == d) for d in folders]
-    if len(groups) == 1:
-        return [_read_paths(groups[0])]
-    parts: list[RawRun] = []
+    groups = {d: sorted(f for f in source.files if f.parent == d) for d in folders}
+    if len(folders) == 1:
+        return [_read_paths(groups[folders[0]])]
+    parts: list[tuple[Path, RawRun]] = []  # the folders that could be read, in time order
     failed: list[FileProblem] = []
-    for d, g in zip(folders, groups, strict=True):
+    for d in folders:
         try:
-            parts.append(_read_paths(g))
+            parts.append((d, _read_paths(groups[d])))
         except ReadError as exc:  # one unusable folder (killed at start-up): read the others
-            failed.append(FileProblem(str(g[0]), f"{d.name}: {exc}"))
+            failed.append(FileProblem(str(groups[d][0]), f"{d.name}: {exc}"))
     if not parts:
         raise ReadError("; ".join(p.message for p in failed))
-    if len(parts) == 1:
-        parts[0].problems.extend(failed)
-        return parts
-    folders = [d for d in folders if any(f.parent == d for r in parts for f in r.files or ())]
-    groups = [list(r.files or ()) for r in parts]
-    firsts = [_first_step(r) for r in parts]
-    names = ", ".join(d.name for d in folders)
-    if any(f == 0 for f in firsts[1:]) and any(f is not None for f in firsts[:1]):
-        for k, (raw, d) in enumerate(zip(parts, folders, strict=True)):
+    names = ", ".join(d.name for d, _ in parts)
+    first = _first_step(parts[0][1])
+    restarted = first is not None and any(_first_step(r) == 0 for _, r in parts[1:])
+    if len(parts) == 1 or restarted:
+        runs = [r for _, r in parts]
+        for k, (d, raw) in enumerate(parts if restarted else ()):
             m = _RUN_DIR.match(d.name)
             if k:
                 raw.suffix = f"resumed-{m.group(1) if m else k}"
-            raw.notes.insert(0, f"one of {len(folders)} run folders with the same run id "
+            raw.notes.insert(0, f"one of {len(parts)} run folders with the same run id "
                                 f"({names}); a later one's steps start again at 0, so each is "
                                 "read as a run of its own")
-        parts[0].problems.extend(failed)
-        return parts
-    merged = _read_paths([p for g in groups for p in g])
+        runs[0].problems.extend(failed)
+        return runs
+    merged = _read_paths([f for d, _ in parts for f in groups[d]])
     merged.problems.extend(failed)
-    merged.notes.insert(0, f"a resumed run: read as one from {len(folders)} run folders with "
+    merged.notes.insert(0, f"a resumed run: read as one from {len(parts)} run folders with "
                            f"the same run id, in time order ({names})")
     return [merged]

@@ -173,6 +173,7 @@ def _summary_table(runs: list[Any], anchors: dict[int, str]) -> str:
         name = e(run.run)
         anchor = anchors.get(id(run))
         label = f'<a href="#{anchor}">{name}</a>' if anchor else name
+        peak_text = worst_peak_text(run)
         out.append(
             f'<tr data-run="{name}" data-status="{e(run.status)}">'
             f'<td class="run mono" data-v="{name}">{label}</td>'
@@ -180,8 +181,7 @@ def _summary_table(runs: list[Any], anchors: dict[int, str]) -> str:
             f"<td>{e(run.format)}</td>"
             + _num_cell(run.n_steps, str(run.n_steps))
             + _num_cell(len(run.episodes), str(len(run.episodes)))
-            + _num_cell(_sort_high(worst_peak_ratio(run), worst_peak_text(run) == "inf"),
-                        worst_peak_text(run))
+            + _num_cell(_sort_high(worst_peak_ratio(run), peak_text == "inf"), peak_text)
             + _num_cell(_sort_high(worst_excess_loss(run), diverged(run)), worst_excess_text(run))
             + _num_cell(suggested_clip(run))
             + "</tr>"
