@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_cli import PARQUET, scan, write_table
+from test_cli import scan, write_table
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 HOSTILE_DIR = '"><img src=x onerror=alert(1)>'
@@ -41,7 +41,6 @@ def console_problems(stderr: str) -> list[str]:
             if "CONSOLE" in ln or "Uncaught" in ln or "Content Security Policy" in ln]
 
 
-@PARQUET
 def test_report_renders_in_chromium(tmp_path):
     runs = tmp_path / "runs"
     write_table(runs / HOSTILE_DIR, "explosion")

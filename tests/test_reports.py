@@ -441,7 +441,8 @@ def test_a_long_runs_worst_episodes_get_full_resolution_zooms():
     import numpy as np
     from _synth import healthy, run_series
 
-    from gradaudit.audit import MAX_ZOOMS, audit_run
+    from gradaudit.audit import audit_run
+    from gradaudit.traces import MAX_ZOOMS
 
     s, g, loss = healthy(n=20000, seed=4)
     for on in (5000, 9000, 13000, 17000):

@@ -3,10 +3,6 @@
 No torch needed. The expected values come from ``sample_logs/MANIFEST.json``, which the
 generating script wrote from the training loop's own numbers (the injected fault's step, the
 grad norm it logged at the peak, the values a resume overwrote) -- never from gradaudit's output.
-
-Tests that need an adapter are skipped while that adapter is still the skeleton's placeholder;
-``test_engine_flags_injected_faults`` (ENGINE) is skipped until the real engine replaces the
-placeholder ``gradaudit.audit``.
 """
 
 from __future__ import annotations
@@ -20,7 +16,6 @@ import numpy as np
 import pytest
 
 import gradaudit
-from gradaudit import audit as engine
 from gradaudit.adapters import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent / "sample_logs"
@@ -28,22 +23,8 @@ FORBIDDEN = (b"/work/", b"/root/", b"/tmp/", b"/home/", b"/Users/", b"C:\\Users"
 MAX_BYTES = 5 * 1024 * 1024
 TOLERANCE = 10  # steps between the injected step and the detected onset
 
-pytestmark = pytest.mark.skipif(not ROOT.is_dir(), reason="sample_logs/ is not generated")
-
-
 def _manifest() -> list[dict]:
     return json.loads((ROOT / "MANIFEST.json").read_text())["runs"]
-
-
-def _placeholder(module: object) -> bool:
-    return (module.__doc__ or "").lstrip().startswith("PLACEHOLDER")
-
-
-def _entries_with_adapter() -> list[dict]:
-    entries = [e for e in _manifest() if not _placeholder(REGISTRY[e["format"]])]
-    if not entries:
-        pytest.skip("every adapter the sample logs need is still a placeholder")
-    return entries
 
 
 def _files(entry: dict) -> set[Path]:
@@ -102,7 +83,7 @@ def inspection() -> gradaudit.api.Inspection:
 
 
 def test_every_listed_run_is_found_once_with_its_tags(inspection) -> None:
-    entries = _entries_with_adapter()
+    entries = _manifest()
     for e in entries:
         found = _match(e, inspection.runs)
         assert len(found) == 1, (e["run"], [r.name for r in found])
@@ -116,8 +97,6 @@ def test_every_listed_run_is_found_once_with_its_tags(inspection) -> None:
 
 def test_no_unlisted_runs_and_no_errors(inspection) -> None:
     entries = _manifest()
-    if any(_placeholder(REGISTRY[e["format"]]) for e in entries):
-        pytest.skip("some adapters are still placeholders")
     listed = set().union(*(_files(e) for e in entries))
     extra = [r.name for r in inspection.runs
              if not {Path(f).resolve() for f in r.files} & listed]
@@ -126,7 +105,7 @@ def test_no_unlisted_runs_and_no_errors(inspection) -> None:
 
 
 def test_grad_norm_at_the_peak_is_the_logged_value(inspection) -> None:
-    for e in _entries_with_adapter():
+    for e in _manifest():
         [run] = _match(e, inspection.runs)
         steps, values = run.series(run.grad_norm_tag)
         for check in e["checks"]:
@@ -136,9 +115,8 @@ def test_grad_norm_at_the_peak_is_the_logged_value(inspection) -> None:
 
 
 def test_resume_keeps_the_later_write(inspection) -> None:
-    resumed = [e for e in _entries_with_adapter() if "resume_checks" in e]
-    if not resumed:
-        pytest.skip("no resumed run readable yet")
+    resumed = [e for e in _manifest() if "resume_checks" in e]
+    assert resumed, "the sample logs hold a resumed run"
     for e in resumed:
         [run] = _match(e, inspection.runs)
         for check in e["resume_checks"]:
@@ -149,14 +127,13 @@ def test_resume_keeps_the_later_write(inspection) -> None:
             assert math.isclose(hit[0], check["value"], rel_tol=1e-6), (e["run"], check)
 
 
-# --- ENGINE: passes once the real detectors land ------------------------------------------------
+# --- the engine on the sample logs ------------------------------------------------------------
 
 
-@pytest.mark.skipif(_placeholder(engine), reason="ENGINE: gradaudit.audit is still a placeholder")
 def test_engine_flags_injected_faults() -> None:
-    """ENGINE: each injected fault gives an explosion or warning episode whose onset is within
+    """Each injected fault gives an explosion or warning episode whose onset is within
     10 steps of the injected step; clean runs get no explosion."""
-    entries = _entries_with_adapter()
+    entries = _manifest()
     result = gradaudit.scan([ROOT])
     for e in entries:
         [audit] = _match(e, result.runs)
@@ -169,12 +146,11 @@ def test_engine_flags_injected_faults() -> None:
                        for onset, sev, _ in episodes), (e["run"], step, episodes)
 
 
-@pytest.mark.skipif(_placeholder(engine), reason="ENGINE: gradaudit.audit is still a placeholder")
 def test_excess_loss_matches_the_clean_twin() -> None:
     """Each fault run whose model has a clean run with the same losses up to the fault (same
     seed and data order: a true counterfactual) gets an excess loss within 15 % of the measured
     one: the mean over [onset, onset + 200) of its loss minus the twin's."""
-    entries = _entries_with_adapter()
+    entries = _manifest()
     result = gradaudit.scan([ROOT])
     runs = gradaudit.read_runs([ROOT])
     series = {e["run"]: _match(e, runs)[0] for e in entries}

@@ -1,0 +1,240 @@
+"""The words of a finding: each episode's reason, the run's advice and its notes.
+
+Every sentence a report shows about an episode or a run is built here from the numbers the
+engine measured; the engine decides, this module says it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradaudit.adapters.hf_trainer import FORMAT as HF_FORMAT
+from gradaudit.detect.lr_change import ID as ID_LR
+from gradaudit.model import Episode
+from gradaudit.points import sorted_points
+from gradaudit.series import RunSeries
+
+WARMUP_NOTE_STEPS = 100  # a detectors' warm-up this many steps long or more gets a run note
+
+
+def episode_reason(*, kind: str, from_grad: bool, ratio: float | None, base: float | None,
+                   peak_step: int, harm: str, harmful: bool | None, joined_at: int | None,
+                   has_grad: bool, g_every: int, spike_ratio: float, lr_text: str | None,
+                   lr_restart: bool, severity: str, grad_peak_step: int | None) -> str:
+    """An episode's reason: its grad-norm half (:func:`grad_text`), its loss half (``harm``:
+    :func:`harm_text`), what the grad norm did at a loss jump (``joined_at``: the step of the
+    grad point that rose with it; ``grad_peak_step``: where the grad norm peaked in a loss
+    episode), the lr rise behind it (``lr_text``; ``lr_restart``: a schedule's warm restart)
+    and why a harmful episode is only a warning (``severity``)."""
+    reason = grad_text(kind, ratio, base, peak_step, from_grad)
+    if harm:
+        reason = f"{reason}; {harm}" if reason else harm
+    if harmful is None and kind not in ("nonfinite", "divergence"):
+        reason = (f"{reason}; " if reason else "") + \
+            "no loss to judge the harm: severity from the peak ratio"
+    if joined_at is not None:
+        reason = (f"the loss jumped and the grad norm rose {ratio:.3g}x with it (peak at "
+                  f"step {joined_at}; this run's grad norm varies too much for that rise to "
+                  f"flag alone); {harm or reason}")
+    elif kind == "loss_spike" and has_grad and lr_text is None:
+        if g_every > 1:  # a one-step spike between two logged grad norms is invisible
+            reason = (f"the loss jumped while the grad norm, logged every {g_every:g} "
+                      "steps, stayed healthy at the logged steps: no gradient explosion "
+                      f"seen; {harm or reason}")
+        elif ratio is not None and ratio >= spike_ratio:
+            # the grad norm rose later in a long loss episode, not with the jump
+            reason = ("the loss jumped while the grad norm stayed healthy at the jump (it "
+                      f"peaked {ratio:.3g}x later, at step {grad_peak_step}): no gradient "
+                      f"explosion behind the jump; {harm or reason}")
+        else:
+            reason = ("the loss jumped while the grad norm stayed healthy: no gradient "
+                      f"explosion, clipping would not help; {harm or reason}")
+    if lr_text is not None:
+        if lr_restart:
+            lr_text += " - a warning only: the schedule returned to an earlier lr"
+        reason = f"{lr_text}; {reason}" if reason else lr_text
+    if severity == "warning" and harmful and kind in ("spike", "level_shift") and \
+            ratio is not None and ratio < spike_ratio:
+        reason += f" (a warning: the grad norm peaked below {spike_ratio:g}x)"
+    return reason
+
+
+def grad_text(kind: str, ratio: float | None, base: float | None, peak_step: int,
+               from_grad: bool) -> str:
+    """The grad-norm half of an episode's reason."""
+    if kind == "nonfinite":
+        return ("the grad norm was logged inf/NaN (e.g. fp16 loss-scaler overflow steps that "
+                "the optimizer skipped): benign on its own")
+    if ratio is None or base is None:
+        return ""
+    if not np.isfinite(ratio):
+        return f"the grad norm went non-finite (healthy level {base:.3g})"
+    if not from_grad:
+        return f"the grad norm peaked {ratio:.3g}x its healthy level {base:.3g} (step {peak_step})"
+    return (f"grad norm rose {ratio:.3g}x above its healthy level {base:.3g} "
+            f"(peak at step {peak_step})")
+
+
+def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: float,
+               jp_thr: float, short: tuple[int, str] | None = None,
+               lasting: float | None = None, held_from: int | None = None,
+               lr_time: bool = False, nonfinite: bool = True) -> str:
+    """The loss half of an episode's reason: the numbers behind the harm verdict
+    (``short``: only that many logged points of the horizon, before what cut it; ``lasting``:
+    the excess without the episode's own spike points, which the verdict uses;
+    ``held_from``: a later lr episode's onset, from which the excess was held; ``lr_time``:
+    the counterfactual follows the schedule's learning-rate time; ``nonfinite``: the loss went
+    non-finite after the onset)."""
+    if li.diverged:
+        if nonfinite:
+            return "the loss diverged: it went non-finite"
+        return ("the loss diverged: it never came back, and ends the run above its level "
+                "before the onset")
+    parts = []
+    if li.loss_jump is not None and li.loss_jump > 0:
+        parts.append(f"loss jumped {li.loss_jump:+.3g} from its level {level:.3g}")
+    elif li.loss_jump is not None:
+        parts.append(f"the loss did not rise above its level {level:.3g}")
+    ex = li.excess_loss
+    if ex is not None:
+        over = (f"over the {short[0]} logged point(s) before {short[1]} (too few to judge "
+                "lasting damage: the jump decides)") if short is not None \
+            else f"over the next {horizon} steps"
+        if lr_time:
+            over += (" (on the schedule's learning-rate time: the loss after the rise is where "
+                     "the raised lr's own progress puts it)")
+        if held_from is not None and short is None:
+            over += (f" (held from step {held_from} on at the excess it had reached: the loss "
+                     "from there on is that lr-rise episode's)")
+        spike = "" if lasting is None or lasting == ex else \
+            f" ({lasting:+.3g} without the spike itself)"
+        gain = " (a gain)" if ex < 0 and (lasting is None or lasting < 0) else ""
+        parts.append(f"averaged {ex:+.3g}{gain} against its counterfactual {over}{spike}")
+    text = " and ".join(parts) or "the loss impact could not be measured"
+    if harmful is None:
+        return text
+    if harmful:
+        return f"{text}: the loss was harmed"
+    if ex is not None and short is None:
+        return (f"{text}: below the harm threshold {ex_thr:.3g} (the loss was not "
+                f"lastingly harmed, so a warning)")
+    return f"{text}: below the harm threshold {jp_thr:.3g} (so a warning)"
+
+
+def advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.ndarray,
+            has_grad: bool, g_every: int = 1,
+            restarts: frozenset[int] = frozenset()) -> str | None:
+    """What would help, where the suggested clip would not (``gs``, ``g``: the grad norm;
+    ``restarts``: onsets of episodes a schedule's warm restart explains)."""
+    parts = []
+    if not has_grad:
+        parts.append("no usable grad norm is logged, so no clip threshold can be derived; "
+                     "log the global grad norm (before clipping)")
+    for e in episodes:
+        lr_rise = ID_LR in e.detected_by and e.onset_step not in restarts
+        if e.kind == "divergence" and lr_rise:
+            parts.append(f"the run diverged at step {e.onset_step} with a learning-rate rise: "
+                         "restart from a checkpoint before it and check the lr schedule there")
+        elif e.kind == "divergence" and _jumped(e, gs, g):
+            parts.append(f"the run diverged at step {e.onset_step} after a one-step grad-norm "
+                         f"jump from its healthy level (a bad batch or a numerical fault): a clip "
+                         "at the suggested threshold would have capped that update; restart from "
+                         "a checkpoint before it with clipping on, and look at the data at step "
+                         f"{e.onset_step}")
+        elif e.kind == "divergence":
+            parts.append(f"the run diverged at step {e.onset_step}: too late to clip; restart "
+                         "from a checkpoint before it with a lower learning rate")
+        elif e.kind == "level_shift" and e.end_step is None:
+            lr_note = _lr_change(series, e.onset_step)
+            factor = lr_note[1] if lr_note else None
+            settled = _settled_ratio(e, gs, g)
+            what = f"after a learning-rate change ({lr_note[0]}) " if lr_note else ""
+            if e.severity == "warning":  # the loss took no lasting harm: no lr to lower
+                parts.append(
+                    f"the grad norm settled ~{settled:.3g}x higher {what}at step "
+                    f"{e.onset_step} without lasting harm to the loss (a changed batch size, "
+                    "gradient accumulation, loss scale or lr does that): the clip options are "
+                    "computed from the steps after it, the run's regime at its end")
+            elif lr_note is not None or lr_rise:
+                x = factor if factor and factor > 1 else settled
+                parts.append(
+                    f"clipping cannot fix the sustained level shift {what}at step "
+                    f"{e.onset_step} (grad norm settled ~{settled:.3g}x higher): lower the "
+                    f"learning rate by the measured factor {x:.3g}")
+            else:
+                parts.append(
+                    f"the grad norm stayed ~{settled:.3g}x higher after step {e.onset_step} "
+                    "and the loss was harmed: the model changed there; restart from a "
+                    "checkpoint before it (the suggested clip cuts the climb into it)")
+        elif lr_rise:
+            parts.append(f"the {'loss moved' if e.kind == 'loss_spike' else 'episode began'} "
+                         f"at step {e.onset_step} with a learning-rate rise: the cause is the "
+                         "lr schedule, check it there (a clip only softens such an episode: "
+                         "every update is still taken at the raised lr)")
+        elif e.kind == "loss_spike" and has_grad and g_every > 1:
+            parts.append(f"the loss spike at step {e.onset_step} came with no grad-norm rise at "
+                         f"the logged steps (every {g_every}); look at the data there, and log "
+                         "the grad norm every step to see a one-step spike")
+        elif e.kind == "loss_spike" and has_grad:
+            parts.append(f"clipping would not help the loss spike at step {e.onset_step}: the "
+                         f"grad norm stayed healthy; look at the data at step {e.onset_step}")
+    if has_grad and episodes and series.format == HF_FORMAT:
+        parts.append("the Hugging Face Trainer clips at max_grad_norm (1.0 by default) and logs "
+                     "the grad norm before clipping: compare the options with the clip this run "
+                     "trained with")
+    return "; ".join(parts) if parts else None
+
+
+def warmup_note(notes: list[str], usable: np.ndarray, warm: int | None,
+                 min_history: int) -> None:
+    """A run note where the detectors' warm-up - the first ``min_history`` usable points after
+    the lr warm-up, before any healthy level exists - covers ``WARMUP_NOTE_STEPS`` or more."""
+    after = usable[usable > warm] if warm is not None else usable
+    if after.size <= min_history:
+        return
+    first, end = int(after[0]), int(after[min_history])
+    if end - first >= WARMUP_NOTE_STEPS:
+        notes.append(f"the first {min_history} usable logged points (steps {first}-{end - 1}"
+                     f"{', after the lr warm-up' if warm is not None else ''}) are the "
+                     "detectors' warm-up: no healthy level exists there yet, so only jumps far "
+                     "above every earlier point are judged (log more often to judge the start "
+                     "of training)")
+
+
+def _jumped(e: Episode, gs: np.ndarray, g: np.ndarray, ratio: float = 10.0) -> bool:
+    """The episode's first point is a finite grad norm ``ratio`` x above the healthy level: it
+    began with one step out of health (a bad batch), not a climb (an lr too high)."""
+    i = int(np.searchsorted(gs, e.onset_step))
+    return bool(i < gs.size and gs[i] == e.onset_step and np.isfinite(g[i])
+                and e.baseline_grad_norm and g[i] >= ratio * e.baseline_grad_norm)
+
+
+def _settled_ratio(e: Episode, gs: np.ndarray, g: np.ndarray, tail: int = 50) -> float:
+    """Where the grad norm ``g`` (at ``gs``) settled in an open-ended episode: the median of its
+    last ``tail`` finite points over the healthy level before it (the peak ratio where that is
+    unknown)."""
+    seg = g[int(np.searchsorted(gs, e.onset_step)):]
+    seg = seg[np.isfinite(seg) & (seg > 0)]
+    if not seg.size or not e.baseline_grad_norm:
+        return float(e.peak_ratio) if e.peak_ratio is not None else 1.0
+    return float(np.median(seg[-tail:]) / e.baseline_grad_norm)
+
+
+def _lr_change(series: RunSeries, onset: int) -> tuple[str, float] | None:
+    """A learning-rate change within a few logged points before the onset: (text, factor)."""
+    if series.lr_tag is None:
+        return None
+    s, v = sorted_points(*series.series(series.lr_tag))
+    ok = np.isfinite(v) & (v > 0)
+    s, v = s[ok], v[ok]
+    if s.size < 2:
+        return None
+    i = int(np.searchsorted(s, onset, side="right")) - 1
+    if i < 1:
+        return None
+    lo = max(0, i - 10)
+    before = v[lo]
+    after = v[min(s.size - 1, i + 1)]
+    if before > 0 and after / before > 1.5:
+        return f"lr {before:.3g} -> {after:.3g}", float(after / before)
+    return None

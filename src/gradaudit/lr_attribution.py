@@ -1,0 +1,121 @@
+"""Episodes tied to the learning-rate rises that caused them (detector ``lr-change``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
+from gradaudit.detect.loss_rise import ID as ID_RISE
+from gradaudit.detect.loss_spike import ID as ID_SPIKE
+from gradaudit.detect.lr_change import ID as ID_LR
+from gradaudit.detect.lr_change import lr_onset_step, lr_rise_step, lr_rises
+from gradaudit.episodes import RawEpisode
+from gradaudit.points import sorted_points, typical_gap
+from gradaudit.series import RunSeries
+
+
+def attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | None,
+               ls: np.ndarray, lv: np.ndarray, notes: dict, merge_gap: int, ratio: float,
+               lookahead: int, level_min_points: int,
+               grad_episodes: list | None = None) -> list:
+    """Tie episodes to upward lr changes (``lr-change``).
+
+    An episode whose onset lies between the lr rise's onset (:func:`lr_onset_step`, minus the
+    merge lag) and ``lookahead`` logged points after the rise's top is caused by it, and so is
+    where none does, a sustained loss rise under way at the rise's onset, started at most a
+    block of points before that window, that peaks after it (a ``loss-rise`` onset is only
+    known to a block, and noise can start it early): its onset moves to the rise's onset and
+    ``lr-change`` joins its detectors. A grad episode under way at the rise's onset that peaks
+    after it is split there (:func:`_split_at`): a natural spike whose tail the rise's climb
+    joined stays itself, the climb is the rise's. A rise that no episode follows becomes a
+    candidate loss episode: an explosion where its loss impact shows harm, else a warning (a
+    schedule's warm restart that left the loss alone is dropped).
+    """
+    if series.lr_tag is None or not ls.size:
+        return raw
+    rs, rv = sorted_points(*series.series(series.lr_tag))
+    rises = lr_rises(rv, ratio=ratio)
+    if not rises:
+        return raw
+    gap = typical_gap(steps) if steps.size > 1 else 1
+    out = [list(r) for r in raw]
+    for rise in rises:
+        on = lr_onset_step(rs, rise, steps)
+        if on is None:
+            continue
+        top = int(rs[rise.top])
+        text = (f"the learning rate rose {rise.factor:.3g}x at step "
+                f"{lr_rise_step(rs, rv, rise)} "
+                f"({rv[rise.start]:.3g} -> {rv[rise.top]:.3g})"
+                + (", back to an earlier level (schedule restart)" if rise.restart else ""))
+        lo, hi = on - gap * (merge_gap + 1), top + gap * lookahead
+        free = [r for r in out if id(r[0]) not in notes]
+        hits = [r for r in free if lo <= r[1] <= hi]
+        if not hits:  # a loss rise whose onset noise put a little early (about a block)
+            lead = lo - typical_gap(ls) * RISE_BLOCK
+            hits = [r for r in free if lead <= r[1] and _rising_through(r, on, ls)]
+        if not hits:
+            split = _split_at(out, on, steps, g, level_min_points, grad_episodes)
+            if split is not None:
+                hits = [split]
+        if hits:
+            r = min(hits, key=lambda r: r[1])
+            r[0].detected_by.add(ID_LR)
+            if r[0].source == "grad":
+                # keep the grad indices consistent: the onset index moves with the step
+                r[0].onset = int(np.searchsorted(steps, on))
+            elif r[0].source == "loss":
+                r[0].onset = int(np.searchsorted(ls, on))
+            r[1] = on
+            notes[id(r[0])] = (text, rise)
+            continue
+        i0 = int(np.searchsorted(ls, on))
+        if i0 >= ls.size:
+            continue
+        last = int(np.clip(np.searchsorted(ls, top, side="right") - 1, i0, ls.size - 1))
+        seg = np.where(np.isfinite(lv[i0:last + 1]), lv[i0:last + 1], -np.inf)
+        peak = i0 + int(np.argmax(seg))  # within the episode: its end follows its peak
+        e = RawEpisode(i0, peak, last, "loss_spike", {ID_LR}, "lr")
+        end = int(ls[last + 1]) if last + 1 < ls.size else None
+        out.append([e, int(ls[i0]), end])
+        notes[id(e)] = (text, rise)
+    return [tuple(r) for r in out]
+
+
+def _rising_through(r: tuple, on: int, ls: np.ndarray) -> bool:
+    """Whether ``r`` (episode, onset step, end step) is a loss rise under way at step ``on``
+    that peaks at or after it."""
+    e, start, end = r
+    return e.source == "loss" and ID_RISE in e.detected_by and start < on and \
+        (end is None or end > on) and int(ls[e.peak]) >= on
+
+
+def _split_at(out: list, on: int, steps: np.ndarray, g: np.ndarray | None,
+              level_min_points: int, grad_episodes: list | None = None) -> list | None:
+    """Split the grad episode under way at lr-rise step ``on`` whose peak comes after it: the
+    part before the rise stays an episode of its own (a natural spike whose tail the rise's
+    climb joined), the part from the rise on is returned (appended to ``out``) for the rise."""
+    if g is None:
+        return None
+    i_on = int(np.searchsorted(steps, on))
+    for r in out:
+        e, start, end = r
+        if e.source != "grad" or not start < on or (end is not None and end <= on) or \
+                e.peak < i_on or e.onset >= i_on:
+            continue
+        seg = np.where(np.isfinite(g[e.onset:i_on]), g[e.onset:i_on], -np.inf)
+        head_peak = e.onset + int(np.argmax(seg))
+        head_kind = e.kind if e.kind == "level_shift" and i_on - e.onset >= level_min_points \
+            else "spike"
+        tail = RawEpisode(i_on, e.peak, e.last, e.kind, set(e.detected_by), "grad", e.base_log)
+        # the loss detectors the grad episode took in belong to the climb (the loss follows it)
+        e.detected_by -= {ID_RISE, ID_SPIKE}
+        e.peak, e.last, e.kind = head_peak, i_on - 1, head_kind
+        if grad_episodes is not None:  # the clip options slice the grad episodes
+            k = next((i for i, x in enumerate(grad_episodes) if x is e), None)
+            if k is not None:
+                grad_episodes.insert(k + 1, tail)
+        r[2] = on
+        out.append([tail, on, end])
+        return out[-1]
+    return None
