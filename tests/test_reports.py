@@ -23,6 +23,7 @@ from gradaudit.model import InputError
 from gradaudit.report import FORMATTERS, format_for, github, html, markdown, write_report
 from gradaudit.result import AuditResult
 from gradaudit.series import FileProblem
+from gradaudit.settings import Settings
 
 GOLD = Path(__file__).parent / "gold"
 
@@ -495,3 +496,20 @@ def test_a_loss_that_blew_up_is_drawn_on_a_log_scale_and_the_next_run_is_not():
     assert axes[-1].get_yscale() == "log"
     assert maker.png_data_uri(normal) is not None
     assert axes[-1].get_yscale() == "linear"
+
+
+def test_recovered_at_says_when_the_loss_never_left_its_band():
+    # the engine reports recovery_step == onset where the smoothed loss stayed in the band: a
+    # "recovered at" equal to the onset read as a recovery that never was
+    stayed = episode(300, 4.0, severity="warning", excess=0.001)
+    stayed.loss_impact.recovery_step = 300
+    came_back = episode(600, 40.0)  # recovery_step 720
+    blew_up = episode(900, 90.0, diverged=True)
+    result = AuditResult(runs=[run("r", "explosion", [stayed, came_back, blew_up])],
+                         errors=[], settings=Settings(), generated_at=FIXED_TIME)
+    rows = [_table_cells(ln) for ln in markdown.render(result).splitlines()
+            if ln.startswith(("| 300 ", "| 600 ", "| 900 "))]
+    assert [r[-1].strip() for r in rows] == ["stayed in band", "720", "diverged"]
+    page = render("html", result)
+    cells = re.findall(r'<td class="num">([^<]*)</td><td>robust_z</td>', page)
+    assert cells == ["stayed in band", "720", "diverged"]

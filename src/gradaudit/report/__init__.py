@@ -165,6 +165,17 @@ def has_findings(run: Any) -> bool:
     return bool(run.episodes) or run.status in ("warning", "explosion")
 
 
+def recovery_text(episode: Any) -> str:
+    """An episode's "recovered at" cell: the step, ``stayed in band`` where the loss never left
+    its counterfactual's band (the recovery step is then the onset), ``diverged`` or ``-``."""
+    li = episode.loss_impact
+    if li is None or (li.recovery_step is None and not li.diverged):
+        return "-"
+    if li.diverged:
+        return "diverged"
+    return "stayed in band" if li.recovery_step == episode.onset_step else str(li.recovery_step)
+
+
 def fmt_num(x: float | None, digits: int = 3) -> str:
     """A short human number; ``-`` when missing (non-finite values print as nan/inf)."""
     if x is None:

@@ -33,6 +33,7 @@ from gradaudit.report import (
     gate_headline,
     has_findings,
     partly_read,
+    recovery_text,
     show_controls,
     suggested_clip,
     worst_excess_loss,
@@ -199,9 +200,6 @@ def _episodes_table(run: Any) -> str:
            "<th>detected by</th></tr></thead><tbody>"]
     for ep in run.episodes[:MAX_EPISODE_ROWS]:
         li = ep.loss_impact
-        recovered = "-" if li is None else (
-            "diverged" if li.diverged else "-" if li.recovery_step is None
-            else str(li.recovery_step))
         out.append(
             f'<tr><td class="num">{ep.onset_step}</td><td class="num">{ep.peak_step}</td>'
             f'<td class="num">{"-" if ep.end_step is None else ep.end_step}</td>'
@@ -211,7 +209,7 @@ def _episodes_table(run: Any) -> str:
             f'<td class="num">{e(fmt_num(ep.peak_ratio))}</td>'
             f'<td class="num">{e(fmt_num(None if li is None else li.excess_loss))}</td>'
             f'<td class="num">{e(fmt_num(None if li is None else li.loss_jump))}</td>'
-            f'<td class="num">{e(recovered)}</td>'
+            f'<td class="num">{e(recovery_text(ep))}</td>'
             f"<td>{e(', '.join(ep.detected_by))}</td></tr>")
     out.append("</tbody></table>")
     more = len(run.episodes) - MAX_EPISODE_ROWS

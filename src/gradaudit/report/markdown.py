@@ -22,6 +22,7 @@ from gradaudit.report import (
     gate_headline,
     has_findings,
     partly_read,
+    recovery_text,
     show_controls,
     suggested_clip,
     worst_excess_text,
@@ -148,12 +149,11 @@ def _details(run: Any, regressions: list[Any]) -> list[str]:
                   "|--:|--:|--:|---|---|--:|--:|--:|"]
         for ep in run.episodes[:MAX_EPISODE_ROWS]:
             li = ep.loss_impact
-            rec = "-" if li is None else ("diverged" if li.diverged else
-                                          "-" if li.recovery_step is None else li.recovery_step)
             lines.append(f"| {ep.onset_step} | {ep.peak_step} | "
                          f"{'-' if ep.end_step is None else ep.end_step} | {md(ep.kind)} | "
                          f"{md(ep.severity)} | {fmt_num(ep.peak_ratio)} | "
-                         f"{fmt_num(None if li is None else li.excess_loss)} | {rec} |")
+                         f"{fmt_num(None if li is None else li.excess_loss)} | "
+                         f"{recovery_text(ep)} |")
         more = len(run.episodes) - MAX_EPISODE_ROWS
         if more > 0:
             lines.append(f"\n…and {more} more episode(s).")
