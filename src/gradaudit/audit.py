@@ -13,7 +13,7 @@ status ``error`` and a note saying why.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.special import ndtri
@@ -76,11 +76,10 @@ class _Run:
     has_loss: bool  # some loss is finite
     notes: list[str]
     warm: int | None = None  # last step of the lr warm-up: no healthy level exists before it
+    g_every: int = field(init=False)  # the grad norm's logging interval (1 for a single point)
 
-    @property
-    def g_every(self) -> int:
-        """The grad norm's logging interval (1 for a single point)."""
-        return typical_gap(self.gs)
+    def __post_init__(self) -> None:
+        self.g_every = typical_gap(self.gs)
 
     def skip(self, steps: np.ndarray) -> int:
         """Points of ``steps`` within the lr warm-up (the detectors start after them)."""
