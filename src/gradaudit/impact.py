@@ -107,10 +107,19 @@ Definitions follow DESIGN.md ("Loss impact"). Rules and defaults:
   was otherwise charged with the fault's damage (+1.14) and called an explosion.
 - ``loss_jump``: the highest loss in the episode (and the next ``lag_points``, 3: the loss lags
   the grad norm) minus ``L^(onset)``.
-- ``recovery_step``: the first step after the onset from which the loss smoothed over 5 points
-  stays within the tolerance of ``L^``: ``max(recovery_tolerance x |L^|, 3 x the 5-point median's
-  noise)`` (``recovery_tolerance`` = 5 %; the noise term matters for a loss near 0, e.g. a
-  regression loss of 0.01, whose 5 % is far below its own batch-to-batch noise).
+- ``recovery_step``: the step where the loss came back for good: from the loss's highest point
+  above the band in the episode (and its lag) on, the first point where the loss smoothed over
+  5 points is back under ``L^`` plus the tolerance - ``max(recovery_tolerance x |L^|, 3 x the
+  5-point median's noise)`` (``recovery_tolerance`` = 5 %; the noise term matters for a loss near
+  0, e.g. a regression loss of 0.01, whose 5 % is far below its own batch-to-batch noise) - and
+  after which the median excess over a horizon stays within ``recovery_tolerance`` x ``L^`` (or
+  3 standard errors of that median). The onset itself where the loss never rose above the band.
+  "Came back" is one-sided (a loss below ``L^`` has recovered) and judged on a horizon's median,
+  not on every later point: a rule that the smoothed loss stay in the band at every point up to
+  five horizons on put a bad batch in a noisy loss, whose loss came straight back (the clean
+  twin shows it), 592 steps late at the first noise excursion, and called a recovery "never"
+  where the extrapolated ``L^`` drifted off a plateau. Against the clean twins of the
+  benchmark's seeds 5000-12000 the median error fell from 162-178 steps to 22-82.
 - ``diverged``: the loss went non-finite after the onset, or it never recovered and ends the
   run above ``L^(onset)`` by more than the tolerance.
 """
@@ -406,21 +415,25 @@ def _excess(cf: _Counterfactual, loss: np.ndarray, h: np.ndarray, n_spike: int, 
 
 
 def _recovery(cf: _Counterfactual, loss: np.ndarray, win: np.ndarray, cf_win: np.ndarray,
-              noise: float, recovery_tolerance: float, n: int,
-              last_episode: bool = False) -> tuple[int | None, bool]:
-    """``(recovery_step, runaway)``: where the 5-point smoothed loss came back within the
-    tolerance of ``L^`` for good, and whether it never did and ends the run above the onset
-    level (module doc)."""
+              noise: float, recovery_tolerance: float, n: int, last_episode: bool = False,
+              n_episode: int = 1, h_points: int = 200) -> tuple[int | None, bool]:
+    """``(recovery_step, runaway)``: where the loss came back within the tolerance of ``L^``
+    and stayed there (``n_episode``: the episode's points and the loss's lag; ``h_points``: a
+    horizon's points), and whether it never did and ends the run above the onset level
+    (module doc)."""
     level = cf.level
     tol = max(recovery_tolerance * abs(level), 3.0 * noise * float(np.sqrt(np.pi / 2 / 5)))
     recovery = None
     if win.size and np.isfinite(loss[win]).all():
         sm = median_filter(loss[win], size=min(5, win.size), mode="nearest")
-        bad = np.abs(sm - cf_win) > np.maximum(recovery_tolerance * np.abs(cf_win), tol)
-        if not bad.any():
+        over = sm - cf_win - np.maximum(recovery_tolerance * np.abs(cf_win), tol)
+        if not (over > 0).any():  # the loss never left the band
             recovery = int(cf.steps[win[0]])
-        elif not bad[-1]:
-            recovery = int(cf.steps[win[int(np.flatnonzero(bad)[-1]) + 1]])
+        else:
+            j = int(np.argmax(over[:min(over.size, max(1, n_episode))]))
+            k = _sustained_from(loss[win] - cf_win, np.abs(cf_win), over <= 0, j,
+                                max(1, h_points), recovery_tolerance, noise)
+            recovery = int(cf.steps[win[k]]) if k is not None else None
     # the window reaches the run's end, or no later episode lies between it and the end
     reached_end = win.size > 0 and (win[-1] == n - 1 or last_episode)
     # "never came back": no recovery to the counterfactual by the run's end AND the loss ends
@@ -431,6 +444,32 @@ def _recovery(cf: _Counterfactual, loss: np.ndarray, win: np.ndarray, cf_win: np
         tail = tail[np.isfinite(tail)]
         runaway = bool(tail.size and np.median(tail) > level + tol)
     return recovery, runaway
+
+
+def _sustained_from(d: np.ndarray, scale: np.ndarray, back: np.ndarray, j: int, h: int,
+                    tolerance: float, noise: float) -> int | None:
+    """The first index ``k >= j`` where ``back`` holds and the median of ``d`` over the next
+    ``h`` points (fewer at the end) is at most ``max(tolerance x`` the median ``scale`` there,
+    ``3`` standard errors of that median``)``, or None. Full windows are judged at once by a
+    forward running median; the last ``h - 1`` points' shorter windows one by one, on at most
+    256 of their points."""
+    n = d.size
+    full = max(0, n - h + 1)  # indices whose window holds h points
+    if full:
+        med = median_filter(d, size=h, origin=-(h // 2), mode="nearest")[:full]
+        lvl = median_filter(scale, size=h, origin=-(h // 2), mode="nearest")[:full]
+        bar = np.maximum(tolerance * lvl, 3.0 * noise * float(np.sqrt(np.pi / 2 / h)))
+        ok = np.flatnonzero(back[j:full] & (med[j:] <= bar[j:])) if j < full else []
+        if len(ok):
+            return j + int(ok[0])
+    for k in np.flatnonzero(back[max(j, full):]) + max(j, full):
+        step = max(1, (n - k) // 256)
+        ahead = d[k::step]
+        bar = max(tolerance * float(np.median(scale[k::step])),
+                  3.0 * noise * float(np.sqrt(np.pi / 2 / (n - k))))
+        if float(np.median(ahead)) <= bar:
+            return int(k)
+    return None
 
 
 def _excess_se(cf: _Counterfactual, h: np.ndarray, u_fit: np.ndarray, noise: float,
@@ -550,7 +589,8 @@ def loss_impact(
     if ep.size and fin[ep].all():
         jump = float(loss[ep].max() - cf.level)
     recovery, runaway = _recovery(cf, loss, win, cf_win, noise, recovery_tolerance, n,
-                                  next_onset is None)
+                                  next_onset is None, i_ep - i_on + lag_points,
+                                  max(1, i_h - i_on + n_held))
     se = 0.0
     if excess is not None and h.size and pre.size > 2:
         se = _excess_se(cf, h, u_fit, noise, min_fit)
