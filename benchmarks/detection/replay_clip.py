@@ -1,4 +1,4 @@
-"""Judge gradaudit's clip suggestions by replay (DESIGN.md, "Clip suggestion").
+"""Judge gradaudit's clip suggestions by replay (docs/findings.md, "Clip suggestions").
 
 For a subset of the harmful fault pairs of the detection benchmark, read the faulted
 (unclipped) run's logs with ``gradaudit.read_runs``, audit it with ``gradaudit.audit_run`` and

@@ -1,4 +1,4 @@
-"""Clip-threshold suggestions per run and for a batch (DESIGN.md, "Clip suggestion").
+"""Clip-threshold suggestions per run and for a batch (docs/findings.md, "Clip suggestions").
 
 Options, each computed from the run's *healthy* grad norms (finite, outside every episode) and
 named so a user can reproduce it:
@@ -18,7 +18,7 @@ steps it clips and, per episode, the fraction of the peak norm it cuts (benefit)
 Rule for the suggested threshold: the *smallest* option whose cost is at most
 ``clip_max_cost`` (default 1 % of healthy steps); p99-healthy and p99.9-healthy always qualify,
 so the suggestion is at least as strong as the 99th percentile of the healthy norms.
-Why 1 %: DESIGN.md judges a threshold by replay (retrain the faulted run with it): on the
+Why 1 %: a threshold is judged by replay (retrain the faulted run with it): on the
 benchmark's fault pairs with a clean twin, p99-healthy removed a median 79 % of the lasting
 damage and cost the clean twin's final loss <= 1 % on 6 of 8 pairs (median 0.00 %; both misses
 share one SGD-regressor twin, +1.9 %), where p99.9-healthy (the 0.5 % rule) removed only 47 %

@@ -76,7 +76,8 @@ def cli() -> None:
 @click.option("--loss-tag", default=None, help="Glob naming the loss tag.")
 @click.option("--impact-horizon", type=click.IntRange(min=1), default=None, help="Steps [200].")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes [1].")
-@click.option("--quiet", is_flag=True, help="No progress messages.")
+@click.option("--quiet", is_flag=True,
+              help="No progress messages (shown only when stderr is a terminal).")
 def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str | None,
          quiet: bool, **options: Any) -> int:
     """Audit the runs under PATHS and write a report.

@@ -1,4 +1,4 @@
-"""Assembly of detector hits into episodes (DESIGN.md, "Episode"), in index space.
+"""Assembly of detector hits into episodes (docs/findings.md, "Episodes"), in index space.
 
 Grad-norm episodes: the robust level is computed first from all points, then only from points
 outside the previous pass's episodes (the healthy level), again while those episodes grow (at most

@@ -1,6 +1,6 @@
 """The CI gate: the exit code of a scan, and what got worse against a baseline report.
 
-Exit codes (DESIGN.md, "CLI contract"):
+Exit codes (docs/ci.md, "Exit codes"):
 
 - **0**: no run at or above ``fail_on`` and nothing regressed (or ``fail_on="never"``).
 - **1**: the gate failed: a run's status is at or above ``fail_on`` (``explosion``: only

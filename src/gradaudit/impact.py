@@ -1,6 +1,6 @@
 """Loss impact of an episode: counterfactual loss, excess loss, jump, recovery, divergence.
 
-Definitions follow DESIGN.md ("Loss impact"). Rules and defaults:
+Definitions follow docs/findings.md ("Loss impact"). Rules and defaults:
 
 - **Smoothing.** Fits and the excess use the loss smoothed by a running median of ``smooth``
   (9) logged points: a per-step mini-batch loss is heavy-tailed, and one hard batch (which no

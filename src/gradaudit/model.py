@@ -1,6 +1,6 @@
 """The audit's results: episodes, loss impact, clip suggestions, per run and for the batch.
 
-``AuditResult.to_dict()`` is the schema-1 JSON contract of docs/json-schema.md; every report
+``AuditResult.to_dict()`` is the schema-1 JSON contract of docs/json.md; every report
 format derives from it (plus ``RunAudit.traces`` for figures). Non-finite floats become null.
 """
 
@@ -35,7 +35,7 @@ def finite_or_none(x: float | int | None) -> float | None:
 
 @dataclass
 class LossImpact:
-    """What an episode cost the loss (DESIGN.md, "Loss impact")."""
+    """What an episode cost the loss (docs/findings.md, "Loss impact")."""
 
     excess_loss: float | None
     loss_jump: float | None
@@ -53,7 +53,7 @@ class LossImpact:
 
 @dataclass
 class Episode:
-    """One stretch of anomalous gradient norm (or loss), as DESIGN.md defines it."""
+    """One stretch of anomalous gradient norm (or loss), as docs/findings.md defines it."""
 
     onset_step: int
     peak_step: int

@@ -19,7 +19,7 @@ def _now() -> str:
 class AuditResult:
     """Runs, inputs that yielded no run, the batch clip suggestion, and the gate's verdict.
 
-    ``exit_code`` follows DESIGN.md: 0 nothing at or above ``fail_on``, 1 the gate failed,
+    ``exit_code`` follows docs/ci.md: 0 nothing at or above ``fail_on``, 1 the gate failed,
     2 nothing could be read. ``regressions`` lists what got worse against ``--baseline``.
     """
 
