@@ -45,7 +45,7 @@ class Settings:
     - ``explosion_ratio``: with no loss series, the peak ratio that makes an explosion (10x).
     - ``clip_max_cost``: the suggested clip threshold is the smallest option that clips at most
       this fraction of healthy steps (1 %: p99-healthy strength; judged by replay it removed a
-      median 78 % of the lasting damage at <= 1 % clean cost on 7 of 8 pairs, see clip.py).
+      median 79 % of the lasting damage, at <= 1 % clean cost on 6 of 8 pairs, see clip.py).
     - ``lr_ratio``: an lr rise (outside the warm-up) by this factor is an ``lr-change``
       (1.25x: a decaying schedule never rises, so any clear rise is an event).
     - ``lr_lookahead``: an episode starting up to this many logged points after an lr rise's
