@@ -156,3 +156,51 @@ def test_folder_reached_by_link_and_by_path_is_named_by_its_path(tmp_path):
     (tmp_path / "a").mkdir()
     os.symlink("../b", tmp_path / "a" / "link")
     assert names([tmp_path]) == ["b"]
+
+
+def test_several_roots_given_as_parent_relative_paths_keep_their_runs(tmp_path, monkeypatch):
+    # `scan ../teamA ../teamB` (a user review): every name then starts with "../", which the
+    # "run names its parent folder" rule took for that case - each root collapsed into one run,
+    # its explosions merged away
+    _touch(tmp_path / "teamA" / "r1" / "1.ev")
+    _touch(tmp_path / "teamA" / "r2" / "1.ev")
+    _touch(tmp_path / "teamB" / "r1" / "1.ev")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert names(["../teamA", "../teamB"]) == ["../teamA/r1", "../teamA/r2", "../teamB/r1"]
+    assert names(["../teamA"]) == ["r1", "r2"]
+
+
+def test_log_named_files_that_are_no_regular_file_are_reported_not_passed_over(tmp_path):
+    # a FIFO, a link to a device and a dangling link, each named like a log: never opened (a
+    # FIFO would block the walk), each an input error; other odd files are passed over
+    _touch(tmp_path / "r" / "1.ev")
+    os.mkfifo(tmp_path / "events.out.tfevents.1.fifo")
+    os.symlink("/dev/zero", tmp_path / "zero.parquet")
+    os.symlink(tmp_path / "gone" / "x.csv", tmp_path / "dangling.csv")
+    os.mkfifo(tmp_path / "notes.fifo")  # not named like a log: passed over
+    found = discover_module.discover([tmp_path])
+    assert [s.name for s in found.sources] == ["r"]
+    why = dict(found.unreadable)
+    assert set(why) == {str(tmp_path / n) for n in (
+        "events.out.tfevents.1.fifo", "zero.parquet", "dangling.csv")}
+    assert why[str(tmp_path / "dangling.csv")] == "a dangling link: not read"
+    assert "not a regular file" in why[str(tmp_path / "zero.parquet")]
+
+
+def test_a_folder_that_cannot_be_listed_is_reported(tmp_path, monkeypatch):
+    # chmod 000 does not stop root, so the refusal is simulated where the walk lists folders
+    _touch(tmp_path / "ok" / "1.ev")
+    _touch(tmp_path / "locked" / "1.ev")
+    real = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(discover_module.os, "scandir", scandir)
+    found = discover_module.discover([tmp_path])
+    assert [s.name for s in found.sources] == ["ok"]
+    assert found.unreadable == [(str(tmp_path / "locked"),
+                                 "cannot list this folder: Permission denied")]

@@ -43,6 +43,8 @@ def boom(name="a", **kw):
     ("warning", [boom()], 1),
     ("never", [boom()], 0),
     ("never", [warn()], 0),
+    ("regression", [boom()], 0),  # no baseline: nothing can regress (a note says so)
+    ("regression", [warn(), ok("b")], 0),
     ("explosion", [ok(), run("broken", "error")], 0),
     ("explosion", [run("broken", "error")], 2),  # nothing could be audited
     ("never", [run("broken", "error"), run("nan", "error")], 2),
@@ -51,7 +53,7 @@ def test_exit_code_by_fail_on(fail_on, runs, code):
     result = result_of(*runs, fail_on=fail_on)
     evaluate_gate(result)
     assert result.exit_code == code
-    assert bool(result.gate_reasons) == (code != 0)
+    assert bool(result.gate_reasons) == (code != 0 or fail_on == "regression")
 
 
 def test_nothing_readable_is_2():
@@ -215,3 +217,24 @@ def test_a_short_smoke_runs_grad_norm_level_is_compared():
     a = audit_run(run_series(np.arange(24), 0.5 * np.exp(rng.normal(0, 0.1, 24)),
                              2.0 - 0.01 * np.arange(24)))
     assert a.healthy_grad_norm is not None and 0.4 < a.healthy_grad_norm < 0.6
+
+
+def test_fail_on_regression_gates_an_archive_on_what_got_worse_only(tmp_path):
+    # an archive with explosions already: the gate must fail on what got worse since the
+    # baseline, not on the old explosions (a user review: --fail-on never passed 8 regressions)
+    base = baseline_file(tmp_path, boom("old"), ok("a"), ok("b", healthy=1.0))
+    same = result_of(boom("old"), ok("a"), ok("b", healthy=1.0), baseline=base,
+                     fail_on="regression")
+    evaluate_gate(same)
+    assert same.exit_code == 0 and same.regressions == []
+    worse = result_of(boom("old"), boom("a"), ok("b", healthy=2.0), baseline=base,
+                      fail_on="regression")
+    evaluate_gate(worse)
+    assert worse.exit_code == 1
+    assert {(r["run"], r["metric"]) for r in worse.regressions} == {
+        ("a", "status"), ("b", "healthy_grad_norm")}
+    assert "regression(s) against the baseline in 2 run(s)" in " ".join(worse.gate_reasons)
+    assert not any("run(s) at" in r for r in worse.gate_reasons)  # 'old' is no reason
+    annotations = "".join(github.lines(worse))
+    assert "::error title=gradaudit regression%3A a::" in annotations
+    assert "::warning title=gradaudit%3A old::" in annotations  # not failing the gate

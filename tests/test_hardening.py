@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -118,3 +123,96 @@ def test_a_worker_killed_while_reading_loses_only_its_own_input(tmp_path, monkey
     assert [r["run"] for r in doc["runs"]] == [f"{n}/run.parquet" for n in "abcd"]
     (err,) = doc["errors"]
     assert "killer" in err["path"] and "process reading this input died" in err["message"]
+
+
+@pytest.mark.parametrize("fmt", ["json", "md", "html", "github"])
+def test_a_run_folder_named_in_bytes_that_are_not_utf8_is_reported_not_fatal(
+        tmp_path, capsys, fmt):
+    # a user review: one such folder made every report of a 1,837-run archive fail with a
+    # UnicodeEncodeError (no report, exit 2); its name is now written with \xNN escapes
+    from tensorboardX import SummaryWriter
+
+    _good_run(tmp_path / "good")
+    root = os.fsencode(tmp_path)
+    writer = SummaryWriter(logdir=os.fsdecode(os.path.join(root, b"tb_\xff\xfe")))
+    for step in range(1, 301):
+        writer.add_scalar("train/grad_norm", 1.0 + 0.1 * np.sin(step), step)
+        writer.add_scalar("train/loss", 2.0 / step ** 0.2, step)
+    writer.close()
+    # polars cannot open such a path: that table is an input error that says why
+    _good_run(tmp_path / "plain")  # (pyarrow cannot write there either: renamed after)
+    os.rename(os.fsencode(tmp_path / "plain"), os.path.join(root, b"pq_\xe9"))
+    os.mkfifo(tmp_path / "stuck.csv")  # a FIFO named like a log: reported, never opened
+    out = tmp_path / f"report.{fmt}"
+    assert main(["scan", str(tmp_path), "--format", fmt, "--out", str(out),
+                 "--json", str(tmp_path / "r.json")]) == 0
+    text = out.read_bytes().decode("utf-8")  # valid UTF-8
+    doc = json.loads((tmp_path / "r.json").read_bytes().decode("utf-8"))
+    assert sorted(r["run"] for r in doc["runs"]) == ["good/run.parquet", "tb_\\xff\\xfe"]
+    errors = {e["path"]: e["message"] for e in doc["errors"]}
+    assert set(errors) == {str(tmp_path / "stuck.csv"), str(tmp_path / "pq_\\xe9/run.parquet")}
+    assert "not valid UTF-8" in errors[str(tmp_path / "pq_\\xe9/run.parquet")]
+    if fmt == "json":
+        assert text == (tmp_path / "r.json").read_text(encoding="utf-8")
+    else:  # each format escapes its own way (Markdown: pq\_\\xe9)
+        assert "xe9" in text and "not valid UTF-8" in text
+    assert main(["inspect", str(tmp_path), "--format", "json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert "tb_\\xff\\xfe" in [r["run"] for r in listed["runs"]]
+
+
+def test_sigterm_stops_the_worker_processes_at_once(tmp_path):
+    # a CI timeout sends SIGTERM: the scan must end at once and take its workers with it (a
+    # user review found them alive 10 minutes later, holding the job's output pipes open)
+    script = tmp_path / "slow_scan.py"
+    script.write_text(
+        "import sys, time\n"
+        "from gradaudit import cmdline, parallel\n"
+        "def slow(x):\n"
+        "    time.sleep(120)\n"
+        "    return x\n"
+        "if __name__ == '__main__':\n"
+        "    import signal\n"
+        "    signal.signal(signal.SIGTERM, cmdline._terminated)\n"
+        "    try:\n"
+        "        parallel.run_all(slow, [1, 2, 3, 4], 2, lambda item, why: None)\n"
+        "    except KeyboardInterrupt:\n"
+        "        print('stopped', flush=True)\n"
+        "        sys.exit(3)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    children: list[str] = []
+    deadline = time.monotonic() + 60
+    while len(children) < 2 and time.monotonic() < deadline:  # both workers started
+        time.sleep(0.2)
+        children = _children(proc.pid)
+    assert len(children) >= 2, children
+    time.sleep(1.0)  # the workers are in slow() now
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 3 and out.strip() == "stopped"
+    assert time.monotonic() - start < 10
+    time.sleep(0.5)
+    alive = [c for c in children if _alive(c)]
+    assert not alive, alive
+
+
+def _children(pid: int) -> list[str]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(entry)
+    return kids
+
+
+def _alive(pid: str) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

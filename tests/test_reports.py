@@ -219,6 +219,9 @@ def test_html_cap_on_figures_and_details(monkeypatch):
     # The worst (largest ratio) runs get figures: r5 and r4 first.
     first_sections = re.findall(r'<section class="run" id="run-\d+"><h3>.*?mono">(r\d)<', text)
     assert first_sections == ["r5", "r4", "r3"]
+    # both caps are said before the first section (a reader looks for the missing figures)
+    cap = text.index("Figures are drawn for the first 2 of these 3 runs")
+    assert text.index("The 3 worst of 6 runs") < cap < text.index('<section class="run"')
 
 
 def test_html_escapes_hostile_text():

@@ -58,7 +58,8 @@ def _sources(paths: Iterable[PathLike]) -> tuple[list[Source], list[InputError]]
             [f"not a regular file or folder (a device, a FIFO or a dangling link): "
              f"{', '.join(odd)}"] if odd else [])
         raise UsageError("; ".join(why))
-    return found.sources, [InputError(p, UNRECOGNISED) for p in found.unrecognised]
+    return found.sources, [InputError(p, UNRECOGNISED) for p in found.unrecognised] + \
+        [InputError(p, why) for p, why in found.unreadable]
 
 
 def _lost(source: Source, why: str) -> tuple[list[Any], list[InputError]]:

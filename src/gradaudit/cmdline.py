@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import signal
 import sys
 from typing import Any
 
@@ -10,11 +12,12 @@ import click
 
 from gradaudit import __version__, api
 from gradaudit.config import load_config
-from gradaudit.errors import UNEXPECTED, UsageError
+from gradaudit.errors import UNEXPECTED, UsageError, clip_message
 from gradaudit.gate import load_baseline
 from gradaudit.inspect_view import write_inspection
 from gradaudit.report import FORMATTERS, SUFFIXES, format_for, show_controls
 from gradaudit.settings import FAIL_ON, Settings
+from gradaudit.text import PRINTABLE
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE = 0, 1, 2
 
@@ -69,7 +72,8 @@ def cli() -> None:
 )
 @click.option("--json", "json_out", default=None, help="Also write the JSON report here.")
 @click.option("--fail-on", type=click.Choice(FAIL_ON), default=None,
-              help="Lowest run status that fails the gate (exit 1) [explosion].")
+              help="Lowest run status that fails the gate (exit 1) [explosion]; "
+                   "'regression': only what got worse against --baseline does.")
 @click.option("--baseline", default=None,
               help="Earlier JSON report of the same runs; what got worse fails the gate.")
 @click.option("--grad-tag", default=None, help="Glob naming the grad-norm tag.")
@@ -153,8 +157,22 @@ def inspect(paths: tuple[str, ...], fmt: str, grad_tag: str | None, loss_tag: st
     return found.exit_code
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a CI timeout) ends the scan as Ctrl-C does
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code (the console script's entry point)."""
+    """Run the CLI and return its exit code (the console script's entry point).
+
+    SIGTERM is handled as Ctrl-C: worker processes are stopped and no report is written. A
+    name with undecodable bytes is printed with them as ``\\xNN`` (:mod:`gradaudit.text`).
+    """
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors=PRINTABLE)
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         code = cli.main(args=argv, prog_name="gradaudit", standalone_mode=False)
     except click.exceptions.Abort:
@@ -164,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()
         return EXIT_USAGE
     except UNEXPECTED as exc:  # never exit 1 (the gate's code) on a crash
-        click.echo(f"gradaudit: internal error: {exc!r}", err=True)
+        click.echo(f"gradaudit: internal error: {clip_message(repr(exc))}", err=True)
         return EXIT_USAGE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return int(code or EXIT_OK)

@@ -32,10 +32,26 @@ class Discovery:
     sources: list[Source]
     missing: list[str]
     unrecognised: list[str] = field(default_factory=list)  # files named but in no known format
+    #: ``(path, why)``: folders that could not be listed, and files named like a log that are
+    #: no regular file (a FIFO, a device, a dangling link), found while walking
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _walk(root: Path) -> Iterator[tuple[Path, list[Path]]]:
-    """Yield ``(folder, regular files directly in it)``, each real folder once.
+#: Names that say a reader would take the file without looking inside: one that is no regular
+#: file is reported, not passed over (it is never opened: a FIFO would block the walk). Names
+#: a reader takes only by content (``*.log`` for Megatron, ``*.json``) are left out: W&B's own
+#: ``debug.log`` links dangle once a run folder is deleted.
+LOG_NAME_HINTS = ("tfevents", ".csv", ".parquet", ".wandb", ".jsonl", "trainer_state.json")
+
+
+def _looks_like_log(name: str) -> bool:
+    low = name.lower()
+    return any(h in low for h in LOG_NAME_HINTS)
+
+
+def _walk(root: Path, unreadable: list[tuple[str, str]]) -> Iterator[tuple[Path, list[Path]]]:
+    """Yield ``(folder, regular files directly in it)``, each real folder once; a folder that
+    cannot be listed and a file named like a log that is no regular file go to ``unreadable``.
 
     Every folder reachable without a symlink is walked before any folder reached through one,
     so a folder seen both ways is named by its real path.
@@ -59,7 +75,8 @@ def _walk(root: Path) -> Iterator[tuple[Path, list[Path]]]:
         linked_dirs: list[Path] = []
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
+        except OSError as exc:
+            unreadable.append((str(folder), f"cannot list this folder: {exc.strerror or exc}"))
             continue
         for entry in entries:
             try:
@@ -69,8 +86,12 @@ def _walk(root: Path) -> Iterator[tuple[Path, list[Path]]]:
                     (linked_dirs if entry.is_symlink() else real_dirs).append(Path(entry.path))
                 elif entry.is_file(follow_symlinks=True):
                     files.append(Path(entry.path))
-            except OSError:
-                continue
+                elif _looks_like_log(entry.name) and not entry.name.startswith("."):
+                    what = "a dangling link" if not os.path.exists(entry.path) else \
+                        "not a regular file (a FIFO, a device or a socket)"
+                    unreadable.append((entry.path, f"{what}: not read"))
+            except OSError as exc:
+                unreadable.append((entry.path, f"cannot look at it: {exc.strerror or exc}"))
         yield folder, files
         # Folders under a link wait until every folder reachable without one was walked.
         later = linked_dirs + real_dirs if folder in via_link else linked_dirs
@@ -185,6 +206,7 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> Discovery:
     merged: dict[tuple[str, str], list[Path]] = {}
     missing: list[str] = []
     unrecognised: list[str] = []
+    unreadable: list[tuple[str, str]] = []
     seen_files: set[tuple[int, int]] = set()
     for given in paths:
         root = Path(given)
@@ -200,7 +222,7 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> Discovery:
         if not root.is_dir():
             missing.append(given)
             continue
-        for folder, files in _walk(root):
+        for folder, files in _walk(root, unreadable):
             unique = []
             for f in files:
                 try:
@@ -212,12 +234,14 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> Discovery:
                     unique.append(f)
             rel_folder = folder.relative_to(root).as_posix() if folder != root else "."
             for src in _claim(folder, unique):
-                name = _join(_join(prefix, rel_folder), src.name)
-                if name == ".." or name.startswith("../"):
+                rel = _join(rel_folder, src.name)  # relative to the root
+                if rel == ".." or rel.startswith("../"):
                     # A run that names its parent folder, scanned from inside: the root it is.
-                    name = prefix
+                    rel = "."
+                name = _join(prefix, rel)
                 merged.setdefault((src.format, name), []).extend(src.files)
     sources = _regroup([Source(fmt, name, tuple(files)) for (fmt, name), files in merged.items()])
     sources = _without_trainer_copies(sources)
     sources.sort(key=lambda s: (s.name, s.format))
-    return Discovery(sources=sources, missing=missing, unrecognised=unrecognised)
+    return Discovery(sources=sources, missing=missing, unrecognised=unrecognised,
+                     unreadable=unreadable)

@@ -2,7 +2,8 @@
 
 Exit codes (docs/ci.md, "Exit codes"):
 
-- **0**: no run at or above ``fail_on`` and nothing regressed (or ``fail_on="never"``).
+- **0**: no run at or above ``fail_on`` and nothing regressed (or ``fail_on="never"``;
+  ``fail_on="regression"``: nothing regressed, whatever the runs' status).
 - **1**: the gate failed: a run's status is at or above ``fail_on`` (``explosion``: only
   explosions fail; ``warning``: warnings too), or a run regressed against the baseline.
 - **2**: nothing could be audited: no run was read at all (every input failed, or no run was
@@ -174,6 +175,9 @@ def evaluate_gate(result: AuditResult, baseline: dict[str, dict[str, Any]] | Non
         return
     if baseline is not None:
         regressions, notes = compare(result, baseline)
+    elif settings.fail_on == "regression":
+        notes.append("no --baseline: --fail-on regression had nothing to compare, so nothing "
+                     "failed")
     result.regressions = regressions
     failing = [r.run for r in result.runs if fails_gate(r.status, settings.fail_on)]
     if failing:

@@ -11,6 +11,7 @@ from gradaudit.errors import UNEXPECTED, NotATrainingLog, ReadError
 from gradaudit.model import InputError
 from gradaudit.series import RunSeries, canonical_frame
 from gradaudit.tags import choose_tags, interval_mean_tags
+from gradaudit.text import printable
 
 
 def _display(path: Path) -> str:
@@ -66,6 +67,11 @@ def read_source(
     except MemoryError:
         return [], [InputError(where, "out of memory while reading this input")]
     except UNEXPECTED as exc:  # one bad file must never stop a batch
+        if any(printable(str(f)) != str(f) for f in source.files):
+            return [], [InputError(where, (
+                f"its path is not valid UTF-8 ({printable(str(source.files[0]))}), and the "
+                f"{source.format} reader cannot open such a path: rename it to read it "
+                f"({type(exc).__name__})"))]
         return [], [InputError(where, f"unexpected error reading this input: {exc!r}")]
     runs: list[RunSeries] = []
     errors: list[InputError] = []

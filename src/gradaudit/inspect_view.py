@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import TextIO
 
 from gradaudit.api import Inspection
 from gradaudit.report import show_controls
+from gradaudit.text import json_text
 
 
 def _safe(text: object) -> str:
@@ -25,7 +25,7 @@ def write_inspection(found: Inspection, stream: TextIO, fmt: str = "text",
     """Write ``found`` to ``stream`` as ``json`` or ``text`` (``show_tags``: each run's tags
     and point counts under the table, the names ``--grad-tag``/``--loss-tag`` match)."""
     if fmt == "json":
-        stream.write(json.dumps(found.to_dict(), indent=2, ensure_ascii=False, allow_nan=False))
+        stream.write(json_text(found.to_dict(), 2))
         stream.write("\n")
         return
     header = ("run", "format", "grad norm", "loss", "lr", "steps", "first", "last", "tags")

@@ -10,11 +10,15 @@
   it left unfinished are split in two halves, each run in a new pool, and so on: the input that
   kills its workers is isolated in a few rounds and comes back as ``lost(item, why)``; every
   other input is read.
-- Ctrl-C cancels the inputs not yet started instead of waiting for them.
+- Ctrl-C (and SIGTERM, which the CLI turns into it) stops the workers at once: the inputs not
+  yet started are cancelled and the ones being read are abandoned, so the scan ends in a
+  moment, leaves no process behind, and writes no report. The workers ignore SIGINT
+  themselves (a Ctrl-C reaches the whole process group): the parent decides.
 """
 
 from __future__ import annotations
 
+import signal
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -37,6 +41,22 @@ def _ready() -> bool:
     return True
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and end the workers now; without this the interpreter
+    waits at exit for every input being read."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        try:
+            proc.terminate()
+        except OSError:
+            pass
+
+
 def run_all(fn: Callable[[T], R], items: Sequence[T], workers: int,
             lost: Callable[[T, str], R]) -> list[R]:
     """``[fn(item) for item in items]``, in up to ``workers`` processes (see the module doc)."""
@@ -56,7 +76,7 @@ def run_all(fn: Callable[[T], R], items: Sequence[T], workers: int,
 def _run(fn: Callable[[T], R], items: Sequence[T], idx: list[int], workers: int,
          lost: Callable[[T, str], R], out: list[R | None], check_start: bool = False) -> None:
     pool = ProcessPoolExecutor(max_workers=min(workers, len(idx)),
-                               mp_context=get_context("spawn"))
+                               mp_context=get_context("spawn"), initializer=_ignore_sigint)
     unfinished: list[int] = []
     try:
         if check_start:
@@ -73,7 +93,7 @@ def _run(fn: Callable[[T], R], items: Sequence[T], idx: list[int], workers: int,
             except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be pickled
                 out[i] = lost(items[i], f"the worker reading this input failed: {exc!r}")
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        _stop(pool)
         raise
     pool.shutdown(wait=True)
     if not unfinished:

@@ -59,9 +59,9 @@ class AuditResult:
 
     def to_json(self, indent: int | None = 2) -> str:
         """The schema-1 JSON document as text (strict JSON: no NaN or Infinity)."""
-        import json
+        from gradaudit.text import json_text
 
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, ensure_ascii=False)
+        return json_text(self.to_dict(), indent)
 
     def write(self, path: str, fmt: str | None = None) -> None:
         """Write the report to ``path`` (``-`` for stdout) atomically, in ``fmt`` or by suffix."""

@@ -6,14 +6,15 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-FAIL_ON = ("explosion", "warning", "never")
+FAIL_ON = ("explosion", "warning", "regression", "never")
 _GATE_LEVEL = {"explosion": 2, "warning": 1}
 _STATUS_LEVEL = {"explosion": 2, "warning": 1}  # ok and error never fail the gate by themselves
 
 
 def fails_gate(status: str, fail_on: str) -> bool:
-    """Whether a run with ``status`` fails a gate set at ``fail_on`` (``never``: nothing does)."""
-    if fail_on == "never":
+    """Whether a run with ``status`` fails a gate set at ``fail_on`` (``regression``: no status
+    does, only regressions against the baseline; ``never``: nothing does)."""
+    if fail_on in ("regression", "never"):
         return False
     return _STATUS_LEVEL.get(status, 0) >= _GATE_LEVEL[fail_on]
 
@@ -28,7 +29,8 @@ class Settings:
 
     - ``grad_tag``/``loss_tag``: globs that restrict which tags are the grad norm and the loss.
     - ``impact_horizon``: steps after an onset over which the excess loss is averaged.
-    - ``fail_on``: the lowest run status that fails the gate (``never`` turns the gate off).
+    - ``fail_on``: the lowest run status that fails the gate (``regression``: only regressions
+      against ``baseline`` fail it; ``never`` turns the gate off).
     - ``baseline``: path of an earlier JSON report to compare against.
     - ``workers``: processes that read and audit runs (1 = in this process).
     - ``spike_ratio``: grad norm / healthy level at which a point starts an episode (3x).

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from gradaudit.errors import UsageError
+from gradaudit.text import PRINTABLE, printable
 
 _MODULES = {"json": "json_report", "html": "html", "md": "markdown", "github": "github"}
 
@@ -43,8 +44,9 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 def show_controls(text: object) -> str:
     """``text`` with control characters other than tab, CR and LF (ANSI escapes in hostile run
-    or tag names) written as backslash-x escapes, so that they never reach a terminal or log."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+    or tag names) written as backslash-x escapes, so that they never reach a terminal or log;
+    undecodable bytes of a file name too (:func:`gradaudit.text.printable`)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", printable(str(text)))
 
 
 def format_for(path: str, fmt: str | None) -> str:
@@ -90,7 +92,7 @@ def write_report(result: object, path: str, fmt: str | None = None) -> None:
     except OSError as exc:
         raise UsageError(f"cannot write the report {path!r}: {exc.strerror or exc}") from exc
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as stream:
+        with os.fdopen(fd, "w", encoding="utf-8", errors=PRINTABLE, newline="\n") as stream:
             writer(result, stream)
         os.chmod(tmp, _final_mode(path))
         os.replace(tmp, path)

@@ -367,6 +367,11 @@ def write(result: Any, stream: TextIO) -> None:
             stream.write(f'<p class="note">The {len(detailed)} worst of {len(with_findings)} '
                          "runs with findings are shown in detail; the rest are rows of the "
                          "table above and entries of the JSON report.</p>\n")
+        if len(detailed) > MAX_FIGURES:  # said first: a reader looks for a missing figure
+            stream.write(f'<p class="note">Figures are drawn for the first {MAX_FIGURES} of '
+                         f"these {len(detailed)} runs (worst first: divergences, then the "
+                         "highest peak ratio); scan a subset of the runs to see the others' "
+                         "figures.</p>\n")
         figure_maker = None
         for i, run in enumerate(detailed):
             figure, zooms = None, []
@@ -379,9 +384,6 @@ def write(result: Any, stream: TextIO) -> None:
                 zooms = figure_maker.zoom_data_uris(run)
             stream.write(_run_section(run, anchors[id(run)], figure,
                                       regressions_by_run.get(run.run, []), zooms))
-        if len(detailed) > MAX_FIGURES:
-            stream.write(f'<p class="note">Figures are drawn for the {MAX_FIGURES} worst runs '
-                         "only.</p>\n")
     stream.write(_errors(result))
     stream.write(_notes_section(result, {id(r) for r in detailed}))
     stream.write(
