@@ -171,6 +171,7 @@ def test_several_roots_given_as_parent_relative_paths_keep_their_runs(tmp_path, 
     assert names(["../teamA"]) == ["r1", "r2"]
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
 def test_log_named_files_that_are_no_regular_file_are_reported_not_passed_over(tmp_path):
     # a FIFO, a link to a device and a dangling link, each named like a log: never opened (a
     # FIFO would block the walk), each an input error; other odd files are passed over
@@ -184,7 +185,7 @@ def test_log_named_files_that_are_no_regular_file_are_reported_not_passed_over(t
     why = dict(found.unreadable)
     assert set(why) == {str(tmp_path / n) for n in (
         "events.out.tfevents.1.fifo", "zero.parquet", "dangling.csv")}
-    assert why[str(tmp_path / "dangling.csv")] == "a dangling link: not read"
+    assert why[str(tmp_path / "dangling.csv")] == "a dangling link (or a link loop): not read"
     assert "not a regular file" in why[str(tmp_path / "zero.parquet")]
 
 

@@ -306,16 +306,22 @@ def test_recovery_on_a_plateau_the_trend_does_not_foresee(seed):
     assert out.impact.recovery_step is not None and out.impact.recovery_step <= 610
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_a_lasting_rise_is_no_recovery(seed):
-    # the loss jumps and stays 15 % up: it never came back, whatever its noise does
-    rng = np.random.default_rng(seed)
-    s = np.arange(2000)
-    y = 1.0 + rng.normal(0, 0.03, s.size)
-    y[1000:] += 0.15
-    y[1000:1003] += 2.0
-    out = loss_impact(s, y, s < 1000, 1000, 1003, 200, next_onset=None)
-    assert out.impact.recovery_step is None
+@pytest.mark.parametrize("rise,noise", [(0.08, 0.03), (0.10, 0.05), (0.15, 0.08)])
+def test_a_lasting_rise_is_no_recovery(rise, noise):
+    # the loss jumps and stays up (a little above the 5 % tolerance, in noise of its size):
+    # it never came back. A review found a "recovery" in the run's last few points on a
+    # quarter to a half of such seeds: windows under 10 points are no evidence now (a longer
+    # minimum lost held-out impact estimates: aftermaths it left unmasked)
+    found = []
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        s = np.arange(2000)
+        y = 1.0 + rng.normal(0, noise, s.size)
+        y[1000:] += rise
+        y[1000:1003] += 2.0
+        out = loss_impact(s, y, s < 1000, 1000, 1003, 200, next_onset=None)
+        found.append(out.impact.recovery_step)
+    assert sum(r is not None for r in found) <= (1 if noise > 0.05 else 0), found
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -330,3 +336,24 @@ def test_recovery_waits_for_a_slow_return(seed):
     out = loss_impact(s, y, s < 1000, 1000, 1005, 200)
     rec = out.impact.recovery_step
     assert rec is not None and 1150 <= rec <= 1330  # 0.5 e^(-t/100) = 0.05 at t = 230
+
+
+def test_a_loss_that_never_left_its_band_recovered_at_the_onset_itself():
+    # logged every 10 steps, the loss has no point at a grad episode's onset (2003): "stayed in
+    # band" is the onset step, not the next logged loss step (which read as a recovery)
+    rng = np.random.default_rng(0)
+    s = np.arange(0, 3000, 10)
+    y = 1.0 + rng.normal(0, 0.01, s.size)
+    out = loss_impact(s, y, s < 2003, 2003, 2004, 200)
+    assert out.impact.recovery_step == 2003
+
+
+def test_a_rise_after_the_episode_is_no_recovery_at_its_onset():
+    # the loss rose only after the episode's own points (a lag longer than the episode): the
+    # recovery is searched from where it left the band, not from the episode's quiet points
+    rng = np.random.default_rng(1)
+    s = np.arange(3000)
+    y = 1.0 + rng.normal(0, 0.01, s.size)
+    y[1010:1040] += 0.5
+    out = loss_impact(s, y, s < 1000, 1000, 1001, 200)
+    assert out.impact.recovery_step is not None and 1039 <= out.impact.recovery_step <= 1050

@@ -167,12 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     SIGTERM is handled as Ctrl-C: worker processes are stopped and no report is written. A
     name with undecodable bytes is printed with them as ``\\xNN`` (:mod:`gradaudit.text`).
     """
-    if isinstance(sys.stdout, io.TextIOWrapper):
-        sys.stdout.reconfigure(errors=PRINTABLE)
+    streams = [(s, s.errors) for s in (sys.stdout, sys.stderr) if isinstance(s, io.TextIOWrapper)]
+    for stream, _ in streams:
+        stream.reconfigure(errors=PRINTABLE)
+    installed, previous = False, None
     try:
         previous = signal.signal(signal.SIGTERM, _terminated)
+        installed = True
     except ValueError:  # not the main thread: leave signals alone
-        previous = None
+        pass
     try:
         code = cli.main(args=argv, prog_name="gradaudit", standalone_mode=False)
     except click.exceptions.Abort:
@@ -185,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"gradaudit: internal error: {clip_message(repr(exc))}", err=True)
         return EXIT_USAGE
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if installed:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        for stream, errors in streams:
+            stream.reconfigure(errors=errors)
     return int(code or EXIT_OK)

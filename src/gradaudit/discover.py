@@ -87,7 +87,8 @@ def _walk(root: Path, unreadable: list[tuple[str, str]]) -> Iterator[tuple[Path,
                 elif entry.is_file(follow_symlinks=True):
                     files.append(Path(entry.path))
                 elif _looks_like_log(entry.name) and not entry.name.startswith("."):
-                    what = "a dangling link" if not os.path.exists(entry.path) else \
+                    what = "a dangling link (or a link loop)" \
+                        if not os.path.exists(entry.path) else \
                         "not a regular file (a FIFO, a device or a socket)"
                     unreadable.append((entry.path, f"{what}: not read"))
             except OSError as exc:

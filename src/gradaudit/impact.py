@@ -113,7 +113,9 @@ Definitions follow docs/findings.md ("Loss impact"). Rules and defaults:
   5-point median's noise)`` (``recovery_tolerance`` = 5 %; the noise term matters for a loss near
   0, e.g. a regression loss of 0.01, whose 5 % is far below its own batch-to-batch noise) - and
   after which the median excess over a horizon stays within ``recovery_tolerance`` x ``L^`` (or
-  3 standard errors of that median). The onset itself where the loss never rose above the band.
+  3 standard errors of that median; near the window's end, over what is left of it, but not
+  over fewer than 10 points). The onset step itself where the loss never rose above the band
+  (also where the loss is not logged at the onset).
   "Came back" is one-sided (a loss below ``L^`` has recovered) and judged on a horizon's median,
   not on every later point: a rule that the smoothed loss stay in the band at every point up to
   five horizons on put a bad batch in a noisy loss, whose loss came straight back (the clean
@@ -427,10 +429,13 @@ def _recovery(cf: _Counterfactual, loss: np.ndarray, win: np.ndarray, cf_win: np
     if win.size and np.isfinite(loss[win]).all():
         sm = median_filter(loss[win], size=min(5, win.size), mode="nearest")
         over = sm - cf_win - np.maximum(recovery_tolerance * np.abs(cf_win), tol)
-        if not (over > 0).any():  # the loss never left the band
-            recovery = int(cf.steps[win[0]])
+        if not (over > 0).any():  # the loss never left the band: recovered at the onset
+            recovery = int(cf.onset_step)
         else:
-            j = int(np.argmax(over[:min(over.size, max(1, n_episode))]))
+            m = min(over.size, max(1, n_episode))
+            # from the highest point above the band in the episode (and its lag); where the
+            # loss rose only after that, from where it first left the band
+            j = int(np.argmax(over[:m])) if (over[:m] > 0).any() else int(np.argmax(over > 0))
             k = _sustained_from(loss[win] - cf_win, np.abs(cf_win), over <= 0, j,
                                 max(1, h_points), recovery_tolerance, noise)
             recovery = int(cf.steps[win[k]]) if k is not None else None
@@ -449,11 +454,13 @@ def _recovery(cf: _Counterfactual, loss: np.ndarray, win: np.ndarray, cf_win: np
 def _sustained_from(d: np.ndarray, scale: np.ndarray, back: np.ndarray, j: int, h: int,
                     tolerance: float, noise: float) -> int | None:
     """The first index ``k >= j`` where ``back`` holds and the median of ``d`` over the next
-    ``h`` points (fewer at the end) is at most ``max(tolerance x`` the median ``scale`` there,
-    ``3`` standard errors of that median``)``, or None. Full windows are judged at once by a
-    forward running median; the last ``h - 1`` points' shorter windows one by one, on at most
-    256 of their points."""
+    ``h`` points (fewer at the end, but at least 10: a few last points are no evidence of a
+    return) is at most ``max(tolerance x`` the median ``scale`` there, ``3``
+    standard errors of that median``)``, or None. Full windows are judged at once by a forward
+    running median; the shorter windows at the end one by one, on at most 256 of their
+    points."""
     n = d.size
+    shortest = min(h, 10)
     full = max(0, n - h + 1)  # indices whose window holds h points
     if full:
         med = median_filter(d, size=h, origin=-(h // 2), mode="nearest")[:full]
@@ -462,7 +469,8 @@ def _sustained_from(d: np.ndarray, scale: np.ndarray, back: np.ndarray, j: int, 
         ok = np.flatnonzero(back[j:full] & (med[j:] <= bar[j:])) if j < full else []
         if len(ok):
             return j + int(ok[0])
-    for k in np.flatnonzero(back[max(j, full):]) + max(j, full):
+    last = n - shortest + 1  # the last index whose window is long enough
+    for k in np.flatnonzero(back[max(j, full):last]) + max(j, full):
         step = max(1, (n - k) // 256)
         ahead = d[k::step]
         bar = max(tolerance * float(np.median(scale[k::step])),

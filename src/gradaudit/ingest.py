@@ -52,6 +52,10 @@ def build_series(
     return series
 
 
+#: Readers that hand a path to polars, which cannot open one that is not valid UTF-8.
+POLARS_READERS = frozenset({"parquet", "csv", "json", "wandb-csv"})
+
+
 def read_source(
     source: Source, grad_tag: str | None = None, loss_tag: str | None = None
 ) -> tuple[list[RunSeries], list[InputError]]:
@@ -67,11 +71,12 @@ def read_source(
     except MemoryError:
         return [], [InputError(where, "out of memory while reading this input")]
     except UNEXPECTED as exc:  # one bad file must never stop a batch
-        if any(printable(str(f)) != str(f) for f in source.files):
+        if source.format in POLARS_READERS and any(printable(str(f)) != str(f)
+                                                   for f in source.files):
             return [], [InputError(where, (
                 f"its path is not valid UTF-8 ({printable(str(source.files[0]))}), and the "
-                f"{source.format} reader cannot open such a path: rename it to read it "
-                f"({type(exc).__name__})"))]
+                f"{source.format} reader (polars) cannot open such a path: rename it to read "
+                f"it ({exc!r})"))]
         return [], [InputError(where, f"unexpected error reading this input: {exc!r}")]
     runs: list[RunSeries] = []
     errors: list[InputError] = []

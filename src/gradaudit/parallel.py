@@ -13,7 +13,9 @@
 - Ctrl-C (and SIGTERM, which the CLI turns into it) stops the workers at once: the inputs not
   yet started are cancelled and the ones being read are abandoned, so the scan ends in a
   moment, leaves no process behind, and writes no report. The workers ignore SIGINT
-  themselves (a Ctrl-C reaches the whole process group): the parent decides.
+  themselves (a Ctrl-C reaches the whole process group): the parent decides. (A worker still
+  starting up - importing, about a second - is not ignoring it yet, and may print a traceback
+  as it goes.)
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from __future__ import annotations
 import signal
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from typing import TypeVar
@@ -43,6 +46,16 @@ def _ready() -> bool:
 
 def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _result(future: Future) -> R:
+    """``future.result()``, waited for in short slices: polars installs its own SIGINT handler,
+    after which a Ctrl-C no longer ends a wait on a lock - only the wait's own end does."""
+    while True:
+        try:
+            return future.result(timeout=0.2)
+        except FuturesTimeout:
+            continue
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
@@ -87,7 +100,7 @@ def _run(fn: Callable[[T], R], items: Sequence[T], idx: list[int], workers: int,
         futures = [pool.submit(fn, items[i]) for i in idx]
         for i, future in zip(idx, futures, strict=True):
             try:
-                out[i] = future.result()
+                out[i] = _result(future)
             except BrokenProcessPool:
                 unfinished.append(i)
             except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be pickled

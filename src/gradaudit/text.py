@@ -23,7 +23,10 @@ def _escape(err: UnicodeError) -> tuple[str, int]:
     out = []
     for ch in err.object[err.start:err.end]:
         code = ord(ch)
-        out.append(f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}")
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte of a file name
+            out.append(f"\\x{code - 0xDC00:02x}")
+        else:  # another lone surrogate, or a character a narrower encoding lacks
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
     return "".join(out), err.end
 
 

@@ -369,9 +369,9 @@ def write(result: Any, stream: TextIO) -> None:
                          "table above and entries of the JSON report.</p>\n")
         if len(detailed) > MAX_FIGURES:  # said first: a reader looks for a missing figure
             stream.write(f'<p class="note">Figures are drawn for the first {MAX_FIGURES} of '
-                         f"these {len(detailed)} runs (worst first: divergences, then the "
-                         "highest peak ratio); scan a subset of the runs to see the others' "
-                         "figures.</p>\n")
+                         f"these {len(detailed)} runs (in the order below: regressed runs, "
+                         "then the worst status, divergences, the highest peak ratio); scan a "
+                         "subset of the runs to see the others' figures.</p>\n")
         figure_maker = None
         for i, run in enumerate(detailed):
             figure, zooms = None, []
