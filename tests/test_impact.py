@@ -76,17 +76,24 @@ def test_lasting_damage_is_not_used_as_an_anchor():
     assert out.impact.excess_loss == pytest.approx(0.3, rel=0.2)
 
 
+def _recovery_of_a_bump(level: float, noise: float, bump: float, start: int, stop: int,
+                        end: int, seed: int) -> int | None:
+    """recovery_step of a loss ``level`` (noise ``noise``) raised by ``bump`` over steps
+    ``start``-``stop``, for an episode from step 1000 to ``end``."""
+    rng = np.random.default_rng(seed)
+    s = np.arange(3000)
+    y = level + rng.normal(0, noise, s.size)
+    y[start:stop] += bump
+    out = loss_impact(s, y, s < 1000, 1000, end, 200)
+    assert not out.impact.diverged
+    return out.impact.recovery_step
+
+
 def test_recovery_near_zero_loss_uses_the_noise_band():
     # a regression loss ~0.01 with batch noise 0.002: 5 % of the level (0.0005) is far inside
     # the noise, so without the noise band the loss would never count as recovered
-    rng = np.random.default_rng(2)
-    s = np.arange(2000)
-    y = 0.01 + rng.normal(0, 0.002, s.size)
-    y[1000:1020] += 0.05
-    out = loss_impact(s, y, s < 1000, 1000, 1020, 200)
-    assert out.impact.recovery_step is not None
-    assert 1015 <= out.impact.recovery_step <= 1060
-    assert not out.impact.diverged
+    rec = _recovery_of_a_bump(0.01, 0.002, 0.05, 1000, 1020, 1020, seed=2)
+    assert rec is not None and 1015 <= rec <= 1060
 
 
 def test_bucket_mean_recovers_a_spike_the_last_value_misses():
@@ -351,9 +358,5 @@ def test_a_loss_that_never_left_its_band_recovered_at_the_onset_itself():
 def test_a_rise_after_the_episode_is_no_recovery_at_its_onset():
     # the loss rose only after the episode's own points (a lag longer than the episode): the
     # recovery is searched from where it left the band, not from the episode's quiet points
-    rng = np.random.default_rng(1)
-    s = np.arange(3000)
-    y = 1.0 + rng.normal(0, 0.01, s.size)
-    y[1010:1040] += 0.5
-    out = loss_impact(s, y, s < 1000, 1000, 1001, 200)
-    assert out.impact.recovery_step is not None and 1039 <= out.impact.recovery_step <= 1050
+    rec = _recovery_of_a_bump(1.0, 0.01, 0.5, 1010, 1040, 1001, seed=1)
+    assert rec is not None and 1039 <= rec <= 1050
