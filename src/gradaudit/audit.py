@@ -77,9 +77,10 @@ class _Run:
     notes: list[str]
     warm: int | None = None  # last step of the lr warm-up: no healthy level exists before it
     g_every: int = field(init=False)  # the grad norm's logging interval (1 for a single point)
+    l_every: int = field(init=False)  # the loss's
 
     def __post_init__(self) -> None:
-        self.g_every = typical_gap(self.gs)
+        self.g_every, self.l_every = typical_gap(self.gs), typical_gap(self.ls)
 
     def skip(self, steps: np.ndarray) -> int:
         """Points of ``steps`` within the lr warm-up (the detectors start after them)."""
@@ -185,14 +186,14 @@ def _candidates(run: _Run) -> _Candidates:
             end = int(gs[e.last + 1]) if e.last + 1 < gs.size else None
             raw.append((e, int(gs[e.onset]), end))
     # a loss the format logs as a mean over a logging interval of several steps
-    interval_mean = run.series.loss_tag in run.series.interval_means and typical_gap(ls) > 1
+    interval_mean = run.series.loss_tag in run.series.interval_means and run.l_every > 1
     l_eps = loss_episodes(lv, p, skip=run.skip(ls), loss_only=not run.has_grad,
                           interval_mean=interval_mean) if run.has_loss else []
     g_every = run.g_every
     lag_steps = g_every * (p.merge_gap + 1) if gs.size > 1 else 0
     # a loss logged more sparsely than the grad norm shows a jump only at its next logged point
     # after the grad episode (never before it: the loss trails the gradient)
-    l_late = max(0, typical_gap(ls) - g_every) if gs.size > 1 else 0
+    l_late = max(0, run.l_every - g_every) if gs.size > 1 else 0
     # the grad episodes are sorted and disjoint (onsets and ends both rise): the first one whose
     # window [onset - lag, end + lag + l_late] holds a loss onset is found by bisection
     g_on = np.array([r[1] for r in raw], dtype=np.int64)
@@ -238,7 +239,7 @@ class _Judge:
             cand.n_loss_unlisted
         self.chance = None  # a chronically spiky run: the excess chance alone reaches
         self.z_harm = 2.0  # standard errors of its own estimate an excess must reach as harm
-        self.h_points = st.impact_horizon / typical_gap(ls) if ls.size > 1 else 1.0
+        self.h_points = st.impact_horizon / run.l_every if ls.size > 1 else 1.0
         if run.has_loss and n_cand > p.max_episodes:
             self.chance = _chance_excess(ls, self.lv_mean, self.healthy, st.impact_horizon,
                                          len(cand.raw))

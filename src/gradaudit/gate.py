@@ -186,7 +186,8 @@ def evaluate_gate(result: AuditResult, baseline: dict[str, dict[str, Any]] | Non
         more = f" and {len(failing) - MAX_LISTED} more" if len(failing) > MAX_LISTED else ""
         reasons.append(f"{len(failing)} run(s) at {level} (--fail-on {settings.fail_on}): "
                        f"{shown}{more}")
-    if regressions and settings.fail_on != "never":
+    regressions_fail = bool(regressions) and settings.fail_on != "never"
+    if regressions_fail:
         runs = sorted({r["run"] for r in regressions})
         shown = ", ".join(repr(n) for n in runs[:MAX_LISTED])
         more = f" and {len(runs) - MAX_LISTED} more" if len(runs) > MAX_LISTED else ""
@@ -195,6 +196,5 @@ def evaluate_gate(result: AuditResult, baseline: dict[str, dict[str, Any]] | Non
     elif regressions:
         reasons.append(f"{len(regressions)} regression(s) against the baseline "
                        "(not failing: --fail-on never)")
-    result.exit_code = EXIT_GATE if (failing or (regressions and settings.fail_on != "never")) \
-        else EXIT_OK
+    result.exit_code = EXIT_GATE if (failing or regressions_fail) else EXIT_OK
     result.gate_reasons = reasons + notes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gradaudit.adapters import REGISTRY
+from gradaudit.adapters import REGISTRY, csv_table, json_table, parquet, wandb_csv
 from gradaudit.adapters.base import RawRun, Source
 from gradaudit.errors import UNEXPECTED, NotATrainingLog, ReadError
 from gradaudit.model import InputError
@@ -53,7 +53,8 @@ def build_series(
 
 
 #: Readers that hand a path to polars, which cannot open one that is not valid UTF-8.
-POLARS_READERS = frozenset({"parquet", "csv", "json", "wandb-csv"})
+POLARS_READERS = frozenset({csv_table.FORMAT, json_table.FORMAT, parquet.FORMAT,
+                            wandb_csv.FORMAT})
 
 
 def read_source(

@@ -48,7 +48,7 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _result(future: Future) -> R:
+def _result(future: Future[R]) -> R:
     """``future.result()``, waited for in short slices: polars installs its own SIGINT handler,
     after which a Ctrl-C no longer ends a wait on a lock - only the wait's own end does."""
     while True:
