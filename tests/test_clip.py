@@ -57,3 +57,75 @@ def test_healthy_set_excludes_every_episode_and_the_first_unjudged_points():
     assert opts["p99.9-healthy"].threshold == pytest.approx(
         h[int(np.ceil(0.999 * h.size)) - 1], rel=1e-9)
     assert opts["p99.9-healthy"].threshold < 0.5 * 3  # no explosion point raised it
+
+
+def test_episode_peak_cut_follows_the_reported_episodes():
+    # a loss jump under a healthy grad norm (a loss_spike: clipping does not concern it), then a
+    # grad spike; the cuts were listed over the grad-norm pass's own episodes, so index 0 held
+    # the spike's cut against the loss_spike (a reviewer's report)
+    s, g, loss = healthy(seed=9)
+    loss[1000] += 3.0
+    loss[1001:1004] += 1.5
+    g[2000] *= 80
+    loss[2001:2200] += 0.5
+    a = audit_run(run_series(s, g, loss))
+    kinds = [e.kind for e in a.episodes]
+    assert kinds == ["loss_spike", "spike"], [e.to_dict() for e in a.episodes]
+    opts = {o.method: o for o in a.clip.options}
+    for o in a.clip.options:
+        assert len(o.episode_peak_cut) == 2 and o.episode_peak_cut[0] is None
+    assert opts["fixed-1.0"].episode_peak_cut[1] == pytest.approx(1 - 1.0 / g[2000])
+    # the episode steps are the spike's only: one point, above every threshold but autoclip's
+    assert opts["p99-healthy"].episode_steps_clipped_fraction == 1.0
+
+
+def test_no_suggestion_from_a_handful_of_healthy_norms():
+    # a run of 3 (or 9) logged points: its "99th percentile" is its largest norm
+    s, g, loss = healthy(n=10, seed=2)
+    for n in (3, 9):
+        a = audit_run(run_series(s[:n], g[:n], loss[:n]))
+        assert a.clip.options and a.clip.suggested_threshold is None, n
+    b = audit_run(run_series(s, g, loss))
+    assert b.clip.suggested_threshold == max(g)
+
+
+def test_batch_clip_refuses_runs_of_different_scales():
+    audits = []
+    for name, lvl in (("small", 0.5), ("big", 50.0)):
+        s, g, loss = healthy(level=lvl, seed=3)
+        audits.append(audit_run(run_series(s, g, loss, name=name)))
+    b = batch_clip(audits)
+    assert b.suggested_threshold is None
+    assert "small" in b.advice and "big" in b.advice and "100x apart" in b.advice
+
+
+def test_batch_clip_says_what_it_clips_on_each_run():
+    audits, norms = [], []
+    for k, lvl in enumerate((0.4, 0.5, 0.6, 1.0)):
+        s, g, loss = healthy(level=lvl, seed=10 + k)
+        audits.append(audit_run(run_series(s, g, loss, name=f"r{k}")))
+        norms.append(g[25:])  # no episode in these runs: healthy after the detectors' start
+    b = batch_clip(audits)
+    med, top = b.options
+    assert med.method == b.method == "median-of-runs-p99-healthy"
+    assert med.threshold == b.suggested_threshold
+    costs = [float(np.mean(h > med.threshold)) for h in norms]
+    assert med.healthy_clipped_fraction == pytest.approx(np.mean(costs), abs=2e-3)
+    # the median clips the larger runs hard, and says which one most
+    assert "on 2 of 4 runs (most: r3" in med.description
+    assert top.threshold == max(next(o.threshold for o in a.clip.options
+                                     if o.method == "p99-healthy") for a in audits)
+    assert all(np.mean(h > top.threshold) <= 0.01 for h in norms)
+    assert "at most 1% of the healthy steps on every run" in top.description
+
+
+def test_a_damaged_run_with_few_norms_before_says_its_options_use_the_later_ones():
+    # the loss never came back from an explosion 15 points after the detectors' start: too few
+    # norms before it for the "before the damage" rule, which used to fall back without a word
+    s, g, loss = healthy(seed=5)
+    g[40] *= 60
+    loss[41:] += 2.0
+    a = audit_run(run_series(s, g, loss))
+    (e,) = [e for e in a.episodes if e.severity == "explosion"]
+    assert e.onset_step == 40 and e.loss_impact.recovery_step is None
+    assert any("only 15 healthy grad norms precede it" in n for n in a.notes), a.notes

@@ -141,6 +141,6 @@ def scan(
         audits.extend(got)
         errors.extend(bad)
     result = AuditResult(runs=audits, errors=errors, settings=settings)
-    result.batch_clip = batch_clip(audits)
+    result.batch_clip = batch_clip(audits, settings.clip_max_cost)
     evaluate_gate(result)
     return result

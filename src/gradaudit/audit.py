@@ -19,7 +19,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from gradaudit import explain
-from gradaudit.clip import clip_options, suggest
+from gradaudit.clip import clip_options, healthy_quantiles, suggest
 from gradaudit.detect.lr_change import ID as ID_LR
 from gradaudit.detect.lr_change import LrRise, lr_time, warmup_end_step
 from gradaudit.episodes import (
@@ -440,12 +440,13 @@ def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],
     advice = explain.advice(episodes, series, gs, g, run.has_grad, run.g_every, restarts)
     if run.has_grad and ga is not None:
         judged = np.isfinite(ga.level.level) if ga.level is not None else None
-        healthy = _healthy_grad(gs, g, ga.in_episode, episodes, run.warm, judged)
-        if healthy.sum() >= MIN_HEALTHY_LEVEL:  # fewer points are no level to compare runs by
+        healthy = _healthy_grad(gs, g, ga.in_episode, episodes, run.warm, judged, audit.notes)
+        n_healthy = int(healthy.sum())
+        if n_healthy >= MIN_HEALTHY_LEVEL:  # fewer points are no level to compare runs by
             audit.healthy_grad_norm = float(np.median(g[healthy]))
-        slices = [(e.onset, e.last) for e in ga.episodes]
-        opts = clip_options(g, healthy, slices, ga.zclip_final_bound)
-        audit.clip = suggest(opts, run.st.clip_max_cost, advice)
+        audit.healthy_quantiles = healthy_quantiles(g, healthy)
+        opts = clip_options(g, healthy, _grad_slices(gs, episodes), ga.zclip_final_bound)
+        audit.clip = suggest(opts, run.st.clip_max_cost, advice, n_healthy)
     else:
         audit.clip = suggest([], run.st.clip_max_cost, advice)
     if episodes:
@@ -467,15 +468,30 @@ def _empty(series: RunSeries, status: str, notes: list[str]) -> RunAudit:
 
 
 
+def _grad_slices(gs: np.ndarray, episodes: list[Episode]) -> list[tuple[int, int] | None]:
+    """Each reported episode's first and last grad point (from its onset to before its end, to
+    the run's end when it has none); None for a ``loss_spike`` (its grad norm stayed healthy)
+    and where no grad point lies in it."""
+    out: list[tuple[int, int] | None] = []
+    for e in episodes:
+        i0 = int(np.searchsorted(gs, e.onset_step))
+        i1 = gs.size if e.end_step is None else int(np.searchsorted(gs, e.end_step))
+        i1 = max(i1, min(i0 + 1, gs.size))  # an episode of one step holds its own point
+        out.append(None if e.kind == "loss_spike" or i0 >= i1 else (i0, i1 - 1))
+    return out
+
+
 def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
                   episodes: list[Episode], warm: int | None,
-                  judged: np.ndarray | None = None, min_regime: int = 50) -> np.ndarray:
+                  judged: np.ndarray | None = None, notes: list[str] | None = None,
+                  min_regime: int = 50) -> np.ndarray:
     """The healthy grad-norm points the clip options are computed from: finite and > 0, after
     the lr warm-up, where the detectors had a healthy level to judge against (``judged``: the
     first points of a run are no evidence of health - an early explosion there is not caught),
     outside every grad-norm episode and outside every reported episode of any kind or severity
     (warnings, loss episodes, lr-attributed episodes whose onset moved to the lr rise), each
-    from its onset to its end (to the run's end when it has none). Where the grad norm changed
+    from its onset to its end (to the run's end when it has none; an explosion to its loss's
+    ``recovery_step`` where that is later). Where the grad norm changed
     its scale for good and the loss took no lasting harm (a harmless open-ended level shift: a
     changed batch size, gradient accumulation, loss scale), the points after the last such
     change are the healthy ones (at least ``min_regime`` of them): a threshold applied from here
@@ -493,6 +509,10 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
         before = _outside(healthy & (gs < min(damaged)), gs, episodes)
         if before.sum() >= min_regime:
             return before
+        if notes is not None:
+            notes.append(f"the loss never came back from the explosion at step {min(damaged)}, "
+                         f"but only {int(before.sum())} healthy grad norms precede it (fewer "
+                         f"than {min_regime}): the clip options use the norms after it too")
     regime = [e for e in episodes if e.kind == "level_shift" and e.end_step is None
               and e.severity == "warning"]
     if regime:  # a harmless change of scale for good: the run's last regime is the healthy one
@@ -506,10 +526,14 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
 
 def _outside(mask: np.ndarray, gs: np.ndarray, episodes: list[Episode]) -> np.ndarray:
     """``mask`` (changed in place) with every episode's points, from its onset to its end (to
-    the run's end when it has none), set False."""
+    the run's end when it has none) - for an explosion, to where its loss came back if that is
+    later: the norms while a harmed model recovers are no healthy level - set False."""
     for e in episodes:
         i0 = int(np.searchsorted(gs, e.onset_step))
         i1 = gs.size if e.end_step is None else int(np.searchsorted(gs, e.end_step))
+        li = e.loss_impact
+        if e.severity == "explosion" and li is not None and li.recovery_step is not None:
+            i1 = max(i1, int(np.searchsorted(gs, li.recovery_step)))
         mask[i0:max(i1, i0 + 1)] = False
     return mask
 

@@ -13,7 +13,9 @@ named so a user can reproduce it:
 - ``pascanu-5x-mean`` / ``pascanu-10x-mean``: 5 and 10 times the mean healthy norm (Pascanu 2013).
 
 Each option reports the fraction of healthy steps it clips (cost), the fraction of finite episode
-steps it clips and, per episode, the fraction of the peak norm it cuts (benefit).
+steps it clips and, per reported episode (in the order of the run's ``episodes``), the fraction
+of the peak norm it cuts (benefit); ``None`` for a ``loss_spike``, whose grad norm stayed
+healthy (clipping would not touch it).
 
 Rule for the suggested threshold: the *smallest* option whose cost is at most
 ``clip_max_cost`` (default 1 % of healthy steps); p99-healthy and p99.9-healthy always qualify,
@@ -24,25 +26,36 @@ damage and cost the clean twin's final loss <= 1 % on 6 of 8 pairs (median 0.00 
 share one SGD-regressor twin, +1.9 %), where p99.9-healthy (the 0.5 % rule) removed only 47 %
 (<= 1 % on 8 of 8); fixed 1.0 removed 84 % but broke the 1 % bar on 3 of 8
 (benchmarks/detection/README.md, "replay").
-The healthy norms exclude the lr warm-up and every episode (warnings too), so an explosion
-never raises its own threshold.
-Batch rule (:func:`batch_clip`): the median over runs of their p99-healthy thresholds.
+The healthy norms exclude the lr warm-up and every episode (warnings too; an explosion up to
+where its loss came back), so an explosion never raises its own threshold.
+With fewer than ``MIN_HEALTHY_LEVEL`` (10) healthy norms the options are listed but nothing is
+suggested: the "99th percentile" of three norms is their largest.
+Batch rule (:func:`batch_clip`): the median over runs of their p99-healthy thresholds, with its
+cost on each run (the share of that run's healthy steps it clips, from quantiles the run keeps).
+No batch threshold where the runs' healthy grad norms are more than ``BATCH_MAX_SPREAD`` (10) x
+apart: different models, whose one shared threshold would clip every step of some runs and none
+of others.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from gradaudit.model import ClipOption, ClipSuggestion, RunAudit
+from gradaudit.model import MIN_HEALTHY_LEVEL, ClipOption, ClipSuggestion, RunAudit
+
+BATCH_MAX_SPREAD = 10.0  # the most the runs' healthy grad norms may differ for one threshold
+QUANTILES = np.linspace(0.0, 1.0, 1001)  # the healthy-norm quantiles a run keeps for the batch
 
 
 def clip_options(
     g: np.ndarray,
     healthy: np.ndarray,
-    episode_slices: list[tuple[int, int]],
+    episode_slices: list[tuple[int, int] | None],
     zclip_bound: float | None,
 ) -> list[ClipOption]:
-    """The clip options for one run (``g`` raw grad norms, ``healthy`` bool mask)."""
+    """The clip options for one run (``g`` raw grad norms, ``healthy`` bool mask,
+    ``episode_slices`` each reported episode's first and last grad point, or None where
+    clipping does not concern it)."""
     fin = np.isfinite(g) & (g > 0)
     h = g[healthy & fin]
     if h.size == 0:
@@ -62,8 +75,9 @@ def clip_options(
     if zclip_bound is not None and np.isfinite(zclip_bound):
         cands.insert(3, ("zclip-z2.5-a0.97", float(zclip_bound),
                          "ZClip bound mean + 2.5 sd of its EMA (alpha 0.97) at the run's end"))
-    ep_vals = [g[a:b + 1] for a, b in episode_slices]
-    ep_all = np.concatenate(ep_vals) if ep_vals else np.empty(0)
+    ep_vals = [None if sl is None else g[sl[0]:sl[1] + 1] for sl in episode_slices]
+    got = [v for v in ep_vals if v is not None]
+    ep_all = np.concatenate(got) if got else np.empty(0)
     ep_all = ep_all[np.isfinite(ep_all)]
     out = []
     for method, thr, desc in cands:
@@ -71,6 +85,9 @@ def clip_options(
         ep_frac = float(np.mean(ep_all > thr)) if ep_all.size else None
         cuts: list[float | None] = []
         for v in ep_vals:
+            if v is None:
+                cuts.append(None)
+                continue
             fv = v[np.isfinite(v)]
             if fv.size == 0:
                 cuts.append(1.0 if v.size else None)  # a non-finite peak is cut entirely
@@ -81,24 +98,68 @@ def clip_options(
     return out
 
 
-def suggest(options: list[ClipOption], max_cost: float, advice: str | None) -> ClipSuggestion:
-    """Pick the smallest option clipping at most ``max_cost`` of healthy steps."""
+def suggest(options: list[ClipOption], max_cost: float, advice: str | None,
+            n_healthy: int | None = None) -> ClipSuggestion:
+    """Pick the smallest option clipping at most ``max_cost`` of healthy steps (none from fewer
+    than ``MIN_HEALTHY_LEVEL`` healthy norms: ``n_healthy``)."""
     ok = [o for o in options if o.healthy_clipped_fraction <= max_cost + 1e-12]
-    if not ok:
+    if not ok or (n_healthy is not None and n_healthy < MIN_HEALTHY_LEVEL):
         return ClipSuggestion(None, "none", options, advice)
     best = min(ok, key=lambda o: o.threshold)
     return ClipSuggestion(best.threshold, best.method, options, advice)
 
 
-def batch_clip(audits: list[RunAudit]) -> ClipSuggestion | None:
-    """One threshold for the batch: the median of the runs' p99-healthy thresholds."""
-    vals = []
+def healthy_quantiles(g: np.ndarray, healthy: np.ndarray) -> np.ndarray | None:
+    """The quantiles (``QUANTILES``) of the healthy finite norms a run keeps for
+    :func:`batch_clip`, or None with fewer than ``MIN_HEALTHY_LEVEL`` of them."""
+    h = g[healthy & np.isfinite(g) & (g > 0)]
+    if h.size < MIN_HEALTHY_LEVEL:
+        return None
+    return np.quantile(h, QUANTILES)
+
+
+def _cost(q: np.ndarray, thr: float) -> float:
+    """The share of a run's healthy norms above ``thr``, from its quantiles (to 0.1 %)."""
+    return float(1.0 - np.searchsorted(q, thr, side="right") / q.size) if q.size else 0.0
+
+
+def batch_clip(audits: list[RunAudit], max_cost: float = 0.01) -> ClipSuggestion | None:
+    """One threshold for the batch: the median of the runs' p99-healthy thresholds, with what
+    it clips on each run; none where the runs' healthy levels are too far apart (module doc)."""
+    runs: list[tuple[str, float, float, np.ndarray]] = []
     for a in audits:
-        if a.clip is None:
+        if a.clip is None or a.healthy_quantiles is None or a.healthy_grad_norm is None:
             continue
         for o in a.clip.options:
             if o.method == "p99-healthy" and np.isfinite(o.threshold):
-                vals.append(o.threshold)
-    if not vals:
+                runs.append((a.run, o.threshold, a.healthy_grad_norm, a.healthy_quantiles))
+    if not runs:
         return None
-    return ClipSuggestion(float(np.median(vals)), "median-of-runs-p99-healthy", [], None)
+    lo = min(runs, key=lambda r: r[2])
+    hi = max(runs, key=lambda r: r[2])
+    if hi[2] > BATCH_MAX_SPREAD * lo[2]:
+        return ClipSuggestion(None, "none", [], (
+            f"no single threshold for the batch: the runs' healthy grad norms range from "
+            f"{lo[2]:.3g} ({lo[0]}) to {hi[2]:.3g} ({hi[0]}), {hi[2] / lo[2]:.0f}x apart "
+            f"(different models or scales); use each run's own suggestion"))
+    thr = float(np.median([r[1] for r in runs]))
+    options = [_batch_option("median-of-runs-p99-healthy", thr, runs, max_cost,
+                             f"median over the {len(runs)} runs of their p99-healthy"),
+               _batch_option("max-of-runs-p99-healthy", max(r[1] for r in runs), runs, max_cost,
+                             "the largest of the runs' p99-healthy")]
+    return ClipSuggestion(thr, "median-of-runs-p99-healthy", options, None)
+
+
+def _batch_option(method: str, thr: float, runs: list[tuple[str, float, float, np.ndarray]],
+                  max_cost: float, what: str) -> ClipOption:
+    """A batch threshold with its mean cost over the runs, and how many it costs too much."""
+    costs = [(_cost(r[3], thr), r[0]) for r in runs]
+    over = [c for c in costs if c[0] > max_cost + 1e-12]
+    desc = what
+    if over:
+        worst = max(over)
+        desc += (f"; clips more than {max_cost:.0%} of the healthy steps on {len(over)} of "
+                 f"{len(runs)} runs (most: {worst[1]}, {worst[0]:.1%})")
+    else:
+        desc += f"; clips at most {max_cost:.0%} of the healthy steps on every run"
+    return ClipOption(method, thr, float(np.mean([c[0] for c in costs])), None, [], desc)

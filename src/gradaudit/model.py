@@ -148,6 +148,9 @@ class RunAudit:
     healthy_grad_norm: float | None = None  # median healthy g; None under MIN_HEALTHY_LEVEL
     spike_rate: float | None = None
     traces: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    # the healthy grad norms' quantiles 0, 0.001, ..., 1 (not in the JSON): what a batch-wide
+    # threshold would clip on this run
+    healthy_quantiles: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -20,6 +20,13 @@ KillLossSpike (loss above k x its trailing mean for several steps), but robust a
 - Two passes: blocks inside the first pass's events do not enter the level of the second.
 - Onset: the first point of the first elevated block's neighbourhood from which the median of
   the next ``block`` points is at least half the block's excess above the level.
+- A slow rise (a ramp over dozens of blocks: harder data mixed in step by step, a creeping
+  divergence) carries the trailing level and spread up with it and never stands ``z`` spreads
+  above them. Each block is therefore also compared with the level and spread as they stood
+  ``lag`` (30) blocks earlier, with the same thresholds. Where the block medians turned from
+  flat to a straight climb more than a block before the first elevated block (a hinge fit over
+  the ``lag`` blocks before it that had a healthy level), the onset is that turn: where the
+  climb starts, not where it crossed a bar.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ def loss_rise(
     z_lo: float = 2.0,
     rel: float = 0.05,
     min_blocks: int = 2,
+    lag: int = 30,
 ) -> list[tuple[int, int, int]]:
     """Sustained loss rises as ``[(onset, first, last), ...]`` point indices (see module doc);
     ``first``/``last``: the first and last point of the elevated blocks."""
@@ -72,30 +80,39 @@ def loss_rise(
     sig = diff_sigma(u[fin])
     floor_b = 1.25 * sig / np.sqrt(block)
 
-    def detect(hmask: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
-        level, spread = trailing_median_before(bm, hmask, window, min_history)
-        spread = np.fmax(spread, floor_b)
+    def marks(level: np.ndarray, spread: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(triggering, elevated) blocks against ``level`` and ``spread``."""
         e = bm - level
         rel_thr = np.log1p(rel) if positive else rel * np.abs(level)
         with np.errstate(invalid="ignore"):
             trig = np.isfinite(e) & (e >= np.maximum(z * spread, rel_thr))
             elev = np.isfinite(e) & (e >= np.maximum(z_lo * spread, 0.5 * rel_thr))
-        out = []
-        for a, b in runs_of(elev | trig):
-            t = trig[a:b + 1]
-            if t.any() and _longest(t) >= min_blocks:
-                out.append((a, b))
-        return out, level, e
+        return trig, elev
+
+    def detect(hmask: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
+        """Events as ``(first block, last block)``, the level and the spread."""
+        level, spread = trailing_median_before(bm, hmask, window, min_history)
+        spread = np.fmax(spread, floor_b)
+        trig, elev = marks(level, spread)
+        trig_l = np.zeros(nb, bool)
+        elev_l = np.zeros(nb, bool)
+        if 0 < lag < nb:  # against the level as it stood ``lag`` blocks earlier (module doc)
+            lvl_l = np.full(nb, np.nan)
+            spr_l = np.full(nb, np.nan)
+            lvl_l[lag:], spr_l[lag:] = level[:-lag], spread[:-lag]
+            trig_l, elev_l = marks(lvl_l, spr_l)
+        out = [(a, b) for a, b in runs_of(elev | trig | elev_l | trig_l)
+               if _longest(trig[a:b + 1] | trig_l[a:b + 1]) >= min_blocks]
+        return out, level, spread
 
     ev1, _, _ = detect(hb)
     h2 = hb.copy()
     for a, b in ev1:
         h2[a:b + 1] = False
-    ev, level, e = detect(h2)
+    ev, level, spread = detect(h2)
     res = []
     for a, b in ev:
-        lvl = level[a]
-        half = lvl + 0.5 * e[a]
+        half = level[a] + 0.5 * (bm[a] - level[a])
         lo = max(0, (a - 1) * block)
         hi = min(y.size, (a + 1) * block)
         onset = a * block
@@ -105,6 +122,12 @@ def loss_rise(
             if seg.size and np.median(seg) >= half:
                 onset = p
                 break
+        # a ramp that began blocks before its first elevated block: where the climb starts
+        known = np.flatnonzero(np.isfinite(level[:a]))  # blocks with a healthy level before
+        turn = _hinge_block(bm, max(int(known[0]) if known.size else a, a - lag), a, b,
+                            float(spread[a]))
+        if turn < a - 1:
+            onset = turn * block
         last = min(y.size - 1, (b + 1) * block - 1)
         if b == nb - 1:
             last = y.size - 1
@@ -112,10 +135,48 @@ def loss_rise(
     return res
 
 
+def _hinge_block(bm: np.ndarray, lo: int, first: int, last: int, noise: float,
+                 z: float = 3.0) -> int:
+    """The block from which the block medians ``bm[lo:]`` turn from flat to a straight climb
+    up to the highest block of ``[first, last]`` within as many blocks after ``first`` as
+    ``lo`` lies before it (a ramp that levels off is a line up to where it levels off; least
+    squares over the candidate turns). ``first - 1`` unless the earlier turn fits better than
+    a climb from ``first - 1`` by ``z`` standard errors (``noise``: a block median's) and the
+    line follows the climb to within ``z`` of them (root mean square): ordinary wander before a
+    jump is no ramp, and a blow-up, which no line follows, keeps the onset of its jump."""
+    hi = min(last, first + (first - lo))
+    seg = bm[first:hi + 1]
+    if first - 1 <= lo or not np.isfinite(seg).any():
+        return first - 1
+    top = first + int(np.nanargmax(seg))
+    t = np.arange(lo, top + 1)
+    y = bm[lo:top + 1]
+    ok = np.isfinite(y)
+    if ok.sum() < 3:
+        return first - 1
+    t, y = t[ok], y[ok]
+
+    def fit(k: int) -> tuple[float, float]:
+        """(squared error, root mean square of the climb's residuals): flat before block k, a
+        line from it on."""
+        pre, post = y[t < k], y[t >= k]
+        if pre.size == 0 or post.size == 0:
+            return np.inf, np.inf
+        base = float(np.median(pre))
+        dt = (t[t >= k] - (k - 1)).astype(np.float64)
+        slope = max(0.0, float((dt * (post - base)).sum() / (dt * dt).sum()))
+        r = post - base - slope * dt
+        return float(((pre - base) ** 2).sum() + (r * r).sum()), float(np.sqrt(np.mean(r * r)))
+
+    fits = [(*fit(k), k) for k in range(lo + 1, first)]
+    if not fits:
+        return first - 1
+    best_sse, rms, best = min(fits)
+    if fit(first - 1)[0] - best_sse < (z * noise) ** 2 or rms > z * noise:
+        return first - 1
+    return best
+
+
 def _longest(mask: np.ndarray) -> int:
     """Length of the longest run of True in ``mask``."""
-    best = cur = 0
-    for v in mask.tolist():
-        cur = cur + 1 if v else 0
-        best = max(best, cur)
-    return best
+    return max((b - a + 1 for a, b in runs_of(mask)), default=0)

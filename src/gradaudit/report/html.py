@@ -116,9 +116,13 @@ def _cards(result: Any) -> str:
                    f'<div class="l">{e(label)}</div></div>')
     clip = result.batch_clip
     if clip is not None and clip.suggested_threshold is not None:
+        what = next((o.description for o in clip.options if o.method == clip.method), "")
         out.append(f'<div class="card"><div class="n">{e(fmt_num(clip.suggested_threshold))}'
                    f'</div><div class="l">batch clip</div><div class="note mono">'
-                   f"{e(clip.method)}</div></div>")
+                   f'{e(clip.method)}</div><div class="note">{e(what)}</div></div>')
+    elif clip is not None and clip.advice:
+        out.append(f'<div class="card"><div class="n">-</div><div class="l">batch clip</div>'
+                   f'<div class="note">{e(clip.advice)}</div></div>')
     out.append("</section>\n")
     return "".join(out)
 
