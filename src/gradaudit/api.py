@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gradaudit.adapters.base import Source
@@ -16,6 +16,7 @@ from gradaudit.parallel import run_all
 from gradaudit.result import AuditResult
 from gradaudit.series import RunSeries
 from gradaudit.settings import Settings
+from gradaudit.tags import choose_tags
 
 PathLike = str | os.PathLike[str]
 
@@ -45,9 +46,22 @@ UNRECOGNISED = ("not a log gradaudit reads (TensorBoard event files, W&B run fil
                 "'iteration N/ M |' lines)")
 
 
-def _sources(paths: Iterable[PathLike]) -> tuple[list[Source], list[InputError]]:
+def _paths(paths: PathLike | Iterable[PathLike]) -> list[str]:
+    """``paths`` as a list of strings: one path (a ``str`` or ``os.PathLike``) is a list of one,
+    not of its characters (``scan("runs/")`` would otherwise walk ``/``)."""
+    if isinstance(paths, str | bytes | os.PathLike):
+        paths = [paths]  # type: ignore[list-item]
+    out = []
+    for p in paths:
+        if not isinstance(p, str | os.PathLike):
+            raise UsageError(f"a path must be a str or os.PathLike, not {p!r}")
+        out.append(os.fspath(p))
+    return out
+
+
+def _sources(paths: PathLike | Iterable[PathLike]) -> tuple[list[Source], list[InputError]]:
     """The sources under ``paths``, and an error for each file named that no reader takes."""
-    paths = list(paths)
+    paths = _paths(paths)
     if not paths:
         raise UsageError("no path given")
     found = discover(paths)
@@ -88,13 +102,14 @@ class _ScanJob:
 
 
 def inspect(
-    paths: Iterable[PathLike],
+    paths: PathLike | Iterable[PathLike],
     *,
     grad_tag: str | None = None,
     loss_tag: str | None = None,
     workers: int = 1,
 ) -> Inspection:
-    """Discover and read runs under ``paths`` without analysis."""
+    """Discover and read runs under ``paths`` (one path or several) without analysis; the
+    inputs that yielded no run are in ``.errors``, with the reason."""
     sources, errors = _sources(paths)
     runs: list[RunSeries] = []
     for got, bad in run_all(_ReadJob(grad_tag, loss_tag), sources, workers, _lost):
@@ -104,26 +119,33 @@ def inspect(
 
 
 def read_runs(
-    paths: Iterable[PathLike],
+    paths: PathLike | Iterable[PathLike],
     *,
     grad_tag: str | None = None,
     loss_tag: str | None = None,
     workers: int = 1,
 ) -> list[RunSeries]:
-    """The runs under ``paths`` in canonical form; inputs that fail are left out."""
+    """The runs under ``paths`` (one path or several) in canonical form; inputs that fail are
+    left out (:func:`inspect` returns them with the reason)."""
     return inspect(paths, grad_tag=grad_tag, loss_tag=loss_tag, workers=workers).runs
 
 
 def audit_run(series: RunSeries, settings: Settings | None = None, **overrides: Any) -> RunAudit:
-    """Find episodes, their loss impact and clip suggestions for one run."""
+    """Find episodes, their loss impact and clip suggestions for one run. ``grad_tag`` and
+    ``loss_tag`` globs choose the run's tags again (they are chosen when it is read)."""
     from gradaudit.audit import audit_run as _audit_run
 
     settings = (settings or Settings()).with_overrides(**overrides)
+    if settings.grad_tag is not None or settings.loss_tag is not None:
+        choice = choose_tags(series.tags(), grad_tag=settings.grad_tag,
+                             loss_tag=settings.loss_tag)
+        series = replace(series, grad_norm_tag=choice.grad_norm, loss_tag=choice.loss,
+                         lr_tag=choice.lr, notes=list(series.notes) + list(choice.notes))
     return _audit_run(series, settings)
 
 
 def scan(
-    paths: Iterable[PathLike], settings: Settings | None = None, **overrides: Any
+    paths: PathLike | Iterable[PathLike], settings: Settings | None = None, **overrides: Any
 ) -> AuditResult:
     """Discover, read and audit every run under ``paths``, then apply the gate.
 

@@ -152,6 +152,11 @@ class RunAudit:
     # threshold would clip on this run
     healthy_quantiles: np.ndarray | None = field(default=None, repr=False)
 
+    def __repr__(self) -> str:  # short: the episodes and clip have their own reprs
+        clip = self.clip.suggested_threshold if self.clip is not None else None
+        return (f"<RunAudit {self.run!r}: {self.status}, {len(self.episodes)} episode(s), "
+                f"suggested clip {clip if clip is None else format(clip, '.4g')}>")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "run": self.run,

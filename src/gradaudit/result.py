@@ -32,6 +32,12 @@ class AuditResult:
     exit_code: int = 0
     generated_at: str = field(default_factory=_now)
 
+    def __repr__(self) -> str:  # a notebook cell shows this, not a dump of every run
+        s = self.summary()
+        return (f"<AuditResult: {s['runs']} run(s), {s['explosions']} explosion(s), "
+                f"{s['warnings']} warning(s), {s['errors']} error(s), "
+                f"{s['regressions']} regression(s); exit_code {self.exit_code}>")
+
     def summary(self) -> dict[str, int]:
         statuses = [r.status for r in self.runs]
         return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -79,6 +80,7 @@ class Settings:
     baseline_spike_rate_ratio: float = 2.0
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.fail_on not in FAIL_ON:
             raise ValueError(f"fail_on must be one of {', '.join(FAIL_ON)}, not {self.fail_on!r}")
         if int(self.impact_horizon) < 1:
@@ -93,6 +95,28 @@ class Settings:
                 raise ValueError(f"{f.name} must be a finite positive number, not {value!r}")
             if value > MAX_SETTING:
                 raise ValueError(f"{f.name} must be at most {MAX_SETTING:g}, not {value!r}")
+
+    def _check_types(self) -> None:
+        """Each field as its annotation says (a path may be a ``os.PathLike``, a whole float an
+        int, an int a float): a wrong type is a ValueError here, not a failure in every run."""
+        for f in fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            if value is None and "None" in kind:
+                continue
+            if kind.startswith("str"):
+                if f.name == "baseline" and isinstance(value, os.PathLike):
+                    value = os.fspath(value)
+                if not isinstance(value, str):
+                    raise ValueError(f"{f.name} must be a string, not {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{f.name} must be a number, not {value!r}")
+            elif kind == "int":
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError(f"{f.name} must be a whole number, not {value!r}")
+                value = int(value) if math.isfinite(value) else value
+            else:
+                value = float(value)
+            object.__setattr__(self, f.name, value)
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with the given fields replaced; ``None`` values are ignored."""

@@ -59,7 +59,8 @@ def format_for(path: str, fmt: str | None) -> str:
         return "json"
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in SUFFIXES or SUFFIXES[suffix] not in FORMATTERS:
-        raise UsageError(f"cannot tell the report format from {path!r}; pass --format")
+        raise UsageError(f"cannot tell the report format from {path!r}; pass --format "
+                         "(fmt= in Python): html, md or json")
     return SUFFIXES[suffix]
 
 

@@ -1,0 +1,71 @@
+"""The library API as a notebook uses it (a user review): one path, pathlib paths, typed
+settings, tag globs on a run already read, short reprs, top-level names."""
+
+import json
+import pathlib
+
+import pytest
+
+import gradaudit
+from gradaudit.settings import Settings
+
+SAMPLE = pathlib.Path(__file__).resolve().parent.parent / "sample_logs"
+MEGATRON = SAMPLE / "megatron"
+
+
+def test_one_path_is_one_path_not_its_characters(monkeypatch):
+    # list("sample_logs/megatron") held "/": the scan walked the whole filesystem
+    want = [r.run for r in gradaudit.scan([str(MEGATRON)]).runs]
+    assert want == ["charlm-lr-spike.log"]
+    monkeypatch.chdir(SAMPLE)
+    assert [r.run for r in gradaudit.scan("megatron").runs] == want  # was "no such file: m, e"
+    assert [r.run for r in gradaudit.scan(MEGATRON).runs] == want
+    assert [r.name for r in gradaudit.read_runs(MEGATRON)] == want
+    assert [r.name for r in gradaudit.inspect(str(MEGATRON)).runs] == want
+    with pytest.raises(gradaudit.UsageError, match="str or os.PathLike"):
+        gradaudit.scan([b"sample_logs"])
+
+
+def test_a_pathlib_baseline_writes_json(tmp_path):
+    base = tmp_path / "base.json"
+    gradaudit.scan(MEGATRON, fail_on="never").write(str(base))
+    r = gradaudit.scan(MEGATRON, baseline=base)  # a Path, kept as given, broke to_json
+    assert json.loads(r.to_json())["settings"]["baseline"] == str(base)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("impact_horizon", "100", "must be a number"),
+    ("impact_horizon", 100.5, "whole number"),
+    ("spike_ratio", True, "must be a number"),
+    ("fail_on", 1, "must be a string"),
+    ("grad_tag", 3, "must be a string"),
+])
+def test_a_setting_of_the_wrong_type_is_a_value_error(key, value, message):
+    # "100" used to be accepted and then failed every run ("analysis failed: TypeError")
+    with pytest.raises(ValueError, match=message):
+        gradaudit.scan(MEGATRON, **{key: value})
+
+
+def test_whole_floats_and_ints_are_taken_as_their_fields_type():
+    s = Settings(impact_horizon=100.0, spike_ratio=4)
+    assert s.impact_horizon == 100 and isinstance(s.impact_horizon, int)
+    assert isinstance(s.spike_ratio, float)
+
+
+def test_audit_run_chooses_the_tags_its_globs_name():
+    run = gradaudit.read_runs(SAMPLE / "tensorboard" / "charlm-clean")[0]
+    assert (run.grad_norm_tag, run.loss_tag) == ("grad-norm", "lm loss")
+    a = gradaudit.audit_run(run, grad_tag="grad-norm vs*", loss_tag="lm loss validation")
+    assert (a.grad_norm_tag, a.loss_tag) == ("grad-norm vs samples", "lm loss validation")
+    assert run.grad_norm_tag == "grad-norm"  # the series read is left as it was
+    b = gradaudit.audit_run(run, grad_tag="no such tag*")
+    assert b.grad_norm_tag is None and any("no such tag" in n for n in b.notes)
+
+
+def test_reprs_are_short_and_names_are_exported():
+    r = gradaudit.scan(MEGATRON)
+    assert repr(r) == ("<AuditResult: 1 run(s), 1 explosion(s), 0 warning(s), 0 error(s), "
+                       "0 regression(s); exit_code 1>")
+    assert repr(r.runs[0]).startswith("<RunAudit 'charlm-lr-spike.log': explosion, 1 episode(s)")
+    for name in ("AuditResult", "RunAudit", "RunSeries", "Settings", "UsageError", "Episode"):
+        assert name in gradaudit.__all__ and hasattr(gradaudit, name)
