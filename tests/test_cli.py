@@ -174,20 +174,30 @@ def test_unreadable_input_only_is_2(tmp_path):
     assert doc["runs"] == [] and doc["gate"]["exit_code"] == 2
 
 
-def test_bad_option_values_are_2(tmp_path):
-    assert scan(str(tmp_path), "--fail-on", "sometimes") == 2
-    assert scan(str(tmp_path), "--out", str(tmp_path / "report.txt")) == 2
-    assert scan(str(tmp_path), "--out", str(tmp_path / "missing-dir" / "r.md")) == 2
+def test_bad_option_values_are_2(tmp_path, capsys):
+    # on a folder with a real run (an empty one is exit 2 by itself), each bad value is the 2
+    runs = tmp_path / "runs"
+    write_table(runs, "healthy")
+    assert scan(str(runs), "--out", str(tmp_path / "ok.json")) == 0
+    capsys.readouterr()
+    assert scan(str(runs), "--fail-on", "sometimes") == 2
+    assert "sometimes" in capsys.readouterr().err
+    assert scan(str(runs), "--out", str(tmp_path / "report.txt")) == 2
+    assert "cannot tell the report format" in capsys.readouterr().err
+    assert scan(str(runs), "--out", str(tmp_path / "missing-dir" / "r.md")) == 2
+    assert "missing-dir" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("content", [None, "{]", '{"schema_version": 7, "runs": []}',
                                      '{"schema_version": true, "runs": []}',
                                      '{"schema_version": 1, "runs": [], "x": ' + "9" * 5000 + "}"])
 def test_invalid_baseline_is_2(tmp_path, capsys, content):
+    runs = tmp_path / "runs"  # a real run: an empty folder is exit 2 by itself
+    write_table(runs, "healthy")
     base = tmp_path / "base.json"
     if content is not None:
         base.write_text(content)
-    assert scan(str(tmp_path), "--baseline", str(base)) == 2
+    assert scan(str(runs), "--baseline", str(base)) == 2
     assert "baseline" in capsys.readouterr().err
 
 

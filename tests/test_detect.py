@@ -16,6 +16,11 @@ def test_registry_ids_are_stable():
         assert fn.__doc__
 
 
+def test_nonfinite_marks_inf_and_nan_only():
+    v = np.array([1.0, np.nan, np.inf, -np.inf, 0.0, -1.0, 1e308])
+    assert DETECTORS["nonfinite"](v).tolist() == [False, True, True, True, False, False, False]
+
+
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("cost", ["l2", "normal"])
 @pytest.mark.parametrize("m", [1, 3, 5])

@@ -99,8 +99,11 @@ def test_new_explosion_regresses(tmp_path):
 
 
 def test_healthy_grad_norm_regression_tolerance(tmp_path):
-    base = baseline_file(tmp_path, ok("a", healthy=1.0), ok("b", healthy=1.0))
-    result = result_of(ok("a", healthy=1.6), ok("b", healthy=1.4), baseline=base)
+    # above 1.5x is a regression; 1.5x exactly is not
+    base = baseline_file(tmp_path, ok("a", healthy=1.0), ok("b", healthy=1.0),
+                         ok("c", healthy=1.0))
+    result = result_of(ok("a", healthy=1.6), ok("b", healthy=1.4), ok("c", healthy=1.5),
+                       baseline=base)
     evaluate_gate(result)
     assert [(r["run"], r["metric"]) for r in result.regressions] == [("a", "healthy_grad_norm")]
     assert result.regressions[0]["baseline"] == 1.0 and result.regressions[0]["current"] == 1.6

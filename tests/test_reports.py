@@ -19,7 +19,7 @@ from reportkit import FIXED_TIME, episode, fixed_result, run
 from gradaudit import __version__
 from gradaudit.errors import UsageError
 from gradaudit.gate import evaluate_gate
-from gradaudit.model import InputError
+from gradaudit.model import ClipSuggestion, InputError
 from gradaudit.report import FORMATTERS, format_for, github, html, markdown, write_report
 from gradaudit.result import AuditResult
 from gradaudit.series import FileProblem
@@ -68,12 +68,17 @@ class TagCollector(HTMLParser):
 def hostile_result() -> AuditResult:
     runs = []
     for i, name in enumerate(HOSTILE):
-        runs.append(run(name, "explosion", [episode(300, 10.0 + i, reason=f"because {name}")],
-                        tag=name, notes=[f"note {name}"],
-                        errors=[FileProblem(name, f"problem {name}")]))
+        r = run(name, "explosion", [episode(300, 10.0 + i, reason=f"because {name}")],
+                tag=name, notes=[f"note {name}"], errors=[FileProblem(name, f"problem {name}")],
+                advice=f"advice {name}")
+        for o in r.clip.options:  # every text a report shows, from the run's own names
+            o.method, o.description = f"{o.method} {name}", f"how {name}"
+        r.clip.method = r.clip.options[0].method
+        runs.append(r)
     runs.append(run(HOSTILE[1] + "-broken", "error", errors=[FileProblem(HOSTILE[0], HOSTILE[1])]))
     result = AuditResult(runs=runs, errors=[InputError(HOSTILE[2], HOSTILE[0])],
-                         generated_at=FIXED_TIME)
+                         generated_at=FIXED_TIME,
+                         batch_clip=ClipSuggestion(None, "none", [], f"batch {HOSTILE[0]}"))
     evaluate_gate(result)
     result.regressions = [{"run": HOSTILE[0], "metric": "status", "baseline": "ok",
                            "current": "explosion", "message": f"new explosion {HOSTILE[1]}"}]
@@ -232,8 +237,10 @@ def test_html_escapes_hostile_text():
     for tag, attrs in parser.tags:
         assert not any(k.startswith("on") for k in attrs), (tag, attrs)
         assert tag != "img" or attrs["src"].startswith("data:image/png;base64,")
-    # The hostile text is shown, as text.
+    # The hostile text is shown, as text: names, reasons, advice, clip options, batch advice.
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    for shown in ("advice ", "how ", "zclip ", "batch ", "because "):
+        assert f"{shown}&lt;script&gt;alert(1)&lt;/script&gt;" in text, shown
     assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in text
     assert "<script>alert" not in text and "<img src=x" not in text
     assert text.count("</script>") == 1
@@ -434,8 +441,9 @@ def test_terminal_escapes_in_names_never_reach_the_terminal():
     evaluate_gate(result)
     for fmt in ("md", "github", "html", "json"):
         text = render(fmt, result)
-        if fmt != "json":  # JSON escapes them as \u001b
-            assert not any(c in text for c in "\x1b\x07\x9b"), fmt
+        assert not any(c in text for c in "\x1b\x07\x9b"), fmt
+        if fmt == "json":  # JSON keeps the name, escaped
+            assert "\\u001b[2J" in text and json.loads(text)["runs"][0]["run"] == name
     assert "\\x1b[2J" in render("github", result).replace("%5B", "[")
 
 

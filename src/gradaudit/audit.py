@@ -146,7 +146,8 @@ def _prepare(series: RunSeries, st: Settings) -> _Run | RunAudit:
     usable = int(ok.sum()) if has_grad else int(np.isfinite(lv).sum())
     if usable <= p.min_history:
         what = "grad-norm" if has_grad else "loss"
-        notes.append(f"only {usable} usable {what} points: too few to judge (a healthy level "
+        notes.append(f"only {usable} usable {what} point{'s' if usable != 1 else ''}: too few "
+                     "to judge (a healthy level "
                      f"needs more than {p.min_history})")
     warm = None
     if series.lr_tag is not None:

@@ -53,6 +53,7 @@ from gradaudit.detect.ema_zscore import ema_zscore_spans, olmo_skip_spans
 from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
 from gradaudit.detect.loss_rise import loss_rise
 from gradaudit.detect.loss_spike import loss_spike
+from gradaudit.detect.nonfinite import nonfinite
 from gradaudit.detect.pelt import level_shifts
 from gradaudit.detect.robust_threshold import RobustLevel, robust_threshold
 
@@ -171,7 +172,7 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
     x = log_positive(g)
     if skip > 0:
         x[:skip] = np.nan
-    nf = np.isnan(g) | np.isinf(g)
+    nf = nonfinite(g)
     nf[:skip] = False
     if n == 0 or np.isfinite(x).sum() < 3:
         eps = [RawEpisode(a, a, b, "nonfinite", {"nonfinite"}) for a, b in runs_of(nf, p.merge_gap)]
@@ -395,7 +396,7 @@ def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0,
     n = y.size
     if n == 0:
         return EpisodeList()
-    nf = ~np.isfinite(y)
+    nf = nonfinite(y)
     nf[:skip] = False
     eps: list[RawEpisode] = []
     n_unlisted, lvl, ysp = 0, None, y

@@ -63,8 +63,9 @@ def grad_text(kind: str, ratio: float | None, base: float | None, peak_step: int
                from_grad: bool) -> str:
     """The grad-norm half of an episode's reason."""
     if kind == "nonfinite":
-        return ("the grad norm was logged inf/NaN (e.g. fp16 loss-scaler overflow steps that "
-                "the optimizer skipped): benign on its own")
+        what = "grad norm" if from_grad else "loss"
+        return (f"the {what} was logged inf/NaN at isolated steps while training went on (e.g. "
+                "fp16 loss-scaler overflow steps that the optimizer skipped): benign on its own")
     if ratio is None or base is None:
         return ""
     if not np.isfinite(ratio):

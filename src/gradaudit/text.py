@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from typing import Any
 
 #: The codec error handler that writes a lone surrogate as ``\xNN`` / ``\uXXXX`` text; report
@@ -53,12 +54,18 @@ def _printable_tree(obj: Any) -> Any:
     return obj
 
 
+#: C1 control characters (U+0080-U+009F): JSON escapes only those below U+0020, and a
+#: terminal may act on these (U+009B is CSI) when the JSON is printed to it.
+_C1 = re.compile("[\u0080-\u009f]")
+
+
 def json_text(doc: Any, indent: int | None = 2) -> str:
-    """``doc`` as strict JSON text (no NaN) that encodes as UTF-8 (module doc)."""
+    """``doc`` as strict JSON text (no NaN) that encodes as UTF-8, with no raw control
+    character (module doc)."""
     text = json.dumps(doc, indent=indent, allow_nan=False, ensure_ascii=False)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # rare: a name with undecodable bytes; only then walk the tree
         text = json.dumps(_printable_tree(doc), indent=indent, allow_nan=False,
                           ensure_ascii=False)
-    return text
+    return _C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
