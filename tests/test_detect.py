@@ -16,6 +16,18 @@ def test_registry_ids_are_stable():
         assert fn.__doc__
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_level_climb_onset_and_base(seed):
+    rng = np.random.default_rng(seed)
+    x = np.log(0.5) + rng.normal(0, 0.15, 2000)
+    x[700:] += 0.006 * np.arange(1300)  # 2400x by the end
+    onset, top, base = DETECTORS["level-climb"](x)
+    assert abs(onset - 700) <= 5 and top >= 1950 and abs(base - np.log(0.5)) < 0.05
+    assert DETECTORS["level-climb"](x[:1000]) is None  # 6x: under the 10x a climb needs
+    x[1900:] -= 3.0  # back down at the end: no climb to the end
+    assert DETECTORS["level-climb"](x) is None
+
+
 def test_nonfinite_marks_inf_and_nan_only():
     v = np.array([1.0, np.nan, np.inf, -np.inf, 0.0, -1.0, 1e308])
     assert DETECTORS["nonfinite"](v).tolist() == [False, True, True, True, False, False, False]

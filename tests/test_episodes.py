@@ -237,6 +237,32 @@ def test_one_or_two_non_finite_losses_are_benign_and_named_as_the_loss():
     assert e.reason.startswith("the loss was logged inf/NaN"), e.reason  # not "the grad norm"
 
 
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("rate", [0.004, 0.01])
+def test_a_grad_norm_climbing_to_the_end_is_a_divergence_from_where_it_starts(seed, rate):
+    # a slow divergence: from step 1200 the grad norm grows 0.4 %-1 % a step (30x-6600x by the
+    # end) and the loss creeps up. Every trailing level followed the climb: the run was a loss
+    # warning whose reason called the grad norm "healthy" (a reviewer's file)
+    s, g, loss = healthy(seed=40 + seed)
+    g[1200:] *= np.exp(rate * (s[1200:] - 1200))
+    loss[1200:] += 0.3 * (1 - np.exp(-(s[1200:] - 1200) / 400))
+    e = _one(audit_run(run_series(s, g, loss)))
+    assert (e.kind, e.severity) == ("divergence", "explosion"), e.to_dict()
+    assert abs(e.onset_step - 1200) <= 8 and "level-climb" in e.detected_by
+    assert "loss-rise" in e.detected_by  # the loss's rise is this episode's, not another
+    assert e.baseline_grad_norm == pytest.approx(0.5, rel=0.1)
+
+
+def test_a_healthy_drift_or_a_bump_is_no_climb():
+    s, g, loss = healthy(seed=44)
+    drift = g * np.exp(np.log(3) * s / s[-1])  # 3x over the run: ordinary
+    assert audit_run(run_series(s, drift, loss)).episodes == []
+    bump = g.copy()
+    bump[1000:2000] *= np.exp(0.005 * np.minimum(s[1000:2000] - 1000, 2000 - s[1000:2000]))
+    assert all(e.kind != "divergence" and "level-climb" not in e.detected_by
+               for e in audit_run(run_series(s, bump, loss)).episodes)
+
+
 def test_warmup_transient_not_flagged():
     # grad norm falls from a large initial transient while the lr warms up
     s, g, loss = healthy(seed=22)

@@ -20,6 +20,8 @@ from scipy.special import ndtri
 
 from gradaudit import explain
 from gradaudit.clip import clip_options, healthy_quantiles, suggest
+from gradaudit.detect.level_climb import BLOCK as CLIMB_BLOCK
+from gradaudit.detect.level_climb import ID as ID_CLIMB
 from gradaudit.detect.lr_change import ID as ID_LR
 from gradaudit.detect.lr_change import LrRise, lr_time, warmup_end_step
 from gradaudit.episodes import (
@@ -198,6 +200,10 @@ def _candidates(run: _Run) -> _Candidates:
     # the grad episodes are sorted and disjoint (onsets and ends both rise): the first one whose
     # window [onset - lag, end + lag + l_late] holds a loss onset is found by bisection
     g_on = np.array([r[1] for r in raw], dtype=np.int64)
+    # a level climb's onset is known to a block or so of its logged points, as is a loss
+    # rise's: the window reaches three blocks further back
+    g_lo = g_on - lag_steps - np.array([3 * CLIMB_BLOCK * g_every if ID_CLIMB in r[0].detected_by
+                                        else 0 for r in raw], dtype=np.int64)
     g_end = np.array([r[2] if r[2] is not None else (int(ls[-1]) if ls.size else r[1])
                       for r in raw], dtype=np.int64)
     n_grad = len(raw)
@@ -205,7 +211,7 @@ def _candidates(run: _Run) -> _Candidates:
     for le in l_eps:
         on, end = int(ls[le.onset]), (int(ls[le.last + 1]) if le.last + 1 < ls.size else None)
         j = int(np.searchsorted(reach, on)) if n_grad else 0
-        if j < n_grad and g_on[j] - lag_steps <= on:
+        if j < n_grad and g_lo[j] <= on:
             owner = raw[j][0]
             owner.detected_by |= le.detected_by
             if le.kind == "divergence":
@@ -506,22 +512,27 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
         healthy &= judged
     damaged = [e.onset_step for e in episodes if e.severity == "explosion"
                and e.loss_impact is not None and e.loss_impact.recovery_step is None]
+    few_before = None
     if damaged:  # the loss never came back: the norms after are a damaged model's
         before = _outside(healthy & (gs < min(damaged)), gs, episodes)
         if before.sum() >= min_regime:
             return before
-        if notes is not None:
-            notes.append(f"the loss never came back from the explosion at step {min(damaged)}, "
-                         f"but only {int(before.sum())} healthy grad norms precede it (fewer "
-                         f"than {min_regime}): the clip options use the norms after it too")
+        few_before = int(before.sum())
     regime = [e for e in episodes if e.kind == "level_shift" and e.end_step is None
               and e.severity == "warning"]
+    out = None
     if regime:  # a harmless change of scale for good: the run's last regime is the healthy one
         after = np.isfinite(g) & (g > 0) & (gs >= regime[-1].onset_step)
         after = _outside(after, gs, [e for e in episodes if e is not regime[-1]])
         if after.sum() >= min_regime:
-            return after
-    return _outside(healthy, gs, episodes)
+            out = after
+    if out is None:
+        out = _outside(healthy, gs, episodes)
+    if few_before is not None and notes is not None and out[gs >= min(damaged)].any():
+        notes.append(f"the loss never came back from the explosion at step {min(damaged)}, "
+                     f"but only {few_before} healthy grad norms precede it (fewer than "
+                     f"{min_regime}): the clip options use the norms after it too")
+    return out
 
 
 

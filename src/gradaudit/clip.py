@@ -109,12 +109,17 @@ def suggest(options: list[ClipOption], max_cost: float, advice: str | None,
     return ClipSuggestion(best.threshold, best.method, options, advice)
 
 
-def healthy_quantiles(g: np.ndarray, healthy: np.ndarray) -> np.ndarray | None:
+def healthy_quantiles(g: np.ndarray, healthy: np.ndarray,
+                      sample: int = 1 << 16) -> np.ndarray | None:
     """The quantiles (``QUANTILES``) of the healthy finite norms a run keeps for
-    :func:`batch_clip`, or None with fewer than ``MIN_HEALTHY_LEVEL`` of them."""
+    :func:`batch_clip`, or None with fewer than ``MIN_HEALTHY_LEVEL`` of them. From at most
+    ``sample`` of them, evenly spaced over the run (a cost known to 0.1 % needs no more; sorting
+    a million norms would double the engine's time on a long run)."""
     h = g[healthy & np.isfinite(g) & (g > 0)]
     if h.size < MIN_HEALTHY_LEVEL:
         return None
+    if h.size > sample:
+        h = h[np.linspace(0, h.size - 1, sample).astype(np.int64)]
     return np.quantile(h, QUANTILES)
 
 

@@ -50,6 +50,8 @@ import numpy as np
 
 from gradaudit.detect._common import log_positive, runs_of
 from gradaudit.detect.ema_zscore import ema_zscore_spans, olmo_skip_spans
+from gradaudit.detect.level_climb import ID as ID_CLIMB
+from gradaudit.detect.level_climb import level_climb
 from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
 from gradaudit.detect.loss_rise import loss_rise
 from gradaudit.detect.loss_spike import loss_spike
@@ -69,6 +71,7 @@ class EpisodeParams:
     onset_lookback: int = 30
     level_min_points: int = 20
     min_history: int = 25  # healthy points before the grad level is trusted (warm-up)
+    climb_ratio: float = 10.0  # a level climbing this much to the run's end is a divergence
     max_episodes: int = 500  # more candidates than this: a chronically spiky run (module doc)
 
 
@@ -293,6 +296,13 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
         eps.append(RawEpisode(onset, peak, b, kind, by, base_log=base))
         in_ep[onset:b + 1] = True
         prev_last = b
+    climb = level_climb(x, ratio=p.climb_ratio) if not (eps and eps[-1].last == n - 1) else None
+    if climb is not None:  # a slow climb to the end that every trailing level followed
+        onset, top, base = climb
+        by = {ID_CLIMB}.union(*(e.detected_by for e in eps if e.onset >= onset))
+        eps = [e for e in eps if e.onset < onset]
+        eps.append(RawEpisode(onset, top, n - 1, "divergence", by, base_log=base))
+        in_ep[onset:] = True
     return GradAnalysis(eps, rl, in_ep, zc_final, n_unlisted, unlisted_max)
 
 

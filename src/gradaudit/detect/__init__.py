@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gradaudit.detect.ema_zscore import ema_zscore, olmo_skip
+from gradaudit.detect.level_climb import level_climb
 from gradaudit.detect.loss_rise import loss_rise
 from gradaudit.detect.loss_spike import loss_spike
 from gradaudit.detect.lr_change import lr_rises
@@ -22,6 +23,7 @@ DETECTORS: dict[str, Callable[..., Any]] = {
     "ema-zscore": ema_zscore,
     "olmo-skip": olmo_skip,
     "pelt": level_shifts,
+    "level-climb": level_climb,
     "nonfinite": nonfinite,
     "loss-spike": loss_spike,
     "loss-rise": loss_rise,
@@ -31,6 +33,7 @@ DETECTORS: dict[str, Callable[..., Any]] = {
 __all__ = [
     "DETECTORS",
     "ema_zscore",
+    "level_climb",
     "level_shifts",
     "loss_rise",
     "loss_spike",
