@@ -69,3 +69,17 @@ def test_reprs_are_short_and_names_are_exported():
     assert repr(r.runs[0]).startswith("<RunAudit 'charlm-lr-spike.log': explosion, 1 episode(s)")
     for name in ("AuditResult", "RunAudit", "RunSeries", "Settings", "UsageError", "Episode"):
         assert name in gradaudit.__all__ and hasattr(gradaudit, name)
+
+
+def test_episodes_frame_has_a_row_per_episode_with_its_impact():
+    r = gradaudit.scan(SAMPLE)
+    f = r.episodes_frame()
+    eps = [(a.run, e) for a in r.runs for e in a.episodes]
+    assert f.height == len(eps) == 6
+    for row, (run, e) in zip(f.iter_rows(named=True), eps, strict=True):
+        assert (row["run"], row["onset_step"], row["kind"], row["severity"]) == \
+            (run, e.onset_step, e.kind, e.severity)
+        assert row["excess_loss"] == e.loss_impact.excess_loss
+        assert row["diverged"] == e.loss_impact.diverged
+    empty = gradaudit.scan(SAMPLE / "tensorboard" / "mlp-clean").episodes_frame()
+    assert empty.height == 0 and empty.columns == f.columns

@@ -63,6 +63,29 @@ class AuditResult:
             "summary": self.summary(),
         }
 
+    def episodes_frame(self) -> Any:
+        """Every episode of every run as one Polars frame, a row per episode (``run``,
+        ``status`` of its run, the episode's fields and its loss impact's, flattened)."""
+        import polars as pl
+
+        rows = []
+        for r in self.runs:
+            for e in r.episodes:
+                d = e.to_dict()
+                li = d.pop("loss_impact") or {}
+                d["detected_by"] = ",".join(d["detected_by"])
+                rows.append({"run": r.run, "status": r.status, **d,
+                             **{k: li.get(k) for k in ("excess_loss", "loss_jump",
+                                                       "recovery_step", "diverged")}})
+        schema = {"run": pl.String, "status": pl.String, "onset_step": pl.Int64,
+                  "peak_step": pl.Int64, "end_step": pl.Int64, "peak_grad_norm": pl.Float64,
+                  "baseline_grad_norm": pl.Float64, "peak_ratio": pl.Float64,
+                  "kind": pl.String, "severity": pl.String, "detected_by": pl.String,
+                  "reason": pl.String, "excess_loss": pl.Float64, "loss_jump": pl.Float64,
+                  "recovery_step": pl.Int64, "diverged": pl.Boolean}
+        return pl.DataFrame(rows, schema=schema, orient="row") if rows else \
+            pl.DataFrame(schema=schema)
+
     def to_json(self, indent: int | None = 2) -> str:
         """The schema-1 JSON document as text (strict JSON: no NaN or Infinity)."""
         from gradaudit.text import json_text
