@@ -1,9 +1,11 @@
 """The library API as a notebook uses it (a user review): one path, pathlib paths, typed
 settings, tag globs on a run already read, short reprs, top-level names."""
 
+import dataclasses
 import json
 import pathlib
 
+import numpy as np
 import pytest
 
 import gradaudit
@@ -50,6 +52,9 @@ def test_whole_floats_and_ints_are_taken_as_their_fields_type():
     s = Settings(impact_horizon=100.0, spike_ratio=4)
     assert s.impact_horizon == 100 and isinstance(s.impact_horizon, int)
     assert isinstance(s.spike_ratio, float)
+    n = Settings(impact_horizon=np.int64(150), spike_ratio=np.float32(2.5))  # numpy scalars
+    assert n.impact_horizon == 150 and type(n.impact_horizon) is int
+    assert n.spike_ratio == 2.5 and type(n.spike_ratio) is float
 
 
 def test_audit_run_chooses_the_tags_its_globs_name():
@@ -60,6 +65,11 @@ def test_audit_run_chooses_the_tags_its_globs_name():
     assert run.grad_norm_tag == "grad-norm"  # the series read is left as it was
     b = gradaudit.audit_run(run, grad_tag="no such tag*")
     assert b.grad_norm_tag is None and any("no such tag" in n for n in b.notes)
+    # a glob for one tag leaves the others as read (a loss tag the heuristics would not pick)
+    odd = dataclasses.replace(run, loss_tag="lm loss validation")
+    c = gradaudit.audit_run(odd, grad_tag="grad-norm")
+    assert (c.grad_norm_tag, c.loss_tag, c.lr_tag) == ("grad-norm", "lm loss validation",
+                                                      run.lr_tag)
 
 
 def test_reprs_are_short_and_names_are_exported():

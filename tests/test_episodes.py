@@ -253,6 +253,32 @@ def test_a_grad_norm_climbing_to_the_end_is_a_divergence_from_where_it_starts(se
     assert e.baseline_grad_norm == pytest.approx(0.5, rel=0.1)
 
 
+def test_healthy_grad_norm_shapes_are_no_divergence():
+    # a reviewer's cases that the first level-climb called explosions (or crashed on)
+    rng = np.random.default_rng(1)
+    n = 3000
+    s = np.arange(n)
+    loss = 2.5 + 3.0 * (s + 20.0) ** -0.4 + rng.normal(0, 0.02, n)
+    noise = np.exp(rng.normal(0, 0.15, n))
+    # high at the start, a dip, back up (the top is not at the end): once an IndexError
+    u = np.where(s < 300, 4.0, np.where(s < 2000, 0.2, 0.2 * np.exp(np.log(15) * (s - 2000)
+                                                                      / 1000)))
+    a = audit_run(run_series(s, u * noise, loss))
+    assert a.status != "error" and not any("analysis failed" in x for x in a.notes)
+    # a zero-initialised layer waking up: 20x over the first 300 steps, flat since
+    early = np.where(s < 300, 0.05 * np.exp(np.log(20) * s / 300), 1.0)
+    assert audit_run(run_series(s, early * noise, loss)).episodes == []
+    # 12x over the whole run while the loss keeps falling: a warning, not a divergence
+    slow = 0.1 * np.exp(np.log(12) * s / n)
+    (e,) = audit_run(run_series(s, slow * noise, loss)).episodes
+    assert (e.kind, e.severity) == ("level_shift", "warning") and "level-climb" in e.detected_by
+    # the grad norm rising 12x while the lr cools down over the last 20 %: the schedule's doing
+    cool = np.where(s < 2400, 0.3, 0.3 * np.exp(np.log(12) * (s - 2400) / 600))
+    lr = np.where(s < 2400, 1e-3, 1e-3 * (1 - (s - 2400) / 600) + 1e-6)
+    a = audit_run(run_series(s, cool * noise, loss, lr))
+    assert a.episodes == [] and any("cool-down" in x for x in a.notes), a.notes
+
+
 def test_a_healthy_drift_or_a_bump_is_no_climb():
     s, g, loss = healthy(seed=44)
     drift = g * np.exp(np.log(3) * s / s[-1])  # 3x over the run: ordinary

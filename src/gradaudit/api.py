@@ -137,10 +137,15 @@ def audit_run(series: RunSeries, settings: Settings | None = None, **overrides: 
 
     settings = (settings or Settings()).with_overrides(**overrides)
     if settings.grad_tag is not None or settings.loss_tag is not None:
+        # only the tags a glob names are chosen again; the others stay as read
         choice = choose_tags(series.tags(), grad_tag=settings.grad_tag,
                              loss_tag=settings.loss_tag)
-        series = replace(series, grad_norm_tag=choice.grad_norm, loss_tag=choice.loss,
-                         lr_tag=choice.lr, notes=list(series.notes) + list(choice.notes))
+        series = replace(
+            series,
+            grad_norm_tag=choice.grad_norm if settings.grad_tag is not None
+            else series.grad_norm_tag,
+            loss_tag=choice.loss if settings.loss_tag is not None else series.loss_tag,
+            notes=list(series.notes) + list(choice.notes))
     return _audit_run(series, settings)
 
 

@@ -186,6 +186,8 @@ def _candidates(run: _Run) -> _Candidates:
     if run.has_grad:
         ga = grad_episodes(g, p, skip=run.skip(gs))
         for e in ga.episodes:
+            if ID_CLIMB in e.detected_by and _cooled_down(run, int(gs[e.onset])):
+                continue
             end = int(gs[e.last + 1]) if e.last + 1 < gs.size else None
             raw.append((e, int(gs[e.onset]), end))
     # a loss the format logs as a mean over a logging interval of several steps
@@ -200,9 +202,10 @@ def _candidates(run: _Run) -> _Candidates:
     # the grad episodes are sorted and disjoint (onsets and ends both rise): the first one whose
     # window [onset - lag, end + lag + l_late] holds a loss onset is found by bisection
     g_on = np.array([r[1] for r in raw], dtype=np.int64)
-    # a level climb's onset is known to a block or so of its logged points, as is a loss
-    # rise's: the window reaches three blocks further back
-    g_lo = g_on - lag_steps - np.array([3 * CLIMB_BLOCK * g_every if ID_CLIMB in r[0].detected_by
+    # a level climb's onset is known to a block or so of its logged points, and a loss rise's
+    # (a hinge fitted to a rise that slows down starts early) to a few: the window reaches four
+    # blocks further back
+    g_lo = g_on - lag_steps - np.array([4 * CLIMB_BLOCK * g_every if ID_CLIMB in r[0].detected_by
                                         else 0 for r in raw], dtype=np.int64)
     g_end = np.array([r[2] if r[2] is not None else (int(ls[-1]) if ls.size else r[1])
                       for r in raw], dtype=np.int64)
@@ -224,6 +227,24 @@ def _candidates(run: _Run) -> _Candidates:
                     p.level_min_points, ga.episodes if ga is not None else None)
     raw.sort(key=lambda r: r[1])
     return _Candidates(raw, ga, lr_notes, getattr(l_eps, "n_unlisted", 0))
+
+
+def _cooled_down(run: _Run, onset: int) -> bool:
+    """Whether the logged lr fell by half or more from ``onset`` to the run's end: a grad norm
+    that climbs while the schedule cools down (common with weight decay) is no episode; the
+    run's notes say so."""
+    if run.series.lr_tag is None:
+        return False
+    rs, rv = sorted_points(*run.series.series(run.series.lr_tag))
+    ok = np.isfinite(rv) & (rv > 0)
+    rs, rv = rs[ok], rv[ok]
+    i = int(np.searchsorted(rs, onset, side="right")) - 1
+    if rv.size == 0 or i < 0 or rv[-1] > 0.5 * rv[i]:
+        return False
+    run.notes.append(f"the grad norm's level climbed from step {onset} to the end while the "
+                     f"learning rate fell {rv[i] / rv[-1]:.3g}x (the schedule's cool-down, "
+                     "where grad norms commonly rise): not an episode")
+    return True
 
 
 class _Judge:
@@ -289,6 +310,8 @@ class _Judge:
         imp, harmful, harm = self._verdict(e, on, end, nxt, lr_after, imp,
                                            lr_note[1] if lr_note is not None else None)
         restart = lr_note is not None and lr_note[1].restart
+        if kind == "divergence" and ID_CLIMB in e.detected_by and harmful is False:
+            kind = "level_shift"  # a slow climb that left the loss alone: no divergence
         sev = severity(kind, ratio, harmful, run.has_grad, st.spike_ratio, st.explosion_ratio)
         if lr_note is not None:
             if e.kind == "loss_spike":

@@ -86,11 +86,8 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
     ``held_from``: a later lr episode's onset, from which the excess was held; ``lr_time``:
     the counterfactual follows the schedule's learning-rate time; ``nonfinite``: the loss went
     non-finite after the onset)."""
-    if li.diverged:
-        if nonfinite:
-            return "the loss diverged: it went non-finite"
-        return ("the loss diverged: it never came back, and ends the run above its level "
-                "before the onset")
+    if li.diverged and nonfinite:
+        return "the loss diverged: it went non-finite"
     parts = []
     if li.loss_jump is not None and li.loss_jump > 0:
         parts.append(f"loss jumped {li.loss_jump:+.3g} from its level {level:.3g}")
@@ -112,6 +109,9 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
         gain = " (a gain)" if ex < 0 and (lasting is None or lasting < 0) else ""
         parts.append(f"averaged {ex:+.3g}{gain} against its counterfactual {over}{spike}")
     text = " and ".join(parts) or "the loss impact could not be measured"
+    if li.diverged:  # finite, but never back: the numbers say how far it stayed up
+        return (f"{text}; the loss never came back (diverged): it ends the run above its "
+                "level before the onset")
     if harmful is None:
         return text
     if harmful:

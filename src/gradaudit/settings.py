@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -108,12 +109,12 @@ class Settings:
                     value = os.fspath(value)
                 if not isinstance(value, str):
                     raise ValueError(f"{f.name} must be a string, not {value!r}")
-            elif isinstance(value, bool) or not isinstance(value, int | float):
+            elif isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ValueError(f"{f.name} must be a number, not {value!r}")
             elif kind == "int":
-                if isinstance(value, float) and not value.is_integer():
+                if not isinstance(value, numbers.Integral) and not float(value).is_integer():
                     raise ValueError(f"{f.name} must be a whole number, not {value!r}")
-                value = int(value) if math.isfinite(value) else value
+                value = int(value) if math.isfinite(value) else float(value)
             else:
                 value = float(value)
             object.__setattr__(self, f.name, value)

@@ -253,3 +253,25 @@ def sustained(d: np.ndarray, use: np.ndarray, spread: np.ndarray, w: int,
     if hit.size:
         out[(hit[:, None] + offs).ravel()] = True
     return out
+
+
+def hinge_gain(t: np.ndarray, y: np.ndarray, cands: np.ndarray) -> np.ndarray:
+    """For each ``k`` in ``cands``, how much a level up to ``k`` and a straight line up from it
+    (``y = a + b max(0, t - k)``, ``b >= 0``, least squares) lowers the squared error of ``y``
+    below a flat level: the best hinge has the largest gain. All candidates at once, from
+    suffix sums (linear in the points). ``t`` sorted, ``y`` finite."""
+    t = np.asarray(t, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64) - float(np.mean(y))  # the level absorbs the mean
+    k = np.asarray(cands, dtype=np.float64)
+
+    def suffix(v: np.ndarray) -> np.ndarray:  # sums over t > k, for every k
+        c = np.concatenate((np.cumsum(v[::-1])[::-1], [0.0]))
+        return c[np.searchsorted(t, k, side="right")]
+
+    n_up, s_t, s_tt, s_ty, s_y = (suffix(v) for v in (np.ones_like(t), t, t * t, t * y, y))
+    su = s_t - k * n_up  # sums of u = t - k over t > k
+    suu = s_tt - 2 * k * s_t + k * k * n_up
+    suy = s_ty - k * s_y
+    var_u = suu - su * su / t.size  # squared deviations of u about its mean
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((var_u > 0) & (suy > 0), suy * suy / var_u, 0.0)

@@ -35,7 +35,7 @@ import warnings
 
 import numpy as np
 
-from gradaudit.detect._common import diff_sigma, runs_of, trailing_median_before
+from gradaudit.detect._common import diff_sigma, hinge_gain, runs_of, trailing_median_before
 
 ID = "loss-rise"
 BLOCK = 8  # logged points per block (default); a rise's onset is known to about a block
@@ -137,13 +137,14 @@ def loss_rise(
 
 def _hinge_block(bm: np.ndarray, lo: int, first: int, last: int, noise: float,
                  z: float = 3.0) -> int:
-    """The block from which the block medians ``bm[lo:]`` turn from flat to a straight climb
-    up to the highest block of ``[first, last]`` within as many blocks after ``first`` as
-    ``lo`` lies before it (a ramp that levels off is a line up to where it levels off; least
-    squares over the candidate turns). ``first - 1`` unless the earlier turn fits better than
-    a climb from ``first - 1`` by ``z`` standard errors (``noise``: a block median's) and the
-    line follows the climb to within ``z`` of them (root mean square): ordinary wander before a
-    jump is no ramp, and a blow-up, which no line follows, keeps the onset of its jump."""
+    """The block from which the block medians ``bm[lo:]`` turn from a level to a straight
+    climb up to the highest block of ``[first, last]`` within as many blocks after ``first`` as
+    ``lo`` lies before it (a ramp that levels off is a line up to where it levels off; the best
+    continuous hinge, least squares over the candidate turns at once). ``first - 1`` unless the
+    earlier turn fits better than a climb from ``first - 1`` by ``z`` standard errors
+    (``noise``: a block median's) and the line follows the climb to within ``z`` of them (root
+    mean square): ordinary wander before a jump is no ramp, and a blow-up, which no line
+    follows, keeps the onset of its jump."""
     hi = min(last, first + (first - lo))
     seg = bm[first:hi + 1]
     if first - 1 <= lo or not np.isfinite(seg).any():
@@ -155,26 +156,19 @@ def _hinge_block(bm: np.ndarray, lo: int, first: int, last: int, noise: float,
     if ok.sum() < 3:
         return first - 1
     t, y = t[ok], y[ok]
-
-    def fit(k: int) -> tuple[float, float]:
-        """(squared error, root mean square of the climb's residuals): flat before block k, a
-        line from it on."""
-        pre, post = y[t < k], y[t >= k]
-        if pre.size == 0 or post.size == 0:
-            return np.inf, np.inf
-        base = float(np.median(pre))
-        dt = (t[t >= k] - (k - 1)).astype(np.float64)
-        slope = max(0.0, float((dt * (post - base)).sum() / (dt * dt).sum()))
-        r = post - base - slope * dt
-        return float(((pre - base) ** 2).sum() + (r * r).sum()), float(np.sqrt(np.mean(r * r)))
-
-    fits = [(*fit(k), k) for k in range(lo + 1, first)]
-    if not fits:
+    cands = np.arange(lo, first)  # the last flat block (the line starts after it)
+    gain = hinge_gain(t, y, cands)
+    j = int(np.argmax(gain))
+    k = int(cands[j])
+    # the hinge at k: its squared error against the one at first - 1, and its climb's residuals
+    u = np.maximum(0.0, t - k).astype(np.float64)
+    du = u - u.mean()
+    b = max(0.0, float((du * (y - y.mean())).sum() / (du * du).sum())) if du.any() else 0.0
+    r = (y - y.mean() - b * du)[t > k]
+    rms = float(np.sqrt(np.mean(r * r))) if r.size else np.inf
+    if gain[j] - gain[-1] < (z * noise) ** 2 or rms > z * noise:
         return first - 1
-    best_sse, rms, best = min(fits)
-    if fit(first - 1)[0] - best_sse < (z * noise) ** 2 or rms > z * noise:
-        return first - 1
-    return best
+    return k + 1
 
 
 def _longest(mask: np.ndarray) -> int:
