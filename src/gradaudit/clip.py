@@ -23,8 +23,8 @@ so the suggestion is at least as strong as the 99th percentile of the healthy no
 Why 1 %: a threshold is judged by replay (retrain the faulted run with it): on the
 benchmark's fault pairs with a clean twin, p99-healthy removed a median 79 % of the lasting
 damage and cost the clean twin's final loss <= 1 % on 6 of 8 pairs (median 0.00 %; both misses
-share one SGD-regressor twin, +1.9 %), where p99.9-healthy (the 0.5 % rule) removed only 47 %
-(<= 1 % on 8 of 8); fixed 1.0 removed 84 % but broke the 1 % bar on 3 of 8
+share one SGD-regressor twin, +1.9 % and +2.1 %), where p99.9-healthy (the 0.5 % rule)
+removed only 47 % (<= 1 % on 8 of 8); fixed 1.0 removed 84 % but broke the 1 % bar on 3 of 8
 (benchmarks/detection/README.md, "replay").
 The healthy norms exclude the lr warm-up and every episode (warnings too; an explosion up to
 where its loss came back), so an explosion never raises its own threshold.
