@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -223,6 +224,11 @@ def test_truncated_last_record(tmp_path: Path) -> None:
     assert run.series("train/loss")[0].tolist() == list(range(200))
     (problem,) = run.problems
     assert "ends inside a record" in problem.message and str(len(offs) - 1) in problem.message
+    # the record's whole size against what is left of it (it said "asks for 33 bytes, 36
+    # remain": the 33 were its payload alone, the 36 counted its framing)
+    m = re.search(r"it needs (\d+) bytes with its 16 of framing, (\d+) bytes remain",
+                  problem.message)
+    assert m and int(m.group(2)) == 20 and int(m.group(1)) > 20, problem.message
 
 
 def test_payload_crc_mismatch_skips_one_record(tmp_path: Path) -> None:

@@ -299,7 +299,8 @@ def read_chunks(path: str | os.PathLike[str], status: FileStatus,
                     consumed += end
                     want = max(chunk_size, need)
                     continue
-                asks = f"its header asks for {need - OVERHEAD} bytes, " if need else ""
+                asks = (f"it needs {need} bytes with its {OVERHEAD} of framing, "
+                        if need else "")
                 bad_at = end
                 lost = (consumed + end,
                         f"record {status.n_records} (byte {consumed + end}) claims"
