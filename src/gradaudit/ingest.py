@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from gradaudit.adapters import REGISTRY, csv_table, json_table, parquet, wandb_csv
@@ -57,14 +61,58 @@ POLARS_READERS = frozenset({csv_table.FORMAT, json_table.FORMAT, parquet.FORMAT,
                             wandb_csv.FORMAT})
 
 
+def _not_utf8(path: Path) -> bool:
+    return printable(str(path)) != str(path)
+
+
+@contextlib.contextmanager
+def _utf8_paths(source: Source) -> Iterator[tuple[Source, dict[str, str]]]:
+    """``source`` with files polars can open: where a path is not valid UTF-8 (an odd byte in
+    a folder name; polars takes only UTF-8 paths), a symlink with a plain name in a temporary
+    folder stands in for it while the source is read. Also the map from those stand-ins back
+    to the real paths, for what the run says about its files."""
+    if source.format not in POLARS_READERS or os.name != "posix" or \
+            not any(_not_utf8(f) for f in source.files):
+        yield source, {}
+        return
+    with tempfile.TemporaryDirectory(prefix="gradaudit-") as tmp:
+        files, back = [], {}
+        for i, f in enumerate(source.files):
+            if _not_utf8(f):
+                link = Path(tmp) / f"{i}{printable(f.suffix)}"
+                os.symlink(os.fsencode(f), os.fsencode(link))
+                files.append(link)
+                back[str(link)] = str(f)
+            else:
+                files.append(f)
+        yield replace(source, files=tuple(files)), back
+
+
+def _restore(raw: RawRun, back: dict[str, str]) -> RawRun:
+    """``raw`` with the stand-in paths of :func:`_utf8_paths` named as the real ones."""
+    if not back:
+        return raw
+    files = None if raw.files is None else [Path(back.get(str(f), str(f))) for f in raw.files]
+    problems = [replace(p, file=back.get(p.file, p.file)) for p in raw.problems]
+    return replace(raw, files=files, problems=problems)
+
+
 def read_source(
     source: Source, grad_tag: str | None = None, loss_tag: str | None = None
 ) -> tuple[list[RunSeries], list[InputError]]:
     """Read one source. Never raises for bad input: problems come back as InputErrors."""
+    with _utf8_paths(source) as (readable, back):
+        return _read_source(source, readable, back, grad_tag, loss_tag)
+
+
+def _read_source(
+    source: Source, readable: Source, back: dict[str, str], grad_tag: str | None,
+    loss_tag: str | None
+) -> tuple[list[RunSeries], list[InputError]]:
     adapter = REGISTRY[source.format]
     where = source_label(source)
     try:
-        raws = adapter.read(source)
+        raws = [_restore(r, back) for r in adapter.read(readable)]
     except NotATrainingLog:
         return [], []
     except ReadError as exc:
@@ -72,12 +120,6 @@ def read_source(
     except MemoryError:
         return [], [InputError(where, "out of memory while reading this input")]
     except UNEXPECTED as exc:  # one bad file must never stop a batch
-        if source.format in POLARS_READERS and any(printable(str(f)) != str(f)
-                                                   for f in source.files):
-            return [], [InputError(where, (
-                f"its path is not valid UTF-8 ({printable(str(source.files[0]))}), and the "
-                f"{source.format} reader (polars) cannot open such a path: rename it to read "
-                f"it ({exc!r})"))]
         return [], [InputError(where, f"unexpected error reading this input: {exc!r}")]
     runs: list[RunSeries] = []
     errors: list[InputError] = []
