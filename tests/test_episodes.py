@@ -289,6 +289,29 @@ def test_a_healthy_drift_or_a_bump_is_no_climb():
                for e in audit_run(run_series(s, bump, loss)).episodes)
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_harm_early_in_training_must_beat_half_the_expected_fall(seed):
+    # a lasting 6 % rise after a grad spike: at step 2500 (the loss nearly flat) an explosion;
+    # at step 150, where the counterfactual expects the loss to fall by about 0.8 over the
+    # horizon, a loss that fell by more than half of that is within the trend's own
+    # uncertainty: a warning that says so
+    rng = np.random.default_rng(seed)
+    s = np.arange(3000)
+    verdicts = {}
+    for on in (150, 2500):
+        loss = 1.0 + 5.0 * np.exp(-s / 300) + rng.normal(0, 0.02, s.size)
+        g = 0.5 * np.exp(rng.normal(0, 0.1, s.size))
+        g[on] *= 30
+        level = 1.0 + 5.0 * np.exp(-on / 300)
+        loss[on + 1:] += 0.06 * level * (1 - np.exp(-(s[on + 1:] - on) / 30))
+        e = _one(audit_run(run_series(s, g, loss)))
+        assert e.onset_step == on and e.loss_impact.excess_loss > 0.03 * level
+        verdicts[on] = e
+    assert verdicts[2500].severity == "explosion"
+    assert verdicts[150].severity == "warning"
+    assert "half the fall its counterfactual expected" in verdicts[150].reason
+
+
 def test_warmup_transient_not_flagged():
     # grad norm falls from a large initial transient while the lr warms up
     s, g, loss = healthy(seed=22)

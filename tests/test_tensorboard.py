@@ -538,7 +538,7 @@ def _add_scalars_run(folder: Path, spike: int = 400, steps: int = 600) -> None:
     for s in range(1, steps):
         g = 1.0 + 0.05 * rng.standard_normal() + (40.0 if s == spike else 0.0)
         lo = 2.0 * math.exp(-s / 500) + 0.01 * rng.standard_normal()
-        lo += math.exp(-(s - spike) / 30) if s >= spike else 0.0
+        lo += math.exp(-(s - spike) / 150) if s >= spike else 0.0  # above where it was
         w.add_scalars("grad_norm", {"total": g, "clipped": min(g, 1.0)}, s)
         w.add_scalars("loss", {"train": lo, "val": lo + 0.1}, s)
         w.add_scalar("lr", 1e-3, s)

@@ -22,6 +22,8 @@ from gradaudit import explain
 from gradaudit.clip import clip_options, healthy_quantiles, suggest
 from gradaudit.detect.level_climb import BLOCK as CLIMB_BLOCK
 from gradaudit.detect.level_climb import ID as ID_CLIMB
+from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
+from gradaudit.detect.loss_rise import ID as ID_RISE
 from gradaudit.detect.lr_change import ID as ID_LR
 from gradaudit.detect.lr_change import LrRise, lr_time, warmup_end_step
 from gradaudit.episodes import (
@@ -42,6 +44,11 @@ from gradaudit.settings import Settings
 from gradaudit.traces import figure_traces
 
 Candidate = tuple[RawEpisode, int, int | None]  # (episode, onset step, end step or None)
+#: Harm needs a lasting excess above this share of the fall the counterfactual expects over the
+#: horizon (:meth:`_Judge._verdict`; docs/findings.md, "Severity follows harm"). Half: the whole
+#: fall (the loss averaging above where the counterfactual was at the onset) removed more false
+#: harm, but took the explosion from 53 of 1,732 harmful benchmark runs, against 5 for a half
+DECLINE_SHARE = 0.5
 
 
 def audit_run(series: RunSeries, settings: Settings | None = None) -> RunAudit:
@@ -213,7 +220,10 @@ def _candidates(run: _Run) -> _Candidates:
     reach = np.maximum.accumulate(g_end + lag_steps + l_late) if n_grad else g_end  # first >= on
     for le in l_eps:
         on, end = int(ls[le.onset]), (int(ls[le.last + 1]) if le.last + 1 < ls.size else None)
-        j = int(np.searchsorted(reach, on)) if n_grad else 0
+        # a rise's onset is known to a block of its points: one that starts up to two blocks
+        # after a grad episode's reach is still that episode's aftermath (the loss lags)
+        late = 2 * RISE_BLOCK * run.l_every if le.detected_by == {ID_RISE} else 0
+        j = int(np.searchsorted(reach, on - late)) if n_grad else 0
         if j < n_grad and g_lo[j] <= on:
             owner = raw[j][0]
             owner.detected_by |= le.detected_by
@@ -408,13 +418,19 @@ class _Judge:
         # significant against its own noise: 2 standard errors (the Bonferroni level in a
         # chronically spiky run); the jump only where no excess could be measured
         ex_thr = max(st.harm_excess * lvl, self.z_harm * imp.excess_noise, self.chance or 0.0)
+        # the counterfactual's trend is the least certain part of the excess (its standard
+        # error assumes the model is right): where it expects the loss to keep falling fast
+        # (early in training), a loss that only fell less than that - by under DECLINE_SHARE
+        # of the expected fall - is no evidence of lasting harm
+        fall = DECLINE_SHARE * _expected_fall(imp, on, st.impact_horizon)
+        harm_thr = max(ex_thr, fall)
         jp_thr = max(st.harm_jump * lvl, 6 * noise)
         # where the lr cut left only a stretch the loss had already recovered in, the jump
         # was transient: no harm
         recovered = imp.cut_step is not None and li.recovery_step is not None and \
             li.recovery_step < imp.cut_step
         harmful = bool(li.diverged
-                       or (ex is not None and not short and ex >= ex_thr)
+                       or (ex is not None and not short and ex >= harm_thr)
                        or ((ex is None or short) and jp is not None and jp >= jp_thr
                            and not recovered))
         if not li.diverged and ex is None and jp is None:
@@ -432,10 +448,24 @@ class _Judge:
                     fast.lasting_excess < ex_thr and fast.impact.diverged == li.diverged:
                 imp, li = fast, fast.impact
         nonfinite = bool(self.nan_loss_steps.size) and self.nan_loss_steps[-1] >= on
-        harm = explain.harm_text(li, imp.level, st.impact_horizon, harmful, ex_thr, jp_thr,
+        # the fall's bar is named where it decided: an excess over the others' but under it
+        by_fall = ex is not None and ex_thr <= ex < fall
+        harm = explain.harm_text(li, imp.level, st.impact_horizon, harmful,
+                                 harm_thr if by_fall else ex_thr, jp_thr,
                                  (imp.horizon_points, cut) if short else None,
-                                 imp.lasting_excess, imp.cut_step, imp.lr_time, nonfinite)
+                                 imp.lasting_excess, imp.cut_step, imp.lr_time, nonfinite,
+                                 by_fall=by_fall)
         return imp, harmful, harm
+
+
+def _expected_fall(imp: Impact, on: int, horizon: int) -> float:
+    """How far the counterfactual expects the loss to fall over the horizon: its value at the
+    onset minus its mean over ``[onset, onset + horizon)`` (0 where it does not fall)."""
+    cs, cv = imp.cf_steps, imp.cf_values
+    j = int(np.searchsorted(cs, on + horizon))
+    if j < 2:
+        return 0.0
+    return max(0.0, float(cv[0] - np.mean(cv[:j])))
 
 
 def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],

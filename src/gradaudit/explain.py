@@ -79,13 +79,14 @@ def grad_text(kind: str, ratio: float | None, base: float | None, peak_step: int
 def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: float,
                jp_thr: float, short: tuple[int, str] | None = None,
                lasting: float | None = None, held_from: int | None = None,
-               lr_time: bool = False, nonfinite: bool = True) -> str:
+               lr_time: bool = False, nonfinite: bool = True, by_fall: bool = False) -> str:
     """The loss half of an episode's reason: the numbers behind the harm verdict
     (``short``: only that many logged points of the horizon, before what cut it; ``lasting``:
     the excess without the episode's own spike points, which the verdict uses;
     ``held_from``: a later lr episode's onset, from which the excess was held; ``lr_time``:
     the counterfactual follows the schedule's learning-rate time; ``nonfinite``: the loss went
-    non-finite after the onset)."""
+    non-finite after the onset; ``by_fall``: the threshold is half the fall the counterfactual
+    expected over the horizon, not the harm bar)."""
     if li.diverged and nonfinite:
         return "the loss diverged: it went non-finite"
     parts = []
@@ -117,6 +118,11 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
     if harmful:
         return f"{text}: the loss was harmed"
     if ex is not None and short is None:
+        if by_fall:
+            return (f"{text}: below the harm threshold {ex_thr:.3g}, half the fall its "
+                    "counterfactual expected over that stretch (the loss only fell less than "
+                    "that trend, too uncertain a trend early in training to call it harmed: a "
+                    "warning)")
         return (f"{text}: below the harm threshold {ex_thr:.3g} (the loss was not "
                 f"lastingly harmed, so a warning)")
     return f"{text}: below the harm threshold {jp_thr:.3g} (so a warning)"

@@ -142,9 +142,10 @@ def _hinge_block(bm: np.ndarray, lo: int, first: int, last: int, noise: float,
     ``lo`` lies before it (a ramp that levels off is a line up to where it levels off; the best
     continuous hinge, least squares over the candidate turns at once). ``first - 1`` unless the
     earlier turn fits better than a climb from ``first - 1`` by ``z`` standard errors
-    (``noise``: a block median's) and the line follows the climb to within ``z`` of them (root
-    mean square): ordinary wander before a jump is no ramp, and a blow-up, which no line
-    follows, keeps the onset of its jump."""
+    (``noise``: a block median's), the line follows the climb to within ``z`` of them (root
+    mean square) and the blocks it calls climbing stand a standard error above the level
+    before them: ordinary wander before a jump is no ramp, and a blow-up, which no line
+    follows, or a rise that is quick and then flat keeps the onset of its jump."""
     hi = min(last, first + (first - lo))
     seg = bm[first:hi + 1]
     if first - 1 <= lo or not np.isfinite(seg).any():
@@ -167,6 +168,13 @@ def _hinge_block(bm: np.ndarray, lo: int, first: int, last: int, noise: float,
     r = (y - y.mean() - b * du)[t > k]
     rms = float(np.sqrt(np.mean(r * r))) if r.size else np.inf
     if gain[j] - gain[-1] < (z * noise) ** 2 or rms > z * noise:
+        return first - 1
+    # the blocks it calls climbing already stand above the level before them (a rise that
+    # is quick and then flat fits a line badly, and its best hinge falls early)
+    between = bm[k + 1:first]
+    between = between[np.isfinite(between)]
+    pre = bm[lo:k + 1]
+    if between.size == 0 or float(np.median(between)) - float(np.nanmedian(pre)) < noise:
         return first - 1
     return k + 1
 
