@@ -13,6 +13,9 @@ allspiky 46 s -> ~1.0 s, sawlr ~0.9 s (normal run unchanged, 0.65 s).
 2026-11-27 (second round, another job on the second core): audit_run n=1e6 median 0.75 s;
 heavy 3.4 s (997 episodes, was 677: the t(2) loss's lone extreme points now count, up to the
 500-per-source cap), allspiky 1.1 s, sawlr 1.1 s; pelt 0.56 s vs ruptures > 150 s: > 270x.
+2026-11-27 (third round: level-climb, loss-rise's lagged level, batch-clip quantiles): audit_run
+n=1e6 median 0.73 s (0.71 s for the round before, same machine and hour); heavy 3.3 s,
+allspiky 1.0 s, sawlr 0.95 s; pelt 0.45 s.
 """
 
 from __future__ import annotations
