@@ -312,6 +312,17 @@ def test_harm_early_in_training_must_beat_half_the_expected_fall(seed):
     assert "half the fall its counterfactual expected" in verdicts[150].reason
 
 
+def test_a_loss_rise_is_the_episode_it_starts_in_not_one_just_before():
+    # two spikes 16 steps apart, the loss rising from step 1520: the later spike's (a review
+    # found the widened window handing it to the spike at 1500)
+    s, g, loss = healthy(seed=1)
+    g[1500] *= 30
+    g[1516] *= 30
+    loss[1520:] += 0.004 * np.minimum(s[1520:] - 1520, 100)
+    eps = {e.onset_step: e for e in audit_run(run_series(s, g, loss)).episodes}
+    assert "loss-rise" in eps[1516].detected_by and "loss-rise" not in eps[1500].detected_by
+
+
 def test_warmup_transient_not_flagged():
     # grad norm falls from a large initial transient while the lr warms up
     s, g, loss = healthy(seed=22)

@@ -360,3 +360,19 @@ def test_a_rise_after_the_episode_is_no_recovery_at_its_onset():
     # recovery is searched from where it left the band, not from the episode's quiet points
     rec = _recovery_of_a_bump(1.0, 0.01, 0.5, 1010, 1040, 1001, seed=1)
     assert rec is not None and 1039 <= rec <= 1050
+
+
+def test_expected_fall_is_over_the_excess_points_whatever_episode_follows():
+    # the harm bar's fall is L-hat's over the horizon the excess is averaged on; a later
+    # episode's onset (which ends the drawn counterfactual there) shrank it (a review)
+    s = np.arange(3000)
+    loss = 1.0 + 5.0 * np.exp(-s / 300) + np.random.default_rng(0).normal(0, 0.02, s.size)
+    healthy = np.ones(s.size, bool)
+    alone = loss_impact(s, loss, healthy, 150, 151, 200)
+    h = (alone.cf_steps >= 150) & (alone.cf_steps < 350)
+    assert alone.expected_fall == pytest.approx(alone.level - alone.cf_values[h].mean())
+    assert alone.expected_fall > 0.3  # 5 exp(-t/300) falls ~0.75 over steps 150-350
+    followed = loss_impact(s, loss, healthy, 150, 151, 200, next_onset=250)
+    assert followed.cf_steps[-1] < 250  # drawn up to the next onset only ...
+    drawn = followed.level - followed.cf_values.mean()
+    assert followed.expected_fall > 1.5 * drawn  # ... but the fall is over the whole horizon

@@ -223,7 +223,9 @@ def _candidates(run: _Run) -> _Candidates:
         # a rise's onset is known to a block of its points: one that starts up to two blocks
         # after a grad episode's reach is still that episode's aftermath (the loss lags)
         late = 2 * RISE_BLOCK * run.l_every if le.detected_by == {ID_RISE} else 0
-        j = int(np.searchsorted(reach, on - late)) if n_grad else 0
+        j = int(np.searchsorted(reach, on)) if n_grad else 0
+        if late and not (j < n_grad and g_lo[j] <= on):  # no episode holds it: one just before
+            j = int(np.searchsorted(reach, on - late))
         if j < n_grad and g_lo[j] <= on:
             owner = raw[j][0]
             owner.detected_by |= le.detected_by
@@ -422,7 +424,7 @@ class _Judge:
         # error assumes the model is right): where it expects the loss to keep falling fast
         # (early in training), a loss that only fell less than that - by under DECLINE_SHARE
         # of the expected fall - is no evidence of lasting harm
-        fall = DECLINE_SHARE * _expected_fall(imp, on, st.impact_horizon)
+        fall = DECLINE_SHARE * imp.expected_fall
         harm_thr = max(ex_thr, fall)
         jp_thr = max(st.harm_jump * lvl, 6 * noise)
         # where the lr cut left only a stretch the loss had already recovered in, the jump
@@ -456,16 +458,6 @@ class _Judge:
                                  imp.lasting_excess, imp.cut_step, imp.lr_time, nonfinite,
                                  by_fall=by_fall)
         return imp, harmful, harm
-
-
-def _expected_fall(imp: Impact, on: int, horizon: int) -> float:
-    """How far the counterfactual expects the loss to fall over the horizon: its value at the
-    onset minus its mean over ``[onset, onset + horizon)`` (0 where it does not fall)."""
-    cs, cv = imp.cf_steps, imp.cf_values
-    j = int(np.searchsorted(cs, on + horizon))
-    if j < 2:
-        return 0.0
-    return max(0.0, float(cv[0] - np.mean(cv[:j])))
 
 
 def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],

@@ -152,6 +152,7 @@ class Impact:
     lasting_excess: float | None = None  # the excess without the episode's own spike points
     cut_step: int | None = None  # where the horizon ended early (a later lr episode's onset)
     lr_time: bool = False  # the counterfactual follows the schedule's learning-rate time
+    expected_fall: float = 0.0  # L^ at the onset minus its mean over the excess's points (>= 0)
 
 
 def _lsq(u: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -602,6 +603,7 @@ def loss_impact(
     se = 0.0
     if excess is not None and h.size and pre.size > 2:
         se = _excess_se(cf, h, u_fit, noise, min_fit)
+    fall = max(0.0, float(cf.level - np.mean(cf(h)))) if h.size else 0.0
     return Impact(LossImpact(excess, jump, recovery, bool(nonfinite_after or runaway)),
                   cf.level, noise, steps[win], cf_win, se, bracketed, int(h.size), lasting,
-                  cut_step, lr_time is not None)
+                  cut_step, lr_time is not None, fall)
