@@ -193,8 +193,11 @@ def _candidates(run: _Run) -> _Candidates:
     if run.has_grad:
         ga = grad_episodes(g, p, skip=run.skip(gs))
         for e in ga.episodes:
-            if ID_CLIMB in e.detected_by and _cooled_down(run, int(gs[e.onset])):
-                continue
+            if ID_CLIMB in e.detected_by:
+                cooled = _cool_down_note(run, int(gs[e.onset]))
+                if cooled is not None:  # the schedule's doing: a note, no episode
+                    run.notes.append(cooled)
+                    continue
             end = int(gs[e.last + 1]) if e.last + 1 < gs.size else None
             raw.append((e, int(gs[e.onset]), end))
     # a loss the format logs as a mean over a logging interval of several steps
@@ -241,22 +244,21 @@ def _candidates(run: _Run) -> _Candidates:
     return _Candidates(raw, ga, lr_notes, getattr(l_eps, "n_unlisted", 0))
 
 
-def _cooled_down(run: _Run, onset: int) -> bool:
-    """Whether the logged lr fell by half or more from ``onset`` to the run's end: a grad norm
-    that climbs while the schedule cools down (common with weight decay) is no episode; the
-    run's notes say so."""
+def _cool_down_note(run: _Run, onset: int) -> str | None:
+    """The run note where the logged lr fell by half or more from ``onset`` to the run's end
+    (a grad norm that climbs while the schedule cools down, common with weight decay, is no
+    episode), else None."""
     if run.series.lr_tag is None:
-        return False
+        return None
     rs, rv = sorted_points(*run.series.series(run.series.lr_tag))
     ok = np.isfinite(rv) & (rv > 0)
     rs, rv = rs[ok], rv[ok]
     i = int(np.searchsorted(rs, onset, side="right")) - 1
     if rv.size == 0 or i < 0 or rv[-1] > 0.5 * rv[i]:
-        return False
-    run.notes.append(f"the grad norm's level climbed from step {onset} to the end while the "
-                     f"learning rate fell {rv[i] / rv[-1]:.3g}x (the schedule's cool-down, "
-                     "where grad norms commonly rise): not an episode")
-    return True
+        return None
+    return (f"the grad norm's level climbed from step {onset} to the end while the learning "
+            f"rate fell {rv[i] / rv[-1]:.3g}x (the schedule's cool-down, where grad norms "
+            "commonly rise): not an episode")
 
 
 class _Judge:
@@ -424,8 +426,8 @@ class _Judge:
         # error assumes the model is right): where it expects the loss to keep falling fast
         # (early in training), a loss that only fell less than that - by under DECLINE_SHARE
         # of the expected fall - is no evidence of lasting harm
-        fall = DECLINE_SHARE * imp.expected_fall
-        harm_thr = max(ex_thr, fall)
+        fall_bar = DECLINE_SHARE * imp.expected_fall
+        harm_thr = max(ex_thr, fall_bar)
         jp_thr = max(st.harm_jump * lvl, 6 * noise)
         # where the lr cut left only a stretch the loss had already recovered in, the jump
         # was transient: no harm
@@ -451,7 +453,7 @@ class _Judge:
                 imp, li = fast, fast.impact
         nonfinite = bool(self.nan_loss_steps.size) and self.nan_loss_steps[-1] >= on
         # the fall's bar is named where it decided: an excess over the others' but under it
-        by_fall = ex is not None and ex_thr <= ex < fall
+        by_fall = ex is not None and ex_thr <= ex < fall_bar
         harm = explain.harm_text(li, imp.level, st.impact_horizon, harmful,
                                  harm_thr if by_fall else ex_thr, jp_thr,
                                  (imp.horizon_points, cut) if short else None,

@@ -118,6 +118,10 @@ class ClipSuggestion:
     options: list[ClipOption] = field(default_factory=list)
     advice: str | None = None
 
+    def chosen(self) -> ClipOption | None:
+        """The option the suggestion is (None where nothing is suggested)."""
+        return next((o for o in self.options if o.method == self.method), None)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "suggested_threshold": finite_or_none(self.suggested_threshold),

@@ -116,7 +116,7 @@ def _cards(result: Any) -> str:
                    f'<div class="l">{e(label)}</div></div>')
     clip = result.batch_clip
     if clip is not None and clip.suggested_threshold is not None:
-        what = next((o.description for o in clip.options if o.method == clip.method), "")
+        what = chosen.description if (chosen := clip.chosen()) is not None else ""
         out.append(f'<div class="card"><div class="n">{e(fmt_num(clip.suggested_threshold))}'
                    f'</div><div class="l">batch clip</div><div class="note mono">'
                    f'{e(clip.method)}</div><div class="note">{e(what)}</div></div>')

@@ -78,7 +78,7 @@ def _summary(result: Any) -> list[str]:
     clip = result.batch_clip
     if clip is not None and clip.suggested_threshold is not None:
         lines.append("")
-        what = next((o.description for o in clip.options if o.method == clip.method), "")
+        what = chosen.description if (chosen := clip.chosen()) is not None else ""
         lines.append("Suggested clip threshold for the batch: "
                      f"**{fmt_num(clip.suggested_threshold)}** ({md(what or clip.method)})")
     elif clip is not None and clip.advice:
