@@ -485,19 +485,26 @@ def run_natural(cfg: dict, out: Path, labels: list[dict]) -> None:
     events = find_natural_events(un.grad, factor=5.0)
     print(f"{bid}: unclipped {n} steps in {time.time() - t:.1f}s, {len(events)} natural events "
           f"at {[e[0] for e in events]}", flush=True)
-    # clean partner: clipped at 3x the healthy level throughout
+    # clean partner: clipped at 3x the healthy level throughout. Its own grad norm still spikes
+    # past the clip, and such a spike can still hurt (the clip is 3x the level of the whole run,
+    # up to 15x the level late in training), so its spikes are measured like the unclipped
+    # run's: a run with a harmful one is no clean run
     healthy = np.median(un.grad[50:]) if n > 50 else np.median(un.grad)
+    clip = float(3 * healthy)
     t = time.time()
-    clipped = train(task, n, sched, clip=float(3 * healthy))
+    clipped = train(task, n, sched, clip=clip, snapshot_at=tuple(range(0, n, 10)))
     cview = cfg["clean_view"]
     cid = f"{bid}-clipped-clean"
-    cseries, _ = logged(cview, clipped, n)
+    cseries, ct_idx = logged(cview, clipped, n)
     crel = _path(cview, cid)
     cfmt = write_view(out / crel, cid, cview, [cseries])
-    centry = _entry(cid, crel, cfmt, cview, "rnn", bid, n, "clean", None)
-    centry["description"] = (f"the unclipped run's twin with clip_grad_norm {3 * healthy:.3g} "
-                             "(3x healthy)")
-    centry["natural_spikes"] = natural_spikes(cview, cseries)
+    cevs = _natural_truths(task, sched, cview, clipped, n, ct_idx, clip)
+    centry = _entry(cid, crel, cfmt, cview, "rnn", bid, n, "fault" if cevs else "clean", None)
+    centry.update({"kind": "natural" if cevs else None, "events": cevs,
+                   "description": f"the unclipped run's twin with clip_grad_norm {clip:.3g} (3x "
+                                  "healthy); its own natural spikes measured like the "
+                                  "unclipped run's"})
+    centry["natural_spikes"] = _outside_events(natural_spikes(cview, cseries), cevs)
     _summarise(centry)
     labels.append(centry)
     _show(centry, time.time() - t)
@@ -505,14 +512,7 @@ def run_natural(cfg: dict, out: Path, labels: list[dict]) -> None:
     view = cfg["view"]
     t = time.time()
     series, t_idx = logged(view, un, n)
-    evs = []
-    for onset, last, ref in events:
-        f = Fault("natural", onset, length=last - onset + 10, factor=3 * ref)
-        br = train(task, min(n, onset + H), sched, f, start=(onset // 10) * 10, base=un)
-        ev = event_truth(view, br, un, n, t_idx, onset, last - onset + 1, "natural", False)
-        ev["fault_step"] = ev["onset_step"]
-        ev["counterfactual"] = f"clip at {3 * ref:.3g} for steps [{onset}, {last + 10})"
-        evs.append(ev)
+    evs = _natural_truths(task, sched, view, un, n, t_idx, None)
     rid = f"{bid}-unclipped"
     rel = _path(view, rid)
     fmt = write_view(out / rel, rid, view, [series])
@@ -522,12 +522,33 @@ def run_natural(cfg: dict, out: Path, labels: list[dict]) -> None:
                   "description": f"vanilla {cfg['kw']['nonlinearity']} RNN, SGD lr {cfg['lr']}, "
                                  "no clipping: natural explosions",
                   "events": evs, "neutral_steps": []})
-    spans = [(e["onset_step"], e["active_end_step"] + 30) for e in evs]
-    entry["natural_spikes"] = [s for s in natural_spikes(view, series)
-                               if not any(a <= s <= b for a, b in spans)]
+    entry["natural_spikes"] = _outside_events(natural_spikes(view, series), evs)
     _summarise(entry)
     labels.append(entry)
     _show(entry, time.time() - t)
+
+
+def _natural_truths(task, sched: Schedule, view: View, run: Trace, n: int, t_idx: np.ndarray,
+                    clip: float | None) -> list[dict]:
+    """The truth of each natural explosion of ``run`` (trained with ``clip``, or none): a branch
+    from just before the onset that clips the grad norm at 3x the healthy level during the
+    event (+10 steps; never looser than ``clip``), then trains as the run did."""
+    evs = []
+    for onset, last, ref in find_natural_events(run.grad, factor=5.0):
+        f = Fault("natural", onset, length=last - onset + 10, factor=3 * ref)
+        br = train(task, min(n, onset + H), sched, f, start=(onset // 10) * 10, base=run,
+                   clip=clip)
+        ev = event_truth(view, br, run, n, t_idx, onset, last - onset + 1, "natural", False)
+        ev["fault_step"] = ev["onset_step"]
+        ev["counterfactual"] = f"clip at {3 * ref:.3g} for steps [{onset}, {last + 10})"
+        evs.append(ev)
+    return evs
+
+
+def _outside_events(spikes: list[int], evs: list[dict]) -> list[int]:
+    """The spikes outside every event's window (onset to 30 steps after its active end)."""
+    spans = [(e["onset_step"], e["active_end_step"] + 30) for e in evs]
+    return [s for s in spikes if not any(a <= s <= b for a, b in spans)]
 
 
 def _start(f: Fault) -> int:

@@ -92,10 +92,11 @@ def _labels() -> dict[str, dict]:
 
 
 def harmful_pairs(labels: dict[str, dict]) -> list[str]:
-    """Every harmful, non-diverged fault pair with a usable logged grad norm."""
+    """Every harmful, non-diverged fault pair with a usable logged grad norm (a clipped RNN
+    twin's own natural events have branches, not a twin run: no pair)."""
     out = []
     for rid, r in labels.items():
-        if r["label"] != "fault" or not r["grad_norm_usable"]:
+        if r["label"] != "fault" or not r["grad_norm_usable"] or r["twin"] is None:
             continue
         evs = [e for e in r["events"] if e["harmful"] and not e["ambiguous"]]
         if evs and not any(e["diverged"] for e in evs):

@@ -103,7 +103,9 @@ def train(
             # diverged: the run would stop here; record the rest as non-finite
             loss_a[t + 1:], grad_a[t + 1:], lr_a[t + 1:] = math.nan, math.nan, lr
             break
-        c = clip if clip is not None else (fault.clip(t) if fault else None)
+        # a fixed clip and a natural event's branch clip together: the tighter one
+        fc = fault.clip(t) if fault else None
+        c = fc if clip is None else (clip if fc is None else min(clip, fc))
         if c is not None:
             torch.nn.utils.clip_grad_norm_(params, c)
         opt.step()
