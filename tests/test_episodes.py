@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+import gradaudit.impact as impact_mod
 from gradaudit.audit import audit_run
 from tests._synth import healthy, run_series
 
@@ -310,6 +311,55 @@ def test_harm_early_in_training_must_beat_half_the_expected_fall(seed):
     assert verdicts[2500].severity == "explosion"
     assert verdicts[150].severity == "warning"
     assert "half the fall its counterfactual expected" in verdicts[150].reason
+
+
+def _early_blowup(seed, tau, n=1000):
+    # a loss that starts at 4, blows up 16 higher at step 20 (inside the detectors' first
+    # points, so no episode) and decays back with time constant ``tau``, then follows a gentle
+    # trend; a grad spike at step 65 that leaves the loss alone
+    rng = np.random.default_rng(seed)
+    s = np.arange(n)
+    trend = 4.0 * (s + 1.0) ** -0.03
+    blow = np.where(s >= 20, 16.0 * np.exp(-(s - 20) / tau), 16.0 * np.exp(-(20 - s) / 2.0))
+    loss = trend + blow + rng.normal(0, 0.05, n)
+    g = 1.0 * np.exp(rng.normal(0, 0.1, n))
+    g[15:30] *= 6.0
+    g[65] *= 15
+    return s, g, loss
+
+
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("tau", [3, 8])
+def test_a_loss_above_where_it_started_is_no_trend_to_fit(seed, tau):
+    # the fit window starts where the blow-up's decay has settled: fitted on the decay, the
+    # counterfactual extrapolates it and reads the spike at 65 as lasting harm
+    s, g, loss = _early_blowup(seed, tau)
+    e = next(e for e in audit_run(run_series(s, g, loss)).episodes if e.onset_step == 65)
+    assert e.severity == "warning"
+    assert abs(e.loss_impact.excess_loss) < 0.03 * 4.0
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_without_the_blowup_rule_the_early_spike_is_misread(monkeypatch, seed):
+    # what the rule above protects against (the slow decay): +1.5 of "harm" before the
+    # steep-forecast anchor (impact.FORECAST_FALL); with that anchor alone, a warning whose
+    # excess is still -0.2 where the truth is 0
+    import gradaudit.audit as audit_mod
+
+    class NoBlowups:
+        def __init__(self, steps, loss):
+            pass
+
+        def floor(self, onset_step, reach):
+            return None
+
+    monkeypatch.setattr(audit_mod, "Blowups", NoBlowups)
+    s, g, loss = _early_blowup(seed, 8)
+    e = next(e for e in audit_run(run_series(s, g, loss)).episodes if e.onset_step == 65)
+    assert abs(e.loss_impact.excess_loss) > 0.15
+    monkeypatch.setattr(impact_mod, "FORECAST_FALL", 1e9)
+    e = next(e for e in audit_run(run_series(s, g, loss)).episodes if e.onset_step == 65)
+    assert e.severity == "explosion" and e.loss_impact.excess_loss > 1.0
 
 
 def test_a_loss_rise_is_the_episode_it_starts_in_not_one_just_before():

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from gradaudit.impact import bucket_mean, loss_impact
+import gradaudit.impact as impact_mod
+from gradaudit.impact import BLOWUP_FACTOR, Blowups, bucket_mean, loss_impact
 
 
 def _curve(n=3000, seed=0, noise=0.01):
@@ -376,3 +377,56 @@ def test_expected_fall_is_over_the_excess_points_whatever_episode_follows():
     assert followed.cf_steps[-1] < 250  # drawn up to the next onset only ...
     drawn = followed.level - followed.cf_values.mean()
     assert followed.expected_fall > 1.5 * drawn  # ... but the fall is over the whole horizon
+
+
+def test_blowups_are_where_the_loss_is_above_where_it_started():
+    s = np.arange(300)
+    # training, logged with batch noise: never above its start
+    loss = 3.0 * (s + 1.0) ** -0.1 + np.random.default_rng(0).normal(0, 0.02, s.size)
+    assert Blowups(s, loss).above.size == 0 and Blowups(s, loss).floor(200, 400) is None
+    up = loss.copy()
+    up[100:120] = 3.0 * BLOWUP_FACTOR * 1.5  # a blow-up well above the start, then straight back
+    b = Blowups(s, up)
+    assert set(b.above.tolist()) == set(range(100, 120))
+    assert b.floor(90, 400) is None  # before it
+    assert 120 <= b.floor(200, 400) <= 125  # back on its course at once
+    tail = up.copy()
+    tail[120:] += 1.0 * np.exp(-(s[120:] - 120) / 10.0)  # a decay's tail below the start level
+    assert 140 <= Blowups(s, tail).floor(200, 400) <= 170  # the tail settles later
+    assert Blowups(s, loss - 5.0).above.size == 0  # a loss that starts below 0: no rule
+    nan = up.copy()
+    nan[:290] = np.nan  # too few finite points
+    assert Blowups(s, nan).above.size == 0
+
+
+def _bench_run(rid):
+    """A committed benchmark run (real training, ``benchmarks/detection/data``) and its label."""
+    import json
+    from pathlib import Path
+
+    import gradaudit
+
+    data = Path(__file__).resolve().parents[1] / "benchmarks" / "detection" / "data"
+    label = {r["id"]: r for r in json.loads((data / "labels.json").read_text())["runs"]}[rid]
+    (run,) = gradaudit.read_runs([str(data / label["path"])])
+    return run, label
+
+
+@pytest.mark.parametrize("forecast_fall", [impact_mod.FORECAST_FALL, 1e9])
+def test_a_steep_forecast_the_loss_fell_short_of_is_no_lasting_damage(monkeypatch,
+                                                                      forecast_fall):
+    # a regression MLP whose loss fell from 0.2 to 0.04 over the 200 steps before an lr x1.5
+    # spike at 602 and then levelled off, as its clean twin did: the fit forecast a fall far
+    # below both. The loss after the spike, below where it was at the onset, anchors the
+    # counterfactual: within 2x of the twin's truth; without the rule, 2.2x
+    from gradaudit.audit import audit_run
+
+    monkeypatch.setattr(impact_mod, "FORECAST_FALL", forecast_fall)
+    run, label = _bench_run("mlpr-lr-spike-x1.5")
+    truth = label["events"][0]["excess_loss"]  # faulted minus clean twin, same batches
+    (e,) = audit_run(run).episodes
+    ratio = e.loss_impact.excess_loss / truth
+    if forecast_fall < 1e9:
+        assert 0.5 <= ratio <= 2.0
+    else:
+        assert ratio > 2.0

@@ -35,7 +35,7 @@ from gradaudit.episodes import (
     severity,
 )
 from gradaudit.errors import UNEXPECTED
-from gradaudit.impact import Impact, bucket_mean, loss_impact
+from gradaudit.impact import Blowups, Impact, bucket_mean, loss_impact
 from gradaudit.lr_attribution import attach_lr
 from gradaudit.model import MIN_HEALTHY_LEVEL, Episode, LossImpact, RunAudit
 from gradaudit.points import sorted_points, typical_gap
@@ -276,6 +276,7 @@ class _Judge:
             self.healthy[i0:i1] = False
         self.lv_mean = _bucket_means(run.series, ls, lv) if run.has_loss and cand.raw else lv
         self.floor: int | None = None  # where the last episode's loss aftermath ended
+        self.blowups: Blowups | None = None  # made with the first impact measured
         self.counterfactuals: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         n_cand = len(cand.raw) + (cand.ga.n_unlisted if cand.ga is not None else 0) + \
             cand.n_loss_unlisted
@@ -361,9 +362,15 @@ class _Judge:
 
     def _impact(self, on: int, end: int | None, nxt: int | None, lr_after: int | None,
                 lr_t: tuple[np.ndarray, np.ndarray] | None = None) -> Impact | None:
+        if self.blowups is None:  # where the loss was above where it started: no trend there
+            self.blowups = Blowups(self.run.ls, self.lv_mean)
+        floor = self.floor
+        settled = self.blowups.floor(on, 2 * self.run.st.impact_horizon)
+        if settled is not None:  # the fit starts after the last blow-up before the onset, too
+            floor = max(floor or 0, settled)
         return loss_impact(self.run.ls, self.lv_mean, self.healthy, on, end,
                            self.run.st.impact_horizon, next_onset=nxt, cut_at=lr_after,
-                           floor_step=self.floor, lr_time=lr_t)
+                           floor_step=floor, lr_time=lr_t)
 
     def _grad_peak(self, e: RawEpisode, on: int, end: int | None) -> tuple:
         """``(peak grad norm, its healthy level, their ratio, the episode's peak step, the
