@@ -16,9 +16,9 @@ heavy 3.4 s (997 episodes, was 677: the t(2) loss's lone extreme points now coun
 2026-11-27 (third round: level-climb, loss-rise's lagged level, batch-clip quantiles): audit_run
 n=1e6 median 0.73 s (0.71 s for the round before, same machine and hour); heavy 3.3 s,
 allspiky 1.0 s, sawlr 0.95 s; pelt 0.45 s.
-2026-11-27 (fourth round: blow-up floors, the steep-forecast anchor): audit_run n=1e6 median
-0.76 s (0.73 s for the round before, same machine and hour); heavy 3.5 s (3.4 s), allspiky
-1.0 s, sawlr 0.96 s; pelt 0.45 s.
+2026-11-27 (fourth round: blow-up floors): audit_run n=1e6 median 0.74-0.76 s (0.73 s for the
+round before, same machine and hour); heavy 3.5 s (3.4 s), allspiky 1.0 s, sawlr 0.96 s;
+pelt 0.45 s.
 """
 
 from __future__ import annotations

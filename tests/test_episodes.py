@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-import gradaudit.impact as impact_mod
 from gradaudit.audit import audit_run
 from tests._synth import healthy, run_series
 
@@ -341,9 +340,7 @@ def test_a_loss_above_where_it_started_is_no_trend_to_fit(seed, tau):
 
 @pytest.mark.parametrize("seed", range(2))
 def test_without_the_blowup_rule_the_early_spike_is_misread(monkeypatch, seed):
-    # what the rule above protects against (the slow decay): +1.5 of "harm" before the
-    # steep-forecast anchor (impact.FORECAST_FALL); with that anchor alone, a warning whose
-    # excess is still -0.2 where the truth is 0
+    # what the rule above protects against (the slow decay): +1.5 of "harm"
     import gradaudit.audit as audit_mod
 
     class NoBlowups:
@@ -355,9 +352,6 @@ def test_without_the_blowup_rule_the_early_spike_is_misread(monkeypatch, seed):
 
     monkeypatch.setattr(audit_mod, "Blowups", NoBlowups)
     s, g, loss = _early_blowup(seed, 8)
-    e = next(e for e in audit_run(run_series(s, g, loss)).episodes if e.onset_step == 65)
-    assert abs(e.loss_impact.excess_loss) > 0.15
-    monkeypatch.setattr(impact_mod, "FORECAST_FALL", 1e9)
     e = next(e for e in audit_run(run_series(s, g, loss)).episodes if e.onset_step == 65)
     assert e.severity == "explosion" and e.loss_impact.excess_loss > 1.0
 
