@@ -488,7 +488,7 @@ def run_natural(cfg: dict, out: Path, labels: list[dict]) -> None:
     # clean partner: clipped at 3x the healthy level throughout. Its own grad norm still spikes
     # past the clip, and such a spike can still hurt (the clip is 3x the level of the whole run,
     # up to 15x the level late in training), so its spikes are measured like the unclipped
-    # run's: a run with a harmful one is no clean run
+    # run's: a run with any natural event is no clean run (its harmless ones are optional)
     healthy = np.median(un.grad[50:]) if n > 50 else np.median(un.grad)
     clip = float(3 * healthy)
     t = time.time()
