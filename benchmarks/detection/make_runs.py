@@ -498,7 +498,8 @@ def run_natural(cfg: dict, out: Path, labels: list[dict]) -> None:
     cseries, ct_idx = logged(cview, clipped, n)
     crel = _path(cview, cid)
     cfmt = write_view(out / crel, cid, cview, [cseries])
-    cevs = _natural_truths(task, sched, cview, clipped, n, ct_idx, clip)
+    cevs = _natural_truths(task, sched, cview, clipped, n, ct_idx, clip,
+                           find_natural_events(clipped.grad, factor=5.0))
     centry = _entry(cid, crel, cfmt, cview, "rnn", bid, n, "fault" if cevs else "clean", None)
     centry.update({"kind": "natural" if cevs else None, "events": cevs,
                    "description": f"the unclipped run's twin with clip_grad_norm {clip:.3g} (3x "
@@ -512,7 +513,7 @@ def run_natural(cfg: dict, out: Path, labels: list[dict]) -> None:
     view = cfg["view"]
     t = time.time()
     series, t_idx = logged(view, un, n)
-    evs = _natural_truths(task, sched, view, un, n, t_idx, None)
+    evs = _natural_truths(task, sched, view, un, n, t_idx, None, events)
     rid = f"{bid}-unclipped"
     rel = _path(view, rid)
     fmt = write_view(out / rel, rid, view, [series])
@@ -529,12 +530,13 @@ def run_natural(cfg: dict, out: Path, labels: list[dict]) -> None:
 
 
 def _natural_truths(task, sched: Schedule, view: View, run: Trace, n: int, t_idx: np.ndarray,
-                    clip: float | None) -> list[dict]:
-    """The truth of each natural explosion of ``run`` (trained with ``clip``, or none): a branch
-    from just before the onset that clips the grad norm at 3x the healthy level during the
-    event (+10 steps; never looser than ``clip``), then trains as the run did."""
+                    clip: float | None, events: list[tuple[int, int, float]]) -> list[dict]:
+    """The truth of each natural explosion of ``run`` (trained with ``clip``, or none; its
+    ``events`` from :func:`find_natural_events`): a branch from just before the onset that clips
+    the grad norm at 3x the healthy level during the event (+10 steps; never looser than
+    ``clip``), then trains as the run did."""
     evs = []
-    for onset, last, ref in find_natural_events(run.grad, factor=5.0):
+    for onset, last, ref in events:
         f = Fault("natural", onset, length=last - onset + 10, factor=3 * ref)
         br = train(task, min(n, onset + H), sched, f, start=(onset // 10) * 10, base=run,
                    clip=clip)

@@ -535,11 +535,17 @@ def _grad_slices(gs: np.ndarray, episodes: list[Episode]) -> list[tuple[int, int
     and where no grad point lies in it."""
     out: list[tuple[int, int] | None] = []
     for e in episodes:
-        i0 = int(np.searchsorted(gs, e.onset_step))
-        i1 = gs.size if e.end_step is None else int(np.searchsorted(gs, e.end_step))
+        i0, i1 = _span(gs, e)
         i1 = max(i1, min(i0 + 1, gs.size))  # an episode of one step holds its own point
         out.append(None if e.kind == "loss_spike" or i0 >= i1 else (i0, i1 - 1))
     return out
+
+
+def _span(gs: np.ndarray, e: Episode) -> tuple[int, int]:
+    """The grad points from ``e``'s onset to before its end (to the run's end when it has
+    none), as ``gs`` indices ``[i0, i1)``."""
+    i0 = int(np.searchsorted(gs, e.onset_step))
+    return i0, gs.size if e.end_step is None else int(np.searchsorted(gs, e.end_step))
 
 
 def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
@@ -595,8 +601,7 @@ def _outside(mask: np.ndarray, gs: np.ndarray, episodes: list[Episode]) -> np.nd
     the run's end when it has none) - for an explosion, to where its loss came back if that is
     later: the norms while a harmed model recovers are no healthy level - set False."""
     for e in episodes:
-        i0 = int(np.searchsorted(gs, e.onset_step))
-        i1 = gs.size if e.end_step is None else int(np.searchsorted(gs, e.end_step))
+        i0, i1 = _span(gs, e)
         li = e.loss_impact
         if e.severity == "explosion" and li is not None and li.recovery_step is not None:
             i1 = max(i1, int(np.searchsorted(gs, li.recovery_step)))

@@ -255,7 +255,7 @@ class Blowups:
         lo, hi = max(0, a - self.k // 2), min(self.steps.size, b + self.k // 2)
         y = _smooth(self.loss[lo:hi], self.k)[a - lo:b - lo]  # as over the whole run
         h = x.size // 2
-        slope, icpt = np.polyfit(x[h:], y[h:], 1)
+        icpt, slope, _ = _lsq(x[h:], y[h:])
         resid = y[h:] - (slope * x[h:] + icpt)
         tol = 3.0 * MAD_TO_SIGMA * float(np.median(np.abs(resid - np.median(resid))))
         # (a loss logged to a few decimals can settle exactly: no spread, and the line may
