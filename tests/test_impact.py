@@ -148,6 +148,45 @@ def test_bucket_mean_reads_a_skewed_loss_from_its_spread():
     assert np.all((est >= mn) & (est <= mx))
 
 
+def _gamma_buckets(seed, n=3600, k=12):
+    rng = np.random.default_rng(seed)
+    y = 1.0 + rng.gamma(4.0, 0.25, n)
+    return (*_buckets(y, k), y)
+
+
+@pytest.mark.parametrize("where", [0, -1])
+def test_bucket_mean_a_spike_in_the_first_or_last_bucket_stays_in_its_bucket(where):
+    ends, last, mn, mx, true_means, y = _gamma_buckets(3)
+    k = 12
+    b = ends.size - 1 if where == -1 else 0
+    without = bucket_mean(ends, last, ends, mn, ends, mx)
+    mx[b] = 1000.0  # a bad batch in the run's first or last bucket
+    true_means[b] += (1000.0 - y[ends[b] - k + 1:ends[b] + 1].max()) / k
+    est = bucket_mean(ends, last, ends, mn, ends, mx)
+    # the spike counts at 1/k in its own bucket, as in its mean
+    assert est[b] == pytest.approx(true_means[b], rel=0.05)
+    # and the other buckets are read as without it (no level shift from a spike at the edge)
+    rest = np.arange(ends.size) != b
+    assert np.max(np.abs(est - without)[rest]) < 0.01
+
+
+def test_bucket_mean_is_shift_equivariant_for_a_negative_loss():
+    # a loss that can be negative (a log-likelihood): the same buckets shifted by -3
+    ends, last, mn, mx, _, _ = _gamma_buckets(4)
+    est = bucket_mean(ends, last, ends, mn, ends, mx)
+    shifted = bucket_mean(ends, last - 3.0, ends, mn - 3.0, ends, mx - 3.0)
+    assert shifted == pytest.approx(est - 3.0, abs=1e-9)
+
+
+def test_bucket_mean_a_shorter_last_bucket_keeps_the_plain_estimate():
+    ends, last, mn, mx, _, _ = _gamma_buckets(5)
+    steps = ends.copy()
+    steps[-1] = steps[-2] + 5  # the run stopped 5 steps into its last bucket
+    est = bucket_mean(steps, last, steps, mn, steps, mx)
+    assert est[-1] == pytest.approx((mn[-1] + mx[-1] + 3 * last[-1]) / 5)
+    assert est[-2] != pytest.approx((mn[-2] + mx[-2] + 10 * last[-2]) / 12)
+
+
 def test_bucket_mean_keeps_the_last_value_without_extremes():
     s = np.array([10, 20, 30])
     last = np.array([1.0, 2.0, 3.0])
