@@ -534,7 +534,10 @@ def _natural_truths(task, sched: Schedule, view: View, run: Trace, n: int, t_idx
     """The truth of each natural explosion of ``run`` (trained with ``clip``, or none; its
     ``events`` from :func:`find_natural_events`): a branch from just before the onset that clips
     the grad norm at 3x the healthy level during the event (+10 steps; never looser than
-    ``clip``), then trains as the run did."""
+    ``clip``), then trains as the run did. ``alt_truths``: the same with a clip at 2x and 4x,
+    where tighter than ``clip`` (``score.py`` reports, beside the impact score, the score over
+    the events whose truth stays within its own 2x band that way: a chaotic run's excess
+    depends on the counterfactual chosen, not only on the explosion)."""
     evs = []
     for onset, last, ref in events:
         f = Fault("natural", onset, length=last - onset + 10, factor=3 * ref)
@@ -543,8 +546,26 @@ def _natural_truths(task, sched: Schedule, view: View, run: Trace, n: int, t_idx
         ev = event_truth(view, br, run, n, t_idx, onset, last - onset + 1, "natural", False)
         ev["fault_step"] = ev["onset_step"]
         ev["counterfactual"] = f"clip at {3 * ref:.3g} for steps [{onset}, {last + 10})"
+        # (a clip no tighter than the partner's own would be no intervention at all)
+        ev["alt_truths"] = {
+            f"clip {k}x": _branch_excess(task, sched, run, n, onset, last, k * ref, clip)
+            for k in ALT_CLIPS if clip is None or k * ref < clip}
         evs.append(ev)
     return evs
+
+
+ALT_CLIPS = (2, 4)  # the other clips a natural explosion's truth is measured with (x healthy)
+
+
+def _branch_excess(task, sched: Schedule, run: Trace, n: int, onset: int, last: int,
+                   clip_at: float, clip: float | None) -> float | None:
+    """The excess of ``run`` over a branch that clips at ``clip_at`` during the event (as
+    :func:`_natural_truths`, with another clip): how far the truth depends on the clip chosen
+    for the counterfactual. None where the run's or the branch's loss is not finite there."""
+    f = Fault("natural", onset, length=last - onset + 10, factor=clip_at)
+    br = train(task, min(n, onset + H), sched, f, start=(onset // 10) * 10, base=run, clip=clip)
+    d = run.loss[onset:min(n, onset + H)] - br.loss[onset:min(n, onset + H)]
+    return float(np.mean(d)) if np.all(np.isfinite(d)) else None
 
 
 def _outside_events(spikes: list[int], evs: list[dict]) -> list[int]:
