@@ -187,6 +187,27 @@ def test_bucket_mean_a_shorter_last_bucket_keeps_the_plain_estimate():
     assert est[-2] != pytest.approx((mn[-2] + mx[-2] + 10 * last[-2]) / 12)
 
 
+def test_anchor_is_found_past_a_later_episode():
+    # a harmless spike at 900 and the next one at 1005, inside the post-episode window
+    # [1000, 1300): the window's healthy points after the second spike still anchor the
+    # counterfactual (cut at 1005, it held 5 points: no anchor)
+    rng = np.random.default_rng(7)
+    s = np.arange(2000)
+    clean = 1.0 + 4.0 * (s + 10.0) ** -0.5
+    y = clean * np.exp(rng.normal(0, 0.01, s.size))
+    y[900:902] *= 3.0
+    y[1005:1007] *= 3.0
+    healthy = np.ones(s.size, bool)
+    healthy[900:906] = False
+    healthy[1005:1011] = False
+    out = loss_impact(s, y, s < 900, 900, 905, 200, next_onset=1005, anchor_points=healthy)
+    assert out.bracketed
+    # without the episode mask the window ends at the next onset: 5 points, no anchor
+    assert not loss_impact(s, y, s < 900, 900, 905, 200, next_onset=1005).bracketed
+    # the loss was straight back: no lasting damage
+    assert abs(out.lasting_excess) < 0.01 * float(np.mean(clean[900:1100]))
+
+
 def test_bucket_mean_keeps_the_last_value_without_extremes():
     s = np.array([10, 20, 30])
     last = np.array([1.0, 2.0, 3.0])

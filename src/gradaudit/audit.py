@@ -274,6 +274,9 @@ class _Judge:
             i0 = int(np.searchsorted(ls, on))
             i1 = ls.size if end is None else int(np.searchsorted(ls, end))
             self.healthy[i0:i1] = False
+        # the anchor after an episode may use these (later episodes' spans skipped), as they
+        # are before any aftermath is taken out of the fit windows below
+        self.anchor_points = self.healthy.copy()
         self.lv_mean = _bucket_means(run.series, ls, lv) if run.has_loss and cand.raw else lv
         self.floor: int | None = None  # where the last episode's loss aftermath ended
         self.blowups: Blowups | None = None  # made with the first impact measured
@@ -370,7 +373,7 @@ class _Judge:
             floor = max(floor or 0, settled)
         return loss_impact(self.run.ls, self.lv_mean, self.healthy, on, end,
                            self.run.st.impact_horizon, next_onset=nxt, cut_at=lr_after,
-                           floor_step=floor, lr_time=lr_t)
+                           floor_step=floor, lr_time=lr_t, anchor_points=self.anchor_points)
 
     def _grad_peak(self, e: RawEpisode, on: int, end: int | None) -> tuple:
         """``(peak grad norm, its healthy level, their ratio, the episode's peak step, the
