@@ -540,9 +540,7 @@ def _natural_truths(task, sched: Schedule, view: View, run: Trace, n: int, t_idx
     depends on the counterfactual chosen, not only on the explosion)."""
     evs = []
     for onset, last, ref in events:
-        f = Fault("natural", onset, length=last - onset + 10, factor=3 * ref)
-        br = train(task, min(n, onset + H), sched, f, start=(onset // 10) * 10, base=run,
-                   clip=clip)
+        br = _branch(task, sched, run, n, onset, last, 3 * ref, clip)
         ev = event_truth(view, br, run, n, t_idx, onset, last - onset + 1, "natural", False)
         ev["fault_step"] = ev["onset_step"]
         ev["counterfactual"] = f"clip at {3 * ref:.3g} for steps [{onset}, {last + 10})"
@@ -557,14 +555,23 @@ def _natural_truths(task, sched: Schedule, view: View, run: Trace, n: int, t_idx
 ALT_CLIPS = (2, 4)  # the other clips a natural explosion's truth is measured with (x healthy)
 
 
+def _branch(task, sched: Schedule, run: Trace, n: int, onset: int, last: int, clip_at: float,
+            clip: float | None) -> Trace:
+    """``run`` again from just before ``onset``, clipping the grad norm at ``clip_at`` during
+    the event and 10 steps after (never looser than ``clip``), for a horizon."""
+    f = Fault("natural", onset, length=last - onset + 10, factor=clip_at)
+    return train(task, min(n, onset + H), sched, f, start=(onset // 10) * 10, base=run,
+                 clip=clip)
+
+
 def _branch_excess(task, sched: Schedule, run: Trace, n: int, onset: int, last: int,
                    clip_at: float, clip: float | None) -> float | None:
-    """The excess of ``run`` over a branch that clips at ``clip_at`` during the event (as
-    :func:`_natural_truths`, with another clip): how far the truth depends on the clip chosen
-    for the counterfactual. None where the run's or the branch's loss is not finite there."""
-    f = Fault("natural", onset, length=last - onset + 10, factor=clip_at)
-    br = train(task, min(n, onset + H), sched, f, start=(onset // 10) * 10, base=run, clip=clip)
-    d = run.loss[onset:min(n, onset + H)] - br.loss[onset:min(n, onset + H)]
+    """The excess of ``run`` over a branch that clips at ``clip_at`` (:func:`_branch`): how far
+    the truth depends on the clip chosen for the counterfactual. None where the run's or the
+    branch's loss is not finite there."""
+    br = _branch(task, sched, run, n, onset, last, clip_at, clip)
+    w = slice(onset, min(n, onset + H))
+    d = run.loss[w] - br.loss[w]
     return float(np.mean(d)) if np.all(np.isfinite(d)) else None
 
 
