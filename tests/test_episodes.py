@@ -655,6 +655,19 @@ def test_bad_batch_on_the_onset_step_is_no_lasting_damage(seed):
     assert e.loss_impact.excess_loss > 0.2 and "without the spike itself" in e.reason
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_three_bad_batches_from_the_onset_are_a_warning(seed):
+    # a 30x grad spike with 3 garbage batches (+10 on a loss of 2.7) from its first step, and the
+    # loss straight back: a warning. The spike test's median, mirrored at the onset, held 5
+    # spike values of 9 and made the batches their own level - lasting damage, an explosion
+    s, g, loss = healthy(seed=seed)
+    g[1500:1503] *= 30
+    loss[1500:1503] += 10.0
+    (e,) = audit_run(run_series(s, g, loss)).episodes
+    assert e.onset_step == 1500 and e.severity == "warning"
+    assert e.loss_impact.excess_loss > 0.1  # 30 / 200 of it, against a harm bar of 0.08
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_loss_jump_with_ordinary_grad_noise_is_no_gradient_spike(seed):
     # a noisy grad norm (log sigma 0.9) left alone and a loss jump that stays up: 3x grad points

@@ -320,6 +320,25 @@ def test_a_bad_batch_counts_in_the_excess(seed):
     assert abs(smoothed_only.impact.excess_loss) < 0.01
 
 
+@pytest.mark.parametrize("width", [3, 4])
+def test_a_bad_batch_of_several_steps_at_the_onset_is_no_lasting_damage(width):
+    # garbage batches (+5 on a loss of 1) from the onset itself: their loss counts in the
+    # excess, and none of it is lasting. The spike test's running median used to be mirrored
+    # at the onset, so 3 spike points made 5 of its first window's 9 and were their own level
+    rng = np.random.default_rng(width)
+    s = np.arange(1500)
+    clean = 1.0 + rng.normal(0, 0.03, s.size)
+    y = clean.copy()
+    y[1000:1000 + width] += 5.0
+    out = loss_impact(s, y, s < 1000, 1000, 1000 + width - 1, 200)
+    assert out.impact.excess_loss == pytest.approx(float((y - clean)[1000:1200].mean()), rel=0.1)
+    assert abs(out.lasting_excess) < 0.005  # the spike's share of the horizon is 0.075-0.1
+    stays = clean.copy()
+    stays[1000:] += 0.3  # a step that stays is lasting damage from its first point
+    held = loss_impact(s, stays, s < 1000, 1000, 1003, 200)
+    assert held.lasting_excess == pytest.approx(0.3, rel=0.1)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
 def test_the_post_episode_anchor_starts_half_a_horizon_after_the_onset(seed):
     # a harmless 20-step bump at step 1000, then the run learns (the loss falls 2.0 -> 1.7

@@ -124,7 +124,9 @@ Definitions follow docs/findings.md ("Loss impact"). Rules and defaults:
   held-out estimates fewer within 2x: 1327 of 1741 against 1345).
 - ``excess_loss``: mean over ``[onset, onset + horizon)`` of the smoothed loss minus ``L^``,
   where the episode's own spike points (in the episode and the ``lag_points`` after it, above
-  the smoothed loss by ``spike_sigmas`` (6) noise sigmas) count at their raw value: the
+  a running median of ``smooth`` points by ``spike_sigmas`` (6) noise sigmas; at the onset that
+  median reaches back over the last points before it, so a bad batch of up to ``smooth // 2``
+  steps right at the onset is no level of its own) count at their raw value: the
   smoothing keeps an ordinary hard batch out of the mean, but a bad batch's loss is the damage.
   None when the loss is non-finite there. ``Impact.lasting_excess`` is the same mean without
   the spike points: the lasting damage the engine's harm verdict is about (one bad batch whose
@@ -520,18 +522,23 @@ def _local_gap(cf: _Counterfactual, w: _PreOnset, shrink_t: float, local_span: f
 
 
 def _excess(cf: _Counterfactual, loss: np.ndarray, h: np.ndarray, n_spike: int, smooth: int,
-            noise: float, spike_sigmas: float | None, n_held: int = 0) -> tuple[float, float]:
+            noise: float, spike_sigmas: float | None, n_held: int = 0,
+            lead: np.ndarray | None = None) -> tuple[float, float]:
     """``(excess_loss, lasting_excess)`` over the horizon points ``h``; the first ``n_spike``
     of them (the episode and the loss's lag) may hold spike points that count at their raw
     value in ``excess_loss`` and not at all in ``lasting_excess``; ``n_held`` more points (the
     horizon's rest after a later lr episode's onset) count at the excess of the last ``smooth``
-    points (module doc)."""
+    points; ``lead``: the finite loss values just before the onset (module doc)."""
     raw = loss[h]
     spike = np.zeros(h.size, bool)
     if spike_sigmas is not None and h.size > 2:
-        # spike points against a median that does not repeat the first point (a bad batch at
-        # the onset itself would otherwise be its own level)
-        ref = _smooth(raw, smooth, "mirror")
+        # spike points against a running median that reaches back before the onset: a bad
+        # batch at the onset itself would otherwise be its own level (repeated, or mirrored,
+        # a 3-point spike is the median of the first window)
+        if lead is not None and lead.size:
+            ref = _smooth(np.concatenate((lead, raw)), smooth)[lead.size:]
+        else:
+            ref = _smooth(raw, smooth, "mirror")
         m = min(h.size, n_spike)
         spike_noise = max(noise, 1e-6 * abs(cf.level))  # a quantised loss has no batch noise
         spike[:m] = raw[:m] > ref[:m] + spike_sigmas * spike_noise
@@ -726,8 +733,9 @@ def loss_impact(
     h = after[:i_h - i_on]
     excess = lasting = None
     if h.size and fin[h].all():
+        before = np.arange(max(0, i_on - smooth // 2), i_on)
         excess, lasting = _excess(cf, loss, h, i_ep - i_on + lag_points, smooth, noise,
-                                  spike_sigmas, n_held)
+                                  spike_sigmas, n_held, loss[before[fin[before]]])
     # loss jump: max over the episode (and the next few points: the loss lags the step)
     ep = after[: max(i_ep - i_on, min(lag_points, n - i_on))]
     if cut_step is not None:  # the loss from the cut on is the later episode's
