@@ -82,11 +82,26 @@ Definitions follow docs/findings.md ("Loss impact"). Rules and defaults:
   refitted to the pre-onset window and the post window together (same shrinkage): the
   counterfactual is then interpolated between two anchors instead of extrapolated from one (much
   more accurate early in training, where the slope is steep and uncertain). A loss that stays up
-  (lasting damage) is never used as an anchor; a lasting rise under the tolerance on a quiet
-  loss is partly fitted away (half of a 4 % rise), a known cost: at 3 % (the harm bar) the
-  benchmark's development pool lost an estimate within 2x and two severity verdicts, because
-  an unanchored fit carries its extrapolation's uncertainty into the harm bar (lr ramps read
-  as warnings). The anchor starts half a horizon after the onset,
+  (lasting damage) is never used as an anchor. A positive gap under the tolerance is lasting
+  damage or the forecast's own error, and it is split between them by their variances: damage
+  of the tolerance's size against the slope's standard error times the post window's lever
+  (its mean ``u`` less the fit window's) and the gap's noise; the damage's share is taken off
+  the post window before the refit. The slope's standard error assumes the power law is right
+  (a rising slope, held flat, has none: its gap stays with the anchor). On a quiet loss with a
+  long fit window that error is small, the damage's share is 0.97-1.0, and the anchor mainly
+  pulls the counterfactual down to a loss that came back below it; on the benchmark's noisier
+  losses it is a real split (median share 0.36 over 160 positive gaps, 58 % under one half),
+  and a short or very noisy fit window leaves the gap to the anchor as before. (Until the
+  split, the refit took half of any such rise away: a lasting +2 to +4 % on a quiet loss read
+  as 0.41-0.44 of its truth, now 1.02-1.03; with 2 % noise 0.32-0.40, now 0.65-0.81, more
+  spread. Costs: the prior gives no weight to "no damage at all", so with none the positive
+  half of the gaps reads as +0.01 to +0.13 % of the level, a one-sigma gap is mostly damage,
+  and a forecast that misses a convex loss's bend by under the tolerance is read as damage
+  (-0.9 % -> +1.3 % of the level on an exponential floor, under the harm bar). A negative gap
+  is no gain: split alike, it lost 39 estimates on held-out seeds 13000-48000.) A 3 %
+  tolerance (the harm bar)
+  instead lost estimates and severity verdicts: an unanchored fit carries its
+  extrapolation's uncertainty into the harm bar. The anchor starts half a horizon after the onset,
   not a whole one: how soon the loss settles has nothing to do with the horizon the excess is
   averaged over; the nearer anchor interpolates over a shorter gap, and a run that ends within
   two horizons of the onset still has one (75 % -> 78 % within 2x on the 13 seeds). The
@@ -199,10 +214,12 @@ def _lsq(u: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
 
 
 def _fit(u: np.ndarray, y: np.ndarray, noise: float, k: int, shrink_t: float,
-         min_fit: int) -> tuple[float, float]:
-    """Robust, shrunk fit of ``y = a + b u`` (``u`` relative to the onset): ``(a, b)``."""
+         min_fit: int) -> tuple[float, float, float]:
+    """Robust, shrunk fit of ``y = a + b u`` (``u`` relative to the onset): ``(a, b, se_b)``,
+    ``se_b`` the standard error of the slope before shrinkage (inf: no trend was fitted, or a
+    rising one was held flat)."""
     if y.size < min_fit:  # too few points for a trend: flat at their mean
-        return float(np.mean(y)), 0.0
+        return float(np.mean(y)), 0.0, np.inf
     a, b, suu = _lsq(u, y)
     r = y - (a + b * u)
     mad = float(np.median(np.abs(r - np.median(r)))) * MAD_TO_SIGMA
@@ -212,18 +229,19 @@ def _fit(u: np.ndarray, y: np.ndarray, noise: float, k: int, shrink_t: float,
         a, b, suu = _lsq(u, y)
         r = y - (a + b * u)
     if suu <= 0:
-        return float(np.mean(y)), 0.0
+        return float(np.mean(y)), 0.0, np.inf
     # standard error of the slope: point noise, or the smoothed residuals' wander (whose
     # points are correlated over the smoothing width k), whichever is larger
     wander = float(np.sqrt(np.mean(r * r)))
     sig2 = max(noise * noise, k * wander * wander)
     se_b = float(np.sqrt(sig2 / suu))
     if b > 0:
-        b = 0.0
+        # a rising slope is held flat: the forecast is then off by more than the fit's error
+        b, se_b = 0.0, np.inf
     elif se_b > 0:
         t2 = (b / se_b) ** 2
         b *= t2 / (t2 + shrink_t * shrink_t)
-    return float(np.mean(y - b * u)), b
+    return float(np.mean(y - b * u)), b, se_b
 
 
 BLOWUP_FACTOR = 1.2  # a smoothed loss this far above where its log started is a blow-up
@@ -459,13 +477,15 @@ def _fit_space_is_log(loss: np.ndarray, y_pre: np.ndarray, steps: np.ndarray, i_
 @dataclass
 class _PreOnset:
     """The fit window: its point indices, their ``u``, the smoothed loss in fit space, the
-    fit-space noise per point and the smoothing width used."""
+    fit-space noise per point, the smoothing width used and the fitted slope's standard
+    error."""
 
     idx: np.ndarray
     u: np.ndarray
     fs: np.ndarray
     nf: float
     k: int
+    se_b: float = np.inf
 
 
 def _anchor_after(cf: _Counterfactual, w: _PreOnset, loss: np.ndarray, fin: np.ndarray,
@@ -474,8 +494,9 @@ def _anchor_after(cf: _Counterfactual, w: _PreOnset, loss: np.ndarray, fin: np.n
                   shrink_t: float, min_fit: int, anchor_tolerance: float,
                   post_start: float) -> np.ndarray | None:
     """Bracketing (module doc): refit ``cf`` to the pre-onset window and the post-episode
-    window together where the loss came back; returns the fitted ``u`` values, or None (and
-    ``cf`` unchanged) where it did not."""
+    window together where the loss came back (less the share of a gap that is likelier
+    damage than forecast error); returns the fitted ``u`` values, or None (and ``cf``
+    unchanged) where it did not."""
     steps, onset_step, nf = cf.steps, cf.onset_step, w.nf
     p_hi = onset_step + 2 * horizon
     if usable is None and next_onset is not None:  # no episode mask: up to the next episode
@@ -499,8 +520,15 @@ def _anchor_after(cf: _Counterfactual, w: _PreOnset, loss: np.ndarray, fin: np.n
     tol = float(np.log1p(anchor_tolerance)) if cf.logsp else anchor_tolerance * abs(cf.a)
     if gap > max(2 * se_post, tol):
         return None  # the loss stayed up: lasting damage is no anchor
+    if gap > 0 and tol > 0:
+        # a gap under the tolerance is damage or forecast error: each gets its share by
+        # variance (damage of the tolerance's size against the slope's error at the post
+        # window's lever and the windows' noise), and the damage's share is no anchor
+        lever = float(np.mean(u_post) - np.mean(w.u))
+        sf2 = (w.se_b * lever) ** 2 if np.isfinite(w.se_b) else np.inf
+        fs_post = fs_post - gap * tol * tol / (tol * tol + sf2 + se_post * se_post)
     u_fit = np.concatenate((w.u, u_post))
-    cf.a, cf.b = _fit(u_fit, np.concatenate((w.fs, fs_post)), nf, w.k, shrink_t, min_fit)
+    cf.a, cf.b, _ = _fit(u_fit, np.concatenate((w.fs, fs_post)), nf, w.k, shrink_t, min_fit)
     return u_fit
 
 
@@ -690,7 +718,7 @@ def loss_impact(
         cf.t_on = float(np.interp(onset_step, steps, lr_time[0]))
     w = _PreOnset(pre, cf.u(pre), cf.fwd(_smooth(y_pre, k)),
                   _noise_sigma(cf.fwd(y_pre)) if logsp else noise, k)
-    cf.a, cf.b = _fit(w.u, w.fs, w.nf, k, shrink_t, min_fit)
+    cf.a, cf.b, w.se_b = _fit(w.u, w.fs, w.nf, k, shrink_t, min_fit)
     # the window where the counterfactual is used: up to the next episode, at most 5 horizons
     stop = onset_step + 5 * horizon
     if next_onset is not None:
