@@ -99,22 +99,20 @@ Definitions follow docs/findings.md ("Loss impact"). Rules and defaults:
   and a forecast that misses a convex loss's bend by under the tolerance is read as damage
   (-0.9 % -> +1.3 % of the level on an exponential floor, under the harm bar). A negative gap
   is no gain: split alike, it lost 39 estimates on held-out seeds 13000-48000.) A 3 %
-  tolerance (the harm bar)
-  instead lost estimates and severity verdicts: an unanchored fit carries its
-  extrapolation's uncertainty into the harm bar. The anchor starts half a horizon after the onset,
-  not a whole one: how soon the loss settles has nothing to do with the horizon the excess is
-  averaged over; the nearer anchor interpolates over a shorter gap, and a run that ends within
-  two horizons of the onset still has one (75 % -> 78 % within 2x on the 13 seeds). The
-  window used to end at the next episode's onset: in a spiky run (an unclipped RNN) the next
-  explosion often comes within two horizons, which left no anchor, and the falling power law
-  was extrapolated under a loss that later explosions kept up (benchmark: 72 held-out seeds
-  1756 -> 1781 of 2234 estimates within 2x (a first version: natural explosions 114 -> 139
-  of 256); no change on 24
-  fresh seeds, 555 -> 554 of 721, nor on the development pool, 328 -> 327 of 407). Known
-  costs (synthetic, from a review): a later episode's lasting damage just under the tolerance
-  raises this one's counterfactual (a later +4 % took a +0.75 % lasting excess to -1.2 %), and
-  a scheduled lr drop (no episode) after a later episode now reaches anchors it did not (a
-  -10 % step: -0.4 % -> +2.5 %).
+  tolerance (the harm bar) instead lost estimates and severity verdicts: an unanchored fit
+  carries its extrapolation's uncertainty into the harm bar. The anchor starts half a horizon
+  after the onset, not a whole one: how soon the loss settles has nothing to do with the horizon
+  the excess is averaged over; the nearer anchor interpolates over a shorter gap, and a run that
+  ends within two horizons of the onset still has one (75 % -> 78 % within 2x on the 13 seeds).
+  The window used to end at the next episode's onset: in a spiky run (an unclipped RNN) the next
+  explosion often comes within two horizons, which left no anchor, and the falling power law was
+  extrapolated under a loss that later explosions kept up (benchmark: 72 held-out seeds 1756 ->
+  1781 of 2234 estimates within 2x (a first version: natural explosions 114 -> 139 of 256); no
+  change on 24 fresh seeds, 555 -> 554 of 721, nor on the development pool, 328 -> 327 of 407).
+  Known costs (synthetic, from a review): a later episode's lasting damage just under the
+  tolerance raises this one's counterfactual (a later +4 % took a +0.75 % lasting excess to
+  -1.2 %), and a scheduled lr drop (no episode) after a later episode now reaches anchors it
+  did not (a -10 % step: -0.4 % -> +2.5 %).
 - **Local gap.** The mean residual of the smoothed loss against the fit over the last
   ``local_span`` horizons (a quarter) before the onset - the loss's own slow wander, or an
   earlier episode's aftermath still decaying - shrunk towards 0 like the slope (by its
