@@ -280,3 +280,23 @@ def test_a_lasting_raise_then_a_step_decay_below_it_is_no_spike():
     sched = np.where(s < 1500, 1e-3, 1e-4)
     (r,) = lr_rises(np.where(s < 600, sched, 3 * sched))
     assert r.start == 599 and not r.transient
+
+
+@pytest.mark.parametrize("level", [None, 0.3])
+def test_hinge_gain_is_the_least_squares_gain_of_every_hinge(level):
+    # against a least-squares fit of each hinge by numpy (the level fitted, or held at a value)
+    from gradaudit.detect._common import hinge_gain
+    rng = np.random.default_rng(3)
+    t = np.sort(rng.choice(200, 60, replace=False)).astype(float)
+    y = 0.3 + rng.normal(0, 0.2, t.size) + 0.05 * np.clip(t - 120, 0, None)
+    cands = np.arange(-1, 199)
+    gain = hinge_gain(t, y, cands, level=level)
+    for k, g in zip(cands, gain, strict=True):
+        u = np.clip(t - k, 0, None)
+        flat = y - (y.mean() if level is None else level)
+        cols = [u] if level is not None else [np.ones_like(t), u]
+        coef, *_ = np.linalg.lstsq(np.column_stack(cols), flat, rcond=None)
+        fitted = np.column_stack(cols) @ coef
+        want = float(flat @ flat - (flat - fitted) @ (flat - fitted)) if coef[-1] > 0 else 0.0
+        assert g == pytest.approx(want, rel=1e-6, abs=1e-9)
+    assert abs(int(cands[np.argmax(gain)]) - 120) <= 10  # the best hinge is where y turns up

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradaudit.detect._common import log_positive, runs_of
+from gradaudit.detect._common import hinge_gain, log_positive, runs_of
 from gradaudit.detect.ema_zscore import ema_zscore_spans, olmo_skip_spans
 from gradaudit.detect.level_climb import ID as ID_CLIMB
 from gradaudit.detect.level_climb import level_climb
@@ -101,25 +101,17 @@ class GradAnalysis:
 
 
 def _hinge_onset(x: np.ndarray, base: float, lo: int, first: int, peak: int) -> int:
-    """Index where ``x`` turns from flat at ``base`` to a straight climb towards ``peak``."""
-    hi = max(first, peak)
-    t = np.arange(lo, hi + 1)
-    y = x[lo:hi + 1] - base
-    ok = np.isfinite(y)
+    """Index where ``x`` turns from flat at ``base`` to a straight climb towards ``peak``: the
+    hinge (:func:`hinge_gain`, its level held at ``base``) that fits ``x[lo:peak + 1]`` best,
+    from ``lo`` to ``first``."""
+    t = np.arange(lo, max(first, peak) + 1)
+    ok = np.isfinite(x[t])
     if ok.sum() < 2 or first <= lo:
         return first
-    t, y = t[ok], y[ok]
-    best, best_sse = first, np.inf
-    for s in range(lo - 1, first):  # onset = s + 1
-        dt = np.clip(t - s, 0, None).astype(np.float64)
-        den = float((dt * dt).sum())
-        if den == 0:
-            continue
-        slope = max(0.0, float((dt * y).sum()) / den)
-        sse = float(((y - slope * dt) ** 2).sum())
-        if sse < best_sse - 1e-12:
-            best, best_sse = s + 1, sse
-    return int(best)
+    cands = np.arange(lo - 1, first)  # the hinge at k: the onset is k + 1
+    gain = hinge_gain(t[ok], x[t[ok]], cands, level=base)
+    # hinges that fit the same points tie up to rounding: the earliest of them
+    return int(cands[np.flatnonzero(gain >= gain.max() * (1.0 - 1e-9))[0]]) + 1
 
 
 def _climb_before(x: np.ndarray, level: np.ndarray, lo: int, first_nf: int, p: EpisodeParams,

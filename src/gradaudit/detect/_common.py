@@ -255,13 +255,16 @@ def sustained(d: np.ndarray, use: np.ndarray, spread: np.ndarray, w: int,
     return out
 
 
-def hinge_gain(t: np.ndarray, y: np.ndarray, cands: np.ndarray) -> np.ndarray:
+def hinge_gain(t: np.ndarray, y: np.ndarray, cands: np.ndarray,
+               level: float | None = None) -> np.ndarray:
     """For each ``k`` in ``cands``, how much a level up to ``k`` and a straight line up from it
     (``y = a + b max(0, t - k)``, ``b >= 0``, least squares) lowers the squared error of ``y``
-    below a flat level: the best hinge has the largest gain. All candidates at once, from
-    suffix sums (linear in the points). ``t`` sorted, ``y`` finite."""
+    below a flat level: the best hinge has the largest gain. With ``level`` the level ``a`` is
+    that value, not fitted. All candidates at once, from suffix sums (linear in the points).
+    ``t`` sorted, ``y`` finite."""
     t = np.asarray(t, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64) - float(np.mean(y))  # the level absorbs the mean
+    # a fitted level absorbs the mean
+    y = np.asarray(y, dtype=np.float64) - (float(np.mean(y)) if level is None else level)
     k = np.asarray(cands, dtype=np.float64)
 
     def suffix(v: np.ndarray) -> np.ndarray:  # sums over t > k, for every k
@@ -272,6 +275,7 @@ def hinge_gain(t: np.ndarray, y: np.ndarray, cands: np.ndarray) -> np.ndarray:
     su = s_t - k * n_up  # sums of u = t - k over t > k
     suu = s_tt - 2 * k * s_t + k * k * n_up
     suy = s_ty - k * s_y
-    var_u = suu - su * su / t.size  # squared deviations of u about its mean
+    # squared deviations of u about its mean (about 0 where the level is given)
+    var_u = suu - su * su / t.size if level is None else suu
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where((var_u > 0) & (suy > 0), suy * suy / var_u, 0.0)
