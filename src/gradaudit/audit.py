@@ -85,6 +85,7 @@ class _Run:
     has_loss: bool  # some loss is finite
     notes: list[str]
     warm: int | None = None  # last step of the lr warm-up: no healthy level exists before it
+    lr: tuple[np.ndarray, np.ndarray] | None = None  # the logged lr's finite points > 0
     g_every: int = field(init=False)  # the grad norm's logging interval (1 for a single point)
     l_every: int = field(init=False)  # the loss's
 
@@ -158,16 +159,18 @@ def _prepare(series: RunSeries, st: Settings) -> _Run | RunAudit:
         notes.append(f"only {usable} usable {what} point{'s' if usable != 1 else ''}: too few "
                      "to judge (a healthy level "
                      f"needs more than {p.min_history})")
-    warm = None
+    warm = lr = None
     if series.lr_tag is not None:
         rs, rv = sorted_points(*series.series(series.lr_tag))
+        lr_ok = np.isfinite(rv) & (rv > 0)
+        lr = rs[lr_ok], rv[lr_ok]
         warm = warmup_end_step(rs, rv)
         if warm is not None and rs.size and warm > rs[min(rs.size - 1, rs.size // 4)]:
             warm = None  # an lr that rises through most of the run is no warm-up
     if usable > p.min_history:
         explain.warmup_note(notes, gs[ok] if has_grad else ls[np.isfinite(lv)], warm,
                             p.min_history)
-    return _Run(series, st, p, gs, g, ls, lv, has_grad, has_loss, notes, warm)
+    return _Run(series, st, p, gs, g, ls, lv, has_grad, has_loss, notes, warm, lr)
 
 
 def _never_finite(series: RunSeries, ls: np.ndarray, notes: list[str]) -> RunAudit:
@@ -248,17 +251,47 @@ def _cool_down_note(run: _Run, onset: int) -> str | None:
     """The run note where the logged lr fell by half or more from ``onset`` to the run's end
     (a grad norm that climbs while the schedule cools down, common with weight decay, is no
     episode), else None."""
-    if run.series.lr_tag is None:
+    if run.lr is None:
         return None
-    rs, rv = sorted_points(*run.series.series(run.series.lr_tag))
-    ok = np.isfinite(rv) & (rv > 0)
-    rs, rv = rs[ok], rv[ok]
+    rs, rv = run.lr
     i = int(np.searchsorted(rs, onset, side="right")) - 1
     if rv.size == 0 or i < 0 or rv[-1] > 0.5 * rv[i]:
         return None
     return (f"the grad norm's level climbed from step {onset} to the end while the learning "
             f"rate fell {rv[i] / rv[-1]:.3g}x (the schedule's cool-down, where grad norms "
             "commonly rise): not an episode")
+
+
+def _lr_halved_after(lr: tuple[np.ndarray, np.ndarray] | None, onset: int,
+                     horizon: int) -> int | None:
+    """Where the lr, after ``onset``, has fallen to half the lowest it was in the horizon up to
+    the onset (an lr spike falling back is no such fall), or None: at a step decay (a fall to
+    that at once, between two logged points), or, past two horizons after the onset, at a
+    cool-down (a fall to that that also halved the lr within one horizon; a long cosine tail
+    is none). The earliest step the fall can have come at (the step after the last logged point
+    above it). The loss after it falls faster than a counterfactual without the lr can follow,
+    and anchors none (impact module doc, "Bracketing")."""
+    if lr is None or lr[0].size == 0:
+        return None
+    rs, rv = lr
+    i0 = int(np.searchsorted(rs, onset - horizon))
+    i1 = int(np.searchsorted(rs, onset, side="right"))
+    # no further than the anchor window can reach (bounded work per episode)
+    i2 = int(np.searchsorted(rs, onset + 5 * horizon, side="right"))
+    if i1 <= i0 or i1 >= i2:
+        return None
+    after = rv[i1:i2]
+    low = after <= 0.5 * float(rv[i0:i1].min())
+    cuts = []
+    at_once = np.flatnonzero(low & (after <= 0.5 * rv[i1 - 1:i2 - 1]))
+    if at_once.size:
+        cuts.append(int(rs[i1 + at_once[0] - 1]) + 1)
+    # a cool-down: halved within the last horizon too (a long cosine tail is no such fall)
+    h_ago = np.interp(rs[i1:i2] - horizon, rs, rv)
+    fast = np.flatnonzero(low & (after <= 0.5 * h_ago))
+    if fast.size:
+        cuts.append(max(onset + 2 * horizon, int(rs[i1 + fast[0] - 1]) + 1))
+    return min(cuts) if cuts else None
 
 
 class _Judge:
@@ -373,7 +406,9 @@ class _Judge:
             floor = max(floor or 0, settled)
         return loss_impact(self.run.ls, self.lv_mean, self.healthy, on, end,
                            self.run.st.impact_horizon, next_onset=nxt, cut_at=lr_after,
-                           floor_step=floor, lr_time=lr_t, anchor_points=self.anchor_points)
+                           floor_step=floor, lr_time=lr_t, anchor_points=self.anchor_points,
+                           anchor_end=_lr_halved_after(self.run.lr, on,
+                                                       self.run.st.impact_horizon))
 
     def _grad_peak(self, e: RawEpisode, on: int, end: int | None) -> tuple:
         """``(peak grad norm, its healthy level, their ratio, the episode's peak step, the
