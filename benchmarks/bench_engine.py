@@ -19,6 +19,9 @@ allspiky 1.0 s, sawlr 0.95 s; pelt 0.45 s.
 2026-11-27 (fourth round: blow-up floors): audit_run n=1e6 median 0.74-0.76 s (0.73 s for the
 round before, same machine and hour); heavy 3.5 s (3.4 s), allspiky 1.0 s, sawlr 0.96 s;
 pelt 0.45 s.
+2026-11-27 (the longer anchor window, the lr-fall cut): audit_run n=1e6 median 0.56 s (0.56 s
+before, same machine and minute); heavy 2.37 s (2.30 s; 3.14 s until the lr lookup read only
+its own slice), allspiky 0.80 s, sawlr 1.03 s.
 """
 
 from __future__ import annotations

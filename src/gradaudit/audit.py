@@ -287,7 +287,8 @@ def _lr_halved_after(lr: tuple[np.ndarray, np.ndarray] | None, onset: int,
     if at_once.size:
         cuts.append(int(rs[i1 + at_once[0] - 1]) + 1)
     # a cool-down: halved within the last horizon too (a long cosine tail is no such fall)
-    h_ago = np.interp(rs[i1:i2] - horizon, rs, rv)
+    j0 = max(0, i0 - 1)  # (the lr a horizon before each point: from this slice alone)
+    h_ago = np.interp(rs[i1:i2] - horizon, rs[j0:i2], rv[j0:i2])
     fast = np.flatnonzero(low & (after <= 0.5 * h_ago))
     if fast.size:
         cuts.append(max(onset + 2 * horizon, int(rs[i1 + fast[0] - 1]) + 1))
