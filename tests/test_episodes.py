@@ -949,3 +949,21 @@ def test_a_cool_down_after_a_harmless_spike_is_not_its_harm(seed):
     eps = audit_run(run_series(s, g, y, lr)).episodes
     (e,) = [e for e in eps if abs(e.onset_step - 1000) < 20]
     assert e.severity == "warning"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_one_inf_loss_later_is_no_divergence_of_an_earlier_spike(seed):
+    # a harmless spike at step 1000 and one inf loss 600 steps later (its own episode): the
+    # loss's non-finite points after the onset were looked for up to the run's end, so the
+    # spike was called a divergence and an explosion; a later episode's are its own
+    rng = np.random.default_rng(seed)
+    s = np.arange(3000)
+    y = 1.0 + 6.0 * (s + 5.0) ** -0.5 + rng.normal(0, 0.02, s.size)
+    y[1000:1003] *= 3.0
+    y[1600] = np.inf
+    g = 0.5 * np.exp(rng.normal(0, 0.15, s.size))
+    g[1000:1003] *= 20.0
+    eps = audit_run(run_series(s, g, y)).episodes
+    (e,) = [e for e in eps if abs(e.onset_step - 1000) < 20]
+    assert e.kind == "spike" and e.severity == "warning" and not e.loss_impact.diverged
+    assert any(e.onset_step == 1600 for e in eps)  # the inf is still reported

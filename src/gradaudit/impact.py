@@ -199,7 +199,8 @@ Definitions follow docs/findings.md ("Loss impact"). Rules and defaults:
   twin shows it), 592 steps late at the first noise excursion, and called a recovery "never"
   where the extrapolated ``L^`` drifted off a plateau. Against the clean twins of the
   benchmark's seeds 5000-12000 the median error fell from 162-178 steps to 22-82.
-- ``diverged``: the loss went non-finite after the onset, or it never recovered and ends the
+- ``diverged``: the loss went non-finite after the onset (before the next episode's onset: a
+  later episode's non-finite points are its own), or it never recovered and ends the
   run above ``L^(onset)`` by more than the tolerance.
 """
 
@@ -745,7 +746,9 @@ def loss_impact(
     span = horizon if fit_span is None else int(fit_span)
     pre = _fit_window(steps, healthy, fin, i_on, onset_step, span, floor_step, min_fit, min_pre,
                       fit_points)
-    nonfinite_after = not bool(fin[i_on:].all()) if i_on < n else False
+    # non-finite loss after the onset, up to the next episode (a later one's is its own)
+    i_next = n if next_onset is None else int(np.searchsorted(steps, next_onset))
+    nonfinite_after = not bool(fin[i_on:i_next].all()) if i_on < n else False
     if pre.size < 2 or i_on >= n:
         return Impact(LossImpact(None, None, None, nonfinite_after), None, None,
                       np.empty(0, np.int64), np.empty(0))
