@@ -114,7 +114,7 @@ Definitions follow docs/findings.md ("Loss impact"). Rules and defaults:
   tolerance raises this one's counterfactual (a later +4 % took a +0.75 % lasting excess to
   -1.2 %), and a scheduled lr drop (no episode) after a later episode now reaches anchors it
   did not (a -10 % step: -0.4 % -> +2.5 %). The window ends at twice the onset's step (at least
-  two horizons after the onset, at most five: :func:`_post_end`) - the same span in log time
+  two horizons after the onset, at most five: :func:`post_end`) - the same span in log time
   covers more steps later in training, where the power law changes slowly - and at
   ``anchor_end``, where the engine finds the lr fallen to half its lowest in the horizon before
   the onset: at once (a step decay), or, past two horizons, within one horizon (a cool-down, as
@@ -497,13 +497,13 @@ class _Counterfactual:
 def _fit_space_is_log(loss: np.ndarray, y_pre: np.ndarray, steps: np.ndarray, i_on: int,
                       onset_step: int, horizon: int) -> bool:
     """Log loss where the loss is positive before the onset and over the stretch it is compared
-    with (to the end of the post-episode anchor, :func:`_post_end`): a power law, never through
+    with (to the end of the post-episode anchor, :func:`post_end`): a power law, never through
     zero. A loss that reaches zero or below there is fitted in plain loss."""
-    seen = loss[i_on:int(np.searchsorted(steps, _post_end(onset_step, horizon)))]
+    seen = loss[i_on:int(np.searchsorted(steps, post_end(onset_step, horizon)))]
     return bool(np.all(y_pre > 0) and np.all(seen[np.isfinite(seen)] > 0))
 
 
-def _post_end(onset_step: int, horizon: int) -> int:
+def post_end(onset_step: int, horizon: int) -> int:
     """Where the post-episode anchor window ends: twice the onset's step, at least two horizons
     and at most five (the counterfactual's own window) after the onset (module doc,
     "Bracketing")."""
@@ -534,7 +534,7 @@ def _anchor_after(cf: _Counterfactual, w: _PreOnset, loss: np.ndarray, fin: np.n
     damage than forecast error); returns the fitted ``u`` values, or None (and ``cf``
     unchanged) where it did not."""
     steps, onset_step, nf = cf.steps, cf.onset_step, w.nf
-    p_hi = _post_end(onset_step, horizon)
+    p_hi = post_end(onset_step, horizon)
     if usable is None and next_onset is not None:  # no episode mask: up to the next episode
         p_hi = min(p_hi, next_onset)
     if until is not None and until > onset_step:  # after an lr rise or halving (module doc)
