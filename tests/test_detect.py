@@ -72,6 +72,23 @@ def test_robust_threshold_spike_ratio_and_z():
     assert r.ratio[300] == pytest.approx(20, rel=0.3)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_a_tenfold_jump_over_the_whole_past_triggers_before_the_level_exists(seed):
+    # the first 25 points have no healthy level; a grad norm that settles from a high start
+    # or climbs gently there is no event, one that tops its whole past tenfold is
+    rng = np.random.default_rng(seed)
+    start = np.log(np.r_[np.linspace(2.0, 0.5, 15), np.linspace(0.5, 1.5, 15)])
+    x = np.r_[start + rng.normal(0, 0.2, 30), np.log(1.5) + rng.normal(0, 0.15, 470)]
+    assert not robust_threshold(x, min_history=25).trigger.any()
+    x[20] = x[:20].max() + np.log(12)
+    r = robust_threshold(x, min_history=25)
+    assert np.isnan(r.level[20]) and np.flatnonzero(r.trigger).tolist() == [20]
+    x[20] = x[:20].max() + np.log(6)  # 6x over its past: no level to say it is anomalous
+    assert not robust_threshold(x, min_history=25).trigger.any()
+    x[2] = x[:2].max() + np.log(50)  # with fewer than five earlier points nothing is known
+    assert not robust_threshold(x, min_history=25).trigger[:5].any()
+
+
 def test_ema_zscore_matches_scalar_recursion():
     rng = np.random.default_rng(1)
     g = np.exp(rng.normal(0, 0.3, 3000))

@@ -313,9 +313,9 @@ def test_harm_early_in_training_must_beat_half_the_expected_fall(seed):
 
 
 def _early_blowup(seed, tau, n=1000):
-    # a loss that starts at 4, blows up 16 higher at step 20 (inside the detectors' first
-    # points, so no episode) and decays back with time constant ``tau``, then follows a gentle
-    # trend; a grad spike at step 65 that leaves the loss alone
+    # a loss that starts at 4, blows up 16 higher at step 20 (inside a 30-step lr warm-up,
+    # which no detector judges, so no episode) and decays back with time constant ``tau``, then
+    # follows a gentle trend; a grad spike at step 65 that leaves the loss alone
     rng = np.random.default_rng(seed)
     s = np.arange(n)
     trend = 4.0 * (s + 1.0) ** -0.03
@@ -324,7 +324,7 @@ def _early_blowup(seed, tau, n=1000):
     g = 1.0 * np.exp(rng.normal(0, 0.1, n))
     g[15:30] *= 6.0
     g[65] *= 15
-    return s, g, loss
+    return s, g, loss, np.minimum(1.0, (s + 1) / 30) * 1e-3
 
 
 @pytest.mark.parametrize("seed", range(2))
@@ -332,8 +332,8 @@ def _early_blowup(seed, tau, n=1000):
 def test_a_loss_above_where_it_started_is_no_trend_to_fit(seed, tau):
     # the fit window starts where the blow-up's decay has settled: fitted on the decay, the
     # counterfactual extrapolates it and reads the spike at 65 as lasting harm
-    s, g, loss = _early_blowup(seed, tau)
-    e = next(e for e in audit_run(run_series(s, g, loss)).episodes if e.onset_step == 65)
+    s, g, loss, lr = _early_blowup(seed, tau)
+    e = next(e for e in audit_run(run_series(s, g, loss, lr)).episodes if e.onset_step == 65)
     assert e.severity == "warning"
     assert abs(e.loss_impact.excess_loss) < 0.03 * 4.0
 
@@ -351,9 +351,21 @@ def test_without_the_blowup_rule_the_early_spike_is_misread(monkeypatch, seed):
             return None
 
     monkeypatch.setattr(audit_mod, "Blowups", NoBlowups)
-    s, g, loss = _early_blowup(seed, 8)
-    e = next(e for e in audit_run(run_series(s, g, loss)).episodes if e.onset_step == 65)
+    s, g, loss, lr = _early_blowup(seed, 8)
+    e = next(e for e in audit_run(run_series(s, g, loss, lr)).episodes if e.onset_step == 65)
     assert e.severity == "explosion" and e.loss_impact.excess_loss > 1.0
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_a_blowup_in_the_first_points_is_found_where_it_began(seed):
+    # the same blow-up with no lr warm-up to hide it: the grad norm 6x from step 15 and the
+    # loss 16 higher at step 20, before the detectors have a level (25 points). Flagged at the
+    # first point that has one, its onset walks back to where the climb began, and the loss's
+    # jump is that episode's, not one of its own
+    s, g, loss, _ = _early_blowup(seed, 8)
+    eps = audit_run(run_series(s, g, loss)).episodes
+    assert [e.onset_step for e in eps] == [15, 65]
+    assert eps[0].severity == "explosion" and "loss-spike" in eps[0].detected_by
 
 
 def test_a_loss_rise_is_the_episode_it_starts_in_not_one_just_before():
@@ -365,6 +377,23 @@ def test_a_loss_rise_is_the_episode_it_starts_in_not_one_just_before():
     loss[1520:] += 0.004 * np.minimum(s[1520:] - 1520, 100)
     eps = {e.onset_step: e for e in audit_run(run_series(s, g, loss)).episodes}
     assert "loss-rise" in eps[1516].detected_by and "loss-rise" not in eps[1500].detected_by
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_an_explosion_right_after_the_lr_warmup_is_found(seed):
+    # a 500x grad spike at step 27, six steps after a 20-step lr warm-up: before the
+    # detectors have a healthy level (25 points). It doubles the loss, which comes down over
+    # 300 steps (an unclipped RNN at lr 4 did this): an explosion at its step; the same spike
+    # with the loss untouched is a warning
+    s, g, loss = healthy(n=1500, seed=seed)
+    lr = np.minimum(1.0, (s + 1) / 21) * 1e-3
+    g[27] *= 500
+    harmed = loss + np.where(s > 27, loss * np.exp(-(s - 27) / 300), 0.0)
+    (e,) = audit_run(run_series(s, g, harmed, lr)).episodes
+    assert (e.onset_step, e.kind, e.severity) == (27, "spike", "explosion")
+    assert e.peak_ratio > 100
+    (e,) = audit_run(run_series(s, g, loss, lr)).episodes
+    assert (e.onset_step, e.severity) == (27, "warning")
 
 
 def test_warmup_transient_not_flagged():

@@ -458,16 +458,23 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
 
 
 def find_natural_events(g: np.ndarray, factor: float = 3.0, window: int = 100,
-                        skip: int = 50, gap: int = 20) -> list[tuple[int, int, float]]:
+                        skip: int = 50, gap: int = 20, warmup: int = 0,
+                        early_factor: float = 10.0) -> list[tuple[int, int, float]]:
     """(onset, last anomalous step, healthy level) of each natural explosion: g above
-    ``factor`` x the median of the previous ``window`` healthy steps, merged within ``gap``."""
+    ``factor`` x the median of the previous ``window`` healthy steps, merged within ``gap``.
+    Before ``skip`` that median is still the lr warm-up's (5x it is ordinary there), and only
+    an extreme step after the ``warmup`` counts: ``early_factor`` x above every earlier one."""
     healthy: list[float] = []
     events: list[list] = []
+    top = -np.inf  # the largest finite g so far
     for t, x in enumerate(g):
         ref = float(np.median(healthy[-window:])) if len(healthy) >= 20 else None
         anomalous = ref is not None and (not np.isfinite(x) or x > factor * ref)
-        if anomalous and t >= skip:
-            if events and t - events[-1][1] <= gap:
+        early = warmup < t < skip and np.isfinite(x) and x > early_factor * top
+        top = max(top, float(x)) if np.isfinite(x) else top
+        extends = bool(events) and t - events[-1][1] <= gap  # an early event goes on
+        if (anomalous and (t >= skip or extends)) or (early and ref is not None):
+            if extends:
                 events[-1][1] = t
             else:
                 events.append([t, t, ref])
@@ -482,7 +489,7 @@ def run_natural(cfg: dict, out: Path, labels: list[dict]) -> None:
     sched = Schedule(cfg["lr"], cfg["warmup"], n)
     t = time.time()
     un = train(task, n, sched, snapshot_at=tuple(range(0, n, 10)))
-    events = find_natural_events(un.grad, factor=5.0)
+    events = find_natural_events(un.grad, factor=5.0, warmup=cfg["warmup"])
     print(f"{bid}: unclipped {n} steps in {time.time() - t:.1f}s, {len(events)} natural events "
           f"at {[e[0] for e in events]}", flush=True)
     # clean partner: clipped at 3x the healthy level throughout. Its own grad norm still spikes
@@ -499,7 +506,8 @@ def run_natural(cfg: dict, out: Path, labels: list[dict]) -> None:
     crel = _path(cview, cid)
     cfmt = write_view(out / crel, cid, cview, [cseries])
     cevs = _natural_truths(task, sched, cview, clipped, n, ct_idx, clip,
-                           find_natural_events(clipped.grad, factor=5.0))
+                           find_natural_events(clipped.grad, factor=5.0,
+                                               warmup=cfg["warmup"]))
     centry = _entry(cid, crel, cfmt, cview, "rnn", bid, n, "fault" if cevs else "clean", None)
     centry.update({"kind": "natural" if cevs else None, "events": cevs,
                    "description": f"the unclipped run's twin with clip_grad_norm {clip:.3g} (3x "

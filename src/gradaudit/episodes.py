@@ -3,7 +3,9 @@
 Grad-norm episodes: the robust level is computed first from all points, then only from points
 outside the previous pass's episodes (the healthy level), again while those episodes grow (at most
 four passes: a climb that the first level followed would leave its tail in the healthy set). A
-point *triggers* an episode when ``robust-threshold`` flags it or it lies in an upward ``pelt``
+point *triggers* an episode when ``robust-threshold`` flags it (in the run's first points, before
+a healthy level exists, only a tenfold jump over all of them; the episode's healthy level is then
+their median) or it lies in an upward ``pelt``
 level shift (from the shift's first point that is elevated with one of the next two: a segment
 boundary is only as sharp as the noise, and an isolated high point just before a shift is no part
 of it); the episode extends over neighbouring *elevated* points (outside the healthy band) and
@@ -24,6 +26,10 @@ end flagged) has its onset walked back to where that climb started, and its heal
 the level the climb started from (:func:`_climb_before`): the climb is no healthy stretch.
 
 Loss episodes (``loss-spike``) that no grad episode explains become ``loss_spike`` episodes.
+A grad norm or loss that jumped before it had a level is flagged at its first point with one;
+the onset is walked back over the points before that already stood half as high
+(:func:`_up_before_level`), so that a blow-up in the first points is found where it began and
+its loss jump is its grad episode's.
 Where each logged loss is a mean over a logging interval (a Trainer's ``loss``), a point before
 the loss has a level (its first ``min_history`` logged points: 250 steps of a run logged every
 10) that stands ``spike_ratio`` x above every earlier one is a jump too (:func:`_warm_jumps`): a
@@ -165,6 +171,7 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
     g = np.asarray(g, dtype=np.float64)
     n = g.size
     x = log_positive(g)
+    x_lead = x.copy()  # the warm-up is the first points' past (robust_threshold's lead)
     if skip > 0:
         x[:skip] = np.nan
     nf = nonfinite(g)
@@ -202,8 +209,8 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
     # (the healthy level), again while those grow: an anomaly that outlasts the first pass's
     # episode (a climb the first level followed) leaves its tail in the healthy set, and the
     # level would follow it again (at most four passes)
-    rl = robust_threshold(x, window=p.window, spike_ratio=p.spike_ratio,
-                          min_history=p.min_history)
+    rl = robust_threshold(x_lead, window=p.window, spike_ratio=p.spike_ratio,
+                          min_history=p.min_history, lead=skip)
     comps, trig, shift_mask = components(rl)
     excl = nf.copy()
     for i in range(3):
@@ -213,8 +220,9 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
         if i and (not (grown & ~excl).any() or len(comps) > p.max_episodes):
             break
         excl = grown
-        rl = robust_threshold(x, healthy=~excl, window=p.window, spike_ratio=p.spike_ratio,
-                              min_history=p.min_history, prior=rl)
+        rl = robust_threshold(x_lead, healthy=~excl, window=p.window,
+                              spike_ratio=p.spike_ratio, min_history=p.min_history, prior=rl,
+                              lead=skip)
         comps, trig, shift_mask = components(rl)
     in_ep = np.zeros(n, bool)
     n_unlisted, unlisted_max = 0, None
@@ -260,13 +268,15 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
         if nf[sl].any() and b == n - 1 and nf[n - 1]:
             peak = max(peak, a + int(np.argmax(nf[sl])))
         base = _at(rl.level, first)
+        if base is None:  # a first-points trigger (robust_threshold): the level before it
+            base = _early_level(x_lead, rl.use, skip, first, p.window)
         lo = max(prev_last + 1, first - p.onset_lookback)
         onset = first
         jumped = base is not None and (x[first] - base >= 0.5 * (x[peak] - base)
                                        or _stepped(x, base, first, lo))
         if base is not None and not jumped:  # a climb, not a jump: fit where it starts
             onset = _hinge_onset(x, base, lo, first, min(peak, first + p.onset_lookback))
-        onset = min(onset, first)
+        onset = _up_before_level(x, rl.level, min(onset, first))
         length = b - onset + 1
         med = float(np.nanmedian(x[onset:b + 1]))
         med_ratio = med - base if base is not None else 0.0
@@ -325,6 +335,23 @@ def _warm_jumps(ysp: np.ndarray, lvl: np.ndarray, logged: bool, p: EpisodeParams
     return out
 
 
+def _up_before_level(ysp: np.ndarray, lvl: np.ndarray, onset: int) -> int:
+    """``onset`` walked back over the points before it that have no level yet (the detectors'
+    first points) and already stand half its excess above its level, to where they rose from a
+    point below that: a series (log g, or the loss) that jumped before its level existed is
+    found at the first point that has one, and jumped where it rose (one falling from its start
+    rose nowhere)."""
+    if not np.isfinite(lvl[onset]):
+        return onset
+    half = 0.5 * (ysp[onset] - lvl[onset])
+    k = onset
+    while k > 0 and np.isnan(lvl[k - 1]) and np.isfinite(ysp[k - 1]):
+        if ysp[k - 1] - lvl[onset] < half:
+            return k
+        k -= 1
+    return onset
+
+
 def _with_warmup_jumps(spans: list[tuple[int, int]], jumps: np.ndarray,
                        merge_gap: int) -> list[tuple[int, int]]:
     """``spans`` plus one span per run of warm-up ``jumps`` (:func:`_warm_jumps`) they miss."""
@@ -361,6 +388,19 @@ def _keep_worst(spans: list[tuple[int, int]], excess: np.ndarray, nf: np.ndarray
     dmax = float(np.max(peak[drop])) if drop.size else -np.inf
     ratio = float(np.exp(min(dmax, 700.0))) if np.isfinite(dmax) else None
     return [spans[i] for i in keep.tolist()], int(drop.size), ratio
+
+
+def _early_level(x: np.ndarray, use: np.ndarray | None, lead: int, i: int,
+                 window: int) -> float | None:
+    """Median of the last ``window`` finite points before ``i`` that are in ``use`` or among the
+    first ``lead`` (the lr warm-up), or None: the level of a run's first points, before the
+    robust level exists."""
+    if use is None:
+        return None
+    past = use[:i].copy()
+    past[:lead] = np.isfinite(x[:min(lead, i)])
+    prev = x[:i][past][-window:]
+    return float(np.median(prev)) if prev.size else None
 
 
 def _at(arr: np.ndarray | None, i: int) -> float | None:
@@ -422,8 +462,8 @@ def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0,
         if len(spans) > p.max_episodes:
             spans, k, _ = _keep_worst(spans, ysp - lvl, np.zeros(n, bool), p.max_episodes)
             n_unlisted += k
-        jumps = _warm_jumps(np.where(fin_y, ysp, np.nan), lvl, logged, p) if interval_mean \
-            else np.zeros(n, bool)
+        ysp_fin = np.where(fin_y, ysp, np.nan)
+        jumps = _warm_jumps(ysp_fin, lvl, logged, p) if interval_mean else np.zeros(n, bool)
         spans = _with_warmup_jumps(spans, jumps, p.merge_gap)
         for a, b in spans:
             trig = ll.trigger[a:b + 1] | jumps[a:b + 1]
@@ -431,6 +471,7 @@ def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0,
             onset = first
             while onset - 1 >= a and ll.elevated[onset - 1]:
                 onset -= 1
+            onset = _up_before_level(ysp_fin, lvl, onset)
             peak = a + int(np.argmax(np.where(np.isfinite(y[a:b + 1]), y[a:b + 1], -np.inf)))
             eps.append(RawEpisode(onset, peak, b, "loss_spike", {"loss-spike"}, "loss"))
         # the spike episodes are sorted and disjoint: the ones a rise touches are found by

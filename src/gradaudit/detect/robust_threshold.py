@@ -30,6 +30,14 @@ gives the ratio ``g / exp(b)`` and the robust z-score ``d / s``.
   no single-point test, and no healthy stretch of that run looks like it.
 - ``elevated``: ``d >= max(log(band_ratio), z_lo * s)`` - outside the healthy band (default 1.5x
   and 2 sigma); used to extend an episode from its trigger to where it ends (hysteresis).
+- ``first points``: before ``min_history`` healthy points exist there is no level, and a point
+  triggers only where it stands ``extreme_ratio`` x above each of the last ``window`` points
+  before it (healthy ones and the ``lead``; at least ``first_min`` of them), and is elevated
+  ``band_ratio`` x above them. A grad norm starts high and settles, or climbs gently as training
+  finds its feet; one that tops its whole recent past tenfold in a step is an explosion however
+  young the run (an unclipped RNN whose grad norm went 1800x at step 27, six steps after its lr
+  warm-up, cost the loss 5x for hundreds of steps). ``lead``: the run's first points (an lr
+  warm-up) are no healthy level and never trigger, but they are the first points' past.
 
 The spread is only computed where it can matter (``d >= log(min(band_ratio, spike_ratio))``);
 ``spread`` and ``z`` are NaN elsewhere. Given the result for a larger healthy mask (``prior``),
@@ -41,6 +49,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import maximum_filter1d
 
 from gradaudit.detect._common import (
     retrail,
@@ -81,16 +90,22 @@ def robust_threshold(
     tail_factor: float = 2.0,
     extreme_ratio: float = 10.0,
     sustain: int = 5,
+    first_min: int = 5,
+    lead: int = 0,
 ) -> RobustLevel:
     """Flag points whose grad norm is far above the trailing healthy level (see module doc).
 
     ``log_g``: natural log of the grad norm, NaN where missing/non-finite. ``healthy``: which
     points may enter the level (default: all finite points). ``window``, ``min_history``: logged
     points. ``prior``: the result for a healthy mask that contains this one (reused where the
-    two agree). Returns a :class:`RobustLevel`.
+    two agree). ``lead``: the first points, the first points' past only (module doc). Returns a
+    :class:`RobustLevel`.
     """
     x = np.asarray(log_g, dtype=np.float64)
     use = np.isfinite(x) if healthy is None else (np.asarray(healthy, bool) & np.isfinite(x))
+    past = use.copy()  # the first points' past: the healthy points and the lead
+    past[:lead] = np.isfinite(x[:lead])
+    use[:lead] = False
     gate = np.log(min(band_ratio, spike_ratio))
 
     def spread_at(lvl: np.ndarray, off: int) -> np.ndarray:
@@ -131,4 +146,26 @@ def robust_threshold(
     if sustain > 1:
         trigger |= sustained(d, use, spread, sustain, np.log(spike_ratio), z_hi, tail_factor,
                              point_min=0.5 * np.log(spike_ratio))
+    _first_points(x, past, level, trigger, elevated, np.log(extreme_ratio), np.log(band_ratio),
+                  first_min, window, lead)
     return RobustLevel(level, spread, ratio, z, trigger, elevated, use)
+
+
+def _first_points(x: np.ndarray, past: np.ndarray, level: np.ndarray, trigger: np.ndarray,
+                  elevated: np.ndarray, extreme: float, band: float, first_min: int,
+                  window: int, lead: int) -> None:
+    """Set ``trigger``/``elevated`` in place from ``lead`` to where a level exists (module doc,
+    "first points"): ``x`` (log) ``extreme`` or ``band`` above the last ``window`` points of
+    ``past`` before it."""
+    has = np.flatnonzero(np.isfinite(level))
+    first = int(has[0]) if has.size else level.size
+    idx = np.flatnonzero(past[:first])
+    if first <= lead or idx.size < first_min:
+        return
+    top = maximum_filter1d(x[idx], size=window, origin=(window - 1) // 2, mode="nearest")
+    before = np.cumsum(past[:first]) - past[:first]  # past points strictly before each point
+    at = np.arange(lead, first)
+    at = at[(before[at] >= first_min) & np.isfinite(x[at])]
+    above = x[at] - top[before[at] - 1]
+    elevated[at] |= above >= band
+    trigger[at] |= above >= extreme
