@@ -357,7 +357,7 @@ def test_without_the_blowup_rule_the_early_spike_is_misread(monkeypatch, seed):
 
 
 @pytest.mark.parametrize("seed", range(2))
-def test_a_blowup_in_the_first_points_is_found_where_it_began(seed):
+def test_a_blowup_that_began_before_the_level_existed_is_found_where_it_began(seed):
     # the same blow-up with no lr warm-up to hide it: the grad norm 6x from step 15 and the
     # loss 16 higher at step 20, before the detectors have a level (25 points). Flagged at the
     # first point that has one, its onset walks back to where the climb began, and the loss's
@@ -381,7 +381,7 @@ def test_a_loss_rise_is_the_episode_it_starts_in_not_one_just_before():
 
 @pytest.mark.parametrize("seed", range(3))
 def test_an_explosion_right_after_the_lr_warmup_is_found(seed):
-    # a 500x grad spike at step 27, six steps after a 20-step lr warm-up: before the
+    # a 500x grad spike at step 27, after a 21-step lr warm-up: before the
     # detectors have a healthy level (25 points). It doubles the loss, which comes down over
     # 300 steps (an unclipped RNN at lr 4 did this): an explosion at its step; the same spike
     # with the loss untouched is a warning
@@ -394,6 +394,58 @@ def test_an_explosion_right_after_the_lr_warmup_is_found(seed):
     assert e.peak_ratio > 100
     (e,) = audit_run(run_series(s, g, loss, lr)).episodes
     assert (e.onset_step, e.severity) == (27, "warning")
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_a_spike_in_the_first_steps_after_the_warmup_is_judged_against_the_warmup(k):
+    # the lr warm-up is the first points' past (``lead``): without it fewer than five points
+    # precede the spike and nothing is found
+    s, g, loss = healthy(n=1500, seed=5)
+    lr = np.minimum(1.0, (s + 1) / 21) * 1e-3
+    g[21 + k] *= 500
+    (e,) = audit_run(run_series(s, g, loss, lr)).episodes
+    assert e.onset_step == 21 + k
+
+
+@pytest.mark.parametrize("k", [20, 22, 24])
+def test_a_level_shift_that_starts_just_before_the_level_exists_is_found_where_it_began(k):
+    # 8x for 40 steps from k points after a 20-step warm-up, the loss 30 % up meanwhile. Were
+    # the first points' band an episode of its own, each pass would leave the shift's start out
+    # of the healthy points and move the level's first point past the whole shift (a review
+    # found it lost)
+    s, g, loss = healthy(n=1500, seed=2000)
+    lr = np.minimum(1.0, (s + 1) / 20) * 1e-3
+    t0 = 20 + k
+    g[t0:t0 + 40] *= 8
+    loss[t0 + 1:t0 + 40] *= 1.3
+    grad = [e for e in audit_run(run_series(s, g, loss, lr)).episodes if e.kind != "loss_spike"]
+    assert grad and grad[0].onset_step == t0 and grad[0].severity == "explosion"
+
+
+def _assert_disjoint(eps):
+    for e1, e2 in zip(eps, eps[1:], strict=False):
+        end = e1.end_step if e1.end_step is not None else np.inf
+        assert e2.onset_step >= end, [(e.onset_step, e.end_step, e.kind) for e in eps]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_episodes_stay_disjoint_where_the_first_points_walk_back(seed):
+    # a grad norm that steps up 30x where a 50-step lr warm-up ends, and a 4x plateau from 4
+    # points before the level exists: an onset walked back over the first points stops at the
+    # previous episode's end (one walk-back gave two episodes the same onset)
+    rng = np.random.default_rng(seed)
+    s = np.arange(1500)
+    g = 0.5 * np.where(s > 50, 1.0, 1 / 30) * np.exp(rng.normal(0, 0.15, s.size))
+    loss = 2.8 + 8 * np.exp(-s / 30) + rng.normal(0, 0.05, s.size)
+    lr = np.minimum(1.0, (s + 1) / 50) * 1e-3
+    _assert_disjoint(audit_run(run_series(s, g, loss, lr)).episodes)
+    s, g, loss = healthy(n=1500, seed=2000 + seed)
+    lr = np.minimum(1.0, (s + 1) / 20) * 1e-3
+    g[44:144] *= 4
+    loss[45:144] *= 1.3
+    eps = audit_run(run_series(s, g, loss, lr)).episodes
+    _assert_disjoint(eps)
+    assert eps[0].onset_step == 44 and eps[0].kind != "loss_spike"
 
 
 def test_warmup_transient_not_flagged():

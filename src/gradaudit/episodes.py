@@ -171,7 +171,7 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
     g = np.asarray(g, dtype=np.float64)
     n = g.size
     x = log_positive(g)
-    x_lead = x.copy()  # the warm-up is the first points' past (robust_threshold's lead)
+    x_all = x.copy()  # the warm-up is the first points' past (robust_threshold's lead)
     if skip > 0:
         x[:skip] = np.nan
     nf = nonfinite(g)
@@ -209,7 +209,7 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
     # (the healthy level), again while those grow: an anomaly that outlasts the first pass's
     # episode (a climb the first level followed) leaves its tail in the healthy set, and the
     # level would follow it again (at most four passes)
-    rl = robust_threshold(x_lead, window=p.window, spike_ratio=p.spike_ratio,
+    rl = robust_threshold(x_all, window=p.window, spike_ratio=p.spike_ratio,
                           min_history=p.min_history, lead=skip)
     comps, trig, shift_mask = components(rl)
     excl = nf.copy()
@@ -220,7 +220,7 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
         if i and (not (grown & ~excl).any() or len(comps) > p.max_episodes):
             break
         excl = grown
-        rl = robust_threshold(x_lead, healthy=~excl, window=p.window,
+        rl = robust_threshold(x_all, healthy=~excl, window=p.window,
                               spike_ratio=p.spike_ratio, min_history=p.min_history, prior=rl,
                               lead=skip)
         comps, trig, shift_mask = components(rl)
@@ -269,14 +269,14 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
             peak = max(peak, a + int(np.argmax(nf[sl])))
         base = _at(rl.level, first)
         if base is None:  # a first-points trigger (robust_threshold): the level before it
-            base = _early_level(x_lead, rl.use, skip, first, p.window)
+            base = _early_level(x_all, rl.past, first, p.window)
         lo = max(prev_last + 1, first - p.onset_lookback)
         onset = first
         jumped = base is not None and (x[first] - base >= 0.5 * (x[peak] - base)
                                        or _stepped(x, base, first, lo))
         if base is not None and not jumped:  # a climb, not a jump: fit where it starts
             onset = _hinge_onset(x, base, lo, first, min(peak, first + p.onset_lookback))
-        onset = _up_before_level(x, rl.level, min(onset, first))
+        onset = _up_before_level(x, rl.level, min(onset, first), prev_last + 1)
         length = b - onset + 1
         med = float(np.nanmedian(x[onset:b + 1]))
         med_ratio = med - base if base is not None else 0.0
@@ -335,17 +335,18 @@ def _warm_jumps(ysp: np.ndarray, lvl: np.ndarray, logged: bool, p: EpisodeParams
     return out
 
 
-def _up_before_level(ysp: np.ndarray, lvl: np.ndarray, onset: int) -> int:
+def _up_before_level(ysp: np.ndarray, lvl: np.ndarray, onset: int, lo: int) -> int:
     """``onset`` walked back over the points before it that have no level yet (the detectors'
     first points) and already stand half its excess above its level, to where they rose from a
     point below that: a series (log g, or the loss) that jumped before its level existed is
-    found at the first point that has one, and jumped where it rose (one falling from its start
-    rose nowhere)."""
+    found at the first point that has one, and jumped where it rose. Unmoved where no such rise
+    is found from ``lo`` (the previous episode's end + 1) on, before a non-finite point or the
+    series' start (one falling from its start rose nowhere)."""
     if not np.isfinite(lvl[onset]):
         return onset
     half = 0.5 * (ysp[onset] - lvl[onset])
     k = onset
-    while k > 0 and np.isnan(lvl[k - 1]) and np.isfinite(ysp[k - 1]):
+    while k > lo and np.isnan(lvl[k - 1]) and np.isfinite(ysp[k - 1]):
         if ysp[k - 1] - lvl[onset] < half:
             return k
         k -= 1
@@ -390,16 +391,12 @@ def _keep_worst(spans: list[tuple[int, int]], excess: np.ndarray, nf: np.ndarray
     return [spans[i] for i in keep.tolist()], int(drop.size), ratio
 
 
-def _early_level(x: np.ndarray, use: np.ndarray | None, lead: int, i: int,
-                 window: int) -> float | None:
-    """Median of the last ``window`` finite points before ``i`` that are in ``use`` or among the
-    first ``lead`` (the lr warm-up), or None: the level of a run's first points, before the
-    robust level exists."""
-    if use is None:
+def _early_level(x: np.ndarray, past: np.ndarray | None, i: int, window: int) -> float | None:
+    """Median of the last ``window`` points of ``past`` before ``i`` (None if there are none):
+    the level of a run's first points, before the robust level exists."""
+    if past is None:
         return None
-    past = use[:i].copy()
-    past[:lead] = np.isfinite(x[:min(lead, i)])
-    prev = x[:i][past][-window:]
+    prev = x[:i][past[:i]][-window:]
     return float(np.median(prev)) if prev.size else None
 
 
@@ -465,13 +462,15 @@ def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0,
         ysp_fin = np.where(fin_y, ysp, np.nan)
         jumps = _warm_jumps(ysp_fin, lvl, logged, p) if interval_mean else np.zeros(n, bool)
         spans = _with_warmup_jumps(spans, jumps, p.merge_gap)
+        prev_last = -1
         for a, b in spans:
             trig = ll.trigger[a:b + 1] | jumps[a:b + 1]
             first = a + int(np.argmax(trig))
             onset = first
             while onset - 1 >= a and ll.elevated[onset - 1]:
                 onset -= 1
-            onset = _up_before_level(ysp_fin, lvl, onset)
+            onset = _up_before_level(ysp_fin, lvl, onset, prev_last + 1)
+            prev_last = b
             peak = a + int(np.argmax(np.where(np.isfinite(y[a:b + 1]), y[a:b + 1], -np.inf)))
             eps.append(RawEpisode(onset, peak, b, "loss_spike", {"loss-spike"}, "loss"))
         # the spike episodes are sorted and disjoint: the ones a rise touches are found by

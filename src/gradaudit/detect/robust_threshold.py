@@ -32,11 +32,12 @@ gives the ratio ``g / exp(b)`` and the robust z-score ``d / s``.
   and 2 sigma); used to extend an episode from its trigger to where it ends (hysteresis).
 - ``first points``: before ``min_history`` healthy points exist there is no level, and a point
   triggers only where it stands ``extreme_ratio`` x above each of the last ``window`` points
-  before it (healthy ones and the ``lead``; at least ``first_min`` of them), and is elevated
-  ``band_ratio`` x above them. A grad norm starts high and settles, or climbs gently as training
-  finds its feet; one that tops its whole recent past tenfold in a step is an explosion however
-  young the run (an unclipped RNN whose grad norm went 1800x at step 27, six steps after its lr
-  warm-up, cost the loss 5x for hundreds of steps). ``lead``: the run's first points (an lr
+  before it (healthy ones and the ``lead``; at least ``first_min`` of them); points
+  ``band_ratio`` x above them next to such a trigger are elevated. A grad norm starts high and
+  settles, or climbs gently as training finds its feet; one that tops its whole recent past
+  tenfold in a step is an episode however young the run, its severity following the loss as
+  every episode's (an unclipped RNN whose grad norm went 1800x at step 27, six steps after its
+  lr warm-up, cost the loss 5x for hundreds of steps). ``lead``: the run's first points (an lr
   warm-up) are no healthy level and never trigger, but they are the first points' past.
 
 The spread is only computed where it can matter (``d >= log(min(band_ratio, spike_ratio))``);
@@ -73,6 +74,7 @@ class RobustLevel:
     trigger: np.ndarray  # bool
     elevated: np.ndarray  # bool
     use: np.ndarray | None = None  # the points the level was computed from
+    past: np.ndarray | None = None  # the first points' past: ``use`` and the lead
 
 
 def robust_threshold(
@@ -148,7 +150,7 @@ def robust_threshold(
                              point_min=0.5 * np.log(spike_ratio))
     _first_points(x, past, level, trigger, elevated, np.log(extreme_ratio), np.log(band_ratio),
                   first_min, window, lead)
-    return RobustLevel(level, spread, ratio, z, trigger, elevated, use)
+    return RobustLevel(level, spread, ratio, z, trigger, elevated, use, past)
 
 
 def _first_points(x: np.ndarray, past: np.ndarray, level: np.ndarray, trigger: np.ndarray,
@@ -160,6 +162,7 @@ def _first_points(x: np.ndarray, past: np.ndarray, level: np.ndarray, trigger: n
     has = np.flatnonzero(np.isfinite(level))
     first = int(has[0]) if has.size else level.size
     idx = np.flatnonzero(past[:first])
+    first_min = max(1, first_min)
     if first <= lead or idx.size < first_min:
         return
     top = maximum_filter1d(x[idx], size=window, origin=(window - 1) // 2, mode="nearest")
@@ -167,5 +170,14 @@ def _first_points(x: np.ndarray, past: np.ndarray, level: np.ndarray, trigger: n
     at = np.arange(lead, first)
     at = at[(before[at] >= first_min) & np.isfinite(x[at])]
     above = x[at] - top[before[at] - 1]
-    elevated[at] |= above >= band
-    trigger[at] |= above >= extreme
+    trig = np.zeros(level.size, bool)
+    elev = np.zeros(level.size, bool)
+    trig[at] = above >= extreme
+    elev[at] = above >= band
+    # the band only extends a trigger: a point 1.5x above its past is no episode of its own,
+    # and one excluded from the healthy points would put the level's first point off a pass
+    # further each time (a shift that starts just before the level exists was never found)
+    for a, b in runs_of(elev | trig):
+        if trig[a:b + 1].any():
+            elevated[a:b + 1] = True
+    trigger |= trig
