@@ -89,6 +89,28 @@ def test_a_tenfold_jump_over_the_whole_past_triggers_before_the_level_exists(see
     assert not robust_threshold(x, min_history=25).trigger[:5].any()
 
 
+def test_the_trailing_level_of_the_first_points_is_the_median_of_the_points_there_are():
+    # a window cut short by the series' start holds only the points there are; padded with
+    # copies of the first point, the level of a window still short was that point
+    from gradaudit.detect._common import trailing_median_before
+    rng = np.random.default_rng(3)
+    x = np.r_[np.log(0.01), rng.normal(0, 0.2, 299)]  # a first point far below the rest
+    use = rng.random(300) > 0.1
+    use[0] = True
+    level, spread = trailing_median_before(x, use, 50, 5)
+    sparse, _ = trailing_median_before(x, use, 50, 5, at=np.arange(300) % 7 == 0)
+    xs, before = x[use], np.cumsum(use) - use
+    for i in range(300):
+        if before[i] < 5:
+            assert np.isnan(level[i])
+            continue
+        win = np.sort(xs[max(0, before[i] - 50):before[i]])
+        assert level[i] == win[win.size // 2]
+        if i % 7 == 0:
+            assert sparse[i] == level[i]
+    assert np.all(level[np.isfinite(level)] > -1.0)
+
+
 def test_ema_zscore_matches_scalar_recursion():
     rng = np.random.default_rng(1)
     g = np.exp(rng.normal(0, 0.3, 3000))

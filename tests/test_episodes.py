@@ -448,6 +448,21 @@ def test_episodes_stay_disjoint_where_the_first_points_walk_back(seed):
     assert eps[0].onset_step == 44 and eps[0].kind != "loss_spike"
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_layers_waking_up_in_a_sparsely_logged_run_are_no_episode(seed):
+    # zero-initialised layers waking up: the grad norm rises 10-100x over the first 10-50
+    # steps, then stays; logged every 10 steps, with no lr. The level of the first points was
+    # the first point's own value (a window padded with copies of it): every point of the run
+    # read as 10x or more above it, an episode on every seed (a review of c8d1f3f)
+    rng = np.random.default_rng(seed)
+    s = np.arange(0, 4000, 10)
+    rise = np.exp(rng.uniform(np.log(10), np.log(100)))
+    frac = np.clip((s - rng.uniform(0, 20)) / rng.uniform(10, 50), 0, 1)
+    g = 0.5 * rise ** (frac - 1) * np.exp(rng.normal(0, 0.15, s.size))
+    loss = (2.5 + 3.0 * (s + 20.0) ** -0.4) * np.exp(rng.normal(0, 0.02, s.size))
+    assert audit_run(run_series(s, g, loss)).episodes == []
+
+
 def test_warmup_transient_not_flagged():
     # grad norm falls from a large initial transient while the lr warms up
     s, g, loss = healthy(seed=22)

@@ -35,10 +35,24 @@ def diff_sigma(y: np.ndarray) -> float:
     return float(np.median(d)) * MAD_TO_SIGMA / np.sqrt(2.0) if d.size else 0.0
 
 
+def _head_medians(v: np.ndarray, w: int) -> np.ndarray:
+    """The upper median of ``v[:p + 1]`` for each ``p < w - 1``: the trailing windows that the
+    series' start cuts short hold only the points there are."""
+    return np.array([np.partition(v[:p + 1], (p + 1) // 2)[(p + 1) // 2]
+                     for p in range(min(w - 1, v.size))])
+
+
+def _trailing_median(v: np.ndarray, w: int) -> np.ndarray:
+    """The upper median of ``v[p - w + 1 : p + 1]`` at every ``p`` (windows cut short at the
+    start: :func:`_head_medians`)."""
+    out = median_filter(v, size=w, mode="nearest", origin=(w - 1) // 2)  # [p - w + 1, p]
+    head = _head_medians(v, w)
+    out[:head.size] = head
+    return out
+
+
 def _trailing_rank(xs: np.ndarray, pos: np.ndarray, w: int) -> np.ndarray:
-    """The upper median of ``xs[p - w + 1 : p + 1]`` for each ``p`` in ``pos`` (indices below 0
-    repeat ``xs[0]``): exactly what ``median_filter(xs, w, mode="nearest", origin=(w-1)//2)``
-    gives at ``pos``, computed only there."""
+    """:func:`_trailing_median` of ``xs`` at ``pos`` only."""
     out = np.empty(pos.size)
     offs = np.arange(-w + 1, 1)
     step = max(1, _GATHER_MAX // w)
@@ -46,6 +60,9 @@ def _trailing_rank(xs: np.ndarray, pos: np.ndarray, w: int) -> np.ndarray:
         j = pos[k:k + step, None] + offs[None, :]
         np.maximum(j, 0, out=j)
         out[k:k + step] = np.partition(xs[j], w // 2, axis=1)[:, w // 2]
+    early = pos < w - 1
+    if early.any():
+        out[early] = _head_medians(xs, w)[pos[early]]
     return out
 
 
@@ -77,7 +94,6 @@ def trailing_median_before(
         return level, spr
     xs = x[idx]
     w = int(max(1, min(window, xs.size)))
-    origin = (w - 1) // 2  # window [k - w + 1, k]: trailing, current point included
     # number of used points strictly before i
     before = np.cumsum(ok_use) - ok_use
     ok = before >= max(1, min_history)
@@ -89,7 +105,7 @@ def trailing_median_before(
         level[pts] = _trailing_rank(xs, pos, w)
         med = None
     else:
-        med = median_filter(xs, size=w, mode="nearest", origin=origin)
+        med = _trailing_median(xs, w)
         level[pts] = med[pos]
     if not spread:
         return level, spr
@@ -111,7 +127,7 @@ def trailing_median_before(
         spr[pts] = _trailing_rank(dev, pos, w) * MAD_TO_SIGMA
     else:
         dev = np.abs(xs - med)
-        mad = median_filter(dev, size=w, mode="nearest", origin=origin) * MAD_TO_SIGMA
+        mad = _trailing_median(dev, w) * MAD_TO_SIGMA
         spr[pts] = mad[pos]
     return level, spr
 
