@@ -195,8 +195,6 @@ def _candidates(run: _Run) -> _Candidates:
     raw: list[Candidate] = []
     if run.has_grad:
         ga = grad_episodes(g, p, skip=run.skip(gs))
-        if ga.transient is not None:
-            run.notes.append(explain.transient_note(gs, g, *ga.transient))
         for e in ga.episodes:
             if ID_CLIMB in e.detected_by:
                 cooled = _cool_down_note(run, int(gs[e.onset]))

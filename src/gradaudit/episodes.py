@@ -25,13 +25,6 @@ where the level learnt in the warm-up followed the climb up, or a climb that onl
 end flagged) has its onset walked back to where that climb started, and its healthy level is
 the level the climb started from (:func:`_climb_before`): the climb is no healthy stretch.
 
-A run whose grad norm settles at a new level out of its first points (within twice
-``min_history`` finite points) and stays there to its end, no longer climbing, over at least
-four times as many points (layers initialised at zero waking up, a backbone unfrozen): that
-level is the run's own, and the points before it are a start-up transient, left out as the lr
-warm-up is (the engine writes a run note; without this, every later point read as a level shift
-from the few points before, "50x above its healthy level" for the whole run).
-
 Loss episodes (``loss-spike``) that no grad episode explains become ``loss_spike`` episodes.
 A grad norm or loss that jumped before it had a level is flagged at its first point with one;
 the onset is walked back over the points before that already stood half as high
@@ -111,7 +104,6 @@ class GradAnalysis:
     zclip_final_bound: float | None
     n_unlisted: int = 0  # candidate episodes beyond ``max_episodes``, summarised only
     unlisted_max_ratio: float | None = None  # the largest peak ratio among them
-    transient: tuple[int, int] | None = None  # [from, to) indices read as a start-up transient
 
 
 def _hinge_onset(x: np.ndarray, base: float, lo: int, first: int, peak: int) -> int:
@@ -172,13 +164,10 @@ def _stepped(x: np.ndarray, base: float, first: int, lo: int, before: int = 5) -
         float(np.median(prev)) - base <= 0.25 * (x[first] - base)
 
 
-def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
-                  settle: bool = True) -> GradAnalysis:
+def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysis:
     """Find grad-norm episodes in ``g`` (raw values; NaN/inf allowed; <= 0 means missing).
 
-    ``skip``: points of the lr warm-up, which neither enter the healthy level nor trigger.
-    ``settle``: a level the run settled at out of its first points may make them a transient
-    (module doc; once)."""
+    ``skip``: points of the lr warm-up, which neither enter the healthy level nor trigger."""
     g = np.asarray(g, dtype=np.float64)
     n = g.size
     x = log_positive(g)
@@ -235,15 +224,6 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
                               spike_ratio=p.spike_ratio, min_history=p.min_history, prior=rl,
                               lead=skip)
         comps, trig, shift_mask = components(rl)
-    if settle and comps and _settled_from_start(x, comps[0], fin_before, p):
-        # the run's own level, reached out of its first points (layers waking up, a backbone
-        # unfrozen): the points before it are a transient, as a warm-up (module doc)
-        a = comps[0][0]
-        g_rest = g.copy()
-        g_rest[:a] = np.nan
-        out = grad_episodes(g_rest, p, skip=a, settle=False)
-        out.transient = (skip, a)
-        return out
     in_ep = np.zeros(n, bool)
     n_unlisted, unlisted_max = 0, None
     if len(comps) > p.max_episodes:
@@ -326,23 +306,6 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
         eps.append(RawEpisode(onset, top, n - 1, "divergence", by, base_log=base))
         in_ep[onset:] = True
     return GradAnalysis(eps, rl, in_ep, zc_final, n_unlisted, unlisted_max)
-
-
-def _settled_from_start(x: np.ndarray, comp: tuple[int, int], fin_before: np.ndarray,
-                        p: EpisodeParams) -> bool:
-    """Whether the component ``comp`` (log g ``x``) is a level the run settled at out of its
-    first points: it starts within ``2 min_history`` finite points, lasts to the run's end over
-    at least four times as many points as came before it, and is no longer climbing there
-    (its last tenth within ``level_ratio`` of its median)."""
-    a, b = comp
-    n = x.size
-    if b != n - 1 or fin_before[a] > 2 * p.min_history:
-        return False
-    body = x[a:][np.isfinite(x[a:])]
-    if body.size < max(p.level_min_points, 4 * int(fin_before[a])):
-        return False
-    tail = body[-max(3, body.size // 10):]
-    return float(np.median(tail)) - float(np.median(body)) < np.log(p.level_ratio)
 
 
 def _warm_jumps(ysp: np.ndarray, lvl: np.ndarray, logged: bool, p: EpisodeParams) -> np.ndarray:

@@ -208,20 +208,6 @@ def warmup_note(notes: list[str], usable: np.ndarray, warm: int | None,
                      "of training)")
 
 
-def transient_note(gs: np.ndarray, g: np.ndarray, lo: int, hi: int) -> str:
-    """The run note for a start-up transient (episodes module doc): the grad norm ``g`` (at
-    ``gs``) settled out of points ``[lo, hi)`` at a level it kept to the end."""
-    def med(v: np.ndarray) -> float:
-        v = v[np.isfinite(v) & (v > 0)]
-        return float(np.median(v)) if v.size else float("nan")
-
-    ratio = med(g[hi:hi + 50]) / med(g[lo:hi])
-    return (f"the grad norm rose {ratio:.3g}x over its first logged points (steps "
-            f"{int(gs[lo])}-{int(gs[hi]) - 1}) and stayed at that level to the end: read as a "
-            "start-up transient (layers initialised at zero waking up, a backbone unfrozen), "
-            "left out like an lr warm-up, not as an episode")
-
-
 def _jumped(e: Episode, gs: np.ndarray, g: np.ndarray, ratio: float = 10.0) -> bool:
     """The episode's first point is a finite grad norm ``ratio`` x above the healthy level: it
     began with one step out of health (a bad batch), not a climb (an lr too high)."""
