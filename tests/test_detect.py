@@ -98,16 +98,22 @@ def test_the_trailing_level_of_the_first_points_is_the_median_of_the_points_ther
     use = rng.random(300) > 0.1
     use[0] = True
     level, spread = trailing_median_before(x, use, 50, 5)
-    sparse, _ = trailing_median_before(x, use, 50, 5, at=np.arange(300) % 7 == 0)
+    at = np.arange(300) % 13 == 0  # sparse enough for the per-point path (_trailing_rank)
+    sparse, sparse_spread = trailing_median_before(x, use, 50, 5, at=at, spread_at=lambda *_: at)
     xs, before = x[use], np.cumsum(use) - use
+    upper = [np.sort(xs[:j + 1])[(j + 1) // 2] for j in range(49)]  # the head's own medians
+    dev = np.abs(xs[:49] - upper)
     for i in range(300):
         if before[i] < 5:
             assert np.isnan(level[i])
             continue
         win = np.sort(xs[max(0, before[i] - 50):before[i]])
         assert level[i] == win[win.size // 2]
-        if i % 7 == 0:
-            assert sparse[i] == level[i]
+        if before[i] <= 49:  # the MAD over the head: deviations from the head's medians
+            d = np.sort(dev[:before[i]])
+            assert spread[i] == pytest.approx(d[d.size // 2] * 1.4826)
+        if at[i]:
+            assert sparse[i] == level[i] and sparse_spread[i] == pytest.approx(spread[i])
     assert np.all(level[np.isfinite(level)] > -1.0)
 
 

@@ -37,7 +37,8 @@ def diff_sigma(y: np.ndarray) -> float:
 
 def _head_medians(v: np.ndarray, w: int) -> np.ndarray:
     """The upper median of ``v[:p + 1]`` for each ``p < w - 1``: the trailing windows that the
-    series' start cuts short hold only the points there are."""
+    series' start cuts short hold only the points there are (the spread, a trailing median of
+    deviations from these medians, so differs from a padded window's up to ``2 w - 3``)."""
     return np.array([np.partition(v[:p + 1], (p + 1) // 2)[(p + 1) // 2]
                      for p in range(min(w - 1, v.size))])
 
