@@ -161,7 +161,9 @@ def retrail(
     if int(new.sum()) < 4 * window + 4 or removed.sum() * 16 > n:
         return trailing_median_before(x, use_new, window, min_history, with_spread,
                                       spread_at=spread_at)
-    reach = 2 * window + 2
+    # kept points recomputed before a change: two windows (the level's and the spread's), and
+    # min_history (fewer would leave the slice's first levels missing)
+    reach = max(2 * window + 2, min_history)
     stretches = runs_of(removed, reach)
     if len(stretches) > _MAX_STRETCHES:  # many small patches cost more than one full pass
         return trailing_median_before(x, use_new, window, min_history, with_spread,
