@@ -459,7 +459,7 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
 
 def find_natural_events(g: np.ndarray, factor: float = 3.0, window: int = 100,
                         skip: int = 50, gap: int = 20, warmup: int = 0,
-                        early_factor: float = 10.0) -> list[tuple[int, int, float]]:
+                        early_factor: float = 5.0) -> list[tuple[int, int, float]]:
     """(onset, last anomalous step, healthy level) of each natural explosion: g above
     ``factor`` x the median of the previous ``window`` healthy steps, merged within ``gap``.
     Before ``skip`` that median is still the lr warm-up's (5x it is ordinary there), and only
