@@ -159,8 +159,8 @@ def _first_points(x: np.ndarray, past: np.ndarray, level: np.ndarray, trigger: n
     """Set ``trigger``/``elevated`` in place from ``lead`` to where a level exists (module doc,
     "first points"): ``x`` (log) ``extreme`` or ``band`` above the last ``window`` points of
     ``past`` before it."""
-    has = np.flatnonzero(np.isfinite(level))
-    first = int(has[0]) if has.size else level.size
+    has = np.isfinite(level)
+    first = int(np.argmax(has)) if has.any() else level.size
     idx = np.flatnonzero(past[:first])
     first_min = max(1, first_min)
     if first <= lead or idx.size < first_min:
@@ -170,8 +170,8 @@ def _first_points(x: np.ndarray, past: np.ndarray, level: np.ndarray, trigger: n
     at = np.arange(lead, first)
     at = at[(before[at] >= first_min) & np.isfinite(x[at])]
     above = x[at] - top[before[at] - 1]
-    trig = np.zeros(level.size, bool)
-    elev = np.zeros(level.size, bool)
+    trig = np.zeros(first, bool)  # only the first points can hold these
+    elev = np.zeros(first, bool)
     trig[at] = above >= extreme
     elev[at] = above >= band
     # the band only extends a trigger: a point 1.5x above its past is no episode of its own,
@@ -180,4 +180,4 @@ def _first_points(x: np.ndarray, past: np.ndarray, level: np.ndarray, trigger: n
     for a, b in runs_of(elev | trig):
         if trig[a:b + 1].any():
             elevated[a:b + 1] = True
-    trigger |= trig
+    trigger[:first] |= trig
