@@ -28,6 +28,8 @@ Kinds (``BENIGN`` ones must never be called an explosion):
 - ``natural``: no injection: a natural explosion of an unclipped vanilla RNN. Its
   counterfactual branches from the same run just before the onset and clips the gradient norm
   at ``factor`` (3x the healthy level) for ``length`` steps, then trains unclipped again.
+  A natural explosion in a run with an injected fault (before it, or after its aftermath)
+  branches with that fault kept and ``clip_window`` set instead.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class Fault:
     rewind: int = 100
     crash_spike: bool = False
     extra: dict = field(default_factory=dict)
+    # (start, stop, clip): a natural event's branch clip on top of this fault (any kind)
+    clip_window: tuple[int, int, float] | None = None
 
     @property
     def benign(self) -> bool:
@@ -85,9 +89,12 @@ class Fault:
         return 1.0
 
     def clip(self, step: int) -> float | None:
-        """``natural`` counterfactual: clip at ``factor`` inside [start, start + length)."""
+        """``natural`` counterfactual: clip at ``factor`` inside [start, start + length), or at
+        ``clip_window``'s clip inside its steps."""
         if self.kind == "natural" and self.start <= step < self.start + self.length:
             return self.factor
+        if self.clip_window is not None and self.clip_window[0] <= step < self.clip_window[1]:
+            return self.clip_window[2]
         return None
 
     def skip(self, step: int) -> bool:

@@ -313,10 +313,9 @@ def event_truth(view: View, c: Trace, f: Trace, n: int, t_idx: np.ndarray, t0: i
     }
 
 
-def fault_truth(spec: RunSpec, c: Trace, f: Trace, n: int, t_idx: np.ndarray) -> dict:
-    """Run-level truth fields and the single event of an injected fault."""
-    fault = spec.fault
-    assert fault is not None
+def _fault_span(fault: Fault, c: Trace, f: Trace) -> tuple[int, int]:
+    """``(t0, active)``: the per-step index where a fault run first differs from its clean
+    twin ``c`` and how many steps its fault is active from there."""
     if fault.kind == "resume":
         t0 = fault.start - fault.rewind
     elif fault.kind == "overflow":
@@ -327,6 +326,14 @@ def fault_truth(spec: RunSpec, c: Trace, f: Trace, n: int, t_idx: np.ndarray) ->
               "loss_scale": fault.length, "corrupt_labels": fault.length,
               "lr_ramp": fault.length + (fault.hold if fault.hold is not None else 50)}.get(
                   fault.kind, 50)
+    return t0, active
+
+
+def fault_truth(spec: RunSpec, c: Trace, f: Trace, n: int, t_idx: np.ndarray) -> dict:
+    """Run-level truth fields and the single event of an injected fault."""
+    fault = spec.fault
+    assert fault is not None
+    t0, active = _fault_span(fault, c, f)
     ev = event_truth(spec.view, c, f, n, t_idx, t0, active, fault.kind, fault.benign,
                      forced_harmless=fault.kind in ("overflow", "resume"))
     if fault.benign and ev["harmful"]:
@@ -389,22 +396,30 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
         else:
             snaps.add(f.start)
     t = time.time()
-    clean = train(task, n, sched, snapshot_at=tuple(sorted(snaps)))
+    every10 = set(range(0, n, 10))  # a natural event's branch starts at one of these
+    clean = train(task, n, sched, snapshot_at=tuple(sorted(snaps | every10)))
+    clean_nat = natural_events(clean.grad, base.warmup)
     print(f"{base.bid}: clean {n} steps in {time.time() - t:.1f}s "
-          f"(final loss {np.nanmean(clean.loss[-50:]):.3f})", flush=True)
+          f"(final loss {np.nanmean(clean.loss[-50:]):.3f}), natural events at "
+          f"{[e[0] for e in clean_nat]}", flush=True)
     clean_ids = []
+    clean_cache: dict = {}  # branches of the clean run's natural events, shared by its views
     for view in base.clean_views:
+        t = time.time()
         rid = f"{base.bid}-clean-{view.style}{'-every' + str(view.every) if view.every > 1 else ''}"
         rid += "-wandb" if view.fmt == "csv" else ""
         series, t_idx = logged(view, clean, n)
         rel = _path(view, rid)
         fmt = write_view(out / rel, rid, view, [series])
         clean_ids.append(rid)
-        entry = _entry(rid, rel, fmt, view, base.task, base.bid, n, "clean", None)
-        entry["natural_spikes"] = natural_spikes(view, series)
+        evs = _natural_truths(task, sched, view, clean, n, t_idx, None, clean_nat,
+                              cache=clean_cache)
+        entry = _entry(rid, rel, fmt, view, base.task, base.bid, n, _clean_or_fault(evs), None)
+        _with_natural(entry, evs)
+        entry["natural_spikes"] = _outside_events(natural_spikes(view, series), evs)
         _summarise(entry)
         labels.append(entry)
-        _show(entry, 0.0)
+        _show(entry, time.time() - t)
     for spec in base.faults:
         f = spec.fault
         t = time.time()
@@ -413,7 +428,8 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
             rng = np.random.default_rng(base.seed + 99)
             reorder = np.arange(n)
             reorder[r0:] = r0 + rng.permutation(n - r0)
-            seg2 = train(task, n, sched, None, start=r0, base=clean, reorder=reorder)
+            seg2 = train(task, n, sched, None, start=r0, base=clean, reorder=reorder,
+                         snapshot_at=tuple(sorted(every10)))
             if f.crash_spike:
                 seg1 = train(task, f.start, sched, f, start=f.start - 8, base=_cut(clean, f.start))
             else:
@@ -426,7 +442,9 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
             ftr = seg2  # canonical (later write wins) = clean prefix + resumed segment
             canonical, _ = logged(spec.view, seg2, n)
         else:
-            ftr = train(task, n, sched, f, start=_start(f), base=clean)
+            reorder = None
+            ftr = train(task, n, sched, f, start=_start(f), base=clean,
+                        snapshot_at=tuple(sorted(every10)))
             series, t_idx = logged(spec.view, ftr, n)
             segments = [series]
             canonical = series
@@ -434,15 +452,21 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
         truth = fault_truth(spec, clean, ftr, n, t_idx)
         ev = truth["events"][0]
         excl = (ev["onset_step"], ev["active_end_step"] + 30)
+        truth["events"] += _fault_run_natural(task, sched, spec, clean, ftr, n, t_idx, clean_nat,
+                                              base.warmup, reorder)
         if spec.view.fmt == "csvpair":
             rel = f"wandb_csv/{rid}-pair.csv"
             cid = f"{rid}-pair-clean"
-            cseries, _ = logged(spec.view, clean, n)
+            cseries, ct_idx = logged(spec.view, clean, n)
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             write_wandb_csv(out / rel, {cid: cseries, rid: segments[-1]}, spec.view.buckets or 250)
             fmt = "wandb-csv"
-            centry = _entry(cid, rel, fmt, spec.view, base.task, base.bid, n, "clean", None)
-            centry["natural_spikes"] = natural_spikes(spec.view, cseries)
+            cevs = _natural_truths(task, sched, spec.view, clean, n, ct_idx, None, clean_nat,
+                                   cache=clean_cache)
+            centry = _entry(cid, rel, fmt, spec.view, base.task, base.bid, n,
+                            _clean_or_fault(cevs), None)
+            _with_natural(centry, cevs)
+            centry["natural_spikes"] = _outside_events(natural_spikes(spec.view, cseries), cevs)
             _summarise(centry)
             labels.append(centry)
             _show(centry, 0.0)
@@ -451,7 +475,8 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
             fmt = write_view(out / rel, rid, spec.view, segments)
         entry = _entry(rid, rel, fmt, spec.view, base.task, base.bid, n, "fault", clean_ids[0])
         entry.update(truth)
-        entry["natural_spikes"] = natural_spikes(spec.view, canonical, excl)
+        entry["natural_spikes"] = _outside_events(natural_spikes(spec.view, canonical, excl),
+                                                  truth["events"][1:])
         _summarise(entry)
         labels.append(entry)
         _show(entry, time.time() - t)
@@ -489,13 +514,13 @@ def run_natural(cfg: dict, out: Path, labels: list[dict]) -> None:
     sched = Schedule(cfg["lr"], cfg["warmup"], n)
     t = time.time()
     un = train(task, n, sched, snapshot_at=tuple(range(0, n, 10)))
-    events = find_natural_events(un.grad, factor=5.0, warmup=cfg["warmup"])
+    events = natural_events(un.grad, cfg["warmup"])
     print(f"{bid}: unclipped {n} steps in {time.time() - t:.1f}s, {len(events)} natural events "
           f"at {[e[0] for e in events]}", flush=True)
     # clean partner: clipped at 3x the healthy level throughout. Its own grad norm still spikes
     # past the clip, and such a spike can still hurt (the clip is 3x the level of the whole run,
     # up to 15x the level late in training), so its spikes are measured like the unclipped
-    # run's: a run with any natural event is no clean run (its harmless ones are optional)
+    # run's (as every run's are: _clean_or_fault)
     healthy = np.median(un.grad[50:]) if n > 50 else np.median(un.grad)
     clip = float(3 * healthy)
     t = time.time()
@@ -506,9 +531,8 @@ def run_natural(cfg: dict, out: Path, labels: list[dict]) -> None:
     crel = _path(cview, cid)
     cfmt = write_view(out / crel, cid, cview, [cseries])
     cevs = _natural_truths(task, sched, cview, clipped, n, ct_idx, clip,
-                           find_natural_events(clipped.grad, factor=5.0,
-                                               warmup=cfg["warmup"]))
-    centry = _entry(cid, crel, cfmt, cview, "rnn", bid, n, "fault" if cevs else "clean", None)
+                           natural_events(clipped.grad, cfg["warmup"]))
+    centry = _entry(cid, crel, cfmt, cview, "rnn", bid, n, _clean_or_fault(cevs), None)
     centry.update({"kind": "natural" if cevs else None, "events": cevs,
                    "description": f"the unclipped run's twin with clip_grad_norm {clip:.3g} (3x "
                                   "healthy); its own natural spikes measured like the "
@@ -525,8 +549,7 @@ def run_natural(cfg: dict, out: Path, labels: list[dict]) -> None:
     rid = f"{bid}-unclipped"
     rel = _path(view, rid)
     fmt = write_view(out / rel, rid, view, [series])
-    label = "fault" if evs else "clean"
-    entry = _entry(rid, rel, fmt, view, "rnn", bid, n, label, cid if evs else None)
+    entry = _entry(rid, rel, fmt, view, "rnn", bid, n, _clean_or_fault(evs), cid if evs else None)
     entry.update({"kind": "natural" if evs else None, "benign": False,
                   "description": f"vanilla {cfg['kw']['nonlinearity']} RNN, SGD lr {cfg['lr']}, "
                                  "no clipping: natural explosions",
@@ -538,46 +561,111 @@ def run_natural(cfg: dict, out: Path, labels: list[dict]) -> None:
 
 
 def _natural_truths(task, sched: Schedule, view: View, run: Trace, n: int, t_idx: np.ndarray,
-                    clip: float | None, events: list[tuple[int, int, float]]) -> list[dict]:
+                    clip: float | None, events: list[tuple[int, int, float]], *,
+                    fault: Fault | None = None, reorder: np.ndarray | None = None,
+                    snaps_of: Trace | None = None, cache: dict | None = None) -> list[dict]:
     """The truth of each natural explosion of ``run`` (trained with ``clip``, or none; its
     ``events`` from :func:`find_natural_events`): a branch from just before the onset that clips
     the grad norm at 3x the healthy level during the event (+10 steps; never looser than
-    ``clip``), then trains as the run did. ``alt_truths``: the same with a clip at 2x and 4x,
-    where tighter than ``clip`` (``score.py`` reports, beside the impact score, the score over
-    the events whose truth stays within its own 2x band that way: a chaotic run's excess
-    depends on the counterfactual chosen, not only on the explosion)."""
+    ``clip``), then trains as the run did (with its injected ``fault`` and batch ``reorder``,
+    from the snapshot in ``snaps_of``, default ``run``). ``alt_truths``: the same with a clip at
+    2x and 4x, where tighter than ``clip`` (``score.py`` reports, beside the impact score, the
+    score over the events whose truth stays within its own 2x band that way: a chaotic run's
+    excess depends on the counterfactual chosen, not only on the explosion). ``cache`` shares
+    the branches between the views of one run."""
+    cache = {} if cache is None else cache
     evs = []
     for onset, last, ref in events:
-        br = _branch(task, sched, run, n, onset, last, 3 * ref, clip)
-        ev = event_truth(view, br, run, n, t_idx, onset, last - onset + 1, "natural", False)
+        def branch(k: float, onset: int = onset, last: int = last, ref: float = ref) -> Trace:
+            if (onset, k) not in cache:
+                cache[(onset, k)] = _branch(task, sched, run, n, onset, last, k * ref, clip,
+                                            fault, reorder, snaps_of)
+            return cache[(onset, k)]
+        ev = event_truth(view, branch(3), run, n, t_idx, onset, last - onset + 1, "natural",
+                         False)
         ev["fault_step"] = ev["onset_step"]
         ev["counterfactual"] = f"clip at {3 * ref:.3g} for steps [{onset}, {last + 10})"
         # (a clip no tighter than the partner's own would be no intervention at all)
-        ev["alt_truths"] = {
-            f"clip {k}x": _branch_excess(task, sched, run, n, onset, last, k * ref, clip)
-            for k in ALT_CLIPS if clip is None or k * ref < clip}
+        ev["alt_truths"] = {f"clip {k}x": _excess_over(run, branch(k), n, onset)
+                            for k in ALT_CLIPS if clip is None or k * ref < clip}
         evs.append(ev)
     return evs
 
 
 ALT_CLIPS = (2, 4)  # the other clips a natural explosion's truth is measured with (x healthy)
+NATURAL_FACTOR = 5.0  # a natural explosion: the grad norm 5x its healthy level
+SETTLE = 30  # steps after an injected fault's active end that are still its own
+
+
+def natural_events(g: np.ndarray, warmup: int) -> list[tuple[int, int, float]]:
+    """The natural explosions of a per-step grad norm: :func:`find_natural_events` at
+    ``NATURAL_FACTOR``."""
+    return find_natural_events(g, factor=NATURAL_FACTOR, warmup=warmup)
+
+
+def _fault_run_natural(task, sched: Schedule, spec: RunSpec, clean: Trace, ftr: Trace, n: int,
+                       t_idx: np.ndarray, clean_nat: list[tuple[int, int, float]], warmup: int,
+                       reorder: np.ndarray | None) -> list[dict]:
+    """The natural explosions of a fault run outside its fault: the clean run's that end before
+    the fault changes anything, and the fault run's own after the fault's active end and
+    ``SETTLE`` steps, against the healthy level it has there (a lasting lr raise moves it). Each
+    is branched with the fault kept (a resume's batch order; the clean run's snapshot before
+    the fault starts), so its truth is its own, not the fault's."""
+    f = spec.fault
+    t0, active = _fault_span(f, clean, ftr)
+    if f.kind == "overflow":
+        active = max(f.steps) - t0 + 1  # its later overflow steps are neutral, not natural
+    w_end = t0 + active + SETTLE
+    run_fault = None if f.kind == "resume" else f
+    before = [e for e in clean_nat if e[1] + 10 < t0]
+    after = []
+    if w_end < n - 50:  # fresh history: the fault may have moved the healthy level
+        g = ftr.grad[w_end:]
+        # a non-finite grad norm there is the fault's divergence, not a natural explosion
+        after = [(a + w_end, b + w_end, r) for a, b, r in natural_events(g, warmup=n)
+                 if np.isfinite(g[a: b + 1]).all()]
+    # where the fault run's loss goes non-finite within an event's horizon (the fault's
+    # divergence), the event has no truth of its own
+    before, after = ([e for e in evs if np.isfinite(ftr.loss[e[0]: e[0] + H]).all()]
+                     for evs in (before, after))
+    evs = _natural_truths(task, sched, spec.view, ftr, n, t_idx, None, before,
+                          fault=run_fault, reorder=reorder, snaps_of=clean)
+    evs += _natural_truths(task, sched, spec.view, ftr, n, t_idx, None, after,
+                           fault=run_fault, reorder=reorder)
+    return evs
+
+
+def _clean_or_fault(evs: list[dict]) -> str:
+    """A run with no injected fault is clean unless one of its natural events did harm (or
+    harm within the ambiguous band): an explosion on a harmless natural spike is a false
+    alarm on a clean run."""
+    return "fault" if any(e["harmful"] or e["ambiguous"] for e in evs) else "clean"
+
+
+def _with_natural(entry: dict, evs: list[dict]) -> None:
+    if evs:
+        entry.update({"kind": "natural", "events": evs,
+                      "description": f"{entry['description'] or 'no injected fault'}; "
+                                     f"its natural explosions measured by branches"})
 
 
 def _branch(task, sched: Schedule, run: Trace, n: int, onset: int, last: int, clip_at: float,
-            clip: float | None) -> Trace:
+            clip: float | None, fault: Fault | None = None, reorder: np.ndarray | None = None,
+            snaps_of: Trace | None = None) -> Trace:
     """``run`` again from just before ``onset``, clipping the grad norm at ``clip_at`` during
-    the event and 10 steps after (never looser than ``clip``), for a horizon."""
-    f = Fault("natural", onset, length=last - onset + 10, factor=clip_at)
-    return train(task, min(n, onset + H), sched, f, start=(onset // 10) * 10, base=run,
-                 clip=clip)
+    the event and 10 steps after (never looser than ``clip``), for a horizon; with ``fault``
+    (and ``reorder``) as the run had them."""
+    if fault is None:
+        f = Fault("natural", onset, length=last - onset + 10, factor=clip_at)
+    else:
+        f = dataclasses.replace(fault, clip_window=(onset, last + 10, clip_at))
+    return train(task, min(n, onset + H), sched, f, start=(onset // 10) * 10,
+                 base=snaps_of or run, clip=clip, reorder=reorder)
 
 
-def _branch_excess(task, sched: Schedule, run: Trace, n: int, onset: int, last: int,
-                   clip_at: float, clip: float | None) -> float | None:
-    """The excess of ``run`` over a branch that clips at ``clip_at`` (:func:`_branch`): how far
-    the truth depends on the clip chosen for the counterfactual. None where the run's or the
-    branch's loss is not finite there."""
-    br = _branch(task, sched, run, n, onset, last, clip_at, clip)
+def _excess_over(run: Trace, br: Trace, n: int, onset: int) -> float | None:
+    """The excess of ``run`` over a branch ``br`` (:func:`_branch`): how far the truth depends
+    on the clip chosen for the counterfactual. None where either loss is not finite there."""
     w = slice(onset, min(n, onset + H))
     d = run.loss[w] - br.loss[w]
     return float(np.mean(d)) if np.all(np.isfinite(d)) else None

@@ -93,12 +93,15 @@ def _labels() -> dict[str, dict]:
 
 def harmful_pairs(labels: dict[str, dict]) -> list[str]:
     """Every harmful, non-diverged fault pair with a usable logged grad norm (a clipped RNN
-    twin's own natural events have branches, not a twin run: no pair)."""
+    twin's own natural events have branches, not a twin run: no pair; in a run with an
+    injected fault only the fault's event, the first, counts: its other natural events have
+    branches too)."""
     out = []
     for rid, r in labels.items():
         if r["label"] != "fault" or not r["grad_norm_usable"] or r["twin"] is None:
             continue
-        evs = [e for e in r["events"] if e["harmful"] and not e["ambiguous"]]
+        own = r["events"] if r["kind"] == "natural" else r["events"][:1]
+        evs = [e for e in own if e["harmful"] and not e["ambiguous"]]
         if evs and not any(e["diverged"] for e in evs):
             out.append(rid)
     return out
