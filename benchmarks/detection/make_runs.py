@@ -624,9 +624,12 @@ def _fault_run_natural(task, sched: Schedule, spec: RunSpec, clean: Trace, ftr: 
         # a non-finite grad norm there is the fault's divergence, not a natural explosion
         after = [(a + w_end, b + w_end, r) for a, b, r in natural_events(g, warmup=n)
                  if np.isfinite(g[a: b + 1]).all()]
-    # where the fault run's loss goes non-finite within an event's horizon (the fault's
-    # divergence), the event has no truth of its own
-    before, after = ([e for e in evs if np.isfinite(ftr.loss[e[0]: e[0] + H]).all()]
+    # where the fault run's loss blows up within an event's horizon - non-finite, or above
+    # 100x the clean run's highest loss: the fault's divergence - the event has no truth of
+    # its own (a diverging grad norm keeps passing 5x its last level: no natural explosion)
+    with np.errstate(invalid="ignore"):
+        blown = ~np.isfinite(ftr.loss) | (ftr.loss > 100 * np.nanmax(clean.loss))
+    before, after = ([e for e in evs if not blown[e[0]: e[0] + H].any()]
                      for evs in (before, after))
     evs = _natural_truths(task, sched, spec.view, ftr, n, t_idx, None, before,
                           fault=run_fault, reorder=reorder, snaps_of=clean)
