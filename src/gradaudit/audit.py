@@ -313,7 +313,6 @@ class _Judge:
         self.anchor_points = self.healthy.copy()
         self.lv_mean = _bucket_means(run.series, ls, lv) if run.has_loss and cand.raw else lv
         self.floor: int | None = None  # where the last episode's loss aftermath ended
-        self.unrecovered: int | None = None  # end of the last episode if its loss stayed up
         self.blowups: Blowups | None = None  # made with the first impact measured
         self.counterfactuals: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         n_cand = len(cand.raw) + (cand.ga.n_unlisted if cand.ga is not None else 0) + \
@@ -341,19 +340,13 @@ class _Judge:
         nxt = raw[k + 1][1] if k + 1 < len(raw) else None
         k_lr = bisect.bisect_right(self.lr_onsets, on)
         lr_after = self.lr_onsets[k_lr] if k_lr < len(self.lr_onsets) else None
-        floor = self._fit_floor(on) if run.has_loss else None
-        imp = self._impact(on, end, nxt, lr_after, floor) if run.has_loss else None
+        imp = self._impact(on, end, nxt, lr_after) if run.has_loss else None
         rec = imp.impact.recovery_step if imp is not None else None
-        self.unrecovered = None
         if rec is not None and (end is None or rec > end):
             # the loss was still coming back until ``rec``: no healthy level to fit there
             ls = run.ls
             self.healthy[int(np.searchsorted(ls, on)):int(np.searchsorted(ls, rec))] = False
             self.floor = rec if self.floor is None else max(self.floor, rec)
-        elif rec is None and end is not None and imp is not None and imp.level is not None:
-            # its loss had not come back by the next episode's onset: the loss there is in a
-            # regime of its own, and the next fit must not reach back across this episode
-            self.unrecovered = end
         peak_g, base_g, ratio, peak_step, peak_g_step = self._grad_peak(e, on, end)
         # a loss jump that the grad norm joined - at the jump (the same batch: its step or the
         # next few), spike_ratio x and 3 robust sigmas above its level - in a run whose grad
@@ -367,7 +360,7 @@ class _Judge:
             ratio = float(self.cand.ga.level.ratio[j_at])
         kind = "spike" if j_at is not None else e.kind
         imp, harmful, harm = self._verdict(e, on, end, nxt, lr_after, imp,
-                                           lr_note[1] if lr_note is not None else None, floor)
+                                           lr_note[1] if lr_note is not None else None)
         restart = lr_note is not None and lr_note[1].restart
         if kind == "divergence" and ID_CLIMB in e.detected_by and harmful is False:
             kind = "level_shift"  # a slow climb that left the loss alone: no divergence
@@ -404,29 +397,14 @@ class _Judge:
             baseline_grad_norm=base_g, peak_ratio=ratio, kind=kind, severity=sev,
             detected_by=sorted(e.detected_by), loss_impact=li, reason=reason)
 
-    def _fit_floor(self, on: int) -> int | None:
-        """The first step the counterfactual of the episode at ``on`` may be fitted from:
-        after the last earlier episode's loss aftermath; within an aftermath that had not ended
-        by ``on``, its last quarter horizon (the loss before that episode is another regime:
-        fitted there, the earlier episode's lasting damage was booked to this one); after the
-        last blow-up before ``on`` (impact module doc)."""
+    def _impact(self, on: int, end: int | None, nxt: int | None, lr_after: int | None,
+                lr_t: tuple[np.ndarray, np.ndarray] | None = None) -> Impact | None:
         if self.blowups is None:  # where the loss was above where it started: no trend there
             self.blowups = Blowups(self.run.ls, self.lv_mean)
-        h = self.run.st.impact_horizon
         floor = self.floor
-        if self.unrecovered is not None:
-            local = max(self.unrecovered, on - h // 4)
-            floor = local if floor is None else max(floor, local)
-        settled = self.blowups.floor(on, 2 * h)
-        # (a blow-up still going on at the onset settles nowhere before it: the floors above
-        # hold, where there are any)
-        if settled is not None and (settled < on or floor is None):
+        settled = self.blowups.floor(on, 2 * self.run.st.impact_horizon)
+        if settled is not None:  # the fit starts after the last blow-up before the onset, too
             floor = max(floor or 0, settled)
-        return floor
-
-    def _impact(self, on: int, end: int | None, nxt: int | None, lr_after: int | None,
-                floor: int | None, lr_t: tuple[np.ndarray, np.ndarray] | None = None
-                ) -> Impact | None:
         return loss_impact(self.run.ls, self.lv_mean, self.healthy, on, end,
                            self.run.st.impact_horizon, next_onset=nxt, cut_at=lr_after,
                            floor_step=floor, lr_time=lr_t, anchor_points=self.anchor_points,
@@ -462,8 +440,8 @@ class _Judge:
         return peak_g, base_g, ratio, peak_step, peak_g_step
 
     def _verdict(self, e: RawEpisode, on: int, end: int | None, nxt: int | None,
-                 lr_after: int | None, imp: Impact | None, rise: LrRise | None,
-                 floor: int | None) -> tuple[Impact | None, bool | None, str]:
+                 lr_after: int | None, imp: Impact | None,
+                 rise: LrRise | None) -> tuple[Impact | None, bool | None, str]:
         """``(impact, harmful, harm text)``: harm is lasting damage - the excess over the
         horizon, significant against its own noise - or, where too little of the horizon was
         logged, the jump (None: nothing of the loss could be measured). After a lasting lr
@@ -515,7 +493,7 @@ class _Judge:
             # where the loss after it is where that time puts it (impact module doc)
             lr_t = lr_time(*sorted_points(*run.series.series(run.series.lr_tag)), rise, run.ls,
                            on)
-            fast = self._impact(on, end, nxt, lr_after, floor, lr_t) if lr_t is not None else None
+            fast = self._impact(on, end, nxt, lr_after, lr_t) if lr_t is not None else None
             if fast is not None and fast.lasting_excess is not None and \
                     fast.lasting_excess < ex_thr and fast.impact.diverged == li.diverged:
                 imp, li = fast, fast.impact

@@ -20,13 +20,6 @@ Definitions follow docs/findings.md ("Loss impact"). Rules and defaults:
   least ``min_pre`` (5) healthy points lie there, else it may reach back as before. Fitting the
   recovery from an earlier explosion as the trend extrapolates a steep, transient decline.
   A window of fewer than ``min_fit`` points is fitted flat (too short for a trend).
-  An episode that starts before the previous one's loss came back (no recovery step up to
-  this onset) is fitted on that aftermath's last quarter horizon (after the previous
-  episode's end): the loss before the previous episode is another regime, and reaching back
-  to it booked that episode's lasting damage to this one (benchmark seed 123000: a 13x spike
-  170 steps after a loss-scaling bug whose loss stayed 60 % up read +0.51, an explosion; its
-  branch that clipped it ends 0.02 *lower*; now -0.03). A blow-up still going on at the onset
-  (below) then leaves that floor in place.
 - **Blow-ups.** A loss above where its log started - its running median over ``BLOWUP_FACTOR``
   (1.2) x the highest of its first 5 running medians, plus 3 sigmas of its batch noise
   (:class:`Blowups`) - is a blow-up, whether or not an episode was found there (one in the
