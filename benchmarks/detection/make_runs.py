@@ -355,7 +355,11 @@ def fault_truth(spec: RunSpec, c: Trace, f: Trace, n: int, t_idx: np.ndarray) ->
 def _summarise(entry: dict) -> None:
     """Run-level copies of the (first) event's truth, for convenience."""
     evs = entry.get("events") or []
-    entry["harmful"] = any(e["harmful"] for e in evs)
+    if entry.get("kind") not in (None, "natural"):
+        evs = evs[:1]  # a fault run's own fault: its natural events are events of their own
+    # (a natural event whose truth is incomplete - truncated, unlogged - is optional)
+    entry["harmful"] = any(e["harmful"] and not (e.get("truncated") or e.get("unlogged"))
+                           for e in evs)
     if entry["label"] == "clean":
         entry["severity"] = None
     else:
@@ -413,7 +417,7 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
         fmt = write_view(out / rel, rid, view, [series])
         clean_ids.append(rid)
         evs = _natural_truths(task, sched, view, clean, n, t_idx, None, clean_nat,
-                              cache=clean_cache)
+                              cache=clean_cache, logged_spikes=natural_spikes(view, series))
         entry = _entry(rid, rel, fmt, view, base.task, base.bid, n, _clean_or_fault(evs), None)
         _with_natural(entry, evs)
         entry["natural_spikes"] = _outside_events(natural_spikes(view, series), evs)
@@ -451,9 +455,10 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
         rid = f"{base.bid}-{spec.rid}"
         truth = fault_truth(spec, clean, ftr, n, t_idx)
         ev = truth["events"][0]
-        excl = (ev["onset_step"], ev["active_end_step"] + 30)
+        excl = (ev["onset_step"], ev["active_end_step"] + SETTLE)
         truth["events"] += _fault_run_natural(task, sched, spec, clean, ftr, n, t_idx, clean_nat,
-                                              base.warmup, reorder)
+                                              clean_cache, reorder,
+                                              natural_spikes(spec.view, canonical))
         if spec.view.fmt == "csvpair":
             rel = f"wandb_csv/{rid}-pair.csv"
             cid = f"{rid}-pair-clean"
@@ -462,7 +467,8 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
             write_wandb_csv(out / rel, {cid: cseries, rid: segments[-1]}, spec.view.buckets or 250)
             fmt = "wandb-csv"
             cevs = _natural_truths(task, sched, spec.view, clean, n, ct_idx, None, clean_nat,
-                                   cache=clean_cache)
+                                   cache=clean_cache,
+                                   logged_spikes=natural_spikes(spec.view, cseries))
             centry = _entry(cid, rel, fmt, spec.view, base.task, base.bid, n,
                             _clean_or_fault(cevs), None)
             _with_natural(centry, cevs)
@@ -563,7 +569,8 @@ def run_natural(cfg: dict, out: Path, labels: list[dict]) -> None:
 def _natural_truths(task, sched: Schedule, view: View, run: Trace, n: int, t_idx: np.ndarray,
                     clip: float | None, events: list[tuple[int, int, float]], *,
                     fault: Fault | None = None, reorder: np.ndarray | None = None,
-                    snaps_of: Trace | None = None, cache: dict | None = None) -> list[dict]:
+                    snaps_of: Trace | None = None, cache: dict | None = None,
+                    logged_spikes: list[int] | None = None) -> list[dict]:
     """The truth of each natural explosion of ``run`` (trained with ``clip``, or none; its
     ``events`` from :func:`find_natural_events`): a branch from just before the onset that clips
     the grad norm at 3x the healthy level during the event (+10 steps; never looser than
@@ -572,14 +579,21 @@ def _natural_truths(task, sched: Schedule, view: View, run: Trace, n: int, t_idx
     2x and 4x, where tighter than ``clip`` (``score.py`` reports, beside the impact score, the
     score over the events whose truth stays within its own 2x band that way: a chaotic run's
     excess depends on the counterfactual chosen, not only on the explosion). ``cache`` shares
-    the branches between the views of one run."""
+    the branches between the views of one run.
+
+    An event is ``truncated`` where the run ends within its horizon (its excess is a mean over
+    fewer steps: larger, and not comparable), and ``unlogged`` where the view logs every few
+    steps and none of its logged grad norms in the event (to 10 steps after it; ``logged_spikes``
+    from :func:`natural_spikes`) stands out: the spike fell between the logged steps. Either
+    makes it optional whatever its truth (``score.role``)."""
     cache = {} if cache is None else cache
     evs = []
     for onset, last, ref in events:
         def branch(k: float, onset: int = onset, last: int = last, ref: float = ref) -> Trace:
             if (onset, k) not in cache:
                 cache[(onset, k)] = _branch(task, sched, run, n, onset, last, k * ref, clip,
-                                            fault, reorder, snaps_of)
+                                            fault, reorder,
+                                            snaps_of if snaps_of is not None else run)
             return cache[(onset, k)]
         ev = event_truth(view, branch(3), run, n, t_idx, onset, last - onset + 1, "natural",
                          False)
@@ -588,6 +602,9 @@ def _natural_truths(task, sched: Schedule, view: View, run: Trace, n: int, t_idx
         # (a clip no tighter than the partner's own would be no intervention at all)
         ev["alt_truths"] = {f"clip {k}x": _excess_over(run, branch(k), n, onset)
                             for k in ALT_CLIPS if clip is None or k * ref < clip}
+        ev["truncated"] = onset + H > n
+        ev["unlogged"] = view.every > 1 and logged_spikes is not None and not any(
+            ev["onset_step"] <= s <= ev["active_end_step"] + 10 for s in logged_spikes)
         evs.append(ev)
     return evs
 
@@ -597,52 +614,57 @@ NATURAL_FACTOR = 5.0  # a natural explosion: the grad norm 5x its healthy level
 SETTLE = 30  # steps after an injected fault's active end that are still its own
 
 
-def natural_events(g: np.ndarray, warmup: int) -> list[tuple[int, int, float]]:
+def natural_events(g: np.ndarray, warmup: int, skip: int = 50) -> list[tuple[int, int, float]]:
     """The natural explosions of a per-step grad norm: :func:`find_natural_events` at
     ``NATURAL_FACTOR``."""
-    return find_natural_events(g, factor=NATURAL_FACTOR, warmup=warmup)
+    return find_natural_events(g, factor=NATURAL_FACTOR, warmup=warmup, skip=skip)
 
 
 def _fault_run_natural(task, sched: Schedule, spec: RunSpec, clean: Trace, ftr: Trace, n: int,
-                       t_idx: np.ndarray, clean_nat: list[tuple[int, int, float]], warmup: int,
-                       reorder: np.ndarray | None) -> list[dict]:
-    """The natural explosions of a fault run outside its fault: the clean run's that end before
-    the fault changes anything, and the fault run's own after the fault's active end and
-    ``SETTLE`` steps, against the healthy level it has there (a lasting lr raise moves it). Each
-    is branched with the fault kept (a resume's batch order; the clean run's snapshot before
-    the fault starts), so its truth is its own, not the fault's."""
+                       t_idx: np.ndarray, clean_nat: list[tuple[int, int, float]],
+                       clean_cache: dict, reorder: np.ndarray | None,
+                       logged_spikes: list[int]) -> list[dict]:
+    """The natural explosions of a fault run outside its fault (README, "Natural events in
+    every run"): the clean run's that end before the fault changes anything, with the clean
+    run's truth (the same spike in every run of the base; its branches are the clean run's),
+    and the fault run's own after the fault's active end and ``SETTLE`` steps, found against
+    the healthy level it has there (learned afresh from those ``SETTLE`` steps on: a lasting
+    lr raise moves it) and branched with the fault kept (its lr, loss scale, batches; a
+    resume's batch order)."""
     f = spec.fault
     t0, active = _fault_span(f, clean, ftr)
     if f.kind == "overflow":
         active = max(f.steps) - t0 + 1  # its later overflow steps are neutral, not natural
     w_end = t0 + active + SETTLE
-    run_fault = None if f.kind == "resume" else f
     before = [e for e in clean_nat if e[1] + 10 < t0]
-    after = []
-    if w_end < n - 50:  # fresh history: the fault may have moved the healthy level
-        g = ftr.grad[w_end:]
-        # a non-finite grad norm there is the fault's divergence, not a natural explosion
-        after = [(a + w_end, b + w_end, r) for a, b, r in natural_events(g, warmup=n)
-                 if np.isfinite(g[a: b + 1]).all()]
-    # where the fault run's loss blows up within an event's horizon - non-finite, or above
-    # 100x the clean run's highest loss: the fault's divergence - the event has no truth of
-    # its own (a diverging grad norm keeps passing 5x its last level: no natural explosion)
-    with np.errstate(invalid="ignore"):
-        blown = ~np.isfinite(ftr.loss) | (ftr.loss > 100 * np.nanmax(clean.loss))
-    before, after = ([e for e in evs if not blown[e[0]: e[0] + H].any()]
-                     for evs in (before, after))
-    evs = _natural_truths(task, sched, spec.view, ftr, n, t_idx, None, before,
-                          fault=run_fault, reorder=reorder, snaps_of=clean)
-    evs += _natural_truths(task, sched, spec.view, ftr, n, t_idx, None, after,
-                           fault=run_fault, reorder=reorder)
+    evs = _natural_truths(task, sched, spec.view, clean, n, t_idx, None, before,
+                          cache=clean_cache, logged_spikes=logged_spikes)
+    lead = SETTLE  # a fresh history: the steps after the fault's active end
+    if w_end < n - 50:
+        g = ftr.grad[w_end - lead:]
+        after = [(a + w_end - lead, b + w_end - lead, r)
+                 for a, b, r in natural_events(g, warmup=n, skip=lead) if a >= lead
+                 # a non-finite grad norm there is the fault's divergence
+                 and np.isfinite(g[a: b + 1]).all()]
+        # nor is there a natural event where the fault run's loss blows up within its
+        # horizon: non-finite, or 100x the clean run's there (a diverging grad norm keeps
+        # passing 5x its last level)
+        with np.errstate(invalid="ignore"):
+            after = [(a, b, r) for a, b, r in after
+                     if np.isfinite(ftr.loss[a: a + H]).all()
+                     and np.nanmax(ftr.loss[a: a + H]) <= 100 * np.nanmax(clean.loss[a: a + H])]
+        evs += _natural_truths(task, sched, spec.view, ftr, n, t_idx, None, after,
+                               fault=None if f.kind == "resume" else f, reorder=reorder,
+                               logged_spikes=logged_spikes)
     return evs
 
 
 def _clean_or_fault(evs: list[dict]) -> str:
     """A run with no injected fault is clean unless one of its natural events did harm (or
-    harm within the ambiguous band): an explosion on a harmless natural spike is a false
-    alarm on a clean run."""
-    return "fault" if any(e["harmful"] or e["ambiguous"] for e in evs) else "clean"
+    harm within the ambiguous band; a truncated or unlogged one does not count): an explosion
+    on a harmless natural spike is a false alarm on a clean run."""
+    return "fault" if any((e["harmful"] or e["ambiguous"])
+                          and not (e["truncated"] or e["unlogged"]) for e in evs) else "clean"
 
 
 def _with_natural(entry: dict, evs: list[dict]) -> None:
@@ -663,7 +685,7 @@ def _branch(task, sched: Schedule, run: Trace, n: int, onset: int, last: int, cl
     else:
         f = dataclasses.replace(fault, clip_window=(onset, last + 10, clip_at))
     return train(task, min(n, onset + H), sched, f, start=(onset // 10) * 10,
-                 base=snaps_of or run, clip=clip, reorder=reorder)
+                 base=snaps_of if snaps_of is not None else run, clip=clip, reorder=reorder)
 
 
 def _excess_over(run: Trace, br: Trace, n: int, onset: int) -> float | None:
