@@ -569,13 +569,13 @@ def run_natural(cfg: dict, out: Path, labels: list[dict]) -> None:
 def _natural_truths(task, sched: Schedule, view: View, run: Trace, n: int, t_idx: np.ndarray,
                     clip: float | None, events: list[tuple[int, int, float]], *,
                     fault: Fault | None = None, reorder: np.ndarray | None = None,
-                    snaps_of: Trace | None = None, cache: dict | None = None,
+                    cache: dict | None = None,
                     logged_spikes: list[int] | None = None) -> list[dict]:
     """The truth of each natural explosion of ``run`` (trained with ``clip``, or none; its
     ``events`` from :func:`find_natural_events`): a branch from just before the onset that clips
     the grad norm at 3x the healthy level during the event (+10 steps; never looser than
-    ``clip``), then trains as the run did (with its injected ``fault`` and batch ``reorder``,
-    from the snapshot in ``snaps_of``, default ``run``). ``alt_truths``: the same with a clip at
+    ``clip``), then trains as the run did (with its injected ``fault`` and batch ``reorder``).
+    ``alt_truths``: the same with a clip at
     2x and 4x, where tighter than ``clip`` (``score.py`` reports, beside the impact score, the
     score over the events whose truth stays within its own 2x band that way: a chaotic run's
     excess depends on the counterfactual chosen, not only on the explosion). ``cache`` shares
@@ -592,8 +592,7 @@ def _natural_truths(task, sched: Schedule, view: View, run: Trace, n: int, t_idx
         def branch(k: float, onset: int = onset, last: int = last, ref: float = ref) -> Trace:
             if (onset, k) not in cache:
                 cache[(onset, k)] = _branch(task, sched, run, n, onset, last, k * ref, clip,
-                                            fault, reorder,
-                                            snaps_of if snaps_of is not None else run)
+                                            fault, reorder)
             return cache[(onset, k)]
         ev = event_truth(view, branch(3), run, n, t_idx, onset, last - onset + 1, "natural",
                          False)
@@ -675,8 +674,8 @@ def _with_natural(entry: dict, evs: list[dict]) -> None:
 
 
 def _branch(task, sched: Schedule, run: Trace, n: int, onset: int, last: int, clip_at: float,
-            clip: float | None, fault: Fault | None = None, reorder: np.ndarray | None = None,
-            snaps_of: Trace | None = None) -> Trace:
+            clip: float | None, fault: Fault | None = None,
+            reorder: np.ndarray | None = None) -> Trace:
     """``run`` again from just before ``onset``, clipping the grad norm at ``clip_at`` during
     the event and 10 steps after (never looser than ``clip``), for a horizon; with ``fault``
     (and ``reorder``) as the run had them."""
@@ -685,7 +684,7 @@ def _branch(task, sched: Schedule, run: Trace, n: int, onset: int, last: int, cl
     else:
         f = dataclasses.replace(fault, clip_window=(onset, last + 10, clip_at))
     return train(task, min(n, onset + H), sched, f, start=(onset // 10) * 10,
-                 base=snaps_of if snaps_of is not None else run, clip=clip, reorder=reorder)
+                 base=run, clip=clip, reorder=reorder)
 
 
 def _excess_over(run: Trace, br: Trace, n: int, onset: int) -> float | None:
