@@ -1063,3 +1063,37 @@ def test_one_inf_loss_later_is_no_divergence_of_an_earlier_spike(seed):
     (e,) = [e for e in eps if abs(e.onset_step - 1000) < 20]
     assert e.kind == "spike" and e.severity == "warning" and not e.loss_impact.diverged
     assert any(e.onset_step == 1600 for e in eps)  # the inf is still reported
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_learning_rate_time_measure_fits_where_the_first_measure_did(monkeypatch, seed):
+    # a spike at 520 whose loss bump has decayed by ~533, then a lasting lr x3 at 600 with a
+    # 2-step grad spike and a loss bump that outlasts it (the loss is back at ~620): the lr
+    # episode's impact is measured again in learning-rate time, and that measure must fit the
+    # loss where the first one did, after the spike's aftermath. It took the lr episode's own
+    # recovery step as its floor - after the onset, so the fit window ignored every floor
+    import gradaudit.audit as audit
+
+    rng = np.random.default_rng(seed)
+    s = np.arange(1400)
+    g = 0.5 * np.exp(rng.normal(0, 0.15, s.size))
+    tau = np.where(s < 600, s, 600 + 3.0 * (s - 600)).astype(float)
+    loss = 2.5 + 3.0 * (tau + 20.0) ** -0.4 + rng.normal(0, 0.02, s.size)
+    loss[600:] += 0.4 * np.exp(-(s[600:] - 600.0) / 20.0)
+    g[600:602] *= 10.0
+    loss[520:] += 0.6 * np.exp(-(s[520:] - 520.0) / 8.0)
+    g[520] *= 30.0
+    lr = np.where(s < 600, 1e-3, 3e-3)
+    floors = []
+    measure = audit.loss_impact
+
+    def recording(*args, **kw):
+        floors.append((args[3], kw.get("floor_step"), kw.get("lr_time") is not None))
+        return measure(*args, **kw)
+
+    monkeypatch.setattr(audit, "loss_impact", recording)
+    audit_run(run_series(s, g, loss, lr))
+    at_lr = [(f, lr_t) for on, f, lr_t in floors if 595 <= on <= 605]
+    assert [lr_t for _, lr_t in at_lr] == [False, True]  # measured twice
+    first, again = at_lr[0][0], at_lr[1][0]
+    assert first is not None and 520 < first < 600 and again == first

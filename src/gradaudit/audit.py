@@ -340,7 +340,10 @@ class _Judge:
         nxt = raw[k + 1][1] if k + 1 < len(raw) else None
         k_lr = bisect.bisect_right(self.lr_onsets, on)
         lr_after = self.lr_onsets[k_lr] if k_lr < len(self.lr_onsets) else None
-        imp = self._impact(on, end, nxt, lr_after) if run.has_loss else None
+        # the fit floor as it stands before this episode's own aftermath is known (the
+        # learning-rate-time re-measure in _verdict uses it too)
+        floor = self._fit_floor(on) if run.has_loss else None
+        imp = self._impact(on, end, nxt, lr_after, floor) if run.has_loss else None
         rec = imp.impact.recovery_step if imp is not None else None
         if rec is not None and (end is None or rec > end):
             # the loss was still coming back until ``rec``: no healthy level to fit there
@@ -360,7 +363,7 @@ class _Judge:
             ratio = float(self.cand.ga.level.ratio[j_at])
         kind = "spike" if j_at is not None else e.kind
         imp, harmful, harm = self._verdict(e, on, end, nxt, lr_after, imp,
-                                           lr_note[1] if lr_note is not None else None)
+                                           lr_note[1] if lr_note is not None else None, floor)
         restart = lr_note is not None and lr_note[1].restart
         if kind == "divergence" and ID_CLIMB in e.detected_by and harmful is False:
             kind = "level_shift"  # a slow climb that left the loss alone: no divergence
@@ -397,14 +400,21 @@ class _Judge:
             baseline_grad_norm=base_g, peak_ratio=ratio, kind=kind, severity=sev,
             detected_by=sorted(e.detected_by), loss_impact=li, reason=reason)
 
-    def _impact(self, on: int, end: int | None, nxt: int | None, lr_after: int | None,
-                lr_t: tuple[np.ndarray, np.ndarray] | None = None) -> Impact | None:
+    def _fit_floor(self, on: int) -> int | None:
+        """The first step the counterfactual of the episode at ``on`` may be fitted from:
+        after the last earlier episode's loss aftermath and the last blow-up before ``on``
+        (impact module doc, "Aftermath", "Blow-ups")."""
         if self.blowups is None:  # where the loss was above where it started: no trend there
             self.blowups = Blowups(self.run.ls, self.lv_mean)
         floor = self.floor
         settled = self.blowups.floor(on, 2 * self.run.st.impact_horizon)
         if settled is not None:  # the fit starts after the last blow-up before the onset, too
             floor = max(floor or 0, settled)
+        return floor
+
+    def _impact(self, on: int, end: int | None, nxt: int | None, lr_after: int | None,
+                floor: int | None, lr_t: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> Impact | None:
         return loss_impact(self.run.ls, self.lv_mean, self.healthy, on, end,
                            self.run.st.impact_horizon, next_onset=nxt, cut_at=lr_after,
                            floor_step=floor, lr_time=lr_t, anchor_points=self.anchor_points,
@@ -440,8 +450,8 @@ class _Judge:
         return peak_g, base_g, ratio, peak_step, peak_g_step
 
     def _verdict(self, e: RawEpisode, on: int, end: int | None, nxt: int | None,
-                 lr_after: int | None, imp: Impact | None,
-                 rise: LrRise | None) -> tuple[Impact | None, bool | None, str]:
+                 lr_after: int | None, imp: Impact | None, rise: LrRise | None,
+                 floor: int | None) -> tuple[Impact | None, bool | None, str]:
         """``(impact, harmful, harm text)``: harm is lasting damage - the excess over the
         horizon, significant against its own noise - or, where too little of the horizon was
         logged, the jump (None: nothing of the loss could be measured). After a lasting lr
@@ -493,7 +503,7 @@ class _Judge:
             # where the loss after it is where that time puts it (impact module doc)
             lr_t = lr_time(*sorted_points(*run.series.series(run.series.lr_tag)), rise, run.ls,
                            on)
-            fast = self._impact(on, end, nxt, lr_after, lr_t) if lr_t is not None else None
+            fast = self._impact(on, end, nxt, lr_after, floor, lr_t) if lr_t is not None else None
             if fast is not None and fast.lasting_excess is not None and \
                     fast.lasting_excess < ex_thr and fast.impact.diverged == li.diverged:
                 imp, li = fast, fast.impact
