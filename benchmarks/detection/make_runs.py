@@ -234,8 +234,8 @@ def _merge(segments: list[dict]) -> dict:
 # truth
 
 
-def natural_spikes(view: View, series: dict, exclude: tuple[int, int] | None = None,
-                   factor: float = 5.0, window: int = 100) -> list[int]:
+def natural_spikes(view: View, series: dict, factor: float = 5.0,
+                   window: int = 100) -> list[int]:
     """Logged steps where the run's own grad norm (W&B: the bucket max) exceeds ``factor`` x the
     median of the previous ``window`` logged values: spikes the twin cannot label (neutral)."""
     gtag = STYLES[view.style][0]
@@ -252,9 +252,7 @@ def natural_spikes(view: View, series: dict, exclude: tuple[int, int] | None = N
         if len(prev) < 10 or not np.isfinite(g[i]):
             continue
         if g[i] > factor * np.median(prev):
-            s = int(steps[i])
-            if exclude is None or not (exclude[0] <= s <= exclude[1]):
-                out.append(s)
+            out.append(int(steps[i]))
     return out
 
 
@@ -400,8 +398,8 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
         else:
             snaps.add(f.start)
     t = time.time()
-    every10 = set(range(0, n, 10))  # a natural event's branch starts at one of these
-    clean = train(task, n, sched, snapshot_at=tuple(sorted(snaps | every10)))
+    every10 = tuple(range(0, n, 10))  # a natural event's branch starts at one of these
+    clean = train(task, n, sched, snapshot_at=tuple(sorted(snaps.union(every10))))
     clean_nat = natural_events(clean.grad, base.warmup)
     print(f"{base.bid}: clean {n} steps in {time.time() - t:.1f}s "
           f"(final loss {np.nanmean(clean.loss[-50:]):.3f}), natural events at "
@@ -416,11 +414,12 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
         rel = _path(view, rid)
         fmt = write_view(out / rel, rid, view, [series])
         clean_ids.append(rid)
+        spikes = natural_spikes(view, series)
         evs = _natural_truths(task, sched, view, clean, n, t_idx, None, clean_nat,
-                              cache=clean_cache, logged_spikes=natural_spikes(view, series))
+                              cache=clean_cache, logged_spikes=spikes)
         entry = _entry(rid, rel, fmt, view, base.task, base.bid, n, _clean_or_fault(evs), None)
         _with_natural(entry, evs)
-        entry["natural_spikes"] = _outside_events(natural_spikes(view, series), evs)
+        entry["natural_spikes"] = _outside_events(spikes, evs)
         _summarise(entry)
         labels.append(entry)
         _show(entry, time.time() - t)
@@ -433,7 +432,7 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
             reorder = np.arange(n)
             reorder[r0:] = r0 + rng.permutation(n - r0)
             seg2 = train(task, n, sched, None, start=r0, base=clean, reorder=reorder,
-                         snapshot_at=tuple(sorted(every10)))
+                         snapshot_at=every10)
             if f.crash_spike:
                 seg1 = train(task, f.start, sched, f, start=f.start - 8, base=_cut(clean, f.start))
             else:
@@ -448,7 +447,7 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
         else:
             reorder = None
             ftr = train(task, n, sched, f, start=_start(f), base=clean,
-                        snapshot_at=tuple(sorted(every10)))
+                        snapshot_at=every10)
             series, t_idx = logged(spec.view, ftr, n)
             segments = [series]
             canonical = series
@@ -456,9 +455,9 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
         truth = fault_truth(spec, clean, ftr, n, t_idx)
         ev = truth["events"][0]
         excl = (ev["onset_step"], ev["active_end_step"] + SETTLE)
+        spikes = natural_spikes(spec.view, canonical)
         truth["events"] += _fault_run_natural(task, sched, spec, clean, ftr, n, t_idx, clean_nat,
-                                              clean_cache, reorder,
-                                              natural_spikes(spec.view, canonical))
+                                              clean_cache, reorder, spikes)
         if spec.view.fmt == "csvpair":
             rel = f"wandb_csv/{rid}-pair.csv"
             cid = f"{rid}-pair-clean"
@@ -466,13 +465,13 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             write_wandb_csv(out / rel, {cid: cseries, rid: segments[-1]}, spec.view.buckets or 250)
             fmt = "wandb-csv"
+            cspikes = natural_spikes(spec.view, cseries)
             cevs = _natural_truths(task, sched, spec.view, clean, n, ct_idx, None, clean_nat,
-                                   cache=clean_cache,
-                                   logged_spikes=natural_spikes(spec.view, cseries))
+                                   cache=clean_cache, logged_spikes=cspikes)
             centry = _entry(cid, rel, fmt, spec.view, base.task, base.bid, n,
                             _clean_or_fault(cevs), None)
             _with_natural(centry, cevs)
-            centry["natural_spikes"] = _outside_events(natural_spikes(spec.view, cseries), cevs)
+            centry["natural_spikes"] = _outside_events(cspikes, cevs)
             _summarise(centry)
             labels.append(centry)
             _show(centry, 0.0)
@@ -481,8 +480,9 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
             fmt = write_view(out / rel, rid, spec.view, segments)
         entry = _entry(rid, rel, fmt, spec.view, base.task, base.bid, n, "fault", clean_ids[0])
         entry.update(truth)
-        entry["natural_spikes"] = _outside_events(natural_spikes(spec.view, canonical, excl),
-                                                  truth["events"][1:])
+        # the fault's own window is its event's, not a natural spike's
+        entry["natural_spikes"] = _outside_events(
+            [s for s in spikes if not excl[0] <= s <= excl[1]], truth["events"][1:])
         _summarise(entry)
         labels.append(entry)
         _show(entry, time.time() - t)
