@@ -489,12 +489,8 @@ class _Judge:
         # was transient: no harm
         recovered = imp.cut_step is not None and li.recovery_step is not None and \
             li.recovery_step < imp.cut_step
-        # a grad spike (no lr rise) whose loss never left the recovery band - recovered at its
-        # onset - did not move the loss at any point: its excess is the counterfactual's drift
-        in_band = e.kind == "spike" and rise is None and ID_LR not in e.detected_by and \
-            li.recovery_step == on and not li.diverged
         harmful = bool(li.diverged
-                       or (ex is not None and not short and ex >= harm_thr and not in_band)
+                       or (ex is not None and not short and ex >= harm_thr)
                        or ((ex is None or short) and jp is not None and jp >= jp_thr
                            and not recovered))
         if not li.diverged and ex is None and jp is None:
@@ -518,7 +514,7 @@ class _Judge:
                                  harm_thr if by_fall else ex_thr, jp_thr,
                                  (imp.horizon_points, cut) if short else None,
                                  imp.lasting_excess, imp.cut_step, imp.lr_time, nonfinite,
-                                 by_fall=by_fall, in_band=in_band and ex >= harm_thr)
+                                 by_fall=by_fall)
         return imp, harmful, harm
 
 

@@ -79,16 +79,14 @@ def grad_text(kind: str, ratio: float | None, base: float | None, peak_step: int
 def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: float,
                jp_thr: float, short: tuple[int, str] | None = None,
                lasting: float | None = None, held_from: int | None = None,
-               lr_time: bool = False, nonfinite: bool = True, by_fall: bool = False,
-               in_band: bool = False) -> str:
+               lr_time: bool = False, nonfinite: bool = True, by_fall: bool = False) -> str:
     """The loss half of an episode's reason: the numbers behind the harm verdict
     (``short``: only that many logged points of the horizon, before what cut it; ``lasting``:
     the excess without the episode's own spike points, which the verdict uses;
     ``held_from``: a later lr episode's onset, from which the excess was held; ``lr_time``:
     the counterfactual follows the schedule's learning-rate time; ``nonfinite``: the loss went
     non-finite after the onset; ``by_fall``: the threshold is half the fall the counterfactual
-    expected over the horizon, not the harm bar; ``in_band``: the excess passed the bars, but the
-    loss of a grad spike never left the recovery band)."""
+    expected over the horizon, not the harm bar)."""
     if li.diverged and nonfinite:
         return "the loss diverged: it went non-finite"
     parts = []
@@ -120,10 +118,6 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
     if harmful:
         return f"{text}: the loss was harmed"
     if ex is not None and short is None:
-        if in_band:
-            return (f"{text}: the loss never left the band it recovers to (recovered at the "
-                    "onset), so the spike did not move it at any point and the excess is the "
-                    "counterfactual's drift over the horizon, not lasting harm (a warning)")
         if by_fall:
             return (f"{text}: below the harm threshold {ex_thr:.3g}, half the fall its "
                     "counterfactual expected over that stretch (the loss only fell less than "
