@@ -1,4 +1,5 @@
 import numpy as np
+import polars as pl
 import pytest
 
 from gradaudit.audit import audit_run
@@ -73,3 +74,34 @@ def test_a_run_without_a_grad_norm_says_it_was_audited_from_the_loss_alone():
     assert a.status == "ok"
     assert any("no grad-norm series" in n and "--grad-tag" in n for n in a.notes)
     assert "no clip threshold can be derived" in a.clip.advice
+
+
+def _sparse_loss_run(on, every, seed):
+    # grad norm at every step with a 30x spike at ``on``; the loss only every ``every`` steps
+    rng = np.random.default_rng(seed)
+    s = np.arange(2400)
+    g = 0.5 * np.exp(rng.normal(0, 0.15, s.size))
+    g[on] *= 30
+    ls = np.arange(0, s.size, every)
+    loss = (2.5 + 3.0 * (ls + 20.0) ** -0.4) * np.exp(rng.normal(0, 0.03, ls.size))
+    frame = pl.DataFrame({
+        "step": np.concatenate((s, ls)).astype(np.int64),
+        "tag": pl.Series(["grad_norm"] * s.size + ["loss"] * ls.size).cast(pl.Categorical),
+        "value": np.concatenate((g, loss)),
+        "wall_time": pl.Series([None] * (s.size + ls.size), dtype=pl.Float64),
+    })
+    return RunSeries("sparse", "csv", [], frame, "grad_norm", "loss", None)
+
+
+@pytest.mark.parametrize("every", [250, 400, 500])
+def test_a_spike_with_no_loss_point_in_its_horizon_keeps_its_episode(every):
+    # the loss is logged every 250-500 steps: a spike 10-40 steps after a logged point has none
+    # in its 200-step horizon (no excess) but later ones in its window (the recovery is judged
+    # there): the audit goes through and reports the spike (a severity rule that compared the
+    # missing excess with its bar once failed the whole run here)
+    for on in (2 * every + 10, 2 * every + 40):
+        for seed in range(2):
+            a = audit_run(_sparse_loss_run(on, every, seed))
+            assert not any("analysis failed" in n for n in a.notes), a.notes
+            (e,) = [e for e in a.episodes if abs(e.onset_step - on) <= 1]
+            assert e.loss_impact.excess_loss is None
