@@ -31,6 +31,7 @@ sys.path.insert(0, str(HERE))
 import models  # noqa: E402
 import torch  # noqa: E402
 from faults import Fault  # noqa: E402
+from roles import clean_or_fault  # noqa: E402
 from trainer import Schedule, Trace, train  # noqa: E402
 from writers import bucket, write_parquet, write_tensorboard, write_wandb_csv  # noqa: E402
 
@@ -417,7 +418,7 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
         spikes = natural_spikes(view, series)
         evs = _natural_truths(task, sched, view, clean, n, t_idx, None, clean_nat,
                               cache=clean_cache, logged_spikes=spikes)
-        entry = _entry(rid, rel, fmt, view, base.task, base.bid, n, _clean_or_fault(evs), None)
+        entry = _entry(rid, rel, fmt, view, base.task, base.bid, n, clean_or_fault(evs), None)
         _with_natural(entry, evs)
         entry["natural_spikes"] = _outside_events(spikes, evs)
         _summarise(entry)
@@ -469,7 +470,7 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
             cevs = _natural_truths(task, sched, spec.view, clean, n, ct_idx, None, clean_nat,
                                    cache=clean_cache, logged_spikes=cspikes)
             centry = _entry(cid, rel, fmt, spec.view, base.task, base.bid, n,
-                            _clean_or_fault(cevs), None)
+                            clean_or_fault(cevs), None)
             _with_natural(centry, cevs)
             centry["natural_spikes"] = _outside_events(cspikes, cevs)
             _summarise(centry)
@@ -526,7 +527,7 @@ def run_natural(cfg: dict, out: Path, labels: list[dict]) -> None:
     # clean partner: clipped at 3x the healthy level throughout. Its own grad norm still spikes
     # past the clip, and such a spike can still hurt (the clip is 3x the level of the whole run,
     # up to 15x the level late in training), so its spikes are measured like the unclipped
-    # run's (as every run's are: _clean_or_fault)
+    # run's (as every run's are: roles.clean_or_fault)
     healthy = np.median(un.grad[50:]) if n > 50 else np.median(un.grad)
     clip = float(3 * healthy)
     t = time.time()
@@ -538,7 +539,7 @@ def run_natural(cfg: dict, out: Path, labels: list[dict]) -> None:
     cfmt = write_view(out / crel, cid, cview, [cseries])
     cevs = _natural_truths(task, sched, cview, clipped, n, ct_idx, clip,
                            natural_events(clipped.grad, cfg["warmup"]))
-    centry = _entry(cid, crel, cfmt, cview, "rnn", bid, n, _clean_or_fault(cevs), None)
+    centry = _entry(cid, crel, cfmt, cview, "rnn", bid, n, clean_or_fault(cevs), None)
     centry.update({"kind": "natural" if cevs else None, "events": cevs,
                    "description": f"the unclipped run's twin with clip_grad_norm {clip:.3g} (3x "
                                   "healthy); its own natural spikes measured like the "
@@ -555,7 +556,7 @@ def run_natural(cfg: dict, out: Path, labels: list[dict]) -> None:
     rid = f"{bid}-unclipped"
     rel = _path(view, rid)
     fmt = write_view(out / rel, rid, view, [series])
-    entry = _entry(rid, rel, fmt, view, "rnn", bid, n, _clean_or_fault(evs), cid if evs else None)
+    entry = _entry(rid, rel, fmt, view, "rnn", bid, n, clean_or_fault(evs), cid if evs else None)
     entry.update({"kind": "natural" if evs else None, "benign": False,
                   "description": f"vanilla {cfg['kw']['nonlinearity']} RNN, SGD lr {cfg['lr']}, "
                                  "no clipping: natural explosions",
@@ -585,7 +586,7 @@ def _natural_truths(task, sched: Schedule, view: View, run: Trace, n: int, t_idx
     fewer steps: larger, and not comparable), and ``unlogged`` where the view logs every few
     steps and none of its logged grad norms in the event (to 10 steps after it; ``logged_spikes``
     from :func:`natural_spikes`) stands out: the spike fell between the logged steps. Either
-    makes it optional whatever its truth (``score.role``)."""
+    makes it optional whatever its truth (``roles.role``)."""
     cache = {} if cache is None else cache
     evs = []
     for onset, last, ref in events:
@@ -656,14 +657,6 @@ def _fault_run_natural(task, sched: Schedule, spec: RunSpec, clean: Trace, ftr: 
                                fault=None if f.kind == "resume" else f, reorder=reorder,
                                logged_spikes=logged_spikes)
     return evs
-
-
-def _clean_or_fault(evs: list[dict]) -> str:
-    """A run with no injected fault is clean unless one of its natural events did harm (or
-    harm within the ambiguous band; a truncated or unlogged one does not count): an explosion
-    on a harmless natural spike is a false alarm on a clean run."""
-    return "fault" if any((e["harmful"] or e["ambiguous"])
-                          and not (e["truncated"] or e["unlogged"]) for e in evs) else "clean"
 
 
 def _with_natural(entry: dict, evs: list[dict]) -> None:

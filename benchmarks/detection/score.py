@@ -24,6 +24,7 @@ sys.path.insert(0, str(HERE))
 
 import anchors  # noqa: E402
 from anchors import ANCHORS  # noqa: E402
+from roles import incomplete, is_clean, role  # noqa: E402
 
 import gradaudit  # noqa: E402
 
@@ -148,33 +149,6 @@ def _read_tb(folder: Path) -> dict:
 # matching
 
 
-def role(event: dict) -> str:
-    """'must' (harmful: must be found), 'optional' (harmless or ambiguous, or a natural event
-    whose truth is incomplete: truncated by the run's end, or between a sparse view's logged
-    steps) or 'benign'."""
-    if event["benign"]:
-        return "benign"
-    if event["harmful"] and not event["ambiguous"] and not _incomplete(event):
-        return "must"
-    return "optional"
-
-
-def _incomplete(event: dict) -> bool:
-    return bool(event.get("truncated") or event.get("unlogged"))
-
-
-def _harmless_natural(event: dict) -> bool:
-    return event["kind"] == "natural" and (
-        _incomplete(event) or not (event["harmful"] or event["ambiguous"]))
-
-
-def is_clean(label: dict) -> bool:
-    """Clean runs and runs whose only events are benign or harmless natural spikes: an
-    explosion there is a false alarm."""
-    return label["label"] == "clean" or all(
-        role(e) == "benign" or _harmless_natural(e) for e in label["events"])
-
-
 def score_run(label: dict, preds: list[Pred], tally: Tally, margin: int,
               details: list[str] | None, with_severity: bool) -> None:
     """Match predictions to the run's events and tally them (definitions: README.md)."""
@@ -203,7 +177,7 @@ def score_run(label: dict, preds: list[Pred], tally: Tally, margin: int,
             tally.fn_expl += 1
             notes.append(f"MISSED {ev['onset_step']}")
     soft = [(e["onset_step"] - margin, e["active_end_step"] + margin, role(e),
-             e["ambiguous"] or _incomplete(e)) for e in events if role(e) != "benign"]
+             e["ambiguous"] or incomplete(e)) for e in events if role(e) != "benign"]
     points = list(label.get("neutral_steps") or []) + list(label.get("natural_spikes") or [])
     for i, p in enumerate(preds):
         expl = p.severity == "explosion"
@@ -220,7 +194,7 @@ def score_run(label: dict, preds: list[Pred], tally: Tally, margin: int,
                     notes.append(f"{p.onset} found as warning")
             else:
                 tally.neutral += 1
-                if expl and not ev["ambiguous"] and not _incomplete(ev):
+                if expl and not ev["ambiguous"] and not incomplete(ev):
                     tally.fp_expl += 1
                     notes.append(f"{p.onset} explosion on a harmless fault")
             if with_severity and not ev.get("truncated"):  # (its truth is a shorter mean)
