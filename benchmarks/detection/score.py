@@ -51,6 +51,8 @@ class Tally:
     fn_expl: int = 0
     clean_runs: int = 0
     clean_alarms: int = 0
+    clean_episodes: int = 0  # predictions of any severity on clean runs
+    clean_steps: int = 0  # the clean runs' steps
     onset_err: list[float] = field(default_factory=list)
     impact_ok: list[bool] = field(default_factory=list)  # every matched event
     impact_defined: list[bool] = field(default_factory=list)  # those with a well-defined truth
@@ -155,6 +157,8 @@ def score_run(label: dict, preds: list[Pred], tally: Tally, margin: int,
     events = sorted(label["events"], key=lambda e: e["onset_step"])
     if is_clean(label):
         tally.clean_runs += 1
+        tally.clean_episodes += len(preds)
+        tally.clean_steps += int(label["n_steps"])
         if any(p.severity == "explosion" for p in preds):
             tally.clean_alarms += 1
     matched: dict[int, int] = {}  # prediction index -> event index
@@ -355,7 +359,7 @@ def main() -> int:
         print()
     head = (f"{'method':16s} {'F1':>5s} {'prec':>5s} {'rec':>5s} {'F1-expl':>7s} "
             f"{'clean-FA':>8s} {'onset-err':>9s} {'impact2x':>8s} {'(def)':>5s} {'sev-agree':>9s} "
-            f"{'sec':>5s}")
+            f"{'clean-ep':>8s} {'sec':>5s}")
     print(head)
     print("-" * len(head))
     table = {}
@@ -367,6 +371,8 @@ def main() -> int:
         imp = f"{100 * np.mean(t.impact_ok):.0f}%" if t.impact_ok else "-"
         imp_def = f"{100 * np.mean(t.impact_defined):.0f}%" if t.impact_defined else "-"
         sev = f"{100 * np.mean(t.sev_ok):.0f}%" if t.sev_ok else "-"
+        per_k = 1000 * t.clean_episodes / t.clean_steps if t.clean_steps else None
+        cl_ep = f"{per_k:.2f}" if per_k is not None else "-"
         table[m] = {"f1": f, "precision": p, "recall": r, "f1_explosion": fe,
                     "clean_false_alarms": t.clean_alarms, "clean_runs": t.clean_runs,
                     "onset_error": float(np.mean(t.onset_err)) if t.onset_err else None,
@@ -377,10 +383,11 @@ def main() -> int:
                     "impact_scored_well_defined": [int(np.sum(t.impact_defined)),
                                                    len(t.impact_defined)],
                     "severity_agreement": float(np.mean(t.sev_ok)) if t.sev_ok else None,
+                    "clean_episodes_per_1k_steps": per_k,
                     "tp": t.tp, "fp": t.fp, "fn": t.fn, "seconds": round(timing[m], 2)}
         print(f"{m:16s} {f:5.2f} {p:5.2f} {r:5.2f} {fe:7.2f} "
               f"{t.clean_alarms:>3d}/{t.clean_runs:<4d} {err:>9s} {imp:>8s} {imp_def:>5s} "
-              f"{sev:>9s} {timing[m]:5.1f}")
+              f"{sev:>9s} {cl_ep:>8s} {timing[m]:5.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"margin": args.margin, "runs": len(labels),
                                                "methods": table}, indent=1) + "\n")
