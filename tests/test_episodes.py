@@ -1097,3 +1097,18 @@ def test_the_learning_rate_time_measure_fits_where_the_first_measure_did(monkeyp
     assert [lr_t for _, lr_t in at_lr] == [False, True]  # measured twice
     first, again = at_lr[0][0], at_lr[1][0]
     assert first is not None and 520 < first < 600 and again == first
+
+
+@pytest.mark.parametrize("rise", [0.035, 0.045])
+def test_a_lasting_rise_under_the_recovery_band_is_still_harm(rise):
+    # a quiet loss (0.2 % noise) that a grad spike leaves 3.5-4.5 % higher for good: above the
+    # 3 % harm bar, under the 5 % band the recovery step is judged with - the loss "never
+    # left the band", and that is no evidence that the spike did no harm (a severity rule
+    # that took it as such, 990a68d, made all of these warnings)
+    for seed in range(5):
+        s, g, loss = healthy(seed=seed, loss_noise=0.0)
+        rng = np.random.default_rng(100 + seed)
+        loss = loss * np.exp(rng.normal(0, 0.002, s.size)) * np.where(s > 1500, 1 + rise, 1.0)
+        g[1500] *= 30
+        e = _one(audit_run(run_series(s, g, loss)))
+        assert e.onset_step == 1500 and e.severity == "explosion", e.reason
