@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 import models  # noqa: E402
 import torch  # noqa: E402
 from faults import Fault  # noqa: E402
-from roles import clean_or_fault  # noqa: E402
+from roles import clean_or_fault, incomplete  # noqa: E402
 from trainer import Schedule, Trace, train  # noqa: E402
 from writers import bucket, write_parquet, write_tensorboard, write_wandb_csv  # noqa: E402
 
@@ -357,8 +357,7 @@ def _summarise(entry: dict) -> None:
     if entry.get("kind") not in (None, "natural"):
         evs = evs[:1]  # a fault run's own fault: its natural events are events of their own
     # (a natural event whose truth is incomplete - truncated, unlogged - is optional)
-    entry["harmful"] = any(e["harmful"] and not (e.get("truncated") or e.get("unlogged"))
-                           for e in evs)
+    entry["harmful"] = any(e["harmful"] and not incomplete(e) for e in evs)
     if entry["label"] == "clean":
         entry["severity"] = None
     else:
@@ -415,13 +414,8 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
         rel = _path(view, rid)
         fmt = write_view(out / rel, rid, view, [series])
         clean_ids.append(rid)
-        spikes = natural_spikes(view, series)
-        evs = _natural_truths(task, sched, view, clean, n, t_idx, None, clean_nat,
-                              cache=clean_cache, logged_spikes=spikes)
-        entry = _entry(rid, rel, fmt, view, base.task, base.bid, n, clean_or_fault(evs), None)
-        _with_natural(entry, evs)
-        entry["natural_spikes"] = _outside_events(spikes, evs)
-        _summarise(entry)
+        entry = _clean_entry(task, sched, base, view, rid, rel, fmt, clean, n, series, t_idx,
+                             clean_nat, clean_cache)
         labels.append(entry)
         _show(entry, time.time() - t)
     for spec in base.faults:
@@ -454,8 +448,6 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
             canonical = series
         rid = f"{base.bid}-{spec.rid}"
         truth = fault_truth(spec, clean, ftr, n, t_idx)
-        ev = truth["events"][0]
-        excl = (ev["onset_step"], ev["active_end_step"] + SETTLE)
         spikes = natural_spikes(spec.view, canonical)
         truth["events"] += _fault_run_natural(task, sched, spec, clean, ftr, n, t_idx, clean_nat,
                                               clean_cache, reorder, spikes)
@@ -466,14 +458,8 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             write_wandb_csv(out / rel, {cid: cseries, rid: segments[-1]}, spec.view.buckets or 250)
             fmt = "wandb-csv"
-            cspikes = natural_spikes(spec.view, cseries)
-            cevs = _natural_truths(task, sched, spec.view, clean, n, ct_idx, None, clean_nat,
-                                   cache=clean_cache, logged_spikes=cspikes)
-            centry = _entry(cid, rel, fmt, spec.view, base.task, base.bid, n,
-                            clean_or_fault(cevs), None)
-            _with_natural(centry, cevs)
-            centry["natural_spikes"] = _outside_events(cspikes, cevs)
-            _summarise(centry)
+            centry = _clean_entry(task, sched, base, spec.view, cid, rel, fmt, clean, n, cseries,
+                                  ct_idx, clean_nat, clean_cache)
             labels.append(centry)
             _show(centry, 0.0)
         else:
@@ -481,12 +467,27 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
             fmt = write_view(out / rel, rid, spec.view, segments)
         entry = _entry(rid, rel, fmt, spec.view, base.task, base.bid, n, "fault", clean_ids[0])
         entry.update(truth)
-        # the fault's own window is its event's, not a natural spike's
-        entry["natural_spikes"] = _outside_events(
-            [s for s in spikes if not excl[0] <= s <= excl[1]], truth["events"][1:])
+        # the fault's own window is its event's, not a natural spike's (nor are its natural
+        # events')
+        entry["natural_spikes"] = _outside_events(spikes, truth["events"])
         _summarise(entry)
         labels.append(entry)
         _show(entry, time.time() - t)
+
+
+def _clean_entry(task, sched: Schedule, base: Base, view: View, rid: str, rel: str, fmt: str,
+                 clean: Trace, n: int, series: dict, t_idx: np.ndarray,
+                 clean_nat: list[tuple[int, int, float]], clean_cache: dict) -> dict:
+    """The label of one view of the clean run: its natural events' truths (branches shared
+    through ``clean_cache``), ``clean`` unless one did harm, and its other spikes."""
+    spikes = natural_spikes(view, series)
+    evs = _natural_truths(task, sched, view, clean, n, t_idx, None, clean_nat,
+                          cache=clean_cache, logged_spikes=spikes)
+    entry = _entry(rid, rel, fmt, view, base.task, base.bid, n, clean_or_fault(evs), None)
+    _with_natural(entry, evs)
+    entry["natural_spikes"] = _outside_events(spikes, evs)
+    _summarise(entry)
+    return entry
 
 
 def find_natural_events(g: np.ndarray, factor: float = 3.0, window: int = 100,
@@ -689,8 +690,9 @@ def _excess_over(run: Trace, br: Trace, n: int, onset: int) -> float | None:
 
 
 def _outside_events(spikes: list[int], evs: list[dict]) -> list[int]:
-    """The spikes outside every event's window (onset to 30 steps after its active end)."""
-    spans = [(e["onset_step"], e["active_end_step"] + 30) for e in evs]
+    """The spikes outside every event's window (onset to ``SETTLE`` steps after its active
+    end)."""
+    spans = [(e["onset_step"], e["active_end_step"] + SETTLE) for e in evs]
     return [s for s in spikes if not any(a <= s <= b for a, b in spans)]
 
 
