@@ -8,11 +8,14 @@ import polars as pl
 from gradaudit.series import RunSeries
 
 
-def run_series(steps, g=None, loss=None, lr=None, name="run") -> RunSeries:
+def run_series(steps, g=None, loss=None, lr=None, name="run", loss_steps=None) -> RunSeries:
+    """A run of the given series at ``steps`` (the loss at ``loss_steps`` where it is logged
+    at other steps)."""
     rows_s, rows_t, rows_v = [], [], []
     for tag, vals in (("grad_norm", g), ("loss", loss), ("lr", lr)):
         if vals is not None:
-            rows_s.append(np.asarray(steps, np.int64))
+            at = loss_steps if tag == "loss" and loss_steps is not None else steps
+            rows_s.append(np.asarray(at, np.int64))
             rows_t += [tag] * len(vals)
             rows_v.append(np.asarray(vals, np.float64))
     frame = pl.DataFrame({

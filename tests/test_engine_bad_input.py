@@ -1,5 +1,4 @@
 import numpy as np
-import polars as pl
 import pytest
 
 from gradaudit.audit import audit_run
@@ -84,13 +83,7 @@ def _sparse_loss_run(on, every, seed):
     g[on] *= 30
     ls = np.arange(0, s.size, every)
     loss = (2.5 + 3.0 * (ls + 20.0) ** -0.4) * np.exp(rng.normal(0, 0.03, ls.size))
-    frame = pl.DataFrame({
-        "step": np.concatenate((s, ls)).astype(np.int64),
-        "tag": pl.Series(["grad_norm"] * s.size + ["loss"] * ls.size).cast(pl.Categorical),
-        "value": np.concatenate((g, loss)),
-        "wall_time": pl.Series([None] * (s.size + ls.size), dtype=pl.Float64),
-    })
-    return RunSeries("sparse", "csv", [], frame, "grad_norm", "loss", None)
+    return run_series(s, g, loss, loss_steps=ls)
 
 
 @pytest.mark.parametrize("every", [250, 400, 500])
