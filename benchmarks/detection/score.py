@@ -234,6 +234,35 @@ def score_run(label: dict, preds: list[Pred], tally: Tally, margin: int,
         details.append(f"    truth: {truth}\n    found: {ps or '-'}{more}   {'; '.join(notes[:8])}")
 
 
+def _row(name: str, t: Tally, seconds: float | None) -> tuple[str, dict]:
+    """One table row: its printed line and its JSON record."""
+    f, p, r = Tally.f1(t.tp, t.fp, t.fn)
+    fe, _, _ = Tally.f1(t.tp_expl, t.fp_expl, t.fn_expl)
+    err = f"{np.mean(t.onset_err):.1f}" if t.onset_err else "-"
+    imp = f"{100 * np.mean(t.impact_ok):.0f}%" if t.impact_ok else "-"
+    imp_def = f"{100 * np.mean(t.impact_defined):.0f}%" if t.impact_defined else "-"
+    sev = f"{100 * np.mean(t.sev_ok):.0f}%" if t.sev_ok else "-"
+    per_k = 1000 * t.clean_episodes / t.clean_steps if t.clean_steps else None
+    cl_ep = f"{per_k:.2f}" if per_k is not None else "-"
+    sec = f"{seconds:5.1f}" if seconds is not None else f"{'-':>5s}"
+    line = (f"{name:16s} {f:5.2f} {p:5.2f} {r:5.2f} {fe:7.2f} "
+            f"{t.clean_alarms:>3d}/{t.clean_runs:<4d} {err:>9s} {imp:>8s} {imp_def:>5s} "
+            f"{sev:>9s} {cl_ep:>8s} {sec}")
+    return line, {"f1": f, "precision": p, "recall": r, "f1_explosion": fe,
+            "clean_false_alarms": t.clean_alarms, "clean_runs": t.clean_runs,
+            "onset_error": float(np.mean(t.onset_err)) if t.onset_err else None,
+            "impact_within_2x": float(np.mean(t.impact_ok)) if t.impact_ok else None,
+            "impact_scored": [int(np.sum(t.impact_ok)), len(t.impact_ok)],
+            "impact_within_2x_well_defined": float(np.mean(t.impact_defined))
+            if t.impact_defined else None,
+            "impact_scored_well_defined": [int(np.sum(t.impact_defined)),
+                                           len(t.impact_defined)],
+            "severity_agreement": float(np.mean(t.sev_ok)) if t.sev_ok else None,
+            "clean_episodes_per_1k_steps": per_k,
+            "tp": t.tp, "fp": t.fp, "fn": t.fn,
+            "seconds": round(seconds, 2) if seconds is not None else None}
+
+
 def _fmt(x) -> str:
     return "null" if x is None else f"{x:.4g}"
 
@@ -271,6 +300,8 @@ def main() -> int:
     ap.add_argument("--only", default=None, help="substring filter on run ids")
     ap.add_argument("--methods", default=None, help="comma-separated subset of methods")
     ap.add_argument("--json", default=None, help="also write the table to this JSON file")
+    ap.add_argument("--by-base", action="store_true",
+                    help="also gradaudit's scores per base run family (mlpc, rnn-nat, ...)")
     ap.add_argument("--fast-pelt", action="store_true",
                     help="ruptures KernelCPD('linear') (C, same l2 cost) instead of Pelt('l2')")
     args = ap.parse_args()
@@ -292,6 +323,7 @@ def main() -> int:
     tallies = {m: Tally() for m in methods}
     details: dict[str, list[str]] = {m: [] for m in methods}
     timing = {m: 0.0 for m in methods}
+    by_base: dict[str, Tally] = {}  # gradaudit per base (--by-base)
     t_read = 0.0
     problems: list[str] = []
     for label in labels:
@@ -343,6 +375,9 @@ def main() -> int:
                      f"{', every ' + str(label['log_every']) if label['log_every'] > 1 else ''}, "
                      f"{label.get('kind') or 'clean'}, read by {source})")
             score_run(label, preds, tallies[m], args.margin, d, with_sev)
+            if m == "gradaudit" and args.by_base:
+                score_run(label, preds, by_base.setdefault(label["base"], Tally()),
+                          args.margin, None, with_sev)
 
     evs = [e for r in labels for e in r["events"]]
     n_must = sum(role(e) == "must" for e in evs)
@@ -364,33 +399,19 @@ def main() -> int:
     print("-" * len(head))
     table = {}
     for m in methods:
-        t = tallies[m]
-        f, p, r = Tally.f1(t.tp, t.fp, t.fn)
-        fe, _, _ = Tally.f1(t.tp_expl, t.fp_expl, t.fn_expl)
-        err = f"{np.mean(t.onset_err):.1f}" if t.onset_err else "-"
-        imp = f"{100 * np.mean(t.impact_ok):.0f}%" if t.impact_ok else "-"
-        imp_def = f"{100 * np.mean(t.impact_defined):.0f}%" if t.impact_defined else "-"
-        sev = f"{100 * np.mean(t.sev_ok):.0f}%" if t.sev_ok else "-"
-        per_k = 1000 * t.clean_episodes / t.clean_steps if t.clean_steps else None
-        cl_ep = f"{per_k:.2f}" if per_k is not None else "-"
-        table[m] = {"f1": f, "precision": p, "recall": r, "f1_explosion": fe,
-                    "clean_false_alarms": t.clean_alarms, "clean_runs": t.clean_runs,
-                    "onset_error": float(np.mean(t.onset_err)) if t.onset_err else None,
-                    "impact_within_2x": float(np.mean(t.impact_ok)) if t.impact_ok else None,
-                    "impact_scored": [int(np.sum(t.impact_ok)), len(t.impact_ok)],
-                    "impact_within_2x_well_defined": float(np.mean(t.impact_defined))
-                    if t.impact_defined else None,
-                    "impact_scored_well_defined": [int(np.sum(t.impact_defined)),
-                                                   len(t.impact_defined)],
-                    "severity_agreement": float(np.mean(t.sev_ok)) if t.sev_ok else None,
-                    "clean_episodes_per_1k_steps": per_k,
-                    "tp": t.tp, "fp": t.fp, "fn": t.fn, "seconds": round(timing[m], 2)}
-        print(f"{m:16s} {f:5.2f} {p:5.2f} {r:5.2f} {fe:7.2f} "
-              f"{t.clean_alarms:>3d}/{t.clean_runs:<4d} {err:>9s} {imp:>8s} {imp_def:>5s} "
-              f"{sev:>9s} {cl_ep:>8s} {timing[m]:5.1f}")
+        line, table[m] = _row(m, tallies[m], timing[m])
+        print(line)
+    bases = {}
+    if by_base:
+        print(f"\ngradaudit per base run family\n{head}\n{'-' * len(head)}")
+        for b, t in sorted(by_base.items()):
+            line, bases[b] = _row(b, t, None)
+            print(line)
     if args.json:
-        Path(args.json).write_text(json.dumps({"margin": args.margin, "runs": len(labels),
-                                               "methods": table}, indent=1) + "\n")
+        out = {"margin": args.margin, "runs": len(labels), "methods": table}
+        if bases:
+            out["gradaudit_by_base"] = bases
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     ga = tallies.get("gradaudit")
     if ga is not None and ga.impact_ok:
         n_ill = len(ga.impact_ok) - len(ga.impact_defined)
