@@ -39,10 +39,12 @@ H = 200  # impact horizon (steps)
 HARM_REL = 0.05  # harmful: excess loss >= 5 % of the clean loss level over the horizon
 AMBIG_LO, AMBIG_HI = 0.8, 1.25  # relative excess in [0.8, 1.25] x HARM_REL: ambiguous
 
-# style -> (grad tag, loss tag, lr tag, step offset, loss averaged over the log interval)
+# style -> (grad tag, loss tag, lr tag, step offset, loss averaged over the log interval).
+# The HF Trainer averages its loss over the logging interval (and logs train/epoch beside it);
+# Megatron's TensorBoard "lm loss" is the logging iteration's own (only its stdout line averages).
 STYLES = {
     "hf": ("train/grad_norm", "train/loss", "train/learning_rate", 1, True),
-    "megatron": ("grad-norm", "lm loss", "learning-rate", 1, True),
+    "megatron": ("grad-norm", "lm loss", "learning-rate", 1, False),
     "lightning": ("grad_2.0_norm_total", "train_loss", "lr-Adam", 0, False),
     "olmo": ("optim/total grad norm", "train/CE loss", "optim/LR (group 0)", 1, False),
     "loss_only": (None, "train/loss", "lr", 0, False),
@@ -162,6 +164,38 @@ BASES: list[Base] = [
          clean_views=[V("tb", "megatron")],
          faults=[RunSpec("bad-batch-x10", V("tb", "hf"), F("corrupt_scale", 150, 1, 10)),
                  RunSpec("lr-spike-x3", V("parquet", "olmo"), F("lr_spike", 200, 20, 3))]),
+    # Conv net with BatchNorm, SGD + momentum + weight decay: the loss is blind to most weights'
+    # scale, so lr faults hurt while the grad norm rises under 2x. Added 2026-11-28 after a blind
+    # run of the engine on it (README, "Families added blind").
+    Base("cnn", "cnn_cls", 10, 1500, 0.05, 100,
+         clean_views=[V("tb", "hf"), V("parquet", "olmo"), V("csv", "hf", buckets=250)],
+         faults=[
+             RunSpec("lr-spike-x10", V("tb", "hf"), F("lr_spike", 900, 20, 10)),
+             RunSpec("lr-spike-x3", V("parquet", "olmo"), F("lr_spike", 1000, 40, 3)),
+             RunSpec("bad-batch-x10", V("tb", "megatron"), F("corrupt_scale", 1100, 2, 10)),
+             RunSpec("loss-scale-x30", V("tb", "lightning"), F("loss_scale", 700, 10, 30)),
+             RunSpec("lr-jump-x3", V("tb", "hf"), F("lr_jump", 800, 1, 3)),
+             RunSpec("fp16-overflow", V("tb", "hf"),
+                     F("overflow", 900, steps=(900, 901, 1100, 1300))),
+             RunSpec("resume-after-spike", V("tb", "hf"),
+                     F("resume", 1200, factor=30, crash_spike=True)),
+             RunSpec("lr-ramp-x8", V("csv", "hf", buckets=250),
+                     F("lr_ramp", 800, 50, 8, hold=100)),
+             RunSpec("shuffled-labels", V("tb", "hf", every=10), F("corrupt_labels", 1250, 3)),
+         ]),
+    # LSTM char LM, Adam: gated, so lr faults that wreck the vanilla RNN mostly leave it alone.
+    Base("lstm", "lstm_lm", 11, 1000, 5e-3, 100,
+         clean_views=[V("tb", "megatron"), V("parquet", "olmo")],
+         faults=[
+             RunSpec("lr-spike-x20", V("tb", "megatron"), F("lr_spike", 600, 10, 20)),
+             RunSpec("lr-spike-x5", V("parquet", "olmo"), F("lr_spike", 650, 30, 5)),
+             RunSpec("loss-scale-x30", V("tb", "hf"), F("loss_scale", 700, 10, 30)),
+             RunSpec("bad-batch", V("tb", "hf"), F("corrupt_scale", 550, 2, 10)),
+             RunSpec("lr-jump-x4", V("tb", "hf", every=10), F("lr_jump", 600, 1, 4)),
+             RunSpec("warm-restart", V("tb", "megatron"), F("lr_restart", 750)),
+             RunSpec("fp16-overflow", V("parquet", "olmo"),
+                     F("overflow", 500, steps=(500, 501, 502, 800))),
+         ]),
 ]
 
 # Natural explosions: unclipped vanilla RNNs at a high learning rate (no injection). The clean
@@ -192,6 +226,8 @@ def logged(view: View, tr: Trace, n: int) -> tuple[dict, np.ndarray]:
     else:
         loss = tr.loss[t_idx]
     out = {ltag: (steps, loss), lrtag: (steps, tr.lr[t_idx])}
+    if view.style == "hf":  # the Trainer logs the epoch with every loss (here: one per run)
+        out["train/epoch"] = (steps, steps / n)
     if gtag is not None:
         g = np.zeros(len(t_idx)) if view.style == "bloom0" else tr.grad[t_idx]
         out[gtag] = (steps, g)

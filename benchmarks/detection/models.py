@@ -9,6 +9,10 @@ run can be branched at any step and its twin sees exactly the same batches after
   library's own docstrings and the ``this`` module (no downloads) (AdamW).
 - ``rnn``: a vanilla tanh RNN character LM on the same text (SGD): spiky, with natural
   explosions at a high learning rate.
+- ``cnn_cls``: a conv net with BatchNorm on noisy, shifted 16x16 templates (SGD with momentum
+  and weight decay): BatchNorm makes the loss scale-invariant in most weights, so an lr fault
+  hurts the loss while the grad norm hardly moves.
+- ``lstm_lm``: an LSTM character LM on the same text (Adam).
 """
 
 from __future__ import annotations
@@ -75,6 +79,16 @@ class Task:
         return x * k
 
 
+def _rows_of(x: torch.Tensor, y: torch.Tensor, order: np.ndarray):
+    """The batch of a step: the rows ``order[step]`` of a fixed data table."""
+
+    def batch_fn(step: int):
+        i = torch.from_numpy(order[step])
+        return x[i], y[i]
+
+    return batch_fn
+
+
 def _schedule(n_data: int, batch: int, steps: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     reps = math.ceil(steps * batch / n_data) + 1
@@ -101,15 +115,11 @@ def mlp_cls(seed: int, steps: int, batch: int = 32, lr: float = 1e-3, width: int
         return nn.Sequential(nn.Linear(d, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
                              nn.Linear(width, c))
 
-    def batch_fn(step: int):
-        i = torch.from_numpy(order[step])
-        return x[i], y[i]
-
     def loss_fn(model, xb, yb):
         return nn.functional.cross_entropy(model(xb), yb)
 
     return Task("mlp_cls", make_model, lambda m, lr_: torch.optim.Adam(m.parameters(), lr=lr_),
-                batch_fn, loss_fn, lr)
+                _rows_of(x, y, order), loss_fn, lr)
 
 
 def mlp_reg(seed: int, steps: int, batch: int = 32, lr: float = 0.02) -> Task:
@@ -127,16 +137,12 @@ def mlp_reg(seed: int, steps: int, batch: int = 32, lr: float = 0.02) -> Task:
         return nn.Sequential(nn.Linear(d, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(),
                              nn.Linear(64, 1))
 
-    def batch_fn(step: int):
-        i = torch.from_numpy(order[step])
-        return x[i], y[i]
-
     def loss_fn(model, xb, yb):
         return nn.functional.mse_loss(model(xb), yb)
 
     return Task("mlp_reg", make_model,
                 lambda m, lr_: torch.optim.SGD(m.parameters(), lr=lr_, momentum=0.9),
-                batch_fn, loss_fn, lr)
+                _rows_of(x, y, order), loss_fn, lr)
 
 
 _TEXT_CACHE: dict[str, tuple[torch.Tensor, int]] = {}
@@ -244,4 +250,65 @@ def rnn(seed: int, steps: int, batch: int = 16, ctx: int = 64, lr: float = 0.1,
                 batch_fn, _char_lm_loss, lr)
 
 
-TASKS = {"mlp_cls": mlp_cls, "mlp_reg": mlp_reg, "char_lm": char_lm, "rnn": rnn}
+def cnn_cls(seed: int, steps: int, batch: int = 32, lr: float = 0.05) -> Task:
+    """Conv net with BatchNorm, 1x16x16 -> 10 classes: each image one of 10 smoothed random
+    templates, rolled by up to 3 pixels, plus unit noise; 5 % of the labels random. SGD with
+    momentum 0.9 and weight decay 5e-4."""
+    g = torch.Generator().manual_seed(3000 + seed)
+    n, c = 6000, 10
+    templates = nn.functional.avg_pool2d(torch.randn(c, 1, 16, 16, generator=g), 3, 1, 1)
+    y = torch.randint(0, c, (n,), generator=g)
+    shift = torch.randint(-3, 4, (n, 2), generator=g)
+    x = templates[y].clone()
+    for i in range(n):
+        x[i] = torch.roll(x[i], (int(shift[i, 0]), int(shift[i, 1])), (1, 2))
+    x = x * 1.5 + torch.randn(x.shape, generator=g)
+    flip = torch.rand(n, generator=g) < 0.05
+    y = torch.where(flip, torch.randint(0, c, (n,), generator=g), y)
+    order = _schedule(n, batch, steps, seed)
+
+    def make_model() -> nn.Module:
+        torch.manual_seed(seed)
+        return nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, c))
+
+    def loss_fn(model, xb, yb):
+        return nn.functional.cross_entropy(model(xb), yb)
+
+    return Task("cnn_cls", make_model,
+                lambda m, lr_: torch.optim.SGD(m.parameters(), lr=lr_, momentum=0.9,
+                                               weight_decay=5e-4),
+                _rows_of(x, y, order), loss_fn, lr)
+
+
+class CharLSTM(nn.Module):
+    """Embedding -> LSTM -> linear."""
+
+    def __init__(self, vocab: int, hidden: int = 96):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, 32)
+        self.rnn = nn.LSTM(32, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.emb(idx))
+        return self.head(out)
+
+
+def lstm_lm(seed: int, steps: int, batch: int = 16, ctx: int = 48, lr: float = 5e-3) -> Task:
+    """LSTM char LM, Adam."""
+    data, vocab, starts, half = _text_batches(seed, steps, batch, ctx)
+
+    def make_model() -> nn.Module:
+        torch.manual_seed(seed)
+        return CharLSTM(vocab)
+
+    return Task("lstm_lm", make_model, lambda m, lr_: torch.optim.Adam(m.parameters(), lr=lr_),
+                _char_batches(data, starts, ctx), _char_lm_loss, lr)
+
+
+TASKS = {"mlp_cls": mlp_cls, "mlp_reg": mlp_reg, "char_lm": char_lm, "rnn": rnn,
+         "cnn_cls": cnn_cls, "lstm_lm": lstm_lm}
