@@ -23,7 +23,7 @@ FULL = [
     ("ingestion: Parquet/CSV vs pyarrow", ["bench_tables.py", "--repeat", "3"]),
     ("engine: 1e6 steps, PELT vs ruptures", ["bench_engine.py", "--repeat", "3",
                                             "--ruptures-cap", "150"]),
-    ("detection quality vs anchor rules", ["detection/score.py"]),
+    ("detection quality vs anchor rules", ["detection/score.py", "--by-base"]),
 ]
 QUICK = [
     ("ingestion: TensorBoard vs tbparse / EventAccumulator",
@@ -31,7 +31,7 @@ QUICK = [
     ("ingestion: Parquet/CSV vs pyarrow", ["bench_tables.py", "--rows", "200000", "--repeat", "3"]),
     ("engine: 1e6 steps, PELT vs ruptures", ["bench_engine.py", "--repeat", "3",
                                             "--ruptures-cap", "30"]),
-    ("detection quality vs anchor rules", ["detection/score.py", "--fast-pelt"]),
+    ("detection quality vs anchor rules", ["detection/score.py", "--by-base", "--fast-pelt"]),
 ]
 
 
