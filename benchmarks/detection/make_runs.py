@@ -48,7 +48,7 @@ STYLES = {
     "lightning": ("grad_2.0_norm_total", "train_loss", "lr-Adam", 0, False),
     "olmo": ("optim/total grad norm", "train/CE loss", "optim/LR (group 0)", 1, False),
     "loss_only": (None, "train/loss", "lr", 0, False),
-    "bloom0": ("grad-norm", "lm loss", "learning-rate", 1, True),  # grad norm logged as 0.0
+    "bloom0": ("grad-norm", "lm loss", "learning-rate", 1, False),  # grad norm logged as 0.0
 }
 
 
@@ -165,8 +165,8 @@ BASES: list[Base] = [
          faults=[RunSpec("bad-batch-x10", V("tb", "hf"), F("corrupt_scale", 150, 1, 10)),
                  RunSpec("lr-spike-x3", V("parquet", "olmo"), F("lr_spike", 200, 20, 3))]),
     # Conv net with BatchNorm, SGD + momentum + weight decay: the loss is blind to most weights'
-    # scale, so lr faults hurt while the grad norm rises under 2x. Added 2026-11-28 after a blind
-    # run of the engine on it (README, "Families added blind").
+    # scale, so lr faults hurt while the grad norm rises about 2x at most. Added 2026-11-28
+    # after a blind run of the engine on it (README, "Two families added blind").
     Base("cnn", "cnn_cls", 10, 1500, 0.05, 100,
          clean_views=[V("tb", "hf"), V("parquet", "olmo"), V("csv", "hf", buckets=250)],
          faults=[
@@ -183,7 +183,7 @@ BASES: list[Base] = [
                      F("lr_ramp", 800, 50, 8, hold=100)),
              RunSpec("shuffled-labels", V("tb", "hf", every=10), F("corrupt_labels", 1250, 3)),
          ]),
-    # LSTM char LM, Adam: gated, so lr faults that wreck the vanilla RNN mostly leave it alone.
+    # LSTM char LM, Adam: gated, so lr faults hurt it far less than the vanilla RNN.
     Base("lstm", "lstm_lm", 11, 1000, 5e-3, 100,
          clean_views=[V("tb", "megatron"), V("parquet", "olmo")],
          faults=[
@@ -215,8 +215,11 @@ NATURAL: list[dict] = [
 # logging views
 
 
-def logged(view: View, tr: Trace, n: int) -> tuple[dict, np.ndarray]:
-    """The series a trainer in ``view.style`` logs from per-step records, and the t indices."""
+def logged(view: View, tr: Trace, n: int, run_steps: int | None = None
+           ) -> tuple[dict, np.ndarray]:
+    """The series a trainer in ``view.style`` logs from its first ``n`` per-step records, and
+    the t indices; ``run_steps``: the whole run's length (default ``n``; a resumed run's first
+    segment stops early)."""
     gtag, ltag, lrtag, off, avg = STYLES[view.style]
     every = view.every
     t_idx = np.array([t for t in range(n) if (t + off) % every == 0], dtype=np.int64)
@@ -227,7 +230,7 @@ def logged(view: View, tr: Trace, n: int) -> tuple[dict, np.ndarray]:
         loss = tr.loss[t_idx]
     out = {ltag: (steps, loss), lrtag: (steps, tr.lr[t_idx])}
     if view.style == "hf":  # the Trainer logs the epoch with every loss (here: one per run)
-        out["train/epoch"] = (steps, steps / n)
+        out["train/epoch"] = (steps, steps / (run_steps or n))
     if gtag is not None:
         g = np.zeros(len(t_idx)) if view.style == "bloom0" else tr.grad[t_idx]
         out[gtag] = (steps, g)
@@ -468,7 +471,7 @@ def run_base(base: Base, out: Path, labels: list[dict]) -> None:
                 seg1 = train(task, f.start, sched, f, start=f.start - 8, base=_cut(clean, f.start))
             else:
                 seg1 = _cut(clean, f.start)
-            s1, _ = logged(spec.view, seg1, f.start)
+            s1, _ = logged(spec.view, seg1, f.start, run_steps=n)
             s2, t_idx = logged(spec.view, seg2, n)
             off = STYLES[spec.view.style][3]
             s2 = {k: (v[0][v[0] - off >= r0], v[1][v[0] - off >= r0]) for k, v in s2.items()}

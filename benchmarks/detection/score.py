@@ -238,6 +238,10 @@ def _row(name: str, t: Tally, seconds: float | None) -> tuple[str, dict]:
     """One table row: its printed line and its JSON record."""
     f, p, r = Tally.f1(t.tp, t.fp, t.fn)
     fe, _, _ = Tally.f1(t.tp_expl, t.fp_expl, t.fn_expl)
+    # nothing to find and nothing claimed: no score (a family of harmless faults)
+    scored = bool(t.tp + t.fp + t.fn)
+    f1s, ps, rs = (f"{x:5.2f}" if scored else f"{'-':>5s}" for x in (f, p, r))
+    fes = f"{fe:7.2f}" if t.tp_expl + t.fp_expl + t.fn_expl else f"{'-':>7s}"
     err = f"{np.mean(t.onset_err):.1f}" if t.onset_err else "-"
     imp = f"{100 * np.mean(t.impact_ok):.0f}%" if t.impact_ok else "-"
     imp_def = f"{100 * np.mean(t.impact_defined):.0f}%" if t.impact_defined else "-"
@@ -245,7 +249,7 @@ def _row(name: str, t: Tally, seconds: float | None) -> tuple[str, dict]:
     per_k = 1000 * t.clean_episodes / t.clean_steps if t.clean_steps else None
     cl_ep = f"{per_k:.2f}" if per_k is not None else "-"
     sec = f"{seconds:5.1f}" if seconds is not None else f"{'-':>5s}"
-    line = (f"{name:16s} {f:5.2f} {p:5.2f} {r:5.2f} {fe:7.2f} "
+    line = (f"{name:16s} {f1s} {ps} {rs} {fes} "
             f"{t.clean_alarms:>3d}/{t.clean_runs:<4d} {err:>9s} {imp:>8s} {imp_def:>5s} "
             f"{sev:>9s} {cl_ep:>8s} {sec}")
     return line, {"f1": f, "precision": p, "recall": r, "f1_explosion": fe,
@@ -306,6 +310,8 @@ def main() -> int:
                     help="ruptures KernelCPD('linear') (C, same l2 cost) instead of Pelt('l2')")
     args = ap.parse_args()
     anchors.EXACT_PELT = not args.fast_pelt
+    if args.by_base and args.methods and "gradaudit" not in args.methods.split(","):
+        ap.error("--by-base scores gradaudit: keep it in --methods")
     labels: list[dict] = []  # each with the folder it lives in ("_dir")
     horizons = set()
     dirs = [Path(d) for d in (args.data or [str(HERE / "data")])]
@@ -376,7 +382,7 @@ def main() -> int:
                      f"{label.get('kind') or 'clean'}, read by {source})")
             score_run(label, preds, tallies[m], args.margin, d, with_sev)
             if m == "gradaudit" and args.by_base:
-                score_run(label, preds, by_base.setdefault(label["base"], Tally()),
+                score_run(label, preds, by_base.setdefault(label.get("base", "?"), Tally()),
                           args.margin, None, with_sev)
 
     evs = [e for r in labels for e in r["events"]]
