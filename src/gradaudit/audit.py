@@ -477,7 +477,12 @@ class _Judge:
             imp.horizon_points < max(min(5.0, self.h_points), self.h_points / 4)
         # significant against its own noise: 2 standard errors (the Bonferroni level in a
         # chronically spiky run); the jump only where no excess could be measured
-        ex_thr = max(st.harm_excess * lvl, self.z_harm * imp.excess_noise, self.chance or 0.0)
+        bars = {"harm": st.harm_excess * lvl, "noise": self.z_harm * imp.excess_noise,
+                "chance": self.chance or 0.0}
+        ex_thr = max(bars.values())
+        # which bar binds, for the words: under the harm bar the loss was not lastingly
+        # harmed; under its own noise (or the run's chance) it was only not shown to be
+        bar_by = max(bars, key=bars.__getitem__)
         # the counterfactual's trend is the least certain part of the excess (its standard
         # error assumes the model is right): where it expects the loss to keep falling fast
         # (early in training), a loss that only fell less than that - by under DECLINE_SHARE
@@ -514,7 +519,7 @@ class _Judge:
                                  harm_thr if by_fall else ex_thr, jp_thr,
                                  (imp.horizon_points, cut) if short else None,
                                  imp.lasting_excess, imp.cut_step, imp.lr_time, nonfinite,
-                                 by_fall=by_fall)
+                                 by_fall=by_fall, bar_by=bar_by, z=self.z_harm)
         return imp, harmful, harm
 
 

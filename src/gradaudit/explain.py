@@ -79,14 +79,17 @@ def grad_text(kind: str, ratio: float | None, base: float | None, peak_step: int
 def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: float,
                jp_thr: float, short: tuple[int, str] | None = None,
                lasting: float | None = None, held_from: int | None = None,
-               lr_time: bool = False, nonfinite: bool = True, by_fall: bool = False) -> str:
+               lr_time: bool = False, nonfinite: bool = True, by_fall: bool = False,
+               bar_by: str = "harm", z: float = 2.0) -> str:
     """The loss half of an episode's reason: the numbers behind the harm verdict
     (``short``: only that many logged points of the horizon, before what cut it; ``lasting``:
     the excess without the episode's own spike points, which the verdict uses;
     ``held_from``: a later lr episode's onset, from which the excess was held; ``lr_time``:
     the counterfactual follows the schedule's learning-rate time; ``nonfinite``: the loss went
     non-finite after the onset; ``by_fall``: the threshold is half the fall the counterfactual
-    expected over the horizon, not the harm bar)."""
+    expected over the horizon, not the harm bar; ``bar_by``: what set ``ex_thr`` - ``harm``,
+    the harm bar; ``noise``, ``z`` standard errors of the estimate; ``chance``, what this
+    chronically spiky run's loss does by chance over a horizon)."""
     if li.diverged and nonfinite:
         return "the loss diverged: it went non-finite"
     parts = []
@@ -122,6 +125,14 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
             return (f"{text}: below the harm threshold {ex_thr:.3g}, half the fall its "
                     "counterfactual expected over that stretch (the loss only fell less than "
                     "that trend, too uncertain a trend early in training to call it harmed: a "
+                    "warning)")
+        if bar_by == "noise":
+            return (f"{text}: below the harm threshold {ex_thr:.3g}, {z:.2g} standard errors "
+                    "of this estimate (within its noise: not shown to be lasting harm, so a "
+                    "warning)")
+        if bar_by == "chance":
+            return (f"{text}: below the harm threshold {ex_thr:.3g}, what this run's loss "
+                    "does by chance over a horizon (not shown to be lasting harm, so a "
                     "warning)")
         return (f"{text}: below the harm threshold {ex_thr:.3g} (the loss was not "
                 f"lastingly harmed, so a warning)")
