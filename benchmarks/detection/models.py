@@ -90,6 +90,11 @@ def _rows_of(x: torch.Tensor, y: torch.Tensor, order: np.ndarray):
     return batch_fn
 
 
+def _class_loss(model, xb, yb):
+    """Cross-entropy of a classifier's logits."""
+    return nn.functional.cross_entropy(model(xb), yb)
+
+
 def _schedule(n_data: int, batch: int, steps: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     reps = math.ceil(steps * batch / n_data) + 1
@@ -116,11 +121,8 @@ def mlp_cls(seed: int, steps: int, batch: int = 32, lr: float = 1e-3, width: int
         return nn.Sequential(nn.Linear(d, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
                              nn.Linear(width, c))
 
-    def loss_fn(model, xb, yb):
-        return nn.functional.cross_entropy(model(xb), yb)
-
     return Task("mlp_cls", make_model, lambda m, lr_: torch.optim.Adam(m.parameters(), lr=lr_),
-                _rows_of(x, y, order), loss_fn, lr)
+                _rows_of(x, y, order), _class_loss, lr)
 
 
 def mlp_reg(seed: int, steps: int, batch: int = 32, lr: float = 0.02) -> Task:
@@ -276,13 +278,10 @@ def cnn_cls(seed: int, steps: int, batch: int = 32, lr: float = 0.05) -> Task:
             nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, c))
 
-    def loss_fn(model, xb, yb):
-        return nn.functional.cross_entropy(model(xb), yb)
-
     return Task("cnn_cls", make_model,
                 lambda m, lr_: torch.optim.SGD(m.parameters(), lr=lr_, momentum=0.9,
                                                weight_decay=5e-4),
-                _rows_of(x, y, order), loss_fn, lr)
+                _rows_of(x, y, order), _class_loss, lr)
 
 
 class CharLSTM(nn.Module):
