@@ -177,6 +177,31 @@ def test_lone_ratio_finds_one_bad_batch_in_an_interval_mean(seed):
     assert not loss_spike(logged).trigger.any()  # per-step rule: the next point must be high
 
 
+def _falling_interval_means(seed: int, jump: float) -> np.ndarray:
+    """80 points of a loss still falling, logged every 10 steps as interval means (1 % noise),
+    with a rise of ``jump`` at point 40 that decays over 10 points (an lr fault under Adam);
+    the first 6 points are the warm-up (NaN)."""
+    rng = np.random.default_rng(seed)
+    i = np.arange(80.0)
+    y = (2.45 + 2.0 * np.exp(-i / 8)) * np.exp(rng.normal(0, 0.01, 80))
+    y[40:50] *= 1 + jump * np.exp(-np.arange(10) / 4)
+    y[:6] = np.nan
+    return y
+
+
+def test_loss_jump_is_measured_against_where_a_falling_loss_is_now():
+    # The median of the last 50 points sits half a window back; on a loss still falling (a
+    # run logged every 10 steps, 40 points in) it is 5 % above the loss, and a +14 % jump was
+    # missed on half the seeds. The newer half's median lags half as far.
+    found = [bool(loss_spike(_falling_interval_means(s, 0.14), lone_ratio=2.0).trigger[40])
+             for s in range(20)]
+    assert sum(found) >= 16
+    for s in range(20):  # the same loss without the jump, and a flat noisy one: nothing
+        assert not loss_spike(_falling_interval_means(s, 0.0), lone_ratio=2.0).trigger.any()
+        flat = 2.0 * np.exp(np.random.default_rng(s).normal(0, 0.1, 1500))
+        assert not loss_spike(flat).trigger.any()
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_extreme_lone_loss_point_is_a_spike_where_the_loss_is_smooth(seed):
     # a language-model loss (per step, +-10 %): one shuffled-label batch at 15x its level, back
