@@ -199,7 +199,12 @@ def test_loss_jump_is_measured_against_where_a_falling_loss_is_now():
     for s in range(20):  # the same loss without the jump, and a flat noisy one: nothing
         assert not loss_spike(_falling_interval_means(s, 0.0), lone_ratio=2.0).trigger.any()
         flat = 2.0 * np.exp(np.random.default_rng(s).normal(0, 0.1, 1500))
-        assert not loss_spike(flat).trigger.any()
+        out = loss_spike(flat)
+        assert not out.trigger.any()
+        # on a flat loss the lower of the two medians is noise: the level stays the window's
+        # median almost everywhere (without the fall's significance test: at 23-25 % of points)
+        known = np.isfinite(out.level)
+        assert np.mean(out.level[known] != out.median[known]) <= 0.02
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -101,7 +101,8 @@ def loss_spike(
         y = np.where(fin, np.log(np.where(fin & (y > 0), y, 1.0)), y)
     use = fin if healthy is None else (np.asarray(healthy, bool) & fin)
     half_w = max(1, window // 2)
-    if prior is not None and prior.use is not None and not (use & ~prior.use).any():
+    if prior is not None and prior.use is not None and prior.median is not None and \
+            prior.half is not None and not (use & ~prior.use).any():
         med, _ = retrail(y, prior.use, use, prior.median, prior.median, window, min_history,
                          with_spread=False)
         half, _ = retrail(y, prior.use, use, prior.half, prior.half, half_w, min_history,
@@ -125,9 +126,12 @@ def loss_spike(
     dmed, _ = trailing_median_before(diff, np.isfinite(diff), window, max(2, min_history - 1),
                                      spread=False, at=target)
     spread = dmed * MAD_TO_SIGMA / np.sqrt(2.0)
-    floor = rel_of(min_rel_spread)
+    # (floored at a share of the window's median outside log space)
+    floor = float(np.log1p(min_rel_spread)) if logged else min_rel_spread * np.abs(med)
     spread = np.fmax(np.nan_to_num(spread, nan=0.0), floor)
-    level = _falling_level(med, half, spread, window)
+    # the lower level stands only where the fall is real, and only where something can fire
+    # (elsewhere the spread is only its floor, and the window's median is the level)
+    level = np.where(target, _falling_level(med, half, spread, window), med)
     d = y - level
     with np.errstate(invalid="ignore"):
         hi = np.maximum(z_hi * spread, rel_of(rel_jump))
@@ -160,11 +164,13 @@ def _falling_level(med: np.ndarray, half: np.ndarray, spread: np.ndarray,
                    window: int) -> np.ndarray:
     """The level: the median of the last ``window`` points, or, where the loss is falling, the
     median of their newer half. A median sits at its window's centre, so on a falling loss the
-    whole window's lags half a window behind (a run logged every 10 steps, 50 points into
-    training, measured a jump against the loss of 250 steps before). Falling means the newer
-    half's median is below the whole window's by ``FALL_Z`` standard errors of that difference
-    (about ``1.25 spread / sqrt(window)`` for medians of noisy points): in a flat loss the
-    lower of two medians is only noise, and a lower level would let the noise trigger."""
+    whole window's lags half a window behind (a run logged every 10 steps, 40 points into
+    training, measured a jump against a level 5 % above the loss). Falling means the newer
+    half's median is below the whole window's by ``FALL_Z`` x ``1.25 spread / sqrt(window)``:
+    in a flat loss the lower of two medians is only noise, and a lower level would let the
+    noise trigger. (Measured on flat noise, that bar is about 2.5 standard deviations of the
+    two medians' difference, which is 0.19 sigma for a 50-point window, not the 0.18 of the
+    formula; the half-median is chosen at about 1 % of the points.)"""
     with np.errstate(invalid="ignore"):
         fall = (med - half) >= FALL_Z * MEDIAN_SE * spread / np.sqrt(max(1, window))
     return np.where(fall, half, med)
