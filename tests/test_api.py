@@ -93,3 +93,37 @@ def test_episodes_frame_has_a_row_per_episode_with_its_impact():
         assert row["diverged"] == e.loss_impact.diverged
     empty = gradaudit.scan(SAMPLE / "tensorboard" / "mlp-clean").episodes_frame()
     assert empty.height == 0 and empty.columns == f.columns
+
+
+def test_one_training_logged_by_two_loggers_is_noted_as_such(tmp_path):
+    # Lightning with a TensorBoardLogger and a CSVLogger writes the same series to two version
+    # folders: two runs of the scan, each told the other holds the same series
+    from tensorboardX import SummaryWriter
+
+    rng = np.random.default_rng(0)
+    g = (0.7 * np.exp(rng.normal(0, 0.1, 300))).astype(np.float32)
+    loss = (2.5 + 3.0 * (np.arange(300) + 20.0) ** -0.4).astype(np.float32)
+    logs = tmp_path / "lightning_logs"
+    w = SummaryWriter(str(logs / "version_0"))
+    for step in range(300):
+        w.add_scalar("grad_2.0_norm_total", float(g[step]), step)
+        w.add_scalar("train_loss", float(loss[step]), step)
+    w.close()
+    (logs / "version_1").mkdir()
+    # the CSV logger writes each float32 value as its Python float
+    rows = [f"{float(g[s])!r},{s},{float(loss[s])!r}" for s in range(300)]
+    (logs / "version_1" / "metrics.csv").write_text(
+        "grad_2.0_norm_total,step,train_loss\n" + "\n".join(rows) + "\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.csv").write_text(  # another training: no such note
+        "grad_2.0_norm_total,step,train_loss\n" + "\n".join(rows[:-1]) + "\n")
+    result = gradaudit.scan([tmp_path])
+    notes = {r.run: [n for n in r.notes if "logged twice" in n] for r in result.runs}
+    assert len(notes) == 3
+    assert notes["other/metrics.csv"] == []
+    assert notes["lightning_logs/version_0"] == [
+        "the same grad-norm and loss series as 'lightning_logs/version_1/metrics.csv': one "
+        "training logged twice (two loggers, or a copy), counted twice in this scan"]
+    assert len(notes["lightning_logs/version_1/metrics.csv"]) == 1
+    assert "series_digest" not in json.dumps(result.to_dict())

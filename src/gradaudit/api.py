@@ -98,7 +98,28 @@ class _ScanJob:
         from gradaudit.audit import audit_run as _audit_run
 
         runs, errors = read_source(source, self.settings.grad_tag, self.settings.loss_tag)
-        return [_audit_run(run, self.settings) for run in runs], errors
+        audits = []
+        for run in runs:
+            audit = _audit_run(run, self.settings)
+            audit.series_digest = run.digest()
+            audits.append(audit)
+        return audits, errors
+
+
+def _note_copies(audits: list[RunAudit]) -> None:
+    """Note on each run whose grad-norm and loss series another run of the scan has too: one
+    training logged twice (Lightning's TensorBoard and CSV loggers write the same series to
+    two version folders), which the scan's counts hold twice."""
+    same: dict[str, list[RunAudit]] = {}
+    for audit in audits:
+        if audit.series_digest is not None:
+            same.setdefault(audit.series_digest, []).append(audit)
+    for group in same.values():
+        for audit in group if len(group) > 1 else ():
+            others = ", ".join(repr(o.run) for o in group if o is not audit)
+            audit.notes.append(f"the same grad-norm and loss series as {others}: one training "
+                               "logged twice (two loggers, or a copy), counted twice in this "
+                               "scan")
 
 
 def inspect(
@@ -167,6 +188,7 @@ def scan(
     for got, bad in run_all(_ScanJob(settings), sources, settings.workers, _lost):
         audits.extend(got)
         errors.extend(bad)
+    _note_copies(audits)
     result = AuditResult(runs=audits, errors=errors, settings=settings)
     result.batch_clip = batch_clip(audits, settings.clip_max_cost)
     evaluate_gate(result)

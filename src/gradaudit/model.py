@@ -155,6 +155,9 @@ class RunAudit:
     # the healthy grad norms' quantiles 0, 0.001, ..., 1 (not in the JSON): what a batch-wide
     # threshold would clip on this run
     healthy_quantiles: np.ndarray | None = field(default=None, repr=False)
+    # RunSeries.digest of the series audited (not in the JSON): the same in two runs of a scan
+    # means one training logged twice
+    series_digest: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:  # short: the episodes and clip have their own reprs
         clip = self.clip.suggested_threshold if self.clip is not None else None

@@ -9,6 +9,7 @@ wins; a step logged twice keeps its last value.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,20 @@ class RunSeries:
         return sub["step"].to_numpy().astype(np.int64, copy=False), sub[
             "value"
         ].to_numpy().astype(np.float64, copy=False)
+
+    def digest(self) -> str | None:
+        """A digest of the chosen grad-norm and loss series (steps and values); None when both
+        are empty. Two runs with the same digest are one training logged twice (Lightning's
+        TensorBoard and CSV loggers, a copied folder)."""
+        h = hashlib.blake2b(digest_size=16)
+        points = 0
+        for tag in (self.grad_norm_tag, self.loss_tag):
+            steps, values = self.series(tag)
+            points += steps.size
+            h.update(str(steps.size).encode())
+            h.update(np.ascontiguousarray(steps).tobytes())
+            h.update(np.ascontiguousarray(values).tobytes())
+        return h.hexdigest() if points else None
 
     def wall_times(self, tag: str | None) -> np.ndarray:
         """Wall times (seconds since the epoch, NaN where unknown) of one tag, by step."""
