@@ -123,7 +123,20 @@ def test_one_training_logged_by_two_loggers_is_noted_as_such(tmp_path):
     assert len(notes) == 3
     assert notes["other/metrics.csv"] == []
     assert notes["lightning_logs/version_0"] == [
-        "the same grad-norm and loss series as 'lightning_logs/version_1/metrics.csv': one "
-        "training logged twice (two loggers, or a copy), counted twice in this scan"]
+        "the same grad-norm and loss series (steps and values) as "
+        "'lightning_logs/version_1/metrics.csv': one training logged twice (two loggers, or a "
+        "copy) or an exact re-run; each is counted in this scan"]
     assert len(notes["lightning_logs/version_1/metrics.csv"]) == 1
     assert "series_digest" not in json.dumps(result.to_dict())
+
+
+def test_runs_that_carry_too_little_to_tell_apart_are_no_copies(tmp_path):
+    # a sweep whose runs all diverged at once, or logged one point, are different trainings
+    for name in ("lr0.1", "lr0.3"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.csv").write_text(
+            "step,train_loss\n" + "".join(f"{s},nan\n" for s in range(50)))
+        (tmp_path / name / "one.csv").write_text("step,train_loss\n0,2.3026\n")
+    result = gradaudit.scan([tmp_path])
+    assert len(result.runs) == 4
+    assert not any("logged twice" in n for r in result.runs for n in r.notes)

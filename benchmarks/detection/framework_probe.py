@@ -26,6 +26,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,7 +80,9 @@ def train_hf(out: Path, seed: int, fault: str, every: int) -> None:
         def compute_loss(self, model, inputs, return_outputs=False, **kw):
             step = self.state.global_step
             if fault == "bad-batch" and FAULT_AT <= step < FAULT_AT + 5:
-                noise = torch.randint(0, vocab, inputs["input_ids"].shape)
+                # its own generator: the global one drives the dropout masks
+                noise = torch.randint(0, vocab, inputs["input_ids"].shape,
+                                      generator=torch.Generator().manual_seed(step))
                 inputs = {**inputs, "input_ids": noise, "labels": torch.roll(noise, 1, dims=1)}
             res = super().compute_loss(model, inputs, return_outputs=return_outputs, **kw)
             if fault == "loss-scale" and FAULT_AT <= step < FAULT_AT + 10:
@@ -87,11 +90,13 @@ def train_hf(out: Path, seed: int, fault: str, every: int) -> None:
             return res
 
     class LrFault(TrainerCallback):
-        def on_step_begin(self, args, state, control, optimizer=None, **kw):
+        def on_step_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kw):
             mult = LR_FAULTS.get(fault)
             if mult and FAULT_AT <= state.global_step < FAULT_AT + mult[1]:
-                for group in optimizer.param_groups:
-                    group["lr"] *= mult[0]  # the scheduler sets it again after the step
+                # the schedule's lr, raised (the scheduler sets its own again after the step)
+                for group, lr in zip(optimizer.param_groups, lr_scheduler.get_last_lr(),
+                                     strict=True):
+                    group["lr"] = lr * mult[0]
 
     torch.manual_seed(seed)
     args = TrainingArguments(output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=16,
@@ -127,7 +132,7 @@ def train_lightning(out: Path, seed: int, fault: str, every: int) -> None:
         def training_step(self, x, i):
             step = self.global_step
             if fault == "bad-batch" and FAULT_AT <= step < FAULT_AT + 5:
-                x = torch.randint(0, vocab, x.shape)
+                x = torch.randint(0, vocab, x.shape, generator=torch.Generator().manual_seed(step))
             loss = self.m(input_ids=x, labels=x).loss
             self.log("train_loss", loss)
             if fault == "loss-scale" and FAULT_AT <= step < FAULT_AT + 10:
@@ -162,7 +167,7 @@ def train_lightning(out: Path, seed: int, fault: str, every: int) -> None:
     trainer.fit(module, loader)
 
 
-TRAIN = {"hf": train_hf, "lightning": train_lightning}
+TRAIN = {"hf": train_hf, "lightning": train_lightning}  # --frameworks
 
 
 def logged_loss(run: Path, framework: str) -> tuple[np.ndarray, np.ndarray]:
@@ -179,40 +184,59 @@ def logged_loss(run: Path, framework: str) -> tuple[np.ndarray, np.ndarray]:
                                                                for r in rows])
 
 
-def truth(run: Path, clean: Path, framework: str) -> tuple[float, float]:
-    """(excess, level): the mean loss over the horizon from the fault minus the clean twin's."""
+FAULT_STEPS = {"lr-x30": 20, "lr-x10": 20, "bad-batch": 5, "loss-scale": 10}
+
+
+def truth(run: Path, clean: Path, framework: str, fault: str) -> tuple[float, float, float]:
+    """``(excess, after, level)``: the mean loss over the horizon from the fault minus the clean
+    twin's, the same from the end of the fault's steps on, and the twin's level before it."""
     s, v = logged_loss(run, framework)
     s0, v0 = logged_loss(clean, framework)
-    n = min(s.size, s0.size)
-    assert np.array_equal(s[:n], s0[:n]), "twins logged different steps"
-    w = (s[:n] >= FAULT_AT) & (s[:n] < FAULT_AT + HORIZON)
-    level = float(np.mean(v0[(s0 >= FAULT_AT - 50) & (s0 < FAULT_AT)]))
-    return float(np.mean(v[:n][w] - v0[:n][w])), level
+    assert np.array_equal(s, s0), "twins logged different steps (a run stopped early?)"
+    pre = s < FAULT_AT
+    assert np.array_equal(v[pre], v0[pre]), "twins differ before the fault"
+    w = (s >= FAULT_AT) & (s < FAULT_AT + HORIZON)
+    after = (s > FAULT_AT + FAULT_STEPS[fault]) & (s < FAULT_AT + HORIZON)
+    level = float(np.mean(v0[(s0 >= FAULT_AT - 50) & pre]))
+    return float(np.mean(v[w] - v0[w])), float(np.mean(v[after] - v0[after])), level
 
 
 def audit(run: Path) -> list[str]:
-    """gradaudit's episodes per run found in the folder, as a user's scan would read it."""
+    """gradaudit's episodes (and a note on copies) per run found in the folder, as a scan of
+    it reads them."""
     import gradaudit
 
     out = []
-    for r in gradaudit.read_runs([str(run)]):
-        eps = gradaudit.audit_run(r).episodes
+    for r in gradaudit.scan([str(run)]).runs:
         found = ", ".join(
             f"{e.onset_step} {e.severity} {e.kind}"
             + (f" {e.loss_impact.excess_loss:+.3f}" if e.loss_impact and
-               e.loss_impact.excess_loss is not None else "") for e in eps) or "-"
-        out.append(f"{r.name} ({r.format}): {found}")
+               e.loss_impact.excess_loss is not None else "") for e in r.episodes) or "-"
+        copy = " (logged twice)" if any("logged twice" in n for n in r.notes) else ""
+        out.append(f"{r.run} ({r.format}): {found}{copy}")
     return out
+
+
+def _train(run: Path, fw: str, seed: int, fault: str, every: int) -> None:
+    """Train one run in its own process, into a temporary folder renamed when it finished (an
+    interrupted run is never taken for a finished one); its output goes to ``run.log``."""
+    part = run.with_name(run.name + ".part")
+    shutil.rmtree(part, ignore_errors=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(run.with_name(run.name + ".log"), "w") as log:
+        subprocess.run([sys.executable, __file__, "--out", str(part), "--one", fw, str(seed),
+                        fault, str(every)], check=True, env=env, stdout=log, stderr=log)
+    part.rename(run)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
-    ap.add_argument("--frameworks", default="hf,lightning")
-    ap.add_argument("--faults", default=",".join(FAULTS))
+    ap.add_argument("--frameworks", nargs="+", choices=sorted(TRAIN), default=sorted(TRAIN))
+    ap.add_argument("--faults", nargs="+", choices=FAULTS, default=list(FAULTS))
     ap.add_argument("--every", type=int, nargs="+", default=[1, 10],
-                    help="logging intervals (every step first: the truths come from it)")
+                    help="logging intervals (the truths come from every step where it is one)")
     ap.add_argument("--one", nargs=4, metavar=("FRAMEWORK", "SEED", "FAULT", "EVERY"),
                     help=argparse.SUPPRESS)  # train one run (in its own process)
     a = ap.parse_args()
@@ -220,30 +244,29 @@ def main() -> None:
         fw, seed, fault, every = a.one
         TRAIN[fw](a.out, int(seed), fault, int(every))
         return
-    faults = a.faults.split(",")
-    if "clean" not in faults:
-        faults.insert(0, "clean")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    for fw in a.frameworks.split(","):
+    faults = ["clean"] + [f for f in a.faults if f != "clean"]  # the twins first
+    everies = sorted(set(a.every))
+    a.out.mkdir(parents=True, exist_ok=True)
+    for fw in a.frameworks:
         for seed in a.seeds:
-            for every in a.every:
+            for every in everies:
                 for fault in faults:
                     run = a.out / f"{fw}-s{seed}-every{every}-{fault}"
                     if not run.exists():
-                        subprocess.run([sys.executable, __file__, "--out", str(run), "--one", fw,
-                                        str(seed), fault, str(every)], check=True, env=env,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        _train(run, fw, seed, fault, every)
                     head = run.name
                     if fault != "clean":
                         # the truth from the runs logged every step where there are (logging
                         # does not change training)
                         e = 1 if (a.out / f"{fw}-s{seed}-every1-{fault}").exists() else every
-                        ex, level = truth(a.out / f"{fw}-s{seed}-every{e}-{fault}",
-                                          a.out / f"{fw}-s{seed}-every{e}-clean", fw)
-                        head += f"  truth {ex:+.3f} ({100 * ex / level:+.1f} % of the level)"
-                    print(head)
+                        ex, after, level = truth(a.out / f"{fw}-s{seed}-every{e}-{fault}",
+                                                 a.out / f"{fw}-s{seed}-every{e}-clean", fw,
+                                                 fault)
+                        head += (f"  truth {ex:+.3f} ({100 * ex / level:+.1f} % of the level; "
+                                 f"after its faulty steps {100 * after / level:+.1f} %)")
+                    print(head, flush=True)
                     for line in audit(run):
-                        print("    " + line)
+                        print("    " + line, flush=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import Any
 
 from gradaudit.adapters.base import Source
 from gradaudit.discover import discover
-from gradaudit.errors import UsageError
+from gradaudit.errors import UNEXPECTED, UsageError
 from gradaudit.ingest import read_source, source_label
 from gradaudit.model import SCHEMA_VERSION, InputError, RunAudit
 from gradaudit.parallel import run_all
@@ -101,7 +101,10 @@ class _ScanJob:
         audits = []
         for run in runs:
             audit = _audit_run(run, self.settings)
-            audit.series_digest = run.digest()
+            try:
+                audit.series_digest = run.digest()
+            except UNEXPECTED:  # only a note depends on it
+                pass
             audits.append(audit)
         return audits, errors
 
@@ -117,9 +120,12 @@ def _note_copies(audits: list[RunAudit]) -> None:
     for group in same.values():
         for audit in group if len(group) > 1 else ():
             others = ", ".join(repr(o.run) for o in group if o is not audit)
-            audit.notes.append(f"the same grad-norm and loss series as {others}: one training "
-                               "logged twice (two loggers, or a copy), counted twice in this "
-                               "scan")
+            what = "grad-norm and loss series" if audit.grad_norm_tag and audit.loss_tag \
+                else "series"
+            # first: the Markdown report and the HTML notes list show a run's first notes
+            audit.notes.insert(0, f"the same {what} (steps and values) as {others}: one "
+                               "training logged twice (two loggers, or a copy) or an exact "
+                               "re-run; each is counted in this scan")
 
 
 def inspect(

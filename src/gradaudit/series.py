@@ -10,6 +10,7 @@ wins; a step logged twice keeps its last value.
 from __future__ import annotations
 
 import hashlib
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,19 +96,24 @@ class RunSeries:
             "value"
         ].to_numpy().astype(np.float64, copy=False)
 
-    def digest(self) -> str | None:
-        """A digest of the chosen grad-norm and loss series (steps and values); None when both
-        are empty. Two runs with the same digest are one training logged twice (Lightning's
-        TensorBoard and CSV loggers, a copied folder)."""
+    def digest(self, min_points: int = 25) -> str | None:
+        """A digest of the chosen grad-norm and loss series (steps and values). Two runs with
+        the same digest are one training logged twice (Lightning's TensorBoard and CSV
+        loggers, a copied folder) or an exact re-run. None where the series carry too little
+        to tell trainings apart: fewer than ``min_points`` finite values, or fewer than 3
+        distinct ones (runs that diverged at once, a single logged point)."""
         h = hashlib.blake2b(digest_size=16)
-        points = 0
+        finite = []
         for tag in (self.grad_norm_tag, self.loss_tag):
             steps, values = self.series(tag)
-            points += steps.size
-            h.update(str(steps.size).encode())
+            finite.append(values[np.isfinite(values)])
+            h.update(struct.pack("<q", steps.size))
             h.update(np.ascontiguousarray(steps).tobytes())
             h.update(np.ascontiguousarray(values).tobytes())
-        return h.hexdigest() if points else None
+        values = np.concatenate(finite)
+        if values.size < min_points or np.unique(values[::max(1, values.size // 1000)]).size < 3:
+            return None
+        return h.hexdigest()
 
     def wall_times(self, tag: str | None) -> np.ndarray:
         """Wall times (seconds since the epoch, NaN where unknown) of one tag, by step."""
