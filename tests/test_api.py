@@ -119,7 +119,7 @@ def test_one_training_logged_by_two_loggers_is_noted_as_such(tmp_path):
     (other / "metrics.csv").write_text(  # another training: no such note
         "grad_2.0_norm_total,step,train_loss\n" + "\n".join(rows[:-1]) + "\n")
     result = gradaudit.scan([tmp_path])
-    notes = {r.run: [n for n in r.notes if "logged twice" in n] for r in result.runs}
+    notes = {r.run: [n for n in r.notes if "one training logged twice" in n] for r in result.runs}
     assert len(notes) == 3
     assert notes["other/metrics.csv"] == []
     assert notes["lightning_logs/version_0"] == [
@@ -139,4 +139,4 @@ def test_runs_that_carry_too_little_to_tell_apart_are_no_copies(tmp_path):
         (tmp_path / name / "one.csv").write_text("step,train_loss\n0,2.3026\n")
     result = gradaudit.scan([tmp_path])
     assert len(result.runs) == 4
-    assert not any("logged twice" in n for r in result.runs for n in r.notes)
+    assert not any("one training logged twice" in n for r in result.runs for n in r.notes)

@@ -212,7 +212,7 @@ def audit(run: Path) -> list[str]:
             f"{e.onset_step} {e.severity} {e.kind}"
             + (f" {e.loss_impact.excess_loss:+.3f}" if e.loss_impact and
                e.loss_impact.excess_loss is not None else "") for e in r.episodes) or "-"
-        copy = " (logged twice)" if any("logged twice" in n for n in r.notes) else ""
+        copy = " (logged twice)" if any("one training logged twice" in n for n in r.notes) else ""
         out.append(f"{r.run} ({r.format}): {found}{copy}")
     return out
 
