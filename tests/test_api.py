@@ -128,6 +128,10 @@ def test_one_training_logged_by_two_loggers_is_noted_as_such(tmp_path):
         "copy) or an exact re-run; each is counted in this scan"]
     assert len(notes["lightning_logs/version_1/metrics.csv"]) == 1
     assert "series_digest" not in json.dumps(result.to_dict())
+    # the Markdown report (a CI summary) shows no notes of runs without findings: it counts
+    from gradaudit.report.markdown import render
+
+    assert "**2** of them have the same grad-norm and loss series" in render(result)
 
 
 def test_runs_that_carry_too_little_to_tell_apart_are_no_copies(tmp_path):

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from gradaudit import __version__
 from gradaudit.report import (
+    copies,
     error_reason,
     file_problems,
     fmt_num,
@@ -75,6 +76,11 @@ def _summary(result: Any) -> list[str]:
                  + (f", **{s['regressions']}** regression(s) against the baseline"
                     if result.settings.baseline else "")
                  + f" · fail-on `{result.settings.fail_on}`")
+    if (twice := copies(result.runs)):
+        lines += ["", f"**{twice}** of them have the same grad-norm and loss series as another "
+                      "run of this scan (one training logged twice, e.g. by two loggers, or an "
+                      "exact re-run): each is counted, and the JSON report's notes say with "
+                      "which."]
     clip = result.batch_clip
     if clip is not None and clip.suggested_threshold is not None:
         lines.append("")
