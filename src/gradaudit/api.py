@@ -11,7 +11,7 @@ from gradaudit.adapters.base import Source
 from gradaudit.discover import discover
 from gradaudit.errors import UNEXPECTED, UsageError
 from gradaudit.ingest import read_source, source_label
-from gradaudit.model import SCHEMA_VERSION, InputError, RunAudit
+from gradaudit.model import SCHEMA_VERSION, InputError, RunAudit, same_series
 from gradaudit.parallel import run_all
 from gradaudit.result import AuditResult
 from gradaudit.series import RunSeries
@@ -113,12 +113,8 @@ def _note_copies(audits: list[RunAudit]) -> None:
     """Note on each run whose grad-norm and loss series another run of the scan has too: one
     training logged twice (Lightning's TensorBoard and CSV loggers write the same series to
     two version folders), which the scan's counts hold twice."""
-    same: dict[str, list[RunAudit]] = {}
-    for audit in audits:
-        if audit.series_digest is not None:
-            same.setdefault(audit.series_digest, []).append(audit)
-    for group in same.values():
-        for audit in group if len(group) > 1 else ():
+    for group in same_series(audits):
+        for audit in group:
             others = ", ".join(repr(o.run) for o in group if o is not audit)
             what = "grad-norm and loss series" if audit.grad_norm_tag and audit.loss_tag \
                 else "series"

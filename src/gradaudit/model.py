@@ -185,6 +185,16 @@ class RunAudit:
         }
 
 
+def same_series(runs: list[RunAudit]) -> list[list[RunAudit]]:
+    """The groups of two or more ``runs`` with the same ``series_digest``: one training
+    logged twice (two loggers, a copy) or an exact re-run."""
+    groups: dict[str, list[RunAudit]] = {}
+    for run in runs:
+        if run.series_digest is not None:
+            groups.setdefault(run.series_digest, []).append(run)
+    return [g for g in groups.values() if len(g) > 1]
+
+
 @dataclass
 class InputError:
     """An input that yielded no run at all."""

@@ -223,11 +223,9 @@ def partly_read(runs: list[Any]) -> list[Any]:
 def copies(runs: list[Any]) -> int:
     """How many of ``runs`` have the same grad-norm and loss series as another of them (one
     training logged twice: each such run's notes say with which)."""
-    count: dict[str, int] = {}
-    for run in runs:
-        if getattr(run, "series_digest", None) is not None:
-            count[run.series_digest] = count.get(run.series_digest, 0) + 1
-    return sum(n for n in count.values() if n > 1)
+    from gradaudit.model import same_series
+
+    return sum(len(group) for group in same_series(runs))
 
 
 def run_headline(run: Any) -> str:
