@@ -155,12 +155,14 @@ def score_run(label: dict, preds: list[Pred], tally: Tally, margin: int,
               details: list[str] | None, with_severity: bool) -> None:
     """Match predictions to the run's events and tally them (definitions: README.md)."""
     events = sorted(label["events"], key=lambda e: e["onset_step"])
+    notes: list[str] = []
     if is_clean(label):
         tally.clean_runs += 1
         tally.clean_episodes += len(preds)
         tally.clean_steps += int(label["n_steps"])
         if any(p.severity == "explosion" for p in preds):
             tally.clean_alarms += 1
+            notes.append("EXPLOSION ON A CLEAN RUN")
     matched: dict[int, int] = {}  # prediction index -> event index
     for j, ev in enumerate(events):
         if role(ev) == "benign":
@@ -172,7 +174,6 @@ def score_run(label: dict, preds: list[Pred], tally: Tally, margin: int,
                 best = (d, i)
         if best is not None:
             matched[best[1]] = j
-    notes: list[str] = []
     found = set(matched.values())
     for j, ev in enumerate(events):
         r = role(ev)

@@ -17,9 +17,33 @@ KillLossSpike (loss above k x its trailing mean for several steps), but robust a
   5 % of the loss); it is *elevated* when ``e >= max(z_lo * s, log(1 + rel / 2))`` (2 sigma).
   An event is a stretch of elevated blocks holding at least ``min_blocks`` (2) consecutive
   triggering blocks: the rise must last at least ``block * min_blocks`` logged points.
+- **A falling loss.** Where the loss is still falling (most of training), the trailing median
+  lags behind it and the spread holds the fall, so a rise of 10 % stands neither ``z`` spreads
+  nor 5 % above that level (synthetic: a +10 % rise halfway through a 400-point power-law
+  fall with 3 % noise, 0 of 40 found). Each block is therefore also compared with a *trend*:
+  a least-squares line of the healthy block medians in log point index (a power law in the
+  step, the loss model of :mod:`gradaudit.impact`) over the same ``window`` blocks, ending
+  ``min_blocks`` blocks before it (a rise's own first blocks never enter the fit its last
+  triggering block is compared with), its falling slope shrunk towards flat by its
+  significance as in :mod:`gradaudit.impact` (``b t^2 / (t^2 + 9)``; a rising slope is held
+  flat) and extrapolated; its spread is the blocks' scatter about the line plus the
+  extrapolation's standard error. Such a block only *triggers* (with the same thresholds),
+  and only where the block ``min_blocks`` before it was not elevated above the trend: a rise
+  that starts now, not the slow wander of a loss about its trend. The same synthetic rise is
+  found 16 and 28 of 40 times (decaying over 30 and 80 points). On 6480 healthy synthetic
+  losses (six falling shapes, 80-10000 points, 1-8 % noise: white, heavy-tailed, or with a
+  slow AR(1) wander as large as the noise) the detector finds 263 events without the trend,
+  434 with it unguarded and 313 with the guard, all on the wandering losses.
 - Two passes: blocks inside the first pass's events do not enter the level of the second.
-- Onset: the first point of the first elevated block's neighbourhood from which the median of
-  the next ``block`` points is at least half the block's excess above the level.
+- Onset: in the first elevated block's neighbourhood, the first point from which the median
+  of the next ``block`` points is at least half the excess above the level (the lower of the
+  trailing median and the trend) of the highest of the first ``min_blocks`` blocks, moved on
+  to the first of those points that is itself half way up. The highest block: one block
+  whose excess barely passes the bar (a jump that starts at its last points) sets a half
+  that noise before the jump reaches too. The first point half way up: the median of a
+  block rises once half its points have, 3-4 points before a step (synthetic steps in 3 %
+  noise, 200 seeds each: +8 %, the onset exact on 106 against none, 3-4 points early on 24
+  against 113; +25 %, exact on 198 against none).
 - A slow rise (a ramp over dozens of blocks: harder data mixed in step by step, a creeping
   divergence) carries the trailing level and spread up with it and never stands ``z`` spreads
   above them. Each block is therefore also compared with the level and spread as they stood
@@ -101,9 +125,15 @@ def loss_rise(
             spr_l = np.full(nb, np.nan)
             lvl_l[lag:], spr_l[lag:] = level[:-lag], spread[:-lag]
             trig_l, elev_l = marks(lvl_l, spr_l)
-        out = [(a, b) for a, b in runs_of(elev | trig | elev_l | trig_l)
-               if _longest(trig[a:b + 1] | trig_l[a:b + 1]) >= min_blocks]
-        return out, level, spread
+        # against the trend of a falling loss, where a rise starts fresh (module doc)
+        lvl_t, spr_t = _trend_level(bm, hmask, block, window, min_blocks, floor_b)
+        trig_t, elev_t = marks(lvl_t, spr_t)
+        before = np.ones(nb, bool)  # the block ``min_blocks`` earlier was elevated (or unknown)
+        before[min_blocks:] = elev_t[:-min_blocks] | np.isnan(lvl_t[:-min_blocks])
+        trig_t &= ~before
+        out = [(a, b) for a, b in runs_of(elev | trig | elev_l | trig_l | trig_t)
+               if _longest(trig[a:b + 1] | trig_l[a:b + 1] | trig_t[a:b + 1]) >= min_blocks]
+        return out, np.fmin(level, lvl_t), spread
 
     ev1, _, _ = detect(hb)
     h2 = hb.copy()
@@ -112,15 +142,18 @@ def loss_rise(
     ev, level, spread = detect(h2)
     res = []
     for a, b in ev:
-        half = level[a] + 0.5 * (bm[a] - level[a])
+        first_blocks = bm[a:min(b, a + min_blocks - 1) + 1]
+        top = a + (int(np.nanargmax(first_blocks)) if np.isfinite(first_blocks).any() else 0)
+        half = level[a] + 0.5 * (bm[top] - level[a])
         lo = max(0, (a - 1) * block)
-        hi = min(y.size, (a + 1) * block)
+        hi = min(y.size, (top + 1) * block)
         onset = a * block
         for p in range(lo, hi):
             seg = u[p:p + block]
             seg = seg[np.isfinite(seg)]
             if seg.size and np.median(seg) >= half:
-                onset = p
+                up = np.flatnonzero(u[p:p + block] >= half)  # the first point half way up
+                onset = p + (int(up[0]) if up.size else 0)
                 break
         # a ramp that began blocks before its first elevated block: where the climb starts
         known = np.flatnonzero(np.isfinite(level[:a]))  # blocks with a healthy level before
@@ -177,6 +210,72 @@ def _hinge_block(bm: np.ndarray, lo: int, first: int, last: int, noise: float,
     if between.size == 0 or float(np.median(between)) - float(np.nanmedian(pre)) < noise:
         return first - 1
     return k + 1
+
+
+SHRINK_T = 3.0  # a falling trend at t standard errors keeps t^2 / (t^2 + SHRINK_T^2) of it
+TREND_MIN = 6  # healthy blocks a trend is fitted to, at least
+LOG_WINDOWS = 16  # blocks before LOG_WINDOWS x window: fitted in log index, window by window
+
+
+def _trend_level(bm: np.ndarray, healthy: np.ndarray, block: int, window: int, gap: int,
+                 floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """The trend of the healthy block medians ``bm`` at each block (NaN where fewer than
+    ``TREND_MIN`` of the last ``window`` blocks ending ``gap`` blocks before it are healthy) and
+    its spread (floored at ``floor``): module doc, "A falling loss". Abscissa: the log of the
+    point index, relative to the block's own. Past ``LOG_WINDOWS`` windows into the run the log
+    index is straight over a window (to 3 %), and the index itself is used: then every sum is
+    a convolution with a fixed kernel (exact, and fast)."""
+    nb = bm.size
+    ok = healthy & np.isfinite(bm)
+    if nb <= gap or not ok.any():
+        return np.full(nb, np.nan), np.full(nb, np.nan)
+    w = ok.astype(np.float64)
+    ref = float(np.median(bm[ok]))  # (sums of squares of small numbers)
+    y = np.where(ok, bm - ref, 0.0)
+    sums = np.full((6, nb), np.nan)  # n, mean x, mean y, Sxx, Sxy, Syy (centred)
+    k_log = min(nb, max(gap, LOG_WINDOWS * window))
+    if k_log > gap:  # early: log point index; block k's window gathered as row k
+        ks = np.arange(gap, k_log)
+        j = ks[:, None] - gap - np.arange(window)[None, :]
+        wj = np.where(j >= 0, w[np.maximum(j, 0)], 0.0)
+        x = np.log((np.arange(k_log) + 0.5) * block + 1.0)
+        xc = x[np.maximum(j, 0)] - x[ks, None]
+        yj = y[np.maximum(j, 0)]
+        n = wj.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            xm = (wj * xc).sum(axis=1) / n
+            ym = (wj * yj).sum(axis=1) / n
+            dx = (xc - xm[:, None]) * wj
+            dy = (yj - ym[:, None]) * wj
+        sums[:, gap:k_log] = (n, xm, ym, (dx * dx).sum(axis=1), (dx * dy).sum(axis=1),
+                              (dy * dy).sum(axis=1))
+    if k_log < nb:  # later: the index, window sums as convolutions (block k - gap - i at -gap - i)
+        t = -(gap + np.arange(window, dtype=np.float64))
+        ones = np.ones(window)
+
+        def wsum(v: np.ndarray, kern: np.ndarray) -> np.ndarray:
+            return np.convolve(v, kern)[k_log - gap:nb - gap]
+
+        n, st, stt = wsum(w, ones), wsum(w, t), wsum(w, t * t)
+        sy, syy, sty = wsum(y, ones), wsum(y * y, ones), wsum(y, t)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sums[:, k_log:] = (n, st / n, sy / n, stt - st * st / n, sty - st * sy / n,
+                               syy - sy * sy / n)
+    n, xm, ym, sxx, sxy, syy = sums
+    level = np.full(nb, np.nan)
+    spread = np.full(nb, np.nan)
+    use = np.isfinite(n) & (n >= TREND_MIN)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        b = np.where(sxx > 0, sxy / sxx, 0.0)
+        s2 = np.maximum(syy - b * sxy, 0.0) / (n - 2)
+        se_b = np.sqrt(s2 / sxx)
+        fall = (b < 0) & (sxx > 0)
+        keep = 1.0 / (1.0 + (SHRINK_T * se_b / b) ** 2)  # t^2 / (t^2 + SHRINK_T^2)
+        bs = np.where(fall, b * keep, 0.0)
+        pred_var = s2 / n + np.where(fall, (xm * se_b) ** 2, 0.0)
+        level[use] = ref + ym[use] - bs[use] * xm[use]  # at the block's own abscissa, 0
+        spread[use] = np.fmax(np.sqrt(s2[use] + pred_var[use]), floor)
+    return level, spread
 
 
 def _longest(mask: np.ndarray) -> int:
