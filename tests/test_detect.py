@@ -409,7 +409,7 @@ def _falling_loss(seed: int, n: int = 400, rise_at: int | None = None, rise: flo
 def test_loss_rise_finds_a_rise_while_the_loss_is_still_falling():
     # a +10 % rise halfway through a falling loss: the trailing median lags above the loss and
     # its spread holds the fall, so it was found on none of these seeds; against the trend
-    # of the fall it is found on 14 of 20 (onset within a block), and the same losses without
+    # of the fall it is found on 13 of 20 (onset within a block), and the same losses without
     # it give no event
     from gradaudit.detect.loss_rise import loss_rise
     found = sum(any(abs(on - 200) <= 8 for on, _, _ in loss_rise(_falling_loss(s, rise_at=200)))
@@ -418,13 +418,33 @@ def test_loss_rise_finds_a_rise_while_the_loss_is_still_falling():
     assert not any(loss_rise(_falling_loss(s)) for s in range(20))
 
 
-@pytest.mark.parametrize(("jump", "exact", "far"), [(0.25, 90, 5), (0.08, 45, 14)])
+def test_loss_rise_trend_marks_a_rise_that_starts_not_a_wander():
+    # falling losses that wander slowly about their trend (an AR(1) wander as large as the
+    # noise, time constant 33 points), 40 runs of 4000 points: the trend's marks count only
+    # where the block two before was not elevated above it (5 events with the trailing
+    # median alone, 8 with the guard, 14 without it)
+    from gradaudit.detect.loss_rise import loss_rise
+    events = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        i = np.arange(4000.0)
+        noise = rng.normal(0, 0.03, i.size)
+        step = 0.25 * 0.03 * rng.normal(size=i.size)
+        wander = np.zeros(i.size)
+        for k in range(1, i.size):
+            wander[k] = 0.97 * wander[k - 1] + step[k]
+        y = (2.4 + 2.0 * (1 + i / 4) ** -0.6) * np.exp(noise + wander)
+        events += len(loss_rise(y))
+    assert events <= 11, events
+
+
+@pytest.mark.parametrize(("jump", "exact", "far"), [(0.25, 80, 5), (0.08, 45, 14)])
 def test_loss_rise_onset_is_the_step_not_points_before_it(jump, exact, far):
     # a lasting step 2 points before a block's end: the median of the next block's points
     # reaches half way up 3-4 points before the step, and a first block whose excess barely
     # passes the bar set a half that noise before the step reached. On these 100 seeds the
     # onset was exact on none and more than 5 points off on 15 (+25 %) and 20 (+8 %); now
-    # exact on 98 and 55, off by more than 5 on 2 and 10
+    # exact on 90 and 56, off by more than 5 on 2 and 11
     from gradaudit.detect.loss_rise import loss_rise
     errors = []
     for seed in range(100):
@@ -459,8 +479,8 @@ def test_trend_level_is_the_shrunk_least_squares_line_of_each_window(n_blocks):
         x = (np.log((j + 0.5) * block + 1.0) - np.log((k + 0.5) * block + 1.0)
              if k < k_log else (j - k).astype(float))
         b, a = np.polyfit(x, bm[j], 1)
-        res = bm[j] - (a + b * x)
-        s2 = res @ res / (j.size - 2)
+        res = bm[j] - (a + b * x) if b < 0 else bm[j] - bm[j].mean()  # (rising: held flat)
+        s2 = res @ res / (j.size - 2 if b < 0 else j.size - 1)
         dx = x - x.mean()
         se_b = np.sqrt(s2 / (dx @ dx))
         t2 = (b / se_b) ** 2
@@ -471,3 +491,23 @@ def test_trend_level_is_the_shrunk_least_squares_line_of_each_window(n_blocks):
         assert spread[k] == pytest.approx(max(np.sqrt(s2 + pred_var), 0.001), rel=1e-6)
         checked += 1
     assert checked > 0.8 * n_blocks
+
+
+@pytest.mark.parametrize("shape", ["ramp", "blow-up"])
+def test_loss_rise_onset_is_where_a_quick_climb_starts(shape):
+    # +30 % over 8 points, or an exponential blow-up (time constant 8 points), from point 203:
+    # half way up the climb is late, the median of a block early; back from half way up to
+    # where the loss leaves its noise is where it starts (median error on these 100 seeds:
+    # -3 with the block median, +4 and +5 half way up, +2 and +1 now)
+    from gradaudit.detect.loss_rise import loss_rise
+    errors = []
+    for seed in range(100):
+        i = np.arange(400.0)
+        y = 2.0 * np.exp(np.random.default_rng(seed).normal(0, 0.03, i.size))
+        climb = np.minimum((i[203:] - 203) / 8, 1) * 0.3 if shape == "ramp" else \
+            np.minimum((i[203:] - 203) / 8, 5)
+        y[203:] *= 1 + climb if shape == "ramp" else np.exp(climb)
+        (ev,) = [e for e in loss_rise(y) if abs(e[0] - 203) < 40]
+        errors.append(ev[0] - 203)
+    assert 0 <= np.median(errors) <= 2, sorted(errors)
+    assert sum(abs(e) > 3 for e in errors) <= 10, sorted(errors)
