@@ -217,6 +217,26 @@ def test_slow_loss_rise_found_where_the_climb_starts(seed, ramp):
     assert "clipping would not help" in e.reason
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_a_grad_spike_the_loss_did_not_respond_to_is_no_harm_of_its_own(seed):
+    # a 10x grad spike at 1500 with the loss quiet there; the loss bulges +0.2 from 40 steps
+    # later (its own wander, or chaotic later dynamics; a loss episode of its own): the excess
+    # after the spike is not shown to be the spike's (an explosion on all 6 seeds before);
+    # where the loss jumps with the spike and stays up, it is an explosion
+    s, g, loss = healthy(seed=seed)
+    g[1500] *= 10
+    loss[1540:1740] += 0.2 * np.sin(np.linspace(0, np.pi, 200))
+    eps = {e.onset_step: e for e in audit_run(run_series(s, g, loss)).episodes}
+    e = eps[1500]
+    assert (e.kind, e.severity) == ("spike", "warning")
+    assert e.loss_impact.excess_loss > 0.1  # over the harm bar (3 % of the level) ...
+    assert "did not respond at the spike" in e.reason  # ... but not the spike's doing
+    loss[1500:1540] += 0.3
+    e = audit_run(run_series(s, g, loss)).episodes[0]
+    assert (e.onset_step, e.severity) == (1500, "explosion"), e.reason
+    assert "the loss was harmed" in e.reason
+
+
 def test_a_loss_rise_while_the_loss_still_falls_is_an_episode():
     # no fault in the grad norm; the loss, still falling, rises 10 % at step 400 (decaying over
     # 150 steps): a loss episode at the rise, on 18 of these 20 seeds (none before the trend

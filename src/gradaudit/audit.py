@@ -49,6 +49,10 @@ Candidate = tuple[RawEpisode, int, int | None]  # (episode, onset step, end step
 #: fall (the loss averaging above where the counterfactual was at the onset) removed more false
 #: harm, but took the explosion from 53 of 1,732 harmful benchmark runs, against 5 for a half
 DECLINE_SHARE = 0.5
+#: A grad spike is harmful only where the loss responded: its jump (the highest loss in the
+#: episode and the next points, above the counterfactual) at least this many sigmas of the
+#: loss's batch noise (:meth:`_Judge._verdict`; docs/findings.md, "Severity follows harm")
+QUIET_SIGMAS = 2.0
 
 
 def audit_run(series: RunSeries, settings: Settings | None = None) -> RunAudit:
@@ -500,6 +504,14 @@ class _Judge:
                            and not recovered))
         if not li.diverged and ex is None and jp is None:
             harmful = None  # nothing of the loss could be measured (sparse logging)
+        # a grad spike whose loss did not respond - its highest point in the episode and the
+        # points after it within QUIET_SIGMAS of the batch noise above the counterfactual - is
+        # not shown to have caused the excess that follows (the loss's own wander, or
+        # chaotic later dynamics)
+        quiet = bool(harmful and not li.diverged and not short and e.kind == "spike"
+                     and e.source == "grad" and jp is not None and jp < QUIET_SIGMAS * noise)
+        if quiet:
+            harmful = False
         cut = f"the lr-rise episode at step {imp.cut_step}" if imp.cut_step is not None else \
             "the run ended"
         if harmful is False and not short and rise is not None and \
@@ -519,7 +531,8 @@ class _Judge:
                                  harm_thr if by_fall else ex_thr, jp_thr,
                                  (imp.horizon_points, cut) if short else None,
                                  imp.lasting_excess, imp.cut_step, imp.lr_time, nonfinite,
-                                 by_fall=by_fall, bar_by=bar_by, z=self.z_harm)
+                                 by_fall=by_fall, bar_by=bar_by, z=self.z_harm,
+                                 quiet=QUIET_SIGMAS * noise if quiet else None)
         return imp, harmful, harm
 
 
