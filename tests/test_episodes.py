@@ -237,6 +237,23 @@ def test_a_grad_spike_the_loss_did_not_respond_to_is_no_harm_of_its_own(seed):
     assert "the loss was harmed" in e.reason
 
 
+@pytest.mark.parametrize(("grad", "severity"), [("every step", "warning"),
+                                                ("every 10 steps", "explosion"),
+                                                ("bucket maxima every 10 steps", "warning")])
+def test_a_harmful_loss_jump_is_an_explosion_unless_the_grad_norm_was_seen(grad, severity):
+    # the loss jumps for good at 1505 with no grad-norm rise at the logged steps: seen healthy
+    # at every step (logged so, or as a W&B chart's bucket maxima) it is no gradient explosion;
+    # logged every 10 steps, one at 1505 is not ruled out, and the harm makes it an explosion
+    s, g, loss = healthy(seed=3)
+    loss[1505:] += 0.4
+    every = 1 if grad == "every step" else 10
+    tag = "train/grad_norm__MAX" if grad.startswith("bucket") else "grad_norm"
+    e = _one(audit_run(run_series(s[::every], g[::every], loss, loss_steps=s, grad_tag=tag)))
+    assert (e.onset_step, e.kind, e.severity) == (1505, "loss_spike", severity), e.reason
+    ruled_out = "one between its logged points is not ruled out" in e.reason
+    assert ruled_out == (severity == "explosion"), e.reason
+
+
 def test_a_loss_rise_while_the_loss_still_falls_is_an_episode():
     # no fault in the grad norm; the loss, still falling, rises 10 % at step 400 (decaying over
     # 150 steps): a loss episode at the rise, on 18 of these 20 seeds (none before the trend

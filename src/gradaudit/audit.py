@@ -371,7 +371,12 @@ class _Judge:
         restart = lr_note is not None and lr_note[1].restart
         if kind == "divergence" and ID_CLIMB in e.detected_by and harmful is False:
             kind = "level_shift"  # a slow climb that left the loss alone: no divergence
-        sev = severity(kind, ratio, harmful, run.has_grad, st.spike_ratio, st.explosion_ratio)
+        # a loss jump the grad norm did not join is no gradient explosion only where the grad
+        # norm is seen at every step (logged every step, or as a W&B chart's bucket maxima):
+        # between sparser logged points one is not ruled out
+        grad_seen = run.has_grad and (run.g_every == 1 or
+                                      str(run.series.grad_norm_tag).endswith("__MAX"))
+        sev = severity(kind, ratio, harmful, grad_seen, st.spike_ratio, st.explosion_ratio)
         if lr_note is not None:
             if e.kind == "loss_spike":
                 # the loss rose after an lr rise: severity follows harm, unless the schedule
@@ -383,7 +388,7 @@ class _Judge:
             kind=e.kind, from_grad=e.source == "grad", ratio=ratio, base=base_g,
             peak_step=peak_step, harm=harm, harmful=harmful,
             joined_at=peak_g_step if j_at is not None else None, has_grad=run.has_grad,
-            g_every=run.g_every, spike_ratio=st.spike_ratio,
+            grad_seen=grad_seen, g_every=run.g_every, spike_ratio=st.spike_ratio,
             lr_text=lr_note[0] if lr_note is not None else None, lr_restart=restart,
             severity=sev, grad_peak_step=peak_g_step)
         if e.source == "lr" and not harmful and restart:
