@@ -217,24 +217,49 @@ def test_slow_loss_rise_found_where_the_climb_starts(seed, ramp):
     assert "clipping would not help" in e.reason
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_a_grad_spike_the_loss_did_not_respond_to_is_no_harm_of_its_own(seed):
-    # a 10x grad spike at 1500 with the loss quiet there; the loss bulges +0.2 from 40 steps
-    # later (its own wander, or chaotic later dynamics; a loss episode of its own): the excess
-    # after the spike is not shown to be the spike's (an explosion on all 6 seeds before);
-    # where the loss jumps with the spike and stays up, it is an explosion
+def test_a_grad_spike_the_loss_did_not_answer_is_no_harm_of_its_own():
+    # a 10x grad spike at 1500 with the loss quiet for 40 steps; then the loss bulges +0.2 (its
+    # own wander, or chaotic later dynamics; a loss episode of its own): the excess after the
+    # spike is not shown to be the spike's. An explosion on all 12 seeds before; a warning on
+    # 11 now (a 2-standard-error test of the loss's first 20 steps passes by chance on one)
+    quiet = 0
+    for seed in range(12):
+        s, g, loss = healthy(seed=seed)
+        g[1500] *= 10
+        loss[1540:1740] += 0.2 * np.sin(np.linspace(0, np.pi, 200))
+        e = {e.onset_step: e for e in audit_run(run_series(s, g, loss)).episodes}[1500]
+        assert e.kind == "spike" and e.loss_impact.excess_loss > 0.1  # over the harm bar ...
+        if e.severity == "warning":
+            assert "did not answer the spike" in e.reason  # ... but not the spike's doing
+            quiet += 1
+    assert quiet >= 10, quiet
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("answer", ["at once", "5 steps later", "a ramp over 20 steps",
+                                    "with an lr rise, 30 steps later"])
+def test_a_grad_spike_the_loss_answered_is_an_explosion(seed, answer):
+    # damage a spike's update does shows within a momentum buffer's memory (at once, a few
+    # steps on, or building up), and an lr rise answers for its own episode's loss however late
+    # it rises: each is an explosion (a review found the first rule, on the loss's highest
+    # point over the onset and 2 points after, calling the later ones warnings)
     s, g, loss = healthy(seed=seed)
     g[1500] *= 10
-    loss[1540:1740] += 0.2 * np.sin(np.linspace(0, np.pi, 200))
-    eps = {e.onset_step: e for e in audit_run(run_series(s, g, loss)).episodes}
-    e = eps[1500]
-    assert (e.kind, e.severity) == ("spike", "warning")
-    assert e.loss_impact.excess_loss > 0.1  # over the harm bar (3 % of the level) ...
-    assert "did not respond at the spike" in e.reason  # ... but not the spike's doing
-    loss[1500:1540] += 0.3
-    e = audit_run(run_series(s, g, loss)).episodes[0]
-    assert (e.onset_step, e.severity) == (1500, "explosion"), e.reason
-    assert "the loss was harmed" in e.reason
+    lr = None
+    t = (s - 1500).astype(float)
+    if answer == "at once":
+        bump = 0.3 * (t >= 0) * np.exp(-np.clip(t, 0, None) / 300)
+    elif answer == "5 steps later":
+        bump = 0.3 * (t >= 5) * np.exp(-np.clip(t - 5, 0, None) / 300)
+    elif answer == "a ramp over 20 steps":
+        bump = 0.3 * np.clip((t + 1) / 20, 0, 1) * np.exp(-np.clip(t, 0, None) / 300)
+    else:
+        lr = np.where((s >= 1500) & (s < 1700), 1e-2, 1e-3)
+        g[1500:1700] *= 0.8
+        bump = 0.3 * (t >= 30) * np.exp(-np.clip(t - 30, 0, None) / 300)
+    e = audit_run(run_series(s, g, loss + bump, lr)).episodes[0]
+    assert abs(e.onset_step - 1500) <= 1 and e.severity == "explosion", e.reason
+    assert "did not answer" not in e.reason
 
 
 @pytest.mark.parametrize(("grad", "severity"), [("every step", "warning"),

@@ -49,9 +49,12 @@ Candidate = tuple[RawEpisode, int, int | None]  # (episode, onset step, end step
 #: fall (the loss averaging above where the counterfactual was at the onset) removed more false
 #: harm, but took the explosion from 53 of 1,732 harmful benchmark runs, against 5 for a half
 DECLINE_SHARE = 0.5
-#: A grad spike is harmful only where the loss responded: its jump (the highest loss in the
-#: episode and the next points, above the counterfactual) at least this many sigmas of the
-#: loss's batch noise (:meth:`_Judge._verdict`; docs/findings.md, "Severity follows harm")
+#: A grad spike is harmful only where the loss answered it: its mean excess over the
+#: counterfactual over RESPONSE_STEPS from the onset (at least 3 logged points; to the
+#: episode's end where that is later) at least QUIET_SIGMAS standard errors of that mean
+#: (:meth:`_Judge._verdict`; docs/findings.md, "Severity follows harm"). Twice a momentum
+#: buffer's memory (beta 0.9: 10 steps), over which a spike's update keeps acting
+RESPONSE_STEPS = 20
 QUIET_SIGMAS = 2.0
 
 
@@ -409,6 +412,26 @@ class _Judge:
             baseline_grad_norm=base_g, peak_ratio=ratio, kind=kind, severity=sev,
             detected_by=sorted(e.detected_by), loss_impact=li, reason=reason)
 
+    def _response(self, on: int, end: int | None, imp: Impact,
+                  noise: float) -> tuple[float, float, int] | None:
+        """``(response, bar, steps)``: the loss's mean excess over its counterfactual from the
+        onset over ``steps`` (``RESPONSE_STEPS``, or to the episode's end; at least 3 logged
+        points) and ``QUIET_SIGMAS`` standard errors of that mean from the batch noise; None
+        where it cannot be measured."""
+        ls = self.run.ls
+        i0 = int(np.searchsorted(ls, on))
+        last = max(on + RESPONSE_STEPS, end if end is not None else on)
+        i1 = min(ls.size, max(int(np.searchsorted(ls, last, side="right")), i0 + 3))
+        if i1 <= i0 or imp.cf_steps.size == 0 or noise <= 0:
+            return None
+        y = self.lv_mean[i0:i1]
+        ok = np.isfinite(y)
+        if not ok.any():
+            return None
+        cf = np.interp(ls[i0:i1][ok], imp.cf_steps, imp.cf_values)
+        return (float(np.mean(y[ok] - cf)), QUIET_SIGMAS * noise / float(np.sqrt(ok.sum())),
+                int(ls[i1 - 1]) - on + 1)
+
     def _fit_floor(self, on: int) -> int | None:
         """The first step the counterfactual of the episode at ``on`` may be fitted from:
         after the last earlier episode's loss aftermath and the last blow-up before ``on``
@@ -509,13 +532,17 @@ class _Judge:
                            and not recovered))
         if not li.diverged and ex is None and jp is None:
             harmful = None  # nothing of the loss could be measured (sparse logging)
-        # a grad spike whose loss did not respond - its highest point in the episode and the
-        # points after it within QUIET_SIGMAS of the batch noise above the counterfactual - is
-        # not shown to have caused the excess that follows (the loss's own wander, or
-        # chaotic later dynamics)
-        quiet = bool(harmful and not li.diverged and not short and e.kind == "spike"
-                     and e.source == "grad" and jp is not None and jp < QUIET_SIGMAS * noise)
-        if quiet:
+        # a grad spike the loss did not answer - over RESPONSE_STEPS from it the loss stayed
+        # within QUIET_SIGMAS standard errors of its counterfactual - is not shown to have
+        # caused the excess that follows (the loss's own wander, or chaotic later dynamics);
+        # an lr rise is the cause of its own episode's loss, however late that rises
+        quiet = None
+        if harmful and not li.diverged and not short and e.kind == "spike" and \
+                e.source == "grad" and rise is None and ID_LR not in e.detected_by:
+            quiet = self._response(on, end, imp, noise)
+            if quiet is not None and quiet[0] >= quiet[1]:
+                quiet = None
+        if quiet is not None:
             harmful = False
         cut = f"the lr-rise episode at step {imp.cut_step}" if imp.cut_step is not None else \
             "the run ended"
@@ -537,7 +564,7 @@ class _Judge:
                                  (imp.horizon_points, cut) if short else None,
                                  imp.lasting_excess, imp.cut_step, imp.lr_time, nonfinite,
                                  by_fall=by_fall, bar_by=bar_by, z=self.z_harm,
-                                 quiet=QUIET_SIGMAS * noise if quiet else None)
+                                 quiet=quiet)
         return imp, harmful, harm
 
 

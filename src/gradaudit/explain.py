@@ -86,7 +86,8 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
                jp_thr: float, short: tuple[int, str] | None = None,
                lasting: float | None = None, held_from: int | None = None,
                lr_time: bool = False, nonfinite: bool = True, by_fall: bool = False,
-               bar_by: str = "harm", z: float = 2.0, quiet: float | None = None) -> str:
+               bar_by: str = "harm", z: float = 2.0,
+               quiet: tuple[float, float, int] | None = None) -> str:
     """The loss half of an episode's reason: the numbers behind the harm verdict
     (``short``: only that many logged points of the horizon, before what cut it; ``lasting``:
     the excess without the episode's own spike points, which the verdict uses;
@@ -95,8 +96,9 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
     non-finite after the onset; ``by_fall``: the threshold is half the fall the counterfactual
     expected over the horizon, not the harm bar; ``bar_by``: what set ``ex_thr`` - ``harm``,
     the harm bar; ``noise``, ``z`` standard errors of the estimate; ``chance``, what this
-    chronically spiky run's loss does by chance over a horizon; ``quiet``: the bar a grad
-    spike's loss jump stayed under, which made an excess over the others no harm)."""
+    chronically spiky run's loss does by chance over a horizon; ``quiet``: ``(response, bar,
+    steps)``, the loss's mean excess over the steps right after a grad spike that stayed under
+    its bar, which made an excess over the others no harm)."""
     if li.diverged and nonfinite:
         return "the loss diverged: it went non-finite"
     parts = []
@@ -128,9 +130,11 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
     if harmful:
         return f"{text}: the loss was harmed"
     if quiet is not None:
-        return (f"{text}: the loss did not respond at the spike (it stayed within {quiet:.3g} "
-                "of its level, inside its batch noise), so the excess after it is not shown to "
-                "be the spike's doing: a warning")
+        resp, bar, steps = quiet
+        return (f"{text}: the loss did not answer the spike (over the {steps} steps from it "
+                f"it averaged {resp:+.3g} against its counterfactual, under {bar:.3g}, 2 "
+                "standard errors of its batch noise), so the excess after it is not shown to be "
+                "the spike's doing: a warning")
     if ex is not None and short is None:
         if by_fall:
             return (f"{text}: below the harm threshold {ex_thr:.3g}, half the fall its "
