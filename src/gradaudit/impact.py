@@ -182,8 +182,8 @@ Definitions follow docs/findings.md ("Loss impact"). Rules and defaults:
   later grad episode may be this one's aftershock (in an unclipped RNN one explosion sets off
   the next), whose damage the horizon keeps; a natural spike 20 steps before an lr x30 fault
   was otherwise charged with the fault's damage (+1.14) and called an explosion.
-- ``loss_jump``: the highest loss in the episode (and the next ``lag_points``, 3: the loss lags
-  the grad norm) minus ``L^(onset)``.
+- ``loss_jump``: the highest loss over the episode's logged points, onset to end, and at least
+  its first ``lag_points`` (3: the loss lags the grad norm), minus ``L^(onset)``.
 - ``recovery_step``: the step where the loss came back for good: from the loss's highest point
   above the band in the episode (and its lag) on, the first point where the loss smoothed over
   5 points is back under ``L^`` plus the tolerance - ``max(recovery_tolerance x |L^|, 3 x the

@@ -296,7 +296,7 @@ def _climb_start(u: np.ndarray, q: int, bar: float, lo: int) -> int:
     the stretch ending at ``q`` over which the median of three points stays at least
     ``bar``."""
     j = q
-    while j - 1 >= lo:
+    while j - 1 >= lo and np.isfinite(u[j - 1]):  # (never onto a point not logged finite)
         w = u[max(0, j - 2):j + 1]
         w = w[np.isfinite(w)]
         if not w.size or np.median(w) < bar:
