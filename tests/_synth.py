@@ -8,12 +8,11 @@ import polars as pl
 from gradaudit.series import RunSeries
 
 
-def run_series(steps, g=None, loss=None, lr=None, name="run", loss_steps=None,
-               grad_tag="grad_norm") -> RunSeries:
+def run_series(steps, g=None, loss=None, lr=None, name="run", loss_steps=None) -> RunSeries:
     """A run of the given series at ``steps`` (the loss at ``loss_steps`` where it is logged
-    at other steps; the grad norm under ``grad_tag``)."""
+    at other steps)."""
     rows_s, rows_t, rows_v = [], [], []
-    for tag, vals in ((grad_tag, g), ("loss", loss), ("lr", lr)):
+    for tag, vals in (("grad_norm", g), ("loss", loss), ("lr", lr)):
         if vals is not None:
             at = loss_steps if tag == "loss" and loss_steps is not None else steps
             rows_s.append(np.asarray(at, np.int64))
@@ -25,7 +24,7 @@ def run_series(steps, g=None, loss=None, lr=None, name="run", loss_steps=None,
         "value": np.concatenate(rows_v) if rows_v else np.empty(0),
         "wall_time": pl.Series([None] * len(rows_t), dtype=pl.Float64),
     })
-    return RunSeries(name, "csv", [], frame, grad_tag if g is not None else None,
+    return RunSeries(name, "csv", [], frame, "grad_norm" if g is not None else None,
                      "loss" if loss is not None else None, "lr" if lr is not None else None)
 
 

@@ -220,8 +220,8 @@ def test_slow_loss_rise_found_where_the_climb_starts(seed, ramp):
 def test_a_grad_spike_the_loss_did_not_answer_is_no_harm_of_its_own():
     # a 10x grad spike at 1500 with the loss quiet for 40 steps; then the loss bulges +0.2 (its
     # own wander, or chaotic later dynamics; a loss episode of its own): the excess after the
-    # spike is not shown to be the spike's. An explosion on all 12 seeds before; a warning on
-    # 11 now (a 2-standard-error test of the loss's first 20 steps passes by chance on one)
+    # spike is not shown to be the spike's: an explosion on all 12 seeds before, a warning on
+    # all 12 now
     quiet = 0
     for seed in range(12):
         s, g, loss = healthy(seed=seed)
@@ -232,18 +232,20 @@ def test_a_grad_spike_the_loss_did_not_answer_is_no_harm_of_its_own():
         if e.severity == "warning":
             assert "did not answer the spike" in e.reason  # ... but not the spike's doing
             quiet += 1
-    assert quiet >= 10, quiet
+    assert quiet >= 11, quiet
 
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("answer", ["at once", "5 steps later", "a ramp over 20 steps",
+                                    "a ramp over 100 steps in a noisy loss",
                                     "with an lr rise, 30 steps later"])
 def test_a_grad_spike_the_loss_answered_is_an_explosion(seed, answer):
     # damage a spike's update does shows within a momentum buffer's memory (at once, a few
     # steps on, or building up), and an lr rise answers for its own episode's loss however late
-    # it rises: each is an explosion (a review found the first rule, on the loss's highest
-    # point over the onset and 2 points after, calling the later ones warnings)
-    s, g, loss = healthy(seed=seed)
+    # it rises: each is an explosion (reviews found a first rule, on the loss's highest point
+    # over the onset and 2 points after, calling the later ones warnings, and a second, on the
+    # mean over 20 steps against 2 standard errors, the slow ramp in a noisy loss)
+    s, g, loss = healthy(seed=seed, loss_noise=0.1 if "noisy" in answer else 0.02)
     g[1500] *= 10
     lr = None
     t = (s - 1500).astype(float)
@@ -253,30 +255,21 @@ def test_a_grad_spike_the_loss_answered_is_an_explosion(seed, answer):
         bump = 0.3 * (t >= 5) * np.exp(-np.clip(t - 5, 0, None) / 300)
     elif answer == "a ramp over 20 steps":
         bump = 0.3 * np.clip((t + 1) / 20, 0, 1) * np.exp(-np.clip(t, 0, None) / 300)
+    elif answer == "a ramp over 100 steps in a noisy loss":
+        bump = 0.5 * np.clip((t + 1) / 100, 0, 1) * np.exp(-np.clip(t, 0, None) / 300)
     else:
         lr = np.where((s >= 1500) & (s < 1700), 1e-2, 1e-3)
         g[1500:1700] *= 0.8
         bump = 0.3 * (t >= 30) * np.exp(-np.clip(t - 30, 0, None) / 300)
     e = audit_run(run_series(s, g, loss + bump, lr)).episodes[0]
+    assert "did not answer" not in e.reason
+    if "noisy" in answer and e.kind == "loss_spike":
+        # (in a noisy loss the rise may be found from a few steps before the spike: a loss
+        # episode the grad norm joined only later, a warning whatever its harm)
+        assert abs(e.onset_step - 1500) <= 15 and "the loss was harmed" in e.reason
+        return
     assert abs(e.onset_step - 1500) <= 1 and e.severity == "explosion", e.reason
     assert "did not answer" not in e.reason
-
-
-@pytest.mark.parametrize(("grad", "severity"), [("every step", "warning"),
-                                                ("every 10 steps", "explosion"),
-                                                ("bucket maxima every 10 steps", "warning")])
-def test_a_harmful_loss_jump_is_an_explosion_unless_the_grad_norm_was_seen(grad, severity):
-    # the loss jumps for good at 1505 with no grad-norm rise at the logged steps: seen healthy
-    # at every step (logged so, or as a W&B chart's bucket maxima) it is no gradient explosion;
-    # logged every 10 steps, one at 1505 is not ruled out, and the harm makes it an explosion
-    s, g, loss = healthy(seed=3)
-    loss[1505:] += 0.4
-    every = 1 if grad == "every step" else 10
-    tag = "train/grad_norm__MAX" if grad.startswith("bucket") else "grad_norm"
-    e = _one(audit_run(run_series(s[::every], g[::every], loss, loss_steps=s, grad_tag=tag)))
-    assert (e.onset_step, e.kind, e.severity) == (1505, "loss_spike", severity), e.reason
-    ruled_out = "one between its logged points is not ruled out" in e.reason
-    assert ruled_out == (severity == "explosion"), e.reason
 
 
 def test_a_loss_rise_while_the_loss_still_falls_is_an_episode():

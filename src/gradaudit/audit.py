@@ -49,13 +49,16 @@ Candidate = tuple[RawEpisode, int, int | None]  # (episode, onset step, end step
 #: fall (the loss averaging above where the counterfactual was at the onset) removed more false
 #: harm, but took the explosion from 53 of 1,732 harmful benchmark runs, against 5 for a half
 DECLINE_SHARE = 0.5
-#: A grad spike is harmful only where the loss answered it: its mean excess over the
-#: counterfactual over RESPONSE_STEPS from the onset (at least 3 logged points; to the
-#: episode's end where that is later) at least QUIET_SIGMAS standard errors of that mean
-#: (:meth:`_Judge._verdict`; docs/findings.md, "Severity follows harm"). Twice a momentum
-#: buffer's memory (beta 0.9: 10 steps), over which a spike's update keeps acting
+#: A grad spike's lasting excess is not its doing where the loss did not answer it: its mean
+#: excess over the counterfactual over the RESPONSE_STEPS after the onset (at least 3 logged
+#: points; to the episode's end where that is later; before the next grad episode), plus
+#: QUIET_SIGMAS standard errors, stays under QUIET_SHARE of the lasting excess
+#: (:meth:`_Judge._verdict`; docs/findings.md, "Severity follows harm"). 20 steps: twice a
+#: momentum buffer's memory (beta 0.9). A quarter: damage that builds up over 100 steps after
+#: the spike (a momentum of 0.99) has a mean over its first 20 steps above that
 RESPONSE_STEPS = 20
 QUIET_SIGMAS = 2.0
+QUIET_SHARE = 0.25
 
 
 def audit_run(series: RunSeries, settings: Settings | None = None) -> RunAudit:
@@ -339,6 +342,7 @@ class _Judge:
         self.lr_onsets = [on for e, on, _ in cand.raw if ID_LR in e.detected_by
                           and not cand.lr_notes[id(e)][1].restart]  # raw is sorted by onset
         self.nan_loss_steps = ls[~np.isfinite(lv)]  # where the loss went NaN/inf (sorted)
+        self.grad_onsets = [on for e, on, _ in cand.raw if e.source == "grad"]  # (sorted)
 
     def episode(self, k: int) -> Episode | None:
         """The ``k``-th candidate judged (None: a schedule restart that left the loss alone)."""
@@ -374,12 +378,7 @@ class _Judge:
         restart = lr_note is not None and lr_note[1].restart
         if kind == "divergence" and ID_CLIMB in e.detected_by and harmful is False:
             kind = "level_shift"  # a slow climb that left the loss alone: no divergence
-        # a loss jump the grad norm did not join is no gradient explosion only where the grad
-        # norm is seen at every step (logged every step, or as a W&B chart's bucket maxima):
-        # between sparser logged points one is not ruled out
-        grad_seen = run.has_grad and (run.g_every == 1 or
-                                      str(run.series.grad_norm_tag).endswith("__MAX"))
-        sev = severity(kind, ratio, harmful, grad_seen, st.spike_ratio, st.explosion_ratio)
+        sev = severity(kind, ratio, harmful, run.has_grad, st.spike_ratio, st.explosion_ratio)
         if lr_note is not None:
             if e.kind == "loss_spike":
                 # the loss rose after an lr rise: severity follows harm, unless the schedule
@@ -391,7 +390,7 @@ class _Judge:
             kind=e.kind, from_grad=e.source == "grad", ratio=ratio, base=base_g,
             peak_step=peak_step, harm=harm, harmful=harmful,
             joined_at=peak_g_step if j_at is not None else None, has_grad=run.has_grad,
-            grad_seen=grad_seen, g_every=run.g_every, spike_ratio=st.spike_ratio,
+            g_every=run.g_every, spike_ratio=st.spike_ratio,
             lr_text=lr_note[0] if lr_note is not None else None, lr_restart=restart,
             severity=sev, grad_peak_step=peak_g_step)
         if e.source == "lr" and not harmful and restart:
@@ -412,16 +411,19 @@ class _Judge:
             baseline_grad_norm=base_g, peak_ratio=ratio, kind=kind, severity=sev,
             detected_by=sorted(e.detected_by), loss_impact=li, reason=reason)
 
-    def _response(self, on: int, end: int | None, imp: Impact,
+    def _response(self, on: int, end: int | None, nxt: int | None, imp: Impact,
                   noise: float) -> tuple[float, float, int] | None:
-        """``(response, bar, steps)``: the loss's mean excess over its counterfactual from the
-        onset over ``steps`` (``RESPONSE_STEPS``, or to the episode's end; at least 3 logged
-        points) and ``QUIET_SIGMAS`` standard errors of that mean from the batch noise; None
-        where it cannot be measured."""
+        """``(response, upper, steps)``: the loss's mean excess over its counterfactual over the
+        logged points after the onset, to ``RESPONSE_STEPS`` after it or the episode's end (at
+        least 3 points; before the next grad episode's onset ``nxt``), and that mean plus
+        ``QUIET_SIGMAS`` standard errors (from the batch noise); ``steps``: to the last point
+        used. None where it cannot be measured."""
         ls = self.run.ls
-        i0 = int(np.searchsorted(ls, on))
+        i0 = int(np.searchsorted(ls, on, side="right"))  # (the loss at the onset came first)
         last = max(on + RESPONSE_STEPS, end if end is not None else on)
         i1 = min(ls.size, max(int(np.searchsorted(ls, last, side="right")), i0 + 3))
+        if nxt is not None:
+            i1 = min(i1, int(np.searchsorted(ls, nxt)))
         if i1 <= i0 or imp.cf_steps.size == 0 or noise <= 0:
             return None
         y = self.lv_mean[i0:i1]
@@ -429,8 +431,9 @@ class _Judge:
         if not ok.any():
             return None
         cf = np.interp(ls[i0:i1][ok], imp.cf_steps, imp.cf_values)
-        return (float(np.mean(y[ok] - cf)), QUIET_SIGMAS * noise / float(np.sqrt(ok.sum())),
-                int(ls[i1 - 1]) - on + 1)
+        resp = float(np.mean(y[ok] - cf))
+        return (resp, resp + QUIET_SIGMAS * noise / float(np.sqrt(ok.sum())),
+                int(ls[i0:i1][ok][-1]) - on)
 
     def _fit_floor(self, on: int) -> int | None:
         """The first step the counterfactual of the episode at ``on`` may be fitted from:
@@ -539,8 +542,12 @@ class _Judge:
         quiet = None
         if harmful and not li.diverged and not short and e.kind == "spike" and \
                 e.source == "grad" and rise is None and ID_LR not in e.detected_by:
-            quiet = self._response(on, end, imp, noise)
-            if quiet is not None and quiet[0] >= quiet[1]:
+            # (the loss after the next grad episode is that one's answer; a loss episode
+            # before it may be this spike's late one)
+            k_g = bisect.bisect_right(self.grad_onsets, on)
+            nxt_g = self.grad_onsets[k_g] if k_g < len(self.grad_onsets) else None
+            quiet = self._response(on, end, nxt_g, imp, noise)
+            if quiet is not None and not quiet[1] < QUIET_SHARE * ex:
                 quiet = None
         if quiet is not None:
             harmful = False

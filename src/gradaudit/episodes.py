@@ -523,7 +523,7 @@ def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0,
     return EpisodeList(eps, n_unlisted=n_unlisted)
 
 
-def severity(kind: str, peak_ratio: float | None, harmful: bool | None, grad_seen: bool,
+def severity(kind: str, peak_ratio: float | None, harmful: bool | None, has_grad: bool,
              spike_ratio: float, explosion_ratio: float) -> str:
     """``explosion`` or ``warning``: severity follows harm.
 
@@ -531,17 +531,15 @@ def severity(kind: str, peak_ratio: float | None, harmful: bool | None, grad_see
     - spike / level_shift: explosion when the loss was harmed (``harmful``) and the peak ratio
       reached ``spike_ratio``; with no loss series (``harmful is None``) when the peak ratio
       reached ``explosion_ratio``.
-    - loss_spike: explosion when harmful, unless the grad norm is seen at every step
-      (``grad_seen``: logged every step, or as bucket maxima) - with no grad norm, or one
-      logged every few steps, nothing rules an explosion out; with a grad norm seen healthy at
-      every step it is no gradient explosion, a warning.
+    - loss_spike: explosion when harmful and no grad norm is logged (nothing rules an explosion
+      out); with a healthy grad norm it is no gradient explosion, a warning.
     """
     if kind == "divergence":
         return "explosion"
     if kind == "nonfinite":
         return "warning"
     if kind == "loss_spike":
-        return "explosion" if (harmful and not grad_seen) else "warning"
+        return "explosion" if (harmful and not has_grad) else "warning"
     r = peak_ratio or 0.0
     if harmful is None:
         return "explosion" if r >= explosion_ratio else "warning"

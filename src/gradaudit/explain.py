@@ -19,15 +19,13 @@ WARMUP_NOTE_STEPS = 100  # a detectors' warm-up this many steps long or more get
 
 def episode_reason(*, kind: str, from_grad: bool, ratio: float | None, base: float | None,
                    peak_step: int, harm: str, harmful: bool | None, joined_at: int | None,
-                   has_grad: bool, grad_seen: bool, g_every: int, spike_ratio: float,
-                   lr_text: str | None,
+                   has_grad: bool, g_every: int, spike_ratio: float, lr_text: str | None,
                    lr_restart: bool, severity: str, grad_peak_step: int | None) -> str:
     """An episode's reason: its grad-norm half (:func:`grad_text`), its loss half (``harm``:
     :func:`harm_text`), what the grad norm did at a loss jump (``joined_at``: the step of the
     grad point that rose with it; ``grad_peak_step``: where the grad norm peaked in a loss
     episode), the lr rise behind it (``lr_text``; ``lr_restart``: a schedule's warm restart)
-    and why a harmful episode is only a warning, or a loss jump an explosion (``severity``;
-    ``grad_seen``: the grad norm is seen at every step, logged so or as bucket maxima)."""
+    and why a harmful episode is only a warning (``severity``)."""
     reason = grad_text(kind, ratio, base, peak_step, from_grad)
     if harm:
         reason = f"{reason}; {harm}" if reason else harm
@@ -39,7 +37,7 @@ def episode_reason(*, kind: str, from_grad: bool, ratio: float | None, base: flo
                   f"step {joined_at}; this run's grad norm varies too much for that rise to "
                   f"flag alone); {harm or reason}")
     elif kind == "loss_spike" and has_grad and lr_text is None:
-        if not grad_seen:  # a one-step spike between two logged grad norms is invisible
+        if g_every > 1:  # a one-step spike between two logged grad norms is invisible
             reason = (f"the loss jumped while the grad norm, logged every {g_every:g} "
                       "steps, stayed healthy at the logged steps: no gradient explosion "
                       f"seen; {harm or reason}")
@@ -58,10 +56,6 @@ def episode_reason(*, kind: str, from_grad: bool, ratio: float | None, base: flo
     if severity == "warning" and harmful and kind in ("spike", "level_shift") and \
             ratio is not None and ratio < spike_ratio:
         reason += f" (a warning: the grad norm peaked below {spike_ratio:g}x)"
-    if severity == "explosion" and kind == "loss_spike" and has_grad and not grad_seen and \
-            joined_at is None and lr_text is None:
-        reason += (f" (an explosion: with the grad norm logged every {g_every:g} steps, one "
-                   "between its logged points is not ruled out)")
     return reason
 
 
@@ -96,9 +90,10 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
     non-finite after the onset; ``by_fall``: the threshold is half the fall the counterfactual
     expected over the horizon, not the harm bar; ``bar_by``: what set ``ex_thr`` - ``harm``,
     the harm bar; ``noise``, ``z`` standard errors of the estimate; ``chance``, what this
-    chronically spiky run's loss does by chance over a horizon; ``quiet``: ``(response, bar,
-    steps)``, the loss's mean excess over the steps right after a grad spike that stayed under
-    its bar, which made an excess over the others no harm)."""
+    chronically spiky run's loss does by chance over a horizon; ``quiet``: ``(response, upper,
+    steps)``, the loss's mean excess over the steps right after a grad spike and its upper
+    bound, under a quarter of the lasting excess: what made an excess over the others no
+    harm)."""
     if li.diverged and nonfinite:
         return "the loss diverged: it went non-finite"
     parts = []
@@ -130,11 +125,11 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
     if harmful:
         return f"{text}: the loss was harmed"
     if quiet is not None:
-        resp, bar, steps = quiet
-        return (f"{text}: the loss did not answer the spike (over the {steps} steps from it "
-                f"it averaged {resp:+.3g} against its counterfactual, under {bar:.3g}, 2 "
-                "standard errors of its batch noise), so the excess after it is not shown to be "
-                "the spike's doing: a warning")
+        resp, upper, steps = quiet
+        return (f"{text}: the loss did not answer the spike (over the {steps} steps after it "
+                f"it averaged {resp:+.3g} against its counterfactual, at most {upper:+.3g} with "
+                "its noise: under a quarter of the lasting excess), so that excess is not shown "
+                "to be the spike's doing: a warning")
     if ex is not None and short is None:
         if by_fall:
             return (f"{text}: below the harm threshold {ex_thr:.3g}, half the fall its "
