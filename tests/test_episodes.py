@@ -217,34 +217,16 @@ def test_slow_loss_rise_found_where_the_climb_starts(seed, ramp):
     assert "clipping would not help" in e.reason
 
 
-def test_a_grad_spike_the_loss_did_not_answer_is_no_harm_of_its_own():
-    # a 10x grad spike at 1500 with the loss quiet for 40 steps; then the loss bulges +0.2 (its
-    # own wander, or chaotic later dynamics; a loss episode of its own): the excess after the
-    # spike is not shown to be the spike's: an explosion on all 12 seeds before, a warning on
-    # all 12 now
-    quiet = 0
-    for seed in range(12):
-        s, g, loss = healthy(seed=seed)
-        g[1500] *= 10
-        loss[1540:1740] += 0.2 * np.sin(np.linspace(0, np.pi, 200))
-        e = {e.onset_step: e for e in audit_run(run_series(s, g, loss)).episodes}[1500]
-        assert e.kind == "spike" and e.loss_impact.excess_loss > 0.1  # over the harm bar ...
-        if e.severity == "warning":
-            assert "did not answer the spike" in e.reason  # ... but not the spike's doing
-            quiet += 1
-    assert quiet >= 11, quiet
-
-
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("answer", ["at once", "5 steps later", "a ramp over 20 steps",
                                     "a ramp over 100 steps in a noisy loss",
                                     "with an lr rise, 30 steps later"])
 def test_a_grad_spike_the_loss_answered_is_an_explosion(seed, answer):
-    # damage a spike's update does shows within a momentum buffer's memory (at once, a few
-    # steps on, or building up), and an lr rise answers for its own episode's loss however late
-    # it rises: each is an explosion (reviews found a first rule, on the loss's highest point
-    # over the onset and 2 points after, calling the later ones warnings, and a second, on the
-    # mean over 20 steps against 2 standard errors, the slow ramp in a noisy loss)
+    # damage a spike's update does shows at once, a few steps on, or builds up (momentum,
+    # Adam's moments), and an lr rise answers for its own episode's loss however late it rises:
+    # each is an explosion. (Three versions of a rule that called a spike's lasting excess no
+    # harm where the loss did not answer the spike at once called some of these warnings:
+    # benchmark README, sixth session.)
     s, g, loss = healthy(seed=seed, loss_noise=0.1 if "noisy" in answer else 0.02)
     g[1500] *= 10
     lr = None
@@ -262,7 +244,6 @@ def test_a_grad_spike_the_loss_answered_is_an_explosion(seed, answer):
         g[1500:1700] *= 0.8
         bump = 0.3 * (t >= 30) * np.exp(-np.clip(t - 30, 0, None) / 300)
     e = audit_run(run_series(s, g, loss + bump, lr)).episodes[0]
-    assert "did not answer" not in e.reason
     if "noisy" in answer and e.kind == "loss_spike":
         # (in a noisy loss the rise may be found from a few steps before the spike: a loss
         # episode the grad norm joined only later, a warning whatever its harm)

@@ -49,16 +49,6 @@ Candidate = tuple[RawEpisode, int, int | None]  # (episode, onset step, end step
 #: fall (the loss averaging above where the counterfactual was at the onset) removed more false
 #: harm, but took the explosion from 53 of 1,732 harmful benchmark runs, against 5 for a half
 DECLINE_SHARE = 0.5
-#: A grad spike's lasting excess is not its doing where the loss did not answer it: its mean
-#: excess over the counterfactual over the RESPONSE_STEPS after the onset (at least 3 logged
-#: points; to the episode's end where that is later; before the next grad episode), plus
-#: QUIET_SIGMAS standard errors, stays under QUIET_SHARE of the lasting excess
-#: (:meth:`_Judge._verdict`; docs/findings.md, "Severity follows harm"). 20 steps: twice a
-#: momentum buffer's memory (beta 0.9). A quarter: damage that builds up over 100 steps after
-#: the spike (a momentum of 0.99) has a mean over its first 20 steps above that
-RESPONSE_STEPS = 20
-QUIET_SIGMAS = 2.0
-QUIET_SHARE = 0.25
 
 
 def audit_run(series: RunSeries, settings: Settings | None = None) -> RunAudit:
@@ -342,7 +332,6 @@ class _Judge:
         self.lr_onsets = [on for e, on, _ in cand.raw if ID_LR in e.detected_by
                           and not cand.lr_notes[id(e)][1].restart]  # raw is sorted by onset
         self.nan_loss_steps = ls[~np.isfinite(lv)]  # where the loss went NaN/inf (sorted)
-        self.grad_onsets = [on for e, on, _ in cand.raw if e.source == "grad"]  # (sorted)
 
     def episode(self, k: int) -> Episode | None:
         """The ``k``-th candidate judged (None: a schedule restart that left the loss alone)."""
@@ -410,30 +399,6 @@ class _Judge:
             onset_step=on, peak_step=peak_step, end_step=end, peak_grad_norm=peak_g,
             baseline_grad_norm=base_g, peak_ratio=ratio, kind=kind, severity=sev,
             detected_by=sorted(e.detected_by), loss_impact=li, reason=reason)
-
-    def _response(self, on: int, end: int | None, nxt: int | None, imp: Impact,
-                  noise: float) -> tuple[float, float, int] | None:
-        """``(response, upper, steps)``: the loss's mean excess over its counterfactual over the
-        logged points after the onset, to ``RESPONSE_STEPS`` after it or the episode's end (at
-        least 3 points; before the next grad episode's onset ``nxt``), and that mean plus
-        ``QUIET_SIGMAS`` standard errors (from the batch noise); ``steps``: to the last point
-        used. None where it cannot be measured."""
-        ls = self.run.ls
-        i0 = int(np.searchsorted(ls, on, side="right"))  # (the loss at the onset came first)
-        last = max(on + RESPONSE_STEPS, end if end is not None else on)
-        i1 = min(ls.size, max(int(np.searchsorted(ls, last, side="right")), i0 + 3))
-        if nxt is not None:
-            i1 = min(i1, int(np.searchsorted(ls, nxt)))
-        if i1 <= i0 or imp.cf_steps.size == 0 or noise <= 0:
-            return None
-        y = self.lv_mean[i0:i1]
-        ok = np.isfinite(y)
-        if not ok.any():
-            return None
-        cf = np.interp(ls[i0:i1][ok], imp.cf_steps, imp.cf_values)
-        resp = float(np.mean(y[ok] - cf))
-        return (resp, resp + QUIET_SIGMAS * noise / float(np.sqrt(ok.sum())),
-                int(ls[i0:i1][ok][-1]) - on)
 
     def _fit_floor(self, on: int) -> int | None:
         """The first step the counterfactual of the episode at ``on`` may be fitted from:
@@ -535,22 +500,6 @@ class _Judge:
                            and not recovered))
         if not li.diverged and ex is None and jp is None:
             harmful = None  # nothing of the loss could be measured (sparse logging)
-        # a grad spike the loss did not answer - over RESPONSE_STEPS from it the loss stayed
-        # within QUIET_SIGMAS standard errors of its counterfactual - is not shown to have
-        # caused the excess that follows (the loss's own wander, or chaotic later dynamics);
-        # an lr rise is the cause of its own episode's loss, however late that rises
-        quiet = None
-        if harmful and not li.diverged and not short and e.kind == "spike" and \
-                e.source == "grad" and rise is None and ID_LR not in e.detected_by:
-            # (the loss after the next grad episode is that one's answer; a loss episode
-            # before it may be this spike's late one)
-            k_g = bisect.bisect_right(self.grad_onsets, on)
-            nxt_g = self.grad_onsets[k_g] if k_g < len(self.grad_onsets) else None
-            quiet = self._response(on, end, nxt_g, imp, noise)
-            if quiet is not None and not quiet[1] < QUIET_SHARE * ex:
-                quiet = None
-        if quiet is not None:
-            harmful = False
         cut = f"the lr-rise episode at step {imp.cut_step}" if imp.cut_step is not None else \
             "the run ended"
         if harmful is False and not short and rise is not None and \
@@ -570,8 +519,7 @@ class _Judge:
                                  harm_thr if by_fall else ex_thr, jp_thr,
                                  (imp.horizon_points, cut) if short else None,
                                  imp.lasting_excess, imp.cut_step, imp.lr_time, nonfinite,
-                                 by_fall=by_fall, bar_by=bar_by, z=self.z_harm,
-                                 quiet=quiet)
+                                 by_fall=by_fall, bar_by=bar_by, z=self.z_harm)
         return imp, harmful, harm
 
 

@@ -80,8 +80,7 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
                jp_thr: float, short: tuple[int, str] | None = None,
                lasting: float | None = None, held_from: int | None = None,
                lr_time: bool = False, nonfinite: bool = True, by_fall: bool = False,
-               bar_by: str = "harm", z: float = 2.0,
-               quiet: tuple[float, float, int] | None = None) -> str:
+               bar_by: str = "harm", z: float = 2.0) -> str:
     """The loss half of an episode's reason: the numbers behind the harm verdict
     (``short``: only that many logged points of the horizon, before what cut it; ``lasting``:
     the excess without the episode's own spike points, which the verdict uses;
@@ -90,10 +89,7 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
     non-finite after the onset; ``by_fall``: the threshold is half the fall the counterfactual
     expected over the horizon, not the harm bar; ``bar_by``: what set ``ex_thr`` - ``harm``,
     the harm bar; ``noise``, ``z`` standard errors of the estimate; ``chance``, what this
-    chronically spiky run's loss does by chance over a horizon; ``quiet``: ``(response, upper,
-    steps)``, the loss's mean excess over the steps right after a grad spike and its upper
-    bound, under a quarter of the lasting excess: what made an excess over the others no
-    harm)."""
+    chronically spiky run's loss does by chance over a horizon)."""
     if li.diverged and nonfinite:
         return "the loss diverged: it went non-finite"
     parts = []
@@ -124,12 +120,6 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
         return text
     if harmful:
         return f"{text}: the loss was harmed"
-    if quiet is not None:
-        resp, upper, steps = quiet
-        return (f"{text}: the loss did not answer the spike (over the {steps} steps after it "
-                f"it averaged {resp:+.3g} against its counterfactual, at most {upper:+.3g} with "
-                "its noise: under a quarter of the lasting excess), so that excess is not shown "
-                "to be the spike's doing: a warning")
     if ex is not None and short is None:
         if by_fall:
             return (f"{text}: below the harm threshold {ex_thr:.3g}, half the fall its "
