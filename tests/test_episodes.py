@@ -250,7 +250,6 @@ def test_a_grad_spike_the_loss_answered_is_an_explosion(seed, answer):
         assert abs(e.onset_step - 1500) <= 15 and "the loss was harmed" in e.reason
         return
     assert abs(e.onset_step - 1500) <= 1 and e.severity == "explosion", e.reason
-    assert "did not answer" not in e.reason
 
 
 def test_a_loss_rise_while_the_loss_still_falls_is_an_episode():

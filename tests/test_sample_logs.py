@@ -146,6 +146,21 @@ def test_engine_flags_injected_faults() -> None:
                        for onset, sev, _ in episodes), (e["run"], step, episodes)
 
 
+def test_no_episode_starts_just_before_an_injected_fault() -> None:
+    """Nothing of a fault shows before its step: no episode starts in the 30 steps before it
+    (a loss-rise onset walked back through a loss sitting above its trend once gave the
+    Megatron lr spike at iteration 500 a second episode at 489)."""
+    entries = _manifest()
+    result = gradaudit.scan([ROOT])
+    for e in entries:
+        if e["fault"] is None:
+            continue
+        [audit] = _match(e, result.runs)
+        step = e["fault"]["step"]
+        early = [ep.onset_step for ep in audit.episodes if step - 30 <= ep.onset_step < step]
+        assert not early, (e["run"], step, early)
+
+
 def test_excess_loss_matches_the_clean_twin() -> None:
     """Each fault run whose model has a clean run with the same losses up to the fault (same
     seed and data order: a true counterfactual) gets an excess loss within 15 % of the measured

@@ -23,10 +23,10 @@ KillLossSpike (loss above k x its trailing mean for several steps), but robust a
   fall with 3 % noise, 0 of 40 found). Each block is therefore also compared with a *trend*:
   a least-squares line of the healthy block medians in log point index (a power law in the
   step, the loss model of :mod:`gradaudit.impact`) over the same ``window`` blocks, ending
-  ``min_blocks`` blocks before it (a rise's own first blocks never enter the fit its last
-  triggering block is compared with), its falling slope shrunk towards flat by its
-  significance as in :mod:`gradaudit.impact` (``b t^2 / (t^2 + 9)``; a rising slope is held
-  flat) and extrapolated; its spread is the blocks' scatter about the line plus the
+  ``min_blocks`` blocks before it (a rise's own first blocks never enter the fit its
+  ``min_blocks``-th triggering block is compared with), its falling slope shrunk towards flat
+  by its significance as in :mod:`gradaudit.impact` (``b t^2 / (t^2 + SHRINK_T^2)``; a rising
+  slope is held flat) and extrapolated; its spread is the blocks' scatter about the line plus the
   extrapolation's standard error. Such a block only *triggers* (with the same thresholds),
   and only where the block ``min_blocks`` before it was not elevated above the trend: a rise
   that starts now, not the slow wander of a loss about its trend. The same synthetic rise is
@@ -35,20 +35,20 @@ KillLossSpike (loss above k x its trailing mean for several steps), but robust a
   slow AR(1) wander as large as the noise) the detector finds 263 events without the trend,
   403 with it unguarded and 309 with the guard, all on the wandering losses.
 - Two passes: blocks inside the first pass's events do not enter the level of the second.
-- Onset: in the first elevated block's neighbourhood, the first point from which the median
-  of the next ``block`` points is at least half the excess above the level (the lower of the
-  trailing median and the trend) of the highest of the first ``min_blocks`` blocks; from the
-  first of those points that is itself half way up, back to where the climb starts (the
-  median of three points ``CLIMB_SIGMAS`` noise sigmas above the level, or above the median of
-  the block of points before, where that is higher: a loss sitting above its trend is no
-  climb). The highest block:
-  one block whose excess barely passes the bar (a jump that starts at its last points) sets
-  a half that noise before the jump reaches too. Half way up, then back: the median of a
-  block rises once half its points have, 3-4 points before a step, and half way up a quick
-  ramp or a blow-up is late. Synthetic, 3 % noise, 100 seeds each, median onset error before
-  -> now: steps of +8 % and +25 % -3 to -5 -> 0 (+25 %: exact on none -> 88-94 of 100 by
-  where in a block the step falls); exponential blow-ups (time constants 3-50 points) -3 to
-  +1 -> +1 to +3; ramps of +30 % over 4-32 points -3 to +1 -> +1 to +5.
+- Onset: in the first elevated block's neighbourhood, the first point ``p`` from which the
+  median of the next ``block`` points is at least half the excess above the level (the lower of
+  the trailing median and the trend) of the highest of the first ``min_blocks`` blocks; then
+  the first of those ``block`` points that is itself half way up; then back from there to where
+  the climb starts (:func:`_climb_start`: the median of ``CLIMB_WINDOW`` points at least
+  ``CLIMB_SIGMAS`` noise sigmas above the level, or above the median of the block of points
+  before, where that is higher: a loss sitting above its trend is no climb). The highest block:
+  one block whose excess barely passes the bar (a jump that starts at its last points) sets a
+  half that noise before the jump reaches too. Half way up, then back: the median of a block
+  rises once half its points have, 3-4 points before a step, and half way up a quick ramp or a
+  blow-up is late. Synthetic, 3 % noise, 100 seeds each, median onset error before -> now:
+  steps of +8 % and +25 % -3 to -5 -> 0 (+25 %: exact on none -> 88-94 of 100 by where in a
+  block the step falls); exponential blow-ups (time constants 3-50 points) -3 to +1 -> +1 to
+  +3; ramps of +30 % over 4-32 points -3 to +1 -> +1 to +5.
 - A slow rise (a ramp over dozens of blocks: harder data mixed in step by step, a creeping
   divergence) carries the trailing level and spread up with it and never stands ``z`` spreads
   above them. Each block is therefore also compared with the level and spread as they stood
@@ -68,6 +68,11 @@ from gradaudit.detect._common import diff_sigma, hinge_gain, runs_of, trailing_m
 
 ID = "loss-rise"
 BLOCK = 8  # logged points per block (default); a rise's onset is known to about a block
+SHRINK_T = 3.0  # a falling trend at t standard errors keeps t^2 / (t^2 + SHRINK_T^2) of it
+TREND_MIN = 6  # healthy blocks a trend is fitted to, at least
+LOG_WINDOWS = 16  # blocks before LOG_WINDOWS x window: fitted in log index, window by window
+CLIMB_SIGMAS = 1.5  # a climb starts where the loss is this many noise sigmas above its level
+CLIMB_WINDOW = 3  # points whose median says the loss is still up (one outlier does not stop)
 
 
 def loss_rise(
@@ -133,9 +138,9 @@ def loss_rise(
         # against the trend of a falling loss, where a rise starts fresh (module doc)
         lvl_t, spr_t = _trend_level(bm, hmask, block, window, min_blocks, floor_b)
         trig_t, elev_t = marks(lvl_t, spr_t)
-        before = np.ones(nb, bool)  # the block ``min_blocks`` earlier was elevated (or unknown)
-        before[min_blocks:] = elev_t[:-min_blocks] | np.isnan(lvl_t[:-min_blocks])
-        trig_t &= ~before
+        prev_elevated = np.ones(nb, bool)  # the block ``min_blocks`` earlier was (or unknown)
+        prev_elevated[min_blocks:] = elev_t[:-min_blocks] | np.isnan(lvl_t[:-min_blocks])
+        trig_t &= ~prev_elevated
         out = [(a, b) for a, b in runs_of(elev | trig | elev_l | trig_l | trig_t)
                if _longest(trig[a:b + 1] | trig_l[a:b + 1] | trig_t[a:b + 1]) >= min_blocks]
         return out, np.fmin(level, lvl_t), spread
@@ -152,19 +157,20 @@ def loss_rise(
         half = level[a] + 0.5 * (bm[top] - level[a])
         lo = max(0, (a - 1) * block)
         hi = min(y.size, (top + 1) * block)
+        # the climb leaves the noise about the level - or about the loss just before, where
+        # that is higher (a loss above its trend)
+        pre_points = u[max(0, lo - block):lo]
+        pre_points = pre_points[np.isfinite(pre_points)]
+        base = max(float(level[a]), float(np.median(pre_points)) if pre_points.size else -np.inf)
         onset = a * block
         for p in range(lo, hi):
             seg = u[p:p + block]
             seg = seg[np.isfinite(seg)]
             if seg.size and np.median(seg) >= half:
-                up = np.flatnonzero(u[p:p + block] >= half)  # the first point half way up
-                # back to where the climb leaves the noise about the level - or about the
-                # loss just before, where that is higher (a loss above its trend)
-                before = u[max(0, lo - block):lo]
-                before = before[np.isfinite(before)]
-                base = max(float(level[a]), float(np.median(before)) if before.size else -np.inf)
-                onset = _climb_start(u, p + (int(up[0]) if up.size else 0),
-                                     base + CLIMB_SIGMAS * sig, lo)
+                # the first of these points half way up (one is, the median being so), then
+                # back to where the climb starts
+                q = p + int(np.flatnonzero(u[p:p + block] >= half)[0])
+                onset = _climb_start(u, q, base + CLIMB_SIGMAS * sig, lo)
                 break
         # a ramp that began blocks before its first elevated block: where the climb starts
         known = np.flatnonzero(np.isfinite(level[:a]))  # blocks with a healthy level before
@@ -223,10 +229,6 @@ def _hinge_block(bm: np.ndarray, lo: int, first: int, last: int, noise: float,
     return k + 1
 
 
-CLIMB_SIGMAS = 1.5  # a climb starts where the loss is this many noise sigmas above its level
-SHRINK_T = 3.0  # a falling trend at t standard errors keeps t^2 / (t^2 + SHRINK_T^2) of it
-TREND_MIN = 6  # healthy blocks a trend is fitted to, at least
-LOG_WINDOWS = 16  # blocks before LOG_WINDOWS x window: fitted in log index, window by window
 
 
 def _trend_level(bm: np.ndarray, healthy: np.ndarray, block: int, window: int, gap: int,
@@ -292,12 +294,12 @@ def _trend_level(bm: np.ndarray, healthy: np.ndarray, block: int, window: int, g
 
 
 def _climb_start(u: np.ndarray, q: int, bar: float, lo: int) -> int:
-    """Back from point ``q`` (not before ``lo``) to where the climb starts: the first point of
-    the stretch ending at ``q`` over which the median of three points stays at least
-    ``bar``."""
+    """Back from point ``q`` (not before ``lo``, nor onto a point not logged finite) to where
+    the climb starts: each step back is taken while the median of the ``CLIMB_WINDOW`` points
+    ending at the current point is at least ``bar``; the point where that stops."""
     j = q
-    while j - 1 >= lo and np.isfinite(u[j - 1]):  # (never onto a point not logged finite)
-        w = u[max(0, j - 2):j + 1]
+    while j - 1 >= lo and np.isfinite(u[j - 1]):
+        w = u[max(0, j - CLIMB_WINDOW + 1):j + 1]
         w = w[np.isfinite(w)]
         if not w.size or np.median(w) < bar:
             break
