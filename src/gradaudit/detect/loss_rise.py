@@ -251,10 +251,11 @@ def _trend_level(bm: np.ndarray, healthy: np.ndarray, block: int, window: int, g
     if k_log > gap:  # early: log point index; block k's window gathered as row k
         ks = np.arange(gap, k_log)
         j = ks[:, None] - gap - np.arange(window)[None, :]
-        wj = np.where(j >= 0, w[np.maximum(j, 0)], 0.0)
+        jc = np.maximum(j, 0)  # (a window cut short at the start: weight 0 there)
+        wj = np.where(j >= 0, w[jc], 0.0)
         x = np.log((np.arange(k_log) + 0.5) * block + 1.0)
-        xc = x[np.maximum(j, 0)] - x[ks, None]
-        yj = y[np.maximum(j, 0)]
+        xc = x[jc] - x[ks, None]
+        yj = y[jc]
         n = wj.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             xm = (wj * xc).sum(axis=1) / n
