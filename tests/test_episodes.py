@@ -130,6 +130,7 @@ def test_loss_spike_with_healthy_grad_norm():
     e = _one(a)
     assert e.kind == "loss_spike" and e.onset_step == 1800 and e.severity == "warning"
     assert "would not help" in a.clip.advice and "1800" in a.clip.advice
+    assert e.reason.startswith("the loss jumped while") and "loss jumped +" in e.reason
 
 
 def test_loss_only_run_bloom13b_style():
@@ -215,6 +216,8 @@ def test_slow_loss_rise_found_where_the_climb_starts(seed, ramp):
     assert e.kind == "loss_spike" and e.severity == "warning", e.to_dict()
     assert abs(e.onset_step - 1800) <= 16, e.onset_step  # a block of 8 either side
     assert "clipping would not help" in e.reason
+    # a climb over 150-600 steps is no jump: the words say it rose
+    assert e.reason.startswith("the loss rose while") and "jump" not in e.reason, e.reason
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -868,7 +871,8 @@ def test_spike_with_no_loss_point_before_an_lr_fault_is_judged_by_its_ratio():
 def test_slow_loss_rise_before_an_lr_fault_keeps_its_own_episode():
     # the loss drifts up from step 1000 (no lr change), then the lr is set 30x too high at 1250
     # and the grad norm climbs 40x: the lr episode is the climb; the earlier rise stays a loss
-    # episode of its own, whose reason does not call the later 40x "healthy"
+    # episode of its own, whose reason does not call the later 40x "healthy" (nor the drift a
+    # jump)
     s, g, loss = healthy(seed=2)
     loss[1000:1300] += np.linspace(0, 0.5, 300)
     lr = np.full(s.size, 1e-3)
@@ -879,7 +883,8 @@ def test_slow_loss_rise_before_an_lr_fault_keeps_its_own_episode():
     rise, fault = eps[0], eps[-1]
     assert rise.onset_step < 1200 and rise.kind == "loss_spike"
     assert "lr-change" not in rise.detected_by
-    assert "stayed healthy at the jump" in rise.reason and "later, at step" in rise.reason
+    assert "stayed healthy as the climb began" in rise.reason and "later, at step" in rise.reason
+    assert "jump" not in rise.reason and rise.reason.startswith("the loss rose")
     assert fault.onset_step == 1251 and "lr-change" in fault.detected_by
     assert fault.kind in ("spike", "level_shift") and fault.severity == "explosion"
 

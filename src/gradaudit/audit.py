@@ -381,7 +381,7 @@ class _Judge:
             joined_at=peak_g_step if j_at is not None else None, has_grad=run.has_grad,
             g_every=run.g_every, spike_ratio=st.spike_ratio,
             lr_text=lr_note[0] if lr_note is not None else None, lr_restart=restart,
-            severity=sev, grad_peak_step=peak_g_step)
+            severity=sev, grad_peak_step=peak_g_step, abrupt=imp is None or imp.abrupt)
         if e.source == "lr" and not harmful and restart:
             return None  # a schedule restart that left no mark on the loss is no episode
         li = imp.impact if imp is not None else None
@@ -519,7 +519,8 @@ class _Judge:
                                  harm_thr if by_fall else ex_thr, jp_thr,
                                  (imp.horizon_points, cut) if short else None,
                                  imp.lasting_excess, imp.cut_step, imp.lr_time, nonfinite,
-                                 by_fall=by_fall, bar_by=bar_by, z=self.z_harm)
+                                 by_fall=by_fall, bar_by=bar_by, z=self.z_harm,
+                                 abrupt=imp.abrupt)
         return imp, harmful, harm
 
 

@@ -20,12 +20,16 @@ WARMUP_NOTE_STEPS = 100  # a detectors' warm-up this many steps long or more get
 def episode_reason(*, kind: str, from_grad: bool, ratio: float | None, base: float | None,
                    peak_step: int, harm: str, harmful: bool | None, joined_at: int | None,
                    has_grad: bool, g_every: int, spike_ratio: float, lr_text: str | None,
-                   lr_restart: bool, severity: str, grad_peak_step: int | None) -> str:
+                   lr_restart: bool, severity: str, grad_peak_step: int | None,
+                   abrupt: bool = True) -> str:
     """An episode's reason: its grad-norm half (:func:`grad_text`), its loss half (``harm``:
     :func:`harm_text`), what the grad norm did at a loss jump (``joined_at``: the step of the
     grad point that rose with it; ``grad_peak_step``: where the grad norm peaked in a loss
     episode), the lr rise behind it (``lr_text``; ``lr_restart``: a schedule's warm restart)
-    and why a harmful episode is only a warning (``severity``)."""
+    and why a harmful episode is only a warning (``severity``). ``abrupt``: the loss reached its
+    highest within a few points of the onset (it *jumped*); else it *rose* (a climb)."""
+    moved, at, move = ("jumped", "at the jump", "jump") if abrupt else \
+        ("rose", "as the climb began", "climb")
     reason = grad_text(kind, ratio, base, peak_step, from_grad)
     if harm:
         reason = f"{reason}; {harm}" if reason else harm
@@ -33,21 +37,21 @@ def episode_reason(*, kind: str, from_grad: bool, ratio: float | None, base: flo
         reason = (f"{reason}; " if reason else "") + \
             "no loss to judge the harm: severity from the peak ratio"
     if joined_at is not None:
-        reason = (f"the loss jumped and the grad norm rose {ratio:.3g}x with it (peak at "
+        reason = (f"the loss {moved} and the grad norm rose {ratio:.3g}x with it (peak at "
                   f"step {joined_at}; this run's grad norm varies too much for that rise to "
                   f"flag alone); {harm or reason}")
     elif kind == "loss_spike" and has_grad and lr_text is None:
         if g_every > 1:  # a one-step spike between two logged grad norms is invisible
-            reason = (f"the loss jumped while the grad norm, logged every {g_every:g} "
+            reason = (f"the loss {moved} while the grad norm, logged every {g_every:g} "
                       "steps, stayed healthy at the logged steps: no gradient explosion "
                       f"seen; {harm or reason}")
         elif ratio is not None and ratio >= spike_ratio:
             # the grad norm rose later in a long loss episode, not with the jump
-            reason = ("the loss jumped while the grad norm stayed healthy at the jump (it "
+            reason = (f"the loss {moved} while the grad norm stayed healthy {at} (it "
                       f"peaked {ratio:.3g}x later, at step {grad_peak_step}): no gradient "
-                      f"explosion behind the jump; {harm or reason}")
+                      f"explosion behind the {move}; {harm or reason}")
         else:
-            reason = ("the loss jumped while the grad norm stayed healthy: no gradient "
+            reason = (f"the loss {moved} while the grad norm stayed healthy: no gradient "
                       f"explosion, clipping would not help; {harm or reason}")
     if lr_text is not None:
         if lr_restart:
@@ -80,7 +84,7 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
                jp_thr: float, short: tuple[int, str] | None = None,
                lasting: float | None = None, held_from: int | None = None,
                lr_time: bool = False, nonfinite: bool = True, by_fall: bool = False,
-               bar_by: str = "harm", z: float = 2.0) -> str:
+               bar_by: str = "harm", z: float = 2.0, abrupt: bool = True) -> str:
     """The loss half of an episode's reason: the numbers behind the harm verdict
     (``short``: only that many logged points of the horizon, before what cut it; ``lasting``:
     the excess without the episode's own spike points, which the verdict uses;
@@ -89,12 +93,14 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
     non-finite after the onset; ``by_fall``: the threshold is half the fall the counterfactual
     expected over the horizon, not the harm bar; ``bar_by``: what set ``ex_thr`` - ``harm``,
     the harm bar; ``noise``, ``z`` standard errors of the estimate; ``chance``, what this
-    chronically spiky run's loss does by chance over a horizon)."""
+    chronically spiky run's loss does by chance over a horizon; ``abrupt``: the loss reached its
+    highest within a few points of the onset - it *jumped*, else it *rose*)."""
     if li.diverged and nonfinite:
         return "the loss diverged: it went non-finite"
     parts = []
     if li.loss_jump is not None and li.loss_jump > 0:
-        parts.append(f"loss jumped {li.loss_jump:+.3g} from its level {level:.3g}")
+        parts.append(f"loss {'jumped' if abrupt else 'rose'} {li.loss_jump:+.3g} from its level "
+                     f"{level:.3g}")
     elif li.loss_jump is not None:
         parts.append(f"the loss did not rise above its level {level:.3g}")
     ex = li.excess_loss

@@ -184,6 +184,9 @@ Definitions follow docs/findings.md ("Loss impact"). Rules and defaults:
   was otherwise charged with the fault's damage (+1.14) and called an explosion.
 - ``loss_jump``: the highest loss over the episode's logged points, onset to end, and at least
   its first ``lag_points`` (3: the loss lags the grad norm), minus ``L^(onset)``.
+  ``Impact.jump_points`` counts the logged points from the onset to the first that stands half
+  that jump above ``L^(onset)``: the reason says the loss *jumped* where that is within
+  ``ABRUPT_POINTS`` (3), and *rose* where later (a climb).
 - ``recovery_step``: the step where the loss came back for good: from the loss's highest point
   above the band in the episode (and its lag) on, the first point where the loss smoothed over
   5 points is back under ``L^`` plus the tolerance - ``max(recovery_tolerance x |L^|, 3 x the
@@ -214,6 +217,8 @@ from scipy.ndimage import median_filter
 from gradaudit.detect._common import MAD_TO_SIGMA, diff_sigma
 from gradaudit.model import LossImpact
 
+ABRUPT_POINTS = 3  # a loss half way up this many logged points after the onset "jumped"
+
 
 @dataclass
 class Impact:
@@ -231,6 +236,13 @@ class Impact:
     cut_step: int | None = None  # where the horizon ended early (a later lr episode's onset)
     lr_time: bool = False  # the counterfactual follows the schedule's learning-rate time
     expected_fall: float = 0.0  # L^ at the onset minus its mean over the excess's points (>= 0)
+    jump_points: int | None = None  # logged points from the onset to half the loss_jump
+
+    @property
+    def abrupt(self) -> bool:
+        """The loss stood half its ``loss_jump`` up within ``ABRUPT_POINTS`` of the onset (a
+        jump, not a climb; also where no jump was measured)."""
+        return self.jump_points is None or self.jump_points <= ABRUPT_POINTS
 
 
 def _lsq(u: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -814,9 +826,12 @@ def loss_impact(
     ep = after[: max(i_ep - i_on, min(lag_points, n - i_on))]
     if cut_step is not None:  # the loss from the cut on is the later episode's
         ep = ep[steps[ep] < cut_step]
-    jump = None
+    jump = jump_points = None
     if ep.size and fin[ep].all():
-        jump = float(loss[ep].max() - cf.level)
+        up = loss[ep] - cf.level
+        jump = float(up.max())
+        # where the loss first stood half its jump up (the highest point of a plateau is noise)
+        jump_points = int(np.argmax(up >= 0.5 * jump))
     recovery, runaway = _recovery(cf, loss, win, cf_win, noise, recovery_tolerance, n,
                                   next_onset is None, i_ep - i_on + lag_points,
                                   max(1, i_h - i_on + n_held))
@@ -826,4 +841,4 @@ def loss_impact(
     fall = max(0.0, float(cf.level - np.mean(cf(h)))) if h.size else 0.0
     return Impact(LossImpact(excess, jump, recovery, bool(nonfinite_after or runaway)),
                   cf.level, noise, steps[win], cf_win, se, bracketed, int(h.size), lasting,
-                  cut_step, lr_time is not None, fall)
+                  cut_step, lr_time is not None, fall, jump_points)
