@@ -112,12 +112,16 @@ def loss_spike(
         half, _ = trailing_median_before(y, use, half_w, min_history, spread=False)
     # where the loss may be falling, the newer half's median (a lower level) is tried first;
     # whether the fall is real is judged once the noise is known
-    level = np.fmin(med, half)
-    def rel_of(r: float) -> np.ndarray | float:
-        return float(np.log1p(r)) if logged else r * np.abs(level)
+    low = np.fmin(med, half)
 
+    def rel_of(r: float, at: np.ndarray) -> np.ndarray | float:
+        """A rise of ``r`` relative to the level ``at``, in the compared space."""
+        return float(np.log1p(r)) if logged else r * np.abs(at)
+
+    # where something can fire: a rise over the lower level, against that level (a superset of
+    # where the bars below can be met, for any sign of the loss, as both rates are <= 1)
     with np.errstate(invalid="ignore"):
-        target = (y - level) >= np.minimum(rel_of(rel_band), rel_of(rel_jump))
+        target = (y - low) >= np.minimum(rel_of(rel_band, low), rel_of(rel_jump, low))
     # noise from successive differences of the used points
     idx = np.flatnonzero(use)
     diff = np.full(y.size, np.nan)
@@ -134,8 +138,8 @@ def loss_spike(
     level = np.where(target, _falling_level(med, half, spread, window), med)
     d = y - level
     with np.errstate(invalid="ignore"):
-        hi = np.maximum(z_hi * spread, rel_of(rel_jump))
-        lo = np.maximum(z_lo * spread, rel_of(rel_band))
+        hi = np.maximum(z_hi * spread, rel_of(rel_jump, level))
+        lo = np.maximum(z_lo * spread, rel_of(rel_band, level))
         trigger = np.isfinite(d) & (d >= hi)
         elevated = np.isfinite(d) & (d >= lo)
     tmax = 0.0
@@ -150,12 +154,12 @@ def loss_spike(
         nxt[:-1] = elevated[1:]
         with np.errstate(invalid="ignore"):
             if lone_ratio is not None:
-                nxt |= d >= rel_of(lone_ratio - 1.0)
+                nxt |= d >= rel_of(lone_ratio - 1.0, level)
             if tmax > 0:  # extreme: only where the run's own spikiness is known
-                nxt |= d >= np.maximum(rel_of(1.0), lone_factor * tmax)
+                nxt |= d >= np.maximum(rel_of(1.0, level), lone_factor * tmax)
         trigger &= nxt
     if sustain > 1:
-        trigger |= sustained(d, use, spread, sustain, rel_of(rel_jump), z_hi, tail_factor,
+        trigger |= sustained(d, use, spread, sustain, rel_of(rel_jump, level), z_hi, tail_factor,
                              point_min=lo)
     return LossLevel(level, spread, trigger, elevated, use, med, half)
 
