@@ -113,6 +113,23 @@ def test_step_up_that_later_diverges_has_its_onset_at_the_step(seed):
     assert abs(e.onset_step - 2000) <= 1, e.to_dict()
 
 
+@pytest.mark.parametrize("last", [1, 10])
+def test_inf_grad_norms_at_the_end_while_the_loss_carries_on_are_no_divergence(last):
+    # fp16 overflow steps in the last steps logged: the grad norm is NaN there, the loss goes on
+    # finite and unharmed - kind nonfinite, a warning (it was a divergence, failing the gate);
+    # the same NaNs with the loss going NaN too, or with no loss to show it carried on, diverged
+    s, g, loss = healthy(seed=4)
+    g[-last:] = np.nan
+    e = _one(audit_run(run_series(s, g, loss)))
+    assert (e.kind, e.severity) == ("nonfinite", "warning"), e.to_dict()
+    assert e.onset_step == s[-last] and "benign on its own" in e.reason
+    gone = loss.copy()
+    gone[-last:] = np.nan
+    for run in (run_series(s, g, gone), run_series(s, g, None)):
+        e = _one(audit_run(run))
+        assert (e.kind, e.severity) == ("divergence", "explosion"), e.to_dict()
+
+
 def test_divergence_to_nan_loss():
     s, g, loss = healthy(seed=8)
     g[2500:] *= np.exp(np.arange(500) * 0.1)

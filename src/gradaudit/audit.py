@@ -367,6 +367,10 @@ class _Judge:
         restart = lr_note is not None and lr_note[1].restart
         if kind == "divergence" and ID_CLIMB in e.detected_by and harmful is False:
             kind = "level_shift"  # a slow climb that left the loss alone: no divergence
+        if kind == "divergence" and e.nonfinite_only and self._loss_carried_on(on, harmful, imp):
+            # inf/NaN grad norms up to the run's end while the loss went on finite and unharmed
+            # (fp16 overflow steps in the last steps logged): no divergence
+            kind = "nonfinite"
         sev = severity(kind, ratio, harmful, run.has_grad, st.spike_ratio, st.explosion_ratio)
         if lr_note is not None:
             if e.kind == "loss_spike":
@@ -375,8 +379,10 @@ class _Judge:
                 sev = "explosion" if (harmful and not restart) else "warning"
             if restart:
                 sev = "warning"
+        # (in the words of its raw kind, unless it turned out no divergence)
         reason = explain.episode_reason(
-            kind=e.kind, from_grad=e.source == "grad", ratio=ratio, base=base_g,
+            kind="nonfinite" if kind == "nonfinite" else e.kind, from_grad=e.source == "grad",
+            ratio=ratio, base=base_g,
             peak_step=peak_step, harm=harm, harmful=harmful,
             joined_at=peak_g_step if j_at is not None else None, has_grad=run.has_grad,
             g_every=run.g_every, spike_ratio=st.spike_ratio,
@@ -399,6 +405,16 @@ class _Judge:
             onset_step=on, peak_step=peak_step, end_step=end, peak_grad_norm=peak_g,
             baseline_grad_norm=base_g, peak_ratio=ratio, kind=kind, severity=sev,
             detected_by=sorted(e.detected_by), loss_impact=li, reason=reason)
+
+    def _loss_carried_on(self, on: int, harmful: bool | None, imp: Impact | None) -> bool:
+        """The loss is logged from ``on`` on, finite to the run's end, and was not harmed (nor
+        left above its level: ``diverged``)."""
+        run = self.run
+        if not run.has_loss or harmful:
+            return False
+        after = run.lv[int(np.searchsorted(run.ls, on)):]
+        return bool(after.size) and bool(np.isfinite(after).all()) and \
+            not (imp is not None and imp.impact.diverged)
 
     def _fit_floor(self, on: int) -> int | None:
         """The first step the counterfactual of the episode at ``on`` may be fitted from:

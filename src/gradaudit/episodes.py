@@ -92,6 +92,7 @@ class RawEpisode:
     detected_by: set[str] = field(default_factory=set)
     source: str = "grad"  # "grad" or "loss"
     base_log: float | None = None  # healthy log g at onset
+    nonfinite_only: bool = False  # no finite anomalous point: only inf/NaN grad norms
 
 
 @dataclass
@@ -258,7 +259,8 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
             onset, base = first_nf, _at(rl.level, first_nf)
             if kind == "divergence":
                 onset, base = _climb_before(x, rl.level, prev_last + 1, first_nf, p, onset, base)
-            eps.append(RawEpisode(onset, first_nf, b, kind, by, base_log=base))
+            eps.append(RawEpisode(onset, first_nf, b, kind, by, base_log=base,
+                                  nonfinite_only=True))
             in_ep[onset:b + 1] = True
             prev_last = b
             continue
