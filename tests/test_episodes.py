@@ -1205,3 +1205,23 @@ def test_a_lasting_rise_under_the_recovery_band_is_still_harm(rise):
         g[1500] *= 30
         e = _one(audit_run(run_series(s, g, loss)))
         assert e.onset_step == 1500 and e.severity == "explosion", e.reason
+
+
+def test_a_loss_of_exactly_zero_is_no_loss_episode_and_a_rise_from_zero_is():
+    # a loss logged as exactly 0 (a hinge or auxiliary loss, too few digits) has relative bars
+    # of 0: every point "rose" by 0 and a loss episode at the first judged point took the run's
+    # clip suggestion away (found by an edge-case review)
+    s, g, _ = healthy(seed=6)
+    g[1500] *= 50
+    a = audit_run(run_series(s, g, np.zeros(s.size)))
+    e = _one(a)
+    assert (e.onset_step, e.kind) == (1500, "spike") and a.clip.suggested_threshold is not None
+    # falling straight to 0 and staying there: the trend of the fall is not carried below 0
+    s, g, _ = healthy(n=2000, seed=7)
+    flat = np.maximum(0.0, 1.0 - s / 1000)
+    assert audit_run(run_series(s, g, flat)).episodes == []
+    # a real rise from 0 still stands out
+    up = flat.copy()
+    up[1500:1600] = 0.5
+    e = _one(audit_run(run_series(s, g, up)))
+    assert e.kind == "loss_spike" and abs(e.onset_step - 1500) <= 1, e.to_dict()

@@ -29,7 +29,8 @@ KillLossSpike (loss above k x its trailing mean for several steps), but robust a
   slope is held flat) and extrapolated; its spread is the blocks' scatter about the line plus the
   extrapolation's standard error. Such a block only *triggers* (with the same thresholds),
   and only where the block ``min_blocks`` before it was not elevated above the trend: a rise
-  that starts now, not the slow wander of a loss about its trend. The same synthetic rise is
+  that starts now, not the slow wander of a loss about its trend. A loss that reaches 0 (and is
+  never negative) is compared raw, and its trend is not carried below 0. The same synthetic rise is
   found 16 and 28 of 40 times (decaying over 30 and 80 points). On 6480 healthy synthetic
   losses (six falling shapes, 80-10000 points, 1-8 % noise: white, heavy-tailed, or with a
   slow AR(1) wander as large as the noise) the detector finds 263 events without the trend,
@@ -119,8 +120,9 @@ def loss_rise(
         e = bm - level
         rel_thr = np.log1p(rel) if positive else rel * np.abs(level)
         with np.errstate(invalid="ignore"):
-            trig = np.isfinite(e) & (e >= np.maximum(z * spread, rel_thr))
-            elev = np.isfinite(e) & (e >= np.maximum(z_lo * spread, 0.5 * rel_thr))
+            up = np.isfinite(e) & (e > 0)  # (a loss of exactly 0 has bars of 0)
+            trig = up & (e >= np.maximum(z * spread, rel_thr))
+            elev = up & (e >= np.maximum(z_lo * spread, 0.5 * rel_thr))
         return trig, elev
 
     def detect(hmask: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
@@ -137,6 +139,8 @@ def loss_rise(
             trig_l, elev_l = marks(lvl_l, spr_l)
         # against the trend of a falling loss, where a rise starts fresh (module doc)
         lvl_t, spr_t = _trend_level(bm, hmask, block, window, min_blocks, floor_b)
+        if not positive and np.all(y[fin] >= 0):  # a loss that reaches 0 falls no further
+            lvl_t = np.maximum(lvl_t, 0.0)  # (NaN: no trend, stays NaN)
         trig_t, elev_t = marks(lvl_t, spr_t)
         prev_elevated = np.ones(nb, bool)  # the block ``min_blocks`` earlier was (or unknown)
         prev_elevated[min_blocks:] = elev_t[:-min_blocks] | np.isnan(lvl_t[:-min_blocks])

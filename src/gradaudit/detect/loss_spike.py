@@ -140,8 +140,9 @@ def loss_spike(
     with np.errstate(invalid="ignore"):
         hi = np.maximum(z_hi * spread, rel_of(rel_jump, level))
         lo = np.maximum(z_lo * spread, rel_of(rel_band, level))
-        trigger = np.isfinite(d) & (d >= hi)
-        elevated = np.isfinite(d) & (d >= lo)
+        up = np.isfinite(d) & (d > 0)  # (a loss of exactly 0 has bars of 0)
+        trigger = up & (d >= hi)
+        elevated = up & (d >= lo)
     tmax = 0.0
     if tail_factor > 0 and trigger.any():
         # the run's own spikiness: a jump must also be tail_factor x the run's 99th percentile
