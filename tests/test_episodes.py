@@ -1225,3 +1225,17 @@ def test_a_loss_of_exactly_zero_is_no_loss_episode_and_a_rise_from_zero_is():
     up[1500:1600] = 0.5
     e = _one(audit_run(run_series(s, g, up)))
     assert e.kind == "loss_spike" and abs(e.onset_step - 1500) <= 1, e.to_dict()
+
+
+def test_steps_below_zero_are_counted_from_the_first():
+    # a log that counts up to 0: the power law's log(t + 1) was NaN there, so the impact was
+    # lost and the reason read "level nan" (found by an edge-case review); the same values at
+    # steps from 0 give the same numbers
+    s, g, loss = healthy(n=1000, seed=3)
+    g[600] *= 40
+    loss[601:700] += np.linspace(0.8, 0, 99)
+    at_zero = _one(audit_run(run_series(s, g, loss)))
+    below = _one(audit_run(run_series(s - 1000, g, loss)))
+    assert below.onset_step == at_zero.onset_step - 1000 and "nan" not in below.reason
+    assert below.severity == at_zero.severity == "explosion"
+    assert below.loss_impact.excess_loss == pytest.approx(at_zero.loss_impact.excess_loss)

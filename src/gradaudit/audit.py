@@ -277,7 +277,7 @@ def _lr_halved_after(lr: tuple[np.ndarray, np.ndarray] | None, onset: int,
     i0 = int(np.searchsorted(rs, onset - horizon))
     i1 = int(np.searchsorted(rs, onset, side="right"))
     # no further than the anchor window reaches (bounded work per episode)
-    i2 = int(np.searchsorted(rs, post_end(onset, horizon), side="right"))
+    i2 = int(np.searchsorted(rs, post_end(onset, horizon, min(0, int(rs[0]))), side="right"))
     if i1 <= i0 or i1 >= i2:
         return None
     after = rv[i1:i2]

@@ -50,6 +50,8 @@ Definitions follow docs/findings.md ("Loss impact"). Rules and defaults:
   fitted the same way without the log (``log_fit=False`` always does). On 13 benchmark seeds
   the power law puts 75 % of the estimates within 2x of the truth against 73 % for the same line
   in the plain loss (early in training the line was forecasting a regression loss below zero).
+  The step counts from 0, the start of training, also where the log starts later (a resumed
+  run's new log: the curve is the whole training's); steps below 0 count from the first.
   Known trade-offs: a loss that levels off exponentially towards a floor bends down in log-log
   and is extrapolated too low (a harmless blip on ``2 + 8 exp(-t/300)`` at step 150 reads as
   harm; the line in the plain loss does not); and the level of a log fit is a geometric mean,
@@ -430,10 +432,11 @@ def _noise_sigma(y: np.ndarray) -> float:
 
 def _fit_window(steps: np.ndarray, healthy: np.ndarray, fin: np.ndarray, i_on: int,
                 onset_step: int, span: int, floor_step: int | None, min_fit: int, min_pre: int,
-                fit_points: int) -> np.ndarray:
+                fit_points: int, origin: int = 0) -> np.ndarray:
     """Indices of the healthy finite points the counterfactual is fitted on ("Fit window",
-    "Aftermath" in the module doc)."""
-    lo = int(np.searchsorted(steps, max(onset_step - span, onset_step // 2)))
+    "Aftermath" in the module doc; no further back than half the onset's step, counted from
+    ``origin``)."""
+    lo = int(np.searchsorted(steps, max(onset_step - span, origin + (onset_step - origin) // 2)))
     floor = 0
     if floor_step is not None:
         # after an earlier episode's aftermath only, if enough points lie there
@@ -453,7 +456,8 @@ def _fit_window(steps: np.ndarray, healthy: np.ndarray, fin: np.ndarray, i_on: i
 @dataclass
 class _Counterfactual:
     """``L^`` at logged points: ``inv(a + b u + g0 exp(-(t - onset) / tau))`` with
-    ``u = log(t + 1) - log(onset + 1)`` held at ``u_hold``; ``inv`` is ``exp`` for a log fit."""
+    ``u = log(t - origin + 1) - log(onset - origin + 1)`` held at ``u_hold``; ``inv`` is ``exp``
+    for a log fit."""
 
     steps: np.ndarray
     onset_step: int
@@ -466,6 +470,7 @@ class _Counterfactual:
     t_run: np.ndarray | None = None  # lr time at the logged points (the run as it went)
     t_sched: np.ndarray | None = None  # lr time on the schedule's lr (the counterfactual's)
     t_on: float | None = None  # lr time at the onset
+    origin: int = 0  # the step the power law counts from: 0, or the first step if below
 
     def fwd(self, y: np.ndarray) -> np.ndarray:
         """Loss values in fit space."""
@@ -476,8 +481,9 @@ class _Counterfactual:
         return np.exp(f) if self.logsp else f
 
     def _u(self, t: np.ndarray) -> np.ndarray:
-        t0 = self.onset_step if self.t_on is None else self.t_on
-        return np.log(t + 1.0) - np.log(t0 + 1.0)
+        if self.t_on is not None:  # (learning-rate time starts at 0)
+            return np.log(t + 1.0) - np.log(self.t_on + 1.0)
+        return np.log(t - self.origin + 1.0) - np.log(self.onset_step - self.origin + 1.0)
 
     def u(self, idx: np.ndarray) -> np.ndarray:
         """``u`` of logged points, where the run was (its own lr time, if any)."""
@@ -511,15 +517,16 @@ def _fit_space_is_log(loss: np.ndarray, y_pre: np.ndarray, steps: np.ndarray, i_
     """Log loss where the loss is positive before the onset and over the stretch it is compared
     with (to the end of the post-episode anchor, :func:`post_end`): a power law, never through
     zero. A loss that reaches zero or below there is fitted in plain loss."""
-    seen = loss[i_on:int(np.searchsorted(steps, post_end(onset_step, horizon)))]
+    seen = loss[i_on:int(np.searchsorted(steps, post_end(onset_step, horizon,
+                                                         min(0, int(steps[0])))))]
     return bool(np.all(y_pre > 0) and np.all(seen[np.isfinite(seen)] > 0))
 
 
-def post_end(onset_step: int, horizon: int) -> int:
-    """Where the post-episode anchor window ends: twice the onset's step, at least two horizons
-    and at most five (the counterfactual's own window) after the onset (module doc,
-    "Bracketing")."""
-    return onset_step + max(2 * horizon, min(5 * horizon, onset_step))
+def post_end(onset_step: int, horizon: int, origin: int = 0) -> int:
+    """Where the post-episode anchor window ends: twice the onset's step (counted from
+    ``origin``, :class:`_Counterfactual`), at least two horizons and at most five (the
+    counterfactual's own window) after the onset (module doc, "Bracketing")."""
+    return int(onset_step + max(2 * horizon, min(5 * horizon, onset_step - origin)))
 
 
 @dataclass
@@ -546,7 +553,7 @@ def _anchor_after(cf: _Counterfactual, w: _PreOnset, loss: np.ndarray, fin: np.n
     damage than forecast error); returns the fitted ``u`` values, or None (and ``cf``
     unchanged) where it did not."""
     steps, onset_step, nf = cf.steps, cf.onset_step, w.nf
-    p_hi = post_end(onset_step, horizon)
+    p_hi = post_end(onset_step, horizon, cf.origin)
     if usable is None and next_onset is not None:  # no episode mask: up to the next episode
         p_hi = min(p_hi, next_onset)
     if until is not None and until > onset_step:  # after an lr rise or halving (module doc)
@@ -756,8 +763,9 @@ def loss_impact(
     fin = np.isfinite(loss)
     i_on = int(np.searchsorted(steps, onset_step))  # steps are sorted
     span = horizon if fit_span is None else int(fit_span)
+    origin = min(0, int(steps[0]))  # steps below 0 count from the first (_Counterfactual)
     pre = _fit_window(steps, healthy, fin, i_on, onset_step, span, floor_step, min_fit, min_pre,
-                      fit_points)
+                      fit_points, origin)
     # non-finite loss after the onset, up to the next episode (a later one's is its own)
     i_next = n if next_onset is None else int(np.searchsorted(steps, next_onset))
     nonfinite_after = not bool(fin[i_on:i_next].all()) if i_on < n else False
@@ -768,7 +776,7 @@ def loss_impact(
     noise = _noise_sigma(y_pre)
     k = min(smooth, pre.size)
     logsp = log_fit and _fit_space_is_log(loss, y_pre, steps, i_on, onset_step, horizon)
-    cf = _Counterfactual(steps, onset_step, logsp, 0.0, 0.0)
+    cf = _Counterfactual(steps, onset_step, logsp, 0.0, 0.0, origin=origin)
     if lr_time is not None:  # the fit, the anchor and the counterfactual in lr time
         cf.t_run, cf.t_sched = lr_time
         cf.t_on = float(np.interp(onset_step, steps, lr_time[0]))
@@ -812,8 +820,7 @@ def loss_impact(
         # an unanchored line in the plain loss is not extrapolated further than the stretch it
         # was fitted on (early in training a fit over 30 steps would otherwise be carried 200
         # steps ahead, through zero)
-        cf.u_hold = float(np.log(2.0 * onset_step - float(steps[pre[0]]) + 1.0)
-                          - np.log(onset_step + 1.0))
+        cf.u_hold = float(cf._u(np.array([2.0 * onset_step - float(steps[pre[0]])]))[0])
     win = after[:i_win - i_on]
     cf_win = cf(win)
     h = after[:i_h - i_on]
