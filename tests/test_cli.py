@@ -108,6 +108,27 @@ def test_explosion_in_csv_table_fails_the_gate(tmp_path):
     assert "explosion" in md and md.startswith("## ")
 
 
+@pytest.mark.parametrize(("option", "glob", "code"), [
+    ("--grad-tag", "train/grad_nrom", 2),  # a typo: nothing it names would be checked
+    ("--grad-tag", "train/loss", 2),  # the loss is no grad norm
+    ("--loss-tag", "train/lsos", 2),
+    ("--grad-tag", "train/grad_*", 1),
+    ("--grad-tag", "other/grad_norm", 1),  # matches in one run of the two: a note on the other
+])
+def test_a_tag_glob_that_chooses_nothing_anywhere_is_a_usage_error(tmp_path, capsys, option,
+                                                                    glob, code):
+    write_table(tmp_path / "runs" / "a", "explosion")
+    steps, grad, loss = signals("explosion")
+    other = tmp_path / "runs" / "b"
+    other.mkdir()
+    pq.write_table(pa.table({"step": steps, "other/grad_norm": grad, "train/loss": loss}),
+                   other / "metrics.parquet")
+    out = tmp_path / "r.json"
+    assert scan(str(tmp_path / "runs"), option, glob, "--out", str(out)) == code
+    if code == 2:
+        assert f"{option} {glob!r} chose no" in capsys.readouterr().err and not out.exists()
+
+
 def test_explosion_in_tensorboard_events(tmp_path, capsys):
     write_events(tmp_path / "runs" / "exp", "explosion")
     write_events(tmp_path / "runs" / "ok", "clean")

@@ -109,6 +109,18 @@ class _ScanJob:
         return audits, errors
 
 
+def _unmatched_globs(audits: list[RunAudit], settings: Settings) -> None:
+    """UsageError where ``--grad-tag`` or ``--loss-tag`` chose no tag in any run read: a typo
+    would otherwise audit nothing it names and pass the gate (``inspect --tags`` lists them)."""
+    for option, what, glob, chosen in (
+            ("--grad-tag", "grad-norm", settings.grad_tag, [a.grad_norm_tag for a in audits]),
+            ("--loss-tag", "loss", settings.loss_tag, [a.loss_tag for a in audits])):
+        if glob is not None and audits and not any(chosen):
+            raise UsageError(f"{option} {glob!r} chose no {what} tag in any of the "
+                             f"{len(audits)} run(s) read (`gradaudit inspect PATH --tags` lists "
+                             "their tags)")
+
+
 def _note_copies(audits: list[RunAudit]) -> None:
     """Note on each run whose grad-norm and loss series another run of the scan has too: one
     training logged twice (Lightning's TensorBoard and CSV loggers write the same series to
@@ -190,6 +202,7 @@ def scan(
     for got, bad in run_all(_ScanJob(settings), sources, settings.workers, _lost):
         audits.extend(got)
         errors.extend(bad)
+    _unmatched_globs(audits, settings)
     _note_copies(audits)
     result = AuditResult(runs=audits, errors=errors, settings=settings)
     result.batch_clip = batch_clip(audits, settings.clip_max_cost)

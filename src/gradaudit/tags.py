@@ -228,5 +228,10 @@ def choose_tags(
     else:
         loss = next(iter(_rank(all_tags, LOSS_NAMES, _LOSS, _NOT_LOSS)), None)
 
+    if grad_tag is not None and grad is not None and grad == loss:
+        # one series cannot be both: the glob found no grad norm (a clip "suggested" from the
+        # loss's values would be nonsense)
+        notes.append(f"--grad-tag {grad_tag!r} matches only the loss tag {loss!r}")
+        grad = None
     lr = next(iter(_rank(all_tags, LR_NAMES, _LR, _NOT_LOSS)), None)
     return TagChoice(grad_norm=grad, loss=loss, lr=lr, notes=tuple(notes))
