@@ -1239,3 +1239,23 @@ def test_steps_below_zero_are_counted_from_the_first():
     assert below.onset_step == at_zero.onset_step - 1000 and "nan" not in below.reason
     assert below.severity == at_zero.severity == "explosion"
     assert below.loss_impact.excess_loss == pytest.approx(at_zero.loss_impact.excess_loss)
+
+
+def test_a_divergence_the_loss_took_no_harm_from_is_not_called_a_warning_in_its_reason():
+    # the grad norm blows up to inf by the run's end while the loss shows nothing yet: an
+    # explosion by the divergence rule; its reason said "(the loss was not lastingly harmed,
+    # so a warning)" beside severity explosion (found by an edge-case review)
+    s, g, loss = healthy(n=1000, seed=5)
+    g[800:] *= np.exp(np.arange(200) * 0.35)
+    g[990:] = np.inf
+    e = _one(audit_run(run_series(s, g, loss)))
+    assert (e.kind, e.severity) == ("divergence", "explosion"), e.to_dict()
+    assert "so a warning" not in e.reason and "the grad norm diverged: an explosion" in e.reason
+
+
+def test_a_finite_peak_too_large_for_its_ratio_is_not_called_non_finite():
+    s, g, loss = healthy(n=1000, seed=5)
+    g[600] = 1.7e308  # (its ratio to a level under 1 overflows)
+    e = _one(audit_run(run_series(s, g, loss)))
+    assert e.peak_grad_norm == 1.7e308 and np.isfinite(e.peak_ratio)
+    assert "non-finite" not in e.reason

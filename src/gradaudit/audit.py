@@ -13,7 +13,10 @@ status ``error`` and a note saying why.
 from __future__ import annotations
 
 import bisect
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from scipy.special import ndtri
@@ -362,8 +365,9 @@ class _Judge:
             peak_g, peak_g_step = float(run.g[j_at]), int(run.gs[j_at])
             ratio = float(self.cand.ga.level.ratio[j_at])
         kind = "spike" if j_at is not None else e.kind
-        imp, harmful, harm = self._verdict(e, on, end, nxt, lr_after, imp,
-                                           lr_note[1] if lr_note is not None else None, floor)
+        imp, harmful, harm_words = self._verdict(e, on, end, nxt, lr_after, imp,
+                                                 lr_note[1] if lr_note is not None else None,
+                                                 floor)
         restart = lr_note is not None and lr_note[1].restart
         if kind == "divergence" and ID_CLIMB in e.detected_by and harmful is False:
             kind = "level_shift"  # a slow climb that left the loss alone: no divergence
@@ -379,6 +383,8 @@ class _Judge:
                 sev = "explosion" if (harmful and not restart) else "warning"
             if restart:
                 sev = "warning"
+        # an explosion the loss took no harm from: its grad norm diverged
+        harm = harm_words(sev == "explosion" and harmful is False)
         # (in the words of its raw kind, unless it turned out no divergence)
         reason = explain.episode_reason(
             kind="nonfinite" if kind == "nonfinite" else e.kind, from_grad=e.source == "grad",
@@ -462,22 +468,25 @@ class _Judge:
                     lvl = ga.level.level[i0]
                     base_g = float(np.exp(lvl)) if np.isfinite(lvl) else None
         if peak_g is not None and base_g:
-            ratio = peak_g / base_g if np.isfinite(peak_g) else float("inf")
+            # (a finite peak's ratio stays finite: inf says the grad norm went non-finite)
+            ratio = min(peak_g / base_g, sys.float_info.max) if np.isfinite(peak_g) \
+                else float("inf")
         return peak_g, base_g, ratio, peak_step, peak_g_step
 
     def _verdict(self, e: RawEpisode, on: int, end: int | None, nxt: int | None,
                  lr_after: int | None, imp: Impact | None, rise: LrRise | None,
-                 floor: int | None) -> tuple[Impact | None, bool | None, str]:
-        """``(impact, harmful, harm text)``: harm is lasting damage - the excess over the
+                 floor: int | None) -> tuple[Impact | None, bool | None, Callable[[bool], str]]:
+        """``(impact, harmful, harm words)``: harm is lasting damage - the excess over the
         horizon, significant against its own noise - or, where too little of the horizon was
         logged, the jump (None: nothing of the loss could be measured). After a lasting lr
-        rise the impact may be measured again in the schedule's learning-rate time."""
+        rise the impact may be measured again in the schedule's learning-rate time. The words
+        (:func:`explain.harm_text`) wait for the severity: ``words(grad_diverged)``."""
         if imp is None:
-            return None, None, ""
+            return None, None, lambda _: ""
         li = imp.impact
         if imp.level is None:
             return imp, (True if li.diverged else None), \
-                ("the loss went non-finite" if li.diverged else "")
+                lambda _: ("the loss went non-finite" if li.diverged else "")
         run, st = self.run, self.run.st
         lvl = abs(imp.level) or 1.0
         noise = imp.noise or 0.0
@@ -531,13 +540,12 @@ class _Judge:
         nonfinite = bool(self.nan_loss_steps.size) and self.nan_loss_steps[-1] >= on
         # the fall's bar is named where it decided: an excess over the others' but under it
         by_fall = ex is not None and ex_thr <= ex < fall_bar
-        harm = explain.harm_text(li, imp.level, st.impact_horizon, harmful,
-                                 harm_thr if by_fall else ex_thr, jp_thr,
-                                 (imp.horizon_points, cut) if short else None,
-                                 imp.lasting_excess, imp.cut_step, imp.lr_time, nonfinite,
-                                 by_fall=by_fall, bar_by=bar_by, z=self.z_harm,
-                                 abrupt=imp.abrupt)
-        return imp, harmful, harm
+        words = partial(explain.harm_text, li, imp.level, st.impact_horizon, harmful,
+                        harm_thr if by_fall else ex_thr, jp_thr,
+                        (imp.horizon_points, cut) if short else None,
+                        imp.lasting_excess, imp.cut_step, imp.lr_time, nonfinite,
+                        by_fall=by_fall, bar_by=bar_by, z=self.z_harm, abrupt=imp.abrupt)
+        return imp, harmful, lambda grad_diverged: words(grad_diverged=grad_diverged)
 
 
 def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],

@@ -84,7 +84,8 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
                jp_thr: float, short: tuple[int, str] | None = None,
                lasting: float | None = None, held_from: int | None = None,
                lr_time: bool = False, nonfinite: bool = True, by_fall: bool = False,
-               bar_by: str = "harm", z: float = 2.0, abrupt: bool = True) -> str:
+               bar_by: str = "harm", z: float = 2.0, abrupt: bool = True,
+               grad_diverged: bool = False) -> str:
     """The loss half of an episode's reason: the numbers behind the harm verdict
     (``short``: only that many logged points of the horizon, before what cut it; ``lasting``:
     the excess without the episode's own spike points, which the verdict uses;
@@ -94,7 +95,8 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
     expected over the horizon, not the harm bar; ``bar_by``: what set ``ex_thr`` - ``harm``,
     the harm bar; ``noise``, ``z`` standard errors of the estimate; ``chance``, what this
     chronically spiky run's loss does by chance over a horizon; ``abrupt``: the loss reached its
-    highest within a few points of the onset - it *jumped*, else it *rose*)."""
+    highest within a few points of the onset - it *jumped*, else it *rose*; ``grad_diverged``:
+    the episode is an explosion without harm to the loss, as its grad norm diverged)."""
     if li.diverged and nonfinite:
         return "the loss diverged: it went non-finite"
     parts = []
@@ -126,23 +128,23 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
         return text
     if harmful:
         return f"{text}: the loss was harmed"
+    # no harm is a warning, unless the grad norm diverged (non-finite, or growing to the end)
+    so = "but the grad norm diverged: an explosion" if grad_diverged else "so a warning"
     if ex is not None and short is None:
         if by_fall:
             return (f"{text}: below the harm threshold {ex_thr:.3g}, half the fall its "
                     "counterfactual expected over that stretch (the loss only fell less than "
-                    "that trend, too uncertain a trend early in training to call it harmed: a "
-                    "warning)")
+                    "that trend, too uncertain a trend early in training to call it harmed, "
+                    f"{so})")
         if bar_by == "noise":
             return (f"{text}: below the harm threshold {ex_thr:.3g}, {z:.2g} standard errors "
-                    "of this estimate (within its noise: not shown to be lasting harm, so a "
-                    "warning)")
+                    f"of this estimate (within its noise: not shown to be lasting harm, {so})")
         if bar_by == "chance":
             return (f"{text}: below the harm threshold {ex_thr:.3g}, what this run's loss "
-                    "does by chance over a horizon (not shown to be lasting harm, so a "
-                    "warning)")
+                    f"does by chance over a horizon (not shown to be lasting harm, {so})")
         return (f"{text}: below the harm threshold {ex_thr:.3g} (the loss was not "
-                f"lastingly harmed, so a warning)")
-    return f"{text}: below the harm threshold {jp_thr:.3g} (so a warning)"
+                f"lastingly harmed, {so})")
+    return f"{text}: below the harm threshold {jp_thr:.3g} ({so})"
 
 
 def advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.ndarray,
