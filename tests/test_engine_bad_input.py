@@ -50,6 +50,21 @@ def test_negative_grad_norms():
     assert a.status == "error" and "negative" in " ".join(a.notes)
 
 
+@pytest.mark.parametrize("steps", [
+    [2**62, 2**62 + 1, 2**62 + 2],  # a tiny run whose steps span 2**62 overflowed
+    [-(2**63), 0, 2**62],
+    list(range(2**53 - 100, 2**53 + 100)),
+])
+def test_steps_beyond_2_53_are_an_error_on_that_run(steps):
+    s = np.array(steps, np.int64)
+    a = audit_run(run_series(s, np.ones(s.size), np.ones(s.size)))
+    assert a.status == "error" and "are they steps?" in " ".join(a.notes), a.notes
+    assert not any(note.startswith("analysis failed") for note in a.notes)
+    # the last exact steps are still steps
+    s = np.arange(2**53 - 1000, 2**53 + 1)
+    assert audit_run(run_series(s, np.ones(s.size), np.ones(s.size))).status == "ok"
+
+
 def test_constant_series():
     s = np.arange(500)
     a = audit_run(run_series(s, np.full(500, 0.7), np.full(500, 2.0)))

@@ -524,3 +524,40 @@ def test_recovered_at_says_when_the_loss_never_left_its_band():
     page = render("html", result)
     cells = re.findall(r'<td class="num">([^<]*)</td><td>robust_z</td>', page)
     assert cells == ["stayed in band", "720", "diverged"]
+
+
+def test_a_float64_divergence_is_drawn_and_a_figure_that_fails_costs_only_its_figure(
+        monkeypatch):
+    # a grad norm and loss that grow 1e8x a step to ~1e300 and then inf (a float64 divergence
+    # as CSV, W&B or Megatron logs write it): matplotlib's limits overflowed, and the HTML
+    # report of the whole scan was lost (found by a fuzzing review). Drawn now, clipped at
+    # DRAW_MAX; and any other figure failure leaves a note in that run's section, not a crash
+    import numpy as np
+    from _synth import healthy, run_series
+
+    from gradaudit.audit import audit_run
+    from gradaudit.report import figures
+
+    s, g, loss = healthy(n=300, seed=1)
+    up = 10.0 ** np.minimum(np.arange(50) * 8.0, 300.0)
+    g[250:], loss[250:] = up, 2 * up
+    g[290:] = loss[290:] = np.inf
+    blown = audit_run(run_series(s, g, loss, name="blown"))
+    s, g, loss = healthy(n=1500, seed=2)
+    g[700:730] *= 25.0
+    loss[700:730] += 1.0
+    normal = audit_run(run_series(s, g, loss, name="normal"))
+    result = AuditResult(runs=[blown, normal], settings=Settings())
+    page = render("html", result)
+    assert page.count("<img") == 2 and "could not be drawn" not in page
+
+    def broken(self, run, xlim=None):
+        if run.run == "blown":
+            raise OverflowError("cannot convert float infinity to integer")
+        return original(self, run, xlim)
+
+    original = figures.RunFigure.png_data_uri
+    monkeypatch.setattr(figures.RunFigure, "png_data_uri", broken)
+    page = render("html", result)
+    assert page.count("could not be drawn (OverflowError: cannot convert") == 1
+    assert page.count("<img") == 1 and page.rstrip().endswith("</html>")

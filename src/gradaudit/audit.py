@@ -111,6 +111,9 @@ class _Candidates:
     n_loss_unlisted: int  # loss candidates beyond ``max_episodes`` (a chronically spiky loss)
 
 
+MAX_STEP = 2**53  # steps further from 0 are not exact in float64, and no training's
+
+
 def _prepare(series: RunSeries, st: Settings) -> _Run | RunAudit:
     """The run's series cleaned, with notes on what is missing; a finished audit where
     there is nothing to analyse (an error, or a loss that was never finite)."""
@@ -122,6 +125,11 @@ def _prepare(series: RunSeries, st: Settings) -> _Run | RunAudit:
                      "(pass --grad-tag if it is logged under another name)")
     elif g.size == 0:
         notes.append("grad-norm tag has no points")
+    far = [max(-int(x[0]), int(x[-1])) for x in (gs, ls) if x.size]  # (sorted; no int64 abs)
+    if far and max(far) > MAX_STEP:
+        return _empty(series, "error", notes + [
+            f"steps as far as {max(far)} from 0: beyond +-2**53 ({MAX_STEP}), where steps stop "
+            "being exact numbers, no training logs its steps - are they steps?"])
     if g.size and np.any(np.isfinite(g) & (g < 0)):
         n_neg = int(np.sum(np.isfinite(g) & (g < 0)))
         return _empty(series, "error", notes + [

@@ -21,6 +21,8 @@ from matplotlib.ticker import LogLocator, MaxNLocator, NullLocator
 WIDTH_IN, HEIGHT_IN, DPI = 9.0, 4.6, 90
 LOG_LOSS_SPAN = 1e3  # a positive loss spanning more than this is drawn on a log scale
 MAX_POINTS = 1600  # about two points per pixel of the panel's width
+DRAW_MAX = 1e100  # larger finite values are drawn at this height (matplotlib's transforms
+# and margins overflow near the float maximum; a value past it is off any chart anyway)
 
 _GRAD = "#2563eb"
 _LOSS = "#374151"
@@ -49,6 +51,13 @@ def _thin(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray
                           np.flatnonzero(~finite)])
     idx = np.unique(idx[idx < n])
     return steps[idx], values[idx]
+
+
+def _drawable(values: Any) -> np.ndarray:
+    """``values`` as float64 with finite ones clipped to +-``DRAW_MAX`` (NaN/inf kept)."""
+    v = np.asarray(values, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(v), np.clip(v, -DRAW_MAX, DRAW_MAX), v)
 
 
 def _png(fig: Figure) -> bytes:
@@ -189,7 +198,7 @@ class RunFigure:
                 ax.axvline(ep.onset_step, color=color, linewidth=1.0, linestyle="--")
 
     def _grad_panel(self, ax: Any, run: Any, grad: tuple[np.ndarray, np.ndarray]) -> None:
-        steps, values = _thin(np.asarray(grad[0]), np.asarray(grad[1], dtype=np.float64))
+        steps, values = _thin(np.asarray(grad[0]), _drawable(grad[1]))
         self._shade(ax, run, mark_onset=True)
         positive = np.isfinite(values) & (values > 0)
         ax.plot(steps[positive], values[positive], color=_GRAD, linewidth=0.9, label="grad norm")
@@ -201,23 +210,24 @@ class RunFigure:
         for ep in run.episodes:
             if ep.peak_grad_norm is not None and math.isfinite(ep.peak_grad_norm) \
                     and ep.peak_grad_norm > 0:
-                ax.plot([ep.peak_step], [ep.peak_grad_norm], marker="v", linestyle="none",
+                ax.plot([ep.peak_step], [min(ep.peak_grad_norm, DRAW_MAX)], marker="v",
+                        linestyle="none",
                         color=_SHADE.get(ep.severity, "#f59e0b"), markersize=6)
         clip = run.clip.suggested_threshold if run.clip is not None else None
-        if clip is not None and math.isfinite(clip) and clip > 0:
+        if clip is not None and math.isfinite(clip) and 0 < clip <= DRAW_MAX:
             ax.axhline(clip, color=_CLIP, linewidth=1.0, linestyle=":",
                        label=f"suggested clip {clip:.3g}")
 
     def _loss_panel(self, ax: Any, run: Any, loss: tuple[np.ndarray, np.ndarray],
                     traces: dict[str, Any]) -> None:
-        steps, values = _thin(np.asarray(loss[0]), np.asarray(loss[1], dtype=np.float64))
+        steps, values = _thin(np.asarray(loss[0]), _drawable(loss[1]))
         self._shade(ax, run, mark_onset=True)
         ok = np.isfinite(values)
         ax.plot(steps[ok], values[ok], color=_LOSS, linewidth=0.9, label="loss")
         first = True
         for key in sorted(k for k in traces if k.startswith("counterfactual:")):
             cf_steps, cf_values = traces[key]
-            cf_values = np.asarray(cf_values, dtype=np.float64)
+            cf_values = _drawable(cf_values)
             good = np.isfinite(cf_values)
             label = "loss without the episode (counterfactual)" if first else None
             ax.plot(np.asarray(cf_steps)[good], cf_values[good], color=_CF, linewidth=1.3,
@@ -231,7 +241,7 @@ class RunFigure:
         that diverged early is mostly its climb, to 1e21: linear, a flat line)."""
         ax.set_yscale("linear")  # the axes are reused from run to run
         ax.yaxis.set_major_locator(MaxNLocator(5))
-        values = np.asarray(loss[1], dtype=np.float64)
+        values = _drawable(loss[1])
         values = values[np.isfinite(values)]
         if values.size == 0:
             return

@@ -23,6 +23,7 @@ from importlib import resources
 from typing import Any, TextIO
 
 from gradaudit import __version__
+from gradaudit.errors import UNEXPECTED, clip_message
 from gradaudit.report import (
     STATUS_RANK,
     diverged,
@@ -271,7 +272,7 @@ def _notes(run: Any) -> str:
 
 
 def _run_section(run: Any, anchor: str, figure: str | None, regressions: list[Any],
-                 zooms: list[tuple[int, str]] = ()) -> str:
+                 zooms: list[tuple[int, str]] = (), figure_failed: str | None = None) -> str:
     tags = [f"grad norm <span class=\"mono\">{e(run.grad_norm_tag or '-')}</span>",
             f"loss <span class=\"mono\">{e(run.loss_tag or '-')}</span>"]
     if run.lr_tag:
@@ -288,6 +289,9 @@ def _run_section(run: Any, anchor: str, figure: str | None, regressions: list[An
                    + "</div>")
     if figure:
         out.append(f'<img alt="grad norm and loss of this run, episodes shaded" src="{figure}">')
+    elif figure_failed:
+        out.append('<p class="note">The figure of this run could not be drawn '
+                   f"({e(clip_message(figure_failed, 300))}); its findings are below.</p>")
     for onset, uri in zooms:  # a long run's worst episodes, at full resolution
         out.append(f'<div class="sub">Episode at step {int(onset)}, zoomed: one impact horizon '
                    f'before it to two after</div><img alt="grad norm and loss around the '
@@ -378,16 +382,20 @@ def write(result: Any, stream: TextIO) -> None:
                          "subset of the runs to see the others' figures.</p>\n")
         figure_maker = None
         for i, run in enumerate(detailed):
-            figure, zooms = None, []
+            figure, zooms, failed = None, [], None
             if i < MAX_FIGURES and run.traces:
                 if figure_maker is None:
                     from gradaudit.report.figures import RunFigure
 
                     figure_maker = RunFigure()
-                figure = figure_maker.png_data_uri(run)
-                zooms = figure_maker.zoom_data_uris(run)
+                try:
+                    figure = figure_maker.png_data_uri(run)
+                    zooms = figure_maker.zoom_data_uris(run)
+                except UNEXPECTED as exc:  # one run's figure never costs the report
+                    figure, zooms, failed = None, [], f"{type(exc).__name__}: {exc}"
+                    figure_maker = None  # (its reused axes may hold that run's artists)
             stream.write(_run_section(run, anchors[id(run)], figure,
-                                      regressions_by_run.get(run.run, []), zooms))
+                                      regressions_by_run.get(run.run, []), zooms, failed))
     stream.write(_errors(result))
     stream.write(_notes_section(result, {id(r) for r in detailed}))
     stream.write(
