@@ -635,3 +635,58 @@ def test_an_add_scalars_sub_folder_whose_first_file_holds_no_scalar(tmp_path: Pa
     assert sorted(f.stat().st_size > 100 for f in sub.glob("*tfevents*")) == [False, True]
     (run,) = gradaudit.inspect([tmp_path]).runs
     assert run.name == "run" and "grads/total" in run.tags()
+
+
+def test_a_record_over_the_cap_is_skipped_unread_and_the_records_after_it_are_read(
+        tmp_path: Path) -> None:
+    # A header whose length CRC holds may claim a payload as large as the file (a sparse file
+    # of 4 KB on disk claimed 1 GiB): the reader held the whole record, and its speculative
+    # pass took ~48 bytes per byte (12 GB for 256 MiB; found by a fuzzing review). Over
+    # MAX_RECORD it is skipped unread, the framing after it is sound, and little is allocated.
+    import tracemalloc
+
+    from tensorboard.summary.writer.record_writer import masked_crc32c
+
+    from gradaudit.adapters import _tfrecord
+
+    first = write_tbx(tmp_path / "a", range(0, 100), extra=False).read_bytes()
+    after = write_tbx(tmp_path / "b", range(100, 200), extra=False).read_bytes()
+    claim = 300 << 20
+    head = claim.to_bytes(8, "little")
+    path = tmp_path / "run" / "events.out.tfevents.1.host"
+    path.parent.mkdir()
+    with open(path, "wb") as fh:
+        fh.write(first + head + masked_crc32c(head).to_bytes(4, "little"))
+        fh.seek(claim + 4, 1)  # a hole: the payload and its CRC are never written
+        fh.write(after)
+    assert claim > _tfrecord.MAX_RECORD
+    tracemalloc.start()
+    try:
+        (run,) = gradaudit.read_runs([path.parent])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 << 20, peak
+    assert run.series("train/loss")[0].tolist() == list(range(200))
+    (problem,) = [p.message for p in run.problems]
+    assert "1 record(s) over 64 MiB skipped unread" in problem
+
+
+def test_a_long_record_under_the_cap_is_read_by_walking(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # a record that fills its buffer is walked, not passed over speculatively, and read whole
+    from gradaudit.adapters import _tfrecord
+
+    monkeypatch.setattr(_tfrecord, "MAX_RECORD", 8 << 20)
+    w = SummaryWriter(str(tmp_path / "big"), flush_secs=3600, max_queue=100_000)
+    for s in range(0, 3000):
+        w.add_scalar("train/loss", _loss(s), s)
+        if s == 1000:
+            w.add_text("notes", "\0" * (6 << 20), s)  # zero bytes: the worst speculative case
+        if s == 2000:
+            w.add_text("notes", "\0" * (9 << 20), s)  # over the (patched) cap
+    w.close()
+    (run,) = gradaudit.read_runs([tmp_path / "big"])
+    assert run.series("train/loss")[0].tolist() == list(range(3000))
+    (problem,) = [p.message for p in run.problems]
+    assert "1 record(s) over 8 MiB skipped unread" in problem

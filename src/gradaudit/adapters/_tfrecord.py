@@ -15,7 +15,11 @@ What goes wrong, and what happens:
   searched for the next sound record (length CRC and payload CRC both hold, under 16 MiB);
   reading resumes there and the skipped bytes are noted. Found none: the file ends inside a
   record (a writer still running or crashed), or its rest is corrupt; either is noted;
-- the payload CRC does not match but the length CRC does: skip that record, count it.
+- the payload CRC does not match but the length CRC does: skip that record, count it;
+- a record over ``MAX_RECORD`` (64 MiB; its length CRC holds): skipped unread, counted (no
+  scalar record is that large, and nothing a header asks for is allocated); a chunk that one
+  long record fills, or that is mostly zero bytes, is walked instead of passed over (the
+  speculative pass costs tens of bytes per byte of a zero-filled stretch).
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ HEADER = 12  # u64 length + u32 length CRC
 OVERHEAD = 16  # header + u32 payload CRC
 PAD = 32  # zero bytes kept after every chunk so fixed-width gathers never run off the end
 CHUNK = 4 << 20  # small enough that a chunk and its temporaries stay in cache
+# a chunk with a zero quad per DENSE_QUADS bytes or more is walked, not passed over (real event
+# files hold one per 22 bytes at most)
+DENSE_QUADS = 8
+MAX_RECORD = 64 << 20  # larger records (a graph, a tensor, an image: never a scalar) are skipped
+# unread: their length CRC holds, so the framing after them is sound, and nothing their header
+# asks for is allocated
 
 
 @dataclass
@@ -57,6 +67,7 @@ class FileStatus:
 
     n_records: int = 0
     n_bad_crc: int = 0
+    n_too_big: int = 0  # records over MAX_RECORD, skipped unread
     problems: list[str] = field(default_factory=list)
 
 
@@ -89,11 +100,17 @@ class _Candidates:
         self.heads = np.empty(0, np.int64)
         self.nxt = np.empty(0, np.int64)
         self.breaks = np.empty(0, np.int64)
+        self.dense = False  # too many zero quads to pass over: walk the chunk instead
         if n < 64:
             return
         pairs = buf[: n & ~1].view(np.uint16) == 0
         quad = pairs[:-1] & pairs[1:]  # quad[j]: bytes 2j .. 2j+3 are zero
         del pairs
+        if np.count_nonzero(quad) > n // DENSE_QUADS:
+            # a zero-filled stretch (a hole, a zeroed payload): each quad's candidates would
+            # cost ~80 bytes, ~40 per byte of the chunk
+            self.dense = True
+            return
         q = np.flatnonzero(quad)
         q *= 2
         # A header at h has its quad at the first even offset >= h + 3: h = q - 4 or q - 3.
@@ -164,7 +181,12 @@ def walk_records(buf: np.ndarray, n: int, pos: int, limit: int,
 def _scan(buf: np.ndarray, n: int, limit: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Header offsets of the records that fit in ``buf[:n]``, which of them already have a
     checked length CRC, and where the last one ends."""
-    cands = _Candidates(buf, n)
+    one = n >= HEADER and 2 * int.from_bytes(buf[:8].tobytes(), "little") >= n
+    cands = None if one else _Candidates(buf, n)
+    if cands is None or cands.dense:
+        # one record fills the buffer (a long one carried over whole), or zeros do: walk it
+        heads, pos = walk_records(buf, n, 0, limit)
+        return np.asarray(heads, dtype=np.int64), np.zeros(len(heads), dtype=bool), pos
     parts: list[np.ndarray] = []
     checked: list[np.ndarray] = []
     pos = 0
@@ -294,6 +316,14 @@ def read_chunks(path: str | os.PathLike[str], status: FileStatus,
                 if n - end >= HEADER:
                     need = OVERHEAD + int.from_bytes(buf[end : end + 8].tobytes(), "little")
                 if not (final or need > size - consumed - end):
+                    if need > MAX_RECORD + OVERHEAD:  # its length CRC held: skip it unread
+                        status.n_records += 1
+                        status.n_too_big += 1
+                        consumed += end + need
+                        fh.seek(consumed)
+                        carry = np.empty(0, np.uint8)
+                        want = chunk_size
+                        continue
                     # Carry the incomplete tail over and read more.
                     carry = buf[end:n].copy()
                     consumed += end
@@ -312,6 +342,11 @@ def read_chunks(path: str | os.PathLike[str], status: FileStatus,
             carry = buf[bad_at + 1 : n].copy()
             consumed += bad_at + 1
             want = chunk_size
+    if status.n_too_big:
+        status.problems.append(
+            f"{status.n_too_big} record(s) over {MAX_RECORD >> 20} MiB skipped unread (no "
+            "scalar record is that large: a graph, a tensor or an image)"
+        )
     if status.n_bad_crc:
         status.problems.append(
             f"{status.n_bad_crc} record(s) skipped: payload CRC mismatch (corrupt data)"
