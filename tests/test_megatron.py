@@ -343,3 +343,27 @@ def test_cr_line_ends_read_like_lf(tmp_path: Path, monkeypatch, chunk_bytes, end
     path.write_bytes(text.encode())
     for tag in ("grad norm", "lm loss", "learning rate", "consumed tokens"):
         assert _series(path, tag) == _series(src, tag), tag
+
+
+@pytest.mark.parametrize("where", ["own line", "after the iteration"])
+def test_a_line_of_many_timestamps_is_read_in_linear_time(tmp_path: Path, where: str) -> None:
+    # timestamped iteration lines switch the reader to its timestamp pattern; a line holding
+    # thousands of timestamps made it backtrack from each one over the rest of the line (a
+    # 620 KB log took a minute, quadratic; found by a fuzzing review). 20,000 timestamps took
+    # the old pattern ~20 s of CPU; the bound below is for a loaded machine
+    lines = [f"[2024-01-01 00:00:{s % 60:02d}] iteration {s}/ 1000 | lm loss: "
+             f"{2 - s / 1000:.4f} | grad norm: 1.000 |" for s in range(1, 301)]
+    stamps = "2024-01-01 00:00:00" * 20_000
+    if where == "own line":
+        lines.insert(10, stamps)
+    else:  # (its own time is not on it: the timestamps after its iteration are no wall time)
+        lines[10] = lines[10].split("] ", 1)[1] + stamps
+    path = tmp_path / "train.log"
+    path.write_text("\n".join(lines) + "\n")
+    c0 = time.process_time()
+    (raw,) = megatron.read(Source(megatron.FORMAT, path.name, (path,)))
+    assert time.process_time() - c0 < 5.0
+    frame = raw.points if isinstance(raw.points, pl.DataFrame) else raw.points.collect()
+    got = frame.filter(pl.col("tag") == "lm loss")
+    assert got["step"].to_list() == list(range(1, 301))
+    assert got["wall_time"].null_count() == (0 if where == "own line" else 1)
