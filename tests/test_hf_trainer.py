@@ -207,6 +207,24 @@ def test_single_file_and_bad_files(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         hf_trainer.read(Source(hf_trainer.FORMAT, ".", (path,)))
 
 
+def test_entries_with_numbers_out_of_range_lose_only_themselves(tmp_path: Path) -> None:
+    # one entry whose step is 2**63, -2**63 - 1 or 1e300, or whose loss has 400 digits, failed
+    # the whole run with a TypeError or OverflowError (found by a fuzzing review)
+    out = tmp_path / "out"
+    expected = _train(out)
+    path = out / "trainer_state.json"
+    state = json.loads(path.read_text())
+    state["log_history"] += [{"loss": 1.0, "step": 2**63}, {"loss": 1.0, "step": -(2**63) - 1},
+                             {"loss": 1.0, "step": 1e300},
+                             {"loss": 10**400, "grad_norm": 1.0, "step": MAX_STEPS + 1}]
+    path.write_text(json.dumps(state))
+    (run,) = gradaudit.read_runs([out])
+    loss = dict(zip(*(x.tolist() for x in run.series("train/loss")), strict=True))
+    assert loss[MAX_STEPS + 1] == math.inf
+    assert {s: v for s, v in loss.items() if s <= MAX_STEPS} == expected["loss"]
+    assert any("3 log_history entries without a usable step" in p.message for p in run.problems)
+
+
 def test_claim_names(tmp_path: Path) -> None:
     ck = tmp_path / "checkpoint-500"
     ck.mkdir()

@@ -233,6 +233,32 @@ def test_wide_csv_text_nan_and_sparse_columns(tmp_path: Path) -> None:
     assert _values(run, "val_loss") == {6000: 1.25}
 
 
+@pytest.mark.parametrize("row", [5001, 5100, 19_000])
+def test_a_text_cell_after_the_type_sample_is_one_point_not_logged(tmp_path: Path,
+                                                                    row: int) -> None:
+    # a metric column whose cell is "None" just past the 5000-row sample: polars parses whole
+    # blocks, and the sample read failed the file (found by a fuzzing review)
+    with open(tmp_path / "m.csv", "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["step", "grad_norm", "loss"])
+        for s in range(20_000):
+            out.writerow([s, "None" if s == row else 1.0 + s % 7 / 10, 2.0 - s / 20_000])
+    (run,) = _runs(tmp_path).values()
+    gn = _values(run, "grad_norm")
+    assert len(gn) == 19_999 and row not in gn and gn[row + 1] == 1.0 + (row + 1) % 7 / 10
+    assert len(_values(run, "loss")) == 20_000
+
+
+def test_a_json_lines_integer_too_large_for_a_float_is_inf(tmp_path: Path) -> None:
+    # one value of 400 digits failed the file with an OverflowError (a fuzzing review)
+    rows = [{"step": s, "grad_norm": 1.0 + s % 5 / 10} for s in range(300)]
+    rows[5]["grad_norm"] = 10**400
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run,) = _runs(tmp_path).values()
+    gn = _values(run, "grad_norm")
+    assert len(gn) == 300 and gn[5] == INF and gn[6] == 1.1
+
+
 def test_pandas_column_and_split_orient_json(tmp_path: Path) -> None:
     cols = {"_step": {"0": 0, "1": 1, "2": 2}, "_runtime": {"0": 1, "1": 2, "2": 3},
             "loss": {"0": 2.0, "1": None, "2": 1.5}}  # fmt: skip

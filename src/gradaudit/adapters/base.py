@@ -65,6 +65,14 @@ def check_text(path: Path, max_line: int | None = MAX_LINE) -> None:
                         "not a table of scalars")
 
 
+def json_float(v: int | float) -> float:
+    """A JSON number as a float: an integer too large for one (hundreds of digits) is +-inf."""
+    try:
+        return float(v)
+    except OverflowError:
+        return float("inf") if v > 0 else float("-inf")
+
+
 def nonempty_size(path: Path) -> int:
     """The size of ``path`` in bytes; ReadError when it cannot be read or is empty."""
     try:

@@ -56,6 +56,8 @@ def _read(path: Path, sep: str, encoding: str) -> tuple[pl.LazyFrame, set[str]]:
             infer_schema_length=SAMPLE_ROWS,
             encoding=encoding,
             truncate_ragged_lines=True,
+            # (polars parses whole blocks: a text cell just past the sample would fail the file)
+            ignore_errors=True,
         )
     except pl.exceptions.NoDataError as exc:
         raise ReadError("the file is empty") from exc

@@ -27,7 +27,7 @@ from typing import Any
 
 import polars as pl
 
-from gradaudit.adapters.base import RawRun, Source, nonempty_size
+from gradaudit.adapters.base import RawRun, Source, json_float, nonempty_size
 from gradaudit.errors import ReadError
 from gradaudit.series import FileProblem
 
@@ -115,10 +115,13 @@ def _load(path: Path) -> dict[str, Any]:
     return state
 
 
+INT64 = range(-(2**63), 2**63)  # the steps a table holds
+
+
 def _number(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, int | float):
         return None
-    return float(v)
+    return json_float(v)
 
 
 def _points(state: dict[str, Any]) -> tuple[pl.DataFrame, int]:
@@ -135,7 +138,7 @@ def _points(state: dict[str, Any]) -> tuple[pl.DataFrame, int]:
         step = entry.get("step")
         if isinstance(step, float) and math.isfinite(step) and step.is_integer():
             step = int(step)
-        if isinstance(step, bool) or not isinstance(step, int):
+        if isinstance(step, bool) or not isinstance(step, int) or step not in INT64:
             skipped += 1
             continue
         # An eval entry repeats the epoch of the training entry at the same step.
@@ -199,7 +202,8 @@ def read(source: Source) -> list[RawRun]:
         frame, skipped = _points(state)
         if skipped:
             problems.append(
-                FileProblem(str(path), f"{skipped} log_history entries without a step skipped")
+                FileProblem(str(path), f"{skipped} log_history entries without a usable step "
+                            "(a whole number in int64) skipped")
             )
         notes = [conflict] if conflict else []
         if len(source.files) > 1 and not conflict:

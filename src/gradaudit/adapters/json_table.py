@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from gradaudit.adapters import _tables
-from gradaudit.adapters.base import RawRun, Source, check_text, nonempty_size
+from gradaudit.adapters.base import RawRun, Source, check_text, json_float, nonempty_size
 from gradaudit.errors import ReadError
 from gradaudit.series import FileProblem
 
@@ -108,7 +108,7 @@ def _cell(v: Any) -> float | str | None:
     if isinstance(v, bool) or v is None:
         return None
     if isinstance(v, int | float):
-        return float(v)
+        return json_float(v)
     if isinstance(v, str):
         return v
     return None
