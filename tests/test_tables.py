@@ -249,6 +249,23 @@ def test_a_text_cell_after_the_type_sample_is_one_point_not_logged(tmp_path: Pat
     assert len(_values(run, "loss")) == 20_000
 
 
+def test_wide_metrics_named_like_the_long_frames_columns_keep_their_names(tmp_path: Path) -> None:
+    # a metric column named "value" or "tag" (or "__run" beside a run column) clashed with the
+    # unpivoted frame's own columns: DuplicateError, the run lost (a fuzzing review)
+    steps = np.arange(300)
+    pq.write_table(pa.table({"step": steps, "grad_norm": 1.0 + steps % 3, "value": steps * 0.5,
+                             "tag": steps * 2.0}), tmp_path / "w.parquet")
+    with open(tmp_path / "r.csv", "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["step", "grad_norm", "__run", "run"])
+        out.writerows([s, 1.0, 3.0, "a"] for s in range(300))
+    runs = _runs(tmp_path)
+    wide = runs["w.parquet"]
+    assert _values(wide, "value")[10] == 5.0 and _values(wide, "tag")[10] == 20.0
+    assert _values(wide, "grad_norm")[10] == 2.0 and len(wide.tags()) == 3
+    assert _values(runs["r.csv#a"], "__run") == dict.fromkeys(range(300), 3.0)
+
+
 def test_a_json_lines_integer_too_large_for_a_float_is_inf(tmp_path: Path) -> None:
     # one value of 400 digits failed the file with an OverflowError (a fuzzing review)
     rows = [{"step": s, "grad_norm": 1.0 + s % 5 / 10} for s in range(300)]

@@ -257,17 +257,25 @@ def table_runs(
         frame = pl.DataFrame(index + body)
         long = frame.lazy().filter(pl.col("value").is_not_null() & pl.col("tag").is_not_null())
     else:
-        frame = pl.DataFrame(index + [df.get_column(m) for m in layout.metrics])
+        # a metric named like a column of the long frame ("value", "tag", "__run", the step's)
+        # is unpivoted under a stand-in name and given its own back
+        taken = {s.name for s in index} | {"tag", "value"}
+        alias = {m: (f"\x00metric {i}" if m in taken else m)
+                 for i, m in enumerate(layout.metrics)}
+        frame = pl.DataFrame(index + [df.get_column(m).alias(alias[m]) for m in layout.metrics])
         long = (
             frame.lazy()
             .unpivot(
-                on=layout.metrics,
+                on=list(alias.values()),
                 index=[s.name for s in index],
                 variable_name="tag",
                 value_name="value",
             )
             .filter(pl.col("value").is_not_null())
         )
+        back = {a: m for m, a in alias.items() if a != m}
+        if back:
+            long = long.with_columns(pl.col("tag").replace(back))
     n_null = step.null_count()
     if n_null:
         problems.append(
