@@ -169,6 +169,18 @@ def test_a_run_folder_named_in_bytes_that_are_not_utf8_is_reported_not_fatal(
 
 
 @LINUX_ONLY
+def test_a_table_in_a_non_utf8_folder_scanned_by_a_relative_path(tmp_path, monkeypatch):
+    # the stand-in symlink pointed at the relative path from inside its temporary folder: it
+    # dangled, and the run was lost ("No such file or directory"; a fuzzing review)
+    _good_run(tmp_path / "plain")
+    os.rename(os.fsencode(tmp_path / "plain"), os.path.join(os.fsencode(tmp_path), b"pq_\xe9"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["scan", ".", "--format", "json", "--out", "r.json"]) == 0
+    doc = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert [r["run"] for r in doc["runs"]] == ["pq_\\xe9/run.parquet"] and not doc["errors"]
+
+
+@LINUX_ONLY
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_an_interrupt_stops_the_worker_processes_at_once(tmp_path, sig):
     # a CI timeout sends SIGTERM: the scan must end at once and take its workers with it (a

@@ -80,7 +80,7 @@ def _utf8_paths(source: Source) -> Iterator[tuple[Source, dict[str, str]]]:
         for i, f in enumerate(source.files):
             if _not_utf8(f):
                 link = Path(tmp) / f"{i}{printable(f.suffix)}"
-                os.symlink(os.fsencode(f), os.fsencode(link))
+                os.symlink(os.fsencode(os.path.abspath(f)), os.fsencode(link))  # (from tmp)
                 files.append(link)
                 back[str(link)] = str(f)
             else:
