@@ -228,10 +228,12 @@ def table_runs(
             keep.append(c)
     if layout.kind == "history" and layout.step != "_step":
         keep.append("_step")
-    keep += [m for m in layout.metrics if m not in keep]
+    metrics = set(layout.metrics)  # (a set: a wide table may hold 10^5 columns)
+    index_cols = set(keep)
+    keep += [m for m in layout.metrics if m not in index_cols]
     exprs: list[pl.Expr] = []
     for c in keep:
-        if c in layout.metrics or c == layout.value:
+        if c in metrics or c == layout.value:
             exprs.append(_float(c, schema[c]))
         else:
             exprs.append(pl.col(c))

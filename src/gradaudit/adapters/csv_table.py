@@ -65,8 +65,9 @@ def _read(path: Path, sep: str, encoding: str) -> tuple[pl.LazyFrame, set[str]]:
     # An all-empty sample column reads as String: it may still be a sparse metric.
     layout = _tables.detect_layout(dict(sample.schema), numeric_text)
     overrides: dict[str, pl.DataType] = dict(sample.schema)
+    metrics = set(layout.metrics)  # (a set: a wide table may hold 10^5 columns)
     for name, dtype in sample.schema.items():
-        if name in layout.metrics or name == layout.value:
+        if name in metrics or name == layout.value:
             overrides[name] = pl.Float64()
         elif name == layout.step and dtype != pl.Int64:
             overrides[name] = pl.Float64() if dtype.is_numeric() else pl.String()
