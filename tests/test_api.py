@@ -41,6 +41,9 @@ def test_a_pathlib_baseline_writes_json(tmp_path):
     ("spike_ratio", True, "must be a number"),
     ("fail_on", 1, "must be a string"),
     ("grad_tag", 3, "must be a string"),
+    ("spike_ratio", 0.5, "must be above 1"),  # every step "rose 0.5x": all one episode
+    ("lr_ratio", 1, "must be above 1"),
+    ("clip_max_cost", 1.5, "must be below 1"),
 ])
 def test_a_setting_of_the_wrong_type_is_a_value_error(key, value, message):
     # "100" used to be accepted and then failed every run ("analysis failed: TypeError")

@@ -285,3 +285,13 @@ def test_markdown_and_github_on_stdout(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("## ⚠️ gradaudit: nothing could be audited")
     assert scan(str(tmp_path / "runs"), "--format", "github") == 2
     assert capsys.readouterr().out.startswith("::notice title=gradaudit::nothing could be")
+
+
+def test_python_dash_m_gradaudit_is_the_command(tmp_path):
+    import subprocess
+    import sys
+
+    write_table(tmp_path / "runs" / "x", "explosion")
+    done = subprocess.run([sys.executable, "-m", "gradaudit", "scan", str(tmp_path / "runs"),
+                           "--format", "md"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "gate failed" in done.stdout

@@ -143,9 +143,11 @@ def batch_clip(audits: list[RunAudit], max_cost: float = 0.01) -> ClipSuggestion
     lo = min(runs, key=lambda r: r[2])
     hi = max(runs, key=lambda r: r[2])
     if hi[2] > BATCH_MAX_SPREAD * lo[2]:
+        ratio = hi[2] / lo[2]
+        apart = f"{ratio:.3g}x apart" if np.isfinite(ratio) else "over 1e308x apart"
         return ClipSuggestion(None, "none", [], (
             f"no single threshold for the batch: the runs' healthy grad norms range from "
-            f"{lo[2]:.3g} ({lo[0]}) to {hi[2]:.3g} ({hi[0]}), {hi[2] / lo[2]:.0f}x apart "
+            f"{lo[2]:.3g} ({lo[0]}) to {hi[2]:.3g} ({hi[0]}), {apart} "
             f"(different models or scales); use each run's own suggestion"))
     thr = float(np.median([r[1] for r in runs]))
     options = [_batch_option("median-of-runs-p99-healthy", thr, runs, max_cost,

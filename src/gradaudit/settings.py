@@ -25,6 +25,11 @@ def fails_gate(status: str, fail_on: str) -> bool:
 MAX_SETTING = 1e9
 
 
+#: The settings that are factors (a rise by that much): each must be above 1.
+RATIOS = ("spike_ratio", "level_ratio", "explosion_ratio", "lr_ratio",
+          "baseline_grad_norm_ratio", "baseline_spike_rate_ratio")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a scan can be told. The CLI and ``[tool.gradaudit]`` fill the same fields.
@@ -96,6 +101,13 @@ class Settings:
                 raise ValueError(f"{f.name} must be a finite positive number, not {value!r}")
             if value > MAX_SETTING:
                 raise ValueError(f"{f.name} must be at most {MAX_SETTING:g}, not {value!r}")
+        for name in RATIOS:  # a rise "by" a factor of 1 or less flags every step
+            if getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a factor and must be above 1, not "
+                                 f"{getattr(self, name)!r}")
+        if self.clip_max_cost >= 1:
+            raise ValueError(f"clip_max_cost is a share of the healthy steps and must be below 1, "
+                             f"not {self.clip_max_cost!r}")
 
     def _check_types(self) -> None:
         """Each field as its annotation says (a path may be a ``os.PathLike``, a whole float an
