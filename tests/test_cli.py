@@ -295,3 +295,13 @@ def test_python_dash_m_gradaudit_is_the_command(tmp_path):
     done = subprocess.run([sys.executable, "-m", "gradaudit", "scan", str(tmp_path / "runs"),
                            "--format", "md"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "gate failed" in done.stdout
+
+
+def test_source_date_epoch_makes_the_json_report_byte_identical(tmp_path, monkeypatch):
+    write_table(tmp_path / "runs" / "x", "explosion")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    for name in ("a.json", "b.json"):
+        scan(str(tmp_path / "runs"), "--out", str(tmp_path / name))
+    a = (tmp_path / "a.json").read_bytes()
+    assert a == (tmp_path / "b.json").read_bytes()
+    assert json.loads(a)["generated_at"] == "2023-11-14T22:13:20Z"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,16 @@ from gradaudit.settings import Settings
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    """Now, in UTC; ``SOURCE_DATE_EPOCH`` (seconds) where set, so that a report can be
+    reproduced byte for byte (the reproducible-builds convention)."""
+    fixed = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    when = _dt.datetime.now(_dt.UTC)
+    if fixed.isdigit():
+        try:
+            when = _dt.datetime.fromtimestamp(int(fixed), _dt.UTC)
+        except (OverflowError, OSError, ValueError):  # beyond the calendar: ignored
+            pass
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass
