@@ -266,6 +266,23 @@ def test_wide_metrics_named_like_the_long_frames_columns_keep_their_names(tmp_pa
     assert _values(runs["r.csv#a"], "__run") == dict.fromkeys(range(300), 3.0)
 
 
+def test_what_polars_warns_on_a_malformed_csv_is_said_in_the_report_not_on_stderr(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    # a quoted field cut off by a writer that was killed: polars warned "CSV malformed" on
+    # stderr (a fuzzing review), and the run's error did not say why
+    with open(tmp_path / "m.csv", "w", newline="") as fh:
+        out = csv.writer(fh, quoting=csv.QUOTE_NONNUMERIC)
+        out.writerow(["step", "grad_norm"])
+        out.writerows([s, "1.0"] for s in range(300))
+    text = (tmp_path / "m.csv").read_text()
+    (tmp_path / "m.csv").write_text(text.replace('"1.0"', '"1.0', 1))  # (a quote left open)
+    listed = gradaudit.inspect([tmp_path])
+    said = [e.message for e in listed.errors] + [
+        p.message for r in listed.runs for p in r.problems]
+    assert any("the reader warned: CSV malformed" in m for m in said), said
+    assert "malformed" not in capfd.readouterr().err
+
+
 def test_a_json_lines_integer_too_large_for_a_float_is_inf(tmp_path: Path) -> None:
     # one value of 400 digits failed the file with an OverflowError (a fuzzing review)
     rows = [{"step": s, "grad_norm": 1.0 + s % 5 / 10} for s in range(300)]

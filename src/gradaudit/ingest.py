@@ -5,15 +5,16 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 from gradaudit.adapters import REGISTRY, csv_table, json_table, parquet, wandb_csv
 from gradaudit.adapters.base import RawRun, Source
-from gradaudit.errors import UNEXPECTED, NotATrainingLog, ReadError
+from gradaudit.errors import UNEXPECTED, NotATrainingLog, ReadError, clip_message
 from gradaudit.model import InputError
-from gradaudit.series import RunSeries, canonical_frame
+from gradaudit.series import FileProblem, RunSeries, canonical_frame
 from gradaudit.tags import choose_tags, interval_mean_tags
 from gradaudit.text import printable
 
@@ -100,9 +101,24 @@ def _restore(raw: RawRun, back: dict[str, str]) -> RawRun:
 def read_source(
     source: Source, grad_tag: str | None = None, loss_tag: str | None = None
 ) -> tuple[list[RunSeries], list[InputError]]:
-    """Read one source. Never raises for bad input: problems come back as InputErrors."""
-    with _utf8_paths(source) as (readable, back):
-        return _read_source(source, readable, back, grad_tag, loss_tag)
+    """Read one source. Never raises for bad input: problems come back as InputErrors (and
+    what a reader warned, e.g. polars on a malformed CSV, as the run's problems, not on
+    stderr)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with _utf8_paths(source) as (readable, back):
+            runs, errors = _read_source(source, readable, back, grad_tag, loss_tag)
+    said = list(dict.fromkeys(clip_message(str(w.message), 300) for w in caught
+                              if issubclass(w.category, UserWarning)))
+    for w in caught:  # (others, e.g. a deprecation, are shown as they were)
+        if not issubclass(w.category, UserWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if said:
+        text = "the reader warned: " + "; ".join(said)
+        where = source_label(source)
+        runs = [replace(r, problems=[*r.problems, FileProblem(where, text)]) for r in runs]
+        errors = [replace(e, message=f"{e.message} ({text})") for e in errors]
+    return runs, errors
 
 
 def _read_source(
