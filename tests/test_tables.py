@@ -283,6 +283,34 @@ def test_what_polars_warns_on_a_malformed_csv_is_said_in_the_report_not_on_stder
     assert "malformed" not in capfd.readouterr().err
 
 
+def test_decimal_steps_with_a_fraction_are_skipped_once_not_truncated(tmp_path: Path) -> None:
+    # a Decimal step 3.5 was cast to 3 without a word; a skipped row was also counted twice,
+    # as a non-integer step and as a row without a usable step (reviews)
+    import decimal
+
+    steps = pa.array([decimal.Decimal("3.5") if s == 3 else decimal.Decimal(s)
+                      for s in range(300)], pa.decimal128(10, 1))
+    pq.write_table(pa.table({"step": steps, "grad_norm": np.arange(300.0)}),
+                   tmp_path / "d.parquet")
+    (run,) = _runs(tmp_path).values()
+    gn = _values(run, "grad_norm")
+    assert 3 not in gn and gn[4] == 4.0 and len(gn) == 299
+    assert [p.message for p in run.problems] == ["1 row(s) with a non-integer step in 'step' "
+                                                 "skipped"]
+
+
+def test_a_header_that_names_a_column_twice_is_said(tmp_path: Path) -> None:
+    with open(tmp_path / "m.csv", "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["step", "grad_norm", "grad_norm", "loss"])
+        out.writerows([s, 1.0, 200.0 if s == 150 else 2.0, 3.0] for s in range(300))
+    (run,) = _runs(tmp_path).values()
+    assert _values(run, "grad_norm_duplicated_0")[150] == 200.0
+    assert [p.message for p in run.problems] == [
+        "the header names 'grad_norm' more than once: that column is read as "
+        "'grad_norm_duplicated_0'"]
+
+
 def test_a_json_lines_integer_too_large_for_a_float_is_inf(tmp_path: Path) -> None:
     # one value of 400 digits failed the file with an OverflowError (a fuzzing review)
     rows = [{"step": s, "grad_norm": 1.0 + s % 5 / 10} for s in range(300)]

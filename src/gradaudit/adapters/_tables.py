@@ -163,13 +163,18 @@ def _wall_expr(name: str, dtype: pl.DataType) -> pl.Expr:
     return pl.lit(None, dtype=pl.Float64).alias("wall_time")
 
 
-def _step_column(df: pl.DataFrame, name: str, file: str, problems: list[FileProblem]) -> pl.Series:
-    """The step column as Int64; rows without a usable step become null (and are counted)."""
+def _step_column(df: pl.DataFrame, name: str, file: str,
+                 problems: list[FileProblem]) -> tuple[pl.Series, int]:
+    """The step column as Int64, and how many of its nulls are non-integer steps already noted
+    in ``problems``; rows without a usable step become null."""
     raw = df.get_column(name)
     if raw.dtype == pl.String:
         raw = raw.str.strip_chars().cast(pl.Float64, strict=False)
     elif not is_numeric(raw.dtype):
         raise ReadError(f"step column {name!r} holds {raw.dtype} values, not numbers")
+    if isinstance(raw.dtype, pl.Decimal):  # (cast to Int64 it would drop any fraction)
+        raw = raw.cast(pl.Float64)
+    bad = 0
     if raw.dtype.is_float():
         finite = raw.is_finite().fill_null(False)
         whole = (raw == raw.floor()).fill_null(False) & finite
@@ -185,7 +190,7 @@ def _step_column(df: pl.DataFrame, name: str, file: str, problems: list[FileProb
     step = raw.cast(pl.Int64, strict=False).alias("step")
     if step.null_count() == step.len() and step.len() > 0:
         raise ReadError(f"step column {name!r} holds no numbers")
-    return step
+    return step, bad
 
 
 def _looks_sampled(steps: np.ndarray) -> bool:
@@ -245,7 +250,7 @@ def table_runs(
             f"no numeric metric columns beside the step column {layout.step!r}; columns are: "
             + ", ".join(repr(c) for c in list(schema)[:20])
         )
-    step = _step_column(df, layout.step, name, problems)
+    step, noted = _step_column(df, layout.step, name, problems)
     index: list[pl.Series] = [step]
     if layout.wall is not None:
         index.append(df.select(_wall_expr(layout.wall, schema[layout.wall])).to_series())
@@ -278,7 +283,7 @@ def table_runs(
         back = {a: m for m, a in alias.items() if a != m}
         if back:
             long = long.with_columns(pl.col("tag").replace(back))
-    n_null = step.null_count()
+    n_null = step.null_count() - noted  # (the non-integer steps are noted already)
     if n_null:
         problems.append(
             FileProblem(name, f"{n_null} row(s) without a usable {layout.step!r} value skipped")

@@ -9,6 +9,7 @@ run carries a problem saying so (numbers are ASCII, so only text such as run nam
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import polars as pl
@@ -22,6 +23,7 @@ FORMAT = "csv"
 SUFFIXES = {".csv": ",", ".tsv": "\t"}
 #: Rows read up front to decide column types (sparse metrics may be empty for a while).
 SAMPLE_ROWS = 5000
+_DUPLICATED = re.compile(r"_duplicated_\d+$")  # polars' name for a header's repeated column
 
 
 def claim(directory: Path, files: list[Path]) -> list[Source]:
@@ -85,6 +87,14 @@ def _read(path: Path, sep: str, encoding: str) -> tuple[pl.LazyFrame, set[str]]:
     return lf, numeric_text
 
 
+def _duplicates(lf: pl.LazyFrame, path: Path) -> list[FileProblem]:
+    """A problem naming each column the header names twice (polars reads the second under
+    ``<name>_duplicated_<k>``: a metric there would otherwise go unseen)."""
+    again = [c for c in lf.collect_schema().names() if _DUPLICATED.search(c)]
+    return [FileProblem(path.name, f"the header names {_DUPLICATED.sub('', c)!r} more than "
+                        f"once: that column is read as {c!r}") for c in again]
+
+
 def read_file(path: Path) -> list[RawRun]:
     """Read one CSV/TSV table into raw runs."""
     nonempty_size(path)
@@ -94,7 +104,8 @@ def read_file(path: Path) -> list[RawRun]:
     try:
         try:
             lf, numeric_text = _read(path, sep, "utf8")
-            return _tables.table_runs(lf, path, numeric_text=numeric_text)
+            return _tables.table_runs(lf, path, numeric_text=numeric_text,
+                                      problems=_duplicates(lf, path))
         except pl.exceptions.ComputeError as exc:
             if "utf-8" not in str(exc).lower() and "utf8" not in str(exc).lower():
                 raise
@@ -105,7 +116,8 @@ def read_file(path: Path) -> list[RawRun]:
             )
         )
         lf, numeric_text = _read(path, sep, "utf8-lossy")
-        return _tables.table_runs(lf, path, numeric_text=numeric_text, problems=problems)
+        return _tables.table_runs(lf, path, numeric_text=numeric_text,
+                                  problems=problems + _duplicates(lf, path))
     except ReadError:
         raise
     except pl.exceptions.PolarsError as exc:
