@@ -112,6 +112,9 @@ class _Candidates:
 
 
 MAX_STEP = 2**53  # steps further from 0 are not exact in float64, and no training's
+#: Consecutive inf/NaN grad norms that can still be loss-scaler overflows: a GradScaler halves
+#: its scale at each, and 16 halvings take its default 65536 to 1 (more: inf at any scale).
+OVERFLOW_RUN = 16
 
 
 def _prepare(series: RunSeries, st: Settings) -> _Run | RunAudit:
@@ -379,9 +382,9 @@ class _Judge:
         restart = lr_note is not None and lr_note[1].restart
         if kind == "divergence" and ID_CLIMB in e.detected_by and harmful is False:
             kind = "level_shift"  # a slow climb that left the loss alone: no divergence
-        if kind == "divergence" and e.nonfinite_only and self._loss_carried_on(on, harmful, imp):
-            # inf/NaN grad norms up to the run's end while the loss went on finite and unharmed
-            # (fp16 overflow steps in the last steps logged): no divergence
+        if kind == "divergence" and e.nonfinite_only and self._overflow_at_end(harmful, imp):
+            # a few inf/NaN grad norms up to the run's end while the loss went on finite and
+            # unharmed after them (fp16 overflow steps in the last steps logged): no divergence
             kind = "nonfinite"
         sev = severity(kind, ratio, harmful, run.has_grad, st.spike_ratio, st.explosion_ratio)
         if lr_note is not None:
@@ -420,13 +423,16 @@ class _Judge:
             baseline_grad_norm=base_g, peak_ratio=ratio, kind=kind, severity=sev,
             detected_by=sorted(e.detected_by), loss_impact=li, reason=reason)
 
-    def _loss_carried_on(self, on: int, harmful: bool | None, imp: Impact | None) -> bool:
-        """The loss is logged from ``on`` on, finite to the run's end, and was not harmed (nor
-        left above its level: ``diverged``)."""
+    def _overflow_at_end(self, harmful: bool | None, imp: Impact | None) -> bool:
+        """The run's grad norm ends with at most ``OVERFLOW_RUN`` inf/NaN points in a row, and
+        the loss is logged after the first of them (the loss at that step was computed before
+        its update: no evidence), finite to the run's end and not harmed (nor left above its
+        level: ``diverged``)."""
         run = self.run
-        if not run.has_loss or harmful:
+        tail = int(np.argmax(np.isfinite(run.g[::-1])))  # the inf/NaN points the run ends with
+        if not run.has_loss or harmful or not 0 < tail <= OVERFLOW_RUN:
             return False
-        after = run.lv[int(np.searchsorted(run.ls, on)):]
+        after = run.lv[int(np.searchsorted(run.ls, run.gs[-tail], side="right")):]
         return bool(after.size) and bool(np.isfinite(after).all()) and \
             not (imp is not None and imp.impact.diverged)
 
