@@ -690,3 +690,18 @@ def test_a_long_record_under_the_cap_is_read_by_walking(tmp_path: Path,
     assert run.series("train/loss")[0].tolist() == list(range(3000))
     (problem,) = [p.message for p in run.problems]
     assert "1 record(s) over 8 MiB skipped unread" in problem
+
+
+def test_records_after_a_zeroed_stretch_are_found_again(tmp_path: Path) -> None:
+    # a crash zeroes 2 MiB of blocks after 100 records: the framing is lost there and found again
+    # at the first sound record after the zeros (a review: a chunk mostly of zero bytes once
+    # yielded no candidates, and 40 % of the records after it were skipped)
+    first = write_tbx(tmp_path / "a", range(0, 100), extra=False).read_bytes()
+    after = write_tbx(tmp_path / "b", range(100, 20_000), extra=False).read_bytes()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "events.out.tfevents.1.host").write_bytes(first + b"\0" * (2 << 20) + after)
+    (run,) = gradaudit.read_runs([run_dir])
+    assert run.series("train/loss")[0].tolist() == list(range(20_000))
+    (problem,) = [p.message for p in run.problems]
+    assert f"{2 << 20} bytes skipped to the next sound record" in problem

@@ -18,8 +18,8 @@ What goes wrong, and what happens:
 - the payload CRC does not match but the length CRC does: skip that record, count it;
 - a record over ``MAX_RECORD`` (64 MiB; its length CRC holds): skipped unread, counted (no
   scalar record is that large, and nothing a header asks for is allocated); a chunk that one
-  long record fills, or that is mostly zero bytes, is walked instead of passed over (the
-  speculative pass costs tens of bytes per byte of a zero-filled stretch).
+  long record fills is walked instead of passed over, and the speculative pass takes its zero
+  quads a block at a time (a zero-filled stretch holds one every 2 bytes, ~80 bytes each).
 """
 
 from __future__ import annotations
@@ -39,9 +39,8 @@ HEADER = 12  # u64 length + u32 length CRC
 OVERHEAD = 16  # header + u32 payload CRC
 PAD = 32  # zero bytes kept after every chunk so fixed-width gathers never run off the end
 CHUNK = 4 << 20  # small enough that a chunk and its temporaries stay in cache
-# a chunk with a zero quad per DENSE_QUADS bytes or more is walked, not passed over (real event
-# files hold one per 22 bytes at most)
-DENSE_QUADS = 8
+QUAD_BLOCK = 1 << 18  # zero quads checked at a time (real event files: one per 22 bytes at most,
+# ~190k in a 4 MiB chunk; a zero-filled stretch, one per 2 bytes)
 MAX_RECORD = 64 << 20  # larger records (a graph, a tensor, an image: never a scalar) are skipped
 # unread: their length CRC holds, so the framing after them is sound, and nothing their header
 # asks for is allocated
@@ -100,19 +99,30 @@ class _Candidates:
         self.heads = np.empty(0, np.int64)
         self.nxt = np.empty(0, np.int64)
         self.breaks = np.empty(0, np.int64)
-        self.dense = False  # too many zero quads to pass over: walk the chunk instead
         if n < 64:
             return
         pairs = buf[: n & ~1].view(np.uint16) == 0
         quad = pairs[:-1] & pairs[1:]  # quad[j]: bytes 2j .. 2j+3 are zero
         del pairs
-        if np.count_nonzero(quad) > n // DENSE_QUADS:
-            # a zero-filled stretch (a hole, a zeroed payload): each quad's candidates would
-            # cost ~80 bytes, ~40 per byte of the chunk
-            self.dense = True
-            return
-        q = np.flatnonzero(quad)
-        q *= 2
+        heads, nxts = [], []
+        # a block of quads at a time: each costs ~80 bytes of temporaries, and a zero-filled
+        # stretch (a hole, a zeroed payload) holds one every 2 bytes
+        for j0 in range(0, quad.size, QUAD_BLOCK):
+            q = np.flatnonzero(quad[j0 : j0 + QUAD_BLOCK])
+            q += j0
+            q *= 2
+            head, nxt = self._checked(buf, n, quad, q)
+            heads.append(head)
+            nxts.append(nxt)
+        if heads:
+            self.heads, self.nxt = np.concatenate(heads), np.concatenate(nxts)
+        self.breaks = np.flatnonzero(self.nxt[:-1] != self.heads[1:])
+
+    @staticmethod
+    def _checked(buf: np.ndarray, n: int, quad: np.ndarray,
+                 q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The candidate headers of the zero quads at even offsets ``q`` that hold, and where
+        each one's record ends."""
         # A header at h has its quad at the first even offset >= h + 3: h = q - 4 or q - 3.
         cand = np.empty((q.size, 2), dtype=np.int64)
         np.subtract(q, 4, out=cand[:, 0])
@@ -134,7 +144,7 @@ class _Candidates:
         linked |= nxt > n - HEADER
         linked &= nxt <= n
         keep &= linked
-        del quad, nq, linked, length
+        del nq, linked, length
         idx = np.flatnonzero(keep)
         cand, nxt = cand[idx], nxt[idx]
         # The length CRC of a length < 2**24 depends on its 3 low bytes only: 2 table lookups.
@@ -142,8 +152,7 @@ class _Candidates:
         crc ^= _crc_tables()[5][buf[cand + 2]]
         crc ^= np.uint32(_crc_const(8))
         good = unaligned(buf, "<u4")[cand + 8] == mask(crc)
-        self.heads, self.nxt = cand[good], nxt[good]
-        self.breaks = np.flatnonzero(self.nxt[:-1] != self.heads[1:])
+        return cand[good], nxt[good]
 
     def chain(self, pos: int, n: int) -> np.ndarray:
         """Headers of the records chaining from ``pos`` that fit in the chunk (maybe none)."""
@@ -181,12 +190,11 @@ def walk_records(buf: np.ndarray, n: int, pos: int, limit: int,
 def _scan(buf: np.ndarray, n: int, limit: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Header offsets of the records that fit in ``buf[:n]``, which of them already have a
     checked length CRC, and where the last one ends."""
-    one = n >= HEADER and 2 * int.from_bytes(buf[:8].tobytes(), "little") >= n
-    cands = None if one else _Candidates(buf, n)
-    if cands is None or cands.dense:
-        # one record fills the buffer (a long one carried over whole), or zeros do: walk it
+    if n >= HEADER and 2 * int.from_bytes(buf[:8].tobytes(), "little") >= n:
+        # one record fills the buffer (a long one carried over whole): walk, no pass over it
         heads, pos = walk_records(buf, n, 0, limit)
         return np.asarray(heads, dtype=np.int64), np.zeros(len(heads), dtype=bool), pos
+    cands = _Candidates(buf, n)
     parts: list[np.ndarray] = []
     checked: list[np.ndarray] = []
     pos = 0
