@@ -311,6 +311,27 @@ def test_a_header_that_names_a_column_twice_is_said(tmp_path: Path) -> None:
         "'grad_norm_duplicated_0'"]
 
 
+def test_another_warning_a_reader_raises_is_shown_once_not_once_per_source(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a review: re-emitted after the capture, a RuntimeWarning was shown once per source
+    import warnings
+
+    for i in range(5):
+        (tmp_path / f"r{i}.csv").write_text("step,grad_norm\n" + "".join(
+            f"{s},1.0\n" for s in range(50)))
+    read_file = csv_table.read_file
+
+    def warning_reader(path: Path):
+        np.array([1e39]).astype(np.float32)  # RuntimeWarning: overflow encountered in cast
+        return read_file(path)
+
+    monkeypatch.setattr(csv_table, "read_file", warning_reader)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")
+        assert len(gradaudit.read_runs([tmp_path])) == 5
+    assert [w.category for w in shown] == [RuntimeWarning]
+
+
 def test_a_json_lines_integer_too_large_for_a_float_is_inf(tmp_path: Path) -> None:
     # one value of 400 digits failed the file with an OverflowError (a fuzzing review)
     rows = [{"step": s, "grad_norm": 1.0 + s % 5 / 10} for s in range(300)]

@@ -98,6 +98,9 @@ def _restore(raw: RawRun, back: dict[str, str]) -> RawRun:
     return replace(raw, files=files, problems=problems)
 
 
+_SHOWN: set[tuple] = set()  # the warnings read_source showed again (each once per process)
+
+
 def read_source(
     source: Source, grad_tag: str | None = None, loss_tag: str | None = None
 ) -> tuple[list[RunSeries], list[InputError]]:
@@ -110,8 +113,10 @@ def read_source(
             runs, errors = _read_source(source, readable, back, grad_tag, loss_tag)
     said = list(dict.fromkeys(clip_message(str(w.message), 300) for w in caught
                               if issubclass(w.category, UserWarning)))
-    for w in caught:  # (others, e.g. a deprecation, are shown as they were)
-        if not issubclass(w.category, UserWarning):
+    for w in caught:  # others (a deprecation) are shown once per place, as Python does
+        place = (w.category, str(w.message), w.filename, w.lineno)
+        if not issubclass(w.category, UserWarning) and place not in _SHOWN:
+            _SHOWN.add(place)
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if said:
         text = "the reader warned: " + "; ".join(said)
