@@ -367,3 +367,18 @@ def test_a_line_of_many_timestamps_is_read_in_linear_time(tmp_path: Path, where:
     got = frame.filter(pl.col("tag") == "lm loss")
     assert got["step"].to_list() == list(range(1, 301))
     assert got["wall_time"].null_count() == (0 if where == "own line" else 1)
+
+
+def test_a_timestamp_after_the_word_iteration_in_a_prefix_is_still_the_wall_time(
+        tmp_path: Path) -> None:
+    # the linear pattern looks for the timestamp before the line's first "iteration N/", not
+    # before the first word "iteration" (a logger named so; a review)
+    lines = [f"[iteration-logger] 2024-01-01 00:{s // 60:02d}:{s % 60:02d} iteration {s}/ 1000 | "
+             f"lm loss: {2 - s / 1000:.4f} | grad norm: 1.000 |" for s in range(1, 301)]
+    path = tmp_path / "train.log"
+    path.write_text("\n".join(lines) + "\n")
+    (raw,) = megatron.read(Source(megatron.FORMAT, path.name, (path,)))
+    frame = raw.points if isinstance(raw.points, pl.DataFrame) else raw.points.collect()
+    got = frame.filter(pl.col("tag") == "lm loss")
+    assert got["step"].to_list() == list(range(1, 301))
+    assert got["wall_time"].diff().drop_nulls().to_list() == [1.0] * 299

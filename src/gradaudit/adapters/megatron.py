@@ -44,10 +44,12 @@ _TAIL_BYTES = 64 * 1024  # how far back from a chunk's end the last iteration li
 _ITER_FAST = re.compile(r"iteration\s+(\d+\s*/\s*\d+\s*\|[^\n]*)")
 #: The same, with an ISO-like timestamp before it on the line (read as wall time). Linear: only
 #: lines holding an iteration are tried (the lookahead), and the timestamp is looked for before
-#: the first "iteration" only (a line of thousands of timestamps took minutes to backtrack).
+#: the line's first "iteration N/" only (a line of thousands of timestamps took minutes to
+#: backtrack).
 _ITER_TIMED = re.compile(
     r"^(?=[^\n]*?iteration\s+\d+\s*/\s*\d+\s*\|)"
-    r"(?:(?:(?!iteration)[^\n])*?(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}))?[^\n]*?iteration\s+"
+    r"(?:(?:(?!iteration\s+\d+\s*/)[^\n])*?(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}))?"
+    r"[^\n]*?iteration\s+"
     r"(\d+\s*/\s*\d+\s*\|[^\n]*)",
     re.M,
 )
