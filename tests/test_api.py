@@ -44,11 +44,18 @@ def test_a_pathlib_baseline_writes_json(tmp_path):
     ("spike_ratio", 0.5, "must be above 1"),  # every step "rose 0.5x": all one episode
     ("lr_ratio", 1, "must be above 1"),
     ("clip_max_cost", 1.5, "must be below 1"),
+    ("baseline_spike_rate_ratio", 0.5, "must be at least 1"),
 ])
 def test_a_setting_of_the_wrong_type_is_a_value_error(key, value, message):
     # "100" used to be accepted and then failed every run ("analysis failed: TypeError")
     with pytest.raises(ValueError, match=message):
         gradaudit.scan(MEGATRON, **{key: value})
+
+
+def test_the_baseline_gates_factors_may_be_1():
+    # a review: "gate on the spike-rate delta alone" (ratio 1) is a meaningful setting
+    s = Settings(baseline_spike_rate_ratio=1, baseline_grad_norm_ratio=1.0)
+    assert s.baseline_spike_rate_ratio == s.baseline_grad_norm_ratio == 1.0
 
 
 def test_whole_floats_and_ints_are_taken_as_their_fields_type():

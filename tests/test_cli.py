@@ -126,7 +126,9 @@ def test_a_tag_glob_that_chooses_nothing_anywhere_is_a_usage_error(tmp_path, cap
     out = tmp_path / "r.json"
     assert scan(str(tmp_path / "runs"), option, glob, "--out", str(out)) == code
     if code == 2:
-        assert f"{option} {glob!r} chose no" in capsys.readouterr().err and not out.exists()
+        err = capsys.readouterr().err
+        assert f"{option} {glob!r} ({option[2:].replace('-', '_')}) chose no" in err
+        assert not out.exists()
 
 
 def test_explosion_in_tensorboard_events(tmp_path, capsys):

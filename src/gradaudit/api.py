@@ -116,9 +116,9 @@ def _unmatched_globs(audits: list[RunAudit], settings: Settings) -> None:
             ("--grad-tag", "grad-norm", settings.grad_tag, [a.grad_norm_tag for a in audits]),
             ("--loss-tag", "loss", settings.loss_tag, [a.loss_tag for a in audits])):
         if glob is not None and audits and not any(chosen):
-            raise UsageError(f"{option} {glob!r} chose no {what} tag in any of the "
-                             f"{len(audits)} run(s) read (`gradaudit inspect PATH --tags` lists "
-                             "their tags)")
+            raise UsageError(f"{option} {glob!r} ({option[2:].replace('-', '_')}) chose no "
+                             f"{what} tag in any of the {len(audits)} run(s) read (`gradaudit "
+                             "inspect PATH --tags` lists their tags)")
 
 
 def _note_copies(audits: list[RunAudit]) -> None:

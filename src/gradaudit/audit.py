@@ -395,7 +395,7 @@ class _Judge:
             if restart:
                 sev = "warning"
         # an explosion the loss took no harm from: its grad norm diverged
-        harm = harm_words(sev == "explosion" and harmful is False)
+        harm = harm_words(grad_diverged=sev == "explosion" and harmful is False)
         # (in the words of its raw kind, unless it turned out no divergence)
         reason = explain.episode_reason(
             kind="nonfinite" if kind == "nonfinite" else e.kind, from_grad=e.source == "grad",
@@ -489,18 +489,18 @@ class _Judge:
 
     def _verdict(self, e: RawEpisode, on: int, end: int | None, nxt: int | None,
                  lr_after: int | None, imp: Impact | None, rise: LrRise | None,
-                 floor: int | None) -> tuple[Impact | None, bool | None, Callable[[bool], str]]:
+                 floor: int | None) -> tuple[Impact | None, bool | None, Callable[..., str]]:
         """``(impact, harmful, harm words)``: harm is lasting damage - the excess over the
         horizon, significant against its own noise - or, where too little of the horizon was
         logged, the jump (None: nothing of the loss could be measured). After a lasting lr
         rise the impact may be measured again in the schedule's learning-rate time. The words
-        (:func:`explain.harm_text`) wait for the severity: ``words(grad_diverged)``."""
+        (:func:`explain.harm_text`) wait for the severity: ``words(grad_diverged=...)``."""
         if imp is None:
-            return None, None, lambda _: ""
+            return None, None, lambda grad_diverged: ""
         li = imp.impact
         if imp.level is None:
-            return imp, (True if li.diverged else None), \
-                lambda _: ("the loss went non-finite" if li.diverged else "")
+            said = "the loss went non-finite" if li.diverged else ""
+            return imp, (True if li.diverged else None), lambda grad_diverged: said
         run, st = self.run, self.run.st
         lvl = abs(imp.level) or 1.0
         noise = imp.noise or 0.0
@@ -559,7 +559,7 @@ class _Judge:
                         (imp.horizon_points, cut) if short else None,
                         imp.lasting_excess, imp.cut_step, imp.lr_time, nonfinite,
                         by_fall=by_fall, bar_by=bar_by, z=self.z_harm, abrupt=imp.abrupt)
-        return imp, harmful, lambda grad_diverged: words(grad_diverged=grad_diverged)
+        return imp, harmful, words
 
 
 def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],

@@ -480,19 +480,20 @@ class _Counterfactual:
         """Fit-space values as loss."""
         return np.exp(f) if self.logsp else f
 
-    def _u(self, t: np.ndarray) -> np.ndarray:
+    def u_at(self, t: np.ndarray) -> np.ndarray:
+        """``u`` at steps (or learning-rate times) ``t``."""
         if self.t_on is not None:  # (learning-rate time starts at 0)
             return np.log(t + 1.0) - np.log(self.t_on + 1.0)
         return np.log(t - self.origin + 1.0) - np.log(self.onset_step - self.origin + 1.0)
 
     def u(self, idx: np.ndarray) -> np.ndarray:
         """``u`` of logged points, where the run was (its own lr time, if any)."""
-        return self._u(self.steps[idx].astype(np.float64) if self.t_run is None
+        return self.u_at(self.steps[idx].astype(np.float64) if self.t_run is None
                        else self.t_run[idx])
 
     def u_held(self, idx: np.ndarray) -> np.ndarray:
         """``u`` where the counterfactual is evaluated (the schedule's lr time, if any)."""
-        u = self._u(self.steps[idx].astype(np.float64) if self.t_sched is None
+        u = self.u_at(self.steps[idx].astype(np.float64) if self.t_sched is None
                     else self.t_sched[idx])
         return np.minimum(u, self.u_hold)
 
@@ -820,7 +821,7 @@ def loss_impact(
         # an unanchored line in the plain loss is not extrapolated further than the stretch it
         # was fitted on (early in training a fit over 30 steps would otherwise be carried 200
         # steps ahead, through zero)
-        cf.u_hold = float(cf._u(np.array([2.0 * onset_step - float(steps[pre[0]])]))[0])
+        cf.u_hold = float(cf.u_at(np.array([2.0 * onset_step - float(steps[pre[0]])]))[0])
     win = after[:i_win - i_on]
     cf_win = cf(win)
     h = after[:i_h - i_on]

@@ -25,9 +25,10 @@ def fails_gate(status: str, fail_on: str) -> bool:
 MAX_SETTING = 1e9
 
 
-#: The settings that are factors (a rise by that much): each must be above 1.
-RATIOS = ("spike_ratio", "level_ratio", "explosion_ratio", "lr_ratio",
-          "baseline_grad_norm_ratio", "baseline_spike_rate_ratio")
+#: The settings that are factors a value must rise by to count: each above 1 (at 1 or below,
+#: every step counts); the baseline gate's factors may be 1 (any rise, or the delta alone).
+RATIOS = ("spike_ratio", "level_ratio", "explosion_ratio", "lr_ratio")
+BASELINE_RATIOS = ("baseline_grad_norm_ratio", "baseline_spike_rate_ratio")
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,10 @@ class Settings:
         for name in RATIOS:  # a rise "by" a factor of 1 or less flags every step
             if getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a factor and must be above 1, not "
+                                 f"{getattr(self, name)!r}")
+        for name in BASELINE_RATIOS:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} is a factor and must be at least 1, not "
                                  f"{getattr(self, name)!r}")
         if self.clip_max_cost >= 1:
             raise ValueError(f"clip_max_cost is a share of the healthy steps and must be below 1, "

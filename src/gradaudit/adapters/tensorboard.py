@@ -348,17 +348,17 @@ def _tensor_scalar(b: bytes, span: tuple[int, int]) -> float | None:
         elif fn == 4 and wt == 2:
             content = b[v[0] : v[1]]
         elif fn == 5 and dtype in (0, DT_FLOAT):
-            if wt == 5:
+            if wt == 5 and len(vals) < 2:  # (a second value is enough to know it is no scalar)
                 vals.append(struct.unpack_from("<f", b, v)[0])
             elif wt == 2:  # (two values decoded at most: more is no scalar either way)
                 vals.extend(x[0] for x in struct.iter_unpack("<f", b[v[0] : min(v[1], v[0] + 8)]))
         elif fn == 6:
-            if wt == 1:
+            if wt == 1 and len(vals) < 2:
                 vals.append(struct.unpack_from("<d", b, v)[0])
             elif wt == 2:
                 vals.extend(x[0] for x in struct.iter_unpack("<d", b[v[0] : min(v[1], v[0] + 16)]))
         elif fn == 13:
-            if wt == 0:
+            if wt == 0 and len(halves) < 2:
                 halves.append(v)
             elif wt == 2:
                 i, stop = v
