@@ -1109,22 +1109,24 @@ def test_a_step_decay_after_a_harmless_spike_is_not_its_harm(seed, decay_at):
     assert e.severity == "warning"
 
 
-def test_lasting_harm_on_a_noisy_loss_stays_an_explosion():
-    # +4 % for good from step 2000 on a power law with 2 % noise per step, found through a 20x
-    # grad spike: an explosion on 22 of 30 seeds with the anchor window of two horizons, 26 now.
-    # (Judged on the whole longer window, the shrunk forecast slope's miss, growing with the
-    # lever, hid the damage: 12 of 30)
+@pytest.mark.parametrize(("rise", "lo", "hi"), [(0.05, 22, 30), (0.03, 0, 3)])
+def test_lasting_harm_on_a_noisy_loss_stays_an_explosion(rise, lo, hi):
+    # +5 % for good from step 2000 on a power law with 2 % noise per step, found through a 20x
+    # grad spike: an explosion on 26 of 30 seeds (with the 3 % harm bar, +4 % was on 22 of 30
+    # with the anchor window of two horizons, 26 with the longer one; judged on the whole longer
+    # window, the shrunk forecast slope's miss, growing with the lever, hid the damage: 12 of
+    # 30). +3 %, under the 4 % bar, is harm on none (26 of 30 at +4 % with the 3 % bar; 2 now)
     n = 0
     for seed in range(30):
         rng = np.random.default_rng(seed)
         s = np.arange(1, 4001)
         y = 3.0 * (s + 20.0) ** -0.15 * np.exp(rng.normal(0, 0.02, s.size))
-        y[1999:] *= 1.04
+        y[1999:] *= 1 + rise
         g = 0.5 * np.exp(rng.normal(0, 0.15, s.size))
         g[1999:2002] *= 20.0
         eps = [e for e in audit_run(run_series(s, g, y)).episodes if abs(e.onset_step - 2000) < 20]
         n += len(eps) == 1 and eps[0].severity == "explosion"
-    assert n >= 22
+    assert lo <= n <= hi, n
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -1204,19 +1206,20 @@ def test_the_learning_rate_time_measure_fits_where_the_first_measure_did(monkeyp
     assert first is not None and 520 < first < 600 and again == first
 
 
-@pytest.mark.parametrize("rise", [0.035, 0.045])
-def test_a_lasting_rise_under_the_recovery_band_is_still_harm(rise):
-    # a quiet loss (0.2 % noise) that a grad spike leaves 3.5-4.5 % higher for good: above the
-    # 3 % harm bar, under the 5 % band the recovery step is judged with - the loss "never
+@pytest.mark.parametrize(("rise", "severity"), [(0.045, "explosion"), (0.048, "explosion"),
+                                                (0.035, "warning")])
+def test_a_lasting_rise_under_the_recovery_band_is_still_harm(rise, severity):
+    # a quiet loss (0.2 % noise) that a grad spike leaves 4.5-4.8 % higher for good: above the
+    # 4 % harm bar, under the 5 % band the recovery step is judged with - the loss "never
     # left the band", and that is no evidence that the spike did no harm (a severity rule
-    # that took it as such, 990a68d, made all of these warnings)
+    # that took it as such, 990a68d, made all of these warnings); 3.5 %, under the bar, is not
     for seed in range(5):
         s, g, loss = healthy(seed=seed, loss_noise=0.0)
         rng = np.random.default_rng(100 + seed)
         loss = loss * np.exp(rng.normal(0, 0.002, s.size)) * np.where(s > 1500, 1 + rise, 1.0)
         g[1500] *= 30
         e = _one(audit_run(run_series(s, g, loss)))
-        assert e.onset_step == 1500 and e.severity == "explosion", e.reason
+        assert e.onset_step == 1500 and e.severity == severity, e.reason
 
 
 def test_a_loss_of_exactly_zero_is_no_loss_episode_and_a_rise_from_zero_is():

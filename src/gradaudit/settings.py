@@ -47,9 +47,11 @@ class Settings:
     - ``harm_excess``: lasting excess loss (the excess without the episode's own spike points;
       a fraction of the loss level, and at least 2 standard errors of the excess estimate - the
       Bonferroni level over the listed episodes in a chronically spiky run) that counts as harm
-      (3 %: the loss averaged over the impact horizon was 3 % worse than the counterfactual -
+      (4 %: the loss averaged over the impact horizon was 4 % worse than the counterfactual -
       above the seed-to-seed spread of a run's smoothed loss and the estimate's own error of
-      ~1-2 %, below the 5 % that clearly hurts).
+      ~1-2 %, and 0.8x the 5 % that clearly hurts, where the benchmark's band of harm that is
+      neither clear nor absent begins; at 3 %, an accurately estimated 3-4 % was an explosion:
+      benchmarks/detection/README.md, "The harm bar").
     - ``harm_jump``: loss jump (fraction of the loss level, and at least 6 noise sigmas) that
       counts as harm (10 %). An episode is an explosion only when the loss was harmed.
     - ``explosion_ratio``: with no loss series, the peak ratio that makes an explosion (10x).
@@ -76,7 +78,7 @@ class Settings:
     spike_ratio: float = 3.0
     level_ratio: float = 2.0
     merge_gap: int = 5
-    harm_excess: float = 0.03
+    harm_excess: float = 0.04
     harm_jump: float = 0.1
     explosion_ratio: float = 10.0
     clip_max_cost: float = 0.01
