@@ -111,7 +111,7 @@ class _Candidates:
     n_loss_unlisted: int  # loss candidates beyond ``max_episodes`` (a chronically spiky loss)
 
 
-MAX_STEP = 2**53  # steps further from 0 are not exact in float64, and no training's
+MAX_STEP = 2**53  # steps further from 0 are not exact in float64 (and no training gets there)
 #: Consecutive inf/NaN grad norms that can still be loss-scaler overflows: a GradScaler halves
 #: its scale at each, and 16 halvings take its default 65536 to 1 (more: inf at any scale).
 OVERFLOW_RUN = 16
