@@ -144,6 +144,34 @@ def test_report_keeps_mode_of_replaced_file(tmp_path):
     assert target.read_text().startswith("## ")
 
 
+def test_a_symlinked_report_path_writes_the_file_it_names_and_keeps_the_link(tmp_path):
+    # renamed over, the link itself was replaced by a file (a review: --out /dev/stdout, a link)
+    (tmp_path / "real").mkdir()
+    real = tmp_path / "real" / "r.md"
+    real.write_text("old")
+    link = tmp_path / "link.md"
+    link.symlink_to(real)
+    write_report(fixed_result(), str(link))
+    assert link.is_symlink() and real.read_text().startswith("## ")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_report_path_that_is_no_regular_file_is_written_not_replaced(tmp_path):
+    # --out /dev/null (a device) or a FIFO: the temporary file was renamed over it, and as root
+    # /dev/null itself became a regular file (found by a fuzzing review); written in place now
+    import threading
+
+    fifo = tmp_path / "pipe.md"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    write_report(fixed_result(), str(fifo))
+    reader.join(timeout=10)
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and got and got[0].startswith("## ")
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe.md"]  # no temporary file left
+
+
 def test_missing_output_folder_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="cannot write"):
         write_report(fixed_result(), str(tmp_path / "no" / "such" / "r.md"))

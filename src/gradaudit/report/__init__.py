@@ -9,6 +9,7 @@ formats so that HTML, Markdown and the GitHub annotations tell the same story in
 from __future__ import annotations
 
 import importlib
+import io
 import math
 import os
 import re
@@ -79,7 +80,10 @@ def write_report(result: object, path: str, fmt: str | None = None) -> None:
     """Write ``result`` to ``path`` (``-`` = stdout); a temporary file is renamed into place.
 
     A formatter that fails leaves neither a partial report nor the temporary file behind. The
-    report gets the permissions of the file it replaces, or 0666 less the umask.
+    report gets the permissions of the file it replaces, or 0666 less the umask. A symlink is
+    followed (the file it names is replaced, never the link), and a path that is no regular
+    file (``/dev/null``, a FIFO) is written in place, the whole report at once: renamed over,
+    a device node would be replaced by a file.
     """
     fmt = format_for(path, fmt)
     writer = FORMATTERS[fmt]
@@ -87,7 +91,14 @@ def write_report(result: object, path: str, fmt: str | None = None) -> None:
         writer(result, sys.stdout)
         sys.stdout.flush()
         return
-    directory = os.path.dirname(os.path.abspath(path))
+    target = os.path.realpath(path)
+    if os.path.exists(target) and not os.path.isfile(target):
+        text = io.StringIO()
+        writer(result, text)
+        with open(target, "w", encoding="utf-8", errors=PRINTABLE, newline="\n") as stream:
+            stream.write(text.getvalue())
+        return
+    directory = os.path.dirname(target)
     try:
         fd, tmp = tempfile.mkstemp(prefix=".gradaudit-", suffix=".tmp", dir=directory)
     except OSError as exc:
@@ -95,8 +106,8 @@ def write_report(result: object, path: str, fmt: str | None = None) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", errors=PRINTABLE, newline="\n") as stream:
             writer(result, stream)
-        os.chmod(tmp, _final_mode(path))
-        os.replace(tmp, path)
+        os.chmod(tmp, _final_mode(target))
+        os.replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
