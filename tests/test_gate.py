@@ -207,6 +207,19 @@ def test_a_healthy_level_known_on_one_side_only_is_named_as_not_compared(tmp_pat
                for r in result.gate_reasons)
 
 
+def test_a_baseline_number_too_large_for_a_float_is_not_compared(tmp_path):
+    # a healthy level of 400 digits passed the baseline's check and crashed the comparison
+    # after the whole scan: internal error, no report (found by a fuzzing review)
+    path = tmp_path / "base.json"
+    path.write_text('{"schema_version": 1, "runs": [{"run": "smoke", "status": "ok", '
+                    '"healthy_grad_norm": 1' + "0" * 400 + ', "spike_rate": 1' + "0" * 400 + '}]}')
+    result = result_of(ok("smoke", healthy=1.0), baseline=str(path))
+    evaluate_gate(result)
+    assert result.exit_code == 0
+    assert any("'smoke': healthy grad-norm level not compared (none in the baseline" in r
+               for r in result.gate_reasons)
+
+
 def test_a_short_smoke_runs_grad_norm_level_is_compared():
     # a 24-point CI smoke run has a level to compare (review: under the 25 points a detector
     # needs, its x3 grad norm passed the baseline unseen); a run diverged in its first few

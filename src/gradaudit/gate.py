@@ -76,9 +76,13 @@ def load_baseline(path: str) -> dict[str, dict[str, Any]]:
 
 
 def _finite(x: Any) -> float | None:
+    """``x`` as a finite float, else None (also an integer too large for a float)."""
     if isinstance(x, bool) or not isinstance(x, int | float):
         return None
-    x = float(x)
+    try:
+        x = float(x)
+    except OverflowError:
+        return None
     return x if math.isfinite(x) else None
 
 
