@@ -212,3 +212,20 @@ def test_export_with_no_usable_rows_is_an_error(tmp_path):
     assert result.runs == []
     (error,) = result.errors
     assert "not a whole number" in error.message
+
+
+@pytest.mark.parametrize("bad", ["NaN", "inf", "1e30", "9300000000000000000", "1.5"])
+def test_a_step_cell_that_is_no_step_loses_its_row_not_the_export(tmp_path, bad):
+    # NaN, inf or a step past int64 failed the whole export, every run in it, with a polars
+    # cast error (found by a fuzzing review); like "1.5", the row is skipped and said
+    with (tmp_path / "gn.csv").open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["Step", "a - train/grad_norm", "a - train/grad_norm__MAX",
+                      "b - train/grad_norm", "b - train/grad_norm__MAX"])
+        out.writerows([bad if s == 50 else s, 1.0, 1.1, 2.0, 2.2] for s in range(100))
+    result = gradaudit.inspect([tmp_path])
+    assert result.errors == [] and len(result.runs) == 2
+    for run in result.runs:
+        assert run.series("train/grad_norm")[0].tolist() == [s for s in range(100) if s != 50]
+        assert any(f"1 row(s) skipped: column 'Step' is not a whole number below 2**62 "
+                   f"(e.g. {bad!r})" in p.message for p in run.problems)

@@ -113,11 +113,14 @@ def _read_file(path: Path) -> tuple[dict[str, pl.DataFrame], list[FileProblem]]:
     step_text = pl.col(columns[0]).str.strip_chars()
     step_num = step_text.cast(pl.Float64, strict=False)
     table = table.with_columns(step_num.alias("__step"), step_text.alias("__step_text"))
+    # a usable step: a whole number a 64-bit step holds (not NaN, inf or 1e30)
+    whole = pl.col("__step").is_finite() & (pl.col("__step") == pl.col("__step").floor()) & (
+        pl.col("__step").abs() < 2.0**62)
     bad_step = table.filter(
         pl.col("__step").is_null()
         & pl.col("__step_text").is_not_null()
         & (pl.col("__step_text") != "")
-        | (pl.col("__step").is_not_null() & (pl.col("__step") != pl.col("__step").floor()))
+        | (pl.col("__step").is_not_null() & ~whole)
     )
     if bad_step.height:
         example = bad_step["__step_text"][0]
@@ -125,12 +128,10 @@ def _read_file(path: Path) -> tuple[dict[str, pl.DataFrame], list[FileProblem]]:
             FileProblem(
                 str(path),
                 f"{bad_step.height} row(s) skipped: column {STEP_COLUMN!r} is not a whole number "
-                f"(e.g. {example!r})",
+                f"below 2**62 (e.g. {example!r})",
             )
         )
-    table = table.filter(
-        pl.col("__step").is_not_null() & (pl.col("__step") == pl.col("__step").floor())
-    )
+    table = table.filter(pl.col("__step").is_not_null() & whole)
     by_run: dict[str, list[tuple[str, str]]] = {}
     for column in columns[1:]:
         run, metric = split_column(column)  # type: ignore[misc]  # checked by is_export_header
