@@ -229,3 +229,21 @@ def test_a_step_cell_that_is_no_step_loses_its_row_not_the_export(tmp_path, bad)
         assert run.series("train/grad_norm")[0].tolist() == [s for s in range(100) if s != 50]
         assert any(f"1 row(s) skipped: column 'Step' is not a whole number below 2**62 "
                    f"(e.g. {bad!r})" in p.message for p in run.problems)
+
+
+def test_two_runs_of_the_same_name_are_two_runs(tmp_path):
+    # W&B display names need not be unique: polars renamed the second run's columns
+    # "<name>_duplicated_0", and both became one run with made-up tags; the second run's
+    # spike was never audited (found by a fuzzing review)
+    with (tmp_path / "gn.csv").open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["Step", "same - train/grad_norm", "same - train/grad_norm__MAX",
+                      "same - train/grad_norm", "same - train/grad_norm__MAX"])
+        out.writerows([s, 1.0, 1.0, 90.0 if s == 60 else 2.0, 90.0 if s == 60 else 2.0]
+                      for s in range(100))
+    result = gradaudit.inspect([tmp_path])
+    runs = {r.name: r for r in result.runs}
+    assert sorted(runs) == ["gn.csv#same", "gn.csv#same (2)"]
+    assert runs["gn.csv#same (2)"].series("train/grad_norm__MAX")[1][60] == 90.0
+    assert runs["gn.csv#same"].tags() == ["train/grad_norm", "train/grad_norm__MAX"]
+    assert any("read as 'same (2)'" in p.message for p in runs["gn.csv#same"].problems)

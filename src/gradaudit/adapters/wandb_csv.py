@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import polars as pl
@@ -26,6 +27,7 @@ from gradaudit.series import FileProblem
 FORMAT = "wandb-csv"
 
 STEP_COLUMN = "Step"
+_DUPLICATED = re.compile(r"_duplicated_(\d+)$")  # polars' name for a repeated header
 SEPARATOR = " - "
 _SNIFF_BYTES = 256 * 1024
 
@@ -134,8 +136,19 @@ def _read_file(path: Path) -> tuple[dict[str, pl.DataFrame], list[FileProblem]]:
     table = table.filter(pl.col("__step").is_not_null() & whole)
     by_run: dict[str, list[tuple[str, str]]] = {}
     for column in columns[1:]:
-        run, metric = split_column(column)  # type: ignore[misc]  # checked by is_export_header
+        # W&B display names need not be unique: polars reads a repeated header as
+        # "<name>_duplicated_<k>", the columns of the (k + 2)-th run of that name
+        again = _DUPLICATED.search(column)
+        name = column[:again.start()] if again else column
+        run, metric = split_column(name)  # type: ignore[misc]  # checked by is_export_header
+        if again:
+            run = f"{run} ({int(again.group(1)) + 2})"
         by_run.setdefault(run, []).append((column, metric))
+    renamed = sorted({r for r in by_run if r.endswith(")") and r.rsplit(" (", 1)[0] in by_run})
+    if renamed:
+        problems.append(FileProblem(str(path), "runs of the same name in this export are read "
+                                    f"as {', '.join(repr(r) for r in renamed)} (in column "
+                                    "order)"))
     out: dict[str, pl.DataFrame] = {}
     for run, cols in by_run.items():
         parts = [
