@@ -307,3 +307,11 @@ def test_source_date_epoch_makes_the_json_report_byte_identical(tmp_path, monkey
     a = (tmp_path / "a.json").read_bytes()
     assert a == (tmp_path / "b.json").read_bytes()
     assert json.loads(a)["generated_at"] == "2023-11-14T22:13:20Z"
+
+
+def test_out_and_json_naming_the_same_file_is_a_usage_error(tmp_path, capsys):
+    # the JSON silently overwrote the HTML report, exit 0 (found by a fuzzing review)
+    write_table(tmp_path / "runs" / "x", "clean")
+    same = str(tmp_path / "r.json")
+    assert scan(str(tmp_path / "runs"), "--out", same, "--json", same) == 2
+    assert "name the same file" in capsys.readouterr().err and not (tmp_path / "r.json").exists()

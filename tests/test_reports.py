@@ -475,6 +475,20 @@ def test_terminal_escapes_in_names_never_reach_the_terminal():
     assert "\\x1b[2J" in render("github", result).replace("%5B", "[")
 
 
+def test_invisible_characters_in_names_are_shown_not_obeyed():
+    # a bidi override or a zero-width mark in a run name made one run look like another in a
+    # CI summary (found by a fuzzing review): shown as \uXXXX escapes in md, github and html
+    name = "good-run\u202e\u200dnur-dab\u2066x\ufeff"
+    result = AuditResult(runs=[run(name, "explosion", [episode(300, 20.0)])],
+                         generated_at=FIXED_TIME)
+    evaluate_gate(result)
+    for fmt in ("md", "github", "html"):
+        text = render(fmt, result)
+        assert not any(c in text for c in "\u202e\u200d\u2066\ufeff"), fmt
+        assert "\\u202e" in text, fmt
+    assert json.loads(render("json", result))["runs"][0]["run"] == name  # JSON keeps the name
+
+
 def test_a_long_runs_worst_episodes_get_full_resolution_zooms():
     # 200k logged steps drawn 800 px wide put an episode and its counterfactual in one pixel
     # (a user review); the worst episodes are drawn again from full-resolution windows

@@ -102,6 +102,10 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
                        f"says {named}", err=True)
         if json_out == "-" and out == "-":
             raise UsageError("--json - and a report on stdout would mix two formats on stdout")
+        if json_out and json_out != "-" and out != "-" and \
+                os.path.realpath(json_out) == os.path.realpath(out):
+            raise UsageError(f"--json and --out name the same file {out!r}: one would overwrite "
+                             "the other")
         for target in (out, json_out):
             _check_writable(target)  # fail before a long scan, not after it
         if settings.baseline:

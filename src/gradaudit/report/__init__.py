@@ -40,14 +40,24 @@ SUFFIXES = {".json": "json", ".html": "html", ".htm": "html", ".md": "md", ".mar
 
 STATUS_RANK = {"explosion": 3, "warning": 2, "error": 1, "ok": 0}
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# C0/C1 controls but tab, CR and LF; and the invisible format characters that reorder or hide
+# text (bidi overrides and isolates, zero-width marks, line separators, BOM): a run name with
+# them can pass for another in a CI summary
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e"
+                      r"\u2060-\u2069\ufeff]")
 
 
 def show_controls(text: object) -> str:
     """``text`` with control characters other than tab, CR and LF (ANSI escapes in hostile run
-    or tag names) written as backslash-x escapes, so that they never reach a terminal or log;
-    undecodable bytes of a file name too (:func:`gradaudit.text.printable`)."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", printable(str(text)))
+    or tag names) and invisible format characters (bidi overrides, zero-width marks) written as
+    backslash escapes, so that they never reach a terminal or log; undecodable bytes of a file
+    name too (:func:`gradaudit.text.printable`)."""
+    return _CONTROL.sub(_escaped, printable(str(text)))
+
+
+def _escaped(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def format_for(path: str, fmt: str | None) -> str:
