@@ -247,3 +247,21 @@ def test_two_runs_of_the_same_name_are_two_runs(tmp_path):
     assert runs["gn.csv#same (2)"].series("train/grad_norm__MAX")[1][60] == 90.0
     assert runs["gn.csv#same"].tags() == ["train/grad_norm", "train/grad_norm__MAX"]
     assert any("read as 'same (2)'" in p.message for p in runs["gn.csv#same"].problems)
+
+
+def test_a_header_longer_than_256_kib_is_still_an_export(tmp_path):
+    # a sweep's chart of many runs: the header was sniffed from its first 256 KiB only, and a
+    # cut inside a column name made the file one generic CSV run of hundreds of tags (found by
+    # a fuzzing review); each run's columns are also read in one pass now, not one select each
+    runs = [f"sweep-{i:03d}-" + "x" * 450 for i in range(200)]
+    header = ["Step"] + [f"{r} - train/grad_norm{s}" for r in runs for s in ("", "__MIN", "__MAX")]
+    assert len(",".join(header)) > 256 * 1024
+    with (tmp_path / "export.csv").open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(header)
+        out.writerows([s] + [1.0 + s % 3] * (len(header) - 1) for s in range(30))
+    result = gradaudit.inspect([tmp_path])
+    assert result.errors == [] and len(result.runs) == 200
+    assert all(r.format == "wandb-csv" and r.tags() == ["train/grad_norm", "train/grad_norm__MAX",
+                                                        "train/grad_norm__MIN"]
+               for r in result.runs)

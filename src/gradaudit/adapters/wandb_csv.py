@@ -20,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from gradaudit.adapters.base import RawRun, Source, check_text
+from gradaudit.adapters.base import MAX_LINE, RawRun, Source, check_text
 from gradaudit.errors import ReadError
 from gradaudit.series import FileProblem
 
@@ -29,7 +29,6 @@ FORMAT = "wandb-csv"
 STEP_COLUMN = "Step"
 _DUPLICATED = re.compile(r"_duplicated_(\d+)$")  # polars' name for a repeated header
 SEPARATOR = " - "
-_SNIFF_BYTES = 256 * 1024
 
 
 def split_column(column: str) -> tuple[str, str] | None:
@@ -41,13 +40,16 @@ def split_column(column: str) -> tuple[str, str] | None:
 
 
 def _header(path: Path) -> list[str] | None:
-    """The header row of a CSV file (read from its first bytes only), or None."""
+    """The header row of a CSV file (its first line, whole: a sweep's chart of thousands of
+    runs has a header of megabytes), or None (also for a first line over ``MAX_LINE``)."""
     try:
         with path.open("rb") as fh:
-            head = fh.read(_SNIFF_BYTES)
+            head = fh.readline(MAX_LINE + 1)
     except OSError:
         return None
-    line = head.split(b"\n", 1)[0].rstrip(b"\r")
+    if len(head) > MAX_LINE:
+        return None
+    line = head.rstrip(b"\r\n")
     if line.startswith(b"\xef\xbb\xbf"):
         line = line[3:]
     try:
@@ -149,18 +151,26 @@ def _read_file(path: Path) -> tuple[dict[str, pl.DataFrame], list[FileProblem]]:
         problems.append(FileProblem(str(path), "runs of the same name in this export are read "
                                     f"as {', '.join(repr(r) for r in renamed)} (in column "
                                     "order)"))
-    out: dict[str, pl.DataFrame] = {}
-    for run, cols in by_run.items():
-        parts = [
-            table.select(
-                pl.col("__step").cast(pl.Int64).alias("step"),
-                pl.lit(metric, dtype=pl.String).alias("tag"),
-                pl.col(column).str.strip_chars().cast(pl.Float64, strict=False).alias("value"),
-            ).filter(pl.col("value").is_not_null())
-            for column, metric in cols
-        ]
-        out[run] = pl.concat(parts)
-    return out, problems
+    # one unpivot of every value column (a select per column costs time in the number of
+    # columns: quadratic on a sweep's chart of thousands of runs)
+    run_of = {c: run for run, cols in by_run.items() for c, _ in cols}
+    tag_of = {c: metric for cols in by_run.values() for c, metric in cols}
+    values = list(run_of)
+    long = (
+        table.lazy()
+        .select(pl.col("__step").cast(pl.Int64).alias("step"),
+                *[pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in values])
+        .unpivot(index="step", on=values, variable_name="__column", value_name="value")
+        .filter(pl.col("value").is_not_null())
+        .select("step",
+                pl.col("__column").replace_strict(tag_of, return_dtype=pl.String).alias("tag"),
+                "value",
+                pl.col("__column").replace_strict(run_of, return_dtype=pl.String).alias("__run"))
+        .collect()
+    )
+    parts = long.partition_by("__run", maintain_order=True, as_dict=True, include_key=False)
+    empty = long.clear().drop("__run")
+    return {run: parts.get((run,), empty) for run in by_run}, problems
 
 
 def read(source: Source) -> list[RawRun]:
