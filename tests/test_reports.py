@@ -476,17 +476,21 @@ def test_terminal_escapes_in_names_never_reach_the_terminal():
 
 
 def test_invisible_characters_in_names_are_shown_not_obeyed():
-    # a bidi override or a zero-width mark in a run name made one run look like another in a
+    # a bidi override or a zero-width space in a run name made one run look like another in a
     # CI summary (found by a fuzzing review): shown as \uXXXX escapes in md, github and html
-    name = "good-run\u202e\u200dnur-dab\u2066x\ufeff"
+    name = "good-run\u202e\u200bnur-dab\u2066x\ufeff"
     result = AuditResult(runs=[run(name, "explosion", [episode(300, 20.0)])],
                          generated_at=FIXED_TIME)
     evaluate_gate(result)
     for fmt in ("md", "github", "html"):
         text = render(fmt, result)
-        assert not any(c in text for c in "\u202e\u200d\u2066\ufeff"), fmt
+        assert not any(c in text for c in "\u202e\u200b\u2066\ufeff"), fmt
         assert "\\u202e" in text, fmt
     assert json.loads(render("json", result))["runs"][0]["run"] == name  # JSON keeps the name
+    from gradaudit.report import show_controls
+
+    persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"  # a joiner spells it: kept
+    assert show_controls(persian) == persian
 
 
 def test_a_long_runs_worst_episodes_get_full_resolution_zooms():

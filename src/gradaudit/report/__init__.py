@@ -41,15 +41,16 @@ SUFFIXES = {".json": "json", ".html": "html", ".htm": "html", ".md": "md", ".mar
 STATUS_RANK = {"explosion": 3, "warning": 2, "error": 1, "ok": 0}
 
 # C0/C1 controls but tab, CR and LF; and the invisible format characters that reorder or hide
-# text (bidi overrides and isolates, zero-width marks, line separators, BOM): a run name with
-# them can pass for another in a CI summary
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e"
+# text (bidi marks, overrides and isolates, the zero-width space, line separators, word joiner,
+# BOM): a run name with them can pass for another in a CI summary. The zero-width (non-)joiners
+# U+200C/U+200D are left alone: Persian and Indic names spell with them
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200e\u200f\u2028-\u202e"
                       r"\u2060-\u2069\ufeff]")
 
 
 def show_controls(text: object) -> str:
     """``text`` with control characters other than tab, CR and LF (ANSI escapes in hostile run
-    or tag names) and invisible format characters (bidi overrides, zero-width marks) written as
+    or tag names) and invisible format characters (bidi overrides, a zero-width space) written as
     backslash escapes, so that they never reach a terminal or log; undecodable bytes of a file
     name too (:func:`gradaudit.text.printable`)."""
     return _CONTROL.sub(_escaped, printable(str(text)))
