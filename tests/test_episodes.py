@@ -1274,3 +1274,13 @@ def test_a_finite_peak_too_large_for_its_ratio_is_not_called_non_finite():
     e = _one(audit_run(run_series(s, g, loss)))
     assert e.peak_grad_norm == 1.7e308 and np.isfinite(e.peak_ratio)
     assert "non-finite" not in e.reason
+
+
+def test_a_divergence_from_the_first_logged_steps_has_a_reason():
+    # inf/NaN grad norms from the first steps on (no healthy level yet to compare a peak with)
+    # gave an episode whose reason was empty (an edge-case review)
+    s, g, _ = healthy(n=600, seed=2)
+    g[1::2] = np.nan
+    e = _one(audit_run(run_series(s, g)))
+    assert (e.kind, e.severity) == ("divergence", "explosion")
+    assert e.reason.startswith("the grad norm went non-finite"), e.reason

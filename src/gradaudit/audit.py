@@ -481,10 +481,11 @@ class _Judge:
                     peak_g, peak_g_step = float(g[j]), int(gs[j])
                     lvl = ga.level.level[i0]
                     base_g = float(np.exp(lvl)) if np.isfinite(lvl) else None
-        if peak_g is not None and base_g:
+        if peak_g is not None and not np.isfinite(peak_g):
+            ratio = float("inf")  # (with or without a healthy level to compare it with)
+        elif peak_g is not None and base_g:
             # (a finite peak's ratio stays finite: inf says the grad norm went non-finite)
-            ratio = min(peak_g / base_g, sys.float_info.max) if np.isfinite(peak_g) \
-                else float("inf")
+            ratio = min(peak_g / base_g, sys.float_info.max)
         return peak_g, base_g, ratio, peak_step, peak_g_step
 
     def _verdict(self, e: RawEpisode, on: int, end: int | None, nxt: int | None,

@@ -70,10 +70,11 @@ def grad_text(kind: str, ratio: float | None, base: float | None, peak_step: int
         what = "grad norm" if from_grad else "loss"
         return (f"the {what} was logged inf/NaN at isolated steps while training went on (e.g. "
                 "fp16 loss-scaler overflow steps that the optimizer skipped): benign on its own")
+    if ratio is not None and not np.isfinite(ratio):
+        level = f" (healthy level {base:.3g})" if base is not None else ""
+        return f"the grad norm went non-finite{level}"
     if ratio is None or base is None:
         return ""
-    if not np.isfinite(ratio):
-        return f"the grad norm went non-finite (healthy level {base:.3g})"
     if not from_grad:
         return f"the grad norm peaked {ratio:.3g}x its healthy level {base:.3g} (step {peak_step})"
     return (f"grad norm rose {ratio:.3g}x above its healthy level {base:.3g} "
