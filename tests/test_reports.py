@@ -144,15 +144,17 @@ def test_report_keeps_mode_of_replaced_file(tmp_path):
     assert target.read_text().startswith("## ")
 
 
-def test_a_symlinked_report_path_writes_the_file_it_names_and_keeps_the_link(tmp_path):
-    # renamed over, the link itself was replaced by a file (a review: --out /dev/stdout, a link)
+def test_a_symlinked_report_path_is_replaced_not_written_through(tmp_path):
+    # a symlink planted in a shared folder must not redirect the report onto its target (a
+    # review: following it, the report overwrote any file the user could write)
     (tmp_path / "real").mkdir()
-    real = tmp_path / "real" / "r.md"
-    real.write_text("old")
-    link = tmp_path / "link.md"
+    real = tmp_path / "real" / "victim.conf"
+    real.write_text("precious")
+    link = tmp_path / "report.md"
     link.symlink_to(real)
     write_report(fixed_result(), str(link))
-    assert link.is_symlink() and real.read_text().startswith("## ")
+    assert not link.is_symlink() and link.read_text().startswith("## ")
+    assert real.read_text() == "precious"
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
@@ -161,15 +163,17 @@ def test_a_report_path_that_is_no_regular_file_is_written_not_replaced(tmp_path)
     # /dev/null itself became a regular file (found by a fuzzing review); written in place now
     import threading
 
-    fifo = tmp_path / "pipe.md"
+    fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
+    link = tmp_path / "pipe.md"  # (through a symlink too: /dev/stdout on a pipe is one)
+    link.symlink_to(fifo)
     got: list[str] = []
     reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
     reader.start()
-    write_report(fixed_result(), str(fifo))
+    write_report(fixed_result(), str(link))
     reader.join(timeout=10)
     assert stat.S_ISFIFO(fifo.stat().st_mode) and got and got[0].startswith("## ")
-    assert [p.name for p in tmp_path.iterdir()] == ["pipe.md"]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe", "pipe.md"]  # no temp file
 
 
 def test_missing_output_folder_is_a_usage_error(tmp_path):

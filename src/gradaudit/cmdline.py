@@ -15,7 +15,7 @@ from gradaudit.config import load_config
 from gradaudit.errors import UNEXPECTED, UsageError, clip_message
 from gradaudit.gate import load_baseline
 from gradaudit.inspect_view import write_inspection
-from gradaudit.report import FORMATTERS, SUFFIXES, format_for, show_controls
+from gradaudit.report import FORMATTERS, SUFFIXES, format_for, not_a_file, show_controls
 from gradaudit.settings import FAIL_ON, Settings
 from gradaudit.text import PRINTABLE
 
@@ -33,6 +33,10 @@ def _settings(**options: Any) -> Settings:
 def _check_writable(target: str | None) -> None:
     """UsageError unless ``target``'s folder exists and can be written (``-`` is stdout)."""
     if target is None or target == "-":
+        return
+    if not_a_file(target):  # a device, a FIFO: written in place (report.write_report)
+        if not os.access(target, os.W_OK):
+            raise UsageError(f"cannot write {target!r}: not writable")
         return
     if os.path.isdir(target):
         raise UsageError(f"cannot write {target!r}: it is a folder; give a file name")
@@ -102,7 +106,7 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
                        f"says {named}", err=True)
         if json_out == "-" and out == "-":
             raise UsageError("--json - and a report on stdout would mix two formats on stdout")
-        if json_out and json_out != "-" and out != "-" and \
+        if json_out and json_out != "-" and out != "-" and not not_a_file(out) and \
                 os.path.realpath(json_out) == os.path.realpath(out):
             raise UsageError(f"--json and --out name the same file {out!r}: one would overwrite "
                              "the other")

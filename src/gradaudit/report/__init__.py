@@ -13,6 +13,7 @@ import io
 import math
 import os
 import re
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -87,14 +88,25 @@ def _final_mode(path: str) -> int:
     return 0o666 & ~mask
 
 
+def not_a_file(path: str) -> bool:
+    """``path`` exists (through any symlinks) and is neither a regular file nor a folder: a
+    device, a FIFO."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def write_report(result: object, path: str, fmt: str | None = None) -> None:
     """Write ``result`` to ``path`` (``-`` = stdout); a temporary file is renamed into place.
 
     A formatter that fails leaves neither a partial report nor the temporary file behind. The
-    report gets the permissions of the file it replaces, or 0666 less the umask. A symlink is
-    followed (the file it names is replaced, never the link), and a path that is no regular
-    file (``/dev/null``, a FIFO) is written in place, the whole report at once: renamed over,
-    a device node would be replaced by a file.
+    report gets the permissions of the file it replaces, or 0666 less the umask. A path that
+    is no regular file (``/dev/null``, a FIFO, ``/dev/stdout`` on a pipe; also through a
+    symlink) is opened and written, the whole report at once: renamed over, a device node
+    would be replaced by a file. A symlink to a regular file is replaced, not written through
+    (one planted in a shared folder would otherwise redirect the report onto its target).
     """
     fmt = format_for(path, fmt)
     writer = FORMATTERS[fmt]
@@ -102,14 +114,13 @@ def write_report(result: object, path: str, fmt: str | None = None) -> None:
         writer(result, sys.stdout)
         sys.stdout.flush()
         return
-    target = os.path.realpath(path)
-    if os.path.exists(target) and not os.path.isfile(target):
+    if not_a_file(path):
         text = io.StringIO()
         writer(result, text)
-        with open(target, "w", encoding="utf-8", errors=PRINTABLE, newline="\n") as stream:
+        with open(path, "w", encoding="utf-8", errors=PRINTABLE, newline="\n") as stream:
             stream.write(text.getvalue())
         return
-    directory = os.path.dirname(target)
+    directory = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".gradaudit-", suffix=".tmp", dir=directory)
     except OSError as exc:
@@ -117,8 +128,8 @@ def write_report(result: object, path: str, fmt: str | None = None) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", errors=PRINTABLE, newline="\n") as stream:
             writer(result, stream)
-        os.chmod(tmp, _final_mode(target))
-        os.replace(tmp, target)
+        os.chmod(tmp, _final_mode(path))
+        os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
