@@ -265,3 +265,21 @@ def test_a_header_longer_than_256_kib_is_still_an_export(tmp_path):
     assert all(r.format == "wandb-csv" and r.tags() == ["train/grad_norm", "train/grad_norm__MAX",
                                                         "train/grad_norm__MIN"]
                for r in result.runs)
+
+
+def test_a_renamed_duplicate_never_takes_a_real_runs_name(tmp_path):
+    # a review: with a run really named "foo (2)", the second "foo" was merged into it (its
+    # points written over the real run's); and a real "foo (2)" beside "foo" alone drew a note
+    # about duplicates that were not there
+    with (tmp_path / "gn.csv").open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["Step", "foo - g", "foo (2) - g", "foo - g"])
+        out.writerows([s, 1.0, 2.0, 90.0 if s == 30 else 3.0] for s in range(60))
+    runs = {r.name: r for r in gradaudit.inspect([tmp_path]).runs}
+    assert sorted(runs) == ["gn.csv#foo", "gn.csv#foo (2)", "gn.csv#foo (3)"]
+    assert set(runs["gn.csv#foo (2)"].series("g")[1]) == {2.0}
+    assert runs["gn.csv#foo (3)"].series("g")[1][30] == 90.0
+    (tmp_path / "gn.csv").write_text("Step,foo - g,foo (2) - g\n" + "".join(
+        f"{s},1.0,2.0\n" for s in range(60)))
+    runs = gradaudit.inspect([tmp_path]).runs
+    assert len(runs) == 2 and not any(r.problems for r in runs)

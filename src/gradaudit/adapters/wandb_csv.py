@@ -44,12 +44,12 @@ def _header(path: Path) -> list[str] | None:
     runs has a header of megabytes), or None (also for a first line over ``MAX_LINE``)."""
     try:
         with path.open("rb") as fh:
-            head = fh.readline(MAX_LINE + 1)
+            head = fh.readline(MAX_LINE + 3)  # (the line, and its CR LF)
     except OSError:
         return None
-    if len(head) > MAX_LINE:
-        return None
     line = head.rstrip(b"\r\n")
+    if len(line) > MAX_LINE:
+        return None
     if line.startswith(b"\xef\xbb\xbf"):
         line = line[3:]
     try:
@@ -136,21 +136,31 @@ def _read_file(path: Path) -> tuple[dict[str, pl.DataFrame], list[FileProblem]]:
             )
         )
     table = table.filter(pl.col("__step").is_not_null() & whole)
-    by_run: dict[str, list[tuple[str, str]]] = {}
+    # W&B display names need not be unique: polars reads a repeated header as
+    # "<name>_duplicated_<k>", the columns of the (k + 2)-th run of that name; each such run
+    # gets "<name> (n)", with n past any run of the export already named so
+    parsed = []
     for column in columns[1:]:
-        # W&B display names need not be unique: polars reads a repeated header as
-        # "<name>_duplicated_<k>", the columns of the (k + 2)-th run of that name
         again = _DUPLICATED.search(column)
         name = column[:again.start()] if again else column
         run, metric = split_column(name)  # type: ignore[misc]  # checked by is_export_header
-        if again:
-            run = f"{run} ({int(again.group(1)) + 2})"
-        by_run.setdefault(run, []).append((column, metric))
-    renamed = sorted({r for r in by_run if r.endswith(")") and r.rsplit(" (", 1)[0] in by_run})
+        parsed.append((column, run, metric, int(again.group(1)) if again else None))
+    taken = {run for _, run, _, k in parsed if k is None}
+    renamed: dict[tuple[str, int], str] = {}
+    for _, run, _, k in parsed:
+        if k is not None and (run, k) not in renamed:
+            n = k + 2
+            while f"{run} ({n})" in taken:
+                n += 1
+            renamed[(run, k)] = f"{run} ({n})"
+            taken.add(renamed[(run, k)])
+    by_run: dict[str, list[tuple[str, str]]] = {}
+    for column, run, metric, k in parsed:
+        by_run.setdefault(run if k is None else renamed[(run, k)], []).append((column, metric))
     if renamed:
         problems.append(FileProblem(str(path), "runs of the same name in this export are read "
-                                    f"as {', '.join(repr(r) for r in renamed)} (in column "
-                                    "order)"))
+                                    f"as {', '.join(repr(r) for r in renamed.values())} (in "
+                                    "column order)"))
     # one unpivot of every value column (a select per column costs time in the number of
     # columns: quadratic on a sweep's chart of thousands of runs)
     run_of = {c: run for run, cols in by_run.items() for c, _ in cols}
