@@ -17,6 +17,7 @@ Adapters stream: they never hold a Python object per logged point.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -63,6 +64,12 @@ def check_text(path: Path, max_line: int | None = MAX_LINE) -> None:
     if max_line is not None and offset - line_start > max_line:
         raise ReadError(f"a line longer than {max_line >> 20} MiB (from byte {line_start}): "
                         "not a table of scalars")
+
+
+#: polars' name for a repeated header column: ``<name>_duplicated_<k>`` (k from 0)
+DUPLICATED_HEADER = re.compile(r"_duplicated_(\d+)$")
+#: A step read from a float (a W&B ``_step``, a chart export's ``Step``) is usable below this
+STEP_LIMIT = 2.0**62
 
 
 def json_float(v: int | float) -> float:

@@ -9,13 +9,18 @@ run carries a problem saying so (numbers are ASCII, so only text such as run nam
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import polars as pl
 
 from gradaudit.adapters import _tables
-from gradaudit.adapters.base import RawRun, Source, check_text, nonempty_size
+from gradaudit.adapters.base import (
+    DUPLICATED_HEADER,
+    RawRun,
+    Source,
+    check_text,
+    nonempty_size,
+)
 from gradaudit.errors import ReadError
 from gradaudit.series import FileProblem
 
@@ -23,7 +28,6 @@ FORMAT = "csv"
 SUFFIXES = {".csv": ",", ".tsv": "\t"}
 #: Rows read up front to decide column types (sparse metrics may be empty for a while).
 SAMPLE_ROWS = 5000
-_DUPLICATED = re.compile(r"_duplicated_\d+$")  # polars' name for a header's repeated column
 
 
 def claim(directory: Path, files: list[Path]) -> list[Source]:
@@ -90,8 +94,8 @@ def _read(path: Path, sep: str, encoding: str) -> tuple[pl.LazyFrame, set[str]]:
 def _duplicates(lf: pl.LazyFrame, path: Path) -> list[FileProblem]:
     """A problem naming each column the header names twice (polars reads the second under
     ``<name>_duplicated_<k>``: a metric there would otherwise go unseen)."""
-    again = [c for c in lf.collect_schema().names() if _DUPLICATED.search(c)]
-    return [FileProblem(path.name, f"the header names {_DUPLICATED.sub('', c)!r} more than "
+    again = [c for c in lf.collect_schema().names() if DUPLICATED_HEADER.search(c)]
+    return [FileProblem(path.name, f"the header names {DUPLICATED_HEADER.sub('', c)!r} more than "
                         f"once: that column is read as {c!r}") for c in again]
 
 

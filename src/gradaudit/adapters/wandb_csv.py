@@ -15,19 +15,24 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from pathlib import Path
 
 import polars as pl
 
-from gradaudit.adapters.base import MAX_LINE, RawRun, Source, check_text
+from gradaudit.adapters.base import (
+    DUPLICATED_HEADER,
+    MAX_LINE,
+    STEP_LIMIT,
+    RawRun,
+    Source,
+    check_text,
+)
 from gradaudit.errors import ReadError
 from gradaudit.series import FileProblem
 
 FORMAT = "wandb-csv"
 
 STEP_COLUMN = "Step"
-_DUPLICATED = re.compile(r"_duplicated_(\d+)$")  # polars' name for a repeated header
 SEPARATOR = " - "
 
 
@@ -119,7 +124,7 @@ def _read_file(path: Path) -> tuple[dict[str, pl.DataFrame], list[FileProblem]]:
     table = table.with_columns(step_num.alias("__step"), step_text.alias("__step_text"))
     # a usable step: a whole number a 64-bit step holds (not NaN, inf or 1e30)
     whole = pl.col("__step").is_finite() & (pl.col("__step") == pl.col("__step").floor()) & (
-        pl.col("__step").abs() < 2.0**62)
+        pl.col("__step").abs() < STEP_LIMIT)
     bad_step = table.filter(
         pl.col("__step").is_null()
         & pl.col("__step_text").is_not_null()
@@ -141,7 +146,7 @@ def _read_file(path: Path) -> tuple[dict[str, pl.DataFrame], list[FileProblem]]:
     # gets "<name> (n)", with n past any run of the export already named so
     parsed = []
     for column in columns[1:]:
-        again = _DUPLICATED.search(column)
+        again = DUPLICATED_HEADER.search(column)
         name = column[:again.start()] if again else column
         run, metric = split_column(name)  # type: ignore[misc]  # checked by is_export_header
         parsed.append((column, run, metric, int(again.group(1)) if again else None))

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from gradaudit.adapters._leveldb_log import LogDamage, iter_records
 from gradaudit.adapters._protowire import WireError, iter_fields, read_varint
-from gradaudit.adapters.base import RawRun, Source
+from gradaudit.adapters.base import STEP_LIMIT, RawRun, Source
 from gradaudit.errors import ReadError
 from gradaudit.series import FileProblem
 
@@ -62,7 +62,7 @@ _MIX2 = np.uint64(0xBF58476D1CE4E5B9)
 def _usable_step(v: np.ndarray) -> np.ndarray:
     """Step values that are integers in int64 range (not NaN, not huge)."""
     with np.errstate(invalid="ignore"):
-        return np.isfinite(v) & (np.abs(v) < 2.0**62) & (v == np.floor(v))
+        return np.isfinite(v) & (np.abs(v) < STEP_LIMIT) & (v == np.floor(v))
 
 
 def claim(directory: Path, files: list[Path]) -> list[Source]:
