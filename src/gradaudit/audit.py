@@ -38,7 +38,7 @@ from gradaudit.episodes import (
     severity,
 )
 from gradaudit.errors import UNEXPECTED
-from gradaudit.impact import Blowups, Impact, bucket_mean, loss_impact, post_end
+from gradaudit.impact import Blowups, Impact, bucket_mean, loss_impact, post_end, step_origin
 from gradaudit.lr_attribution import attach_lr
 from gradaudit.model import MIN_HEALTHY_LEVEL, Episode, LossImpact, RunAudit
 from gradaudit.points import sorted_points, typical_gap
@@ -291,7 +291,7 @@ def _lr_halved_after(lr: tuple[np.ndarray, np.ndarray] | None, onset: int,
     i0 = int(np.searchsorted(rs, onset - horizon))
     i1 = int(np.searchsorted(rs, onset, side="right"))
     # no further than the anchor window reaches (bounded work per episode)
-    i2 = int(np.searchsorted(rs, post_end(onset, horizon, min(0, int(rs[0]))), side="right"))
+    i2 = int(np.searchsorted(rs, post_end(onset, horizon, step_origin(rs)), side="right"))
     if i1 <= i0 or i1 >= i2:
         return None
     after = rv[i1:i2]

@@ -514,13 +514,18 @@ class _Counterfactual:
 
 
 def _fit_space_is_log(loss: np.ndarray, y_pre: np.ndarray, steps: np.ndarray, i_on: int,
-                      onset_step: int, horizon: int) -> bool:
+                      onset_step: int, horizon: int, origin: int) -> bool:
     """Log loss where the loss is positive before the onset and over the stretch it is compared
     with (to the end of the post-episode anchor, :func:`post_end`): a power law, never through
     zero. A loss that reaches zero or below there is fitted in plain loss."""
-    seen = loss[i_on:int(np.searchsorted(steps, post_end(onset_step, horizon,
-                                                         min(0, int(steps[0])))))]
+    seen = loss[i_on:int(np.searchsorted(steps, post_end(onset_step, horizon, origin)))]
     return bool(np.all(y_pre > 0) and np.all(seen[np.isfinite(seen)] > 0))
+
+
+def step_origin(steps: np.ndarray) -> int:
+    """The step the power law counts from: 0, or the first logged step where it is below 0
+    (:class:`_Counterfactual`); ``steps`` sorted."""
+    return min(0, int(steps[0])) if steps.size else 0
 
 
 def post_end(onset_step: int, horizon: int, origin: int = 0) -> int:
@@ -764,7 +769,7 @@ def loss_impact(
     fin = np.isfinite(loss)
     i_on = int(np.searchsorted(steps, onset_step))  # steps are sorted
     span = horizon if fit_span is None else int(fit_span)
-    origin = min(0, int(steps[0]))  # steps below 0 count from the first (_Counterfactual)
+    origin = step_origin(steps)
     pre = _fit_window(steps, healthy, fin, i_on, onset_step, span, floor_step, min_fit, min_pre,
                       fit_points, origin)
     # non-finite loss after the onset, up to the next episode (a later one's is its own)
@@ -776,7 +781,8 @@ def loss_impact(
     y_pre = loss[pre]
     noise = _noise_sigma(y_pre)
     k = min(smooth, pre.size)
-    logsp = log_fit and _fit_space_is_log(loss, y_pre, steps, i_on, onset_step, horizon)
+    logsp = log_fit and _fit_space_is_log(loss, y_pre, steps, i_on, onset_step, horizon,
+                                          origin)
     cf = _Counterfactual(steps, onset_step, logsp, 0.0, 0.0, origin=origin)
     if lr_time is not None:  # the fit, the anchor and the counterfactual in lr time
         cf.t_run, cf.t_sched = lr_time
