@@ -125,6 +125,63 @@ def test_a_worker_killed_while_reading_loses_only_its_own_input(tmp_path, monkey
     assert "killer" in err["path"] and "process reading this input died" in err["message"]
 
 
+def test_an_input_that_hangs_is_ended_at_the_timeout_and_the_others_are_read(
+        tmp_path, monkeypatch, capsys):
+    # a reader stuck in native code (polars, when its threads cannot start under a memory
+    # limit) never returns and never dies: its worker is ended at --timeout and only its input
+    # is lost. An input that hung in a worker which had read others before is given once more,
+    # to a fresh worker ("flaky" hangs only in a worker that has read something). An input
+    # slower than the others but under the limit is read, and so is every input given out
+    # after the stuck one (each input's time counts from when it is given out)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import time\n"
+        "from gradaudit.adapters import parquet\n"
+        "_real, _read = parquet.read, []\n"
+        "def _slow(source):\n"
+        "    name = str(source.files[0])\n"
+        "    if 'stuck' in name or ('flaky' in name and _read):\n"
+        "        time.sleep(3600)\n"
+        "    if 'slowish' in name:\n"
+        "        time.sleep(2)\n"
+        "    _read.append(name)\n"
+        "    return _real(source)\n"
+        "parquet.read = _slow\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [
+        str(hook), os.environ.get("PYTHONPATH", "")])))
+    runs = tmp_path / "runs"
+    names = ("a", "b", "c", "flaky", "slowish", "stuck", "z")  # in the order given out
+    for name in names:
+        _good_run(runs / name)
+    start = time.monotonic()
+    assert main(["scan", str(runs), "--format", "json", "--workers", "2",
+                 "--timeout", "6"]) == 0
+    assert time.monotonic() - start < 90
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["run"] for r in doc["runs"]] == [f"{n}/run.parquet" for n in names
+                                               if n != "stuck"]
+    (err,) = doc["errors"]
+    assert "stuck" in err["path"] and "took longer than 6 s" in err["message"]
+    assert doc["settings"]["timeout"] == 6
+
+
+def test_a_script_without_a_main_guard_is_read_in_its_own_process(tmp_path):
+    # a spawned worker re-runs the calling script, which then cannot start workers of its own:
+    # the workers die before they say they are ready, and the inputs are read in the script's
+    # own process instead, with a warning - not lost, not a hang
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "from gradaudit import parallel\n"
+        "def square(x):\n"
+        "    return x * x\n"
+        "print(parallel.run_all(square, [1, 2, 3], 2, lambda item, why: why))\n")
+    done = subprocess.run([sys.executable, "-W", "always", str(script)], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "[1, 4, 9]", done
+    assert "worker processes could not start" in done.stderr
+
+
 LINUX_ONLY = pytest.mark.skipif(sys.platform != "linux",
                                 reason="FIFOs, /proc and file names in arbitrary bytes")
 

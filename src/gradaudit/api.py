@@ -199,7 +199,8 @@ def scan(
     settings = (settings or Settings()).with_overrides(**overrides)
     sources, errors = _sources(paths)
     audits: list[RunAudit] = []
-    for got, bad in run_all(_ScanJob(settings), sources, settings.workers, _lost):
+    for got, bad in run_all(_ScanJob(settings), sources, settings.workers, _lost,
+                            settings.timeout):
         audits.extend(got)
         errors.extend(bad)
     _unmatched_globs(audits, settings)

@@ -84,6 +84,9 @@ def cli() -> None:
 @click.option("--loss-tag", default=None, help="Glob naming the loss tag.")
 @click.option("--impact-horizon", type=click.IntRange(min=1), default=None, help="Steps [200].")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes [1].")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds one input may take in a worker process before it is ended and "
+                   "reported as an error [600]; with --workers above 1.")
 @click.option("--quiet", is_flag=True,
               help="No progress messages (shown only when stderr is a terminal).")
 def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str | None,

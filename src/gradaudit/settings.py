@@ -41,6 +41,10 @@ class Settings:
       against ``baseline`` fail it; ``never`` turns the gate off).
     - ``baseline``: path of an earlier JSON report to compare against.
     - ``workers``: processes that read and audit runs (1 = in this process).
+    - ``timeout``: seconds one input (a file, or a run's folder) may take to be read and
+      audited in a worker process; past it, the process is ended and the input reported as an
+      error (600; only with ``workers`` above 1: in this process, nothing can stop a reader
+      stuck in native code).
     - ``spike_ratio``: grad norm / healthy level at which a point starts an episode (3x).
     - ``level_ratio``: a PELT level shift this many times the level before is an episode (2x).
     - ``merge_gap``: anomalous points at most this many logged points apart join one episode.
@@ -75,6 +79,7 @@ class Settings:
     fail_on: str = "explosion"
     baseline: str | None = None
     workers: int = 1
+    timeout: float = 600.0
     spike_ratio: float = 3.0
     level_ratio: float = 2.0
     merge_gap: int = 5
