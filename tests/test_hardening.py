@@ -98,23 +98,28 @@ def test_a_panic_inside_polars_is_one_input_error_not_a_crash(tmp_path, monkeypa
     assert "PanicException" in err["message"] and "capacity overflow" in err["message"]
 
 
-def test_a_worker_killed_while_reading_loses_only_its_own_input(tmp_path, monkeypatch, capsys):
-    # the OOM killer (or a crash in native code) ends a worker process: the other inputs,
-    # including those that worker had queued, are still read and reported. The workers are
-    # fresh processes: a sitecustomize on their PYTHONPATH makes the reader die on one input
+def _in_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reader: str) -> None:
+    """Make worker processes read Parquet with ``reader``'s ``_read(source)`` (which may call
+    ``_real(source)``): the workers are fresh interpreters, so through a sitecustomize on their
+    PYTHONPATH."""
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
-        "import os, signal\n"
         "from gradaudit.adapters import parquet\n"
-        "_real = parquet.read\n"
-        "def _deadly(source):\n"
-        "    if 'killer' in str(source.files[0]):\n"
-        "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "    return _real(source)\n"
-        "parquet.read = _deadly\n")
+        "_real = parquet.read\n" + reader + "parquet.read = _read\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [
         str(hook), os.environ.get("PYTHONPATH", "")])))
+
+
+def test_a_worker_killed_while_reading_loses_only_its_own_input(tmp_path, monkeypatch, capsys):
+    # the OOM killer (or a crash in native code) ends a worker process: the other inputs
+    # are still read and reported
+    _in_workers(tmp_path, monkeypatch,
+                "import os, signal\n"
+                "def _read(source):\n"
+                "    if 'killer' in str(source.files[0]):\n"
+                "        os.kill(os.getpid(), signal.SIGKILL)\n"
+                "    return _real(source)\n")
     runs = tmp_path / "runs"
     for name in ("a", "b", "killer", "c", "d"):
         _good_run(runs / name)
@@ -133,23 +138,17 @@ def test_an_input_that_hangs_is_ended_at_the_timeout_and_the_others_are_read(
     # to a fresh worker ("flaky" hangs only in a worker that has read something). An input
     # slower than the others but under the limit is read, and so is every input given out
     # after the stuck one (each input's time counts from when it is given out)
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        "import time\n"
-        "from gradaudit.adapters import parquet\n"
-        "_real, _read = parquet.read, []\n"
-        "def _slow(source):\n"
-        "    name = str(source.files[0])\n"
-        "    if 'stuck' in name or ('flaky' in name and _read):\n"
-        "        time.sleep(3600)\n"
-        "    if 'slowish' in name:\n"
-        "        time.sleep(2)\n"
-        "    _read.append(name)\n"
-        "    return _real(source)\n"
-        "parquet.read = _slow\n")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [
-        str(hook), os.environ.get("PYTHONPATH", "")])))
+    _in_workers(tmp_path, monkeypatch,
+                "import time\n"
+                "_done = []\n"
+                "def _read(source):\n"
+                "    name = str(source.files[0])\n"
+                "    if 'stuck' in name or ('flaky' in name and _done):\n"
+                "        time.sleep(3600)\n"
+                "    if 'slowish' in name:\n"
+                "        time.sleep(2)\n"
+                "    _done.append(name)\n"
+                "    return _real(source)\n")
     runs = tmp_path / "runs"
     names = ("a", "b", "c", "flaky", "slowish", "stuck", "z")  # in the order given out
     for name in names:
