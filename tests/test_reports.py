@@ -495,6 +495,10 @@ def test_invisible_characters_in_names_are_shown_not_obeyed():
 
     persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"  # a joiner spells it: kept
     assert show_controls(persian) == persian
+    # every other invisible format character too: the Arabic letter mark, a soft hyphen, a line
+    # separator, and tag characters (they can spell text no one sees: "hi" here)
+    assert show_controls("run\u061c\u00ad\u2028\U000e0068\U000e0069-\u4e2d") == \
+        "run\\u061c\\xad\\u2028\\U000e0068\\U000e0069-\u4e2d"
 
 
 def test_a_long_runs_worst_episodes_get_full_resolution_zooms():

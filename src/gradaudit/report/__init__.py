@@ -16,6 +16,7 @@ import re
 import stat
 import sys
 import tempfile
+import unicodedata
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -41,25 +42,37 @@ SUFFIXES = {".json": "json", ".html": "html", ".htm": "html", ".md": "md", ".mar
 
 STATUS_RANK = {"explosion": 3, "warning": 2, "error": 1, "ok": 0}
 
-# C0/C1 controls but tab, CR and LF; and the invisible format characters that reorder or hide
-# text (bidi marks, overrides and isolates, the zero-width space, line separators, word joiner,
-# BOM): a run name with them can pass for another in a CI summary. The zero-width (non-)joiners
-# U+200C/U+200D are left alone: Persian and Indic names spell with them
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200e\u200f\u2028-\u202e"
-                      r"\u2060-\u2069\ufeff]")
+# C0/C1 controls but tab, CR and LF (ANSI escapes in hostile run or tag names)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# and every invisible format character (Unicode category Cf: bidi marks, overrides and
+# isolates, zero-width spaces, the BOM, the tag characters that can spell hidden text) and the
+# line and paragraph separators (Zl, Zp): a run name with them can pass for another in a CI
+# summary. The zero-width (non-)joiners U+200C/U+200D are left alone: Persian and Indic names
+# spell with them
+_INVISIBLE = frozenset({"Cf", "Zl", "Zp"})
+_JOINERS = frozenset("\u200c\u200d")
 
 
 def show_controls(text: object) -> str:
-    """``text`` with control characters other than tab, CR and LF (ANSI escapes in hostile run
-    or tag names) and invisible format characters (bidi overrides, a zero-width space) written as
-    backslash escapes, so that they never reach a terminal or log; undecodable bytes of a file
-    name too (:func:`gradaudit.text.printable`)."""
-    return _CONTROL.sub(_escaped, printable(str(text)))
+    """``text`` with control characters other than tab, CR and LF and invisible format
+    characters but the two joiners written as backslash escapes, so that they never reach a
+    terminal or log; undecodable bytes of a file name too (:func:`gradaudit.text.printable`)."""
+    out = _CONTROL.sub(_escaped, printable(str(text)))
+    if out.isascii():
+        return out
+    return "".join(_escape(c) if unicodedata.category(c) in _INVISIBLE and c not in _JOINERS
+                   else c for c in out)
 
 
 def _escaped(m: re.Match[str]) -> str:
-    code = ord(m.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return _escape(m.group())
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def format_for(path: str, fmt: str | None) -> str:
