@@ -75,7 +75,8 @@ def test_robust_threshold_spike_ratio_and_z():
 @pytest.mark.parametrize("seed", range(5))
 def test_a_tenfold_jump_over_the_whole_past_triggers_before_the_level_exists(seed):
     # the first 25 points have no healthy level; a grad norm that settles from a high start
-    # or climbs gently there is no event, one that tops its whole past tenfold is
+    # or climbs gently there is no event, one that tops its whole past tenfold is; after an lr
+    # warm-up (``lead``), so is one that tops it 3x and stands 10x above its median since
     rng = np.random.default_rng(seed)
     start = np.log(np.r_[np.linspace(2.0, 0.5, 15), np.linspace(0.5, 1.5, 15)])
     x = np.r_[start + rng.normal(0, 0.2, 30), np.log(1.5) + rng.normal(0, 0.15, 470)]
@@ -85,6 +86,11 @@ def test_a_tenfold_jump_over_the_whole_past_triggers_before_the_level_exists(see
     assert np.isnan(r.level[20]) and np.flatnonzero(r.trigger).tolist() == [20]
     x[20] = x[:20].max() + np.log(6)  # 6x over its past: no level to say it is anomalous
     assert not robust_threshold(x, min_history=25).trigger.any()
+    assert x[20] - np.median(x[10:20]) >= np.log(10)  # and over 10x its median since
+    after_warmup = robust_threshold(x, min_history=25, lead=10)
+    assert np.flatnonzero(after_warmup.trigger).tolist() == [20]
+    x[20] = x[:20].max() + np.log(2.5)  # 2.5x over its top: not after a warm-up either
+    assert not robust_threshold(x, min_history=25, lead=10).trigger.any()
     x[2] = x[:2].max() + np.log(50)  # with fewer than five earlier points nothing is known
     assert not robust_threshold(x, min_history=25).trigger[:5].any()
 

@@ -477,6 +477,36 @@ def test_an_explosion_right_after_the_lr_warmup_is_found(seed):
     assert (e.onset_step, e.severity) == (27, "warning")
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_a_blow_up_that_climbs_first_in_the_first_steps_is_found(seed):
+    # an unclipped RNN (benchmark seed 48000): seven steps of climbing 3-8x from step 31, ten
+    # steps after its lr warm-up, then 50x at step 38, the loss up 10x. Before the detectors
+    # have a healthy level, a point must top its past tenfold: 50x is under 7x the climb's top,
+    # and was missed; it stands 10x above where its past sits (the median after the warm-up)
+    # and 3x above its top, and is found. The same climb without the blow-up is no episode
+    s, g, loss = healthy(n=1500, seed=seed)
+    lr = np.minimum(1.0, (s + 1) / 21) * 1e-3
+    climb = np.array([3.0, 3.5, 6.0, 4.0, 7.0, 8.0, 7.0])
+    g[31:38] *= climb
+    calm = g.copy()
+    g[38] *= 50
+    harmed = loss + np.where(s >= 35, 9 * loss * np.exp(-(s - 35) / 20), 0.0) \
+        + np.where(s >= 35, 0.3 * loss * np.exp(-(s - 35) / 300), 0.0)
+    (e,) = audit_run(run_series(s, g, harmed, lr)).episodes
+    assert e.peak_step == 38 and 31 <= e.onset_step <= 38 and e.severity == "explosion"
+    assert [e.onset_step for e in audit_run(run_series(s, calm, loss, lr)).episodes] == []
+
+
+def test_a_grad_norm_that_grows_smoothly_in_the_first_steps_is_no_episode():
+    # a grad norm that grows 30x over the 40 points after the lr warm-up, then holds: each
+    # point is far above the median of its past but never 3x above its top - training finding
+    # its feet, not a blow-up
+    s, g, loss = healthy(n=1500, seed=7)
+    lr = np.minimum(1.0, (s + 1) / 21) * 1e-3
+    g *= np.exp(np.log(30) * np.clip((s - 21) / 40, 0, 1))
+    assert audit_run(run_series(s, g, loss, lr)).episodes == []
+
+
 @pytest.mark.parametrize("k", [0, 2])
 def test_a_spike_in_the_first_steps_after_the_warmup_is_judged_against_the_warmup(k):
     # the lr warm-up is the first points' past (``lead``): without it fewer than five points
