@@ -312,7 +312,8 @@ def _lr_halved_after(lr: tuple[np.ndarray, np.ndarray] | None, onset: int,
 class _Judge:
     """Measures each candidate's loss impact and decides its harm, severity and reason, in
     onset order: the loss an episode's aftermath covers is no healthy level for the next
-    episode's counterfactual (``healthy``, ``floor``)."""
+    episode's counterfactual (``healthy``, ``floor``), and an episode within a harmful lr
+    rise's unrecovered aftermath is judged against the loss as it stood (``lr_harm``)."""
 
     def __init__(self, run: _Run, cand: _Candidates) -> None:
         ls, lv, p, st = run.ls, run.lv, run.p, run.st
@@ -346,6 +347,8 @@ class _Judge:
         self.lr_onsets = [on for e, on, _ in cand.raw if ID_LR in e.detected_by
                           and not cand.lr_notes[id(e)][1].restart]  # raw is sorted by onset
         self.nan_loss_steps = ls[~np.isfinite(lv)]  # where the loss went NaN/inf (sorted)
+        # the harmful lr rises judged so far: (onset, end, recovery step)
+        self.lr_harm: list[tuple[int, int, int | None]] = []
 
     def episode(self, k: int) -> Episode | None:
         """The ``k``-th candidate judged (None: a schedule restart that left the loss alone)."""
@@ -357,7 +360,11 @@ class _Judge:
         # the fit floor as it stands before this episode's own aftermath is known (the
         # learning-rate-time re-measure in _verdict uses it too)
         floor = self._fit_floor(on) if run.has_loss else None
-        imp = self._impact(on, end, nxt, lr_after, floor) if run.has_loss else None
+        rise_at = self._lr_aftermath(on) if run.has_loss else None
+        flat = rise_at is not None  # an aftershock of an lr rise: the loss as it stood
+        if rise_at is not None:
+            floor = max(floor or 0, rise_at[1])
+        imp = self._impact(on, end, nxt, lr_after, floor, flat=flat) if run.has_loss else None
         rec = imp.impact.recovery_step if imp is not None else None
         if rec is not None and (end is None or rec > end):
             # the loss was still coming back until ``rec``: no healthy level to fit there
@@ -378,8 +385,10 @@ class _Judge:
         kind = "spike" if j_at is not None else e.kind
         imp, harmful, harm_words = self._verdict(e, on, end, nxt, lr_after, imp,
                                                  lr_note[1] if lr_note is not None else None,
-                                                 floor)
+                                                 floor, rise_at)
         restart = lr_note is not None and lr_note[1].restart
+        if harmful and lr_note is not None and not restart:
+            self.lr_harm.append((on, end if end is not None else on, rec))
         if kind == "divergence" and ID_CLIMB in e.detected_by and harmful is False:
             kind = "level_shift"  # a slow climb that left the loss alone: no divergence
         if kind == "divergence" and e.nonfinite_only and self._overflow_at_end(harmful, imp):
@@ -436,6 +445,16 @@ class _Judge:
         return bool(after.size) and bool(np.isfinite(after).all()) and \
             not (imp is not None and imp.impact.diverged)
 
+    def _lr_aftermath(self, on: int) -> tuple[int, int] | None:
+        """``(onset, first step after it)`` of the harmful lr-rise episode whose unrecovered
+        aftermath ``on`` lies in - within two horizons, its loss not come back by ``on`` (impact
+        module doc, "Aftershocks"); None elsewhere."""
+        horizon = self.run.st.impact_horizon
+        for on1, end1, rec1 in reversed(self.lr_harm):
+            if on < on1 + 2 * horizon and (rec1 is None or rec1 > on):
+                return on1, end1 + 1
+        return None
+
     def _fit_floor(self, on: int) -> int | None:
         """The first step the counterfactual of the episode at ``on`` may be fitted from:
         after the last earlier episode's loss aftermath and the last blow-up before ``on``
@@ -449,13 +468,15 @@ class _Judge:
         return floor
 
     def _impact(self, on: int, end: int | None, nxt: int | None, lr_after: int | None,
-                floor: int | None, lr_t: tuple[np.ndarray, np.ndarray] | None = None
-                ) -> Impact | None:
-        return loss_impact(self.run.ls, self.lv_mean, self.healthy, on, end,
+                floor: int | None, lr_t: tuple[np.ndarray, np.ndarray] | None = None,
+                flat: bool = False) -> Impact | None:
+        # an aftershock is judged on the loss since the rise's episode, its aftermath included
+        return loss_impact(self.run.ls, self.lv_mean,
+                           self.anchor_points if flat else self.healthy, on, end,
                            self.run.st.impact_horizon, next_onset=nxt, cut_at=lr_after,
                            floor_step=floor, lr_time=lr_t, anchor_points=self.anchor_points,
                            anchor_end=_lr_halved_after(self.run.lr, on,
-                                                       self.run.st.impact_horizon))
+                                                       self.run.st.impact_horizon), flat=flat)
 
     def _grad_peak(self, e: RawEpisode, on: int, end: int | None) -> tuple:
         """``(peak grad norm, its healthy level, their ratio, the episode's peak step, the
@@ -490,7 +511,8 @@ class _Judge:
 
     def _verdict(self, e: RawEpisode, on: int, end: int | None, nxt: int | None,
                  lr_after: int | None, imp: Impact | None, rise: LrRise | None,
-                 floor: int | None) -> tuple[Impact | None, bool | None, Callable[..., str]]:
+                 floor: int | None, rise_at: tuple[int, int] | None = None
+                 ) -> tuple[Impact | None, bool | None, Callable[..., str]]:
         """``(impact, harmful, harm words)``: harm is lasting damage - the excess over the
         horizon, significant against its own noise - or, where too little of the horizon was
         logged, the jump (None: nothing of the loss could be measured). After a lasting lr
@@ -548,7 +570,8 @@ class _Judge:
             # where the loss after it is where that time puts it (impact module doc)
             lr_t = lr_time(*sorted_points(*run.series.series(run.series.lr_tag)), rise, run.ls,
                            on)
-            fast = self._impact(on, end, nxt, lr_after, floor, lr_t) if lr_t is not None else None
+            fast = self._impact(on, end, nxt, lr_after, floor, lr_t, rise_at is not None) \
+                if lr_t is not None else None
             if fast is not None and fast.lasting_excess is not None and \
                     fast.lasting_excess < ex_thr and fast.impact.diverged == li.diverged:
                 imp, li = fast, fast.impact
@@ -559,7 +582,8 @@ class _Judge:
                         harm_thr if by_fall else ex_thr, jp_thr,
                         (imp.horizon_points, cut) if short else None,
                         imp.lasting_excess, imp.cut_step, imp.lr_time, nonfinite,
-                        by_fall=by_fall, bar_by=bar_by, z=self.z_harm, abrupt=imp.abrupt)
+                        by_fall=by_fall, bar_by=bar_by, z=self.z_harm, abrupt=imp.abrupt,
+                        aftershock_of=rise_at[0] if rise_at is not None else None)
         return imp, harmful, words
 
 

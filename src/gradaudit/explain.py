@@ -86,7 +86,7 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
                lasting: float | None = None, held_from: int | None = None,
                lr_time: bool = False, nonfinite: bool = True, by_fall: bool = False,
                bar_by: str = "harm", z: float = 2.0, abrupt: bool = True,
-               grad_diverged: bool = False) -> str:
+               grad_diverged: bool = False, aftershock_of: int | None = None) -> str:
     """The loss half of an episode's reason: the numbers behind the harm verdict
     (``short``: only that many logged points of the horizon, before what cut it; ``lasting``:
     the excess without the episode's own spike points, which the verdict uses;
@@ -97,7 +97,9 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
     the harm bar; ``noise``, ``z`` standard errors of the estimate; ``chance``, what this
     chronically spiky run's loss does by chance over a horizon; ``abrupt``: the loss reached its
     highest within a few points of the onset - it *jumped*, else it *rose*; ``grad_diverged``:
-    the episode is an explosion without harm to the loss, as its grad norm diverged)."""
+    the episode is an explosion without harm to the loss, as its grad norm diverged;
+    ``aftershock_of``: the onset of the lr-rise episode whose aftermath this one lies in, the
+    counterfactual being the loss as it stood)."""
     if li.diverged and nonfinite:
         return "the loss diverged: it went non-finite"
     parts = []
@@ -120,7 +122,10 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
         spike = "" if lasting is None or lasting == ex else \
             f" ({lasting:+.3g} without the spike itself)"
         gain = " (a gain)" if ex < 0 and (lasting is None or lasting < 0) else ""
-        parts.append(f"averaged {ex:+.3g}{gain} against its counterfactual {over}{spike}")
+        against = "its counterfactual" if aftershock_of is None else (
+            f"the loss as it stood after the lr-rise episode at step {aftershock_of} (the loss "
+            "since is that episode's to answer for)")
+        parts.append(f"averaged {ex:+.3g}{gain} against {against} {over}{spike}")
     text = " and ".join(parts) or "the loss impact could not be measured"
     if li.diverged:  # finite, but never back: the numbers say how far it stayed up
         return (f"{text}; the loss never came back (diverged): it ends the run above its "

@@ -20,6 +20,17 @@ Definitions follow docs/findings.md ("Loss impact"). Rules and defaults:
   least ``min_pre`` (5) healthy points lie there, else it may reach back as before. Fitting the
   recovery from an earlier explosion as the trend extrapolates a steep, transient decline.
   A window of fewer than ``min_fit`` points is fitted flat (too short for a trend).
+- **Aftershocks.** Within two horizons of a harmful lr rise whose loss has not come back (no
+  recovery step yet), the loss is the rise's to answer for, and a later episode there (an
+  aftershock: the grad norm spikes again as the model settles at the new lr) is judged against
+  the loss as it stood: ``flat=True``, set by the engine, fits a level, no trend, to the last
+  ``min_fit`` points between the rise's episode and the onset, with no bracketing and no local
+  gap. Fitted as a trend, the loss's recovery from the rise extrapolated a steep decline and
+  charged the aftershock with the rise's damage: a 30x lr spike in a language model at step
+  602 (+1.6 over its horizon), then a 15x grad spike at step 690 that the loss did not rise at,
+  read +0.59 of lasting harm, an explosion; against the loss as it stood, -0.03. Flat is
+  conservative where the loss is still coming down (a recovery that goes on reads as a small
+  gain).
 - **Blow-ups.** A loss above where its log started - its running median over ``BLOWUP_FACTOR``
   (1.2) x the highest of its first 5 running medians, plus 3 sigmas of its batch noise
   (:class:`Blowups`) - is a blow-up, whether or not an episode was found there (one in the
@@ -759,9 +770,11 @@ def loss_impact(
     lr_time: tuple[np.ndarray, np.ndarray] | None = None,
     anchor_points: np.ndarray | None = None,
     anchor_end: int | None = None,
+    flat: bool = False,
 ) -> Impact | None:
     """Loss impact of one episode (None when the run has no loss series, or, with
     ``lr_time``, when the loss after the episode is not where learning-rate time puts it);
+    ``flat``: against the level of the last ``min_fit`` fit points (module doc, "Aftershocks");
     see module doc."""
     n = steps.size
     if n == 0:
@@ -778,6 +791,9 @@ def loss_impact(
     if pre.size < 2 or i_on >= n:
         return Impact(LossImpact(None, None, None, nonfinite_after), None, None,
                       np.empty(0, np.int64), np.empty(0))
+    if flat:  # the loss as it stood: a level, no trend, no bracketing, no local gap
+        pre = pre[-min_fit:]
+        bracket, local_span = False, None
     y_pre = loss[pre]
     noise = _noise_sigma(y_pre)
     k = min(smooth, pre.size)
@@ -789,7 +805,7 @@ def loss_impact(
         cf.t_on = float(np.interp(onset_step, steps, lr_time[0]))
     w = _PreOnset(pre, cf.u(pre), cf.fwd(_smooth(y_pre, k)),
                   _noise_sigma(cf.fwd(y_pre)) if logsp else noise, k)
-    cf.a, cf.b, w.se_b = _fit(w.u, w.fs, w.nf, k, shrink_t, min_fit)
+    cf.a, cf.b, w.se_b = _fit(w.u, w.fs, w.nf, k, shrink_t, pre.size + 1 if flat else min_fit)
     # the window where the counterfactual is used: up to the next episode, at most 5 horizons
     stop = onset_step + 5 * horizon
     if next_onset is not None:
