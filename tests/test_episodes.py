@@ -799,6 +799,17 @@ def test_spike_just_before_an_lr_fault_is_not_charged_with_its_damage(seed, betw
     assert "learning rate rose" in fault.reason and fault.loss_impact.excess_loss > 0.4
 
 
+def _lr_fault(seed: int) -> tuple[np.ndarray, ...]:
+    """A healthy run with the lr 30x too high for 10 steps from 1020 (the grad norm 8x) and a
+    15x grad spike at 1090: ``(steps, grad norm, loss, lr)``; the loss is left as it was."""
+    s, g, loss = healthy(seed=seed)
+    lr = np.full(s.size, 1e-3)
+    lr[1020:1030] = 3e-2
+    g[1020:1030] *= 8
+    g[1090] *= 15
+    return s, g, loss, lr
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_an_aftershock_of_an_lr_fault_is_not_charged_with_its_damage(seed):
     # the lr set 30x too high for 10 steps from 1020; the loss jumps and comes back over ~60
@@ -806,12 +817,8 @@ def test_an_aftershock_of_an_lr_fault_is_not_charged_with_its_damage(seed):
     # the loss's recovery extrapolated a steep decline and the spike read +0.4 of lasting harm,
     # an explosion; the loss since the lr fault is that episode's, and the spike is judged
     # against the loss as it stood
-    s, g, loss = healthy(seed=seed)
-    lr = np.full(s.size, 1e-3)
-    lr[1020:1030] = 3e-2
-    g[1020:1030] *= 8
+    s, g, loss, lr = _lr_fault(seed)
     loss = loss + np.where(s >= 1021, 1.2 * np.exp(-(s - 1021) / 60.0) + 0.4, 0.0)
-    g[1090] *= 15
     fault, aftershock = sorted(audit_run(run_series(s, g, loss, lr)).episodes,
                                key=lambda e: e.onset_step)
     assert fault.onset_step == 1021 and fault.severity == "explosion"
@@ -822,12 +829,8 @@ def test_an_aftershock_of_an_lr_fault_is_not_charged_with_its_damage(seed):
 @pytest.mark.parametrize("seed", range(4))
 def test_an_aftershock_that_harms_on_its_own_is_an_explosion(seed):
     # the same lr fault leaving the loss +0.6 up; the spike at 1090 lifts it +0.5 more for good
-    s, g, loss = healthy(seed=seed)
-    lr = np.full(s.size, 1e-3)
-    lr[1020:1030] = 3e-2
-    g[1020:1030] *= 8
+    s, g, loss, lr = _lr_fault(seed)
     loss[1021:] += 0.6
-    g[1090] *= 15
     loss[1091:] += 0.5
     fault, aftershock = sorted(audit_run(run_series(s, g, loss, lr)).episodes,
                                key=lambda e: e.onset_step)
