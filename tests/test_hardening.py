@@ -165,6 +165,15 @@ def test_an_input_that_hangs_is_ended_at_the_timeout_and_the_others_are_read(
     assert doc["settings"]["timeout"] == 6
 
 
+def test_a_timeout_without_worker_processes_is_said_to_have_no_effect(tmp_path, capsys):
+    _good_run(tmp_path / "a")
+    assert main(["scan", str(tmp_path), "--format", "json", "--timeout", "6"]) == 0
+    assert "--timeout limits worker processes" in capsys.readouterr().err
+    assert main(["scan", str(tmp_path), "--format", "json", "--timeout", "6",
+                 "--workers", "2"]) == 0
+    assert "--timeout" not in capsys.readouterr().err
+
+
 def test_a_script_without_a_main_guard_is_read_in_its_own_process(tmp_path):
     # a spawned worker re-runs the calling script, which then cannot start workers of its own:
     # the workers die before they say they are ready, and the inputs are read in the script's

@@ -101,6 +101,10 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
     """
     try:
         settings = _settings(**options)
+        if options.get("timeout") is not None and settings.workers == 1:
+            click.echo("gradaudit: warning: --timeout limits worker processes (--workers 2 or "
+                       "more); with one, the inputs are read in this process, with no time "
+                       "limit", err=True)
         out = out or "-"
         fmt = format_for(out, fmt)
         named = SUFFIXES.get(os.path.splitext(out)[1].lower()) if out != "-" else None
