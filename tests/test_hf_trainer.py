@@ -271,6 +271,25 @@ def test_one_bad_batch_in_the_trainers_interval_mean_loss_is_found(tmp_path: Pat
     assert gradaudit.audit_run(run).episodes == []
 
 
+def test_a_lasting_loss_jump_between_logged_grad_norms_is_an_explosion() -> None:
+    # written by transformers' Trainer (benchmarks/detection/framework_probe.py, seed 1: a
+    # 2-layer GPT-2, logging_steps=10), the lr 30x for steps 400-419 in "fault", not in its twin
+    # "clean": the loss (an interval mean) jumps +16 % at step 410 and stays +6 % over the next
+    # 200 steps against the twin; the grad norm at the logged steps rose only 2.6x. A spike
+    # between two logged grad norms is unseen: nothing rules an explosion out, and the loss was
+    # harmed (it was a warning). The twin has no episode
+    data = Path(__file__).parent / "data" / "hf-lr-spike-every10"
+    (fault,) = gradaudit.read_runs([data / "fault"])
+    (e,) = gradaudit.audit_run(fault).episodes
+    assert (e.onset_step, e.kind, e.severity) == (410, "loss_spike", "explosion"), e.reason
+    assert "a spike between two of them would be unseen" in e.reason
+    _, twin = gradaudit.read_runs([data / "clean"])[0].series("train/loss")
+    _, loss = fault.series("train/loss")
+    assert 0.05 < float(np.mean(loss[41:61] - twin[41:61])) / float(np.mean(twin[35:40])) < 0.1
+    (clean,) = gradaudit.read_runs([data / "clean"])
+    assert gradaudit.audit_run(clean).episodes == []
+
+
 def test_the_trainers_interval_mean_loss_is_known_in_tensorboard_too(tmp_path: Path) -> None:
     """The Trainer's TensorBoard callback writes the same interval-mean ``loss`` as
     ``train/loss`` beside ``train/learning_rate`` and ``train/epoch``: the one bad batch is

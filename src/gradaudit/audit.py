@@ -395,7 +395,8 @@ class _Judge:
             # a few inf/NaN grad norms up to the run's end while the loss went on finite and
             # unharmed after them (fp16 overflow steps in the last steps logged): no divergence
             kind = "nonfinite"
-        sev = severity(kind, ratio, harmful, run.has_grad, st.spike_ratio, st.explosion_ratio)
+        sev = severity(kind, ratio, harmful, run.has_grad, st.spike_ratio, st.explosion_ratio,
+                       run.g_every)
         if lr_note is not None:
             if e.kind == "loss_spike":
                 # the loss rose after an lr rise: severity follows harm, unless the schedule
