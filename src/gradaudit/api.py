@@ -12,7 +12,7 @@ from gradaudit.discover import discover
 from gradaudit.errors import UNEXPECTED, UsageError
 from gradaudit.ingest import read_source, source_label
 from gradaudit.model import SCHEMA_VERSION, InputError, RunAudit, same_series
-from gradaudit.parallel import run_all
+from gradaudit.parallel import DEFAULT_TIMEOUT, run_all
 from gradaudit.result import AuditResult
 from gradaudit.series import RunSeries
 from gradaudit.settings import Settings
@@ -94,6 +94,12 @@ class _ReadJob:
 class _ScanJob:
     settings: Settings
 
+    @staticmethod
+    def prepare() -> None:
+        """Import the engine (numpy, scipy) when a worker starts, not in its first input's
+        time (:mod:`gradaudit.parallel`)."""
+        import gradaudit.audit  # noqa: F401
+
     def __call__(self, source: Source) -> tuple[list[RunAudit], list[InputError]]:
         from gradaudit.audit import audit_run as _audit_run
 
@@ -142,12 +148,14 @@ def inspect(
     grad_tag: str | None = None,
     loss_tag: str | None = None,
     workers: int = 1,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> Inspection:
     """Discover and read runs under ``paths`` (one path or several) without analysis; the
-    inputs that yielded no run are in ``.errors``, with the reason."""
+    inputs that yielded no run are in ``.errors``, with the reason (``timeout``: seconds one
+    input may take in a worker process, with ``workers`` above 1)."""
     sources, errors = _sources(paths)
     runs: list[RunSeries] = []
-    for got, bad in run_all(_ReadJob(grad_tag, loss_tag), sources, workers, _lost):
+    for got, bad in run_all(_ReadJob(grad_tag, loss_tag), sources, workers, _lost, timeout):
         runs.extend(got)
         errors.extend(bad)
     return Inspection(runs=runs, errors=errors)
@@ -159,10 +167,12 @@ def read_runs(
     grad_tag: str | None = None,
     loss_tag: str | None = None,
     workers: int = 1,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> list[RunSeries]:
     """The runs under ``paths`` (one path or several) in canonical form; inputs that fail are
     left out (:func:`inspect` returns them with the reason)."""
-    return inspect(paths, grad_tag=grad_tag, loss_tag=loss_tag, workers=workers).runs
+    return inspect(paths, grad_tag=grad_tag, loss_tag=loss_tag, workers=workers,
+                   timeout=timeout).runs
 
 
 def audit_run(series: RunSeries, settings: Settings | None = None, **overrides: Any) -> RunAudit:

@@ -151,10 +151,13 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
 @click.option("--grad-tag", default=None, help="Glob naming the grad-norm tag.")
 @click.option("--loss-tag", default=None, help="Glob naming the loss tag.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, help="Processes [1].")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds one input may take in a worker process [600]; with --workers "
+                   "above 1.")
 @click.option("--tags", "show_tags", is_flag=True,
               help="Also list every run's tags, with their point counts (text format).")
 def inspect(paths: tuple[str, ...], fmt: str, grad_tag: str | None, loss_tag: str | None,
-            workers: int, show_tags: bool) -> int:
+            workers: int, timeout: float | None, show_tags: bool) -> int:
     """List the runs and tags found under PATHS, and which tags were chosen.
 
     \b
@@ -163,9 +166,9 @@ def inspect(paths: tuple[str, ...], fmt: str, grad_tag: str | None, loss_tag: st
       gradaudit inspect runs/ --format json
     """
     try:
-        settings = _settings(grad_tag=grad_tag, loss_tag=loss_tag)
+        settings = _settings(grad_tag=grad_tag, loss_tag=loss_tag, timeout=timeout)
         found = api.inspect(paths, grad_tag=settings.grad_tag, loss_tag=settings.loss_tag,
-                            workers=workers)
+                            workers=workers, timeout=settings.timeout)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
     write_inspection(found, sys.stdout, fmt, show_tags)

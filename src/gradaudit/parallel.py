@@ -1,21 +1,26 @@
 """Run a job over many inputs in worker processes, so that no input can take the others down.
 
 - Workers are *spawned* (fresh interpreters): a process forked after polars has started its
-  thread pool can hang in its first query (polars' own advice).
+  thread pool can hang in its first query (polars' own advice). A worker runs the job's
+  ``prepare()`` (its imports) before it says it is ready, so that an input's time is its own.
 - Each worker is given one input at a time, so the parent always knows which input a worker
   is reading, and since when:
 
-  - a worker that dies (killed for memory, a crash in native code) loses only that input,
-    which comes back as ``lost(item, WORKER_DIED)``; a new worker takes the inputs left;
+  - a worker that dies (killed for memory, a crash in native code) loses that input, which
+    comes back as ``lost(item, why)``; a new worker takes the inputs left;
   - an input read for longer than ``timeout`` seconds (a reader stuck in native code, as
     polars is when its threads cannot start under a memory limit) has its worker killed and
-    comes back as ``lost(item, timed_out(timeout))``; a new worker takes the inputs left. If
-    that worker had read other inputs before, the input is first given once more, to a fresh
-    worker: a worker that ran out of memory on an earlier input can hang on the next one.
-- A worker must say it is ready before it is given an input. If none can start - a script
-  that calls gradaudit at its top level, without ``if __name__ == "__main__":``, is re-run by
-  every spawned worker, which then cannot start one of its own - the inputs left are read in
-  this process instead, with a warning.
+    comes back as ``lost(item, why)``; a new worker takes the inputs left;
+  - either is first given once more, to a fresh worker, where the worker had read other inputs
+    before (and, for a timeout, sat nearly idle: stuck, not busy): a worker that ran out of
+    memory on an earlier input can die or hang on the next one, and the OOM killer picks the
+    largest process, often one still holding an earlier input's memory.
+- A worker must say it is ready before it is given an input, within ``START_TIMEOUT``. If none
+  ever does - a script that calls gradaudit at its top level, without
+  ``if __name__ == "__main__":``, is re-run by every spawned worker, which then cannot start
+  one of its own - the inputs are read in this process instead, with a warning. If workers
+  stop starting later on (``START_FAILURES`` in a row), no more are spawned; the inputs left
+  go to the workers still alive, or, with none, come back as ``lost``.
 - Ctrl-C (and SIGTERM, which the CLI turns into it) ends the workers at once: the scan ends
   in a moment, leaves no process behind, and writes no report. The workers ignore SIGINT
   themselves (a Ctrl-C reaches the whole process group): the parent decides. (A worker still
@@ -25,6 +30,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import warnings
@@ -37,46 +43,70 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-WORKER_DIED = ("the process reading this input died (killed for memory, or a crash in native "
-               "code); the other inputs were read")
-
 #: Seconds one input may take in a worker process (reading and auditing it) by default.
 DEFAULT_TIMEOUT = 600.0
+#: Seconds a worker may take to start (an interpreter, its imports) before it counts as failed.
+START_TIMEOUT = 120.0
+#: Workers in a row that may fail to start before no more are spawned.
+START_FAILURES = 3
+#: A timed-out worker that used less CPU than this share of the time was stuck, not busy.
+IDLE_SHARE = 0.25
 
 #: How often the parent wakes while it waits: polars installs its own SIGINT handler, after
 #: which a Ctrl-C no longer ends a blocking wait - only the wait's own end does.
 _SLICE = 0.2
-
-#: Workers in a row that may die before saying they are ready before the rest is read here.
-_START_FAILURES = 3
-
 _READY = "ready"
 
 
-def timed_out(timeout: float) -> str:
+def died(twice: bool = False) -> str:
+    """The error of an input whose worker process died while reading it."""
+    return ("the process reading this input died (killed for memory, or a crash in native code)"
+            + ("; so did a fresh one given it again" if twice else ""))
+
+
+def timed_out(timeout: float, twice: bool = False) -> str:
     """The error of an input whose worker was ended after ``timeout`` seconds."""
-    return (f"reading this input took longer than {timeout:g} s (the timeout setting), so its "
-            "process was ended; the other inputs were read")
+    again = ", and again in a fresh process" if twice else ""
+    return (f"reading this input took longer than {timeout:g} s (the timeout setting){again}, "
+            "so its process was ended (raise the timeout for inputs that are only slow)")
+
+
+NO_WORKER = ("no worker process could start to read this input (the processes that did "
+             "start had died)")
 
 
 class _CannotStart(Exception):
-    """No worker process could start."""
+    """No worker process could ever start."""
 
 
 def _serve(conn: Connection, fn: Callable[[Any], Any]) -> None:
-    """A worker: read ``(index, item)`` jobs until ``None``, answer ``(index, ok, result)``."""
+    """A worker: prepare, say so, then read ``(index, item)`` jobs until ``None`` and answer
+    each ``(index, ok, result or error)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    prepare = getattr(fn, "prepare", None)
+    if prepare is not None:
+        prepare()
     conn.send(_READY)
     while (job := conn.recv()) is not None:
         index, item = job
         try:
             answer = (index, True, fn(item))
-        except Exception as exc:  # noqa: BLE001 - the parent reports it as this input's
+        except BaseException as exc:  # noqa: BLE001 - a panic in native code is one too
             answer = (index, False, f"the worker reading this input failed: {exc!r}")
         try:
             conn.send(answer)
         except Exception as exc:  # noqa: BLE001 - a result that cannot be pickled
             conn.send((index, False, f"the worker reading this input failed: {exc!r}"))
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User and system CPU time of process ``pid``, all its threads (None where unknown)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class _Worker:
@@ -88,19 +118,25 @@ class _Worker:
         self.proc = context.Process(target=_serve, args=(theirs, fn), daemon=True)
         self.proc.start()
         theirs.close()  # so that the worker's death reads as the end of the pipe
+        self.started = time.monotonic()
         self.ready = False
         self.job: int | None = None
         self.since = 0.0
+        self.cpu_at: float | None = None  # its CPU time when given the job
         self.served = 0  # inputs read
 
     def give(self, index: int, item: Any) -> None:
-        """Send the worker its next input (a worker that has just died is found by the next
-        wait, with the input as its job)."""
+        """Send the worker its next input (OSError: it has died)."""
+        self.conn.send((index, item))
         self.job, self.since = index, time.monotonic()
-        try:
-            self.conn.send((index, item))
-        except OSError:
-            pass
+        self.cpu_at = _cpu_seconds(self.proc.pid)
+
+    def stuck(self) -> bool:
+        """Whether the worker used little CPU on its job (True where that is unknown)."""
+        now = _cpu_seconds(self.proc.pid)
+        if now is None or self.cpu_at is None:
+            return True
+        return now - self.cpu_at < IDLE_SHARE * (time.monotonic() - self.since)
 
     def retire(self) -> None:
         """Tell an idle worker to exit."""
@@ -124,80 +160,138 @@ def run_all(fn: Callable[[T], R], items: Sequence[T], workers: int,
     with ``workers`` 1, in this process, with no time limit."""
     if workers <= 1 or not items:
         return [fn(item) for item in items]
-    out: list[Any] = [None] * len(items)
-    left = deque(range(len(items)))
+    pool = _Pool(fn, items, workers, lost, timeout)
     try:
-        _run(fn, items, left, workers, lost, timeout, out)
+        pool.run()
     except _CannotStart:
         warnings.warn("gradaudit: worker processes could not start (a script that calls it at "
                       "its top level needs `if __name__ == \"__main__\":`); reading in this "
                       "process instead", RuntimeWarning, stacklevel=2)
-        for i in left:
-            out[i] = fn(items[i])
-    return out
+        for i in pool.left:  # none was given out
+            pool.out[i] = fn(items[i])
+    return pool.out
 
 
-def _run(fn: Callable[[T], R], items: Sequence[T], left: deque[int], workers: int,
-         lost: Callable[[T, str], R], timeout: float, out: list[Any]) -> None:
-    """Fill ``out`` for the indices in ``left``, taking each from ``left`` as it is given out
-    (what is still in ``left`` when ``_CannotStart`` is raised was never given out)."""
-    pool: list[_Worker] = []
-    done: list[_Worker] = []  # told to exit
-    failures = 0  # workers in a row that died before they were ready
-    retried: set[int] = set()  # inputs given again, to a fresh worker, after a timeout
-    try:
-        while left or pool:
-            busy = sum(w.job is not None for w in pool)
-            while len(pool) < min(workers, busy + len(left)):
-                pool.append(_Worker(fn))
-            now = time.monotonic()
-            wake = min([_SLICE] + [w.since + timeout - now for w in pool if w.job is not None])
-            ready = wait([w.conn for w in pool], timeout=max(wake, 0.0))
-            for worker in list(pool):
-                if worker.conn in ready:
-                    try:
-                        message = worker.conn.recv()
-                    except (EOFError, OSError):  # the worker died
-                        if worker.job is not None:
-                            out[worker.job] = lost(items[worker.job], WORKER_DIED)
-                        elif not worker.ready:
-                            failures += 1
-                            if failures >= _START_FAILURES and not any(w.ready for w in pool):
-                                raise _CannotStart from None
-                        pool.remove(worker)
-                        worker.end()
-                        continue
-                    if message == _READY:
-                        worker.ready, failures = True, 0
-                    else:
-                        index, ok, result = message
-                        out[index] = result if ok else lost(items[index], result)
-                        worker.job = None
-                        worker.served += 1
-                elif worker.job is not None and time.monotonic() - worker.since > timeout:
-                    if worker.served and worker.job not in retried:  # the worker's fault?
-                        retried.add(worker.job)
-                        left.appendleft(worker.job)
-                    else:
-                        out[worker.job] = lost(items[worker.job], timed_out(timeout))
-                    pool.remove(worker)
-                    worker.end()
-                    continue
-                if worker.ready and worker.job is None:
-                    if left:
-                        i = left.popleft()
-                        try:
-                            worker.give(i, items[i])
-                        except Exception as exc:  # noqa: BLE001 - an input that cannot be pickled
-                            out[i], worker.job = lost(items[i], f"could not be sent to a "
-                                                      f"worker process: {exc!r}"), None
-                    else:
-                        pool.remove(worker)
-                        worker.retire()
-                        done.append(worker)
-    except BaseException:
-        for worker in pool + done:
+class _Pool:
+    """The workers and the inputs still to read (``left``, and ``retry``: inputs given again,
+    to a fresh worker only)."""
+
+    def __init__(self, fn: Callable[[Any], Any], items: Sequence[Any], workers: int,
+                 lost: Callable[[Any, str], Any], timeout: float) -> None:
+        self.fn, self.items, self.workers, self.lost, self.timeout = \
+            fn, items, workers, lost, timeout
+        self.out: list[Any] = [None] * len(items)
+        self.left = deque(range(len(items)))
+        self.retry: deque[int] = deque()
+        self.retried: set[int] = set()
+        self.pool: list[_Worker] = []
+        self.done: list[_Worker] = []  # told to exit
+        self.failures = 0  # workers in a row that failed to start
+        self.ever_ready = False
+
+    def run(self) -> None:
+        try:
+            while self.left or self.retry or any(w.job is not None for w in self.pool):
+                if not self._staff():
+                    break
+                self._step()
+        except BaseException:
+            for worker in self.pool + self.done:
+                worker.end()
+            raise
+        for worker in self.pool:  # still starting, with nothing left for them
             worker.end()
-        raise
-    for worker in done:
-        worker.end(grace=5.0)
+        for worker in self.done:
+            worker.end(grace=5.0)
+
+    def _staff(self) -> bool:
+        """Spawn the workers the inputs left need; False when none can read them any more."""
+        busy = sum(w.job is not None for w in self.pool)
+        want = min(self.workers, busy + len(self.left) + len(self.retry))
+        while len(self.pool) < want and self.failures < START_FAILURES:
+            self.pool.append(_Worker(self.fn))
+        if self.pool:
+            return True
+        if not self.ever_ready:
+            raise _CannotStart
+        for i in list(self.retry) + list(self.left):
+            self.out[i] = self.lost(self.items[i], NO_WORKER)
+        self.retry.clear()
+        self.left.clear()
+        return False
+
+    def _step(self) -> None:
+        """Wait for a message or a deadline, and act on each worker."""
+        now = time.monotonic()
+        deadlines = [w.since + self.timeout for w in self.pool if w.job is not None] + \
+            [w.started + START_TIMEOUT for w in self.pool if not w.ready]
+        wake = min([_SLICE] + [d - now for d in deadlines])
+        ready = wait([w.conn for w in self.pool], timeout=max(wake, 0.0))
+        for worker in list(self.pool):
+            if worker.conn in ready:
+                self._receive(worker)
+            elif worker.job is not None and time.monotonic() - worker.since > self.timeout:
+                if not worker.conn.poll(0):  # (its answer may just have come)
+                    self._drop(worker, expired=True)
+            elif not worker.ready and time.monotonic() - worker.started > START_TIMEOUT:
+                self._drop(worker)
+            if worker in self.pool and worker.ready and worker.job is None:
+                self._assign(worker)
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            message = worker.conn.recv()
+        except (EOFError, OSError):  # the worker died
+            self._drop(worker)
+            return
+        except Exception as exc:  # noqa: BLE001 - a result that cannot be unpickled here
+            message = (worker.job, False, f"the result of reading this input could not be "
+                                          f"read back: {exc!r}")
+        if message == _READY:
+            worker.ready, self.ever_ready, self.failures = True, True, 0
+            return
+        index, ok, result = message
+        self.out[index] = result if ok else self.lost(self.items[index], result)
+        worker.job = None
+        worker.served += 1
+
+    def _drop(self, worker: _Worker, expired: bool = False) -> None:
+        """End a worker that died, timed out or did not start; its input is given again to a
+        fresh worker, or lost (module doc)."""
+        self.pool.remove(worker)
+        again = not expired or worker.stuck()  # (before it is ended)
+        worker.end()
+        if worker.job is None:
+            if not worker.ready:
+                self.failures += 1
+            return
+        j = worker.job
+        if worker.served and again and j not in self.retried:
+            self.retried.add(j)
+            self.retry.append(j)
+            return
+        twice = j in self.retried
+        why = timed_out(self.timeout, twice) if expired else died(twice)
+        self.out[j] = self.lost(self.items[j], why)
+
+    def _assign(self, worker: _Worker) -> None:
+        """Give an idle worker its next input (a retry only to a fresh one, unless no more
+        can start), or tell it to exit."""
+        if self.retry and (worker.served == 0 or self.failures >= START_FAILURES):
+            queue = self.retry
+        elif self.left:
+            queue = self.left
+        else:  # nothing it may take: its place may go to a fresh worker
+            self.pool.remove(worker)
+            worker.retire()
+            self.done.append(worker)
+            return
+        i = queue.popleft()
+        try:
+            worker.give(i, self.items[i])
+        except OSError:  # it has just died: the input was never given (its end reads next)
+            queue.appendleft(i)
+        except Exception as exc:  # noqa: BLE001 - an input that cannot be pickled
+            self.out[i] = self.lost(self.items[i], f"could not be sent to a worker process: "
+                                                   f"{exc!r}")
+

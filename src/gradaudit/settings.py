@@ -8,6 +8,8 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from gradaudit.parallel import DEFAULT_TIMEOUT
+
 FAIL_ON = ("explosion", "warning", "regression", "never")
 _GATE_LEVEL = {"explosion": 2, "warning": 1}
 _STATUS_LEVEL = {"explosion": 2, "warning": 1}  # ok and error never fail the gate by themselves
@@ -79,7 +81,7 @@ class Settings:
     fail_on: str = "explosion"
     baseline: str | None = None
     workers: int = 1
-    timeout: float = 600.0
+    timeout: float = DEFAULT_TIMEOUT
     spike_ratio: float = 3.0
     level_ratio: float = 2.0
     merge_gap: int = 5
