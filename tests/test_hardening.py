@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -116,11 +117,17 @@ def _scan_in_workers(tmp_path: Path, names: tuple[str, ...], reader: str, *args:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
         str(hook), os.environ.get("PYTHONPATH", "")]))}
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "gradaudit", command, str(runs), "--format",
-                           "json", "--workers", "2", *args], capture_output=True, text=True,
-                          timeout=150, env=env, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout), time.monotonic() - start
+    proc = subprocess.Popen([sys.executable, "-m", "gradaudit", command, str(runs), "--format",
+                             "json", "--workers", "2", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=150)
+    finally:  # the workers too, whatever happened
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    return json.loads(out), time.monotonic() - start
 
 
 def test_a_worker_killed_while_reading_loses_only_its_own_input(tmp_path):
@@ -169,6 +176,22 @@ def test_an_input_that_hangs_is_ended_at_the_timeout_and_the_others_are_read(tmp
     (err,) = doc["errors"]
     assert "stuck" in err["path"] and "took longer than 5 s" in err["message"]
     assert doc["settings"]["timeout"] == 5 and took < 100
+
+
+def test_an_input_that_keeps_its_worker_busy_past_the_timeout_is_not_tried_again(tmp_path):
+    # slow, not stuck: its worker used the CPU all along (or waited for one), and a second try
+    # would cost the whole timeout again
+    doc, _ = _scan_in_workers(
+        tmp_path, ("a", "b", "c", "d", "spin"),
+        "import time\n"
+        "def _read(source):\n"
+        "    if source.files[0].parent.name == 'spin':\n"
+        "        while True:\n"
+        "            pass\n"
+        "    return _real(source)\n", "--timeout", "3")
+    (err,) = doc["errors"]
+    assert "spin" in err["path"] and "took longer than 3 s" in err["message"]
+    assert "given once more" not in err["message"]
 
 
 def test_an_input_that_hung_in_a_used_worker_is_given_again_to_a_fresh_one(tmp_path):

@@ -47,6 +47,14 @@ def _check_writable(target: str | None) -> None:
         raise UsageError(f"cannot write {target!r}: the folder is not writable")
 
 
+def _warn_timeout(timeout: float | None, settings: Settings) -> None:
+    """Say that ``--timeout`` does nothing without worker processes."""
+    if timeout is not None and settings.workers == 1:
+        click.echo("gradaudit: warning: --timeout limits worker processes (--workers 2 or "
+                   "more); with one, the inputs are read in this process, with no time limit",
+                   err=True)
+
+
 def _progress(message: str) -> None:
     if sys.stderr.isatty():
         click.echo(message, err=True)
@@ -101,10 +109,7 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
     """
     try:
         settings = _settings(**options)
-        if options.get("timeout") is not None and settings.workers == 1:
-            click.echo("gradaudit: warning: --timeout limits worker processes (--workers 2 or "
-                       "more); with one, the inputs are read in this process, with no time "
-                       "limit", err=True)
+        _warn_timeout(options.get("timeout"), settings)
         out = out or "-"
         fmt = format_for(out, fmt)
         named = SUFFIXES.get(os.path.splitext(out)[1].lower()) if out != "-" else None
@@ -150,14 +155,14 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @click.option("--grad-tag", default=None, help="Glob naming the grad-norm tag.")
 @click.option("--loss-tag", default=None, help="Glob naming the loss tag.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, help="Processes [1].")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes [1].")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds one input may take in a worker process [600]; with --workers "
                    "above 1.")
 @click.option("--tags", "show_tags", is_flag=True,
               help="Also list every run's tags, with their point counts (text format).")
 def inspect(paths: tuple[str, ...], fmt: str, grad_tag: str | None, loss_tag: str | None,
-            workers: int, timeout: float | None, show_tags: bool) -> int:
+            workers: int | None, timeout: float | None, show_tags: bool) -> int:
     """List the runs and tags found under PATHS, and which tags were chosen.
 
     \b
@@ -166,9 +171,11 @@ def inspect(paths: tuple[str, ...], fmt: str, grad_tag: str | None, loss_tag: st
       gradaudit inspect runs/ --format json
     """
     try:
-        settings = _settings(grad_tag=grad_tag, loss_tag=loss_tag, timeout=timeout)
+        settings = _settings(grad_tag=grad_tag, loss_tag=loss_tag, workers=workers,
+                             timeout=timeout)
+        _warn_timeout(timeout, settings)
         found = api.inspect(paths, grad_tag=settings.grad_tag, loss_tag=settings.loss_tag,
-                            workers=workers, timeout=settings.timeout)
+                            workers=settings.workers, timeout=settings.timeout)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
     write_inspection(found, sys.stdout, fmt, show_tags)

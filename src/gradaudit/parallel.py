@@ -12,9 +12,12 @@
     polars is when its threads cannot start under a memory limit) has its worker killed and
     comes back as ``lost(item, why)``; a new worker takes the inputs left;
   - either is first given once more, to a fresh worker, where the worker had read other inputs
-    before (and, for a timeout, sat nearly idle: stuck, not busy): a worker that ran out of
-    memory on an earlier input can die or hang on the next one, and the OOM killer picks the
-    largest process, often one still holding an earlier input's memory.
+    before (and, for a timeout, sat nearly idle - its CPU time and its wait for a CPU under
+    ``IDLE_SHARE`` of the time: stuck, not busy): a worker that ran out of memory on an
+    earlier input can die or hang on the next one, and the OOM killer picks the largest
+    process, often one still holding an earlier input's memory. While the others have all read
+    something, one worker more than ``workers`` is started for it; the error of an input that
+    failed twice says both times why.
 - A worker must say it is ready before it is given an input, within ``START_TIMEOUT``. If none
   ever does - a script that calls gradaudit at its top level, without
   ``if __name__ == "__main__":``, is re-run by every spawned worker, which then cannot start
@@ -31,6 +34,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import time
 import warnings
@@ -56,23 +60,21 @@ IDLE_SHARE = 0.25
 #: which a Ctrl-C no longer ends a blocking wait - only the wait's own end does.
 _SLICE = 0.2
 _READY = "ready"
+_STOP = b""  # sent as raw bytes: tell a worker to exit
 
 
-def died(twice: bool = False) -> str:
+def died() -> str:
     """The error of an input whose worker process died while reading it."""
-    return ("the process reading this input died (killed for memory, or a crash in native code)"
-            + ("; so did a fresh one given it again" if twice else ""))
+    return "the process reading this input died (killed for memory, or a crash in native code)"
 
 
-def timed_out(timeout: float, twice: bool = False) -> str:
+def timed_out(timeout: float) -> str:
     """The error of an input whose worker was ended after ``timeout`` seconds."""
-    again = ", and again in a fresh process" if twice else ""
-    return (f"reading this input took longer than {timeout:g} s (the timeout setting){again}, "
-            "so its process was ended (raise the timeout for inputs that are only slow)")
+    return (f"reading this input took longer than {timeout:g} s (the timeout setting), so its "
+            "process was ended (raise the timeout for inputs that are only slow)")
 
 
-NO_WORKER = ("no worker process could start to read this input (the processes that did "
-             "start had died)")
+NO_WORKER = "no worker process could start to read it"
 
 
 class _CannotStart(Exception):
@@ -87,26 +89,43 @@ def _serve(conn: Connection, fn: Callable[[Any], Any]) -> None:
     if prepare is not None:
         prepare()
     conn.send(_READY)
-    while (job := conn.recv()) is not None:
-        index, item = job
+    while (data := conn.recv_bytes()) != _STOP:
+        index = None  # (the parent knows which input it sent)
         try:
+            index, item = pickle.loads(data)
             answer = (index, True, fn(item))
         except BaseException as exc:  # noqa: BLE001 - a panic in native code is one too
-            answer = (index, False, f"the worker reading this input failed: {exc!r}")
+            answer = (index, False, f"the worker reading this input failed: {_describe(exc)}")
         try:
             conn.send(answer)
         except Exception as exc:  # noqa: BLE001 - a result that cannot be pickled
-            conn.send((index, False, f"the worker reading this input failed: {exc!r}"))
+            conn.send((index, False, f"the worker reading this input failed: {_describe(exc)}"))
+
+
+def _describe(exc: BaseException) -> str:
+    """``repr(exc)``, or its type's name where even that fails."""
+    try:
+        return repr(exc)
+    except Exception:  # noqa: BLE001
+        return type(exc).__name__
 
 
 def _cpu_seconds(pid: int) -> float | None:
-    """User and system CPU time of process ``pid``, all its threads (None where unknown)."""
+    """User and system CPU time of process ``pid`` (all its threads), plus the time its main
+    thread waited for a CPU: a busy worker on a loaded machine is no idle one (None where
+    unknown)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            cpu += int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    return cpu
 
 
 class _Worker:
@@ -116,8 +135,13 @@ class _Worker:
         context = get_context("spawn")
         self.conn, theirs = context.Pipe()
         self.proc = context.Process(target=_serve, args=(theirs, fn), daemon=True)
-        self.proc.start()
-        theirs.close()  # so that the worker's death reads as the end of the pipe
+        try:
+            self.proc.start()
+        except BaseException:
+            self.conn.close()
+            raise
+        finally:
+            theirs.close()  # so that the worker's death reads as the end of the pipe
         self.started = time.monotonic()
         self.ready = False
         self.job: int | None = None
@@ -141,7 +165,7 @@ class _Worker:
     def retire(self) -> None:
         """Tell an idle worker to exit."""
         try:
-            self.conn.send(None)
+            self.conn.send_bytes(_STOP)
         except OSError:
             pass
 
@@ -174,7 +198,7 @@ def run_all(fn: Callable[[T], R], items: Sequence[T], workers: int,
 
 class _Pool:
     """The workers and the inputs still to read (``left``, and ``retry``: inputs given again,
-    to a fresh worker only)."""
+    to a fresh worker only, while fresh workers can start)."""
 
     def __init__(self, fn: Callable[[Any], Any], items: Sequence[Any], workers: int,
                  lost: Callable[[Any, str], Any], timeout: float) -> None:
@@ -183,7 +207,7 @@ class _Pool:
         self.out: list[Any] = [None] * len(items)
         self.left = deque(range(len(items)))
         self.retry: deque[int] = deque()
-        self.retried: set[int] = set()
+        self.why: dict[int, str] = {}  # why a retried input's first attempt failed
         self.pool: list[_Worker] = []
         self.done: list[_Worker] = []  # told to exit
         self.failures = 0  # workers in a row that failed to start
@@ -199,22 +223,32 @@ class _Pool:
             for worker in self.pool + self.done:
                 worker.end()
             raise
-        for worker in self.pool:  # still starting, with nothing left for them
+        for worker in self.pool:  # still starting, or idle, with nothing left for them
             worker.end()
         for worker in self.done:
             worker.end(grace=5.0)
 
     def _staff(self) -> bool:
-        """Spawn the workers the inputs left need; False when none can read them any more."""
+        """Spawn the workers the inputs left need (a retry needs a fresh one: one more than
+        ``workers`` for as long as it takes to start, where the others have all read
+        something); False when none can read them any more."""
         busy = sum(w.job is not None for w in self.pool)
         want = min(self.workers, busy + len(self.left) + len(self.retry))
+        if self.retry and not any(w.served == 0 for w in self.pool):
+            want = max(want, len(self.pool) + 1)
         while len(self.pool) < want and self.failures < START_FAILURES:
-            self.pool.append(_Worker(self.fn))
+            try:
+                self.pool.append(_Worker(self.fn))
+            except OSError:  # no process to be had (a process limit, no memory): a failed start
+                self.failures += 1
         if self.pool:
             return True
         if not self.ever_ready:
             raise _CannotStart
-        for i in list(self.retry) + list(self.left):
+        for i in self.retry:
+            self.out[i] = self.lost(self.items[i], f"{self.why[i]}; it could not be given "
+                                                   f"once more: {NO_WORKER}")
+        for i in self.left:
             self.out[i] = self.lost(self.items[i], NO_WORKER)
         self.retry.clear()
         self.left.clear()
@@ -240,17 +274,20 @@ class _Pool:
 
     def _receive(self, worker: _Worker) -> None:
         try:
-            message = worker.conn.recv()
-        except (EOFError, OSError):  # the worker died
+            data = worker.conn.recv_bytes()
+        except Exception:  # noqa: BLE001 - it died (or its message cannot be taken whole)
             self._drop(worker)
             return
+        try:
+            message = pickle.loads(data)
         except Exception as exc:  # noqa: BLE001 - a result that cannot be unpickled here
-            message = (worker.job, False, f"the result of reading this input could not be "
-                                          f"read back: {exc!r}")
+            message = (worker.job, False, "the result of reading this input could not be "
+                                          f"read back: {_describe(exc)}")
         if message == _READY:
             worker.ready, self.ever_ready, self.failures = True, True, 0
             return
         index, ok, result = message
+        index = worker.job if index is None else index
         self.out[index] = result if ok else self.lost(self.items[index], result)
         worker.job = None
         worker.served += 1
@@ -266,22 +303,26 @@ class _Pool:
                 self.failures += 1
             return
         j = worker.job
-        if worker.served and again and j not in self.retried:
-            self.retried.add(j)
+        why = timed_out(self.timeout) if expired else died()
+        if worker.served and again and j not in self.why:
+            self.why[j] = why
             self.retry.append(j)
             return
-        twice = j in self.retried
-        why = timed_out(self.timeout, twice) if expired else died(twice)
+        if j in self.why:
+            why = f"{self.why[j]}; given once more to another process: {why}"
         self.out[j] = self.lost(self.items[j], why)
 
     def _assign(self, worker: _Worker) -> None:
-        """Give an idle worker its next input (a retry only to a fresh one, unless no more
-        can start), or tell it to exit."""
-        if self.retry and (worker.served == 0 or self.failures >= START_FAILURES):
+        """Give an idle worker its next input (a retry only to a fresh one, while fresh ones
+        can start), or let it wait for a retry to be taken, or tell it to exit."""
+        fresh_ok = worker.served == 0 or self.failures >= START_FAILURES
+        if self.retry and fresh_ok:
             queue = self.retry
         elif self.left:
             queue = self.left
-        else:  # nothing it may take: its place may go to a fresh worker
+        elif self.retry:  # wait: if no fresh worker can start, this one takes it
+            return
+        else:  # nothing left
             self.pool.remove(worker)
             worker.retire()
             self.done.append(worker)
@@ -293,5 +334,4 @@ class _Pool:
             queue.appendleft(i)
         except Exception as exc:  # noqa: BLE001 - an input that cannot be pickled
             self.out[i] = self.lost(self.items[i], f"could not be sent to a worker process: "
-                                                   f"{exc!r}")
-
+                                                   f"{_describe(exc)}")
