@@ -91,6 +91,16 @@ def test_a_tenfold_jump_over_the_whole_past_triggers_before_the_level_exists(see
     assert np.flatnonzero(after_warmup.trigger).tolist() == [20]
     x[20] = x[:20].max() + np.log(2.5)  # 2.5x over its top: not after a warm-up either
     assert not robust_threshold(x, min_history=25, lead=10).trigger.any()
+    # after a flat warm-up and past: 9x its median (over 3x its top) is no trigger, 11x is;
+    # a warm-up of fewer than 5 points is no warm-up to judge after
+    flat = rng.normal(0, 0.05, 300)
+    flat[20] = np.median(flat[10:20]) + np.log(9)
+    assert flat[20] - flat[:20].max() >= np.log(3)
+    assert not robust_threshold(flat, min_history=25, lead=10).trigger.any()
+    flat[20] = np.median(flat[10:20]) + np.log(11)
+    assert np.flatnonzero(robust_threshold(flat, min_history=25, lead=10).trigger).tolist() \
+        == [20]
+    assert not robust_threshold(flat, min_history=25, lead=4).trigger.any()
     x[2] = x[:2].max() + np.log(50)  # with fewer than five earlier points nothing is known
     assert not robust_threshold(x, min_history=25).trigger[:5].any()
 

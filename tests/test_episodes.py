@@ -799,15 +799,30 @@ def test_spike_just_before_an_lr_fault_is_not_charged_with_its_damage(seed, betw
     assert "learning rate rose" in fault.reason and fault.loss_impact.excess_loss > 0.4
 
 
-def _lr_fault(seed: int) -> tuple[np.ndarray, ...]:
+def _lr_fault(seed: int, at: int = 1090) -> tuple[np.ndarray, ...]:
     """A healthy run with the lr 30x too high for 10 steps from 1020 (the grad norm 8x) and a
-    15x grad spike at 1090: ``(steps, grad norm, loss, lr)``; the loss is left as it was."""
+    15x grad spike at ``at``: ``(steps, grad norm, loss, lr)``; the loss is left as it was."""
     s, g, loss = healthy(seed=seed)
     lr = np.full(s.size, 1e-3)
     lr[1020:1030] = 3e-2
     g[1020:1030] *= 8
-    g[1090] *= 15
+    g[at] *= 15
     return s, g, loss, lr
+
+
+def test_an_aftershock_is_judged_as_the_loss_stood_only_from_points_since_the_lr_fault():
+    # the loss logged every 5 steps: the level the aftershock is judged against comes from the
+    # loss points since the lr fault's episode, at least 2 of them (the fit reached back before
+    # the fault, charging the spike with its damage, while the reason said "as it stood")
+    for at, since in ((1038, False), (1050, True)):
+        s, g, loss, lr = _lr_fault(0, at)
+        loss = loss + np.where(s >= 1021, 1.2 * np.exp(-(s - 1021) / 60.0) + 0.4, 0.0)
+        a = audit_run(run_series(s, g, loss[::5], lr, loss_steps=s[::5]))
+        (e,) = [e for e in a.episodes if e.onset_step == at]
+        assert ("as it stood after the lr-rise episode" in e.reason) == since, e.reason
+        if since:
+            assert e.severity == "warning" and "went on recovering" in e.reason
+            assert e.loss_impact.excess_loss < 0
 
 
 @pytest.mark.parametrize("seed", range(4))

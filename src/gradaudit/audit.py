@@ -450,10 +450,14 @@ class _Judge:
         """``(onset, first step after it)`` of the harmful lr-rise episode whose unrecovered
         aftermath ``on`` lies in - within two horizons, its loss not come back by ``on`` (impact
         module doc, "Aftershocks"); None elsewhere."""
-        horizon = self.run.st.impact_horizon
+        horizon, ls = self.run.st.impact_horizon, self.run.ls
         for on1, end1, rec1 in reversed(self.lr_harm):
             if on < on1 + 2 * horizon and (rec1 is None or rec1 > on):
-                return on1, end1 + 1
+                # a level needs loss points since the rise's episode (at least 2, outside
+                # every episode); with fewer, the loss there cannot be told (judged as before)
+                i0, i1 = np.searchsorted(ls, [end1 + 1, on])
+                usable = self.anchor_points[i0:i1] & np.isfinite(self.run.lv[i0:i1])
+                return (on1, end1 + 1) if np.count_nonzero(usable) >= 2 else None
         return None
 
     def _fit_floor(self, on: int) -> int | None:

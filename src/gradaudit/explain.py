@@ -121,7 +121,9 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
                      "from there on is that lr-rise episode's)")
         spike = "" if lasting is None or lasting == ex else \
             f" ({lasting:+.3g} without the spike itself)"
-        gain = " (a gain)" if ex < 0 and (lasting is None or lasting < 0) else ""
+        gain = "" if ex >= 0 or not (lasting is None or lasting < 0) else \
+            " (a gain)" if aftershock_of is None else \
+            " (the loss went on recovering from the lr rise)"
         against = "its counterfactual" if aftershock_of is None else (
             f"the loss as it stood after the lr-rise episode at step {aftershock_of} (the loss "
             "since is that episode's to answer for)")

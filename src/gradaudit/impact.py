@@ -24,13 +24,18 @@ Definitions follow docs/findings.md ("Loss impact"). Rules and defaults:
   recovery step yet), the loss is the rise's to answer for, and a later episode there (an
   aftershock: the grad norm spikes again as the model settles at the new lr) is judged against
   the loss as it stood: ``flat=True``, set by the engine, fits a level, no trend, to the last
-  ``min_fit`` points between the rise's episode and the onset, with no bracketing and no local
+  ``min_fit`` points between the rise's episode and the onset (never before it; the engine
+  asks for at least 2 there, else it judges as before), with no bracketing and no local
   gap. Fitted as a trend, the loss's recovery from the rise extrapolated a steep decline and
   charged the aftershock with the rise's damage: a 30x lr spike in a language model at step
   602 (+1.6 over its horizon), then a 15x grad spike at step 690 that the loss did not rise at,
   read +0.59 of lasting harm, an explosion; against the loss as it stood, -0.03. Flat is
-  conservative where the loss is still coming down (a recovery that goes on reads as a small
-  gain).
+  conservative where the loss is still coming down: a recovery that goes on reads as a
+  negative excess (the reason says the loss went on recovering, not that the episode gained;
+  synthetic, a recovery over ~60 steps: -0.34), and lasting harm the aftershock adds during
+  such a recovery is understated by what the recovery would still have brought (+0.5 read
+  -0.2 to +0.15): a false explosion traded for a harmful aftershock called a warning where
+  the loss recovers fast.
 - **Blow-ups.** A loss above where its log started - its running median over ``BLOWUP_FACTOR``
   (1.2) x the highest of its first 5 running medians, plus 3 sigmas of its batch noise
   (:class:`Blowups`) - is a blow-up, whether or not an episode was found there (one in the
@@ -783,8 +788,10 @@ def loss_impact(
     i_on = int(np.searchsorted(steps, onset_step))  # steps are sorted
     span = horizon if fit_span is None else int(fit_span)
     origin = step_origin(steps)
-    pre = _fit_window(steps, healthy, fin, i_on, onset_step, span, floor_step, min_fit, min_pre,
-                      fit_points, origin)
+    pre = _fit_window(steps, healthy, fin, i_on, onset_step, span, floor_step, min_fit,
+                      2 if flat else min_pre, fit_points, origin)
+    if flat and floor_step is not None:  # the loss as it stood since the floor, and only then
+        pre = pre[steps[pre] >= floor_step]
     # non-finite loss after the onset, up to the next episode (a later one's is its own)
     i_next = n if next_onset is None else int(np.searchsorted(steps, next_onset))
     nonfinite_after = not bool(fin[i_on:i_next].all()) if i_on < n else False

@@ -32,23 +32,23 @@ gives the ratio ``g / exp(b)`` and the robust z-score ``d / s``.
   and 2 sigma); used to extend an episode from its trigger to where it ends (hysteresis).
 - ``first points``: before ``min_history`` healthy points exist there is no level, and a point
   triggers only where it stands ``extreme_ratio`` x above each of the last ``window`` points
-  before it (healthy ones and the ``lead``; at least ``first_min`` of them), or
-  ``extreme_ratio`` x above their median and ``spike_ratio`` x above each of them (only after
-  an lr warm-up, the ``lead``, and the median of the points after it, at least ``first_min``
-  of them: the warm-up's grad norms, under a rising lr, are another regime, and a run's very
-  first points with no warm-up known are its own start-up, where layers waking up from zero
-  lift the grad norm 10-100x over a few logged points); points ``band_ratio`` x above them
+  before it (healthy ones and the ``lead``; at least ``first_min`` of them), or ``extreme_ratio``
+  x above their median and ``spike_ratio`` x above each of them (only after an lr warm-up, the
+  ``lead``, of ``first_min`` points or more, and the median of the points after it, at least
+  ``first_min`` of them: the warm-up's grad norms, under a rising lr, are another regime, and a
+  run's very first points with no warm-up known are its own start-up, where layers waking up from
+  zero lift the grad norm 10-100x over a few logged points); points ``band_ratio`` x above them
   next to such a trigger are elevated. A grad norm starts high and settles, or climbs gently as
   training finds its feet; one that tops its whole recent past tenfold in a step is an episode
   however young the run, its severity following the loss as every episode's (an unclipped RNN
   whose grad norm went 1800x at step 27, six steps after its lr warm-up, cost the loss 5x for
-  hundreds of steps). So is one that stands tenfold above where its recent past sits after a
-  few steps of climbing: the same kind of RNN climbed 3-8x over seven steps, then went 49x at
-  step 38 - under 6x its highest point before - and its loss rose 10x (against the maximum
-  alone, 23 harmful events in the first 65 steps were missed over the benchmark's six pools;
-  with the median too, 8 of them are found, 4 as explosions, with no false alarm more).
-  ``lead``: the run's first points (an lr warm-up) are no healthy level and never trigger, but
-  they are the first points' past.
+  hundreds of steps). So is one that stands tenfold above where its recent past sits after a few
+  steps of climbing: the same kind of RNN climbed 3-8x over seven steps, then went 49x at step 38
+  (under 6x its highest point before), and its loss rose 10x (against the maximum alone, 23
+  harmful events in the first 65 steps were missed over the benchmark's six pools; with the median
+  too, 8 of them are found, 4 as explosions, with no false alarm more). ``lead``: the run's first
+  points (an lr warm-up) are no healthy level and never trigger, but they are the first points'
+  past.
 
 The spread is only computed where it can matter (``d >= log(min(band_ratio, spike_ratio))``);
 ``spread`` and ``z`` are NaN elsewhere. Given the result for a larger healthy mask (``prior``),
@@ -185,10 +185,14 @@ def _first_points(x: np.ndarray, past: np.ndarray, level: np.ndarray, trigger: n
     elev = np.zeros(first, bool)
     trig[at] = above >= extreme
     elev[at] = above >= band
-    for i in at[(above >= spike) & ~trig[at]] if lead > 0 else ():  # few: 3x above their top
-        recent = idx[max(0, before[i] - window):before[i]]
-        recent = recent[recent >= lead]
-        if recent.size >= first_min and x[i] - float(np.median(x[recent])) >= extreme:
+    medians: dict[int, float] = {}  # by the number of past points: the same past, one median
+    for i in at[(above >= spike) & ~trig[at]] if lead >= first_min else ():  # 3x their top
+        b = int(before[i])
+        if b not in medians:
+            recent = idx[max(0, b - window):b]
+            recent = recent[recent >= lead]
+            medians[b] = float(np.median(x[recent])) if recent.size >= first_min else np.inf
+        if x[i] - medians[b] >= extreme:
             trig[i] = True
     # the band only extends a trigger: a point 1.5x above its past is no episode of its own,
     # and one excluded from the healthy points would put the level's first point off a pass
