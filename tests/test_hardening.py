@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -99,18 +100,26 @@ def test_a_panic_inside_polars_is_one_input_error_not_a_crash(tmp_path, monkeypa
     assert "PanicException" in err["message"] and "capacity overflow" in err["message"]
 
 
-def _scan_in_workers(tmp_path: Path, names: tuple[str, ...], reader: str, *args: str,
+def _scan_in_workers(tmp_path: Path, names: tuple[str, ...], on_read: str, *args: str,
                      command: str = "scan", startup: str = "") -> tuple[dict, float]:
     """Scan one good Parquet run per name with ``--workers 2``, in a subprocess with a hard
-    time limit, the worker processes reading Parquet with ``reader``'s ``_read(source)`` (which
-    may call ``_real(source)``; ``startup`` runs first, in every process, the scan's own too):
-    the workers are fresh interpreters, so through a sitecustomize on their PYTHONPATH. The
-    JSON report (or inspection) and the seconds the command took."""
+    time limit, the worker processes running ``on_read`` before each Parquet read (with
+    ``name``, the run's folder name, and ``_done``, the names that process has read; ``os``,
+    ``signal`` and ``time`` imported). ``startup`` runs first, in every process, the scan's own
+    too: the workers are fresh interpreters, so all this goes through a sitecustomize on their
+    PYTHONPATH. The JSON report (or inspection) and the seconds the command took."""
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
-        startup + "from gradaudit.adapters import parquet\n"
-        "_real = parquet.read\n" + reader + "parquet.read = _read\n")
+        startup + "import os, signal, time\n"
+        "from gradaudit.adapters import parquet\n"
+        "_real, _done = parquet.read, []\n"
+        "def _read(source):\n"
+        "    name = source.files[0].parent.name\n"
+        + textwrap.indent(on_read, "    ") +
+        "    _done.append(name)\n"
+        "    return _real(source)\n"
+        "parquet.read = _read\n")
     runs = tmp_path / "runs"
     for name in names:
         _good_run(runs / name)
@@ -138,16 +147,10 @@ def test_a_worker_killed_while_reading_loses_only_its_own_input(tmp_path):
     # panic that is no Exception loses only its input, as an error of its own
     doc, _ = _scan_in_workers(
         tmp_path, ("a", "b", "killer", "panic", "victim", "z"),
-        "import os, signal\n"
-        "_done = []\n"
-        "def _read(source):\n"
-        "    name = source.files[0].parent.name\n"
-        "    if name == 'killer' or (name == 'victim' and _done):\n"
-        "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "    if name == 'panic':\n"
-        "        raise type('PanicException', (BaseException,), {})('boom')\n"
-        "    _done.append(name)\n"
-        "    return _real(source)\n")
+        "if name == 'killer' or (name == 'victim' and _done):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "if name == 'panic':\n"
+        "    raise type('PanicException', (BaseException,), {})('boom')\n")
     assert [r["run"] for r in doc["runs"]] == [f"{n}/run.parquet" for n in "ab"] + \
         ["victim/run.parquet", "z/run.parquet"]
     killer, panic = doc["errors"]
@@ -163,14 +166,10 @@ def test_an_input_that_hangs_is_ended_at_the_timeout_and_the_others_are_read(tmp
     # after the stuck one (each input's time counts from when it is given out)
     doc, took = _scan_in_workers(
         tmp_path, ("a", "b", "c", "slowish", "stuck", "z"),
-        "import time\n"
-        "def _read(source):\n"
-        "    name = source.files[0].parent.name\n"
-        "    if name == 'stuck':\n"
-        "        time.sleep(3600)\n"
-        "    if name == 'slowish':\n"
-        "        time.sleep(1.5)\n"
-        "    return _real(source)\n", "--timeout", "5")
+        "if name == 'stuck':\n"
+        "    time.sleep(3600)\n"
+        "if name == 'slowish':\n"
+        "    time.sleep(1.5)\n", "--timeout", "5")
     assert [r["run"] for r in doc["runs"]] == [f"{n}/run.parquet" for n in "abc"] + \
         ["slowish/run.parquet", "z/run.parquet"]
     (err,) = doc["errors"]
@@ -183,12 +182,8 @@ def test_an_input_that_keeps_its_worker_busy_past_the_timeout_is_not_tried_again
     # would cost the whole timeout again
     doc, _ = _scan_in_workers(
         tmp_path, ("a", "b", "c", "d", "spin"),
-        "import time\n"
-        "def _read(source):\n"
-        "    if source.files[0].parent.name == 'spin':\n"
-        "        while True:\n"
-        "            pass\n"
-        "    return _real(source)\n", "--timeout", "3")
+        "while name == 'spin':\n"
+        "    pass\n", "--timeout", "3")
     (err,) = doc["errors"]
     assert "spin" in err["path"] and "took longer than 3 s" in err["message"]
     assert "given once more" not in err["message"]
@@ -201,16 +196,10 @@ def test_an_input_that_hung_in_a_used_worker_is_given_again_to_a_fresh_one(tmp_p
     names = ("a", "b", "flaky", *(f"x{k:02d}" for k in range(16)))
     doc, _ = _scan_in_workers(
         tmp_path, names,
-        "import time\n"
-        "_done = []\n"
-        "def _read(source):\n"
-        "    name = source.files[0].parent.name\n"
-        "    if name == 'flaky' and _done:\n"
-        "        time.sleep(3600)\n"
-        "    if name.startswith('x'):\n"
-        "        time.sleep(0.5)\n"
-        "    _done.append(name)\n"
-        "    return _real(source)\n", "--timeout", "4")
+        "if name == 'flaky' and _done:\n"
+        "    time.sleep(3600)\n"
+        "if name.startswith('x'):\n"
+        "    time.sleep(0.5)\n", "--timeout", "4")
     assert [r["run"] for r in doc["runs"]] == [f"{n}/run.parquet" for n in names]
     assert doc["errors"] == []
 
@@ -219,9 +208,7 @@ def test_a_worker_that_never_starts_does_not_hold_the_scan(tmp_path):
     # the first worker to start hangs before it says it is ready (a review: the scan waited
     # for it forever once the other had read every input)
     doc, took = _scan_in_workers(
-        tmp_path, ("a", "b", "c"),
-        "def _read(source):\n"
-        "    return _real(source)\n",
+        tmp_path, ("a", "b", "c"), "",
         startup=f"import os, sys, time\n"
                 f"if '--multiprocessing-fork' in sys.orig_argv and \\\n"
                 f"        not os.path.exists({str(tmp_path / 'token')!r}):\n"
@@ -234,11 +221,8 @@ def test_a_worker_that_never_starts_does_not_hold_the_scan(tmp_path):
 def test_inspect_ends_a_stuck_input_at_the_timeout(tmp_path):
     doc, _ = _scan_in_workers(
         tmp_path, ("a", "stuck"),
-        "import time\n"
-        "def _read(source):\n"
-        "    if source.files[0].parent.name == 'stuck':\n"
-        "        time.sleep(3600)\n"
-        "    return _real(source)\n", "--timeout", "3", command="inspect")
+        "if name == 'stuck':\n"
+        "    time.sleep(3600)\n", "--timeout", "3", command="inspect")
     (err,) = doc["errors"]
     assert "stuck" in err["path"] and "took longer than 3 s" in err["message"]
 

@@ -53,7 +53,8 @@ DEFAULT_TIMEOUT = 600.0
 START_TIMEOUT = 120.0
 #: Workers in a row that may fail to start before no more are spawned.
 START_FAILURES = 3
-#: A timed-out worker that used less CPU than this share of the time was stuck, not busy.
+#: A timed-out worker that used, or waited for, a CPU less than this share of the time was
+#: stuck, not busy.
 IDLE_SHARE = 0.25
 
 #: How often the parent wakes while it waits: polars installs its own SIGINT handler, after
@@ -82,7 +83,7 @@ class _CannotStart(Exception):
 
 
 def _serve(conn: Connection, fn: Callable[[Any], Any]) -> None:
-    """A worker: prepare, say so, then read ``(index, item)`` jobs until ``None`` and answer
+    """A worker: prepare, say so, then read ``(index, item)`` jobs until ``_STOP`` and answer
     each ``(index, ok, result or error)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     prepare = getattr(fn, "prepare", None)
@@ -110,7 +111,7 @@ def _describe(exc: BaseException) -> str:
         return type(exc).__name__
 
 
-def _cpu_seconds(pid: int) -> float | None:
+def _busy_seconds(pid: int) -> float | None:
     """User and system CPU time of process ``pid`` (all its threads), plus the time its main
     thread waited for a CPU: a busy worker on a loaded machine is no idle one (None where
     unknown)."""
@@ -146,21 +147,22 @@ class _Worker:
         self.ready = False
         self.job: int | None = None
         self.since = 0.0
-        self.cpu_at: float | None = None  # its CPU time when given the job
+        self.busy_at: float | None = None  # its busy seconds when given the job
         self.served = 0  # inputs read
 
     def give(self, index: int, item: Any) -> None:
         """Send the worker its next input (OSError: it has died)."""
         self.conn.send((index, item))
         self.job, self.since = index, time.monotonic()
-        self.cpu_at = _cpu_seconds(self.proc.pid)
+        self.busy_at = _busy_seconds(self.proc.pid)
 
     def stuck(self) -> bool:
-        """Whether the worker used little CPU on its job (True where that is unknown)."""
-        now = _cpu_seconds(self.proc.pid)
-        if now is None or self.cpu_at is None:
+        """Whether the worker used, or waited for, little CPU on its job (True where that is
+        unknown)."""
+        now = _busy_seconds(self.proc.pid)
+        if now is None or self.busy_at is None:
             return True
-        return now - self.cpu_at < IDLE_SHARE * (time.monotonic() - self.since)
+        return now - self.busy_at < IDLE_SHARE * (time.monotonic() - self.since)
 
     def retire(self) -> None:
         """Tell an idle worker to exit."""
