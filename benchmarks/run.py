@@ -21,6 +21,7 @@ HERE = Path(__file__).resolve().parent
 FULL = [
     ("ingestion: TensorBoard vs tbparse / EventAccumulator", ["bench_ingest.py", "--repeats", "3"]),
     ("ingestion: Parquet/CSV vs pyarrow", ["bench_tables.py", "--repeat", "3"]),
+    ("ingestion: W&B run files vs wandb's protobuf classes", ["bench_wandb.py", "--repeats", "3"]),
     ("engine: 1e6 steps, PELT vs ruptures", ["bench_engine.py", "--repeat", "3",
                                             "--ruptures-cap", "150"]),
     ("detection quality vs anchor rules", ["detection/score.py", "--by-base"]),
@@ -29,6 +30,8 @@ QUICK = [
     ("ingestion: TensorBoard vs tbparse / EventAccumulator",
      ["bench_ingest.py", "--events", "200000", "--repeats", "3"]),
     ("ingestion: Parquet/CSV vs pyarrow", ["bench_tables.py", "--rows", "200000", "--repeat", "3"]),
+    ("ingestion: W&B run files vs wandb's protobuf classes",
+     ["bench_wandb.py", "--rows", "100000", "--repeats", "3"]),
     ("engine: 1e6 steps, PELT vs ruptures", ["bench_engine.py", "--repeat", "3",
                                             "--ruptures-cap", "30"]),
     ("detection quality vs anchor rules", ["detection/score.py", "--by-base", "--fast-pelt"]),

@@ -16,6 +16,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 import gradaudit
@@ -565,3 +566,41 @@ def test_an_unusable_folder_of_a_resumed_run_is_a_problem_not_the_runs_end(tmp_p
     (got,) = gradaudit.read_runs([root])
     assert _from_zero(got.series("train/loss")[0], at_least=100)
     assert any("99991231_235959-kill1" in p.message for p in got.problems), got.problems
+
+
+def _pb(field: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (``payload`` < 128 bytes)."""
+    return bytes([field << 3 | 2, len(payload)]) + payload
+
+
+def _history_record(num: int, items: dict[str, str], step_num: int | None = None) -> bytes:
+    """``Record{num, history{item{nested_key, value_json}..., step{num}}}``."""
+    body = b"".join(_pb(1, _pb(2, k.encode()) + b"\x82\x01" + bytes([len(v)]) + v.encode())
+                    for k, v in items.items())
+    if step_num is not None:
+        body += _pb(2, bytes([0x08, step_num]))
+    return bytes([0x08, num]) + _pb(2, body)
+
+
+def test_rows_without_a_step_follow_the_previous_one_and_wandb_keys_are_no_points():
+    # W&B's own keys (_step, _timestamp, _runtime) place and time the rows and are no series;
+    # a row without any step is one past the previous row's step; a _step that is no whole
+    # number leaves the row to HistoryRecord.step.num
+    hist = wandb_run._History()
+    rows = [
+        _history_record(1, {"_step": "10", "_timestamp": "100.5", "b": "2.0", "a": "1.0"}),
+        _history_record(2, {"a": "3.0"}),
+        _history_record(3, {"b": "4.0", "_runtime": "7"}),
+        _history_record(4, {"_step": "20", "a": "5.0"}),
+        _history_record(5, {"_step": "1.5", "a": "6.0"}, step_num=30),
+    ]
+    assert hist.add_records(rows) == 0
+    frame, _ = hist.to_frame()
+    assert frame["tag"].dtype == pl.Categorical
+    got = {tag: list(zip(part["step"], part["value"], strict=True))
+           for (tag,), part in frame.group_by("tag", maintain_order=True)}
+    assert got == {"a": [(10, 1.0), (11, 3.0), (20, 5.0), (30, 6.0)],
+                   "b": [(10, 2.0), (12, 4.0)]}
+    assert list(got) == ["a", "b"]  # grouped by tag in name order, as the canonical frame is
+    wall = frame.filter(pl.col("wall_time").is_not_nan())
+    assert wall.select("tag", "step").rows() == [("a", 10), ("b", 10)]

@@ -171,9 +171,10 @@ def _rewind_notes(changed: pl.DataFrame) -> list[str]:
     if changed.height == 0:
         return []
     per_range = (
-        changed.select(pl.col("tag").cast(pl.String), "step").group_by("tag")
+        changed.select("tag", "step").group_by("tag")
         .agg(pl.col("step").min().alias("lo"), pl.col("step").max().alias("hi"),
              pl.col("step").n_unique().alias("k"))
+        .with_columns(pl.col("tag").cast(pl.String))  # (one string per tag, not per point)
         .group_by("lo", "hi", "k")
         .agg(pl.col("tag").sort())
         .sort("lo", "hi", "k")
@@ -192,9 +193,11 @@ def _rewind_notes(changed: pl.DataFrame) -> list[str]:
     return notes
 
 
-def _stable_group_order(rank: np.ndarray, n_tags: int) -> np.ndarray | None:
+def group_order(rank: np.ndarray, n_tags: int) -> np.ndarray | None:
     """Row order grouping rows by ``rank`` (0..n_tags-1), write order kept within a group;
-    None when that is already the order."""
+    None when that is already the order. With ``rank`` a tag's place in name order, this is
+    the canonical frame's order: an adapter whose points come in that order spares
+    :func:`canonical_frame` a reordered copy of the frame."""
     if n_tags == 1 or bool((rank[1:] >= rank[:-1]).all()):
         return None
     if n_tags <= 8:
@@ -235,7 +238,7 @@ def _canonical_categorical(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str]] |
     else:
         by_id = np.argsort(ids)
         rank = rank_of[by_id][np.searchsorted(ids[by_id], codes)].astype(dtype)
-    perm = _stable_group_order(rank, len(names))
+    perm = group_order(rank, len(names))
     step = df.get_column("step").to_numpy()
     if perm is not None:
         step, rank = step[perm], rank[perm]
@@ -270,7 +273,7 @@ def _canonical_categorical(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str]] |
         v_gone, v_later = value[~keep], value[keep][at]
         same = (kept_key[at] == gone_key) & ((v_gone == v_later)
                                              | (np.isnan(v_gone) & np.isnan(v_later)))
-        notes = _rewind_notes(df[gone[~same]])
+        notes = _rewind_notes(df.select("tag", "step")[gone[~same]])
     frame = df if rows is None else df[rows]
     return frame, notes
 

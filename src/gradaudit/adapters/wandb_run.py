@@ -28,7 +28,7 @@ from gradaudit.adapters._leveldb_log import LogDamage, iter_records
 from gradaudit.adapters._protowire import WireError, iter_fields, read_varint
 from gradaudit.adapters.base import STEP_LIMIT, RawRun, Source
 from gradaudit.errors import ReadError
-from gradaudit.series import FileProblem
+from gradaudit.series import FileProblem, group_order
 
 FORMAT = "wandb"
 
@@ -50,7 +50,7 @@ _KEY_TAGS = (0x0A, 0x12)
 _HISTORY_KEY = 0x12  # Record.history (field 2, length-delimited)
 _METRIC_KEY = 0x62  # Record.metric (field 12, length-delimited)
 _RUN_KEY = 0x8A  # Record.run (field 17, length-delimited; the varint key 0x8A 0x01)
-_ROW_BATCH = 1 << 16  # history rows decoded per NumPy batch
+_ROW_BATCH = 1 << 14  # history rows decoded per NumPy batch (its temporaries: ~40 MB)
 _PAD = 512  # zero bytes after a batch, so lockstep reads past a malformed end stay in bounds
 _NUMERIC_TABLE = np.zeros(256, bool)
 _NUMERIC_TABLE[list(_NUMERIC_START)] = True
@@ -269,10 +269,17 @@ class _History:
     def __init__(self) -> None:
         self.keys = _KeyTable()
         self.payloads: list[bytes] = []  # history payloads not yet decoded
+        # metric points (codes >= _FIRST_METRIC): key code, value, row
         self.codes: list[np.ndarray] = []
         self.values: list[np.ndarray] = []
         self.rows: list[np.ndarray] = []
+        # per row: HistoryStep.num (-1: none), the usable _step (NaN: none), _timestamp (NaN)
         self.step_num: list[np.ndarray] = []
+        self.row_step: list[np.ndarray] = []
+        self.row_wall: list[np.ndarray] = []
+        # trainer steps (_C_GLOBAL codes): (rows, values), few rows carry them
+        self.global_steps: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {
+            c: [] for c in _C_GLOBAL}
         self.n_rows = 0
         self.bad = 0
         self.breaks: list[int] = []  # rows before which the file was damaged (rows were lost)
@@ -452,12 +459,34 @@ class _History:
         good = ok[order]
         alive = np.ones(n, bool)
         alive[dead] = False
-        renumber = np.cumsum(alive) - 1 + self.n_rows
-        self.rows.append(renumber[rows[good]])
-        self.codes.append(codes[good])
-        self.values.append(values[good])
+        renumber = np.cumsum(alive) - 1
+        rows, codes, values = renumber[rows[good]], codes[good], values[good]
+        # 5. W&B's own keys become per-row columns (a later write in a row wins); only the
+        # metrics stay points, so a row's _step, _timestamp and _runtime cost no memory each
+        n_alive = int(alive.sum())
+        own = codes < _FIRST_METRIC
+        if own.any():
+            o_rows, o_codes, o_values = rows[own], codes[own], values[own]
+            rows, codes, values = rows[~own], codes[~own], values[~own]
+        else:
+            o_rows = o_codes = o_values = np.empty(0, np.int64)
+        row_step = np.full(n_alive, np.nan)
+        sel = (o_codes == _C_STEP) & _usable_step(o_values)
+        row_step[o_rows[sel]] = o_values[sel]
+        row_wall = np.full(n_alive, np.nan)
+        sel = o_codes == _C_TIME
+        row_wall[o_rows[sel]] = o_values[sel]
+        for code in _C_GLOBAL:
+            sel = o_codes == code
+            if sel.any():
+                self.global_steps[code].append((o_rows[sel] + self.n_rows, o_values[sel]))
+        self.rows.append(rows + self.n_rows)
+        self.codes.append(codes.astype(np.uint32))
+        self.values.append(values)
         self.step_num.append(step_num[alive])
-        self.n_rows += int(alive.sum())
+        self.row_step.append(row_step)
+        self.row_wall.append(row_wall)
+        self.n_rows += n_alive
         payloads.clear()
 
     @staticmethod
@@ -508,23 +537,22 @@ class _History:
         return codes
 
     def to_frame(self) -> tuple[pl.DataFrame, list[str]]:
-        """The points as a frame in write order, and notes about the step used."""
+        """The points as a frame in write order, and notes about the step used. The columns
+        gathered so far are released as the frame is built (peak memory near the frame's)."""
         notes: list[str] = []
         n = self.n_rows
-        codes = np.concatenate(self.codes) if self.codes else np.empty(0, np.int64)
-        values = np.concatenate(self.values) if self.values else np.empty(0)
-        rows = np.concatenate(self.rows) if self.rows else np.empty(0, np.int64)
-        step = np.concatenate(self.step_num) if self.step_num else np.empty(0, np.int64)
-        has_step = step >= 0
 
-        def per_row(code: int) -> tuple[np.ndarray, np.ndarray]:
-            sel = codes == code
-            return rows[sel], values[sel]
+        def take(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+            out = np.concatenate(parts) if parts else np.empty(0, dtype)
+            parts.clear()
+            return out
 
-        r, v = per_row(_C_STEP)
-        ok = _usable_step(v)
-        step[r[ok]] = v[ok].astype(np.int64)
-        has_step[r[ok]] = True
+        step = take(self.step_num, np.int64)
+        row_step = take(self.row_step, np.float64)
+        has = ~np.isnan(row_step)
+        step[has] = row_step[has].astype(np.int64)
+        has_step = (step >= 0) | has
+        del row_step, has
         if not has_step.all():
             # Rows without any step: one past the previous row's step.
             idx = np.arange(n)
@@ -532,9 +560,11 @@ class _History:
             gap = idx - last
             base = np.where(last >= 0, step[np.maximum(last, 0)], -1)
             step = np.where(has_step, step, base + gap)
-        wall = np.full(n, np.nan)
-        r, v = per_row(_C_TIME)
-        wall[r] = v
+        wall = take(self.row_wall, np.float64)
+        codes = take(self.codes, np.uint32)
+        values = take(self.values, np.float64)
+        rows = take(self.rows, np.int64)
+
         # the axis a define_metric("*", step_metric=...) call named (a loop of one's own that
         # logs a global step beside wandb.log calls of its own), then a trainer's step (HF and
         # Lightning name theirs that way too): where both are logged, the trainer's wins. An
@@ -542,7 +572,13 @@ class _History:
         declared = [c for c in map(self.keys.lookup, self.step_metrics)
                     if c is not None and c >= _FIRST_METRIC]
         for code in (*declared, *_C_GLOBAL):
-            r, v = per_row(code)
+            if code in self.global_steps:
+                got = self.global_steps[code]
+                r = np.concatenate([r for r, _ in got]) if got else np.empty(0, np.int64)
+                v = np.concatenate([v for _, v in got]) if got else np.empty(0)
+            else:
+                sel = codes == code
+                r, v = rows[sel], values[sel]
             ok = _usable_step(v)
             if code in declared and not ok.all():
                 notes.append(f"the define_metric step axis {self.keys.names[code]!r} is not "
@@ -557,18 +593,25 @@ class _History:
                     msg += "; the other rows keep W&B's _step"
                 notes.append(msg + ")")
         self.lost = _lost_spans(step, self.breaks)
-        metric = codes >= _FIRST_METRIC
-        pr = rows[metric]
+        # the points grouped by tag in name order, write order kept within a tag (the
+        # canonical frame's order: no reordered copy of the frame there), and the tag column
+        # as categories gathered by code: no string per point
         names = self.keys.names
-        cats = pl.Series("tag", names, dtype=pl.String)
-        frame = pl.DataFrame(
-            {
-                "step": step[pr],
-                "tag": cats.gather(pl.Series(codes[metric].astype(np.uint32))),
-                "value": values[metric],
-                "wall_time": wall[pr],
-            }
-        )
+        rank_of = np.empty(len(names), np.uint32)
+        rank_of[sorted(range(len(names)), key=names.__getitem__)] = np.arange(len(names))
+        order = group_order(rank_of[codes], len(names))
+        if order is not None:  # (one column at a time: each old one is freed as it goes)
+            rows = rows[order]
+            codes = codes[order]
+            values = values[order]
+        del order
+        columns = {"step": step[rows], "wall_time": wall[rows]}
+        del step, wall, rows
+        columns["tag"] = pl.Series("tag", names, dtype=pl.Categorical).gather(pl.Series(codes))
+        del codes
+        columns["value"] = values
+        del values
+        frame = pl.DataFrame(columns).select("step", "tag", "value", "wall_time")
         return frame, notes
 
 
