@@ -12,7 +12,8 @@ per second, the ratio to gradaudit and the child's peak RSS, also as a multiple 
   history decoding, duplicate resolution, sort, tag choice: the full canonical RunSeries).
 - wandb protobuf: the file's LevelDB framing in Python and ``wandb_internal_pb2.Record`` per
   record, each history value parsed from its JSON text into per-key lists (what a script of
-  one's own does: wandb 0.31 ships no Python reader of run files).
+  one's own does: wandb 0.31 ships no Python reader of run files), ``train/global_step``
+  the step as gradaudit takes it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,7 +53,7 @@ for first in range(0, len(data), 32768):  # LevelDB log blocks, the file header 
         if rec.WhichOneof("record_type") != "history":
             continue
         row = {"/".join(i.nested_key) or i.key: i.value_json for i in rec.history.item}
-        step = int(row["_step"])
+        step = int(row.pop("train/global_step", row["_step"]))  # the trainer's step, as read
         for key, text in row.items():
             if not key.startswith("_"):
                 series.setdefault(key, ([], []))[0].append(step)
@@ -75,7 +77,8 @@ def make_run(rows: int) -> Path:
         return Path(done.read_text())
     print(f"writing {rows} history rows with wandb (offline) to {folder} (once) ...",
           file=sys.stderr)
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # what an interrupted write left
+    folder.mkdir(parents=True)
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            "WANDB_DIR": str(folder), "WANDB_CACHE_DIR": str(folder / "cache"),
            "WANDB_CONFIG_DIR": str(folder / "config"), "WANDB_DATA_DIR": str(folder / "data")}

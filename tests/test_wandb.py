@@ -604,3 +604,45 @@ def test_rows_without_a_step_follow_the_previous_one_and_wandb_keys_are_no_point
     assert list(got) == ["a", "b"]  # grouped by tag in name order, as the canonical frame is
     wall = frame.filter(pl.col("wall_time").is_not_nan())
     assert wall.select("tag", "step").rows() == [("a", 10), ("b", 10)]
+
+
+def _log_file(records: list[bytes]) -> bytes:
+    """A ``.wandb`` file of ``records``: the W&B header, then LevelDB log chunks in 32 KiB
+    blocks with W&B's checksum (IEEE CRC-32 over the type byte and the data)."""
+    out = bytearray(b":W&B\xe1\xbe\x00")
+    for data in records:
+        first = True
+        while True:
+            room = 32768 - len(out) % 32768
+            if room < 7:
+                out += bytes(room)
+                continue
+            piece, data = data[: room - 7], data[room - 7:]
+            kind = (1 if not data else 2) if first else (4 if not data else 3)
+            out += struct.pack("<IHB", zlib.crc32(bytes([kind]) + piece), len(piece), kind)
+            out += piece
+            first = False
+            if not data:
+                break
+    return bytes(out)
+
+
+@pytest.mark.parametrize("block", [20, 40])
+def test_rows_lost_to_a_corrupt_block_are_named_after_records_that_could_not_be_decoded(
+        tmp_path, block):
+    # three history records that frame and checksum fine but cannot be decoded (an item longer
+    # than its record), then 30000 rows: a flipped byte in a later block loses the rest of that
+    # block, and the problem names exactly the steps lost (the undecodable records are no rows)
+    undecodable = bytes([0x08, 0x01]) + _pb(2, b"\x0a\x85\x01" + b"x" * 10)
+    rows = [_history_record(2, {"_step": str(i), "loss": f"{i / 7:.4f}"}) for i in range(30000)]
+    data = bytearray(_log_file([undecodable] * 3 + rows))
+    data[block * 32768 + 100] ^= 0xFF
+    path = tmp_path / "wandb" / "offline-run-20260101_000000-lost" / "run-lost.wandb"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(bytes(data))
+    (run,) = gradaudit.read_runs([path])
+    steps = run.series("loss")[0]
+    gone = np.setdiff1d(np.arange(30000), steps)
+    assert 0 < gone.size < 1000 and gone[-1] - gone[0] == gone.size - 1
+    messages = " | ".join(p.message for p in run.problems)
+    assert f"history lost where the file is damaged: steps {gone[0]}-{gone[-1]}" in messages

@@ -283,6 +283,7 @@ class _History:
         self.n_rows = 0
         self.bad = 0
         self.breaks: list[int] = []  # rows before which the file was damaged (rows were lost)
+        self.pending_breaks: list[int] = []  # the same, as places in ``payloads``
         self.lost: list[tuple[int, int, int]] = []  # steps missing there (set by to_frame)
         self.step_metrics: list[str] = []  # define_metric(..., step_metric=X) axes, in order
         self.display: tuple[str, str] | None = None  # the run's (display name, project)
@@ -315,7 +316,7 @@ class _History:
         for buf in records:
             if damage is not None and damage.corrupt_blocks + bad != seen:
                 seen = damage.corrupt_blocks + bad
-                self.breaks.append(self.n_rows + len(payloads))
+                self.pending_breaks.append(len(payloads))
             try:
                 pos = 0
                 if buf[0] == 0x08:  # Record.num
@@ -364,6 +365,8 @@ class _History:
         payloads = self.payloads
         n = len(payloads)
         if not n:
+            self.breaks.extend(self.n_rows for _ in self.pending_breaks)
+            self.pending_breaks.clear()
             return
         lens = np.fromiter(map(len, payloads), np.int64, n)
         ends = np.cumsum(lens)
@@ -460,6 +463,11 @@ class _History:
         alive = np.ones(n, bool)
         alive[dead] = False
         renumber = np.cumsum(alive) - 1
+        # a break before payload k is before the k-th row that could be decoded: rows that
+        # could not (dead) are no rows
+        alive_before = np.concatenate(([0], np.cumsum(alive)))
+        self.breaks.extend(self.n_rows + int(alive_before[k]) for k in self.pending_breaks)
+        self.pending_breaks.clear()
         rows, codes, values = renumber[rows[good]], codes[good], values[good]
         # 5. W&B's own keys become per-row columns (a later write in a row wins); only the
         # metrics stay points, so a row's _step, _timestamp and _runtime cost no memory each
@@ -537,8 +545,9 @@ class _History:
         return codes
 
     def to_frame(self) -> tuple[pl.DataFrame, list[str]]:
-        """The points as a frame in write order, and notes about the step used. The columns
-        gathered so far are released as the frame is built (peak memory near the frame's)."""
+        """The points as a frame (grouped by tag in name order, write order within a tag), and
+        notes about the step used. Called once: the columns gathered so far are released as
+        the frame is built (peak memory near the frame's)."""
         notes: list[str] = []
         n = self.n_rows
 
