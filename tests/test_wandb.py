@@ -646,3 +646,18 @@ def test_rows_lost_to_a_corrupt_block_are_named_after_records_that_could_not_be_
     assert 0 < gone.size < 1000 and gone[-1] - gone[0] == gone.size - 1
     messages = " | ".join(p.message for p in run.problems)
     assert f"history lost where the file is damaged: steps {gone[0]}-{gone[-1]}" in messages
+
+
+def test_a_trainer_step_twice_in_a_row_is_one_row_and_the_later_write_wins():
+    hist = wandb_run._History()
+    rows = [_history_record(i + 1, {"_step": str(i), "train/global_step": str(10 * i),
+                                    "loss": "1.0"}) for i in range(3)]
+    items = [("_step", "3"), ("train/global_step", "30"), ("train/global_step", "31"),
+             ("loss", "2.0")]
+    rows.append(bytes([0x08, 9]) + _pb(2, b"".join(
+        _pb(1, _pb(2, k.encode()) + b"\x82\x01" + bytes([len(v)]) + v.encode())
+        for k, v in items)))
+    hist.add_records(rows)
+    frame, notes = hist.to_frame()
+    assert frame["step"].to_list() == [0, 10, 20, 31]
+    assert notes == ["steps are the logged 'train/global_step' (4 of 4 history rows carry it)"]

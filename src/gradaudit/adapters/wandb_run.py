@@ -596,7 +596,7 @@ class _History:
             if ok.any():
                 name = self.keys.names[code]
                 step[r[ok]] = v[ok].astype(np.int64)
-                carried = int(ok.sum())
+                carried = int(np.unique(r[ok]).size)  # (a key twice in a row is one row)
                 msg = f"steps are the logged {name!r} ({carried} of {n} history rows carry it"
                 if carried < n:
                     msg += "; the other rows keep W&B's _step"
