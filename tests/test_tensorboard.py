@@ -19,6 +19,7 @@ import gradaudit
 from gradaudit.adapters import _crc32c, tensorboard
 from gradaudit.adapters._tfrecord import FileStatus, read_chunks
 from gradaudit.cmdline import main
+from tests._holes import HOLE, bytes_read, write_with_hole
 
 N_STEPS = 3000
 
@@ -705,3 +706,24 @@ def test_records_after_a_zeroed_stretch_are_found_again(tmp_path: Path) -> None:
     assert run.series("train/loss")[0].tolist() == list(range(20_000))
     (problem,) = [p.message for p in run.problems]
     assert f"{2 << 20} bytes skipped to the next sound record" in problem
+
+
+@pytest.mark.parametrize("where", ["middle", "end"])
+def test_a_hole_in_a_sparse_file_is_jumped_over_not_read(tmp_path: Path, where: str) -> None:
+    # a crash can leave a hole in an event file (the space allocated, never written): the
+    # reader resyncs after it as after any damage, without reading gigabytes of zeros
+    path = _good(tmp_path, "h")
+    data = path.read_bytes()
+    offs = _record_offsets(path)
+    at = offs[len(offs) // 2] if where == "middle" else len(data)
+    write_with_hole(path, data, at)
+    (run,), n_read = bytes_read(lambda: gradaudit.read_runs([tmp_path / "h"]))
+    assert n_read < 64 << 20
+    (problem,) = run.problems
+    # the hole sits between two records: nothing is lost, every record is read
+    assert run.series("train/loss")[0].tolist() == list(range(200))
+    if where == "end":  # no record after the hole
+        assert "no sound record follows it" in problem.message
+    else:  # read again from the record after the hole
+        assert f"{HOLE} bytes skipped to the next sound record (byte {at + HOLE})" \
+            in problem.message

@@ -22,6 +22,7 @@ import pytest
 import gradaudit
 from gradaudit.adapters import wandb_run
 from gradaudit.adapters.base import Source
+from tests._holes import bytes_read, write_with_hole
 
 wandb = pytest.importorskip("wandb")
 
@@ -661,3 +662,24 @@ def test_a_trainer_step_twice_in_a_row_is_one_row_and_the_later_write_wins():
     frame, notes = hist.to_frame()
     assert frame["step"].to_list() == [0, 10, 20, 31]
     assert notes == ["steps are the logged 'train/global_step' (4 of 4 history rows carry it)"]
+
+
+@pytest.mark.parametrize("where", ["middle", "end"])
+def test_a_hole_in_a_sparse_run_file_is_jumped_over_not_read(wandb_root, tmp_path, where):
+    # a run killed while its file was preallocated, or a hole where blocks were never written:
+    # the zeros are skipped as the damage (or end padding) they are, without being read
+    data = wandb_root["a"].read_bytes()
+    path = _copy_run(wandb_root["a"], tmp_path, f"hole-{where}")
+    at = (len(data) // 2) // 32768 * 32768 if where == "middle" else len(data)
+    write_with_hole(path, data, at)
+    (run,), n_read = bytes_read(lambda: gradaudit.read_runs([path]))
+    assert n_read < 64 << 20
+    exp_s, exp_v = _expected_a()["train/grad_norm"]
+    steps, values = run.series("train/grad_norm")
+    kept = np.isin(exp_s, steps)
+    np.testing.assert_array_equal(values, exp_v[kept])
+    messages = " | ".join(p.message for p in run.problems)
+    if where == "end":  # zeros to the end: padding, nothing lost
+        assert kept.all() and not messages
+    else:  # the hole is zero-filled space with data after it: damage, at most a row lost
+        assert (~kept).sum() <= 1 and "zero-filled" in messages

@@ -13,6 +13,9 @@ ends inside a record keeps every complete record before it.
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 import struct
 import zlib
 from collections.abc import Iterator
@@ -40,6 +43,25 @@ class LogDamage:
         self.corrupt_blocks += 1
         if self.first_bad_offset is None:
             self.first_bad_offset = offset
+
+
+def _after_hole(stream: BinaryIO, offset: int) -> int:
+    """The start of the block where the file's data resumes at or after ``offset`` (a hole in
+    a sparse file - a crash, a preallocated log - is jumped over, not read), the stream moved
+    there; ``offset`` where the file system cannot tell."""
+    seek_data = getattr(os, "SEEK_DATA", None)
+    to = offset
+    try:
+        if seek_data is not None:
+            data = os.lseek(stream.fileno(), offset, seek_data)
+            to = max(offset, data - data % BLOCK_SIZE)
+    except OSError as exc:  # ENXIO: nothing but a hole to the end
+        if exc.errno == errno.ENXIO:
+            to = max(offset, os.fstat(stream.fileno()).st_size)
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        pass  # not a file (an in-memory stream)
+    stream.seek(to)
+    return to
 
 
 def iter_records(stream: BinaryIO, start: int, damage: LogDamage) -> Iterator[bytes]:
@@ -114,5 +136,7 @@ def iter_records(stream: BinaryIO, start: int, damage: LogDamage) -> Iterator[by
         base += size
         if size < BLOCK_SIZE * _READ_BLOCKS:
             break
+        if zeroed is not None and buf.count(0) == size:  # NUL-filled: a hole, maybe
+            base = _after_hole(stream, base)
     if pending is not None:
         damage.truncated = True

@@ -24,10 +24,12 @@ What goes wrong, and what happens:
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -221,6 +223,7 @@ def _scan(buf: np.ndarray, n: int, limit: int) -> tuple[np.ndarray, np.ndarray, 
 
 
 RESYNC_KEEP = 1 << 16  # bytes kept at a chunk's end while searching: a record may start there
+HOLE_MARGIN = 64  # bytes read before the data after a hole: a record may start in the hole
 
 
 def _resync(buf: np.ndarray, n: int) -> int | None:
@@ -236,6 +239,25 @@ def _resync(buf: np.ndarray, n: int) -> int | None:
     sound = np.flatnonzero(_u32_at(buf, starts + lengths)
                            == mask(crc32c_many(buf, starts, lengths)))
     return int(heads[sound[0]]) if sound.size else None
+
+
+def _next_data(fh: BinaryIO, offset: int, buf: np.ndarray, n: int) -> int | None:
+    """Where the file's data resumes after a NUL-filled ``buf[:n]`` that ends at ``offset``,
+    less :data:`HOLE_MARGIN` bytes (a record's first bytes may be zero): a hole in a sparse
+    file (a crash, a preallocated log) is jumped over, not read. The file's size when no data
+    follows; None where the chunk holds data or the file system cannot tell."""
+    seek_data = getattr(os, "SEEK_DATA", None)
+    if seek_data is None or buf[:n].any():
+        return None
+    try:
+        data = os.lseek(fh.fileno(), offset, seek_data)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # nothing but a hole to the end
+            return os.fstat(fh.fileno()).st_size
+        return None
+    finally:
+        fh.seek(offset)
+    return max(offset, data - HOLE_MARGIN)
 
 
 def _length_crc_ok(buf: np.ndarray, heads: np.ndarray) -> np.ndarray:
@@ -267,9 +289,16 @@ def read_chunks(path: str | os.PathLike[str], status: FileStatus,
             if lost is not None:  # search for the next sound record
                 at = _resync(buf, n)
                 if at is None:
-                    if final:
+                    data = None if final else _next_data(fh, consumed + n, buf, n)
+                    if final or data is not None and data >= size:
                         status.problems.append(lost[2])
                         break
+                    if data is not None and data > consumed + n:  # a hole: jump over it
+                        consumed = data
+                        fh.seek(consumed)
+                        carry = np.empty(0, np.uint8)
+                        want = chunk_size
+                        continue
                     keep = min(n, RESYNC_KEEP, max(1, want // 2))
                     carry = buf[n - keep : n].copy()
                     consumed += n - keep
