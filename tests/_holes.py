@@ -14,7 +14,15 @@ HOLE = 2 << 30  # 2 GiB: read through, it would be counted; jumped over, it cost
 
 def write_with_hole(path: Path, data: bytes, at: int, hole: int = HOLE) -> None:
     """``data[:at]``, ``hole`` bytes never written, then ``data[at:]`` (at the end: the hole
-    runs to the end of the file). Skips the test where the file system stores the hole."""
+    runs to the end of the file). Skips the test where the file system stores holes (tried
+    first on a small file)."""
+    probe = path.with_name(path.name + ".probe")
+    with probe.open("wb") as f:
+        f.truncate(16 << 20)
+    stored = probe.stat().st_blocks * 512
+    probe.unlink()
+    if stored >= 1 << 20:
+        pytest.skip("this file system stores holes")
     with path.open("wb") as f:
         f.write(data[:at])
         if at < len(data):

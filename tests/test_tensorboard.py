@@ -727,3 +727,56 @@ def test_a_hole_in_a_sparse_file_is_jumped_over_not_read(tmp_path: Path, where: 
     else:  # read again from the record after the hole
         assert f"{HOLE} bytes skipped to the next sound record (byte {at + HOLE})" \
             in problem.message
+    path.unlink()  # (sparse: no disk, but no 2 GiB file left for other tools either)
+
+
+def _event_of_size(step: int, size: int) -> event_pb2.Event:
+    """An event (a scalar and a text tensor) whose serialized size is exactly ``size``."""
+    def event(n: int) -> event_pb2.Event:
+        text = tensor_pb2.TensorProto(dtype=7, string_val=[b"x" * n])
+        return event_pb2.Event(wall_time=1.0, step=step, summary=summary_pb2.Summary(value=[
+            summary_pb2.Summary.Value(tag="train/loss", simple_value=_loss(step)),
+            _value("notes", text, "text")]))
+
+    n = size
+    for _ in range(10):
+        got = event(n).ByteSize()
+        if got == size:
+            return event(n)
+        n -= got - size
+    raise AssertionError(f"no event of {size} bytes")
+
+
+def test_a_hole_is_searched_past_in_the_same_windows_as_zeros_written_there(
+        tmp_path: Path) -> None:
+    # after a hole the search goes on in the windows it would use over written zeros, so a
+    # long record just after the hole is found exactly where it would be (a jump to the data
+    # itself once lost a record nearly a window long: the window no longer held it whole)
+    chunk = 1 << 20
+    writer = EventFileWriter(str(tmp_path / "w"))
+    for s in range(10):
+        writer.add_event(event_pb2.Event(wall_time=1.0, step=s, summary=summary_pb2.Summary(
+            value=[summary_pb2.Summary.Value(tag="train/loss", simple_value=_loss(s))])))
+    writer.add_event(_event_of_size(10, chunk - 24))  # with its framing: a window less 8
+    writer.add_event(event_pb2.Event(wall_time=1.0, step=11, summary=summary_pb2.Summary(
+        value=[summary_pb2.Summary.Value(tag="train/loss", simple_value=_loss(11))])))
+    writer.close()
+    (written,) = (tmp_path / "w").glob("*tfevents*")
+    data = written.read_bytes()
+    at = _record_offsets(written)[-2]  # the long record
+    # the search windows after the damage at `at` start at at + 1 + j (chunk - 64 KiB): the
+    # long record starts 8 bytes into the fourth
+    hole = 1 + 3 * (chunk - (1 << 16)) + 8
+
+    def read(path: Path) -> tuple[list[int], list[str]]:
+        status = FileStatus()
+        sizes = [n for c in read_chunks(path, status, chunk_size=chunk) for n in c.lengths.tolist()]
+        return sizes, status.problems
+
+    zeros = tmp_path / "zeros.tfevents"
+    zeros.write_bytes(data[:at] + bytes(hole) + data[at:])
+    sparse = tmp_path / "sparse.tfevents"
+    write_with_hole(sparse, data, at, hole)
+    expected = read(zeros)
+    assert chunk - 24 in expected[0] and len(expected[0]) == 13  # the long record is found
+    assert read(sparse) == expected

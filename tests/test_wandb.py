@@ -683,3 +683,27 @@ def test_a_hole_in_a_sparse_run_file_is_jumped_over_not_read(wandb_root, tmp_pat
         assert kept.all() and not messages
     else:  # the hole is zero-filled space with data after it: damage, at most a row lost
         assert (~kept).sum() <= 1 and "zero-filled" in messages
+    path.unlink()  # (sparse: no disk, but no 2 GiB file left for other tools either)
+
+
+def test_zeros_read_through_a_large_buffer_give_the_records_a_small_one_does(tmp_path):
+    # on a file system with a large block size Python buffers reads by megabytes; looking for
+    # the data after a megabyte of zeros must not move the file under that buffer (records
+    # were read twice, or every block after looked corrupt)
+    from gradaudit.adapters._leveldb_log import LogDamage, iter_records
+
+    rows = [_history_record(2, {"_step": str(i), "loss": f"{i / 7:.4f}"}) for i in range(90000)]
+    data = bytearray(_log_file(rows))
+    assert len(data) > 3 << 20
+    data[1 << 20: 2 << 20] = bytes(1 << 20)  # written zeros: one whole read of them
+    path = tmp_path / "run-zeros.wandb"
+    path.write_bytes(bytes(data))
+    got = {}
+    for buffering in (8192, 4 << 20, 16 << 20):
+        damage = LogDamage()
+        with open(path, "rb", buffering=buffering) as stream:
+            got[buffering] = (list(iter_records(stream, 7, damage)), damage)
+    assert got[4 << 20] == got[8192] and got[16 << 20] == got[8192]
+    records, damage = got[8192]
+    assert damage.corrupt_blocks == 1 and len(records) < len(rows)
+    assert len(set(records)) == len(records)  # (each row once: _step differs)

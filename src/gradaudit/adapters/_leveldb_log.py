@@ -52,15 +52,25 @@ def _after_hole(stream: BinaryIO, offset: int) -> int:
     seek_data = getattr(os, "SEEK_DATA", None)
     to = offset
     try:
+        fd = stream.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        return offset  # not a file (an in-memory stream)
+    try:
+        # the raw position under a buffered stream is the stream's business: put it back
+        raw = os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError:  # a pipe
+        return offset
+    try:
         if seek_data is not None:
-            data = os.lseek(stream.fileno(), offset, seek_data)
+            data = os.lseek(fd, offset, seek_data)
             to = max(offset, data - data % BLOCK_SIZE)
     except OSError as exc:  # ENXIO: nothing but a hole to the end
         if exc.errno == errno.ENXIO:
-            to = max(offset, os.fstat(stream.fileno()).st_size)
-    except (AttributeError, ValueError, io.UnsupportedOperation):
-        pass  # not a file (an in-memory stream)
-    stream.seek(to)
+            to = max(offset, os.fstat(fd).st_size)
+    finally:
+        os.lseek(fd, raw, os.SEEK_SET)
+    if to != offset:
+        stream.seek(to)
     return to
 
 

@@ -223,7 +223,6 @@ def _scan(buf: np.ndarray, n: int, limit: int) -> tuple[np.ndarray, np.ndarray, 
 
 
 RESYNC_KEEP = 1 << 16  # bytes kept at a chunk's end while searching: a record may start there
-HOLE_MARGIN = 64  # bytes read before the data after a hole: a record may start in the hole
 
 
 def _resync(buf: np.ndarray, n: int) -> int | None:
@@ -242,10 +241,10 @@ def _resync(buf: np.ndarray, n: int) -> int | None:
 
 
 def _next_data(fh: BinaryIO, offset: int, buf: np.ndarray, n: int) -> int | None:
-    """Where the file's data resumes after a NUL-filled ``buf[:n]`` that ends at ``offset``,
-    less :data:`HOLE_MARGIN` bytes (a record's first bytes may be zero): a hole in a sparse
-    file (a crash, a preallocated log) is jumped over, not read. The file's size when no data
-    follows; None where the chunk holds data or the file system cannot tell."""
+    """Where the file's data resumes after a NUL-filled ``buf[:n]`` that ends at ``offset``:
+    a hole in a sparse file (a crash, a preallocated log) is jumped over, not read. The
+    file's size when no data follows; None where the chunk holds data or the file system
+    cannot tell."""
     seek_data = getattr(os, "SEEK_DATA", None)
     if seek_data is None or buf[:n].any():
         return None
@@ -257,7 +256,7 @@ def _next_data(fh: BinaryIO, offset: int, buf: np.ndarray, n: int) -> int | None
         return None
     finally:
         fh.seek(offset)
-    return max(offset, data - HOLE_MARGIN)
+    return max(offset, data)
 
 
 def _length_crc_ok(buf: np.ndarray, heads: np.ndarray) -> np.ndarray:
@@ -293,13 +292,16 @@ def read_chunks(path: str | os.PathLike[str], status: FileStatus,
                     if final or data is not None and data >= size:
                         status.problems.append(lost[2])
                         break
-                    if data is not None and data > consumed + n:  # a hole: jump over it
-                        consumed = data
+                    keep = min(n, RESYNC_KEEP, max(1, want // 2))
+                    step = n - keep  # where the next window of the search starts
+                    if data is not None and data > consumed + n and step > 0:
+                        # a hole: on to the first window of the same search that reaches the
+                        # data (the windows passed over hold nothing but the hole)
+                        consumed += ((data - consumed - n) // step + 1) * step
                         fh.seek(consumed)
                         carry = np.empty(0, np.uint8)
                         want = chunk_size
                         continue
-                    keep = min(n, RESYNC_KEEP, max(1, want // 2))
                     carry = buf[n - keep : n].copy()
                     consumed += n - keep
                     want = chunk_size
