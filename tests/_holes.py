@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 HOLE = 2 << 30  # 2 GiB: read through, it would be counted; jumped over, it costs nothing
+#: bytes a read may take with the hole jumped over: the data, and a reader's one buffer of zeros
+READ_LIMIT = 256 << 20
 
 
 def write_with_hole(path: Path, data: bytes, at: int, hole: int = HOLE) -> None:

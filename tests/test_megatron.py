@@ -16,6 +16,7 @@ from gradaudit.adapters import megatron
 from gradaudit.adapters.base import Source
 from gradaudit.errors import ReadError
 from gradaudit.series import canonical_frame
+from tests._holes import HOLE, READ_LIMIT, bytes_read, write_with_hole
 
 REAL = Path(__file__).parent / "data" / "real-logs"
 
@@ -382,3 +383,19 @@ def test_a_timestamp_after_the_word_iteration_in_a_prefix_is_still_the_wall_time
     got = frame.filter(pl.col("tag") == "lm loss")
     assert got["step"].to_list() == list(range(1, 301))
     assert got["wall_time"].diff().drop_nulls().to_list() == [1.0] * 299
+
+
+def test_a_hole_in_a_sparse_log_is_jumped_over_and_counted_not_read(tmp_path: Path) -> None:
+    # a node that crashed while its log was preallocated leaves a hole between its lines: its
+    # zeros are counted as the NUL bytes they read as, without being read
+    data = (REAL / "bloom-176b-spike-iter31214.log").read_bytes()
+    at = data.index(b"\n", len(data) // 2) + 1
+    path = tmp_path / "holey.log"
+    write_with_hole(path, data, at)
+    (run,), n_read = bytes_read(lambda: gradaudit.read_runs([path]))
+    assert n_read < READ_LIMIT
+    (plain,) = gradaudit.read_runs([REAL / "bloom-176b-spike-iter31214.log"])
+    for tag in ("lm loss", "grad norm"):
+        np.testing.assert_array_equal(run.series(tag)[1], plain.series(tag)[1])
+    assert any(f"{HOLE} NUL byte(s) ignored" in p.message for p in run.problems)
+    path.unlink()

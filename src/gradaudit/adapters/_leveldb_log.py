@@ -13,14 +13,13 @@ ends inside a record keeps every complete record before it.
 
 from __future__ import annotations
 
-import errno
-import io
-import os
 import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
+
+from gradaudit.adapters._sparse import data_after
 
 BLOCK_SIZE = 32 * 1024
 CHUNK_HEADER = 7
@@ -43,35 +42,6 @@ class LogDamage:
         self.corrupt_blocks += 1
         if self.first_bad_offset is None:
             self.first_bad_offset = offset
-
-
-def _after_hole(stream: BinaryIO, offset: int) -> int:
-    """The start of the block where the file's data resumes at or after ``offset`` (a hole in
-    a sparse file - a crash, a preallocated log - is jumped over, not read), the stream moved
-    there; ``offset`` where the file system cannot tell."""
-    seek_data = getattr(os, "SEEK_DATA", None)
-    to = offset
-    try:
-        fd = stream.fileno()
-    except (AttributeError, ValueError, io.UnsupportedOperation):
-        return offset  # not a file (an in-memory stream)
-    try:
-        # the raw position under a buffered stream is the stream's business: put it back
-        raw = os.lseek(fd, 0, os.SEEK_CUR)
-    except OSError:  # a pipe
-        return offset
-    try:
-        if seek_data is not None:
-            data = os.lseek(fd, offset, seek_data)
-            to = max(offset, data - data % BLOCK_SIZE)
-    except OSError as exc:  # ENXIO: nothing but a hole to the end
-        if exc.errno == errno.ENXIO:
-            to = max(offset, os.fstat(fd).st_size)
-    finally:
-        os.lseek(fd, raw, os.SEEK_SET)
-    if to != offset:
-        stream.seek(to)
-    return to
 
 
 def iter_records(stream: BinaryIO, start: int, damage: LogDamage) -> Iterator[bytes]:
@@ -147,6 +117,9 @@ def iter_records(stream: BinaryIO, start: int, damage: LogDamage) -> Iterator[by
         if size < BLOCK_SIZE * _READ_BLOCKS:
             break
         if zeroed is not None and buf.count(0) == size:  # NUL-filled: a hole, maybe
-            base = _after_hole(stream, base)
+            data = data_after(stream, base)
+            if data is not None and data - data % BLOCK_SIZE > base:  # on to its block
+                base = data - data % BLOCK_SIZE
+                stream.seek(base)
     if pending is not None:
         damage.truncated = True

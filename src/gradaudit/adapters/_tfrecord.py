@@ -24,18 +24,17 @@ What goes wrong, and what happens:
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from gradaudit.adapters._crc32c import _const as _crc_const
 from gradaudit.adapters._crc32c import _t16, crc32c_many, mask
 from gradaudit.adapters._crc32c import _tables as _crc_tables
+from gradaudit.adapters._sparse import data_after
 
 HEADER = 12  # u64 length + u32 length CRC
 OVERHEAD = 16  # header + u32 payload CRC
@@ -240,25 +239,6 @@ def _resync(buf: np.ndarray, n: int) -> int | None:
     return int(heads[sound[0]]) if sound.size else None
 
 
-def _next_data(fh: BinaryIO, offset: int, buf: np.ndarray, n: int) -> int | None:
-    """Where the file's data resumes after a NUL-filled ``buf[:n]`` that ends at ``offset``:
-    a hole in a sparse file (a crash, a preallocated log) is jumped over, not read. The
-    file's size when no data follows; None where the chunk holds data or the file system
-    cannot tell."""
-    seek_data = getattr(os, "SEEK_DATA", None)
-    if seek_data is None or buf[:n].any():
-        return None
-    try:
-        data = os.lseek(fh.fileno(), offset, seek_data)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:  # nothing but a hole to the end
-            return os.fstat(fh.fileno()).st_size
-        return None
-    finally:
-        fh.seek(offset)
-    return max(offset, data)
-
-
 def _length_crc_ok(buf: np.ndarray, heads: np.ndarray) -> np.ndarray:
     return _u32_at(buf, heads + 8) == mask(crc32c_many(buf, heads, np.full(heads.size, 8)))
 
@@ -288,7 +268,8 @@ def read_chunks(path: str | os.PathLike[str], status: FileStatus,
             if lost is not None:  # search for the next sound record
                 at = _resync(buf, n)
                 if at is None:
-                    data = None if final else _next_data(fh, consumed + n, buf, n)
+                    # a chunk of zeros may be a hole: where does the data resume?
+                    data = None if final or buf[:n].any() else data_after(fh, consumed + n)
                     if final or data is not None and data >= size:
                         status.problems.append(lost[2])
                         break

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
+from gradaudit.adapters._sparse import data_after
 from gradaudit.adapters.base import MAX_LINE, RawRun, Source, nonempty_size
 from gradaudit.errors import ReadError
 from gradaudit.series import FileProblem
@@ -327,6 +328,12 @@ def _chunks(path: Path, dropped: list[int]):  # noqa: ANN202 - a generator of st
             if not block:
                 break
             nul = block.count(b"\x00")
+            if nul == len(block):  # a hole, maybe: jumped over, its zeros counted as read
+                at = fh.tell()
+                data = data_after(fh, at)
+                if data is not None and data > at:
+                    nul += data - at
+                    fh.seek(data)
             if nul:  # a run of NULs ends the line a crash cut off; single ones (UTF-16) go
                 dropped[0] += nul
                 block = _NUL_RUN.sub(b"\n", block).replace(b"\x00", b"")
