@@ -98,6 +98,19 @@ def test_fp16_overflow_steps_are_nonfinite_warnings():
     assert a.status == "warning"
 
 
+@pytest.mark.parametrize("run", [8, 24, 40])
+def test_a_loss_scalers_search_at_the_start_is_one_nonfinite_warning(run):
+    # a loss scaler starts too high and halves its scale at every overflow: the first steps'
+    # grad norms are inf in a row while the loss carries on
+    s, g, loss = healthy(seed=3)
+    g[:run] = np.inf
+    a = audit_run(run_series(s, g, loss))
+    (e,) = a.episodes
+    assert (e.kind, e.severity, e.onset_step) == ("nonfinite", "warning", int(s[0]))
+    assert a.status == "warning"
+    assert "one at a time or a few in a row" in e.reason
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_step_up_that_later_diverges_has_its_onset_at_the_step(seed):
     # an lr set 50x too high: the grad norm steps up 3.5x at once, holds there, then blows up;

@@ -68,8 +68,9 @@ def grad_text(kind: str, ratio: float | None, base: float | None, peak_step: int
     """The grad-norm half of an episode's reason."""
     if kind == "nonfinite":
         what = "grad norm" if from_grad else "loss"
-        return (f"the {what} was logged inf/NaN at isolated steps while training went on (e.g. "
-                "fp16 loss-scaler overflow steps that the optimizer skipped): benign on its own")
+        return (f"the {what} was logged inf/NaN while training went on (e.g. fp16 loss-scaler "
+                "overflow steps that the optimizer skipped, one at a time or a few in a row "
+                "while the scaler finds its scale): benign on its own")
     if ratio is not None and not np.isfinite(ratio):
         level = f" (healthy level {base:.3g})" if base is not None else ""
         return f"the grad norm went non-finite{level}"
