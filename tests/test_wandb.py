@@ -574,10 +574,13 @@ def _pb(field: int, payload: bytes) -> bytes:
     return bytes([field << 3 | 2, len(payload)]) + payload
 
 
-def _history_record(num: int, items: dict[str, str], step_num: int | None = None) -> bytes:
-    """``Record{num, history{item{nested_key, value_json}..., step{num}}}``."""
+def _history_record(num: int, items: dict[str, str] | list[tuple[str, str]],
+                    step_num: int | None = None) -> bytes:
+    """``Record{num, history{item{nested_key, value_json}..., step{num}}}``; ``items`` as
+    pairs where a key comes twice."""
+    pairs = items.items() if isinstance(items, dict) else items
     body = b"".join(_pb(1, _pb(2, k.encode()) + b"\x82\x01" + bytes([len(v)]) + v.encode())
-                    for k, v in items.items())
+                    for k, v in pairs)
     if step_num is not None:
         body += _pb(2, bytes([0x08, step_num]))
     return bytes([0x08, num]) + _pb(2, body)
@@ -653,11 +656,8 @@ def test_a_trainer_step_twice_in_a_row_is_one_row_and_the_later_write_wins():
     hist = wandb_run._History()
     rows = [_history_record(i + 1, {"_step": str(i), "train/global_step": str(10 * i),
                                     "loss": "1.0"}) for i in range(3)]
-    items = [("_step", "3"), ("train/global_step", "30"), ("train/global_step", "31"),
-             ("loss", "2.0")]
-    rows.append(bytes([0x08, 9]) + _pb(2, b"".join(
-        _pb(1, _pb(2, k.encode()) + b"\x82\x01" + bytes([len(v)]) + v.encode())
-        for k, v in items)))
+    rows.append(_history_record(9, [("_step", "3"), ("train/global_step", "30"),
+                                    ("train/global_step", "31"), ("loss", "2.0")]))
     hist.add_records(rows)
     frame, notes = hist.to_frame()
     assert frame["step"].to_list() == [0, 10, 20, 31]
