@@ -450,18 +450,19 @@ def test_a_gap_within_the_slopes_own_error_is_an_anchor():
     # fitted over the 150 steps before it is clear but uncertain, and where the loss after the
     # episode misses its forecast by more than the gap's noise but within what that slope's
     # error explains there, the loss came back and anchors the counterfactual. Judged against
-    # the noise alone, 10 of these 200 seeds had no anchor (3 now), and the slope's error was
-    # extrapolated as excess: 8 read over the harm bar (4 % of the level; 3 now)
+    # the noise alone, 55 of these 1000 seeds had no anchor (15 now), and the slope's error was
+    # extrapolated as excess: 39 read over the harm bar (4 % of the level; 15 now). (Per 200
+    # seeds the counts vary by about 5: the bars sit halfway between the two rules' totals.)
     s = np.arange(3000)
     clean = 2.0 + 8.0 * (s + 10.0) ** -0.5
     bracketed = over = 0
-    for seed in range(200):
+    for seed in range(1000):
         y = clean * (1 + np.random.default_rng(seed).normal(0, 0.1, s.size))
         y[150] *= 2.0
         out = loss_impact(s, y, s < 150, 150, 151, 200)
         bracketed += out.bracketed
         over += out.lasting_excess > 0.04 * clean[150]
-    assert bracketed >= 195 and over <= 5
+    assert bracketed >= 965 and over <= 27
 
 
 @pytest.mark.parametrize("seed", range(6))
