@@ -104,91 +104,96 @@ Definitions follow docs/findings.md ("Loss impact"). Rules and defaults:
   window's lever (its mean ``u`` less the fit window's): the slope's standard error shrunk
   towards flat as the slope was, and none where no trend is used (a flat fit, a rising slope
   held flat) or where the fit window holds fewer than ``SLOPE_ERROR_WIDTHS`` (5) smoothing
-  widths, too few independent stretches to know that error. A loss that stays up beyond both
-  (lasting damage) is never used as an anchor. A positive gap within them is lasting damage or
-  the forecast's own error, and it is split between them by their variances: damage of the
-  tolerance's size against the slope's standard error (unshrunk) times the lever and the gap's
-  noise; the damage's share is taken off the post window before the refit. The slope's standard
-  error assumes the power law is right (a rising slope, held flat, has none: its gap stays with
-  the anchor). Until 2026-11-28 the bar was 2 x the gap's noise alone: a loss that a trend's
-  forecast missed by no more than that trend's own error was no anchor, and the unanchored
-  forecast carried the error into the estimate and into its standard error (the harm bar).
-  Benchmark, before -> after: impact within 2x 80.1 -> 80.4 % (seeds 13000-48000, where it was
-  checked first), 81.4 -> 81.8, 79.4 -> 79.9, 79.6 -> 79.9, 81.0 -> 81.0, 82.2 -> 82.3, 84.7 ->
-  85.3 and 79.7 -> 80.2 % on the other seven pools (the last, seeds 169000-180000, was scored
-  blind with the second version below: 80.8 %); severity agreement up on six pools (+0.1 to +0.4
-  points), the same on one, down 0.2 on one; harmful events called warnings 400 -> 389 on the
-  six older pools (the regressor's lr faults and shuffled labels), explosions on harmless events
-  147 -> 155; one clean run fewer with an explosion (an unclipped RNN's spike while its loss
-  fell fast). Two reviews shaped it. The first version took the slope's unshrunk error into the
-  bar (the split's): twice the gain on the pools, but on a flat loss, whose slope is shrunk to
-  nothing, that error is large, and a lasting +20 % step on a loss logged every 10 steps with 10
-  % noise was anchored on 18 of 40 seeds, read down to 0 and called a warning on 4-5 of them.
-  The second, shrunk but from any window, still let lasting damage of +8 to +30 % anchor early
-  in training, where a steep fall's slope is fitted on about 20 points (logged every 5-20 steps)
-  and the bar reached 3-4x the tolerance: on a grid of steep and LM-like falls (onsets at steps
-  100-1000, logged every 1-50 steps, 5-15 % noise, lasting or fading damage of 5-12 % after a
-  grad spike, 40 seeds each) 80 of 30720 harmful events went from explosion to warning. With the
-  five widths: 19 (136 the other way), 1 of 7680 harmless events becomes an explosion, and 104
-  lasting-damage estimates leave the 2x band while 5 enter it; the first review's grids (onsets
-  from step 300) do not move. In learning-rate time (below) the same bar applies: 40 seeds of a
-  harmless lasting lr rise read in it 35 -> 40 times (within 2x 35 -> 40), with a small harm 26
-  -> 35 (within 2x 30 -> 27). The bar does not reach the forecast's model error: a steep fall
-  that bends (an exponential decay to a floor, a fast learning phase ending) is a confident
-  slope, and a harmless spike there still reads as harm. On a quiet loss with a long fit window
-  the slope's error is small, the damage's share is 0.97-1.0, and the anchor mainly pulls the
-  counterfactual down to a loss that came back below it; on the benchmark's noisier losses it is
-  a real split (median share 0.36 over 160 positive gaps, 58 % under one half), and a short or
-  very noisy fit window leaves the gap to the anchor as before. (Until the split, the refit took
-  half of any such rise away: a lasting +2 to +4 % on a quiet loss read as 0.41-0.44 of its
-  truth, now 1.02-1.03; with 2 % noise 0.32-0.40, now 0.65-0.81, more spread. Costs: the prior
-  gives no weight to "no damage at all", so with none the positive half of the gaps reads as
-  +0.01 to +0.13 % of the level, a one-sigma gap is mostly damage, and a forecast that misses a
-  convex loss's bend by under the tolerance is read as damage (-0.9 % -> +1.3 % of the level on
-  an exponential floor, under the harm bar). A negative gap is no gain: split alike, it lost 39
-  estimates on held-out seeds 13000-48000.) A 3 % tolerance (the harm bar) instead lost
-  estimates and severity verdicts: an unanchored fit carries its extrapolation's uncertainty
-  into the harm bar. The anchor starts half a horizon after the onset, not a whole one: how soon
-  the loss settles has nothing to do with the horizon the excess is averaged over; the nearer
-  anchor interpolates over a shorter gap, and a run that ends within two horizons of the onset
-  still has one (75 % -> 78 % within 2x on the 13 seeds). The window used to end at the next
-  episode's onset: in a spiky run (an unclipped RNN) the next explosion often comes within two
-  horizons, which left no anchor, and the falling power law was extrapolated under a loss that
-  later explosions kept up (benchmark: 72 held-out seeds 1756 -> 1781 of 2234 estimates within
-  2x (a first version: natural explosions 114 -> 139 of 256); no change on 24 fresh seeds, 555
-  -> 554 of 721, nor on the development pool, 328 -> 327 of 407). Known costs (synthetic, from a
-  review): a later episode's lasting damage just under the tolerance raises this one's
-  counterfactual (a later +4 % took a +0.75 % lasting excess to -1.2 %), and a scheduled lr drop
-  (no episode) after a later episode now reaches anchors it did not (a -10 % step: -0.4 % ->
-  +2.5 %). The window ends at twice the onset's step (at least two horizons after the onset, at
-  most five: :func:`post_end`) - the same span in log time covers more steps later in training,
-  where the power law changes slowly - and at ``anchor_end``, where the engine finds the lr
-  fallen to half its lowest in the horizon before the onset: at once (a step decay), or, past
-  two horizons, within one horizon (a cool-down, as in a warmup-stable-decay schedule; not a
-  long cosine tail). The loss after such a fall drops faster than a counterfactual without the
-  lr can follow: anchored through a 10x step decay 1.5 horizons after it, a harmless spike read
-  +7 to +9 % of lasting harm, and through a linear cool-down to zero from one to three horizons
-  after it, an explosion on 20 of 20 seeds (0-1 with the cut, as with the old window). Whether
-  the loss came back (the gap, its tolerance and the split) is judged on the window's points
-  before two horizons after the onset (all of them where too few lie there): further out a
-  forecast whose slope was shrunk towards flat misses by more, and that miss hid damage (judged
-  on the whole window, a lasting +4 % on a loss with 2 % noise was an explosion on 12 of 30
-  seeds; 22 with the old window, 26 now). The window used to end two horizons after the onset:
-  late in training it still held damage that was fading, and the refit took it in (fresh seeds:
-  the batch-8 classifier's lr ramp, a true +0.15 to +0.18, read +0.03 to +0.07 on 7 of 24).
-  Benchmark (pools regenerated on 2026-11-27): seeds 13000-48000 893 -> 901 of 1133 within 2x
-  (the end chosen there among 1.5 to 5 horizons, the run's end and 0.5 or 1x the onset's step
-  past it; a fixed 4 or 5 horizons scored alike but called a spike early in training an
-  explosion on 1 or 2 clean runs, where one power law cannot join a steep fall and the flat loss
-  after it), seeds 49000-84000 876 -> 897 of 1100, fresh seeds 85000-108000 564 -> 589 of 739,
-  and seeds 109000-120000, made after the change was chosen, 299 -> 310 of 387; no clean run
-  gains an explosion; severity agreement 86.6 -> 87.7 % (72 seeds), 85.9 -> 87.3 % (fresh).
-  Costs: more explosions on faults labelled harmless (true harm under the labels' 5 %, over the
-  engine's 3 %: 72 -> 78 lines of score.py's report on the 72 seeds); two 1.5x step decays one
-  and two horizons after a harmless spike (neither a fall to half at once) make it an explosion
-  on 1-2 more of 20 seeds (on 18-19 before already, with a 30 % loss drop); a loss that is
-  non-finite or <= 0 further after the episode now cancels the anchor or the log fit where it
-  did not (the engine makes a later NaN its own episode, which ends the window first).
+  widths, too few independent stretches to know that error (the fit window spans one horizon, so
+  at the default horizon and smoothing the slope term counts only where the loss is logged every
+  1-4 steps, from an onset 90 logged intervals in; the split below still takes the slope's error
+  from any window). A loss that stays up beyond both (lasting damage) is never used as an
+  anchor. A positive gap within them is lasting damage or the forecast's own error, and it is
+  split between them by their variances: damage of the tolerance's size against the slope's
+  standard error (unshrunk) times the lever and the gap's noise; the damage's share is taken off
+  the post window before the refit. The slope's standard error assumes the power law is right (a
+  rising slope, held flat, has none: its gap stays with the anchor). Until 2026-11-28 the bar
+  was 2 x the gap's noise alone: a loss that a trend's forecast missed by no more than that
+  trend's own error was no anchor, and the unanchored forecast carried the error into the
+  estimate and into its standard error (the harm bar). Benchmark, before -> after: impact within
+  2x 80.1 -> 80.4 % (seeds 13000-48000, where it was checked first), 81.4 -> 81.8, 79.4 -> 79.9,
+  79.6 -> 79.9, 81.0 -> 81.0, 82.2 -> 82.3, 84.7 -> 85.3 and 79.7 -> 80.2 % on the other seven
+  pools (the last, seeds 169000-180000, was scored blind with the second version below: 80.8 %);
+  severity agreement up on six pools (+0.1 to +0.4 points), the same on one, down 0.2 on one;
+  harmful events called warnings 400 -> 389 on the six older pools (the regressor's lr faults
+  and shuffled labels), explosions on harmless events 147 -> 155; one clean run fewer with an
+  explosion (an unclipped RNN's spike while its loss fell fast). Two reviews shaped it. The
+  first version took the slope's unshrunk error into the bar (the split's): twice the gain on
+  the pools, but on a flat loss, whose slope is shrunk to nothing, that error is large, and a
+  lasting +20 % step on a loss logged every 10 steps with 10 % noise was anchored on 18 of 40
+  seeds, read down to 0 and called a warning on 4-5 of them. The second, shrunk but from any
+  window, still let lasting damage of +8 to +30 % anchor early in training, where a steep fall's
+  slope is fitted on about 20 points (logged every 5-20 steps) and the bar reached 3-4x the
+  tolerance: on a grid of steep and LM-like falls (onsets at steps 100-1000, logged every 1-50
+  steps, 5-15 % noise, lasting or fading damage of 5-12 % after a grad spike, 40 seeds each) 80
+  of 30720 harmful events went from explosion to warning. With the five widths: 19 (136 the
+  other way; 16 of the 19 logged every step with about 50 points to fit at onset 100: the cost
+  persists just above the guard), 1 of 7680 harmless events becomes an explosion, and 104
+  lasting-damage estimates leave the 2x band while 5 enter it; on the first review's grids
+  (onsets from step 300) 4 of 76800 estimates move, none across the 2x band, and no verdict. In
+  learning-rate time (below) the same bar applies: 40 seeds of a harmless lasting lr rise read
+  in it 35 -> 40 times (within 2x 35 -> 40), with a small harm 26 -> 35 (within 2x 30 -> 27).
+  The bar does not reach the forecast's model error: a steep fall that bends (an exponential
+  decay to a floor, a fast learning phase ending) is a confident slope, and a harmless spike
+  there still reads as harm. On a quiet loss with a long fit window the slope's error is small,
+  the damage's share is 0.97-1.0, and the anchor mainly pulls the counterfactual down to a loss
+  that came back below it; on the benchmark's noisier losses it is a real split (median share
+  0.36 over 160 positive gaps, 58 % under one half), and a short or very noisy fit window leaves
+  the gap to the anchor as before. (Until the split, the refit took half of any such rise away:
+  a lasting +2 to +4 % on a quiet loss read as 0.41-0.44 of its truth, now 1.02-1.03; with 2 %
+  noise 0.32-0.40, now 0.65-0.81, more spread. Costs: the prior gives no weight to "no damage at
+  all", so with none the positive half of the gaps reads as +0.01 to +0.13 % of the level, a
+  one-sigma gap is mostly damage, and a forecast that misses a convex loss's bend by under the
+  tolerance is read as damage (-0.9 % -> +1.3 % of the level on an exponential floor, under the
+  harm bar). A negative gap is no gain: split alike, it lost 39 estimates on held-out seeds
+  13000-48000.) A 3 % tolerance (the harm bar) instead lost estimates and severity verdicts: an
+  unanchored fit carries its extrapolation's uncertainty into the harm bar. The anchor starts
+  half a horizon after the onset, not a whole one: how soon the loss settles has nothing to do
+  with the horizon the excess is averaged over; the nearer anchor interpolates over a shorter
+  gap, and a run that ends within two horizons of the onset still has one (75 % -> 78 % within
+  2x on the 13 seeds). The window used to end at the next episode's onset: in a spiky run (an
+  unclipped RNN) the next explosion often comes within two horizons, which left no anchor, and
+  the falling power law was extrapolated under a loss that later explosions kept up (benchmark:
+  72 held-out seeds 1756 -> 1781 of 2234 estimates within 2x (a first version: natural
+  explosions 114 -> 139 of 256); no change on 24 fresh seeds, 555 -> 554 of 721, nor on the
+  development pool, 328 -> 327 of 407). Known costs (synthetic, from a review): a later
+  episode's lasting damage just under the tolerance raises this one's counterfactual (a later +4
+  % took a +0.75 % lasting excess to -1.2 %), and a scheduled lr drop (no episode) after a later
+  episode now reaches anchors it did not (a -10 % step: -0.4 % -> +2.5 %). The window ends at
+  twice the onset's step (at least two horizons after the onset, at most five: :func:`post_end`)
+  - the same span in log time covers more steps later in training, where the power law changes
+  slowly - and at ``anchor_end``, where the engine finds the lr fallen to half its lowest in the
+  horizon before the onset: at once (a step decay), or, past two horizons, within one horizon (a
+  cool-down, as in a warmup-stable-decay schedule; not a long cosine tail). The loss after such
+  a fall drops faster than a counterfactual without the lr can follow: anchored through a 10x
+  step decay 1.5 horizons after it, a harmless spike read +7 to +9 % of lasting harm, and
+  through a linear cool-down to zero from one to three horizons after it, an explosion on 20 of
+  20 seeds (0-1 with the cut, as with the old window). Whether the loss came back (the gap, its
+  tolerance and the split) is judged on the window's points before two horizons after the onset
+  (all of them where too few lie there): further out a forecast whose slope was shrunk towards
+  flat misses by more, and that miss hid damage (judged on the whole window, a lasting +4 % on a
+  loss with 2 % noise was an explosion on 12 of 30 seeds; 22 with the old window, 26 now). The
+  window used to end two horizons after the onset: late in training it still held damage that
+  was fading, and the refit took it in (fresh seeds: the batch-8 classifier's lr ramp, a true
+  +0.15 to +0.18, read +0.03 to +0.07 on 7 of 24). Benchmark (pools regenerated on 2026-11-27):
+  seeds 13000-48000 893 -> 901 of 1133 within 2x (the end chosen there among 1.5 to 5 horizons,
+  the run's end and 0.5 or 1x the onset's step past it; a fixed 4 or 5 horizons scored alike but
+  called a spike early in training an explosion on 1 or 2 clean runs, where one power law cannot
+  join a steep fall and the flat loss after it), seeds 49000-84000 876 -> 897 of 1100, fresh
+  seeds 85000-108000 564 -> 589 of 739, and seeds 109000-120000, made after the change was
+  chosen, 299 -> 310 of 387; no clean run gains an explosion; severity agreement 86.6 -> 87.7 %
+  (72 seeds), 85.9 -> 87.3 % (fresh). Costs: more explosions on faults labelled harmless (true
+  harm under the labels' 5 %, over the engine's 3 %: 72 -> 78 lines of score.py's report on the
+  72 seeds); two 1.5x step decays one and two horizons after a harmless spike (neither a fall to
+  half at once) make it an explosion on 1-2 more of 20 seeds (on 18-19 before already, with a 30
+  % loss drop); a loss that is non-finite or <= 0 further after the episode now cancels the
+  anchor or the log fit where it did not (the engine makes a later NaN its own episode, which
+  ends the window first).
 - **Local gap.** The mean residual of the smoothed loss against the fit over the last
   ``local_span`` horizons (a quarter) before the onset - the loss's own slow wander, or an
   earlier episode's aftermath still decaying - shrunk towards 0 like the slope (by its
