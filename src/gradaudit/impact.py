@@ -648,8 +648,8 @@ def _anchor_after(cf: _Counterfactual, w: _PreOnset, loss: np.ndarray, fin: np.n
     # the forecast's own error there: the noise and the error of the slope it extrapolates,
     # shrunk towards flat as that slope was (none where no trend is used, nor where the fit
     # window holds too few smoothing widths to know that error)
-    known = np.isfinite(w.se_b) and w.idx.size >= SLOPE_ERROR_WIDTHS * w.k
-    sf2_used = (w.kept * w.se_b * lever) ** 2 if known else 0.0
+    known = np.isfinite(sf2) and w.idx.size >= SLOPE_ERROR_WIDTHS * w.k
+    sf2_used = w.kept * w.kept * sf2 if known else 0.0
     if gap > max(2 * np.sqrt(se_post * se_post + sf2_used), tol):
         return None  # the loss stayed up beyond that error: lasting damage is no anchor
     if gap > 0 and tol > 0:

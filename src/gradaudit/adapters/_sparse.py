@@ -28,4 +28,3 @@ def data_after(stream: BinaryIO, offset: int) -> int | None:
         return max(offset, os.fstat(fd).st_size) if exc.errno == errno.ENXIO else None
     finally:
         os.lseek(fd, raw, os.SEEK_SET)
-
