@@ -1,262 +1,85 @@
 """Loss impact of an episode: counterfactual loss, excess loss, jump, recovery, divergence.
 
-Definitions follow docs/findings.md ("Loss impact"). Rules and defaults:
+Definitions follow docs/findings.md ("Loss impact"). Below, the rules and their defaults;
+docs/impact-model.md gives, rule by rule, the measurements that chose them, their known costs
+and what was tried instead.
 
 - **Smoothing.** Fits and the excess use the loss smoothed by a running median of ``smooth``
-  (9) logged points: a per-step mini-batch loss is heavy-tailed, and one hard batch (which no
-  counterfactual can predict) must not dominate a 200-step mean; a lasting rise passes through
-  the median unchanged.
+  (9) logged points: one hard batch must not dominate a 200-step mean, and a lasting rise
+  passes through the median unchanged.
 - **Fit window.** The healthy finite loss points in the ``fit_span`` steps before the onset
-  (default one horizon), at least ``min_fit`` (20) of them (the window reaches further back
-  if needed) and at most ``fit_points`` (300). A window in *steps* keeps a sparsely logged run
-  (every 10 steps, W&B buckets) from reaching back into the steep early phase of training.
-  One horizon, not two: a loss that fell steeply and then levelled off (a learning phase) has
-  its old decline in a longer window, and the trend carries it into the forecast; on 13
-  benchmark seeds (``benchmarks/detection``, held-out protocol; measured with the line model of
-  the time) one horizon puts 73 % of the estimates within 2x of the truth against 70 % for two,
-  detection and false alarms alike.
-- **Aftermath.** An earlier episode's loss aftermath (from its onset to its recovery step) is
-  no healthy stretch: the fit window starts after it (``floor_step``, set by the engine) when at
-  least ``min_pre`` (5) healthy points lie there, else it may reach back as before. Fitting the
-  recovery from an earlier explosion as the trend extrapolates a steep, transient decline.
-  A window of fewer than ``min_fit`` points is fitted flat (too short for a trend).
-- **Aftershocks.** Within two horizons of a harmful lr rise whose loss has not come back (no
-  recovery step yet), the loss is the rise's to answer for, and a later episode there (an
-  aftershock: the grad norm spikes again as the model settles at the new lr) is judged against
-  the loss as it stood: ``flat=True``, set by the engine, fits a level, no trend, to the last
-  ``min_fit`` points between the rise's episode and the onset (never before it; the engine
-  asks for at least 2 there, else it judges as before), with no bracketing and no local
-  gap. Fitted as a trend, the loss's recovery from the rise extrapolated a steep decline and
-  charged the aftershock with the rise's damage: a 30x lr spike in a language model at step
-  602 (+1.6 over its horizon), then a 15x grad spike at step 690 that the loss did not rise at,
-  read +0.59 of lasting harm, an explosion; against the loss as it stood, -0.03. Flat is
-  conservative where the loss is still coming down: a recovery that goes on reads as a
-  negative excess (the reason says the loss went on recovering, not that the episode gained;
-  synthetic, a recovery over ~60 steps: -0.34), and lasting harm the aftershock adds during
-  such a recovery is understated by what the recovery would still have brought (+0.5 read
-  -0.2 to +0.15): a false explosion traded for a harmful aftershock called a warning where
-  the loss recovers fast.
-- **Blow-ups.** A loss above where its log started - its running median over ``BLOWUP_FACTOR``
-  (1.2) x the highest of its first 5 running medians, plus 3 sigmas of its batch noise
-  (:class:`Blowups`) - is a blow-up, whether or not an episode was found there (one in the
-  detectors' first points is not). The fit window starts, as after an aftermath, where the last
-  blow-up before the onset has settled: the first point after it where the smoothed loss is back
-  on its later course (no more than 3 robust sigmas above a line fitted to the second half of
-  the stretch up to the onset; a decay's tail below the start level is still no trend). A
-  blow-up more than two horizons before the onset bounds the window at its last point only, and
-  one still decaying at the onset gives no floor. A trend fitted on a blow-up's decay
-  extrapolates that decay: a clipped RNN that blew up from 3.9 to 21 at step 20 read a grad
-  spike at step 65 as +0.93 of lasting harm, where a branch that clipped that spike harder ends
-  0.19 *higher* (``benchmarks/detection``, seed 39000). With the floor it is no harm, but its
-  estimate is -0.94: the 19 points left after the blow-up are too few for a trend (20), and the
-  flat fit misses the loss's own fall.
-- **Bucketed exports.** Where the loss is a W&B chart export (one value per bucket, the
-  bucket's last, with ``__MIN``/``__MAX`` beside it) the engine passes the estimated bucket
-  means (:func:`bucket_mean`): the excess is a mean over steps, and a bad batch's spike lives
-  in the bucket's max, not its last value. An ordinary bucket's mean is read from its spread
-  (min to max), not from its one last value: 2.3-2.7x less error per bucket; on the
-  benchmark's 72 held-out seeds 1734 -> 1756 of 2234 estimates within 2x (most of it the
-  batch-8 classifier's loss-scale bug and the classifier's lasting lr x4, both read from W&B
-  exports), 549 -> 555 of 721 on 24 fresh seeds, 332 -> 328 of 407 on the development pool.
-- **Model.** ``log L^(t) = a + b (log(t + 1) - log(onset + 1))`` - a power law in the step, the
-  shape of training curves (it slows down by itself and never crosses zero) - fitted by least
-  squares on the log of the smoothed loss with one pass of 3-sigma MAD outlier rejection. A loss
-  with a value <= 0 in the fit window or in the stretch it is compared with (up to
-  the end of the post window below) - a loss that can be negative - is
-  fitted the same way without the log (``log_fit=False`` always does). On 13 benchmark seeds
-  the power law puts 75 % of the estimates within 2x of the truth against 73 % for the same line
-  in the plain loss (early in training the line was forecasting a regression loss below zero).
-  The step counts from 0, the start of training, also where the log starts later (a resumed
-  run's new log: the curve is the whole training's); steps below 0 count from the first.
-  Known trade-offs: a loss that levels off exponentially towards a floor bends down in log-log
-  and is extrapolated too low (a harmless blip on ``2 + 8 exp(-t/300)`` at step 150 reads as
-  harm; the line in the plain loss does not); and the level of a log fit is a geometric mean,
-  below the arithmetic mean of a skewed loss: at pseudo-onsets of the benchmark's clean runs the
-  excess averages +1.9 % of the level (median 0.0 %; +6 % for the heavy-tailed regression loss).
-  Centring the log fit on the arithmetic mean (Duan's smearing) brings that to +1.3 % but puts
-  1.8 points fewer estimates within 2x of the truth: the excess is measured on the running
-  median, which understates damage that scales a skewed loss, and the two biases partly cancel.
-- **Slope shrinkage.** The fitted slope ``b`` is only as trustworthy as its standard error
-  ``se_b`` (from the larger of the per-point noise and the smoothed residuals' wander, times the
-  smoothing width), so it is shrunk towards flat as ``b t^2 / (t^2 + shrink_t^2)`` with
-  ``t = b / se_b`` and ``shrink_t`` = 3: a slope at 3 standard errors keeps half its size, a
-  clear trend (t > 9) almost all, and the noise of a flat, noisy loss no longer extrapolates
-  into a steep decline. A rising slope (``b > 0``) is extrapolated flat. The linear fallback
-  only, unless bracketed (below): the trend is not extrapolated further past the onset than the
-  stretch it was fitted on reaches before it (``onset - first fitted step``); beyond, it is held
-  flat - early in training a line fitted over 30 steps would otherwise be carried 200 steps
-  ahead, through zero (the power law needs no such hold: on the benchmark seeds it changes no
-  verdict and no estimate's 2x band). The level ``a`` is then the mean of the detrended smoothed
-  window (in log space: its geometric mean).
-- **Bracketing.** Where the loss comes back after the episode - the smoothed loss over the
-  ``post`` window ``[onset + post_start x horizon, onset + max(2 horizon, min(5 horizon,
-  onset)))`` (``post_start`` 0.5; the end below; after the episode's end, before the run's end
-  and before ``cut_at`` (a later lr rise's loss is its own); the ``anchor_points`` there - the
-  engine passes the points outside every episode's onset-to-end span, so later episodes are
-  skipped, not cut at (their loss aftermaths stay in; without the mask the window ends at
-  ``next_onset``); at least ``max(5, min_fit // 2)`` points; the loss finite up to the window's
-  end, or to the next episode with the mask) is not above the pre-onset extrapolation by more
-  than ``max(2 x the forecast's standard error there, anchor_tolerance x the level)`` (5 %) -
-  the model is refitted to the pre-onset window and the post window together (same shrinkage):
-  the counterfactual is then interpolated between two anchors instead of extrapolated from one
-  (much more accurate early in training, where the slope is steep and uncertain). The forecast's
-  standard error there is the gap's noise and the error of the slope it extrapolates at the post
-  window's lever (its mean ``u`` less the fit window's): the slope's standard error shrunk
-  towards flat as the slope was, and none where no trend is used (a flat fit, a rising slope
-  held flat) or where the fit window holds fewer than ``SLOPE_ERROR_WIDTHS`` (5) smoothing
-  widths, too few independent stretches to know that error (the fit window spans one horizon, so
-  at the default horizon and smoothing the slope term counts only where the loss is logged every
-  1-4 steps, from an onset 90 logged intervals in; the split below still takes the slope's error
-  from any window). A loss that stays up beyond both (lasting damage) is never used as an
-  anchor. A positive gap within them is lasting damage or the forecast's own error, and it is
-  split between them by their variances: damage of the tolerance's size against the slope's
-  standard error (unshrunk) times the lever and the gap's noise; the damage's share is taken off
-  the post window before the refit. The slope's standard error assumes the power law is right (a
-  rising slope, held flat, has none: its gap stays with the anchor). Until 2026-11-28 the bar
-  was 2 x the gap's noise alone: a loss that a trend's forecast missed by no more than that
-  trend's own error was no anchor, and the unanchored forecast carried the error into the
-  estimate and into its standard error (the harm bar). Benchmark, before -> after: impact within
-  2x 80.1 -> 80.4 % (seeds 13000-48000, where it was checked first), 81.4 -> 81.8, 79.4 -> 79.9,
-  79.6 -> 79.9, 81.0 -> 81.0, 82.2 -> 82.3, 84.7 -> 85.3 and 79.7 -> 80.2 % on the other seven
-  pools (the last, seeds 169000-180000, was scored blind with the second version below: 80.8 %);
-  severity agreement up on six pools (+0.1 to +0.4 points), the same on one, down 0.2 on one;
-  harmful events called warnings 400 -> 389 on the six older pools (the regressor's lr faults
-  and shuffled labels), explosions on harmless events 147 -> 155; one clean run fewer with an
-  explosion (an unclipped RNN's spike while its loss fell fast). Two reviews shaped it. The
-  first version took the slope's unshrunk error into the bar (the split's): twice the gain on
-  the pools, but on a flat loss, whose slope is shrunk to nothing, that error is large, and a
-  lasting +20 % step on a loss logged every 10 steps with 10 % noise was anchored on 18 of 40
-  seeds, read down to 0 and called a warning on 4-5 of them. The second, shrunk but from any
-  window, still let lasting damage of +8 to +30 % anchor early in training, where a steep fall's
-  slope is fitted on about 20 points (logged every 5-20 steps) and the bar reached 3-4x the
-  tolerance: on a grid of steep and LM-like falls (onsets at steps 100-1000, logged every 1-50
-  steps, 5-15 % noise, lasting or fading damage of 5-12 % after a grad spike, 40 seeds each) 80
-  of 30720 harmful events went from explosion to warning. With the five widths: 19 (136 the
-  other way; 16 of the 19 logged every step with about 50 points to fit at onset 100: the cost
-  persists just above the guard), 1 of 7680 harmless events becomes an explosion, and 104
-  lasting-damage estimates leave the 2x band while 5 enter it; on the first review's grids
-  (onsets from step 300) 4 of 76800 estimates move, none across the 2x band, and no verdict. In
-  learning-rate time (below) the same bar applies: 40 seeds of a harmless lasting lr rise read
-  in it 35 -> 40 times (within 2x 35 -> 40), with a small harm 26 -> 35 (within 2x 30 -> 27).
-  The bar does not reach the forecast's model error: a steep fall that bends (an exponential
-  decay to a floor, a fast learning phase ending) is a confident slope, and a harmless spike
-  there still reads as harm. On a quiet loss with a long fit window the slope's error is small,
-  the damage's share is 0.97-1.0, and the anchor mainly pulls the counterfactual down to a loss
-  that came back below it; on the benchmark's noisier losses it is a real split (median share
-  0.36 over 160 positive gaps, 58 % under one half), and a short or very noisy fit window leaves
-  the gap to the anchor as before. (Until the split, the refit took half of any such rise away:
-  a lasting +2 to +4 % on a quiet loss read as 0.41-0.44 of its truth, now 1.02-1.03; with 2 %
-  noise 0.32-0.40, now 0.65-0.81, more spread. Costs: the prior gives no weight to "no damage at
-  all", so with none the positive half of the gaps reads as +0.01 to +0.13 % of the level, a
-  one-sigma gap is mostly damage, and a forecast that misses a convex loss's bend by under the
-  tolerance is read as damage (-0.9 % -> +1.3 % of the level on an exponential floor, under the
-  harm bar). A negative gap is no gain: split alike, it lost 39 estimates on held-out seeds
-  13000-48000.) A 3 % tolerance (the harm bar) instead lost estimates and severity verdicts: an
-  unanchored fit carries its extrapolation's uncertainty into the harm bar. The anchor starts
-  half a horizon after the onset, not a whole one: how soon the loss settles has nothing to do
-  with the horizon the excess is averaged over; the nearer anchor interpolates over a shorter
-  gap, and a run that ends within two horizons of the onset still has one (75 % -> 78 % within
-  2x on the 13 seeds). The window used to end at the next episode's onset: in a spiky run (an
-  unclipped RNN) the next explosion often comes within two horizons, which left no anchor, and
-  the falling power law was extrapolated under a loss that later explosions kept up (benchmark:
-  72 held-out seeds 1756 -> 1781 of 2234 estimates within 2x (a first version: natural
-  explosions 114 -> 139 of 256); no change on 24 fresh seeds, 555 -> 554 of 721, nor on the
-  development pool, 328 -> 327 of 407). Known costs (synthetic, from a review): a later
-  episode's lasting damage just under the tolerance raises this one's counterfactual (a later +4
-  % took a +0.75 % lasting excess to -1.2 %), and a scheduled lr drop (no episode) after a later
-  episode now reaches anchors it did not (a -10 % step: -0.4 % -> +2.5 %). The window ends at
-  twice the onset's step (at least two horizons after the onset, at most five: :func:`post_end`)
-  - the same span in log time covers more steps later in training, where the power law changes
-  slowly - and at ``anchor_end``, where the engine finds the lr fallen to half its lowest in the
-  horizon before the onset: at once (a step decay), or, past two horizons, within one horizon (a
-  cool-down, as in a warmup-stable-decay schedule; not a long cosine tail). The loss after such
-  a fall drops faster than a counterfactual without the lr can follow: anchored through a 10x
-  step decay 1.5 horizons after it, a harmless spike read +7 to +9 % of lasting harm, and
-  through a linear cool-down to zero from one to three horizons after it, an explosion on 20 of
-  20 seeds (0-1 with the cut, as with the old window). Whether the loss came back (the gap, its
-  tolerance and the split) is judged on the window's points before two horizons after the onset
-  (all of them where too few lie there): further out a forecast whose slope was shrunk towards
-  flat misses by more, and that miss hid damage (judged on the whole window, a lasting +4 % on a
-  loss with 2 % noise was an explosion on 12 of 30 seeds; 22 with the old window, 26 now). The
-  window used to end two horizons after the onset: late in training it still held damage that
-  was fading, and the refit took it in (fresh seeds: the batch-8 classifier's lr ramp, a true
-  +0.15 to +0.18, read +0.03 to +0.07 on 7 of 24). Benchmark (pools regenerated on 2026-11-27):
-  seeds 13000-48000 893 -> 901 of 1133 within 2x (the end chosen there among 1.5 to 5 horizons,
-  the run's end and 0.5 or 1x the onset's step past it; a fixed 4 or 5 horizons scored alike but
-  called a spike early in training an explosion on 1 or 2 clean runs, where one power law cannot
-  join a steep fall and the flat loss after it), seeds 49000-84000 876 -> 897 of 1100, fresh
-  seeds 85000-108000 564 -> 589 of 739, and seeds 109000-120000, made after the change was
-  chosen, 299 -> 310 of 387; no clean run gains an explosion; severity agreement 86.6 -> 87.7 %
-  (72 seeds), 85.9 -> 87.3 % (fresh). Costs: more explosions on faults labelled harmless (true
-  harm under the labels' 5 %, over the engine's 3 %: 72 -> 78 lines of score.py's report on the
-  72 seeds); two 1.5x step decays one and two horizons after a harmless spike (neither a fall to
-  half at once) make it an explosion on 1-2 more of 20 seeds (on 18-19 before already, with a 30
-  % loss drop); a loss that is non-finite or <= 0 further after the episode now cancels the
-  anchor or the log fit where it did not (the engine makes a later NaN its own episode, which
-  ends the window first).
+  (default one horizon; no further back than half the onset's step), at least ``min_fit`` (20)
+  of them (reaching further back if needed) and at most ``fit_points`` (300). A window of
+  fewer than ``min_fit`` points is fitted flat.
+- **Aftermath.** An earlier episode's loss aftermath (onset to recovery) is no healthy stretch:
+  the window starts after it (``floor_step``, from the engine) where at least ``min_pre`` (5)
+  healthy points lie there.
+- **Aftershocks.** ``flat=True`` (from the engine, within two horizons of a harmful lr rise
+  whose loss has not come back): a level, no trend, fitted to the last ``min_fit`` points
+  between the rise's episode and the onset; no bracketing, no local gap. The loss there is the
+  rise's to answer for.
+- **Blow-ups.** A loss above where its log started (:class:`Blowups`: its running median over
+  ``BLOWUP_FACTOR`` (1.2) x the highest of its first 5 running medians, plus 3 sigmas of its
+  batch noise) is a blow-up. The window starts where the last blow-up before the onset has
+  settled (within 3 robust sigmas of a line fitted to the second half of the stretch up to the
+  onset); one more than two horizons back bounds it at its last point only, and one still
+  decaying at the onset gives no floor.
+- **Bucketed exports.** For a W&B chart export (each bucket's last value, ``__MIN``/``__MAX``
+  beside it) the engine passes bucket means read from the spread (:func:`bucket_mean`).
+- **Model.** ``log L^(t) = a + b (log(t + 1) - log(onset + 1))``: a power law in the step,
+  fitted by least squares on the log of the smoothed loss with one pass of 3-sigma MAD outlier
+  rejection. In the plain loss where the loss is <= 0 in the fit window or up to the end of the
+  post window below (or with ``log_fit=False``). The step counts from 0, or from the first step
+  where that is below 0. Known misses: a loss levelling off exponentially to a floor is
+  forecast too low, and a log fit's level is a geometric mean.
+- **Slope shrinkage.** ``b`` is shrunk towards flat as ``b t^2 / (t^2 + shrink_t^2)``, ``t = b /
+  se_b`` (``shrink_t`` 3; ``se_b`` from the larger of the per-point noise and the smoothing
+  width times the smoothed residuals' mean square). A rising slope is held flat. An unanchored
+  line in the plain loss is held flat past ``onset - first fitted step`` after the onset. The
+  level ``a`` is the mean of the detrended window.
+- **Bracketing.** The post window runs from ``post_start`` (0.5) horizons after the onset (and
+  after the episode's end) to :func:`post_end` (twice the onset's step: two to five horizons
+  after the onset), stops at ``cut_at`` or ``anchor_end`` (a later lr rise, the lr fallen to
+  half), uses the ``anchor_points`` (outside every episode's span) and needs at least ``max(5,
+  min_fit // 2)`` of them and a finite loss. The loss there came back unless its mean gap to the
+  forecast, over its points before two horizons after the onset, exceeds ``max(2 x the
+  forecast's standard error, anchor_tolerance x the level)`` (5 %). That standard error is the
+  gap's noise and the slope's error at the window's lever, shrunk as the slope was, and counted
+  only where the fit window holds ``SLOPE_ERROR_WIDTHS`` (5) smoothing widths. Where the loss
+  came back, a positive gap is split by variance between damage (of the tolerance's size) and
+  forecast error (the slope's unshrunk error at the lever and the noise), the damage's share is
+  taken off, and the model is refitted on both windows (same shrinkage): the counterfactual is
+  interpolated between two anchors. A loss that stayed up is lasting damage and never an
+  anchor. The forecast's model error (a steep fall that bends) is not in the bar.
 - **Local gap.** The mean residual of the smoothed loss against the fit over the last
-  ``local_span`` horizons (a quarter) before the onset - the loss's own slow wander, or an
-  earlier episode's aftermath still decaying - shrunk towards 0 like the slope (by its
-  standard error, ``shrink_t``), is added to the counterfactual at the onset and decays with
-  time constant ``local_tau`` horizons (a quarter): the counterfactual starts where the loss
-  was, and an earlier bump's tail is not booked as the new episode's damage.
-- **Learning-rate time** (``lr_time``; the engine asks for it only after a *lasting* lr rise -
-  no warm restart, no spike that fell back to its old lr in one step - that the model above
-  found harmless). Training progress goes with the sum of the lr, not the step count: a
-  permanent lr x3 on a decaying schedule can leave the loss *below* what the schedule would
-  have reached, and the anchor above, taken in steps, fits that gain away (the benchmark's RNN:
-  a true -2.5 % of the loss read as +1 %, on every held-out seed). Here the whole model runs
-  in learning-rate time (:func:`gradaudit.detect.lr_change.lr_time`): the fit and the anchor
-  at the run's own lr time, the counterfactual at the schedule's. The anchor must then lie
-  within 2 standard errors of the pre-onset trend's forecast (the noise and the shrunk slope's
-  error, as under "Bracketing"), with no tolerance on top (a loss that made
-  exactly the raised lr's progress); where it does not, there is no such estimate (None). The
-  engine's verdict stays the step-time one: learning-rate time only changes the numbers of an
-  episode already judged harmless, never harm into no harm (with that guard, the benchmark's
-  severity verdicts are unchanged, and its helpful lr jumps are measured as the gains they
-  are: 54 of 56 held-out seeds within 2x, from 0). A spike stays in step time: its few raised
-  steps rarely make their lr's progress (measured: with spikes in learning-rate time too, 18
-  held-out estimates fewer within 2x: 1327 of 1741 against 1345).
+  ``local_span`` (a quarter) horizon before the onset, shrunk towards 0 like the slope, is
+  added at the onset and decays with time constant ``local_tau`` (a quarter) horizons.
+- **Learning-rate time** (``lr_time``; from the engine only after a lasting lr rise it found
+  harmless): training progress goes with the sum of the lr, so the fit and the anchor run at
+  the run's own lr time (:func:`gradaudit.detect.lr_change.lr_time`) and the counterfactual at
+  the schedule's. The anchor must lie within 2 standard errors of the forecast, no tolerance;
+  where it does not, None. It never turns harm into no harm: the verdict is the step-time one.
 - ``excess_loss``: mean over ``[onset, onset + horizon)`` of the smoothed loss minus ``L^``,
-  where the episode's own spike points (in the episode and the ``lag_points`` after it, above
-  a running median of ``smooth`` points by ``spike_sigmas`` (6) noise sigmas; at the onset that
-  median reaches back over the last points before it, so a bad batch of up to ``smooth // 2``
-  steps right at the onset is no level of its own) count at their raw value: the
-  smoothing keeps an ordinary hard batch out of the mean, but a bad batch's loss is the damage.
-  None when the loss is non-finite there. ``Impact.lasting_excess`` is the same mean without
-  the spike points: the lasting damage the engine's harm verdict is about (one bad batch whose
-  loss comes straight back is a warning, however high it jumped). With ``cut_at`` (the engine
-  passes the onset of the first later episode that starts with an lr rise) the loss from that
-  step on is that episode's to answer for: where it falls inside the horizon, the horizon's
-  remaining points count at the mean excess of the last ``smooth`` points before it (the
-  damage this episode had left by then is held, not dropped), and ``Impact.cut_step`` says
-  where. Only an lr rise cuts: a
-  later grad episode may be this one's aftershock (in an unclipped RNN one explosion sets off
-  the next), whose damage the horizon keeps; a natural spike 20 steps before an lr x30 fault
-  was otherwise charged with the fault's damage (+1.14) and called an explosion.
-- ``loss_jump``: the highest loss over the episode's logged points, onset to end, and at least
-  its first ``lag_points`` (3: the loss lags the grad norm), minus ``L^(onset)``.
-  ``Impact.jump_points`` counts the logged points from the onset to the first that stands half
-  that jump above ``L^(onset)``: the reason says the loss *jumped* where that is within
-  ``ABRUPT_POINTS`` (3), and *rose* where later (a climb).
-- ``recovery_step``: the step where the loss came back for good: from the loss's highest point
-  above the band in the episode (and its lag) on, the first point where the loss smoothed over
-  5 points is back under ``L^`` plus the tolerance - ``max(recovery_tolerance x |L^|, 3 x the
-  5-point median's noise)`` (``recovery_tolerance`` = 5 %; the noise term matters for a loss near
-  0, e.g. a regression loss of 0.01, whose 5 % is far below its own batch-to-batch noise) - and
-  after which the median excess over a horizon stays within ``recovery_tolerance`` x ``L^`` (or
-  3 standard errors of that median; near the window's end, over what is left of it, but not
-  over fewer than 10 points). The onset step itself where the loss never rose above the band
-  (also where the loss is not logged at the onset).
-  "Came back" is one-sided (a loss below ``L^`` has recovered) and judged on a horizon's median,
-  not on every later point: a rule that the smoothed loss stay in the band at every point up to
-  five horizons on put a bad batch in a noisy loss, whose loss came straight back (the clean
-  twin shows it), 592 steps late at the first noise excursion, and called a recovery "never"
-  where the extrapolated ``L^`` drifted off a plateau. Against the clean twins of the
-  benchmark's seeds 5000-12000 the median error fell from 162-178 steps to 22-82.
-- ``diverged``: the loss went non-finite after the onset (before the next episode's onset: a
-  later episode's non-finite points are its own), or it never recovered and ends the
-  run above ``L^(onset)`` by more than the tolerance.
+  where the episode's own spike points (in the episode and the ``lag_points`` after it, above a
+  running median of ``smooth`` points reaching back before the onset by ``spike_sigmas`` (6)
+  noise sigmas) count at their raw value: a bad batch's loss is the damage. None when the loss
+  is non-finite there. ``Impact.lasting_excess`` is the same without the spike points: the
+  lasting damage the harm verdict is about. With ``cut_at`` (the onset of a later episode that
+  starts with an lr rise) inside the horizon, the loss from there on is that episode's: the
+  rest of the horizon counts at the mean excess of the last ``smooth`` points before it
+  (``Impact.cut_step``). A later grad episode does not cut (it may be this one's aftershock).
+- ``loss_jump``: the highest loss over the episode's logged points, onset to end and at least
+  its first ``lag_points`` (3), minus ``L^(onset)``. ``Impact.jump_points``: the logged points
+  from the onset to the first half that jump up (the reason says *jumped* within
+  ``ABRUPT_POINTS``, 3, and *rose* later).
+- ``recovery_step``: from the loss's highest point above the band in the episode (and its lag)
+  on, the first point where the loss smoothed over 5 points is back under ``L^`` plus
+  ``max(recovery_tolerance x |L^|, 3 x the 5-point median's noise)`` (5 %) and after which the
+  median excess over a horizon stays within that tolerance (or 3 standard errors of the
+  median; near the window's end over what is left, at least 10 points). One-sided: a loss
+  below ``L^`` has recovered. The onset itself where the loss never left the band.
+- ``diverged``: the loss went non-finite after the onset (before the next episode's onset), or
+  it never recovered and ends the run above ``L^(onset)`` by more than the tolerance.
 """
 
 from __future__ import annotations
