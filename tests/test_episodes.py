@@ -992,8 +992,8 @@ def test_spike_with_no_loss_point_before_an_lr_fault_is_judged_by_its_ratio():
 def test_slow_loss_rise_before_an_lr_fault_keeps_its_own_episode():
     # the loss drifts up from step 1000 (no lr change), then the lr is set 30x too high at 1250
     # and the grad norm climbs 40x: the lr episode is the climb; the earlier rise stays a loss
-    # episode of its own, whose reason does not call the later 40x "healthy" (nor the drift a
-    # jump)
+    # episode of its own, which ends where the climb's episode begins (episodes never overlap)
+    # and whose reason says the grad norm stayed healthy over it (not a jump)
     s, g, loss = healthy(seed=2)
     loss[1000:1300] += np.linspace(0, 0.5, 300)
     lr = np.full(s.size, 1e-3)
@@ -1004,7 +1004,8 @@ def test_slow_loss_rise_before_an_lr_fault_keeps_its_own_episode():
     rise, fault = eps[0], eps[-1]
     assert rise.onset_step < 1200 and rise.kind == "loss_spike"
     assert "lr-change" not in rise.detected_by
-    assert "stayed healthy as the climb began" in rise.reason and "later, at step" in rise.reason
+    assert rise.end_step == fault.onset_step
+    assert "the grad norm stayed healthy" in rise.reason
     assert "jump" not in rise.reason and rise.reason.startswith("the loss rose")
     assert fault.onset_step == 1251 and "lr-change" in fault.detected_by
     assert fault.kind in ("spike", "level_shift") and fault.severity == "explosion"
@@ -1376,3 +1377,98 @@ def test_a_divergence_from_the_first_logged_steps_has_a_reason():
     e = _one(audit_run(run_series(s, g)))
     assert (e.kind, e.severity) == ("divergence", "explosion")
     assert e.reason.startswith("the grad norm went non-finite"), e.reason
+
+
+# --- episodes are maximal and disjoint, and their fields agree (a review's reproducers) -------
+
+
+def _spans(a):
+    return [(e.onset_step, e.end_step) for e in a.episodes]
+
+
+def _disjoint_and_ordered(a):
+    for e in a.episodes:
+        assert e.end_step is None or e.onset_step <= e.peak_step < e.end_step, e.to_dict()
+    for e0, e1 in zip(a.episodes, a.episodes[1:], strict=False):
+        assert e0.end_step is not None and e0.end_step <= e1.onset_step, _spans(a)
+
+
+def test_a_loss_rise_over_two_loss_jumps_is_one_episode():
+    # two lasting loss steps 500 steps apart, the grad norm healthy: the rise that spans both
+    # joined each jump's episode separately, giving two identical episodes
+    s, g, loss = healthy(seed=0, loss_noise=0.01)
+    loss[1500:] += 0.5
+    loss[2000:] += 1.8
+    a = audit_run(run_series(s, g, loss))
+    _disjoint_and_ordered(a)
+    assert len({e.onset_step for e in a.episodes}) == len(a.episodes)
+
+
+def test_a_loss_rise_a_later_grad_spike_interrupts_ends_at_the_spike():
+    # the loss steps up at 900 with a healthy grad norm; a lone 40x grad spike at 1300: the
+    # loss episode ended after it (both listed, overlapping), and took the spike's 40x as its
+    # own peak ratio while its reason said the grad norm stayed healthy
+    s, g, loss = healthy(seed=0, loss_noise=0.01)
+    loss[900:] += 0.5
+    g[1300] *= 40
+    a = audit_run(run_series(s, g, loss))
+    _disjoint_and_ordered(a)
+    rise = next(e for e in a.episodes if e.onset_step == 900)
+    assert rise.end_step == 1300 and rise.peak_ratio < 3
+    assert "the grad norm stayed healthy" in rise.reason
+
+
+def test_a_nan_loss_inside_a_loss_jump_is_part_of_it():
+    s, g, loss = healthy(seed=1, loss_noise=0.01)
+    loss[1000:1400] += 1.0
+    loss[1200] = np.nan
+    a = audit_run(run_series(s, g, loss))
+    _disjoint_and_ordered(a)
+    (e,) = [e for e in a.episodes if e.onset_step <= 1200 < (e.end_step or 10**9)]
+    assert e.onset_step == 1000 and "nonfinite" in e.detected_by
+
+
+def test_a_grad_spike_before_an_lr_rise_keeps_its_onset():
+    # a 60x spike at step 1000, the lr raised 5x from step 1003: the spike's onset was moved
+    # to the rise (1004), past its own peak and end, and every clip option said it cut 0 % of it
+    s, g, loss = healthy(n=2000, seed=0, loss_noise=0.01)
+    g[1000] = 30.0
+    lr = np.full(s.size, 1e-3)
+    lr[1003:] = 5e-3
+    a = audit_run(run_series(s, g, loss, lr))
+    _disjoint_and_ordered(a)
+    spike = next(e for e in a.episodes if e.peak_step == 1000)
+    assert spike.onset_step == 1000 and "lr-change" not in spike.detected_by
+    i = a.episodes.index(spike)
+    assert all(o.episode_peak_cut[i] > 0.9 for o in a.clip.options if o.threshold < 1.0)
+
+
+def test_the_peak_is_the_highest_grad_norm_also_before_the_first_trigger():
+    # the grad norm jumps in the detectors' first points (no level yet): the onset walks back
+    # to step 20, and the peak was looked for only from the first point with a level on
+    s, g, loss = healthy(n=1000, seed=0, sigma=0.1, loss_noise=0.01)
+    g[20:30] = 5.0
+    g[21] = 20.0
+    e = _one(audit_run(run_series(s, g, loss)))
+    assert (e.onset_step, e.peak_step, e.peak_grad_norm) == (20, 21, 20.0)
+
+
+@pytest.mark.parametrize("nan_at", [[1000, 1004], [1000, 1005, 1010], list(range(0, 3000, 2))])
+def test_isolated_nan_losses_the_loss_carried_on_after_are_a_warning(nan_at):
+    # two NaN losses 4 steps apart were a "divergence" explosion (the merged span was 5 long)
+    s, g, loss = healthy(seed=7)
+    loss[nan_at] = np.nan
+    a = audit_run(run_series(s, g, loss))
+    assert a.status == "warning"
+    assert all(e.kind == "nonfinite" and not e.loss_impact.diverged for e in a.episodes)
+    assert all("diverged" not in e.reason for e in a.episodes)
+
+
+def test_a_loss_episodes_grad_peak_is_taken_before_its_end_step():
+    # a NaN loss at 1000: episode [1000, 1001); the grad norm at 1001 (the first step after
+    # it) was taken as its peak
+    s, g, loss = healthy(seed=0, sigma=0.1, loss_noise=0.01)
+    loss[1000] = np.nan
+    g[1001] = 2.5 * 0.5
+    e = _one(audit_run(run_series(s, g, loss)))
+    assert (e.onset_step, e.end_step) == (1000, 1001) and e.peak_grad_norm == g[1000]

@@ -258,7 +258,24 @@ def _candidates(run: _Run) -> _Candidates:
                     ls, lv, lr_notes, p.merge_gap, run.st.lr_ratio, run.st.lr_lookahead,
                     p.level_min_points, ga.episodes if ga is not None else None)
     raw.sort(key=lambda r: r[1])
-    return _Candidates(raw, ga, lr_notes, getattr(l_eps, "n_unlisted", 0))
+    return _Candidates(_disjoint(raw, ls, lv), ga, lr_notes, getattr(l_eps, "n_unlisted", 0))
+
+
+def _disjoint(raw: list[Candidate], ls: np.ndarray, lv: np.ndarray) -> list[Candidate]:
+    """``raw`` (sorted by onset) with each loss episode that reaches past the next episode's
+    onset ended there: a loss rise that a later grad episode interrupts (one it did not cause:
+    its onset came first). Episodes never overlap; the peak moves into what is left."""
+    out = []
+    for k, (e, on, end) in enumerate(raw):
+        nxt = raw[k + 1][1] if k + 1 < len(raw) else None
+        if nxt is not None and e.source == "loss" and (end is None or end > nxt) and nxt > on:
+            end = nxt
+            e.last = max(e.onset, int(np.searchsorted(ls, nxt)) - 1)
+            if e.peak > e.last:
+                seg = lv[e.onset:e.last + 1]
+                e.peak = e.onset + int(np.argmax(np.where(np.isfinite(seg), seg, -np.inf)))
+        out.append((e, on, end))
+    return out
 
 
 def _cool_down_note(run: _Run, onset: int) -> str | None:
@@ -365,6 +382,9 @@ class _Judge:
         if rise_at is not None:
             floor = max(floor or 0, rise_at[1])
         imp = self._impact(on, end, nxt, lr_after, floor, flat=flat) if run.has_loss else None
+        if imp is not None and e.kind == "nonfinite" and imp.impact.diverged and \
+                self._finite_after(end, nxt):
+            imp.impact.diverged = False  # isolated inf/NaN points the loss carried on after
         rec = imp.impact.recovery_step if imp is not None else None
         if rec is not None and (end is None or rec > end):
             # the loss was still coming back until ``rec``: no healthy level to fit there
@@ -433,6 +453,16 @@ class _Judge:
             baseline_grad_norm=base_g, peak_ratio=ratio, kind=kind, severity=sev,
             detected_by=sorted(e.detected_by), loss_impact=li, reason=reason)
 
+    def _finite_after(self, end: int | None, nxt: int | None) -> bool:
+        """The loss is logged, and finite, from ``end`` up to ``nxt`` (the next episode's
+        onset; the run's end where None)."""
+        ls, lv = self.run.ls, self.run.lv
+        if end is None:
+            return False
+        i0 = int(np.searchsorted(ls, end))
+        i1 = int(np.searchsorted(ls, nxt)) if nxt is not None else ls.size
+        return i1 > i0 and bool(np.isfinite(lv[i0:i1]).all())
+
     def _overflow_at_end(self, harmful: bool | None, imp: Impact | None) -> bool:
         """The run's grad norm ends with at most ``OVERFLOW_RUN`` inf/NaN points in a row, and
         the loss is logged after the first of them (the loss at that step was computed before
@@ -498,8 +528,9 @@ class _Judge:
             peak_step = int(run.ls[e.peak]) if run.ls.size else on
             if run.has_grad and ga is not None and ga.level is not None:
                 i0 = int(np.clip(np.searchsorted(gs, on), 0, gs.size - 1))
-                i1 = int(np.clip(np.searchsorted(gs, end if end is not None else gs[-1],
-                                                 side="right"), i0 + 1, gs.size))
+                # [onset, end): the end step is the first after the episode
+                i1 = int(np.clip(np.searchsorted(gs, end) if end is not None else gs.size,
+                                 i0 + 1, gs.size))
                 seg = g[i0:i1]
                 fin = np.isfinite(seg)
                 if fin.any():

@@ -279,6 +279,10 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
         if base is not None and not jumped:  # a climb, not a jump: fit where it starts
             onset = _hinge_onset(x, base, lo, first, min(peak, first + p.onset_lookback))
         onset = _up_before_level(x, rl.level, min(onset, first), prev_last + 1)
+        if onset < a:  # walked back over points that already stood high: the peak may be there
+            xs_on = np.where(np.isfinite(x[onset:b + 1]), x[onset:b + 1], -np.inf)
+            if xs_on.max() > x[peak]:
+                peak = onset + int(np.argmax(xs_on))
         length = b - onset + 1
         med = float(np.nanmedian(x[onset:b + 1]))
         med_ratio = med - base if base is not None else 0.0
@@ -402,6 +406,11 @@ def _early_level(x: np.ndarray, past: np.ndarray | None, i: int, window: int) ->
     return float(np.median(prev)) if prev.size else None
 
 
+def _finite_max(y: np.ndarray, i: int) -> float:
+    """``y[i]``, or -inf where it is not finite (for comparing peaks)."""
+    return float(y[i]) if np.isfinite(y[i]) else -np.inf
+
+
 def _at(arr: np.ndarray | None, i: int) -> float | None:
     if arr is None or i < 0 or i >= arr.size or not np.isfinite(arr[i]):
         return None
@@ -481,30 +490,55 @@ def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0,
         on0 = np.array([e.onset for e in eps], dtype=np.int64)
         last0 = np.array([e.last for e in eps], dtype=np.int64)
         grown: list[RawEpisode] = []
+        merged: set[int] = set()  # ids of episodes merged into another (dropped below)
         for onset, first, last in loss_rise(y, healthy=~nf & np.isfinite(y)):
-            grown = [e for e in grown if e.last >= onset - p.merge_gap]
+            grown = [e for e in grown if e.last >= onset - p.merge_gap and id(e) not in merged]
             j0 = int(np.searchsorted(last0, onset - p.merge_gap))
             j1 = int(np.searchsorted(on0, last + p.merge_gap, side="right"))
-            cand = {id(e): e for e in eps[j0:max(j0, j1)] + grown}
-            hit = [e for e in cand.values()
-                   if e.onset <= last + p.merge_gap and e.last >= onset - p.merge_gap]
+            cand = {id(e): e for e in eps[j0:max(j0, j1)] + grown if id(e) not in merged}
+            hit = sorted((e for e in cand.values()
+                          if e.onset <= last + p.merge_gap and e.last >= onset - p.merge_gap),
+                         key=lambda e: e.onset)
             if hit:
-                for e in hit:
-                    e.detected_by.add("loss-rise")
-                    # a jump's onset is exact, a rise's only good to a block: the rise moves
-                    # it only when it clearly started earlier
-                    if onset < e.onset - RISE_BLOCK:
-                        e.onset = onset
-                    e.last = max(e.last, last)
-                grown.extend(hit)
+                # the rise joins every episode it touches into one (the first): an episode is
+                # a maximal stretch
+                e = hit[0]
+                for o in hit[1:]:
+                    merged.add(id(o))
+                    e.detected_by |= o.detected_by
+                    if _finite_max(y, o.peak) > _finite_max(y, e.peak):
+                        e.peak = o.peak
+                    e.last = max(e.last, o.last)
+                e.detected_by.add("loss-rise")
+                # a jump's onset is exact, a rise's only good to a block: the rise moves it
+                # only when it clearly started earlier
+                if onset < e.onset - RISE_BLOCK:
+                    e.onset = onset
+                e.last = max(e.last, last)
+                grown.append(e)
                 continue
             seg = np.where(np.isfinite(y[first:last + 1]), y[first:last + 1], -np.inf)
             peak = first + int(np.argmax(seg))
             eps.append(RawEpisode(onset, peak, last, "loss_spike", {"loss-rise"}, "loss"))
             grown.append(eps[-1])
+        eps = [e for e in eps if id(e) not in merged]
+    eps.sort(key=lambda e: e.onset)
+    last_of = np.array([e.last for e in eps], dtype=np.int64)
     for a, b in runs_of(nf, p.merge_gap):
-        lasting = b == n - 1 or (b - a + 1) >= 3
+        # three non-finite points in a row (not a span that merging made three long), or to
+        # the end: the loss diverged; isolated ones, while it carried on finite, are not
+        lasting = b == n - 1 or max(d - c + 1 for c, d in runs_of(nf[a:b + 1], 0)) >= 3
         kind = "divergence" if lasting else "nonfinite"
+        # inside (or touching) a jump or rise already found: part of that episode
+        j = int(np.searchsorted(last_of, a - p.merge_gap))
+        if j < last_of.size and eps[j].onset <= b + p.merge_gap and eps[j].source == "loss" \
+                and eps[j].kind == "loss_spike":
+            host = eps[j]
+            host.detected_by.add("nonfinite")
+            host.last = max(host.last, b)
+            if lasting:
+                host.kind = "divergence"
+            continue
         eps.append(RawEpisode(a, a, b, kind, {"nonfinite"}, "loss"))
     eps.sort(key=lambda e: e.onset)
     if len(eps) > p.max_episodes:

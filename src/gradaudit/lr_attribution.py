@@ -50,7 +50,9 @@ def attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | N
                 + (", back to an earlier level (schedule restart)" if rise.restart else ""))
         lo, hi = on - gap * (merge_gap + 1), top + gap * lookahead
         free = [r for r in out if id(r[0]) not in notes]
-        hits = [r for r in free if lo <= r[1] <= hi]
+        # (an episode that peaked by the last step logged at the old lr came before the rise)
+        last_old = int(rs[rise.start])
+        hits = [r for r in free if lo <= r[1] <= hi and _peak_step(r[0], steps, ls) > last_old]
         if not hits:  # a loss rise whose onset noise put a little early (about a block)
             lead = lo - typical_gap(ls) * RISE_BLOCK
             hits = [r for r in free if lead <= r[1] and _rising_through(r, on, ls)]
@@ -80,6 +82,11 @@ def attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | N
         out.append([e, int(ls[i0]), end])
         notes[id(e)] = (text, rise)
     return [tuple(r) for r in out]
+
+
+def _peak_step(e: RawEpisode, steps: np.ndarray, ls: np.ndarray) -> int:
+    """The step of ``e``'s peak (a grad episode's in ``steps``, a loss episode's in ``ls``)."""
+    return int((steps if e.source == "grad" else ls)[e.peak])
 
 
 def _rising_through(r: tuple, on: int, ls: np.ndarray) -> bool:
