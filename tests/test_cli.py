@@ -186,6 +186,29 @@ def test_out_naming_a_folder_says_so(tmp_path, capsys):
     assert "it is a folder" in err and ".gradaudit-" not in err
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (always full)")
+def test_a_json_report_that_cannot_be_written_is_named_in_the_error(tmp_path, capsys):
+    # the Markdown report is written, then --json fails (no space): the error named the
+    # Markdown report's path (a review)
+    runs = tmp_path / "runs"
+    write_table(runs, "healthy")
+    md = tmp_path / "r.md"
+    assert scan(str(runs), "--out", str(md), "--json", "/dev/full") == 2
+    err = capsys.readouterr().err
+    assert "/dev/full" in err and str(md) not in err
+
+
+def test_an_inspect_listing_given_as_baseline_is_2(tmp_path, capsys):
+    # a listing has runs with names but no status: the gate compared nothing and passed
+    runs = tmp_path / "runs"
+    write_table(runs, "explosion")
+    listing = tmp_path / "listing.json"
+    assert main(["inspect", str(runs), "--format", "json"]) == 0
+    listing.write_text(capsys.readouterr().out)
+    assert scan(str(runs), "--baseline", str(listing), "--fail-on", "regression") == 2
+    assert "not a scan report" in capsys.readouterr().err
+
+
 def test_unreadable_input_only_is_2(tmp_path):
     folder = tmp_path / "runs"
     folder.mkdir()

@@ -176,6 +176,13 @@ def test_regressions_named_in_every_format(tmp_path):
     ('{"schema_version": 2, "runs": []}', "schema_version 2 is not supported"),
     ('{"schema_version": 1, "runs": {}}', "'runs' must be a list"),
     ('{"schema_version": 1, "runs": [{"status": "ok"}]}', "no run name"),
+    # an `inspect --format json` listing, or a status no report writes: the gate would compare
+    # nothing and pass (a review)
+    ('{"schema_version": 1, "runs": [{"run": "a", "format": "csv", "tags": []}]}',
+     "not a scan report"),
+    ('{"schema_version": 1, "runs": [{"run": "a", "status": "bogus", "episodes": []}]}',
+     "not a scan report"),
+    ('{"schema_version": 1, "runs": [{"run": "a", "status": "ok"}]}', "not a scan report"),
     ("[1, 2]", "no schema_version"),
 ])
 def test_bad_baseline_is_a_usage_error(tmp_path, content, match):
@@ -211,7 +218,7 @@ def test_a_baseline_number_too_large_for_a_float_is_not_compared(tmp_path):
     # a healthy level of 400 digits passed the baseline's check and crashed the comparison
     # after the whole scan: internal error, no report (found by a fuzzing review)
     path = tmp_path / "base.json"
-    path.write_text('{"schema_version": 1, "runs": [{"run": "smoke", "status": "ok", '
+    path.write_text('{"schema_version": 1, "runs": [{"run": "smoke", "status": "ok", "episodes": [], '
                     '"healthy_grad_norm": 1' + "0" * 400 + ', "spike_rate": 1' + "0" * 400 + '}]}')
     result = result_of(ok("smoke", healthy=1.0), baseline=str(path))
     evaluate_gate(result)

@@ -129,13 +129,15 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
         if not quiet:
             _progress(f"gradaudit: scanning {', '.join(paths)} ...")
         result = api.scan(paths, settings)
-        result.write(out, fmt)
-        if json_out:
-            result.write(json_out, "json")
+        for target, target_fmt in ((out, fmt), (json_out, "json")):
+            if not target:
+                continue
+            try:
+                result.write(target, target_fmt)
+            except OSError as exc:  # no space, no permission, ...: named by the report's path
+                raise click.FileError(target, exc.strerror or str(exc)) from exc
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
-    except OSError as exc:  # the report could not be written (no space, no permission, ...)
-        raise click.FileError(exc.filename or out or "-", exc.strerror or str(exc)) from exc
     if result.exit_code == 2:  # nothing audited: say why where a CI log shows it
         first = f" (first: {result.errors[0].path}: {result.errors[0].message})" \
             if result.errors else ""

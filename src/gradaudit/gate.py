@@ -35,7 +35,7 @@ import math
 from typing import Any
 
 from gradaudit.errors import UsageError
-from gradaudit.model import MIN_HEALTHY_LEVEL
+from gradaudit.model import MIN_HEALTHY_LEVEL, STATUSES
 from gradaudit.result import AuditResult
 from gradaudit.settings import fails_gate
 
@@ -71,6 +71,12 @@ def load_baseline(path: str) -> dict[str, dict[str, Any]]:
     for i, entry in enumerate(runs):
         if not isinstance(entry, dict) or not isinstance(entry.get("run"), str):
             raise UsageError(f"baseline {path!r}: runs[{i}] has no run name")
+        # a scan report's run, not another listing (``inspect --format json`` has no status):
+        # a run the gate cannot read would compare as nothing and pass
+        if entry.get("status") not in STATUSES or not isinstance(entry.get("episodes"), list):
+            raise UsageError(
+                f"baseline {path!r}: runs[{i}] ({entry['run']!r}) has no status in "
+                f"{', '.join(STATUSES)} or no episodes list: not a scan report")
         out[entry["run"]] = entry
     return out
 
