@@ -218,8 +218,9 @@ def test_a_baseline_number_too_large_for_a_float_is_not_compared(tmp_path):
     # a healthy level of 400 digits passed the baseline's check and crashed the comparison
     # after the whole scan: internal error, no report (found by a fuzzing review)
     path = tmp_path / "base.json"
-    path.write_text('{"schema_version": 1, "runs": [{"run": "smoke", "status": "ok", "episodes": [], '
-                    '"healthy_grad_norm": 1' + "0" * 400 + ', "spike_rate": 1' + "0" * 400 + '}]}')
+    path.write_text('{"schema_version": 1, "runs": [{"run": "smoke", "status": "ok", '
+                    '"episodes": [], "healthy_grad_norm": 1' + "0" * 400
+                    + ', "spike_rate": 1' + "0" * 400 + '}]}')
     result = result_of(ok("smoke", healthy=1.0), baseline=str(path))
     evaluate_gate(result)
     assert result.exit_code == 0
