@@ -78,6 +78,17 @@ def test_a_harmless_level_shift_gets_no_advice_to_lower_the_lr():
     assert a.clip.suggested_threshold > 3 * np.percentile(before, 99)
 
 
+@pytest.mark.parametrize("total", [5.0, 20.0])
+def test_a_harmless_climb_to_the_end_is_no_regime_to_clip_from(total):
+    # the grad norm climbs e^5 (150x) or e^20 (5e8x) from step 500 to the end, the loss goes on:
+    # reported as a harmless level shift, whose "regime" gave a threshold of 73 or 2e8 (a review)
+    s, g, loss = healthy(seed=0, sigma=0.1, loss_noise=0.01)
+    g[500:] *= np.exp(np.linspace(0, total, s.size - 500))
+    a = audit_run(run_series(s, g, loss))
+    assert a.clip.suggested_threshold < 2 * np.percentile(g[100:500], 99)
+    assert a.healthy_grad_norm == pytest.approx(np.median(g[100:500]), rel=0.1)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_heavy_tailed_healthy_run_never_explodes(seed):
     rng = np.random.default_rng(seed)

@@ -738,7 +738,7 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
     if regime:  # a harmless change of scale for good: the run's last regime is the healthy one
         after = np.isfinite(g) & (g > 0) & (gs >= regime[-1].onset_step)
         after = _outside(after, gs, [e for e in episodes if e is not regime[-1]])
-        if after.sum() >= min_regime:
+        if after.sum() >= min_regime and _settled(g[after]):
             out = after
     if out is None:
         out = _outside(healthy, gs, episodes)
@@ -748,6 +748,19 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
                      f"{min_regime}): the clip options use the norms after it too")
     return out
 
+
+
+#: A regime whose thirds' median grad norms differ more than this is still moving (a climb)
+REGIME_DRIFT = 2.0
+
+
+def _settled(v: np.ndarray) -> bool:
+    """The grad norms ``v`` (in step order) hold one level: the medians of their first, middle
+    and last thirds lie within ``REGIME_DRIFT`` x of each other. A slow climb to the run's end
+    that left the loss alone is reported as a level shift, but its norms are no regime to take
+    a clip threshold from (a 5e8x climb gave one of 2e8)."""
+    med = [float(np.median(part)) for part in np.array_split(v, 3) if part.size]
+    return max(med) <= REGIME_DRIFT * min(med)
 
 
 def _outside(mask: np.ndarray, gs: np.ndarray, episodes: list[Episode]) -> np.ndarray:
