@@ -150,6 +150,20 @@ def test_checkpoint_folder_scanned_from_inside_is_not_named_dotdot(tmp_path):
     assert names([str(f)]) == [str(f)]
 
 
+def test_below_a_linked_folder_a_latest_link_does_not_name_the_run_it_points_to(tmp_path):
+    # root/proj -> ../real, and real/wandb holds two runs and latest-run -> the second: the
+    # second was named proj/wandb/latest-run (a baseline then matched it to whichever run was
+    # latest that night) and the first never clashed (a review)
+    wandb = tmp_path / "real" / "wandb"
+    _touch(wandb / "run-20260101_000000-abc" / "run-abc.ev")
+    _touch(wandb / "run-20260102_000000-xyz" / "run-xyz.ev")
+    os.symlink("run-20260102_000000-xyz", wandb / "latest-run")
+    (tmp_path / "root").mkdir()
+    os.symlink("../real", tmp_path / "root" / "proj")
+    assert names([tmp_path / "root"]) == ["proj/wandb/run-20260101_000000-abc",
+                                          "proj/wandb/run-20260102_000000-xyz"]
+
+
 def test_folder_reached_by_link_and_by_path_is_named_by_its_path(tmp_path):
     # a/link -> ../b is walked before b/ in depth-first order; the real name must still win
     _touch(tmp_path / "b" / "1.ev")

@@ -94,8 +94,10 @@ def _walk(root: Path, unreadable: list[tuple[str, str]]) -> Iterator[tuple[Path,
             except OSError as exc:
                 unreadable.append((entry.path, f"cannot look at it: {exc.strerror or exc}"))
         yield folder, files
-        # Folders under a link wait until every folder reachable without one was walked.
-        later = linked_dirs + real_dirs if folder in via_link else linked_dirs
+        # Folders under a link wait until every folder reachable without one was walked; below
+        # a link, its real sub-folders go before its links (a `latest` link beside the run
+        # folder it points to must not name that run)
+        later = real_dirs + linked_dirs if folder in via_link else linked_dirs
         via_link.update(later)
         linked.extend(reversed(later))
         if folder not in via_link:
