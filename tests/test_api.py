@@ -52,6 +52,19 @@ def test_a_setting_of_the_wrong_type_is_a_value_error(key, value, message):
         gradaudit.scan(MEGATRON, **{key: value})
 
 
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("workers", "x", "must be a number"),
+    ("workers", 0, "at least 1"),
+    ("grad_tag", 5, "must be a string"),
+    ("timeout", -1, "finite positive"),
+])
+@pytest.mark.parametrize("reader", [gradaudit.inspect, gradaudit.read_runs])
+def test_inspect_and_read_runs_check_their_keywords_as_settings(reader, key, value, message):
+    # workers="x" failed deep inside with a TypeError, workers=0 and grad_tag=5 were accepted
+    with pytest.raises(ValueError, match=message):
+        reader(MEGATRON, **{key: value})
+
+
 def test_the_baseline_gates_factors_may_be_1():
     # a review: "gate on the spike-rate delta alone" (ratio 1) is a meaningful setting
     s = Settings(baseline_spike_rate_ratio=1, baseline_grad_norm_ratio=1.0)

@@ -152,7 +152,11 @@ def inspect(
 ) -> Inspection:
     """Discover and read runs under ``paths`` (one path or several) without analysis; the
     inputs that yielded no run are in ``.errors``, with the reason (``timeout``: seconds one
-    input may take in a worker process, with ``workers`` above 1)."""
+    input may take in a worker process, with ``workers`` above 1). The four keywords are
+    checked as the :class:`~gradaudit.settings.Settings` fields they are (a ValueError)."""
+    checked = Settings(grad_tag=grad_tag, loss_tag=loss_tag, workers=workers, timeout=timeout)
+    grad_tag, loss_tag = checked.grad_tag, checked.loss_tag
+    workers, timeout = checked.workers, checked.timeout
     sources, errors = _sources(paths)
     runs: list[RunSeries] = []
     for got, bad in run_all(_ReadJob(grad_tag, loss_tag), sources, workers, _lost, timeout):
