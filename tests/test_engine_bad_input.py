@@ -43,6 +43,22 @@ def test_a_loss_that_was_never_finite_diverged_from_the_start(grad):
     assert "never finite" in e.reason
 
 
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+def test_a_grad_norm_never_finite_beside_a_finite_loss_is_a_divergence(value):
+    # inf at every one of 300 steps: the run was "ok" with a note, where a grad norm that goes
+    # inf from step 200 to the end is a divergence (a review)
+    s, _, loss = healthy(n=300)
+    a = audit_run(run_series(s, np.full(300, value), loss))
+    assert a.status == "explosion" and a.clip is None
+    (e,) = a.episodes
+    assert (e.onset_step, e.kind, e.severity) == (0, "divergence", "explosion")
+    assert "grad norm was never finite" in e.reason and "loss was logged finite" in e.reason
+    assert e.loss_impact.diverged is False
+    # a few overflow steps are no such run (a loss scaler finds its scale): audited as before
+    s, _, loss = healthy(n=12)
+    assert audit_run(run_series(s, np.full(12, value), loss)).status == "ok"
+
+
 def test_negative_grad_norms():
     s, g, loss = healthy(n=200)
     g[50] = -1.0

@@ -148,6 +148,8 @@ def _prepare(series: RunSeries, st: Settings) -> _Run | RunAudit:
     has_loss = bool(lv.size) and bool(np.isfinite(lv).any())
     if lv.size and not has_loss:
         return _never_finite(series, ls, notes)
+    if has_loss and g.size > OVERFLOW_RUN and not np.isfinite(g).any():
+        return _grad_never_finite(series, gs, ls, lv, notes)
     if not has_grad and not has_loss:
         if g.size and not np.isfinite(g).any() or lv.size and not np.isfinite(lv).any():
             why = "every grad-norm and loss value is NaN/inf"
@@ -185,6 +187,29 @@ def _prepare(series: RunSeries, st: Settings) -> _Run | RunAudit:
         explain.warmup_note(notes, gs[ok] if has_grad else ls[np.isfinite(lv)], warm,
                             p.min_history)
     return _Run(series, st, p, gs, g, ls, lv, has_grad, has_loss, notes, warm, lr)
+
+
+def _grad_never_finite(series: RunSeries, gs: np.ndarray, ls: np.ndarray, lv: np.ndarray,
+                       notes: list[str]) -> RunAudit:
+    """A grad norm logged more than ``OVERFLOW_RUN`` times and never finite: as a grad norm
+    that goes non-finite to the run's end, a divergence from its first logged step (a loss
+    scaler skips an overflowed step; one that overflows at every scale skipped them all - or
+    the norm is logged before the gradients are unscaled). An explosion either way: no step
+    can be shown healthy, so there is no clip to suggest."""
+    audit = _empty(series, "explosion", notes)
+    fin = np.isfinite(lv)
+    carried_on = bool(fin.any()) and bool(fin[np.searchsorted(ls, gs[0]):].all())
+    loss = (f"; the loss was logged finite throughout ({int(fin.sum())} points): look at how "
+            "the norm is logged" if carried_on else "")
+    audit.episodes = [Episode(
+        onset_step=int(gs[0]), peak_step=int(gs[0]), end_step=None, peak_grad_norm=None,
+        baseline_grad_norm=None, peak_ratio=None, kind="divergence", severity="explosion",
+        detected_by=["nonfinite"],
+        loss_impact=LossImpact(None, None, None, not carried_on),
+        reason=f"the grad norm was never finite: all {gs.size} logged value(s) of "
+               f"{series.grad_norm_tag!r} are NaN/inf, so no step can be shown healthy (a "
+               f"loss scaler that overflows at every scale skips every step){loss}")]
+    return audit
 
 
 def _never_finite(series: RunSeries, ls: np.ndarray, notes: list[str]) -> RunAudit:
