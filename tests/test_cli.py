@@ -332,6 +332,16 @@ def test_source_date_epoch_makes_the_json_report_byte_identical(tmp_path, monkey
     assert json.loads(a)["generated_at"] == "2023-11-14T22:13:20Z"
 
 
+@pytest.mark.parametrize("value", ["abc", "1e3", "-5"])
+def test_a_malformed_source_date_epoch_is_a_usage_error(tmp_path, monkeypatch, capsys, value):
+    # "abc" was an internal error from inside numpy; "-5" was ignored without a word
+    write_table(tmp_path / "runs" / "x", "healthy")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
+    assert scan(str(tmp_path / "runs"), "--out", str(tmp_path / "r.json")) == 2
+    assert "SOURCE_DATE_EPOCH" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_out_and_json_naming_the_same_file_is_a_usage_error(tmp_path, capsys):
     # the JSON silently overwrote the HTML report, exit 0 (found by a fuzzing review)
     write_table(tmp_path / "runs" / "x", "clean")

@@ -59,6 +59,13 @@ def test_a_grad_norm_never_finite_beside_a_finite_loss_is_a_divergence(value):
     assert audit_run(run_series(s, np.full(12, value), loss)).status == "ok"
 
 
+def test_a_run_with_neither_series_is_not_said_to_be_audited_from_the_loss():
+    r = run_series(np.arange(100), np.ones(100), None)
+    r.grad_norm_tag = None  # a table whose one column no reader takes for a grad norm
+    a = audit_run(r)
+    assert a.status == "error" and not any("from the loss alone" in n for n in a.notes)
+
+
 def test_negative_grad_norms():
     s, g, loss = healthy(n=200)
     g[50] = -1.0

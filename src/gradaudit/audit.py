@@ -124,8 +124,9 @@ def _prepare(series: RunSeries, st: Settings) -> _Run | RunAudit:
     gs, g = sorted_points(*series.series(series.grad_norm_tag))
     ls, lv = sorted_points(*series.series(series.loss_tag))
     if series.grad_norm_tag is None:
-        notes.append("no grad-norm series among the run's tags: audited from the loss alone "
-                     "(pass --grad-tag if it is logged under another name)")
+        alone = ": audited from the loss alone" if series.loss_tag is not None else ""
+        notes.append(f"no grad-norm series among the run's tags{alone} (pass --grad-tag if it "
+                     "is logged under another name)")
     elif g.size == 0:
         notes.append("grad-norm tag has no points")
     far = [max(-int(x[0]), int(x[-1])) for x in (gs, ls) if x.size]  # (sorted; no int64 abs)

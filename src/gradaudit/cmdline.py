@@ -108,6 +108,10 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
       gradaudit scan /archive --out audit.html --json audit.json --workers 8
     """
     try:
+        epoch = os.environ.get("SOURCE_DATE_EPOCH")
+        if epoch is not None and epoch.strip() and not epoch.strip().isdigit():
+            # (numpy itself fails on one: an internal error in the middle of the scan)
+            raise UsageError(f"SOURCE_DATE_EPOCH={epoch!r} is not a whole number of seconds")
         settings = _settings(**options)
         _warn_timeout(options.get("timeout"), settings)
         out = out or "-"
