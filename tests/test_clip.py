@@ -129,3 +129,23 @@ def test_a_damaged_run_with_few_norms_before_says_its_options_use_the_later_ones
     (e,) = [e for e in a.episodes if e.severity == "explosion"]
     assert e.onset_step == 40 and e.loss_impact.recovery_step is None
     assert any("only 15 healthy grad norms precede it" in n for n in a.notes), a.notes
+
+
+def test_norms_near_the_float_limit_give_finite_options_and_no_warning():
+    # grad norms of 1e306: the mean's sum overflowed (a RuntimeWarning, the Pascanu options
+    # inf), and ZClip's bound was its recursion's cap of 1e150, clipping every step (a review)
+    import warnings
+
+    import numpy as np
+
+    from gradaudit.audit import audit_run
+    from tests._synth import healthy, run_series
+
+    s, g, loss = healthy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a = audit_run(run_series(s, g * 1e306, loss))
+    methods = {o.method: o for o in a.clip.options}
+    assert "zclip-z2.5-a0.97" not in methods
+    for name in ("pascanu-5x-mean", "pascanu-10x-mean"):
+        assert np.isfinite(methods[name].threshold) and methods[name].healthy_clipped_fraction == 0

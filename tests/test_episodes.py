@@ -1483,3 +1483,24 @@ def test_a_loss_episodes_grad_peak_is_taken_before_its_end_step():
     g[1001] = 2.5 * 0.5
     e = _one(audit_run(run_series(s, g, loss)))
     assert (e.onset_step, e.end_step) == (1000, 1001) and e.peak_grad_norm == g[1000]
+
+
+def test_learning_rate_time_counts_from_the_first_step_where_steps_are_negative():
+    # a harmless lasting lr x3 measured in learning-rate time; the same run with every step
+    # 5000 lower (a log that counts from -5000) took the log of a negative lr time: a
+    # RuntimeWarning, and the re-measure was dropped (a review)
+    import warnings
+
+    s, g, loss = healthy(seed=0, sigma=0.1, loss_noise=0.01)
+    lr = np.full(s.size, 1e-3)
+    lr[1500:] = 3e-3
+    loss[1501:1530] += np.linspace(0.3, 0, 29)
+    got = []
+    for offset in (0, -5000):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            (e,) = audit_run(run_series(s + offset, g, loss, lr)).episodes
+        got.append((e.onset_step - offset, e.kind, e.severity,
+                    round(e.loss_impact.excess_loss, 6)))
+        assert "learning-rate time" in e.reason
+    assert got[0] == got[1]

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gradaudit.detect.ema_zscore import HUGE
 from gradaudit.model import MIN_HEALTHY_LEVEL, ClipOption, ClipSuggestion, RunAudit
 
 BATCH_MAX_SPREAD = 10.0  # the most the runs' healthy grad norms may differ for one threshold
@@ -61,6 +62,9 @@ def clip_options(
     if h.size == 0:
         return []
     allg = g[fin]
+    top = float(h.max())
+    # (the mean of norms near the float limit: scaled, so that their sum cannot overflow)
+    mean = float(np.mean(h / top)) * top if top > 0 else 0.0
     cands: list[tuple[str, float, str]] = [
         ("p99.9-healthy", float(np.quantile(h, 0.999, method="inverted_cdf")),
          "99.9th percentile of healthy norms (empirical, inverted CDF)"),
@@ -69,10 +73,11 @@ def clip_options(
         ("autoclip-p10", float(np.quantile(allg, 0.10)),
          "AutoClip: 10th percentile of the norm history"),
         ("fixed-1.0", 1.0, "the fixed threshold most LLM recipes use"),
-        ("pascanu-5x-mean", 5.0 * float(h.mean()), "5x the mean healthy norm (Pascanu et al.)"),
-        ("pascanu-10x-mean", 10.0 * float(h.mean()), "10x the mean healthy norm (Pascanu et al.)"),
+        ("pascanu-5x-mean", 5.0 * mean, "5x the mean healthy norm (Pascanu et al.)"),
+        ("pascanu-10x-mean", 10.0 * mean, "10x the mean healthy norm (Pascanu et al.)"),
     ]
-    if zclip_bound is not None and np.isfinite(zclip_bound):
+    # (a bound at the recursion's cap is saturated: norms beyond 1e150 have no ZClip bound)
+    if zclip_bound is not None and np.isfinite(zclip_bound) and zclip_bound < HUGE:
         cands.insert(3, ("zclip-z2.5-a0.97", float(zclip_bound),
                          "ZClip bound mean + 2.5 sd of its EMA (alpha 0.97) at the run's end"))
     ep_vals = [None if sl is None else g[sl[0]:sl[1] + 1] for sl in episode_slices]
