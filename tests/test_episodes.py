@@ -1427,6 +1427,27 @@ def test_a_loss_rise_a_later_grad_spike_interrupts_ends_at_the_spike():
     rise = next(e for e in a.episodes if e.onset_step == 900)
     assert rise.end_step == 1300 and rise.peak_ratio < 3
     assert "the grad norm stayed healthy" in rise.reason
+    # the spike is judged against the loss as it stood, not charged with the step's damage
+    # (it was an explosion that "never came back", at +0.46)
+    spike = next(e for e in a.episodes if e.onset_step == 1300)
+    assert spike.severity == "warning" and a.status == "warning"
+    assert abs(spike.loss_impact.excess_loss) < 0.05
+    assert "the loss as it stood after the episode whose loss never came back, at step 900" \
+        in spike.reason
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_harm_right_after_a_lasting_loss_step_is_still_found(seed):
+    # the same, but the spike at 1300 does harm of its own (+0.4 for 200 steps, then fading):
+    # against the loss as it stood, that is an explosion
+    s, g, loss = healthy(seed=seed, loss_noise=0.01)
+    loss[900:] += 0.5
+    g[1300] *= 40
+    loss[1301:] += 0.4 * np.exp(-(s[1301:] - 1301) / 300)
+    a = audit_run(run_series(s, g, loss))
+    spike = next(e for e in a.episodes if e.onset_step == 1300)
+    assert spike.severity == "explosion"
+    assert 0.2 < spike.loss_impact.excess_loss < 0.6
 
 
 def test_a_nan_loss_inside_a_loss_jump_is_part_of_it():

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 from scipy.special import ndtri
@@ -115,6 +116,8 @@ MAX_STEP = 2**53  # steps further from 0 are not exact in float64 (and no traini
 #: Consecutive inf/NaN grad norms that can still be loss-scaler overflows: a GradScaler halves
 #: its scale at each, and 16 halvings take its default 65536 to 1 (more: inf at any scale).
 OVERFLOW_RUN = 16
+MIN_PRE = 5  # healthy loss points a fit window needs after an earlier episode (loss_impact's)
+STOOD_LAG = 3  # points after an unrecovered episode's highest loss before the loss "stood"
 
 
 def _prepare(series: RunSeries, st: Settings) -> _Run | RunAudit:
@@ -225,6 +228,16 @@ def _never_finite(series: RunSeries, ls: np.ndarray, notes: list[str]) -> RunAud
                f"{series.loss_tag!r} are NaN/inf, so training diverged before its first "
                "logged step (or that tag holds no loss)")]
     return audit
+
+
+class _StoodSince(NamedTuple):
+    """An earlier episode whose loss had not come back by this one's onset: this one is judged
+    against the loss as it stood since (impact module doc, "Aftershocks")."""
+
+    onset: int  # that episode's onset
+    floor: int  # the first step of the loss as it stood
+    lr_rise: bool  # an lr rise's aftermath; else an episode whose loss never came back
+    mask: np.ndarray | None = None  # the points the level is taken from (None: outside episodes)
 
 
 def _candidates(run: _Run) -> _Candidates:
@@ -392,6 +405,8 @@ class _Judge:
         self.nan_loss_steps = ls[~np.isfinite(lv)]  # where the loss went NaN/inf (sorted)
         # the harmful lr rises judged so far: (onset, end, recovery step)
         self.lr_harm: list[tuple[int, int, int | None]] = []
+        # the episode judged last: (onset, end, harmful, recovery step)
+        self.last: tuple[int, int | None, bool | None, int | None] | None = None
 
     def episode(self, k: int) -> Episode | None:
         """The ``k``-th candidate judged (None: a schedule restart that left the loss alone)."""
@@ -403,11 +418,12 @@ class _Judge:
         # the fit floor as it stands before this episode's own aftermath is known (the
         # learning-rate-time re-measure in _verdict uses it too)
         floor = self._fit_floor(on) if run.has_loss else None
-        rise_at = self._lr_aftermath(on) if run.has_loss else None
-        flat = rise_at is not None  # an aftershock of an lr rise: the loss as it stood
-        if rise_at is not None:
-            floor = max(floor or 0, rise_at[1])
-        imp = self._impact(on, end, nxt, lr_after, floor, flat=flat) if run.has_loss else None
+        # an aftershock of an lr rise, or an episode right after one whose loss never came
+        # back: judged against the loss as it stood
+        stood = (self._lr_aftermath(on) or self._stood_since(on)) if run.has_loss else None
+        if stood is not None:
+            floor = max(floor or 0, stood.floor)
+        imp = self._impact(on, end, nxt, lr_after, floor, stood=stood) if run.has_loss else None
         if imp is not None and e.kind == "nonfinite" and imp.impact.diverged and \
                 self._finite_after(end, nxt):
             imp.impact.diverged = False  # isolated inf/NaN points the loss carried on after
@@ -431,7 +447,8 @@ class _Judge:
         kind = "spike" if j_at is not None else e.kind
         imp, harmful, harm_words = self._verdict(e, on, end, nxt, lr_after, imp,
                                                  lr_note[1] if lr_note is not None else None,
-                                                 floor, rise_at)
+                                                 floor, stood)
+        self.last = (on, end, harmful, rec)
         restart = lr_note is not None and lr_note[1].restart
         if harmful and lr_note is not None and not restart:
             self.lr_harm.append((on, end if end is not None else on, rec))
@@ -502,10 +519,10 @@ class _Judge:
         return bool(after.size) and bool(np.isfinite(after).all()) and \
             not (imp is not None and imp.impact.diverged)
 
-    def _lr_aftermath(self, on: int) -> tuple[int, int] | None:
-        """``(onset, first step after it)`` of the harmful lr-rise episode whose unrecovered
-        aftermath ``on`` lies in - within two horizons, its loss not come back by ``on`` (impact
-        module doc, "Aftershocks"); None elsewhere."""
+    def _lr_aftermath(self, on: int) -> _StoodSince | None:
+        """The harmful lr-rise episode whose unrecovered aftermath ``on`` lies in - within two
+        horizons, its loss not come back by ``on`` (impact module doc, "Aftershocks"), with the
+        first step after it; None elsewhere."""
         horizon, ls = self.run.st.impact_horizon, self.run.ls
         for on1, end1, rec1 in reversed(self.lr_harm):
             if on < on1 + 2 * horizon and (rec1 is None or rec1 > on):
@@ -513,8 +530,35 @@ class _Judge:
                 # every episode); with fewer, the loss there cannot be told (judged as before)
                 i0, i1 = np.searchsorted(ls, [end1 + 1, on])
                 usable = self.anchor_points[i0:i1] & np.isfinite(self.run.lv[i0:i1])
-                return (on1, end1 + 1) if np.count_nonzero(usable) >= 2 else None
+                return _StoodSince(on1, end1 + 1, True) if np.count_nonzero(usable) >= 2 \
+                    else None
         return None
+
+    def _stood_since(self, on: int) -> _StoodSince | None:
+        """The episode just before ``on`` where its loss never came back (harmful, no recovery
+        step) and too few healthy loss points lie between its end and ``on`` for a fit
+        (``min_pre``): the fit would reach back across its damage and charge this episode with
+        it (a lone harmless grad spike 400 steps after a lasting loss step read as an
+        explosion). The level is then the loss as it stood since that episode's highest loss
+        (and ``lag`` points more), its own span included; None elsewhere, or with fewer than 2
+        finite points there."""
+        if self.last is None:
+            return None
+        on1, end1, harmful1, rec1 = self.last
+        if not harmful1 or rec1 is not None:
+            return None
+        ls, lv = self.run.ls, self.run.lv
+        i0, i1 = np.searchsorted(ls, [on1, on])
+        i_end = int(np.searchsorted(ls, end1)) if end1 is not None else i1
+        fin = np.isfinite(lv)
+        if np.count_nonzero(self.healthy[i_end:i1] & fin[i_end:i1]) >= MIN_PRE or i1 <= i0:
+            return None
+        top = i0 + int(np.argmax(np.where(fin[i0:i1], lv[i0:i1], -np.inf))) + STOOD_LAG
+        if np.count_nonzero(fin[top:i1]) < 2:
+            return None
+        mask = self.anchor_points.copy()
+        mask[top:i1] = fin[top:i1]
+        return _StoodSince(on1, int(ls[top]), False, mask)
 
     def _fit_floor(self, on: int) -> int | None:
         """The first step the counterfactual of the episode at ``on`` may be fitted from:
@@ -530,10 +574,12 @@ class _Judge:
 
     def _impact(self, on: int, end: int | None, nxt: int | None, lr_after: int | None,
                 floor: int | None, lr_t: tuple[np.ndarray, np.ndarray] | None = None,
-                flat: bool = False) -> Impact | None:
+                stood: _StoodSince | None = None) -> Impact | None:
         # an aftershock is judged on the loss since the rise's episode, its aftermath included
-        return loss_impact(self.run.ls, self.lv_mean,
-                           self.anchor_points if flat else self.healthy, on, end,
+        flat = stood is not None
+        fit_on = self.healthy if not flat else \
+            stood.mask if stood.mask is not None else self.anchor_points
+        return loss_impact(self.run.ls, self.lv_mean, fit_on, on, end,
                            self.run.st.impact_horizon, next_onset=nxt, cut_at=lr_after,
                            floor_step=floor, lr_time=lr_t, anchor_points=self.anchor_points,
                            anchor_end=_lr_halved_after(self.run.lr, on,
@@ -573,7 +619,7 @@ class _Judge:
 
     def _verdict(self, e: RawEpisode, on: int, end: int | None, nxt: int | None,
                  lr_after: int | None, imp: Impact | None, rise: LrRise | None,
-                 floor: int | None, rise_at: tuple[int, int] | None = None
+                 floor: int | None, stood: _StoodSince | None = None
                  ) -> tuple[Impact | None, bool | None, Callable[..., str]]:
         """``(impact, harmful, harm words)``: harm is lasting damage - the excess over the
         horizon, significant against its own noise - or, where too little of the horizon was
@@ -632,7 +678,7 @@ class _Judge:
             # where the loss after it is where that time puts it (impact module doc)
             lr_t = lr_time(*sorted_points(*run.series.series(run.series.lr_tag)), rise, run.ls,
                            on)
-            fast = self._impact(on, end, nxt, lr_after, floor, lr_t, rise_at is not None) \
+            fast = self._impact(on, end, nxt, lr_after, floor, lr_t, stood) \
                 if lr_t is not None else None
             if fast is not None and fast.lasting_excess is not None and \
                     fast.lasting_excess < ex_thr and fast.impact.diverged == li.diverged:
@@ -645,7 +691,8 @@ class _Judge:
                         (imp.horizon_points, cut) if short else None,
                         imp.lasting_excess, imp.cut_step, imp.lr_time, nonfinite,
                         by_fall=by_fall, bar_by=bar_by, z=self.z_harm, abrupt=imp.abrupt,
-                        aftershock_of=rise_at[0] if rise_at is not None else None)
+                        aftershock_of=stood.onset if stood is not None else None,
+                        after_lr_rise=stood is None or stood.lr_rise)
         return imp, harmful, words
 
 

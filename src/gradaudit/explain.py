@@ -87,7 +87,8 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
                lasting: float | None = None, held_from: int | None = None,
                lr_time: bool = False, nonfinite: bool = True, by_fall: bool = False,
                bar_by: str = "harm", z: float = 2.0, abrupt: bool = True,
-               grad_diverged: bool = False, aftershock_of: int | None = None) -> str:
+               grad_diverged: bool = False, aftershock_of: int | None = None,
+               after_lr_rise: bool = True) -> str:
     """The loss half of an episode's reason: the numbers behind the harm verdict
     (``short``: only that many logged points of the horizon, before what cut it; ``lasting``:
     the excess without the episode's own spike points, which the verdict uses;
@@ -100,7 +101,8 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
     highest within a few points of the onset - it *jumped*, else it *rose*; ``grad_diverged``:
     the episode is an explosion without harm to the loss, as its grad norm diverged;
     ``aftershock_of``: the onset of the lr-rise episode whose aftermath this one lies in, the
-    counterfactual being the loss as it stood)."""
+    counterfactual being the loss as it stood; ``after_lr_rise`` False: of an episode whose loss
+    never came back)."""
     if li.diverged and nonfinite:
         return "the loss diverged: it went non-finite"
     parts = []
@@ -124,9 +126,11 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
             f" ({lasting:+.3g} without the spike itself)"
         gain = "" if ex >= 0 or not (lasting is None or lasting < 0) else \
             " (a gain)" if aftershock_of is None else \
-            " (the loss went on recovering from the lr rise)"
+            " (the loss went on recovering from the lr rise)" if after_lr_rise else ""
+        since = "the lr-rise episode" if after_lr_rise else \
+            "the episode whose loss never came back,"
         against = "its counterfactual" if aftershock_of is None else (
-            f"the loss as it stood after the lr-rise episode at step {aftershock_of} (the loss "
+            f"the loss as it stood after {since} at step {aftershock_of} (the loss "
             "since is that episode's to answer for)")
         parts.append(f"averaged {ex:+.3g}{gain} against {against} {over}{spike}")
     text = " and ".join(parts) or "the loss impact could not be measured"
