@@ -15,9 +15,10 @@ and what was tried instead.
   the window starts after it (``floor_step``, from the engine) where at least ``min_pre`` (5)
   healthy points lie there.
 - **Aftershocks.** ``flat=True`` (from the engine, within two horizons of a harmful lr rise
-  whose loss has not come back): a level, no trend, fitted to the last ``min_fit`` points
-  between the rise's episode and the onset; no bracketing, no local gap. The loss there is the
-  rise's to answer for.
+  whose loss has not come back, or right after an episode whose loss never came back, with
+  fewer than ``min_pre`` healthy points between them): a level, no trend, fitted to the last
+  ``min_fit`` points between the earlier episode (its highest loss, for the second) and the
+  onset; no bracketing, no local gap. The loss there is the earlier episode's to answer for.
 - **Blow-ups.** A loss above where its log started (:class:`Blowups`: its running median over
   ``BLOWUP_FACTOR`` (1.2) x the highest of its first 5 running medians, plus 3 sigmas of its
   batch noise) is a blow-up. The window starts where the last blow-up before the onset has
