@@ -301,13 +301,15 @@ def _candidates(run: _Run) -> _Candidates:
 
 
 def _disjoint(raw: list[Candidate], ls: np.ndarray, lv: np.ndarray) -> list[Candidate]:
-    """``raw`` (sorted by onset) with each loss episode that reaches past the next episode's
-    onset ended there: a loss rise that a later grad episode interrupts (one it did not cause:
-    its onset came first). Episodes never overlap; the peak moves into what is left."""
+    """``raw`` (sorted by onset) with each loss or lr episode that reaches past the next
+    episode's onset ended there: a loss rise that a later grad episode interrupts (one it did
+    not cause: its onset came first). Episodes never overlap; the peak moves into what is left.
+    (Grad episodes are disjoint by construction, and a loss episode inside one's window is
+    merged into it.)"""
     out = []
     for k, (e, on, end) in enumerate(raw):
         nxt = raw[k + 1][1] if k + 1 < len(raw) else None
-        if nxt is not None and e.source == "loss" and (end is None or end > nxt) and nxt > on:
+        if nxt is not None and e.source != "grad" and (end is None or end > nxt) and nxt > on:
             end = nxt
             e.last = max(e.onset, int(np.searchsorted(ls, nxt)) - 1)
             if e.peak > e.last:
