@@ -209,21 +209,6 @@ def test_an_inspect_listing_given_as_baseline_is_2(tmp_path, capsys):
     assert "not a scan report" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("kind", "fail_on", "code"), [
-    ("healthy", "explosion", 2), ("explosion", "explosion", 1), ("healthy", "never", 0)])
-def test_an_unreadable_file_beside_a_good_run(tmp_path, kind, fail_on, code):
-    # DESIGN: exit 2 for an input that could not be read at all, unless the gate failed
-    # anyway; the report is written in full either way
-    runs = tmp_path / "runs"
-    write_table(runs / "good", kind)
-    (runs / "events.out.tfevents.1.host").write_bytes(bytes(range(256)) * 4)
-    out = tmp_path / "r.json"
-    assert scan(str(runs), "--out", str(out), "--fail-on", fail_on) == code
-    doc = json.loads(out.read_text())
-    assert [r["run"] for r in doc["runs"]] == ["good/metrics.parquet"]
-    assert len(doc["errors"]) == 1 and doc["gate"]["exit_code"] == code
-
-
 def test_unreadable_input_only_is_2(tmp_path):
     folder = tmp_path / "runs"
     folder.mkdir()

@@ -7,10 +7,9 @@ Exit codes (docs/ci.md, "Exit codes"):
 - **1**: the gate failed: a run's status is at or above ``fail_on`` (``explosion``: only
   explosions fail; ``warning``: warnings too), or a run regressed against the baseline.
 - **2**: nothing could be audited: no run was read at all (every input failed, or no run was
-  found), or no run read has usable data (all NaN, negative grad norms); or an input could not
-  be read at all and the gate did not fail (1) otherwise (not with ``fail_on="never"``).
-  Usage errors (a missing path, an unreadable baseline) raise
-  :class:`~gradaudit.errors.UsageError`, which the command line also maps to 2.
+  found), or no run read has usable data (all NaN, negative grad norms). Usage errors (a
+  missing path, an unreadable baseline) raise :class:`~gradaudit.errors.UsageError`, which the
+  command line also maps to 2.
 
 A baseline is an earlier schema-1 JSON report (``--json`` output) of the same runs, matched by
 run name. A run *regressed* when, compared with its baseline entry:
@@ -208,13 +207,4 @@ def evaluate_gate(result: AuditResult, baseline: dict[str, dict[str, Any]] | Non
         reasons.append(f"{len(regressions)} regression(s) against the baseline "
                        "(not failing: --fail-on never)")
     result.exit_code = EXIT_GATE if (failing or regressions_fail) else EXIT_OK
-    if result.errors and result.exit_code == EXIT_OK and settings.fail_on != "never":
-        # an input that yielded no run could hold anything: the gate could not check it
-        # (DESIGN's exit 2; the failed gate's 1 says more where a run failed it too)
-        shown = ", ".join(repr(e.path) for e in result.errors[:MAX_LISTED])
-        more = f" and {len(result.errors) - MAX_LISTED} more" \
-            if len(result.errors) > MAX_LISTED else ""
-        reasons.append(f"{len(result.errors)} input(s) could not be read at all, so the gate "
-                       f"could not check them: {shown}{more}")
-        result.exit_code = EXIT_NOTHING
     result.gate_reasons = reasons + notes

@@ -30,8 +30,7 @@ class AuditResult:
     """Runs, inputs that yielded no run, the batch clip suggestion, and the gate's verdict.
 
     ``exit_code`` follows docs/ci.md: 0 nothing at or above ``fail_on``, 1 the gate failed,
-    2 nothing could be audited, or an input could not be read at all. ``regressions`` lists
-    what got worse against ``--baseline``.
+    2 nothing could be read. ``regressions`` lists what got worse against ``--baseline``.
     """
 
     runs: list[RunAudit]
