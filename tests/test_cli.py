@@ -209,6 +209,38 @@ def test_an_inspect_listing_given_as_baseline_is_2(tmp_path, capsys):
     assert "not a scan report" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("kind", "fail_on", "code"), [
+    ("healthy", "explosion", 2), ("explosion", "explosion", 1), ("healthy", "never", 0)])
+def test_a_path_named_that_yields_no_run_is_2_unless_the_gate_failed(tmp_path, kind, fail_on,
+                                                                     code):
+    # DESIGN: exit 2 for an input that could not be read at all - a path given on the command
+    # line (it was 0 beside a good run: the gate vouched for a log it never saw). The report is
+    # written in full either way
+    write_table(tmp_path / "good", kind)
+    broken = tmp_path / "events.out.tfevents.1.host"
+    broken.write_bytes(bytes(range(256)) * 4)
+    out = tmp_path / "r.json"
+    assert scan(str(tmp_path / "good"), str(broken), "--out", str(out),
+                "--fail-on", fail_on) == code
+    doc = json.loads(out.read_text())
+    assert len(doc["runs"]) == 1 and len(doc["errors"]) == 1
+    assert doc["gate"]["exit_code"] == code
+    if code == 2:
+        assert any("yielded no run" in r and str(broken) in r for r in doc["gate"]["reasons"])
+
+
+def test_a_stray_unreadable_file_in_a_folder_with_runs_changes_no_exit_code(tmp_path):
+    # a stray table beside the runs (hparams.csv: no step column) is listed, not a failure -
+    # a regression gate over that folder would otherwise fail forever (a review)
+    runs = tmp_path / "runs"
+    write_table(runs / "good", "healthy")
+    (runs / "hparams.csv").write_text("name,value\nlr,0.001\n")
+    out = tmp_path / "r.json"
+    assert scan(str(runs), "--out", str(out)) == 0
+    assert len(json.loads(out.read_text())["errors"]) == 1
+    assert scan(str(runs), "--baseline", str(out), "--fail-on", "regression") == 0
+
+
 def test_unreadable_input_only_is_2(tmp_path):
     folder = tmp_path / "runs"
     folder.mkdir()

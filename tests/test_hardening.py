@@ -297,6 +297,17 @@ def test_a_run_folder_named_in_bytes_that_are_not_utf8_is_reported_not_fatal(
 
 
 @LINUX_ONLY
+def test_a_non_utf8_folder_named_on_the_command_line_is_a_path_that_was_read(tmp_path):
+    # a path given that yields no run is exit 2; this one yields its run, whose file names are
+    # written with \xNN escapes: compared the same way, it is no unread path
+    _good_run(tmp_path / "plain")
+    folder = os.path.join(os.fsencode(tmp_path), b"pq_\xe9")
+    os.rename(os.fsencode(tmp_path / "plain"), folder)
+    out = tmp_path / "r.json"
+    assert main(["scan", os.fsdecode(folder), "--format", "json", "--out", str(out)]) == 0
+    assert len(json.loads(out.read_text(encoding="utf-8"))["runs"]) == 1
+
+
 def test_a_table_in_a_non_utf8_folder_scanned_by_a_relative_path(tmp_path, monkeypatch):
     # the stand-in symlink pointed at the relative path from inside its temporary folder: it
     # dangled, and the run was lost ("No such file or directory"; a fuzzing review)

@@ -17,6 +17,7 @@ from gradaudit.result import AuditResult
 from gradaudit.series import RunSeries
 from gradaudit.settings import Settings
 from gradaudit.tags import choose_tags
+from gradaudit.text import printable
 
 PathLike = str | os.PathLike[str]
 
@@ -74,6 +75,21 @@ def _sources(paths: PathLike | Iterable[PathLike]) -> tuple[list[Source], list[I
         raise UsageError("; ".join(why))
     return found.sources, [InputError(p, UNRECOGNISED) for p in found.unrecognised] + \
         [InputError(p, why) for p, why in found.unreadable]
+
+
+def _unread(paths: list[str], audits: list[RunAudit]) -> list[str]:
+    """The ``paths`` given that yielded no run at all: a file named that could not be read, a
+    folder where every input failed or no run was found. (A folder that yielded a run was
+    read, even where a stray file in it was not: that file is listed under the errors.)"""
+    # (compared as the reports write them: undecodable bytes of a name as \xNN text)
+    files = [printable(os.path.abspath(f)) for a in audits for f in a.files]
+    out = []
+    for p in paths:
+        n = printable(os.path.abspath(p))
+        under = n.rstrip(os.sep) + os.sep
+        if not any(f == n or f.startswith(under) for f in files):
+            out.append(p)
+    return out
 
 
 def _lost(source: Source, why: str) -> tuple[list[Any], list[InputError]]:
@@ -219,7 +235,8 @@ def scan(
         errors.extend(bad)
     _unmatched_globs(audits, settings)
     _note_copies(audits)
-    result = AuditResult(runs=audits, errors=errors, settings=settings)
+    result = AuditResult(runs=audits, errors=errors, settings=settings,
+                         unread_paths=_unread(_paths(paths), audits))
     result.batch_clip = batch_clip(audits, settings.clip_max_cost)
     evaluate_gate(result)
     return result

@@ -142,11 +142,13 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
                 raise click.FileError(target, exc.strerror or str(exc)) from exc
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
-    if result.exit_code == 2:  # nothing audited: say why where a CI log shows it
+    if result.exit_code == 2:  # nothing audited, or a path given unread: say why in a CI log
         first = f" (first: {result.errors[0].path}: {result.errors[0].message})" \
             if result.errors else ""
-        click.echo(show_controls("gradaudit: nothing could be audited: "
-                                 + "; ".join(result.gate_reasons) + first), err=True)
+        audited = any(r.status != "error" for r in result.runs)
+        what = "not every path given could be read" if audited else "nothing could be audited"
+        click.echo(show_controls(f"gradaudit: {what}: " + "; ".join(result.gate_reasons)
+                                 + first), err=True)
     if not quiet:
         summary = result.summary()
         _progress(

@@ -7,7 +7,9 @@ Exit codes (docs/ci.md, "Exit codes"):
 - **1**: the gate failed: a run's status is at or above ``fail_on`` (``explosion``: only
   explosions fail; ``warning``: warnings too), or a run regressed against the baseline.
 - **2**: nothing could be audited: no run was read at all (every input failed, or no run was
-  found), or no run read has usable data (all NaN, negative grad norms). Usage errors (a
+  found), or no run read has usable data (all NaN, negative grad norms); or a path given
+  yielded no run at all (a file named that could not be read, a folder with no readable run)
+  and the gate did not fail (1) otherwise (not with ``fail_on="never"``). Usage errors (a
   missing path, an unreadable baseline) raise :class:`~gradaudit.errors.UsageError`, which the
   command line also maps to 2.
 
@@ -207,4 +209,10 @@ def evaluate_gate(result: AuditResult, baseline: dict[str, dict[str, Any]] | Non
         reasons.append(f"{len(regressions)} regression(s) against the baseline "
                        "(not failing: --fail-on never)")
     result.exit_code = EXIT_GATE if (failing or regressions_fail) else EXIT_OK
+    if result.unread_paths and result.exit_code == EXIT_OK and settings.fail_on != "never":
+        # a path given that yielded no run could hold anything: the gate cannot vouch for it
+        # (DESIGN's exit 2; the failed gate's 1 says more where a run failed it too)
+        reasons.append(f"{len(result.unread_paths)} path(s) given yielded no run, so the gate "
+                       f"could not check them: {_listed(result.unread_paths)}")
+        result.exit_code = EXIT_NOTHING
     result.gate_reasons = reasons + notes

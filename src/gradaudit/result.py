@@ -30,7 +30,8 @@ class AuditResult:
     """Runs, inputs that yielded no run, the batch clip suggestion, and the gate's verdict.
 
     ``exit_code`` follows docs/ci.md: 0 nothing at or above ``fail_on``, 1 the gate failed,
-    2 nothing could be read. ``regressions`` lists what got worse against ``--baseline``.
+    2 nothing could be read, or a path given yielded no run at all. ``regressions`` lists
+    what got worse against ``--baseline``.
     """
 
     runs: list[RunAudit]
@@ -39,6 +40,8 @@ class AuditResult:
     batch_clip: ClipSuggestion | None = None
     regressions: list[dict[str, Any]] = field(default_factory=list)
     gate_reasons: list[str] = field(default_factory=list)
+    # the paths given to the scan that yielded no run at all (exit 2: docs/ci.md)
+    unread_paths: list[str] = field(default_factory=list)
     exit_code: int = 0
     generated_at: str = field(default_factory=_now)
 
