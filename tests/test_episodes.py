@@ -1436,6 +1436,34 @@ def test_a_loss_rise_a_later_grad_spike_interrupts_ends_at_the_spike():
         in spike.reason
 
 
+def test_the_loss_as_it_stood_counts_from_the_first_step_where_steps_are_negative():
+    # the same run logged from step -5000: the floor of "the loss as it stood" was clamped to
+    # step 0, after the onset, and the spike was an explosion with no loss impact (a review)
+    s, g, loss = healthy(seed=0, loss_noise=0.01)
+    loss[900:] += 0.5
+    g[1300] *= 40
+    a = audit_run(run_series(s - 5000, g, loss))
+    spike = next(e for e in a.episodes if e.onset_step == 1300 - 5000)
+    assert spike.severity == "warning" and abs(spike.loss_impact.excess_loss) < 0.05
+
+
+@pytest.mark.parametrize("tau", [10, 40])
+@pytest.mark.parametrize("seed", range(2))
+def test_harm_right_after_a_loss_jump_still_coming_back_is_found(tau, seed):
+    # a loss jump at 1000 that decays back (time constant 10 or 40 steps), then a harmful 40x
+    # grad spike at 1030 (+0.3 to the end): the jump's episode, cut at the spike, never showed
+    # a recovery, and the spike was judged against the jump's still-decaying tail - a warning at
+    # +0.06 on 6 of 12 such runs (a review). A loss still moving is no level to judge against
+    s, g, loss = healthy(seed=seed, loss_noise=0.01)
+    loss[1000:] += np.exp(-(s[1000:] - 1000) / tau)
+    g[1030] *= 40
+    loss[1031:] += 0.3
+    a = audit_run(run_series(s, g, loss))
+    spike = next(e for e in a.episodes if e.onset_step == 1030)
+    assert spike.severity == "explosion" and a.status == "explosion"
+    assert 0.2 < spike.loss_impact.excess_loss < 0.45
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_harm_right_after_a_lasting_loss_step_is_still_found(seed):
     # the same, but the spike at 1300 does harm of its own (+0.4 for 200 steps, then fading):

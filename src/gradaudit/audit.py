@@ -24,6 +24,7 @@ from scipy.special import ndtri
 
 from gradaudit import explain
 from gradaudit.clip import clip_options, healthy_quantiles, suggest
+from gradaudit.detect._common import diff_sigma
 from gradaudit.detect.level_climb import BLOCK as CLIMB_BLOCK
 from gradaudit.detect.level_climb import ID as ID_CLIMB
 from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
@@ -423,8 +424,8 @@ class _Judge:
         # an aftershock of an lr rise, or an episode right after one whose loss never came
         # back: judged against the loss as it stood
         stood = (self._lr_aftermath(on) or self._stood_since(on)) if run.has_loss else None
-        if stood is not None:
-            floor = max(floor or 0, stood.floor)
+        if stood is not None:  # (steps may be negative: no 0 for a missing floor)
+            floor = stood.floor if floor is None else max(floor, stood.floor)
         imp = self._impact(on, end, nxt, lr_after, floor, stood=stood) if run.has_loss else None
         if imp is not None and e.kind == "nonfinite" and imp.impact.diverged and \
                 self._finite_after(end, nxt):
@@ -542,8 +543,9 @@ class _Judge:
         (``min_pre``): the fit would reach back across its damage and charge this episode with
         it (a lone harmless grad spike 400 steps after a lasting loss step read as an
         explosion). The level is then the loss as it stood since that episode's highest loss
-        (and ``lag`` points more), its own span included; None elsewhere, or with fewer than 2
-        finite points there."""
+        (and ``STOOD_LAG`` points more), its own span included, where it settled there
+        (:func:`_settled_loss`: a jump still decaying back is no level, and its harm would hide a
+        later episode's); None elsewhere."""
         if self.last is None:
             return None
         on1, end1, harmful1, rec1 = self.last
@@ -556,8 +558,8 @@ class _Judge:
         if np.count_nonzero(self.healthy[i_end:i1] & fin[i_end:i1]) >= MIN_PRE or i1 <= i0:
             return None
         top = i0 + int(np.argmax(np.where(fin[i0:i1], lv[i0:i1], -np.inf))) + STOOD_LAG
-        if np.count_nonzero(fin[top:i1]) < 2:
-            return None
+        if not _settled_loss(lv[top:i1][fin[top:i1]]):
+            return None  # still moving (a jump decaying back): no level to judge against
         mask = self.anchor_points.copy()
         mask[top:i1] = fin[top:i1]
         return _StoodSince(on1, int(ls[top]), False, mask)
@@ -823,6 +825,18 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
                      f"{min_regime}): the clip options use the norms after it too")
     return out
 
+
+
+def _settled_loss(v: np.ndarray, min_points: int = 10) -> bool:
+    """The loss points ``v`` (in step order; at least ``min_points``) hold one level: the
+    medians of their halves differ by at most 3 standard errors of such a difference (from
+    the points' noise), or 1 % of the level."""
+    if v.size < min_points:
+        return False
+    h = v.size // 2
+    m1, m2 = float(np.median(v[:h])), float(np.median(v[h:]))
+    se = 1.25 * diff_sigma(v) * float(np.sqrt(1.0 / h + 1.0 / (v.size - h)))
+    return abs(m2 - m1) <= max(3.0 * se, 0.01 * abs(m2))
 
 
 #: A regime whose thirds' median grad norms differ more than this is still moving (a climb)
