@@ -291,7 +291,9 @@ def test_a_grad_spike_the_loss_answered_is_an_explosion(seed, answer):
     elif answer == "a ramp over 100 steps in a noisy loss":
         bump = 0.5 * np.clip((t + 1) / 100, 0, 1) * np.exp(-np.clip(t, 0, None) / 300)
     else:
-        lr = np.where((s >= 1500) & (s < 1700), 1e-2, 1e-3)
+        # the lr logged at a step is that step's update's: raised from 1499, the grad norm at
+        # 1500 is the first to show it (raised from 1500, a spike at 1500 came before it)
+        lr = np.where((s >= 1499) & (s < 1700), 1e-2, 1e-3)
         g[1500:1700] *= 0.8
         bump = 0.3 * (t >= 30) * np.exp(-np.clip(t - 30, 0, None) / 300)
     e = audit_run(run_series(s, g, loss + bump, lr)).episodes[0]
@@ -1488,17 +1490,20 @@ def test_a_nan_loss_inside_a_loss_jump_is_part_of_it():
     assert e.onset_step == 1000 and "nonfinite" in e.detected_by
 
 
-def test_a_grad_spike_before_an_lr_rise_keeps_its_onset():
+@pytest.mark.parametrize("at", [1000, 1003])
+def test_a_grad_spike_before_an_lr_rise_keeps_its_onset(at):
     # a 60x spike at step 1000, the lr raised 5x from step 1003: the spike's onset was moved
-    # to the rise (1004), past its own peak and end, and every clip option said it cut 0 % of it
+    # to the rise (1004), past its own peak and end, and every clip option said it cut 0 % of
+    # it. So at step 1003, the first logged at the new lr: its grad norm was computed before
+    # that lr's first update (a second review)
     s, g, loss = healthy(n=2000, seed=0, loss_noise=0.01)
-    g[1000] = 30.0
+    g[at] = 30.0
     lr = np.full(s.size, 1e-3)
     lr[1003:] = 5e-3
     a = audit_run(run_series(s, g, loss, lr))
     _disjoint_and_ordered(a)
-    spike = next(e for e in a.episodes if e.peak_step == 1000)
-    assert spike.onset_step == 1000 and "lr-change" not in spike.detected_by
+    spike = next(e for e in a.episodes if e.peak_step == at)
+    assert spike.onset_step == at and "lr-change" not in spike.detected_by
     i = a.episodes.index(spike)
     assert all(o.episode_peak_cut[i] > 0.9 for o in a.clip.options if o.threshold < 1.0)
 

@@ -50,9 +50,10 @@ def attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | N
                 + (", back to an earlier level (schedule restart)" if rise.restart else ""))
         lo, hi = on - gap * (merge_gap + 1), top + gap * lookahead
         free = [r for r in out if id(r[0]) not in notes]
-        # (an episode that peaked by the last step logged at the old lr came before the rise)
-        last_old = int(rs[rise.start])
-        hits = [r for r in free if lo <= r[1] <= hi and _peak_step(r[0], steps, ls) > last_old]
+        # (an episode over before the rise's onset - where its effect can first show - came
+        # before the rise: a grad norm at the first step with the new lr is computed before
+        # that lr's first update)
+        hits = [r for r in free if lo <= r[1] <= hi and (r[2] is None or r[2] > on)]
         if not hits:  # a loss rise whose onset noise put a little early (about a block)
             lead = lo - typical_gap(ls) * RISE_BLOCK
             hits = [r for r in free if lead <= r[1] and _rising_through(r, on, ls)]
@@ -63,11 +64,14 @@ def attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | N
         if hits:
             r = min(hits, key=lambda r: r[1])
             r[0].detected_by.add(ID_LR)
-            if r[0].source == "grad":
-                # keep the grad indices consistent: the onset index moves with the step
-                r[0].onset = int(np.searchsorted(steps, on))
-            elif r[0].source == "loss":
-                r[0].onset = int(np.searchsorted(ls, on))
+            if r[0].source in ("grad", "loss"):
+                # keep the indices consistent: the onset index moves with the step, and the
+                # peak into what is left where it was before it
+                e, x = r[0], (g if r[0].source == "grad" else lv)
+                e.onset = int(np.searchsorted(steps if e.source == "grad" else ls, on))
+                if e.peak < e.onset and x is not None:
+                    seg = x[e.onset:e.last + 1]
+                    e.peak = e.onset + int(np.argmax(np.where(np.isfinite(seg), seg, -np.inf)))
             r[1] = on
             notes[id(r[0])] = (text, rise)
             continue
@@ -82,11 +86,6 @@ def attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | N
         out.append([e, int(ls[i0]), end])
         notes[id(e)] = (text, rise)
     return [tuple(r) for r in out]
-
-
-def _peak_step(e: RawEpisode, steps: np.ndarray, ls: np.ndarray) -> int:
-    """The step of ``e``'s peak (a grad episode's in ``steps``, a loss episode's in ``ls``)."""
-    return int((steps if e.source == "grad" else ls)[e.peak])
 
 
 def _rising_through(r: tuple, on: int, ls: np.ndarray) -> bool:
