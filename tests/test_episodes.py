@@ -89,6 +89,19 @@ def test_a_harmless_climb_to_the_end_is_no_regime_to_clip_from(total):
     assert a.healthy_grad_norm == pytest.approx(np.median(g[100:500]), rel=0.1)
 
 
+def test_a_harmless_level_shift_reached_by_a_ramp_is_clipped_at_its_new_level():
+    # the grad norm ramps 1 -> 10x over steps 2000-2600, then holds: the thirds of the whole
+    # regime differ (the ramp), and the threshold fell back to the old level, clipping every
+    # step of the new one (a second review); from where it settled, about 2 % of them
+    s, g, loss = healthy(seed=0, sigma=0.1, loss_noise=0.01)
+    f = np.ones(s.size)
+    f[2000:2600] = np.linspace(1, 10, 600)
+    f[2600:] = 10
+    g = g * f
+    a = audit_run(run_series(s, g, loss))
+    assert np.mean(g[2600:] > a.clip.suggested_threshold) < 0.05
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_heavy_tailed_healthy_run_never_explodes(seed):
     rng = np.random.default_rng(seed)

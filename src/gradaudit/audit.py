@@ -815,6 +815,9 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
     if regime:  # a harmless change of scale for good: the run's last regime is the healthy one
         after = np.isfinite(g) & (g > 0) & (gs >= regime[-1].onset_step)
         after = _outside(after, gs, [e for e in episodes if e is not regime[-1]])
+        if not _settled(g[after]):  # reached by a ramp: the level it settled at, if it did
+            idx = np.flatnonzero(after)
+            after[idx[:idx.size // 2]] = False
         if after.sum() >= min_regime and _settled(g[after]):
             out = after
     if out is None:
@@ -847,9 +850,10 @@ def _settled(v: np.ndarray) -> bool:
     """The grad norms ``v`` (in step order) hold one level: the medians of their first, middle
     and last thirds lie within ``REGIME_DRIFT`` x of each other. A slow climb to the run's end
     that left the loss alone is reported as a level shift, but its norms are no regime to take
-    a clip threshold from (a 5e8x climb gave one of 2e8)."""
+    a clip threshold from (a 5e8x climb gave one of 2e8); one reached by a ramp is, from where
+    it settled (the engine then tries the regime's second half)."""
     med = [float(np.median(part)) for part in np.array_split(v, 3) if part.size]
-    return max(med) <= REGIME_DRIFT * min(med)
+    return bool(med) and max(med) <= REGIME_DRIFT * min(med)
 
 
 def _outside(mask: np.ndarray, gs: np.ndarray, episodes: list[Episode]) -> np.ndarray:
