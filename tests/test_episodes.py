@@ -1503,6 +1503,35 @@ def test_a_nan_loss_inside_a_loss_jump_is_part_of_it():
     assert e.onset_step == 1000 and "nonfinite" in e.detected_by
 
 
+@pytest.mark.parametrize("nan_at", [[997, 998, 999], [1100, 1101, 1102, 1250]])
+def test_non_finite_losses_at_or_in_a_loss_jump_make_it_one_divergence(nan_at):
+    # three NaNs just before a jump were left outside it (a divergence with no NaN in its
+    # span); a NaN inside a jump that three NaNs had already made a divergence was an episode
+    # of its own, which cut the jump short (a second review)
+    s, g, loss = healthy(seed=1, loss_noise=0.01)
+    loss[1003:1400] += 1.0
+    loss[nan_at] = np.nan
+    a = audit_run(run_series(s, g, loss))
+    _disjoint_and_ordered(a)
+    (e,) = a.episodes
+    assert (e.onset_step, e.kind, e.severity) == (min(nan_at[0], 1003), "divergence",
+                                                  "explosion")
+    assert e.end_step >= 1400 and e.loss_impact.diverged
+
+
+def test_a_loss_divergence_is_not_cut_by_an_episode_inside_it():
+    # the loss jumps at 1000 and goes NaN from 1390 to the end; a 40x grad spike at 1100 cut
+    # the divergence at 1100, leaving its NaNs in no episode (a second review)
+    s, g, loss = healthy(seed=1, loss_noise=0.01)
+    loss[1000:] += 1.0
+    loss[1390:] = np.nan
+    g[1100] *= 40
+    a = audit_run(run_series(s, g, loss))
+    last = a.episodes[-1]
+    assert last.kind == "divergence" and last.end_step is None and last.onset_step <= 1100
+    assert last.peak_ratio > 30  # the spike inside it is its grad peak
+
+
 @pytest.mark.parametrize("at", [1000, 1003])
 def test_a_grad_spike_before_an_lr_rise_keeps_its_onset(at):
     # a 60x spike at step 1000, the lr raised 5x from step 1003: the spike's onset was moved
@@ -1571,3 +1600,18 @@ def test_learning_rate_time_counts_from_the_first_step_where_steps_are_negative(
                     round(e.loss_impact.excess_loss, 6)))
         assert "learning-rate time" in e.reason
     assert got[0] == got[1]
+
+
+@pytest.mark.parametrize("harm", [0.0, 0.3])
+def test_one_nan_loss_after_a_grad_spike_is_no_divergence(harm):
+    # a 40x spike at 1000 and the loss NaN at 1001 only: a "divergence" explosion ("the loss
+    # went non-finite"), however the loss went on (a second review); the NaN is left out and
+    # the harm judged on the rest
+    s, g, loss = healthy(seed=7)
+    g[1000] *= 40
+    loss[1001:] += harm * np.exp(-(s[1001:] - 1001) / 300)
+    loss[1001] = np.nan
+    (e,) = audit_run(run_series(s, g, loss)).episodes
+    assert e.kind == "spike" and not e.loss_impact.diverged
+    assert e.severity == ("explosion" if harm else "warning")
+    assert e.loss_impact.excess_loss == pytest.approx(harm * 0.72, abs=0.05)

@@ -40,7 +40,15 @@ from gradaudit.episodes import (
     severity,
 )
 from gradaudit.errors import UNEXPECTED
-from gradaudit.impact import Blowups, Impact, bucket_mean, loss_impact, post_end, step_origin
+from gradaudit.impact import (
+    Blowups,
+    Impact,
+    bucket_mean,
+    loss_broke,
+    loss_impact,
+    post_end,
+    step_origin,
+)
 from gradaudit.lr_attribution import attach_lr
 from gradaudit.model import MIN_HEALTHY_LEVEL, Episode, LossImpact, RunAudit
 from gradaudit.points import sorted_points, typical_gap
@@ -305,11 +313,21 @@ def _disjoint(raw: list[Candidate], ls: np.ndarray, lv: np.ndarray) -> list[Cand
     """``raw`` (sorted by onset) with each loss or lr episode that reaches past the next
     episode's onset ended there: a loss rise that a later grad episode interrupts (one it did
     not cause: its onset came first). Episodes never overlap; the peak moves into what is left.
-    (Grad episodes are disjoint by construction, and a loss episode inside one's window is
-    merged into it.)"""
-    out = []
-    for k, (e, on, end) in enumerate(raw):
-        nxt = raw[k + 1][1] if k + 1 < len(raw) else None
+    A loss divergence is not cut: the episodes inside it join it. (Grad episodes are disjoint by
+    construction, and a loss episode inside one's window is merged into it.)"""
+    out: list[Candidate] = []
+    k = 0
+    while k < len(raw):
+        e, on, end = raw[k]
+        k += 1
+        if e.source != "grad" and e.kind == "divergence":
+            # a breakdown of the loss holds what happens inside it: later episodes there join it
+            while k < len(raw) and (end is None or raw[k][1] < end):
+                e.detected_by |= raw[k][0].detected_by
+                k += 1
+            out.append((e, on, end))
+            continue
+        nxt = raw[k][1] if k < len(raw) else None
         if nxt is not None and e.source != "grad" and (end is None or end > nxt) and nxt > on:
             end = nxt
             e.last = max(e.onset, int(np.searchsorted(ls, nxt)) - 1)
@@ -427,9 +445,6 @@ class _Judge:
         if stood is not None:  # (steps may be negative: no 0 for a missing floor)
             floor = stood.floor if floor is None else max(floor, stood.floor)
         imp = self._impact(on, end, nxt, lr_after, floor, stood=stood) if run.has_loss else None
-        if imp is not None and e.kind == "nonfinite" and imp.impact.diverged and \
-                self._finite_after(end, nxt):
-            imp.impact.diverged = False  # isolated inf/NaN points the loss carried on after
         rec = imp.impact.recovery_step if imp is not None else None
         if rec is not None and (end is None or rec > end):
             # the loss was still coming back until ``rec``: no healthy level to fit there
@@ -485,7 +500,7 @@ class _Judge:
             return None  # a schedule restart that left no mark on the loss is no episode
         li = imp.impact if imp is not None else None
         if li is not None and li.diverged and kind in ("spike", "level_shift") and \
-                not np.isfinite(run.lv[np.searchsorted(run.ls, on):]).all():
+                loss_broke(np.isfinite(run.lv[np.searchsorted(run.ls, on):]), True):
             kind, sev = "divergence", "explosion"
         if imp is not None and imp.cf_steps.size:
             # drawn where the loss is there to compare with: not on past a loss gone NaN
@@ -498,16 +513,6 @@ class _Judge:
             onset_step=on, peak_step=peak_step, end_step=end, peak_grad_norm=peak_g,
             baseline_grad_norm=base_g, peak_ratio=ratio, kind=kind, severity=sev,
             detected_by=sorted(e.detected_by), loss_impact=li, reason=reason)
-
-    def _finite_after(self, end: int | None, nxt: int | None) -> bool:
-        """The loss is logged, and finite, from ``end`` up to ``nxt`` (the next episode's
-        onset; the run's end where None)."""
-        ls, lv = self.run.ls, self.run.lv
-        if end is None:
-            return False
-        i0 = int(np.searchsorted(ls, end))
-        i1 = int(np.searchsorted(ls, nxt)) if nxt is not None else ls.size
-        return i1 > i0 and bool(np.isfinite(lv[i0:i1]).all())
 
     def _overflow_at_end(self, harmful: bool | None, imp: Impact | None) -> bool:
         """The run's grad norm ends with at most ``OVERFLOW_RUN`` inf/NaN points in a row, and

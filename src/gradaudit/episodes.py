@@ -532,9 +532,10 @@ def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0,
         # inside (or touching) a jump or rise already found: part of that episode
         j = int(np.searchsorted(last_of, a - p.merge_gap))
         if j < last_of.size and eps[j].onset <= b + p.merge_gap and eps[j].source == "loss" \
-                and eps[j].kind == "loss_spike":
+                and eps[j].kind in ("loss_spike", "divergence"):
             host = eps[j]
             host.detected_by.add("nonfinite")
+            host.onset = min(host.onset, a)  # (non-finite just before the jump: from there)
             host.last = max(host.last, b)
             if lasting:
                 host.kind = "divergence"

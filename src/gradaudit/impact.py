@@ -79,8 +79,10 @@ and what was tried instead.
   median excess over a horizon stays within that tolerance (or 3 standard errors of the
   median; near the window's end over what is left, at least 10 points). One-sided: a loss
   below ``L^`` has recovered. The onset itself where the loss never left the band.
-- ``diverged``: the loss went non-finite after the onset (before the next episode's onset), or
-  it never recovered and ends the run above ``L^(onset)`` by more than the tolerance.
+- ``diverged``: the loss went non-finite after the onset (before the next episode's onset) for
+  good (:func:`loss_broke`: 3 points in a row, or to the log's end; isolated non-finite points
+  the loss carried on after are not), or it never recovered and ends the run above
+  ``L^(onset)`` by more than the tolerance.
 """
 
 from __future__ import annotations
@@ -399,6 +401,24 @@ def _fit_space_is_log(loss: np.ndarray, y_pre: np.ndarray, steps: np.ndarray, i_
     return bool(np.all(y_pre > 0) and np.all(seen[np.isfinite(seen)] > 0))
 
 
+#: Non-finite losses in a row that are a breakdown, not isolated points the loss carried on after
+BROKE_RUN = 3
+
+
+def loss_broke(finite: np.ndarray, to_end: bool) -> bool:
+    """The loss went non-finite for good in a stretch whose points are ``finite`` (True where
+    finite): ``BROKE_RUN`` (3) non-finite points in a row, or a last point non-finite where the
+    stretch runs to the log's end (``to_end``). Fewer, with the loss finite again after them,
+    are isolated (an overflow the optimizer skipped)."""
+    bad = ~np.asarray(finite, bool)
+    if not bad.any():
+        return False
+    if to_end and bad[-1]:
+        return True
+    run = np.convolve(bad.astype(np.int8), np.ones(BROKE_RUN, np.int8), "valid")
+    return bool(run.size) and int(run.max()) >= BROKE_RUN
+
+
 def step_origin(steps: np.ndarray) -> int:
     """The step the power law counts from: 0, or the first logged step where it is below 0
     (:class:`_Counterfactual`); ``steps`` sorted."""
@@ -667,7 +687,7 @@ def loss_impact(
         pre = pre[steps[pre] >= floor_step]
     # non-finite loss after the onset, up to the next episode (a later one's is its own)
     i_next = n if next_onset is None else int(np.searchsorted(steps, next_onset))
-    nonfinite_after = not bool(fin[i_on:i_next].all()) if i_on < n else False
+    nonfinite_after = loss_broke(fin[i_on:i_next], i_next == n) if i_on < n else False
     if pre.size < 2 or i_on >= n:
         return Impact(LossImpact(None, None, None, nonfinite_after), None, None,
                       np.empty(0, np.int64), np.empty(0))
@@ -726,15 +746,17 @@ def loss_impact(
         # steps ahead, through zero)
         cf.u_hold = float(cf.u_at(np.array([2.0 * onset_step - float(steps[pre[0]])]))[0])
     win = after[:i_win - i_on]
-    cf_win = cf(win)
     h = after[:i_h - i_on]
+    ep = after[: max(i_ep - i_on, min(lag_points, n - i_on))]
+    if not nonfinite_after:  # isolated non-finite points the loss carried on after: left out
+        win, h, ep = win[fin[win]], h[fin[h]], ep[fin[ep]]
+    cf_win = cf(win)
     excess = lasting = None
     if h.size and fin[h].all():
         before = np.arange(max(0, i_on - smooth // 2), i_on)
         excess, lasting = _excess(cf, loss, h, i_ep - i_on + lag_points, smooth, noise,
                                   spike_sigmas, n_held, loss[before[fin[before]]])
     # loss jump: max over the episode (and the next few points: the loss lags the step)
-    ep = after[: max(i_ep - i_on, min(lag_points, n - i_on))]
     if cut_step is not None:  # the loss from the cut on is the later episode's
         ep = ep[steps[ep] < cut_step]
     jump = jump_points = None
