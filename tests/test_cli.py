@@ -364,7 +364,7 @@ def test_source_date_epoch_makes_the_json_report_byte_identical(tmp_path, monkey
     assert json.loads(a)["generated_at"] == "2023-11-14T22:13:20Z"
 
 
-@pytest.mark.parametrize("value", ["abc", "1e3", "-5"])
+@pytest.mark.parametrize("value", ["abc", "1e3", "-5", "", "  ", "99999999999999999999", "\u00b2"])
 def test_a_malformed_source_date_epoch_is_a_usage_error(tmp_path, monkeypatch, capsys, value):
     # "abc" was an internal error from inside numpy; "-5" was ignored without a word
     write_table(tmp_path / "runs" / "x", "healthy")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import sys
 from typing import Any
@@ -18,6 +19,8 @@ from gradaudit.inspect_view import write_inspection
 from gradaudit.report import FORMATTERS, SUFFIXES, format_for, not_a_file, show_controls
 from gradaudit.settings import FAIL_ON, Settings
 from gradaudit.text import PRINTABLE
+
+MAX_EPOCH = 253402300799  # SOURCE_DATE_EPOCH's last second of year 9999 (datetime's range)
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE = 0, 1, 2
 
@@ -109,9 +112,11 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
     """
     try:
         epoch = os.environ.get("SOURCE_DATE_EPOCH")
-        if epoch is not None and epoch.strip() and not epoch.strip().isdigit():
-            # (numpy itself fails on one: an internal error in the middle of the scan)
-            raise UsageError(f"SOURCE_DATE_EPOCH={epoch!r} is not a whole number of seconds")
+        if epoch is not None and not (re.fullmatch(r"[0-9]+", epoch.strip())
+                                      and int(epoch) <= MAX_EPOCH):
+            # (numpy itself fails on one, even empty: an internal error in the middle of a scan)
+            raise UsageError(f"SOURCE_DATE_EPOCH={epoch!r} is not a whole number of seconds "
+                             "from 0 to the end of year 9999")
         settings = _settings(**options)
         _warn_timeout(options.get("timeout"), settings)
         out = out or "-"
