@@ -164,6 +164,16 @@ def test_below_a_linked_folder_a_latest_link_does_not_name_the_run_it_points_to(
                                           "proj/wandb/run-20260102_000000-xyz"]
 
 
+def test_a_latest_link_deeper_under_a_linked_folder_does_not_name_the_run(tmp_path):
+    # root/proj -> ../real, with real/a/latest -> ../b/run1: named proj/a/latest (a review)
+    _touch(tmp_path / "real" / "b" / "run1" / "1.ev")
+    (tmp_path / "real" / "a").mkdir()
+    os.symlink("../b/run1", tmp_path / "real" / "a" / "latest")
+    (tmp_path / "root").mkdir()
+    os.symlink("../real", tmp_path / "root" / "proj")
+    assert names([tmp_path / "root"]) == ["proj/b/run1"]
+
+
 def test_folder_reached_by_link_and_by_path_is_named_by_its_path(tmp_path):
     # a/link -> ../b is walked before b/ in depth-first order; the real name must still win
     _touch(tmp_path / "b" / "1.ev")

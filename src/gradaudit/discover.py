@@ -10,6 +10,8 @@ dot are skipped, and so are files no adapter claims.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import posixpath
 from collections.abc import Iterable, Iterator
@@ -53,15 +55,19 @@ def _walk(root: Path, unreadable: list[tuple[str, str]]) -> Iterator[tuple[Path,
     """Yield ``(folder, regular files directly in it)``, each real folder once; a folder that
     cannot be listed and a file named like a log that is no regular file go to ``unreadable``.
 
-    Every folder reachable without a symlink is walked before any folder reached through one,
-    so a folder seen both ways is named by its real path.
+    Folders are walked by how many symlinks lead to them, fewest first, and, among as many, a
+    folder that is itself a link after those that are not: a folder seen several ways is named
+    by its real path, or by the path with the fewest links (a ``latest`` link beside the run it
+    points to, or anywhere under a linked folder, never names that run). Depth first, in name
+    order, among equals. (Two links side by side at one level - ``runs -> ../data/runs`` and
+    ``latest -> runs/run-x`` - still name ``run-x`` by the first in name order: ``latest``.)
     """
     seen: set[tuple[int, int]] = set()
-    stack = [root]  # reached through real folders only
-    linked: list[Path] = []  # reached through a symlink somewhere on the way
-    via_link: set[Path] = set()
-    while stack or linked:
-        folder = stack.pop() if stack else linked.pop()
+    order = itertools.count()
+    # (symlinks on the way, entered through a link, -push order: depth first), folder
+    heap: list[tuple[tuple[int, bool, int], Path]] = [((0, False, 0), root)]
+    while heap:
+        (links, _, _), folder = heapq.heappop(heap)
         try:
             st = folder.stat()
         except OSError:
@@ -71,8 +77,7 @@ def _walk(root: Path, unreadable: list[tuple[str, str]]) -> Iterator[tuple[Path,
             continue
         seen.add(key)
         files: list[Path] = []
-        real_dirs: list[Path] = []
-        linked_dirs: list[Path] = []
+        children: list[tuple[Path, bool]] = []
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
@@ -83,7 +88,7 @@ def _walk(root: Path, unreadable: list[tuple[str, str]]) -> Iterator[tuple[Path,
                 if entry.is_dir(follow_symlinks=True):
                     if entry.name.startswith("."):
                         continue
-                    (linked_dirs if entry.is_symlink() else real_dirs).append(Path(entry.path))
+                    children.append((Path(entry.path), entry.is_symlink()))
                 elif entry.is_file(follow_symlinks=True):
                     files.append(Path(entry.path))
                 elif _looks_like_log(entry.name) and not entry.name.startswith("."):
@@ -94,14 +99,8 @@ def _walk(root: Path, unreadable: list[tuple[str, str]]) -> Iterator[tuple[Path,
             except OSError as exc:
                 unreadable.append((entry.path, f"cannot look at it: {exc.strerror or exc}"))
         yield folder, files
-        # Folders under a link wait until every folder reachable without one was walked; below
-        # a link, its real sub-folders go before its links (a `latest` link beside the run
-        # folder it points to must not name that run)
-        later = real_dirs + linked_dirs if folder in via_link else linked_dirs
-        via_link.update(later)
-        linked.extend(reversed(later))
-        if folder not in via_link:
-            stack.extend(reversed(real_dirs))
+        for child, is_link in reversed(children):  # the first name is popped first
+            heapq.heappush(heap, ((links + is_link, is_link, -next(order)), child))
 
 
 def _claim(folder: Path, files: list[Path]) -> list[Source]:
