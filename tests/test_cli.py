@@ -227,6 +227,22 @@ def test_a_path_named_that_yields_no_run_is_2_unless_the_gate_failed(tmp_path, k
     assert doc["gate"]["exit_code"] == code
     if code == 2:
         assert any("yielded no run" in r and str(broken) in r for r in doc["gate"]["reasons"])
+        # the headline of every format says runs were audited (it said "nothing could be")
+        md = tmp_path / "r.md"
+        scan(str(tmp_path / "good"), str(broken), "--out", str(md), "--fail-on", fail_on)
+        assert "not every path given could be read (exit 2)" in md.read_text()
+
+
+def test_paths_whose_runs_were_read_under_another_name_are_not_unread(tmp_path):
+    # a folder and a link to it, or an empty folder beside a run: nothing failed, the first
+    # version of the rule made these 2 (a third review)
+    import os
+
+    write_table(tmp_path / "real" / "good", "healthy")
+    os.symlink("real", tmp_path / "link")
+    (tmp_path / "empty").mkdir()
+    for second in ("link", "empty"):
+        assert scan(str(tmp_path / "real"), str(tmp_path / second)) == 0
 
 
 def test_a_stray_unreadable_file_in_a_folder_with_runs_changes_no_exit_code(tmp_path):
@@ -364,7 +380,8 @@ def test_source_date_epoch_makes_the_json_report_byte_identical(tmp_path, monkey
     assert json.loads(a)["generated_at"] == "2023-11-14T22:13:20Z"
 
 
-@pytest.mark.parametrize("value", ["abc", "1e3", "-5", "", "  ", "99999999999999999999", "\u00b2"])
+@pytest.mark.parametrize("value", ["abc", "1e3", "-5", "", "  ", "99999999999999999999", "\u00b2",
+                                   "1" * 5000])
 def test_a_malformed_source_date_epoch_is_a_usage_error(tmp_path, monkeypatch, capsys, value):
     # "abc" was an internal error from inside numpy; "-5" was ignored without a word
     write_table(tmp_path / "runs" / "x", "healthy")

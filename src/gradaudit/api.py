@@ -77,17 +77,24 @@ def _sources(paths: PathLike | Iterable[PathLike]) -> tuple[list[Source], list[I
         [InputError(p, why) for p, why in found.unreadable]
 
 
-def _unread(paths: list[str], audits: list[RunAudit]) -> list[str]:
-    """The ``paths`` given that yielded no run at all: a file named that could not be read, a
-    folder where every input failed or no run was found. (A folder that yielded a run was
-    read, even where a stray file in it was not: that file is listed under the errors.)"""
+def _unread(paths: list[str], audits: list[RunAudit], errors: list[InputError]) -> list[str]:
+    """The ``paths`` given that could not be read at all: an input under them failed (a file
+    named that no reader takes or that is corrupt, a folder whose every input failed) and no
+    run came from them. A folder that yielded a run was read, even where a stray file in it was
+    not (that file is listed under the errors); one whose files were all read under another
+    name given too (a link and its target, a Trainer's copies) or that holds nothing failed
+    nothing."""
+    def under(names: list[str], root: str) -> bool:
+        top = root.rstrip(os.sep) + os.sep
+        return any(f == root or f.startswith(top) for f in names)
+
     # (compared as the reports write them: undecodable bytes of a name as \xNN text)
     files = [printable(os.path.abspath(f)) for a in audits for f in a.files]
+    failed = [printable(os.path.abspath(e.path)) for e in errors]
     out = []
     for p in paths:
         n = printable(os.path.abspath(p))
-        under = n.rstrip(os.sep) + os.sep
-        if not any(f == n or f.startswith(under) for f in files):
+        if under(failed, n) and not under(files, n):
             out.append(p)
     return out
 
@@ -236,7 +243,7 @@ def scan(
     _unmatched_globs(audits, settings)
     _note_copies(audits)
     result = AuditResult(runs=audits, errors=errors, settings=settings,
-                         unread_paths=_unread(_paths(paths), audits))
+                         unread_paths=_unread(_paths(paths), audits, errors))
     result.batch_clip = batch_clip(audits, settings.clip_max_cost)
     evaluate_gate(result)
     return result

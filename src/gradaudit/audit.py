@@ -24,7 +24,7 @@ from scipy.special import ndtri
 
 from gradaudit import explain
 from gradaudit.clip import clip_options, healthy_quantiles, suggest
-from gradaudit.detect._common import diff_sigma
+from gradaudit.detect._common import diff_sigma, runs_of
 from gradaudit.detect.level_climb import BLOCK as CLIMB_BLOCK
 from gradaudit.detect.level_climb import ID as ID_CLIMB
 from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
@@ -41,6 +41,7 @@ from gradaudit.episodes import (
 )
 from gradaudit.errors import UNEXPECTED
 from gradaudit.impact import (
+    BROKE_RUN,
     Blowups,
     Impact,
     bucket_mean,
@@ -313,21 +314,34 @@ def _disjoint(raw: list[Candidate], ls: np.ndarray, lv: np.ndarray) -> list[Cand
     """``raw`` (sorted by onset) with each loss or lr episode that reaches past the next
     episode's onset ended there: a loss rise that a later grad episode interrupts (one it did
     not cause: its onset came first). Episodes never overlap; the peak moves into what is left.
-    A loss divergence is not cut: the episodes inside it join it. (Grad episodes are disjoint by
-    construction, and a loss episode inside one's window is merged into it.)"""
+    A loss divergence whose non-finite points go on past the next onset is not cut: the
+    episodes inside it join it. (Grad episodes are disjoint by construction, and a loss episode
+    inside one's window is merged into it.)"""
     out: list[Candidate] = []
     k = 0
     while k < len(raw):
         e, on, end = raw[k]
         k += 1
-        if e.source != "grad" and e.kind == "divergence":
-            # a breakdown of the loss holds what happens inside it: later episodes there join it
+        nxt = raw[k][1] if k < len(raw) else None
+        i_on = int(np.searchsorted(ls, on))
+        i_end = ls.size if end is None else int(np.searchsorted(ls, end))
+        nonfin = i_on + np.flatnonzero(~np.isfinite(lv[i_on:i_end]))
+        if e.source != "grad" and e.kind == "divergence" and nxt is not None and \
+                nonfin.size and int(ls[nonfin[-1]]) >= nxt:
+            # a breakdown of the loss that goes on past a later onset holds what happens inside
+            # it: later episodes there join it (to their end, where later; an lr rise's tie is
+            # its episode's own, not the host's). One whose non-finite points all come first
+            # is cut like any other.
             while k < len(raw) and (end is None or raw[k][1] < end):
-                e.detected_by |= raw[k][0].detected_by
+                inner, _, inner_end = raw[k]
+                e.detected_by |= inner.detected_by - {ID_LR}
+                if end is not None and (inner_end is None or inner_end > end):
+                    end = inner_end
+                    e.last = ls.size - 1 if end is None else \
+                        max(e.last, int(np.searchsorted(ls, end)) - 1)
                 k += 1
             out.append((e, on, end))
             continue
-        nxt = raw[k][1] if k < len(raw) else None
         if nxt is not None and e.source != "grad" and (end is None or end > nxt) and nxt > on:
             end = nxt
             e.last = max(e.onset, int(np.searchsorted(ls, nxt)) - 1)
@@ -423,7 +437,7 @@ class _Judge:
         # (a schedule restart is the schedule's own doing, no fault: it cuts nothing)
         self.lr_onsets = [on for e, on, _ in cand.raw if ID_LR in e.detected_by
                           and not cand.lr_notes[id(e)][1].restart]  # raw is sorted by onset
-        self.nan_loss_steps = ls[~np.isfinite(lv)]  # where the loss went NaN/inf (sorted)
+        self.broke_at = _breakdowns(ls, lv)  # where it went non-finite for good (sorted)
         # the harmful lr rises judged so far: (onset, end, recovery step)
         self.lr_harm: list[tuple[int, int, int | None]] = []
         # the episode judged last: (onset, end, harmful, recovery step)
@@ -503,8 +517,9 @@ class _Judge:
                 loss_broke(np.isfinite(run.lv[np.searchsorted(run.ls, on):]), True):
             kind, sev = "divergence", "explosion"
         if imp is not None and imp.cf_steps.size:
-            # drawn where the loss is there to compare with: not on past a loss gone NaN
-            nan = self.nan_loss_steps
+            # drawn where the loss is there to compare with: not on past a loss gone NaN for
+            # good (an isolated NaN point is left out of the window already)
+            nan = self.broke_at
             j = int(np.searchsorted(nan, on))
             keep = imp.cf_steps < nan[j] if j < nan.size else slice(None)
             self.counterfactuals[f"counterfactual:{on}"] = (imp.cf_steps[keep],
@@ -562,7 +577,12 @@ class _Judge:
         fin = np.isfinite(lv)
         if np.count_nonzero(self.healthy[i_end:i1] & fin[i_end:i1]) >= MIN_PRE or i1 <= i0:
             return None
-        top = i0 + int(np.argmax(np.where(fin[i0:i1], lv[i0:i1], -np.inf))) + STOOD_LAG
+        # from where the loss first stood at its typical height there (a plateau's highest
+        # point is wherever its noise put it), and STOOD_LAG points more
+        seg = lv[i0:i1]
+        ok = fin[i0:i1]
+        top = i0 + int(np.argmax(ok & (np.where(ok, seg, -np.inf) >= np.median(seg[ok])))) \
+            + STOOD_LAG if ok.any() else i1
         if not _settled_loss(lv[top:i1][fin[top:i1]]):
             return None  # still moving (a jump decaying back): no level to judge against
         mask = self.anchor_points.copy()
@@ -692,7 +712,7 @@ class _Judge:
             if fast is not None and fast.lasting_excess is not None and \
                     fast.lasting_excess < ex_thr and fast.impact.diverged == li.diverged:
                 imp, li = fast, fast.impact
-        nonfinite = bool(self.nan_loss_steps.size) and self.nan_loss_steps[-1] >= on
+        nonfinite = bool(self.broke_at.size) and self.broke_at[-1] >= on
         # the fall's bar is named where it decided: an excess over the others' but under it
         by_fall = ex is not None and ex_thr <= ex < fall_bar
         words = partial(explain.harm_text, li, imp.level, st.impact_horizon, harmful,
@@ -820,7 +840,8 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
     if regime:  # a harmless change of scale for good: the run's last regime is the healthy one
         after = np.isfinite(g) & (g > 0) & (gs >= regime[-1].onset_step)
         after = _outside(after, gs, [e for e in episodes if e is not regime[-1]])
-        if not _settled(g[after]):  # reached by a ramp: the level it settled at, if it did
+        # reached by a ramp: the level it settled at, if it did (halves from the end)
+        while after.sum() >= 2 * min_regime and not _settled(g[after]):
             idx = np.flatnonzero(after)
             after[idx[:idx.size // 2]] = False
         if after.sum() >= min_regime and _settled(g[after]):
@@ -833,6 +854,17 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
                      f"{min_regime}): the clip options use the norms after it too")
     return out
 
+
+
+def _breakdowns(ls: np.ndarray, lv: np.ndarray) -> np.ndarray:
+    """The steps where the loss went non-finite for good (:func:`~gradaudit.impact.loss_broke`):
+    the first of each run of ``BROKE_RUN`` or more non-finite points in a row, and of a
+    non-finite run the log ends with."""
+    starts = []
+    for a, b in runs_of(~np.isfinite(lv), 0):
+        if b - a + 1 >= BROKE_RUN or b == lv.size - 1:
+            starts.append(int(ls[a]))
+    return np.asarray(starts, dtype=np.int64)
 
 
 def _settled_loss(v: np.ndarray, min_points: int = 10) -> bool:
@@ -849,6 +881,7 @@ def _settled_loss(v: np.ndarray, min_points: int = 10) -> bool:
 
 #: A regime whose thirds' median grad norms differ more than this is still moving (a climb)
 REGIME_DRIFT = 2.0
+REGIME_TREND = 0.1  # nor one whose fitted trend in log g moves more than this over it
 
 
 def _settled(v: np.ndarray) -> bool:
@@ -856,9 +889,20 @@ def _settled(v: np.ndarray) -> bool:
     and last thirds lie within ``REGIME_DRIFT`` x of each other. A slow climb to the run's end
     that left the loss alone is reported as a level shift, but its norms are no regime to take
     a clip threshold from (a 5e8x climb gave one of 2e8); one reached by a ramp is, from where
-    it settled (the engine then tries the regime's second half)."""
+    it settled (the engine halves the regime from its end until it holds, or is too short)."""
     med = [float(np.median(part)) for part in np.array_split(v, 3) if part.size]
-    return bool(med) and max(med) <= REGIME_DRIFT * min(med)
+    if not med or max(med) > REGIME_DRIFT * min(med):
+        return False
+    # nor still climbing slowly (a slow climb's stretch looks flat by thirds): a trend in
+    # log g that is significant (3 standard errors) and worth 10 % over the stretch
+    x, y = np.arange(v.size, dtype=np.float64), np.log(v)
+    x -= x.mean()
+    sxx = float(x @ x)
+    if v.size < 3 or sxx == 0:
+        return True
+    b = float(x @ (y - y.mean())) / sxx
+    se = diff_sigma(y) / np.sqrt(sxx)
+    return not (abs(b) * v.size > REGIME_TREND and abs(b) > 3.0 * se)
 
 
 def _outside(mask: np.ndarray, gs: np.ndarray, episodes: list[Episode]) -> np.ndarray:

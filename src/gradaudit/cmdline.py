@@ -112,7 +112,7 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
     """
     try:
         epoch = os.environ.get("SOURCE_DATE_EPOCH")
-        if epoch is not None and not (re.fullmatch(r"[0-9]+", epoch.strip())
+        if epoch is not None and not (re.fullmatch(r"[0-9]{1,12}", epoch.strip())
                                       and int(epoch) <= MAX_EPOCH):
             # (numpy itself fails on one, even empty: an internal error in the middle of a scan)
             raise UsageError(f"SOURCE_DATE_EPOCH={epoch!r} is not a whole number of seconds "

@@ -8,7 +8,7 @@ Exit codes (docs/ci.md, "Exit codes"):
   explosions fail; ``warning``: warnings too), or a run regressed against the baseline.
 - **2**: nothing could be audited: no run was read at all (every input failed, or no run was
   found), or no run read has usable data (all NaN, negative grad norms); or a path given
-  yielded no run at all (a file named that could not be read, a folder with no readable run)
+  yielded no run at all (a file named that could not be read, a folder whose every input failed)
   and the gate did not fail (1) otherwise (not with ``fail_on="never"``). Usage errors (a
   missing path, an unreadable baseline) raise :class:`~gradaudit.errors.UsageError`, which the
   command line also maps to 2.

@@ -61,14 +61,16 @@ and what was tried instead.
   the schedule's. The anchor must lie within 2 standard errors of the forecast, no tolerance;
   where it does not, None. It never turns harm into no harm: the verdict is the step-time one.
 - ``excess_loss``: mean over ``[onset, onset + horizon)`` of the smoothed loss minus ``L^``,
-  where the episode's own spike points (in the episode and the ``lag_points`` after it, above a
-  running median of ``smooth`` points reaching back before the onset by ``spike_sigmas`` (6)
+  where the episode's own spike points (in the episode and the ``lag_points`` after it, above
+  a running median of ``smooth`` points reaching back before the onset by ``spike_sigmas`` (6)
   noise sigmas) count at their raw value: a bad batch's loss is the damage. None when the loss
-  is non-finite there. ``Impact.lasting_excess`` is the same without the spike points: the
-  lasting damage the harm verdict is about. With ``cut_at`` (the onset of a later episode that
-  starts with an lr rise) inside the horizon, the loss from there on is that episode's: the
-  rest of the horizon counts at the mean excess of the last ``smooth`` points before it
-  (``Impact.cut_step``). A later grad episode does not cut (it may be this one's aftershock).
+  went non-finite there for good (:func:`loss_broke`; isolated non-finite points are left out
+  of the excess, the jump and the recovery). ``Impact.lasting_excess`` is the same without the
+  spike points: the lasting damage the harm verdict is about. With ``cut_at`` (the onset of a
+  later episode that starts with an lr rise) inside the horizon, the loss from there on is
+  that episode's: the rest of the horizon counts at the mean excess of the last ``smooth``
+  points before it (``Impact.cut_step``). A later grad episode does not cut (it may be this
+  one's aftershock).
 - ``loss_jump``: the highest loss over the episode's logged points, onset to end and at least
   its first ``lag_points`` (3), minus ``L^(onset)``. ``Impact.jump_points``: the logged points
   from the onset to the first half that jump up (the reason says *jumped* within
@@ -475,7 +477,7 @@ def _anchor_after(cf: _Counterfactual, w: _PreOnset, loss: np.ndarray, fin: np.n
     # points are its own, and the mask leaves them out)
     i_fin = i1 if next_onset is None or usable is None else \
         min(i1, int(np.searchsorted(steps, next_onset)))
-    if post.size < max(5, min_fit // 2) or not fin[i_on:i_fin].all():
+    if post.size < max(5, min_fit // 2) or loss_broke(fin[i_on:i_fin], i_fin == loss.size):
         return None
     fs_post = cf.fwd(_smooth(loss[post], min(smooth, post.size)))
     u_post = cf.u(post)

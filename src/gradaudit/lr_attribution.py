@@ -50,10 +50,10 @@ def attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | N
                 + (", back to an earlier level (schedule restart)" if rise.restart else ""))
         lo, hi = on - gap * (merge_gap + 1), top + gap * lookahead
         free = [r for r in out if id(r[0]) not in notes]
-        # (an episode over before the rise's onset - where its effect can first show - came
-        # before the rise: a grad norm at the first step with the new lr is computed before
-        # that lr's first update)
-        hits = [r for r in free if lo <= r[1] <= hi and (r[2] is None or r[2] > on)]
+        # (an episode that peaked before the rise's onset - where its effect can first show:
+        # a grad norm at the first step with the new lr is computed before that lr's first
+        # update - came before the rise; under way at the onset, it is split there below)
+        hits = [r for r in free if lo <= r[1] <= hi and _peak_step(r[0], steps, ls) >= on]
         if not hits:  # a loss rise whose onset noise put a little early (about a block)
             lead = lo - typical_gap(ls) * RISE_BLOCK
             hits = [r for r in free if lead <= r[1] and _rising_through(r, on, ls)]
@@ -65,13 +65,11 @@ def attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | N
             r = min(hits, key=lambda r: r[1])
             r[0].detected_by.add(ID_LR)
             if r[0].source in ("grad", "loss"):
-                # keep the indices consistent: the onset index moves with the step, and the
-                # peak into what is left where it was before it
-                e, x = r[0], (g if r[0].source == "grad" else lv)
-                e.onset = int(np.searchsorted(steps if e.source == "grad" else ls, on))
-                if e.peak < e.onset and x is not None:
-                    seg = x[e.onset:e.last + 1]
-                    e.peak = e.onset + int(np.argmax(np.where(np.isfinite(seg), seg, -np.inf)))
+                # keep the indices consistent: the onset index moves with the step (not past
+                # the peak: the peak is at or after the rise's onset)
+                e = r[0]
+                e.onset = min(e.peak, int(np.searchsorted(steps if e.source == "grad" else ls,
+                                                           on)))
             r[1] = on
             notes[id(r[0])] = (text, rise)
             continue
@@ -88,6 +86,11 @@ def attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | N
     return [tuple(r) for r in out]
 
 
+def _peak_step(e: RawEpisode, steps: np.ndarray, ls: np.ndarray) -> int:
+    """The step of ``e``'s peak (a grad episode's in ``steps``, any other's in ``ls``)."""
+    return int((steps if e.source == "grad" else ls)[e.peak])
+
+
 def _rising_through(r: tuple, on: int, ls: np.ndarray) -> bool:
     """Whether ``r`` (episode, onset step, end step) is a loss rise under way at step ``on``
     that peaks at or after it."""
@@ -98,22 +101,25 @@ def _rising_through(r: tuple, on: int, ls: np.ndarray) -> bool:
 
 def _split_at(out: list, on: int, steps: np.ndarray, g: np.ndarray | None,
               level_min_points: int, grad_episodes: list | None = None) -> list | None:
-    """Split the grad episode under way at lr-rise step ``on`` whose peak comes after it: the
-    part before the rise stays an episode of its own (a natural spike whose tail the rise's
-    climb joined), the part from the rise on is returned (appended to ``out``) for the rise."""
+    """Split the grad episode under way at lr-rise step ``on``: the part before the rise stays
+    an episode of its own (a natural spike whose tail the rise's climb joined, or that peaked
+    before the rise), the part from the rise on is returned (appended to ``out``) for the rise;
+    each keeps its own peak."""
     if g is None:
         return None
     i_on = int(np.searchsorted(steps, on))
     for r in out:
         e, start, end = r
         if e.source != "grad" or not start < on or (end is not None and end <= on) or \
-                e.peak < i_on or e.onset >= i_on:
+                e.last < i_on or e.onset >= i_on:
             continue
-        seg = np.where(np.isfinite(g[e.onset:i_on]), g[e.onset:i_on], -np.inf)
-        head_peak = e.onset + int(np.argmax(seg))
+        fin = np.where(np.isfinite(g), g, -np.inf)
+        head_peak = e.onset + int(np.argmax(fin[e.onset:i_on]))
+        tail_peak = e.peak if e.peak >= i_on else i_on + int(np.argmax(fin[i_on:e.last + 1]))
         head_kind = e.kind if e.kind == "level_shift" and i_on - e.onset >= level_min_points \
             else "spike"
-        tail = RawEpisode(i_on, e.peak, e.last, e.kind, set(e.detected_by), "grad", e.base_log)
+        tail = RawEpisode(i_on, tail_peak, e.last, e.kind, set(e.detected_by), "grad",
+                          e.base_log)
         # the loss detectors the grad episode took in belong to the climb (the loss follows it)
         e.detected_by -= {ID_RISE, ID_SPIKE}
         e.peak, e.last, e.kind = head_peak, i_on - 1, head_kind

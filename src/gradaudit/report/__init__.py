@@ -308,4 +308,6 @@ def gate_headline(result: Any) -> str:
         return "gate passed (exit 0)"
     if code == 1:
         return "gate failed (exit 1)"
+    if result.unread_paths and any(r.status != "error" for r in result.runs):
+        return f"not every path given could be read (exit {code})"
     return f"nothing could be audited (exit {code})"
