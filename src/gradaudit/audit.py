@@ -127,7 +127,8 @@ MAX_STEP = 2**53  # steps further from 0 are not exact in float64 (and no traini
 #: its scale at each, and 16 halvings take its default 65536 to 1 (more: inf at any scale).
 OVERFLOW_RUN = 16
 MIN_PRE = 5  # healthy loss points a fit window needs after an earlier episode (loss_impact's)
-STOOD_LAG = 3  # points after an unrecovered episode's highest loss before the loss "stood"
+STOOD_LAG = 3  # points after an unrecovered episode's onset before the loss may have "stood"
+STOOD_MIN = 10  # the fewest points a level as the loss stood is taken from
 
 
 def _prepare(series: RunSeries, st: Settings) -> _Run | RunAudit:
@@ -562,10 +563,10 @@ class _Judge:
         step) and too few healthy loss points lie between its end and ``on`` for a fit
         (``min_pre``): the fit would reach back across its damage and charge this episode with
         it (a lone harmless grad spike 400 steps after a lasting loss step read as an
-        explosion). The level is then the loss as it stood since that episode's highest loss
-        (and ``STOOD_LAG`` points more), its own span included, where it settled there
+        explosion). The level is then the loss as it stood: the longest stretch before ``on``
+        (at least ``STOOD_MIN`` points, its own span included) where it held one level
         (:func:`_settled_loss`: a jump still decaying back is no level, and its harm would hide a
-        later episode's); None elsewhere."""
+        later episode's); None where there is none."""
         if self.last is None:
             return None
         on1, end1, harmful1, rec1 = self.last
@@ -577,14 +578,19 @@ class _Judge:
         fin = np.isfinite(lv)
         if np.count_nonzero(self.healthy[i_end:i1] & fin[i_end:i1]) >= MIN_PRE or i1 <= i0:
             return None
-        # from where the loss first stood at its typical height there (a plateau's highest
-        # point is wherever its noise put it), and STOOD_LAG points more
-        seg = lv[i0:i1]
-        ok = fin[i0:i1]
-        top = i0 + int(np.argmax(ok & (np.where(ok, seg, -np.inf) >= np.median(seg[ok])))) \
-            + STOOD_LAG if ok.any() else i1
-        if not _settled_loss(lv[top:i1][fin[top:i1]]):
-            return None  # still moving (a jump decaying back): no level to judge against
+        # the longest stretch up to the onset (10, 20, 40, ... points back, after the earlier
+        # episode's first STOOD_LAG points) where the loss held one level: a plateau after a
+        # jump or a ramp; none where it was still moving (a jump decaying back: its last 10
+        # points can pass for level, so 20 are asked for, or all there are)
+        pts = i0 + STOOD_LAG + np.flatnonzero(fin[i0 + STOOD_LAG:i1])
+        m, best = STOOD_MIN, 0
+        while m <= pts.size and _settled_loss(lv[pts[-m:]]):
+            best, m = m, 2 * m
+        if best < pts.size and best and _settled_loss(lv[pts]):
+            best = pts.size
+        if best < min(2 * STOOD_MIN, pts.size) or not best:
+            return None
+        top = int(pts[-best])
         mask = self.anchor_points.copy()
         mask[top:i1] = fin[top:i1]
         return _StoodSince(on1, int(ls[top]), False, mask)

@@ -21,15 +21,18 @@ def attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | N
     """Tie episodes to upward lr changes (``lr-change``).
 
     An episode whose onset lies between the lr rise's onset (:func:`lr_onset_step`, minus the
-    merge lag) and ``lookahead`` logged points after the rise's top is caused by it, and so is
+    merge lag) and ``lookahead`` logged points after the rise's top, and that is still going at
+    the rise's onset (its effect can show no earlier), is caused by it, and so is
     where none does, a sustained loss rise under way at the rise's onset, started at most a
     block of points before that window, that peaks after it (a ``loss-rise`` onset is only
-    known to a block, and noise can start it early): its onset moves to the rise's onset and
-    ``lr-change`` joins its detectors. A grad episode under way at the rise's onset that peaks
+    known to a block, and noise can start it early): its onset moves to the rise's onset (not
+    past its peak: one that peaked before keeps its onset and peak) and ``lr-change`` joins its
+    detectors. A grad episode under way at the rise's onset that peaks
     after it is split there (:func:`_split_at`): a natural spike whose tail the rise's climb
     joined stays itself, the climb is the rise's. A rise that no episode follows becomes a
-    candidate loss episode: an explosion where its loss impact shows harm, else a warning (a
-    schedule's warm restart that left the loss alone is dropped).
+    candidate loss episode from the rise's onset, or from the end of a grad episode under way
+    there (none inside an open-ended one): an explosion where its loss impact shows harm, else a
+    warning (a schedule's warm restart that left the loss alone is dropped).
     """
     if series.lr_tag is None or not ls.size:
         return raw
@@ -50,10 +53,10 @@ def attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | N
                 + (", back to an earlier level (schedule restart)" if rise.restart else ""))
         lo, hi = on - gap * (merge_gap + 1), top + gap * lookahead
         free = [r for r in out if id(r[0]) not in notes]
-        # (an episode that peaked before the rise's onset - where its effect can first show:
-        # a grad norm at the first step with the new lr is computed before that lr's first
-        # update - came before the rise; under way at the onset, it is split there below)
-        hits = [r for r in free if lo <= r[1] <= hi and _peak_step(r[0], steps, ls) >= on]
+        # (an episode over before the rise's onset - where its effect can first show: a grad
+        # norm at the first step with the new lr is computed before that lr's first update -
+        # came before it)
+        hits = [r for r in free if lo <= r[1] <= hi and _last_step(r[0], steps, ls) >= on]
         if not hits:  # a loss rise whose onset noise put a little early (about a block)
             lead = lo - typical_gap(ls) * RISE_BLOCK
             hits = [r for r in free if lead <= r[1] and _rising_through(r, on, ls)]
@@ -63,20 +66,30 @@ def attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | N
                 hits = [split]
         if hits:
             r = min(hits, key=lambda r: r[1])
-            r[0].detected_by.add(ID_LR)
-            if r[0].source in ("grad", "loss"):
-                # keep the indices consistent: the onset index moves with the step (not past
-                # the peak: the peak is at or after the rise's onset)
-                e = r[0]
-                e.onset = min(e.peak, int(np.searchsorted(steps if e.source == "grad" else ls,
-                                                           on)))
-            r[1] = on
+            e = r[0]
+            e.detected_by.add(ID_LR)
+            i_on = int(np.searchsorted(steps if e.source == "grad" else ls, on))
+            # the onset moves to the rise's (the indices with it), unless the episode peaked
+            # before it: under way when the lr rose, it keeps its onset and peak
+            if e.source not in ("grad", "loss"):
+                r[1] = on
+            elif i_on <= e.peak:
+                e.onset, r[1] = i_on, on
             notes[id(r[0])] = (text, rise)
             continue
-        i0 = int(np.searchsorted(ls, on))
-        if i0 >= ls.size:
+        # a grad episode under way at the rise (it peaked before it) is no part of the rise's:
+        # the rise's own episode starts after it, and there is none inside an open-ended one
+        # (a loss episode under way is cut at the rise's instead: audit's _disjoint)
+        ends = [r[2] for r in out
+                if r[0].source == "grad" and r[1] < on and (r[2] is None or r[2] > on)]
+        if None in ends:
             continue
-        last = int(np.clip(np.searchsorted(ls, top, side="right") - 1, i0, ls.size - 1))
+        start = max([on, *ends])
+        i0 = int(np.searchsorted(ls, start))
+        if i0 >= ls.size or start > hi:
+            continue
+        last = int(np.clip(np.searchsorted(ls, max(top, start), side="right") - 1, i0,
+                           ls.size - 1))
         seg = np.where(np.isfinite(lv[i0:last + 1]), lv[i0:last + 1], -np.inf)
         peak = i0 + int(np.argmax(seg))  # within the episode: its end follows its peak
         e = RawEpisode(i0, peak, last, "loss_spike", {ID_LR}, "lr")
@@ -86,9 +99,10 @@ def attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | N
     return [tuple(r) for r in out]
 
 
-def _peak_step(e: RawEpisode, steps: np.ndarray, ls: np.ndarray) -> int:
-    """The step of ``e``'s peak (a grad episode's in ``steps``, any other's in ``ls``)."""
-    return int((steps if e.source == "grad" else ls)[e.peak])
+def _last_step(e: RawEpisode, steps: np.ndarray, ls: np.ndarray) -> int:
+    """The step of ``e``'s last anomalous point (a grad episode's in ``steps``, any other's in
+    ``ls``)."""
+    return int((steps if e.source == "grad" else ls)[e.last])
 
 
 def _rising_through(r: tuple, on: int, ls: np.ndarray) -> bool:
@@ -101,25 +115,22 @@ def _rising_through(r: tuple, on: int, ls: np.ndarray) -> bool:
 
 def _split_at(out: list, on: int, steps: np.ndarray, g: np.ndarray | None,
               level_min_points: int, grad_episodes: list | None = None) -> list | None:
-    """Split the grad episode under way at lr-rise step ``on``: the part before the rise stays
-    an episode of its own (a natural spike whose tail the rise's climb joined, or that peaked
-    before the rise), the part from the rise on is returned (appended to ``out``) for the rise;
-    each keeps its own peak."""
+    """Split the grad episode under way at lr-rise step ``on`` whose peak comes after it: the
+    part before the rise stays an episode of its own (a natural spike whose tail the rise's
+    climb joined), the part from the rise on is returned (appended to ``out``) for the rise."""
     if g is None:
         return None
     i_on = int(np.searchsorted(steps, on))
     for r in out:
         e, start, end = r
         if e.source != "grad" or not start < on or (end is not None and end <= on) or \
-                e.last < i_on or e.onset >= i_on:
+                e.peak < i_on or e.onset >= i_on:
             continue
-        fin = np.where(np.isfinite(g), g, -np.inf)
-        head_peak = e.onset + int(np.argmax(fin[e.onset:i_on]))
-        tail_peak = e.peak if e.peak >= i_on else i_on + int(np.argmax(fin[i_on:e.last + 1]))
+        seg = np.where(np.isfinite(g[e.onset:i_on]), g[e.onset:i_on], -np.inf)
+        head_peak = e.onset + int(np.argmax(seg))
         head_kind = e.kind if e.kind == "level_shift" and i_on - e.onset >= level_min_points \
             else "spike"
-        tail = RawEpisode(i_on, tail_peak, e.last, e.kind, set(e.detected_by), "grad",
-                          e.base_log)
+        tail = RawEpisode(i_on, e.peak, e.last, e.kind, set(e.detected_by), "grad", e.base_log)
         # the loss detectors the grad episode took in belong to the climb (the loss follows it)
         e.detected_by -= {ID_RISE, ID_SPIKE}
         e.peak, e.last, e.kind = head_peak, i_on - 1, head_kind
