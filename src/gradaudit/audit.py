@@ -324,11 +324,9 @@ def _disjoint(raw: list[Candidate], ls: np.ndarray, lv: np.ndarray) -> list[Cand
         e, on, end = raw[k]
         k += 1
         nxt = raw[k][1] if k < len(raw) else None
-        i_on = int(np.searchsorted(ls, on))
-        i_end = ls.size if end is None else int(np.searchsorted(ls, end))
-        nonfin = i_on + np.flatnonzero(~np.isfinite(lv[i_on:i_end]))
-        if e.source != "grad" and e.kind == "divergence" and nxt is not None and \
-                nonfin.size and int(ls[nonfin[-1]]) >= nxt:
+        last_nf = _last_nonfinite(ls, lv, on, end) \
+            if e.source != "grad" and e.kind == "divergence" and nxt is not None else None
+        if last_nf is not None and last_nf >= nxt:
             # a breakdown of the loss that goes on past a later onset holds what happens inside
             # it: later episodes there join it (to their end, where later; an lr rise's tie is
             # its episode's own, not the host's). One whose non-finite points all come first
@@ -351,6 +349,15 @@ def _disjoint(raw: list[Candidate], ls: np.ndarray, lv: np.ndarray) -> list[Cand
                 e.peak = e.onset + int(np.argmax(np.where(np.isfinite(seg), seg, -np.inf)))
         out.append((e, on, end))
     return out
+
+
+def _last_nonfinite(ls: np.ndarray, lv: np.ndarray, on: int, end: int | None) -> int | None:
+    """The step of the last non-finite loss in ``[on, end)`` (the run's end where None), or
+    None where there is none."""
+    i_on = int(np.searchsorted(ls, on))
+    i_end = ls.size if end is None else int(np.searchsorted(ls, end))
+    bad = np.flatnonzero(~np.isfinite(lv[i_on:i_end]))
+    return int(ls[i_on + bad[-1]]) if bad.size else None
 
 
 def _cool_down_note(run: _Run, onset: int) -> str | None:
