@@ -24,13 +24,14 @@ from scipy.special import ndtri
 
 from gradaudit import explain
 from gradaudit.clip import clip_options, healthy_quantiles, suggest
-from gradaudit.detect._common import diff_sigma, runs_of
+from gradaudit.detect._common import diff_sigma
 from gradaudit.detect.level_climb import BLOCK as CLIMB_BLOCK
 from gradaudit.detect.level_climb import ID as ID_CLIMB
 from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
 from gradaudit.detect.loss_rise import ID as ID_RISE
 from gradaudit.detect.lr_change import ID as ID_LR
 from gradaudit.detect.lr_change import LrRise, lr_time, warmup_end_step
+from gradaudit.detect.nonfinite import breakdown_starts, loss_broke
 from gradaudit.episodes import (
     EpisodeParams,
     GradAnalysis,
@@ -41,11 +42,10 @@ from gradaudit.episodes import (
 )
 from gradaudit.errors import UNEXPECTED
 from gradaudit.impact import (
-    BROKE_RUN,
+    MIN_PRE,
     Blowups,
     Impact,
     bucket_mean,
-    loss_broke,
     loss_impact,
     post_end,
     step_origin,
@@ -126,7 +126,6 @@ MAX_STEP = 2**53  # steps further from 0 are not exact in float64 (and no traini
 #: Consecutive inf/NaN grad norms that can still be loss-scaler overflows: a GradScaler halves
 #: its scale at each, and 16 halvings take its default 65536 to 1 (more: inf at any scale).
 OVERFLOW_RUN = 16
-MIN_PRE = 5  # healthy loss points a fit window needs after an earlier episode (loss_impact's)
 STOOD_LAG = 3  # points after an unrecovered episode's onset before the loss may have "stood"
 STOOD_MIN = 10  # the fewest points a level as the loss stood is taken from
 
@@ -445,7 +444,8 @@ class _Judge:
         # (a schedule restart is the schedule's own doing, no fault: it cuts nothing)
         self.lr_onsets = [on for e, on, _ in cand.raw if ID_LR in e.detected_by
                           and not cand.lr_notes[id(e)][1].restart]  # raw is sorted by onset
-        self.broke_at = _breakdowns(ls, lv)  # where it went non-finite for good (sorted)
+        # where the loss went non-finite for good (sorted)
+        self.broke_at = ls[breakdown_starts(~np.isfinite(lv))]
         # the harmful lr rises judged so far: (onset, end, recovery step)
         self.lr_harm: list[tuple[int, int, int | None]] = []
         # the episode judged last: (onset, end, harmful, recovery step)
@@ -867,17 +867,6 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
                      f"{min_regime}): the clip options use the norms after it too")
     return out
 
-
-
-def _breakdowns(ls: np.ndarray, lv: np.ndarray) -> np.ndarray:
-    """The steps where the loss went non-finite for good (:func:`~gradaudit.impact.loss_broke`):
-    the first of each run of ``BROKE_RUN`` or more non-finite points in a row, and of a
-    non-finite run the log ends with."""
-    starts = []
-    for a, b in runs_of(~np.isfinite(lv), 0):
-        if b - a + 1 >= BROKE_RUN or b == lv.size - 1:
-            starts.append(int(ls[a]))
-    return np.asarray(starts, dtype=np.int64)
 
 
 def _settled_loss(v: np.ndarray, min_points: int = 10) -> bool:

@@ -61,7 +61,7 @@ from gradaudit.detect.level_climb import level_climb
 from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
 from gradaudit.detect.loss_rise import loss_rise
 from gradaudit.detect.loss_spike import loss_spike
-from gradaudit.detect.nonfinite import nonfinite
+from gradaudit.detect.nonfinite import loss_broke, nonfinite
 from gradaudit.detect.pelt import level_shifts
 from gradaudit.detect.robust_threshold import RobustLevel, robust_threshold
 
@@ -525,9 +525,9 @@ def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0,
     eps.sort(key=lambda e: e.onset)
     last_of = np.array([e.last for e in eps], dtype=np.int64)
     for a, b in runs_of(nf, p.merge_gap):
-        # three non-finite points in a row (not a span that merging made three long), or to
-        # the end: the loss diverged; isolated ones, while it carried on finite, are not
-        lasting = b == n - 1 or max(d - c + 1 for c, d in runs_of(nf[a:b + 1], 0)) >= 3
+        # a breakdown (BROKE_RUN points in a row - not a span that merging made that long - or
+        # to the end): the loss diverged; isolated ones, while it carried on finite, are not
+        lasting = loss_broke(~nf[a:b + 1], b == n - 1)
         kind = "divergence" if lasting else "nonfinite"
         # inside (or touching) a jump or rise already found: part of that episode
         j = int(np.searchsorted(last_of, a - p.merge_gap))

@@ -95,6 +95,7 @@ import numpy as np
 from scipy.ndimage import median_filter
 
 from gradaudit.detect._common import MAD_TO_SIGMA, diff_sigma
+from gradaudit.detect.nonfinite import loss_broke
 from gradaudit.model import LossImpact
 
 ABRUPT_POINTS = 3  # a loss half way up this many logged points after the onset "jumped"
@@ -403,22 +404,8 @@ def _fit_space_is_log(loss: np.ndarray, y_pre: np.ndarray, steps: np.ndarray, i_
     return bool(np.all(y_pre > 0) and np.all(seen[np.isfinite(seen)] > 0))
 
 
-#: Non-finite losses in a row that are a breakdown, not isolated points the loss carried on after
-BROKE_RUN = 3
-
-
-def loss_broke(finite: np.ndarray, to_end: bool) -> bool:
-    """The loss went non-finite for good in a stretch whose points are ``finite`` (True where
-    finite): ``BROKE_RUN`` (3) non-finite points in a row, or a last point non-finite where the
-    stretch runs to the log's end (``to_end``). Fewer, with the loss finite again after them,
-    are isolated (an overflow the optimizer skipped)."""
-    bad = ~np.asarray(finite, bool)
-    if not bad.any():
-        return False
-    if to_end and bad[-1]:
-        return True
-    run = np.convolve(bad.astype(np.int8), np.ones(BROKE_RUN, np.int8), "valid")
-    return bool(run.size) and int(run.max()) >= BROKE_RUN
+#: healthy loss points after an earlier episode's aftermath that the fit window may start from
+MIN_PRE = 5
 
 
 def step_origin(steps: np.ndarray) -> int:
@@ -654,7 +641,7 @@ def loss_impact(
     fit_span: int | None = None,
     fit_points: int = 300,
     min_fit: int = 20,
-    min_pre: int = 5,
+    min_pre: int = MIN_PRE,
     recovery_tolerance: float = 0.05,
     lag_points: int = 3,
     smooth: int = 9,
