@@ -234,7 +234,8 @@ def scan(
     from gradaudit.gate import evaluate_gate
 
     settings = (settings or Settings()).with_overrides(**overrides)
-    sources, errors = _sources(paths)
+    given = _paths(paths)
+    sources, errors = _sources(given)
     audits: list[RunAudit] = []
     for got, bad in run_all(_ScanJob(settings), sources, settings.workers, _lost,
                             settings.timeout):
@@ -243,7 +244,7 @@ def scan(
     _unmatched_globs(audits, settings)
     _note_copies(audits)
     result = AuditResult(runs=audits, errors=errors, settings=settings,
-                         unread_paths=_unread(_paths(paths), audits, errors))
+                         unread_paths=_unread(given, audits, errors))
     result.batch_clip = batch_clip(audits, settings.clip_max_cost)
     evaluate_gate(result)
     return result
