@@ -24,7 +24,7 @@ from scipy.special import ndtri
 
 from gradaudit import explain
 from gradaudit.clip import clip_options, healthy_quantiles, suggest
-from gradaudit.detect._common import diff_sigma
+from gradaudit.detect._common import diff_sigma, holds_level
 from gradaudit.detect.level_climb import BLOCK as CLIMB_BLOCK
 from gradaudit.detect.level_climb import ID as ID_CLIMB
 from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
@@ -295,7 +295,13 @@ def _candidates(run: _Run) -> _Candidates:
         j = int(np.searchsorted(reach, on)) if n_grad else 0
         if late and not (j < n_grad and g_lo[j] <= on):  # no episode holds it: one just before
             j = int(np.searchsorted(reach, on - late))
-        if j < n_grad and g_lo[j] <= on:
+        # after a level shift whose new level held, of the episodes whose windows hold it the
+        # last one begun by then (the loss follows the event before it: a spike on the new
+        # level, not the shift)
+        k = int(np.searchsorted(g_on, on, side="right")) - 1
+        if j < k and raw[j][0].holds_from is not None and g_end[k] + lag_steps + l_late >= on:
+            j = k
+        if j < n_grad and g_lo[j] <= on and not _on_new_level(run, raw[j][0], on, lag_steps + late):
             owner = raw[j][0]
             owner.detected_by |= le.detected_by
             if le.kind == "divergence":
@@ -307,13 +313,27 @@ def _candidates(run: _Run) -> _Candidates:
                     ls, lv, lr_notes, p.merge_gap, run.st.lr_ratio, run.st.lr_lookahead,
                     p.level_min_points, ga.episodes if ga is not None else None)
     raw.sort(key=lambda r: r[1])
-    return _Candidates(_disjoint(raw, ls, lv), ga, lr_notes, getattr(l_eps, "n_unlisted", 0))
+    return _Candidates(_disjoint(raw, gs, g, ls, lv), ga, lr_notes, getattr(l_eps, "n_unlisted", 0))
 
 
-def _disjoint(raw: list[Candidate], ls: np.ndarray, lv: np.ndarray) -> list[Candidate]:
+def _on_new_level(run: _Run, e: RawEpisode, on: int, lag: int) -> bool:
+    """Whether loss onset ``on`` lies on grad level shift ``e``'s new level, which held from
+    ``holds_from`` to the shift's last point (:func:`grad_episodes`), later than ``lag`` steps
+    and ``min_history`` points after it held: an event of its own, not the shift's (a loss
+    jump after a benign change of scale)."""
+    if e.source != "grad" or e.kind != "level_shift" or e.holds_from is None:
+        return False
+    i_on = int(np.searchsorted(run.gs, on))
+    return on > int(run.gs[e.holds_from]) + lag and i_on - e.holds_from >= run.p.min_history
+
+
+def _disjoint(raw: list[Candidate], gs: np.ndarray, g: np.ndarray, ls: np.ndarray,
+              lv: np.ndarray) -> list[Candidate]:
     """``raw`` (sorted by onset) with each loss or lr episode that reaches past the next
     episode's onset ended there: a loss rise that a later grad episode interrupts (one it did
-    not cause: its onset came first). Episodes never overlap; the peak moves into what is left.
+    not cause: its onset came first); so is a grad level shift whose new level held, where a
+    loss episode begins on that level (:func:`_on_new_level`). Episodes never overlap; the peak
+    moves into what is left.
     A loss divergence whose non-finite points go on past the next onset is not cut: the
     episodes inside it join it. (Grad episodes are disjoint by construction, and a loss episode
     inside one's window is merged into it.)"""
@@ -340,11 +360,14 @@ def _disjoint(raw: list[Candidate], ls: np.ndarray, lv: np.ndarray) -> list[Cand
                 k += 1
             out.append((e, on, end))
             continue
-        if nxt is not None and e.source != "grad" and (end is None or end > nxt) and nxt > on:
+        # (a grad episode reaches past the next onset only where that is a loss episode on
+        # a level shift's new level: _on_new_level)
+        if nxt is not None and (end is None or end > nxt) and nxt > on:
             end = nxt
-            e.last = max(e.onset, int(np.searchsorted(ls, nxt)) - 1)
+            steps, vals = (gs, g) if e.source == "grad" else (ls, lv)
+            e.last = max(e.onset, int(np.searchsorted(steps, nxt)) - 1)
             if e.peak > e.last:
-                seg = lv[e.onset:e.last + 1]
+                seg = vals[e.onset:e.last + 1]
                 e.peak = e.onset + int(np.argmax(np.where(np.isfinite(seg), seg, -np.inf)))
         out.append((e, on, end))
     return out
@@ -466,7 +489,11 @@ class _Judge:
         stood = (self._lr_aftermath(on) or self._stood_since(on)) if run.has_loss else None
         if stood is not None:  # (steps may be negative: no 0 for a missing floor)
             floor = stood.floor if floor is None else max(floor, stood.floor)
-        imp = self._impact(on, end, nxt, lr_after, floor, stood=stood) if run.has_loss else None
+        # a level shift that the next episode interrupted on its new level never came back
+        # down: its loss is measured as an open-ended one's
+        imp_end = None if e.kind == "level_shift" and end is not None and end == nxt else end
+        imp = self._impact(on, imp_end, nxt, lr_after, floor, stood=stood) \
+            if run.has_loss else None
         rec = imp.impact.recovery_step if imp is not None else None
         if rec is not None and (end is None or rec > end):
             # the loss was still coming back until ``rec``: no healthy level to fit there
@@ -489,6 +516,13 @@ class _Judge:
                                                  lr_note[1] if lr_note is not None else None,
                                                  floor, stood)
         self.last = (on, end, harmful, rec)
+        back = rec if rec is not None else (on if harmful is False else None)
+        if e.kind == "level_shift" and end is not None and back is not None and back < end:
+            # a shift the next event interrupted on its new level (or that came back down):
+            # the loss since it came back (all of it, harmless) is a healthy level for the
+            # next episode's counterfactual
+            self.healthy[int(np.searchsorted(run.ls, back)):int(np.searchsorted(run.ls, end))] \
+                = True
         restart = lr_note is not None and lr_note[1].restart
         if harmful and lr_note is not None and not restart:
             self.lr_harm.append((on, end if end is not None else on, rec))
@@ -828,12 +862,13 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
     (warnings, loss episodes, lr-attributed episodes whose onset moved to the lr rise), each
     from its onset to its end (to the run's end when it has none; an explosion to its loss's
     ``recovery_step`` where that is later). Where the grad norm changed
-    its scale for good and the loss took no lasting harm (a harmless open-ended level shift: a
-    changed batch size, gradient accumulation, loss scale), the points after the last such
-    change are the healthy ones (at least ``min_regime`` of them): a threshold applied from here
-    on meets that regime, and one from before it would clip every step. After an explosion the
-    loss never came back from, the norms are a damaged model's: only the points before it count
-    (where at least ``min_regime`` are left)."""
+    its scale for good and the loss took no lasting harm (a harmless level shift to the run's
+    end or to the next event on its new level: a changed batch size, gradient accumulation,
+    loss scale), the points after the last such change are the healthy ones (at least
+    ``min_regime`` of them; before any explosion the loss never came back from): a threshold
+    applied from here on meets that regime, and one from before it would clip every step. After
+    an explosion the loss never came back from, the norms are a damaged model's: only the
+    points before it count (where at least ``min_regime`` are left)."""
     healthy = ~in_episode & np.isfinite(g) & (g > 0)
     if warm is not None:
         healthy &= gs > warm
@@ -841,24 +876,31 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
         healthy &= judged
     damaged = [e.onset_step for e in episodes if e.severity == "explosion"
                and e.loss_impact is not None and e.loss_impact.recovery_step is None]
+    cut = min(damaged) if damaged else None
+    # a harmless change of scale for good: one that runs to the run's end, or to where the
+    # next event began on its new level (before any damage)
+    regime = [e for k, e in enumerate(episodes) if e.kind == "level_shift"
+              and e.severity == "warning" and (cut is None or e.onset_step < cut)
+              and (e.end_step is None or k + 1 < len(episodes)
+                   and episodes[k + 1].onset_step == e.end_step)]
+    out = None
+    if regime:  # the run's last regime (before any damage) is the healthy one
+        after = np.isfinite(g) & (g > 0) & (gs >= regime[-1].onset_step)
+        if cut is not None:
+            after &= gs < cut
+        after = _outside(after, gs, [e for e in episodes if e is not regime[-1]])
+        # reached by a ramp: the level it settled at, if it did (halves from the end)
+        while after.sum() >= 2 * min_regime and not holds_level(g[after]):
+            idx = np.flatnonzero(after)
+            after[idx[:idx.size // 2]] = False
+        if after.sum() >= min_regime and holds_level(g[after]):
+            out = after
     few_before = None
-    if damaged:  # the loss never came back: the norms after are a damaged model's
-        before = _outside(healthy & (gs < min(damaged)), gs, episodes)
+    if out is None and damaged:  # the loss never came back: the norms after are a damaged
+        before = _outside(healthy & (gs < cut), gs, episodes)  # model's
         if before.sum() >= min_regime:
             return before
         few_before = int(before.sum())
-    regime = [e for e in episodes if e.kind == "level_shift" and e.end_step is None
-              and e.severity == "warning"]
-    out = None
-    if regime:  # a harmless change of scale for good: the run's last regime is the healthy one
-        after = np.isfinite(g) & (g > 0) & (gs >= regime[-1].onset_step)
-        after = _outside(after, gs, [e for e in episodes if e is not regime[-1]])
-        # reached by a ramp: the level it settled at, if it did (halves from the end)
-        while after.sum() >= 2 * min_regime and not _settled(g[after]):
-            idx = np.flatnonzero(after)
-            after[idx[:idx.size // 2]] = False
-        if after.sum() >= min_regime and _settled(g[after]):
-            out = after
     if out is None:
         out = _outside(healthy, gs, episodes)
     if few_before is not None and notes is not None and out[gs >= min(damaged)].any():
@@ -879,32 +921,6 @@ def _settled_loss(v: np.ndarray, min_points: int = 10) -> bool:
     m1, m2 = float(np.median(v[:h])), float(np.median(v[h:]))
     se = 1.25 * diff_sigma(v) * float(np.sqrt(1.0 / h + 1.0 / (v.size - h)))
     return abs(m2 - m1) <= max(3.0 * se, 0.01 * abs(m2))
-
-
-#: A regime whose thirds' median grad norms differ more than this is still moving (a climb)
-REGIME_DRIFT = 2.0
-REGIME_TREND = 0.1  # nor one whose fitted trend in log g moves more than this over it
-
-
-def _settled(v: np.ndarray) -> bool:
-    """The grad norms ``v`` (in step order) hold one level: the medians of their first, middle
-    and last thirds lie within ``REGIME_DRIFT`` x of each other. A slow climb to the run's end
-    that left the loss alone is reported as a level shift, but its norms are no regime to take
-    a clip threshold from (a 5e8x climb gave one of 2e8); one reached by a ramp is, from where
-    it settled (the engine halves the regime from its end until it holds, or is too short)."""
-    med = [float(np.median(part)) for part in np.array_split(v, 3) if part.size]
-    if not med or max(med) > REGIME_DRIFT * min(med):
-        return False
-    # nor still climbing slowly (a slow climb's stretch looks flat by thirds): a trend in
-    # log g that is significant (3 standard errors) and worth 10 % over the stretch
-    x, y = np.arange(v.size, dtype=np.float64), np.log(v)
-    x -= x.mean()
-    sxx = float(x @ x)
-    if v.size < 3 or sxx == 0:
-        return True
-    b = float(x @ (y - y.mean())) / sxx
-    se = diff_sigma(y) / np.sqrt(sxx)
-    return not (abs(b) * v.size > REGIME_TREND and abs(b) > 3.0 * se)
 
 
 def _outside(mask: np.ndarray, gs: np.ndarray, episodes: list[Episode]) -> np.ndarray:

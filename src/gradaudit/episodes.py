@@ -20,6 +20,11 @@ there (non-finite at the end, or its peak among its last tenth of points and, fo
 ``level_min_points`` or more, the median of its last three points at least ``level_ratio`` above
 its median: a level shift that peaks late by chance is no divergence), ``level_shift`` when it
 lasts ``level_min_points`` with a median of ``level_ratio`` x the healthy level, else ``spike``.
+A level shift's new level, once it holds (:func:`_new_level_from`, :func:`holds_level`), is the
+healthy level after it: the points from there are searched as a series of their own, and an
+episode found there (a harmful spike after a benign change of scale) is one of its own - the
+shift ends where it begins (``holds_from`` marks where the level held, for the loss episodes
+that begin on it: the engine makes them episodes of their own too).
 A divergence whose climb began before a detector could flag it (in the first steps of training,
 where the level learnt in the warm-up followed the climb up, or a climb that only the non-finite
 end flagged) has its onset walked back to where that climb started, and its healthy level is
@@ -54,7 +59,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradaudit.detect._common import hinge_gain, log_positive, runs_of
+from gradaudit.detect._common import hinge_gain, holds_level, log_positive, positive, runs_of
 from gradaudit.detect.ema_zscore import ema_zscore_spans, olmo_skip_spans
 from gradaudit.detect.level_climb import ID as ID_CLIMB
 from gradaudit.detect.level_climb import level_climb
@@ -93,6 +98,7 @@ class RawEpisode:
     source: str = "grad"  # "grad" or "loss"
     base_log: float | None = None  # healthy log g at onset
     nonfinite_only: bool = False  # no finite anomalous point: only inf/NaN grad norms
+    holds_from: int | None = None  # a level shift's: where its new level holds (index)
 
 
 @dataclass
@@ -165,10 +171,14 @@ def _stepped(x: np.ndarray, base: float, first: int, lo: int, before: int = 5) -
         float(np.median(prev)) - base <= 0.25 * (x[first] - base)
 
 
-def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysis:
+def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
+                  depth: int = 0, open_end: bool = True) -> GradAnalysis:
     """Find grad-norm episodes in ``g`` (raw values; NaN/inf allowed; <= 0 means missing).
 
-    ``skip``: points of the lr warm-up, which neither enter the healthy level nor trigger."""
+    ``skip``: points of the lr warm-up, which neither enter the healthy level nor trigger.
+    ``depth``: how many level shifts this series lies within (:func:`_within_shift`);
+    ``open_end``: its last point is the run's (one within a shift that came back down is not:
+    nothing there grows to the run's end)."""
     g = np.asarray(g, dtype=np.float64)
     n = g.size
     x = log_positive(g)
@@ -255,7 +265,7 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
             by.add("olmo-skip")
         if not finite_trig.any():
             first_nf = a + int(np.argmax(nf[sl]))
-            kind = "divergence" if (b == n - 1 and nf[n - 1]) else "nonfinite"
+            kind = "divergence" if (open_end and b == n - 1 and nf[n - 1]) else "nonfinite"
             onset, base = first_nf, _at(rl.level, first_nf)
             if kind == "divergence":
                 onset, base = _climb_before(x, rl.level, prev_last + 1, first_nf, p, onset, base)
@@ -267,7 +277,7 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
         first = a + int(np.argmax(finite_trig))
         xs = np.where(np.isfinite(x[sl]), x[sl], -np.inf)
         peak = a + int(np.argmax(xs))
-        if nf[sl].any() and b == n - 1 and nf[n - 1]:
+        if nf[sl].any() and open_end and b == n - 1 and nf[n - 1]:
             peak = max(peak, a + int(np.argmax(nf[sl])))
         base = _at(rl.level, first)
         if base is None:  # a first-points trigger (robust_threshold): the level before it
@@ -290,7 +300,7 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
         # three sit well above the episode's bulk (a level shift that peaks late by chance at
         # one point does not; a blow-up in the last few steps does)
         tail = x[max(onset, b - 2):b + 1]
-        tail_growing = b == n - 1 and (nf[n - 1] or (
+        tail_growing = open_end and b == n - 1 and (nf[n - 1] or (
             peak >= b - max(2, length // 10) and (length < p.level_min_points or float(
                 np.nanmedian(tail)) - med >= np.log(p.level_ratio))))
         if tail_growing and length >= 3:
@@ -301,10 +311,25 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
             kind = "level_shift"
         else:
             kind = "spike"
-        eps.append(RawEpisode(onset, peak, b, kind, by, base_log=base))
         in_ep[onset:b + 1] = True
-        prev_last = b
-    climb = level_climb(x, ratio=p.climb_ratio) if not (eps and eps[-1].last == n - 1) else None
+        holds = _new_level_from(x, onset, b, p) if kind == "level_shift" else None
+        inner = _within_shift(g, rl, holds, b, p, depth, open_end and b == n - 1) \
+            if holds is not None else None
+        if inner is None:
+            holds = None
+        if inner:  # the shift ends where the first event on its new level begins
+            b = inner[0].onset - 1
+            xs_on = np.where(np.isfinite(x[onset:b + 1]), x[onset:b + 1], -np.inf)
+            peak = onset + int(np.argmax(xs_on))
+            sl = slice(onset, b + 1)
+            by = {d for d, hit in (("robust-threshold", rl.trigger), ("pelt", shift_mask),
+                                   ("nonfinite", nf), ("ema-zscore", zc_flag),
+                                   ("olmo-skip", olmo)) if hit[sl].any()}
+        eps.append(RawEpisode(onset, peak, b, kind, by, base_log=base, holds_from=holds))
+        eps.extend(inner or ())
+        prev_last = eps[-1].last
+    climb = level_climb(x, ratio=p.climb_ratio) \
+        if open_end and not (eps and eps[-1].last == n - 1) else None
     if climb is not None:  # a slow climb to the end that every trailing level followed
         onset, top, base = climb
         by = {ID_CLIMB}.union(*(e.detected_by for e in eps if e.onset >= onset))
@@ -312,6 +337,53 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0) -> GradAnalysi
         eps.append(RawEpisode(onset, top, n - 1, "divergence", by, base_log=base))
         in_ep[onset:] = True
     return GradAnalysis(eps, rl, in_ep, zc_final, n_unlisted, unlisted_max)
+
+
+#: Level shifts nested deeper than this are not searched for events on their new level
+MAX_NESTED = 2
+#: A shift's new level holds from its first block within this factor of its later half's level
+SETTLE_RATIO = 1.5
+
+
+def _new_level_from(x: np.ndarray, onset: int, last: int, p: EpisodeParams) -> int | None:
+    """Where a level shift's new level holds: the first block of ``level_min_points`` points
+    after its onset whose median is within ``SETTLE_RATIO`` x of its later half's, with room
+    after it for a healthy level of its own (``min_history`` points); None for a shorter one."""
+    w = p.level_min_points
+    n = last - onset + 1
+    seg = x[onset:last + 1]
+    fin = np.isfinite(seg)
+    if n < 2 * w + p.min_history or fin[n // 2:].sum() < w:
+        return None
+    new = float(np.median(seg[n // 2:][fin[n // 2:]]))
+    for k in range(w, n - w - p.min_history, w):
+        blk = seg[k:k + w][fin[k:k + w]]
+        if blk.size and abs(float(np.median(blk)) - new) <= np.log(SETTLE_RATIO):
+            return onset + k
+    return None
+
+
+def _within_shift(g: np.ndarray, rl: RobustLevel, start: int, last: int, p: EpisodeParams,
+                  depth: int, open_end: bool) -> list[RawEpisode] | None:
+    """The events on a level shift's new level, which holds from ``start``
+    (:func:`_new_level_from`): a harmful spike after a benign change of scale is an event of its
+    own, not part of the shift. From ``start`` the points are a series of their own
+    (:func:`grad_episodes`, with its own healthy level, which replaces ``rl``'s there); its
+    events count if the new level held (:func:`holds_level`) up to the first of them. In index
+    space; None where the level did not hold (nor is looked at, ``MAX_NESTED`` shifts deep)."""
+    if depth >= MAX_NESTED:
+        return None
+    ga = grad_episodes(g[start:last + 1], p, depth=depth + 1, open_end=open_end)
+    held = last + 1 - start if not ga.episodes else ga.episodes[0].onset
+    if ga.level is None or not holds_level(positive(g[start:start + held])):
+        return None  # (still moving, a blow-up climbing on: no new level to judge events on)
+    for name in ("level", "spread", "ratio", "z"):  # the healthy level from where the new one
+        getattr(rl, name)[start:last + 1] = getattr(ga.level, name)  # holds
+    for e in ga.episodes:
+        e.onset, e.peak, e.last = e.onset + start, e.peak + start, e.last + start
+        if e.holds_from is not None:
+            e.holds_from += start
+    return ga.episodes
 
 
 def _warm_jumps(ysp: np.ndarray, lvl: np.ndarray, logged: bool, p: EpisodeParams) -> np.ndarray:

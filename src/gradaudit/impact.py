@@ -13,7 +13,9 @@ and what was tried instead.
   fewer than ``min_fit`` points is fitted flat.
 - **Aftermath.** An earlier episode's loss aftermath (onset to recovery) is no healthy stretch:
   the window starts after it (``floor_step``, from the engine) where at least ``min_pre`` (5)
-  healthy points lie there.
+  healthy points lie there. A level shift's loss from where it came back (all of it, where
+  the shift was harmless) is healthy again for the next episode's window: the next one
+  began on the shift's new level (docs/findings.md).
 - **Aftershocks.** ``flat=True`` (from the engine, within two horizons of a harmful lr rise
   whose loss has not come back, or right after an episode whose loss never came back, with
   fewer than ``min_pre`` healthy points between them): a level, no trend, fitted to the last

@@ -130,7 +130,11 @@ def _split_at(out: list, on: int, steps: np.ndarray, g: np.ndarray | None,
         head_peak = e.onset + int(np.argmax(seg))
         head_kind = e.kind if e.kind == "level_shift" and i_on - e.onset >= level_min_points \
             else "spike"
-        tail = RawEpisode(i_on, e.peak, e.last, e.kind, set(e.detected_by), "grad", e.base_log)
+        held = e.holds_from if e.holds_from is not None and e.holds_from >= i_on else None
+        tail = RawEpisode(i_on, e.peak, e.last, e.kind, set(e.detected_by), "grad", e.base_log,
+                          holds_from=held)
+        if held is not None or head_kind != "level_shift":  # where the new level held
+            e.holds_from = None
         # the loss detectors the grad episode took in belong to the climb (the loss follows it)
         e.detected_by -= {ID_RISE, ID_SPIKE}
         e.peak, e.last, e.kind = head_peak, i_on - 1, head_kind

@@ -27,12 +27,41 @@ def log_positive(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def positive(v: np.ndarray) -> np.ndarray:
+    """The finite values > 0 of ``v``, in order."""
+    return v[np.isfinite(v) & (v > 0)]
+
+
 def diff_sigma(y: np.ndarray) -> float:
     """Per-point noise of ``y``: the median absolute successive difference scaled to a normal
     sigma (``/ sqrt 2``: a difference holds two points' noise); a trend barely moves it. 0 with
     fewer than two points."""
     d = np.abs(np.diff(y))
     return float(np.median(d)) * MAD_TO_SIGMA / np.sqrt(2.0) if d.size else 0.0
+
+
+#: Norms whose thirds' medians differ more than this are still moving (a climb)
+REGIME_DRIFT = 2.0
+REGIME_TREND = 0.1  # nor norms whose fitted trend in log moves more than this over them
+
+
+def holds_level(v: np.ndarray) -> bool:
+    """The grad norms ``v`` (in step order, finite and > 0) hold one level: the medians of
+    their first, middle and last thirds lie within ``REGIME_DRIFT`` x of each other, and their
+    fitted trend in log is not significant (3 standard errors) and worth ``REGIME_TREND`` over
+    them (a slow climb looks flat by thirds). A slow climb to the run's end is no regime to take
+    a clip threshold from (a 5e8x climb gave one of 2e8), nor a new level to judge events on."""
+    med = [float(np.median(part)) for part in np.array_split(v, 3) if part.size]
+    if not med or max(med) > REGIME_DRIFT * min(med):
+        return False
+    x, y = np.arange(v.size, dtype=np.float64), np.log(v)
+    x -= x.mean()
+    sxx = float(x @ x)
+    if v.size < 3 or sxx == 0:
+        return True
+    b = float(x @ (y - y.mean())) / sxx
+    se = diff_sigma(y) / np.sqrt(sxx)
+    return not (abs(b) * v.size > REGIME_TREND and abs(b) > 3.0 * se)
 
 
 def _head_medians(v: np.ndarray, w: int) -> np.ndarray:
