@@ -24,7 +24,7 @@ from scipy.special import ndtri
 
 from gradaudit import explain
 from gradaudit.clip import clip_options, healthy_quantiles, suggest
-from gradaudit.detect._common import diff_sigma, holds_level
+from gradaudit.detect._common import diff_sigma, finite_argmax, holds_level
 from gradaudit.detect.level_climb import BLOCK as CLIMB_BLOCK
 from gradaudit.detect.level_climb import ID as ID_CLIMB
 from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
@@ -367,8 +367,7 @@ def _disjoint(raw: list[Candidate], gs: np.ndarray, g: np.ndarray, ls: np.ndarra
             steps, vals = (gs, g) if e.source == "grad" else (ls, lv)
             e.last = max(e.onset, int(np.searchsorted(steps, nxt)) - 1)
             if e.peak > e.last:
-                seg = vals[e.onset:e.last + 1]
-                e.peak = e.onset + int(np.argmax(np.where(np.isfinite(seg), seg, -np.inf)))
+                e.peak = finite_argmax(vals, e.onset, e.last + 1)
         out.append((e, on, end))
     return out
 
@@ -679,10 +678,8 @@ class _Judge:
                 # [onset, end): the end step is the first after the episode
                 i1 = int(np.clip(np.searchsorted(gs, end) if end is not None else gs.size,
                                  i0 + 1, gs.size))
-                seg = g[i0:i1]
-                fin = np.isfinite(seg)
-                if fin.any():
-                    j = i0 + int(np.argmax(np.where(fin, seg, -np.inf)))
+                if np.isfinite(g[i0:i1]).any():
+                    j = finite_argmax(g, i0, i1)
                     peak_g, peak_g_step = float(g[j]), int(gs[j])
                     lvl = ga.level.level[i0]
                     base_g = float(np.exp(lvl)) if np.isfinite(lvl) else None

@@ -59,7 +59,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradaudit.detect._common import hinge_gain, holds_level, log_positive, positive, runs_of
+from gradaudit.detect._common import (
+    finite_argmax,
+    hinge_gain,
+    holds_level,
+    log_positive,
+    positive,
+    runs_of,
+)
 from gradaudit.detect.ema_zscore import ema_zscore_spans, olmo_skip_spans
 from gradaudit.detect.level_climb import ID as ID_CLIMB
 from gradaudit.detect.level_climb import level_climb
@@ -275,8 +282,7 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
             prev_last = b
             continue
         first = a + int(np.argmax(finite_trig))
-        xs = np.where(np.isfinite(x[sl]), x[sl], -np.inf)
-        peak = a + int(np.argmax(xs))
+        peak = finite_argmax(x, a, b + 1)
         if nf[sl].any() and open_end and b == n - 1 and nf[n - 1]:
             peak = max(peak, a + int(np.argmax(nf[sl])))
         base = _at(rl.level, first)
@@ -290,9 +296,9 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
             onset = _hinge_onset(x, base, lo, first, min(peak, first + p.onset_lookback))
         onset = _up_before_level(x, rl.level, min(onset, first), prev_last + 1)
         if onset < a:  # walked back over points that already stood high: the peak may be there
-            xs_on = np.where(np.isfinite(x[onset:b + 1]), x[onset:b + 1], -np.inf)
-            if xs_on.max() > x[peak]:
-                peak = onset + int(np.argmax(xs_on))
+            top = finite_argmax(x, onset, b + 1)
+            if x[top] > x[peak]:
+                peak = top
         length = b - onset + 1
         med = float(np.nanmedian(x[onset:b + 1]))
         med_ratio = med - base if base is not None else 0.0
@@ -319,8 +325,7 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
             holds = None
         if inner:  # the shift ends where the first event on its new level begins
             b = inner[0].onset - 1
-            xs_on = np.where(np.isfinite(x[onset:b + 1]), x[onset:b + 1], -np.inf)
-            peak = onset + int(np.argmax(xs_on))
+            peak = finite_argmax(x, onset, b + 1)
             sl = slice(onset, b + 1)
             by = {d for d, hit in (("robust-threshold", rl.trigger), ("pelt", shift_mask),
                                    ("nonfinite", nf), ("ema-zscore", zc_flag),
@@ -554,7 +559,7 @@ def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0,
                 onset -= 1
             onset = _up_before_level(ysp_fin, lvl, onset, prev_last + 1)
             prev_last = b
-            peak = a + int(np.argmax(np.where(np.isfinite(y[a:b + 1]), y[a:b + 1], -np.inf)))
+            peak = finite_argmax(y, a, b + 1)
             eps.append(RawEpisode(onset, peak, b, "loss_spike", {"loss-spike"}, "loss"))
         # the spike episodes are sorted and disjoint: the ones a rise touches are found by
         # bisection, plus those an earlier rise extended or created (checked as they are now;
@@ -589,8 +594,7 @@ def loss_episodes(loss: np.ndarray, p: EpisodeParams, skip: int = 0,
                 e.last = max(e.last, last)
                 grown.append(e)
                 continue
-            seg = np.where(np.isfinite(y[first:last + 1]), y[first:last + 1], -np.inf)
-            peak = first + int(np.argmax(seg))
+            peak = finite_argmax(y, first, last + 1)
             eps.append(RawEpisode(onset, peak, last, "loss_spike", {"loss-rise"}, "loss"))
             grown.append(eps[-1])
         eps = [e for e in eps if id(e) not in merged]

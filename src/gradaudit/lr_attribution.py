@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gradaudit.detect._common import finite_argmax
 from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
 from gradaudit.detect.loss_rise import ID as ID_RISE
 from gradaudit.detect.loss_spike import ID as ID_SPIKE
@@ -90,8 +91,7 @@ def attach_lr(series: RunSeries, raw: list, steps: np.ndarray, g: np.ndarray | N
             continue
         last = int(np.clip(np.searchsorted(ls, max(top, start), side="right") - 1, i0,
                            ls.size - 1))
-        seg = np.where(np.isfinite(lv[i0:last + 1]), lv[i0:last + 1], -np.inf)
-        peak = i0 + int(np.argmax(seg))  # within the episode: its end follows its peak
+        peak = finite_argmax(lv, i0, last + 1)  # within the episode: its end follows its peak
         e = RawEpisode(i0, peak, last, "loss_spike", {ID_LR}, "lr")
         end = int(ls[last + 1]) if last + 1 < ls.size else None
         out.append([e, int(ls[i0]), end])
@@ -126,8 +126,7 @@ def _split_at(out: list, on: int, steps: np.ndarray, g: np.ndarray | None,
         if e.source != "grad" or not start < on or (end is not None and end <= on) or \
                 e.peak < i_on or e.onset >= i_on:
             continue
-        seg = np.where(np.isfinite(g[e.onset:i_on]), g[e.onset:i_on], -np.inf)
-        head_peak = e.onset + int(np.argmax(seg))
+        head_peak = finite_argmax(g, e.onset, i_on)
         head_kind = e.kind if e.kind == "level_shift" and i_on - e.onset >= level_min_points \
             else "spike"
         held = e.holds_from if e.holds_from is not None and e.holds_from >= i_on else None

@@ -27,6 +27,13 @@ def log_positive(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def finite_argmax(v: np.ndarray, lo: int = 0, hi: int | None = None) -> int:
+    """The index (into ``v``) of the largest finite value of ``v[lo:hi]``; ``lo`` where none
+    is finite (a peak: non-finite points are no height)."""
+    seg = v[lo:hi]
+    return lo + int(np.argmax(np.where(np.isfinite(seg), seg, -np.inf))) if seg.size else lo
+
+
 def positive(v: np.ndarray) -> np.ndarray:
     """The finite values > 0 of ``v``, in order."""
     return v[np.isfinite(v) & (v > 0)]

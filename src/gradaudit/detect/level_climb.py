@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradaudit.detect._common import hinge_gain
+from gradaudit.detect._common import finite_argmax, hinge_gain
 
 ID = "level-climb"
 BLOCK = 8  # logged points per block (default); a climb's onset is known to about a block
@@ -86,8 +86,7 @@ def level_climb(
     if hi_c > lo_c:
         cands = np.arange(lo_c, hi_c)
         onset = int(cands[int(np.argmax(hinge_gain(t, x[t], cands)))]) + 1
-    seg = x[onset:]
-    top = onset + int(np.nanargmax(np.where(np.isfinite(seg), seg, -np.inf)))
+    top = finite_argmax(x, onset)
     base = float(np.nanmedian(x[max(0, onset - 10 * block):onset])) if onset > 0 else base_b
     return onset, top, base
 
