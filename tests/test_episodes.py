@@ -1926,3 +1926,83 @@ def test_a_harmless_shift_interrupted_on_its_new_level_is_judged_as_an_open_ende
             (shift,) = [e for e in eps if e.kind == "level_shift"]
             verdicts.append((shift.severity, shift.loss_impact.excess_loss))
         assert verdicts[0] == verdicts[1]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_shift_cut_by_an_event_on_its_level_is_no_slow_climb(seed):
+    # a harmful 12x shift, a 10 % drift late on, a spike on the new level: the shift no longer
+    # reached the run's end, and the slow-climb detector took the whole series for a climb
+    # from before anything happened, harmless (a second review)
+    s, g, loss = healthy(seed=seed, sigma=0.1)
+    g[1000:] *= 12
+    loss[1000:] += 0.5 * np.exp(-(s[1000:] - 1000) / 300.0)
+    g[2400:] *= np.linspace(1, 1.1, 600)
+    g[2000] *= 20
+    a = audit_run(run_series(s, g, loss))
+    assert a.status == "explosion"
+    assert (a.episodes[0].onset_step, a.episodes[0].kind, a.episodes[0].severity) == \
+        (1000, "level_shift", "explosion")
+
+
+@pytest.mark.parametrize("gap", [30, 120])
+def test_a_benign_shift_is_not_charged_with_the_spike_that_interrupts_it(gap):
+    # a harmful spike `gap` steps into a benign 6x shift: the shift's horizon ran on through
+    # the spike's damage (an explosion, and the clip taken from the old level, which clips
+    # every step of the new one; a second review)
+    s, g, loss = healthy(seed=0)
+    g[1800:] *= 6
+    at = 1800 + gap
+    g[at] *= 40
+    loss[at:] += 0.5 * np.exp(-(s[at:] - at) / 150.0)
+    a = audit_run(run_series(s, g, loss))
+    shift, spike = a.episodes
+    assert (shift.kind, shift.severity, spike.severity) == ("level_shift", "warning", "explosion")
+    assert np.mean(g[2100:] > a.clip.suggested_threshold) < 0.05
+
+
+def test_an_interrupted_shifts_loss_jump_is_its_own():
+    # measured as open-ended, its jump ran to the run's end: the later spike's +1.0
+    s, g, loss = healthy(seed=0)
+    g[1000:] *= 6
+    g[2500] *= 40
+    loss[2500:] += 1.0
+    shift = audit_run(run_series(s, g, loss)).episodes[0]
+    assert shift.end_step == 2500 and shift.loss_impact.loss_jump < 0.2
+
+
+def test_an_interrupted_recovery_is_no_damaged_model_for_the_clip():
+    # a harmful shift that a spike interrupts before its loss came back, then a harmless 4x
+    # shift that the run ends on: the interrupted recovery read as a loss that never came
+    # back, and the clip came from before it - 100 % of the final regime clipped
+    s, g, loss = healthy(n=5000, seed=0)
+    g[1000:2000] *= 6
+    loss[1000:] += 0.5 * np.exp(-(s[1000:] - 1000) / 200.0)
+    g[1100] *= 30
+    g[3000:] *= 4
+    a = audit_run(run_series(s, g, loss))
+    assert np.mean(g[3100:] > a.clip.suggested_threshold) < 0.05
+
+
+def test_the_new_level_after_an_event_on_it_is_healthy_for_the_clip():
+    # a harmful shift whose loss came back, a harmless spike on its new level: the points
+    # after the spike, outside every episode, still counted as anomalous (the shift's whole
+    # first span), and the clip came from the old level
+    s, g, loss = healthy(n=5000, seed=0)
+    g[1000:] *= 6
+    loss[1000:] += 0.5 * np.exp(-(s[1000:] - 1000) / 60.0)
+    g[2500] *= 30
+    a = audit_run(run_series(s, g, loss))
+    assert a.episodes[0].severity == "explosion" and a.episodes[-1].onset_step == 2500
+    assert np.mean(g[2600:] > a.clip.suggested_threshold) < 0.05
+
+
+def test_a_chronically_spiky_run_with_a_shift_lists_at_most_max_episodes():
+    rng = np.random.default_rng(0)
+    n = 60000
+    s = np.arange(n)
+    g = 0.5 * np.exp(rng.normal(0, 0.15, n))
+    at = rng.choice(np.arange(100, n - 10), 2500, replace=False)
+    g[at] *= rng.uniform(8, 30, at.size)
+    g[20000:] *= 6
+    loss = 2.5 + 3.0 * (s + 20.0) ** -0.4 + rng.normal(0, 0.02, n)
+    assert len(audit_run(run_series(s, g, loss)).episodes) <= 500

@@ -488,10 +488,7 @@ class _Judge:
         stood = (self._lr_aftermath(on) or self._stood_since(on)) if run.has_loss else None
         if stood is not None:  # (steps may be negative: no 0 for a missing floor)
             floor = stood.floor if floor is None else max(floor, stood.floor)
-        # a level shift that the next episode interrupted on its new level never came back
-        # down: its loss is measured as an open-ended one's
-        imp_end = None if e.kind == "level_shift" and end is not None and end == nxt else end
-        imp = self._impact(on, imp_end, nxt, lr_after, floor, stood=stood) \
+        imp = self._impact(e, on, end, nxt, lr_after, floor, stood=stood) \
             if run.has_loss else None
         rec = imp.impact.recovery_step if imp is not None else None
         if rec is not None and (end is None or rec > end):
@@ -647,9 +644,15 @@ class _Judge:
             floor = max(floor or 0, settled)
         return floor
 
-    def _impact(self, on: int, end: int | None, nxt: int | None, lr_after: int | None,
-                floor: int | None, lr_t: tuple[np.ndarray, np.ndarray] | None = None,
+    def _impact(self, e: RawEpisode, on: int, end: int | None, nxt: int | None,
+                lr_after: int | None, floor: int | None,
+                lr_t: tuple[np.ndarray, np.ndarray] | None = None,
                 stood: _StoodSince | None = None) -> Impact | None:
+        # a level shift that the next episode interrupted on its new level never came back
+        # down: its loss is measured as an open-ended one's, up to that episode (whose loss is
+        # its own to answer for, as a later lr rise's)
+        if e.kind == "level_shift" and end is not None and end == nxt:
+            end, lr_after = None, nxt if lr_after is None else min(nxt, lr_after)
         # an aftershock is judged on the loss since the rise's episode, its aftermath included
         flat = stood is not None
         fit_on = self.healthy if not flat else \
@@ -743,7 +746,11 @@ class _Judge:
                            and not recovered))
         if not li.diverged and ex is None and jp is None:
             harmful = None  # nothing of the loss could be measured (sparse logging)
-        cut = f"the lr-rise episode at step {imp.cut_step}" if imp.cut_step is not None else \
+        # (the horizon is cut at a later lr rise, or at the episode that interrupted this level
+        # shift on its new level)
+        held_by = "lr-rise episode" if imp.cut_step is None or imp.cut_step == lr_after else \
+            "next episode"
+        cut = f"the {held_by} at step {imp.cut_step}" if imp.cut_step is not None else \
             "the run ended"
         if harmful is False and not short and rise is not None and \
                 not (rise.restart or rise.transient):
@@ -751,7 +758,7 @@ class _Judge:
             # where the loss after it is where that time puts it (impact module doc)
             lr_t = lr_time(*sorted_points(*run.series.series(run.series.lr_tag)), rise, run.ls,
                            on)
-            fast = self._impact(on, end, nxt, lr_after, floor, lr_t, stood) \
+            fast = self._impact(e, on, end, nxt, lr_after, floor, lr_t, stood) \
                 if lr_t is not None else None
             if fast is not None and fast.lasting_excess is not None and \
                     fast.lasting_excess < ex_thr and fast.impact.diverged == li.diverged:
@@ -871,15 +878,16 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
         healthy &= gs > warm
     if judged is not None and judged.size == g.size and (healthy & judged).sum() >= 10:
         healthy &= judged
-    damaged = [e.onset_step for e in episodes if e.severity == "explosion"
-               and e.loss_impact is not None and e.loss_impact.recovery_step is None]
+    # (one the next episode interrupted was not seen to the end: its recovery is unknown)
+    damaged = [e.onset_step for k, e in enumerate(episodes) if e.severity == "explosion"
+               and e.loss_impact is not None and e.loss_impact.recovery_step is None
+               and not _interrupted(episodes, k)]
     cut = min(damaged) if damaged else None
     # a harmless change of scale for good: one that runs to the run's end, or to where the
     # next event began on its new level (before any damage)
     regime = [e for k, e in enumerate(episodes) if e.kind == "level_shift"
               and e.severity == "warning" and (cut is None or e.onset_step < cut)
-              and (e.end_step is None or k + 1 < len(episodes)
-                   and episodes[k + 1].onset_step == e.end_step)]
+              and (e.end_step is None or _interrupted(episodes, k))]
     out = None
     if regime:  # the run's last regime (before any damage) is the healthy one
         after = np.isfinite(g) & (g > 0) & (gs >= regime[-1].onset_step)
@@ -918,6 +926,14 @@ def _settled_loss(v: np.ndarray, min_points: int = 10) -> bool:
     m1, m2 = float(np.median(v[:h])), float(np.median(v[h:]))
     se = 1.25 * diff_sigma(v) * float(np.sqrt(1.0 / h + 1.0 / (v.size - h)))
     return abs(m2 - m1) <= max(3.0 * se, 0.01 * abs(m2))
+
+
+def _interrupted(episodes: list[Episode], k: int) -> bool:
+    """Whether level shift ``episodes[k]`` ends where the next episode begins (on its new
+    level: it never came back down)."""
+    e = episodes[k]
+    return e.kind == "level_shift" and e.end_step is not None and k + 1 < len(episodes) and \
+        episodes[k + 1].onset_step == e.end_step
 
 
 def _outside(mask: np.ndarray, gs: np.ndarray, episodes: list[Episode]) -> np.ndarray:

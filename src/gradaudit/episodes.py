@@ -55,7 +55,7 @@ episode is 200 steps instead of 1000 (its flags are labels only; the state is fo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -319,22 +319,30 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
             kind = "spike"
         in_ep[onset:b + 1] = True
         holds = _new_level_from(x, onset, b, p) if kind == "level_shift" else None
-        inner = _within_shift(g, rl, holds, b, p, depth, open_end and b == n - 1) \
-            if holds is not None else None
+        # (a chronically spiky run's listed episodes are all there are: none searched within)
+        inner = _within_shift(g, rl, holds, b, replace(p, max_episodes=p.max_episodes - len(
+            comps)), depth, open_end and b == n - 1) if holds is not None and not n_unlisted \
+            else None
         if inner is None:
             holds = None
-        if inner:  # the shift ends where the first event on its new level begins
-            b = inner[0].onset - 1
+        elif inner.episodes:  # the shift ends where the first event on its new level begins
+            in_ep[holds:b + 1] = inner.in_episode  # the new level is healthy from there
+            n_unlisted += inner.n_unlisted
+            if inner.unlisted_max_ratio is not None:
+                unlisted_max = max(unlisted_max or 0.0, inner.unlisted_max_ratio)
+            b = inner.episodes[0].onset - 1
             peak = finite_argmax(x, onset, b + 1)
             sl = slice(onset, b + 1)
             by = {d for d, hit in (("robust-threshold", rl.trigger), ("pelt", shift_mask),
                                    ("nonfinite", nf), ("ema-zscore", zc_flag),
                                    ("olmo-skip", olmo)) if hit[sl].any()}
         eps.append(RawEpisode(onset, peak, b, kind, by, base_log=base, holds_from=holds))
-        eps.extend(inner or ())
+        eps.extend(inner.episodes if inner is not None else ())
         prev_last = eps[-1].last
+    # (a climb is one to the run's end: none where an episode reached it, also one cut by an
+    # event on its new level)
     climb = level_climb(x, ratio=p.climb_ratio) \
-        if open_end and not (eps and eps[-1].last == n - 1) else None
+        if open_end and not (comps and comps[-1][1] == n - 1) else None
     if climb is not None:  # a slow climb to the end that every trailing level followed
         onset, top, base = climb
         by = {ID_CLIMB}.union(*(e.detected_by for e in eps if e.onset >= onset))
@@ -374,9 +382,11 @@ def _within_shift(g: np.ndarray, rl: RobustLevel, start: int, last: int, p: Epis
     (:func:`_new_level_from`): a harmful spike after a benign change of scale is an event of its
     own, not part of the shift. From ``start`` the points are a series of their own
     (:func:`grad_episodes`, with its own healthy level, which replaces ``rl``'s there); its
-    events count if the new level held (:func:`holds_level`) up to the first of them. In index
-    space; None where the level did not hold (nor is looked at, ``MAX_NESTED`` shifts deep)."""
-    if depth >= MAX_NESTED:
+    events count if the new level held (:func:`holds_level`) up to the first of them. Their
+    analysis, its episodes in the whole series' index space (``p.max_episodes``: what is left of
+    the run's budget); None where the level did not hold (nor is looked at, ``MAX_NESTED``
+    shifts deep)."""
+    if depth >= MAX_NESTED or p.max_episodes < 1:
         return None
     ga = grad_episodes(g[start:last + 1], p, depth=depth + 1, open_end=open_end)
     held = last + 1 - start if not ga.episodes else ga.episodes[0].onset
@@ -388,7 +398,7 @@ def _within_shift(g: np.ndarray, rl: RobustLevel, start: int, last: int, p: Epis
         e.onset, e.peak, e.last = e.onset + start, e.peak + start, e.last + start
         if e.holds_from is not None:
             e.holds_from += start
-    return ga.episodes
+    return ga
 
 
 def _warm_jumps(ysp: np.ndarray, lvl: np.ndarray, logged: bool, p: EpisodeParams) -> np.ndarray:

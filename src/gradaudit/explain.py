@@ -88,11 +88,12 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
                lr_time: bool = False, nonfinite: bool = True, by_fall: bool = False,
                bar_by: str = "harm", z: float = 2.0, abrupt: bool = True,
                grad_diverged: bool = False, aftershock_of: int | None = None,
-               after_lr_rise: bool = True) -> str:
+               after_lr_rise: bool = True, held_by: str = "lr-rise episode") -> str:
     """The loss half of an episode's reason: the numbers behind the harm verdict
     (``short``: only that many logged points of the horizon, before what cut it; ``lasting``:
     the excess without the episode's own spike points, which the verdict uses;
-    ``held_from``: a later lr episode's onset, from which the excess was held; ``lr_time``:
+    ``held_from``: a later episode's onset (``held_by``: of that kind), from which the excess
+    was held; ``lr_time``:
     the counterfactual follows the schedule's learning-rate time; ``nonfinite``: the loss went
     non-finite after the onset; ``by_fall``: the threshold is half the fall the counterfactual
     expected over the horizon, not the harm bar; ``bar_by``: what set ``ex_thr`` - ``harm``,
@@ -121,7 +122,7 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
                      "the raised lr's own progress puts it)")
         if held_from is not None and short is None:
             over += (f" (held from step {held_from} on at the excess it had reached: the loss "
-                     "from there on is that lr-rise episode's)")
+                     f"from there on is that {held_by}'s)")
         spike = "" if lasting is None or lasting == ex else \
             f" ({lasting:+.3g} without the spike itself)"
         gain = "" if ex >= 0 or not (lasting is None or lasting < 0) else \

@@ -748,8 +748,8 @@ def loss_impact(
         excess, lasting = _excess(cf, loss, h, i_ep - i_on + lag_points, smooth, noise,
                                   spike_sigmas, n_held, loss[before[fin[before]]])
     # loss jump: max over the episode (and the next few points: the loss lags the step)
-    if cut_step is not None:  # the loss from the cut on is the later episode's
-        ep = ep[steps[ep] < cut_step]
+    if cut_at is not None and cut_at > onset_step:  # the loss from the cut on is the later
+        ep = ep[steps[ep] < cut_at]  # episode's (beyond the horizon too)
     jump = jump_points = None
     if ep.size and fin[ep].all():
         up = loss[ep] - cf.level
