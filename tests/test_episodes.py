@@ -2006,3 +2006,44 @@ def test_a_chronically_spiky_run_with_a_shift_lists_at_most_max_episodes():
     g[20000:] *= 6
     loss = 2.5 + 3.0 * (s + 20.0) ** -0.4 + rng.normal(0, 0.02, n)
     assert len(audit_run(run_series(s, g, loss)).episodes) <= 500
+
+
+def test_an_interrupted_shifts_reason_names_the_episode_that_holds_its_horizon():
+    s, g, loss = healthy(seed=0)
+    g[1800:] *= 6
+    g[1880] *= 40
+    loss[1880:] += 0.5 * np.exp(-(s[1880:] - 1880) / 150.0)
+    shift = audit_run(run_series(s, g, loss)).episodes[0]
+    assert "held from step 1880" in shift.reason and "next episode" in shift.reason
+    assert "lr-rise" not in shift.reason
+
+
+def test_spikes_on_two_shifts_new_levels_share_the_episode_cap():
+    # each shift's inner search had the whole budget: 692 episodes listed, no summary note
+    rng = np.random.default_rng(0)
+    n = 60000
+    s = np.arange(n)
+    g = 0.5 * np.exp(rng.normal(0, 0.15, n))
+    g[10000:25000] *= 6
+    g[40000:] *= 6
+    for lo, hi in ((10500, 25000), (40500, n)):
+        at = rng.choice(np.arange(lo, hi - 5), 400, replace=False)
+        g[at] *= rng.uniform(8, 30, at.size)
+    loss = 2.5 + 3.0 * (s + 20.0) ** -0.4 + rng.normal(0, 0.02, n)
+    a = audit_run(run_series(s, g, loss))
+    assert len(a.episodes) <= 500 and any("not listed" in x for x in a.notes)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_a_shift_whose_loss_never_came_back_keeps_the_clip_before_it(seed):
+    # a permanent +0.3 with a 6x shift: the clip comes from before it (a damaged model's
+    # norms are no healthy level), whether or not a harmless spike comes 1500 steps later
+    clips = []
+    for spike in (False, True):
+        s, g, loss = healthy(n=5000, seed=seed)
+        g[1000:] *= 6
+        loss[1000:] += 0.3
+        if spike:
+            g[2500] *= 30
+        clips.append(audit_run(run_series(s, g, loss)).clip.suggested_threshold)
+    assert clips[1] == pytest.approx(clips[0], rel=0.05) and clips[0] < 1.0

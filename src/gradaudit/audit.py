@@ -772,7 +772,7 @@ class _Judge:
                         imp.lasting_excess, imp.cut_step, imp.lr_time, nonfinite,
                         by_fall=by_fall, bar_by=bar_by, z=self.z_harm, abrupt=imp.abrupt,
                         aftershock_of=stood.onset if stood is not None else None,
-                        after_lr_rise=stood is None or stood.lr_rise)
+                        after_lr_rise=stood is None or stood.lr_rise, held_by=held_by)
         return imp, harmful, words
 
 
@@ -808,7 +808,8 @@ def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],
     advice = explain.advice(episodes, series, gs, g, run.has_grad, run.g_every, restarts)
     if run.has_grad and ga is not None:
         judged = np.isfinite(ga.level.level) if ga.level is not None else None
-        healthy = _healthy_grad(gs, g, ga.in_episode, episodes, run.warm, judged, audit.notes)
+        healthy = _healthy_grad(gs, g, ga.in_episode, episodes, run.warm, judged, audit.notes,
+                                horizon=run.st.impact_horizon)
         n_healthy = int(healthy.sum())
         if n_healthy >= MIN_HEALTHY_LEVEL:  # fewer points are no level to compare runs by
             audit.healthy_grad_norm = float(np.median(g[healthy]))
@@ -858,7 +859,7 @@ def _span(gs: np.ndarray, e: Episode) -> tuple[int, int]:
 def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
                   episodes: list[Episode], warm: int | None,
                   judged: np.ndarray | None = None, notes: list[str] | None = None,
-                  min_regime: int = 50) -> np.ndarray:
+                  min_regime: int = 50, horizon: int = 200) -> np.ndarray:
     """The healthy grad-norm points the clip options are computed from: finite and > 0, after
     the lr warm-up, where the detectors had a healthy level to judge against (``judged``: the
     first points of a run are no evidence of health - an early explosion there is not caught),
@@ -878,10 +879,11 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
         healthy &= gs > warm
     if judged is not None and judged.size == g.size and (healthy & judged).sum() >= 10:
         healthy &= judged
-    # (one the next episode interrupted was not seen to the end: its recovery is unknown)
+    # (one the next episode interrupted within a horizon was not seen long enough: its
+    # recovery is unknown)
     damaged = [e.onset_step for k, e in enumerate(episodes) if e.severity == "explosion"
                and e.loss_impact is not None and e.loss_impact.recovery_step is None
-               and not _interrupted(episodes, k)]
+               and not (_interrupted(episodes, k) and e.end_step - e.onset_step < horizon)]
     cut = min(damaged) if damaged else None
     # a harmless change of scale for good: one that runs to the run's end, or to where the
     # next event began on its new level (before any damage)

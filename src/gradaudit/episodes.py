@@ -255,7 +255,7 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
     olmo = olmo_skip_spans(g, comps)
     eps: list[RawEpisode] = []
     prev_last = -1
-    for a, b in comps:
+    for ci, (a, b) in enumerate(comps):
         sl = slice(a, b + 1)
         finite_trig = trig[sl] & np.isfinite(x[sl])
         in_ep[sl] = True
@@ -319,10 +319,12 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
             kind = "spike"
         in_ep[onset:b + 1] = True
         holds = _new_level_from(x, onset, b, p) if kind == "level_shift" else None
-        # (a chronically spiky run's listed episodes are all there are: none searched within)
-        inner = _within_shift(g, rl, holds, b, replace(p, max_episodes=p.max_episodes - len(
-            comps)), depth, open_end and b == n - 1) if holds is not None and not n_unlisted \
-            else None
+        # (a chronically spiky run's listed episodes are all there are: none searched within;
+        # the inner ones share the run's budget with those listed and still to come)
+        budget = p.max_episodes - len(eps) - (len(comps) - ci)
+        inner = _within_shift(g, rl, holds, b, replace(p, max_episodes=budget), depth,
+                              open_end and b == n - 1) \
+            if holds is not None and not n_unlisted else None
         if inner is None:
             holds = None
         elif inner.episodes:  # the shift ends where the first event on its new level begins
