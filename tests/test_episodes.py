@@ -2047,3 +2047,30 @@ def test_a_shift_whose_loss_never_came_back_keeps_the_clip_before_it(seed):
             g[2500] *= 30
         clips.append(audit_run(run_series(s, g, loss)).clip.suggested_threshold)
     assert clips[1] == pytest.approx(clips[0], rel=0.05) and clips[0] < 1.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_spike_on_an_intermediate_level_is_its_own_before_a_second_step_up(seed):
+    # 5x at 1000, a harmful spike at 2000, another 5x at 3500: the first level was compared
+    # with the shift's later half (the second step's) and never held, and the spike stayed
+    # part of the shift (a warning; a second review)
+    s, g, loss = healthy(n=6000, seed=seed)
+    g[1000:] *= 5
+    g[2000] *= 40
+    loss[2000:] += 1.0
+    g[3500:] *= 5
+    a = audit_run(run_series(s, g, loss))
+    _assert_disjoint(a.episodes)
+    spike = [e for e in a.episodes if e.onset_step == 2000]
+    assert spike and spike[0].severity == "explosion" and a.status == "explosion"
+
+
+def test_a_pause_in_a_blow_up_is_no_new_level():
+    # a 5x step, 40 steps at that level, then a climb of 1e6x to the run's end with the loss:
+    # the pause is no level the climb is an event on: one divergence (a guard: as before)
+    s, g, loss = healthy(seed=0)
+    g[1000:] *= 5
+    g[1040:] *= np.exp(np.linspace(0, np.log(1e6), 1960))
+    loss[1040:] += np.linspace(0, 3, 1960)
+    eps = audit_run(run_series(s, g, loss)).episodes
+    assert [e.kind for e in eps] == ["divergence"] and eps[0].onset_step <= 1000

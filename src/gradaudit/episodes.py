@@ -318,16 +318,19 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
         else:
             kind = "spike"
         in_ep[onset:b + 1] = True
-        holds = _new_level_from(x, onset, b, p) if kind == "level_shift" else None
         # (a chronically spiky run's listed episodes are all there are: none searched within;
         # the inner ones share the run's budget with those listed and still to come)
         budget = p.max_episodes - len(eps) - (len(comps) - ci)
-        inner = _within_shift(g, rl, holds, b, replace(p, max_episodes=budget), depth,
-                              open_end and b == n - 1) \
-            if holds is not None and not n_unlisted else None
-        if inner is None:
-            holds = None
-        elif inner.episodes:  # the shift ends where the first event on its new level begins
+        holds = inner = None
+        for start, min_held in _new_level_from(x, onset, b, p) \
+                if kind == "level_shift" and not n_unlisted else ():
+            inner = _within_shift(g, rl, start, b, replace(p, max_episodes=budget), depth,
+                                  open_end and b == n - 1, min_held)
+            if inner is not None:
+                holds = start
+                break
+        if inner is not None and inner.episodes:  # the shift ends where the first event on
+            # its new level begins
             in_ep[holds:b + 1] = inner.in_episode  # the new level is healthy from there
             n_unlisted += inner.n_unlisted
             if inner.unlisted_max_ratio is not None:
@@ -360,31 +363,46 @@ MAX_NESTED = 2
 SETTLE_RATIO = 1.5
 
 
-def _new_level_from(x: np.ndarray, onset: int, last: int, p: EpisodeParams) -> int | None:
-    """Where a level shift's new level holds: the first block of ``level_min_points`` points
-    after its onset whose median is within ``SETTLE_RATIO`` x of its later half's, with room
-    after it for a healthy level of its own (``min_history`` points); None for a shorter one."""
+def _new_level_from(x: np.ndarray, onset: int, last: int,
+                    p: EpisodeParams) -> list[tuple[int, int]]:
+    """Where a level shift's new level may hold, as ``(index, points it must hold for before
+    an event on it counts)``, in the order to try: the first of two consecutive blocks of
+    ``level_min_points`` points after its onset whose medians agree within ``SETTLE_RATIO`` x
+    (the earliest level it held: an event on it before a second step up is its own), for
+    ``window`` points at least (a pause in a climb holds for a few); then the first block within
+    ``SETTLE_RATIO`` x of the shift's later half's median. Each leaves room for a healthy level
+    of its own (``min_history`` points); none for a shorter shift."""
     w = p.level_min_points
     n = last - onset + 1
     seg = x[onset:last + 1]
-    fin = np.isfinite(seg)
-    if n < 2 * w + p.min_history or fin[n // 2:].sum() < w:
-        return None
-    new = float(np.median(seg[n // 2:][fin[n // 2:]]))
-    for k in range(w, n - w - p.min_history, w):
-        blk = seg[k:k + w][fin[k:k + w]]
-        if blk.size and abs(float(np.median(blk)) - new) <= np.log(SETTLE_RATIO):
-            return onset + k
-    return None
+    if n < 2 * w + p.min_history:
+        return []
+    blocks = [seg[k:k + w][np.isfinite(seg[k:k + w])] for k in range(w, n - p.min_history, w)]
+    meds = np.array([float(np.median(b)) if b.size else np.nan for b in blocks])
+    out: list[tuple[int, int]] = []
+    with np.errstate(invalid="ignore"):
+        agree = np.flatnonzero(np.abs(np.diff(meds)) <= np.log(SETTLE_RATIO))
+    if agree.size:
+        out.append((onset + w * (int(agree[0]) + 1), p.window))
+    late = seg[n // 2:][np.isfinite(seg[n // 2:])]
+    if late.size >= w:
+        with np.errstate(invalid="ignore"):
+            near = np.flatnonzero(np.abs(meds[:-1] - float(np.median(late)))
+                                  <= np.log(SETTLE_RATIO))
+        if near.size:
+            start = onset + w * (int(near[0]) + 1)
+            out = [c for c in out if c[0] != start] + [(start, 0)]
+    return out
 
 
 def _within_shift(g: np.ndarray, rl: RobustLevel, start: int, last: int, p: EpisodeParams,
-                  depth: int, open_end: bool) -> list[RawEpisode] | None:
+                  depth: int, open_end: bool, min_held: int = 0) -> GradAnalysis | None:
     """The events on a level shift's new level, which holds from ``start``
     (:func:`_new_level_from`): a harmful spike after a benign change of scale is an event of its
     own, not part of the shift. From ``start`` the points are a series of their own
     (:func:`grad_episodes`, with its own healthy level, which replaces ``rl``'s there); its
-    events count if the new level held (:func:`holds_level`) up to the first of them. Their
+    events count if the new level held (:func:`holds_level`) up to the first of them, for
+    ``min_held`` points at least. Their
     analysis, its episodes in the whole series' index space (``p.max_episodes``: what is left of
     the run's budget); None where the level did not hold (nor is looked at, ``MAX_NESTED``
     shifts deep)."""
@@ -392,7 +410,7 @@ def _within_shift(g: np.ndarray, rl: RobustLevel, start: int, last: int, p: Epis
         return None
     ga = grad_episodes(g[start:last + 1], p, depth=depth + 1, open_end=open_end)
     held = last + 1 - start if not ga.episodes else ga.episodes[0].onset
-    if ga.level is None or not holds_level(positive(g[start:start + held])):
+    if ga.level is None or held < min_held or not holds_level(positive(g[start:start + held])):
         return None  # (still moving, a blow-up climbing on: no new level to judge events on)
     for name in ("level", "spread", "ratio", "z"):  # the healthy level from where the new one
         getattr(rl, name)[start:last + 1] = getattr(ga.level, name)  # holds
