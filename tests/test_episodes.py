@@ -2074,3 +2074,36 @@ def test_a_pause_in_a_blow_up_is_no_new_level():
     loss[1040:] += np.linspace(0, 3, 1960)
     eps = audit_run(run_series(s, g, loss)).episodes
     assert [e.kind for e in eps] == ["divergence"] and eps[0].onset_step <= 1000
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_an_event_filling_the_second_block_after_a_shift_stays_its_own(seed):
+    # a 14-step 30x spike 42 steps into a 5x shift (or 20 inf points 40 steps in): the first
+    # two blocks that agreed began after it, and the search from there left it in the shift
+    # (a fourth review)
+    s, g, loss = healthy(seed=seed)
+    g[1000:] *= 5
+    g[1042:1056] *= 30
+    loss[1042:] += np.exp(-(s[1042:] - 1042) / 300.0)
+    eps = audit_run(run_series(s, g, loss)).episodes
+    assert [(e.onset_step, e.severity) for e in eps] == [(1000, "warning"), (1042, "explosion")]
+    s, g, loss = healthy(seed=seed)
+    g[1000:] *= 4
+    g[1040:1060] = np.inf
+    eps = audit_run(run_series(s, g, loss)).episodes
+    assert [(e.onset_step, e.kind) for e in eps] == [(1000, "level_shift"), (1040, "nonfinite")]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_spike_soon_after_a_second_step_up_stays_its_own(seed):
+    # 4x at 1000, 4x more at 1500, a harmful spike at 1525: the second step's level was judged
+    # on the 5 points before the spike (noise), and the spike went into the step
+    s, g, loss = healthy(seed=seed)
+    g[1000:] *= 4
+    g[1500:] *= 4
+    g[1525] *= 30
+    loss[1525:] += 0.6 * np.exp(-(s[1525:] - 1525) / 300.0)
+    a = audit_run(run_series(s, g, loss))
+    spike = [e for e in a.episodes if e.onset_step == 1525]
+    assert spike and spike[0].severity == "explosion"
+    assert np.mean(g[1600:] > a.clip.suggested_threshold) < 0.05

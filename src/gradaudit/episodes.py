@@ -391,7 +391,7 @@ def _new_level_from(x: np.ndarray, onset: int, last: int,
                                   <= np.log(SETTLE_RATIO))
         if near.size:
             start = onset + w * (int(near[0]) + 1)
-            out = [c for c in out if c[0] != start] + [(start, 0)]
+            out = [c for c in out if c[0] < start] + [(start, 0)]
     return out
 
 
@@ -410,7 +410,10 @@ def _within_shift(g: np.ndarray, rl: RobustLevel, start: int, last: int, p: Epis
         return None
     ga = grad_episodes(g[start:last + 1], p, depth=depth + 1, open_end=open_end)
     held = last + 1 - start if not ga.episodes else ga.episodes[0].onset
-    if ga.level is None or held < min_held or not holds_level(positive(g[start:start + held])):
+    # (judged on one block at least, its events left out: a few points hold any "level")
+    k = max(held, p.level_min_points)
+    span = g[start:start + k][~ga.in_episode[:k]]
+    if ga.level is None or held < min_held or not holds_level(positive(span)):
         return None  # (still moving, a blow-up climbing on: no new level to judge events on)
     for name in ("level", "spread", "ratio", "z"):  # the healthy level from where the new one
         getattr(rl, name)[start:last + 1] = getattr(ga.level, name)  # holds
