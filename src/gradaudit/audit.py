@@ -336,7 +336,7 @@ def _disjoint(raw: list[Candidate], gs: np.ndarray, g: np.ndarray, ls: np.ndarra
     moves into what is left.
     A loss divergence whose non-finite points go on past the next onset is not cut: the
     episodes inside it join it. (Grad episodes are disjoint by construction, and a loss episode
-    inside one's window is merged into it.)"""
+    inside one's window is merged into it, unless it begins on a level shift's new level.)"""
     out: list[Candidate] = []
     k = 0
     while k < len(raw):

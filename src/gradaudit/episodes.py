@@ -359,7 +359,8 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
 
 #: Level shifts nested deeper than this are not searched for events on their new level
 MAX_NESTED = 2
-#: A shift's new level holds from its first block within this factor of its later half's level
+#: Two blocks of a shift (or a block and the shift's later half) whose medians are within
+#: this factor of each other stand at one level
 SETTLE_RATIO = 1.5
 
 
@@ -402,10 +403,9 @@ def _within_shift(g: np.ndarray, rl: RobustLevel, start: int, last: int, p: Epis
     own, not part of the shift. From ``start`` the points are a series of their own
     (:func:`grad_episodes`, with its own healthy level, which replaces ``rl``'s there); its
     events count if the new level held (:func:`holds_level`) up to the first of them, for
-    ``min_held`` points at least. Their
-    analysis, its episodes in the whole series' index space (``p.max_episodes``: what is left of
-    the run's budget); None where the level did not hold (nor is looked at, ``MAX_NESTED``
-    shifts deep)."""
+    ``min_held`` points at least. Their analysis, its episodes in the whole series' index space
+    (``p.max_episodes``: what is left of the run's budget); None where the level did not hold
+    (nor is looked at, ``MAX_NESTED`` shifts deep)."""
     if depth >= MAX_NESTED or p.max_episodes < 1:
         return None
     ga = grad_episodes(g[start:last + 1], p, depth=depth + 1, open_end=open_end)

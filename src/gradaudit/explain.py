@@ -93,14 +93,14 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
     (``short``: only that many logged points of the horizon, before what cut it; ``lasting``:
     the excess without the episode's own spike points, which the verdict uses;
     ``held_from``: a later episode's onset (``held_by``: of that kind), from which the excess
-    was held; ``lr_time``:
-    the counterfactual follows the schedule's learning-rate time; ``nonfinite``: the loss went
-    non-finite after the onset; ``by_fall``: the threshold is half the fall the counterfactual
-    expected over the horizon, not the harm bar; ``bar_by``: what set ``ex_thr`` - ``harm``,
-    the harm bar; ``noise``, ``z`` standard errors of the estimate; ``chance``, what this
-    chronically spiky run's loss does by chance over a horizon; ``abrupt``: the loss reached its
-    highest within a few points of the onset - it *jumped*, else it *rose*; ``grad_diverged``:
-    the episode is an explosion without harm to the loss, as its grad norm diverged;
+    was held; ``lr_time``: the counterfactual follows the schedule's learning-rate time;
+    ``nonfinite``: the loss went non-finite after the onset; ``by_fall``: the threshold is half
+    the fall the counterfactual expected over the horizon, not the harm bar; ``bar_by``: what
+    set ``ex_thr`` - ``harm``, the harm bar; ``noise``, ``z`` standard errors of the estimate;
+    ``chance``, what this chronically spiky run's loss does by chance over a horizon;
+    ``abrupt``: the loss reached its highest within a few points of the onset - it *jumped*,
+    else it *rose*; ``grad_diverged``: the episode is an explosion without harm to the loss, as
+    its grad norm diverged;
     ``aftershock_of``: the onset of the lr-rise episode whose aftermath this one lies in, the
     counterfactual being the loss as it stood; ``after_lr_rise`` False: of an episode whose loss
     never came back)."""
