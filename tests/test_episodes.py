@@ -2107,3 +2107,19 @@ def test_a_spike_soon_after_a_second_step_up_stays_its_own(seed):
     spike = [e for e in a.episodes if e.onset_step == 1525]
     assert spike and spike[0].severity == "explosion"
     assert np.mean(g[1600:] > a.clip.suggested_threshold) < 0.05
+
+
+@pytest.mark.parametrize("seed", [1, 5, 11, 12])
+def test_an_unflagged_spike_does_not_unsettle_a_new_level(seed):
+    # NaN grad norms 22 steps into a 5x shift, then a 30x spike the inner search could not
+    # flag yet (no level there): judged on its block with the spike in it, the new level
+    # "moved", the shift ran to the end as an explosion and the clip came from the old level,
+    # clipping every step of the new one (a fifth review)
+    s, g, loss = healthy(seed=seed)
+    g[1000:] *= 5
+    g[1022:1027] = np.nan
+    g[1030] *= 30
+    loss[1030:] += 0.5 * np.exp(-(s[1030:] - 1030) / 300.0)
+    a = audit_run(run_series(s, g, loss))
+    assert a.episodes[0].end_step == 1022
+    assert np.mean(g[1100:] > a.clip.suggested_threshold) < 0.05

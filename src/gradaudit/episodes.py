@@ -410,10 +410,13 @@ def _within_shift(g: np.ndarray, rl: RobustLevel, start: int, last: int, p: Epis
         return None
     ga = grad_episodes(g[start:last + 1], p, depth=depth + 1, open_end=open_end)
     held = last + 1 - start if not ga.episodes else ga.episodes[0].onset
-    # (judged on one block at least, its events left out: a few points hold any "level")
+    # (judged on one block at least, its events left out: a few points hold any "level"; and
+    # so are spikes the inner analysis could not flag yet, before it had a level)
     k = max(held, p.level_min_points)
-    span = g[start:start + k][~ga.in_episode[:k]]
-    if ga.level is None or held < min_held or not holds_level(positive(span)):
+    span = positive(g[start:start + k][~ga.in_episode[:k]])
+    if span.size:
+        span = span[np.log(span) - float(np.median(np.log(span))) < np.log(p.spike_ratio)]
+    if ga.level is None or held < min_held or not holds_level(span):
         return None  # (still moving, a blow-up climbing on: no new level to judge events on)
     for name in ("level", "spread", "ratio", "z"):  # the healthy level from where the new one
         getattr(rl, name)[start:last + 1] = getattr(ga.level, name)  # holds
