@@ -2123,3 +2123,54 @@ def test_an_unflagged_spike_does_not_unsettle_a_new_level(seed):
     a = audit_run(run_series(s, g, loss))
     assert a.episodes[0].end_step == 1022
     assert np.mean(g[1100:] > a.clip.suggested_threshold) < 0.05
+
+
+def _stepped_run(seed, steps_up, spike_at=None, harm=0.0, tau=300.0, perm=0.0, n=4000):
+    """Grad norm ~1 stepping up ``x`` at each ``(step, x)``; a 40x spike at ``spike_at`` with the
+    loss up by ``harm`` (decaying, ``tau``) and ``perm`` for good from there."""
+    rng = np.random.default_rng(seed)
+    s = np.arange(n)
+    g = np.exp(rng.normal(0, 0.1, n))
+    for at, x in steps_up:
+        g[at:] *= x
+    loss = 2.5 + 3.0 * (s + 20.0) ** -0.4 + rng.normal(0, 0.01, n)
+    if spike_at is not None:
+        g[spike_at] *= 40
+        loss[spike_at:] += harm * np.exp(-(s[spike_at:] - spike_at) / tau) + perm
+    return g, run_series(s, g, loss)
+
+
+def test_a_harmful_spike_between_two_steps_up_leaves_the_clip_at_the_final_level():
+    # 3x at 1000, a harmful spike at 1300, 3x more at 1600: the spike's recovery search stopped
+    # at the second step, "never came back" took the clip from before it (3.7 against a final
+    # level of 9), while the advice said it came from the run's regime at its end (a sixth
+    # review)
+    g, run = _stepped_run(0, [(1000, 3), (1600, 3)], 1300, harm=0.4)
+    a = audit_run(run)
+    assert np.mean(g[1700:] > a.clip.suggested_threshold) < 0.05
+    assert "at step 1600 without lasting harm" in a.clip.advice
+    assert "computed from the steps after it" in a.clip.advice.split("at step 1600")[1]
+
+
+def test_an_interrupted_harmful_shift_keeps_its_restart_advice():
+    g, run = _stepped_run(0, [(1000, 4)], 1500, perm=0.0)
+    s = np.arange(4000)
+    loss = run.series(run.loss_tag)[1].copy()
+    loss[1000:] += 0.3
+    a = audit_run(run_series(s, g, loss))
+    assert a.episodes[0].severity == "explosion" and a.episodes[0].end_step == 1500
+    assert "restart from a checkpoint before it" in (a.clip.advice or "")
+
+
+def test_a_recovery_cut_short_is_not_called_never_came_back():
+    # a harmful shift at 1000 (+0.3 decaying over 300 steps), a harmless spike 150 steps in:
+    # the spike's reason said the shift's loss "never came back" (a sixth review)
+    rng = np.random.default_rng(13)
+    s = np.arange(4000)
+    g = np.exp(rng.normal(0, 0.1, s.size))
+    loss = 2.0 + 1.5 * np.exp(-s / 1500) + rng.normal(0, 0.01, s.size)
+    g[1000:] *= 4
+    loss[1001:] += 0.3 * np.exp(-(s[1001:] - 1001) / 300.0)
+    g[1150] *= 40
+    spike = audit_run(run_series(s, g, loss)).episodes[1]
+    assert spike.onset_step == 1150 and "never came back" not in spike.reason

@@ -248,6 +248,7 @@ class _StoodSince(NamedTuple):
     floor: int  # the first step of the loss as it stood
     lr_rise: bool  # an lr rise's aftermath; else an episode whose loss never came back
     mask: np.ndarray | None = None  # the points the level is taken from (None: outside episodes)
+    cut_short: bool = False  # that episode's recovery was cut short by this one (not seen)
 
 
 def _candidates(run: _Run) -> _Candidates:
@@ -470,8 +471,8 @@ class _Judge:
         self.broke_at = ls[breakdown_starts(~np.isfinite(lv))]
         # the harmful lr rises judged so far: (onset, end, recovery step)
         self.lr_harm: list[tuple[int, int, int | None]] = []
-        # the episode judged last: (onset, end, harmful, recovery step)
-        self.last: tuple[int, int | None, bool | None, int | None] | None = None
+        # the episode judged last: (onset, end, harmful, recovery step, kind)
+        self.last: tuple[int, int | None, bool | None, int | None, str] | None = None
 
     def episode(self, k: int) -> Episode | None:
         """The ``k``-th candidate judged (None: a schedule restart that left the loss alone)."""
@@ -511,7 +512,7 @@ class _Judge:
         imp, harmful, harm_words = self._verdict(e, on, end, nxt, lr_after, imp,
                                                  lr_note[1] if lr_note is not None else None,
                                                  floor, stood)
-        self.last = (on, end, harmful, rec)
+        self.last = (on, end, harmful, rec, e.kind)
         back = rec if rec is not None else (on if harmful is False else None)
         if e.kind == "level_shift" and end is not None and back is not None and back < end:
             # a shift the next event interrupted on its new level (or that came back down):
@@ -606,7 +607,7 @@ class _Judge:
         later episode's); None where there is none."""
         if self.last is None:
             return None
-        on1, end1, harmful1, rec1 = self.last
+        on1, end1, harmful1, rec1, kind1 = self.last
         if not harmful1 or rec1 is not None:
             return None
         ls, lv = self.run.ls, self.run.lv
@@ -630,7 +631,11 @@ class _Judge:
         top = int(pts[-best])
         mask = self.anchor_points.copy()
         mask[top:i1] = fin[top:i1]
-        return _StoodSince(on1, int(ls[top]), False, mask)
+        # (a level shift this episode interrupted within a horizon: its loss had not come back
+        # by then, which is all that is known)
+        cut_short = kind1 == "level_shift" and end1 == on and \
+            on - on1 < self.run.st.impact_horizon
+        return _StoodSince(on1, int(ls[top]), False, mask, cut_short)
 
     def _fit_floor(self, on: int) -> int | None:
         """The first step the counterfactual of the episode at ``on`` may be fitted from:
@@ -772,7 +777,8 @@ class _Judge:
                         imp.lasting_excess, imp.cut_step, imp.lr_time, nonfinite,
                         by_fall=by_fall, bar_by=bar_by, z=self.z_harm, abrupt=imp.abrupt,
                         aftershock_of=stood.onset if stood is not None else None,
-                        after_lr_rise=stood is None or stood.lr_rise, held_by=held_by)
+                        after_lr_rise=stood is None or stood.lr_rise, held_by=held_by,
+                        cut_short=stood is not None and stood.cut_short)
         return imp, harmful, words
 
 
@@ -805,11 +811,12 @@ def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],
     audit.status = ("ok", "warning", "explosion")[worst]
     n_logged = gs.size if run.has_grad else ls.size
     audit.spike_rate = 1000.0 * len(episodes) / n_logged if n_logged else None
-    advice = explain.advice(episodes, series, gs, g, run.has_grad, run.g_every, restarts)
     if run.has_grad and ga is not None:
         judged = np.isfinite(ga.level.level) if ga.level is not None else None
-        healthy = _healthy_grad(gs, g, ga.in_episode, episodes, run.warm, judged, audit.notes,
-                                horizon=run.st.impact_horizon)
+        healthy, regime = _healthy_grad(gs, g, ga.in_episode, episodes, run.warm, judged,
+                                        audit.notes, horizon=run.st.impact_horizon)
+        advice = explain.advice(episodes, series, gs, g, run.has_grad, run.g_every, restarts,
+                                clip_regime=regime)
         n_healthy = int(healthy.sum())
         if n_healthy >= MIN_HEALTHY_LEVEL:  # fewer points are no level to compare runs by
             audit.healthy_grad_norm = float(np.median(g[healthy]))
@@ -817,6 +824,7 @@ def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],
         opts = clip_options(g, healthy, _grad_slices(gs, episodes), ga.zclip_final_bound)
         audit.clip = suggest(opts, run.st.clip_max_cost, advice, n_healthy)
     else:
+        advice = explain.advice(episodes, series, gs, g, run.has_grad, run.g_every, restarts)
         audit.clip = suggest([], run.st.clip_max_cost, advice)
     if episodes:
         audit.traces = figure_traces(counterfactuals, episodes,
@@ -859,7 +867,8 @@ def _span(gs: np.ndarray, e: Episode) -> tuple[int, int]:
 def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
                   episodes: list[Episode], warm: int | None,
                   judged: np.ndarray | None = None, notes: list[str] | None = None,
-                  min_regime: int = 50, horizon: int = 200) -> np.ndarray:
+                  min_regime: int = 50,
+                  horizon: int = 200) -> tuple[np.ndarray, int | None]:
     """The healthy grad-norm points the clip options are computed from: finite and > 0, after
     the lr warm-up, where the detectors had a healthy level to judge against (``judged``: the
     first points of a run are no evidence of health - an early explosion there is not caught),
@@ -873,24 +882,22 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
     ``min_regime`` of them; before any explosion the loss never came back from): a threshold
     applied from here on meets that regime, and one from before it would clip every step. After
     an explosion the loss never came back from, the norms are a damaged model's: only the
-    points before it count (where at least ``min_regime`` are left)."""
+    points before it count (where at least ``min_regime`` are left). Also returns the onset
+    step of the regime the points came from (None where they are not a regime's)."""
     healthy = ~in_episode & np.isfinite(g) & (g > 0)
     if warm is not None:
         healthy &= gs > warm
     if judged is not None and judged.size == g.size and (healthy & judged).sum() >= 10:
         healthy &= judged
-    # (one the next episode interrupted within a horizon was not seen long enough: its
-    # recovery is unknown)
-    damaged = [e.onset_step for k, e in enumerate(episodes) if e.severity == "explosion"
-               and e.loss_impact is not None and e.loss_impact.recovery_step is None
-               and not (_interrupted(episodes, k) and e.end_step - e.onset_step < horizon)]
+    damaged = [e.onset_step for k, e in enumerate(episodes)
+               if _never_came_back(episodes, k, horizon)]
     cut = min(damaged) if damaged else None
     # a harmless change of scale for good: one that runs to the run's end, or to where the
     # next event began on its new level (before any damage)
     regime = [e for k, e in enumerate(episodes) if e.kind == "level_shift"
               and e.severity == "warning" and (cut is None or e.onset_step < cut)
               and (e.end_step is None or _interrupted(episodes, k))]
-    out = None
+    out, source = None, None
     if regime:  # the run's last regime (before any damage) is the healthy one
         after = np.isfinite(g) & (g > 0) & (gs >= regime[-1].onset_step)
         if cut is not None:
@@ -901,12 +908,12 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
             idx = np.flatnonzero(after)
             after[idx[:idx.size // 2]] = False
         if after.sum() >= min_regime and holds_level(g[after]):
-            out = after
+            out, source = after, regime[-1].onset_step
     few_before = None
     if out is None and damaged:  # the loss never came back: the norms after are a damaged
         before = _outside(healthy & (gs < cut), gs, episodes)  # model's
         if before.sum() >= min_regime:
-            return before
+            return before, None
         few_before = int(before.sum())
     if out is None:
         out = _outside(healthy, gs, episodes)
@@ -914,7 +921,7 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
         notes.append(f"the loss never came back from the explosion at step {min(damaged)}, "
                      f"but only {few_before} healthy grad norms precede it (fewer than "
                      f"{min_regime}): the clip options use the norms after it too")
-    return out
+    return out, source
 
 
 
@@ -928,6 +935,23 @@ def _settled_loss(v: np.ndarray, min_points: int = 10) -> bool:
     m1, m2 = float(np.median(v[:h])), float(np.median(v[h:]))
     se = 1.25 * diff_sigma(v) * float(np.sqrt(1.0 / h + 1.0 / (v.size - h)))
     return abs(m2 - m1) <= max(3.0 * se, 0.01 * abs(m2))
+
+
+def _never_came_back(episodes: list[Episode], k: int, horizon: int) -> bool:
+    """Whether explosion ``episodes[k]``'s loss is known never to have come back: no recovery
+    step, and its recovery was not cut short - by the next episode within a horizon where that
+    interrupted it on its new level, or by a harmless change of scale (a level shift, a warning)
+    within the 5 horizons a recovery is searched over (the loss may have come back after it)."""
+    e = episodes[k]
+    if e.severity != "explosion" or e.loss_impact is None or \
+            e.loss_impact.recovery_step is not None:
+        return False
+    if k + 1 == len(episodes):
+        return True
+    nxt = episodes[k + 1]
+    gap = nxt.onset_step - e.onset_step
+    return not (_interrupted(episodes, k) and gap < horizon or nxt.kind == "level_shift"
+                and nxt.severity == "warning" and gap < 5 * horizon)
 
 
 def _interrupted(episodes: list[Episode], k: int) -> bool:

@@ -88,7 +88,8 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
                lr_time: bool = False, nonfinite: bool = True, by_fall: bool = False,
                bar_by: str = "harm", z: float = 2.0, abrupt: bool = True,
                grad_diverged: bool = False, aftershock_of: int | None = None,
-               after_lr_rise: bool = True, held_by: str = "lr-rise episode") -> str:
+               after_lr_rise: bool = True, held_by: str = "lr-rise episode",
+               cut_short: bool = False) -> str:
     """The loss half of an episode's reason: the numbers behind the harm verdict
     (``short``: only that many logged points of the horizon, before what cut it; ``lasting``:
     the excess without the episode's own spike points, which the verdict uses;
@@ -103,7 +104,7 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
     its grad norm diverged;
     ``aftershock_of``: the onset of the lr-rise episode whose aftermath this one lies in, the
     counterfactual being the loss as it stood; ``after_lr_rise`` False: of an episode whose loss
-    never came back)."""
+    never came back; ``cut_short``: had not come back when this one began)."""
     if li.diverged and nonfinite:
         return "the loss diverged: it went non-finite"
     parts = []
@@ -129,6 +130,7 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
             " (a gain)" if aftershock_of is None else \
             " (the loss went on recovering from the lr rise)" if after_lr_rise else ""
         since = "the lr-rise episode" if after_lr_rise else \
+            "the episode whose loss had not come back by then," if cut_short else \
             "the episode whose loss never came back,"
         against = "its counterfactual" if aftershock_of is None else (
             f"the loss as it stood after {since} at step {aftershock_of} (the loss "
@@ -162,16 +164,20 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
 
 
 def advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.ndarray,
-            has_grad: bool, g_every: int = 1,
-            restarts: frozenset[int] = frozenset()) -> str | None:
+            has_grad: bool, g_every: int = 1, restarts: frozenset[int] = frozenset(),
+            clip_regime: int | None = None) -> str | None:
     """What would help, where the suggested clip would not (``gs``, ``g``: the grad norm;
-    ``restarts``: onsets of episodes a schedule's warm restart explains)."""
+    ``restarts``: onsets of episodes a schedule's warm restart explains; ``clip_regime``: the
+    onset of the level shift whose regime the clip options were computed from, if any)."""
     parts = []
     if not has_grad:
         parts.append("no usable grad norm is logged, so no clip threshold can be derived; "
                      "log the global grad norm (before clipping)")
-    for e in episodes:
+    for k, e in enumerate(episodes):
         lr_rise = ID_LR in e.detected_by and e.onset_step not in restarts
+        # a shift that lasted: to the run's end, or to the next episode on its new level
+        lasted = e.end_step is None or (k + 1 < len(episodes)
+                                        and episodes[k + 1].onset_step == e.end_step)
         if e.kind == "divergence" and lr_rise:
             parts.append(f"the run diverged at step {e.onset_step} with a learning-rate rise: "
                          "restart from a checkpoint before it and check the lr schedule there")
@@ -184,17 +190,18 @@ def advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.nda
         elif e.kind == "divergence":
             parts.append(f"the run diverged at step {e.onset_step}: too late to clip; restart "
                          "from a checkpoint before it with a lower learning rate")
-        elif e.kind == "level_shift" and e.end_step is None:
+        elif e.kind == "level_shift" and lasted:
             lr_note = _lr_change(series, e.onset_step)
             factor = lr_note[1] if lr_note else None
             settled = _settled_ratio(e, gs, g)
             what = f"after a learning-rate change ({lr_note[0]}) " if lr_note else ""
             if e.severity == "warning":  # the loss took no lasting harm: no lr to lower
+                clip = ": the clip options are computed from the steps after it, the run's " \
+                    "regime at its end" if e.onset_step == clip_regime else ""
                 parts.append(
                     f"the grad norm settled ~{settled:.3g}x higher {what}at step "
                     f"{e.onset_step} without lasting harm to the loss (a changed batch size, "
-                    "gradient accumulation, loss scale or lr does that): the clip options are "
-                    "computed from the steps after it, the run's regime at its end")
+                    f"gradient accumulation, loss scale or lr does that){clip}")
             elif lr_note is not None or lr_rise:
                 x = factor if factor and factor > 1 else settled
                 parts.append(
@@ -250,10 +257,11 @@ def _jumped(e: Episode, gs: np.ndarray, g: np.ndarray, ratio: float = 10.0) -> b
 
 
 def _settled_ratio(e: Episode, gs: np.ndarray, g: np.ndarray, tail: int = 50) -> float:
-    """Where the grad norm ``g`` (at ``gs``) settled in an open-ended episode: the median of its
-    last ``tail`` finite points over the healthy level before it (the peak ratio where that is
-    unknown)."""
-    seg = g[int(np.searchsorted(gs, e.onset_step)):]
+    """Where the grad norm ``g`` (at ``gs``) settled in a level shift that lasted: the median of
+    its last ``tail`` finite points (before its end, where the next episode interrupted it) over
+    the healthy level before it (the peak ratio where that is unknown)."""
+    end = gs.size if e.end_step is None else int(np.searchsorted(gs, e.end_step))
+    seg = g[int(np.searchsorted(gs, e.onset_step)):end]
     seg = seg[np.isfinite(seg) & (seg > 0)]
     if not seg.size or not e.baseline_grad_norm:
         return float(e.peak_ratio) if e.peak_ratio is not None else 1.0
