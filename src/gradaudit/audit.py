@@ -631,10 +631,9 @@ class _Judge:
         top = int(pts[-best])
         mask = self.anchor_points.copy()
         mask[top:i1] = fin[top:i1]
-        # (a level shift this episode interrupted within a horizon: its loss had not come back
-        # by then, which is all that is known)
-        cut_short = kind1 == "level_shift" and end1 == on and \
-            on - on1 < self.run.st.impact_horizon
+        # (a level shift this episode interrupted: its loss had not come back by then, which
+        # is all that is known)
+        cut_short = kind1 == "level_shift" and end1 == on
         return _StoodSince(on1, int(ls[top]), False, mask, cut_short)
 
     def _fit_floor(self, on: int) -> int | None:
@@ -939,19 +938,13 @@ def _settled_loss(v: np.ndarray, min_points: int = 10) -> bool:
 
 def _never_came_back(episodes: list[Episode], k: int, horizon: int) -> bool:
     """Whether explosion ``episodes[k]``'s loss is known never to have come back: no recovery
-    step, and its recovery was not cut short - by the next episode within a horizon where that
-    interrupted it on its new level, or by a harmless change of scale (a level shift, a warning)
-    within the 5 horizons a recovery is searched over (the loss may have come back after it)."""
+    step, and not a level shift that the next episode interrupted on its new level within a
+    horizon (its recovery was not seen)."""
     e = episodes[k]
     if e.severity != "explosion" or e.loss_impact is None or \
             e.loss_impact.recovery_step is not None:
         return False
-    if k + 1 == len(episodes):
-        return True
-    nxt = episodes[k + 1]
-    gap = nxt.onset_step - e.onset_step
-    return not (_interrupted(episodes, k) and gap < horizon or nxt.kind == "level_shift"
-                and nxt.severity == "warning" and gap < 5 * horizon)
+    return not (_interrupted(episodes, k) and e.end_step - e.onset_step < horizon)
 
 
 def _interrupted(episodes: list[Episode], k: int) -> bool:

@@ -10,6 +10,7 @@ import numpy as np
 
 from gradaudit.adapters.hf_trainer import FORMAT as HF_FORMAT
 from gradaudit.detect.lr_change import ID as ID_LR
+from gradaudit.episodes import SETTLE_RATIO
 from gradaudit.model import Episode
 from gradaudit.points import sorted_points
 from gradaudit.series import RunSeries
@@ -175,9 +176,11 @@ def advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.nda
                      "log the global grad norm (before clipping)")
     for k, e in enumerate(episodes):
         lr_rise = ID_LR in e.detected_by and e.onset_step not in restarts
-        # a shift that lasted: to the run's end, or to the next episode on its new level
+        # a shift that lasted: to the run's end, or to the next episode on its new level with
+        # the grad norm still there at the run's end
         lasted = e.end_step is None or (k + 1 < len(episodes)
-                                        and episodes[k + 1].onset_step == e.end_step)
+                                        and episodes[k + 1].onset_step == e.end_step
+                                        and _still_at(e, gs, g))
         if e.kind == "divergence" and lr_rise:
             parts.append(f"the run diverged at step {e.onset_step} with a learning-rate rise: "
                          "restart from a checkpoint before it and check the lr schedule there")
@@ -266,6 +269,17 @@ def _settled_ratio(e: Episode, gs: np.ndarray, g: np.ndarray, tail: int = 50) ->
     if not seg.size or not e.baseline_grad_norm:
         return float(e.peak_ratio) if e.peak_ratio is not None else 1.0
     return float(np.median(seg[-tail:]) / e.baseline_grad_norm)
+
+
+def _still_at(e: Episode, gs: np.ndarray, g: np.ndarray, tail: int = 50) -> bool:
+    """Whether the grad norm ``g`` ends the run where level shift ``e`` had settled before its
+    end: the medians of the ``tail`` finite points before each within ``SETTLE_RATIO`` x."""
+    before = g[int(np.searchsorted(gs, e.onset_step)):int(np.searchsorted(gs, e.end_step))]
+    before, end = before[np.isfinite(before) & (before > 0)], g[np.isfinite(g) & (g > 0)]
+    if not before.size or not end.size:
+        return False
+    ratio = float(np.median(end[-tail:])) / float(np.median(before[-tail:]))
+    return 1.0 / SETTLE_RATIO <= ratio <= SETTLE_RATIO
 
 
 def _lr_change(series: RunSeries, onset: int) -> tuple[str, float] | None:
