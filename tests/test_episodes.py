@@ -2198,3 +2198,21 @@ def test_a_recovery_cut_short_is_not_called_never_came_back():
     g[1150] *= 40
     spike = audit_run(run_series(s, g, loss)).episodes[1]
     assert spike.onset_step == 1150 and "never came back" not in spike.reason
+
+
+@pytest.mark.parametrize("steps", [3, 5])
+def test_a_harmful_spike_after_a_staircase_of_benign_steps_is_its_own(steps):
+    # a batch-size ramp in 2.5x steps every 4000 steps, a harmful spike 2000 steps after the
+    # last: each step is found within the one before, and the search stopped two deep, so the
+    # spike after a third step was part of it (a warning; a final review)
+    s, g, loss = healthy(n=4000 * steps + 6000, seed=0)
+    for k in range(1, steps + 1):
+        g[4000 * k:] *= 2.5
+    at = 4000 * steps + 2000
+    g[at] *= 30
+    loss[at:] += 0.5 * np.exp(-(s[at:] - at) / 2000.0)
+    a = audit_run(run_series(s, g, loss))
+    _assert_disjoint(a.episodes)
+    assert [(e.onset_step, e.severity) for e in a.episodes if e.kind == "spike"] == \
+        [(at, "explosion")]
+    assert a.status == "explosion"

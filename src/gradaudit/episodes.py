@@ -358,7 +358,7 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
 
 
 #: Level shifts nested deeper than this are not searched for events on their new level
-MAX_NESTED = 2
+MAX_NESTED = 8
 #: Two blocks of a shift (or a block and the shift's later half) whose medians are within
 #: this factor of each other stand at one level
 SETTLE_RATIO = 1.5
