@@ -51,7 +51,7 @@ from gradaudit.impact import (
     step_origin,
 )
 from gradaudit.lr_attribution import attach_lr
-from gradaudit.model import MIN_HEALTHY_LEVEL, Episode, LossImpact, RunAudit
+from gradaudit.model import MIN_HEALTHY_LEVEL, Episode, LossImpact, RunAudit, interrupted
 from gradaudit.points import sorted_points, typical_gap
 from gradaudit.series import RunSeries
 from gradaudit.settings import Settings
@@ -895,7 +895,7 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
     # next event began on its new level (before any damage)
     regime = [e for k, e in enumerate(episodes) if e.kind == "level_shift"
               and e.severity == "warning" and (cut is None or e.onset_step < cut)
-              and (e.end_step is None or _interrupted(episodes, k))]
+              and (e.end_step is None or interrupted(episodes, k))]
     out, source = None, None
     if regime:  # the run's last regime (before any damage) is the healthy one
         after = np.isfinite(g) & (g > 0) & (gs >= regime[-1].onset_step)
@@ -944,15 +944,7 @@ def _never_came_back(episodes: list[Episode], k: int, horizon: int) -> bool:
     if e.severity != "explosion" or e.loss_impact is None or \
             e.loss_impact.recovery_step is not None:
         return False
-    return not (_interrupted(episodes, k) and e.end_step - e.onset_step < horizon)
-
-
-def _interrupted(episodes: list[Episode], k: int) -> bool:
-    """Whether level shift ``episodes[k]`` ends where the next episode begins (on its new
-    level: it never came back down)."""
-    e = episodes[k]
-    return e.kind == "level_shift" and e.end_step is not None and k + 1 < len(episodes) and \
-        episodes[k + 1].onset_step == e.end_step
+    return not (interrupted(episodes, k) and e.end_step - e.onset_step < horizon)
 
 
 def _outside(mask: np.ndarray, gs: np.ndarray, episodes: list[Episode]) -> np.ndarray:

@@ -16,7 +16,14 @@ from gradaudit.config import load_config
 from gradaudit.errors import UNEXPECTED, UsageError, clip_message
 from gradaudit.gate import load_baseline
 from gradaudit.inspect_view import write_inspection
-from gradaudit.report import FORMATTERS, SUFFIXES, format_for, not_a_file, show_controls
+from gradaudit.report import (
+    FORMATTERS,
+    SUFFIXES,
+    format_for,
+    not_a_file,
+    show_controls,
+    unread_headline,
+)
 from gradaudit.settings import FAIL_ON, Settings
 from gradaudit.text import PRINTABLE
 
@@ -150,10 +157,8 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
     if result.exit_code == 2:  # nothing audited, or a path given unread: say why in a CI log
         first = f" (first: {result.errors[0].path}: {result.errors[0].message})" \
             if result.errors else ""
-        audited = any(r.status != "error" for r in result.runs)
-        what = "not every path given could be read" if audited else "nothing could be audited"
-        click.echo(show_controls(f"gradaudit: {what}: " + "; ".join(result.gate_reasons)
-                                 + first), err=True)
+        click.echo(show_controls(f"gradaudit: {unread_headline(result)}: "
+                                 + "; ".join(result.gate_reasons) + first), err=True)
     if not quiet:
         summary = result.summary()
         _progress(

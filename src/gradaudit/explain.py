@@ -11,7 +11,7 @@ import numpy as np
 from gradaudit.adapters.hf_trainer import FORMAT as HF_FORMAT
 from gradaudit.detect.lr_change import ID as ID_LR
 from gradaudit.episodes import SETTLE_RATIO
-from gradaudit.model import Episode
+from gradaudit.model import Episode, interrupted
 from gradaudit.points import sorted_points
 from gradaudit.series import RunSeries
 
@@ -178,9 +178,7 @@ def advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.nda
         lr_rise = ID_LR in e.detected_by and e.onset_step not in restarts
         # a shift that lasted: to the run's end, or to the next episode on its new level with
         # the grad norm still there at the run's end
-        lasted = e.end_step is None or (k + 1 < len(episodes)
-                                        and episodes[k + 1].onset_step == e.end_step
-                                        and _still_at(e, gs, g))
+        lasted = e.end_step is None or (interrupted(episodes, k) and _still_at(e, gs, g))
         if e.kind == "divergence" and lr_rise:
             parts.append(f"the run diverged at step {e.onset_step} with a learning-rate rise: "
                          "restart from a checkpoint before it and check the lr schedule there")

@@ -195,6 +195,14 @@ def same_series(runs: list[RunAudit]) -> list[list[RunAudit]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
+def interrupted(episodes: list[Episode], k: int) -> bool:
+    """Whether level shift ``episodes[k]`` (sorted by onset) ends where the next episode
+    begins: the next one began on its new level, so it never came back down."""
+    e = episodes[k]
+    return e.kind == "level_shift" and e.end_step is not None and k + 1 < len(episodes) and \
+        episodes[k + 1].onset_step == e.end_step
+
+
 @dataclass
 class InputError:
     """An input that yielded no run at all."""

@@ -308,6 +308,12 @@ def gate_headline(result: Any) -> str:
         return "gate passed (exit 0)"
     if code == 1:
         return "gate failed (exit 1)"
+    return f"{unread_headline(result)} (exit {code})"
+
+
+def unread_headline(result: Any) -> str:
+    """What an exit 2 says: runs were audited but a path given yielded none, or nothing at all
+    could be audited."""
     if result.unread_paths and any(r.status != "error" for r in result.runs):
-        return f"not every path given could be read (exit {code})"
-    return f"nothing could be audited (exit {code})"
+        return "not every path given could be read"
+    return "nothing could be audited"
