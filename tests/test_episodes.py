@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from gradaudit.audit import audit_run
+from gradaudit.detect.pelt import level_shifts
 from tests._synth import healthy, run_series
 
 
@@ -2216,3 +2217,25 @@ def test_a_harmful_spike_after_a_staircase_of_benign_steps_is_its_own(steps):
     assert [(e.onset_step, e.severity) for e in a.episodes if e.kind == "spike"] == \
         [(at, "explosion")]
     assert a.status == "explosion"
+
+
+@pytest.mark.parametrize("seed, step_at", [(1, 18000), (5, 12000)])
+def test_a_step_pelt_takes_for_a_level_shift_is_one_however_its_median_reads(seed, step_at):
+    # three steps of exactly 2x (the level_ratio): the segmentation takes the step at step_at
+    # for a 2x shift, the episode's median against its healthy level reads just under 2x, and
+    # the episode was a "spike" thousands of steps long, not searched within; a harmful spike
+    # after the last step was then part of it (seed 1: a warning; a final review)
+    s, g, loss = healthy(n=30000, seed=seed)
+    for k in range(1, 4):
+        g[6000 * k:] *= 2.0
+    at = 20000
+    g[at] *= 30
+    loss[at:] += 0.5 * np.exp(-(s[at:] - at) / 2000.0)
+    # the boundary case itself: the segmentation's 2x shift at step_at
+    assert step_at in [a for a, _, _ in level_shifts(np.log(g), level_ratio=2.0, min_size=10)]
+    a = audit_run(run_series(s, g, loss))
+    _assert_disjoint(a.episodes)
+    assert [(e.onset_step, e.severity) for e in a.episodes if e.kind == "spike"] == \
+        [(at, "explosion")]
+    shift = [e for e in a.episodes if e.onset_step == step_at]
+    assert shift and shift[0].kind == "level_shift"

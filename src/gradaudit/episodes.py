@@ -19,7 +19,8 @@ ends first). Kind: ``divergence`` when the episode runs to the end of the run an
 there (non-finite at the end, or its peak among its last tenth of points and, for an episode of
 ``level_min_points`` or more, the median of its last three points at least ``level_ratio`` above
 its median: a level shift that peaks late by chance is no divergence), ``level_shift`` when it
-lasts ``level_min_points`` with a median of ``level_ratio`` x the healthy level, else ``spike``.
+lasts ``level_min_points`` with a median of ``level_ratio`` x the healthy level (or ``pelt``'s
+``level_ratio`` shift covers half of it: the two medians differ by noise), else ``spike``.
 A level shift's new level, once it holds (:func:`_new_level_from`, :func:`holds_level`), is the
 healthy level after it: the points from there are searched as a series of their own, and an
 episode found there (a harmful spike after a benign change of scale) is one of its own - the
@@ -313,7 +314,8 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
             kind = "divergence"
             # a blow-up that began in the warm-up, where the level followed it up
             onset, base = _climb_before(x, rl.level, prev_last + 1, onset, p, onset, base)
-        elif length >= p.level_min_points and med_ratio >= np.log(p.level_ratio):
+        elif length >= p.level_min_points and (med_ratio >= np.log(p.level_ratio) or
+                                               2 * shift_mask[onset:b + 1].sum() >= length):
             kind = "level_shift"
         else:
             kind = "spike"
