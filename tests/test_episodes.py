@@ -2219,6 +2219,24 @@ def test_a_harmful_spike_after_a_staircase_of_benign_steps_is_its_own(steps):
     assert a.status == "explosion"
 
 
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("gap", [40, 100])
+def test_a_loss_step_of_its_own_soon_after_a_harmless_spike_is_not_the_spikes(seed, gap):
+    # a harmless 10x spike, then a lasting +0.2 loss step while the grad norm stays healthy:
+    # the step is a loss episode of its own, and its loss was charged to the spike too (the
+    # spike's 200-step horizon held it: an explosion at +0.16 with a gap of 40 steps, +0.1 at
+    # 100; a random differential)
+    s, g, loss = healthy(seed=seed)
+    g[1500] *= 10
+    loss[1500 + gap:] += 0.2
+    a = audit_run(run_series(s, g, loss))
+    spike, step = a.episodes
+    assert (spike.onset_step, spike.kind, spike.severity) == (1500, "spike", "warning")
+    assert abs(spike.loss_impact.excess_loss) < 0.03
+    assert (step.onset_step, step.kind) == (1500 + gap, "loss_spike")
+    assert 0.17 < step.loss_impact.excess_loss < 0.23
+
 @pytest.mark.parametrize("seed, step_at", [(1, 18000), (5, 12000)])
 def test_a_step_pelt_takes_for_a_level_shift_is_one_however_its_median_reads(seed, step_at):
     # three steps of exactly 2x (the level_ratio): the segmentation takes the step at step_at

@@ -29,6 +29,7 @@ from gradaudit.detect.level_climb import BLOCK as CLIMB_BLOCK
 from gradaudit.detect.level_climb import ID as ID_CLIMB
 from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
 from gradaudit.detect.loss_rise import ID as ID_RISE
+from gradaudit.detect.loss_spike import ID as ID_JUMP
 from gradaudit.detect.lr_change import ID as ID_LR
 from gradaudit.detect.lr_change import LrRise, lr_time, warmup_end_step
 from gradaudit.detect.nonfinite import breakdown_starts, loss_broke
@@ -481,6 +482,16 @@ class _Judge:
         nxt = raw[k + 1][1] if k + 1 < len(raw) else None
         k_lr = bisect.bisect_right(self.lr_onsets, on)
         lr_after = self.lr_onsets[k_lr] if k_lr < len(self.lr_onsets) else None
+        # the horizon ends at a later lr rise, and at a loss jump of its own that begins within
+        # it (no grad episode explains it: its loss is its own to answer for; a rise found
+        # only as one may be this episode's slow aftermath, its onset known to a block, and an
+        # lr rise answers for its loss however late it rises)
+        cut = lr_after
+        after = raw[k + 1][0] if nxt is not None else None
+        if after is not None and after.source == "loss" and after.kind == "loss_spike" and \
+                ID_JUMP in after.detected_by and id(after) not in self.cand.lr_notes and \
+                id(e) not in self.cand.lr_notes:
+            cut = nxt if cut is None else min(cut, nxt)
         # the fit floor as it stands before this episode's own aftermath is known (the
         # learning-rate-time re-measure in _verdict uses it too)
         floor = self._fit_floor(on) if run.has_loss else None
@@ -489,7 +500,7 @@ class _Judge:
         stood = (self._lr_aftermath(on) or self._stood_since(on)) if run.has_loss else None
         if stood is not None:  # (steps may be negative: no 0 for a missing floor)
             floor = stood.floor if floor is None else max(floor, stood.floor)
-        imp = self._impact(e, on, end, nxt, lr_after, floor, stood=stood) \
+        imp = self._impact(e, on, end, nxt, cut, floor, stood=stood) \
             if run.has_loss else None
         rec = imp.impact.recovery_step if imp is not None else None
         if rec is not None and (end is None or rec > end):
@@ -509,7 +520,7 @@ class _Judge:
             peak_g, peak_g_step = float(run.g[j_at]), int(run.gs[j_at])
             ratio = float(self.cand.ga.level.ratio[j_at])
         kind = "spike" if j_at is not None else e.kind
-        imp, harmful, harm_words = self._verdict(e, on, end, nxt, lr_after, imp,
+        imp, harmful, harm_words = self._verdict(e, on, end, nxt, cut, lr_after, imp,
                                                  lr_note[1] if lr_note is not None else None,
                                                  floor, stood)
         self.last = (on, end, harmful, rec, e.kind)
@@ -649,20 +660,22 @@ class _Judge:
         return floor
 
     def _impact(self, e: RawEpisode, on: int, end: int | None, nxt: int | None,
-                lr_after: int | None, floor: int | None,
+                cut: int | None, floor: int | None,
                 lr_t: tuple[np.ndarray, np.ndarray] | None = None,
                 stood: _StoodSince | None = None) -> Impact | None:
+        """The loss impact of ``e``, its horizon and anchor window ended at ``cut`` (a later
+        lr rise or loss jump of its own: :meth:`episode`)."""
         # a level shift that the next episode interrupted on its new level never came back
         # down: its loss is measured as an open-ended one's, up to that episode (whose loss is
         # its own to answer for, as a later lr rise's)
         if e.kind == "level_shift" and end is not None and end == nxt:
-            end, lr_after = None, nxt if lr_after is None else min(nxt, lr_after)
+            end, cut = None, nxt if cut is None else min(nxt, cut)
         # an aftershock is judged on the loss since the rise's episode, its aftermath included
         flat = stood is not None
         fit_on = self.healthy if not flat else \
             stood.mask if stood.mask is not None else self.anchor_points
         return loss_impact(self.run.ls, self.lv_mean, fit_on, on, end,
-                           self.run.st.impact_horizon, next_onset=nxt, cut_at=lr_after,
+                           self.run.st.impact_horizon, next_onset=nxt, cut_at=cut,
                            floor_step=floor, lr_time=lr_t, anchor_points=self.anchor_points,
                            anchor_end=_lr_halved_after(self.run.lr, on,
                                                        self.run.st.impact_horizon), flat=flat)
@@ -698,7 +711,7 @@ class _Judge:
         return peak_g, base_g, ratio, peak_step, peak_g_step
 
     def _verdict(self, e: RawEpisode, on: int, end: int | None, nxt: int | None,
-                 lr_after: int | None, imp: Impact | None, rise: LrRise | None,
+                 cut: int | None, lr_after: int | None, imp: Impact | None, rise: LrRise | None,
                  floor: int | None, stood: _StoodSince | None = None
                  ) -> tuple[Impact | None, bool | None, Callable[..., str]]:
         """``(impact, harmful, harm words)``: harm is lasting damage - the excess over the
@@ -750,11 +763,11 @@ class _Judge:
                            and not recovered))
         if not li.diverged and ex is None and jp is None:
             harmful = None  # nothing of the loss could be measured (sparse logging)
-        # (the horizon is cut at a later lr rise, or at the episode that interrupted this level
-        # shift on its new level)
+        # (the horizon is cut at a later lr rise, at a loss jump of its own, or at the
+        # episode that interrupted this level shift on its new level)
         held_by = "lr-rise episode" if imp.cut_step is None or imp.cut_step == lr_after else \
             "next episode"
-        cut = f"the {held_by} at step {imp.cut_step}" if imp.cut_step is not None else \
+        cut_words = f"the {held_by} at step {imp.cut_step}" if imp.cut_step is not None else \
             "the run ended"
         if harmful is False and not short and rise is not None and \
                 not (rise.restart or rise.transient):
@@ -762,7 +775,7 @@ class _Judge:
             # where the loss after it is where that time puts it (impact module doc)
             lr_t = lr_time(*sorted_points(*run.series.series(run.series.lr_tag)), rise, run.ls,
                            on)
-            fast = self._impact(e, on, end, nxt, lr_after, floor, lr_t, stood) \
+            fast = self._impact(e, on, end, nxt, cut, floor, lr_t, stood) \
                 if lr_t is not None else None
             if fast is not None and fast.lasting_excess is not None and \
                     fast.lasting_excess < ex_thr and fast.impact.diverged == li.diverged:
@@ -772,7 +785,7 @@ class _Judge:
         by_fall = ex is not None and ex_thr <= ex < fall_bar
         words = partial(explain.harm_text, li, imp.level, st.impact_horizon, harmful,
                         harm_thr if by_fall else ex_thr, jp_thr,
-                        (imp.horizon_points, cut) if short else None,
+                        (imp.horizon_points, cut_words) if short else None,
                         imp.lasting_excess, imp.cut_step, imp.lr_time, nonfinite,
                         by_fall=by_fall, bar_by=bar_by, z=self.z_harm, abrupt=imp.abrupt,
                         aftershock_of=stood.onset if stood is not None else None,
