@@ -2221,21 +2221,39 @@ def test_a_harmful_spike_after_a_staircase_of_benign_steps_is_its_own(steps):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("gap", [40, 100])
-def test_a_loss_step_of_its_own_soon_after_a_harmless_spike_is_not_the_spikes(seed, gap):
+@pytest.mark.parametrize("gap, between", [(40, None), (100, None), (40, 10.0), (40, np.inf)])
+def test_a_loss_step_of_its_own_soon_after_a_harmless_spike_is_not_the_spikes(seed, gap,
+                                                                              between):
     # a harmless 10x spike, then a lasting +0.2 loss step while the grad norm stays healthy:
     # the step is a loss episode of its own, and its loss was charged to the spike too (the
     # spike's 200-step horizon held it: an explosion at +0.16 with a gap of 40 steps, +0.1 at
-    # 100; a random differential)
+    # 100; a random differential). So with another spike or an overflow step between them (a
+    # review)
     s, g, loss = healthy(seed=seed)
     g[1500] *= 10
+    if between is not None:
+        g[1520] = g[1520] * between if np.isfinite(between) else between
     loss[1500 + gap:] += 0.2
     a = audit_run(run_series(s, g, loss))
-    spike, step = a.episodes
+    spike, step = a.episodes[0], a.episodes[-1]
     assert (spike.onset_step, spike.kind, spike.severity) == (1500, "spike", "warning")
     assert abs(spike.loss_impact.excess_loss) < 0.03
     assert (step.onset_step, step.kind) == (1500 + gap, "loss_spike")
     assert 0.17 < step.loss_impact.excess_loss < 0.23
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_harmful_spikes_loss_climbing_for_30_steps_is_the_spikes(seed):
+    # the loss answers a 30x spike by climbing for 30 steps (momentum), then decays: the jump
+    # detector finds that climb 9-11 steps in, an episode of its own, and it must not end the
+    # spike's horizon there (the spike was a warning at +0.04; a review)
+    s, g, loss = healthy(seed=seed)
+    g[1500] *= 30
+    loss[1500:1530] += np.linspace(0, 0.3, 30)
+    loss[1530:] += 0.3 * np.exp(-(s[1530:] - 1530) / 400)
+    spike = audit_run(run_series(s, g, loss)).episodes[0]
+    assert (spike.onset_step, spike.severity) == (1500, "explosion")
+    assert 0.18 < spike.loss_impact.excess_loss < 0.28
 
 @pytest.mark.parametrize("seed, step_at", [(1, 18000), (5, 12000)])
 def test_a_step_pelt_takes_for_a_level_shift_is_one_however_its_median_reads(seed, step_at):

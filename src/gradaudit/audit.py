@@ -43,6 +43,7 @@ from gradaudit.episodes import (
 )
 from gradaudit.errors import UNEXPECTED
 from gradaudit.impact import (
+    ABRUPT_POINTS,
     MIN_PRE,
     Blowups,
     Impact,
@@ -468,6 +469,17 @@ class _Judge:
         # (a schedule restart is the schedule's own doing, no fault: it cuts nothing)
         self.lr_onsets = [on for e, on, _ in cand.raw if ID_LR in e.detected_by
                           and not cand.lr_notes[id(e)][1].restart]  # raw is sorted by onset
+        # the loss jumps of their own: loss episodes that jumped (within ABRUPT_POINTS) while
+        # the grad norm stayed healthy, no lr rise behind them - their loss is their own to
+        # answer for, not an earlier episode's (a rise, or a jump climbing over tens of steps,
+        # may be an earlier spike's slow answer; a jump the grad norm joined is a grad spike,
+        # which may be an aftershock)
+        self.own_jumps = [on for e, on, end in cand.raw
+                          if e.source == "loss" and e.kind == "loss_spike"
+                          and ID_JUMP in e.detected_by and id(e) not in cand.lr_notes
+                          and _grad_joined(cand.ga, run.gs, on, run.g_every,
+                                           st.spike_ratio) is None
+                          and _jumped(ls, self.lv_mean, on, end, st.impact_horizon)]
         # where the loss went non-finite for good (sorted)
         self.broke_at = ls[breakdown_starts(~np.isfinite(lv))]
         # the harmful lr rises judged so far: (onset, end, recovery step)
@@ -482,16 +494,12 @@ class _Judge:
         nxt = raw[k + 1][1] if k + 1 < len(raw) else None
         k_lr = bisect.bisect_right(self.lr_onsets, on)
         lr_after = self.lr_onsets[k_lr] if k_lr < len(self.lr_onsets) else None
-        # the horizon ends at a later lr rise, and at a loss jump of its own that begins within
-        # it (no grad episode explains it: its loss is its own to answer for; a rise found
-        # only as one may be this episode's slow aftermath, its onset known to a block, and an
-        # lr rise answers for its loss however late it rises)
+        # the horizon ends at a later lr rise, and at a later loss jump of its own (an lr
+        # rise answers for its loss however late it rises)
         cut = lr_after
-        after = raw[k + 1][0] if nxt is not None else None
-        if after is not None and after.source == "loss" and after.kind == "loss_spike" and \
-                ID_JUMP in after.detected_by and id(after) not in self.cand.lr_notes and \
-                id(e) not in self.cand.lr_notes:
-            cut = nxt if cut is None else min(cut, nxt)
+        k_jump = bisect.bisect_right(self.own_jumps, on)
+        if k_jump < len(self.own_jumps) and id(e) not in self.cand.lr_notes:
+            cut = min(x for x in (cut, self.own_jumps[k_jump]) if x is not None)
         # the fit floor as it stands before this episode's own aftermath is known (the
         # learning-rate-time re-measure in _verdict uses it too)
         floor = self._fit_floor(on) if run.has_loss else None
@@ -992,6 +1000,23 @@ def _bucket_means(series: RunSeries, ls: np.ndarray, lv: np.ndarray) -> np.ndarr
         return lv
     return bucket_mean(ls, lv, *mn, *mx)
 
+
+
+def _jumped(ls: np.ndarray, lv: np.ndarray, on: int, end: int | None, horizon: int,
+            lead: int = 9) -> bool:
+    """Whether the loss at ``on`` jumped: within ``ABRUPT_POINTS`` logged points it stood half
+    the way up from its level (the median of the ``lead`` finite points before) to its
+    highest point in the episode (its first horizon)."""
+    i0 = int(np.searchsorted(ls, on))
+    i1 = int(np.searchsorted(ls, min(end, on + horizon) if end is not None else on + horizon))
+    before, seg = lv[max(0, i0 - lead):i0], lv[i0:max(i1, i0 + ABRUPT_POINTS)]
+    before, seg = before[np.isfinite(before)], seg[np.isfinite(seg)]
+    if not seg.size:
+        return False
+    if not before.size:
+        return True  # (no level before it: the first points)
+    lvl = float(np.median(before))
+    return bool(np.any(seg[:ABRUPT_POINTS] - lvl >= 0.5 * (float(seg.max()) - lvl)))
 
 
 def _grad_joined(ga: GradAnalysis | None, gs: np.ndarray, on: int, g_every: int,
