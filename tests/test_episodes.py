@@ -2255,6 +2255,42 @@ def test_a_harmful_spikes_loss_climbing_for_30_steps_is_the_spikes(seed):
     assert (spike.onset_step, spike.severity) == (1500, "explosion")
     assert 0.18 < spike.loss_impact.excess_loss < 0.28
 
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("ramp", [40, 120])
+def test_a_ramp_to_a_new_level_is_a_level_shift_with_its_events_its_own(seed, ramp):
+    # the grad norm climbs 6x over 40-120 steps from step 800 and stays: it was no episode at
+    # all (the trailing level followed the climb, the segmentation saw steps of under 2x) or
+    # one that ended when the level caught up, and a harmful spike later on the new level was
+    # only found where the level had followed (a random differential)
+    s, g, loss = healthy(seed=seed, sigma=0.2)
+    prof = np.clip((s - 800) / ramp, 0, 1)
+    g = g * np.exp(np.log(6) * prof)
+    g[2000] *= 30
+    loss[2000:] += 0.3 * np.exp(-(s[2000:] - 2000) / 300.0)
+    a = audit_run(run_series(s, g, loss))
+    _assert_disjoint(a.episodes)
+    shift, spike = a.episodes
+    assert shift.kind == "level_shift" and shift.severity == "warning"
+    assert abs(shift.onset_step - 800) <= 5 and shift.end_step == 2000
+    assert (spike.onset_step, spike.kind, spike.severity) == (2000, "spike", "explosion")
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("ramp", [0, 160])
+def test_a_second_step_up_that_holds_to_the_end_is_no_divergence(seed, ramp):
+    # two benign steps (8x from 800, over a ramp or at once; 3.7x more at 2300, to the run's
+    # end): the episode from 800 peaked in its last tenth with its last points well above its
+    # median, so it was a divergence, an explosion
+    s, g, loss = healthy(seed=seed, sigma=0.25)
+    prof = np.clip((s - 800) / ramp, 0, 1) if ramp else (s >= 800).astype(float)
+    g = g * np.exp(np.log(8.2) * prof)
+    g[2300:] *= 3.7
+    a = audit_run(run_series(s, g, loss))
+    assert a.status == "warning"
+    assert [(e.kind, e.end_step) for e in a.episodes] == \
+        [("level_shift", 2300), ("level_shift", None)]
+
 @pytest.mark.parametrize("seed, step_at", [(1, 18000), (5, 12000)])
 def test_a_step_pelt_takes_for_a_level_shift_is_one_however_its_median_reads(seed, step_at):
     # three steps of exactly 2x (the level_ratio): the segmentation takes the step at step_at
@@ -2268,7 +2304,7 @@ def test_a_step_pelt_takes_for_a_level_shift_is_one_however_its_median_reads(see
     g[at] *= 30
     loss[at:] += 0.5 * np.exp(-(s[at:] - at) / 2000.0)
     # the boundary case itself: the segmentation's 2x shift at step_at
-    assert step_at in [a for a, _, _ in level_shifts(np.log(g), level_ratio=2.0, min_size=10)]
+    assert step_at in [sh.first for sh in level_shifts(np.log(g), level_ratio=2.0, min_size=10)]
     a = audit_run(run_series(s, g, loss))
     _assert_disjoint(a.episodes)
     assert [(e.onset_step, e.severity) for e in a.episodes if e.kind == "spike"] == \

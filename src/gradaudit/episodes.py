@@ -18,7 +18,8 @@ Peak: the highest grad norm. End: the first point after the last elevated one (N
 ends first). Kind: ``divergence`` when the episode runs to the end of the run and is still climbing
 there (non-finite at the end, or its peak among its last tenth of points and, for an episode of
 ``level_min_points`` or more, the median of its last three points at least ``level_ratio`` above
-its median: a level shift that peaks late by chance is no divergence), ``level_shift`` when it
+its median and its last ``2 window`` points not at one level: a level shift that peaks late by
+chance, or a second step up that held to the end, is no divergence), ``level_shift`` when it
 lasts ``level_min_points`` with a median of ``level_ratio`` x the healthy level (or ``pelt``'s
 ``level_ratio`` shift covers half of it: the two medians differ by noise), else ``spike``.
 A level shift's new level, once it holds (:func:`_new_level_from`, :func:`holds_level`), is the
@@ -201,7 +202,7 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
     shifts = level_shifts(x, level_ratio=p.level_ratio, min_size=10)
     fin_before = np.cumsum(np.isfinite(x))
     # a "shift" out of the warm-up transient has no healthy level to shift from
-    shifts = [(a, b) for a, b, _ in shifts if fin_before[a] > p.min_history]
+    shifts = [sh for sh in shifts if fin_before[sh.first] > p.min_history]
 
     def shift_mask_of(elevated: np.ndarray) -> np.ndarray:
         # a segment boundary is only as sharp as the noise: a shift starts at its first point
@@ -210,9 +211,10 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
         mask = np.zeros(n, bool)
         e = elevated
         pair = e & (np.r_[e[1:], False] | np.r_[e[2:], False, False])
-        for a, b in shifts:
+        for a, b, _, top in shifts:
             hits = np.flatnonzero(pair[a:b + 1])
-            first = a + int(hits[0]) if hits.size else a
+            # (a ramp from where it turned up: the trailing level follows its first points)
+            first = a if top > a or not hits.size else a + int(hits[0])
             mask[first:b + 1] = True
         return mask & np.isfinite(x)
 
@@ -308,8 +310,9 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
         # one point does not; a blow-up in the last few steps does)
         tail = x[max(onset, b - 2):b + 1]
         tail_growing = open_end and b == n - 1 and (nf[n - 1] or (
-            peak >= b - max(2, length // 10) and (length < p.level_min_points or float(
-                np.nanmedian(tail)) - med >= np.log(p.level_ratio))))
+            peak >= b - max(2, length // 10) and (length < p.level_min_points or (float(
+                np.nanmedian(tail)) - med >= np.log(p.level_ratio) and not _held_at_end(
+                    x, onset, b, p)))))
         if tail_growing and length >= 3:
             kind = "divergence"
             # a blow-up that began in the warm-up, where the level followed it up
@@ -359,11 +362,27 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
     return GradAnalysis(eps, rl, in_ep, zc_final, n_unlisted, unlisted_max)
 
 
+def _held_at_end(x: np.ndarray, onset: int, last: int, p: EpisodeParams) -> bool:
+    """Whether the grad norm held one level over the episode's last ``2 window`` points
+    (:func:`holds_level`, spikes left out), its last three points too: a step up that held to
+    the end, not a climb (nor a blow-up in the last few steps)."""
+    v = x[max(onset, last + 1 - 2 * p.window):last + 1]
+    v = v[np.isfinite(v)]
+    if v.size < 2 * p.window:
+        return False
+    med = float(np.median(v))
+    if float(np.median(v[-3:])) - med >= np.log(p.level_ratio):
+        return False
+    return holds_level(np.exp(v[v - med < np.log(p.spike_ratio)]))
+
+
 #: Level shifts nested deeper than this are not searched for events on their new level
 MAX_NESTED = 8
 #: Two blocks of a shift (or a block and the shift's later half) whose medians are within
 #: this factor of each other stand at one level
 SETTLE_RATIO = 1.5
+#: Blocks near a shift's later level tried for one the level holds from (bounded work)
+NEAR_TRIES = 50
 
 
 def _new_level_from(x: np.ndarray, onset: int, last: int,
@@ -373,8 +392,11 @@ def _new_level_from(x: np.ndarray, onset: int, last: int,
     ``level_min_points`` points after its onset whose medians agree within ``SETTLE_RATIO`` x
     (the earliest level it held: an event on it before a second step up is its own), for
     ``window`` points at least (a pause in a climb holds for a few); then the first block within
-    ``SETTLE_RATIO`` x of the shift's later half's median. Each leaves room for a healthy level
-    of its own (``min_history`` points); none for a shorter shift."""
+    ``SETTLE_RATIO`` x of the shift's later half's median. Of each kind, the first (of the first
+    ``NEAR_TRIES``) from which the level holds over the next ``2 window`` points
+    (:func:`holds_level`: a ramp's last blocks agree, and are near its top, and still climb),
+    else the first. Each leaves room for a healthy level of its own (``min_history`` points);
+    none for a shorter shift."""
     w = p.level_min_points
     n = last - onset + 1
     seg = x[onset:last + 1]
@@ -382,18 +404,29 @@ def _new_level_from(x: np.ndarray, onset: int, last: int,
         return []
     blocks = [seg[k:k + w][np.isfinite(seg[k:k + w])] for k in range(w, n - p.min_history, w)]
     meds = np.array([float(np.median(b)) if b.size else np.nan for b in blocks])
+
+    def first_held(cands: np.ndarray) -> int:
+        for k in cands[:NEAR_TRIES]:
+            ahead = seg[w * (int(k) + 1):w * (int(k) + 1) + 2 * p.window]
+            ahead = ahead[np.isfinite(ahead)]
+            if ahead.size >= w:
+                ahead = ahead[ahead - np.median(ahead) < np.log(p.spike_ratio)]
+                if holds_level(np.exp(ahead)):
+                    return onset + w * (int(k) + 1)
+        return onset + w * (int(cands[0]) + 1)
+
     out: list[tuple[int, int]] = []
     with np.errstate(invalid="ignore"):
         agree = np.flatnonzero(np.abs(np.diff(meds)) <= np.log(SETTLE_RATIO))
     if agree.size:
-        out.append((onset + w * (int(agree[0]) + 1), p.window))
+        out.append((first_held(agree), p.window))
     late = seg[n // 2:][np.isfinite(seg[n // 2:])]
     if late.size >= w:
         with np.errstate(invalid="ignore"):
             near = np.flatnonzero(np.abs(meds[:-1] - float(np.median(late)))
                                   <= np.log(SETTLE_RATIO))
         if near.size:
-            start = onset + w * (int(near[0]) + 1)
+            start = first_held(near)
             out = [c for c in out if c[0] < start] + [(start, 0)]
     return out
 

@@ -15,16 +15,22 @@ Breakpoints follow ruptures' convention: sorted segment ends, the last one is ``
 
 :func:`level_shifts` is the detector: it segments ``log g`` (block medians when the series is
 longer than ``max_points``, so any length runs in bounded time) and returns the segments whose
-level is at least ``level_ratio`` above the level before them.
+level is at least ``level_ratio`` above the level before them, at once or at the top of a ramp
+of up to ``ramp`` points (a climb over a few dozen steps to a new level).
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
+from gradaudit.detect._common import diff_sigma, hinge_gain
+
 ID = "pelt"
+#: Standard errors of the difference of two medians a ramp's rise must reach (level_shifts)
+RAMP_SE = 4.0
 
 
 def pelt(
@@ -148,6 +154,17 @@ def pelt_reference(signal: np.ndarray, *, cost: str = "normal", penalty: float |
     return sorted(bkps)
 
 
+class Shift(NamedTuple):
+    """An upward level shift of :func:`level_shifts`: its first and last index, the log ratio
+    of its level to the level before it, and the index of its top (``first`` for a step; where
+    a ramp from ``first`` reached the new level)."""
+
+    first: int
+    last: int
+    log_ratio: float
+    top: int
+
+
 def level_shifts(
     log_g: np.ndarray,
     *,
@@ -155,15 +172,22 @@ def level_shifts(
     min_size: int = 10,
     penalty: float | None = None,
     max_points: int = 1000,
-) -> list[tuple[int, int, float]]:
+    ramp: int = 100,
+) -> list[Shift]:
     """Upward level shifts of ``log_g`` found by PELT (normal cost).
 
-    Returns ``[(first, last, log_ratio), ...]`` index ranges (into ``log_g``, NaNs allowed: they
+    Returns :class:`Shift` index ranges (into ``log_g``, NaNs allowed: they
     are skipped) of segments whose median is at least ``level_ratio`` times the median of the
     segment before, and whose level also jumps by ``level_ratio`` locally across the break
     (median of the ``max(min_size, 10)`` points after vs before it): a slow drift of the level,
-    such as the grad norm's rise early in training, is no shift. Adjacent segments whose levels
-    differ by less than half a shift (a change of variance only) count as one.
+    such as the grad norm's rise early in training, is no shift. Or across a ramp up to the
+    break of at most ``ramp`` points (in steps of 5) that climbs (:func:`_climbs`), against
+    the segment it started in, by ``RAMP_SE`` standard errors of the two medians too, from a
+    level (:func:`_from_level`) to a level that lasts (:func:`_lasts`): the shift then starts
+    where the ramp does (a grad norm that climbed 8x over 40 steps and stayed there passed
+    neither test: PELT cut the ramp into steps of under 2x, and the local test across the
+    last one failed). Adjacent segments whose levels differ by less than half a shift (a change
+    of variance only) count as one.
     ``min_size``: shortest segment, in points of the (block) series. Series longer than
     ``max_points`` finite points are segmented as medians of equal blocks (PELT is quadratic on
     a series without change points, so this bounds the time), and each shift's start is then
@@ -198,24 +222,156 @@ def level_shifts(
             meds.append(m)
     bk = merged
     starts = [0] + bk[:-1]
-    out: list[tuple[int, int, float]] = []
+    out: list[Shift] = []
+    up = math.log(level_ratio)
+    k_loc = max(min_size, 10)
+    # a ramp's rise must stand out of the noise of two k_loc-point medians (RAMP_SE standard
+    # errors: the search tries many starts)
+    rise_min = max(up, RAMP_SE * math.sqrt(2.0) * 1.2533 * diff_sigma(xs) / math.sqrt(k_loc))
     for k in range(1, len(bk)):
         jump = meds[k] - meds[k - 1]
-        if jump >= math.log(level_ratio):
-            a = starts[k] * block
-            if block > 1:
-                a = _refine(xs, a, block)
-            # a change point, not a drift: the level also jumps locally, across the break
-            k_loc = max(min_size, 10)
-            before, after = xs[max(0, a - k_loc):a], xs[a:a + k_loc]
-            if before.size < 3 or after.size < 3 or (
-                    float(np.median(after)) - float(np.median(before)) < math.log(level_ratio)):
-                continue
-            b = min(xs.size, bk[k] * block) - 1
-            if k == len(bk) - 1:
-                b = xs.size - 1
-            out.append((int(idx[a]), int(idx[b]), jump))
+        if jump <= 0:
+            continue
+        a = starts[k] * block
+        if block > 1 and jump >= up:
+            a = _refine(xs, a, block)
+        # a change point, not a drift: the level also jumps locally, across the break - or
+        # across a ramp of at most ``ramp`` points up to it (from the level of the segment
+        # it started in: a climb over a few dozen steps to a new level is a shift too)
+        after = xs[a:a + k_loc]
+        if after.size < 3:
+            continue
+        top = float(np.median(after))
+        cut = _Cut(xs, a, top, meds[k], k, starts, meds, block, k_loc, up, rise_min, ramp)
+        first = None
+        for gap in range(0, ramp + 1, 5) if ramp else (0,):
+            found = cut.rise(gap)
+            if found is not None:
+                first, jump = a - gap, found
+                break
+        if first is not None and first < a:
+            # a ramp found within ``ramp`` points of its top may have begun further back: the
+            # earliest start (up to 3 ``ramp``) from which it passes too, then where the climb
+            # turns up from its level in between (a hinge: those starts are 5 points apart,
+            # and the earliest may take in some of the level before it)
+            for gap in range(a - first + 5, 3 * ramp + 1, 5):
+                found = cut.rise(gap)
+                if found is not None:
+                    first, jump = a - gap, found
+            first = _ramp_start(xs, max(0, first - k_loc), a)
+            # a step that the segmentation put a few points off is no ramp: where one split of
+            # the stretch fits it at least as well as the climb, the shift starts there
+            step = _step_instead(xs, max(0, first - k_loc), first, a, min(xs.size, a + k_loc))
+            if step is not None:
+                first = a = step
+        if first is None:
+            continue
+        b = min(xs.size, bk[k] * block) - 1
+        if k == len(bk) - 1:
+            b = xs.size - 1
+        out.append(Shift(int(idx[first]), int(idx[b]), jump, int(idx[a])))
     return out
+
+
+class _Cut(NamedTuple):
+    """A rising break of :func:`level_shifts` at ``a`` (of ``xs``), the level ``top`` after it,
+    the median ``med`` of its segment ``k``, and the segmentation's ``starts`` and ``meds``."""
+
+    xs: np.ndarray
+    a: int
+    top: float
+    med: float
+    k: int
+    starts: list[int]
+    meds: list[float]
+    block: int
+    k_loc: int
+    up: float
+    rise_min: float
+    ramp: int
+
+    def rise(self, gap: int) -> float | None:
+        """The shift's log ratio where the level before a ramp of ``gap`` points (0: a step)
+        up to the break rose to ``top`` (module doc), else None."""
+        xs, a, top, up = self.xs, self.a, self.top, self.up
+        r0 = a - gap
+        before = xs[max(0, r0 - self.k_loc):r0]
+        if before.size < 3:
+            return None
+        # (the segment the ramp started in: before the break's, whatever the refined break's
+        # block)
+        j0 = min(self.k - 1,
+                 int(np.searchsorted(self.starts, (r0 - 1) // self.block, side="right")) - 1)
+        lo = float(np.median(before))
+        if top - lo < up or self.med - self.meds[j0] < up:
+            return None
+        if gap and not (top - lo >= self.rise_min and _climbs(xs[r0:a], lo, top)
+                        and _from_level(xs, r0, max(gap, self.k_loc), lo, top)
+                        and _lasts(xs[a:a + 2 * self.ramp], lo, up, self.ramp)):
+            return None
+        return self.med - self.meds[j0]
+
+
+def _step_instead(xs: np.ndarray, lo: int, first: int, top: int, hi: int) -> int | None:
+    """The index of the best single step in ``xs[lo:hi]`` where it fits those points at
+    least as well (squared error) as a level up to ``first``, a straight climb to ``top`` and
+    a level after it; else None."""
+    y = xs[lo:hi]
+    m = y.size
+    if m < 4 or not lo < first < top < hi:
+        return None
+    lvl0, lvl1 = float(np.median(xs[lo:first])), float(np.median(xs[top:hi]))
+    ramp = np.interp(np.arange(lo, hi), [first, top], [lvl0, lvl1])
+    sse_ramp = float(np.sum((y - ramp) ** 2))
+    c1, c2 = np.cumsum(y), np.cumsum(y * y)
+    k = np.arange(2, m - 1)  # the split before y[k]: 2 points a side at least
+    left = c2[k - 1] - c1[k - 1] ** 2 / k
+    right = (c2[-1] - c2[k - 1]) - (c1[-1] - c1[k - 1]) ** 2 / (m - k)
+    sse = left + right
+    j = int(np.argmin(sse))
+    return lo + int(k[j]) if float(sse[j]) <= sse_ramp else None
+
+
+def _ramp_start(xs: np.ndarray, lo: int, top: int) -> int:
+    """Where ``xs[lo:top + 1]`` turns from a level to a straight climb (the best hinge,
+    :func:`hinge_gain`)."""
+    t = np.arange(lo, top + 1)
+    cands = np.arange(lo, top)
+    gain = hinge_gain(t, xs[lo:top + 1], cands)
+    return int(cands[int(np.argmax(gain))]) + 1 if gain.max() > 0 else lo
+
+
+def _climbs(ramp: np.ndarray, lo: float, top: float) -> bool:
+    """Whether the points ``ramp`` climb from level ``lo`` towards ``top``: their median a
+    quarter of the way up at least, and (10 points or more) their second half's median a
+    quarter of the way above their first half's. A step whose next points are noisy, or a level
+    after a dip, is no ramp from further back."""
+    rise = 0.25 * (top - lo)
+    if float(np.median(ramp)) - lo < rise:
+        return False
+    h = ramp.size // 2
+    return ramp.size < 10 or float(np.median(ramp[h:])) - float(np.median(ramp[:h])) >= rise
+
+
+def _from_level(xs: np.ndarray, r0: int, m: int, lo: float, top: float) -> bool:
+    """Whether the ramp starting at ``r0`` starts from a level: the ``m`` points before it
+    stand under a quarter of its rise above the ``m`` before those (a grad norm climbing from
+    the run's start, a layer waking up, climbs before any "ramp" too)."""
+    if r0 < 2 * m:
+        return False
+    return float(np.median(xs[r0 - m:r0])) - float(np.median(xs[r0 - 2 * m:r0 - m])) < \
+        0.25 * (top - lo)
+
+
+def _lasts(after: np.ndarray, lo: float, up: float, n: int) -> bool:
+    """Whether the ``2 n`` points ``after`` a ramp's top (all of them there) stand ``up``
+    above ``lo`` in the median over the first ``n``, and climb on by under half of ``up`` over
+    the next ``n``: a new level, not a bump, nor a climb that goes on (a slow divergence is
+    ``level-climb``'s)."""
+    if after.size < 2 * n:
+        return False
+    first, then = float(np.median(after[:n])), float(np.median(after[n:2 * n]))
+    return first - lo >= up and then - first < 0.5 * up
 
 
 def _refine(xs: np.ndarray, a: int, block: int) -> int:
