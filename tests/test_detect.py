@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import ruptures as rpt
@@ -95,6 +97,17 @@ def test_level_shifts_take_no_drift_nor_a_level_after_a_dip_for_a_ramp(seed):
     y = rng.normal(0, 0.25, 3000)
     y[1500:] += np.log(3)
     assert [abs(sh.first - 1500) <= 3 for sh in level_shifts(y)] == [True]
+
+
+def test_level_shifts_near_the_series_start_slice_nothing_around():
+    # a ramp's start searched before the series' first point took ``xs[:negative]``, nearly
+    # the whole series, as the level before it (numpy warned of an empty slice; a review)
+    s = np.arange(3000)
+    x = np.random.default_rng(0).normal(0, 0.15, s.size) - np.log(10) * s / 3000
+    x[60:] += np.log(2.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        level_shifts(x)
 
 
 def test_robust_threshold_spike_ratio_and_z():

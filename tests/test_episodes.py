@@ -2276,6 +2276,39 @@ def test_a_ramp_to_a_new_level_is_a_level_shift_with_its_events_its_own(seed, ra
     assert (spike.onset_step, spike.kind, spike.severity) == (2000, "spike", "explosion")
 
 
+
+def test_events_after_a_ramp_or_a_step_stay_their_own():
+    # a review's cases for the ramps: (1) the new level was searched from a point still on a
+    # 60-step ramp, found no level there, and a harmful spike 200 steps after its top was part
+    # of it; (2) a plain step's new level was judged over 100 points that held a spike's
+    # decaying tail, so its start moved past the spike; (3) a ramp's start walked back over a
+    # separate bump before a step, which took in both, and both harmful spikes after the step
+    s, g, loss = healthy(seed=101, sigma=0.25)
+    g = g * np.exp(np.log(4) * np.clip((s - 1200) / 60, 0, 1))
+    g[1460:1462] *= 25
+    loss[1460:] += 0.25 * np.exp(-(s[1460:] - 1460) / 300.0)
+    eps = audit_run(run_series(s, g, loss)).episodes
+    assert [(e.kind, e.severity) for e in eps] == [("level_shift", "warning"),
+                                                   ("spike", "explosion")]
+    assert abs(eps[0].onset_step - 1200) <= 10 and eps[1].onset_step == 1460
+    s, g, loss = healthy(seed=0, sigma=0.3)
+    g[1200:] *= 4
+    g[1300] *= 25
+    g[1302:1381] *= 1 + 1.5 * np.exp(-(s[1302:1381] - 1302) / 30.0)
+    loss[1300:] += 0.2 * np.exp(-(s[1300:] - 1300) / 300.0)
+    eps = audit_run(run_series(s, g, loss)).episodes
+    assert [(e.onset_step, e.severity) for e in eps] == [(1200, "warning"), (1300, "explosion")]
+    s, g, loss = healthy(seed=1)
+    g[1557:1630] *= 4  # a bump that comes back down
+    g[1646:] *= 4.5
+    for at in (1766, 2485):
+        g[at] *= 40
+        loss[at:] += 0.3 * np.exp(-(s[at:] - at) / 300.0)
+    eps = audit_run(run_series(s, g, loss)).episodes
+    assert [(e.onset_step, e.severity) for e in eps if e.severity == "explosion"] == \
+        [(1766, "explosion"), (2485, "explosion")]
+    assert 1646 in [e.onset_step for e in eps]
+
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("ramp", [0, 160])
 def test_a_second_step_up_that_holds_to_the_end_is_no_divergence(seed, ramp):

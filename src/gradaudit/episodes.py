@@ -212,8 +212,9 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
         e = elevated
         pair = e & (np.r_[e[1:], False] | np.r_[e[2:], False, False])
         for a, b, _, top in shifts:
-            hits = np.flatnonzero(pair[a:b + 1])
-            # (a ramp from where it turned up: the trailing level follows its first points)
+            # (within one block of it: a step the noise hides for longer starts where it is;
+            # a ramp from where it turned up: the trailing level follows its first points)
+            hits = np.flatnonzero(pair[a:min(b, a + p.level_min_points) + 1])
             first = a if top > a or not hits.size else a + int(hits[0])
             mask[first:b + 1] = True
         return mask & np.isfinite(x)
@@ -327,7 +328,12 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
         # the inner ones share the run's budget with those listed and still to come)
         budget = p.max_episodes - len(eps) - (len(comps) - ci)
         holds = inner = None
-        for start, min_held in _new_level_from(x, onset, b, p) \
+        # (after a ramp, from where it reached its new level: its last blocks agree, and are
+        # near its top, while it still climbs)
+        top = max((sh.top for sh in shifts if sh.top > sh.first and sh.top <= b
+                   and abs(sh.first - onset) <= p.window), default=None)
+        for start, min_held in _new_level_from(x, max(onset, top or onset), b, p,
+                                               ramp=top is not None) \
                 if kind == "level_shift" and not n_unlisted else ():
             inner = _within_shift(g, rl, start, b, replace(p, max_episodes=budget), depth,
                                   open_end and b == n - 1, min_held)
@@ -381,22 +387,22 @@ MAX_NESTED = 8
 #: Two blocks of a shift (or a block and the shift's later half) whose medians are within
 #: this factor of each other stand at one level
 SETTLE_RATIO = 1.5
-#: Blocks near a shift's later level tried for one the level holds from (bounded work)
+#: Blocks after a ramp tried for one the new level holds from (bounded work)
 NEAR_TRIES = 50
 
 
-def _new_level_from(x: np.ndarray, onset: int, last: int,
-                    p: EpisodeParams) -> list[tuple[int, int]]:
+def _new_level_from(x: np.ndarray, onset: int, last: int, p: EpisodeParams,
+                    ramp: bool = False) -> list[tuple[int, int]]:
     """Where a level shift's new level may hold, as ``(index, points it must hold for before
     an event on it counts)``, in the order to try: the first of two consecutive blocks of
     ``level_min_points`` points after its onset whose medians agree within ``SETTLE_RATIO`` x
     (the earliest level it held: an event on it before a second step up is its own), for
     ``window`` points at least (a pause in a climb holds for a few); then the first block within
-    ``SETTLE_RATIO`` x of the shift's later half's median. Of each kind, the first (of the first
-    ``NEAR_TRIES``) from which the level holds over the next ``2 window`` points
-    (:func:`holds_level`: a ramp's last blocks agree, and are near its top, and still climb),
-    else the first. Each leaves room for a healthy level of its own (``min_history`` points);
-    none for a shorter shift."""
+    ``SETTLE_RATIO`` x of the shift's later half's median. Each leaves room for a healthy level
+    of its own (``min_history`` points); none for a shorter shift. After a ``ramp`` (``onset``:
+    where it reached its new level), of each kind the first (of the first ``NEAR_TRIES``) from
+    which the level holds over the next ``2 window`` points (:func:`holds_level`): a long ramp's
+    last blocks agree, and are near its top, while it still climbs."""
     w = p.level_min_points
     n = last - onset + 1
     seg = x[onset:last + 1]
@@ -405,8 +411,8 @@ def _new_level_from(x: np.ndarray, onset: int, last: int,
     blocks = [seg[k:k + w][np.isfinite(seg[k:k + w])] for k in range(w, n - p.min_history, w)]
     meds = np.array([float(np.median(b)) if b.size else np.nan for b in blocks])
 
-    def first_held(cands: np.ndarray) -> int:
-        for k in cands[:NEAR_TRIES]:
+    def start_of(cands: np.ndarray) -> int:
+        for k in cands[:NEAR_TRIES] if ramp else ():
             ahead = seg[w * (int(k) + 1):w * (int(k) + 1) + 2 * p.window]
             ahead = ahead[np.isfinite(ahead)]
             if ahead.size >= w:
@@ -419,14 +425,14 @@ def _new_level_from(x: np.ndarray, onset: int, last: int,
     with np.errstate(invalid="ignore"):
         agree = np.flatnonzero(np.abs(np.diff(meds)) <= np.log(SETTLE_RATIO))
     if agree.size:
-        out.append((first_held(agree), p.window))
+        out.append((start_of(agree), p.window))
     late = seg[n // 2:][np.isfinite(seg[n // 2:])]
     if late.size >= w:
         with np.errstate(invalid="ignore"):
             near = np.flatnonzero(np.abs(meds[:-1] - float(np.median(late)))
                                   <= np.log(SETTLE_RATIO))
         if near.size:
-            start = first_held(near)
+            start = start_of(near)
             out = [c for c in out if c[0] < start] + [(start, 0)]
     return out
 

@@ -251,13 +251,15 @@ def level_shifts(
                 break
         if first is not None and first < a:
             # a ramp found within ``ramp`` points of its top may have begun further back: the
-            # earliest start (up to 3 ``ramp``) from which it passes too, then where the climb
-            # turns up from its level in between (a hinge: those starts are 5 points apart,
-            # and the earliest may take in some of the level before it)
+            # starts before it (up to 3 ``ramp``) from which it passes too, as long as each
+            # does (past one that fails lies another event: a bump before a step), then where
+            # the climb turns up from its level in between (a hinge: those starts are 5 points
+            # apart, and the earliest may take in some of the level before it)
             for gap in range(a - first + 5, 3 * ramp + 1, 5):
                 found = cut.rise(gap)
-                if found is not None:
-                    first, jump = a - gap, found
+                if found is None:
+                    break
+                first, jump = a - gap, found
             first = _ramp_start(xs, max(0, first - k_loc), a)
             # a step that the segmentation put a few points off is no ramp: where one split of
             # the stretch fits it at least as well as the climb, the shift starts there
@@ -295,9 +297,9 @@ class _Cut(NamedTuple):
         up to the break rose to ``top`` (module doc), else None."""
         xs, a, top, up = self.xs, self.a, self.top, self.up
         r0 = a - gap
-        before = xs[max(0, r0 - self.k_loc):r0]
-        if before.size < 3:
+        if r0 < 3:  # (no level before it: the series' start)
             return None
+        before = xs[max(0, r0 - self.k_loc):r0]
         # (the segment the ramp started in: before the break's, whatever the refined break's
         # block)
         j0 = min(self.k - 1,
