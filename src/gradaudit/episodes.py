@@ -328,12 +328,11 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
         # the inner ones share the run's budget with those listed and still to come)
         budget = p.max_episodes - len(eps) - (len(comps) - ci)
         holds = inner = None
-        # (after a ramp, from where it reached its new level: its last blocks agree, and are
-        # near its top, while it still climbs)
+        # (a ramp's top: where it reached its new level)
         top = max((sh.top for sh in shifts if sh.top > sh.first and sh.top <= b
                    and abs(sh.first - onset) <= p.window), default=None)
-        for start, min_held in _new_level_from(x, max(onset, top or onset), b, p,
-                                               ramp=top is not None) \
+        for start, min_held in _new_level_from(x, onset, b, p, top, more=depth < MORE_NESTED,
+                                               retry=depth == 0) \
                 if kind == "level_shift" and not n_unlisted else ():
             inner = _within_shift(g, rl, start, b, replace(p, max_episodes=budget), depth,
                                   open_end and b == n - 1, min_held)
@@ -387,22 +386,29 @@ MAX_NESTED = 8
 #: Two blocks of a shift (or a block and the shift's later half) whose medians are within
 #: this factor of each other stand at one level
 SETTLE_RATIO = 1.5
-#: Blocks after a ramp tried for one the new level holds from (bounded work)
+#: Blocks tried for one a shift's new level holds from (bounded work)
 NEAR_TRIES = 50
+#: Blocks after a shift's last candidate start tried too, where none held (bounded work)
+RETRY_BLOCKS = 4
+#: Shifts nested this deep or deeper try only the first candidates for their new level
+MORE_NESTED = 3
 
 
 def _new_level_from(x: np.ndarray, onset: int, last: int, p: EpisodeParams,
-                    ramp: bool = False) -> list[tuple[int, int]]:
+                    top: int | None = None, more: bool = False,
+                    retry: bool = False) -> list[tuple[int, int]]:
     """Where a level shift's new level may hold, as ``(index, points it must hold for before
-    an event on it counts)``, in the order to try: the first of two consecutive blocks of
-    ``level_min_points`` points after its onset whose medians agree within ``SETTLE_RATIO`` x
-    (the earliest level it held: an event on it before a second step up is its own), for
-    ``window`` points at least (a pause in a climb holds for a few); then the first block within
-    ``SETTLE_RATIO`` x of the shift's later half's median. Each leaves room for a healthy level
-    of its own (``min_history`` points); none for a shorter shift. After a ``ramp`` (``onset``:
-    where it reached its new level), of each kind the first (of the first ``NEAR_TRIES``) from
-    which the level holds over the next ``2 window`` points (:func:`holds_level`): a long ramp's
-    last blocks agree, and are near its top, while it still climbs."""
+    an event on it counts)``, in the order to try (by index): the first of two consecutive
+    blocks of ``level_min_points`` points after its onset whose medians agree within
+    ``SETTLE_RATIO`` x (the earliest level it held: an event on it before a second step up is
+    its own), for ``window`` points at least (a pause in a climb holds for a few); then the
+    first block within ``SETTLE_RATIO`` x of the shift's later half's median. With ``more``
+    (shifts nested less than ``MORE_NESTED`` deep: bounded work), also the first of each from which
+    the level holds over the next ``2 window`` points (:func:`holds_level`; of the first
+    ``NEAR_TRIES``), and after a ramp the first from its ``top`` on that holds: a ramp's last
+    blocks agree, and are near its top, while it still climbs; and with ``retry`` (the run's
+    own shifts) the ``RETRY_BLOCKS`` blocks after the last of these. Each leaves room for a
+    healthy level of its own (``min_history`` points); none for a shorter shift."""
     w = p.level_min_points
     n = last - onset + 1
     seg = x[onset:last + 1]
@@ -411,30 +417,44 @@ def _new_level_from(x: np.ndarray, onset: int, last: int, p: EpisodeParams,
     blocks = [seg[k:k + w][np.isfinite(seg[k:k + w])] for k in range(w, n - p.min_history, w)]
     meds = np.array([float(np.median(b)) if b.size else np.nan for b in blocks])
 
-    def start_of(cands: np.ndarray) -> int:
-        for k in cands[:NEAR_TRIES] if ramp else ():
+    def held(cands: np.ndarray) -> int | None:
+        for k in cands[:NEAR_TRIES]:
             ahead = seg[w * (int(k) + 1):w * (int(k) + 1) + 2 * p.window]
             ahead = ahead[np.isfinite(ahead)]
             if ahead.size >= w:
                 ahead = ahead[ahead - np.median(ahead) < np.log(p.spike_ratio)]
                 if holds_level(np.exp(ahead)):
                     return onset + w * (int(k) + 1)
-        return onset + w * (int(cands[0]) + 1)
+        return None
 
     out: list[tuple[int, int]] = []
     with np.errstate(invalid="ignore"):
         agree = np.flatnonzero(np.abs(np.diff(meds)) <= np.log(SETTLE_RATIO))
     if agree.size:
-        out.append((start_of(agree), p.window))
+        out.append((onset + w * (int(agree[0]) + 1), p.window))
+        if more and (h := held(agree)) is not None:
+            out.append((h, p.window))
     late = seg[n // 2:][np.isfinite(seg[n // 2:])]
     if late.size >= w:
         with np.errstate(invalid="ignore"):
             near = np.flatnonzero(np.abs(meds[:-1] - float(np.median(late)))
                                   <= np.log(SETTLE_RATIO))
         if near.size:
-            start = start_of(near)
+            start = onset + w * (int(near[0]) + 1)
+            # (one that must hold for longer, from later on, adds nothing)
             out = [c for c in out if c[0] < start] + [(start, 0)]
-    return out
+            if more and (h := held(near)) is not None:
+                out.append((h, 0))
+            if more and top is not None and top > onset and \
+                    (h := held(near[onset + w * (near + 1) >= top])) is not None:
+                out.append((h, 0))
+    if retry and out:
+        # and the RETRY_BLOCKS blocks after the last of them (a noisy ramp's end holds no
+        # level its first blocks can show)
+        last_start = max(c[0] for c in out)
+        out += [(last_start + w * j, 0) for j in range(1, RETRY_BLOCKS + 1)
+                if last_start + w * j < last + 1 - p.min_history - w]
+    return sorted(set(out))
 
 
 def _within_shift(g: np.ndarray, rl: RobustLevel, start: int, last: int, p: EpisodeParams,

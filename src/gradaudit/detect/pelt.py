@@ -251,15 +251,19 @@ def level_shifts(
                 break
         if first is not None and first < a:
             # a ramp found within ``ramp`` points of its top may have begun further back: the
-            # starts before it (up to 3 ``ramp``) from which it passes too, as long as each
-            # does (past one that fails lies another event: a bump before a step), then where
+            # starts before it (up to 3 ``ramp``) from which it passes too, as long as no two
+            # in a row fail (past those lies another event: a bump before a step), then where
             # the climb turns up from its level in between (a hinge: those starts are 5 points
             # apart, and the earliest may take in some of the level before it)
+            failed = 0
             for gap in range(a - first + 5, 3 * ramp + 1, 5):
                 found = cut.rise(gap)
                 if found is None:
-                    break
-                first, jump = a - gap, found
+                    failed += 1
+                    if failed == 2:
+                        break
+                    continue
+                first, jump, failed = a - gap, found, 0
             first = _ramp_start(xs, max(0, first - k_loc), a)
             # a step that the segmentation put a few points off is no ramp: where one split of
             # the stretch fits it at least as well as the climb, the shift starts there
