@@ -375,10 +375,17 @@ def _held_at_end(x: np.ndarray, onset: int, last: int, p: EpisodeParams) -> bool
     v = v[np.isfinite(v)]
     if v.size < 2 * p.window:
         return False
-    med = float(np.median(v))
-    if float(np.median(v[-3:])) - med >= np.log(p.level_ratio):
+    if float(np.median(v[-3:])) - float(np.median(v)) >= np.log(p.level_ratio):
         return False
-    return holds_level(np.exp(v[v - med < np.log(p.spike_ratio)]))
+    return _holds(v, p)
+
+
+def _holds(v: np.ndarray, p: EpisodeParams) -> bool:
+    """:func:`holds_level` of the grad norms whose finite logs are ``v``, the points
+    ``spike_ratio`` x above their median left out (a spike on a level is no move of it)."""
+    if not v.size:
+        return False
+    return holds_level(np.exp(v[v - float(np.median(v)) < np.log(p.spike_ratio)]))
 
 
 #: Level shifts nested deeper than this are not searched for events on their new level
@@ -421,10 +428,8 @@ def _new_level_from(x: np.ndarray, onset: int, last: int, p: EpisodeParams,
         for k in cands[:NEAR_TRIES]:
             ahead = seg[w * (int(k) + 1):w * (int(k) + 1) + 2 * p.window]
             ahead = ahead[np.isfinite(ahead)]
-            if ahead.size >= w:
-                ahead = ahead[ahead - np.median(ahead) < np.log(p.spike_ratio)]
-                if holds_level(np.exp(ahead)):
-                    return onset + w * (int(k) + 1)
+            if ahead.size >= w and _holds(ahead, p):
+                return onset + w * (int(k) + 1)
         return None
 
     out: list[tuple[int, int]] = []
@@ -475,9 +480,7 @@ def _within_shift(g: np.ndarray, rl: RobustLevel, start: int, last: int, p: Epis
     # so are spikes the inner analysis could not flag yet, before it had a level)
     k = max(held, p.level_min_points)
     span = positive(g[start:start + k][~ga.in_episode[:k]])
-    if span.size:
-        span = span[np.log(span) - float(np.median(np.log(span))) < np.log(p.spike_ratio)]
-    if ga.level is None or held < min_held or not holds_level(span):
+    if ga.level is None or held < min_held or not _holds(np.log(span), p):
         return None  # (still moving, a blow-up climbing on: no new level to judge events on)
     for name in ("level", "spread", "ratio", "z"):  # the healthy level from where the new one
         getattr(rl, name)[start:last + 1] = getattr(ga.level, name)  # holds
