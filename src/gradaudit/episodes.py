@@ -257,23 +257,19 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
     # its per-episode burn-in is cut to 200 steps there (alpha^200 = 0.2 % of the start state)
     zc_flag, zc_final = ema_zscore_spans(g, comps, burn_in=200 if n_unlisted else 1000)
     olmo = olmo_skip_spans(g, comps)
+
+    def detected_by(sl: slice) -> set[str]:  # the detectors that flagged a point in ``sl``
+        return {d for d, hit in (("robust-threshold", rl.trigger), ("pelt", shift_mask),
+                                 ("nonfinite", nf), ("ema-zscore", zc_flag),
+                                 ("olmo-skip", olmo)) if hit[sl].any()}
+
     eps: list[RawEpisode] = []
     prev_last = -1
     for ci, (a, b) in enumerate(comps):
         sl = slice(a, b + 1)
         finite_trig = trig[sl] & np.isfinite(x[sl])
         in_ep[sl] = True
-        by = set()
-        if rl.trigger[sl].any():
-            by.add("robust-threshold")
-        if shift_mask[sl].any():
-            by.add("pelt")
-        if nf[sl].any():
-            by.add("nonfinite")
-        if zc_flag[sl].any():
-            by.add("ema-zscore")
-        if olmo[sl].any():
-            by.add("olmo-skip")
+        by = detected_by(sl)
         if not finite_trig.any():
             first_nf = a + int(np.argmax(nf[sl]))
             kind = "divergence" if (open_end and b == n - 1 and nf[n - 1]) else "nonfinite"
@@ -347,10 +343,7 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
                 unlisted_max = max(unlisted_max or 0.0, inner.unlisted_max_ratio)
             b = inner.episodes[0].onset - 1
             peak = finite_argmax(x, onset, b + 1)
-            sl = slice(onset, b + 1)
-            by = {d for d, hit in (("robust-threshold", rl.trigger), ("pelt", shift_mask),
-                                   ("nonfinite", nf), ("ema-zscore", zc_flag),
-                                   ("olmo-skip", olmo)) if hit[sl].any()}
+            by = detected_by(slice(onset, b + 1))
         eps.append(RawEpisode(onset, peak, b, kind, by, base_log=base, holds_from=holds))
         eps.extend(inner.episodes if inner is not None else ())
         prev_last = eps[-1].last

@@ -242,7 +242,7 @@ def level_shifts(
         if after.size < 3:
             continue
         top = float(np.median(after))
-        cut = _Cut(xs, a, top, meds[k], k, starts, meds, block, k_loc, up, rise_min, ramp)
+        cut = _Cut(xs, a, top, k, starts, meds, block, k_loc, up, rise_min, ramp)
         first = None
         for gap in range(0, ramp + 1, 5) if ramp else (0,):
             found = cut.rise(gap)
@@ -281,12 +281,11 @@ def level_shifts(
 
 class _Cut(NamedTuple):
     """A rising break of :func:`level_shifts` at ``a`` (of ``xs``), the level ``top`` after it,
-    the median ``med`` of its segment ``k``, and the segmentation's ``starts`` and ``meds``."""
+    its segment ``k``, and the segmentation's ``starts`` and ``meds``."""
 
     xs: np.ndarray
     a: int
     top: float
-    med: float
     k: int
     starts: list[int]
     meds: list[float]
@@ -309,13 +308,14 @@ class _Cut(NamedTuple):
         j0 = min(self.k - 1,
                  int(np.searchsorted(self.starts, (r0 - 1) // self.block, side="right")) - 1)
         lo = float(np.median(before))
-        if top - lo < up or self.med - self.meds[j0] < up:
+        med = self.meds[self.k]
+        if top - lo < up or med - self.meds[j0] < up:
             return None
         if gap and not (top - lo >= self.rise_min and _climbs(xs[r0:a], lo, top)
                         and _from_level(xs, r0, max(gap, self.k_loc), lo, top)
                         and _lasts(xs[a:a + 2 * self.ramp], lo, up, self.ramp)):
             return None
-        return self.med - self.meds[j0]
+        return med - self.meds[j0]
 
 
 def _step_instead(xs: np.ndarray, lo: int, first: int, top: int, hi: int) -> int | None:
@@ -329,13 +329,11 @@ def _step_instead(xs: np.ndarray, lo: int, first: int, top: int, hi: int) -> int
     lvl0, lvl1 = float(np.median(xs[lo:first])), float(np.median(xs[top:hi]))
     ramp = np.interp(np.arange(lo, hi), [first, top], [lvl0, lvl1])
     sse_ramp = float(np.sum((y - ramp) ** 2))
-    c1, c2 = np.cumsum(y), np.cumsum(y * y)
     k = np.arange(2, m - 1)  # the split before y[k]: 2 points a side at least
-    left = c2[k - 1] - c1[k - 1] ** 2 / k
-    right = (c2[-1] - c2[k - 1]) - (c1[-1] - c1[k - 1]) ** 2 / (m - k)
-    sse = left + right
-    j = int(np.argmin(sse))
-    return lo + int(k[j]) if float(sse[j]) <= sse_ramp else None
+    gain = _split_gain(y, k)
+    j = int(np.argmax(gain))
+    sse = float(np.sum((y - y.mean()) ** 2)) - float(gain[j])
+    return lo + int(k[j]) if sse <= sse_ramp else None
 
 
 def _ramp_start(xs: np.ndarray, lo: int, top: int) -> int:
@@ -385,11 +383,16 @@ def _refine(xs: np.ndarray, a: int, block: int) -> int:
     ``xs[a - 2 block : a + 2 block]``."""
     lo, hi = max(0, a - 2 * block), min(xs.size, a + 2 * block)
     seg = xs[lo:hi]
-    c1 = np.concatenate(([0.0], np.cumsum(seg - seg.mean())))
     k = np.arange(max(1, a - block - lo), min(seg.size - 1, a + block - lo) + 1)
     if k.size == 0:
         return a
+    return int(lo + k[int(np.argmax(_split_gain(seg, k)))])
+
+
+def _split_gain(seg: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """For each split before ``seg[k]`` (``0 < k < seg.size``), how much two means lower the
+    squared error of ``seg`` below one: ``S_k^2 / k + (S - S_k)^2 / (m - k)`` of the centred
+    sums, so that the two-mean squared error is the centred sum of squares minus it."""
+    c1 = np.concatenate(([0.0], np.cumsum(seg - seg.mean())))
     m = seg.size
-    # SSE(two means) = const - (S_k^2 / k + (S - S_k)^2 / (m - k)); maximise the bracket
-    gain = c1[k] ** 2 / k + (c1[m] - c1[k]) ** 2 / (m - k)
-    return int(lo + k[int(np.argmax(gain))])
+    return c1[k] ** 2 / k + (c1[m] - c1[k]) ** 2 / (m - k)
