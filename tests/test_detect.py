@@ -181,15 +181,21 @@ def test_the_trailing_level_of_the_first_points_is_the_median_of_the_points_ther
 
 
 @pytest.mark.parametrize("window, min_history", [(50, 25), (5, 30), (12, 12), (3, 40)])
-def test_retrail_equals_a_full_recomputation(window, min_history):
+@pytest.mark.parametrize("removed", ["scattered", "block"])
+def test_retrail_equals_a_full_recomputation(window, min_history, removed):
     # the levels for a smaller healthy mask, recomputed only after the removed points, are the
-    # full computation's (a min_history above two windows once left the first ones missing)
+    # full computation's (a min_history above two windows once left the first ones missing);
+    # also where one long stretch is removed (a level shift's points), which is recomputed
+    # only at its ends
     from gradaudit.detect._common import retrail, trailing_median_before
     rng = np.random.default_rng(window)
     x = rng.normal(0, 1, 3000)
     old = rng.random(3000) > 0.05
     new = old.copy()
-    new[rng.choice(3000, 40, replace=False)] = False
+    if removed == "block":
+        new[700:1900] = False
+    else:
+        new[rng.choice(3000, 40, replace=False)] = False
     lv0, sp0 = trailing_median_before(x, old, window, min_history)
     lv, sp = retrail(x, old, new, lv0, sp0, window, min_history)
     full, full_sp = trailing_median_before(x, new, window, min_history)

@@ -2369,3 +2369,23 @@ def test_a_step_pelt_takes_for_a_level_shift_is_one_however_its_median_reads(see
         [(at, "explosion")]
     shift = [e for e in a.episodes if e.onset_step == step_at]
     assert shift and shift[0].kind == "level_shift"
+
+
+def test_block_medians_are_each_blocks_median_of_its_finite_points():
+    # the blocks a new level is looked for in: gaps left out, an all-gap block NaN, and a
+    # last block cut short
+    from gradaudit.episodes import _block_medians
+    rng = np.random.default_rng(4)
+    v = rng.normal(0, 1, 107)
+    v[[3, 4, 55]] = np.nan
+    v[20:40] = np.nan
+    v[61] = np.inf
+    got = _block_medians(v, 20)
+    assert got.size == 6
+    for k in range(6):
+        b = v[20 * k:20 * k + 20]
+        b = b[np.isfinite(b)]
+        if b.size:
+            assert got[k] == np.median(b)
+        else:
+            assert np.isnan(got[k])

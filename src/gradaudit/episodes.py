@@ -223,8 +223,9 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
         shift = shift_mask_of(rl.elevated)
         trig = rl.trigger | shift
         elev = rl.elevated | trig
-        comps = [c for c in runs_of(elev | nf, p.merge_gap)
-                 if trig[c[0]:c[1] + 1].any() or nf[c[0]:c[1] + 1].any()]
+        # (the stretches holding a trigger or a non-finite point, counted by cumulative sums)
+        hit = np.concatenate(([0], np.cumsum(trig | nf)))
+        comps = [c for c in runs_of(elev | nf, p.merge_gap) if hit[c[1] + 1] > hit[c[0]]]
         return comps, trig, shift
 
     # the level from all points, then from the points outside the previous pass's episodes
@@ -394,6 +395,17 @@ RETRY_BLOCKS = 4
 MORE_NESTED = 3
 
 
+def _block_medians(v: np.ndarray, w: int) -> np.ndarray:
+    """The median of the finite points of each block of ``w`` points of ``v`` (the last may be
+    shorter); NaN for a block with none."""
+    blocks = np.concatenate((v, np.full(-v.size % w, np.nan))).reshape(-1, w)
+    meds = np.median(blocks, axis=1) if blocks.size else np.zeros(0)
+    for k in np.flatnonzero(~np.isfinite(blocks).all(axis=1)):  # the few with a gap
+        b = blocks[k][np.isfinite(blocks[k])]
+        meds[k] = float(np.median(b)) if b.size else np.nan
+    return meds
+
+
 def _new_level_from(x: np.ndarray, onset: int, last: int, p: EpisodeParams,
                     top: int | None = None, more: bool = False,
                     retry: bool = False) -> list[tuple[int, int]]:
@@ -414,8 +426,7 @@ def _new_level_from(x: np.ndarray, onset: int, last: int, p: EpisodeParams,
     seg = x[onset:last + 1]
     if n < 2 * w + p.min_history:
         return []
-    blocks = [seg[k:k + w][np.isfinite(seg[k:k + w])] for k in range(w, n - p.min_history, w)]
-    meds = np.array([float(np.median(b)) if b.size else np.nan for b in blocks])
+    meds = _block_medians(seg[w:w + w * len(range(w, n - p.min_history, w))], w)
 
     def held(cands: np.ndarray) -> int | None:
         for k in cands[:NEAR_TRIES]:

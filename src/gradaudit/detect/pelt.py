@@ -302,14 +302,15 @@ class _Cut(NamedTuple):
         r0 = a - gap
         if r0 < 3:  # (no level before it: the series' start)
             return None
-        before = xs[max(0, r0 - self.k_loc):r0]
         # (the segment the ramp started in: before the break's, whatever the refined break's
         # block)
         j0 = min(self.k - 1,
                  int(np.searchsorted(self.starts, (r0 - 1) // self.block, side="right")) - 1)
-        lo = float(np.median(before))
         med = self.meds[self.k]
-        if top - lo < up or med - self.meds[j0] < up:
+        if med - self.meds[j0] < up:
+            return None
+        lo = float(np.median(xs[max(0, r0 - self.k_loc):r0]))
+        if top - lo < up:
             return None
         if gap and not (top - lo >= self.rise_min and _climbs(xs[r0:a], lo, top)
                         and _from_level(xs, r0, max(gap, self.k_loc), lo, top)
