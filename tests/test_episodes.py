@@ -895,8 +895,10 @@ def test_an_aftershock_that_harms_on_its_own_is_an_explosion(seed):
 
 
 def test_aftershock_damage_stays_in_the_first_episode_horizon():
-    # a second grad explosion 40 steps after the first (no lr change): it may be the first's
-    # aftershock, so the first episode's horizon is not cut there
+    # a second grad explosion 40 steps after the first (no lr change), the first's loss still
+    # up: it may be the first's aftershock, so the first episode's horizon is not cut there
+    # (the jump detector finds no fresh jump at it; where it does, the loss step is the later
+    # spike's own: test_a_later_spikes_own_loss_step_is_not_an_earlier_harmless_spikes)
     s, g, loss = healthy(seed=5)
     g[1000] *= 50
     g[1040] *= 50
@@ -2240,6 +2242,23 @@ def test_a_loss_step_of_its_own_soon_after_a_harmless_spike_is_not_the_spikes(se
     assert abs(spike.loss_impact.excess_loss) < 0.03
     assert (step.onset_step, step.kind) == (1500 + gap, "loss_spike")
     assert 0.17 < step.loss_impact.excess_loss < 0.23
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("gap", [20, 40, 80])
+def test_a_later_spikes_own_loss_step_is_not_an_earlier_harmless_spikes(seed, gap):
+    # a harmless 10x spike, then a second 10x spike at which the loss steps up +0.2 for good:
+    # the step is the second spike's, and it was charged to the first too (an explosion at
+    # +0.12 to +0.18: a grad spike never ended an earlier horizon, lest an aftershock did)
+    s, g, loss = healthy(seed=seed)
+    g[1500] *= 10
+    g[1500 + gap] *= 10
+    loss[1501 + gap:] += 0.2
+    first, second = audit_run(run_series(s, g, loss)).episodes
+    assert (first.onset_step, first.severity) == (1500, "warning")
+    assert abs(first.loss_impact.excess_loss) < 0.03
+    assert (second.onset_step, second.severity) == (1500 + gap, "explosion")
+    assert 0.17 < second.loss_impact.excess_loss < 0.23
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

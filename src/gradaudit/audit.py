@@ -464,22 +464,21 @@ class _Judge:
             # hundreds of episodes judged at once: each against its own standard error at the
             # Bonferroni level (about one false harm verdict in 20 such runs), not at 2 sigma
             self.z_harm = max(self.z_harm, float(ndtri(1.0 - 0.05 / max(1, len(cand.raw)))))
-        # the loss after an lr rise is that rise's to answer for, not an earlier episode's (a
-        # later grad episode may be this one's aftershock: its damage stays in this horizon)
+        # the loss after an lr rise is that rise's to answer for, not an earlier episode's
         # (a schedule restart is the schedule's own doing, no fault: it cuts nothing)
         self.lr_onsets = [on for e, on, _ in cand.raw if ID_LR in e.detected_by
                           and not cand.lr_notes[id(e)][1].restart]  # raw is sorted by onset
-        # the loss jumps of their own: loss episodes that jumped (within ABRUPT_POINTS) while
-        # the grad norm stayed healthy, no lr rise behind them - their loss is their own to
-        # answer for, not an earlier episode's (a rise, or a jump climbing over tens of steps,
-        # may be an earlier spike's slow answer; a jump the grad norm joined is a grad spike,
-        # which may be an aftershock)
+        # the loss jumps of their own: episodes where the jump detector found the loss jump
+        # afresh (within ABRUPT_POINTS), no lr rise behind them, whether or not the grad norm
+        # spiked with it - their loss is their own to answer for, not an earlier episode's (a
+        # rise, or a jump climbing over tens of steps, may be an earlier spike's slow answer;
+        # a later grad spike whose loss the jump detector does not find afresh, the earlier
+        # episode's loss still up, may be its aftershock: that damage stays in its horizon)
         self.own_jumps = [on for e, on, end in cand.raw
-                          if e.source == "loss" and e.kind == "loss_spike"
+                          if (e.source == "grad" or e.kind == "loss_spike")
                           and ID_JUMP in e.detected_by and id(e) not in cand.lr_notes
-                          and _grad_joined(cand.ga, run.gs, on, run.g_every,
-                                           st.spike_ratio) is None
-                          and _jumped(ls, self.lv_mean, on, end, st.impact_horizon)]
+                          and _jumped(ls, self.lv_mean, on,
+                                      end if e.source == "loss" else None, st.impact_horizon)]
         # where the loss went non-finite for good (sorted)
         self.broke_at = ls[breakdown_starts(~np.isfinite(lv))]
         # the harmful lr rises judged so far: (onset, end, recovery step)

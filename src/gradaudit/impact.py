@@ -69,11 +69,12 @@ and what was tried instead.
   went non-finite there for good (:func:`loss_broke`; isolated non-finite points are left out
   of the excess, the jump and the recovery). ``Impact.lasting_excess`` is the same without the
   spike points: the lasting damage the harm verdict is about. With ``cut_at`` (the onset of a
-  later episode that starts with an lr rise, of a later loss jump no grad episode explains,
-  or of the one that interrupted a level shift on its new level) inside the horizon, the loss
-  from there on is that episode's: the rest of the horizon counts at the mean excess of the
-  last ``smooth`` points before it (``Impact.cut_step``); the jump stops there wherever it
-  is. A later grad episode does not cut otherwise (it may be this one's aftershock).
+  later episode that starts with an lr rise, of a later loss jump found afresh, the grad norm
+  spiking with it or not, or of the one that interrupted a level shift on its new level)
+  inside the horizon, the loss from there on is that episode's: the rest of the horizon counts
+  at the mean excess of the last ``smooth`` points before it (``Impact.cut_step``); the jump
+  stops there wherever it is. A later grad episode does not cut otherwise (it may be this
+  one's aftershock).
 - ``loss_jump``: the highest loss over the episode's logged points, onset to end and at least
   its first ``lag_points`` (3), minus ``L^(onset)``. ``Impact.jump_points``: the logged points
   from the onset to the first half that jump up (the reason says *jumped* within
