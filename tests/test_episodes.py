@@ -1697,6 +1697,26 @@ def test_an_lr_restart_during_a_grad_divergence_leaves_it_a_divergence():
         (1000, 2500, "level_shift", "warning"), (2500, None, "divergence", "explosion")]
 
 
+@pytest.mark.parametrize("nan_after", [0, 5, 20])
+@pytest.mark.parametrize("grad_nan", [False, True])
+def test_a_loss_gone_nan_for_good_at_a_warm_restart_is_an_explosion(nan_after, grad_nan):
+    # a cosine schedule restarts at step 1500 (back to its peak lr: no fault on its own), and
+    # the loss is NaN from up to 20 steps later to the end: the run diverged there, an
+    # explosion that fails the gate - it was "divergence", a warning "only: the schedule
+    # returned to an earlier lr" (status warning, exit 0)
+    s, g, loss = healthy(n=3000, seed=1)
+    lr = 1e-3 * (0.5 + 0.5 * np.cos(np.pi * (s % 1500) / 1500))
+    loss[1500 + nan_after:] = np.nan
+    if grad_nan:
+        g[1500 + nan_after:] = np.nan
+    a = audit_run(run_series(s, g, loss, lr))
+    (e,) = a.episodes
+    assert (e.kind, e.severity, a.status) == ("divergence", "explosion", "explosion")
+    assert "lr-change" in e.detected_by and 1500 <= e.onset_step <= 1501
+    assert "a warning only" not in e.reason and "schedule restart" in e.reason
+    assert "diverged at step" in (a.clip.advice or "")
+
+
 @pytest.mark.parametrize("ramp", [100, 200])
 @pytest.mark.parametrize("seed", range(3))
 def test_a_harmless_spike_after_a_loss_ramp_is_judged_against_its_plateau(seed, ramp):

@@ -538,7 +538,8 @@ class _Judge:
             # next episode's counterfactual
             self.healthy[int(np.searchsorted(run.ls, back)):int(np.searchsorted(run.ls, end))] \
                 = True
-        restart = lr_note is not None and lr_note[1].restart
+        restart = lr_note is not None and lr_note[1].restart and \
+            not _nan_for_good_after(run, on, end)
         if harmful and lr_note is not None and not restart:
             self.lr_harm.append((on, end if end is not None else on, rec))
         if kind == "divergence" and ID_CLIMB in e.detected_by and harmful is False:
@@ -823,8 +824,9 @@ def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],
                 f"chronically spiky {what}: {k} further candidate {what} episodes{up} are not "
                 f"listed (only the {run.p.max_episodes} largest are reported, with their loss "
                 f"impact); spikes this frequent are the run's normal regime")
-    restarts = frozenset(on for e, on, _ in cand.raw
-                         if id(e) in cand.lr_notes and cand.lr_notes[id(e)][1].restart)
+    restarts = frozenset(on for e, on, end in cand.raw
+                         if id(e) in cand.lr_notes and cand.lr_notes[id(e)][1].restart
+                         and not _nan_for_good_after(run, on, end))
     sev_rank = {"warning": 1, "explosion": 2}
     worst = max((sev_rank[e.severity] for e in episodes), default=0)
     audit.status = ("ok", "warning", "explosion")[worst]
@@ -999,6 +1001,18 @@ def _bucket_means(series: RunSeries, ls: np.ndarray, lv: np.ndarray) -> np.ndarr
         return lv
     return bucket_mean(ls, lv, *mn, *mx)
 
+
+
+def _nan_for_good_after(run: _Run, on: int, end: int | None) -> bool:
+    """Whether the loss went non-finite for good (to the log's end) from a point in the
+    episode at ``on`` (to ``end``, None: the run's end): a divergence, which a schedule's warm
+    restart does not make a warning."""
+    lv = run.lv
+    if not lv.size or np.isfinite(lv[-1]):
+        return False
+    fin = np.flatnonzero(np.isfinite(lv))
+    start = int(run.ls[fin[-1] + 1]) if fin.size else int(run.ls[0])
+    return on <= start and (end is None or start <= end)
 
 
 def _jumped(ls: np.ndarray, lv: np.ndarray, on: int, end: int | None, horizon: int,
