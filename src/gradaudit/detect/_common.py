@@ -202,6 +202,9 @@ def retrail(
     # min_history (fewer would leave the slice's first levels missing)
     reach = max(2 * window + 2, min_history)
     stretches = runs_of(removed, reach)
+    if len(stretches) > _MAX_STRETCHES:  # many small patches cost more than one full pass
+        return trailing_median_before(x, use_new, window, min_history, with_spread,
+                                      spread_at=spread_at)
     new_idx = np.flatnonzero(new)
     old_idx = np.flatnonzero(old)
     spans = []
@@ -210,12 +213,12 @@ def retrail(
         lo = 0 if k <= reach else int(new_idx[k - reach - 1])
         j = int(np.searchsorted(old_idx, b, side="right")) + reach
         spans.append((a, lo, n - 1 if j >= old_idx.size else int(old_idx[j])))
-    # many small patches, or patches holding much of the kept points (the filters' work) or of
-    # the series, cost more than one full pass
+    # patches holding much of the kept points (the filters' work) or of the series cost more
+    # than one full pass
     points = sum(hi - lo + 1 for _, lo, hi in spans)
     kept = sum(int(np.searchsorted(new_idx, hi, side="right") - np.searchsorted(new_idx, lo))
                for _, lo, hi in spans)
-    if len(spans) > _MAX_STRETCHES or 4 * kept > n_new or points > 2 * n:
+    if 4 * kept > n_new or points > 2 * n:
         return trailing_median_before(x, use_new, window, min_history, with_spread,
                                       spread_at=spread_at)
     level = level.copy()
