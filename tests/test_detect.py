@@ -99,6 +99,20 @@ def test_level_shifts_take_no_drift_nor_a_level_after_a_dip_for_a_ramp(seed):
     assert [abs(sh.first - 1500) <= 3 for sh in level_shifts(y)] == [True]
 
 
+def test_level_shifts_take_no_ramp_back_past_an_earlier_shifts_start():
+    # the shipped RNN run with an lr x30 for steps 600-604: one shift, at step 601. A ramp
+    # searched over 200 points from a later break reached back to it too, a second shift over
+    # the first, and the new-level search took an aftershock at 726 for an event of its own
+    from pathlib import Path
+
+    import gradaudit
+    run = gradaudit.read_runs([Path(__file__).resolve().parents[1] / "sample_logs" / "wandb" /
+                               "offline-run-20260101_000000-rnnlrspike"])[0]
+    steps, g = run.series(run.grad_norm_tag)
+    shifts = level_shifts(np.log(g))
+    assert [(int(steps[sh.first]), int(steps[sh.top])) for sh in shifts] == [(601, 601)]
+
+
 def test_level_shifts_near_the_series_start_slice_nothing_around():
     # a ramp's start searched before the series' first point took ``xs[:negative]``, nearly
     # the whole series, as the level before it (numpy warned of an empty slice; a review)

@@ -2264,6 +2264,25 @@ def test_a_loss_step_of_its_own_soon_after_a_harmless_spike_is_not_the_spikes(se
     assert 0.17 < step.loss_impact.excess_loss < 0.23
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("length, factor", [(250, 4), (300, 4), (300, 8)])
+@pytest.mark.parametrize("harm", [0.0, 0.3])
+def test_a_slow_ramp_to_a_new_level_is_a_level_shift(seed, length, factor, harm):
+    # the grad norm climbs 4-8x over 250-300 steps (log-linear, sigma 0.25) and stays there,
+    # the loss with it by +0.3 or not at all: a level shift from where the climb began. Ramps
+    # were looked for over 100 points only: these were no grad episode, and the harmed loss a
+    # loss_spike "while the grad norm stayed healthy", a warning
+    s, g, loss = healthy(seed=seed, sigma=0.25)
+    up = np.clip((s - 1000) / length, 0, 1)
+    g = g * factor ** up
+    loss = loss + harm * up
+    a = audit_run(run_series(s, g, loss))
+    shifts = [e for e in a.episodes if e.kind == "level_shift"]
+    assert len(shifts) == 1 and 960 <= shifts[0].onset_step <= 1100
+    assert shifts[0].severity == ("explosion" if harm else "warning")
+    assert a.status == shifts[0].severity
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("gap", [20, 40, 80])
 def test_a_later_spikes_own_loss_step_is_not_an_earlier_harmless_spikes(seed, gap):

@@ -31,6 +31,8 @@ from gradaudit.detect._common import diff_sigma, hinge_gain
 ID = "pelt"
 #: Standard errors of the difference of two medians a ramp's rise must reach (level_shifts)
 RAMP_SE = 4.0
+#: Points a ramp's new level must hold (level_shifts; as long as the ramp took, if longer)
+RAMP_HOLD = 100
 
 
 def pelt(
@@ -172,7 +174,7 @@ def level_shifts(
     min_size: int = 10,
     penalty: float | None = None,
     max_points: int = 1000,
-    ramp: int = 100,
+    ramp: int = 200,
 ) -> list[Shift]:
     """Upward level shifts of ``log_g`` found by PELT (normal cost).
 
@@ -183,11 +185,12 @@ def level_shifts(
     such as the grad norm's rise early in training, is no shift. Or across a ramp up to the
     break of at most ``ramp`` points (in steps of 5) that climbs (:func:`_climbs`), against
     the segment it started in, by ``RAMP_SE`` standard errors of the two medians too, from a
-    level (:func:`_from_level`) to a level that lasts (:func:`_lasts`): the shift then starts
-    where the ramp does (a grad norm that climbed 8x over 40 steps and stayed there passed
-    neither test: PELT cut the ramp into steps of under 2x, and the local test across the
-    last one failed). Adjacent segments whose levels differ by less than half a shift (a change
-    of variance only) count as one.
+    level (:func:`_from_level`) to a level that lasts (:func:`_lasts`, ``RAMP_HOLD`` points or
+    as long as the ramp took): the shift then starts where the ramp does (a grad norm that
+    climbed 8x over 40 steps and stayed there passed neither test: PELT cut the ramp into
+    steps of under 2x, and the local test across the last one failed); not from before the
+    previous shift's start (it would take that shift in). Adjacent segments whose levels differ
+    by less than half a shift (a change of variance only) count as one.
     ``min_size``: shortest segment, in points of the (block) series. Series longer than
     ``max_points`` finite points are segmented as medians of equal blocks (PELT is quadratic on
     a series without change points, so this bounds the time), and each shift's start is then
@@ -223,6 +226,7 @@ def level_shifts(
     bk = merged
     starts = [0] + bk[:-1]
     out: list[Shift] = []
+    last_first = -1  # (in xs) where the last shift found began: no ramp reaches back to it
     up = math.log(level_ratio)
     k_loc = max(min_size, 10)
     # a ramp's rise must stand out of the noise of two k_loc-point medians (RAMP_SE standard
@@ -242,29 +246,31 @@ def level_shifts(
         if after.size < 3:
             continue
         top = float(np.median(after))
-        cut = _Cut(xs, a, top, k, starts, meds, block, k_loc, up, rise_min, ramp)
+        cut = _Cut(xs, a, top, k, starts, meds, block, k_loc, up, rise_min, last_first + 1)
         first = None
         for gap in range(0, ramp + 1, 5) if ramp else (0,):
-            found = cut.rise(gap)
+            found = cut.rise(gap, max(RAMP_HOLD, gap))
             if found is not None:
                 first, jump = a - gap, found
                 break
         if first is not None and first < a:
-            # a ramp found within ``ramp`` points of its top may have begun further back: the
-            # starts before it (up to 3 ``ramp``) from which it passes too, as long as no two
-            # in a row fail (past those lies another event: a bump before a step), then where
-            # the climb turns up from its level in between (a hinge: those starts are 5 points
-            # apart, and the earliest may take in some of the level before it)
+            # a ramp found within ``span`` points of its top (RAMP_HOLD, or the ramp's length)
+            # may have begun further back: the starts before it (up to 3 ``span``) from which
+            # it passes too, as long as no two in a row fail (past those lies another event: a
+            # bump before a step), then where the climb turns up from its level in between (a
+            # hinge: those starts are 5 points apart, and the earliest may take in some of the
+            # level before it)
+            span = max(RAMP_HOLD, a - first)
             failed = 0
-            for gap in range(a - first + 5, 3 * ramp + 1, 5):
-                found = cut.rise(gap)
+            for gap in range(a - first + 5, 3 * span + 1, 5):
+                found = cut.rise(gap, span)
                 if found is None:
                     failed += 1
                     if failed == 2:
                         break
                     continue
                 first, jump, failed = a - gap, found, 0
-            first = _ramp_start(xs, max(0, first - k_loc), a)
+            first = _ramp_start(xs, max(cut.floor, first - k_loc), a)
             # a step that the segmentation put a few points off is no ramp: where one split of
             # the stretch fits it at least as well as the climb, the shift starts there
             step = _step_instead(xs, max(0, first - k_loc), first, a, min(xs.size, a + k_loc))
@@ -276,6 +282,7 @@ def level_shifts(
         if k == len(bk) - 1:
             b = xs.size - 1
         out.append(Shift(int(idx[first]), int(idx[b]), jump, int(idx[a])))
+        last_first = first
     return out
 
 
@@ -293,14 +300,15 @@ class _Cut(NamedTuple):
     k_loc: int
     up: float
     rise_min: float
-    ramp: int
+    floor: int  # after the last shift's start: a ramp from before it would take that shift in
 
-    def rise(self, gap: int) -> float | None:
+    def rise(self, gap: int, hold: int) -> float | None:
         """The shift's log ratio where the level before a ramp of ``gap`` points (0: a step)
-        up to the break rose to ``top`` (module doc), else None."""
+        up to the break rose to ``top``, a level that held ``hold`` points (module doc), else
+        None."""
         xs, a, top, up = self.xs, self.a, self.top, self.up
         r0 = a - gap
-        if r0 < 3:  # (no level before it: the series' start)
+        if r0 < max(3, self.floor):  # (no level before it: the series' start)
             return None
         # (the segment the ramp started in: before the break's, whatever the refined break's
         # block)
@@ -310,11 +318,15 @@ class _Cut(NamedTuple):
         if med - self.meds[j0] < up:
             return None
         lo = float(np.median(xs[max(0, r0 - self.k_loc):r0]))
+        m = max(gap, self.k_loc)
+        if gap > RAMP_HOLD and r0 >= m:  # (a long ramp's level before it, over as many
+            # points as it took too: one "from" a short dip starts from the level around it)
+            lo = max(lo, float(np.median(xs[r0 - m:r0])))
         if top - lo < up:
             return None
         if gap and not (top - lo >= self.rise_min and _climbs(xs[r0:a], lo, top)
-                        and _from_level(xs, r0, max(gap, self.k_loc), lo, top)
-                        and _lasts(xs[a:a + 2 * self.ramp], lo, up, self.ramp)):
+                        and _from_level(xs, r0, m, lo, top)
+                        and _lasts(xs[a:a + 2 * hold], lo, up, hold)):
             return None
         return med - self.meds[j0]
 
