@@ -2283,6 +2283,31 @@ def test_a_slow_ramp_to_a_new_level_is_a_level_shift(seed, length, factor, harm)
     assert a.status == shifts[0].severity
 
 
+_STEP_AT_SPIKE = pytest.mark.xfail(strict=True, reason="known limit: the segmentation took "
+                                   "the spike for the step the shift starts with")
+
+
+@pytest.mark.parametrize("seed, at", [(seed, at) for seed in range(4) for at in (1100, 1160)]
+                         + [(0, 1050), (1, 1050), (2, 1050),
+                            pytest.param(3, 1050, marks=_STEP_AT_SPIKE)])
+@pytest.mark.parametrize("harm", [0.0, 0.3])
+def test_a_spike_on_a_ramp_is_an_event_of_its_own(seed, at, harm):
+    # a benign climb 5x over 200 steps from step 1000, and a 30x spike on it, harmful or not:
+    # the spike was part of the shift (judged with the shift's loss from step 1000, and a
+    # harmful one 100-160 steps in mostly beyond the shift's horizon read as a warning)
+    s, g, loss = healthy(seed=seed, sigma=0.2)
+    g = g * 5.0 ** np.clip((s - 1000) / 200, 0, 1)
+    g[at] *= 30
+    loss[at + 1:] += harm * np.exp(-(s[at + 1:] - at - 1) / 300.0)
+    a = audit_run(run_series(s, g, loss))
+    _assert_disjoint(a.episodes)
+    shift, spike = a.episodes
+    assert shift.kind == "level_shift" and shift.severity == "warning"
+    assert abs(shift.onset_step - 1000) <= 30 and shift.end_step == at
+    assert (spike.onset_step, spike.kind) == (at, "spike")
+    assert spike.severity == ("explosion" if harm else "warning")
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("gap", [20, 40, 80])
 def test_a_later_spikes_own_loss_step_is_not_an_earlier_harmless_spikes(seed, gap):

@@ -60,8 +60,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from scipy.ndimage import median_filter
 
 from gradaudit.detect._common import (
+    diff_sigma,
     finite_argmax,
     hinge_gain,
     holds_level,
@@ -343,9 +345,19 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
             if inner.unlisted_max_ratio is not None:
                 unlisted_max = max(unlisted_max or 0.0, inner.unlisted_max_ratio)
             b = inner.episodes[0].onset - 1
+        # spikes on a ramp up to the new level, or just after its top, are events of their own
+        # too (before any event found on the new level)
+        on_ramp = [RawEpisode(a, finite_argmax(x, a, z + 1), z, "spike", detected_by(
+                       slice(a, z + 1)), base_log=level) for a, z, level in _ramp_spikes(
+                           x, onset, min(top + p.window, b), p)] \
+            if kind == "level_shift" and top is not None and not n_unlisted else []
+        on_ramp = [e for e in on_ramp if e.last < b]  # (before any event on the new level)
+        if on_ramp or (inner is not None and inner.episodes):
+            b = (on_ramp or inner.episodes)[0].onset - 1
             peak = finite_argmax(x, onset, b + 1)
             by = detected_by(slice(onset, b + 1))
         eps.append(RawEpisode(onset, peak, b, kind, by, base_log=base, holds_from=holds))
+        eps.extend(on_ramp)
         eps.extend(inner.episodes if inner is not None else ())
         prev_last = eps[-1].last
     # (a climb is one to the run's end: none where an episode reached it, also one cut by an
@@ -359,6 +371,34 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
         eps.append(RawEpisode(onset, top, n - 1, "divergence", by, base_log=base))
         in_ep[onset:] = True
     return GradAnalysis(eps, rl, in_ep, zc_final, n_unlisted, unlisted_max)
+
+
+#: Points either side of a ramp's point that its local level is the median of
+RAMP_LOCAL = 10
+
+
+def _ramp_spikes(x: np.ndarray, onset: int, last: int, p: EpisodeParams) -> list[tuple]:
+    """Spikes on the ramp of a level shift and just after its top, in ``x[onset:last + 1]``,
+    as ``(first, last, local level)``: points ``spike_ratio`` x and 5 sigmas (the stretch's
+    point-to-point noise) above the median of the ``RAMP_LOCAL`` points either side (a straight
+    climb's own level there, or the new level's), runs of them joined across ``merge_gap``; not
+    in the first or last ``RAMP_LOCAL`` points (where that median leans on what lies beyond)."""
+    if last - onset < 4 * RAMP_LOCAL:
+        return []
+    seg = x[onset:last + 1]
+    ok = np.isfinite(seg)
+    if ok.sum() < 4 * RAMP_LOCAL:
+        return []
+    fin = seg[ok]
+    sigma = diff_sigma(fin)
+    k = 2 * RAMP_LOCAL + 1
+    med = np.full(seg.size, np.nan)
+    med[np.flatnonzero(ok)] = median_filter(fin, size=k, mode="nearest")
+    with np.errstate(invalid="ignore"):
+        d = seg - med
+        high = ok & (d >= max(np.log(p.spike_ratio), 5.0 * sigma))
+    high[:RAMP_LOCAL] = high[-RAMP_LOCAL:] = False
+    return [(onset + a, onset + z, float(med[a])) for a, z in runs_of(high, p.merge_gap)]
 
 
 def _held_at_end(x: np.ndarray, onset: int, last: int, p: EpisodeParams) -> bool:
