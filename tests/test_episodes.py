@@ -2283,6 +2283,25 @@ def test_a_slow_ramp_to_a_new_level_is_a_level_shift(seed, length, factor, harm)
     assert a.status == shifts[0].severity
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("after", [15, 25, 40])
+@pytest.mark.parametrize("harm", [0.0, 0.3])
+def test_a_spike_soon_after_a_step_is_an_event_of_its_own(seed, after, harm):
+    # a benign 4x step at step 1000 and a 30x spike 15-40 steps later, harmful or not: the
+    # spike was part of the shift (the new level is searched from the first blocks that hold
+    # it, later than that), and a benign shift read as an explosion with the spike's damage
+    s, g, loss = healthy(seed=seed, sigma=0.3)
+    g[1000:] *= 4
+    g[1000 + after] *= 30
+    loss[1001 + after:] += harm * np.exp(-(s[1001 + after:] - 1001 - after) / 300.0)
+    a = audit_run(run_series(s, g, loss))
+    _assert_disjoint(a.episodes)
+    shift, spike = a.episodes
+    assert (shift.onset_step, shift.kind, shift.severity) == (1000, "level_shift", "warning")
+    assert (spike.onset_step, spike.kind) == (1000 + after, "spike")
+    assert spike.severity == ("explosion" if harm else "warning")
+
+
 _STEP_AT_SPIKE = pytest.mark.xfail(strict=True, reason="known limit: the segmentation took "
                                    "the spike for the step the shift starts with")
 

@@ -345,12 +345,12 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
             if inner.unlisted_max_ratio is not None:
                 unlisted_max = max(unlisted_max or 0.0, inner.unlisted_max_ratio)
             b = inner.episodes[0].onset - 1
-        # spikes on a ramp up to the new level, or just after its top, are events of their own
-        # too (before any event found on the new level)
+        # spikes on a ramp up to the new level, or just after its top (a step's start), are
+        # events of their own too (before any event found on the new level)
         on_ramp = [RawEpisode(a, finite_argmax(x, a, z + 1), z, "spike", detected_by(
                        slice(a, z + 1)), base_log=level) for a, z, level in _ramp_spikes(
-                           x, onset, min(top + p.window, b), p)] \
-            if kind == "level_shift" and top is not None and not n_unlisted else []
+                           x, onset, min((onset if top is None else top) + p.window, b), p)] \
+            if kind == "level_shift" and not n_unlisted else []
         on_ramp = [e for e in on_ramp if e.last < b]  # (before any event on the new level)
         if on_ramp or (inner is not None and inner.episodes):
             b = (on_ramp or inner.episodes)[0].onset - 1
@@ -378,11 +378,12 @@ RAMP_LOCAL = 10
 
 
 def _ramp_spikes(x: np.ndarray, onset: int, last: int, p: EpisodeParams) -> list[tuple]:
-    """Spikes on the ramp of a level shift and just after its top, in ``x[onset:last + 1]``,
-    as ``(first, last, local level)``: points ``spike_ratio`` x and 5 sigmas (the stretch's
-    point-to-point noise) above the median of the ``RAMP_LOCAL`` points either side (a straight
-    climb's own level there, or the new level's), runs of them joined across ``merge_gap``; not
-    in the first or last ``RAMP_LOCAL`` points (where that median leans on what lies beyond)."""
+    """Spikes on the ramp of a level shift and just after its top (or its step), in
+    ``x[onset:last + 1]``, as ``(first, last, local level)``: points ``spike_ratio`` x and 5
+    sigmas (the stretch's point-to-point noise) above the median of the ``RAMP_LOCAL`` points
+    either side (a straight climb's own level there, or the new level's), runs of them joined
+    across ``merge_gap``; not in the first or last ``RAMP_LOCAL`` points (where that median
+    leans on what lies beyond)."""
     if last - onset < 4 * RAMP_LOCAL:
         return []
     seg = x[onset:last + 1]
