@@ -1717,6 +1717,33 @@ def test_a_loss_gone_nan_for_good_at_a_warm_restart_is_an_explosion(nan_after, g
     assert "diverged at step" in (a.clip.advice or "")
 
 
+@pytest.mark.parametrize("nan_at", [1497, 1503, 1508])
+def test_a_divergence_at_a_warm_restart_with_a_grad_spike_is_an_explosion(nan_at):
+    # the restart brings a 20x grad spike for 5 steps, and the loss is NaN for good from 3
+    # steps before it, during it or 3 steps after it: one divergence, an explosion (a review:
+    # "divergence", a warning, status warning, as the NaN did not start within the episode)
+    s, g, loss = healthy(n=3000, seed=0)
+    lr = 1e-3 * (0.5 + 0.5 * np.cos(np.pi * (s % 1500) / 1500))
+    g[1500:1505] *= 20
+    loss[nan_at:] = np.nan
+    a = audit_run(run_series(s, g, loss, lr))
+    (e,) = a.episodes
+    assert (e.kind, e.severity, a.status) == ("divergence", "explosion", "explosion")
+
+
+def test_a_warm_restart_before_a_later_divergence_is_no_episode_of_its_own():
+    # the loss logged every 50 steps and NaN from step 1600, 100 steps after a warm restart:
+    # the divergence at 1600 is the episode; the restart, which the loss shows no mark of
+    # before it, is none (a review: an "lr-change" loss_spike warning at 1550-1600, its end
+    # taken for a step within it)
+    s, g, loss = healthy(n=3000, seed=0)
+    lr = 1e-3 * (0.5 + 0.5 * np.cos(np.pi * (s % 1500) / 1500))
+    loss[1600:] = np.nan
+    a = audit_run(run_series(s, g, loss[::50], lr, loss_steps=s[::50]))
+    assert [(e.onset_step, e.kind, e.severity) for e in a.episodes] == [
+        (1600, "divergence", "explosion")]
+
+
 @pytest.mark.parametrize("ramp", [100, 200])
 @pytest.mark.parametrize("seed", range(3))
 def test_a_harmless_spike_after_a_loss_ramp_is_judged_against_its_plateau(seed, ramp):

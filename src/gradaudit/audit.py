@@ -538,16 +538,18 @@ class _Judge:
             # next episode's counterfactual
             self.healthy[int(np.searchsorted(run.ls, back)):int(np.searchsorted(run.ls, end))] \
                 = True
-        restart = lr_note is not None and lr_note[1].restart and \
-            not _nan_for_good_after(run, on, end)
-        if harmful and lr_note is not None and not restart:
-            self.lr_harm.append((on, end if end is not None else on, rec))
         if kind == "divergence" and ID_CLIMB in e.detected_by and harmful is False:
             kind = "level_shift"  # a slow climb that left the loss alone: no divergence
         if kind == "divergence" and e.nonfinite_only and self._overflow_at_end(harmful, imp):
             # a few inf/NaN grad norms up to the run's end while the loss went on finite and
             # unharmed after them (fp16 overflow steps in the last steps logged): no divergence
             kind = "nonfinite"
+        # a divergence is no warning for a warm restart behind it (that the lr was had before
+        # does not make NaN benign)
+        restart = lr_note is not None and lr_note[1].restart and kind != "divergence" and \
+            not _nan_for_good_after(run, on, end)
+        if harmful and lr_note is not None and not restart:
+            self.lr_harm.append((on, end if end is not None else on, rec))
         sev = severity(kind, ratio, harmful, run.has_grad, st.spike_ratio, st.explosion_ratio,
                        run.g_every)
         if lr_note is not None:
@@ -826,7 +828,8 @@ def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],
                 f"impact); spikes this frequent are the run's normal regime")
     restarts = frozenset(on for e, on, end in cand.raw
                          if id(e) in cand.lr_notes and cand.lr_notes[id(e)][1].restart
-                         and not _nan_for_good_after(run, on, end))
+                         and not _nan_for_good_after(run, on, end)) - \
+        {ep.onset_step for ep in episodes if ep.kind == "divergence"}
     sev_rank = {"warning": 1, "explosion": 2}
     worst = max((sev_rank[e.severity] for e in episodes), default=0)
     audit.status = ("ok", "warning", "explosion")[worst]
@@ -1012,7 +1015,7 @@ def _nan_for_good_after(run: _Run, on: int, end: int | None) -> bool:
         return False
     fin = np.flatnonzero(np.isfinite(lv))
     start = int(run.ls[fin[-1] + 1]) if fin.size else int(run.ls[0])
-    return on <= start and (end is None or start <= end)
+    return on <= start and (end is None or start < end)
 
 
 def _jumped(ls: np.ndarray, lv: np.ndarray, on: int, end: int | None, horizon: int,

@@ -16,7 +16,8 @@ Breakpoints follow ruptures' convention: sorted segment ends, the last one is ``
 :func:`level_shifts` is the detector: it segments ``log g`` (block medians when the series is
 longer than ``max_points``, so any length runs in bounded time) and returns the segments whose
 level is at least ``level_ratio`` above the level before them, at once or at the top of a ramp
-of up to ``ramp`` points (a climb over a few dozen steps to a new level).
+(a climb to a new level that rose ``level_ratio`` within its last ``ramp`` points, 200, and
+may have begun up to 3x that far back).
 """
 
 from __future__ import annotations
@@ -185,8 +186,9 @@ def level_shifts(
     such as the grad norm's rise early in training, is no shift. Or across a ramp up to the
     break of at most ``ramp`` points (in steps of 5) that climbs (:func:`_climbs`), against
     the segment it started in, by ``RAMP_SE`` standard errors of the two medians too, from a
-    level (:func:`_from_level`) to a level that lasts (:func:`_lasts`, ``RAMP_HOLD`` points or
-    as long as the ramp took): the shift then starts where the ramp does (a grad norm that
+    level (:func:`_from_level`) to a level that lasts (:func:`_lasts`: over twice ``RAMP_HOLD``
+    points after it, or twice the ramp's length where that is longer): the shift then starts
+    where the ramp does (a grad norm that
     climbed 8x over 40 steps and stayed there passed neither test: PELT cut the ramp into
     steps of under 2x, and the local test across the last one failed); not from before the
     previous shift's start (it would take that shift in). Adjacent segments whose levels differ
@@ -308,7 +310,7 @@ class _Cut(NamedTuple):
         None."""
         xs, a, top, up = self.xs, self.a, self.top, self.up
         r0 = a - gap
-        if r0 < max(3, self.floor):  # (no level before it: the series' start)
+        if r0 < max(3, self.floor):  # (no level before it: the series' start, or a shift)
             return None
         # (the segment the ramp started in: before the break's, whatever the refined break's
         # block)
