@@ -2311,10 +2311,10 @@ def test_a_slow_ramp_to_a_new_level_is_a_level_shift(seed, length, factor, harm)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-@pytest.mark.parametrize("after", [15, 25, 40])
+@pytest.mark.parametrize("after", [20, 30, 40])
 @pytest.mark.parametrize("harm", [0.0, 0.3])
 def test_a_spike_soon_after_a_step_is_an_event_of_its_own(seed, after, harm):
-    # a benign 4x step at step 1000 and a 30x spike 15-40 steps later, harmful or not: the
+    # a benign 4x step at step 1000 and a 30x spike 20-40 steps later, harmful or not: the
     # spike was part of the shift (the new level is searched from the first blocks that hold
     # it, later than that), and a benign shift read as an explosion with the spike's damage
     s, g, loss = healthy(seed=seed, sigma=0.3)
@@ -2329,29 +2329,53 @@ def test_a_spike_soon_after_a_step_is_an_event_of_its_own(seed, after, harm):
     assert spike.severity == ("explosion" if harm else "warning")
 
 
-_STEP_AT_SPIKE = pytest.mark.xfail(strict=True, reason="known limit: the segmentation took "
-                                   "the spike for the step the shift starts with")
-
-
-@pytest.mark.parametrize("seed, at", [(seed, at) for seed in range(4) for at in (1100, 1160)]
-                         + [(0, 1050), (1, 1050), (2, 1050),
-                            pytest.param(3, 1050, marks=_STEP_AT_SPIKE)])
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("at", [1050, 1120, 1160])
 @pytest.mark.parametrize("harm", [0.0, 0.3])
-def test_a_spike_on_a_ramp_is_an_event_of_its_own(seed, at, harm):
-    # a benign climb 5x over 200 steps from step 1000, and a 30x spike on it, harmful or not:
-    # the spike was part of the shift (judged with the shift's loss from step 1000, and a
-    # harmful one 100-160 steps in mostly beyond the shift's horizon read as a warning)
+def test_a_spike_on_a_ramp_is_an_event_of_its_own_once_the_ramp_rose_3x(seed, at, harm):
+    # a benign climb 8x over 200 steps from step 1000, and a 30x spike on it, harmful or not.
+    # Where the climb had risen 3x by then (1120, 1160) the spike is an episode of its own: it
+    # was part of the shift, judged with the shift's loss from step 1000, and a harmful one read
+    # as a warning. Below that (1050), it stays the shift's, which its loss makes harmful: cut
+    # short there, a harmful climb would read as a warning (under 3x) and a harmless spike on
+    # it as the explosion (a review)
     s, g, loss = healthy(seed=seed, sigma=0.2)
-    g = g * 5.0 ** np.clip((s - 1000) / 200, 0, 1)
+    g = g * 8.0 ** np.clip((s - 1000) / 200, 0, 1)
     g[at] *= 30
     loss[at + 1:] += harm * np.exp(-(s[at + 1:] - at - 1) / 300.0)
     a = audit_run(run_series(s, g, loss))
     _assert_disjoint(a.episodes)
+    assert abs(a.episodes[0].onset_step - 1000) <= 30 and a.episodes[0].kind == "level_shift"
+    if at == 1050:
+        (shift,) = a.episodes
+        assert shift.severity == ("explosion" if harm else "warning")
+        return
     shift, spike = a.episodes
-    assert shift.kind == "level_shift" and shift.severity == "warning"
-    assert abs(shift.onset_step - 1000) <= 30 and shift.end_step == at
+    assert shift.severity == "warning" and shift.end_step == at
     assert (spike.onset_step, spike.kind) == (at, "spike")
     assert spike.severity == ("explosion" if harm else "warning")
+
+
+_LOSS_FIRST = pytest.mark.xfail(strict=True, reason="known limit: the loss step at the climb's "
+                                "start, before the grad norm rose, is a loss episode of its own, "
+                                "and the climb, dated 14 steps late, misses it")
+
+
+@pytest.mark.parametrize("seed, at", [(0, 1030), (0, 1100), (1, 1030), (1, 1100), (2, 1030),
+                                      pytest.param(2, 1100, marks=_LOSS_FIRST), (3, 1030),
+                                      (3, 1100)])
+def test_a_harmless_spike_on_a_harmful_ramp_leaves_it_an_explosion(seed, at):
+    # a climb 5x over 200 steps with the loss +0.3 for good from its start, and a harmless 30x
+    # spike 30 or 100 steps up: the climb is the explosion (cut short at the spike, it read as a
+    # warning under 3x, and the spike as the explosion with its damage; a review. At the
+    # session's start, 4 of these 8 were a loss_spike warning and a spike warning)
+    s, g, loss = healthy(seed=seed, sigma=0.2)
+    g = g * 5.0 ** np.clip((s - 1000) / 200, 0, 1)
+    g[at] *= 30
+    loss[1000:] += 0.3
+    a = audit_run(run_series(s, g, loss))
+    assert [e.kind for e in a.episodes if e.severity == "explosion"] == ["level_shift"]
+    assert all(e.onset_step < at for e in a.episodes if e.kind == "level_shift")
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -828,8 +828,7 @@ def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],
                 f"impact); spikes this frequent are the run's normal regime")
     restarts = frozenset(on for e, on, end in cand.raw
                          if id(e) in cand.lr_notes and cand.lr_notes[id(e)][1].restart
-                         and not _nan_for_good_after(run, on, end)) - \
-        {ep.onset_step for ep in episodes if ep.kind == "divergence"}
+                         and not _nan_for_good_after(run, on, end))
     sev_rank = {"warning": 1, "explosion": 2}
     worst = max((sev_rank[e.severity] for e in episodes), default=0)
     audit.status = ("ok", "warning", "explosion")[worst]

@@ -349,9 +349,16 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
         # events of their own too (before any event found on the new level)
         on_ramp = [RawEpisode(a, finite_argmax(x, a, z + 1), z, "spike", detected_by(
                        slice(a, z + 1)), base_log=level) for a, z, level in _ramp_spikes(
-                           x, onset, min((onset if top is None else top) + p.window, b), p)] \
+                           x, onset, min((onset if top is None else top) + p.window, b), p,
+                           RAMP_LOCAL if top is not None else STEP_SETTLE)] \
             if kind == "level_shift" and not n_unlisted else []
-        on_ramp = [e for e in on_ramp if e.last < b]  # (before any event on the new level)
+        # (before any event on the new level, within the run's budget, and where the shift
+        # had already risen spike_ratio x: one cut short below that would read as no shift)
+        on_ramp = [e for e in on_ramp if e.last < b and (base is None or float(
+            np.nanmax(x[onset:e.onset])) - base >= np.log(p.spike_ratio))]
+        keep = max(0, budget - (len(inner.episodes) if inner is not None else 0))
+        n_unlisted += max(0, len(on_ramp) - keep)  # (anomalous, not listed: as over the cap)
+        on_ramp = on_ramp[:keep]
         if on_ramp or (inner is not None and inner.episodes):
             b = (on_ramp or inner.episodes)[0].onset - 1
             peak = finite_argmax(x, onset, b + 1)
@@ -375,15 +382,19 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
 
 #: Points either side of a ramp's point that its local level is the median of
 RAMP_LOCAL = 10
+#: Points after a step up where a spike is still the step's (too few for the loss as it stood
+#: after the step to be told: a harmless spike there would be charged with the step's damage)
+STEP_SETTLE = 20
 
 
-def _ramp_spikes(x: np.ndarray, onset: int, last: int, p: EpisodeParams) -> list[tuple]:
+def _ramp_spikes(x: np.ndarray, onset: int, last: int, p: EpisodeParams,
+                 skip: int) -> list[tuple]:
     """Spikes on the ramp of a level shift and just after its top (or its step), in
     ``x[onset:last + 1]``, as ``(first, last, local level)``: points ``spike_ratio`` x and 5
     sigmas (the stretch's point-to-point noise) above the median of the ``RAMP_LOCAL`` points
     either side (a straight climb's own level there, or the new level's), runs of them joined
-    across ``merge_gap``; not in the first or last ``RAMP_LOCAL`` points (where that median
-    leans on what lies beyond)."""
+    across ``merge_gap``; not in the first ``skip`` points nor the last ``RAMP_LOCAL`` (where
+    that median leans on what lies beyond)."""
     if last - onset < 4 * RAMP_LOCAL:
         return []
     seg = x[onset:last + 1]
@@ -398,7 +409,7 @@ def _ramp_spikes(x: np.ndarray, onset: int, last: int, p: EpisodeParams) -> list
     with np.errstate(invalid="ignore"):
         d = seg - med
         high = ok & (d >= max(np.log(p.spike_ratio), 5.0 * sigma))
-    high[:RAMP_LOCAL] = high[-RAMP_LOCAL:] = False
+    high[:skip] = high[-RAMP_LOCAL:] = False
     return [(onset + a, onset + z, float(med[a])) for a, z in runs_of(high, p.merge_gap)]
 
 

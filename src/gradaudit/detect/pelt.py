@@ -187,12 +187,12 @@ def level_shifts(
     break of at most ``ramp`` points (in steps of 5) that climbs (:func:`_climbs`), against
     the segment it started in, by ``RAMP_SE`` standard errors of the two medians too, from a
     level (:func:`_from_level`) to a level that lasts (:func:`_lasts`: over twice ``RAMP_HOLD``
-    points after it, or twice the ramp's length where that is longer): the shift then starts
-    where the ramp does (a grad norm that
-    climbed 8x over 40 steps and stayed there passed neither test: PELT cut the ramp into
-    steps of under 2x, and the local test across the last one failed); not from before the
-    previous shift's start (it would take that shift in). Adjacent segments whose levels differ
-    by less than half a shift (a change of variance only) count as one.
+    points after it, or twice the ramp's length as first found where that is longer): the
+    shift then starts where the ramp does (a grad norm that climbed 8x over 40 steps and
+    stayed there passed neither test: PELT cut the ramp into steps of under 2x, and the local
+    test across the last one failed); not from before the previous shift's start (it would
+    take that shift in). Adjacent segments whose levels differ by less than half a shift (a
+    change of variance only) count as one.
     ``min_size``: shortest segment, in points of the (block) series. Series longer than
     ``max_points`` finite points are segmented as medians of equal blocks (PELT is quadratic on
     a series without change points, so this bounds the time), and each shift's start is then
