@@ -2356,6 +2356,23 @@ def test_a_spike_on_a_ramp_is_an_event_of_its_own_once_the_ramp_rose_3x(seed, at
     assert spike.severity == ("explosion" if harm else "warning")
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("after", [110, 130, 170])
+def test_a_spike_11_to_19_logged_points_after_a_step_logged_every_10_is_its_own(seed, after):
+    # a benign 3x step at step 1000 and a harmful 20x spike 110-170 steps later, logged every
+    # 10 steps: the spike is an episode of its own, an explosion. The points after a step where
+    # a spike is still the step's were 20 logged points, 200 steps here (a review: merged into
+    # the shift, whose horizon held little of the spike's damage, a warning)
+    s, g, loss = healthy(seed=seed, sigma=0.2)
+    g[1000:] *= 3
+    g[1000 + after] *= 20
+    loss[1001 + after:] += 0.3 * np.exp(-(s[1001 + after:] - 1001 - after) / 300.0)
+    a = audit_run(run_series(s[::10], g[::10], loss[::10]))
+    assert a.status == "explosion"
+    assert [(e.onset_step, e.kind, e.severity) for e in a.episodes][-1] == (
+        1000 + after, "spike", "explosion")
+
+
 _LOSS_FIRST = pytest.mark.xfail(strict=True, reason="known limit: the loss step at the climb's "
                                 "start, before the grad norm rose, is a loss episode of its own, "
                                 "and the climb, dated 14 steps late, misses it")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import NamedTuple
 
@@ -260,7 +260,7 @@ def _candidates(run: _Run) -> _Candidates:
     ga: GradAnalysis | None = None
     raw: list[Candidate] = []
     if run.has_grad:
-        ga = grad_episodes(g, p, skip=run.skip(gs))
+        ga = grad_episodes(g, replace(p, log_every=run.g_every), skip=run.skip(gs))
         for e in ga.episodes:
             if ID_CLIMB in e.detected_by:
                 cooled = _cool_down_note(run, int(gs[e.onset]))

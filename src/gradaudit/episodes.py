@@ -95,6 +95,7 @@ class EpisodeParams:
     min_history: int = 25  # healthy points before the grad level is trusted (warm-up)
     climb_ratio: float = 10.0  # a level climbing this much to the run's end is a divergence
     max_episodes: int = 500  # more candidates than this: a chronically spiky run (module doc)
+    log_every: int = 1  # steps between logged points (STEP_SETTLE is in steps)
 
 
 @dataclass
@@ -350,7 +351,8 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
         on_ramp = [RawEpisode(a, finite_argmax(x, a, z + 1), z, "spike", detected_by(
                        slice(a, z + 1)), base_log=level) for a, z, level in _ramp_spikes(
                            x, onset, min((onset if top is None else top) + p.window, b), p,
-                           RAMP_LOCAL if top is not None else STEP_SETTLE)] \
+                           RAMP_LOCAL if top is not None else
+                           max(RAMP_LOCAL, -(-STEP_SETTLE // p.log_every)))] \
             if kind == "level_shift" and not n_unlisted else []
         # (before any event on the new level, within the run's budget, and where the shift
         # had already risen spike_ratio x: one cut short below that would read as no shift)
@@ -382,8 +384,9 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
 
 #: Points either side of a ramp's point that its local level is the median of
 RAMP_LOCAL = 10
-#: Points after a step up where a spike is still the step's (too few for the loss as it stood
-#: after the step to be told: a harmless spike there would be charged with the step's damage)
+#: Steps after a step up where a spike is still the step's (too few for the loss as it stood
+#: after the step to be told: a harmless spike there would be charged with the step's damage);
+#: RAMP_LOCAL points at least
 STEP_SETTLE = 20
 
 
