@@ -356,8 +356,8 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
             if kind == "level_shift" and not n_unlisted else []
         # (before any event on the new level, within the run's budget, and where the shift
         # had already risen spike_ratio x: one cut short below that would read as no shift)
-        on_ramp = [e for e in on_ramp if e.last < b and (base is None or float(
-            np.nanmax(x[onset:e.onset])) - base >= np.log(p.spike_ratio))]
+        on_ramp = [e for e in on_ramp if e.last < b and (
+            base is None or _risen(x[onset:e.onset], base, np.log(p.spike_ratio)))]
         keep = max(0, budget - (len(inner.episodes) if inner is not None else 0))
         n_unlisted += max(0, len(on_ramp) - keep)  # (anomalous, not listed: as over the cap)
         on_ramp = on_ramp[:keep]
@@ -388,6 +388,12 @@ RAMP_LOCAL = 10
 #: after the step to be told: a harmless spike there would be charged with the step's damage);
 #: RAMP_LOCAL points at least
 STEP_SETTLE = 20
+
+
+def _risen(v: np.ndarray, base: float, by: float) -> bool:
+    """Whether a finite point of ``v`` (log g) stands ``by`` above ``base``."""
+    v = v[np.isfinite(v)]
+    return bool(v.size) and float(v.max()) - base >= by
 
 
 def _ramp_spikes(x: np.ndarray, onset: int, last: int, p: EpisodeParams,

@@ -32,7 +32,8 @@ from gradaudit.detect._common import diff_sigma, hinge_gain
 ID = "pelt"
 #: Standard errors of the difference of two medians a ramp's rise must reach (level_shifts)
 RAMP_SE = 4.0
-#: Points a ramp's new level must hold (level_shifts; as long as the ramp took, if longer)
+#: Points a ramp's new level is judged over, twice (level_shifts, :func:`_lasts`; the ramp's
+#: length as first found, where that is longer)
 RAMP_HOLD = 100
 
 
