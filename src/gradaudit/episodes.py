@@ -347,17 +347,18 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
                 unlisted_max = max(unlisted_max or 0.0, inner.unlisted_max_ratio)
             b = inner.episodes[0].onset - 1
         # spikes on a ramp up to the new level, or just after its top (a step's start), are
-        # events of their own too (before any event found on the new level)
+        # events of their own too (before any event found on the new level: ``b`` ends there,
+        # and none is looked for in its last RAMP_LOCAL points)
         on_ramp = [RawEpisode(a, finite_argmax(x, a, z + 1), z, "spike", detected_by(
                        slice(a, z + 1)), base_log=level) for a, z, level in _ramp_spikes(
                            x, onset, min((onset if top is None else top) + p.window, b), p,
                            RAMP_LOCAL if top is not None else
                            max(RAMP_LOCAL, -(-STEP_SETTLE // p.log_every)))] \
             if kind == "level_shift" and not n_unlisted else []
-        # (before any event on the new level, within the run's budget, and where the shift
-        # had already risen spike_ratio x: one cut short below that would read as no shift)
-        on_ramp = [e for e in on_ramp if e.last < b and (
-            base is None or _risen(x[onset:e.onset], base, np.log(p.spike_ratio)))]
+        # (where the shift had already risen spike_ratio x: one cut short below that would
+        # read as no shift; and within the run's budget)
+        on_ramp = [e for e in on_ramp if base is None or float(
+            x[finite_argmax(x, onset, e.onset)]) - base >= np.log(p.spike_ratio)]
         keep = max(0, budget - (len(inner.episodes) if inner is not None else 0))
         n_unlisted += max(0, len(on_ramp) - keep)  # (anomalous, not listed: as over the cap)
         on_ramp = on_ramp[:keep]
@@ -388,12 +389,6 @@ RAMP_LOCAL = 10
 #: after the step to be told: a harmless spike there would be charged with the step's damage);
 #: RAMP_LOCAL points at least
 STEP_SETTLE = 20
-
-
-def _risen(v: np.ndarray, base: float, by: float) -> bool:
-    """Whether a finite point of ``v`` (log g) stands ``by`` above ``base``."""
-    v = v[np.isfinite(v)]
-    return bool(v.size) and float(v.max()) - base >= by
 
 
 def _ramp_spikes(x: np.ndarray, onset: int, last: int, p: EpisodeParams,
