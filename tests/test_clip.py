@@ -80,13 +80,31 @@ def test_episode_peak_cut_follows_the_reported_episodes():
 
 
 def test_no_suggestion_from_a_handful_of_healthy_norms():
-    # a run of 3 (or 9) logged points: its "99th percentile" is its largest norm
-    s, g, loss = healthy(n=10, seed=2)
-    for n in (3, 9):
+    # a run of 3, 9 or 25 logged points: no healthy level was learned (the detectors need more
+    # than 25), so no norm is known healthy - and its "99th percentile" is its largest norm
+    s, g, loss = healthy(n=60, seed=2)
+    for n in (3, 9, 25):
         a = audit_run(run_series(s[:n], g[:n], loss[:n]))
-        assert a.clip.options and a.clip.suggested_threshold is None, n
+        assert a.too_short and not a.clip.options and a.clip.suggested_threshold is None, n
+        assert "no healthy grad-norm level could be learned" in a.clip.advice
     b = audit_run(run_series(s, g, loss))
-    assert b.clip.suggested_threshold == max(g)
+    assert not b.too_short and b.clip.suggested_threshold is not None
+
+
+def test_a_short_excerpt_holding_an_explosion_suggests_no_clip_at_its_peak():
+    # an excerpt of 11 iterations cut around an explosion (as the BLOOM chronicles quote
+    # them): its norms are mostly the explosion's, and a threshold from them sits at its peak;
+    # nor may the excerpt pull the batch's threshold up
+    s, g, loss = healthy(n=11, level=0.25, seed=4)
+    g[3:9] = [0.9, 2.4, 16.0, 145.0, 960.0, 350.0]
+    short = audit_run(run_series(s, g, loss, name="excerpt"))
+    assert short.status == "ok" and short.too_short and not short.episodes
+    assert short.clip.suggested_threshold is None and short.healthy_quantiles is None
+    s2, g2, loss2 = healthy(level=0.25, seed=5)
+    full = audit_run(run_series(s2, g2, loss2, name="full"))
+    batch = batch_clip([short, full])
+    assert batch.suggested_threshold == pytest.approx(
+        next(o.threshold for o in full.clip.options if o.method == "p99-healthy"))
 
 
 def test_batch_clip_refuses_runs_of_different_scales():

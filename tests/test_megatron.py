@@ -253,6 +253,28 @@ def test_too_short_an_excerpt_says_so_instead_of_ok_silently():
     assert any("only 11 usable grad-norm points: too few to judge" in n for n in a.notes)
 
 
+def test_the_bloom_excerpts_are_reported_too_short_to_judge_with_no_clip(tmp_path: Path) -> None:
+    # the five excerpts hold 3-11 iterations each, cut around an explosion: "ok, gate passed"
+    # alone read as a clean bill of health, and the 176B excerpt's norms (its explosion's,
+    # mostly) set the batch's clip threshold at its peak, 960
+    import json
+
+    from gradaudit.cmdline import main
+
+    md, js, page = tmp_path / "r.md", tmp_path / "r.json", tmp_path / "r.html"
+    assert main(["scan", "--quiet", str(REAL), "--out", str(md), "--json", str(js)]) == 0
+    assert main(["scan", "--quiet", str(REAL), "--out", str(page)]) == 0
+    doc = json.loads(js.read_text())
+    assert doc["summary"]["too_short"] == 5 and doc["batch_clip"] is None
+    for run in doc["runs"]:
+        assert run["status"] == "ok" and run["too_short"] and run["episodes"] == []
+        assert run["clip"]["suggested_threshold"] is None and run["clip"]["options"] == []
+    text = md.read_text()
+    assert "**5** too short to judge" in text and "Suggested clip threshold" not in text
+    assert "<code>bloom-176b-spike-iter31214.log</code>: 11 logged points" in text
+    assert "too short to judge" in page.read_text()
+
+
 def test_first_iteration_line_after_100_kb_of_start_up_output(tmp_path: Path) -> None:
     preamble = "".join(f"  argument_{i:05d} .......... {i}\n" for i in range(4000))  # ~140 KB
     lines = "".join(LINE.format(it=i, cs=2048 * i, loss="2.0E+00", gn="0.5") + "\n"

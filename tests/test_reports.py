@@ -199,7 +199,7 @@ def test_json_contract_fields():
     assert doc["schema_version"] == 1
     assert doc["tool"] == {"name": "gradaudit", "version": __version__}
     assert doc["summary"] == {"runs": 5, "explosions": 2, "warnings": 1, "errors": 2,
-                              "regressions": 0}
+                              "regressions": 0, "too_short": 0}
     assert doc["gate"]["exit_code"] == 1
     by_name = {r["run"]: r for r in doc["runs"]}
     ep = by_name["exp/lr-3e-4"]["episodes"][0]

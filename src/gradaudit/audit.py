@@ -102,6 +102,7 @@ class _Run:
     notes: list[str]
     warm: int | None = None  # last step of the lr warm-up: no healthy level exists before it
     lr: tuple[np.ndarray, np.ndarray] | None = None  # the logged lr's finite points > 0
+    too_short: bool = False  # too few usable points for a healthy level (RunAudit.too_short)
     g_every: int = field(init=False)  # the grad norm's logging interval (1 for a single point)
     l_every: int = field(init=False)  # the loss's
 
@@ -202,7 +203,8 @@ def _prepare(series: RunSeries, st: Settings) -> _Run | RunAudit:
     if usable > p.min_history:
         explain.warmup_note(notes, gs[ok] if has_grad else ls[np.isfinite(lv)], warm,
                             p.min_history)
-    return _Run(series, st, p, gs, g, ls, lv, has_grad, has_loss, notes, warm, lr)
+    return _Run(series, st, p, gs, g, ls, lv, has_grad, has_loss, notes, warm, lr,
+                usable <= p.min_history)
 
 
 def _grad_never_finite(series: RunSeries, gs: np.ndarray, ls: np.ndarray, lv: np.ndarray,
@@ -815,7 +817,8 @@ def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],
         n_steps=int(gs.size if gs.size else ls.size), status="ok",
         first_step=int(gs[0]) if gs.size else (int(ls[0]) if ls.size else None),
         last_step=int(gs[-1]) if gs.size else (int(ls[-1]) if ls.size else None),
-        errors=list(series.problems), notes=list(series.notes) + run.notes)
+        errors=list(series.problems), notes=list(series.notes) + run.notes,
+        too_short=run.too_short)
     audit.episodes = episodes
     for what, k, top in (("grad-norm", ga.n_unlisted if ga is not None else 0,
                           ga.unlisted_max_ratio if ga is not None else None),
@@ -838,14 +841,21 @@ def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],
         judged = np.isfinite(ga.level.level) if ga.level is not None else None
         healthy, regime = _healthy_grad(gs, g, ga.in_episode, episodes, run.warm, judged,
                                         audit.notes, horizon=run.st.impact_horizon)
+        # no healthy level was ever learned (too few points, or all in the warm-up): the median
+        # is still a level to compare a short smoke run with its baseline by, but no norm is
+        # known healthy enough to set a threshold (a short excerpt's explosion would set it)
+        no_level = judged is not None and not judged.any()
         advice = explain.advice(episodes, series, gs, g, run.has_grad, run.g_every, restarts,
-                                clip_regime=regime)
+                                clip_regime=regime, no_level=no_level)
         n_healthy = int(healthy.sum())
         if n_healthy >= MIN_HEALTHY_LEVEL:  # fewer points are no level to compare runs by
             audit.healthy_grad_norm = float(np.median(g[healthy]))
-        audit.healthy_quantiles = healthy_quantiles(g, healthy)
-        opts = clip_options(g, healthy, _grad_slices(gs, episodes), ga.zclip_final_bound)
-        audit.clip = suggest(opts, run.st.clip_max_cost, advice, n_healthy)
+        if no_level:
+            audit.clip = suggest([], run.st.clip_max_cost, advice)
+        else:
+            audit.healthy_quantiles = healthy_quantiles(g, healthy)
+            opts = clip_options(g, healthy, _grad_slices(gs, episodes), ga.zclip_final_bound)
+            audit.clip = suggest(opts, run.st.clip_max_cost, advice, n_healthy)
     else:
         advice = explain.advice(episodes, series, gs, g, run.has_grad, run.g_every, restarts)
         audit.clip = suggest([], run.st.clip_max_cost, advice)

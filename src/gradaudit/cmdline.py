@@ -164,6 +164,7 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
         _progress(
             "gradaudit: {runs} run(s), {explosions} explosion(s), {warnings} warning(s), "
             "{errors} error(s)".format(**summary)
+            + (f", {summary['too_short']} too short to judge" if summary["too_short"] else "")
         )
     return result.exit_code
 

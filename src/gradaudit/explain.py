@@ -166,14 +166,19 @@ def harm_text(li, level: float, horizon: int, harmful: bool | None, ex_thr: floa
 
 def advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.ndarray,
             has_grad: bool, g_every: int = 1, restarts: frozenset[int] = frozenset(),
-            clip_regime: int | None = None) -> str | None:
+            clip_regime: int | None = None, no_level: bool = False) -> str | None:
     """What would help, where the suggested clip would not (``gs``, ``g``: the grad norm;
     ``restarts``: onsets of episodes a schedule's warm restart explains; ``clip_regime``: the
-    onset of the level shift whose regime the clip options were computed from, if any)."""
+    onset of the level shift whose regime the clip options were computed from, if any;
+    ``no_level``: the detectors never had a healthy level, so no norm is known healthy)."""
     parts = []
     if not has_grad:
         parts.append("no usable grad norm is logged, so no clip threshold can be derived; "
                      "log the global grad norm (before clipping)")
+    elif no_level:
+        parts.append("no healthy grad-norm level could be learned (too few points, or all "
+                     "of them in the lr warm-up), so no clip threshold can be derived: a "
+                     "threshold from these norms would be set by whatever episode they hold")
     for k, e in enumerate(episodes):
         lr_rise = ID_LR in e.detected_by and e.onset_step not in restarts
         # a shift that lasted: to the run's end, or to the next episode on its new level with

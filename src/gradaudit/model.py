@@ -151,6 +151,9 @@ class RunAudit:
     notes: list[str] = field(default_factory=list)
     healthy_grad_norm: float | None = None  # median healthy g; None under MIN_HEALTHY_LEVEL
     spike_rate: float | None = None
+    # too few usable points for a healthy level (``EpisodeParams.min_history``): nothing was
+    # judged, and "ok" says only that nothing could be found
+    too_short: bool = False
     traces: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
     # the healthy grad norms' quantiles 0, 0.001, ..., 1 (not in the JSON): what a batch-wide
     # threshold would clip on this run
@@ -178,6 +181,7 @@ class RunAudit:
             "status": self.status,
             "healthy_grad_norm": finite_or_none(self.healthy_grad_norm),
             "spike_rate": finite_or_none(self.spike_rate),
+            "too_short": self.too_short,
             "episodes": [e.to_dict() for e in self.episodes],
             "clip": None if self.clip is None else self.clip.to_dict(),
             "notes": list(self.notes),

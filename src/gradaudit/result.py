@@ -59,6 +59,7 @@ class AuditResult:
             "warnings": statuses.count("warning"),
             "errors": statuses.count("error") + len(self.errors),
             "regressions": len(self.regressions),
+            "too_short": sum(r.too_short for r in self.runs),
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -48,7 +48,8 @@ def lines(result: Any) -> list[str]:
     out = [_line("notice", "gradaudit",
                  f"{gate_headline(result)}: {s['runs']} run(s), {s['explosions']} explosion(s), "
                  f"{s['warnings']} warning(s), {s['errors']} error(s), "
-                 f"{s['regressions']} regression(s)")]
+                 f"{s['regressions']} regression(s)"
+                 + (f", {s['too_short']} too short to judge" if s["too_short"] else ""))]
     gate_on = result.settings.fail_on != "never"
     for reg in result.regressions:
         out.append(_line("error" if gate_on else "warning",

@@ -111,6 +111,8 @@ def _cards(result: Any) -> str:
     items = [("runs", s["runs"], ""), ("explosions", s["explosions"], "exp"),
              ("warnings", s["warnings"], "warn"), ("errors", s["errors"], "err"),
              ("regressions", s["regressions"], "exp" if s["regressions"] else "")]
+    if s["too_short"]:  # their "ok" says only that nothing could be found
+        items.append(("too short to judge", s["too_short"], "warn"))
     out = ['<section class="cards" id="summary">']
     for label, n, cls in items:
         out.append(f'<div class="card {cls}"><div class="n">{n}</div>'
@@ -183,7 +185,9 @@ def _summary_table(runs: list[Any], anchors: dict[int, str]) -> str:
         out.append(
             f'<tr data-run="{name}" data-status="{e(run.status)}">'
             f'<td class="run mono" data-v="{name}">{label}</td>'
-            f'<td data-v="{STATUS_RANK.get(run.status, 0)}">{_badge(run.status)}</td>'
+            f'<td data-v="{STATUS_RANK.get(run.status, 0)}">{_badge(run.status)}'
+            + (' <span class="note" title="too few usable points for a healthy level: '
+               'nothing was checked">too short</span>' if run.too_short else "") + "</td>"
             f"<td>{e(run.format)}</td>"
             + _num_cell(run.n_steps, str(run.n_steps))
             + _num_cell(len(run.episodes), str(len(run.episodes)))

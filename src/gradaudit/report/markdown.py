@@ -75,6 +75,7 @@ def _summary(result: Any) -> list[str]:
                  f"**{s['warnings']}** warning(s), **{s['errors']}** error(s)"
                  + (f", **{s['regressions']}** regression(s) against the baseline"
                     if result.settings.baseline else "")
+                 + (f", **{s['too_short']}** too short to judge" if s["too_short"] else "")
                  + f" · fail-on `{result.settings.fail_on}`")
     if (twice := copies(result.runs)):
         lines += ["", f"**{twice}** of them have the same grad-norm and loss series as another "
@@ -122,7 +123,7 @@ def _plain(x: Any) -> str:
 def _table(result: Any, ranked: list[Any], regressed: set[str]) -> list[str]:
     shown = [r for r in ranked if has_findings(r) or r.status == "error" or r.run in regressed]
     if not shown:
-        return [f"No episodes found in {len(result.runs)} run(s).", ""]
+        return [f"No episodes found in {len(result.runs)} run(s).", ""] + _too_short(result)
     lines = ["### Runs with findings", "",
              "| run | status | episodes | worst peak ratio | excess loss | suggested clip |",
              "|---|---|--:|--:|--:|--:|"]
@@ -139,6 +140,20 @@ def _table(result: Any, ranked: list[Any], regressed: set[str]) -> list[str]:
         tail.append(f"{ok} run(s) without findings")
     if tail:
         lines += ["", "…and " + ", ".join(tail) + " (not listed; see the HTML or JSON report)."]
+    lines.append("")
+    return lines + _too_short(result)
+
+
+def _too_short(result: Any) -> list[str]:
+    """The runs too short to judge: their "ok" says only that nothing could be found."""
+    short = [r for r in result.runs if r.too_short and not has_findings(r)]
+    if not short:
+        return []
+    lines = [f"**Too short to judge** ({len(short)} run(s): too few usable points for a "
+             "healthy level to compare with, so nothing was checked):", ""]
+    lines += [f"- {code(r.run, 150)}: {r.n_steps} logged points" for r in short[:MAX_TABLE_ROWS]]
+    if len(short) > MAX_TABLE_ROWS:
+        lines.append(f"- …and {len(short) - MAX_TABLE_ROWS} more (see the JSON report)")
     lines.append("")
     return lines
 
