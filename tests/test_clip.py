@@ -86,9 +86,67 @@ def test_no_suggestion_from_a_handful_of_healthy_norms():
     for n in (3, 9, 25):
         a = audit_run(run_series(s[:n], g[:n], loss[:n]))
         assert a.too_short and not a.clip.options and a.clip.suggested_threshold is None, n
-        assert "no healthy grad-norm level could be learned" in a.clip.advice
+        assert "fewer than 10 grad norms could be judged against a healthy level" in \
+            a.clip.advice
     b = audit_run(run_series(s, g, loss))
     assert not b.too_short and b.clip.suggested_threshold is not None
+
+
+@pytest.mark.parametrize("healthy_after", [0, 15, 23])
+def test_a_short_excerpt_cut_around_an_explosion_suggests_no_clip_at_its_peak(healthy_after):
+    # the BLOOM-176B excerpt's grad norms (0.242 -> 960 -> back), then 0, 15 or 23 healthy
+    # iterations: 11, 26 or 34 points, too few before and after the explosion for a healthy
+    # level over 10 points (a review: at 26 points one point had a level, and the threshold came
+    # from all 26 norms again: 960)
+    bloom = [0.242, 0.947, 2.39, 15.9, 145.1, 960.4, 353.2, 379.3, 650.2, 0.267, 0.205]
+    rng = np.random.default_rng(6)
+    g = np.array(bloom + list(0.25 * np.exp(rng.normal(0, 0.1, healthy_after))))
+    s = np.arange(g.size)
+    a = audit_run(run_series(s, g, 2.2 + 0.01 * rng.normal(size=g.size)))
+    assert a.clip.suggested_threshold is None and not a.clip.options
+    assert a.healthy_quantiles is None and "could be judged" in a.clip.advice
+    assert a.too_short == (g.size <= 25)
+
+
+def test_a_run_long_enough_but_mostly_unjudged_keeps_its_notes_consistent():
+    # 20 healthy points, a 50x spike at step 12 whose loss never comes back: the note about
+    # clip options using the norms after it must not appear where there are no options
+    rng = np.random.default_rng(7)
+    g = np.exp(rng.normal(0, 0.1, 20))
+    g[12] *= 50
+    loss = 2.0 + 0.01 * rng.normal(size=20)
+    loss[13:] += 1.0
+    a = audit_run(run_series(np.arange(20), g, loss))
+    assert not a.clip.options
+    assert not any("clip options use" in n for n in a.notes), a.notes
+
+
+def test_too_short_counts_points_after_the_lr_warm_up_and_the_loss_too():
+    rng = np.random.default_rng(8)
+    n = 30
+    s = np.arange(n)
+    g = np.exp(rng.normal(0, 0.1, n))
+    loss = 2.0 + 0.01 * rng.normal(size=n)
+    lr = np.minimum(1.0, (s + 1) / 8.0) * 1e-3  # a warm-up over the first 7 steps
+    a = audit_run(run_series(s, g, loss, lr=lr))
+    assert a.too_short and any("usable grad-norm points after the lr warm-up" in x
+                               for x in a.notes), a.notes
+    assert not audit_run(run_series(s, g, loss)).too_short  # no warm-up: 30 points
+    # a short grad norm beside a long loss: the loss is judged, so the run is not too short
+    ls = np.arange(400)
+    b = audit_run(run_series(np.arange(0, 400, 20), g[:20], 2.0 + 0.01 * rng.normal(size=400),
+                             loss_steps=ls))
+    assert not b.too_short and not b.clip.options
+    assert any("the loss (400 points) is judged as usual" in x for x in b.notes), b.notes
+
+
+def test_trailing_non_finite_grad_norms_do_not_make_a_short_run_judged():
+    # 25 finite norms then NaN: the detectors' level is carried over the NaN points, which
+    # are no healthy norms to set a threshold from (a review)
+    rng = np.random.default_rng(9)
+    g = np.r_[np.exp(rng.normal(0, 0.1, 25)), np.nan, np.nan, np.nan]
+    a = audit_run(run_series(np.arange(28), g, 2.0 + 0.01 * rng.normal(size=28)))
+    assert a.clip.suggested_threshold is None and not a.clip.options
 
 
 def test_a_short_excerpt_holding_an_explosion_suggests_no_clip_at_its_peak():

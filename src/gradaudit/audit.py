@@ -185,13 +185,6 @@ def _prepare(series: RunSeries, st: Settings) -> _Run | RunAudit:
         notes.append("grad norm is constant")
     p = EpisodeParams(spike_ratio=st.spike_ratio, level_ratio=st.level_ratio,
                       merge_gap=st.merge_gap)
-    # no healthy level exists before p.min_history points: nothing can be judged against one
-    usable = int(ok.sum()) if has_grad else int(np.isfinite(lv).sum())
-    if usable <= p.min_history:
-        what = "grad-norm" if has_grad else "loss"
-        notes.append(f"only {usable} usable {what} point{'s' if usable != 1 else ''}: too few "
-                     "to judge (a healthy level "
-                     f"needs more than {p.min_history})")
     warm = lr = None
     if series.lr_tag is not None:
         rs, rv = sorted_points(*series.series(series.lr_tag))
@@ -200,11 +193,25 @@ def _prepare(series: RunSeries, st: Settings) -> _Run | RunAudit:
         warm = warmup_end_step(rs, rv)
         if warm is not None and rs.size and warm > rs[min(rs.size - 1, rs.size // 4)]:
             warm = None  # an lr that rises through most of the run is no warm-up
-    if usable > p.min_history:
-        explain.warmup_note(notes, gs[ok] if has_grad else ls[np.isfinite(lv)], warm,
-                            p.min_history)
-    return _Run(series, st, p, gs, g, ls, lv, has_grad, has_loss, notes, warm, lr,
-                usable <= p.min_history)
+    # no healthy level exists before p.min_history usable points after the lr warm-up: until
+    # then only a jump far above every earlier point is judged
+    after = "" if warm is None else " after the lr warm-up"
+    n_grad = int(np.count_nonzero(ok if warm is None else ok & (gs > warm)))
+    l_fin = np.isfinite(lv)
+    n_loss = int(np.count_nonzero(l_fin if warm is None else l_fin & (ls > warm)))
+    usable, what = (n_grad, "grad-norm") if has_grad else (n_loss, "loss")
+    if usable <= p.min_history:
+        also = f"; the loss ({n_loss} points) is judged as usual" \
+            if has_grad and n_loss > p.min_history else ""
+        notes.append(f"only {usable} usable {what} point{'s' if usable != 1 else ''}{after}: too "
+                     f"few to judge against a healthy level (it needs more than "
+                     f"{p.min_history}), so only a jump far above every earlier point is "
+                     f"judged{also}")
+    else:
+        explain.warmup_note(notes, gs[ok] if has_grad else ls[l_fin], warm, p.min_history)
+    # too short: neither series had enough points for a healthy level
+    too_short = usable <= p.min_history and not (has_grad and n_loss > p.min_history)
+    return _Run(series, st, p, gs, g, ls, lv, has_grad, has_loss, notes, warm, lr, too_short)
 
 
 def _grad_never_finite(series: RunSeries, gs: np.ndarray, ls: np.ndarray, lv: np.ndarray,
@@ -839,20 +846,25 @@ def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],
     audit.spike_rate = 1000.0 * len(episodes) / n_logged if n_logged else None
     if run.has_grad and ga is not None:
         judged = np.isfinite(ga.level.level) if ga.level is not None else None
+        clip_notes: list[str] = []
         healthy, regime = _healthy_grad(gs, g, ga.in_episode, episodes, run.warm, judged,
-                                        audit.notes, horizon=run.st.impact_horizon)
-        # no healthy level was ever learned (too few points, or all in the warm-up): the median
-        # is still a level to compare a short smoke run with its baseline by, but no norm is
-        # known healthy enough to set a threshold (a short excerpt's explosion would set it)
-        no_level = judged is not None and not judged.any()
-        advice = explain.advice(episodes, series, gs, g, run.has_grad, run.g_every, restarts,
-                                clip_regime=regime, no_level=no_level)
+                                        clip_notes, horizon=run.st.impact_horizon)
         n_healthy = int(healthy.sum())
         if n_healthy >= MIN_HEALTHY_LEVEL:  # fewer points are no level to compare runs by
             audit.healthy_grad_norm = float(np.median(g[healthy]))
+        # a threshold comes only from norms the detectors judged healthy against a level: where
+        # fewer than MIN_HEALTHY_LEVEL were (a short run, a run mostly in episodes), the median
+        # above is still a level to compare a smoke run with its baseline by, but a threshold
+        # from unjudged norms would be set by whatever explosion they hold (a 11-point excerpt
+        # cut around one: its peak)
+        no_level = judged is not None and \
+            int(np.count_nonzero(healthy & judged)) < MIN_HEALTHY_LEVEL
+        advice = explain.advice(episodes, series, gs, g, run.has_grad, run.g_every, restarts,
+                                clip_regime=regime, no_level=no_level)
         if no_level:
             audit.clip = suggest([], run.st.clip_max_cost, advice)
         else:
+            audit.notes += clip_notes
             audit.healthy_quantiles = healthy_quantiles(g, healthy)
             opts = clip_options(g, healthy, _grad_slices(gs, episodes), ga.zclip_final_bound)
             audit.clip = suggest(opts, run.st.clip_max_cost, advice, n_healthy)

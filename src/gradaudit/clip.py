@@ -28,9 +28,10 @@ removed only 47 % (<= 1 % on 8 of 8); fixed 1.0 removed 84 % but broke the 1 % b
 (benchmarks/detection/README.md, "replay").
 The healthy norms exclude the lr warm-up and every episode (warnings too; an explosion up to
 where its loss came back), so an explosion never raises its own threshold.
-With fewer than ``MIN_HEALTHY_LEVEL`` (10) healthy norms the options are listed but nothing is
-suggested: the "99th percentile" of three norms is their largest. A run whose detectors never
-had a healthy level (``RunAudit.too_short``) gets no options at all (the engine's doing).
+With fewer than ``MIN_HEALTHY_LEVEL`` (10) healthy norms nothing is suggested: the "99th
+percentile" of three norms is their largest. The engine passes no options at all where fewer
+than that were judged against a healthy level (every ``RunAudit.too_short`` run): norms no
+detector could judge may be an undetected explosion's.
 Batch rule (:func:`batch_clip`): the median over runs of their p99-healthy thresholds, with its
 cost on each run (the share of that run's healthy steps it clips, from quantiles the run keeps).
 No batch threshold where the runs' healthy grad norms are more than ``BATCH_MAX_SPREAD`` (10) x

@@ -11,7 +11,7 @@ import numpy as np
 from gradaudit.adapters.hf_trainer import FORMAT as HF_FORMAT
 from gradaudit.detect.lr_change import ID as ID_LR
 from gradaudit.episodes import SETTLE_RATIO
-from gradaudit.model import Episode, interrupted
+from gradaudit.model import MIN_HEALTHY_LEVEL, Episode, interrupted
 from gradaudit.points import sorted_points
 from gradaudit.series import RunSeries
 
@@ -170,15 +170,16 @@ def advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.nda
     """What would help, where the suggested clip would not (``gs``, ``g``: the grad norm;
     ``restarts``: onsets of episodes a schedule's warm restart explains; ``clip_regime``: the
     onset of the level shift whose regime the clip options were computed from, if any;
-    ``no_level``: the detectors never had a healthy level, so no norm is known healthy)."""
+    ``no_level``: too few norms were judged healthy against a level to derive a threshold)."""
     parts = []
     if not has_grad:
         parts.append("no usable grad norm is logged, so no clip threshold can be derived; "
                      "log the global grad norm (before clipping)")
     elif no_level:
-        parts.append("no healthy grad-norm level could be learned (too few points, or all "
-                     "of them in the lr warm-up), so no clip threshold can be derived: a "
-                     "threshold from these norms would be set by whatever episode they hold")
+        parts.append(f"fewer than {MIN_HEALTHY_LEVEL} grad norms could be judged against a "
+                     "healthy level and found healthy (too few points after the lr warm-up, or "
+                     "most of them in episodes), so no clip threshold can be derived: one from "
+                     "these norms would be set by whatever episode they hold")
     for k, e in enumerate(episodes):
         lr_rise = ID_LR in e.detected_by and e.onset_step not in restarts
         # a shift that lasted: to the run's end, or to the next episode on its new level with

@@ -41,6 +41,9 @@ FORMATTERS: dict[str, Callable[[Any, TextIO], None]] = {
 SUFFIXES = {".json": "json", ".html": "html", ".htm": "html", ".md": "md", ".markdown": "md"}
 
 STATUS_RANK = {"explosion": 3, "warning": 2, "error": 1, "ok": 0}
+#: what a ``too_short`` run's status rests on (RunAudit.too_short)
+TOO_SHORT = ("too few usable points for a healthy level, so only a jump far above every "
+             "earlier point was judged")
 
 # C0/C1 controls but tab, CR and LF (ANSI escapes in hostile run or tag names)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, TextIO
 
 from gradaudit.report import (
+    TOO_SHORT,
     file_problems,
     gate_headline,
     has_findings,
@@ -61,6 +62,9 @@ def lines(result: Any) -> list[str]:
     for run in result.runs:
         if run.status == "error":
             out.append(_line("warning", f"gradaudit: {run.run}", run_headline(run)))
+    for run in result.runs:
+        if run.too_short:
+            out.append(_line("notice", f"gradaudit: {run.run}", f"too short to judge: {TOO_SHORT}"))
     for run in partly_read(result.runs):
         out.append(_line("warning", f"gradaudit: {run.run}", f"read in part: {file_problems(run)}"))
     for err in result.errors:

@@ -26,6 +26,7 @@ from gradaudit import __version__
 from gradaudit.errors import UNEXPECTED, clip_message
 from gradaudit.report import (
     STATUS_RANK,
+    TOO_SHORT,
     diverged,
     error_reason,
     file_problems,
@@ -186,8 +187,8 @@ def _summary_table(runs: list[Any], anchors: dict[int, str]) -> str:
             f'<tr data-run="{name}" data-status="{e(run.status)}">'
             f'<td class="run mono" data-v="{name}">{label}</td>'
             f'<td data-v="{STATUS_RANK.get(run.status, 0)}">{_badge(run.status)}'
-            + (' <span class="note" title="too few usable points for a healthy level: '
-               'nothing was checked">too short</span>' if run.too_short else "") + "</td>"
+            + (f' <span class="note" title="{e(TOO_SHORT)}">too short</span>'
+               if run.too_short else "") + "</td>"
             f"<td>{e(run.format)}</td>"
             + _num_cell(run.n_steps, str(run.n_steps))
             + _num_cell(len(run.episodes), str(len(run.episodes)))

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from gradaudit import __version__
 from gradaudit.report import (
+    TOO_SHORT,
     copies,
     error_reason,
     file_problems,
@@ -145,13 +146,13 @@ def _table(result: Any, ranked: list[Any], regressed: set[str]) -> list[str]:
 
 
 def _too_short(result: Any) -> list[str]:
-    """The runs too short to judge: their "ok" says only that nothing could be found."""
-    short = [r for r in result.runs if r.too_short and not has_findings(r)]
+    """The runs too short for a healthy level: their "ok" says only that no jump far above
+    every earlier point was found."""
+    short = [r for r in result.runs if r.too_short]
     if not short:
         return []
-    lines = [f"**Too short to judge** ({len(short)} run(s): too few usable points for a "
-             "healthy level to compare with, so nothing was checked):", ""]
-    lines += [f"- {code(r.run, 150)}: {r.n_steps} logged points" for r in short[:MAX_TABLE_ROWS]]
+    lines = [f"**Too short to judge** ({len(short)} run(s)): {TOO_SHORT}.", ""]
+    lines += [f"- {code(r.run, 150)}" for r in short[:MAX_TABLE_ROWS]]
     if len(short) > MAX_TABLE_ROWS:
         lines.append(f"- …and {len(short) - MAX_TABLE_ROWS} more (see the JSON report)")
     lines.append("")
