@@ -95,17 +95,21 @@ def test_no_suggestion_from_a_handful_of_healthy_norms():
 @pytest.mark.parametrize("healthy_after", [0, 15, 23])
 def test_a_short_excerpt_cut_around_an_explosion_suggests_no_clip_at_its_peak(healthy_after):
     # the BLOOM-176B excerpt's grad norms (0.242 -> 960 -> back), then 0, 15 or 23 healthy
-    # iterations: 11, 26 or 34 points, too few before and after the explosion for a healthy
-    # level over 10 points (a review: at 26 points one point had a level, and the threshold came
+    # iterations: 11 points have no healthy level, so no threshold; at 26 or 34 the first level
+    # (learned at the 26th point) judges the earlier norms in hindsight: the explosion's are
+    # no healthy norms (a review: at 26 points one point had a level, and the threshold came
     # from all 26 norms again: 960)
     bloom = [0.242, 0.947, 2.39, 15.9, 145.1, 960.4, 353.2, 379.3, 650.2, 0.267, 0.205]
     rng = np.random.default_rng(6)
     g = np.array(bloom + list(0.25 * np.exp(rng.normal(0, 0.1, healthy_after))))
     s = np.arange(g.size)
     a = audit_run(run_series(s, g, 2.2 + 0.01 * rng.normal(size=g.size)))
-    assert a.clip.suggested_threshold is None and not a.clip.options
-    assert a.healthy_quantiles is None and "could be judged" in a.clip.advice
     assert a.too_short == (g.size <= 25)
+    if a.too_short:
+        assert a.clip.suggested_threshold is None and not a.clip.options
+        assert a.healthy_quantiles is None and "could be judged" in a.clip.advice
+    else:
+        assert 0.25 < a.clip.suggested_threshold < 0.5, a.clip
 
 
 def test_a_run_long_enough_but_mostly_unjudged_keeps_its_notes_consistent():
@@ -140,13 +144,22 @@ def test_too_short_counts_points_after_the_lr_warm_up_and_the_loss_too():
     assert any("the loss (400 points) is judged as usual" in x for x in b.notes), b.notes
 
 
-def test_trailing_non_finite_grad_norms_do_not_make_a_short_run_judged():
-    # 25 finite norms then NaN: the detectors' level is carried over the NaN points, which
-    # are no healthy norms to set a threshold from (a review)
+@pytest.mark.parametrize("n_loss", [20, 28])
+def test_trailing_non_finite_grad_norms_do_not_make_a_short_run_judged(n_loss):
+    # 25 finite norms then NaN: the detectors' level is carried over the NaN points; with 20
+    # loss points nothing had a healthy level and the run is too short, with no options (a
+    # review: it had some); with 28 the run is judged on its loss, and its 25 norms, judged in
+    # hindsight against the level learned from them, give a threshold
     rng = np.random.default_rng(9)
     g = np.r_[np.exp(rng.normal(0, 0.1, 25)), np.nan, np.nan, np.nan]
-    a = audit_run(run_series(np.arange(28), g, 2.0 + 0.01 * rng.normal(size=28)))
-    assert a.clip.suggested_threshold is None and not a.clip.options
+    ls = np.arange(0, 28, 28 / n_loss).astype(int)
+    a = audit_run(run_series(np.arange(28), g, 2.0 + 0.01 * rng.normal(size=ls.size),
+                             loss_steps=ls))
+    assert a.too_short == (n_loss == 20)
+    if a.too_short:
+        assert a.clip.suggested_threshold is None and not a.clip.options
+    else:
+        assert a.clip.suggested_threshold == pytest.approx(np.nanmax(g))
 
 
 def test_a_short_excerpt_holding_an_explosion_suggests_no_clip_at_its_peak():

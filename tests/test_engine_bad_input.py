@@ -13,7 +13,7 @@ def test_tiny_series(n):
     assert a.status == ("error" if n == 0 else "ok")
     assert a.episodes == []  # a flat series of a few points has nothing to flag
     if n:
-        assert any("too few to judge" in note for note in a.notes), a.notes
+        assert a.too_short and any("too few for a healthy level" in note for note in a.notes)
     assert not any(note.startswith("analysis failed") for note in a.notes)
 
 
@@ -136,3 +136,32 @@ def test_a_spike_with_no_loss_point_in_its_horizon_keeps_its_episode(every):
             assert not any("analysis failed" in n for n in a.notes), a.notes
             (e,) = [e for e in a.episodes if abs(e.onset_step - on) <= 1]
             assert e.loss_impact.excess_loss is None
+
+
+@pytest.mark.parametrize("case", ["nan-interleaved", "early-spike"])
+def test_a_grad_norm_that_never_had_a_level_beside_a_short_loss_is_too_short(case):
+    # enough grad-norm points to count, but non-finite values or an episode among the first
+    # ones, so no healthy level ever formed, and only 14-20 loss points: nothing had a level,
+    # and the run says so (a review: it read as judged, status warning with no word of it)
+    rng = np.random.default_rng(11)
+    if case == "nan-interleaved":
+        g = 1 + rng.normal(0, 0.03, 40)
+        g[0:28:2] = np.nan
+    else:
+        g = 1 + rng.normal(0, 0.03, 27)
+        g[8], g[9] = 60.0, 20.0
+    ls = np.arange(0, g.size, 2)
+    a = audit_run(run_series(np.arange(g.size), g, 2 + 0.005 * rng.normal(size=ls.size),
+                             loss_steps=ls))
+    assert a.too_short and not a.clip.options
+    assert any("never had a healthy level" in n for n in a.notes), a.notes
+
+
+def test_a_short_loss_only_run_says_only_non_finite_values_are_judged():
+    # the loss has no rule for its first points (the grad norm has one): a 100x loss jump in a
+    # 20-point loss-only run is not judged, and the note must not claim jumps are
+    loss = np.full(20, 2.0)
+    loss[12:] = 200.0
+    a = audit_run(run_series(np.arange(20), None, loss))
+    assert a.too_short and a.status == "ok"
+    assert any("so only a non-finite loss is judged" in n for n in a.notes), a.notes

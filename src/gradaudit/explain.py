@@ -239,6 +239,18 @@ def advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.nda
     return "; ".join(parts) if parts else None
 
 
+#: what the detectors judge before a healthy grad-norm level exists
+JUDGED_WITHOUT_LEVEL = "a grad norm far above every earlier one, or a non-finite value,"
+
+
+def never_judged_note(min_history: int) -> str:
+    """The note on a run whose grad norm never had a healthy level although it had enough
+    points for one (non-finite values or episodes among its first ones)."""
+    return (f"the grad norm never had a healthy level (too few of its usable points lay outside "
+            f"episodes: it needs more than {min_history}), so only {JUDGED_WITHOUT_LEVEL} was "
+            "judged")
+
+
 def warmup_note(notes: list[str], usable: np.ndarray, warm: int | None,
                  min_history: int) -> None:
     """A run note where the detectors' warm-up - the first ``min_history`` usable points after
