@@ -95,21 +95,18 @@ def test_no_suggestion_from_a_handful_of_healthy_norms():
 @pytest.mark.parametrize("healthy_after", [0, 15, 23])
 def test_a_short_excerpt_cut_around_an_explosion_suggests_no_clip_at_its_peak(healthy_after):
     # the BLOOM-176B excerpt's grad norms (0.242 -> 960 -> back), then 0, 15 or 23 healthy
-    # iterations: 11 points have no healthy level, so no threshold; at 26 or 34 the first level
-    # (learned at the 26th point) judges the earlier norms in hindsight: the explosion's are
-    # no healthy norms (a review: at 26 points one point had a level, and the threshold came
-    # from all 26 norms again: 960)
+    # iterations: 11, 26 or 34 points, under 10 of them judged healthy against a level (a
+    # review: at 26 points one point had a level, and the threshold came from all 26 norms
+    # again: 960). Judging the earlier norms in hindsight against the first level let an
+    # undetected bump's or a warm-up's norms in (another review): no threshold at all.
     bloom = [0.242, 0.947, 2.39, 15.9, 145.1, 960.4, 353.2, 379.3, 650.2, 0.267, 0.205]
     rng = np.random.default_rng(6)
     g = np.array(bloom + list(0.25 * np.exp(rng.normal(0, 0.1, healthy_after))))
     s = np.arange(g.size)
     a = audit_run(run_series(s, g, 2.2 + 0.01 * rng.normal(size=g.size)))
     assert a.too_short == (g.size <= 25)
-    if a.too_short:
-        assert a.clip.suggested_threshold is None and not a.clip.options
-        assert a.healthy_quantiles is None and "could be judged" in a.clip.advice
-    else:
-        assert 0.25 < a.clip.suggested_threshold < 0.5, a.clip
+    assert a.clip.suggested_threshold is None and not a.clip.options
+    assert a.healthy_quantiles is None and "could be judged" in a.clip.advice
 
 
 def test_a_run_long_enough_but_mostly_unjudged_keeps_its_notes_consistent():
@@ -146,20 +143,18 @@ def test_too_short_counts_points_after_the_lr_warm_up_and_the_loss_too():
 
 @pytest.mark.parametrize("n_loss", [20, 28])
 def test_trailing_non_finite_grad_norms_do_not_make_a_short_run_judged(n_loss):
-    # 25 finite norms then NaN: the detectors' level is carried over the NaN points; with 20
-    # loss points nothing had a healthy level and the run is too short, with no options (a
-    # review: it had some); with 28 the run is judged on its loss, and its 25 norms, judged in
-    # hindsight against the level learned from them, give a threshold
+    # 25 finite norms then NaN: the detectors' level is carried over the NaN points, where it
+    # judged no norm; with 20 loss points nothing had a healthy level and the run is too
+    # short, with 28 it is judged on its loss: no options either way (a review: it had some)
     rng = np.random.default_rng(9)
     g = np.r_[np.exp(rng.normal(0, 0.1, 25)), np.nan, np.nan, np.nan]
     ls = np.arange(0, 28, 28 / n_loss).astype(int)
     a = audit_run(run_series(np.arange(28), g, 2.0 + 0.01 * rng.normal(size=ls.size),
                              loss_steps=ls))
     assert a.too_short == (n_loss == 20)
-    if a.too_short:
-        assert a.clip.suggested_threshold is None and not a.clip.options
-    else:
-        assert a.clip.suggested_threshold == pytest.approx(np.nanmax(g))
+    assert a.clip.suggested_threshold is None and not a.clip.options
+    assert any("only 25 usable grad-norm points: too few for a healthy level" in n
+               for n in a.notes), a.notes
 
 
 def test_a_short_excerpt_holding_an_explosion_suggests_no_clip_at_its_peak():

@@ -104,6 +104,7 @@ class _Run:
     lr: tuple[np.ndarray, np.ndarray] | None = None  # the logged lr's finite points > 0
     too_short: bool = False  # too few usable points for a healthy level (RunAudit.too_short)
     loss_judged: bool = False  # the loss has enough usable points for a healthy level
+    n_usable: int = 0  # usable points after the lr warm-up (grad norms; loss values if none)
     g_every: int = field(init=False)  # the grad norm's logging interval (1 for a single point)
     l_every: int = field(init=False)  # the loss's
 
@@ -213,7 +214,7 @@ def _prepare(series: RunSeries, st: Settings) -> _Run | RunAudit:
     # too short: neither series had enough points for a healthy level
     too_short = usable <= p.min_history and not (has_grad and n_loss > p.min_history)
     return _Run(series, st, p, gs, g, ls, lv, has_grad, has_loss, notes, warm, lr, too_short,
-                n_loss > p.min_history)
+                n_loss > p.min_history, usable)
 
 
 def _grad_never_finite(series: RunSeries, gs: np.ndarray, ls: np.ndarray, lv: np.ndarray,
@@ -847,29 +848,25 @@ def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],
     n_logged = gs.size if run.has_grad else ls.size
     audit.spike_rate = 1000.0 * len(episodes) / n_logged if n_logged else None
     if run.has_grad and ga is not None:
-        # the points the detectors judged against a healthy level (none where there was none)
-        judged = np.isfinite(ga.level.level) if ga.level is not None else np.zeros(g.size, bool)
+        # the finite norms the detectors judged against a healthy level (a level carried over
+        # non-finite points judged nothing there)
+        judged = np.isfinite(g) & (g > 0)
+        judged &= np.isfinite(ga.level.level) if ga.level is not None else False
         clip_notes: list[str] = []
         healthy, regime = _healthy_grad(gs, g, ga.in_episode, episodes, run.warm, judged,
                                         clip_notes, horizon=run.st.impact_horizon)
         n_healthy = int(healthy.sum())
         if n_healthy >= MIN_HEALTHY_LEVEL:  # fewer points are no level to compare runs by
             audit.healthy_grad_norm = float(np.median(g[healthy]))
+        if not judged.any() and run.n_usable > run.p.min_history:
+            # enough points, but the grad norm never had a level (episodes among its first)
+            audit.notes.append(explain.never_judged_note(run.p.min_history, run.loss_judged))
+            run.too_short = audit.too_short = not run.loss_judged
         # a threshold comes only from norms judged healthy against a level: where fewer than
         # MIN_HEALTHY_LEVEL were (a short run, a run mostly in episodes), the median above is
         # still a level to compare a smoke run with its baseline by, but a threshold from
         # unjudged norms would be set by whatever explosion they hold (an 11-point excerpt cut
-        # around one: its peak). The norms before the first level are judged in hindsight.
-        if np.count_nonzero(healthy & judged) < MIN_HEALTHY_LEVEL and judged.any():
-            judged = judged | _below_first_level(g, ga.level.level, run.p.spike_ratio)
-            clip_notes = []
-            healthy, regime = _healthy_grad(gs, g, ga.in_episode, episodes, run.warm, judged,
-                                            clip_notes, horizon=run.st.impact_horizon)
-            healthy &= judged
-        if run.has_grad and not judged.any() and not run.loss_judged and not run.too_short:
-            # enough points, but the grad norm never had a level (episodes among its first)
-            run.too_short = audit.too_short = True
-            audit.notes.append(explain.never_judged_note(run.p.min_history))
+        # around one: its peak)
         no_level = run.too_short or \
             int(np.count_nonzero(healthy & judged)) < MIN_HEALTHY_LEVEL
         advice = explain.advice(episodes, series, gs, g, run.has_grad, run.g_every, restarts,
@@ -981,18 +978,6 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
                      f"{min_regime}): the clip options use the norms after it too")
     return out, source
 
-
-
-def _below_first_level(g: np.ndarray, level: np.ndarray, ratio: float) -> np.ndarray:
-    """The grad norms before the detectors' first healthy level that are under ``ratio`` x
-    that level (a spike's ratio): judged in hindsight, they would have been healthy."""
-    fin = np.isfinite(level)
-    first = int(np.argmax(fin))
-    early = np.zeros(g.size, bool)
-    if fin[first]:
-        with np.errstate(invalid="ignore"):
-            early[:first] = g[:first] <= ratio * np.exp(level[first])
-    return early
 
 
 def _settled_loss(v: np.ndarray, min_points: int = 10) -> bool:

@@ -30,9 +30,8 @@ The healthy norms exclude the lr warm-up and every episode (warnings too; an exp
 where its loss came back), so an explosion never raises its own threshold.
 With fewer than ``MIN_HEALTHY_LEVEL`` (10) healthy norms nothing is suggested: the "99th
 percentile" of three norms is their largest. The engine passes no options at all where fewer
-than that were judged healthy against a healthy level (every ``RunAudit.too_short`` run; the
-norms before the first level judged in hindsight against it): norms no detector could judge may
-be an undetected explosion's.
+than that were judged healthy against a healthy level (every ``RunAudit.too_short`` run):
+norms no detector could judge may be an undetected explosion's.
 Batch rule (:func:`batch_clip`): the median over runs of their p99-healthy thresholds, with its
 cost on each run (the share of that run's healthy steps it clips, from quantiles the run keeps).
 No batch threshold where the runs' healthy grad norms are more than ``BATCH_MAX_SPREAD`` (10) x

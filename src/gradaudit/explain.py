@@ -243,12 +243,13 @@ def advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.nda
 JUDGED_WITHOUT_LEVEL = "a grad norm far above every earlier one, or a non-finite value,"
 
 
-def never_judged_note(min_history: int) -> str:
+def never_judged_note(min_history: int, loss_judged: bool) -> str:
     """The note on a run whose grad norm never had a healthy level although it had enough
     points for one (non-finite values or episodes among its first ones)."""
+    also = "; the loss is judged as usual" if loss_judged else ""
     return (f"the grad norm never had a healthy level (too few of its usable points lay outside "
             f"episodes: it needs more than {min_history}), so only {JUDGED_WITHOUT_LEVEL} was "
-            "judged")
+            f"judged in it{also}")
 
 
 def warmup_note(notes: list[str], usable: np.ndarray, warm: int | None,
@@ -263,8 +264,8 @@ def warmup_note(notes: list[str], usable: np.ndarray, warm: int | None,
         notes.append(f"the first {min_history} usable logged points (steps {first}-{end - 1}"
                      f"{', after the lr warm-up' if warm is not None else ''}) are the "
                      "detectors' warm-up: no healthy level exists there yet, so only jumps far "
-                     "above every earlier point are judged (log more often to judge the start "
-                     "of training)")
+                     "above every earlier point and non-finite values are judged (log more "
+                     "often to judge the start of training)")
 
 
 def _jumped(e: Episode, gs: np.ndarray, g: np.ndarray, ratio: float = 10.0) -> bool:
