@@ -194,6 +194,18 @@ def test_the_trailing_level_of_the_first_points_is_the_median_of_the_points_ther
     assert np.all(level[np.isfinite(level)] > -1.0)
 
 
+def test_window_union_is_the_unique_indices_of_every_trailing_window():
+    # the sparse spread's windows, merged from counts instead of np.unique over every index
+    # of every window (35 % of a 10^6-step audit with a long decaying grad norm)
+    from gradaudit.detect._common import _window_union
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        n, w = int(rng.integers(1, 300)), int(rng.integers(1, 60))
+        pos = rng.integers(0, n, int(rng.integers(1, 40)))
+        ref = np.unique((pos[:, None] + np.arange(-w + 1, 1)[None, :]).clip(0))
+        assert np.array_equal(_window_union(pos, w, n), ref)
+
+
 @pytest.mark.parametrize("window, min_history", [(50, 25), (5, 30), (12, 12), (3, 40)])
 @pytest.mark.parametrize("removed", ["scattered", "block"])
 def test_retrail_equals_a_full_recomputation(window, min_history, removed):

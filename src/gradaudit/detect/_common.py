@@ -103,6 +103,14 @@ def _trailing_rank(xs: np.ndarray, pos: np.ndarray, w: int) -> np.ndarray:
     return out
 
 
+def _window_union(pos: np.ndarray, w: int, n: int) -> np.ndarray:
+    """The sorted indices in ``[p - w + 1, p]`` (clipped at 0) for any ``p`` in ``pos``
+    (``0 <= p < n``): ``np.unique`` of every window's indices without building them."""
+    starts = np.maximum(pos - w + 1, 0)
+    open_ = np.cumsum(np.bincount(starts, minlength=n + 1) - np.bincount(pos + 1, minlength=n + 1))
+    return np.flatnonzero(open_[:n] > 0)
+
+
 def trailing_median_before(
     x: np.ndarray,
     use: np.ndarray,
@@ -153,8 +161,9 @@ def trailing_median_before(
     if pos.size == 0:
         return level, spr
     if med is None or (spread_at is not None and pos.size * 8 < xs.size):
-        # MAD at p needs the medians at p - w + 1 .. p
-        need = np.unique((pos[:, None] + np.arange(-w + 1, 1)[None, :]).clip(0))
+        # MAD at p needs the medians at p - w + 1 .. p: the union of those windows, from
+        # counts of window starts and ends (sorted, each index once)
+        need = _window_union(pos, w, xs.size)
         if med is None:
             mneed = _trailing_rank(xs, need, w)
         else:
