@@ -169,3 +169,18 @@ def test_a_short_loss_only_run_says_only_non_finite_values_are_judged():
     a = audit_run(run_series(np.arange(20), None, loss))
     assert a.too_short and a.status == "ok"
     assert any("so only a non-finite loss is judged" in n for n in a.notes), a.notes
+
+
+def test_a_short_loss_logged_as_interval_means_says_its_jumps_are_judged():
+    # a loss logged as a mean over each 10-step interval (HF Trainer, Megatron) has a rule for
+    # its first points: a loss 3x above every earlier one is an episode, and the note says so
+    # (a review: it said only a non-finite loss was judged, beside the episode it found)
+    from dataclasses import replace
+
+    loss = np.full(20, 2.0) + 0.01 * np.random.default_rng(12).normal(size=20)
+    loss[12] = 10.0
+    a = audit_run(replace(run_series(np.arange(0, 200, 10), None, loss),
+                          interval_means=frozenset({"loss"})))
+    assert a.too_short and [e.kind for e in a.episodes] == ["loss_spike"]
+    assert any("so only a loss 3x above every earlier one, or a non-finite one, is judged" in n
+               for n in a.notes), a.notes

@@ -261,6 +261,7 @@ def test_the_bloom_excerpts_are_reported_too_short_to_judge_with_no_clip(tmp_pat
     import json
 
     from gradaudit.cmdline import main
+    from gradaudit.report import github
 
     md, js, page = tmp_path / "r.md", tmp_path / "r.json", tmp_path / "r.html"
     assert main(["scan", "--quiet", str(REAL), "--out", str(md), "--json", str(js)]) == 0
@@ -272,9 +273,12 @@ def test_the_bloom_excerpts_are_reported_too_short_to_judge_with_no_clip(tmp_pat
         assert run["clip"]["suggested_threshold"] is None and run["clip"]["options"] == []
     text = md.read_text()
     assert "**5** too short to judge" in text and "Suggested clip threshold" not in text
-    assert "- <code>bloom-176b-spike-iter31214.log</code>" in text
+    assert "- <code>bloom-176b-spike-iter31214.log</code>: only 11 usable grad-norm points" \
+        in text
     assert text.count("- <code>bloom-") == 5  # the list holds as many as the count says
     assert "too short to judge" in page.read_text()
+    notices = [x for x in github.lines(gradaudit.scan([REAL])) if "too short to judge:" in x]
+    assert len(notices) == 5 and any("only 8 usable loss points" in x for x in notices)
 
 
 def test_first_iteration_line_after_100_kb_of_start_up_output(tmp_path: Path) -> None:

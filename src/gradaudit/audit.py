@@ -102,8 +102,9 @@ class _Run:
     notes: list[str]
     warm: int | None = None  # last step of the lr warm-up: no healthy level exists before it
     lr: tuple[np.ndarray, np.ndarray] | None = None  # the logged lr's finite points > 0
-    too_short: bool = False  # too few usable points for a healthy level (RunAudit.too_short)
-    loss_judged: bool = False  # the loss has enough usable points for a healthy level
+    # why nothing had a healthy level (RunAudit.too_short), None where something had one
+    short_note: str | None = None
+    n_loss: int = 0  # usable loss points after the lr warm-up
     n_usable: int = 0  # usable points after the lr warm-up (grad norms; loss values if none)
     g_every: int = field(init=False)  # the grad norm's logging interval (1 for a single point)
     l_every: int = field(init=False)  # the loss's
@@ -202,19 +203,23 @@ def _prepare(series: RunSeries, st: Settings) -> _Run | RunAudit:
     l_fin = np.isfinite(lv)
     n_loss = int(np.count_nonzero(l_fin if warm is None else l_fin & (ls > warm)))
     usable, what = (n_grad, "grad-norm") if has_grad else (n_loss, "loss")
+    short_note = None
     if usable <= p.min_history:
-        also = f"; the loss ({n_loss} points) is judged as usual" \
-            if has_grad and n_loss > p.min_history else ""
-        judged = explain.JUDGED_WITHOUT_LEVEL if has_grad else "a non-finite loss"
-        notes.append(f"only {usable} usable {what} point{'s' if usable != 1 else ''}{after}: too "
-                     f"few for a healthy level (it needs more than {p.min_history}), so only "
-                     f"{judged} is judged{also}")
+        if has_grad:
+            judged = explain.JUDGED_WITHOUT_LEVEL
+        else:  # the loss's own rule for its first points: an interval mean only (episodes)
+            interval_mean = series.loss_tag in series.interval_means and typical_gap(ls) > 1
+            judged = explain.loss_judged_without_level(interval_mean, p.spike_ratio)
+        short_note = f"only {usable} usable {what} point{'s' if usable != 1 else ''}{after}: " \
+            f"too few for a healthy level (it needs more than {p.min_history}), so only " \
+            f"{judged} is judged" + (explain.loss_too(n_loss, p.min_history) if has_grad else "")
+        notes.append(short_note)
     else:
         explain.warmup_note(notes, gs[ok] if has_grad else ls[l_fin], warm, p.min_history)
     # too short: neither series had enough points for a healthy level
     too_short = usable <= p.min_history and not (has_grad and n_loss > p.min_history)
-    return _Run(series, st, p, gs, g, ls, lv, has_grad, has_loss, notes, warm, lr, too_short,
-                n_loss > p.min_history, usable)
+    return _Run(series, st, p, gs, g, ls, lv, has_grad, has_loss, notes, warm, lr,
+                short_note if too_short else None, n_loss, usable)
 
 
 def _grad_never_finite(series: RunSeries, gs: np.ndarray, ls: np.ndarray, lv: np.ndarray,
@@ -828,7 +833,7 @@ def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],
         first_step=int(gs[0]) if gs.size else (int(ls[0]) if ls.size else None),
         last_step=int(gs[-1]) if gs.size else (int(ls[-1]) if ls.size else None),
         errors=list(series.problems), notes=list(series.notes) + run.notes,
-        too_short=run.too_short)
+        too_short=run.short_note is not None, short_note=run.short_note)
     audit.episodes = episodes
     for what, k, top in (("grad-norm", ga.n_unlisted if ga is not None else 0,
                           ga.unlisted_max_ratio if ga is not None else None),
@@ -860,14 +865,17 @@ def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],
             audit.healthy_grad_norm = float(np.median(g[healthy]))
         if not judged.any() and run.n_usable > run.p.min_history:
             # enough points, but the grad norm never had a level (episodes among its first)
-            audit.notes.append(explain.never_judged_note(run.p.min_history, run.loss_judged))
-            run.too_short = audit.too_short = not run.loss_judged
+            note = explain.never_judged_note(run.p.min_history, run.n_loss)
+            audit.notes.append(note)
+            if run.n_loss <= run.p.min_history:
+                run.short_note = audit.short_note = note
+                audit.too_short = True
         # a threshold comes only from norms judged healthy against a level: where fewer than
         # MIN_HEALTHY_LEVEL were (a short run, a run mostly in episodes), the median above is
         # still a level to compare a smoke run with its baseline by, but a threshold from
         # unjudged norms would be set by whatever explosion they hold (an 11-point excerpt cut
         # around one: its peak)
-        no_level = run.too_short or \
+        no_level = audit.too_short or \
             int(np.count_nonzero(healthy & judged)) < MIN_HEALTHY_LEVEL
         advice = explain.advice(episodes, series, gs, g, run.has_grad, run.g_every, restarts,
                                 clip_regime=regime, no_level=no_level)

@@ -177,9 +177,9 @@ def advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.nda
                      "log the global grad norm (before clipping)")
     elif no_level:
         parts.append(f"fewer than {MIN_HEALTHY_LEVEL} grad norms could be judged against a "
-                     "healthy level and found healthy (too few points after the lr warm-up, or "
-                     "most of them in episodes), so no clip threshold can be derived: one from "
-                     "these norms would be set by whatever episode they hold")
+                     "healthy level and found healthy (too few usable points, or most of them "
+                     "in episodes), so no clip threshold can be derived: one from these norms "
+                     "would be set by whatever episode they hold")
     for k, e in enumerate(episodes):
         lr_rise = ID_LR in e.detected_by and e.onset_step not in restarts
         # a shift that lasted: to the run's end, or to the next episode on its new level with
@@ -243,13 +243,27 @@ def advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.nda
 JUDGED_WITHOUT_LEVEL = "a grad norm far above every earlier one, or a non-finite value,"
 
 
-def never_judged_note(min_history: int, loss_judged: bool) -> str:
+def loss_judged_without_level(interval_mean: bool, spike_ratio: float) -> str:
+    """What the loss detectors judge before the loss has a level: jumps only in a loss logged
+    as a mean over its logging interval (:func:`gradaudit.episodes.loss_episodes`)."""
+    if interval_mean:
+        return f"a loss {spike_ratio:g}x above every earlier one, or a non-finite one,"
+    return "a non-finite loss"
+
+
+def loss_too(n_loss: int, min_history: int) -> str:
+    """Beside a grad norm without a level: whether the loss had enough points for one."""
+    if n_loss > min_history:
+        return f"; the loss ({n_loss} points) is judged as usual"
+    return f"; the loss ({n_loss} points) is too short for one as well" if n_loss else ""
+
+
+def never_judged_note(min_history: int, n_loss: int) -> str:
     """The note on a run whose grad norm never had a healthy level although it had enough
     points for one (non-finite values or episodes among its first ones)."""
-    also = "; the loss is judged as usual" if loss_judged else ""
     return (f"the grad norm never had a healthy level (too few of its usable points lay outside "
             f"episodes: it needs more than {min_history}), so only {JUDGED_WITHOUT_LEVEL} was "
-            f"judged in it{also}")
+            f"judged in it" + loss_too(n_loss, min_history))
 
 
 def warmup_note(notes: list[str], usable: np.ndarray, warm: int | None,

@@ -154,6 +154,8 @@ class RunAudit:
     # too few usable points for a healthy level (``EpisodeParams.min_history``): nothing was
     # judged, and "ok" says only that nothing could be found
     too_short: bool = False
+    # the note saying why (not in the JSON, where it is among the notes)
+    short_note: str | None = field(default=None, repr=False)
     traces: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
     # the healthy grad norms' quantiles 0, 0.001, ..., 1 (not in the JSON): what a batch-wide
     # threshold would clip on this run

@@ -42,8 +42,8 @@ SUFFIXES = {".json": "json", ".html": "html", ".htm": "html", ".md": "md", ".mar
 
 STATUS_RANK = {"explosion": 3, "warning": 2, "error": 1, "ok": 0}
 #: what a ``too_short`` run's status rests on (RunAudit.too_short)
-TOO_SHORT = ("no healthy level could be learned (too few usable points), so only what needs "
-             "none was judged (the run's notes say what)")
+TOO_SHORT = ("no healthy level formed (too few usable points, or episodes among the first "
+             "ones), so only what needs none was judged")
 
 # C0/C1 controls but tab, CR and LF (ANSI escapes in hostile run or tag names)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")

@@ -64,7 +64,8 @@ def lines(result: Any) -> list[str]:
             out.append(_line("warning", f"gradaudit: {run.run}", run_headline(run)))
     for run in result.runs:
         if run.too_short:
-            out.append(_line("notice", f"gradaudit: {run.run}", f"too short to judge: {TOO_SHORT}"))
+            out.append(_line("notice", f"gradaudit: {run.run}",
+                             f"too short to judge: {run.short_note or TOO_SHORT}"))
     for run in partly_read(result.runs):
         out.append(_line("warning", f"gradaudit: {run.run}", f"read in part: {file_problems(run)}"))
     for err in result.errors:

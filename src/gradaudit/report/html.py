@@ -187,7 +187,7 @@ def _summary_table(runs: list[Any], anchors: dict[int, str]) -> str:
             f'<tr data-run="{name}" data-status="{e(run.status)}">'
             f'<td class="run mono" data-v="{name}">{label}</td>'
             f'<td data-v="{STATUS_RANK.get(run.status, 0)}">{_badge(run.status)}'
-            + (f' <span class="note" title="{e(TOO_SHORT)}">too short</span>'
+            + (f' <span class="note" title="{e(run.short_note or TOO_SHORT)}">too short</span>'
                if run.too_short else "") + "</td>"
             f"<td>{e(run.format)}</td>"
             + _num_cell(run.n_steps, str(run.n_steps))

@@ -152,7 +152,8 @@ def _too_short(result: Any) -> list[str]:
     if not short:
         return []
     lines = [f"**Too short to judge** ({len(short)} run(s)): {TOO_SHORT}.", ""]
-    lines += [f"- {code(r.run, 150)}" for r in short[:MAX_TABLE_ROWS]]
+    lines += [f"- {code(r.run, 150)}" + (f": {md(r.short_note)}" if r.short_note else "")
+              for r in short[:MAX_TABLE_ROWS]]
     if len(short) > MAX_TABLE_ROWS:
         lines.append(f"- …and {len(short) - MAX_TABLE_ROWS} more (see the JSON report)")
     lines.append("")
