@@ -868,8 +868,7 @@ def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],
             note = explain.never_judged_note(run.p.min_history, run.n_loss)
             audit.notes.append(note)
             if run.n_loss <= run.p.min_history:
-                run.short_note = audit.short_note = note
-                audit.too_short = True
+                audit.too_short, audit.short_note = True, note
         # a threshold comes only from norms judged healthy against a level: where fewer than
         # MIN_HEALTHY_LEVEL were (a short run, a run mostly in episodes), the median above is
         # still a level to compare a smoke run with its baseline by, but a threshold from

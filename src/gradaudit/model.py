@@ -151,8 +151,8 @@ class RunAudit:
     notes: list[str] = field(default_factory=list)
     healthy_grad_norm: float | None = None  # median healthy g; None under MIN_HEALTHY_LEVEL
     spike_rate: float | None = None
-    # too few usable points for a healthy level (``EpisodeParams.min_history``): nothing was
-    # judged, and "ok" says only that nothing could be found
+    # nothing had a healthy level (too few usable points: ``EpisodeParams.min_history``): only
+    # what needs none was judged, and "ok" says only that none of it was found
     too_short: bool = False
     # the note saying why (not in the JSON, where it is among the notes)
     short_note: str | None = field(default=None, repr=False)
