@@ -79,3 +79,25 @@ def test_constructed_report_renders_in_chromium(tmp_path):
                          report.as_uri())
     assert console_problems(stderr) == []
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_runs_filter_keeps_the_runs_too_short_to_judge(tmp_path):
+    # the status filter's "too short to judge" shows the runs whose ok rests on no healthy
+    # level (data-short), whatever their status
+    runs = tmp_path / "runs"
+    write_table(runs / "long", "clean")
+    for name in ("short-a", "short-b"):
+        (runs / name).mkdir(parents=True)
+        rows = "".join(f"{i},{2.0 - 0.01 * i},{1.0 + 0.01 * (i % 3)}\n" for i in range(12))
+        (runs / name / "metrics.csv").write_text("step,loss,grad_norm\n" + rows)
+    report = tmp_path / "report.html"
+    assert scan(str(runs), "--out", str(report)) == 0
+    page = report.read_text()
+    assert page.count(' data-short="1">') == 2
+    # preselect the filter: the script applies it when the page loads
+    report.write_text(page.replace('<option value="too_short">',
+                                   '<option value="too_short" selected>'))
+    dom, stderr = chromium(tmp_path, "--dump-dom", report.as_uri())
+    assert console_problems(stderr) == []
+    assert "2 of 3 runs shown" in dom
+    assert re.search(r'<tr data-run="[^"]*long[^"]*" data-status="ok" hidden', dom)

@@ -276,7 +276,9 @@ def test_the_bloom_excerpts_are_reported_too_short_to_judge_with_no_clip(tmp_pat
     assert "- <code>bloom-176b-spike-iter31214.log</code>: only 11 usable grad-norm points" \
         in text
     assert text.count("- <code>bloom-") == 5  # the list holds as many as the count says
-    assert "too short to judge" in page.read_text()
+    html = page.read_text()
+    assert "too short to judge" in html and html.count(' data-short="1">') == 5
+    assert '<option value="too_short">' in html  # the runs table filters them
     notices = [x for x in github.lines(gradaudit.scan([REAL])) if "too short to judge:" in x]
     assert len(notices) == 5 and any("only 8 usable loss points" in x for x in notices)
 

@@ -168,7 +168,8 @@ def _summary_table(runs: list[Any], anchors: dict[int, str]) -> str:
         '<select id="runs-status" aria-label="Filter by status">'
         '<option value="">all statuses</option><option value="findings">with findings</option>'
         '<option value="explosion">explosion</option><option value="warning">warning</option>'
-        '<option value="error">error</option><option value="ok">ok</option></select>'
+        '<option value="error">error</option><option value="ok">ok</option>'
+        '<option value="too_short">too short to judge</option></select>'
         f'<span class="count" id="runs-count">{len(runs)} runs</span></div>'
         '<div class="tablewrap"><table id="runs-table" class="sortable"><thead><tr>'
         '<th data-type="text">run</th><th data-type="num">status</th>'
@@ -184,8 +185,9 @@ def _summary_table(runs: list[Any], anchors: dict[int, str]) -> str:
         label = f'<a href="#{anchor}">{name}</a>' if anchor else name
         peak_text = worst_peak_text(run)
         out.append(
-            f'<tr data-run="{name}" data-status="{e(run.status)}">'
-            f'<td class="run mono" data-v="{name}">{label}</td>'
+            f'<tr data-run="{name}" data-status="{e(run.status)}"'
+            + (' data-short="1">' if run.too_short else ">")
+            + f'<td class="run mono" data-v="{name}">{label}</td>'
             f'<td data-v="{STATUS_RANK.get(run.status, 0)}">{_badge(run.status)}'
             + (f' <span class="note" title="{e(run.short_note or TOO_SHORT)}">too short</span>'
                if run.too_short else "") + "</td>"

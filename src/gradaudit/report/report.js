@@ -48,7 +48,8 @@
       var name = (row.getAttribute("data-run") || "").toLowerCase();
       var ok = (!q || name.indexOf(q) !== -1) &&
         (!s || row.getAttribute("data-status") === s ||
-         (s === "findings" && row.getAttribute("data-status") !== "ok"));
+         (s === "findings" && row.getAttribute("data-status") !== "ok") ||
+         (s === "too_short" && row.getAttribute("data-short") === "1"));
       row.hidden = !ok;
       if (ok) { shown += 1; }
     });
