@@ -171,7 +171,8 @@ def test_a_short_loss_only_run_says_only_non_finite_values_are_judged():
     assert any("so only a non-finite loss is judged" in n for n in a.notes), a.notes
 
 
-def test_a_short_loss_logged_as_interval_means_says_its_jumps_are_judged():
+@pytest.mark.parametrize("with_grad", [False, True])
+def test_a_short_loss_logged_as_interval_means_says_its_jumps_are_judged(with_grad):
     # a loss logged as a mean over each 10-step interval (HF Trainer, Megatron) has a rule for
     # its first points: a loss 3x above every earlier one is an episode, and the note says so
     # (a review: it said only a non-finite loss was judged, beside the episode it found)
@@ -179,8 +180,10 @@ def test_a_short_loss_logged_as_interval_means_says_its_jumps_are_judged():
 
     loss = np.full(20, 2.0) + 0.01 * np.random.default_rng(12).normal(size=20)
     loss[12] = 10.0
-    a = audit_run(replace(run_series(np.arange(0, 200, 10), None, loss),
+    g = np.ones(20) + 0.01 * np.random.default_rng(13).normal(size=20) if with_grad else None
+    a = audit_run(replace(run_series(np.arange(0, 200, 10), g, loss),
                           interval_means=frozenset({"loss"})))
     assert a.too_short and [e.kind for e in a.episodes] == ["loss_spike"]
-    assert any("so only a loss 3x above every earlier one, or a non-finite one, is judged" in n
+    # (beside a grad norm too: a review found its note saying the loss judged nothing)
+    assert any("only a loss 3x above every earlier one, or a non-finite one, is judged" in n
                for n in a.notes), a.notes

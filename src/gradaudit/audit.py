@@ -205,14 +205,14 @@ def _prepare(series: RunSeries, st: Settings) -> _Run | RunAudit:
     usable, what = (n_grad, "grad-norm") if has_grad else (n_loss, "loss")
     short_note = None
     if usable <= p.min_history:
-        if has_grad:
-            judged = explain.JUDGED_WITHOUT_LEVEL
-        else:  # the loss's own rule for its first points: an interval mean only (episodes)
-            interval_mean = series.loss_tag in series.interval_means and typical_gap(ls) > 1
-            judged = explain.loss_judged_without_level(interval_mean, p.spike_ratio)
+        # the loss's own rule for its first points: in an interval mean only (episodes)
+        interval_mean = series.loss_tag in series.interval_means and typical_gap(ls) > 1
+        loss_judged = explain.loss_judged_without_level(interval_mean, p.spike_ratio)
+        judged = explain.JUDGED_WITHOUT_LEVEL if has_grad else loss_judged
         short_note = f"only {usable} usable {what} point{'s' if usable != 1 else ''}{after}: " \
             f"too few for a healthy level (it needs more than {p.min_history}), so only " \
-            f"{judged} is judged" + (explain.loss_too(n_loss, p.min_history) if has_grad else "")
+            f"{judged} is judged" + \
+            (explain.loss_too(n_loss, p.min_history, loss_judged) if has_grad else "")
         notes.append(short_note)
     else:
         explain.warmup_note(notes, gs[ok] if has_grad else ls[l_fin], warm, p.min_history)
@@ -865,7 +865,10 @@ def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],
             audit.healthy_grad_norm = float(np.median(g[healthy]))
         if not judged.any() and run.n_usable > run.p.min_history:
             # enough points, but the grad norm never had a level (episodes among its first)
-            note = explain.never_judged_note(run.p.min_history, run.n_loss)
+            interval_mean = series.loss_tag in series.interval_means and run.l_every > 1
+            note = explain.never_judged_note(run.p.min_history, run.n_loss,
+                                             explain.loss_judged_without_level(
+                                                 interval_mean, run.p.spike_ratio))
             audit.notes.append(note)
             if run.n_loss <= run.p.min_history:
                 audit.too_short, audit.short_note = True, note

@@ -251,19 +251,21 @@ def loss_judged_without_level(interval_mean: bool, spike_ratio: float) -> str:
     return "a non-finite loss"
 
 
-def loss_too(n_loss: int, min_history: int) -> str:
-    """Beside a grad norm without a level: whether the loss had enough points for one."""
+def loss_too(n_loss: int, min_history: int, judged: str = "a non-finite loss") -> str:
+    """Beside a grad norm without a level: whether the loss had enough points for one, and
+    what is judged in it if not (:func:`loss_judged_without_level`)."""
     if n_loss > min_history:
         return f"; the loss ({n_loss} points) is judged as usual"
-    return f"; the loss ({n_loss} points) is too short for one as well" if n_loss else ""
+    return f"; the loss ({n_loss} points) is too short for one as well: in it only " \
+        f"{judged} is judged" if n_loss else ""
 
 
-def never_judged_note(min_history: int, n_loss: int) -> str:
+def never_judged_note(min_history: int, n_loss: int, loss_judged: str) -> str:
     """The note on a run whose grad norm never had a healthy level although it had enough
     points for one (non-finite values or episodes among its first ones)."""
     return (f"the grad norm never had a healthy level (too few of its usable points lay outside "
             f"episodes: it needs more than {min_history}), so only {JUDGED_WITHOUT_LEVEL} was "
-            f"judged in it" + loss_too(n_loss, min_history))
+            f"judged in it" + loss_too(n_loss, min_history, loss_judged))
 
 
 def warmup_note(notes: list[str], usable: np.ndarray, warm: int | None,
