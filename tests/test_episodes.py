@@ -2559,3 +2559,22 @@ def test_block_medians_are_each_blocks_median_of_its_finite_points():
             assert got[k] == np.median(b)
         else:
             assert np.isnan(got[k])
+
+
+def test_a_bad_batch_on_a_drifting_level_without_a_logged_lr_is_its_own_explosion():
+    # a conv net trained with AdamW (benchmarks/detection/blind_probe.py, seed 5: inputs x20
+    # and shuffled labels at step 900, loss x2.8 for 40 steps), its lr not logged: the grad
+    # norm climbs 10x over its first 150 steps (the warm-up) and drifts down after, so that
+    # climb is a level shift whose new level never holds, and the bad batch was inside it: a
+    # level_shift warning at step 57, with the blind probe's own truth at +0.82
+    from pathlib import Path
+
+    import gradaudit
+
+    path = Path(__file__).parent / "data" / "adamw-cnn-no-lr" / "bad-batch-x20.csv"
+    (run,) = gradaudit.read_runs([path])
+    a = audit_run(run)
+    spike = [e for e in a.episodes if e.onset_step == 900]
+    assert spike and spike[0].kind == "spike" and spike[0].severity == "explosion", a.episodes
+    before = [e for e in a.episodes if e.onset_step < 900]
+    assert all(e.end_step is not None and e.end_step <= 900 for e in before), before
