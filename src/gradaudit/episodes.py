@@ -348,18 +348,12 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
             b = inner.episodes[0].onset - 1
         # spikes on a ramp up to the new level, or just after its top (a step's start), are
         # events of their own too (before any event found on the new level: ``b`` ends there,
-        # and none is looked for in its last RAMP_LOCAL points); where no new level ever held,
-        # anywhere in the shift whose local level has not climbed on since (a drifting level:
-        # nothing else finds them; in a blow-up they are its own)
-        near = min((onset if top is None else top) + p.window, b)
-        reach = near if inner is not None else b
-        ref = float(np.nanmedian(x[onset:near + 1])) if reach > near else np.inf
+        # and none is looked for in its last RAMP_LOCAL points)
         on_ramp = [RawEpisode(a, finite_argmax(x, a, z + 1), z, "spike", detected_by(
                        slice(a, z + 1)), base_log=level) for a, z, level in _ramp_spikes(
-                           x, onset, reach, p,
+                           x, onset, min((onset if top is None else top) + p.window, b), p,
                            RAMP_LOCAL if top is not None else
-                           max(RAMP_LOCAL, -(-STEP_SETTLE // p.log_every)))
-                   if a <= near or level - ref <= np.log(p.level_ratio)] \
+                           max(RAMP_LOCAL, -(-STEP_SETTLE // p.log_every)))] \
             if kind == "level_shift" and not n_unlisted else []
         # (where the shift had already risen spike_ratio x: one cut short below that would
         # read as no shift; and within the run's budget)
