@@ -112,6 +112,15 @@ class _Run:
     def __post_init__(self) -> None:
         self.g_every, self.l_every = typical_gap(self.gs), typical_gap(self.ls)
 
+    @property
+    def loss_interval_mean(self) -> bool:
+        """The format logs the loss as a mean over a logging interval of several steps."""
+        return self.series.loss_tag in self.series.interval_means and self.l_every > 1
+
+    def loss_judged_without_level(self) -> str:
+        """What the loss detectors judge before the loss has a level (explain)."""
+        return explain.loss_judged_without_level(self.loss_interval_mean, self.p.spike_ratio)
+
     def skip(self, steps: np.ndarray) -> int:
         """Points of ``steps`` within the lr warm-up (the detectors start after them)."""
         return int(np.searchsorted(steps, self.warm, side="right")) if self.warm is not None \
@@ -203,23 +212,23 @@ def _prepare(series: RunSeries, st: Settings) -> _Run | RunAudit:
     l_fin = np.isfinite(lv)
     n_loss = int(np.count_nonzero(l_fin if warm is None else l_fin & (ls > warm)))
     usable, what = (n_grad, "grad-norm") if has_grad else (n_loss, "loss")
-    short_note = None
+    run = _Run(series, st, p, gs, g, ls, lv, has_grad, has_loss, notes, warm, lr,
+               n_loss=n_loss, n_usable=usable)
     if usable <= p.min_history:
         # the loss's own rule for its first points: in an interval mean only (episodes)
-        interval_mean = series.loss_tag in series.interval_means and typical_gap(ls) > 1
-        loss_judged = explain.loss_judged_without_level(interval_mean, p.spike_ratio)
+        loss_judged = run.loss_judged_without_level()
         judged = explain.JUDGED_WITHOUT_LEVEL if has_grad else loss_judged
         short_note = f"only {usable} usable {what} point{'s' if usable != 1 else ''}{after}: " \
             f"too few for a healthy level (it needs more than {p.min_history}), so only " \
             f"{judged} is judged" + \
             (explain.loss_too(n_loss, p.min_history, loss_judged) if has_grad else "")
         notes.append(short_note)
+        # too short: neither series had enough points for a healthy level
+        if not (has_grad and n_loss > p.min_history):
+            run.short_note = short_note
     else:
         explain.warmup_note(notes, gs[ok] if has_grad else ls[l_fin], warm, p.min_history)
-    # too short: neither series had enough points for a healthy level
-    too_short = usable <= p.min_history and not (has_grad and n_loss > p.min_history)
-    return _Run(series, st, p, gs, g, ls, lv, has_grad, has_loss, notes, warm, lr,
-                short_note if too_short else None, n_loss, usable)
+    return run
 
 
 def _grad_never_finite(series: RunSeries, gs: np.ndarray, ls: np.ndarray, lv: np.ndarray,
@@ -286,10 +295,8 @@ def _candidates(run: _Run) -> _Candidates:
                     continue
             end = int(gs[e.last + 1]) if e.last + 1 < gs.size else None
             raw.append((e, int(gs[e.onset]), end))
-    # a loss the format logs as a mean over a logging interval of several steps
-    interval_mean = run.series.loss_tag in run.series.interval_means and run.l_every > 1
     l_eps = loss_episodes(lv, p, skip=run.skip(ls), loss_only=not run.has_grad,
-                          interval_mean=interval_mean) if run.has_loss else []
+                          interval_mean=run.loss_interval_mean) if run.has_loss else []
     g_every = run.g_every
     lag_steps = g_every * (p.merge_gap + 1) if gs.size > 1 else 0
     # a loss logged more sparsely than the grad norm shows a jump only at its next logged point
@@ -865,10 +872,8 @@ def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],
             audit.healthy_grad_norm = float(np.median(g[healthy]))
         if not judged.any() and run.n_usable > run.p.min_history:
             # enough points, but the grad norm never had a level (episodes among its first)
-            interval_mean = series.loss_tag in series.interval_means and run.l_every > 1
             note = explain.never_judged_note(run.p.min_history, run.n_loss,
-                                             explain.loss_judged_without_level(
-                                                 interval_mean, run.p.spike_ratio))
+                                             run.loss_judged_without_level())
             audit.notes.append(note)
             if run.n_loss <= run.p.min_history:
                 audit.too_short, audit.short_note = True, note
