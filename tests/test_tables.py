@@ -527,3 +527,33 @@ def test_utf16_csv_is_named_as_such(tmp_path: Path) -> None:
     with pytest.raises(ReadError, match="UTF-16 text"):
         _read_one(csv_table, path)
 
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_a_name_with_glob_characters_is_read_as_that_file_only(tmp_path: Path, fmt: str) -> None:
+    """polars reads a path as a glob by default: ``seed[1].csv`` would read ``seed1.csv``, and
+    ``ab[c.csv`` fail. Each file here holds its own values; every one is read as itself."""
+    names = ["seed1", "seed[1]", "ab[c", "x*", "q?"]
+    want = {}
+    for k, stem in enumerate(names):
+        steps = np.arange(1, 31)
+        g = np.full(steps.size, float(k + 1))
+        rows = [{"step": int(s), "grad_norm": float(v)} for s, v in zip(steps, g, strict=True)]
+        path = tmp_path / f"{stem}.{fmt}"
+        if fmt == "csv":
+            _write_csv(path, rows)
+        elif fmt == "parquet":
+            pq.write_table(pa.table({"step": steps, "grad_norm": g}), path)
+        else:
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        want[path.name] = {int(s): float(k + 1) for s in steps}
+    layers = tmp_path / "layers=[1,2]"  # a Hydra sweep folder
+    layers.mkdir()
+    _write_csv(layers / "metrics.csv", [{"step": s, "grad_norm": 9.0} for s in (1, 2)])
+    want["layers=[1,2]/metrics.csv"] = {1: 9.0, 2: 9.0}
+    result = gradaudit.scan([tmp_path])
+    assert result.errors == []
+    runs = _runs(tmp_path)
+    assert sorted(runs) == sorted(want)
+    for name, values in want.items():
+        _same(_values(runs[name], "grad_norm"), values)

@@ -957,7 +957,8 @@ def _healthy_grad(gs: np.ndarray, g: np.ndarray, in_episode: np.ndarray,
     healthy = ~in_episode & np.isfinite(g) & (g > 0)
     if warm is not None:
         healthy &= gs > warm
-    if judged is not None and judged.size == g.size and (healthy & judged).sum() >= 10:
+    if judged is not None and judged.size == g.size and \
+            (healthy & judged).sum() >= MIN_HEALTHY_LEVEL:
         healthy &= judged
     damaged = [e.onset_step for k, e in enumerate(episodes)
                if _never_came_back(episodes, k, horizon)]

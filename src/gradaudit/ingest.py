@@ -57,30 +57,38 @@ def build_series(
     return series
 
 
-#: Readers that hand a path to polars, which cannot open one that is not valid UTF-8.
+#: Readers that hand a path to polars, which cannot open one that is not valid UTF-8 and reads
+#: one holding a glob character as a pattern (``seed[1].csv`` would read ``seed1.csv``).
 POLARS_READERS = frozenset({csv_table.FORMAT, json_table.FORMAT, parquet.FORMAT,
                             wandb_csv.FORMAT})
 
 
-def _not_utf8(path: Path) -> bool:
-    return printable(str(path)) != str(path)
+GLOB_CHARACTERS = frozenset("*?[]{}")
+
+
+def _not_plain(path: Path) -> bool:
+    """Whether polars could not be handed ``path`` as it is (:data:`POLARS_READERS`)."""
+    text = str(path)
+    return printable(text) != text or not GLOB_CHARACTERS.isdisjoint(text)
 
 
 @contextlib.contextmanager
-def _utf8_paths(source: Source) -> Iterator[tuple[Source, dict[str, str]]]:
-    """``source`` with files polars can open: where a path is not valid UTF-8 (an odd byte in
-    a folder name; polars takes only UTF-8 paths), a symlink with a plain name in a temporary
-    folder stands in for it while the source is read. Also the map from those stand-ins back
-    to the real paths, for what the run says about its files."""
+def _plain_paths(source: Source) -> Iterator[tuple[Source, dict[str, str]]]:
+    """``source`` with files polars can open as themselves: where a path is not valid UTF-8
+    (an odd byte in a folder name; polars takes only UTF-8 paths) or holds a glob character
+    (a ``[`` in a Hydra sweep's folder; a reader without polars' ``glob=False``), a symlink
+    with a plain name in a temporary folder stands in for it while the source is read. Also
+    the map from those stand-ins back to the real paths, for what the run says about its
+    files."""
     if source.format not in POLARS_READERS or os.name != "posix" or \
-            not any(_not_utf8(f) for f in source.files):
+            not any(_not_plain(f) for f in source.files):
         yield source, {}
         return
     with tempfile.TemporaryDirectory(prefix="gradaudit-") as tmp:
         files, back = [], {}
         for i, f in enumerate(source.files):
-            if _not_utf8(f):
-                link = Path(tmp) / f"{i}{printable(f.suffix)}"
+            if _not_plain(f):
+                link = Path(tmp) / f"{i}{''.join(c for c in f.suffix if c.isalnum() or c == '.')}"
                 os.symlink(os.fsencode(os.path.abspath(f)), os.fsencode(link))  # (from tmp)
                 files.append(link)
                 back[str(link)] = str(f)
@@ -90,7 +98,7 @@ def _utf8_paths(source: Source) -> Iterator[tuple[Source, dict[str, str]]]:
 
 
 def _restore(raw: RawRun, back: dict[str, str]) -> RawRun:
-    """``raw`` with the stand-in paths of :func:`_utf8_paths` named as the real ones."""
+    """``raw`` with the stand-in paths of :func:`_plain_paths` named as the real ones."""
     if not back:
         return raw
     files = None if raw.files is None else [Path(back.get(str(f), str(f))) for f in raw.files]
@@ -109,7 +117,7 @@ def read_source(
     stderr)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with _utf8_paths(source) as (readable, back):
+        with _plain_paths(source) as (readable, back):
             runs, errors = _read_source(source, readable, back, grad_tag, loss_tag)
     said = list(dict.fromkeys(clip_message(str(w.message), 300) for w in caught
                               if issubclass(w.category, UserWarning)))

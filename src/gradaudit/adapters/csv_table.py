@@ -57,6 +57,7 @@ def _read(path: Path, sep: str, encoding: str) -> tuple[pl.LazyFrame, set[str]]:
     try:
         sample = pl.read_csv(
             path,
+            glob=False,  # a name may hold [ ] * ?: polars would read other files under it
             separator=sep,
             n_rows=SAMPLE_ROWS,
             infer_schema_length=SAMPLE_ROWS,
@@ -81,6 +82,7 @@ def _read(path: Path, sep: str, encoding: str) -> tuple[pl.LazyFrame, set[str]]:
             overrides[name] = pl.String()
     lf = pl.scan_csv(
         path,
+        glob=False,
         separator=sep,
         schema_overrides=overrides,
         infer_schema_length=SAMPLE_ROWS,

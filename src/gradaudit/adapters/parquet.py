@@ -46,7 +46,7 @@ def read_file(path: Path) -> list[RawRun]:
     """Read one Parquet table into raw runs."""
     _check_magic(path)
     try:
-        lf = pl.scan_parquet(path)
+        lf = pl.scan_parquet(path, glob=False)  # (a name may hold [ ] * ?)
         return _tables.table_runs(lf, path)
     except ReadError:
         raise

@@ -92,7 +92,8 @@ def claim(directory: Path, files: list[Path]) -> list[Source]:
 def _read_table(path: Path) -> tuple[pl.DataFrame, list[FileProblem]]:
     """The export as all-text columns, and problems met reading it."""
     problems: list[FileProblem] = []
-    options = dict(infer_schema=False, has_header=True, encoding="utf8-lossy")
+    # (glob off: a name may hold [ ] * ?, and polars would read other files under it)
+    options = dict(infer_schema=False, has_header=True, encoding="utf8-lossy", glob=False)
     try:
         table = pl.read_csv(path, **options)
     except pl.exceptions.ComputeError as exc:
