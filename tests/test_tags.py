@@ -103,3 +103,53 @@ def test_interval_mean_losses_are_known_by_their_companion_tags():
     assert interval_mean_tags(fairseq_tb) == {"loss"}
     assert interval_mean_tags(["loss", "nll_loss", "ppl", "wps", "wpb", "bsz"]) == set()  # valid
     assert interval_mean_tags(["loss", "grad_norm", "lr"]) == frozenset()
+
+
+@pytest.mark.parametrize(("train", "held_out"), [
+    ("train/ce_loss", "eval/loss"), ("train/total_loss", "val/loss"), ("loss_train", "val/loss"),
+    ("Metrics/TrainObjective_loss", "validation/lm loss")])
+def test_a_training_loss_of_any_name_wins_over_a_validation_loss_of_a_known_name(train,
+                                                                                held_out):
+    choice = choose_tags(["train/grad_norm", train, held_out])
+    assert choice.loss == train
+    assert choose_tags(["train/grad_norm", held_out]).loss == held_out  # where it is all there is
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ("train/grad_norm_before_clip", "train/grad_norm_after_clip"),
+    ("grad_norm_unclipped", "grad_norm_clipped"),
+    ("grad_norm/pre_clip", "grad_norm/post_clip"),
+    ("optim/grad_norm", "optim/clipped_grad_norm")])
+def test_the_norm_before_clipping_wins_over_the_norm_after_it(before, after):
+    choice = choose_tags([after, before, "train/loss"])
+    assert choice.grad_norm == before and choice.notes == ()
+    only = choose_tags([after, "train/loss"])  # where it is all there is: read, and said
+    assert only.grad_norm == after
+    assert any("after clipping" in note for note in only.notes)
+
+
+def test_a_per_epoch_loss_ranks_after_the_per_update_loss_beside_it():
+    # fairseq's W&B log: train_inner/* every log interval, train/* once per epoch
+    tags = ["train_inner/loss", "train_inner/gnorm", "train/loss", "train/gnorm", "valid/loss"]
+    counts = {"train_inner/loss": 400, "train_inner/gnorm": 400, "train/loss": 3,
+              "train/gnorm": 3, "valid/loss": 3}
+    choice = choose_tags(tags, counts=counts)
+    assert (choice.grad_norm, choice.loss) == ("train_inner/gnorm", "train_inner/loss")
+    # at a tenth of the points or more, the name decides
+    counts |= {"train/loss": 40}
+    assert choose_tags(tags, counts=counts).loss == "train/loss"
+
+
+def test_one_series_is_never_both_grad_norm_and_loss():
+    tags = ["grad_norm", "loss"]
+    choice = choose_tags(tags, loss_tag="grad_norm")
+    assert (choice.grad_norm, choice.loss) == ("grad_norm", None)
+    assert choice.notes == ("--loss-tag 'grad_norm' matches only the grad-norm tag 'grad_norm'",)
+    choice = choose_tags(tags, grad_tag="loss")
+    assert (choice.grad_norm, choice.loss) == (None, "loss")
+    assert choice.notes == ("--grad-tag 'loss' matches only the loss tag 'loss'",)
+    choice = choose_tags(tags, grad_tag="grad_norm", loss_tag="grad_norm")
+    assert (choice.grad_norm, choice.loss) == (None, "grad_norm")
+    # a glob matching more than the other side's series takes its next candidate
+    choice = choose_tags(["g1_norm", "loss"], grad_tag="*", loss_tag="loss")
+    assert (choice.grad_norm, choice.loss) == ("g1_norm", "loss")

@@ -141,13 +141,15 @@ class _ScanJob:
 def _unmatched_globs(audits: list[RunAudit], settings: Settings) -> None:
     """UsageError where ``--grad-tag`` or ``--loss-tag`` chose no tag in any run read: a typo
     would otherwise audit nothing it names and pass the gate (``inspect --tags`` lists them)."""
-    for option, what, glob, chosen in (
-            ("--grad-tag", "grad-norm", settings.grad_tag, [a.grad_norm_tag for a in audits]),
-            ("--loss-tag", "loss", settings.loss_tag, [a.loss_tag for a in audits])):
+    for option, what, other, glob, chosen in (
+            ("--grad-tag", "grad-norm", "loss", settings.grad_tag,
+             [a.grad_norm_tag for a in audits]),
+            ("--loss-tag", "loss", "grad norm", settings.loss_tag, [a.loss_tag for a in audits])):
         if glob is not None and audits and not any(chosen):
             raise UsageError(f"{option} {glob!r} ({option[2:].replace('-', '_')}) chose no "
-                             f"{what} tag in any of the {len(audits)} run(s) read (`gradaudit "
-                             "inspect PATH --tags` lists their tags)")
+                             f"{what} tag in any of the {len(audits)} run(s) read (the series "
+                             f"read as the {other} is never also the {what}; `gradaudit inspect "
+                             "PATH --tags` lists the tags)")
 
 
 def _note_copies(audits: list[RunAudit]) -> None:
@@ -210,8 +212,9 @@ def audit_run(series: RunSeries, settings: Settings | None = None, **overrides: 
     settings = (settings or Settings()).with_overrides(**overrides)
     if settings.grad_tag is not None or settings.loss_tag is not None:
         # only the tags a glob names are chosen again; the others stay as read
-        choice = choose_tags(series.tags(), grad_tag=settings.grad_tag,
-                             loss_tag=settings.loss_tag)
+        counts = series.tag_counts()
+        choice = choose_tags(counts, grad_tag=settings.grad_tag, loss_tag=settings.loss_tag,
+                             counts=counts)
         series = replace(
             series,
             grad_norm_tag=choice.grad_norm if settings.grad_tag is not None

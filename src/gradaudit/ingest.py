@@ -44,14 +44,15 @@ def build_series(
         notes=list(source.notes) + list(raw.notes) + notes,
         interval_means=raw.interval_means,
     )
-    tags = series.tags()
+    counts = series.tag_counts()
+    tags = list(counts)
     known = interval_mean_tags(tags) - raw.interval_means
     if known:
         series.interval_means |= known
         series.notes.append(
             f"{', '.join(sorted(known))}: read as a mean over each logging interval, as the "
             "framework these tag names come from logs it")
-    choice = choose_tags(tags, grad_tag=grad_tag, loss_tag=loss_tag)
+    choice = choose_tags(tags, grad_tag=grad_tag, loss_tag=loss_tag, counts=counts)
     series.grad_norm_tag, series.loss_tag, series.lr_tag = choice.grad_norm, choice.loss, choice.lr
     series.notes.extend(choice.notes)
     return series

@@ -3,9 +3,12 @@
 The names come from the training code of each framework (see docs/formats.md): Hugging Face
 ``train/grad_norm``, Megatron ``grad-norm``/``grad norm``, OLMo ``optim/total_grad_norm``,
 fairseq ``gnorm``, Lightning ``grad_2.0_norm_total``, Composer ``l2_norm/grad/global``, ...
-Known names win; otherwise a name that says grad+norm (or loss) is ranked: training before
-validation, a total norm before per-layer norms, step-indexed before sample-indexed series.
-A user's glob (``--grad-tag``/``--loss-tag``) restricts the candidates to the tags it matches.
+Known names win; otherwise a name that says grad+norm (or loss) is ranked: a total norm before
+per-layer norms, step-indexed before sample-indexed series. Whatever their names, validation
+series and norms logged after clipping rank after every other candidate, and a series with
+under a tenth of the points of another candidate (a per-epoch loss beside the per-step one)
+after the denser ones. A user's glob (``--grad-tag``/``--loss-tag``) restricts the candidates
+to the tags it matches. One series is never both the grad norm and the loss.
 
 W&B chart exports carry ``<metric>__MIN``/``__MAX`` beside each bucketed column: the grad norm is
 read from ``__MAX`` (spikes live there), the loss from the plain column.
@@ -14,7 +17,7 @@ read from ``__MAX`` (spikes live there), the loss from the plain column.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
@@ -102,6 +105,10 @@ _GRAD_NORM = re.compile(r"(grad(ient)?s?[ _\-/.]*(l?2[ _\-.]*|2\.0[ _\-]*)?norm|
 _LOSS = re.compile(r"loss", re.IGNORECASE)
 _NOT_LOSS = re.compile(r"scale|scaler|ppl|perplexity|weight|coef|skipped", re.IGNORECASE)
 _NOT_GRAD = re.compile(r"ratio|scale|clip_coef|std|var|frac|count", re.IGNORECASE)
+# a norm logged after clipping never shows a spike above the clip threshold ("unclipped" is
+# the norm before it)
+_POST_CLIP = re.compile(r"(?<!un)clipped|(after|post)[ _\-./]?clip", re.IGNORECASE)
+SPARSE_FACTOR = 10  # a candidate with under 1/10 of another's points ranks after it
 _LR = re.compile(r"(^|[/_\-. ])(lr|learning[ _\-]?rate)([/_\-. (]|$)", re.IGNORECASE)
 _PER_PARAM = re.compile(r"(weight|bias|layer|block|param|\.\d+\.|/\d+/|embed)", re.IGNORECASE)
 
@@ -133,12 +140,16 @@ def _words(tag: str) -> str:
     return _CAMEL.sub("_", tag).lower()
 
 
+def _last_resort(tag: str) -> bool:
+    """A validation series, or a norm logged after clipping: chosen only where nothing else
+    is."""
+    return bool(_EVAL.search(_words(tag)) or _POST_CLIP.search(tag))
+
+
 def _heuristic_penalty(tag: str) -> int:
-    """Lower is better: validation, sample-indexed, per-parameter and deep names rank last."""
+    """Lower is better: sample-indexed, per-epoch and deep names rank last."""
     low = _words(tag)
     penalty = low.count("/") * 2
-    if _EVAL.search(low):
-        penalty += 100
     if _TRAIN.search(low):
         penalty -= 1
     if _SAMPLE_INDEXED.search(tag):
@@ -151,23 +162,34 @@ def _heuristic_penalty(tag: str) -> int:
 def _rank(
     tags: Iterable[str], names: tuple[str, ...], accept: re.Pattern[str], reject: re.Pattern[str]
 ) -> list[str]:
-    scored: list[tuple[int, int, str]] = []
+    scored: list[tuple[bool, int, int, str]] = []
     for tag in tags:
         if _BUCKET.search(tag):
             continue
         known = _known_rank(tag, names)
         if known is not None:
-            scored.append((0, known, tag))
+            scored.append((_last_resort(tag), 0, known, tag))
             continue
         last = tag.rsplit("/", 1)[-1]
         known_last = _known_rank(last, names)
         penalty = _heuristic_penalty(tag)
         if known_last is not None:
-            scored.append((1 + penalty, known_last, tag))
+            scored.append((_last_resort(tag), 1 + penalty, known_last, tag))
         elif accept.search(tag) and not reject.search(tag):
-            scored.append((1000 + penalty, len(tag), tag))
+            scored.append((_last_resort(tag), 1000 + penalty, len(tag), tag))
     scored.sort()
-    return [tag for _, _, tag in scored]
+    return [tag for *_, tag in scored]
+
+
+def _dense_first(ranked: list[str], counts: Mapping[str, int] | None) -> list[str]:
+    """``ranked`` with the candidates holding under 1/``SPARSE_FACTOR`` of the points of the
+    densest one moved after the others, each part in its order (fairseq's W&B log has a
+    per-epoch ``train/loss`` beside the per-update ``train_inner/loss``)."""
+    if not counts or len(ranked) < 2:
+        return ranked
+    most = max(counts.get(t, 0) for t in ranked)
+    dense = [t for t in ranked if SPARSE_FACTOR * counts.get(t, 0) >= most]
+    return dense + [t for t in ranked if t not in dense]
 
 
 def _grad_candidates(tags: list[str]) -> list[str]:
@@ -201,37 +223,51 @@ def interval_mean_tags(tags: Iterable[str]) -> frozenset[str]:
 
 
 def choose_tags(
-    tags: Iterable[str], grad_tag: str | None = None, loss_tag: str | None = None
+    tags: Iterable[str], grad_tag: str | None = None, loss_tag: str | None = None,
+    counts: Mapping[str, int] | None = None,
 ) -> TagChoice:
-    """Pick the grad-norm, loss and lr tags among ``tags``; globs restrict the candidates."""
+    """Pick the grad-norm, loss and lr tags among ``tags`` (``counts``: points per tag, where
+    known); globs restrict the candidates."""
     all_tags = sorted(set(tags))
     notes: list[str] = []
 
-    grad_pool = _apply_glob(all_tags, grad_tag)
-    grad = None
-    if grad_tag is not None:
-        plain = [t for t in grad_pool if not _BUCKET.search(t)]
-        grad = (_grad_candidates(plain) or plain or [None])[0]
-        if grad is None:
-            notes.append(f"no tag matches --grad-tag {grad_tag!r}")
+    def grads(pool: list[str]) -> list[str]:
+        return _dense_first(_grad_candidates(pool), counts)
+
+    def losses(pool: list[str]) -> list[str]:
+        return _dense_first(_rank(pool, LOSS_NAMES, _LOSS, _NOT_LOSS), counts)
+
+    def chosen(pool: list[str], ranked: list[str], glob: str | None, option: str) -> list[str]:
+        """The candidates in order: with a glob, its tags ranked (or as they come)."""
+        if glob is None:
+            return ranked
+        plain = [t for t in pool if not _BUCKET.search(t)]
+        out = ranked or plain
+        if not out:
+            notes.append(f"no tag matches {option} {glob!r}")
+        return out
+
+    grad_pool, loss_pool = _apply_glob(all_tags, grad_tag), _apply_glob(all_tags, loss_tag)
+    grad_list = chosen(grad_pool, grads(grad_pool), grad_tag, "--grad-tag")
+    loss_list = chosen(loss_pool, losses(loss_pool), loss_tag, "--loss-tag")
+    # one series cannot be both (a clip "suggested" from the loss's values would be nonsense):
+    # the loss chooses first and the grad norm takes its next candidate; where only
+    # --loss-tag is given, the grad norm chooses first and that glob its next candidate
+    if grad_tag is not None or loss_tag is None:
+        loss = next(iter(loss_list), None)
+        grad = next((t for t in grad_list if t != loss), None)
     else:
-        grad = next(iter(_grad_candidates(all_tags)), None)
+        grad = next(iter(grad_list), None)
+        loss = next((t for t in loss_list if t != grad), None)
+    if grad_list and loss_list and grad is None and loss is not None and grad_tag is not None:
+        notes.append(f"--grad-tag {grad_tag!r} matches only the loss tag {loss!r}")
+    if grad_list and loss_list and loss is None and loss_tag is not None:
+        notes.append(f"--loss-tag {loss_tag!r} matches only the grad-norm tag {grad!r}")
+    if grad is not None and _POST_CLIP.search(grad):
+        notes.append(f"the grad norm {grad!r} is logged after clipping: a spike shows only up to "
+                     "the clip threshold (log the norm before clipping: "
+                     "torch.nn.utils.clip_grad_norm_ returns it)")
     if grad is not None and f"{grad}__MAX" in all_tags:
         grad = f"{grad}__MAX"
-
-    loss_pool = _apply_glob(all_tags, loss_tag)
-    if loss_tag is not None:
-        plain = [t for t in loss_pool if not _BUCKET.search(t)]
-        loss = (_rank(plain, LOSS_NAMES, _LOSS, _NOT_LOSS) or plain or [None])[0]
-        if loss is None:
-            notes.append(f"no tag matches --loss-tag {loss_tag!r}")
-    else:
-        loss = next(iter(_rank(all_tags, LOSS_NAMES, _LOSS, _NOT_LOSS)), None)
-
-    if grad_tag is not None and grad is not None and grad == loss:
-        # one series cannot be both: the glob found no grad norm (a clip "suggested" from the
-        # loss's values would be nonsense)
-        notes.append(f"--grad-tag {grad_tag!r} matches only the loss tag {loss!r}")
-        grad = None
     lr = next(iter(_rank(all_tags, LR_NAMES, _LR, _NOT_LOSS)), None)
     return TagChoice(grad_norm=grad, loss=loss, lr=lr, notes=tuple(notes))
