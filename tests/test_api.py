@@ -167,3 +167,22 @@ def test_runs_that_carry_too_little_to_tell_apart_are_no_copies(tmp_path):
     result = gradaudit.scan([tmp_path])
     assert len(result.runs) == 4
     assert not any("one training logged twice" in n for r in result.runs for n in r.notes)
+
+
+def test_writing_a_report_onto_a_file_the_scan_read_is_a_usage_error(tmp_path):
+    # the CLI refused --out onto a log only where the library would: result.write replaced it
+    import os
+
+    log = tmp_path / "runs" / "m.csv"
+    log.parent.mkdir()
+    log.write_text("step,grad_norm,loss\n" + "".join(f"{s},1.0,2.0\n" for s in range(50)))
+    before = log.read_bytes()
+    result = gradaudit.scan(tmp_path / "runs", fail_on="never")
+    (tmp_path / "link.csv").symlink_to(log)
+    for path in (str(log), str(tmp_path / "runs" / "." / "m.csv"), str(tmp_path / "link.csv")):
+        with pytest.raises(gradaudit.UsageError, match="this scan reads"):
+            result.write(path, "md")
+    assert log.read_bytes() == before
+    assert not [f for f in os.listdir(log.parent) if f.startswith(".gradaudit-")]
+    result.write(str(tmp_path / "runs" / "r.md"))  # beside it: written
+    assert (tmp_path / "runs" / "r.md").read_text().startswith("## ")

@@ -397,3 +397,70 @@ def test_out_and_json_naming_the_same_file_is_a_usage_error(tmp_path, capsys):
     same = str(tmp_path / "r.json")
     assert scan(str(tmp_path / "runs"), "--out", same, "--json", same) == 2
     assert "name the same file" in capsys.readouterr().err and not (tmp_path / "r.json").exists()
+
+
+def _spellings(tmp_path: Path) -> dict[str, str]:
+    """A log under runs/ and paths naming it: as given, ./-spelled, a link to it, a path
+    through a linked folder."""
+    log = write_table(tmp_path / "runs", "explosion", fmt="csv")
+    (tmp_path / "alias").symlink_to(tmp_path / "runs")
+    (tmp_path / "link.csv").symlink_to(log)
+    return {"as given": str(log), "dot": str(tmp_path / "." / "runs" / "." / log.name),
+            "symlink": str(tmp_path / "link.csv"),
+            "linked folder": str(tmp_path / "alias" / log.name)}
+
+
+@pytest.mark.parametrize("option", ["--out", "--json"])
+@pytest.mark.parametrize("spelling", ["as given", "dot", "symlink", "linked folder"])
+def test_a_report_onto_an_input_log_is_refused_before_the_scan(tmp_path, capsys, monkeypatch,
+                                                                option, spelling):
+    # `scan runs --out runs/metrics.csv --format md` replaced the log with the report (exit 1,
+    # no word); the next scan said "no step column" (a review)
+    import gradaudit.api
+
+    target = _spellings(tmp_path)[spelling]
+    log = tmp_path / "runs" / "metrics.csv"
+    before = log.read_bytes()
+    other = tmp_path / "other.md"
+
+    def no_scan(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the scan ran")
+
+    monkeypatch.setattr(gradaudit.api, "scan", no_scan)
+    args = [option, target] + (["--format", "md"] if option == "--out" else
+                               ["--out", str(other)])
+    assert scan(str(tmp_path / "runs"), *args) == 2
+    err = capsys.readouterr().err
+    assert f"{option} {target!r} is " in err and "this scan reads" in err
+    assert log.read_bytes() == before and not other.exists()
+
+
+@pytest.mark.parametrize("how", ["linked folder", "hard link"])
+def test_a_report_onto_a_log_only_the_scan_finds_is_refused_and_nothing_written(tmp_path,
+                                                                                  capsys, how):
+    # the target lies under no path given (a folder linked into the scanned one, a hard link
+    # elsewhere): only the scan knows it read that file; neither report is written
+    import os
+
+    log = write_table(tmp_path / "data", "explosion", fmt="csv")
+    (tmp_path / "runs").mkdir()
+    if how == "linked folder":
+        (tmp_path / "runs" / "linked").symlink_to(tmp_path / "data")
+    else:
+        os.link(log, tmp_path / "runs" / "metrics.csv")
+    before = log.read_bytes()
+    md = tmp_path / "r.md"
+    assert scan(str(tmp_path / "runs"), "--out", str(md), "--json", str(log)) == 2
+    err = capsys.readouterr().err
+    assert f"--json {str(log)!r} is the log" in err and "this scan reads" in err
+    assert log.read_bytes() == before and not md.exists()
+
+
+def test_a_report_beside_the_logs_in_the_scanned_folder_is_still_written(tmp_path):
+    # only a file a reader takes is a log: last run's reports in the folder are rewritten
+    runs = tmp_path / "runs"
+    write_table(runs, "explosion", fmt="csv")
+    for _ in range(2):
+        assert scan(str(runs), "--out", str(runs / "r.md"), "--json", str(runs / "r.json")) == 1
+    assert (runs / "r.md").read_text().startswith("## ")
+    assert len(runs_of(runs / "r.json")) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -13,7 +14,7 @@ from gradaudit.errors import UNEXPECTED, UsageError
 from gradaudit.ingest import read_source, source_label
 from gradaudit.model import SCHEMA_VERSION, InputError, RunAudit, same_series
 from gradaudit.parallel import DEFAULT_TIMEOUT, run_all
-from gradaudit.result import AuditResult
+from gradaudit.result import AuditResult, file_key
 from gradaudit.series import RunSeries
 from gradaudit.settings import Settings
 from gradaudit.tags import choose_tags
@@ -97,6 +98,52 @@ def _unread(paths: list[str], audits: list[RunAudit], errors: list[InputError]) 
         if under(failed, n) and not under(files, n):
             out.append(p)
     return out
+
+
+def _input_files(given: list[str], sources: list[Source]) -> dict[tuple[int, int], str]:
+    """:func:`~gradaudit.result.file_key` -> path of each regular file given or read."""
+    out: dict[tuple[int, int], str] = {}
+    for f in [*given, *(os.fspath(f) for s in sources for f in s.files)]:
+        try:
+            st = os.stat(f)
+        except (OSError, ValueError):
+            continue
+        if stat.S_ISREG(st.st_mode):
+            out.setdefault((st.st_dev, st.st_ino), f)
+    return out
+
+
+def _under(path: str, roots: set[tuple[int, int]]) -> bool:
+    """Whether a folder walk from one of ``roots`` reaches ``path`` through its parents (as
+    spelled or resolved), no dot-folder on the way (discovery skips those)."""
+    for spelled in {os.path.abspath(path), os.path.realpath(path)}:
+        folder, hidden = os.path.dirname(spelled), False
+        while True:
+            if not hidden and file_key(folder) in roots:
+                return True
+            hidden = hidden or os.path.basename(folder).startswith(".")
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
+    return False
+
+
+def input_at(paths: PathLike | Iterable[PathLike], path: PathLike) -> str | None:
+    """The log a scan of ``paths`` would read at ``path``, as far as is known before the scan:
+    a file given, or a file a reader takes under a folder given (through links, any spelling).
+    After the scan, :meth:`AuditResult.input_at` knows every file it read."""
+    key = file_key(path)
+    if key is None or not os.path.isfile(path):
+        return None
+    given = _paths(paths)
+    for p in given:
+        if file_key(p) == key:
+            return p
+    roots = {k for k in map(file_key, given) if k is not None}
+    if _under(os.fspath(path), roots) and discover([path]).sources:
+        return os.fspath(path)
+    return None
 
 
 def _lost(source: Source, why: str) -> tuple[list[Any], list[InputError]]:
@@ -247,7 +294,8 @@ def scan(
     _unmatched_globs(audits, settings)
     _note_copies(audits)
     result = AuditResult(runs=audits, errors=errors, settings=settings,
-                         unread_paths=_unread(given, audits, errors))
+                         unread_paths=_unread(given, audits, errors),
+                         inputs=_input_files(given, sources))
     result.batch_clip = batch_clip(audits, settings.clip_max_cost)
     evaluate_gate(result)
     return result

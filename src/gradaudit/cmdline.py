@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -24,6 +25,7 @@ from gradaudit.report import (
     show_controls,
     unread_headline,
 )
+from gradaudit.result import overwrite_message
 from gradaudit.settings import FAIL_ON, Settings
 from gradaudit.text import PRINTABLE
 
@@ -55,6 +57,16 @@ def _check_writable(target: str | None) -> None:
         raise UsageError(f"cannot write {target!r}: no folder {folder!r}")
     if not os.access(folder, os.W_OK):
         raise UsageError(f"cannot write {target!r}: the folder is not writable")
+
+
+def _not_an_input(targets: tuple[tuple[str, str | None], ...],
+                  input_at: Callable[[str], str | None]) -> None:
+    """UsageError where a report's target is a log the scan reads: the report would replace
+    it (``input_at``: before the scan, :func:`api.input_at`; after, the result's)."""
+    for option, target in targets:
+        log = input_at(target) if target and target != "-" else None
+        if log is not None:
+            raise UsageError(f"{option} {overwrite_message(target, log)}")
 
 
 def _warn_timeout(timeout: float | None, settings: Settings) -> None:
@@ -138,13 +150,16 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
                 os.path.realpath(json_out) == os.path.realpath(out):
             raise UsageError(f"--json and --out name the same file {out!r}: one would overwrite "
                              "the other")
-        for target in (out, json_out):
+        targets = (("--out", out), ("--json", json_out))
+        for _, target in targets:
             _check_writable(target)  # fail before a long scan, not after it
+        _not_an_input(targets, lambda target: api.input_at(paths, target))
         if settings.baseline:
             load_baseline(settings.baseline)
         if not quiet:
             _progress(f"gradaudit: scanning {', '.join(paths)} ...")
         result = api.scan(paths, settings)
+        _not_an_input(targets, result.input_at)  # one only the scan found: neither written
         for target, target_fmt in ((out, fmt), (json_out, "json")):
             if not target:
                 continue

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradaudit import __version__
+from gradaudit.errors import UsageError
 from gradaudit.model import SCHEMA_VERSION, ClipSuggestion, InputError, RunAudit
 from gradaudit.settings import Settings
 
@@ -23,6 +24,22 @@ def _now() -> str:
         except (OverflowError, OSError, ValueError):  # beyond the calendar: ignored
             pass
     return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def file_key(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the file ``path`` names through any links, or None (none
+    there): two paths name one file when their keys are equal, however spelled."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def overwrite_message(target: str, log: str) -> str:
+    """Why a report is not written to ``target``: it is ``log``, an input of the scan."""
+    what = "a log" if log == target else f"the log {log!r}, a log"
+    return f"{target!r} is {what} this scan reads: the report would replace it; write it elsewhere"
 
 
 @dataclass
@@ -44,6 +61,8 @@ class AuditResult:
     unread_paths: list[str] = field(default_factory=list)
     exit_code: int = 0
     generated_at: str = field(default_factory=_now)
+    #: :func:`file_key` of each file the scan read -> its path: :meth:`write` replaces none
+    inputs: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:  # a notebook cell shows this, not a dump of every run
         s = self.summary()
@@ -106,8 +125,17 @@ class AuditResult:
 
         return json_text(self.to_dict(), indent)
 
+    def input_at(self, path: str) -> str | None:
+        """The file this scan read that ``path`` names (through links, any spelling), or None."""
+        key = file_key(path) if path != "-" and self.inputs else None
+        return None if key is None else self.inputs.get(key)
+
     def write(self, path: str, fmt: str | None = None) -> None:
-        """Write the report to ``path`` (``-`` for stdout) atomically, in ``fmt`` or by suffix."""
+        """Write the report to ``path`` (``-`` for stdout) atomically, in ``fmt`` or by suffix;
+        a UsageError, and nothing written, where ``path`` is a file the scan read."""
         from gradaudit.report import write_report
 
+        log = self.input_at(path)
+        if log is not None:
+            raise UsageError(f"cannot write the report: {overwrite_message(path, log)}")
         write_report(self, path, fmt)
