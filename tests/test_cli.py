@@ -464,3 +464,37 @@ def test_a_report_beside_the_logs_in_the_scanned_folder_is_still_written(tmp_pat
         assert scan(str(runs), "--out", str(runs / "r.md"), "--json", str(runs / "r.json")) == 1
     assert (runs / "r.md").read_text().startswith("## ")
     assert len(runs_of(runs / "r.json")) == 1
+
+
+def _write_long_csv(path: Path, columns: list[str]) -> None:
+    """The explosion run as a long CSV table (a row per point) under ``columns``."""
+    import csv
+
+    steps, grad, loss = signals("explosion")
+    with path.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(columns)
+        for s, g, lo in zip(steps.tolist(), grad.tolist(), loss.tolist(), strict=True):
+            out.writerows([(s, "train/grad_norm", g), (s, "train/loss", lo)])
+
+
+@pytest.mark.parametrize("columns", [["Step", "Metric", "Value"], ["step", "variable", "value"]])
+def test_a_long_table_with_capitalised_or_melted_columns_is_audited(tmp_path, capsys, columns):
+    # read as wide, its metrics merged into one series: "no grad-norm series", exit 2 (a review)
+    path = tmp_path / "long.csv"
+    _write_long_csv(path, columns)
+    out = tmp_path / "r.json"
+    assert scan(str(path), "--out", str(out)) == 1
+    (run,) = runs_of(out).values()
+    assert run["grad_norm_tag"] == "train/grad_norm" and run["loss_tag"] == "train/loss"
+    onsets = [e["onset_step"] for e in run["episodes"] if e["severity"] == "explosion"]
+    assert onsets and abs(onsets[0] - ONSET) <= 2
+
+
+def test_a_long_table_whose_tag_column_is_unknown_says_why(tmp_path, capsys):
+    path = tmp_path / "long.csv"
+    _write_long_csv(path, ["step", "series", "value"])
+    assert scan(str(path), "--format", "md") == 2
+    captured = capsys.readouterr()
+    assert "told apart by the text column 'series'" in captured.err
+    assert "resume" not in captured.out + captured.err

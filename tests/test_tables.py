@@ -557,3 +557,84 @@ def test_a_name_with_glob_characters_is_read_as_that_file_only(tmp_path: Path, f
     assert sorted(runs) == sorted(want)
     for name, values in want.items():
         _same(_values(runs[name], "grad_norm"), values)
+
+
+def _write_table(path: Path, columns: list[str], rows: list[tuple]) -> None:
+    """``rows`` under ``columns`` in the format ``path``'s suffix names (csv, parquet, json,
+    jsonl), each with its real writer."""
+    records = [dict(zip(columns, r, strict=True)) for r in rows]
+    if path.suffix == ".csv":
+        with path.open("w", newline="") as fh:
+            out = csv.writer(fh)
+            out.writerow(columns)
+            out.writerows(rows)
+    elif path.suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(records), path)
+    elif path.suffix == ".json":
+        path.write_text(json.dumps(records))
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _long_rows(run: str | None = None) -> list[tuple]:
+    extra = () if run is None else (run,)
+    return [row for s in range(60)
+            for row in ((s, "loss", 3 - s / 100, *extra), (s, "grad_norm", 1 + s / 100, *extra))]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json", ".jsonl"])
+@pytest.mark.parametrize("columns", [["Step", "Metric", "Value"], ["STEP", "Tag", "VALUE"],
+                                     ["step", "variable", "value"]])
+def test_long_tables_columns_are_matched_ignoring_case_and_melts_variable_is_a_tag(
+        tmp_path: Path, suffix: str, columns: list[str]) -> None:
+    # Step,Metric,Value was read as a wide table: one series "Value" holding whichever metric
+    # came last at each step, then "no grad-norm series" and a note blaming a resume (a review)
+    _write_table(tmp_path / f"t{suffix}", columns, _long_rows())
+    (run,) = _runs(tmp_path).values()
+    assert run.tags() == ["grad_norm", "loss"] and run.grad_norm_tag == "grad_norm"
+    assert _values(run, "grad_norm") == {s: 1 + s / 100 for s in range(60)}
+    assert _values(run, "loss") == {s: 3 - s / 100 for s in range(60)}
+    assert not any("written again" in n for n in run.notes)
+
+
+def test_pandas_melt_as_polars_writes_it_and_a_capitalised_run_column(tmp_path: Path) -> None:
+    # df.melt(id_vars="step") (polars' unpivot: the same step, variable, value); a long table's
+    # Run column is matched ignoring case too, or its runs merged
+    import polars as pl
+
+    wide = pl.DataFrame({"step": range(60), "grad_norm": [1 + s / 100 for s in range(60)],
+                         "loss": [3 - s / 100 for s in range(60)]})
+    wide.unpivot(index="step").write_parquet(tmp_path / "melt.parquet")
+    _write_table(tmp_path / "runs.csv", ["Step", "Metric", "Value", "Run"],
+                 _long_rows("a") + [(s, "grad_norm", 5.0, "b") for s in range(60)])
+    runs = _runs(tmp_path)
+    assert set(runs) == {"melt.parquet", "runs.csv#a", "runs.csv#b"}
+    assert _values(runs["melt.parquet"], "grad_norm") == {s: 1 + s / 100 for s in range(60)}
+    assert _values(runs["runs.csv#a"], "grad_norm") == {s: 1 + s / 100 for s in range(60)}
+    assert _values(runs["runs.csv#b"], "grad_norm") == dict.fromkeys(range(60), 5.0)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json", ".jsonl"])
+def test_a_long_table_with_an_unknown_tag_column_says_so(tmp_path: Path, suffix: str) -> None:
+    # read as wide, its one metric column merged the metrics, and the run's note blamed a resume
+    _write_table(tmp_path / f"t{suffix}", ["step", "series", "value"], _long_rows())
+    found = gradaudit.inspect(tmp_path)
+    assert found.runs == []
+    (error,) = found.errors
+    assert "told apart by the text column 'series' ('loss', 'grad_norm')" in error.message
+    assert "a long table" in error.message and "tag (or metric" in error.message
+
+
+def test_a_wide_table_with_a_text_column_and_a_resume_is_still_wide(tmp_path: Path) -> None:
+    # a text column of one value (a phase) or of one value per row (a date) tells no metrics
+    # apart: a step written twice is a resume, as before
+    rows = [(s, 3 - s / 100) for s in range(60)] + [(s, 2.0) for s in range(30, 60)]
+    _write_table(tmp_path / "phase.csv", ["step", "loss", "phase"],
+                 [(s, v, "train") for s, v in rows])
+    _write_table(tmp_path / "date.csv", ["step", "loss", "date"],
+                 [(s, v, f"2024-01-01T00:{i // 60:02d}:{i % 60:02d}")
+                  for i, (s, v) in enumerate(rows)])
+    runs = _runs(tmp_path)
+    for name in ("phase.csv", "date.csv"):
+        assert runs[name].tags() == ["loss"] and _values(runs[name], "loss")[40] == 2.0
+        assert any("written again" in n for n in runs[name].notes)

@@ -2,9 +2,13 @@
 
 A table comes in one of three layouts:
 
-- **long**: one row per point, columns ``step`` + ``tag`` (or ``metric``/``name``/``key``) +
-  ``value``, optionally a run column and ``wall_time``/``timestamp``;
-- **wide**: a step column plus one numeric column per metric (a null cell = not logged);
+- **long**: one row per point, columns ``step`` + ``tag`` (or ``metric``/``name``/``key``/
+  ``variable``, pandas ``melt``'s) + ``value``, optionally a run column and
+  ``wall_time``/``timestamp``; step, tag, value and run are found ignoring case
+  (``Step,Metric,Value``);
+- **wide**: a step column plus one numeric column per metric (a null cell = not logged); one
+  whose only metric holds several points at a step, told apart by a text column, is refused:
+  a long table whose tag column has an unknown name;
 - **history**: a W&B ``run.history()``/``run.scan_history()`` table: a wide table with ``_step``,
   ``_runtime``, ``_timestamp``. A logged trainer step (``train/global_step``,
   ``trainer/global_step``) is preferred over ``_step``, which only counts log calls.
@@ -47,7 +51,7 @@ HISTORY_STEP_NAMES: tuple[str, ...] = (
     "Step",
     "_step",
 )
-TAG_NAMES: tuple[str, ...] = ("tag", "metric", "name", "key")
+TAG_NAMES: tuple[str, ...] = ("tag", "metric", "name", "key", "variable")
 VALUE_NAMES: tuple[str, ...] = ("value",)
 RUN_NAMES: tuple[str, ...] = ("run", "run_name", "run_id", "dir_name", "name")
 WALL_NAMES: tuple[str, ...] = ("wall_time", "walltime", "_timestamp", "timestamp")
@@ -119,10 +123,10 @@ def detect_layout(schema: dict[str, pl.DataType], numeric_text: set[str] | None 
     wall = _first(WALL_NAMES, columns)
     if wall == step:
         wall = None
-    value = _first(VALUE_NAMES, [c for c in columns if c != step])
-    tag = _first(TAG_NAMES, [c for c in columns if c not in (step, value)])
+    value = _first_ci(VALUE_NAMES, [c for c in columns if c != step])
+    tag = _first_ci(TAG_NAMES, [c for c in columns if c not in (step, value)])
     if value is not None and tag is not None and not is_numeric(schema[tag]):
-        run = _first(RUN_NAMES, [c for c in columns if c not in (step, value, tag, wall)])
+        run = _first_ci(RUN_NAMES, [c for c in columns if c not in (step, value, tag, wall)])
         return Layout("long", step, tag=tag, value=value, run=run, wall=wall)
     run = None
     for name in RUN_NAMES:
@@ -236,6 +240,11 @@ def table_runs(
     metrics = set(layout.metrics)  # (a set: a wide table may hold 10^5 columns)
     index_cols = set(keep)
     keep += [m for m in layout.metrics if m not in index_cols]
+    # text columns beside one metric: the tag column of a long table under another name?
+    texts = [c for c, dt in schema.items() if c not in keep and not _is_index(c)
+             and dt in (pl.String, pl.Categorical)] \
+        if layout.kind == "wide" and len(layout.metrics) == 1 else []
+    keep += texts
     exprs: list[pl.Expr] = []
     for c in keep:
         if c in metrics or c == layout.value:
@@ -250,6 +259,10 @@ def table_runs(
             f"no numeric metric columns beside the step column {layout.step!r}; columns are: "
             + ", ".join(repr(c) for c in list(schema)[:20])
         )
+    if texts:
+        why = _unnamed_tag_column(df, layout, texts)
+        if why is not None:
+            raise ReadError(why)
     step, noted = _step_column(df, layout.step, name, problems)
     index: list[pl.Series] = [step]
     if layout.wall is not None:
@@ -328,6 +341,31 @@ def table_runs(
     if not out:
         out.append(RawRun(points=collected.drop("__run"), problems=problems))
     return out
+
+
+def _unnamed_tag_column(df: pl.DataFrame, layout: Layout, texts: list[str]) -> str | None:
+    """Why a "wide" table is a long one, where its one metric holds several points at a step
+    that a text column of few values tells apart (a tag column named otherwise); else None.
+    Read as wide, its metrics would merge into one series, each step's last point winning."""
+    key = [layout.step] + ([layout.run] if layout.run is not None else [])
+    rows = df.height
+    steps = int(df.select(pl.struct(key).n_unique()).item())
+    if steps == rows:
+        return None
+    for c in texts:
+        col = df.get_column(c).cast(pl.String)
+        kinds = col.n_unique()
+        if kinds < 2 or kinds > rows // 2:  # one value, or one per row (a date): no tags
+            continue
+        told_apart = int(df.select(pl.struct([*key, c]).n_unique()).item()) - steps
+        if 2 * told_apart >= rows - steps:
+            shown = ", ".join(repr(v) for v in col.drop_nulls().unique(maintain_order=True)
+                              .head(3).to_list()) + (", ..." if kinds > 3 else "")
+            return (f"the one metric column {layout.metrics[0]!r} holds several points at a "
+                    f"step, told apart by the text column {c!r} ({shown}): a long table "
+                    "(a row per point) whose columns are not named as gradaudit knows them; "
+                    f"name them {layout.step}, tag (or {', '.join(TAG_NAMES[1:])}) and value")
+    return None
 
 
 def _step_order(rows: pl.DataFrame, tag: str | None) -> list[str]:

@@ -52,9 +52,10 @@ NOT_TABLES = frozenset(
     }
 )
 _STEPS = "|".join(re.escape(s) for s in sorted(set(_tables.STEP_NAMES), key=len, reverse=True))
-_STEP_KEY = re.compile(rf'"(?:{_STEPS})"\s*:')
-_COLUMN_ORIENT = re.compile(rf'"(?:{_STEPS})"\s*:\s*[\[{{]')
-_SPLIT_ORIENT = re.compile(rf'"columns"\s*:\s*\[[^\]]*"(?:{_STEPS})"')
+# (ignoring case, as the table's step column is found: "STEP" too)
+_STEP_KEY = re.compile(rf'"(?:{_STEPS})"\s*:', re.IGNORECASE)
+_COLUMN_ORIENT = re.compile(rf'"(?:{_STEPS})"\s*:\s*[\[{{]', re.IGNORECASE)
+_SPLIT_ORIENT = re.compile(rf'"columns"\s*:\s*\[[^\]]*"(?:{_STEPS})"', re.IGNORECASE)
 _TABLE_ORIENT = re.compile(r'"data"\s*:\s*\[\s*\{')
 
 
