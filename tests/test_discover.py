@@ -121,6 +121,31 @@ def test_a_file_given_directly_is_named_as_given(tmp_path):
     assert names([str(f)]) == [str(f)]
 
 
+def test_a_file_named_twice_or_also_inside_a_named_folder_is_read_once(tmp_path):
+    # scan d/x.tab d/x.tab, or d with d/x.tab: two runs both named d/x.tab (counted twice in
+    # the summary), and a folder run listing its file twice. Read where it is named first.
+    d = tmp_path / "d"
+    x, y = _touch(d / "x.tab"), _touch(d / "y.tab")
+    one, two = _touch(d / "r" / "1.ev"), _touch(d / "r" / "2.ev")
+    linked = tmp_path / "alias.tab"
+    os.symlink(x, linked)
+
+    def found(*paths):
+        return [(s.name, s.files) for s in discover_module.discover(list(paths)).sources]
+
+    assert found(str(x), str(x)) == [(str(x), (x,))]
+    assert found(str(x), str(linked)) == [(str(x), (x,))]  # one file under another name
+    assert found(str(one), str(one)) == [(str(one), (one,))]
+    everything = [(f"{d}/r", (one, two)), (str(x), (x,)), (str(y), (y,))]
+    assert found(str(d), str(x), str(one)) == everything
+    assert found(str(d), str(tmp_path / "d" / "." / "x.tab")) == [
+        (f"{d}/r", (one, two)), (str(x), (x,)), (str(y), (y,))]
+    # named first as a file, it stays that run; the folder's walk passes it by
+    assert found(str(x), str(d)) == everything
+    assert found(str(one), str(d)) == [(f"{d}/r", (two,)), (str(one), (one,)), (str(x), (x,)),
+                                       (str(y), (y,))]
+
+
 def test_a_file_named_directly_that_no_reader_takes_is_an_input_error(tmp_path):
     # a file in a folder may be anything and is passed by; one the user named is reported
     (tmp_path / "ds.log").write_text("steps: 10 loss: 2.3100 iter time (s): 0.412\n" * 50)

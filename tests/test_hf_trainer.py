@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -407,8 +408,6 @@ def test_a_trainer_runs_tensorboard_copy_is_not_a_second_run(tmp_path: Path) -> 
     # report_to="tensorboard" writes the log history again into <output_dir>/runs/<date>_<host>:
     # one training run was audited twice (3 explosions reported for 2 runs, and counted twice
     # in the batch clip). A TensorBoard run anywhere else stays a run of its own.
-    import shutil
-
     from tensorboardX import SummaryWriter
 
     out = tmp_path / "gpt2-lrspike"
@@ -436,3 +435,99 @@ def test_a_trainer_runs_tensorboard_copy_is_not_a_second_run(tmp_path: Path) -> 
         found = sorted((r.format, r.name.rsplit("/", 1)[-1]) for r in gradaudit.read_runs(paths))
         assert [f for f, _ in found] == ["hf-trainer-state", "tensorboard"]
         assert found[1][1] == "Nov26_10-00-00_vm"
+
+
+def _history(steps: range, loss: dict[int, float], grad_norm: dict[int, float]) -> list[dict]:
+    """The Trainer's training log entries for ``steps``."""
+    return [{"epoch": s / 100, "grad_norm": grad_norm[s], "learning_rate": 1e-3 * (1 - s / 100),
+             "loss": loss[s], "step": s} for s in steps]
+
+
+def _tensorboard_launch(folder: Path, entries: list[dict]) -> None:
+    """What ``report_to="tensorboard"`` writes for one launch (its TensorBoardCallback)."""
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(str(folder), flush_secs=3600)
+    for entry in entries:
+        for key, value in entry.items():
+            if key != "step":
+                writer.add_scalar(f"train/{key}", value, entry["step"])
+    writer.close()
+
+
+def _losses(seed: int) -> tuple[dict[int, float], dict[int, float]]:
+    rng = np.random.default_rng(seed)
+    loss = {s: float(np.float32(3.0 - s / 100 + rng.normal(0, 0.01))) for s in range(1, 61)}
+    grad = {s: float(np.float32(rng.lognormal(0.0, 0.2))) for s in range(1, 61)}
+    return loss, grad
+
+
+def test_a_resumed_trainer_runs_tensorboard_launches_are_its_copies(tmp_path: Path) -> None:
+    # A run saved every 10 steps stopped at 30 and resumed from checkpoint-20 to 45: the Trainer
+    # writes one TensorBoard folder per launch (1-30, then 21-45, identical to trainer_state.json
+    # where it has them), the first launch's 23-30 trained again with other values. Each launch
+    # was reported as a run of its own: one job, three runs, its findings counted up to 3 times.
+    loss, grad = _losses(3)
+    first = {**loss, **{s: loss[s] + 0.01 for s in range(23, 31)}}
+    out = tmp_path / "out"
+    state = TrainerState(global_step=45, max_steps=45, logging_steps=1, save_steps=10)
+    for step in (10, 20, 30, 40, 45):
+        state.global_step = step
+        state.log_history = _history(range(1, step + 1), loss, grad)
+        state.save_to_json(out / f"checkpoint-{step}" / "trainer_state.json")
+    state.save_to_json(out / "trainer_state.json")
+    _tensorboard_launch(out / "runs" / "Nov29_07-27-53_vm", _history(range(1, 31), first, grad))
+    _tensorboard_launch(out / "runs" / "Nov29_07-28-10_vm", _history(range(21, 46), loss, grad))
+    # a SummaryWriter of one's own beside them, on its own loss: a run of its own
+    _tensorboard_launch(out / "runs" / "mine", _history(range(1, 46), first | {1: 9.0}, grad))
+    runs = {r.name: r for r in gradaudit.read_runs([tmp_path])}
+    assert sorted(runs) == ["out", "out/runs/mine"]
+    assert runs["out"].format == "hf-trainer-state"
+    assert runs["out"].files == [str(out / "trainer_state.json")]
+    notes = " | ".join(runs["out"].notes)
+    assert ("the TensorBoard logs in out/runs/Nov29_07-27-53_vm, out/runs/Nov29_07-28-10_vm "
+            "are this Trainer run's copies, one per launch") in notes
+    assert ("out/runs/Nov29_07-27-53_vm was cut short by a resume: its steps 21-30 were trained "
+            "again after it and are read from the later launch (the first pass's training loss "
+            "differs at 8 of them, and those values are not audited)") in notes
+
+
+def test_a_trainer_run_that_crashed_after_its_last_save_is_read_from_its_tensorboard_log(
+        tmp_path: Path) -> None:
+    # Saved every 10 steps, the run blew up at step 35 and crashed at 37 without save_state():
+    # checkpoint-30/trainer_state.json holds 1-30, its TensorBoard log 1-37. Both were runs;
+    # dropping the log as a copy would lose the explosion. The log is read, as the Trainer run.
+    loss, grad = _losses(5)
+    for s in range(35, 38):
+        grad[s], loss[s] = 400.0 * (s - 34), 9.0 + s
+    out = tmp_path / "out"
+    state = TrainerState(max_steps=100, logging_steps=1, save_steps=10)
+    for step in (10, 20, 30):
+        state.global_step = step
+        state.log_history = _history(range(1, step + 1), loss, grad)
+        state.save_to_json(out / f"checkpoint-{step}" / "trainer_state.json")
+    _tensorboard_launch(out / "runs" / "Nov29_08-00-00_vm", _history(range(1, 38), loss, grad))
+    (run,) = gradaudit.read_runs([tmp_path])
+    assert (run.name, run.format) == ("out", "tensorboard")
+    _assert_series(run, "train/loss", {s: loss[s] for s in range(1, 38)})
+    assert any(n.startswith("read from the Trainer's TensorBoard log (out/runs/Nov29_08-00-00_vm;"
+                            " report_to='tensorboard'): it goes on to step 37, past "
+                            f"{out / 'checkpoint-30' / 'trainer_state.json'} (step 30")
+               for n in run.notes)
+    assert [e.onset_step for e in gradaudit.audit_run(run).episodes] == [35]
+    # resumed from checkpoint-20 before that: both launches read, the later write winning
+    _tensorboard_launch(out / "runs" / "Nov29_07-00-00_vm",
+                        _history(range(1, 26), {**loss, 23: 5.0, 24: 5.0, 25: 5.0}, grad))
+    shutil.rmtree(out / "runs" / "Nov29_08-00-00_vm")
+    _tensorboard_launch(out / "runs" / "Nov29_07-30-00_vm", _history(range(21, 38), loss, grad))
+    (run,) = gradaudit.read_runs([tmp_path])
+    assert run.format == "tensorboard" and len(run.files) == 2
+    _assert_series(run, "train/loss", {s: loss[s] for s in range(1, 38)})
+    # the first launch's folder gone, the log no longer holds steps 1-20: it stays a run
+    shutil.rmtree(out / "runs" / "Nov29_07-00-00_vm")
+    runs = {r.name: r for r in gradaudit.read_runs([tmp_path])}
+    assert sorted(runs) == ["out", "out/runs/Nov29_07-30-00_vm"]
+    assert runs["out"].format == "hf-trainer-state"
+    assert not any("TensorBoard" in n for n in runs["out"].notes)
+    assert any("kept as a run, as it goes on past" in n
+               for n in runs["out/runs/Nov29_07-30-00_vm"].notes)

@@ -3,8 +3,10 @@
 Runs are named the way ``tensorboard --logdir`` names them: by their folder relative to the
 scanned root (``"."`` for the root itself). A file that holds several runs yields
 ``file.csv#run``. When more than one path is scanned, names are prefixed with the path as given
-so that two roots never share a name. Symlinked folders are followed once: a link to a folder
-already seen (``wandb/latest-run``, a loop) is not walked again. Folders whose names start with a
+so that two roots never share a name; a file is read once, where it is named first (named
+twice, or named and found in a folder named too, in either order). Symlinked folders are
+followed once: a link to a folder already seen (``wandb/latest-run``, a loop) is not walked
+again. Folders whose names start with a
 dot are skipped, and so are files no adapter claims.
 """
 
@@ -140,62 +142,158 @@ def _trainer_dir(source: Source) -> Path | None:
     return folders.pop() if len(folders) == 1 else None
 
 
-def _train_loss(source: Source) -> tuple[np.ndarray, np.ndarray] | None:
-    """A source's ``train/loss`` series, or None (unreadable, several runs, no such tag)."""
+Loss = tuple[np.ndarray, np.ndarray]  # a ``train/loss`` series: steps, values
+
+
+def _train_loss(source: Source) -> tuple[Loss, str] | None:
+    """A source's ``train/loss`` series and the file it was read from, or None (unreadable,
+    several runs, no such tag)."""
     from gradaudit.ingest import read_source
 
     try:
         (run,), _ = read_source(source, None, None)
-        return run.series("train/loss") if "train/loss" in run.tags() else None
+        if "train/loss" not in run.tags():
+            return None
+        return run.series("train/loss"), run.files[0] if run.files else source.name
     except UNEXPECTED:  # no run or several, or a run that cannot say: no copy to compare
         return None
 
 
-def _same_loss(a: tuple[np.ndarray, np.ndarray] | None,
-               b: tuple[np.ndarray, np.ndarray] | None) -> bool:
-    """Whether two ``train/loss`` series are one, step for step."""
-    if a is None or b is None:
-        return False
-    (sa, va), (sb, vb) = a, b
-    return sa.size > 0 and np.array_equal(sa, sb) and np.allclose(va, vb, rtol=1e-6,
-                                                                  equal_nan=True)
+def _agrees(state: Loss, log: Loss) -> bool:
+    """Whether ``log`` holds the same training loss as ``state`` at every step both hold
+    (and they share one)."""
+    shared, i, j = np.intersect1d(state[0], log[0], assume_unique=True, return_indices=True)
+    return shared.size > 0 and np.allclose(state[1][i], log[1][j], rtol=1e-6, equal_nan=True)
+
+
+def _before(loss: Loss, step: int | None) -> Loss:
+    """``loss`` at the steps below ``step`` (all of it for None)."""
+    if step is None:
+        return loss
+    keep = loss[0] < step
+    return loss[0][keep], loss[1][keep]
+
+
+def _launches(state: Loss, logs: list[tuple[int, Loss]]) -> list[tuple[int, int | None]]:
+    """Which TensorBoard logs (in launch order) are the Trainer's copies of ``state``, each with
+    the step from which the next launch (a resume) logged again, None for the last one.
+
+    A launch is a copy where its training loss is the state's at every step both hold - below
+    the next copy's first step, as those steps were trained again after the resume."""
+    copies: list[tuple[int, int | None]] = []
+    resumed_at: int | None = None
+    for i, loss in reversed(logs):
+        if loss[0].size and _agrees(state, _before(loss, resumed_at)):
+            copies.append((i, resumed_at))
+            resumed_at = int(loss[0][0])
+    return copies[::-1]
 
 
 def _without_trainer_copies(sources: list[Source]) -> list[Source]:
     """Sources less the TensorBoard copies of a Hugging Face Trainer run: ``report_to=
     "tensorboard"`` writes the same log history into ``<output_dir>/runs/<date>_<host>`` (the
-    default ``logging_dir``) beside ``trainer_state.json``. Such a folder is dropped where its
-    training loss is the Trainer run's, step for step (an earlier run in a reused output folder,
-    or a SummaryWriter of one's own, stays a run); the Trainer run's note names it."""
+    default ``logging_dir``), one folder per launch (a resume from a checkpoint is a new one).
+
+    A folder there is the Trainer run's copy where its training loss is the one read from
+    ``trainer_state.json`` at every step both hold, but for the steps a later copy logged
+    again (:func:`_launches`); any other folder (an earlier run in a reused output folder, a
+    SummaryWriter of one's own) stays a run. The copies are dropped and the Trainer run's note
+    names them - unless they go on past the state read (a run that stopped after its last
+    save): then the run is read from the copies, which hold every step the state has, under
+    the Trainer run's name. Where they do not hold it all, a copy that goes on stays a run."""
     trainers = {d: i for i, s in enumerate(sources) if (d := _trainer_dir(s)) is not None}
     if not trainers:
         return sources
-    copies: dict[int, list[str]] = {}
-    drop = set()
-    owner_loss: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}  # each Trainer run read once
+    logs: dict[int, list[tuple[str, int, Loss]]] = {}
     for i, s in enumerate(sources):
         if s.format != TB_FORMAT or not s.files:
             continue
         folder = s.files[0].parent
         owner = trainers.get(folder.parent.parent) if folder.parent.name == "runs" else None
-        if owner is None:
+        if owner is not None and (got := _train_loss(s)) is not None:
+            first = min(f.name for f in s.files)  # events.out.tfevents.<time>...: launch order
+            logs.setdefault(owner, []).append((first, i, got[0]))
+    drop: set[int] = set()
+    replace: dict[int, Source] = {}
+    notes: dict[int, list[str]] = {}
+    for owner, found in logs.items():
+        state = _train_loss(sources[owner])
+        if state is None:
             continue
-        if owner not in owner_loss:
-            owner_loss[owner] = _train_loss(sources[owner])
-        if _same_loss(owner_loss[owner], _train_loss(s)):
+        (steps, _), state_file = state
+        found.sort(key=lambda x: (x[0], sources[x[1]].name))
+        loss_of = {i: loss for _, i, loss in found}
+        copies = _launches(state[0], [(i, loss) for _, i, loss in found])
+        if not copies:
+            continue
+        kept = {i: _before(loss_of[i], r)[0] for i, r in copies}  # the steps each copy holds
+        last = int(steps[-1]) if steps.size else -1
+        beyond = [i for i, _ in copies if kept[i].size and kept[i][-1] > last]
+        names = [sources[i].name for i, _ in copies]
+        held = np.concatenate(list(kept.values()))
+        if beyond and np.isin(steps, held).all():
+            drop.update(i for i, _ in copies)
+            top = max(int(k[-1]) for k in kept.values() if k.size)
+            files = tuple(f for i, _ in copies for f in sources[i].files)  # launch order
+            replace[owner] = Source(
+                TB_FORMAT, sources[owner].name, files,
+                sources[owner].notes + (
+                    f"read from the Trainer's TensorBoard log ({', '.join(names)}; "
+                    f"report_to='tensorboard'): it goes on to step {top}, past {state_file} "
+                    f"(step {last}; the run stopped after its last save), and holds the same "
+                    "training loss at every step that file has",))
+            continue
+        for i, resumed_at in copies:
+            if i in beyond:
+                notes.setdefault(i, []).append(
+                    f"the Trainer's TensorBoard log of {sources[owner].name} (report_to="
+                    f"'tensorboard'): kept as a run, as it goes on past {state_file} (step "
+                    f"{last}) to step {int(kept[i][-1])}, but the Trainer's logs here do not "
+                    "hold every step that file has; the steps both hold are in both runs")
+                continue
             drop.add(i)
-            copies.setdefault(owner, []).append(s.name)
+            if resumed_at is not None:
+                notes.setdefault(owner, []).append(_resume_note(
+                    sources[i].name, resumed_at, loss_of[i], state[0]))
+        folded = [sources[i].name for i, _ in copies if i not in beyond]
+        if folded:
+            notes.setdefault(owner, []).insert(0, (
+                f"the TensorBoard log in {folded[0]} is this Trainer run's copy"
+                if len(folded) == 1 else f"the TensorBoard logs in {', '.join(folded)} are "
+                "this Trainer run's copies, one per launch") + " (report_to='tensorboard'; "
+                "the training loss of trainer_state.json at every step both hold): read once, "
+                "from trainer_state.json")
     out = []
     for i, s in enumerate(sources):
         if i in drop:
             continue
-        if i in copies:
-            note = (f"the TensorBoard log in {', '.join(copies[i])} is this Trainer run's copy "
-                    "(report_to='tensorboard'; the same training loss at every step): read "
-                    "once, from trainer_state.json")
-            s = Source(s.format, s.name, s.files, s.notes + (note,))
+        s = replace.get(i, s)
+        if i in notes:
+            s = Source(s.format, s.name, s.files, s.notes + tuple(notes[i]))
         out.append(s)
     return out
+
+
+def _resume_note(name: str, resumed_at: int, log: Loss, state: Loss) -> str:
+    """What became of a copy's steps that the next launch, resumed, trained again."""
+    steps, values = log
+    later = steps >= resumed_at
+    shared, i, j = np.intersect1d(state[0], steps[later], assume_unique=True,
+                                  return_indices=True)
+    differ = int((~np.isclose(state[1][i], values[later][j], rtol=1e-6, equal_nan=True)).sum())
+    what = (f"the first pass's training loss differs at {differ} of them, and those values "
+            "are not audited" if differ else "with the same training loss")
+    return (f"{name} was cut short by a resume: its steps {resumed_at}-{int(steps[-1])} were "
+            f"trained again after it and are read from the later launch ({what})")
+
+
+def _file_key(path: Path) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of a file (one file under any name), or None if it cannot be seen."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _join(prefix: str, rel: str) -> str:
@@ -205,21 +303,28 @@ def _join(prefix: str, rel: str) -> str:
 def discover(paths: Iterable[str | os.PathLike[str]]) -> Discovery:
     """Find the sources under ``paths`` (files or folders)."""
     paths = [str(p) for p in paths]
-    merged: dict[tuple[str, str], list[Path]] = {}
+    merged: dict[tuple[str, str], dict[Path, None]] = {}  # a run's files, none twice
     missing: list[str] = []
     unrecognised: list[str] = []
     unreadable: list[tuple[str, str]] = []
     seen_files: set[tuple[int, int]] = set()
+    taken: set[tuple[int, int]] = set()  # files some source reads: a file is read once
     for given in paths:
         root = Path(given)
         prefix = given.rstrip("/") or "/" if len(paths) > 1 else "."
         if root.is_file():
+            key = _file_key(root)
+            if key in taken:  # named before, or found in a folder named before
+                continue
             claimed = _claim(root.parent, [root])
             if not claimed:
                 unrecognised.append(given)
+            elif key is not None:
+                seen_files.add(key)
+                taken.add(key)
             for src in claimed:
                 name = given if len(paths) > 1 or src.name in (".", "..", root.name) else src.name
-                merged.setdefault((src.format, name), []).extend(src.files)
+                merged.setdefault((src.format, name), {}).update(dict.fromkeys(src.files))
             continue
         if not root.is_dir():
             missing.append(given)
@@ -227,21 +332,19 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> Discovery:
         for folder, files in _walk(root, unreadable):
             unique = []
             for f in files:
-                try:
-                    st = f.stat()
-                except OSError:
-                    continue
-                if (st.st_dev, st.st_ino) not in seen_files:
-                    seen_files.add((st.st_dev, st.st_ino))
+                key = _file_key(f)
+                if key is not None and key not in seen_files:
+                    seen_files.add(key)
                     unique.append(f)
             rel_folder = folder.relative_to(root).as_posix() if folder != root else "."
             for src in _claim(folder, unique):
+                taken.update(k for f in src.files if (k := _file_key(f)) is not None)
                 rel = _join(rel_folder, src.name)  # relative to the root
                 if rel == ".." or rel.startswith("../"):
                     # A run that names its parent folder, scanned from inside: the root it is.
                     rel = "."
                 name = _join(prefix, rel)
-                merged.setdefault((src.format, name), []).extend(src.files)
+                merged.setdefault((src.format, name), {}).update(dict.fromkeys(src.files))
     sources = _regroup([Source(fmt, name, tuple(files)) for (fmt, name), files in merged.items()])
     sources = _without_trainer_copies(sources)
     sources.sort(key=lambda s: (s.name, s.format))
