@@ -9,12 +9,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gradaudit.adapters.base import Source
-from gradaudit.discover import discover
+from gradaudit.discover import discover, file_key
 from gradaudit.errors import UNEXPECTED, UsageError
 from gradaudit.ingest import read_source, source_label
 from gradaudit.model import SCHEMA_VERSION, InputError, RunAudit, same_series
 from gradaudit.parallel import DEFAULT_TIMEOUT, run_all
-from gradaudit.result import AuditResult, file_key
+from gradaudit.result import AuditResult
 from gradaudit.series import RunSeries
 from gradaudit.settings import Settings
 from gradaudit.tags import choose_tags
@@ -101,7 +101,7 @@ def _unread(paths: list[str], audits: list[RunAudit], errors: list[InputError]) 
 
 
 def _input_files(given: list[str], sources: list[Source]) -> dict[tuple[int, int], str]:
-    """:func:`~gradaudit.result.file_key` -> path of each regular file given or read."""
+    """:func:`~gradaudit.discover.file_key` -> path of each regular file given or read."""
     out: dict[tuple[int, int], str] = {}
     for f in [*given, *(os.fspath(f) for s in sources for f in s.files)]:
         try:

@@ -214,7 +214,7 @@ def _without_trainer_copies(sources: list[Source]) -> list[Source]:
             first = min(f.name for f in s.files)  # events.out.tfevents.<time>...: launch order
             logs.setdefault(owner, []).append((first, i, got[0]))
     drop: set[int] = set()
-    replace: dict[int, Source] = {}
+    read_from: dict[int, Source] = {}
     notes: dict[int, list[str]] = {}
     for owner, found in logs.items():
         state = _train_loss(sources[owner])
@@ -235,7 +235,7 @@ def _without_trainer_copies(sources: list[Source]) -> list[Source]:
             drop.update(i for i, _ in copies)
             top = max(int(k[-1]) for k in kept.values() if k.size)
             files = tuple(f for i, _ in copies for f in sources[i].files)  # launch order
-            replace[owner] = Source(
+            read_from[owner] = Source(
                 TB_FORMAT, sources[owner].name, files,
                 sources[owner].notes + (
                     f"read from the Trainer's TensorBoard log ({', '.join(names)}; "
@@ -267,7 +267,7 @@ def _without_trainer_copies(sources: list[Source]) -> list[Source]:
     for i, s in enumerate(sources):
         if i in drop:
             continue
-        s = replace.get(i, s)
+        s = read_from.get(i, s)
         if i in notes:
             s = Source(s.format, s.name, s.files, s.notes + tuple(notes[i]))
         out.append(s)
@@ -287,11 +287,12 @@ def _resume_note(name: str, resumed_at: int, log: Loss, state: Loss) -> str:
             f"trained again after it and are read from the later launch ({what})")
 
 
-def _file_key(path: Path) -> tuple[int, int] | None:
-    """``(st_dev, st_ino)`` of a file (one file under any name), or None if it cannot be seen."""
+def file_key(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the file ``path`` names through any links, or None (none
+    there): two paths name one file when their keys are equal, however spelled."""
     try:
-        st = path.stat()
-    except OSError:
+        st = os.stat(path)
+    except (OSError, ValueError):
         return None
     return st.st_dev, st.st_ino
 
@@ -313,7 +314,7 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> Discovery:
         root = Path(given)
         prefix = given.rstrip("/") or "/" if len(paths) > 1 else "."
         if root.is_file():
-            key = _file_key(root)
+            key = file_key(root)
             if key in taken:  # named before, or found in a folder named before
                 continue
             claimed = _claim(root.parent, [root])
@@ -332,13 +333,13 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> Discovery:
         for folder, files in _walk(root, unreadable):
             unique = []
             for f in files:
-                key = _file_key(f)
+                key = file_key(f)
                 if key is not None and key not in seen_files:
                     seen_files.add(key)
                     unique.append(f)
             rel_folder = folder.relative_to(root).as_posix() if folder != root else "."
             for src in _claim(folder, unique):
-                taken.update(k for f in src.files if (k := _file_key(f)) is not None)
+                taken.update(k for f in src.files if (k := file_key(f)) is not None)
                 rel = _join(rel_folder, src.name)  # relative to the root
                 if rel == ".." or rel.startswith("../"):
                     # A run that names its parent folder, scanned from inside: the root it is.

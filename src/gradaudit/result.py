@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradaudit import __version__
+from gradaudit.discover import file_key
 from gradaudit.errors import UsageError
 from gradaudit.model import SCHEMA_VERSION, ClipSuggestion, InputError, RunAudit
 from gradaudit.settings import Settings
@@ -24,16 +25,6 @@ def _now() -> str:
         except (OverflowError, OSError, ValueError):  # beyond the calendar: ignored
             pass
     return when.isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def file_key(path: str | os.PathLike[str]) -> tuple[int, int] | None:
-    """``(st_dev, st_ino)`` of the file ``path`` names through any links, or None (none
-    there): two paths name one file when their keys are equal, however spelled."""
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    return st.st_dev, st.st_ino
 
 
 def overwrite_message(target: str, log: str) -> str:
