@@ -93,6 +93,16 @@ def test_audit_run_chooses_the_tags_its_globs_name():
     c = gradaudit.audit_run(odd, grad_tag="grad-norm")
     assert (c.grad_norm_tag, c.loss_tag, c.lr_tag) == ("grad-norm", "lm loss validation",
                                                       run.lr_tag)
+    # one series is never both: a glob given here that takes the series the run keeps for the
+    # other role yields, and says so
+    d = gradaudit.audit_run(run, loss_tag="grad-norm")
+    assert (d.grad_norm_tag, d.loss_tag) == ("grad-norm", None)
+    assert any(n.startswith("--loss-tag 'grad-norm' matches only") for n in d.notes)
+    kept = dataclasses.replace(run, grad_norm_tag="lm loss validation")  # read with a glob
+    e = gradaudit.audit_run(kept, loss_tag="lm loss validation")
+    assert (e.grad_norm_tag, e.loss_tag) == ("lm loss validation", None)
+    assert any(n.startswith("--loss-tag 'lm loss validation' chose 'lm loss validation', "
+                            "which this run reads as the grad norm") for n in e.notes)
 
 
 def test_reprs_are_short_and_names_are_exported():

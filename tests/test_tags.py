@@ -119,7 +119,9 @@ def test_a_training_loss_of_any_name_wins_over_a_validation_loss_of_a_known_name
     ("train/grad_norm_before_clip", "train/grad_norm_after_clip"),
     ("grad_norm_unclipped", "grad_norm_clipped"),
     ("grad_norm/pre_clip", "grad_norm/post_clip"),
-    ("optim/grad_norm", "optim/clipped_grad_norm")])
+    ("optim/grad_norm", "optim/clipped_grad_norm"),
+    ("opt/pre_clipped_grad_norm", "opt/clipped_grad_norm"),
+    ("grad_norm_not_clipped", "grad_norm_after_clip")])
 def test_the_norm_before_clipping_wins_over_the_norm_after_it(before, after):
     choice = choose_tags([after, before, "train/loss"])
     assert choice.grad_norm == before and choice.notes == ()
@@ -141,15 +143,37 @@ def test_a_per_epoch_loss_ranks_after_the_per_update_loss_beside_it():
 
 
 def test_one_series_is_never_both_grad_norm_and_loss():
-    tags = ["grad_norm", "loss"]
+    tags = ["grad_norm", "loss", "val_loss"]
     choice = choose_tags(tags, loss_tag="grad_norm")
     assert (choice.grad_norm, choice.loss) == ("grad_norm", None)
-    assert choice.notes == ("--loss-tag 'grad_norm' matches only the grad-norm tag 'grad_norm'",)
-    choice = choose_tags(tags, grad_tag="loss")
-    assert (choice.grad_norm, choice.loss) == (None, "loss")
-    assert choice.notes == ("--grad-tag 'loss' matches only the loss tag 'loss'",)
+    assert choice.notes == ("--loss-tag 'grad_norm' matches only 'grad_norm': named as the grad "
+                            "norm, not the loss",)
+    for glob in ("loss", "*loss*"):  # a glob naming only losses chooses no grad norm
+        choice = choose_tags(tags, grad_tag=glob)
+        assert (choice.grad_norm, choice.loss) == (None, "loss")
+        assert choice.notes[0].startswith(f"--grad-tag {glob!r} matches only 'loss'")
     choice = choose_tags(tags, grad_tag="grad_norm", loss_tag="grad_norm")
-    assert (choice.grad_norm, choice.loss) == (None, "grad_norm")
-    # a glob matching more than the other side's series takes its next candidate
+    assert (choice.grad_norm, choice.loss) == ("grad_norm", None)
+    # a glob's fallback (no tag named as its kind) leaves out the other kind's: a name decides
+    tags = ["train/grad_norm", "train/objective"]
+    for grad_tag in (None, "train/*"):
+        choice = choose_tags(tags, grad_tag=grad_tag, loss_tag="train/*")
+        assert (choice.grad_norm, choice.loss) == ("train/grad_norm", "train/objective")
     choice = choose_tags(["g1_norm", "loss"], grad_tag="*", loss_tag="loss")
     assert (choice.grad_norm, choice.loss) == ("g1_norm", "loss")
+
+
+def test_density_orders_candidates_only_within_one_kind_of_name():
+    """A dense aux or validation loss, or a dense clipped norm, never displaces a sparser main
+    series (Megatron's MoE losses every iteration, its lm loss every log interval; an HF
+    Trainer evaluating more often than it logs)."""
+    counts = {"lm loss": 50, "grad-norm": 50, "z_loss": 1000, "load_balancing_loss": 1000}
+    assert choose_tags(counts, counts=counts).loss == "lm loss"
+    counts = {"train/loss": 2, "eval/loss": 100, "train/grad_norm": 2}
+    assert choose_tags(counts, counts=counts).loss == "train/loss"
+    counts = {"train/loss": 50, "train/z_loss": 1000, "train/aux_loss": 1000}
+    assert choose_tags(counts, counts=counts).loss == "train/loss"
+    counts = {"my_lm_loss": 50, "moe/load_balancing_loss": 1000, "router_z_loss": 1000}
+    assert choose_tags(counts, counts=counts).loss == "my_lm_loss"  # aux losses: never the loss
+    counts = {"grad_norm_unclipped": 10, "grad_norm_clipped": 1000, "loss": 1000}
+    assert choose_tags(counts, counts=counts).grad_norm == "grad_norm_unclipped"

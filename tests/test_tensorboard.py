@@ -783,22 +783,27 @@ def test_a_hole_is_searched_past_in_the_same_windows_as_zeros_written_there(
 
 
 def test_the_training_loss_is_read_not_a_validation_or_per_epoch_loss(tmp_path: Path) -> None:
-    """A training loss under a name of one's own beside ``eval/loss`` (every 250 steps), and
-    fairseq's per-update ``train_inner/loss`` beside its per-epoch ``train/loss``: the loss
-    that carries the fault at step 600 is read, and the gate sees the explosion."""
-    for name, train_tag, other, every in (("ce", "train/ce_loss", "eval/loss", 250),
-                                          ("fairseq", "train_inner/loss", "train/loss", 400)):
+    """A training loss under a name of one's own beside ``eval/loss`` (every 250 steps);
+    fairseq's per-update ``train_inner/loss`` beside its per-epoch ``train/loss``; Megatron's
+    ``lm loss`` every 5 steps beside its MoE ``z_loss`` every step: the loss that carries the
+    fault at step 600 is read, and the gate sees the explosion."""
+    for name, train_tag, other, every, train_every in (
+            ("ce", "train/ce_loss", "eval/loss", 250, 1),
+            ("fairseq", "train_inner/loss", "train/loss", 400, 1),
+            ("moe", "lm loss", "z_loss", 1, 5)):
         w = SummaryWriter(str(tmp_path / name), flush_secs=3600, max_queue=100_000)
         for s in range(1000):
-            w.add_scalar("train/grad_norm", 40.0 if s == 600 else 1.0 + 0.05 * math.sin(s), s)
-            w.add_scalar(train_tag, (6.0 if 600 <= s < 700 else 3.0) - s * 1e-4, s)
+            if s % train_every == 0 or s == 600:
+                w.add_scalar("train/grad_norm", 40.0 if s == 600 else 1.0 + 0.05 * math.sin(s),
+                             s)
+                w.add_scalar(train_tag, (6.0 if 600 <= s < 700 else 3.0) - s * 1e-4, s)
             if s % every == every - 1:
                 w.add_scalar(other, 3.1 - s * 1e-4, s)
         w.close()
     result = gradaudit.scan([tmp_path])
     runs = {a.run: a for a in result.runs}
-    assert (runs["ce"].loss_tag, runs["fairseq"].loss_tag) == ("train/ce_loss",
-                                                               "train_inner/loss")
+    assert [runs[n].loss_tag for n in ("ce", "fairseq", "moe")] == [
+        "train/ce_loss", "train_inner/loss", "lm_loss"]  # (tensorboardX writes "lm loss" so)
     for audit in runs.values():
         assert audit.status == "explosion"
         (ep,) = [e for e in audit.episodes if e.severity == "explosion"]

@@ -188,15 +188,17 @@ class _ScanJob:
 def _unmatched_globs(audits: list[RunAudit], settings: Settings) -> None:
     """UsageError where ``--grad-tag`` or ``--loss-tag`` chose no tag in any run read: a typo
     would otherwise audit nothing it names and pass the gate (``inspect --tags`` lists them)."""
-    for option, what, other, glob, chosen in (
-            ("--grad-tag", "grad-norm", "loss", settings.grad_tag,
-             [a.grad_norm_tag for a in audits]),
-            ("--loss-tag", "loss", "grad norm", settings.loss_tag, [a.loss_tag for a in audits])):
+    for option, what, glob, chosen in (
+            ("--grad-tag", "grad-norm", settings.grad_tag, [a.grad_norm_tag for a in audits]),
+            ("--loss-tag", "loss", settings.loss_tag, [a.loss_tag for a in audits])):
         if glob is not None and audits and not any(chosen):
+            # where the glob named only the other kind's series, the run's note says so
+            said = next((n for a in audits for n in a.notes
+                         if n.startswith(f"{option} {glob!r} ")), None)
+            why = f"; {said}" if said else ""
             raise UsageError(f"{option} {glob!r} ({option[2:].replace('-', '_')}) chose no "
-                             f"{what} tag in any of the {len(audits)} run(s) read (the series "
-                             f"read as the {other} is never also the {what}; `gradaudit inspect "
-                             "PATH --tags` lists the tags)")
+                             f"{what} tag in any of the {len(audits)} run(s) read{why} "
+                             "(`gradaudit inspect PATH --tags` lists the tags)")
 
 
 def _note_copies(audits: list[RunAudit]) -> None:
@@ -262,12 +264,20 @@ def audit_run(series: RunSeries, settings: Settings | None = None, **overrides: 
         counts = series.tag_counts()
         choice = choose_tags(counts, grad_tag=settings.grad_tag, loss_tag=settings.loss_tag,
                              counts=counts)
-        series = replace(
-            series,
-            grad_norm_tag=choice.grad_norm if settings.grad_tag is not None
-            else series.grad_norm_tag,
-            loss_tag=choice.loss if settings.loss_tag is not None else series.loss_tag,
-            notes=list(series.notes) + list(choice.notes))
+        grad = choice.grad_norm if settings.grad_tag is not None else series.grad_norm_tag
+        loss = choice.loss if settings.loss_tag is not None else series.loss_tag
+        notes = list(choice.notes)
+        if grad is not None and grad.removesuffix("__MAX") == loss and \
+                (settings.grad_tag is None or settings.loss_tag is None):
+            # one series is never both: the glob given here yields to the tag the run keeps
+            option, glob = ("--loss-tag", settings.loss_tag) if settings.grad_tag is None \
+                else ("--grad-tag", settings.grad_tag)
+            notes.append(f"{option} {glob!r} chose {loss!r}, which this run reads as the "
+                         f"{'grad norm' if option == '--loss-tag' else 'loss'}: one series "
+                         "cannot be both")
+            grad, loss = (grad, None) if option == "--loss-tag" else (None, loss)
+        series = replace(series, grad_norm_tag=grad, loss_tag=loss,
+                         notes=list(series.notes) + notes)
     return _audit_run(series, settings)
 
 

@@ -48,6 +48,7 @@ LOSS_NAMES: tuple[str, ...] = (
     "train/loss",
     "lm loss",
     "lm-loss",
+    "lm_loss",  # (tensorboardX writes Megatron's "lm loss" so)
     "train/lm_loss",
     "train/lm loss",
     "train_loss",
@@ -103,11 +104,14 @@ _EVAL = re.compile(r"(^|[/_\-. ])(val|valid|validation|eval|evaluation|test|dev)
 _SAMPLE_INDEXED = re.compile(r"vs samples|vs tokens|samples/|tokens/", re.IGNORECASE)
 _GRAD_NORM = re.compile(r"(grad(ient)?s?[ _\-/.]*(l?2[ _\-.]*|2\.0[ _\-]*)?norm|gnorm)", re.I)
 _LOSS = re.compile(r"loss", re.IGNORECASE)
-_NOT_LOSS = re.compile(r"scale|scaler|ppl|perplexity|weight|coef|skipped", re.IGNORECASE)
+# (and the auxiliary losses of mixture-of-experts and OLMo models: never the training loss)
+_NOT_LOSS = re.compile(r"scale|scaler|ppl|perplexity|weight|coef|skipped|aux|z[ _\-]?loss"
+                       r"|load[ _\-]?balanc|router", re.IGNORECASE)
 _NOT_GRAD = re.compile(r"ratio|scale|clip_coef|std|var|frac|count", re.IGNORECASE)
-# a norm logged after clipping never shows a spike above the clip threshold ("unclipped" is
-# the norm before it)
-_POST_CLIP = re.compile(r"(?<!un)clipped|(after|post)[ _\-./]?clip", re.IGNORECASE)
+# a norm logged after clipping never shows a spike above the clip threshold ("unclipped",
+# "pre_clipped", "not_clipped" are the norm before it)
+_POST_CLIP = re.compile(r"(?<!un)(?<!non)(?<!pre)(?<!not)(?<!pre[ _\-])(?<!not[ _\-])clipped"
+                        r"|(after|post)[ _\-./]?clip", re.IGNORECASE)
 SPARSE_FACTOR = 10  # a candidate with under 1/10 of another's points ranks after it
 _LR = re.compile(r"(^|[/_\-. ])(lr|learning[ _\-]?rate)([/_\-. (]|$)", re.IGNORECASE)
 _PER_PARAM = re.compile(r"(weight|bias|layer|block|param|\.\d+\.|/\d+/|embed)", re.IGNORECASE)
@@ -160,40 +164,40 @@ def _heuristic_penalty(tag: str) -> int:
 
 
 def _rank(
-    tags: Iterable[str], names: tuple[str, ...], accept: re.Pattern[str], reject: re.Pattern[str]
+    tags: Iterable[str], names: tuple[str, ...], accept: re.Pattern[str],
+    reject: re.Pattern[str], counts: Mapping[str, int] | None = None,
 ) -> list[str]:
-    scored: list[tuple[bool, int, int, str]] = []
+    """Candidates best first: known names, then a known last part, then names that ``accept``
+    (validation and post-clip series after all of them). Within each of those classes a
+    candidate with under 1/``SPARSE_FACTOR`` of the points of the densest one (``counts``)
+    ranks after the others: fairseq's W&B log has a per-epoch ``train/loss`` beside the
+    per-update ``train_inner/loss``, while a dense aux loss never displaces a known loss."""
+    found: list[tuple[tuple[bool, int], int, int, str]] = []  # (class, score, tie-break, tag)
     for tag in tags:
         if _BUCKET.search(tag):
             continue
         known = _known_rank(tag, names)
-        if known is not None:
-            scored.append((_last_resort(tag), 0, known, tag))
-            continue
         last = tag.rsplit("/", 1)[-1]
         known_last = _known_rank(last, names)
-        penalty = _heuristic_penalty(tag)
-        if known_last is not None:
-            scored.append((_last_resort(tag), 1 + penalty, known_last, tag))
+        if known is not None:
+            found.append(((_last_resort(tag), 0), 0, known, tag))
+        elif known_last is not None:
+            found.append(((_last_resort(tag), 1), _heuristic_penalty(tag), known_last, tag))
         elif accept.search(tag) and not reject.search(tag):
-            scored.append((_last_resort(tag), 1000 + penalty, len(tag), tag))
-    scored.sort()
-    return [tag for *_, tag in scored]
+            found.append(((_last_resort(tag), 2), _heuristic_penalty(tag), len(tag), tag))
+    most: dict[tuple[bool, int], int] = {}  # the most points a candidate of each class has
+    for klass, *_, tag in found:
+        most[klass] = max(most.get(klass, 0), (counts or {}).get(tag, 0))
+
+    def sparse(klass: tuple[bool, int], tag: str) -> bool:
+        return counts is not None and SPARSE_FACTOR * counts.get(tag, 0) < most[klass]
+
+    found.sort(key=lambda f: (f[0], sparse(f[0], f[3]), *f[1:]))
+    return [tag for *_, tag in found]
 
 
-def _dense_first(ranked: list[str], counts: Mapping[str, int] | None) -> list[str]:
-    """``ranked`` with the candidates holding under 1/``SPARSE_FACTOR`` of the points of the
-    densest one moved after the others, each part in its order (fairseq's W&B log has a
-    per-epoch ``train/loss`` beside the per-update ``train_inner/loss``)."""
-    if not counts or len(ranked) < 2:
-        return ranked
-    most = max(counts.get(t, 0) for t in ranked)
-    dense = [t for t in ranked if SPARSE_FACTOR * counts.get(t, 0) >= most]
-    return dense + [t for t in ranked if t not in dense]
-
-
-def _grad_candidates(tags: list[str]) -> list[str]:
-    ranked = _rank(tags, GRAD_NORM_NAMES, _GRAD_NORM, _NOT_GRAD)
+def _grad_candidates(tags: list[str], counts: Mapping[str, int] | None = None) -> list[str]:
+    ranked = _rank(tags, GRAD_NORM_NAMES, _GRAD_NORM, _NOT_GRAD, counts)
 
     def per_param(tag: str) -> bool:
         m = _GRAD_NORM.search(tag)
@@ -232,24 +236,30 @@ def choose_tags(
     notes: list[str] = []
 
     def grads(pool: list[str]) -> list[str]:
-        return _dense_first(_grad_candidates(pool), counts)
+        return _grad_candidates(pool, counts)
 
     def losses(pool: list[str]) -> list[str]:
-        return _dense_first(_rank(pool, LOSS_NAMES, _LOSS, _NOT_LOSS), counts)
+        return _rank(pool, LOSS_NAMES, _LOSS, _NOT_LOSS, counts)
 
-    def chosen(pool: list[str], ranked: list[str], glob: str | None, option: str) -> list[str]:
-        """The candidates in order: with a glob, its tags ranked (or as they come)."""
+    def chosen(pool: list[str], ranked: list[str], other: list[str], glob: str | None,
+               option: str) -> list[str]:
+        """The candidates in order: with a glob, its tags ranked, or, where none is named as
+        such, those it matches as they come - but for the other kind's by name (``other``)."""
         if glob is None:
             return ranked
-        plain = [t for t in pool if not _BUCKET.search(t)]
-        out = ranked or plain
-        if not out:
+        out = ranked or [t for t in pool if not _BUCKET.search(t) and t not in other]
+        if not pool:
             notes.append(f"no tag matches {option} {glob!r}")
+        elif not out:
+            notes.append(f"{option} {glob!r} matches only {', '.join(map(repr, pool[:3]))}"
+                         f"{', ...' if len(pool) > 3 else ''}: named as the "
+                         f"{'loss' if option == '--grad-tag' else 'grad norm'}, not the "
+                         f"{'grad norm' if option == '--grad-tag' else 'loss'}")
         return out
 
     grad_pool, loss_pool = _apply_glob(all_tags, grad_tag), _apply_glob(all_tags, loss_tag)
-    grad_list = chosen(grad_pool, grads(grad_pool), grad_tag, "--grad-tag")
-    loss_list = chosen(loss_pool, losses(loss_pool), loss_tag, "--loss-tag")
+    grad_list = chosen(grad_pool, grads(grad_pool), losses(grad_pool), grad_tag, "--grad-tag")
+    loss_list = chosen(loss_pool, losses(loss_pool), grads(loss_pool), loss_tag, "--loss-tag")
     # one series cannot be both (a clip "suggested" from the loss's values would be nonsense):
     # the loss chooses first and the grad norm takes its next candidate; where only
     # --loss-tag is given, the grad norm chooses first and that glob its next candidate
@@ -259,10 +269,12 @@ def choose_tags(
     else:
         grad = next(iter(grad_list), None)
         loss = next((t for t in loss_list if t != grad), None)
-    if grad_list and loss_list and grad is None and loss is not None and grad_tag is not None:
-        notes.append(f"--grad-tag {grad_tag!r} matches only the loss tag {loss!r}")
-    if grad_list and loss_list and loss is None and loss_tag is not None:
-        notes.append(f"--loss-tag {loss_tag!r} matches only the grad-norm tag {grad!r}")
+    for option, glob, got, lost in (("--grad-tag", grad_tag, grad, loss),
+                                    ("--loss-tag", loss_tag, loss, grad)):
+        if glob is not None and got is None and lost is not None and \
+                (grad_list if option == "--grad-tag" else loss_list):
+            notes.append(f"{option} {glob!r} matches only {lost!r}, read as the "
+                         f"{'loss' if option == '--grad-tag' else 'grad norm'}")
     if grad is not None and _POST_CLIP.search(grad):
         notes.append(f"the grad norm {grad!r} is logged after clipping: a spike shows only up to "
                      "the clip threshold (log the norm before clipping: "
