@@ -550,6 +550,85 @@ def test_a_step_axis_for_some_metrics_or_of_fractions_is_no_step(tmp_path, monke
     assert any("'epoch' is not whole numbers" in n for n in fraction.notes)
 
 
+def test_a_sync_tensorboard_run_is_read_on_its_tensorboard_steps(tmp_path, monkeypatch):
+    # wandb.init(sync_tensorboard=True) copies each TensorBoard event into a history row with
+    # its step as 'global_step'; _step only counts rows. Read on _step, a writer logging every
+    # 10 steps put the spike at 600 at step 60 and listed 'global_step' as a metric (review).
+    # Two writers (train, val) and the user's own wandb.log rows in one run.
+    from tensorboardX import SummaryWriter
+
+    root = _offline(tmp_path, monkeypatch)
+    run = wandb.init(mode="offline", dir=str(root), project="tbsync", sync_tensorboard=True,
+                     settings=_settings())
+    train = SummaryWriter(str(root / "tb" / "train"), flush_secs=3600, max_queue=100_000)
+    val = SummaryWriter(str(root / "tb" / "val"), flush_secs=3600, max_queue=100_000)
+    steps = np.arange(0, 3000, 10)
+    grad = np.where(steps == 600, 60.0, 1.0 + 0.1 * np.sin(steps))
+    loss = np.where((steps >= 600) & (steps < 900), 6.0, 3.0) - steps * 1e-4
+    for s, g, x in zip(steps.tolist(), grad.tolist(), loss.tolist(), strict=True):
+        train.add_scalar("grad_norm", g, s)
+        train.add_scalar("loss", x, s)
+        if s % 500 == 0:
+            val.add_scalar("loss", 2.0 - s / 1e4, s)
+        if s % 1000 == 0:
+            run.log({"own/score": s / 1000})
+    train.close()
+    val.close()
+    _finish(run)
+    runs = {r.name: r for r in gradaudit.read_runs([root])}
+    (got,) = [r for r in runs.values() if r.format == "wandb"]
+    f32 = np.float32  # TensorBoard keeps float32; W&B writes each as its shortest text
+    for tag, values in (("train/grad_norm", grad), ("train/loss", loss)):
+        s, v = got.series(tag)
+        np.testing.assert_array_equal(s, steps, err_msg=tag)
+        np.testing.assert_array_equal(v.astype(f32), values.astype(f32), err_msg=tag)
+    val_steps = np.arange(0, 3000, 500)
+    np.testing.assert_array_equal(got.series("val/loss")[0], val_steps)
+    np.testing.assert_array_equal(got.series("val/loss")[1].astype(f32),
+                                  (2.0 - val_steps / 1e4).astype(f32))
+    assert sorted(got.tags()) == ["own/score", "train/grad_norm", "train/loss", "val/loss"]
+    assert got.series("own/score")[1].tolist() == [0.0, 1.0, 2.0]  # on W&B's _step
+    assert any(re.fullmatch(r"steps are the TensorBoard steps that sync_tensorboard logged as "
+                            r"'global_step' \(\d+ of \d+ history rows carry it; the other rows "
+                            r"keep W&B's _step\)", n) for n in got.notes), got.notes
+    # the same training read from its TensorBoard files: the same steps, values and spike
+    tb = {n: r for n, r in runs.items() if r.format == "tensorboard"}
+    assert sorted(tb) == ["tb/train", "tb/val"]
+    for tag in ("grad_norm", "loss"):
+        for mine, theirs in zip(got.series(f"train/{tag}"), tb["tb/train"].series(tag),
+                                strict=True):
+            np.testing.assert_array_equal(mine.astype(f32), theirs.astype(f32), err_msg=tag)
+    onsets = [[(e.kind, e.onset_step) for e in gradaudit.audit_run(r).episodes]
+              for r in (got, tb["tb/train"])]
+    assert onsets[0] == onsets[1] and ("spike", 600) in onsets[0], onsets
+
+
+def _tb_signal(kind: str) -> bytes:
+    """A ``Record.tbrecord`` (log_dir "tb") or a ``Record.telemetry`` with ``feature``
+    ``tensorboard_sync`` (field 35) set."""
+    if kind == "tbrecord":
+        return bytes([0x08, 1]) + _pb(9, _pb(1, b"tb"))
+    return bytes([0x08, 1]) + _pb(11, _pb(3, bytes([0x98, 0x02, 1])))
+
+
+@pytest.mark.parametrize("signal", [None, "tbrecord", "telemetry"])
+def test_global_step_is_the_step_only_in_a_run_that_syncs_tensorboard(signal):
+    # a user's own metric named global_step (here samples seen) is no step: only a run that
+    # W&B syncs TensorBoard into (a tbrecord, or its telemetry says so) is read on it
+    hist = wandb_run._History()
+    rows = [_history_record(i + 2, {"_step": str(i), "global_step": str(32 * i),
+                                    "loss": "1.0"}) for i in range(4)]
+    hist.add_records(([_tb_signal(signal)] if signal else []) + rows)
+    frame, notes = hist.to_frame()
+    loss = frame.filter(pl.col("tag") == "loss")["step"].to_list()
+    if signal is None:
+        assert loss == [0, 1, 2, 3] and "global_step" in frame["tag"].cast(str).to_list()
+        assert notes == []
+    else:
+        assert loss == [0, 32, 64, 96] and set(frame["tag"].cast(str)) == {"loss"}
+        assert len(notes) == 1 and "sync_tensorboard" in notes[0]
+
+
 def test_an_unusable_folder_of_a_resumed_run_is_a_problem_not_the_runs_end(tmp_path,
                                                                          monkeypatch):
     # the second folder of a resume whose job was killed at start-up holds an empty .wandb

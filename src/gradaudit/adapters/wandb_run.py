@@ -8,10 +8,11 @@ older writers) or ``nested_key`` (2, repeated, joined with ``"/"``) and ``value_
 
 Steps: each history row's ``_step`` (falling back to ``HistoryRecord.step.num``); a row that
 carries a trainer step (``train/global_step`` from Hugging Face, ``trainer/global_step`` from
-Lightning, or the ``step_metric`` a ``define_metric`` call named: ``Record.metric`` (12) ->
-``MetricRecord.step_metric`` (4)) is placed at that step instead. ``_timestamp`` is the wall
-time. Values that are not numbers in JSON (strings, booleans, dicts such as histograms or
-images, lists) are skipped; ``NaN``/``Infinity``/``-Infinity`` are kept.
+Lightning, the ``step_metric`` a ``define_metric`` call named: ``Record.metric`` (12) ->
+``MetricRecord.step_metric`` (4), or the TensorBoard step that ``sync_tensorboard`` copies into
+``global_step``) is placed at that step instead. ``_timestamp`` is the wall time. Values that
+are not numbers in JSON (strings, booleans, dicts such as histograms or images, lists) are
+skipped; ``NaN``/``Infinity``/``-Infinity`` are kept.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ SUPPORTED_VERSION = 0
 
 #: Logged trainer steps, preferred over ``_step`` in the rows that carry them.
 STEP_KEYS: tuple[str, ...] = ("train/global_step", "trainer/global_step")
+#: Where ``wandb.init(sync_tensorboard=True)`` puts each TensorBoard event's step.
+TB_STEP_KEY = "global_step"
 #: W&B bookkeeping keys that are not metrics.
 INTERNAL_KEYS: tuple[str, ...] = ("_step", "_runtime", "_timestamp")
 
@@ -49,6 +52,9 @@ _NUMERIC_START = frozenset(b"-0123456789NI")
 _KEY_TAGS = (0x0A, 0x12)
 _HISTORY_KEY = 0x12  # Record.history (field 2, length-delimited)
 _METRIC_KEY = 0x62  # Record.metric (field 12, length-delimited)
+_TB_KEY = 0x4A  # Record.tbrecord (field 9): a TensorBoard log folder W&B syncs into the run
+_TELEMETRY_KEY = 0x5A  # Record.telemetry (field 11)
+_TB_FEATURES = (34, 35)  # Feature.tensorboard_patch, .tensorboard_sync (TelemetryRecord.feature)
 _RUN_KEY = 0x8A  # Record.run (field 17, length-delimited; the varint key 0x8A 0x01)
 _ROW_BATCH = 1 << 14  # history rows decoded per NumPy batch (its temporaries: ~40 MB)
 _PAD = 512  # zero bytes after a batch, so lockstep reads past a malformed end stay in bounds
@@ -287,6 +293,7 @@ class _History:
         self.lost: list[tuple[int, int, int]] = []  # steps missing there (set by to_frame)
         self.step_metrics: list[str] = []  # define_metric(..., step_metric=X) axes, in order
         self.display: tuple[str, str] | None = None  # the run's (display name, project)
+        self.tb_synced = False  # W&B syncs TensorBoard logs into this run (sync_tensorboard)
 
     def _run(self, payload: bytes) -> None:
         """Note ``RunRecord.display_name`` (8) and ``project`` (3)."""
@@ -304,6 +311,14 @@ class _History:
         name = got.get(4)
         if got.get(2) == "*" and name and name not in self.step_metrics:
             self.step_metrics.append(name)
+
+    def _telemetry(self, payload: bytes) -> None:
+        """Note a ``TelemetryRecord`` whose ``feature`` (3) says TensorBoard is synced."""
+        for n, w, a, b in iter_fields(payload):
+            if n == 3 and w == 2 and any(
+                    f in _TB_FEATURES and fw == 0 and v
+                    for f, fw, v, _ in iter_fields(payload, a, b)):
+                self.tb_synced = True
 
     def add_records(self, records: Iterable[bytes], damage: LogDamage | None = None) -> int:
         """Take ``Record`` messages; history ones become rows. Returns how many were invalid.
@@ -337,15 +352,21 @@ class _History:
                     end = pos + size
                     if end > len(buf):
                         raise WireError("history runs past the end of the record")
-                elif 0x1A <= tag <= 0x7A and tag & 7 == 2 and tag != _METRIC_KEY:
+                elif (0x1A <= tag <= 0x7A and tag & 7 == 2
+                      and tag not in (_METRIC_KEY, _TB_KEY, _TELEMETRY_KEY)):
                     continue  # another record type (summary, output, ...): a oneof
                 else:
                     spans = _field_spans(buf, pos)
                     span = spans.get(_HISTORY_KEY)
                     if span is None:
                         metric, run = spans.get(_METRIC_KEY), spans.get(_RUN_KEY)
+                        telemetry = spans.get(_TELEMETRY_KEY)
                         if metric is not None:  # Record.metric: a define_metric call
                             self._metric(buf[metric[0]:metric[1]])
+                        elif _TB_KEY in spans:  # Record.tbrecord: a synced TensorBoard folder
+                            self.tb_synced = True
+                        elif telemetry is not None and not self.tb_synced:
+                            self._telemetry(buf[telemetry[0]:telemetry[1]])
                         elif run is not None and self.display is None:  # Record.run
                             self._run(buf[run[0]:run[1]])
                         continue
@@ -575,12 +596,16 @@ class _History:
         rows = take(self.rows, np.int64)
 
         # the axis a define_metric("*", step_metric=...) call named (a loop of one's own that
-        # logs a global step beside wandb.log calls of its own), then a trainer's step (HF and
-        # Lightning name theirs that way too): where both are logged, the trainer's wins. An
-        # axis that is not whole numbers everywhere (an epoch fraction) is no step.
+        # logs a global step beside wandb.log calls of its own), then the TensorBoard step of a
+        # run that syncs TensorBoard (only there is 'global_step' known to be a step), then a
+        # trainer's step (HF and Lightning name theirs that way too): where several are logged
+        # in a row, the later one here wins. An axis that is not whole numbers everywhere (an
+        # epoch fraction) is no step.
         declared = [c for c in map(self.keys.lookup, self.step_metrics)
                     if c is not None and c >= _FIRST_METRIC]
-        for code in (*declared, *_C_GLOBAL):
+        tb = self.keys.lookup(TB_STEP_KEY) if self.tb_synced else None
+        axes = [*declared, *([tb] if tb is not None else []), *_C_GLOBAL]
+        for code in dict.fromkeys(axes):
             if code in self.global_steps:
                 got = self.global_steps[code]
                 r = np.concatenate([r for r, _ in got]) if got else np.empty(0, np.int64)
@@ -589,18 +614,23 @@ class _History:
                 sel = codes == code
                 r, v = rows[sel], values[sel]
             ok = _usable_step(v)
-            if code in declared and not ok.all():
-                notes.append(f"the define_metric step axis {self.keys.names[code]!r} is not "
-                             "whole numbers: steps are W&B's _step")
+            name = self.keys.names[code]
+            if code >= _FIRST_METRIC and not ok.all():
+                what = "define_metric step axis" if code in declared else "sync_tensorboard step"
+                notes.append(f"the {what} {name!r} is not whole numbers: steps are W&B's _step")
                 continue
             if ok.any():
-                name = self.keys.names[code]
                 step[r[ok]] = v[ok].astype(np.int64)
                 carried = int(np.unique(r[ok]).size)  # (a key twice in a row is one row)
-                msg = f"steps are the logged {name!r} ({carried} of {n} history rows carry it"
+                what = (f"the TensorBoard steps that sync_tensorboard logged as {name!r}"
+                        if code == tb else f"the logged {name!r}")
+                msg = f"steps are {what} ({carried} of {n} history rows carry it"
                 if carried < n:
                     msg += "; the other rows keep W&B's _step"
                 notes.append(msg + ")")
+            if code == tb:  # W&B's copy of the step, no metric of the run
+                keep = codes != code
+                rows, codes, values = rows[keep], codes[keep], values[keep]
         self.lost = _lost_spans(step, self.breaks)
         # the points grouped by tag in name order, write order kept within a tag (the
         # canonical frame's order: no reordered copy of the frame there), and the tag column
