@@ -614,6 +614,22 @@ def test_pandas_melt_as_polars_writes_it_and_a_capitalised_run_column(tmp_path: 
     assert _values(runs["runs.csv#b"], "grad_norm") == dict.fromkeys(range(60), 5.0)
 
 
+def test_a_melt_with_a_name_column_takes_variable_as_the_tag_and_name_as_the_run(
+        tmp_path: Path) -> None:
+    # df.melt(id_vars=["step", "name"]): "name" was taken as the tag column (a review)
+    import polars as pl
+
+    wide = pl.DataFrame({"step": list(range(60)) * 2, "name": ["a"] * 60 + ["b"] * 60,
+                         "grad_norm": [1 + s / 100 for s in range(60)] * 2,
+                         "loss": [3 - s / 100 for s in range(60)] * 2})
+    wide.unpivot(index=["step", "name"]).write_csv(tmp_path / "melt.csv")
+    runs = _runs(tmp_path)
+    assert set(runs) == {"melt.csv#a", "melt.csv#b"}
+    for run in runs.values():
+        assert run.tags() == ["grad_norm", "loss"] and run.grad_norm_tag == "grad_norm"
+        assert _values(run, "grad_norm") == {s: 1 + s / 100 for s in range(60)}
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json", ".jsonl"])
 def test_a_long_table_with_an_unknown_tag_column_says_so(tmp_path: Path, suffix: str) -> None:
     # read as wide, its one metric column merged the metrics, and the run's note blamed a resume
@@ -627,14 +643,17 @@ def test_a_long_table_with_an_unknown_tag_column_says_so(tmp_path: Path, suffix:
 
 def test_a_wide_table_with_a_text_column_and_a_resume_is_still_wide(tmp_path: Path) -> None:
     # a text column of one value (a phase) or of one value per row (a date) tells no metrics
-    # apart: a step written twice is a resume, as before
+    # apart, and one naming each launch (a host) beside a metric of its own name neither (a
+    # review: that was refused): a step written twice is a resume, as before
     rows = [(s, 3 - s / 100) for s in range(60)] + [(s, 2.0) for s in range(30, 60)]
+    _write_table(tmp_path / "host.csv", ["step", "loss", "host"],
+                 [(s, v, "node-a" if i < 60 else "node-b") for i, (s, v) in enumerate(rows)])
     _write_table(tmp_path / "phase.csv", ["step", "loss", "phase"],
                  [(s, v, "train") for s, v in rows])
     _write_table(tmp_path / "date.csv", ["step", "loss", "date"],
                  [(s, v, f"2024-01-01T00:{i // 60:02d}:{i % 60:02d}")
                   for i, (s, v) in enumerate(rows)])
     runs = _runs(tmp_path)
-    for name in ("phase.csv", "date.csv"):
+    for name in ("phase.csv", "date.csv", "host.csv"):
         assert runs[name].tags() == ["loss"] and _values(runs[name], "loss")[40] == 2.0
         assert any("written again" in n for n in runs[name].notes)

@@ -7,8 +7,8 @@ A table comes in one of three layouts:
   ``wall_time``/``timestamp``; step, tag, value and run are found ignoring case
   (``Step,Metric,Value``);
 - **wide**: a step column plus one numeric column per metric (a null cell = not logged); one
-  whose only metric holds several points at a step, told apart by a text column, is refused:
-  a long table whose tag column has an unknown name;
+  whose only metric is named ``value`` and holds several points at a step, told apart by a
+  text column, is refused: a long table whose tag column has an unknown name;
 - **history**: a W&B ``run.history()``/``run.scan_history()`` table: a wide table with ``_step``,
   ``_runtime``, ``_timestamp``. A logged trainer step (``train/global_step``,
   ``trainer/global_step``) is preferred over ``_step``, which only counts log calls.
@@ -51,7 +51,8 @@ HISTORY_STEP_NAMES: tuple[str, ...] = (
     "Step",
     "_step",
 )
-TAG_NAMES: tuple[str, ...] = ("tag", "metric", "name", "key", "variable")
+# (pandas' melt writes "variable"; before "name", which beside it names the run)
+TAG_NAMES: tuple[str, ...] = ("tag", "metric", "variable", "name", "key")
 VALUE_NAMES: tuple[str, ...] = ("value",)
 RUN_NAMES: tuple[str, ...] = ("run", "run_name", "run_id", "dir_name", "name")
 WALL_NAMES: tuple[str, ...] = ("wall_time", "walltime", "_timestamp", "timestamp")
@@ -240,10 +241,13 @@ def table_runs(
     metrics = set(layout.metrics)  # (a set: a wide table may hold 10^5 columns)
     index_cols = set(keep)
     keep += [m for m in layout.metrics if m not in index_cols]
-    # text columns beside one metric: the tag column of a long table under another name?
+    # text columns beside one metric named "value": the tag column of a long table under
+    # another name? (a metric of its own name beside a host or date column is a wide table,
+    # its repeated steps a resume)
     texts = [c for c, dt in schema.items() if c not in keep and not _is_index(c)
              and dt in (pl.String, pl.Categorical)] \
-        if layout.kind == "wide" and len(layout.metrics) == 1 else []
+        if layout.kind == "wide" and len(layout.metrics) == 1 \
+        and layout.metrics[0].lower() in VALUE_NAMES else []
     keep += texts
     exprs: list[pl.Expr] = []
     for c in keep:
@@ -364,7 +368,8 @@ def _unnamed_tag_column(df: pl.DataFrame, layout: Layout, texts: list[str]) -> s
             return (f"the one metric column {layout.metrics[0]!r} holds several points at a "
                     f"step, told apart by the text column {c!r} ({shown}): a long table "
                     "(a row per point) whose columns are not named as gradaudit knows them; "
-                    f"name them {layout.step}, tag (or {', '.join(TAG_NAMES[1:])}) and value")
+                    f"name them {layout.step}, tag (or {', '.join(TAG_NAMES[1:])}) and value "
+                    f"(a column naming runs: {', '.join(RUN_NAMES[:3])})")
     return None
 
 
