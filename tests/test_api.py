@@ -188,11 +188,14 @@ def test_writing_a_report_onto_a_file_the_scan_read_is_a_usage_error(tmp_path):
     log.write_text("step,grad_norm,loss\n" + "".join(f"{s},1.0,2.0\n" for s in range(50)))
     before = log.read_bytes()
     result = gradaudit.scan(tmp_path / "runs", fail_on="never")
-    (tmp_path / "link.csv").symlink_to(log)
-    for path in (str(log), str(tmp_path / "runs" / "." / "m.csv"), str(tmp_path / "link.csv")):
+    (tmp_path / "alias").symlink_to(log.parent)
+    for path in (log, tmp_path / "runs" / "." / "m.csv", tmp_path / "alias" / "m.csv"):
         with pytest.raises(gradaudit.UsageError, match="this scan reads"):
-            result.write(path, "md")
+            result.write(str(path), "md")
     assert log.read_bytes() == before
+    (tmp_path / "link.csv").symlink_to(log)  # a link elsewhere: replaced, the log kept
+    result.write(str(tmp_path / "link.csv"), "md")
+    assert log.read_bytes() == before and not (tmp_path / "link.csv").is_symlink()
     assert not [f for f in os.listdir(log.parent) if f.startswith(".gradaudit-")]
     result.write(str(tmp_path / "runs" / "r.md"))  # beside it: written
     assert (tmp_path / "runs" / "r.md").read_text().startswith("## ")

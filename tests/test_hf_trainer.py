@@ -488,8 +488,38 @@ def test_a_resumed_trainer_runs_tensorboard_launches_are_its_copies(tmp_path: Pa
     assert ("the TensorBoard logs in out/runs/Nov29_07-27-53_vm, out/runs/Nov29_07-28-10_vm "
             "are this Trainer run's copies, one per launch") in notes
     assert ("out/runs/Nov29_07-27-53_vm was cut short by a resume: its steps 21-30 were trained "
-            "again after it and are read from the later launch (the first pass's training loss "
-            "differs at 8 of them, and those values are not audited)") in notes
+            "again after it, with a training loss within 1% of the first pass's, and are read "
+            "from the later launch") in notes
+
+
+def test_a_first_pass_that_blew_up_before_a_resume_stays_a_run(tmp_path: Path) -> None:
+    # The run blew up at step 33 and crashed at 35; resumed from checkpoint-30, it trained 31-45
+    # again, healthy. Its first launch's TensorBoard log agrees with trainer_state.json up to 30:
+    # dropped as a copy, the explosion was audited nowhere and the gate passed (a review).
+    loss, grad = _losses(7)
+    blown_loss = {**loss, **{s: 9.0 + s for s in range(33, 36)}}
+    blown_grad = {**grad, **{s: 500.0 for s in range(33, 36)}}
+    out = tmp_path / "out"
+    state = TrainerState(global_step=45, max_steps=45, logging_steps=1, save_steps=10)
+    for step in (10, 20, 30, 40, 45):
+        state.global_step = step
+        state.log_history = _history(range(1, step + 1), loss, grad)
+        state.save_to_json(out / f"checkpoint-{step}" / "trainer_state.json")
+    state.save_to_json(out / "trainer_state.json")
+    _tensorboard_launch(out / "runs" / "Nov29_07-00-00_vm",
+                        _history(range(1, 36), blown_loss, blown_grad))
+    _tensorboard_launch(out / "runs" / "Nov29_07-30-00_vm", _history(range(31, 46), loss, grad))
+    result = gradaudit.scan([tmp_path])
+    runs = {a.run: a for a in result.runs}
+    assert sorted(runs) == ["out", "out/runs/Nov29_07-00-00_vm"]
+    assert runs["out"].status == "ok"
+    first = runs["out/runs/Nov29_07-00-00_vm"]
+    assert first.status == "explosion" and first.episodes[0].onset_step == 33
+    assert any(n.startswith("the first pass of the Trainer run out (report_to='tensorboard'), "
+                            "cut short by a resume: its steps 31-35") for n in first.notes)
+    assert any("out/runs/Nov29_07-30-00_vm is this Trainer run's copy" in n
+               for n in runs["out"].notes)
+    assert result.exit_code == 1
 
 
 def test_a_trainer_run_that_crashed_after_its_last_save_is_read_from_its_tensorboard_log(

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gradaudit.adapters.base import Source
-from gradaudit.discover import discover, file_key
+from gradaudit.discover import discover, entry_key, file_key
 from gradaudit.errors import UNEXPECTED, UsageError
 from gradaudit.ingest import read_source, source_label
 from gradaudit.model import SCHEMA_VERSION, InputError, RunAudit, same_series
@@ -100,24 +100,26 @@ def _unread(paths: list[str], audits: list[RunAudit], errors: list[InputError]) 
     return out
 
 
-def _input_files(given: list[str], sources: list[Source]) -> dict[tuple[int, int], str]:
-    """:func:`~gradaudit.discover.file_key` -> path of each regular file given or read."""
-    out: dict[tuple[int, int], str] = {}
+def _input_files(given: list[str], sources: list[Source]) -> dict[tuple[int, int, str], str]:
+    """:func:`~gradaudit.discover.entry_key` -> path of each regular file given or read."""
+    out: dict[tuple[int, int, str], str] = {}
     for f in [*given, *(os.fspath(f) for s in sources for f in s.files)]:
         try:
-            st = os.stat(f)
+            regular = stat.S_ISREG(os.stat(f).st_mode)
         except (OSError, ValueError):
             continue
-        if stat.S_ISREG(st.st_mode):
-            out.setdefault((st.st_dev, st.st_ino), f)
+        if regular and (key := entry_key(f)) is not None:
+            out.setdefault(key, f)
     return out
 
 
 def _under(path: str, roots: set[tuple[int, int]]) -> bool:
-    """Whether a folder walk from one of ``roots`` reaches ``path`` through its parents (as
-    spelled or resolved), no dot-folder on the way (discovery skips those)."""
-    for spelled in {os.path.abspath(path), os.path.realpath(path)}:
-        folder, hidden = os.path.dirname(spelled), False
+    """Whether a folder walk from one of ``roots`` reaches the entry ``path`` through its
+    parents (its folder as spelled or resolved), no dot-folder on the way (discovery skips
+    those)."""
+    head = os.path.dirname(os.path.abspath(path))
+    for folder in {head, os.path.realpath(head)}:
+        hidden = False
         while True:
             if not hidden and file_key(folder) in roots:
                 return True
@@ -131,14 +133,15 @@ def _under(path: str, roots: set[tuple[int, int]]) -> bool:
 
 def input_at(paths: PathLike | Iterable[PathLike], path: PathLike) -> str | None:
     """The log a scan of ``paths`` would read at ``path``, as far as is known before the scan:
-    a file given, or a file a reader takes under a folder given (through links, any spelling).
-    After the scan, :meth:`AuditResult.input_at` knows every file it read."""
-    key = file_key(path)
+    a file given, or a file a reader takes under a folder given (the same folder entry, however
+    spelled; writing to a link replaces the link, not the file it points to). After the scan,
+    :meth:`AuditResult.input_at` knows every file it read."""
+    key = entry_key(path)
     if key is None or not os.path.isfile(path):
         return None
     given = _paths(paths)
     for p in given:
-        if file_key(p) == key:
+        if entry_key(p) == key:
             return p
     roots = {k for k in map(file_key, given) if k is not None}
     if _under(os.fspath(path), roots) and discover([path]).sources:

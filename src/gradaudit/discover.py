@@ -3,8 +3,9 @@
 Runs are named the way ``tensorboard --logdir`` names them: by their folder relative to the
 scanned root (``"."`` for the root itself). A file that holds several runs yields
 ``file.csv#run``. When more than one path is scanned, names are prefixed with the path as given
-so that two roots never share a name; a file is read once, where it is named first (named
-twice, or named and found in a folder named too, in either order). Symlinked folders are
+so that two roots never share a name; a file is read once: a file named inside a folder
+named too is read with that folder's runs, and one named twice (or through a link) where it is
+named first. Symlinked folders are
 followed once: a link to a folder already seen (``wandb/latest-run``, a loop) is not walked
 again. Folders whose names start with a
 dot are skipped, and so are files no adapter claims.
@@ -243,6 +244,7 @@ def _without_trainer_copies(sources: list[Source]) -> list[Source]:
                     f"(step {last}; the run stopped after its last save), and holds the same "
                     "training loss at every step that file has",))
             continue
+        first_passes = set()
         for i, resumed_at in copies:
             if i in beyond:
                 notes.setdefault(i, []).append(
@@ -251,11 +253,31 @@ def _without_trainer_copies(sources: list[Source]) -> list[Source]:
                     f"{last}) to step {int(kept[i][-1])}, but the Trainer's logs here do not "
                     "hold every step that file has; the steps both hold are in both runs")
                 continue
+            differ = 0 if resumed_at is None else _redone_differ(resumed_at, loss_of[i], state[0])
+            if differ:
+                # what happened before the resume (an explosion the run crashed on) is no copy
+                first_passes.add(i)
+                end = int(loss_of[i][0][-1])
+                notes.setdefault(i, []).append(
+                    f"the first pass of the Trainer run {sources[owner].name} (report_to="
+                    f"'tensorboard'), cut short by a resume: its steps {resumed_at}-{end} were "
+                    f"trained again after it, and its training loss differs by over "
+                    f"{REDONE_TOLERANCE:.0%} at {differ} of them from {state_file}'s: kept as "
+                    "a run, so that what happened there is "
+                    f"audited (its steps before {resumed_at} are in both runs)")
+                notes.setdefault(owner, []).append(
+                    f"{sources[i].name} holds this run's first pass up to step {end}, before a "
+                    f"resume from step {resumed_at}: it differs from the steps trained again, "
+                    "and is a run of its own")
+                continue
             drop.add(i)
             if resumed_at is not None:
-                notes.setdefault(owner, []).append(_resume_note(
-                    sources[i].name, resumed_at, loss_of[i], state[0]))
-        folded = [sources[i].name for i, _ in copies if i not in beyond]
+                notes.setdefault(owner, []).append(
+                    f"{sources[i].name} was cut short by a resume: its steps {resumed_at}-"
+                    f"{int(loss_of[i][0][-1])} were trained again after it, with a training "
+                    f"loss within {REDONE_TOLERANCE:.0%} of the first pass's, and are read from "
+                    "the later launch")
+        folded = [sources[i].name for i, _ in copies if i not in beyond and i not in first_passes]
         if folded:
             notes.setdefault(owner, []).insert(0, (
                 f"the TensorBoard log in {folded[0]} is this Trainer run's copy"
@@ -274,17 +296,19 @@ def _without_trainer_copies(sources: list[Source]) -> list[Source]:
     return out
 
 
-def _resume_note(name: str, resumed_at: int, log: Loss, state: Loss) -> str:
-    """What became of a copy's steps that the next launch, resumed, trained again."""
+#: a step trained again after a resume differs from its first pass where the training loss
+#: moved by more than this share (a resume's own nondeterminism moves it by under 0.1 %)
+REDONE_TOLERANCE = 0.01
+
+
+def _redone_differ(resumed_at: int, log: Loss, state: Loss) -> int:
+    """At how many of a launch's steps from ``resumed_at`` on (trained again after a resume)
+    its training loss differs from the state's by more than ``REDONE_TOLERANCE``."""
     steps, values = log
     later = steps >= resumed_at
-    shared, i, j = np.intersect1d(state[0], steps[later], assume_unique=True,
-                                  return_indices=True)
-    differ = int((~np.isclose(state[1][i], values[later][j], rtol=1e-6, equal_nan=True)).sum())
-    what = (f"the first pass's training loss differs at {differ} of them, and those values "
-            "are not audited" if differ else "with the same training loss")
-    return (f"{name} was cut short by a resume: its steps {resumed_at}-{int(steps[-1])} were "
-            f"trained again after it and are read from the later launch ({what})")
+    _, i, j = np.intersect1d(state[0], steps[later], assume_unique=True, return_indices=True)
+    return int((~np.isclose(state[1][i], values[later][j], rtol=REDONE_TOLERANCE,
+                            equal_nan=True)).sum())
 
 
 def file_key(path: str | os.PathLike[str]) -> tuple[int, int] | None:
@@ -295,6 +319,25 @@ def file_key(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     except (OSError, ValueError):
         return None
     return st.st_dev, st.st_ino
+
+
+def entry_key(path: str | os.PathLike[str]) -> tuple[int, int, str] | None:
+    """The folder entry ``path`` names: its folder's :func:`file_key` (through links, any
+    spelling) and its name; None where the folder is not there. Writing to ``path`` replaces
+    this entry (a link there, not the file it points to)."""
+    head, name = os.path.split(os.path.abspath(path))
+    key = file_key(head)
+    return None if key is None or not name else (*key, name)
+
+
+def _inside(path: Path, folders: list[Path]) -> bool:
+    """Whether a walk of one of ``folders`` reaches the file ``path`` (no dot-folder on the
+    way: the walk skips those)."""
+    for folder in folders:
+        if folder in path.parents and not any(
+                part.startswith(".") for part in path.relative_to(folder).parts[:-1]):
+            return True
+    return False
 
 
 def _join(prefix: str, rel: str) -> str:
@@ -310,10 +353,13 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> Discovery:
     unreadable: list[tuple[str, str]] = []
     seen_files: set[tuple[int, int]] = set()
     taken: set[tuple[int, int]] = set()  # files some source reads: a file is read once
+    folders = [Path(p).resolve() for p in paths if os.path.isdir(p)]
     for given in paths:
         root = Path(given)
         prefix = given.rstrip("/") or "/" if len(paths) > 1 else "."
         if root.is_file():
+            if _inside(root.resolve(), folders):
+                continue  # a folder named too reads it, with the rest of its run
             key = file_key(root)
             if key in taken:  # named before, or found in a folder named before
                 continue
