@@ -462,6 +462,18 @@ def _losses(seed: int) -> tuple[dict[int, float], dict[int, float]]:
     return loss, grad
 
 
+def _trainer_output(out: Path, loss: dict[int, float], grad: dict[int, float]) -> Path:
+    """A Trainer's output folder for 45 steps saved every 10 (and at the end): its
+    checkpoints' trainer_state.json and the final one."""
+    state = TrainerState(global_step=45, max_steps=45, logging_steps=1, save_steps=10)
+    for step in (10, 20, 30, 40, 45):
+        state.global_step = step
+        state.log_history = _history(range(1, step + 1), loss, grad)
+        state.save_to_json(out / f"checkpoint-{step}" / "trainer_state.json")
+    state.save_to_json(out / "trainer_state.json")
+    return out
+
+
 def test_a_resumed_trainer_runs_tensorboard_launches_are_its_copies(tmp_path: Path) -> None:
     # A run saved every 10 steps stopped at 30 and resumed from checkpoint-20 to 45: the Trainer
     # writes one TensorBoard folder per launch (1-30, then 21-45, identical to trainer_state.json
@@ -469,13 +481,7 @@ def test_a_resumed_trainer_runs_tensorboard_launches_are_its_copies(tmp_path: Pa
     # was reported as a run of its own: one job, three runs, its findings counted up to 3 times.
     loss, grad = _losses(3)
     first = {**loss, **{s: loss[s] + 0.01 for s in range(23, 31)}}
-    out = tmp_path / "out"
-    state = TrainerState(global_step=45, max_steps=45, logging_steps=1, save_steps=10)
-    for step in (10, 20, 30, 40, 45):
-        state.global_step = step
-        state.log_history = _history(range(1, step + 1), loss, grad)
-        state.save_to_json(out / f"checkpoint-{step}" / "trainer_state.json")
-    state.save_to_json(out / "trainer_state.json")
+    out = _trainer_output(tmp_path / "out", loss, grad)
     _tensorboard_launch(out / "runs" / "Nov29_07-27-53_vm", _history(range(1, 31), first, grad))
     _tensorboard_launch(out / "runs" / "Nov29_07-28-10_vm", _history(range(21, 46), loss, grad))
     # a SummaryWriter of one's own beside them, on its own loss: a run of its own
@@ -499,13 +505,7 @@ def test_a_first_pass_that_blew_up_before_a_resume_stays_a_run(tmp_path: Path) -
     loss, grad = _losses(7)
     blown_loss = {**loss, **{s: 9.0 + s for s in range(33, 36)}}
     blown_grad = {**grad, **{s: 500.0 for s in range(33, 36)}}
-    out = tmp_path / "out"
-    state = TrainerState(global_step=45, max_steps=45, logging_steps=1, save_steps=10)
-    for step in (10, 20, 30, 40, 45):
-        state.global_step = step
-        state.log_history = _history(range(1, step + 1), loss, grad)
-        state.save_to_json(out / f"checkpoint-{step}" / "trainer_state.json")
-    state.save_to_json(out / "trainer_state.json")
+    out = _trainer_output(tmp_path / "out", loss, grad)
     _tensorboard_launch(out / "runs" / "Nov29_07-00-00_vm",
                         _history(range(1, 36), blown_loss, blown_grad))
     _tensorboard_launch(out / "runs" / "Nov29_07-30-00_vm", _history(range(31, 46), loss, grad))
