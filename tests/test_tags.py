@@ -121,7 +121,9 @@ def test_a_training_loss_of_any_name_wins_over_a_validation_loss_of_a_known_name
     ("grad_norm/pre_clip", "grad_norm/post_clip"),
     ("optim/grad_norm", "optim/clipped_grad_norm"),
     ("opt/pre_clipped_grad_norm", "opt/clipped_grad_norm"),
-    ("grad_norm_not_clipped", "grad_norm_after_clip")])
+    ("grad_norm_not_clipped", "grad_norm_after_clip"),
+    ("grad_norm/non-clipped", "grad_norm/clipped"),
+    ("grad_norm/non clipped", "grad_norm/post_clip")])
 def test_the_norm_before_clipping_wins_over_the_norm_after_it(before, after):
     choice = choose_tags([after, before, "train/loss"])
     assert choice.grad_norm == before and choice.notes == ()
@@ -177,3 +179,18 @@ def test_density_orders_candidates_only_within_one_kind_of_name():
     assert choose_tags(counts, counts=counts).loss == "my_lm_loss"  # aux losses: never the loss
     counts = {"grad_norm_unclipped": 10, "grad_norm_clipped": 1000, "loss": 1000}
     assert choose_tags(counts, counts=counts).grad_norm == "grad_norm_unclipped"
+    # a known last part counts as known: Keras's per-epoch loss beside its batch/loss
+    counts = {"loss": 10, "batch/loss": 1000}
+    assert choose_tags(counts, counts=counts).loss == "batch/loss"
+
+
+def test_an_auxiliary_loss_is_never_the_loss_nor_a_globs_grad_norm():
+    moe = ["grad_norm", "lm loss", "load_balancing_loss", "z_loss"]
+    choice = choose_tags(moe, grad_tag="*_loss")
+    assert (choice.grad_norm, choice.loss) == (None, "lm loss")
+    choice = choose_tags(["grad_norm", "train/total_loss_with_aux"])
+    assert choice.loss is None
+    assert choice.notes == ("no training loss chosen: 'train/total_loss_with_aux' read as "
+                            "auxiliary losses (name the training loss with --loss-tag)",)
+    assert choose_tags(["grad_norm", "train/total_loss_with_aux"],
+                       loss_tag="train/total*").loss == "train/total_loss_with_aux"

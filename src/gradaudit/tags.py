@@ -105,13 +105,15 @@ _SAMPLE_INDEXED = re.compile(r"vs samples|vs tokens|samples/|tokens/", re.IGNORE
 _GRAD_NORM = re.compile(r"(grad(ient)?s?[ _\-/.]*(l?2[ _\-.]*|2\.0[ _\-]*)?norm|gnorm)", re.I)
 _LOSS = re.compile(r"loss", re.IGNORECASE)
 # (and the auxiliary losses of mixture-of-experts and OLMo models: never the training loss)
-_NOT_LOSS = re.compile(r"scale|scaler|ppl|perplexity|weight|coef|skipped|aux|z[ _\-]?loss"
-                       r"|load[ _\-]?balanc|router", re.IGNORECASE)
+_AUX_LOSS = re.compile(r"aux|z[ _\-]?loss|load[ _\-]?balanc|router", re.IGNORECASE)
+_NOT_LOSS = re.compile(r"scale|scaler|ppl|perplexity|weight|coef|skipped|" + _AUX_LOSS.pattern,
+                       re.IGNORECASE)
 _NOT_GRAD = re.compile(r"ratio|scale|clip_coef|std|var|frac|count", re.IGNORECASE)
 # a norm logged after clipping never shows a spike above the clip threshold ("unclipped",
-# "pre_clipped", "not_clipped" are the norm before it)
-_POST_CLIP = re.compile(r"(?<!un)(?<!non)(?<!pre)(?<!not)(?<!pre[ _\-])(?<!not[ _\-])clipped"
-                        r"|(after|post)[ _\-./]?clip", re.IGNORECASE)
+# "pre_clipped", "non-clipped", "not_clipped", "before_clipped" are the norm before it)
+_NOT_YET = ("un", "non", "pre", "not", "before")
+_POST_CLIP = re.compile("".join(f"(?<!{w}{s})" for w in _NOT_YET for s in ("", "_", "-", " "))
+                        + r"clipped|(after|post)[ _\-./]?clip", re.IGNORECASE)
 SPARSE_FACTOR = 10  # a candidate with under 1/10 of another's points ranks after it
 _LR = re.compile(r"(^|[/_\-. ])(lr|learning[ _\-]?rate)([/_\-. (]|$)", re.IGNORECASE)
 _PER_PARAM = re.compile(r"(weight|bias|layer|block|param|\.\d+\.|/\d+/|embed)", re.IGNORECASE)
@@ -168,10 +170,11 @@ def _rank(
     reject: re.Pattern[str], counts: Mapping[str, int] | None = None,
 ) -> list[str]:
     """Candidates best first: known names, then a known last part, then names that ``accept``
-    (validation and post-clip series after all of them). Within each of those classes a
-    candidate with under 1/``SPARSE_FACTOR`` of the points of the densest one (``counts``)
-    ranks after the others: fairseq's W&B log has a per-epoch ``train/loss`` beside the
-    per-update ``train_inner/loss``, while a dense aux loss never displaces a known loss."""
+    (validation and post-clip series after all of them). Among known names (whole or last
+    part), and among the others, a candidate with under 1/``SPARSE_FACTOR`` of the points of
+    the densest one (``counts``) ranks after the rest: fairseq's W&B log has a per-epoch
+    ``train/loss`` beside the per-update ``train_inner/loss``, Keras a per-epoch ``loss``
+    beside ``batch/loss``; a dense name that only says loss never displaces a known one."""
     found: list[tuple[tuple[bool, int], int, int, str]] = []  # (class, score, tie-break, tag)
     for tag in tags:
         if _BUCKET.search(tag):
@@ -185,14 +188,17 @@ def _rank(
             found.append(((_last_resort(tag), 1), _heuristic_penalty(tag), known_last, tag))
         elif accept.search(tag) and not reject.search(tag):
             found.append(((_last_resort(tag), 2), _heuristic_penalty(tag), len(tag), tag))
-    most: dict[tuple[bool, int], int] = {}  # the most points a candidate of each class has
+    def group(klass: tuple[bool, int]) -> tuple[bool, bool]:  # (known: whole or last part)
+        return klass[0], klass[1] < 2
+
+    most: dict[tuple[bool, bool], int] = {}  # the most points a candidate of each group has
     for klass, *_, tag in found:
-        most[klass] = max(most.get(klass, 0), (counts or {}).get(tag, 0))
+        most[group(klass)] = max(most.get(group(klass), 0), (counts or {}).get(tag, 0))
 
     def sparse(klass: tuple[bool, int], tag: str) -> bool:
-        return counts is not None and SPARSE_FACTOR * counts.get(tag, 0) < most[klass]
+        return counts is not None and SPARSE_FACTOR * counts.get(tag, 0) < most[group(klass)]
 
-    found.sort(key=lambda f: (f[0], sparse(f[0], f[3]), *f[1:]))
+    found.sort(key=lambda f: (f[0][0], not group(f[0])[1], sparse(f[0], f[3]), f[0][1], *f[1:]))
     return [tag for *_, tag in found]
 
 
@@ -258,7 +264,8 @@ def choose_tags(
         return out
 
     grad_pool, loss_pool = _apply_glob(all_tags, grad_tag), _apply_glob(all_tags, loss_tag)
-    grad_list = chosen(grad_pool, grads(grad_pool), losses(grad_pool), grad_tag, "--grad-tag")
+    grad_list = chosen(grad_pool, grads(grad_pool), [t for t in grad_pool if _LOSS.search(t)],
+                       grad_tag, "--grad-tag")
     loss_list = chosen(loss_pool, losses(loss_pool), grads(loss_pool), loss_tag, "--loss-tag")
     # one series cannot be both (a clip "suggested" from the loss's values would be nonsense):
     # the loss chooses first and the grad norm takes its next candidate; where only
@@ -275,6 +282,13 @@ def choose_tags(
                 (grad_list if option == "--grad-tag" else loss_list):
             notes.append(f"{option} {glob!r} matches only {lost!r}, read as the "
                          f"{'loss' if option == '--grad-tag' else 'grad norm'}")
+    if loss is None and loss_tag is None:
+        aux = [t for t in all_tags if _LOSS.search(t) and _AUX_LOSS.search(t)
+               and not _BUCKET.search(t)]
+        if aux:
+            notes.append(f"no training loss chosen: {', '.join(map(repr, aux[:3]))}"
+                         f"{', ...' if len(aux) > 3 else ''} read as auxiliary losses (name the "
+                         "training loss with --loss-tag)")
     if grad is not None and _POST_CLIP.search(grad):
         notes.append(f"the grad norm {grad!r} is logged after clipping: a spike shows only up to "
                      "the clip threshold (log the norm before clipping: "
