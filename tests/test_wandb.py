@@ -550,6 +550,45 @@ def test_a_step_axis_for_some_metrics_or_of_fractions_is_no_step(tmp_path, monke
     assert any("'epoch' is not whole numbers" in n for n in fraction.notes)
 
 
+def test_a_trainer_logging_to_wandb_and_synced_tensorboard_keeps_each_points_step(
+        tmp_path, monkeypatch):
+    # The HF Trainer's W&B callback declares train/global_step the step of every metric with
+    # step_sync: W&B copies its latest value into each synced TensorBoard row too, so those
+    # rows all landed on the latest trainer step (a review). A synced row's own step wins.
+    from tensorboardX import SummaryWriter
+
+    root = _offline(tmp_path, monkeypatch)
+    run = wandb.init(mode="offline", dir=str(root), project="hfsync", sync_tensorboard=True,
+                     settings=_settings())
+    run.define_metric("train/global_step")
+    run.define_metric("*", step_metric="train/global_step", step_sync=True)
+    writer = SummaryWriter(str(root / "runs" / "Nov29"), flush_secs=3600)
+    steps = np.arange(10, 1510, 10)
+    for s in steps.tolist():
+        logs = {"train/loss": (6.0 if 600 <= s < 900 else 3.0) - s * 1e-4,
+                "train/grad_norm": 60.0 if s == 600 else 1.0 + 0.01 * (s % 7)}
+        for key, value in logs.items():
+            writer.add_scalar(key, value, s)
+        run.log({**logs, "train/global_step": s})
+        if s % 500 == 0:
+            writer.flush()
+    writer.close()
+    _finish(run)
+    (got,) = [r for r in gradaudit.read_runs([root]) if r.format == "wandb"]
+    s, v = got.series("train/grad_norm")
+    np.testing.assert_array_equal(s, steps)
+    # every point of the spike, the Trainer's and TensorBoard's copy, at its step (the copy
+    # landed at the trainer step W&B had when it synced the event file: 1000)
+    # each row on its own step: the Trainer's on its step, the synced ones on theirs (the
+    # Trainer's step had claimed all 300, and a step's later copy could carry another's value)
+    assert got.notes[:2] == [
+        "steps are the TensorBoard steps that sync_tensorboard logged as 'global_step' (150 of "
+        "300 history rows carry it)",
+        "steps are the logged 'train/global_step' (150 of 300 history rows carry it)"]
+    assert [(e.kind, e.onset_step) for e in gradaudit.audit_run(got).episodes] == [
+        ("spike", 600)]
+
+
 def test_a_sync_tensorboard_run_is_read_on_its_tensorboard_steps(tmp_path, monkeypatch):
     # wandb.init(sync_tensorboard=True) copies each TensorBoard event into a history row with
     # its step as 'global_step'; _step only counts rows. Read on _step, a writer logging every
@@ -587,10 +626,15 @@ def test_a_sync_tensorboard_run_is_read_on_its_tensorboard_steps(tmp_path, monke
     np.testing.assert_array_equal(got.series("val/loss")[1].astype(f32),
                                   (2.0 - val_steps / 1e4).astype(f32))
     assert sorted(got.tags()) == ["own/score", "train/grad_norm", "train/loss", "val/loss"]
-    assert got.series("own/score")[1].tolist() == [0.0, 1.0, 2.0]  # on W&B's _step
+    # the run's own log calls at the TensorBoard step logged last before each (they were on
+    # _step, 0-2: an lr logged so was 10x off the grad norm's axis, a review)
+    assert got.series("own/score")[0].tolist() == [0, 1000, 2000]
+    assert got.series("own/score")[1].tolist() == [0.0, 1.0, 2.0]
     assert any(re.fullmatch(r"steps are the TensorBoard steps that sync_tensorboard logged as "
-                            r"'global_step' \(\d+ of \d+ history rows carry it; the other rows "
-                            r"keep W&B's _step\)", n) for n in got.notes), got.notes
+                            r"'global_step' \(\d+ of \d+ history rows carry it\)", n)
+               for n in got.notes), got.notes
+    assert "3 rows of the run's own log calls are placed at the TensorBoard step logged last " \
+        "before each (by wall time)" in got.notes
     # the same training read from its TensorBoard files: the same steps, values and spike
     tb = {n: r for n, r in runs.items() if r.format == "tensorboard"}
     assert sorted(tb) == ["tb/train", "tb/val"]

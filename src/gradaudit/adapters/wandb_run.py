@@ -595,16 +595,18 @@ class _History:
         values = take(self.values, np.float64)
         rows = take(self.rows, np.int64)
 
-        # the axis a define_metric("*", step_metric=...) call named (a loop of one's own that
-        # logs a global step beside wandb.log calls of its own), then the TensorBoard step of a
-        # run that syncs TensorBoard (only there is 'global_step' known to be a step), then a
-        # trainer's step (HF and Lightning name theirs that way too): where several are logged
-        # in a row, the later one here wins. An axis that is not whole numbers everywhere (an
-        # epoch fraction) is no step.
+        # a row's step: the TensorBoard step of a run that syncs TensorBoard (only there is
+        # 'global_step' known to be a step; W&B also copies the latest value of a declared or
+        # trainer axis into such rows, step_sync), else the axis a define_metric("*",
+        # step_metric=...) call named (a loop of one's own that logs a global step beside
+        # wandb.log calls of its own), else a trainer's step (HF and Lightning name theirs that
+        # way too). An axis that is not whole numbers everywhere (an epoch fraction) is no step.
         declared = [c for c in map(self.keys.lookup, self.step_metrics)
                     if c is not None and c >= _FIRST_METRIC]
         tb = self.keys.lookup(TB_STEP_KEY) if self.tb_synced else None
-        axes = [*declared, *([tb] if tb is not None else []), *_C_GLOBAL]
+        axes = [*([tb] if tb is not None else []), *declared, *_C_GLOBAL]
+        decided = np.zeros(n, bool)  # rows an axis placed
+        on_tb = decided  # rows the TensorBoard step placed
         for code in dict.fromkeys(axes):
             if code in self.global_steps:
                 got = self.global_steps[code]
@@ -619,18 +621,24 @@ class _History:
                 what = "define_metric step axis" if code in declared else "sync_tensorboard step"
                 notes.append(f"the {what} {name!r} is not whole numbers: steps are W&B's _step")
                 continue
-            if ok.any():
-                step[r[ok]] = v[ok].astype(np.int64)
-                carried = int(np.unique(r[ok]).size)  # (a key twice in a row is one row)
+            r, v = r[ok], v[ok]
+            fresh = ~decided[r]  # (rows a preferred axis placed keep its step)
+            if fresh.any():
+                step[r[fresh]] = v[fresh].astype(np.int64)
+                decided[r[fresh]] = True
+                carried = int(np.unique(r[fresh]).size)  # (a key twice in a row is one row)
                 what = (f"the TensorBoard steps that sync_tensorboard logged as {name!r}"
                         if code == tb else f"the logged {name!r}")
                 msg = f"steps are {what} ({carried} of {n} history rows carry it"
-                if carried < n:
+                if carried < n and tb is None:  # (else they go to TensorBoard steps)
                     msg += "; the other rows keep W&B's _step"
                 notes.append(msg + ")")
             if code == tb:  # W&B's copy of the step, no metric of the run
                 keep = codes != code
                 rows, codes, values = rows[keep], codes[keep], values[keep]
+                on_tb = decided.copy()
+        if tb is not None and on_tb.any():
+            _own_rows_at_tensorboard_steps(step, wall, on_tb, ~decided, notes)
         self.lost = _lost_spans(step, self.breaks)
         # the points grouped by tag in name order, write order kept within a tag (the
         # canonical frame's order: no reordered copy of the frame there), and the tag column
@@ -652,6 +660,27 @@ class _History:
         del values
         frame = pl.DataFrame(columns).select("step", "tag", "value", "wall_time")
         return frame, notes
+
+
+def _own_rows_at_tensorboard_steps(step: np.ndarray, wall: np.ndarray, on_tb: np.ndarray,
+                                   own_rows: np.ndarray, notes: list[str]) -> None:
+    """In a run that syncs TensorBoard, place the rows of the run's own ``wandb.log`` calls
+    that no axis placed (``own_rows``; their ``_step`` only counts those calls) at the
+    TensorBoard step (rows ``on_tb``) logged last before each, by wall time: W&B copies the
+    event files in as it finds them, so their rows come later in the file. Rows before the
+    first TensorBoard point keep ``_step``."""
+    own = np.flatnonzero(own_rows)
+    tb = np.flatnonzero(on_tb)
+    if not own.size or not tb.size:
+        return
+    order = tb[np.argsort(wall[tb], kind="stable")]
+    at = np.searchsorted(wall[order], wall[own], side="right") - 1
+    placed = at >= 0
+    step[own[placed]] = step[order[at[placed]]]
+    notes.append(f"{int(placed.sum())} rows of the run's own log calls are placed at the "
+                 "TensorBoard step logged last before each (by wall time)"
+                 + (f"; {int((~placed).sum())} before the first keep W&B's _step"
+                    if not placed.all() else ""))
 
 
 def _lost_spans(step: np.ndarray, breaks: list[int]) -> list[tuple[int, int, int]]:
