@@ -597,14 +597,14 @@ class _History:
 
         # a row's step: the TensorBoard step of a run that syncs TensorBoard (only there is
         # 'global_step' known to be a step; W&B also copies the latest value of a declared or
-        # trainer axis into such rows, step_sync), else the axis a define_metric("*",
-        # step_metric=...) call named (a loop of one's own that logs a global step beside
-        # wandb.log calls of its own), else a trainer's step (HF and Lightning name theirs that
-        # way too). An axis that is not whole numbers everywhere (an epoch fraction) is no step.
+        # trainer axis into such rows, step_sync), else a trainer's step (HF and Lightning
+        # declare theirs too), else the axis a define_metric("*", step_metric=...) call named
+        # (a loop of one's own that logs a global step beside wandb.log calls of its own). An
+        # axis that is not whole numbers everywhere (an epoch fraction) is no step.
         declared = [c for c in map(self.keys.lookup, self.step_metrics)
                     if c is not None and c >= _FIRST_METRIC]
         tb = self.keys.lookup(TB_STEP_KEY) if self.tb_synced else None
-        axes = [*([tb] if tb is not None else []), *declared, *_C_GLOBAL]
+        axes = [*([tb] if tb is not None else []), *_C_GLOBAL, *declared]
         decided = np.zeros(n, bool)  # rows an axis placed
         on_tb = decided  # rows the TensorBoard step placed
         for code in dict.fromkeys(axes):
