@@ -1,20 +1,31 @@
-"""A blind probe: a family the engine was never tuned on, trained and audited in one go.
+"""A blind probe: families the engine was never tuned on, trained and audited in one go.
 
-A small conv net without BatchNorm (AdamW, lr warm-up over 100 steps, then cosine decay) on
-noisy 12x12 class templates, batch 32, logged every step to CSV (loss, grad norm before
-clipping, and the lr as the run used it, faults included). Per seed: the clean run and four
-fault twins (same seed, weights and batch order; ONE change each): lr x10 for 20 steps and x3
-for 30 steps at step 700, a batch of inputs scaled x20 with shuffled labels at step 900, the lr
-x4 from step 800 on. The truth is the twin's: the mean of (fault - clean) loss over the 200
-steps from the fault (``score.py``'s horizon).
+Two families (``--family``), each logged every step to CSV (loss, grad norm before clipping,
+and the lr as the run used it, faults included), both AdamW with an lr warm-up over 100 steps,
+then cosine decay:
+
+- ``conv``: a small conv net without BatchNorm on noisy 12x12 class templates, batch 32, no
+  clipping. Fault twins (same seed, weights and batch order; ONE change each): lr x10 for 20
+  steps and x3 for 30 steps at step 700, a batch of inputs scaled x20 with shuffled labels at
+  step 900, the lr x4 from step 800 on.
+- ``gpt``: a 2-layer decoder-only transformer (d 64, 4 heads, context 64; weight decay 0.1,
+  betas 0.9/0.95, batch 16) on the bytes of Python's own standard library sources, clipped at
+  1.0 as GPT trainers do (the norm before clipping is logged). Faults: lr x10 for 20 steps at
+  700, a batch of random token ids at 900, the lr x4 from 800 on, and two real explosions:
+  clipping switched off from step 700 with the lr x30 (or x100) for 10 steps.
+
+The truth is the twin's: the mean of (fault - clean) loss over the 200 steps from the fault
+(``score.py``'s horizon).
 
 Each run is audited twice: as logged, and without its lr column. A logged lr rise is an
 episode by itself (the lr-change detector), so only the second audit shows whether the grad
 norm and the loss alone find the lr faults.
 
     pip install torch==2.13.0 && python benchmarks/detection/blind_probe.py --seeds 1-6
+    python benchmarks/detection/blind_probe.py --family gpt --seeds 1-4
 
-Trains 5 runs of 1,500 steps per seed (about a minute per seed on one core). Prints per run the
+Trains 5 (conv) or 6 (gpt) runs of 1,500 steps per seed (about a minute per seed on one core;
+the transformer about four). Prints per run the
 clean loss level over the horizon, the truth, and gradaudit's status, the episode found within
 10 steps of the fault (onset, kind, severity, detectors, excess loss) and the others, with and
 without the lr. Not part of the scored
@@ -25,7 +36,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import sysconfig
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -41,26 +54,54 @@ LR_TAG = "train/learning_rate"
 
 
 class Fault(NamedTuple):
-    """One change to the clean run: ``kind`` "lr" (the lr times ``factor``) or "batch" (the
-    inputs times ``factor``, the labels shuffled), for ``length`` steps from ``step``."""
+    """One change to the clean run: ``kind`` "lr" (the lr times ``factor``) or "batch" (conv:
+    the inputs times ``factor``, the labels shuffled; gpt: random token ids), for ``length``
+    steps from ``step``; ``unclipped``: no gradient clipping from ``step`` on."""
 
     kind: str
     step: int
     factor: float
     length: int
+    unclipped: bool = False
 
 
-FAULTS: dict[str, Fault | None] = {
-    "clean": None,
-    "lr-spike-x10": Fault("lr", 700, 10.0, 20),
-    "lr-spike-x3": Fault("lr", 700, 3.0, 30),
-    "bad-batch-x20": Fault("batch", 900, 20.0, 1),
-    "lr-jump-x4": Fault("lr", 800, 4.0, STEPS),
+FAULTS: dict[str, dict[str, Fault | None]] = {
+    "conv": {
+        "clean": None,
+        "lr-spike-x10": Fault("lr", 700, 10.0, 20),
+        "lr-spike-x3": Fault("lr", 700, 3.0, 30),
+        "bad-batch-x20": Fault("batch", 900, 20.0, 1),
+        "lr-jump-x4": Fault("lr", 800, 4.0, STEPS),
+    },
+    "gpt": {
+        "clean": None,
+        "lr-spike-x10": Fault("lr", 700, 10.0, 20),
+        "bad-batch-ids": Fault("batch", 900, 1.0, 1),
+        "lr-jump-x4": Fault("lr", 800, 4.0, STEPS),
+        "unclipped-lr-x30": Fault("lr", 700, 30.0, 10, unclipped=True),
+        "unclipped-lr-x100": Fault("lr", 700, 100.0, 10, unclipped=True),
+    },
 }
 
 
-def train(seed: int, fault: Fault | None) -> pl.DataFrame:
-    """One run: step, loss, grad norm (before clipping) and lr at every step."""
+def schedule(step: int, fault: Fault | None) -> float:
+    """The lr at ``step``: warm-up over 100 steps, cosine decay to a tenth, the fault's
+    factor."""
+    cosine = 0.1 + 0.45 * (1 + math.cos(math.pi * step / STEPS))
+    lr = 1e-3 * min(1.0, (step + 1) / 100) * cosine
+    if fault is not None and fault.kind == "lr" and fault.step <= step < fault.step + fault.length:
+        lr *= fault.factor
+    return lr
+
+
+def hit(fault: Fault | None, kind: str, step: int) -> bool:
+    """Whether ``fault`` is of ``kind`` and active at ``step``."""
+    return fault is not None and fault.kind == kind and \
+        fault.step <= step < fault.step + fault.length
+
+
+def train_conv(seed: int, fault: Fault | None) -> pl.DataFrame:
+    """One conv-net run: step, loss, grad norm and lr at every step."""
     torch.manual_seed(seed)
     templates = torch.randn(CLASSES, 1, 12, 12, generator=torch.Generator().manual_seed(seed))
     net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
@@ -72,14 +113,10 @@ def train(seed: int, fault: Fault | None) -> pl.DataFrame:
         gen = torch.Generator().manual_seed(seed * 100003 + step)
         y = torch.randint(0, CLASSES, (BATCH,), generator=gen)
         x = templates[y] + 1.5 * torch.randn(BATCH, 1, 12, 12, generator=gen)
-        cosine = 0.1 + 0.45 * (1 + math.cos(math.pi * step / STEPS))
-        lr = 1e-3 * min(1.0, (step + 1) / 100) * cosine
-        if fault is not None and fault.step <= step < fault.step + fault.length:
-            if fault.kind == "lr":
-                lr *= fault.factor
-            else:
-                x = x * fault.factor
-                y = y[torch.randperm(BATCH, generator=gen)]
+        lr = schedule(step, fault)
+        if hit(fault, "batch", step):
+            x = x * fault.factor
+            y = y[torch.randperm(BATCH, generator=gen)]
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad()
@@ -90,6 +127,86 @@ def train(seed: int, fault: Fault | None) -> pl.DataFrame:
         rows.append((step, loss.item(), norm, lr))
     return pl.DataFrame(rows, schema=["step", "train/loss", "train/grad_norm", LR_TAG],
                         orient="row")
+
+
+VOCAB, CONTEXT, WIDTH = 128, 64, 64
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block: causal self-attention, then an MLP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(WIDTH), nn.LayerNorm(WIDTH)
+        self.attn = nn.MultiheadAttention(WIDTH, 4, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(WIDTH, 4 * WIDTH), nn.GELU(),
+                                 nn.Linear(4 * WIDTH, WIDTH))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+        return x + self.mlp(self.ln2(x))
+
+
+class TinyGPT(nn.Module):
+    """Token and position embeddings, two blocks, a final norm and an output head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(VOCAB, WIDTH), nn.Embedding(CONTEXT, WIDTH)
+        self.blocks = nn.ModuleList(Block() for _ in range(2))
+        self.norm, self.head = nn.LayerNorm(WIDTH), nn.Linear(WIDTH, VOCAB, bias=False)
+        self.register_buffer("mask", torch.triu(torch.ones(CONTEXT, CONTEXT, dtype=torch.bool), 1))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))
+        for block in self.blocks:
+            x = block(x, self.mask)
+        return self.head(self.norm(x))
+
+
+def stdlib_text() -> torch.Tensor:
+    """The bytes of this Python's standard library modules (bytes >= 128 as '?')."""
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    data = np.frombuffer(b"".join(f.read_bytes() for f in files), dtype=np.uint8).copy()
+    data[data >= VOCAB] = ord("?")
+    return torch.from_numpy(data.astype(np.int64))
+
+
+def train_gpt(seed: int, fault: Fault | None) -> pl.DataFrame:
+    """One transformer run: step, loss, grad norm (before clipping at 1.0) and lr."""
+    torch.manual_seed(seed)
+    data, net = stdlib_text(), TinyGPT()
+    params = list(net.named_parameters())
+    opt = torch.optim.AdamW([{"params": [p for _, p in params if p.dim() >= 2],
+                              "weight_decay": 0.1},
+                             {"params": [p for _, p in params if p.dim() < 2],
+                              "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.95))
+    rows = []
+    for step in range(STEPS):
+        gen = torch.Generator().manual_seed(seed * 100003 + step)
+        at = torch.randint(0, len(data) - CONTEXT - 1, (16,), generator=gen)
+        x = torch.stack([data[i:i + CONTEXT] for i in at])
+        y = torch.stack([data[i + 1:i + CONTEXT + 1] for i in at])
+        if hit(fault, "batch", step):
+            x, y = torch.randint(0, VOCAB, (2, *x.shape), generator=gen)
+        lr = schedule(step, fault)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(net(x).reshape(-1, VOCAB), y.reshape(-1))
+        loss.backward()
+        clip = float("inf") if fault is not None and fault.unclipped and step >= fault.step \
+            else 1.0
+        norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), clip))
+        opt.step()
+        rows.append((step, loss.item(), norm, lr))
+    return pl.DataFrame(rows, schema=["step", "train/loss", "train/grad_norm", LR_TAG],
+                        orient="row")
+
+
+TRAIN: dict[str, Callable[[int, Fault | None], pl.DataFrame]] = {
+    "conv": train_conv, "gpt": train_gpt}
 
 
 def audit_text(path: Path, at: int | None) -> str:
@@ -120,13 +237,16 @@ def seeds(text: str) -> range:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=seeds, default=seeds("1-6"), help="a range (1-6) or a seed")
+    ap.add_argument("--family", choices=sorted(TRAIN), default="conv")
+    args = ap.parse_args()
     torch.set_num_threads(1)
+    faults = FAULTS[args.family]
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in ap.parse_args().seeds:
-            frames = {name: train(seed, fault) for name, fault in FAULTS.items()}
+        for seed in args.seeds:
+            frames = {name: TRAIN[args.family](seed, fault) for name, fault in faults.items()}
             clean = frames["clean"]["train/loss"].to_numpy()
             for name, frame in frames.items():
-                fault = FAULTS[name]
+                fault = faults[name]
                 at = fault.step if fault is not None else 700
                 window = slice(at, at + HORIZON)
                 level = float(np.mean(clean[window]))
@@ -137,7 +257,7 @@ def main() -> None:
                 frame.write_csv(with_lr)
                 frame.drop(LR_TAG).write_csv(without)
                 step = None if fault is None else fault.step
-                print(f"seed {seed} {name:14s} level {level:.3f} truth {truth:8s} | with lr: "
+                print(f"seed {seed} {name:17s} level {level:.3f} truth {truth:8s} | with lr: "
                       f"{audit_text(with_lr, step)} | without: {audit_text(without, step)}")
 
 
