@@ -551,6 +551,18 @@ def test_loss_rise_onset_is_the_step_not_points_before_it(jump, exact, far):
     assert sum(abs(e) > 5 for e in errors) <= far, sorted(errors)
 
 
+@pytest.mark.parametrize("level", [3.0, 0.25])
+def test_loss_rise_onset_of_a_noise_free_step_is_the_step(level):
+    # a loss exactly flat before a jump (logged to a few decimals, or a synthetic check) stood
+    # at the climb's bar all along: the onset went back 12 points, a loss_spike warning before
+    # the explosion (a review)
+    from gradaudit.detect.loss_rise import loss_rise
+
+    y = np.full(200, level)
+    y[60:90] *= 2
+    assert [ev[0] for ev in loss_rise(y)] == [60]
+
+
 @pytest.mark.parametrize("n_blocks", [150, 700])
 def test_trend_level_is_the_shrunk_least_squares_line_of_each_window(n_blocks):
     # against numpy's least squares on every window (log point index early, the index itself

@@ -301,12 +301,13 @@ def _trend_level(bm: np.ndarray, healthy: np.ndarray, block: int, window: int, g
 def _climb_start(u: np.ndarray, q: int, bar: float, lo: int) -> int:
     """Back from point ``q`` (not before ``lo``, nor onto a point not logged finite) to where
     the climb starts: each step back is taken while the median of the ``CLIMB_WINDOW`` points
-    ending at the current point is at least ``bar``; the point where that stops."""
+    ending at the current point is above ``bar`` (strictly: a loss with no noise stands at its
+    bar all along before a jump); the point where that stops."""
     j = q
     while j - 1 >= lo and np.isfinite(u[j - 1]):
         w = u[max(0, j - CLIMB_WINDOW + 1):j + 1]
         w = w[np.isfinite(w)]
-        if not w.size or np.median(w) < bar:
+        if not w.size or np.median(w) <= bar:
             break
         j -= 1
     return j
