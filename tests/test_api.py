@@ -193,6 +193,15 @@ def test_writing_a_report_onto_a_file_the_scan_read_is_a_usage_error(tmp_path):
         with pytest.raises(gradaudit.UsageError, match="this scan reads"):
             result.write(str(path), "md")
     assert log.read_bytes() == before
+    # read only through a link in the folder, the file it points to is the log's only name
+    (tmp_path / "data").mkdir()
+    real = tmp_path / "data" / "z.csv"
+    real.write_bytes(before)
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "z_link.csv").symlink_to(real)
+    with pytest.raises(gradaudit.UsageError, match="z_link.csv', a log this scan reads"):
+        gradaudit.scan(tmp_path / "linked", fail_on="never").write(str(real), "md")
+    assert real.read_bytes() == before
     (tmp_path / "link.csv").symlink_to(log)  # a link elsewhere: replaced, the log kept
     result.write(str(tmp_path / "link.csv"), "md")
     assert log.read_bytes() == before and not (tmp_path / "link.csv").is_symlink()

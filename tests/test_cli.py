@@ -448,6 +448,26 @@ def test_a_report_onto_a_log_only_the_scan_finds_is_refused_and_nothing_written(
     assert log.read_bytes() == before and not md.exists()
 
 
+@pytest.mark.parametrize("how", ["the file a named link reads", "dot-dot after a link"])
+def test_a_report_onto_a_log_by_another_way_is_refused(tmp_path, capsys, how):
+    # the scan reads a link to logs/a.csv and the report goes to logs/a.csv, its only name; or
+    # the report's path walks a linked folder then "..", which the kernel takes after the link
+    # (a text normalisation put it elsewhere): both replaced the log (a review)
+    log = write_table(tmp_path / "logs", "explosion", fmt="csv")
+    before = log.read_bytes()
+    if how == "the file a named link reads":
+        (tmp_path / "latest.csv").symlink_to(log)
+        args = [str(tmp_path / "latest.csv"), "--out", str(log)]
+    else:
+        (tmp_path / "logs" / "sub").mkdir()
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other" / "link").symlink_to(tmp_path / "logs" / "sub")
+        args = [str(tmp_path / "logs"), "--out", f"{tmp_path}/other/link/../{log.name}"]
+    assert scan(*args, "--format", "md") == 2
+    assert "this scan reads" in capsys.readouterr().err
+    assert log.read_bytes() == before
+
+
 @pytest.mark.parametrize("how", ["symlink", "hard link"])
 def test_a_report_onto_another_name_of_a_log_replaces_that_name_only(tmp_path, how):
     # writing replaces the folder entry named (a link there, or one hard link's name), never

@@ -623,8 +623,9 @@ def test_a_melt_with_a_name_column_takes_variable_as_the_tag_and_name_as_the_run
                          "grad_norm": [1 + s / 100 for s in range(60)] * 2,
                          "loss": [3 - s / 100 for s in range(60)] * 2})
     wide.unpivot(index=["step", "name"]).write_csv(tmp_path / "melt.csv")
+    wide.rename({"name": "key"}).unpivot(index=["step", "key"]).write_csv(tmp_path / "k.csv")
     runs = _runs(tmp_path)
-    assert set(runs) == {"melt.csv#a", "melt.csv#b"}
+    assert set(runs) == {"melt.csv#a", "melt.csv#b", "k.csv#a", "k.csv#b"}
     for run in runs.values():
         assert run.tags() == ["grad_norm", "loss"] and run.grad_norm_tag == "grad_norm"
         assert _values(run, "grad_norm") == {s: 1 + s / 100 for s in range(60)}

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gradaudit.adapters.base import Source
-from gradaudit.discover import discover, entry_key, file_key
+from gradaudit.discover import discover, entry_key, file_key, replaced
 from gradaudit.errors import UNEXPECTED, UsageError
 from gradaudit.ingest import read_source, source_label
 from gradaudit.model import SCHEMA_VERSION, InputError, RunAudit, same_series
@@ -100,16 +100,19 @@ def _unread(paths: list[str], audits: list[RunAudit], errors: list[InputError]) 
     return out
 
 
-def _input_files(given: list[str], sources: list[Source]) -> dict[tuple[int, int, str], str]:
-    """:func:`~gradaudit.discover.entry_key` -> path of each regular file given or read."""
-    out: dict[tuple[int, int, str], str] = {}
+def _input_files(given: list[str], sources: list[Source]) -> dict[tuple, str]:
+    """Each regular file given or read, by :func:`~gradaudit.discover.entry_key` and by
+    :func:`~gradaudit.discover.file_key` -> its path (``AuditResult.inputs``)."""
+    out: dict[tuple, str] = {}
     for f in [*given, *(os.fspath(f) for s in sources for f in s.files)]:
         try:
-            regular = stat.S_ISREG(os.stat(f).st_mode)
+            st = os.stat(f)
         except (OSError, ValueError):
             continue
-        if regular and (key := entry_key(f)) is not None:
-            out.setdefault(key, f)
+        if stat.S_ISREG(st.st_mode):
+            out.setdefault((st.st_dev, st.st_ino), f)
+            if (key := entry_key(f)) is not None:
+                out.setdefault(key, f)
     return out
 
 
@@ -117,8 +120,10 @@ def _under(path: str, roots: set[tuple[int, int]]) -> bool:
     """Whether a folder walk from one of ``roots`` reaches the entry ``path`` through its
     parents (its folder as spelled or resolved), no dot-folder on the way (discovery skips
     those)."""
-    head = os.path.dirname(os.path.abspath(path))
-    for folder in {head, os.path.realpath(head)}:
+    head = os.path.dirname(os.fspath(path)) or "."
+    # (as spelled, where no ".." could mean another folder after a link)
+    spelled = {os.path.abspath(head)} if ".." not in head.split(os.sep) else set()
+    for folder in {*spelled, os.path.realpath(head)}:
         hidden = False
         while True:
             if not hidden and file_key(folder) in roots:
@@ -136,12 +141,12 @@ def input_at(paths: PathLike | Iterable[PathLike], path: PathLike) -> str | None
     a file given, or a file a reader takes under a folder given (the same folder entry, however
     spelled; writing to a link replaces the link, not the file it points to). After the scan,
     :meth:`AuditResult.input_at` knows every file it read."""
-    key = entry_key(path)
-    if key is None or not os.path.isfile(path):
+    entry, only = replaced(path)
+    if entry is None or not os.path.isfile(path):
         return None
     given = _paths(paths)
     for p in given:
-        if entry_key(p) == key:
+        if entry_key(p) == entry or (only is not None and file_key(p) == only):
             return p
     roots = {k for k in map(file_key, given) if k is not None}
     if _under(os.fspath(path), roots) and discover([path]).sources:

@@ -17,9 +17,11 @@ import heapq
 import itertools
 import os
 import posixpath
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -146,16 +148,28 @@ def _trainer_dir(source: Source) -> Path | None:
 Loss = tuple[np.ndarray, np.ndarray]  # a ``train/loss`` series: steps, values
 
 
-def _train_loss(source: Source) -> tuple[Loss, str] | None:
-    """A source's ``train/loss`` series and the file it was read from, or None (unreadable,
+class _Logged(NamedTuple):
+    """What a Trainer run's copy is told by: its training loss, its grad norm (None where not
+    logged) and the file they were read from."""
+
+    loss: Loss
+    grad: Loss | None
+    file: str
+
+
+def _train_loss(source: Source) -> _Logged | None:
+    """A source's ``train/loss`` series (and ``train/grad_norm``), or None (unreadable,
     several runs, no such tag)."""
     from gradaudit.ingest import read_source
 
     try:
         (run,), _ = read_source(source, None, None)
-        if "train/loss" not in run.tags():
+        tags = run.tags()
+        if "train/loss" not in tags:
             return None
-        return run.series("train/loss"), run.files[0] if run.files else source.name
+        grad = run.series("train/grad_norm") if "train/grad_norm" in tags else None
+        return _Logged(run.series("train/loss"), grad,
+                       run.files[0] if run.files else source.name)
     except UNEXPECTED:  # no run or several, or a run that cannot say: no copy to compare
         return None
 
@@ -206,6 +220,7 @@ def _without_trainer_copies(sources: list[Source]) -> list[Source]:
     if not trainers:
         return sources
     logs: dict[int, list[tuple[str, int, Loss]]] = {}
+    grad_of: dict[int, Loss | None] = {}
     for i, s in enumerate(sources):
         if s.format != TB_FORMAT or not s.files:
             continue
@@ -213,7 +228,8 @@ def _without_trainer_copies(sources: list[Source]) -> list[Source]:
         owner = trainers.get(folder.parent.parent) if folder.parent.name == "runs" else None
         if owner is not None and (got := _train_loss(s)) is not None:
             first = min(f.name for f in s.files)  # events.out.tfevents.<time>...: launch order
-            logs.setdefault(owner, []).append((first, i, got[0]))
+            logs.setdefault(owner, []).append((first, i, got.loss))
+            grad_of[i] = got.grad
     drop: set[int] = set()
     read_from: dict[int, Source] = {}
     notes: dict[int, list[str]] = {}
@@ -221,10 +237,10 @@ def _without_trainer_copies(sources: list[Source]) -> list[Source]:
         state = _train_loss(sources[owner])
         if state is None:
             continue
-        (steps, _), state_file = state
+        (steps, _), state_file = state.loss, state.file
         found.sort(key=lambda x: (x[0], sources[x[1]].name))
         loss_of = {i: loss for _, i, loss in found}
-        copies = _launches(state[0], [(i, loss) for _, i, loss in found])
+        copies = _launches(state.loss, [(i, loss) for _, i, loss in found])
         if not copies:
             continue
         kept = {i: _before(loss_of[i], r)[0] for i, r in copies}  # the steps each copy holds
@@ -253,7 +269,8 @@ def _without_trainer_copies(sources: list[Source]) -> list[Source]:
                     f"{last}) to step {int(kept[i][-1])}, but the Trainer's logs here do not "
                     "hold every step that file has; the steps both hold are in both runs")
                 continue
-            differ = 0 if resumed_at is None else _redone_differ(resumed_at, loss_of[i], state[0])
+            differ = 0 if resumed_at is None else _redone_differ(
+                resumed_at, (loss_of[i], grad_of[i]), (state.loss, state.grad))
             if differ:
                 # what happened before the resume (an explosion the run crashed on) is no copy
                 first_passes.add(i)
@@ -261,9 +278,9 @@ def _without_trainer_copies(sources: list[Source]) -> list[Source]:
                 notes.setdefault(i, []).append(
                     f"the first pass of the Trainer run {sources[owner].name} (report_to="
                     f"'tensorboard'), cut short by a resume: its steps {resumed_at}-{end} were "
-                    f"trained again after it, and its training loss differs by over "
-                    f"{REDONE_TOLERANCE:.0%} at {differ} of them from {state_file}'s: kept as "
-                    "a run, so that what happened there is "
+                    f"trained again after it, and at {differ} of them its training loss differs "
+                    f"from {state_file}'s by over {REDONE_TOLERANCE:.0%} or its grad norm by "
+                    f"over {REDONE_GRAD_FACTOR:g}x: kept as a run, so that what happened there is "
                     f"audited (its steps before {resumed_at} are in both runs)")
                 notes.setdefault(owner, []).append(
                     f"{sources[i].name} holds this run's first pass up to step {end}, before a "
@@ -297,18 +314,34 @@ def _without_trainer_copies(sources: list[Source]) -> list[Source]:
 
 
 #: a step trained again after a resume differs from its first pass where the training loss
-#: moved by more than this share (a resume's own nondeterminism moves it by under 0.1 %)
-REDONE_TOLERANCE = 0.01
+#: moved by more than this share (a resume's own nondeterminism moves it by under 0.1 %; the
+#: Trainer logs it to 4 decimals: 1e-4 apart at least), or the grad norm by this factor
+REDONE_TOLERANCE, REDONE_LOSS_FLOOR, REDONE_GRAD_FACTOR = 0.01, 1e-4, 2.0
 
 
-def _redone_differ(resumed_at: int, log: Loss, state: Loss) -> int:
+def _redone_differ(resumed_at: int, log: tuple[Loss, Loss | None],
+                   state: tuple[Loss, Loss | None]) -> int:
     """At how many of a launch's steps from ``resumed_at`` on (trained again after a resume)
-    its training loss differs from the state's by more than ``REDONE_TOLERANCE``."""
-    steps, values = log
-    later = steps >= resumed_at
-    _, i, j = np.intersect1d(state[0], steps[later], assume_unique=True, return_indices=True)
-    return int((~np.isclose(state[1][i], values[later][j], rtol=REDONE_TOLERANCE,
-                            equal_nan=True)).sum())
+    its training loss (``(loss, grad norm)`` series) differs from the state's by more than
+    ``REDONE_TOLERANCE``, or its grad norm by more than ``REDONE_GRAD_FACTOR`` either way
+    (clipping can keep a blow-up out of the loss)."""
+    differ: set[int] = set()
+    for k, (mine, theirs) in enumerate(zip(log, state, strict=True)):
+        if mine is None or theirs is None:
+            continue
+        later = mine[0] >= resumed_at
+        steps, i, j = np.intersect1d(theirs[0], mine[0][later], assume_unique=True,
+                                     return_indices=True)
+        a, b = theirs[1][i], mine[1][later][j]
+        if k == 0:
+            off = ~np.isclose(a, b, rtol=REDONE_TOLERANCE, atol=REDONE_LOSS_FLOOR,
+                              equal_nan=True)
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.abs(b) / np.abs(a)
+            off = (ratio > REDONE_GRAD_FACTOR) | (ratio < 1 / REDONE_GRAD_FACTOR)
+        differ.update(steps[off].tolist())
+    return len(differ)
 
 
 def file_key(path: str | os.PathLike[str]) -> tuple[int, int] | None:
@@ -323,20 +356,35 @@ def file_key(path: str | os.PathLike[str]) -> tuple[int, int] | None:
 
 def entry_key(path: str | os.PathLike[str]) -> tuple[int, int, str] | None:
     """The folder entry ``path`` names: its folder's :func:`file_key` (through links, any
-    spelling) and its name; None where the folder is not there. Writing to ``path`` replaces
-    this entry (a link there, not the file it points to)."""
-    head, name = os.path.split(os.path.abspath(path))
-    key = file_key(head)
-    return None if key is None or not name else (*key, name)
+    spelling; ``..`` as the kernel takes it, after a link) and its name; None where the folder
+    is not there."""
+    head, name = os.path.split(os.fspath(path))
+    key = file_key(head or ".")
+    return None if key is None or name in ("", ".", "..") else (*key, name)
 
 
-def _inside(path: Path, folders: list[Path]) -> bool:
+def replaced(path: str | os.PathLike[str]) -> tuple[tuple[int, int, str] | None,
+                                                   tuple[int, int] | None]:
+    """What writing a new file to ``path`` (atomically, by rename) destroys: the folder entry
+    (:func:`entry_key`; a link there, not the file it points to), and the :func:`file_key` of
+    the file that entry holds where it is that file's only name (no link, one hard link), else
+    None."""
+    try:
+        st = os.lstat(path)
+    except (OSError, ValueError):
+        return entry_key(path), None
+    only = stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+    return entry_key(path), ((st.st_dev, st.st_ino) if only else None)
+
+
+def _inside(path: Path, folders: set[Path]) -> bool:
     """Whether a walk of one of ``folders`` reaches the file ``path`` (no dot-folder on the
     way: the walk skips those)."""
-    for folder in folders:
-        if folder in path.parents and not any(
-                part.startswith(".") for part in path.relative_to(folder).parts[:-1]):
+    hidden = False
+    for parent in path.parents:
+        if not hidden and parent in folders:
             return True
+        hidden = hidden or parent.name.startswith(".")
     return False
 
 
@@ -353,7 +401,7 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> Discovery:
     unreadable: list[tuple[str, str]] = []
     seen_files: set[tuple[int, int]] = set()
     taken: set[tuple[int, int]] = set()  # files some source reads: a file is read once
-    folders = [Path(p).resolve() for p in paths if os.path.isdir(p)]
+    folders = {Path(p).resolve() for p in paths if os.path.isdir(p)}
     for given in paths:
         root = Path(given)
         prefix = given.rstrip("/") or "/" if len(paths) > 1 else "."

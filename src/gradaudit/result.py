@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradaudit import __version__
-from gradaudit.discover import entry_key
+from gradaudit.discover import replaced
 from gradaudit.errors import UsageError
 from gradaudit.model import SCHEMA_VERSION, ClipSuggestion, InputError, RunAudit
 from gradaudit.settings import Settings
@@ -52,8 +52,9 @@ class AuditResult:
     unread_paths: list[str] = field(default_factory=list)
     exit_code: int = 0
     generated_at: str = field(default_factory=_now)
-    #: :func:`entry_key` of each file the scan read -> its path: :meth:`write` replaces none
-    inputs: dict[tuple[int, int, str], str] = field(default_factory=dict, repr=False)
+    #: each file the scan read, by folder entry (:func:`~gradaudit.discover.entry_key`) and
+    #: by file (:func:`~gradaudit.discover.file_key`) -> its path: :meth:`write` replaces none
+    inputs: dict[tuple, str] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:  # a notebook cell shows this, not a dump of every run
         s = self.summary()
@@ -117,10 +118,12 @@ class AuditResult:
         return json_text(self.to_dict(), indent)
 
     def input_at(self, path: str) -> str | None:
-        """The file this scan read at the folder entry ``path`` names (any spelling), or
-        None."""
-        key = entry_key(path) if path != "-" and self.inputs else None
-        return None if key is None else self.inputs.get(key)
+        """The file this scan read that writing to ``path`` would destroy (its folder entry,
+        however spelled, or the file itself where ``path`` is its only name), or None."""
+        if path == "-" or not self.inputs:
+            return None
+        entry, only = replaced(path)
+        return self.inputs.get(entry) or (self.inputs.get(only) if only is not None else None)
 
     def write(self, path: str, fmt: str | None = None) -> None:
         """Write the report to ``path`` (``-`` for stdout) atomically, in ``fmt`` or by suffix;

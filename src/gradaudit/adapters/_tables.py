@@ -127,7 +127,9 @@ def detect_layout(schema: dict[str, pl.DataType], numeric_text: set[str] | None 
     value = _first_ci(VALUE_NAMES, [c for c in columns if c != step])
     tag = _first_ci(TAG_NAMES, [c for c in columns if c not in (step, value)])
     if value is not None and tag is not None and not is_numeric(schema[tag]):
-        run = _first_ci(RUN_NAMES, [c for c in columns if c not in (step, value, tag, wall)])
+        # (a tag name left over names the runs: "key" beside pandas' melt's "variable")
+        run = _first_ci(RUN_NAMES + TAG_NAMES, [c for c in columns
+                                               if c not in (step, value, tag, wall)])
         return Layout("long", step, tag=tag, value=value, run=run, wall=wall)
     run = None
     for name in RUN_NAMES:
