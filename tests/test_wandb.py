@@ -529,6 +529,20 @@ def test_a_define_metric_step_axis_is_the_step(tmp_path, monkeypatch):
     assert "W&B run 'lr-sweep-3' in project 'axis'" in got.notes
 
 
+def test_a_trainers_step_wins_over_a_define_metric_axis_in_the_same_row(tmp_path, monkeypatch):
+    # an axis of one's own (samples seen) declared for every metric, beside Lightning's
+    # trainer/global_step in each row: the trainer's step is the run's (docs/formats.md)
+    root = _offline(tmp_path, monkeypatch)
+    run = wandb.init(mode="offline", dir=str(root), project="axes", settings=_settings())
+    run.define_metric("samples")
+    run.define_metric("*", step_metric="samples")
+    for s in range(100):
+        run.log({"train/loss": 2.0 - s / 1000, "samples": 32 * s, "trainer/global_step": s})
+    _finish(run)
+    (got,) = gradaudit.read_runs([root])
+    assert got.series("train/loss")[0].tolist() == list(range(100))
+
+
 def test_a_step_axis_for_some_metrics_or_of_fractions_is_no_step(tmp_path, monkeypatch):
     # define_metric("val/*", step_metric="epoch") with `epoch` in the training rows too put
     # every training row at its epoch: 1000 points became 10 (review); an axis of fractions
@@ -589,6 +603,33 @@ def test_a_trainer_logging_to_wandb_and_synced_tensorboard_keeps_each_points_ste
         ("spike", 600)]
 
 
+def test_own_rows_logged_more_often_than_tensorboard_are_spread_not_merged(tmp_path,
+                                                                           monkeypatch):
+    # the loss through a SummaryWriter every 10 steps, the grad norm through wandb.log every
+    # step: placed each at the TensorBoard step logged last before it, 10 grad norms shared a
+    # step and the later won - the spike at 1203-1206 was lost (a review)
+    import time
+
+    from tensorboardX import SummaryWriter
+
+    root = _offline(tmp_path, monkeypatch)
+    run = wandb.init(mode="offline", dir=str(root), project="dense", sync_tensorboard=True,
+                     settings=_settings())
+    writer = SummaryWriter(str(root / "tb"), flush_secs=3600)
+    for s in range(2000):
+        if s % 10 == 0:
+            writer.add_scalar("loss", 3.0 - s * 1e-4, s)
+        run.log({"grad_norm": 80.0 if 1203 <= s <= 1206 else 1.0 + 0.01 * (s % 7)})
+        time.sleep(0.0002)  # (a training step takes time; the log calls' times spread out)
+    writer.close()
+    _finish(run)
+    (got,) = [r for r in gradaudit.read_runs([root]) if r.format == "wandb"]
+    s, v = got.series("grad_norm")
+    assert s.size == 2000 and np.unique(s).size == 2000, got.notes
+    assert (np.abs(s[v == 80.0] - 1204.5) <= 5).all()  # within a TensorBoard interval
+    assert any("spread between two TensorBoard points" in n for n in got.notes)
+
+
 def test_a_sync_tensorboard_run_is_read_on_its_tensorboard_steps(tmp_path, monkeypatch):
     # wandb.init(sync_tensorboard=True) copies each TensorBoard event into a history row with
     # its step as 'global_step'; _step only counts rows. Read on _step, a writer logging every
@@ -633,8 +674,8 @@ def test_a_sync_tensorboard_run_is_read_on_its_tensorboard_steps(tmp_path, monke
     assert any(re.fullmatch(r"steps are the TensorBoard steps that sync_tensorboard logged as "
                             r"'global_step' \(\d+ of \d+ history rows carry it\)", n)
                for n in got.notes), got.notes
-    assert "3 rows of the run's own log calls are placed at the TensorBoard step logged last " \
-        "before each (by wall time)" in got.notes
+    assert "3 rows of the run's own log calls are placed on the TensorBoard steps by wall " \
+        "time" in got.notes
     # the same training read from its TensorBoard files: the same steps, values and spike
     tb = {n: r for n, r in runs.items() if r.format == "tensorboard"}
     assert sorted(tb) == ["tb/train", "tb/val"]

@@ -665,20 +665,45 @@ class _History:
 def _own_rows_at_tensorboard_steps(step: np.ndarray, wall: np.ndarray, on_tb: np.ndarray,
                                    own_rows: np.ndarray, notes: list[str]) -> None:
     """In a run that syncs TensorBoard, place the rows of the run's own ``wandb.log`` calls
-    that no axis placed (``own_rows``; their ``_step`` only counts those calls) at the
-    TensorBoard step (rows ``on_tb``) logged last before each, by wall time: W&B copies the
-    event files in as it finds them, so their rows come later in the file. Rows before the
-    first TensorBoard point keep ``_step``."""
+    that no axis placed (``own_rows``; their ``_step`` only counts rows) on the TensorBoard
+    steps (rows ``on_tb``) by wall time: W&B copies the event files in as it finds them, so
+    file order cannot say. A row goes to the TensorBoard step logged last before it; where
+    several fall between the same two TensorBoard points (a series logged more often), they
+    are spread evenly, in their order, over the steps between them, none merged (past the
+    last point, over a usual interval). Rows before the first point keep ``_step``, and so
+    do all where most of them lie outside the TensorBoard points' times (another clock)."""
     own = np.flatnonzero(own_rows)
     tb = np.flatnonzero(on_tb)
     if not own.size or not tb.size:
         return
     order = tb[np.argsort(wall[tb], kind="stable")]
-    at = np.searchsorted(wall[order], wall[own], side="right") - 1
-    placed = at >= 0
-    step[own[placed]] = step[order[at[placed]]]
-    notes.append(f"{int(placed.sum())} rows of the run's own log calls are placed at the "
-                 "TensorBoard step logged last before each (by wall time)"
+    tw = wall[order]
+    ts = np.maximum.accumulate(step[order].astype(np.float64))  # (a writer stepping back)
+    w = wall[own]
+    if 2 * np.count_nonzero((w >= tw[0]) & (w <= tw[-1])) < own.size:
+        notes.append(f"{own.size} rows of the run's own log calls keep W&B's _step: their "
+                     "wall times lie outside the TensorBoard points' (another clock?)")
+        return
+    k = np.searchsorted(tw, w, side="right") - 1  # the point logged last before each
+    placed = k >= 0
+    own, w, k = own[placed], w[placed], k[placed]
+    at = ts[k]
+    many = np.bincount(k, minlength=tw.size)
+    crowded = many[k] > 1
+    if crowded.any():
+        gaps = np.diff(np.unique(ts))
+        usual = float(np.median(gaps)) if gaps.size else 1.0
+        # the steps to the next point's (a usual interval past the last), shared out in order
+        span = np.append(np.diff(ts), usual)[k]
+        by_time = np.lexsort((w, k))
+        rank = np.empty(k.size, np.int64)
+        first = np.searchsorted(k[by_time], k[by_time])  # each interval's first row
+        rank[by_time] = np.arange(k.size) - first
+        at = np.where(crowded, ts[k] + np.floor(rank * span / many[k]), at)
+    step[own] = at.astype(np.int64)
+    notes.append(f"{own.size} rows of the run's own log calls are placed on the TensorBoard "
+                 "steps by wall time" + (f" ({int(crowded.sum())} of them spread between two "
+                                         "TensorBoard points)" if crowded.any() else "")
                  + (f"; {int((~placed).sum())} before the first keep W&B's _step"
                     if not placed.all() else ""))
 
