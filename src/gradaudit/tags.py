@@ -5,10 +5,11 @@ The names come from the training code of each framework (see docs/formats.md): H
 fairseq ``gnorm``, Lightning ``grad_2.0_norm_total``, Composer ``l2_norm/grad/global``, ...
 Known names win; otherwise a name that says grad+norm (or loss) is ranked: a total norm before
 per-layer norms, step-indexed before sample-indexed series. Whatever their names, validation
-series and norms logged after clipping rank after every other candidate, and a series with
-under a tenth of the points of another candidate (a per-epoch loss beside the per-step one)
-after the denser ones. A user's glob (``--grad-tag``/``--loss-tag``) restricts the candidates
-to the tags it matches. One series is never both the grad norm and the loss.
+series and norms logged after clipping rank after every other candidate, and, among names of
+one kind, a series with under a tenth of the points of another (a per-epoch loss beside the
+per-step one) after the denser ones. Auxiliary losses are never the loss. A user's glob
+(``--grad-tag``/``--loss-tag``) restricts the candidates to the tags it matches. One series is
+never both the grad norm and the loss.
 
 W&B chart exports carry ``<metric>__MIN``/``__MAX`` beside each bucketed column: the grad norm is
 read from ``__MAX`` (spikes live there), the loss from the plain column.
