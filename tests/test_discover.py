@@ -256,3 +256,16 @@ def test_a_folder_that_cannot_be_listed_is_reported(tmp_path, monkeypatch):
     assert [s.name for s in found.sources] == ["ok"]
     assert found.unreadable == [(str(tmp_path / "locked"),
                                  "cannot list this folder: Permission denied")]
+
+
+def test_a_redone_step_differs_where_the_grad_norm_went_nan_on_one_pass_only():
+    import numpy as np
+
+    # NaN ratios fail both comparisons: a first pass whose norm went NaN looked the same
+    steps = np.arange(30, 36)
+    loss = (steps, np.full(6, 2.0))
+    healthy = (steps, np.ones(6))
+    for blown in (np.inf, 50.0, np.nan):
+        first = (steps, np.where(steps >= 33, blown, 1.0))
+        assert discover_module._redone_differ(31, (loss, first), (loss, healthy)) == 3
+    assert discover_module._redone_differ(31, (loss, healthy), (loss, healthy)) == 0

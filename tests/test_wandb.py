@@ -627,7 +627,36 @@ def test_own_rows_logged_more_often_than_tensorboard_are_spread_not_merged(tmp_p
     s, v = got.series("grad_norm")
     assert s.size == 2000 and np.unique(s).size == 2000, got.notes
     assert (np.abs(s[v == 80.0] - 1204.5) <= 5).all()  # within a TensorBoard interval
-    assert any("spread between two TensorBoard points" in n for n in got.notes)
+    assert "2000 rows of the run's own log calls are placed on the TensorBoard steps by wall " \
+        "time" in got.notes
+
+
+def test_own_rows_of_a_resumed_synced_run_are_placed_in_each_launch(tmp_path, monkeypatch):
+    # a crash at 300, resumed from 200: over the whole run the TensorBoard steps' running top
+    # stayed at 299 through the redo, and the redo's own rows piled up there (a review). Each
+    # launch's file is placed on its own TensorBoard points. Every own row logs its step (and
+    # a half in the second launch, whose values win where it trained again).
+    import time
+
+    from tensorboardX import SummaryWriter
+
+    root = _offline(tmp_path, monkeypatch)
+    for launch, (lo, hi) in enumerate(((0, 300), (200, 500))):
+        run = wandb.init(mode="offline", dir=str(root), project="resume", id="sync1",
+                         resume="allow", sync_tensorboard=True, settings=_settings())
+        writer = SummaryWriter(str(root / "tb"), flush_secs=3600)
+        for s in range(lo, hi):
+            if s % 10 == 0:
+                writer.add_scalar("loss", 3.0, s)
+            run.log({"own": s + 0.5 * launch})
+            time.sleep(0.001)
+        writer.close()
+        _finish(run)
+        time.sleep(1.1)  # (the next launch's folder is named by the second it starts)
+    (got,) = [r for r in gradaudit.read_runs([root]) if r.format == "wandb"]
+    s, v = got.series("own")
+    assert s.tolist() == list(range(500)), got.notes
+    np.testing.assert_array_equal(v, np.where(s >= 200, s + 0.5, s))
 
 
 def test_a_sync_tensorboard_run_is_read_on_its_tensorboard_steps(tmp_path, monkeypatch):
@@ -635,6 +664,8 @@ def test_a_sync_tensorboard_run_is_read_on_its_tensorboard_steps(tmp_path, monke
     # its step as 'global_step'; _step only counts rows. Read on _step, a writer logging every
     # 10 steps put the spike at 600 at step 60 and listed 'global_step' as a metric (review).
     # Two writers (train, val) and the user's own wandb.log rows in one run.
+    import time
+
     from tensorboardX import SummaryWriter
 
     root = _offline(tmp_path, monkeypatch)
@@ -652,6 +683,7 @@ def test_a_sync_tensorboard_run_is_read_on_its_tensorboard_steps(tmp_path, monke
             val.add_scalar("loss", 2.0 - s / 1e4, s)
         if s % 1000 == 0:
             run.log({"own/score": s / 1000})
+            time.sleep(0.05)  # (the next training step: far longer than a log call)
     train.close()
     val.close()
     _finish(run)

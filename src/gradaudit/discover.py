@@ -339,7 +339,8 @@ def _redone_differ(resumed_at: int, log: tuple[Loss, Loss | None],
         else:
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = np.abs(b) / np.abs(a)
-            off = (ratio > REDONE_GRAD_FACTOR) | (ratio < 1 / REDONE_GRAD_FACTOR)
+            off = (ratio > REDONE_GRAD_FACTOR) | (ratio < 1 / REDONE_GRAD_FACTOR) \
+                | (np.isnan(a) != np.isnan(b))  # (a norm gone NaN on one pass only)
         differ.update(steps[off].tolist())
     return len(differ)
 

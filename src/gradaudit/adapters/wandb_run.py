@@ -294,6 +294,7 @@ class _History:
         self.step_metrics: list[str] = []  # define_metric(..., step_metric=X) axes, in order
         self.display: tuple[str, str] | None = None  # the run's (display name, project)
         self.tb_synced = False  # W&B syncs TensorBoard logs into this run (sync_tensorboard)
+        self.parts: list[int] = []  # the first row of each file read (a resume starts one)
 
     def _run(self, payload: bytes) -> None:
         """Note ``RunRecord.display_name`` (8) and ``project`` (3)."""
@@ -638,7 +639,8 @@ class _History:
                 rows, codes, values = rows[keep], codes[keep], values[keep]
                 on_tb = decided.copy()
         if tb is not None and on_tb.any():
-            _own_rows_at_tensorboard_steps(step, wall, on_tb, ~decided, notes)
+            _own_rows_at_tensorboard_steps(step, wall, on_tb, ~decided, self.parts or [0],
+                                           notes)
         self.lost = _lost_spans(step, self.breaks)
         # the points grouped by tag in name order, write order kept within a tag (the
         # canonical frame's order: no reordered copy of the frame there), and the tag column
@@ -663,49 +665,61 @@ class _History:
 
 
 def _own_rows_at_tensorboard_steps(step: np.ndarray, wall: np.ndarray, on_tb: np.ndarray,
-                                   own_rows: np.ndarray, notes: list[str]) -> None:
+                                   own_rows: np.ndarray, parts: list[int],
+                                   notes: list[str]) -> None:
     """In a run that syncs TensorBoard, place the rows of the run's own ``wandb.log`` calls
     that no axis placed (``own_rows``; their ``_step`` only counts rows) on the TensorBoard
     steps (rows ``on_tb``) by wall time: W&B copies the event files in as it finds them, so
-    file order cannot say. A row goes to the TensorBoard step logged last before it; where
-    several fall between the same two TensorBoard points (a series logged more often), they
-    are spread evenly, in their order, over the steps between them, none merged (past the
-    last point, over a usual interval). Rows before the first point keep ``_step``, and so
-    do all where most of them lie outside the TensorBoard points' times (another clock)."""
-    own = np.flatnonzero(own_rows)
-    tb = np.flatnonzero(on_tb)
-    if not own.size or not tb.size:
-        return
-    order = tb[np.argsort(wall[tb], kind="stable")]
-    tw = wall[order]
-    ts = np.maximum.accumulate(step[order].astype(np.float64))  # (a writer stepping back)
-    w = wall[own]
-    if 2 * np.count_nonzero((w >= tw[0]) & (w <= tw[-1])) < own.size:
-        notes.append(f"{own.size} rows of the run's own log calls keep W&B's _step: their "
-                     "wall times lie outside the TensorBoard points' (another clock?)")
-        return
-    k = np.searchsorted(tw, w, side="right") - 1  # the point logged last before each
-    placed = k >= 0
-    own, w, k = own[placed], w[placed], k[placed]
-    at = ts[k]
-    many = np.bincount(k, minlength=tw.size)
-    crowded = many[k] > 1
-    if crowded.any():
+    file order cannot say. Each file of the run (``parts``: its first rows; a resume starts
+    one) on its own. The reference points are the TensorBoard points on the run's course (a
+    second writer on another axis, stepping back, is not). The rows between two of them (at
+    different steps) are placed by their times between those steps - unless there are at
+    least as many rows as steps there, a series logged every step: then spread evenly in
+    their order, none merged. Past the last point, at the file's mean pace. Rows before the
+    first point keep ``_step``, and so do a file's where most of them lie outside its
+    TensorBoard points' times (another clock)."""
+    placed = kept = 0
+    for lo, hi in zip(parts, [*parts[1:], step.size], strict=True):
+        own = lo + np.flatnonzero(own_rows[lo:hi] & np.isfinite(wall[lo:hi]))
+        tb = lo + np.flatnonzero(on_tb[lo:hi] & np.isfinite(wall[lo:hi]))
+        if not own.size or not tb.size:
+            continue
+        order = tb[np.argsort(wall[tb], kind="stable")]
+        course = step[order].astype(np.float64)
+        order = order[course >= np.maximum.accumulate(course)]
+        tw, ts = wall[order], step[order].astype(np.float64)
+        w = wall[own]
+        if 2 * np.count_nonzero((w >= tw[0]) & (w <= tw[-1])) < own.size:
+            kept += own.size
+            continue
+        k = np.searchsorted(tw, w, side="right") - 1  # the point logged last before each
+        on = k >= 0
+        own, w, k = own[on], w[on], k[on]
+        g = np.searchsorted(ts, ts[k], side="left")  # the first point at that step
+        j = np.searchsorted(ts, ts[g], side="right")  # the next point at a later step
         gaps = np.diff(np.unique(ts))
         usual = float(np.median(gaps)) if gaps.size else 1.0
-        # the steps to the next point's (a usual interval past the last), shared out in order
-        span = np.append(np.diff(ts), usual)[k]
-        by_time = np.lexsort((w, k))
-        rank = np.empty(k.size, np.int64)
-        first = np.searchsorted(k[by_time], k[by_time])  # each interval's first row
-        rank[by_time] = np.arange(k.size) - first
-        at = np.where(crowded, ts[k] + np.floor(rank * span / many[k]), at)
-    step[own] = at.astype(np.int64)
-    notes.append(f"{own.size} rows of the run's own log calls are placed on the TensorBoard "
-                 "steps by wall time" + (f" ({int(crowded.sum())} of them spread between two "
-                                         "TensorBoard points)" if crowded.any() else "")
-                 + (f"; {int((~placed).sum())} before the first keep W&B's _step"
-                    if not placed.all() else ""))
+        pace = (ts[-1] - ts[0]) / (tw[-1] - tw[0]) if tw[-1] > tw[0] else 0.0
+        last = j >= ts.size
+        jj = np.minimum(j, ts.size - 1)
+        span = np.where(last, usual, ts[jj] - ts[g])
+        dt = np.where(last, usual / pace if pace > 0 else np.inf, tw[jj] - tw[g])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            by_time = np.floor(np.where(dt > 0, (w - tw[g]) / dt, 0.0) * span)
+        by_time = np.clip(by_time, 0, np.maximum(span - 1, 0))
+        many = np.bincount(g, minlength=ts.size)[g]
+        rank = np.empty(g.size, np.int64)
+        in_order = np.lexsort((w, g))
+        rank[in_order] = np.arange(g.size) - np.searchsorted(g[in_order], g[in_order])
+        by_rank = np.floor(rank * span / many)
+        step[own] = (ts[g] + np.where(many >= span, by_rank, by_time)).astype(np.int64)
+        placed += own.size
+    if placed:
+        notes.append(f"{placed} rows of the run's own log calls are placed on the TensorBoard "
+                     "steps by wall time")
+    if kept:
+        notes.append(f"{kept} rows of the run's own log calls keep W&B's _step: their wall "
+                     "times lie outside the TensorBoard points' (another clock?)")
 
 
 def _lost_spans(step: np.ndarray, breaks: list[int]) -> list[tuple[int, int, int]]:
@@ -771,6 +785,7 @@ def _read_paths(paths: list[Path]) -> RawRun:
     errors: list[str] = []
     read_any = False
     for path in paths:
+        hist.parts.append(hist.n_rows)
         try:
             problems.extend(_read_file(path, hist))
             read_any = True
