@@ -631,6 +631,35 @@ def test_own_rows_logged_more_often_than_tensorboard_are_spread_not_merged(tmp_p
         "time" in got.notes
 
 
+def test_own_rows_keep_their_steps_through_pauses_and_past_the_writers_last_point(
+        tmp_path, monkeypatch):
+    # own rows every 10 steps, TensorBoard every 100, a pause after every 500th step (an eval):
+    # placed by time, rows were up to 65 steps off; and the writer's points end at 1000 (a
+    # crash loses its unflushed tail) while the own rows go on to 1990: they were squeezed
+    # into one interval (a review). Every own row logs its step.
+    import time
+
+    from tensorboardX import SummaryWriter
+
+    root = _offline(tmp_path, monkeypatch)
+    run = wandb.init(mode="offline", dir=str(root), project="pause", sync_tensorboard=True,
+                     settings=_settings())
+    writer = SummaryWriter(str(root / "tb"), flush_secs=3600)
+    for s in range(2000):
+        if s % 100 == 0 and s <= 1000:
+            writer.add_scalar("loss", 3.0, s)
+        if s % 10 == 0:
+            run.log({"own": float(s)})
+        time.sleep(0.0005)
+        if s % 500 == 0:
+            time.sleep(0.3)
+    writer.close()
+    _finish(run)
+    (got,) = [r for r in gradaudit.read_runs([root]) if r.format == "wandb"]
+    s, v = got.series("own")
+    np.testing.assert_array_equal(s, v)
+
+
 def test_own_rows_of_a_resumed_synced_run_are_placed_in_each_launch(tmp_path, monkeypatch):
     # a crash at 300, resumed from 200: over the whole run the TensorBoard steps' running top
     # stayed at 299 through the redo, and the redo's own rows piled up there (a review). Each

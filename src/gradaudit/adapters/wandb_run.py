@@ -673,11 +673,13 @@ def _own_rows_at_tensorboard_steps(step: np.ndarray, wall: np.ndarray, on_tb: np
     file order cannot say. Each file of the run (``parts``: its first rows; a resume starts
     one) on its own. The reference points are the TensorBoard points on the run's course (a
     second writer on another axis, stepping back, is not). The rows between two of them (at
-    different steps) are placed by their times between those steps - unless there are at
-    least as many rows as steps there, a series logged every step: then spread evenly in
-    their order, none merged. Past the last point, at the file's mean pace. Rows before the
-    first point keep ``_step``, and so do a file's where most of them lie outside its
-    TensorBoard points' times (another clock)."""
+    different steps) that were logged through that interval (a series logged regularly, a
+    pause for an eval or not) are shared out over its steps in their order, none merged; rows
+    logged at one moment (one row, two calls at an epoch's end) are placed by their time
+    between the two steps. Past the last point (a crash can lose the writer's last points),
+    a row every so many steps, as the file's own rows are logged elsewhere, else at its mean
+    pace. Rows before the first point keep ``_step``, and so do a file's where most of them
+    lie outside its TensorBoard points' times (another clock)."""
     placed = kept = 0
     for lo, hi in zip(parts, [*parts[1:], step.size], strict=True):
         own = lo + np.flatnonzero(own_rows[lo:hi] & np.isfinite(wall[lo:hi]))
@@ -697,22 +699,37 @@ def _own_rows_at_tensorboard_steps(step: np.ndarray, wall: np.ndarray, on_tb: np
         own, w, k = own[on], w[on], k[on]
         g = np.searchsorted(ts, ts[k], side="left")  # the first point at that step
         j = np.searchsorted(ts, ts[g], side="right")  # the next point at a later step
-        gaps = np.diff(np.unique(ts))
-        usual = float(np.median(gaps)) if gaps.size else 1.0
         pace = (ts[-1] - ts[0]) / (tw[-1] - tw[0]) if tw[-1] > tw[0] else 0.0
-        last = j >= ts.size
+        tail = j >= ts.size  # past the last point
         jj = np.minimum(j, ts.size - 1)
-        span = np.where(last, usual, ts[jj] - ts[g])
-        dt = np.where(last, usual / pace if pace > 0 else np.inf, tw[jj] - tw[g])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            by_time = np.floor(np.where(dt > 0, (w - tw[g]) / dt, 0.0) * span)
-        by_time = np.clip(by_time, 0, np.maximum(span - 1, 0))
+        span = ts[jj] - ts[g]
+        dt = tw[jj] - tw[g]
         many = np.bincount(g, minlength=ts.size)[g]
         rank = np.empty(g.size, np.int64)
         in_order = np.lexsort((w, g))
-        rank[in_order] = np.arange(g.size) - np.searchsorted(g[in_order], g[in_order])
-        by_rank = np.floor(rank * span / many)
-        step[own] = (ts[g] + np.where(many >= span, by_rank, by_time)).astype(np.int64)
+        first = np.searchsorted(g[in_order], g[in_order])
+        rank[in_order] = np.arange(g.size) - first
+        # how long each interval's rows took: rows logged through the interval (regularly,
+        # a pause for an eval or not) are shared out over its steps in their order; rows logged
+        # at one moment (two calls at an epoch's end, or one row) are placed by that time
+        earliest, latest = np.full(ts.size, np.inf), np.full(ts.size, -np.inf)
+        np.minimum.at(earliest, g, w)
+        np.maximum.at(latest, g, w)
+        regular = 0.5 * dt * (many - 1) / np.maximum(many, 1)  # half a regular series' spread
+        through = (many > 1) & (latest[g] - earliest[g] >= regular) & ~tail
+        with np.errstate(divide="ignore", invalid="ignore"):
+            by_time = np.floor(np.where(dt > 0, (w - tw[g]) / dt, 0.0) * span)
+        at = np.where(through, np.floor(rank * span / np.maximum(many, 1)),
+                      np.clip(by_time, 0, np.maximum(span - 1, 0)))
+        if tail.any():
+            # past the last point: a row every so many steps, as the run's own rows are
+            # elsewhere (none merged), else at the file's mean pace
+            every = span[through] / many[through]
+            if every.size:
+                at = np.where(tail, rank * float(np.median(every)), at)
+            else:
+                at = np.where(tail, np.floor((w - tw[g]) * pace), at)
+        step[own] = (ts[g] + at).astype(np.int64)
         placed += own.size
     if placed:
         notes.append(f"{placed} rows of the run's own log calls are placed on the TensorBoard "
