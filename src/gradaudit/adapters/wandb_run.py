@@ -676,10 +676,11 @@ def _own_rows_at_tensorboard_steps(step: np.ndarray, wall: np.ndarray, on_tb: np
     different steps) that were logged through that interval (a series logged regularly, a
     pause for an eval or not) are shared out over its steps in their order, none merged; rows
     logged at one moment (one row, two calls at an epoch's end) are placed by their time
-    between the two steps. Past the last point (a crash can lose the writer's last points),
-    a row every so many steps, as the file's own rows are logged elsewhere, else at its mean
-    pace. Rows before the first point keep ``_step``, and so do a file's where most of them
-    lie outside its TensorBoard points' times (another clock)."""
+    between the two steps; a row or more per step is always shared out. Past the last point (a
+    crash can lose the writer's last points), from where the first of them falls at the last
+    interval's pace, a row every so many steps, as the file's own rows are logged elsewhere.
+    Rows before the first point keep ``_step``, and so do a file's where most of them lie
+    outside its TensorBoard points' times (another clock)."""
     placed = kept = 0
     for lo, hi in zip(parts, [*parts[1:], step.size], strict=True):
         own = lo + np.flatnonzero(own_rows[lo:hi] & np.isfinite(wall[lo:hi]))
@@ -716,19 +717,26 @@ def _own_rows_at_tensorboard_steps(step: np.ndarray, wall: np.ndarray, on_tb: np
         np.minimum.at(earliest, g, w)
         np.maximum.at(latest, g, w)
         regular = 0.5 * dt * (many - 1) / np.maximum(many, 1)  # half a regular series' spread
-        through = (many > 1) & (latest[g] - earliest[g] >= regular) & ~tail
+        # (a row or more per step is a series logged through it, a pause inside or not)
+        through = ((many >= span) | (many > 1) & (latest[g] - earliest[g] >= regular)) & ~tail
         with np.errstate(divide="ignore", invalid="ignore"):
             by_time = np.floor(np.where(dt > 0, (w - tw[g]) / dt, 0.0) * span)
         at = np.where(through, np.floor(rank * span / np.maximum(many, 1)),
                       np.clip(by_time, 0, np.maximum(span - 1, 0)))
         if tail.any():
-            # past the last point: a row every so many steps, as the run's own rows are
-            # elsewhere (none merged), else at the file's mean pace
-            every = span[through] / many[through]
+            # past the last point: from where the first of them falls at the last interval's
+            # pace, a row every so many steps, as the file's own rows are elsewhere (none
+            # merged); at that pace where there is no elsewhere
+            top = int(np.searchsorted(ts, ts[-1], side="left"))
+            if top > 0 and tw[top] > tw[top - 1]:
+                pace = (ts[top] - ts[top - 1]) / (tw[top] - tw[top - 1])
+            by_pace = np.floor((w - tw[g]) * pace)
+            every = span[~tail] / many[~tail]
             if every.size:
-                at = np.where(tail, rank * float(np.median(every)), at)
+                start = float(by_pace[tail].min())
+                at = np.where(tail, start + rank * float(np.median(every)), at)
             else:
-                at = np.where(tail, np.floor((w - tw[g]) * pace), at)
+                at = np.where(tail, by_pace, at)
         step[own] = (ts[g] + at).astype(np.int64)
         placed += own.size
     if placed:
