@@ -215,7 +215,9 @@ def _without_trainer_copies(sources: list[Source]) -> list[Source]:
     SummaryWriter of one's own) stays a run. The copies are dropped and the Trainer run's note
     names them - unless they go on past the state read (a run that stopped after its last
     save): then the run is read from the copies, which hold every step the state has, under
-    the Trainer run's name. Where they do not hold it all, a copy that goes on stays a run."""
+    the Trainer run's name. Where they do not hold it all, a copy that goes on stays a run,
+    and so does a launch cut short whose first pass over the steps trained again differs
+    from the later one (:func:`_redone_differ`: what it crashed on is audited)."""
     trainers = {d: i for i, s in enumerate(sources) if (d := _trainer_dir(s)) is not None}
     if not trainers:
         return sources
