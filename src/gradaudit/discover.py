@@ -428,15 +428,16 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> Discovery:
             missing.append(given)
             continue
         for folder, files in _walk(root, unreadable):
-            unique = []
+            keys: dict[Path, tuple[int, int]] = {}  # the folder's new files, by key
             for f in files:
                 key = file_key(f)
                 if key is not None and key not in seen_files:
                     seen_files.add(key)
-                    unique.append(f)
+                    keys[f] = key
             rel_folder = folder.relative_to(root).as_posix() if folder != root else "."
-            for src in _claim(folder, unique):
-                taken.update(k for f in src.files if (k := file_key(f)) is not None)
+            for src in _claim(folder, list(keys)):
+                # (each file stat'ed once: a file claimed from elsewhere is looked up)
+                taken.update(k for f in src.files if (k := keys.get(f) or file_key(f)))
                 rel = _join(rel_folder, src.name)  # relative to the root
                 if rel == ".." or rel.startswith("../"):
                     # A run that names its parent folder, scanned from inside: the root it is.
