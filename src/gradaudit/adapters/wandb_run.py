@@ -607,7 +607,7 @@ class _History:
         tb = self.keys.lookup(TB_STEP_KEY) if self.tb_synced else None
         axes = [*([tb] if tb is not None else []), *_C_GLOBAL, *declared]
         decided = np.zeros(n, bool)  # rows an axis placed
-        on_tb = decided  # rows the TensorBoard step placed
+        on_tb = np.zeros(n, bool)  # rows the TensorBoard step placed
         for code in dict.fromkeys(axes):
             if code in self.global_steps:
                 got = self.global_steps[code]
