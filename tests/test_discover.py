@@ -10,6 +10,7 @@ import pytest
 import gradaudit
 from gradaudit import discover as discover_module
 from gradaudit.adapters.base import Source
+from gradaudit.resumes import redone_differ
 
 
 class _FolderRuns:
@@ -267,5 +268,5 @@ def test_a_redone_step_differs_where_the_grad_norm_went_nan_on_one_pass_only():
     healthy = (steps, np.ones(6))
     for blown in (np.inf, 50.0, np.nan):
         first = (steps, np.where(steps >= 33, blown, 1.0))
-        assert discover_module._redone_differ(31, (loss, first), (loss, healthy)) == 3
-    assert discover_module._redone_differ(31, (loss, healthy), (loss, healthy)) == 0
+        assert redone_differ(31, (loss, first), (loss, healthy)) == 3
+    assert redone_differ(31, (loss, healthy), (loss, healthy)) == 0

@@ -553,9 +553,14 @@ def test_a_trainer_run_that_crashed_after_its_last_save_is_read_from_its_tensorb
                         _history(range(1, 26), {**loss, 23: 5.0, 24: 5.0, 25: 5.0}, grad))
     shutil.rmtree(out / "runs" / "Nov29_08-00-00_vm")
     _tensorboard_launch(out / "runs" / "Nov29_07-30-00_vm", _history(range(21, 38), loss, grad))
-    (run,) = gradaudit.read_runs([tmp_path])
+    runs = {r.name: r for r in gradaudit.read_runs([tmp_path])}
+    assert sorted(runs) == ["out", "out#pass1"]
+    run = runs["out"]
     assert run.format == "tensorboard" and len(run.files) == 2
     _assert_series(run, "train/loss", {s: loss[s] for s in range(1, 38)})
+    # the first launch's loss at 23-25 stands out from the steps trained again: its own run
+    _assert_series(runs["out#pass1"], "train/loss",
+                   {**{s: loss[s] for s in range(1, 23)}, 23: 5.0, 24: 5.0, 25: 5.0})
     # the first launch's folder gone, the log no longer holds steps 1-20: it stays a run
     shutil.rmtree(out / "runs" / "Nov29_07-00-00_vm")
     runs = {r.name: r for r in gradaudit.read_runs([tmp_path])}

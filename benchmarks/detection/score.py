@@ -72,6 +72,8 @@ class Tally:
 
 
 def _pick(runs, label: dict):
+    # (a pass a resume cut short, kept as a run where it stands out, is not the labelled run)
+    runs = [r for r in runs if "#pass" not in r.name]
     if not runs:
         return None
     if label.get("run"):

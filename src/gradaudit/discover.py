@@ -30,6 +30,7 @@ from gradaudit.adapters.base import Source
 from gradaudit.adapters.hf_trainer import FORMAT as HF_FORMAT
 from gradaudit.adapters.tensorboard import FORMAT as TB_FORMAT
 from gradaudit.errors import UNEXPECTED
+from gradaudit.resumes import REDONE_GRAD_FACTOR, REDONE_TOLERANCE, redone_differ
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,9 @@ def _train_loss(source: Source) -> _Logged | None:
     from gradaudit.ingest import read_source
 
     try:
-        (run,), _ = read_source(source, None, None)
+        runs, _ = read_source(source, None, None)
+        # (one run; the passes a resume cut short come after it, named after it)
+        (run,) = [r for r in runs if not r.name.startswith(f"{runs[0].name}#pass")]
         tags = run.tags()
         if "train/loss" not in tags:
             return None
@@ -217,7 +220,7 @@ def _without_trainer_copies(sources: list[Source]) -> list[Source]:
     save): then the run is read from the copies, which hold every step the state has, under
     the Trainer run's name. Where they do not hold it all, a copy that goes on stays a run,
     and so does a launch cut short whose first pass over the steps trained again differs
-    from the later one (:func:`_redone_differ`: what it crashed on is audited)."""
+    from the later one (:func:`gradaudit.resumes.redone_differ`: what it crashed on is audited)."""
     trainers = {d: i for i, s in enumerate(sources) if (d := _trainer_dir(s)) is not None}
     if not trainers:
         return sources
@@ -271,7 +274,7 @@ def _without_trainer_copies(sources: list[Source]) -> list[Source]:
                     f"{last}) to step {int(kept[i][-1])}, but the Trainer's logs here do not "
                     "hold every step that file has; the steps both hold are in both runs")
                 continue
-            differ = 0 if resumed_at is None else _redone_differ(
+            differ = 0 if resumed_at is None else redone_differ(
                 resumed_at, (loss_of[i], grad_of[i]), (state.loss, state.grad))
             if differ:
                 # what happened before the resume (an explosion the run crashed on) is no copy
@@ -313,38 +316,6 @@ def _without_trainer_copies(sources: list[Source]) -> list[Source]:
             s = Source(s.format, s.name, s.files, s.notes + tuple(notes[i]))
         out.append(s)
     return out
-
-
-#: a step trained again after a resume differs from its first pass where the training loss
-#: moved by more than this share (a resume's own nondeterminism moves it by under 0.1 %; the
-#: Trainer logs it to 4 decimals: 1e-4 apart at least), or the grad norm by this factor
-REDONE_TOLERANCE, REDONE_LOSS_FLOOR, REDONE_GRAD_FACTOR = 0.01, 1e-4, 2.0
-
-
-def _redone_differ(resumed_at: int, log: tuple[Loss, Loss | None],
-                   state: tuple[Loss, Loss | None]) -> int:
-    """At how many of a launch's steps from ``resumed_at`` on (trained again after a resume)
-    its training loss (``(loss, grad norm)`` series) differs from the state's by more than
-    ``REDONE_TOLERANCE``, or its grad norm by more than ``REDONE_GRAD_FACTOR`` either way
-    (clipping can keep a blow-up out of the loss)."""
-    differ: set[int] = set()
-    for k, (mine, theirs) in enumerate(zip(log, state, strict=True)):
-        if mine is None or theirs is None:
-            continue
-        later = mine[0] >= resumed_at
-        steps, i, j = np.intersect1d(theirs[0], mine[0][later], assume_unique=True,
-                                     return_indices=True)
-        a, b = theirs[1][i], mine[1][later][j]
-        if k == 0:
-            off = ~np.isclose(a, b, rtol=REDONE_TOLERANCE, atol=REDONE_LOSS_FLOOR,
-                              equal_nan=True)
-        else:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = np.abs(b) / np.abs(a)
-            off = (ratio > REDONE_GRAD_FACTOR) | (ratio < 1 / REDONE_GRAD_FACTOR) \
-                | (np.isnan(a) != np.isnan(b))  # (a norm gone NaN on one pass only)
-        differ.update(steps[off].tolist())
-    return len(differ)
 
 
 def file_key(path: str | os.PathLike[str]) -> tuple[int, int] | None:

@@ -14,6 +14,7 @@ from gradaudit.adapters import REGISTRY, csv_table, json_table, parquet, wandb_c
 from gradaudit.adapters.base import RawRun, Source
 from gradaudit.errors import UNEXPECTED, NotATrainingLog, ReadError, clip_message
 from gradaudit.model import InputError
+from gradaudit.resumes import cut_short_passes
 from gradaudit.series import FileProblem, RunSeries, canonical_frame
 from gradaudit.tags import choose_tags, interval_mean_tags
 from gradaudit.text import printable
@@ -162,8 +163,12 @@ def _read_source(
         if series.frame.height == 0:
             reasons = "; ".join(f"{p.file}: {p.message}" for p in series.problems)
             errors.append(InputError(series.name, reasons or "no scalar points in this input"))
-        else:
-            runs.append(series)
+            continue
+        runs.append(series)
+        try:
+            runs.extend(cut_short_passes(raw.points, series))
+        except UNEXPECTED as exc:
+            series.notes.append(f"the passes a resume cut short could not be compared: {exc!r}")
     if not runs and not errors:
         errors.append(InputError(where, "no scalar series found in this input"))
     return runs, errors

@@ -1,0 +1,211 @@
+"""Passes a resume cut short: what a run logged before a restart that rewound its step.
+
+A run's series keep the later write at every step (:mod:`gradaudit.series`, as TensorBoard
+reads a resumed run). Where a job blew up, crashed and was restarted from an earlier
+checkpoint into the same log, the steps it crashed on are written again, and the explosion
+is gone from the series. A pass that holds over the steps trained again what the later pass
+does not (:func:`_stands_out`: a grad norm over twice the later pass's highest, a training
+loss well above its highest, a value gone non-finite), or that reached steps the later pass
+never did, is therefore kept as a run of its own, ``<run>#pass<k>``: the run as it stood when
+the k-th rewind began. A resume that trained the same steps again alike, with other batches
+or not, is only the note the series already carry.
+
+:func:`redone_differ` is the step-by-step comparison for a Hugging Face Trainer's launches,
+which resume deterministically (:mod:`gradaudit.discover`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from gradaudit.detect._common import diff_sigma
+from gradaudit.series import RunSeries, canonical_frame
+
+#: a step trained again after a resume differs from its first pass where the training loss
+#: moved by more than this share (a resume's own nondeterminism moves it by under 0.1 %; the
+#: HF Trainer logs it to 4 decimals: 1e-4 apart at least), or the grad norm by this factor
+REDONE_TOLERANCE, REDONE_LOSS_FLOOR, REDONE_GRAD_FACTOR = 0.01, 1e-4, 2.0
+
+#: a pass cut short stands out from the later pass over the same steps where its training loss,
+#: smoothed over this many points, rises this share and this many sigmas of the later pass's
+#: batch noise above the later pass's highest there
+STRETCH_SMOOTH, STRETCH_LOSS_RISE, STRETCH_NOISE = 5, 0.2, 3.0
+
+#: the rewinds of one run looked at: each is a pass over the points written before it
+MAX_PASSES = 20
+
+Series = tuple[np.ndarray, np.ndarray]  # steps, values
+
+
+def redone_differ(resumed_at: int, first: tuple[Series, Series | None],
+                  later: tuple[Series, Series | None]) -> int:
+    """At how many steps from ``resumed_at`` on (trained again after a resume) the first
+    pass's training loss (``(loss, grad norm)`` series) differs from the later pass's by more
+    than ``REDONE_TOLERANCE``, or its grad norm by more than ``REDONE_GRAD_FACTOR`` either way
+    (clipping can keep a blow-up out of the loss), or went NaN on one pass only."""
+    differ: set[int] = set()
+    for k, (mine, theirs) in enumerate(zip(first, later, strict=True)):
+        if mine is None or theirs is None:
+            continue
+        redone = mine[0] >= resumed_at
+        steps, i, j = np.intersect1d(theirs[0], mine[0][redone], assume_unique=True,
+                                     return_indices=True)
+        a, b = theirs[1][i], mine[1][redone][j]
+        if k == 0:
+            off = ~np.isclose(a, b, rtol=REDONE_TOLERANCE, atol=REDONE_LOSS_FLOOR,
+                              equal_nan=True)
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.abs(b) / np.abs(a)
+            off = (ratio > REDONE_GRAD_FACTOR) | (ratio < 1 / REDONE_GRAD_FACTOR) \
+                | (np.isnan(a) != np.isnan(b))  # (a norm gone NaN on one pass only)
+        differ.update(steps[off].tolist())
+    return len(differ)
+
+
+def _rewinds(steps: np.ndarray) -> list[tuple[int, int]]:
+    """``(i, step)`` of each write that starts a rewind: its step is below a step this tag was
+    written at before (``steps`` in write order; ``i`` its place among them)."""
+    if steps.size < 2:
+        return []
+    back = np.zeros(steps.size, bool)
+    back[1:] = steps[1:] < np.maximum.accumulate(steps)[:-1]
+    start = back & ~np.concatenate(([False], back[:-1]))
+    return [(int(i), int(steps[i])) for i in np.flatnonzero(start)]
+
+
+def _survivors(steps: np.ndarray, values: np.ndarray, n: int) -> Series:
+    """A tag's points among its first ``n`` writes that no later one of them replaced
+    (every later write has a larger step), sorted by step."""
+    s, v = steps[:n], values[:n]
+    if s.size == 0:
+        return s, v
+    later_min = np.minimum.accumulate(s[::-1])[::-1]
+    keep = np.ones(s.size, bool)
+    keep[:-1] = s[:-1] < later_min[1:]
+    return s[keep], v[keep]
+
+
+def _pass_ends(ref: list[tuple[int, int]], other: list[tuple[int, int]], n: int) -> list[int]:
+    """For each rewind of the reference tag (``(i, step)``), where another tag's writes of
+    that pass end: at its own rewind back to the nearest step (in order; a table holds each
+    tag's writes apart, so only steps tell which rewinds are one resume), or at its last
+    write (``n``) where it has none left."""
+    ends, j = [], 0
+    for _, step in ref:
+        if j < len(other):
+            best = min(range(j, len(other)), key=lambda m: abs(other[m][1] - step))
+            ends.append(other[best][0])
+            j = best + 1
+        else:
+            ends.append(n)
+    return ends
+
+
+def _running_max(values: np.ndarray, width: int) -> float:
+    """The highest running median of ``width`` finite values (of all of them where fewer)."""
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return np.nan
+    if v.size <= width:
+        return float(np.median(v))
+    return float(np.median(np.lib.stride_tricks.sliding_window_view(v, width), axis=1).max())
+
+
+def _stands_out(resumed_at: int, first: tuple[Series | None, Series | None],
+                later: tuple[Series, Series]) -> list[str]:
+    """What a pass cut short by a resume from ``resumed_at`` holds that the later pass over
+    the same steps does not (``(loss, grad norm)`` each): a grad norm over
+    ``REDONE_GRAD_FACTOR`` x the later pass's highest there, a training loss (running median of
+    ``STRETCH_SMOOTH`` points) over ``STRETCH_LOSS_RISE`` and ``STRETCH_NOISE`` sigmas of its
+    batch noise above its highest, a value gone
+    non-finite on this pass only, or points past the later pass's last step. Compared as
+    stretches, not step by step: a resume that draws other batches moves each step's value."""
+    why: list[str] = []
+    beyond = np.empty(0, np.int64)
+    for k, (mine, theirs) in enumerate(zip(first, later, strict=True)):
+        if mine is None:
+            continue
+        top = int(theirs[0][-1]) if theirs[0].size else resumed_at - 1
+        beyond = np.union1d(beyond, mine[0][mine[0] > top])
+        a = mine[1][(mine[0] >= resumed_at) & (mine[0] <= top)]
+        b = theirs[1][(theirs[0] >= resumed_at) & (theirs[0] <= int(mine[0][-1]))]
+        if a.size == 0 or b.size == 0:
+            continue
+        what = "training loss" if k == 0 else "grad norm"
+        if not np.isfinite(a).all() and np.isfinite(b).all():
+            why.append(f"its {what} went non-finite, the later pass's did not")
+            continue
+        if k == 0:
+            hi, hi_later = _running_max(a, STRETCH_SMOOTH), _running_max(b, STRETCH_SMOOTH)
+            # (a noisy loss's running median wanders by some of its batch noise: a rise must
+            # clear STRETCH_NOISE sigmas of it too)
+            noise = diff_sigma(b[np.isfinite(b)]) if np.isfinite(b).sum() > 2 else 0.0
+            bar = max(STRETCH_LOSS_RISE * abs(hi_later), STRETCH_NOISE * noise)
+            if hi - hi_later > bar + REDONE_LOSS_FLOOR:
+                why.append(f"its training loss (a running median of {STRETCH_SMOOTH} points) "
+                           f"reached {hi:.4g}, over {STRETCH_LOSS_RISE:.0%} and "
+                           f"{STRETCH_NOISE:g} noise sigmas above the later pass's highest "
+                           f"there ({hi_later:.4g})")
+        else:
+            fa, fb = a[np.isfinite(a)], b[np.isfinite(b)]
+            if fa.size and fb.size and np.abs(fa).max() > REDONE_GRAD_FACTOR * np.abs(fb).max():
+                why.append(f"its grad norm reached {np.abs(fa).max():.4g}, over "
+                           f"{REDONE_GRAD_FACTOR:g}x the later pass's highest there "
+                           f"({np.abs(fb).max():.4g})")
+    if beyond.size:
+        why.append(f"it holds {beyond.size} steps past the later pass's last step")
+    return why
+
+
+def cut_short_passes(points: pl.DataFrame | pl.LazyFrame, run: RunSeries) -> list[RunSeries]:
+    """The passes of ``run`` that a resume cut short and that differ from the steps trained
+    again (module doc), each a run of its chosen series; ``points`` are the run's points in
+    write order, ``run`` their series with its tags chosen. Notes on both say so."""
+    chosen = [t for t in (run.loss_tag, run.grad_norm_tag, run.lr_tag) if t is not None]
+    if not chosen or not run.notes:  # (a rewind always leaves a note on the run)
+        return []
+    df = points.collect() if isinstance(points, pl.LazyFrame) else points
+    df = df.filter(pl.col("tag").cast(pl.String).is_in(chosen) & pl.col("step").is_not_null())
+    per_tag: dict[str, Series] = {}
+    for tag in chosen:
+        sub = df.filter(pl.col("tag").cast(pl.String) == tag)
+        per_tag[tag] = (sub.get_column("step").to_numpy().astype(np.int64),
+                        sub.get_column("value").to_numpy().astype(np.float64))
+    ref = chosen[0]  # the loss, else the grad norm
+    starts = _rewinds(per_tag[ref][0])
+    if not starts:
+        return []
+    ends = {t: [i for i, _ in starts] if t == ref else
+            _pass_ends(starts, _rewinds(per_tag[t][0]), per_tag[t][0].size) for t in chosen}
+    final = tuple(run.series(t) for t in (run.loss_tag, run.grad_norm_tag))
+    out: list[RunSeries] = []
+    for k, (_, step) in enumerate(starts[:MAX_PASSES], start=1):
+        first = {t: _survivors(*per_tag[t], ends[t][k - 1]) for t in chosen}
+        end = max(int(f[0][-1]) for f in first.values() if f[0].size)
+        pair = tuple(None if t is None else first[t] for t in (run.loss_tag, run.grad_norm_tag))
+        why = _stands_out(step, pair, final)
+        if not why:
+            continue
+        frame = pl.concat([
+            pl.DataFrame({"step": f[0], "tag": [t] * f[0].size, "value": f[1]},
+                         schema={"step": pl.Int64, "tag": pl.String, "value": pl.Float64})
+            for t, f in first.items()])
+        frame, _ = canonical_frame(frame)
+        name = f"{run.name}#pass{k}"
+        out.append(RunSeries(
+            name=name, format=run.format, files=list(run.files), frame=frame,
+            grad_norm_tag=run.grad_norm_tag, loss_tag=run.loss_tag, lr_tag=run.lr_tag,
+            interval_means=run.interval_means,
+            notes=[f"the pass of {run.name} up to step {end}, cut short by a resume from step "
+                   f"{step}: {'; '.join(why)}. Kept as a run of its {', '.join(chosen)} "
+                   f"series, so that what happened there is audited (its steps before {step} "
+                   "are in both runs)"]))
+        run.notes.append(f"{name} holds this run's pass up to step {end}, before a resume from "
+                         f"step {step}: it differs from the steps trained again, and is a run "
+                         "of its own")
+    if len(starts) > MAX_PASSES:
+        run.notes.append(f"the first {MAX_PASSES} of its {len(starts)} rewinds were compared "
+                         "with the steps trained again; the rest were not")
+    return out

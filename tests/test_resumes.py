@@ -1,0 +1,144 @@
+"""Passes a resume cut short (gradaudit.resumes): a run that blew up, crashed and was restarted
+from an earlier checkpoint into the same log keeps what it crashed on as a run of its own."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tensorboardX import SummaryWriter
+
+import gradaudit
+from gradaudit.cmdline import main
+
+RNG = np.random.default_rng(7)
+NOISE = RNG.normal(0.0, 1.0, 4000)
+
+
+def _loss(s: int) -> float:
+    return 2.0 / (1.0 + s / 400.0) * (1.0 + 0.02 * NOISE[s])
+
+
+def _grad(s: int) -> float:
+    return 1.0 + 0.1 * NOISE[(s * 7) % 4000]
+
+
+def _blown_loss(s: int, at: int) -> float:
+    return _loss(s) * (1.0 if s < at else 8.0 + (s - at) / 10.0)
+
+
+def _blown_grad(s: int, at: int) -> float:
+    return _grad(s) * (1.0 if s < at else 100.0)
+
+
+def _write(folder: Path, steps: range, loss, grad, grad_first: bool = False) -> None:
+    """One launch: a new event file in ``folder`` (names start with the time in seconds)."""
+    if any(folder.glob("*tfevents*")):
+        time.sleep(1.1)
+    w = SummaryWriter(str(folder), flush_secs=3600, max_queue=100_000)
+    for s in steps:
+        if grad_first:
+            w.add_scalar("train/grad_norm", grad(s), s)
+        w.add_scalar("train/loss", loss(s), s)
+        if not grad_first:
+            w.add_scalar("train/grad_norm", grad(s), s)
+    w.close()
+
+
+def _scan(tmp_path: Path, capsys: pytest.CaptureFixture[str], *paths: Path) -> tuple[int, dict]:
+    out = tmp_path / "r.json"
+    code = main(["scan", *map(str, paths), "--format", "json", "--out", str(out)])
+    capsys.readouterr()
+    return code, {r["run"]: r for r in json.loads(out.read_text())["runs"]}
+
+
+def test_an_explosion_rolled_back_past_is_audited_as_the_pass_it_happened_in(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "logs" / "job"
+    # blew up at 900 and crashed at 999; restarted from the checkpoint at 800 (no blow-up)
+    _write(run, range(1000), lambda s: _blown_loss(s, 900), lambda s: _blown_grad(s, 900))
+    _write(run, range(800, 1500), _loss, _grad)
+    code, runs = _scan(tmp_path, capsys, run.parent)
+    assert set(runs) == {"job", "job#pass1"}
+    assert code == 1  # the gate fails on what the run crashed on (it passed over it before)
+    first = runs["job#pass1"]
+    assert first["status"] == "explosion"
+    assert [e["onset_step"] for e in first["episodes"]] == [900]
+    assert first["last_step"] == 999
+    assert any("cut short by a resume from step 800" in n for n in first["notes"])
+    assert runs["job"]["status"] == "ok"
+    assert runs["job"]["last_step"] == 1499
+    assert any("job#pass1 holds this run's pass up to step 999" in n
+               for n in runs["job"]["notes"])
+
+
+def test_a_resume_that_trains_the_same_steps_again_alike_is_one_run(tmp_path: Path) -> None:
+    run = tmp_path / "logs" / "job"
+    _write(run, range(1000), _loss, _grad)
+    # a resume's own nondeterminism: 0.3 % on the loss, 20 % on the grad norm
+    _write(run, range(800, 1500), lambda s: _loss(s) * 1.003, lambda s: _grad(s) * 1.2)
+    (only,) = gradaudit.read_runs([run.parent])
+    assert only.name == "job"
+    assert any("800-999 were written again later" in n for n in only.notes), only.notes
+
+
+def test_the_steps_a_later_pass_never_reached_keep_their_pass(tmp_path: Path) -> None:
+    run = tmp_path / "logs" / "job"
+    _write(run, range(1000), _loss, _grad)
+    _write(run, range(800, 900), _loss, _grad)  # the same steps again, then stopped at 899
+    runs = {r.name: r for r in gradaudit.read_runs([run.parent])}
+    assert set(runs) == {"job", "job#pass1"}
+    assert runs["job#pass1"].series("train/loss")[0][-1] == 999
+    assert any("it holds 100 steps past the later pass" in n
+               for n in runs["job#pass1"].notes), runs["job#pass1"].notes
+
+
+def test_each_rewind_is_a_pass_as_the_run_stood_then(tmp_path: Path) -> None:
+    run = tmp_path / "logs" / "job"
+    # three launches: blew up at 500 (crashed at 599), resumed from 400, blew up at 900 (crashed
+    # at 999), resumed from 800; the resumed process writes the grad norm before the loss
+    _write(run, range(600), lambda s: _blown_loss(s, 500), lambda s: _blown_grad(s, 500))
+    _write(run, range(400, 1000), lambda s: _blown_loss(s, 900), lambda s: _blown_grad(s, 900),
+           grad_first=True)
+    _write(run, range(800, 1500), _loss, _grad, grad_first=True)
+    runs = {r.name: r for r in gradaudit.read_runs([run.parent])}
+    assert set(runs) == {"job", "job#pass1", "job#pass2"}
+    for name, blown, end in (("job#pass1", 500, 599), ("job#pass2", 900, 999)):
+        for tag, value in (("train/loss", _blown_loss), ("train/grad_norm", _blown_grad)):
+            steps, values = runs[name].series(tag)
+            assert steps.tolist() == list(range(end + 1)), (name, tag)
+            # the pass as it stood: its own values from the step before its blow-up on
+            assert values[blown - 1:].tolist() == pytest.approx(
+                [value(s, blown) for s in range(blown - 1, end + 1)], rel=1e-6), (name, tag)
+    steps, values = runs["job"].series("train/grad_norm")
+    assert steps.tolist() == list(range(1500))
+    assert values.max() < 3.0
+
+
+def test_a_table_a_resumed_run_was_appended_to(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [(s, _blown_loss(s, 900), _blown_grad(s, 900)) for s in range(1000)]
+    rows += [(s, _loss(s), _grad(s)) for s in range(800, 1500)]
+    path = tmp_path / "logs" / "metrics.csv"
+    path.parent.mkdir()
+    path.write_text("step,loss,grad_norm\n"
+                    + "".join(f"{s},{float(a)!r},{float(b)!r}\n" for s, a, b in rows))
+    code, runs = _scan(tmp_path, capsys, path.parent)
+    assert code == 1
+    assert set(runs) == {"metrics.csv", "metrics.csv#pass1"}, set(runs)
+    assert runs["metrics.csv#pass1"]["status"] == "explosion"
+    assert runs["metrics.csv"]["status"] == "ok"
+
+
+def test_a_resume_that_draws_other_batches_is_one_run(tmp_path: Path) -> None:
+    run = tmp_path / "logs" / "job"
+    _write(run, range(1000), _loss, _grad)
+    # the restarted job shuffles anew: each step's loss and grad norm move by their noise
+    other = np.random.default_rng(8).normal(0.0, 1.0, 4000)
+    _write(run, range(800, 1500), lambda s: 2.0 / (1.0 + s / 400.0) * (1.0 + 0.02 * other[s]),
+           lambda s: 1.0 + 0.1 * other[(s * 7) % 4000])
+    (only,) = gradaudit.read_runs([run.parent])
+    assert only.name == "job"
