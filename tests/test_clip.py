@@ -233,3 +233,71 @@ def test_norms_near_the_float_limit_give_finite_options_and_no_warning():
     assert "zclip-z2.5-a0.97" not in methods
     for name in ("pascanu-5x-mean", "pascanu-10x-mean"):
         assert np.isfinite(methods[name].threshold) and methods[name].healthy_clipped_fraction == 0
+
+
+def _post_clip(tmp_path, values, name="run"):
+    """A run whose ``train/grad_norm`` holds ``values``, written by tensorboardX."""
+    from tensorboardX import SummaryWriter
+
+    folder = tmp_path / "logs" / name
+    w = SummaryWriter(str(folder), flush_secs=3600, max_queue=100_000)
+    _, _, loss = healthy(n=values.size, seed=3)
+    for s, (v, lo) in enumerate(zip(values, loss, strict=True)):
+        w.add_scalar("train/grad_norm", float(v), s)
+        w.add_scalar("train/loss", float(lo), s)
+    w.close()
+    return folder
+
+
+@pytest.mark.parametrize("clip_at", [1.0, 1.5])
+def test_a_grad_norm_logged_after_clipping_gets_a_note_and_no_threshold(tmp_path, clip_at):
+    import gradaudit
+
+    # pre-clip norms around 1.1, clipped at 1.0 by the trainer and logged after clipping (most
+    # points sit at 1.0); clipped at 1.5, a few dozen do - both are clipped norms
+    rng = np.random.default_rng(5)
+    pre = np.exp(rng.normal(np.log(1.1), 0.15, 1500))
+    pre[700] = 60.0
+    post = np.minimum(pre, clip_at)
+    (run,) = gradaudit.read_runs([_post_clip(tmp_path, post)])
+    a = audit_run(run)
+    notes = [n for n in a.notes if "looks logged after clipping" in n]
+    n_at = int(np.count_nonzero(post == clip_at))
+    assert notes == [f"the grad norm sits at its highest value, {clip_at:.4g}, on {n_at} of its "
+                     f"1500 finite points: it looks logged after clipping at {clip_at:.4g}, so a"
+                     " spike shows only up to that threshold, and no clip threshold is suggested"
+                     " from it (log the norm before clipping: torch.nn.utils.clip_grad_norm_ "
+                     "returns it)"]
+    assert n_at >= 15
+    assert a.clip.suggested_threshold is None and a.clip.options == []
+    # the same run logged before clipping: a threshold, no such note
+    (run,) = gradaudit.read_runs([_post_clip(tmp_path, pre, "pre")])
+    a = audit_run(run)
+    assert not any("after clipping" in n for n in a.notes)
+    assert a.clip.suggested_threshold is not None
+
+
+def test_a_clipped_norm_recomputed_after_clipping_is_a_ceiling_too():
+    from gradaudit.clip import clip_ceiling
+
+    # torch's clip_grad_norm_ scales by max_norm / (norm + 1e-6): the norm of the clipped
+    # grads, as Composer's OptimizerMonitor computes it, is the threshold to about 1e-7
+    rng = np.random.default_rng(6)
+    g = np.exp(rng.normal(0.0, 0.3, 2000)).astype(np.float32)
+    over = g > 1.0
+    g[over] = np.float32(1.0) + rng.choice(np.array([-2e-7, 0.0, 1.2e-7], np.float32), over.sum())
+    thr, n_at = clip_ceiling(g.astype(np.float64))
+    assert thr == pytest.approx(1.0, abs=1e-6) and n_at == int(over.sum())
+
+
+@pytest.mark.parametrize("decimals", [1, 2, 3])
+def test_norms_logged_to_a_few_decimals_are_no_ceiling(decimals):
+    from gradaudit.clip import clip_ceiling
+
+    # Megatron prints the grad norm to 3 decimals: its highest value repeats by rounding, about
+    # as often as the next one down - no pile-up
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        g = np.round(np.exp(rng.normal(np.log(0.5), 0.3, 5000)), decimals)
+        assert clip_ceiling(g) is None, (decimals, seed)
+    assert clip_ceiling(np.full(100, 0.7)) is None  # a constant norm: no threshold below it

@@ -23,7 +23,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from gradaudit import explain
-from gradaudit.clip import clip_options, healthy_quantiles, suggest
+from gradaudit.clip import clip_ceiling, clip_options, healthy_quantiles, suggest
 from gradaudit.detect._common import diff_sigma, finite_argmax, holds_level
 from gradaudit.detect.level_climb import BLOCK as CLIMB_BLOCK
 from gradaudit.detect.level_climb import ID as ID_CLIMB
@@ -886,7 +886,11 @@ def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],
             int(np.count_nonzero(healthy & judged)) < MIN_HEALTHY_LEVEL
         advice = explain.advice(episodes, series, gs, g, run.has_grad, run.g_every, restarts,
                                 clip_regime=regime, no_level=no_level)
-        if no_level:
+        ceiling = clip_ceiling(g)
+        if ceiling is not None:  # clipped norms: every option would be judged on them
+            audit.notes.append(explain.clipped_norm_note(*ceiling,
+                                                         int(np.count_nonzero(np.isfinite(g)))))
+        if no_level or ceiling is not None:
             audit.clip = suggest([], run.st.clip_max_cost, advice)
         else:
             audit.notes += clip_notes

@@ -32,6 +32,8 @@ With fewer than ``MIN_HEALTHY_LEVEL`` (10) healthy norms nothing is suggested: t
 percentile" of three norms is their largest. The engine passes no options at all where fewer
 than that were judged healthy against a healthy level (every ``RunAudit.too_short`` run):
 norms no detector could judge may be an undetected explosion's.
+A grad norm logged after clipping piles up at the threshold (:func:`clip_ceiling`): the engine
+notes it and passes no options (each would clip nothing of clipped norms).
 Batch rule (:func:`batch_clip`): the median over runs of their p99-healthy thresholds, with its
 cost on each run (the share of that run's healthy steps it clips, from quantiles the run keeps).
 No batch threshold where the runs' healthy grad norms are more than ``BATCH_MAX_SPREAD`` (10) x
@@ -114,6 +116,32 @@ def suggest(options: list[ClipOption], max_cost: float, advice: str | None,
         return ClipSuggestion(None, "none", options, advice)
     best = min(ok, key=lambda o: o.threshold)
     return ClipSuggestion(best.threshold, best.method, options, advice)
+
+
+#: a grad norm logged after clipping piles up at the threshold: its highest value held by at
+#: least this many points, and by ``CEILING_PILE`` x as many as its next distinct value below
+#: (a norm logged to a few decimals also repeats its highest value, about as often as the next)
+CEILING_MIN_POINTS, CEILING_PILE = 5, 5.0
+CEILING_TOLERANCE = 1e-5  # relative: clip_grad_norm_'s scaled grads' norm is max_norm to ~1e-6
+
+
+def clip_ceiling(g: np.ndarray) -> tuple[float, int] | None:
+    """``(threshold, points there)`` where the grad norms pile up at their highest value, as
+    norms logged after clipping at that threshold do (``CEILING_*``); None otherwise, and for a
+    constant series."""
+    v = g[np.isfinite(g)]
+    if v.size < CEILING_MIN_POINTS:
+        return None
+    top = float(v.max())
+    if not top > 0:
+        return None
+    at = v >= top * (1.0 - CEILING_TOLERANCE)
+    n_at = int(np.count_nonzero(at))
+    below = v[~at]
+    if below.size == 0 or n_at < CEILING_MIN_POINTS:
+        return None
+    n_next = int(np.count_nonzero(below == below.max()))
+    return (top, n_at) if n_at >= CEILING_PILE * n_next else None
 
 
 def healthy_quantiles(g: np.ndarray, healthy: np.ndarray,

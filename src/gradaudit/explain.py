@@ -268,6 +268,15 @@ def never_judged_note(min_history: int, n_loss: int, loss_judged: str) -> str:
             f"judged in it" + loss_too(n_loss, min_history, loss_judged))
 
 
+def clipped_norm_note(threshold: float, n_at: int, n: int) -> str:
+    """The note on a run whose grad norm piles up at its highest value (:func:`gradaudit.clip.
+    clip_ceiling`): logged after clipping, so no clip threshold is suggested from it."""
+    return (f"the grad norm sits at its highest value, {threshold:.4g}, on {n_at} of its {n} "
+            f"finite points: it looks logged after clipping at {threshold:.4g}, so a spike shows "
+            "only up to that threshold, and no clip threshold is suggested from it (log the "
+            "norm before clipping: torch.nn.utils.clip_grad_norm_ returns it)")
+
+
 def warmup_note(notes: list[str], usable: np.ndarray, warm: int | None,
                  min_history: int) -> None:
     """A run note where the detectors' warm-up - the first ``min_history`` usable points after
