@@ -308,6 +308,22 @@ def test_first_iteration_line_after_megabytes_of_nccl_start_up(tmp_path: Path) -
     assert run.series("grad norm")[0].tolist() == list(range(1, 101))
 
 
+def test_a_distributed_job_s_other_stdout_is_not_read_far(tmp_path: Path) -> None:
+    # a DeepSpeed job's stdout starts like a Megatron one (its start-up lines) and then logs in
+    # its own format: discovery read 256 MiB of each such file before giving up on it
+    startup = "".join(f"[2026-01-01 00:00:00,000] [INFO] DeepSpeed info: version=0.19.8 rank {i}\n"
+                      for i in range(2000))
+    body = "".join(f"[2026-01-01 00:00:01,000] [INFO] [logging.py:107:log_dist] [Rank 0] "
+                   f"step={i}, skipped=0, lr=[0.0001], mom=[(0.9, 0.999)]\n"
+                   for i in range(400_000))
+    path = tmp_path / "slurm-1234.out"
+    path.write_text(startup + body)
+    assert path.stat().st_size > 40 << 20
+    found, read = bytes_read(lambda: gradaudit.inspect([tmp_path]))
+    assert found.runs == []
+    assert read < 8 << 20, read  # the first MiB and STARTUP_REACH past the start-up
+
+
 def test_a_line_cut_by_a_crash_is_not_glued_to_the_next(tmp_path: Path) -> None:
     good = [LINE.format(it=i, cs=2048 * i, loss="2.0E+00", gn="0.5") + "\n" for i in range(1, 51)]
     cut = LINE.format(it=51, cs=2048 * 51, loss="9.0E+00", gn="77.0")

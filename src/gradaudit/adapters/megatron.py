@@ -31,8 +31,11 @@ FORMAT = "megatron-log"
 SUFFIXES = frozenset({".log", ".txt", ".out", ".err", ""})
 SNIFF_BYTES = 1024 * 1024  # start-up output (argument dumps, warnings) can fill the first 100 KB
 #: Where the first MiB shows a distributed job's start-up (``NCCL_DEBUG=INFO`` prints a dozen
-#: lines per rank and channel, megabytes on a large job), the sniff reads on this far.
+#: lines per rank and channel, megabytes on a large job), the sniff reads on while start-up
+#: lines keep coming: ``STARTUP_REACH`` past the last block holding one, this far at most. (Any
+#: distributed job's stdout starts so: a 300 MB DeepSpeed log read to this limit cost 256 MiB.)
 LONG_SNIFF_BYTES = 256 * 1024 * 1024
+STARTUP_REACH = 4 * 1024 * 1024
 _STARTUP = re.compile(rb"NCCL INFO|[Mm]egatron|DeepSpeed|deepspeed|torch\.distributed|> building")
 CHUNK_BYTES = 32 * 1024 * 1024
 
@@ -77,8 +80,8 @@ def _sniff(path: Path) -> bool:
                 text = tail + block.replace(b"\x00", b"")
                 if _ITER_SNIFF.search(text) is not None:
                     return True
-                if limit == SNIFF_BYTES and _STARTUP.search(text) is not None:
-                    limit = LONG_SNIFF_BYTES  # a training job's start-up: its lines come later
+                if _STARTUP.search(text) is not None:  # a training job's start-up: its lines
+                    limit = max(limit, min(LONG_SNIFF_BYTES, seen + STARTUP_REACH))  # come later
                 tail = text[-256:]  # a line start cut by the block's end
     except OSError:
         return False
@@ -87,7 +90,7 @@ def _sniff(path: Path) -> bool:
 
 def claim(directory: Path, files: list[Path]) -> list[Source]:
     """Text-ish files whose first MiB holds a Megatron iteration line (or, after a distributed
-    job's start-up output, the first ``LONG_SNIFF_BYTES``)."""
+    job's start-up output, the next ``STARTUP_REACH`` past its last start-up line)."""
     return [
         Source(FORMAT, f.name, (f,)) for f in files if f.suffix.lower() in SUFFIXES and _sniff(f)
     ]
