@@ -525,3 +525,77 @@ def test_a_long_table_whose_tag_column_is_unknown_says_why(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "told apart by the text column 'series'" in captured.err
     assert "resume" not in captured.out + captured.err
+
+
+# --- an interrupt, the worker count, progress on a terminal -----------------------------------
+
+
+def test_an_interrupted_scan_exits_130_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from gradaudit import api
+
+    write_table(tmp_path / "runs" / "explosion", "explosion")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C (the CLI turns SIGTERM into it) mid-scan
+
+    monkeypatch.setattr(api, "scan", interrupted)
+    out = tmp_path / "report.html"
+    assert main(["scan", str(tmp_path / "runs"), "--out", str(out)]) == 130
+    assert "Aborted." in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_more_workers_than_cpus_are_fitted_with_a_warning(tmp_path, monkeypatch, capsys):
+    from gradaudit import api, cmdline
+
+    write_table(tmp_path / "runs" / "clean", "clean")
+    seen = []
+    real_scan = api.scan
+
+    def spy(paths, settings, **kwargs):
+        seen.append(settings.workers)
+        return real_scan(paths, settings, **kwargs)
+
+    monkeypatch.setattr(api, "scan", spy)
+    monkeypatch.setattr(cmdline, "_usable_cpus", lambda: 3)
+    for asked, used in ((8, 3), (3, 3), (2, 2), (1, 1)):
+        assert scan(str(tmp_path / "runs"), "--workers", str(asked), "--out",
+                    str(tmp_path / "r.json")) == 0
+        assert seen[-1] == used
+        err = capsys.readouterr().err
+        assert ("--workers 8 with 3 CPU(s) here: using 3" in err) == (asked == 8), err
+    monkeypatch.setattr(cmdline, "_usable_cpus", lambda: 1)
+    scan(str(tmp_path / "runs"), "--workers", "4", "--out", str(tmp_path / "r.json"))
+    assert seen[-1] == 2  # a worker process still stands between a bad input and the scan
+
+
+def test_progress_is_counted_on_a_terminal_only(tmp_path):
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    for kind in ("clean", "warning", "explosion"):
+        write_table(tmp_path / "runs" / kind, kind)
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "gradaudit", "scan", str(tmp_path / "runs"), "--out", str(out)]
+    master, slave = pty.openpty()
+    proc = subprocess.run(cmd, stderr=slave, stdout=subprocess.PIPE, timeout=300)
+    os.close(slave)
+    err = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        err += chunk
+    os.close(master)
+    assert proc.returncode == 1
+    text = err.decode()
+    assert "\rgradaudit: 3/3 inputs read (0:" in text, text
+    assert f"writing the json report to {out}" in text
+    assert proc.stdout == b""
+    piped = subprocess.run(cmd, capture_output=True, timeout=300)
+    assert piped.returncode == 1 and b"inputs read" not in piped.stderr

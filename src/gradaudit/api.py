@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -290,12 +290,14 @@ def audit_run(series: RunSeries, settings: Settings | None = None, **overrides: 
 
 
 def scan(
-    paths: PathLike | Iterable[PathLike], settings: Settings | None = None, **overrides: Any
+    paths: PathLike | Iterable[PathLike], settings: Settings | None = None,
+    progress: Callable[[int, int], None] | None = None, **overrides: Any
 ) -> AuditResult:
     """Discover, read and audit every run under ``paths``, then apply the gate.
 
     Keyword overrides are :class:`~gradaudit.settings.Settings` fields, e.g.
-    ``scan(["runs/"], fail_on="warning", impact_horizon=100)``.
+    ``scan(["runs/"], fail_on="warning", impact_horizon=100)``. ``progress(done, total)`` is
+    called as each input found is read and audited.
     """
     # The engine (numpy/scipy) is imported here, not at start-up: `inspect` never needs it.
     from gradaudit.clip import batch_clip
@@ -306,7 +308,7 @@ def scan(
     sources, errors = _sources(given)
     audits: list[RunAudit] = []
     for got, bad in run_all(_ScanJob(settings), sources, settings.workers, _lost,
-                            settings.timeout):
+                            settings.timeout, progress):
         audits.extend(got)
         errors.extend(bad)
     _unmatched_globs(audits, settings)

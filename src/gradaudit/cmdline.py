@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ from gradaudit.text import PRINTABLE
 MAX_EPOCH = 253402300799  # SOURCE_DATE_EPOCH's last second of year 9999 (datetime's range)
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 def _settings(**options: Any) -> Settings:
@@ -77,9 +79,55 @@ def _warn_timeout(timeout: float | None, settings: Settings) -> None:
                    err=True)
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (a job's share of a node, where the OS says)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _fit_workers(settings: Settings) -> Settings:
+    """``settings`` with no more worker processes than CPUs (at least 2 where more were asked
+    for: a worker process is also what a time limit and a crash stop at), with a warning:
+    more only add memory (a review: 8 workers on 2 CPUs, 2.7x the memory, slower)."""
+    cpus = _usable_cpus()
+    fit = max(2, cpus)
+    if settings.workers <= fit:
+        return settings
+    click.echo(f"gradaudit: warning: --workers {settings.workers} with {cpus} CPU(s) here: "
+               f"using {fit} (more processes than CPUs only add memory)", err=True)
+    return settings.with_overrides(workers=fit)
+
+
 def _progress(message: str) -> None:
     if sys.stderr.isatty():
         click.echo(message, err=True)
+
+
+class _Counter:
+    """``gradaudit: 120/2495 inputs read (0:41)`` on a terminal's stderr, rewritten in place at
+    most every ``EVERY`` seconds (a scan of an archive runs for long; stdout is the report's)."""
+
+    EVERY = 0.5
+
+    def __init__(self) -> None:
+        self.start = self.last = time.monotonic()
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self.last < self.EVERY:
+            return
+        self.last, took = now, int(now - self.start)
+        click.echo(f"\rgradaudit: {done}/{total} inputs read ({took // 60}:{took % 60:02d})",
+                   err=True, nl=False)
+        self.shown = True
+
+    def end(self) -> None:
+        """End the line the count was written on."""
+        if self.shown:
+            click.echo(err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -136,7 +184,7 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
             # (numpy itself fails on one, even empty: an internal error in the middle of a scan)
             raise UsageError(f"SOURCE_DATE_EPOCH={epoch!r} is not a whole number of seconds "
                              "from 0 to the end of year 9999")
-        settings = _settings(**options)
+        settings = _fit_workers(_settings(**options))
         _warn_timeout(options.get("timeout"), settings)
         out = out or "-"
         fmt = format_for(out, fmt)
@@ -156,13 +204,20 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
         _not_an_input(targets, lambda target: api.input_at(paths, target))
         if settings.baseline:
             load_baseline(settings.baseline)
+        counter = _Counter() if not quiet and sys.stderr.isatty() else None
         if not quiet:
             _progress(f"gradaudit: scanning {', '.join(paths)} ...")
-        result = api.scan(paths, settings)
+        try:
+            result = api.scan(paths, settings, progress=counter)
+        finally:
+            if counter is not None:
+                counter.end()
         _not_an_input(targets, result.input_at)  # one only the scan found: neither written
         for target, target_fmt in ((out, fmt), (json_out, "json")):
             if not target:
                 continue
+            if not quiet and target != "-":
+                _progress(f"gradaudit: writing the {target_fmt} report to {target} ...")
             try:
                 result.write(target, target_fmt)
             except OSError as exc:  # no space, no permission, ...: named by the report's path
@@ -205,8 +260,8 @@ def inspect(paths: tuple[str, ...], fmt: str, grad_tag: str | None, loss_tag: st
       gradaudit inspect runs/ --format json
     """
     try:
-        settings = _settings(grad_tag=grad_tag, loss_tag=loss_tag, workers=workers,
-                             timeout=timeout)
+        settings = _fit_workers(_settings(grad_tag=grad_tag, loss_tag=loss_tag, workers=workers,
+                                          timeout=timeout))
         _warn_timeout(timeout, settings)
         found = api.inspect(paths, grad_tag=settings.grad_tag, loss_tag=settings.loss_tag,
                             workers=settings.workers, timeout=settings.timeout)
@@ -237,9 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         pass
     try:
         code = cli.main(args=argv, prog_name="gradaudit", standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort:  # Ctrl-C, or SIGTERM: no report was written
         click.echo("Aborted.", err=True)
-        return EXIT_USAGE
+        return EXIT_INTERRUPTED
     except click.ClickException as exc:
         exc.show()
         return EXIT_USAGE

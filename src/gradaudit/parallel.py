@@ -181,12 +181,19 @@ class _Worker:
 
 
 def run_all(fn: Callable[[T], R], items: Sequence[T], workers: int,
-            lost: Callable[[T, str], R], timeout: float = DEFAULT_TIMEOUT) -> list[R]:
+            lost: Callable[[T, str], R], timeout: float = DEFAULT_TIMEOUT,
+            progress: Callable[[int, int], None] | None = None) -> list[R]:
     """``[fn(item) for item in items]``, in up to ``workers`` processes (see the module doc);
-    with ``workers`` 1, in this process, with no time limit."""
+    with ``workers`` 1, in this process, with no time limit. ``progress(done, total)`` is called
+    as each item is done."""
+    tell = progress or (lambda done, total: None)
     if workers <= 1 or not items:
-        return [fn(item) for item in items]
-    pool = _Pool(fn, items, workers, lost, timeout)
+        out = []
+        for item in items:
+            out.append(fn(item))
+            tell(len(out), len(items))
+        return out
+    pool = _Pool(fn, items, workers, lost, timeout, tell)
     try:
         pool.run()
     except _CannotStart:
@@ -194,7 +201,7 @@ def run_all(fn: Callable[[T], R], items: Sequence[T], workers: int,
                       "its top level needs `if __name__ == \"__main__\":`); reading in this "
                       "process instead", RuntimeWarning, stacklevel=2)
         for i in pool.left:  # none was given out
-            pool.out[i] = fn(items[i])
+            pool.finish(i, fn(items[i]))
     return pool.out
 
 
@@ -203,10 +210,12 @@ class _Pool:
     to a fresh worker only, while fresh workers can start)."""
 
     def __init__(self, fn: Callable[[Any], Any], items: Sequence[Any], workers: int,
-                 lost: Callable[[Any, str], Any], timeout: float) -> None:
-        self.fn, self.items, self.workers, self.lost, self.timeout = \
-            fn, items, workers, lost, timeout
+                 lost: Callable[[Any, str], Any], timeout: float,
+                 tell: Callable[[int, int], None]) -> None:
+        self.fn, self.items, self.workers, self.lost, self.timeout, self.tell = \
+            fn, items, workers, lost, timeout, tell
         self.out: list[Any] = [None] * len(items)
+        self.finished: set[int] = set()
         self.left = deque(range(len(items)))
         self.retry: deque[int] = deque()
         self.why: dict[int, str] = {}  # why a retried input's first attempt failed
@@ -214,6 +223,13 @@ class _Pool:
         self.done: list[_Worker] = []  # told to exit
         self.failures = 0  # workers in a row that failed to start
         self.ever_ready = False
+
+    def finish(self, i: int, value: Any) -> None:
+        """Item ``i``'s result (or what stands in for it)."""
+        self.out[i] = value
+        if i not in self.finished:
+            self.finished.add(i)
+            self.tell(len(self.finished), len(self.items))
 
     def run(self) -> None:
         try:
@@ -248,10 +264,10 @@ class _Pool:
         if not self.ever_ready:
             raise _CannotStart
         for i in self.retry:
-            self.out[i] = self.lost(self.items[i], f"{self.why[i]}; it could not be given "
-                                                   f"once more: {NO_WORKER}")
+            self.finish(i, self.lost(self.items[i], f"{self.why[i]}; it could not be given "
+                                                      f"once more: {NO_WORKER}"))
         for i in self.left:
-            self.out[i] = self.lost(self.items[i], NO_WORKER)
+            self.finish(i, self.lost(self.items[i], NO_WORKER))
         self.retry.clear()
         self.left.clear()
         return False
@@ -290,7 +306,7 @@ class _Pool:
             return
         index, ok, result = message
         index = worker.job if index is None else index
-        self.out[index] = result if ok else self.lost(self.items[index], result)
+        self.finish(index, result if ok else self.lost(self.items[index], result))
         worker.job = None
         worker.served += 1
 
@@ -312,7 +328,7 @@ class _Pool:
             return
         if j in self.why:
             why = f"{self.why[j]}; given once more to another process: {why}"
-        self.out[j] = self.lost(self.items[j], why)
+        self.finish(j, self.lost(self.items[j], why))
 
     def _assign(self, worker: _Worker) -> None:
         """Give an idle worker its next input (a retry only to a fresh one, while fresh ones
@@ -335,5 +351,5 @@ class _Pool:
         except OSError:  # it has just died: the input was never given (its end reads next)
             queue.appendleft(i)
         except Exception as exc:  # noqa: BLE001 - an input that cannot be pickled
-            self.out[i] = self.lost(self.items[i], f"could not be sent to a worker process: "
-                                                   f"{_describe(exc)}")
+            self.finish(i, self.lost(self.items[i], f"could not be sent to a worker process: "
+                                                      f"{_describe(exc)}"))
