@@ -194,3 +194,34 @@ def test_an_auxiliary_loss_is_never_the_loss_nor_a_globs_grad_norm():
                             "auxiliary losses (name the training loss with --loss-tag)",)
     assert choose_tags(["grad_norm", "train/total_loss_with_aux"],
                        loss_tag="train/total*").loss == "train/total_loss_with_aux"
+
+
+def test_lightning_s_other_norm_types_are_grad_norms():
+    # Lightning's grad_norm(norm_type=1) / norm_type="inf": grad_1.0_norm_total and
+    # grad_inf_norm_total beside a norm per parameter; no grad norm was chosen before
+    for kind in ("1.0", "inf"):
+        tags = [f"grad_{kind}_norm_total", f"grad_{kind}_norm/layer.0.weight", "train_loss_step",
+                "epoch"]
+        assert choose_tags(tags).grad_norm == f"grad_{kind}_norm_total"
+    both = ["grad_inf_norm_total", "grad_2.0_norm_total", "train_loss"]
+    assert choose_tags(both).grad_norm == "grad_2.0_norm_total"
+
+
+def test_detectron2_s_total_loss_wins_over_its_parts():
+    tags = ["total_loss", "loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc", "lr",
+            "fast_rcnn/cls_accuracy", "data_time", "time"]
+    assert choose_tags(tags).loss == "total_loss"
+
+
+def test_series_logged_against_samples_say_so():
+    # DeepSpeed's TensorBoard monitor logs Train/Samples/* at global_samples: a step there is
+    # a batch's worth of samples, and the horizon of 200 "steps" a few optimizer steps
+    choice = choose_tags(["Train/Samples/train_loss", "Train/Samples/lr",
+                          "Train/Samples/loss_scale"])
+    assert choice.loss == "Train/Samples/train_loss"
+    assert any("'Train/Samples/train_loss' is logged against consumed samples" in n
+               for n in choice.notes), choice.notes
+    # beside a series by step, the one by samples is not chosen, and no note
+    choice = choose_tags(["lm loss", "lm loss vs samples", "grad-norm", "grad-norm vs samples"])
+    assert (choice.loss, choice.grad_norm) == ("lm loss", "grad-norm")
+    assert not any("consumed samples" in n for n in choice.notes)

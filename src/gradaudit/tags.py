@@ -36,6 +36,8 @@ GRAD_NORM_NAMES: tuple[str, ...] = (
     "gnorm",
     "l2_norm/grad/global",
     "grad_2.0_norm_total",
+    "grad_1.0_norm_total",  # (Lightning's grad_norm(norm_type=1) and norm_type="inf")
+    "grad_inf_norm_total",
     "grad_norm_total",
     "total_grad_norm",
     "train/gradient_norm",
@@ -63,6 +65,7 @@ LOSS_NAMES: tuple[str, ...] = (
     "reduced_train_loss",
     "training_loss",
     "train/train_loss",
+    "total_loss",  # (detectron2's metrics.json, beside its loss_cls, loss_box_reg, ...)
     "loss",
 )
 
@@ -103,7 +106,8 @@ INTERVAL_MEAN_SIGNATURES: tuple[tuple[str, frozenset[str], int], ...] = (
 _BUCKET = re.compile(r"__(MIN|MAX)$")
 _EVAL = re.compile(r"(^|[/_\-. ])(val|valid|validation|eval|evaluation|test|dev)([/_\-. ]|$)")
 _SAMPLE_INDEXED = re.compile(r"vs samples|vs tokens|samples/|tokens/", re.IGNORECASE)
-_GRAD_NORM = re.compile(r"(grad(ient)?s?[ _\-/.]*(l?2[ _\-.]*|2\.0[ _\-]*)?norm|gnorm)", re.I)
+_GRAD_NORM = re.compile(r"(grad(ient)?s?[ _\-/.]*(l?[12][ _\-.]*|[12]\.0[ _\-]*|inf[ _\-]*)?norm"
+                        r"|gnorm)", re.I)
 _LOSS = re.compile(r"loss", re.IGNORECASE)
 # (and the auxiliary losses of mixture-of-experts and OLMo models: never the training loss)
 _AUX_LOSS = re.compile(r"aux|z[ _\-]?loss|load[ _\-]?balanc|router", re.IGNORECASE)
@@ -294,6 +298,12 @@ def choose_tags(
         notes.append(f"the grad norm {grad!r} is logged after clipping: a spike shows only up to "
                      "the clip threshold (log the norm before clipping: "
                      "torch.nn.utils.clip_grad_norm_ returns it)")
+    indexed = [t for t in (grad, loss) if t is not None and _SAMPLE_INDEXED.search(t)]
+    if indexed:  # (only where nothing indexed by step was there: they rank last)
+        notes.append(f"{' and '.join(map(repr, indexed))} "
+                     f"{'is' if len(indexed) == 1 else 'are'} logged against consumed samples or "
+                     "tokens, not optimizer steps (DeepSpeed's Train/Samples/, Megatron's 'vs "
+                     "samples'): its steps, onsets and the impact horizon are in those units")
     if grad is not None and f"{grad}__MAX" in all_tags:
         grad = f"{grad}__MAX"
     lr = next(iter(_rank(all_tags, LR_NAMES, _LR, _NOT_LOSS)), None)
