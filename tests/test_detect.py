@@ -30,6 +30,19 @@ def test_level_climb_onset_and_base(seed):
     assert DETECTORS["level-climb"](x) is None
 
 
+@pytest.mark.parametrize("rate", [0.02, 0.035, 0.06])
+def test_level_climb_of_a_few_per_cent_a_step_is_a_climb_to_the_end(rate):
+    # over its last three blocks a climb of 3 % a step rises more than 2x: those blocks are
+    # below the top, not back down from it (it was no climb at all)
+    rng = np.random.default_rng(9)
+    x = np.log(0.5) + rng.normal(0, 0.15, 2000)
+    x[1600:] += rate * np.arange(400)
+    onset, top, base = DETECTORS["level-climb"](x)
+    assert abs(onset - 1600) <= 8 and top >= 1990
+    x[1990:] -= 3.0  # back down from the top at the end: still none
+    assert DETECTORS["level-climb"](x) is None
+
+
 def test_nonfinite_marks_inf_and_nan_only():
     v = np.array([1.0, np.nan, np.inf, -np.inf, 0.0, -1.0, 1e308])
     assert DETECTORS["nonfinite"](v).tolist() == [False, True, True, True, False, False, False]

@@ -375,6 +375,28 @@ def test_a_grad_norm_climbing_to_the_end_is_a_divergence_from_where_it_starts(se
     assert e.baseline_grad_norm == pytest.approx(0.5, rel=0.1)
 
 
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("rate", [0.01, 0.035])
+def test_a_climb_that_ends_in_non_finite_norms_is_a_divergence_from_where_it_starts(seed, rate):
+    # the same climb on to inf, the run logging NaN after it: only the non-finite points were
+    # an episode (found 1400 steps late), and the loss's earlier climb read as "no gradient
+    # explosion behind the climb" (a reviewer's archive: 15 of 210 such runs)
+    s, g, loss = healthy(seed=50 + seed)
+    g[1200:] *= np.exp(rate * (s[1200:] - 1200))
+    loss[1200:] += 0.3 * (np.exp(rate * (s[1200:] - 1200) / 4) - 1)
+    brk = 1200 + int(np.log(1e20) / rate) if rate * 1800 > np.log(1e20) else 2600
+    g[brk:], loss[brk:] = np.inf, np.nan
+    (e,) = audit_run(run_series(s, g, loss)).episodes
+    assert (e.kind, e.severity) == ("divergence", "explosion"), e.to_dict()
+    assert abs(e.onset_step - 1200) <= 8, e.onset_step
+    assert {"level-climb", "nonfinite"} <= set(e.detected_by)
+    # a norm that goes non-finite at once, no climb before it: the breakdown is the onset
+    s, g, loss = healthy(seed=50 + seed)
+    g[2600:], loss[2600:] = np.inf, np.nan
+    (e,) = audit_run(run_series(s, g, loss)).episodes
+    assert (e.kind, e.onset_step) == ("divergence", 2600)
+
+
 def test_healthy_grad_norm_shapes_are_no_divergence():
     # a reviewer's cases that the first level-climb called explosions (or crashed on)
     rng = np.random.default_rng(1)

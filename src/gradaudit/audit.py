@@ -562,8 +562,10 @@ class _Judge:
             # next episode's counterfactual
             self.healthy[int(np.searchsorted(run.ls, back)):int(np.searchsorted(run.ls, end))] \
                 = True
-        if kind == "divergence" and ID_CLIMB in e.detected_by and harmful is False:
-            kind = "level_shift"  # a slow climb that left the loss alone: no divergence
+        if kind == "divergence" and ID_CLIMB in e.detected_by and harmful is False and \
+                not (end is None and run.has_grad and not np.isfinite(run.g[-1])):
+            kind = "level_shift"  # a slow climb that left the loss alone: no divergence (but
+            # one on to a grad norm non-finite to the end is)
         if kind == "divergence" and e.nonfinite_only and self._overflow_at_end(harmful, imp):
             # a few inf/NaN grad norms up to the run's end while the loss went on finite and
             # unharmed after them (fp16 overflow steps in the last steps logged): no divergence

@@ -72,6 +72,7 @@ from gradaudit.detect._common import (
     runs_of,
 )
 from gradaudit.detect.ema_zscore import ema_zscore_spans, olmo_skip_spans
+from gradaudit.detect.level_climb import BLOCK as CLIMB_BLOCK
 from gradaudit.detect.level_climb import ID as ID_CLIMB
 from gradaudit.detect.level_climb import level_climb
 from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
@@ -372,8 +373,18 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
         prev_last = eps[-1].last
     # (a climb is one to the run's end: none where an episode reached it, also one cut by an
     # event on its new level)
-    climb = level_climb(x, ratio=p.climb_ratio) \
-        if open_end and not (comps and comps[-1][1] == n - 1) else None
+    climb = None
+    if open_end and not (comps and comps[-1][1] == n - 1):
+        climb = level_climb(x, ratio=p.climb_ratio)
+    elif open_end and nf[n - 1]:
+        # the norm went non-finite for good: a slow climb up to there is a climb to the end (a
+        # norm growing 3 % a step for 1400 steps, 1e20x, then inf: only the inf was found). Not
+        # a blow-up the last episode already holds from its start: a climb read from blocks
+        # dates a jump of a few steps to inf up to a few blocks early
+        brk = n - int(np.argmin(nf[::-1])) if not nf.all() else 0
+        climb = level_climb(x[:brk], ratio=p.climb_ratio) if brk > 0 else None
+        if climb is not None and climb[0] > comps[-1][0] - CLIMB_LEAD * CLIMB_BLOCK:
+            climb = None
     if climb is not None:  # a slow climb to the end that every trailing level followed
         onset, top, base = climb
         by = {ID_CLIMB}.union(*(e.detected_by for e in eps if e.onset >= onset))
@@ -385,6 +396,9 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
 
 #: Points either side of a ramp's point that its local level is the median of
 RAMP_LOCAL = 10
+#: Blocks a climb to a breakdown (a grad norm non-finite to the end) must begin before the last
+#: episode: a later one is that episode's own blow-up, found where it starts
+CLIMB_LEAD = 10
 #: Steps after a step up where a spike is still the step's (too few for the loss as it stood
 #: after the step to be told: a harmless spike there would be charged with the step's damage);
 #: RAMP_LOCAL points at least

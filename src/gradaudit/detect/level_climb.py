@@ -8,9 +8,10 @@ a step, not a slope: the detectors above see nothing while the norm grows a thou
 The climb is read from block medians of ``log g`` (blocks of ``block`` logged points, so one
 spike does not move them). It is a climb to the end when:
 
-- the highest block median is among the last ``max(top_blocks, 5 %)`` blocks and the last
-  ``top_blocks`` (3) are all within ``top_ratio`` (2) x of it: the norm is at its top when the
-  run ends, not back down after a bump;
+- the highest block median is among the last ``max(top_blocks, 5 %)`` blocks and the ones
+  after it are all within ``top_ratio`` (2) x of it: the norm is at its top when the run ends,
+  not back down after a bump (the blocks before it may be further down: a climb of 3 % a step
+  rises more than 2x over three blocks);
 - the block medians over the last fifth of the run still rise, their least-squares slope at
   least ``3`` standard errors above zero: a norm that rose early and has stayed flat since
   (a zero-initialised layer waking up) is no climb;
@@ -64,7 +65,7 @@ def level_climb(
         bm[ok] = np.nanmedian(tail[ok], axis=1)
     top_b = int(np.nanargmax(bm))
     if top_b < nb - max(top_blocks, nb // 20) or \
-            np.any(bm[-top_blocks:] < bm[top_b] - np.log(top_ratio)):
+            np.any(bm[top_b:] < bm[top_b] - np.log(top_ratio)):
         return None  # the top is not at the end, or the norm came back down from it
     if not _still_rising(bm[-max(2 * top_blocks, nb // 5):], z):
         return None
