@@ -45,8 +45,10 @@ def episode(onset: int, ratio: float, severity: str = "explosion", kind: str = "
 
 def clip(threshold: float | None = 1.8, advice: str | None = None) -> ClipSuggestion:
     opts = [] if threshold is None else [
-        ClipOption("p99 of healthy grad norm", threshold, 0.01, 1.0, [0.9], "99th percentile"),
-        ClipOption("zclip", threshold * 1.5, 0.001, 0.8, [0.85], "ZClip alpha 0.97 z 2.5"),
+        ClipOption("p99 of healthy grad norm", threshold, 0.01, 1.0, [0.9], "99th percentile",
+                   all_clipped_fraction=0.03),
+        ClipOption("zclip", threshold * 1.5, 0.001, 0.8, [0.85], "ZClip alpha 0.97 z 2.5",
+                   all_clipped_fraction=0.012),
     ]
     return ClipSuggestion(suggested_threshold=threshold, method="p99 of healthy grad norm",
                           options=opts, advice=advice)

@@ -301,3 +301,19 @@ def test_norms_logged_to_a_few_decimals_are_no_ceiling(decimals):
         g = np.round(np.exp(rng.normal(np.log(0.5), 0.3, 5000)), decimals)
         assert clip_ceiling(g) is None, (decimals, seed)
     assert clip_ceiling(np.full(100, 0.7)) is None  # a constant norm: no threshold below it
+
+
+def test_all_steps_clipped_counts_the_warm_up_and_the_episodes_too():
+    # a reviewer's replay: "healthy steps clipped" left out the lr warm-up, where most of the
+    # clipping a run clipped from step 0 lands (claimed 0.85 %, clipped 7.5 % of all steps)
+    s, g, loss = healthy(seed=4)
+    lr = np.minimum(1.0, (s + 1) / 300.0) * 1e-3
+    g[:300] *= np.linspace(6.0, 1.0, 300)  # norms high while the lr warms up
+    g[1500] *= 40
+    loss[1501:1600] += 1.0
+    a = audit_run(run_series(s, g, loss, lr))
+    for o in a.clip.options:
+        assert o.all_clipped_fraction == pytest.approx(np.mean(g > o.threshold)), o.method
+    p99 = next(o for o in a.clip.options if o.method == "p99-healthy")
+    assert p99.healthy_clipped_fraction <= 0.01 < 0.05 < p99.all_clipped_fraction
+    assert p99.to_dict()["all_clipped_fraction"] == pytest.approx(p99.all_clipped_fraction)

@@ -103,7 +103,8 @@ def clip_options(
                 continue
             pk = float(fv.max())
             cuts.append(max(0.0, 1.0 - thr / pk) if pk > 0 else 0.0)
-        out.append(ClipOption(method, thr, cost, ep_frac, cuts, desc))
+        out.append(ClipOption(method, thr, cost, ep_frac, cuts, desc,
+                              all_clipped_fraction=float(np.mean(allg > thr))))
     return out
 
 

@@ -93,12 +93,17 @@ class ClipOption:
     episode_steps_clipped_fraction: float | None
     episode_peak_cut: list[float | None]
     description: str = ""
+    #: the share of every finite logged norm it clips, from the first logged step (the warm-up
+    #: and the episodes too), as the run went: what a run clipped from step 0 would clip, to
+    #: the extent clipping leaves the norms as they were; None for a batch option
+    all_clipped_fraction: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "threshold": finite_or_none(self.threshold),
             "healthy_clipped_fraction": finite_or_none(self.healthy_clipped_fraction),
+            "all_clipped_fraction": finite_or_none(self.all_clipped_fraction),
             "episode_steps_clipped_fraction": finite_or_none(self.episode_steps_clipped_fraction),
             "episode_peak_cut": [finite_or_none(x) for x in self.episode_peak_cut],
             "description": self.description,

@@ -251,6 +251,7 @@ def _clip_table(run: Any) -> str:
     if clip.options:
         out.append('<table><thead><tr><th>method</th><th class="num">threshold</th>'
                    '<th class="num">healthy steps clipped</th>'
+                   '<th class="num">all steps clipped</th>'
                    '<th class="num">episode steps clipped</th>'
                    "<th>episode peak cut</th><th>how</th></tr></thead><tbody>")
         for opt in clip.options:
@@ -260,6 +261,7 @@ def _clip_table(run: Any) -> str:
             out.append(
                 f"<tr><td>{e(opt.method)}</td><td class=\"num\">{e(fmt_num(opt.threshold))}</td>"
                 f'<td class="num">{e(fmt_pct(opt.healthy_clipped_fraction))}</td>'
+                f'<td class="num">{e(fmt_pct(opt.all_clipped_fraction))}</td>'
                 f'<td class="num">{e(fmt_pct(opt.episode_steps_clipped_fraction))}</td>'
                 f"<td>{e(cuts or '-')}</td><td>{e(opt.description)}</td></tr>")
         out.append("</tbody></table>")

@@ -195,12 +195,14 @@ def _details(run: Any, regressions: list[Any]) -> list[str]:
         if clip.advice:
             lines.append(f"- **Advice:** {md(clip.advice)}")
         if clip.options:
-            lines += ["", "| clip option | threshold | healthy steps clipped | episode steps "
-                      "clipped | episode peak cut |", "|---|--:|--:|--:|---|"]
+            lines += ["", "| clip option | threshold | healthy steps clipped | all steps "
+                      "clipped | episode steps clipped | episode peak cut |",
+                      "|---|--:|--:|--:|--:|---|"]
             for opt in clip.options[:8]:
                 cuts = ", ".join(fmt_pct(c) for c in opt.episode_peak_cut[:5])
                 lines.append(f"| {md(opt.method, 80)} | {fmt_num(opt.threshold)} | "
                              f"{fmt_pct(opt.healthy_clipped_fraction)} | "
+                             f"{fmt_pct(opt.all_clipped_fraction)} | "
                              f"{fmt_pct(opt.episode_steps_clipped_fraction)} | "
                              f"{cuts or '-'} |")
             lines.append("")
