@@ -34,8 +34,10 @@ than that were judged healthy against a healthy level (every ``RunAudit.too_shor
 norms no detector could judge may be an undetected explosion's.
 A grad norm logged after clipping piles up at the threshold (:func:`clip_ceiling`): the engine
 notes it and passes no options (each would clip nothing of clipped norms).
-Batch rule (:func:`batch_clip`): the median over runs of their p99-healthy thresholds, with its
-cost on each run (the share of that run's healthy steps it clips, from quantiles the run keeps).
+Batch rule (:func:`batch_clip`): the median over runs of their p99-healthy thresholds where it
+clips at most ``clip_max_cost`` of every run's healthy steps, else the largest of them (which
+always does): each with its cost on each run (the share of that run's healthy steps it clips,
+from quantiles the run keeps).
 No batch threshold where the runs' healthy grad norms are more than ``BATCH_MAX_SPREAD`` (10) x
 apart: different models, whose one shared threshold would clip every step of some runs and none
 of others.
@@ -165,8 +167,9 @@ def _cost(q: np.ndarray, thr: float) -> float:
 
 
 def batch_clip(audits: list[RunAudit], max_cost: float = 0.01) -> ClipSuggestion | None:
-    """One threshold for the batch: the median of the runs' p99-healthy thresholds, with what
-    it clips on each run; none where the runs' healthy levels are too far apart (module doc)."""
+    """One threshold for the batch: the median of the runs' p99-healthy thresholds, or their
+    largest where the median clips too much of a run, with what each clips on each run; none
+    where the runs' healthy levels are too far apart (module doc)."""
     runs: list[tuple[str, float, float, np.ndarray]] = []
     for a in audits:
         if a.clip is None or a.healthy_quantiles is None or a.healthy_grad_norm is None:
@@ -185,12 +188,16 @@ def batch_clip(audits: list[RunAudit], max_cost: float = 0.01) -> ClipSuggestion
             f"no single threshold for the batch: the runs' healthy grad norms range from "
             f"{lo[2]:.3g} ({lo[0]}) to {hi[2]:.3g} ({hi[0]}), {apart} "
             f"(different models or scales); use each run's own suggestion"))
-    thr = float(np.median([r[1] for r in runs]))
-    options = [_batch_option("median-of-runs-p99-healthy", thr, runs, max_cost,
-                             f"median over the {len(runs)} runs of their p99-healthy"),
+    options = [_batch_option("median-of-runs-p99-healthy", float(np.median([r[1] for r in runs])),
+                             runs, max_cost, f"median over the {len(runs)} runs of their "
+                             "p99-healthy"),
                _batch_option("max-of-runs-p99-healthy", max(r[1] for r in runs), runs, max_cost,
                              "the largest of the runs' p99-healthy")]
-    return ClipSuggestion(thr, "median-of-runs-p99-healthy", options, None)
+    # as for one run: the smallest that clips at most max_cost of every run's healthy steps
+    # (the largest p99 always does; the median does where the runs are alike)
+    best = next(o for o in options if all(_cost(r[3], o.threshold) <= max_cost + 1e-12
+                                          for r in runs))
+    return ClipSuggestion(best.threshold, best.method, options, None)
 
 
 def _batch_option(method: str, thr: float, runs: list[tuple[str, float, float, np.ndarray]],
