@@ -142,3 +142,83 @@ def test_a_resume_that_draws_other_batches_is_one_run(tmp_path: Path) -> None:
            lambda s: 1.0 + 0.1 * other[(s * 7) % 4000])
     (only,) = gradaudit.read_runs([run.parent])
     assert only.name == "job"
+
+
+def _cell(x: float | None) -> str:
+    return "" if x is None else repr(float(x))
+
+
+def _table(tmp_path: Path, rows: list[tuple[int, float | None, float | None]]) -> Path:
+    """A metrics.csv a resumed job appended to: ``rows`` of (step, loss, grad norm) in write
+    order (None: not logged on that row)."""
+    path = tmp_path / "logs" / "metrics.csv"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("step,loss,grad_norm\n" + "".join(
+        f"{s},{_cell(a)},{_cell(b)}\n" for s, a, b in rows))
+    return path.parent
+
+
+def _rows(steps, blown_at: int | None = None):
+    at = 10**9 if blown_at is None else blown_at
+    return [(s, _blown_loss(s, at), _blown_grad(s, at)) for s in steps]
+
+
+def test_a_blow_up_in_a_pass_that_never_got_past_the_one_before(tmp_path: Path) -> None:
+    # preempted at 999, resumed from 800, blew up at 900 and crashed at 950, resumed from 800
+    # again: the second rewind starts where the first had not yet caught up (it was not seen)
+    rows = _rows(range(1000)) + _rows(range(800, 951), 900) + _rows(range(800, 1500))
+    runs = {r.name: r for r in gradaudit.read_runs([_table(tmp_path, rows)])}
+    assert set(runs) == {"metrics.csv", "metrics.csv#pass2"}
+    steps, values = runs["metrics.csv#pass2"].series("grad_norm")
+    assert steps[-1] == 950 and values[steps >= 900].min() > 50
+
+
+def test_a_rewind_seen_in_the_grad_norm_only(tmp_path: Path) -> None:
+    # the loss logged every 100 steps never goes back (its next write is at 1000); the grad
+    # norm, every step, blew up at 960 and went back to 950
+    rows = [(s, _blown_loss(s, 960) if s % 100 == 0 else None, _blown_grad(s, 960))
+            for s in range(1000)]
+    rows += [(s, _loss(s) if s % 100 == 0 else None, _grad(s)) for s in range(950, 1500)]
+    runs = {r.name: r for r in gradaudit.read_runs([_table(tmp_path, rows)])}
+    assert set(runs) == {"metrics.csv", "metrics.csv#pass1"}
+    assert runs["metrics.csv#pass1"].series("grad_norm")[1][-30:].min() > 50
+
+
+def test_a_blow_up_after_many_preemptions_is_found(tmp_path: Path) -> None:
+    # 30 preemptions, each going back 50 steps and training them again alike, then a blow-up
+    rows, at = [], 0
+    for _ in range(30):
+        rows += _rows(range(at, at + 100))
+        at += 50
+    rows += _rows(range(at, at + 100), at + 60) + _rows(range(at + 50, at + 400))
+    runs = {r.name: r for r in gradaudit.read_runs([_table(tmp_path, rows)])}
+    assert set(runs) == {"metrics.csv", "metrics.csv#pass31"}
+
+
+def test_ordinary_resumes_of_a_noisy_run_and_an_overflow_step_are_no_pass(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for seed in range(40):
+        # a noisy grad norm (lognormal, sigma 0.5), rewinds of a few logged points, other
+        # batches after each: the highest of a few norms is often twice another few's
+        rows, at = [], 0
+        for _ in range(6):
+            rows += [(s, 1.0 + 0.05 * rng.normal(), float(np.exp(rng.normal(0, 0.5))))
+                     for s in range(at, at + 40)]
+            at += 37
+        folder = tmp_path / f"s{seed}"
+        (folder / "logs").mkdir(parents=True)
+        runs = gradaudit.read_runs([_table(folder, rows)])
+        assert [r.name for r in runs] == ["metrics.csv"], (seed, runs[-1].notes)
+    # one fp16 overflow step (inf) in the steps trained again: skipped by the optimizer
+    rows = _rows(range(1000))
+    rows[900] = (900, _loss(900), float("inf"))
+    rows += _rows(range(800, 1500))
+    assert [r.name for r in gradaudit.read_runs([_table(tmp_path, rows)])] == ["metrics.csv"]
+
+
+def test_a_step_counter_that_restarts_every_epoch_is_one_run(tmp_path: Path) -> None:
+    # logged against the batch index: the step goes back to 0 at each of 20 epochs, the loss
+    # lower each time - no resume from a checkpoint, and no pass per epoch
+    rows = [(s, 2.0 / (1 + epoch) + 0.01 * NOISE[s], _grad(s))
+            for epoch in range(20) for s in range(100)]
+    assert [r.name for r in gradaudit.read_runs([_table(tmp_path, rows)])] == ["metrics.csv"]

@@ -4,11 +4,15 @@ A run's series keep the later write at every step (:mod:`gradaudit.series`, as T
 reads a resumed run). Where a job blew up, crashed and was restarted from an earlier
 checkpoint into the same log, the steps it crashed on are written again, and the explosion
 is gone from the series. A pass that holds over the steps trained again what the later pass
-does not (:func:`_stands_out`: a grad norm over twice the later pass's highest, a training
-loss well above its highest, a value gone non-finite), or that reached steps the later pass
-never did, is therefore kept as a run of its own, ``<run>#pass<k>``: the run as it stood when
-the k-th rewind began. A resume that trained the same steps again alike, with other batches
-or not, is only the note the series already carry.
+does not (:func:`_stands_out`: a grad norm over twice the later pass's highest and 10x its
+median, a training loss well above its highest, a value gone non-finite for good), or that
+reached steps the later pass never did, is therefore kept as a run of its own,
+``<run>#pass<k>``: the run as it stood when the k-th rewind began (a write below the step
+written just before it, in the loss or the grad norm, whichever went back more often; the
+other series cut there by wall time, or at its own rewind of the same rank). A resume that
+trained the same steps again alike, with other batches or not, is only the note the series
+already carry; so are a step counter that goes back to its first step 3 times or more (per
+epoch) and steps that go back over ``MAX_REWINDS`` times (written out of order).
 
 :func:`redone_differ` is the step-by-step comparison for a Hugging Face Trainer's launches,
 which resume deterministically (:mod:`gradaudit.discover`).
@@ -20,6 +24,7 @@ import numpy as np
 import polars as pl
 
 from gradaudit.detect._common import diff_sigma
+from gradaudit.detect.nonfinite import loss_broke
 from gradaudit.series import RunSeries, canonical_frame
 
 #: a step trained again after a resume differs from its first pass where the training loss
@@ -31,9 +36,15 @@ REDONE_TOLERANCE, REDONE_LOSS_FLOOR, REDONE_GRAD_FACTOR = 0.01, 1e-4, 2.0
 #: smoothed over this many points, rises this share and this many sigmas of the later pass's
 #: batch noise above the later pass's highest there
 STRETCH_SMOOTH, STRETCH_LOSS_RISE, STRETCH_NOISE = 5, 0.2, 3.0
+#: ... and where its grad norm reaches twice the later pass's highest and this many times its
+#: median there (a spike, as the detectors' spike_ratio)
+STRETCH_GRAD_LEVEL = 10.0
 
-#: the rewinds of one run looked at: each is a pass over the points written before it
-MAX_PASSES = 20
+#: the passes of one run kept as runs of their own (each is audited), and the rewinds of one
+#: run compared at most: more are steps logged out of order, not resumes
+MAX_PASSES, MAX_REWINDS = 20, 200
+#: rewinds to a tag's first step, this many or more, are a step counter that restarts
+RESTARTS_FROM_SCRATCH = 3
 
 Series = tuple[np.ndarray, np.ndarray]  # steps, values
 
@@ -65,14 +76,17 @@ def redone_differ(resumed_at: int, first: tuple[Series, Series | None],
 
 
 def _rewinds(steps: np.ndarray) -> list[tuple[int, int]]:
-    """``(i, step)`` of each write that starts a rewind: its step is below a step this tag was
-    written at before (``steps`` in write order; ``i`` its place among them)."""
+    """``(i, step)`` of each write whose step is below the one this tag was written at just
+    before (a restart; ``steps`` in write order, ``i`` its place among them). Where 3 or more go
+    back to the tag's first step, those are left out: a step counter that restarts (per epoch),
+    not resumes from a checkpoint."""
     if steps.size < 2:
         return []
-    back = np.zeros(steps.size, bool)
-    back[1:] = steps[1:] < np.maximum.accumulate(steps)[:-1]
-    start = back & ~np.concatenate(([False], back[:-1]))
-    return [(int(i), int(steps[i])) for i in np.flatnonzero(start)]
+    back = np.flatnonzero(steps[1:] < steps[:-1]) + 1
+    to_start = steps[back] <= steps[0]
+    if np.count_nonzero(to_start) >= RESTARTS_FROM_SCRATCH:
+        back = back[~to_start]
+    return [(int(i), int(steps[i])) for i in back]
 
 
 def _survivors(steps: np.ndarray, values: np.ndarray, n: int) -> Series:
@@ -87,20 +101,27 @@ def _survivors(steps: np.ndarray, values: np.ndarray, n: int) -> Series:
     return s[keep], v[keep]
 
 
-def _pass_ends(ref: list[tuple[int, int]], other: list[tuple[int, int]], n: int) -> list[int]:
-    """For each rewind of the reference tag (``(i, step)``), where another tag's writes of
-    that pass end: at its own rewind back to the nearest step (in order; a table holds each
-    tag's writes apart, so only steps tell which rewinds are one resume), or at its last
-    write (``n``) where it has none left."""
-    ends, j = [], 0
-    for _, step in ref:
-        if j < len(other):
-            best = min(range(j, len(other)), key=lambda m: abs(other[m][1] - step))
-            ends.append(other[best][0])
-            j = best + 1
-        else:
-            ends.append(n)
-    return ends
+def _pass_ends(ref: list[tuple[int, int]], ref_walls: np.ndarray | None,
+               other: list[tuple[int, int]], walls: np.ndarray | None, n: int) -> list[int]:
+    """For each rewind of the reference tag (``(i, step)``), how many of another tag's writes
+    belong to the pass it ended: those written before it (by wall time, where both tags have
+    it: the earliest restart write of either), else those before the other tag's rewind of the
+    same rank where both rewound as often (a table holds each tag's writes apart), else all
+    ``n`` (the caller keeps the ones up to the pass's last step)."""
+    if ref_walls is not None and walls is not None:
+        order = np.maximum.accumulate(walls)  # (write order: times that never go back)
+        other_at = np.array([walls[i] for i, _ in other]) if other else np.empty(0)
+        ends, prev = [], -np.inf
+        for i, _ in ref:
+            cut = ref_walls[i]
+            near = other_at[(other_at > prev) & (other_at <= cut)]
+            cut = min(cut, float(near.min())) if near.size else cut
+            ends.append(int(np.searchsorted(order, cut, side="left")))
+            prev = ref_walls[i]
+        return ends
+    if len(other) == len(ref):
+        return [i for i, _ in other]
+    return [n] * len(ref)
 
 
 def _running_max(values: np.ndarray, width: int) -> float:
@@ -134,11 +155,16 @@ def _stands_out(resumed_at: int, first: tuple[Series | None, Series | None],
         if a.size == 0 or b.size == 0:
             continue
         what = "training loss" if k == 0 else "grad norm"
-        if not np.isfinite(a).all() and np.isfinite(b).all():
+        # non-finite for good (3 in a row, or to the pass's end: what it crashed on), not an
+        # fp16 overflow step the optimizer skipped
+        if loss_broke(np.isfinite(a), True) and not loss_broke(np.isfinite(b), False):
             why.append(f"its {what} went non-finite, the later pass's did not")
             continue
         if k == 0:
-            hi, hi_later = _running_max(a, STRETCH_SMOOTH), _running_max(b, STRETCH_SMOOTH)
+            # (the last two points before the crash count as one more running median: a loss
+            # logged every 20 steps that blew up for its last two is no wider bump than that)
+            hi = max(_running_max(a, STRETCH_SMOOTH), _running_max(a[-2:], 2))
+            hi_later = _running_max(b, STRETCH_SMOOTH)
             # (a noisy loss's running median wanders by some of its batch noise: a rise must
             # clear STRETCH_NOISE sigmas of it too)
             noise = diff_sigma(b[np.isfinite(b)]) if np.isfinite(b).sum() > 2 else 0.0
@@ -149,11 +175,14 @@ def _stands_out(resumed_at: int, first: tuple[Series | None, Series | None],
                            f"{STRETCH_NOISE:g} noise sigmas above the later pass's highest "
                            f"there ({hi_later:.4g})")
         else:
-            fa, fb = a[np.isfinite(a)], b[np.isfinite(b)]
-            if fa.size and fb.size and np.abs(fa).max() > REDONE_GRAD_FACTOR * np.abs(fb).max():
-                why.append(f"its grad norm reached {np.abs(fa).max():.4g}, over "
+            fa, fb = np.abs(a[np.isfinite(a)]), np.abs(b[np.isfinite(b)])
+            # over twice the later pass's highest, and a spike over its level: the highest of
+            # a few noisy norms is twice another few's by chance (3-13 % of short rewinds)
+            if fa.size and fb.size and fa.max() > max(REDONE_GRAD_FACTOR * fb.max(),
+                                                      STRETCH_GRAD_LEVEL * float(np.median(fb))):
+                why.append(f"its grad norm reached {fa.max():.4g}, over "
                            f"{REDONE_GRAD_FACTOR:g}x the later pass's highest there "
-                           f"({np.abs(fb).max():.4g})")
+                           f"({fb.max():.4g}) and {STRETCH_GRAD_LEVEL:g}x its median")
     if beyond.size:
         why.append(f"it holds {beyond.size} steps past the later pass's last step")
     return why
@@ -168,26 +197,46 @@ def cut_short_passes(points: pl.DataFrame | pl.LazyFrame, run: RunSeries) -> lis
         return []
     df = points.collect() if isinstance(points, pl.LazyFrame) else points
     df = df.filter(pl.col("tag").cast(pl.String).is_in(chosen) & pl.col("step").is_not_null())
-    per_tag: dict[str, Series] = {}
+    per_tag: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for tag in chosen:
         sub = df.filter(pl.col("tag").cast(pl.String) == tag)
+        wall = sub.get_column("wall_time").cast(pl.Float64).fill_null(np.nan).to_numpy() \
+            if "wall_time" in sub.columns else np.full(sub.height, np.nan)
         per_tag[tag] = (sub.get_column("step").to_numpy().astype(np.int64),
-                        sub.get_column("value").to_numpy().astype(np.float64))
-    ref = chosen[0]  # the loss, else the grad norm
-    starts = _rewinds(per_tag[ref][0])
+                        sub.get_column("value").to_numpy().astype(np.float64), wall)
+    rewinds = {t: _rewinds(per_tag[t][0]) for t in chosen}
+    # the rewinds of whichever of the loss and the grad norm rewound more (one logged every
+    # 100 steps may never go back: the other's steps do)
+    ref = max([t for t in (run.loss_tag, run.grad_norm_tag) if t is not None],
+              key=lambda t: len(rewinds[t]))
+    starts = rewinds[ref]
     if not starts:
         return []
+    if len(starts) > MAX_REWINDS:
+        run.notes.append(f"{ref!r} goes back {len(starts)} times: steps logged out of order, "
+                         "not resumes; the passes were not compared")
+        return []
+    walls = {t: w if np.isfinite(w).all() else None for t, (_, _, w) in per_tag.items()}
     ends = {t: [i for i, _ in starts] if t == ref else
-            _pass_ends(starts, _rewinds(per_tag[t][0]), per_tag[t][0].size) for t in chosen}
+            _pass_ends(starts, walls[ref], rewinds[t], walls[t], per_tag[t][0].size)
+            for t in chosen}
     final = tuple(run.series(t) for t in (run.loss_tag, run.grad_norm_tag))
     out: list[RunSeries] = []
-    for k, (_, step) in enumerate(starts[:MAX_PASSES], start=1):
-        first = {t: _survivors(*per_tag[t], ends[t][k - 1]) for t in chosen}
+    for k, (i_ref, step) in enumerate(starts, start=1):
+        top = int(per_tag[ref][0][:i_ref].max())  # the pass's last step
+        first = {}
+        for t in chosen:
+            got = _survivors(*per_tag[t][:2], ends[t][k - 1])
+            first[t] = (got[0][got[0] <= top], got[1][got[0] <= top])
         end = max(int(f[0][-1]) for f in first.values() if f[0].size)
         pair = tuple(None if t is None else first[t] for t in (run.loss_tag, run.grad_norm_tag))
         why = _stands_out(step, pair, final)
         if not why:
             continue
+        if len(out) == MAX_PASSES:
+            run.notes.append(f"more than {MAX_PASSES} passes cut short by a resume differ from "
+                             "the steps trained again: the first are runs of their own")
+            break
         frame = pl.concat([
             pl.DataFrame({"step": f[0], "tag": [t] * f[0].size, "value": f[1]},
                          schema={"step": pl.Int64, "tag": pl.String, "value": pl.Float64})
@@ -205,7 +254,4 @@ def cut_short_passes(points: pl.DataFrame | pl.LazyFrame, run: RunSeries) -> lis
         run.notes.append(f"{name} holds this run's pass up to step {end}, before a resume from "
                          f"step {step}: it differs from the steps trained again, and is a run "
                          "of its own")
-    if len(starts) > MAX_PASSES:
-        run.notes.append(f"the first {MAX_PASSES} of its {len(starts)} rewinds were compared "
-                         "with the steps trained again; the rest were not")
     return out
