@@ -88,6 +88,18 @@ def test_steps_beyond_2_53_are_an_error_on_that_run(steps):
     assert audit_run(run_series(s, np.ones(s.size), np.ones(s.size))).status == "ok"
 
 
+def test_one_stray_point_at_an_impossible_step_is_left_out_not_the_run():
+    # a 200x explosion and one extra point at step 2**60 (a corrupt record): the run was an
+    # error, the explosion unreported, and the gate passed (a hostile-input review)
+    s, g, loss = healthy()
+    g[1500:1505] *= 200
+    loss[1500:] += 1.0
+    s2 = np.append(s, 2**60)
+    a = audit_run(run_series(s2, np.append(g, 1.0), np.append(loss, 1.0)))
+    assert a.status == "explosion" and a.episodes[0].onset_step == 1500
+    assert any("2 point(s) at steps beyond +-2**53" in n for n in a.notes), a.notes
+
+
 def test_constant_series():
     s = np.arange(500)
     a = audit_run(run_series(s, np.full(500, 0.7), np.full(500, 2.0)))

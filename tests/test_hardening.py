@@ -382,3 +382,30 @@ def _alive(pid: str) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+@LINUX_ONLY
+def test_a_link_to_a_kernel_file_is_not_read(tmp_path):
+    # /proc/kmsg is a "regular" file whose read blocks for ever (as root): a link to it in a
+    # scanned folder, or the file named itself, hung discovery - and --timeout did not help
+    kmsg = Path("/proc/kmsg")
+    if not kmsg.exists():
+        pytest.skip("no /proc/kmsg here")
+    logs = tmp_path / "logs"
+    (logs / "run").mkdir(parents=True)
+    (logs / "run" / "metrics.csv").write_text(
+        "step,loss,grad_norm\n" + "".join(f"{s},{2.0 - s / 1000},1.0\n" for s in range(300)))
+    (logs / "console").symlink_to(kmsg)
+    (logs / "dmesg.log").symlink_to(kmsg)
+    script = ("import sys, gradaudit\n"
+              "r = gradaudit.scan([sys.argv[1]])\n"
+              "print([x.run for x in r.runs], sorted(e.path.rsplit('/', 1)[-1] "
+              "for e in r.errors))\n"
+              "r = gradaudit.scan([sys.argv[1] + '/dmesg.log', sys.argv[1] + '/run'])\n"
+              "print(len(r.runs))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(logs)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.strip().splitlines()
+    assert first == "['run/metrics.csv'] ['console', 'dmesg.log']", first
+    assert second == "1"

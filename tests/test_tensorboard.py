@@ -811,3 +811,27 @@ def test_the_training_loss_is_read_not_a_validation_or_per_epoch_loss(tmp_path: 
         (ep,) = [e for e in audit.episodes if e.severity == "explosion"]
         assert ep.onset_step == 600 and ep.loss_impact.excess_loss > 1.0
     assert result.exit_code == 1
+
+
+def test_a_tensor_claiming_a_vast_shape_is_skipped_at_once(tmp_path: Path) -> None:
+    # 300,000 dims of 2**62 in a 3.6 MB record: multiplied out as Python integers, the shape
+    # took hours (its square in the count), and the good run beside it was never reported
+    run = tmp_path / "bomb"
+    write_tbx(run, range(300), extra=False)
+    writer = EventFileWriter(str(run))
+    shape = tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=2**62)] * 300_000)
+    writer.add_event(event_pb2.Event(wall_time=time.time(), step=5, summary=summary_pb2.Summary(
+        value=[_value("train/loss", tensor_pb2.TensorProto(dtype=1, tensor_shape=shape,
+                                                            float_val=[1.0]), "scalars")])))
+    writer.close()
+    script = ("import sys, gradaudit\n"
+              "(r,) = gradaudit.read_runs([sys.argv[1]])\n"
+              "print(len(r.series('train/loss')[0]))\n")
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script, str(run)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "300"  # the vast tensor is no scalar; the rest is read

@@ -32,7 +32,7 @@ from gradaudit.detect.loss_rise import ID as ID_RISE
 from gradaudit.detect.loss_spike import ID as ID_JUMP
 from gradaudit.detect.lr_change import ID as ID_LR
 from gradaudit.detect.lr_change import LrRise, lr_time, warmup_end_step
-from gradaudit.detect.nonfinite import breakdown_starts, loss_broke
+from gradaudit.detect.nonfinite import BROKE_RUN, breakdown_starts, loss_broke
 from gradaudit.episodes import (
     EpisodeParams,
     GradAnalysis,
@@ -138,6 +138,7 @@ class _Candidates:
 
 
 MAX_STEP = 2**53  # steps further from 0 are not exact in float64 (and no training gets there)
+STRAY_STEPS = 0.01  # at most this share of a run's points beyond MAX_STEP are left out, not the run
 #: Consecutive inf/NaN grad norms that can still be loss-scaler overflows: a GradScaler halves
 #: its scale at each, and 16 halvings take its default 65536 to 1 (more: inf at any scale).
 OVERFLOW_RUN = 16
@@ -159,9 +160,17 @@ def _prepare(series: RunSeries, st: Settings) -> _Run | RunAudit:
         notes.append("grad-norm tag has no points")
     far = [max(-int(x[0]), int(x[-1])) for x in (gs, ls) if x.size]  # (sorted; no int64 abs)
     if far and max(far) > MAX_STEP:
-        return _empty(series, "error", notes + [
-            f"steps as far as {max(far)} from 0: beyond +-2**53 ({MAX_STEP}), where steps stop "
-            "being exact numbers, no training logs its steps - are they steps?"])
+        out = [(x < -MAX_STEP) | (x > MAX_STEP) for x in (gs, ls)]
+        n_out = int(sum(np.count_nonzero(o) for o in out))
+        if n_out > max(1, STRAY_STEPS * (gs.size + ls.size)):
+            return _empty(series, "error", notes + [
+                f"steps as far as {max(far)} from 0: beyond +-2**53 ({MAX_STEP}), where steps "
+                "stop being exact numbers, no training logs its steps - are they steps?"])
+        # a stray point or two at an impossible step (a corrupt record, a bad line) is left
+        # out, not the run: one such point hid a real explosion and the gate passed
+        notes.append(f"{n_out} point(s) at steps beyond +-2**53 ({MAX_STEP}; as far as "
+                     f"{max(far)}) left out: no training logs its steps there")
+        (gs, g), (ls, lv) = (gs[~out[0]], g[~out[0]]), (ls[~out[1]], lv[~out[1]])
     if g.size and np.any(np.isfinite(g) & (g < 0)):
         n_neg = int(np.sum(np.isfinite(g) & (g < 0)))
         return _empty(series, "error", notes + [
@@ -563,7 +572,8 @@ class _Judge:
             self.healthy[int(np.searchsorted(run.ls, back)):int(np.searchsorted(run.ls, end))] \
                 = True
         if kind == "divergence" and ID_CLIMB in e.detected_by and harmful is False and \
-                not (end is None and run.has_grad and not np.isfinite(run.g[-1])):
+                not (end is None and run.has_grad and run.g.size >= BROKE_RUN
+                     and not np.isfinite(run.g[-BROKE_RUN:]).any()):
             kind = "level_shift"  # a slow climb that left the loss alone: no divergence (but
             # one on to a grad norm non-finite to the end is)
         if kind == "divergence" and e.nonfinite_only and self._overflow_at_end(harmful, imp):

@@ -57,6 +57,22 @@ def _looks_like_log(name: str) -> bool:
     return any(h in low for h in LOG_NAME_HINTS)
 
 
+#: the kernel's own file systems: a "regular" file there can block a read for ever (/proc/kmsg,
+#: reached through a link to / or to the file), and nothing there is a training log
+_KERNEL_FOLDERS = ("/proc", "/sys", "/dev")
+
+
+def _kernel_devices() -> frozenset[int]:
+    """The devices of :data:`_KERNEL_FOLDERS` on this machine."""
+    devs = set()
+    for path in _KERNEL_FOLDERS:
+        try:
+            devs.add(os.stat(path).st_dev)
+        except OSError:
+            pass
+    return frozenset(devs)
+
+
 def _walk(root: Path, unreadable: list[tuple[str, str]]) -> Iterator[tuple[Path, list[Path]]]:
     """Yield ``(folder, regular files directly in it)``, each real folder once; a folder that
     cannot be listed and a file named like a log that is no regular file go to ``unreadable``.
@@ -69,6 +85,7 @@ def _walk(root: Path, unreadable: list[tuple[str, str]]) -> Iterator[tuple[Path,
     ``latest -> runs/run-x`` - still name ``run-x`` by the first in name order: ``latest``.)
     """
     seen: set[tuple[int, int]] = set()
+    kernel = _kernel_devices()
     order = itertools.count()
     # (symlinks on the way, entered through a link, -push order: depth first), folder
     heap: list[tuple[tuple[int, bool, int], Path]] = [((0, False, 0), root)]
@@ -79,7 +96,7 @@ def _walk(root: Path, unreadable: list[tuple[str, str]]) -> Iterator[tuple[Path,
         except OSError:
             continue
         key = (st.st_dev, st.st_ino)
-        if key in seen:
+        if key in seen or st.st_dev in kernel:
             continue
         seen.add(key)
         files: list[Path] = []
@@ -96,6 +113,10 @@ def _walk(root: Path, unreadable: list[tuple[str, str]]) -> Iterator[tuple[Path,
                         continue
                     children.append((Path(entry.path), entry.is_symlink()))
                 elif entry.is_file(follow_symlinks=True):
+                    if entry.stat().st_dev in kernel:
+                        unreadable.append((entry.path, "a file of the kernel's (/proc, /sys, "
+                                                       "/dev): not read"))
+                        continue
                     files.append(Path(entry.path))
                 elif _looks_like_log(entry.name) and not entry.name.startswith("."):
                     what = "a dangling link (or a link loop)" \
@@ -384,6 +405,9 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> Discovery:
                 continue  # a folder named too reads it, with the rest of its run
             key = file_key(root)
             if key in taken:  # named before, or found in a folder named before
+                continue
+            if key is not None and key[0] in _kernel_devices():
+                unreadable.append((given, "a file of the kernel's (/proc, /sys, /dev): not read"))
                 continue
             claimed = _claim(root.parent, [root])
             if not claimed:

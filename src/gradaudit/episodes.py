@@ -78,7 +78,7 @@ from gradaudit.detect.level_climb import level_climb
 from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
 from gradaudit.detect.loss_rise import loss_rise
 from gradaudit.detect.loss_spike import loss_spike
-from gradaudit.detect.nonfinite import loss_broke, nonfinite
+from gradaudit.detect.nonfinite import BROKE_RUN, loss_broke, nonfinite
 from gradaudit.detect.pelt import level_shifts
 from gradaudit.detect.robust_threshold import RobustLevel, robust_threshold
 
@@ -376,8 +376,9 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
     climb = None
     if open_end and not (comps and comps[-1][1] == n - 1):
         climb = level_climb(x, ratio=p.climb_ratio)
-    elif open_end and nf[n - 1]:
-        # the norm went non-finite for good: a slow climb up to there is a climb to the end (a
+    elif open_end and n >= BROKE_RUN and nf[n - BROKE_RUN:].all():
+        # the norm went non-finite for good (BROKE_RUN points to the end, not one fp16 overflow
+        # in the last step): a slow climb up to there is a climb to the end (a
         # norm growing 3 % a step for 1400 steps, 1e20x, then inf: only the inf was found). Not
         # a blow-up the last episode already holds from its start: a climb read from blocks
         # dates a jump of a few steps to inf up to a few blocks early

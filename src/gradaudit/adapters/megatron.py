@@ -33,9 +33,10 @@ SNIFF_BYTES = 1024 * 1024  # start-up output (argument dumps, warnings) can fill
 #: Where the first MiB shows a distributed job's start-up (``NCCL_DEBUG=INFO`` prints a dozen
 #: lines per rank and channel, megabytes on a large job), the sniff reads on while start-up
 #: lines keep coming: ``STARTUP_REACH`` past the last block holding one, this far at most. (Any
-#: distributed job's stdout starts so: a 300 MB DeepSpeed log read to this limit cost 256 MiB.)
+#: distributed job's stdout starts so: a 300 MB DeepSpeed log read to this limit cost 256 MiB;
+#: 4.6 MB of per-rank warnings after the start-up lines were too far for a 4 MiB reach.)
 LONG_SNIFF_BYTES = 256 * 1024 * 1024
-STARTUP_REACH = 4 * 1024 * 1024
+STARTUP_REACH = 16 * 1024 * 1024  # (a job's per-rank warnings can follow for megabytes)
 _STARTUP = re.compile(rb"NCCL INFO|[Mm]egatron|DeepSpeed|deepspeed|torch\.distributed|> building")
 CHUNK_BYTES = 32 * 1024 * 1024
 
@@ -193,7 +194,9 @@ def _records(lines: list[str], stamps: list[str] | None) -> pl.DataFrame:
     )
     frame = pl.DataFrame(
         {
-            "step": parts.get_column("head").str.extract(r"^(\d+)", 1).cast(pl.Int64),
+            # (an iteration number past int64 is no step: that line is left out, not the log)
+            "step": parts.get_column("head").str.extract(r"^(\d+)", 1)
+            .cast(pl.Int64, strict=False),
             "body": parts.get_column("body"),
         }
     )
