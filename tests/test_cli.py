@@ -599,3 +599,28 @@ def test_progress_is_counted_on_a_terminal_only(tmp_path):
     assert proc.stdout == b""
     piped = subprocess.run(cmd, capture_output=True, timeout=300)
     assert piped.returncode == 1 and b"inputs read" not in piped.stderr
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError])
+def test_the_two_reports_change_together_or_not_at_all(tmp_path, monkeypatch, capsys, failure):
+    # SIGTERM while --json was written left the new HTML beside the previous scan's JSON (the
+    # next scan's baseline); so did a failed --json write (a hostile-input review)
+    from gradaudit import report
+
+    write_table(tmp_path / "runs" / "explosion", "explosion")
+    out, js = tmp_path / "r.html", tmp_path / "r.json"
+    out.write_text("old html")
+    js.write_text("old json")
+    real = report.FORMATTERS["json"]
+
+    def broken(result, stream):
+        real(result, stream)
+        raise failure(28, "No space left on device") if failure is OSError else failure
+
+    monkeypatch.setitem(report.FORMATTERS, "json", broken)
+    code = main(["scan", str(tmp_path / "runs"), "--out", str(out), "--json", str(js)])
+    assert code == (130 if failure is KeyboardInterrupt else 2)
+    assert (out.read_text(), js.read_text()) == ("old html", "old json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html", "r.json", "runs"]
+    if failure is OSError:
+        assert "r.json" in capsys.readouterr().err

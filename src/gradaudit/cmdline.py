@@ -21,6 +21,7 @@ from gradaudit.inspect_view import write_inspection
 from gradaudit.report import (
     FORMATTERS,
     SUFFIXES,
+    ReportWriteError,
     format_for,
     not_a_file,
     show_controls,
@@ -213,15 +214,15 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
             if counter is not None:
                 counter.end()
         _not_an_input(targets, result.input_at)  # one only the scan found: neither written
-        for target, target_fmt in ((out, fmt), (json_out, "json")):
-            if not target:
-                continue
-            if not quiet and target != "-":
-                _progress(f"gradaudit: writing the {target_fmt} report to {target} ...")
-            try:
-                result.write(target, target_fmt)
-            except OSError as exc:  # no space, no permission, ...: named by the report's path
-                raise click.FileError(target, exc.strerror or str(exc)) from exc
+        written = [(t, f) for t, f in ((out, fmt), (json_out, "json")) if t]
+        if not quiet:
+            for target, target_fmt in written:
+                if target != "-":
+                    _progress(f"gradaudit: writing the {target_fmt} report to {target} ...")
+        try:  # (both or neither: an interrupt between them left a new --out beside an old --json)
+            result.write_all(written)
+        except ReportWriteError as exc:  # no space, no permission, ...: named by its path
+            raise click.FileError(exc.path, exc.strerror or str(exc)) from exc
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
     if result.exit_code == 2:  # nothing audited, or a path given unread: say why in a CI log

@@ -128,9 +128,16 @@ class AuditResult:
     def write(self, path: str, fmt: str | None = None) -> None:
         """Write the report to ``path`` (``-`` for stdout) atomically, in ``fmt`` or by suffix;
         a UsageError, and nothing written, where ``path`` is a file the scan read."""
-        from gradaudit.report import write_report
+        self.write_all([(path, fmt)])
 
-        log = self.input_at(path)
-        if log is not None:
-            raise UsageError(f"cannot write the report: {overwrite_message(path, log)}")
-        write_report(self, path, fmt)
+    def write_all(self, targets: list[tuple[str, str | None]]) -> None:
+        """Write each ``(path, fmt)`` report so that they change together (all renamed into
+        place once all are written: :func:`gradaudit.report.write_reports`); a UsageError,
+        and nothing written, where a path is a file the scan read."""
+        from gradaudit.report import write_reports
+
+        for path, _ in targets:
+            log = self.input_at(path)
+            if log is not None:
+                raise UsageError(f"cannot write the report: {overwrite_message(path, log)}")
+        write_reports(self, targets)

@@ -124,18 +124,65 @@ def write_report(result: object, path: str, fmt: str | None = None) -> None:
     would be replaced by a file. A symlink to a regular file is replaced, not written through
     (one planted in a shared folder would otherwise redirect the report onto its target).
     """
-    fmt = format_for(path, fmt)
-    writer = FORMATTERS[fmt]
+    write_reports(result, [(path, fmt)])
+
+
+class ReportWriteError(OSError):
+    """Writing one report failed (``path``: which; the OSError it raised is the cause)."""
+
+    def __init__(self, path: str, exc: OSError) -> None:
+        super().__init__(exc.errno, exc.strerror or str(exc))
+        self.path = path
+
+
+def write_reports(result: object, targets: list[tuple[str, str | None]]) -> None:
+    """Write ``result`` to each ``(path, fmt)`` as :func:`write_report` does, so that they change
+    together: every report to a file is written to a temporary file first, and all are renamed
+    into place once all are written. An interrupt or a failed write before then leaves every
+    earlier report as it was (a new HTML report beside the previous scan's JSON, the next
+    scan's baseline, was possible). A failed write raises :class:`ReportWriteError`."""
+    staged: list[tuple[str, str]] = []  # (temporary file, report path)
+    try:
+        for path, fmt in targets:
+            if path != "-" and not not_a_file(path):
+                staged.append((_stage(result, path, fmt), path))
+        for path, fmt in targets:
+            if path == "-" or not_a_file(path):
+                _write_stream(result, path, fmt)
+        for tmp, path in staged:
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise ReportWriteError(path, exc) from exc
+        staged = []
+    finally:
+        for tmp, _ in staged:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _write_stream(result: object, path: str, fmt: str | None) -> None:
+    """A report onto stdout (``-``) or a path that is no regular file, the whole at once."""
+    writer = FORMATTERS[format_for(path, fmt)]
     if path == "-":
         writer(result, sys.stdout)
         sys.stdout.flush()
         return
-    if not_a_file(path):
-        text = io.StringIO()
-        writer(result, text)
+    text = io.StringIO()
+    writer(result, text)
+    try:
         with open(path, "w", encoding="utf-8", errors=PRINTABLE, newline="\n") as stream:
             stream.write(text.getvalue())
-        return
+    except OSError as exc:
+        raise ReportWriteError(path, exc) from exc
+
+
+def _stage(result: object, path: str, fmt: str | None) -> str:
+    """The report for ``path`` written to a temporary file beside it, with the final
+    permissions: its path (removed again where writing it fails)."""
+    writer = FORMATTERS[format_for(path, fmt)]
     directory = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".gradaudit-", suffix=".tmp", dir=directory)
@@ -145,13 +192,15 @@ def write_report(result: object, path: str, fmt: str | None = None) -> None:
         with os.fdopen(fd, "w", encoding="utf-8", errors=PRINTABLE, newline="\n") as stream:
             writer(result, stream)
         os.chmod(tmp, _final_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise ReportWriteError(path, exc) from exc
         raise
+    return tmp
 
 
 # --- shared by the formats ------------------------------------------------------------------
