@@ -624,3 +624,10 @@ def test_the_two_reports_change_together_or_not_at_all(tmp_path, monkeypatch, ca
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html", "r.json", "runs"]
     if failure is OSError:
         assert "r.json" in capsys.readouterr().err
+
+
+def test_a_missing_path_s_control_characters_never_reach_the_terminal(tmp_path, capsys):
+    # scan $'nope\e]0;pwned\a' printed the escape sequence raw (a terminal title change)
+    assert main(["scan", str(tmp_path / "nope\x1b]0;pwned\x07")]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "nope" in err

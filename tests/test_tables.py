@@ -658,3 +658,17 @@ def test_a_wide_table_with_a_text_column_and_a_resume_is_still_wide(tmp_path: Pa
     for name in ("phase.csv", "date.csv", "host.csv"):
         assert runs[name].tags() == ["loss"] and _values(runs[name], "loss")[40] == 2.0
         assert any("written again" in n for n in runs[name].notes)
+
+
+def test_a_table_naming_a_million_columns_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    # 1,000,000 columns of three rows: 14 MB that took 6 GB and a minute to read (a review);
+    # beside it, a good run is read
+    header = ",".join(["step"] + [f"m{i}" for i in range(1_000_000)])
+    rows = "\n".join(",".join([str(s)] + ["1"] * 1_000_000) for s in range(3))
+    (tmp_path / "wide.csv").write_text(header + "\n" + rows + "\n")
+    (tmp_path / "good.csv").write_text(
+        "step,loss,grad_norm\n" + "".join(f"{s},{2.0 - s / 1000},1.0\n" for s in range(300)))
+    result = gradaudit.scan([tmp_path])
+    assert [r.run for r in result.runs] == ["good.csv"]
+    (err,) = result.errors
+    assert err.path.endswith("wide.csv") and "1000001 columns" in err.message

@@ -202,9 +202,15 @@ def test_lightning_s_other_norm_types_are_grad_norms():
     for kind in ("1.0", "inf"):
         tags = [f"grad_{kind}_norm_total", f"grad_{kind}_norm/layer.0.weight", "train_loss_step",
                 "epoch"]
-        assert choose_tags(tags).grad_norm == f"grad_{kind}_norm_total"
+        choice = choose_tags(tags)
+        assert choice.grad_norm == f"grad_{kind}_norm_total"
+        # its clip thresholds are in that norm's units, not clip_grad_norm_'s default 2-norm
+        norm_type = "1" if kind == "1.0" else "inf"
+        assert any("norm, not the 2-norm" in n and f"norm_type={norm_type})" in n
+                   for n in choice.notes), choice.notes
     both = ["grad_inf_norm_total", "grad_2.0_norm_total", "train_loss"]
     assert choose_tags(both).grad_norm == "grad_2.0_norm_total"
+    assert not choose_tags(both).notes
 
 
 def test_detectron2_s_total_loss_wins_over_its_parts():

@@ -224,7 +224,7 @@ def scan(paths: tuple[str, ...], out: str | None, fmt: str | None, json_out: str
         except ReportWriteError as exc:  # no space, no permission, ...: named by its path
             raise click.FileError(exc.path, exc.strerror or str(exc)) from exc
     except UsageError as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise click.UsageError(show_controls(str(exc))) from exc
     if result.exit_code == 2:  # nothing audited, or a path given unread: say why in a CI log
         first = f" (first: {result.errors[0].path}: {result.errors[0].message})" \
             if result.errors else ""
@@ -267,7 +267,7 @@ def inspect(paths: tuple[str, ...], fmt: str, grad_tag: str | None, loss_tag: st
         found = api.inspect(paths, grad_tag=settings.grad_tag, loss_tag=settings.loss_tag,
                             workers=settings.workers, timeout=settings.timeout)
     except UsageError as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise click.UsageError(show_controls(str(exc))) from exc
     write_inspection(found, sys.stdout, fmt, show_tags)
     return found.exit_code
 

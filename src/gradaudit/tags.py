@@ -109,6 +109,7 @@ _SAMPLE_INDEXED = re.compile(r"vs samples|vs tokens|samples/|tokens/", re.IGNORE
 _GRAD_NORM = re.compile(r"(grad(ient)?s?[ _\-/.]*(l?[12][ _\-.]*|[12]\.0[ _\-]*|inf[ _\-]*)?norm"
                         r"|gnorm)", re.I)
 _LOSS = re.compile(r"loss", re.IGNORECASE)
+_OTHER_NORM = re.compile(r"grad(?:ient)?s?[ _\-/.]*(inf|l?1(?:\.0)?)[ _\-.]*norm", re.IGNORECASE)
 # (and the auxiliary losses of mixture-of-experts and OLMo models: never the training loss)
 _AUX_LOSS = re.compile(r"aux|z[ _\-]?loss|load[ _\-]?balanc|router", re.IGNORECASE)
 _NOT_LOSS = re.compile(r"scale|scaler|ppl|perplexity|weight|coef|skipped|" + _AUX_LOSS.pattern,
@@ -298,6 +299,13 @@ def choose_tags(
         notes.append(f"the grad norm {grad!r} is logged after clipping: a spike shows only up to "
                      "the clip threshold (log the norm before clipping: "
                      "torch.nn.utils.clip_grad_norm_ returns it)")
+    other = _OTHER_NORM.search(grad) if grad is not None else None
+    if other is not None:
+        kind = "max (inf)" if other.group(1).lower() == "inf" else "1"
+        notes.append(f"the grad norm {grad!r} is the {kind}-norm, not the 2-norm: clip thresholds "
+                     f"below are in its units (clip_grad_norm_(..., norm_type="
+                     f"{'inf' if kind.startswith('max') else '1'}) clips by it; the default is "
+                     "the 2-norm)")
     indexed = [t for t in (grad, loss) if t is not None and _SAMPLE_INDEXED.search(t)]
     if indexed:  # (only where nothing indexed by step was there: they rank last)
         notes.append(f"{' and '.join(map(repr, indexed))} "

@@ -16,6 +16,7 @@ import polars as pl
 from gradaudit.adapters import _tables
 from gradaudit.adapters.base import (
     DUPLICATED_HEADER,
+    MAX_LINE,
     RawRun,
     Source,
     check_text,
@@ -101,11 +102,26 @@ def _duplicates(lf: pl.LazyFrame, path: Path) -> list[FileProblem]:
                         f"once: that column is read as {c!r}") for c in again]
 
 
+#: the most columns a table's header may name (a W&B export of many runs and metrics holds
+#: 10^5; a million columns of three rows, 14 MB, took 6 GB to read)
+MAX_COLUMNS = 200_000
+
+
+def _header_columns(path: Path, sep: str) -> int:
+    """How many columns the header line names (counted in its first ``MAX_LINE`` bytes)."""
+    with path.open("rb") as fh:
+        head = fh.readline(MAX_LINE)
+    return head.count(sep.encode()) + 1
+
+
 def read_file(path: Path) -> list[RawRun]:
     """Read one CSV/TSV table into raw runs."""
     nonempty_size(path)
     check_text(path)
     sep = SUFFIXES.get(path.suffix.lower(), ",")
+    if (n := _header_columns(path, sep)) > MAX_COLUMNS:
+        raise ReadError(f"the header names {n} columns, more than {MAX_COLUMNS}: not a metrics "
+                        "table gradaudit reads")
     problems: list[FileProblem] = []
     try:
         try:
