@@ -334,3 +334,16 @@ def test_all_steps_clipped_counts_the_warm_up_and_the_episodes_too():
     p99 = next(o for o in a.clip.options if o.method == "p99-healthy")
     assert p99.healthy_clipped_fraction <= 0.01 < 0.05 < p99.all_clipped_fraction
     assert p99.to_dict()["all_clipped_fraction"] == pytest.approx(p99.all_clipped_fraction)
+
+
+def test_the_batch_suggestion_is_the_largest_p99_where_quantile_costs_rule_out_both(
+        monkeypatch):
+    # a run's cost is read from its kept quantiles (to 0.1 %): on a 300,000-step run even the
+    # largest p99 read over 1 %, no option qualified, and the scan crashed (StopIteration)
+    import gradaudit.clip as clip_module
+
+    s, g, loss = healthy(seed=1)
+    audits = [audit_run(run_series(s, g, loss))]
+    monkeypatch.setattr(clip_module, "_cost", lambda q, thr: 0.02)
+    b = batch_clip(audits)
+    assert b.method == "max-of-runs-p99-healthy"

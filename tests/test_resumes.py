@@ -96,14 +96,16 @@ def test_the_steps_a_later_pass_never_reached_keep_their_pass(tmp_path: Path) ->
                for n in runs["job#pass1"].notes), runs["job#pass1"].notes
 
 
-def test_each_rewind_is_a_pass_as_the_run_stood_then(tmp_path: Path) -> None:
+@pytest.mark.parametrize("grad_first", [True, False])
+def test_each_rewind_is_a_pass_as_the_run_stood_then(tmp_path: Path, grad_first: bool) -> None:
     run = tmp_path / "logs" / "job"
     # three launches: blew up at 500 (crashed at 599), resumed from 400, blew up at 900 (crashed
-    # at 999), resumed from 800; the resumed process writes the grad norm before the loss
+    # at 999), resumed from 800; the resumed processes write the grad norm before the loss, or
+    # after it (then the second pass took the first launch's grad norm: a review)
     _write(run, range(600), lambda s: _blown_loss(s, 500), lambda s: _blown_grad(s, 500))
     _write(run, range(400, 1000), lambda s: _blown_loss(s, 900), lambda s: _blown_grad(s, 900),
-           grad_first=True)
-    _write(run, range(800, 1500), _loss, _grad, grad_first=True)
+           grad_first=grad_first)
+    _write(run, range(800, 1500), _loss, _grad, grad_first=grad_first)
     runs = {r.name: r for r in gradaudit.read_runs([run.parent])}
     assert set(runs) == {"job", "job#pass1", "job#pass2"}
     for name, blown, end in (("job#pass1", 500, 599), ("job#pass2", 900, 999)):
@@ -221,4 +223,23 @@ def test_a_step_counter_that_restarts_every_epoch_is_one_run(tmp_path: Path) -> 
     # lower each time - no resume from a checkpoint, and no pass per epoch
     rows = [(s, 2.0 / (1 + epoch) + 0.01 * NOISE[s], _grad(s))
             for epoch in range(20) for s in range(100)]
+    assert [r.name for r in gradaudit.read_runs([_table(tmp_path, rows)])] == ["metrics.csv"]
+
+
+def test_a_table_whose_grad_norm_is_logged_sparsely_keeps_the_pass_s_own(tmp_path: Path) -> None:
+    # the grad norm every 100 steps never goes below a step it wrote: after a restart from 850
+    # it writes 900 again. The pass took the later pass's 900 (healthy) for its own (100x), and
+    # read the blow-up as a loss spike "with no grad-norm rise" (a review)
+    rows = [(s, _blown_loss(s, 900), _blown_grad(s, 900) if s % 100 == 0 else None)
+            for s in range(1000)]
+    rows += [(s, _loss(s), _grad(s) if s % 100 == 0 else None) for s in range(850, 3000)]
+    runs = {r.name: r for r in gradaudit.read_runs([_table(tmp_path, rows)])}
+    steps, values = runs["metrics.csv#pass1"].series("grad_norm")
+    assert steps[-1] == 900 and values[-1] > 50
+
+
+def test_an_overflow_in_the_last_step_before_a_preemption_is_no_pass(tmp_path: Path) -> None:
+    rows = _rows(range(1000))
+    rows[999] = (999, _loss(999), float("inf"))  # fp16: skipped; then preempted
+    rows += _rows(range(800, 1500))
     assert [r.name for r in gradaudit.read_runs([_table(tmp_path, rows)])] == ["metrics.csv"]

@@ -195,8 +195,8 @@ def batch_clip(audits: list[RunAudit], max_cost: float = 0.01) -> ClipSuggestion
                              "the largest of the runs' p99-healthy")]
     # as for one run: the smallest that clips at most max_cost of every run's healthy steps
     # (the largest p99 always does; the median does where the runs are alike)
-    best = next(o for o in options if all(_cost(r[3], o.threshold) <= max_cost + 1e-12
-                                          for r in runs))
+    best = next((o for o in options if all(_cost(r[3], o.threshold) <= max_cost + 1e-12
+                                           for r in runs)), options[-1])  # (quantiles to 0.1 %)
     return ClipSuggestion(best.threshold, best.method, options, None)
 
 

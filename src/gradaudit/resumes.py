@@ -42,7 +42,7 @@ STRETCH_GRAD_LEVEL = 10.0
 
 #: the passes of one run kept as runs of their own (each is audited), and the rewinds of one
 #: run compared at most: more are steps logged out of order, not resumes
-MAX_PASSES, MAX_REWINDS = 20, 200
+MAX_PASSES, MAX_REWINDS = 20, 1000
 #: rewinds to a tag's first step, this many or more, are a step counter that restarts
 RESTARTS_FROM_SCRATCH = 3
 
@@ -102,26 +102,41 @@ def _survivors(steps: np.ndarray, values: np.ndarray, n: int) -> Series:
 
 
 def _pass_ends(ref: list[tuple[int, int]], ref_walls: np.ndarray | None,
-               other: list[tuple[int, int]], walls: np.ndarray | None, n: int) -> list[int]:
+               other: list[tuple[int, int]], walls: np.ndarray | None, n: int,
+               steps: np.ndarray | None = None) -> list[int]:
     """For each rewind of the reference tag (``(i, step)``), how many of another tag's writes
     belong to the pass it ended: those written before it (by wall time, where both tags have
     it: the earliest restart write of either), else those before the other tag's rewind of the
-    same rank where both rewound as often (a table holds each tag's writes apart), else all
-    ``n`` (the caller keeps the ones up to the pass's last step)."""
+    same rank where both rewound as often (a table holds each tag's writes apart), else those
+    before its own write of a step it had written (``steps``), nearest in step, else all ``n``
+    (the caller keeps the ones up to the pass's last step)."""
     if ref_walls is not None and walls is not None:
         order = np.maximum.accumulate(walls)  # (write order: times that never go back)
         other_at = np.array([walls[i] for i, _ in other]) if other else np.empty(0)
-        ends, prev = [], -np.inf
+        ends = []
         for i, _ in ref:
             cut = ref_walls[i]
-            near = other_at[(other_at > prev) & (other_at <= cut)]
-            cut = min(cut, float(near.min())) if near.size else cut
+            if other_at.size:  # the other's restart write nearest in time, if it came first
+                near = float(other_at[int(np.argmin(np.abs(other_at - cut)))])
+                cut = min(cut, near)
             ends.append(int(np.searchsorted(order, cut, side="left")))
-            prev = ref_walls[i]
         return ends
     if len(other) == len(ref):
         return [i for i, _ in other]
-    return [n] * len(ref)
+    if steps is None:
+        return [n] * len(ref)
+    # a table: where the other series wrote a step again (a series logged every 100 steps
+    # writes its last one again after a restart, never one below it), nearest in step
+    again = np.flatnonzero(steps[1:] <= steps[:-1]) + 1
+    ends, j = [], 0
+    for _, step in ref:
+        if j < again.size:
+            k = j + int(np.argmin(np.abs(steps[again[j:]] - step)))
+            ends.append(int(again[k]))
+            j = k + 1
+        else:
+            ends.append(n)
+    return ends
 
 
 def _running_max(values: np.ndarray, width: int) -> float:
@@ -155,15 +170,16 @@ def _stands_out(resumed_at: int, first: tuple[Series | None, Series | None],
         if a.size == 0 or b.size == 0:
             continue
         what = "training loss" if k == 0 else "grad norm"
-        # non-finite for good (3 in a row, or to the pass's end: what it crashed on), not an
-        # fp16 overflow step the optimizer skipped
-        if loss_broke(np.isfinite(a), True) and not loss_broke(np.isfinite(b), False):
+        # non-finite for good (3 in a row), not an fp16 overflow step the optimizer skipped,
+        # also in the pass's last step
+        if loss_broke(np.isfinite(a), False) and not loss_broke(np.isfinite(b), False):
             why.append(f"its {what} went non-finite, the later pass's did not")
             continue
         if k == 0:
-            # (the last two points before the crash count as one more running median: a loss
-            # logged every 20 steps that blew up for its last two is no wider bump than that)
-            hi = max(_running_max(a, STRETCH_SMOOTH), _running_max(a[-2:], 2))
+            # (the lower of the last two points before the crash counts as one more running
+            # median: a loss logged every 20 steps that blew up for its last two is no wider)
+            tail = a[-2:][np.isfinite(a[-2:])]
+            hi = max(_running_max(a, STRETCH_SMOOTH), float(tail.min()) if tail.size else np.nan)
             hi_later = _running_max(b, STRETCH_SMOOTH)
             # (a noisy loss's running median wanders by some of its batch noise: a rise must
             # clear STRETCH_NOISE sigmas of it too)
@@ -196,7 +212,9 @@ def cut_short_passes(points: pl.DataFrame | pl.LazyFrame, run: RunSeries) -> lis
     if not chosen or not run.notes:  # (a rewind always leaves a note on the run)
         return []
     df = points.collect() if isinstance(points, pl.LazyFrame) else points
-    df = df.filter(pl.col("tag").cast(pl.String).is_in(chosen) & pl.col("step").is_not_null())
+    # (a stray point at an impossible step, a corrupt record, is no rewind: gradaudit.audit)
+    df = df.filter(pl.col("tag").cast(pl.String).is_in(chosen) & pl.col("step").is_not_null()
+                   & (pl.col("step").abs() <= 2**53))
     per_tag: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for tag in chosen:
         sub = df.filter(pl.col("tag").cast(pl.String) == tag)
@@ -218,7 +236,8 @@ def cut_short_passes(points: pl.DataFrame | pl.LazyFrame, run: RunSeries) -> lis
         return []
     walls = {t: w if np.isfinite(w).all() else None for t, (_, _, w) in per_tag.items()}
     ends = {t: [i for i, _ in starts] if t == ref else
-            _pass_ends(starts, walls[ref], rewinds[t], walls[t], per_tag[t][0].size)
+            _pass_ends(starts, walls[ref], rewinds[t], walls[t], per_tag[t][0].size,
+                       per_tag[t][0])
             for t in chosen}
     final = tuple(run.series(t) for t in (run.loss_tag, run.grad_norm_tag))
     out: list[RunSeries] = []
