@@ -243,3 +243,57 @@ def test_an_overflow_in_the_last_step_before_a_preemption_is_no_pass(tmp_path: P
     rows[999] = (999, _loss(999), float("inf"))  # fp16: skipped; then preempted
     rows += _rows(range(800, 1500))
     assert [r.name for r in gradaudit.read_runs([_table(tmp_path, rows)])] == ["metrics.csv"]
+
+
+def test_a_crash_to_nan_logged_every_20_steps_is_a_pass(tmp_path: Path) -> None:
+    # two NaN points to the pass's end, the loss logged every 20 steps: non-finite for good
+    nan = float("nan")
+    rows = [(s, _loss(s) if s < 960 else nan, _grad(s) if s < 960 else nan)
+            for s in range(0, 1000, 20)]
+    rows += [(s, _loss(s), _grad(s)) for s in range(800, 1500, 20)]
+    runs = {r.name: r for r in gradaudit.read_runs([_table(tmp_path, rows)])}
+    assert set(runs) == {"metrics.csv", "metrics.csv#pass1"}
+
+
+def test_a_sparse_series_written_twice_a_step_is_cut_at_its_restart(tmp_path: Path) -> None:
+    # the grad norm every 100 steps on two rows each (Lightning logs a step's metrics on two
+    # rows): its repeats before the steps trained again are no restart (a review)
+    rows = []
+    for s in range(1000):
+        grad = _blown_grad(s, 900) if s % 100 == 0 else None
+        rows.append((s, _blown_loss(s, 900), grad))
+        if grad is not None:
+            rows.append((s, None, grad))
+    for s in range(850, 2000):
+        grad = _grad(s) if s % 100 == 0 else None
+        rows.append((s, _loss(s), grad))
+        if grad is not None:
+            rows.append((s, None, grad))
+    runs = {r.name: r for r in gradaudit.read_runs([_table(tmp_path, rows)])}
+    steps, values = runs["metrics.csv#pass1"].series("grad_norm")
+    assert steps[-1] == 900 and values[-1] > 50
+
+
+def test_a_sparse_grad_norm_is_cut_at_its_own_restart_nearest_in_time(tmp_path: Path) -> None:
+    # TensorBoard, the grad norm every 100 steps: launch 2's grad norm blew up at 1900, and
+    # launch 3 wrote step 1900 again (no step below one it wrote). The second pass was cut at
+    # launch 2's restart, nearest by the old rule, and had launch 1's norms (a review)
+    run = tmp_path / "logs" / "job"
+
+    def launch(steps, grad):
+        if any(run.glob("*tfevents*")):
+            time.sleep(1.1)
+        w = SummaryWriter(str(run), flush_secs=3600, max_queue=100_000)
+        for s in steps:
+            w.add_scalar("train/loss", _loss(s % 4000), s)
+            if s % 100 == 0:
+                w.add_scalar("train/grad_norm", grad(s), s)
+        w.close()
+
+    launch(range(0, 1051), _grad)
+    launch(range(850, 2000), lambda s: _grad(s) * (100.0 if s >= 1900 else 1.0))
+    launch(range(1900, 2500), _grad)
+    runs = {r.name: r for r in gradaudit.read_runs([run.parent])}
+    assert "job#pass2" in runs, sorted(runs)
+    steps, values = runs["job#pass2"].series("train/grad_norm")
+    assert steps[-1] == 1900 and values[-1] > 50

@@ -101,41 +101,40 @@ def _survivors(steps: np.ndarray, values: np.ndarray, n: int) -> Series:
     return s[keep], v[keep]
 
 
-def _pass_ends(ref: list[tuple[int, int]], ref_walls: np.ndarray | None,
-               other: list[tuple[int, int]], walls: np.ndarray | None, n: int,
-               steps: np.ndarray | None = None) -> list[int]:
-    """For each rewind of the reference tag (``(i, step)``), how many of another tag's writes
-    belong to the pass it ended: those written before it (by wall time, where both tags have
-    it: the earliest restart write of either), else those before the other tag's rewind of the
-    same rank where both rewound as often (a table holds each tag's writes apart), else those
-    before its own write of a step it had written (``steps``), nearest in step, else all ``n``
+def _pass_ends(ref: list[tuple[int, int]], tops: list[int], ref_walls: np.ndarray | None,
+               other: list[tuple[int, int]], walls: np.ndarray | None,
+               steps: np.ndarray) -> list[int]:
+    """For each rewind of the reference tag (``(i, step)``; ``tops``: each pass's last step),
+    how many of another tag's writes (``steps``) belong to the pass it ended: those written
+    before it, by wall time where both tags have it (or before the other's own restart write,
+    one not above the step it wrote before, nearer in time to this restart than to the ones
+    either side: written just before the loss), else those before the other tag's rewind of
+    the same rank where both rewound as often (a table holds each tag's writes apart), else
+    those before its first write not above the one before it at a step the pass trained again
+    (a series logged every 100 steps writes its last one again after a restart), else all
     (the caller keeps the ones up to the pass's last step)."""
+    n = steps.size
+    again = np.flatnonzero(steps[1:] <= steps[:-1]) + 1  # restart writes, strict or not
     if ref_walls is not None and walls is not None:
         order = np.maximum.accumulate(walls)  # (write order: times that never go back)
-        other_at = np.array([walls[i] for i, _ in other]) if other else np.empty(0)
+        at = [float(ref_walls[i]) for i, _ in ref]
+        other_at = walls[again]
         ends = []
-        for i, _ in ref:
-            cut = ref_walls[i]
-            if other_at.size:  # the other's restart write nearest in time, if it came first
-                near = float(other_at[int(np.argmin(np.abs(other_at - cut)))])
-                cut = min(cut, near)
+        for k, cut in enumerate(at):
+            lo = (at[k - 1] + cut) / 2 if k else -np.inf
+            hi = (cut + at[k + 1]) / 2 if k + 1 < len(at) else np.inf
+            near = other_at[(other_at > lo) & (other_at < hi)]
+            if near.size:
+                cut = min(cut, float(near[int(np.argmin(np.abs(near - cut)))]))
             ends.append(int(np.searchsorted(order, cut, side="left")))
         return ends
     if len(other) == len(ref):
         return [i for i, _ in other]
-    if steps is None:
-        return [n] * len(ref)
-    # a table: where the other series wrote a step again (a series logged every 100 steps
-    # writes its last one again after a restart, never one below it), nearest in step
-    again = np.flatnonzero(steps[1:] <= steps[:-1]) + 1
-    ends, j = [], 0
-    for _, step in ref:
-        if j < again.size:
-            k = j + int(np.argmin(np.abs(steps[again[j:]] - step)))
-            ends.append(int(again[k]))
-            j = k + 1
-        else:
-            ends.append(n)
+    ends, prev = [], 0
+    for (_, step), top in zip(ref, tops, strict=True):
+        cand = again[(again > prev) & (steps[again] >= step) & (steps[again] <= top)]
+        prev = int(cand[0]) if cand.size else prev
+        ends.append(int(cand[0]) if cand.size else n)
     return ends
 
 
@@ -172,7 +171,8 @@ def _stands_out(resumed_at: int, first: tuple[Series | None, Series | None],
         what = "training loss" if k == 0 else "grad norm"
         # non-finite for good (3 in a row), not an fp16 overflow step the optimizer skipped,
         # also in the pass's last step
-        if loss_broke(np.isfinite(a), False) and not loss_broke(np.isfinite(b), False):
+        # (the loss non-finite to the pass's end too: a crash logged every 20 steps)
+        if loss_broke(np.isfinite(a), k == 0) and not loss_broke(np.isfinite(b), False):
             why.append(f"its {what} went non-finite, the later pass's did not")
             continue
         if k == 0:
@@ -235,14 +235,14 @@ def cut_short_passes(points: pl.DataFrame | pl.LazyFrame, run: RunSeries) -> lis
                          "not resumes; the passes were not compared")
         return []
     walls = {t: w if np.isfinite(w).all() else None for t, (_, _, w) in per_tag.items()}
+    tops = [int(per_tag[ref][0][:i].max()) for i, _ in starts]  # each pass's last step
     ends = {t: [i for i, _ in starts] if t == ref else
-            _pass_ends(starts, walls[ref], rewinds[t], walls[t], per_tag[t][0].size,
-                       per_tag[t][0])
+            _pass_ends(starts, tops, walls[ref], rewinds[t], walls[t], per_tag[t][0])
             for t in chosen}
     final = tuple(run.series(t) for t in (run.loss_tag, run.grad_norm_tag))
     out: list[RunSeries] = []
-    for k, (i_ref, step) in enumerate(starts, start=1):
-        top = int(per_tag[ref][0][:i_ref].max())  # the pass's last step
+    for k, (_, step) in enumerate(starts, start=1):
+        top = tops[k - 1]
         first = {}
         for t in chosen:
             got = _survivors(*per_tag[t][:2], ends[t][k - 1])
