@@ -9,7 +9,7 @@ median, a training loss well above its highest, a value gone non-finite for good
 reached steps the later pass never did, is therefore kept as a run of its own,
 ``<run>#pass<k>``: the run as it stood when the k-th rewind began (a write below the step
 written just before it, in the loss or the grad norm, whichever went back more often; the
-other series cut there by wall time, or at its own rewind of the same rank). A resume that
+other series cut at its own restart write: :func:`_pass_ends`). A resume that
 trained the same steps again alike, with other batches or not, is only the note the series
 already carry; so are a step counter that goes back to its first step 3 times or more (per
 epoch) and steps that go back over ``MAX_REWINDS`` times (written out of order).
@@ -152,10 +152,11 @@ def _stands_out(resumed_at: int, first: tuple[Series | None, Series | None],
                 later: tuple[Series, Series]) -> list[str]:
     """What a pass cut short by a resume from ``resumed_at`` holds that the later pass over
     the same steps does not (``(loss, grad norm)`` each): a grad norm over
-    ``REDONE_GRAD_FACTOR`` x the later pass's highest there, a training loss (running median of
-    ``STRETCH_SMOOTH`` points) over ``STRETCH_LOSS_RISE`` and ``STRETCH_NOISE`` sigmas of its
-    batch noise above its highest, a value gone
-    non-finite on this pass only, or points past the later pass's last step. Compared as
+    ``REDONE_GRAD_FACTOR`` x the later pass's highest there and ``STRETCH_GRAD_LEVEL`` x its
+    median, a training loss (running median of ``STRETCH_SMOOTH`` points, or the lower of its
+    last two) over ``STRETCH_LOSS_RISE`` and ``STRETCH_NOISE`` sigmas of its batch noise above
+    its highest, a value gone non-finite for good on this pass only (3 in a row; the loss also
+    to the pass's end), or points past the later pass's last step. Compared as
     stretches, not step by step: a resume that draws other batches moves each step's value."""
     why: list[str] = []
     beyond = np.empty(0, np.int64)
