@@ -672,3 +672,24 @@ def test_a_table_naming_a_million_columns_is_refused_before_it_is_read(tmp_path:
     assert [r.run for r in result.runs] == ["good.csv"]
     (err,) = result.errors
     assert err.path.endswith("wide.csv") and "1000001 columns" in err.message
+
+
+@pytest.mark.parametrize("bad_line", [False, True])
+def test_json_lines_that_quote_their_numbers_are_read_as_numbers(tmp_path: Path,
+                                                                 bad_line: bool) -> None:
+    # fairseq's JSON log lines quote every value ("loss": "2.345"): read as text, the metrics
+    # were dropped and the run had "no grad-norm series" (a review). A bad line sends the file
+    # through the line-by-line reader, which must read them alike
+    lines = []
+    for s in range(1, 1201):
+        g = 80.0 if 700 <= s < 705 else 0.3 + 0.01 * (s % 7)
+        loss = 2.0 - s / 2000 + (1.0 if s >= 700 else 0.0)
+        lines.append(json.dumps({"epoch": 1, "step": str(s), "loss": f"{loss:.3f}",
+                                 "gnorm": f"{g:.3f}", "lr": "0.001", "train_wall": "0"}))
+    if bad_line:
+        lines.insert(300, "{not json")
+    (tmp_path / "train_inner.jsonl").write_text("\n".join(lines) + "\n")
+    (run,) = _runs(tmp_path).values()
+    assert (run.grad_norm_tag, run.loss_tag) == ("gnorm", "loss")
+    steps, values = run.series("gnorm")
+    assert steps.size == 1200 and values.max() == 80.0

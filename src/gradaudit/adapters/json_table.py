@@ -115,14 +115,28 @@ def _cell(v: Any) -> float | str | None:
     return None
 
 
+def _number(text: str) -> float | None:
+    """``text`` read as a number, or None."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _column(values: list[Any]) -> pl.Series | None:
-    """A Float64 column when the cells are numbers, a String column when they are text."""
+    """A Float64 column when the cells are numbers - or text that mostly reads as numbers
+    (fairseq's JSON log lines quote every value: ``"loss": "2.345"``) - a String column when
+    they are text."""
     cells = [_cell(v) for v in values]
     n_num = sum(1 for c in cells if isinstance(c, float))
     n_str = sum(1 for c in cells if isinstance(c, str))
     if n_num >= n_str and n_num:
         return pl.Series([c if isinstance(c, float) else None for c in cells], dtype=pl.Float64)
     if n_str:
+        read = [_number(c) if isinstance(c, str) else c for c in cells]
+        if 2 * sum(1 for r in read if isinstance(r, float)) >= n_num + n_str:
+            return pl.Series([r if isinstance(r, float) else None for r in read],
+                             dtype=pl.Float64)
         return pl.Series([c if isinstance(c, str) else None for c in cells], dtype=pl.String)
     return None
 
@@ -210,6 +224,23 @@ def _lines_python(path: Path, problems: list[FileProblem]) -> pl.DataFrame:
     return frame
 
 
+def _numbers_as_text(lf: pl.LazyFrame, rows: int = 5000) -> set[str]:
+    """Text columns whose first ``rows`` values are mostly numbers (fairseq's JSON log lines
+    quote every value, ``"loss": "2.345"``: read as text, they were no metric at all)."""
+    schema = lf.collect_schema()
+    names = [n for n, dt in schema.items() if dt == pl.String]
+    if not names:
+        return set()
+    sample = lf.select(names).head(rows).collect()
+    out = set()
+    for name in names:
+        text = sample.get_column(name).str.strip_chars()
+        text = text.filter(text.is_not_null() & (text != ""))
+        if text.len() and 2 * text.cast(pl.Float64, strict=False).null_count() < text.len():
+            out.add(name)
+    return out
+
+
 def _read_lines(path: Path, size: int, problems: list[FileProblem]) -> pl.LazyFrame:
     try:
         lf = pl.scan_ndjson(path, infer_schema_length=None)
@@ -256,7 +287,7 @@ def read_file(path: Path) -> list[RawRun]:
             lf = _read_document(path, size)
         if not lf.collect_schema():
             raise ReadError("the file holds no records")
-        return _tables.table_runs(lf, path, problems=problems)
+        return _tables.table_runs(lf, path, problems=problems, numeric_text=_numbers_as_text(lf))
     except ReadError:
         raise
     except (pl.exceptions.PolarsError, OSError, RecursionError) as exc:
