@@ -118,6 +118,11 @@ def _fields_generic(records: pl.DataFrame, prefix: str) -> pl.DataFrame:
     )
 
 
+#: a line of more fields than this is read field by field: the column-by-column path builds one
+#: expression per field (a line of 1.2 million fields took 20 GB; Megatron prints about 20)
+TEMPLATE_FIELDS = 1000
+
+
 def _template(cells: list[str | None]) -> list[tuple[int, str, str]] | None:
     """``(position, "name:" exactly as printed, name)`` of the fields of one line."""
     out: list[tuple[int, str, str]] = []
@@ -139,7 +144,7 @@ def _fields(records: pl.DataFrame, prefix: str = "") -> pl.DataFrame:
     records = records.with_row_index("i")
     split = records.select("i", "step", "wall_time", pl.col("body").str.split("|").alias("f"))
     template = _template(split.get_column("f")[0].to_list()) if split.height else None
-    if template is None:
+    if template is None or len(template) > TEMPLATE_FIELDS:
         generic = _fields_generic(records, prefix)
         return generic.drop("i")
     n_cells = split.get_column("f")[0].len()
