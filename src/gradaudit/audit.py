@@ -55,7 +55,7 @@ from gradaudit.impact import (
 from gradaudit.lr_attribution import attach_lr
 from gradaudit.model import MIN_HEALTHY_LEVEL, Episode, LossImpact, RunAudit, interrupted
 from gradaudit.points import sorted_points, typical_gap
-from gradaudit.series import RunSeries
+from gradaudit.series import MAX_STEP, RunSeries
 from gradaudit.settings import Settings
 from gradaudit.traces import figure_traces
 
@@ -137,7 +137,6 @@ class _Candidates:
     n_loss_unlisted: int  # loss candidates beyond ``max_episodes`` (a chronically spiky loss)
 
 
-MAX_STEP = 2**53  # steps further from 0 are not exact in float64 (and no training gets there)
 STRAY_STEPS = 0.01  # at most this share of a run's points beyond MAX_STEP are left out, not the run
 #: Consecutive inf/NaN grad norms that can still be loss-scaler overflows: a GradScaler halves
 #: its scale at each, and 16 halvings take its default 65536 to 1 (more: inf at any scale).

@@ -25,7 +25,7 @@ import polars as pl
 
 from gradaudit.detect._common import diff_sigma
 from gradaudit.detect.nonfinite import loss_broke
-from gradaudit.series import RunSeries, canonical_frame
+from gradaudit.series import MAX_STEP, RunSeries, canonical_frame
 
 #: a step trained again after a resume differs from its first pass where the training loss
 #: moved by more than this share (a resume's own nondeterminism moves it by under 0.1 %; the
@@ -215,7 +215,7 @@ def cut_short_passes(points: pl.DataFrame | pl.LazyFrame, run: RunSeries) -> lis
     df = points.collect() if isinstance(points, pl.LazyFrame) else points
     # (a stray point at an impossible step, a corrupt record, is no rewind: gradaudit.audit)
     df = df.filter(pl.col("tag").cast(pl.String).is_in(chosen) & pl.col("step").is_not_null()
-                   & (pl.col("step").abs() <= 2**53))
+                   & (pl.col("step").abs() <= MAX_STEP))
     per_tag: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for tag in chosen:
         sub = df.filter(pl.col("tag").cast(pl.String) == tag)
@@ -236,7 +236,8 @@ def cut_short_passes(points: pl.DataFrame | pl.LazyFrame, run: RunSeries) -> lis
                          "not resumes; the passes were not compared")
         return []
     walls = {t: w if np.isfinite(w).all() else None for t, (_, _, w) in per_tag.items()}
-    tops = [int(per_tag[ref][0][:i].max()) for i, _ in starts]  # each pass's last step
+    highest = np.maximum.accumulate(per_tag[ref][0])
+    tops = [int(highest[i - 1]) for i, _ in starts]  # each pass's last step
     ends = {t: [i for i, _ in starts] if t == ref else
             _pass_ends(starts, tops, walls[ref], rewinds[t], walls[t], per_tag[t][0])
             for t in chosen}

@@ -19,6 +19,10 @@ import polars as pl
 
 from gradaudit.errors import clip_message
 
+#: steps further from 0 are not exact in float64, and no training gets there: a point beyond is
+#: a stray (a corrupt record), left out of a run's audit and of its resumes' passes
+MAX_STEP = 2**53
+
 SCHEMA: dict[str, pl.DataType] = {
     "step": pl.Int64(),
     "tag": pl.Categorical(),

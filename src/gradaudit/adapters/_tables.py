@@ -109,6 +109,27 @@ def no_step_message(columns: list[str]) -> str:
     )
 
 
+def numeric_text(sample: pl.DataFrame, empty: bool) -> set[str]:
+    """Text columns of ``sample`` that hold mostly numbers (a few garbled cells become "not
+    logged", the column stays a metric); with ``empty``, also those that hold nothing yet."""
+    out: set[str] = set()
+    for name, dtype in sample.schema.items():
+        if dtype == pl.Null:
+            if empty:
+                out.add(name)
+            continue
+        if dtype != pl.String:
+            continue
+        text = sample.get_column(name).str.strip_chars()
+        text = text.filter(text.is_not_null() & (text != ""))
+        if text.len() == 0:
+            if empty:
+                out.add(name)
+        elif 2 * text.cast(pl.Float64, strict=False).null_count() < text.len():
+            out.add(name)
+    return out
+
+
 def detect_layout(schema: dict[str, pl.DataType], numeric_text: set[str] | None = None) -> Layout:
     """Decide the layout of a table from its column names and types.
 

@@ -36,24 +36,6 @@ def claim(directory: Path, files: list[Path]) -> list[Source]:
     return [Source(FORMAT, f.name, (f,)) for f in files if f.suffix.lower() in SUFFIXES]
 
 
-def _numeric_text(sample: pl.DataFrame) -> set[str]:
-    """String columns of the sample that hold mostly numbers (or nothing) so far."""
-    out: set[str] = set()
-    for name, dtype in sample.schema.items():
-        if dtype not in (pl.String, pl.Null):
-            continue
-        col = sample.get_column(name)
-        if dtype == pl.Null:
-            out.add(name)
-            continue
-        text = col.str.strip_chars()
-        text = text.filter(text.is_not_null() & (text != ""))
-        # Mostly numbers: a few garbled cells become "not logged", the column stays a metric.
-        if text.len() == 0 or 2 * text.cast(pl.Float64, strict=False).null_count() < text.len():
-            out.add(name)
-    return out
-
-
 def _read(path: Path, sep: str, encoding: str) -> tuple[pl.LazyFrame, set[str]]:
     try:
         sample = pl.read_csv(
@@ -69,7 +51,8 @@ def _read(path: Path, sep: str, encoding: str) -> tuple[pl.LazyFrame, set[str]]:
         )
     except pl.exceptions.NoDataError as exc:
         raise ReadError("the file is empty") from exc
-    numeric_text = _numeric_text(sample)
+    # (an all-empty sample column may still be a sparse metric: the sample is the file's start)
+    numeric_text = _tables.numeric_text(sample, empty=True)
     # An all-empty sample column reads as String: it may still be a sparse metric.
     layout = _tables.detect_layout(dict(sample.schema), numeric_text)
     overrides: dict[str, pl.DataType] = dict(sample.schema)

@@ -227,18 +227,10 @@ def _lines_python(path: Path, problems: list[FileProblem]) -> pl.DataFrame:
 def _numbers_as_text(lf: pl.LazyFrame, rows: int = 5000) -> set[str]:
     """Text columns whose first ``rows`` values are mostly numbers (fairseq's JSON log lines
     quote every value, ``"loss": "2.345"``: read as text, they were no metric at all)."""
-    schema = lf.collect_schema()
-    names = [n for n, dt in schema.items() if dt == pl.String]
+    names = [n for n, dt in lf.collect_schema().items() if dt == pl.String]
     if not names:
         return set()
-    sample = lf.select(names).head(rows).collect()
-    out = set()
-    for name in names:
-        text = sample.get_column(name).str.strip_chars()
-        text = text.filter(text.is_not_null() & (text != ""))
-        if text.len() and 2 * text.cast(pl.Float64, strict=False).null_count() < text.len():
-            out.add(name)
-    return out
+    return _tables.numeric_text(lf.select(names).head(rows).collect(), empty=False)
 
 
 def _read_lines(path: Path, size: int, problems: list[FileProblem]) -> pl.LazyFrame:
