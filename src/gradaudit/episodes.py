@@ -384,7 +384,7 @@ def grad_episodes(g: np.ndarray, p: EpisodeParams, skip: int = 0,
         # dates a jump of a few steps to inf up to a few blocks early
         brk = n - int(np.argmin(nf[::-1])) if not nf.all() else 0
         climb = level_climb(x[:brk], ratio=p.climb_ratio) if brk > 0 else None
-        if climb is not None and climb[0] > comps[-1][0] - CLIMB_LEAD * CLIMB_BLOCK:
+        if climb is not None and comps and climb[0] > comps[-1][0] - CLIMB_LEAD * CLIMB_BLOCK:
             climb = None
     if climb is not None:  # a slow climb to the end that every trailing level followed
         onset, top, base = climb
