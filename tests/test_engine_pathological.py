@@ -63,6 +63,20 @@ def test_huge_values_raise_no_overflow_warning():
     assert any(e.peak_grad_norm == 1e300 for e in a.episodes)
 
 
+def test_values_at_the_float_maximum_raise_no_warning():
+    # sums of two such norms overflow to inf; the engine reads inf as such, and numpy's
+    # overflow warning must not reach the user's terminal (nor end the audit)
+    rng = np.random.default_rng(2)
+    n = 500
+    g = np.exp(rng.normal(0, 0.1, n))
+    loss = 2.0 + 0.05 * rng.random(n)
+    g[300:302], loss[300:302] = 1.7e308, 1e308
+    a = _audit(g, loss, None)
+    assert a.status != "error", a.notes
+    assert [e.onset_step for e in a.episodes] == [300]
+    assert a.episodes[0].peak_grad_norm == 1.7e308
+
+
 def test_chronic_run_still_lists_its_largest_spikes():
     # a chronically spiky run (many ordinary 5-20x spikes) with one 1e6x spike: it is listed
     rng = np.random.default_rng(2)

@@ -71,7 +71,10 @@ def audit_run(series: RunSeries, settings: Settings | None = None) -> RunAudit:
     """Audit one run; never raises on bad data (status ``error`` with a note instead)."""
     settings = settings or Settings()
     try:
-        return _audit(series, settings)
+        # values near the float limit overflow sums and ratios to inf, which the engine reads
+        # as such: numpy's warnings about it would only reach the user's terminal
+        with np.errstate(all="ignore"):
+            return _audit(series, settings)
     except UNEXPECTED as exc:  # a bad run must not stop the batch
         return _empty(series, "error", [f"analysis failed: {type(exc).__name__}: {exc}"])
 
