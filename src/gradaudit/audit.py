@@ -25,6 +25,8 @@ from scipy.special import ndtri
 from gradaudit import explain
 from gradaudit.clip import clip_ceiling, clip_options, healthy_quantiles, suggest
 from gradaudit.detect._common import diff_sigma, finite_argmax, holds_level
+from gradaudit.detect.head_blowup import ID as ID_HEAD
+from gradaudit.detect.head_blowup import head_blowup
 from gradaudit.detect.level_climb import BLOCK as CLIMB_BLOCK
 from gradaudit.detect.level_climb import ID as ID_CLIMB
 from gradaudit.detect.loss_rise import BLOCK as RISE_BLOCK
@@ -86,7 +88,45 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
     cand = _candidates(run)
     judge = _Judge(run, cand)
     episodes = [ep for k in range(len(cand.raw)) if (ep := judge.episode(k)) is not None]
+    head = _head_blowup(run, episodes)
+    if head is not None:
+        episodes.insert(0, head)
     return _finish(run, cand, episodes, judge.counterfactuals)
+
+
+def _head_blowup(run: _Run, episodes: list[Episode]) -> Episode | None:
+    """The run's blow-up before its first healthy level, for good (:mod:`gradaudit.detect.
+    head_blowup`), as an explosion whose loss never came back; None where there is none or an
+    explosion found in the head already tells it."""
+    if not run.has_loss or run.n_usable <= run.p.min_history:
+        return None  # (a run too short for a level: only what needs none is judged, notes say)
+    ok = np.isfinite(run.g) & (run.g > 0)
+    steps = run.gs[ok] if run.has_grad else run.ls[np.isfinite(run.lv)]
+    if not steps.size:
+        return None
+    head_end = int(steps[min(run.skip(steps) + run.p.min_history, steps.size - 1)])
+    if any(e.severity == "explosion" and e.onset_step <= head_end for e in episodes):
+        return None
+    hb = head_blowup(run.ls, run.lv, head_end, run.gs if run.has_grad else None,
+                     run.g if run.has_grad else None, spike_ratio=run.p.spike_ratio)
+    if hb is None:
+        return None
+    h = (run.ls >= hb.onset_step) & (run.ls < hb.onset_step + run.st.impact_horizon) \
+        & np.isfinite(run.lv)
+    excess = float(np.mean(run.lv[h]) - hb.loss_start) if h.any() else None
+    if hb.grad_start is None:
+        kind, ratio, peak_step = "loss_spike", None, hb.loss_peak_step
+    else:
+        ratio = hb.grad_peak / hb.grad_start
+        g_end = float(np.median(run.g[ok][-max(5, int(ok.sum()) // 10):]))
+        kind = "level_shift" if g_end >= run.p.level_ratio * hb.grad_start else "spike"
+        peak_step = hb.grad_peak_step
+    return Episode(
+        onset_step=hb.onset_step, peak_step=peak_step, end_step=None,
+        peak_grad_norm=hb.grad_peak, baseline_grad_norm=hb.grad_start, peak_ratio=ratio,
+        kind=kind, severity="explosion", detected_by=[ID_HEAD],
+        loss_impact=LossImpact(excess, hb.loss_peak - hb.loss_start, None, True),
+        reason=explain.head_blowup_reason(hb, run.st.impact_horizon, excess))
 
 
 @dataclass

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from gradaudit.adapters.hf_trainer import FORMAT as HF_FORMAT
+from gradaudit.detect.head_blowup import ID as ID_HEAD
+from gradaudit.detect.head_blowup import HeadBlowup
 from gradaudit.detect.lr_change import ID as ID_LR
 from gradaudit.episodes import SETTLE_RATIO
 from gradaudit.model import MIN_HEALTHY_LEVEL, Episode, interrupted
@@ -175,7 +177,7 @@ def advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.nda
     if not has_grad:
         parts.append("no usable grad norm is logged, so no clip threshold can be derived; "
                      "log the global grad norm (before clipping)")
-    elif no_level:
+    elif no_level and not any(ID_HEAD in e.detected_by for e in episodes):  # (said below)
         parts.append(f"fewer than {MIN_HEALTHY_LEVEL} grad norms could be judged against a "
                      "healthy level and found healthy (too few usable points, or most of them "
                      "in episodes), so no clip threshold can be derived: one from these norms "
@@ -185,7 +187,12 @@ def advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.nda
         # a shift that lasted: to the run's end, or to the next episode on its new level with
         # the grad norm still there at the run's end
         lasted = e.end_step is None or (interrupted(episodes, k) and _still_at(e, gs, g))
-        if e.kind == "divergence" and lr_rise:
+        if ID_HEAD in e.detected_by:
+            parts.append(f"the run blew up at step {e.onset_step}, in its first steps, and never "
+                         "trained from there: its learning rate was too high from the start for "
+                         "this model (or its initialisation or data were broken); restart it "
+                         "with a lower learning rate or a warm-up")
+        elif e.kind == "divergence" and lr_rise:
             parts.append(f"the run diverged at step {e.onset_step} with a learning-rate rise: "
                          "restart from a checkpoint before it and check the lr schedule there")
         elif e.kind == "divergence" and _jumped(e, gs, g):
@@ -237,6 +244,21 @@ def advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.nda
                      "the grad norm before clipping: compare the options with the clip this run "
                      "trained with")
     return "; ".join(parts) if parts else None
+
+
+def head_blowup_reason(hb: HeadBlowup, horizon: int, excess: float | None) -> str:
+    """The reason of a blow-up before the run's first healthy level (:mod:`gradaudit.detect.
+    head_blowup`)."""
+    grad = "" if hb.grad_start is None else (
+        f"the grad norm rose {hb.grad_peak / hb.grad_start:.3g}x above its first values "
+        f"({hb.grad_start:.3g}; peak {hb.grad_peak:.3g} at step {hb.grad_peak_step}) and ")
+    over = "" if excess is None else \
+        f", {excess:+.3g} on average over the next {horizon} steps"
+    return (f"the run blew up in its first steps, before it had a healthy level: {grad}the loss "
+            f"rose from {hb.loss_start:.3g} to {hb.loss_peak:.3g} (step {hb.loss_peak_step}) "
+            f"and never came back: it ends the run at {hb.loss_end:.3g}, "
+            f"{hb.loss_end / hb.loss_start:.3g}x where it started (diverged; measured against "
+            f"the loss it started from{over}, which a run that trains stays below)")
 
 
 #: what the detectors judge before a healthy grad-norm level exists

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gradaudit.detect.ema_zscore import ema_zscore, olmo_skip
+from gradaudit.detect.head_blowup import head_blowup
 from gradaudit.detect.level_climb import level_climb
 from gradaudit.detect.loss_rise import loss_rise
 from gradaudit.detect.loss_spike import loss_spike
@@ -28,11 +29,13 @@ DETECTORS: dict[str, Callable[..., Any]] = {
     "loss-spike": loss_spike,
     "loss-rise": loss_rise,
     "lr-change": lr_rises,
+    "head-blowup": head_blowup,
 }
 
 __all__ = [
     "DETECTORS",
     "ema_zscore",
+    "head_blowup",
     "level_climb",
     "level_shifts",
     "loss_rise",
