@@ -47,6 +47,11 @@ def test_blow_up_at_the_start_that_never_comes_back_is_an_explosion():
     assert DETECTORS["head-blowup"] is not None
 
 
+def test_blow_up_that_slowly_trains_back_down_but_never_near_its_start_is_found():
+    a = audit_run(_run(2, end_level=8.0))  # 1.6x its start for the rest of the run
+    assert a.episodes[0].detected_by == ["head-blowup"] and a.status == "explosion"
+
+
 def test_blow_up_during_the_lr_warmup_is_found_too():
     lr = np.minimum(1.0, (np.arange(N) + 1) / 200.0) * 1e-3  # warm-up over 200 steps
     a = audit_run(_run(150, lr=lr))
@@ -64,7 +69,7 @@ def test_loss_only_run_blowing_up_at_the_start_is_a_loss_explosion():
 @pytest.mark.parametrize("case", [
     dict(recover=True),  # the loss came back and trained on: no run-long harm to report here
     dict(grad_rises=False),  # a loss rise the grad norm took no part in: no gradient explosion
-    dict(end_level=8.0),  # ends under 2x where it started (4.9): not called broken
+    dict(end_level=5.0),  # back at about where it started (4.9): came back, if untrained
 ])
 def test_what_head_blowup_leaves_alone(case):
     a = audit_run(_run(2, **case))

@@ -8,16 +8,16 @@ loss 4.9 at step 0, 301 at step 4, 30 for the rest of the run, grad norm 0.53 ->
 
 The start is the loss's own first points: the lowest of its first ``START_POINTS`` finite
 values (a blow-up may begin at the second point), > 0. The run blew up in its head when the
-loss's running median of ``SMOOTH`` points reached ``FACTOR`` x the start within the head, never
-came back under ``BACK`` x the start after that, and ends (the median of its last tenth, at least
-``SMOOTH`` points) at ``FACTOR`` x the start or more: a training loss that ends far above the
-loss it started from was not trained. Where a grad norm is logged it must have risen too
-(``spike_ratio`` x its own start, the lowest of its first ``START_POINTS`` finite values > 0,
-within the head): a loss rise the grad norm took no part in is no gradient explosion, and the
-other detectors' business. Onset: where the climb starts - back from the first point over the bar
-over the points rising into it that stand out from the start (``CLIMB`` x it in the loss, the
-square root of ``spike_ratio`` x it in the grad norm) - the earlier of the loss's and the grad
-norm's.
+loss's running median of ``SMOOTH`` points reached ``FACTOR`` x the start within the head and
+never came back under ``BACK`` x the start after that, to the run's end: a training loss that
+never again came near the loss it started from was not trained (one that slowly trained back
+down to 1.7x its start after a blow-up to 20x it is as broken as one that stayed there).
+Where a grad norm is logged it must have risen too (``spike_ratio`` x its own start, the lowest
+of its first ``START_POINTS`` finite values > 0, within the head): a loss rise the grad norm
+took no part in is no gradient explosion, and the other detectors' business. Onset: where the
+climb starts - back from the first point over the bar over the points rising into it that stand
+out from the start (``CLIMB`` x it in the loss, the square root of ``spike_ratio`` x it in the
+grad norm) - the earlier of the loss's and the grad norm's.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from scipy.ndimage import median_filter
 ID = "head-blowup"
 START_POINTS = 3  # the start is the lowest of the first this many finite values
 SMOOTH = 5  # running median width of the loss (points)
-FACTOR = 2.0  # the loss reached and ends at this multiple of its start
-BACK = 1.2  # ... and never came back under this multiple of it after the blow-up
+FACTOR = 2.0  # the loss reached this multiple of its start in the head
+BACK = 1.2  # ... and never came back under this multiple of it after that
 CLIMB = np.sqrt(FACTOR)  # a loss point this far over its start, rising into the blow-up, is in it
 
 
@@ -84,8 +84,8 @@ def head_blowup(ls: np.ndarray, lv: np.ndarray, head_end: int,
     i_up = int(over[0])
     tail = v[-max(SMOOTH, v.size // 10):]
     end = float(np.median(tail))
-    if end < FACTOR * start or (sm[i_up:] < BACK * start).any():
-        return None
+    if (sm[i_up:] < BACK * start).any():
+        return None  # it came back
     i_peak = i_up + int(np.argmax(v[i_up:][s[i_up:] <= head_end]))
     onset = int(s[_climb_start(v, CLIMB * start, int(np.argmax(v > FACTOR * start)))])
     found = HeadBlowup(onset, start, int(s[i_peak]), float(v[i_peak]), end)
