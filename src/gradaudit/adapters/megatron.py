@@ -22,21 +22,21 @@ from pathlib import Path
 
 import polars as pl
 
-from gradaudit.adapters._sparse import data_after
+from gradaudit.adapters._textlog import (  # noqa: F401 - SNIFF_BYTES: megatron.SNIFF_BYTES, SUFFIXES
+    SNIFF_BYTES,
+    SUFFIXES,
+    TIMESTAMP,
+    blocks,
+    epoch_seconds,
+    last_line_end,
+    line_feeds,
+    sniff,
+)
 from gradaudit.adapters.base import MAX_LINE, RawRun, Source, nonempty_size
 from gradaudit.errors import ReadError
 from gradaudit.series import FileProblem
 
 FORMAT = "megatron-log"
-SUFFIXES = frozenset({".log", ".txt", ".out", ".err", ""})
-SNIFF_BYTES = 1024 * 1024  # start-up output (argument dumps, warnings) can fill the first 100 KB
-#: Where the first MiB shows a distributed job's start-up (``NCCL_DEBUG=INFO`` prints a dozen
-#: lines per rank and channel, megabytes on a large job), the sniff reads on while start-up
-#: lines keep coming: ``STARTUP_REACH`` past the last block holding one, this far at most. (Any
-#: distributed job's stdout starts so: a 300 MB DeepSpeed log read to this limit cost 256 MiB;
-#: 4.6 MB of per-rank warnings after the start-up lines were too far for a 4 MiB reach.)
-LONG_SNIFF_BYTES = 256 * 1024 * 1024
-STARTUP_REACH = 16 * 1024 * 1024  # (a job's per-rank warnings can follow for megabytes)
 _STARTUP = re.compile(rb"NCCL INFO|[Mm]egatron|DeepSpeed|deepspeed|torch\.distributed|> building")
 CHUNK_BYTES = 32 * 1024 * 1024
 
@@ -58,7 +58,7 @@ _ITER_TIMED = re.compile(
     r"(\d+\s*/\s*\d+\s*\|[^\n]*)",
     re.M,
 )
-_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}")
+_TIMESTAMP = re.compile(TIMESTAMP)
 _VALID = re.compile(r"validation loss at iteration\s+(\d+)(?:\s+on\s+(\w+)\s+set)?\s*\|([^\n]*)")
 _DS_STEP = re.compile(r"\bstep=(\d+),\s*skipped=(\d+),\s*lr=\[\s*([^,\]\s]+)")
 #: A line folded right after a ``|``: the next line goes on with ``name: value |`` fields.
@@ -71,22 +71,7 @@ _COLS = ["i", *_SCHEMA]
 
 
 def _sniff(path: Path) -> bool:
-    # NUL bytes are no reason to pass a log by: a crash can leave NUL-filled blocks in it
-    seen, tail, limit = 0, b"", SNIFF_BYTES
-    try:
-        with path.open("rb") as fh:
-            while seen < limit and (block := fh.read(64 * 1024 if seen < SNIFF_BYTES
-                                                     else 1024 * 1024)):
-                seen += len(block)
-                text = tail + block.replace(b"\x00", b"")
-                if _ITER_SNIFF.search(text) is not None:
-                    return True
-                if _STARTUP.search(text) is not None:  # a training job's start-up: its lines
-                    limit = max(limit, min(LONG_SNIFF_BYTES, seen + STARTUP_REACH))  # come later
-                tail = text[-256:]  # a line start cut by the block's end
-    except OSError:
-        return False
-    return False
+    return sniff(path, _ITER_SNIFF, _STARTUP)
 
 
 def claim(directory: Path, files: list[Path]) -> list[Source]:
@@ -182,13 +167,6 @@ def _fields(records: pl.DataFrame, prefix: str = "") -> pl.DataFrame:
     return both.sort("i", maintain_order=True).drop("i")
 
 
-def _epoch_seconds(stamps: pl.Series) -> pl.Series:
-    parsed = stamps.str.replace("T", " ", literal=True).str.to_datetime(
-        "%Y-%m-%d %H:%M:%S", strict=False, time_unit="us"
-    )
-    return (parsed.dt.epoch("us").cast(pl.Float64) / 1e6).alias("wall_time")
-
-
 def _records(lines: list[str], stamps: list[str] | None) -> pl.DataFrame:
     """(step, body, wall_time) of iteration lines given from their step on."""
     parts = (
@@ -206,7 +184,7 @@ def _records(lines: list[str], stamps: list[str] | None) -> pl.DataFrame:
         }
     )
     wall = (
-        _epoch_seconds(pl.Series(stamps, dtype=pl.String))
+        epoch_seconds(pl.Series(stamps, dtype=pl.String))
         if stamps is not None
         else pl.Series("wall_time", [None] * frame.height, dtype=pl.Float64)
     )
@@ -312,17 +290,6 @@ def parse_text(text: str) -> pl.DataFrame:
     return pl.concat([p.select(list(_SCHEMA)).cast(_SCHEMA) for p in parts])
 
 
-def _line_feeds(data: bytes) -> bytes:
-    """``data`` with every CR line end (CR LF, or a lone CR: an old Mac file, a terminal's
-    progress redraws captured with the log) made LF; a CR at the very end is kept, since the LF
-    of a CR LF may begin the next block."""
-    if b"\r" not in data:
-        return data
-    keep = data.endswith(b"\r")
-    body = data[:-1] if keep else data
-    return body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if keep else b"")
-
-
 def _chunks(path: Path, dropped: list[int]):  # noqa: ANN202 - a generator of str
     """Decoded text in large pieces, cut after a line end; the last iteration line of a piece
     (a fold may split it over two lines) goes with the next piece, and the file's last piece
@@ -334,33 +301,18 @@ def _chunks(path: Path, dropped: list[int]):  # noqa: ANN202 - a generator of st
     carry = b""
     pending = b""  # the last piece cut, given out once more text follows it
     with path.open("rb") as fh:
-        while True:
-            block = fh.read(CHUNK_BYTES)
-            if not block:
-                break
-            nul = block.count(b"\x00")
-            if nul == len(block):  # a hole, maybe: jumped over, its zeros counted as read
-                at = fh.tell()
-                data = data_after(fh, at)
-                if data is not None and data > at:
-                    nul += data - at
-                    fh.seek(data)
+        for block, nul in blocks(fh, CHUNK_BYTES, dropped):
             if nul:  # a run of NULs ends the line a crash cut off; single ones (UTF-16) go
-                dropped[0] += nul
                 block = _NUL_RUN.sub(b"\n", block).replace(b"\x00", b"")
-            data = _line_feeds(carry + block)
-            cut = data.rfind(b"\n")
+            data = line_feeds(carry + block)
+            cut, carry = last_line_end(data, dropped)
             if cut < 0:
-                if len(data) > MAX_LINE:
-                    dropped[1] += len(data)
-                    data = b""
-                carry = data
                 continue
             tail = max(0, cut - _TAIL_BYTES)
             last = max((m.start() for m in _ITER_START.finditer(data, tail, cut)), default=None)
             if last is not None and (start := data.rfind(b"\n", 0, last)) >= 0:
                 cut = start
-            carry = data[cut + 1 :]
+                carry = data[cut + 1 :]
             if pending:
                 yield pending.decode("utf-8", errors="replace")
             pending = data[: cut + 1]
