@@ -1,13 +1,16 @@
 """The explicit registry of adapters, one module per format, in the order they claim files.
 
 Order matters where two formats share a suffix: a W&B chart export is a CSV that ``wandb-csv``
-recognises by its header before ``csv`` sees it.
+recognises by its header before ``csv`` sees it. fairseq logs come before Megatron's: a fairseq
+job's start-up lines (``torch.distributed``) would send Megatron's sniff reading on for
+megabytes in each of them.
 """
 
 from __future__ import annotations
 
 from gradaudit.adapters import (
     csv_table,
+    fairseq_log,
     hf_trainer,
     json_table,
     megatron,
@@ -22,6 +25,7 @@ REGISTRY: dict[str, Adapter] = {
     tensorboard.FORMAT: tensorboard,
     wandb_run.FORMAT: wandb_run,
     hf_trainer.FORMAT: hf_trainer,
+    fairseq_log.FORMAT: fairseq_log,
     megatron.FORMAT: megatron,
     wandb_csv.FORMAT: wandb_csv,
     parquet.FORMAT: parquet,
