@@ -53,7 +53,7 @@ import polars as pl
 from gradaudit.adapters import _textlog
 from gradaudit.adapters.base import MAX_LINE, RawRun, Source, nonempty_size
 from gradaudit.errors import ReadError
-from gradaudit.series import FileProblem
+from gradaudit.series import MAX_STEP, FileProblem
 
 FORMAT = "fairseq-log"
 SUFFIXES = _textlog.SUFFIXES
@@ -87,7 +87,7 @@ _NOT_METRICS = ("num_updates", "epoch", "update")
 _COARSE = re.compile(r'num_updates(?:": "?|=| )\d(?:\.\d*)?e\+')
 _SCHEMA = {"step": pl.Int64, "tag": pl.Categorical(), "value": pl.Float64,
            "wall_time": pl.Float64}
-_MAX_STEP = 2.0**53
+
 
 
 def _sniff(path: Path) -> bool:
@@ -201,7 +201,7 @@ def _template(cells: list[str | None], kv: str) -> list[tuple[int, str, str]] | 
 def _step(nu: pl.Expr) -> pl.Expr:
     """A ``num_updates`` value as a step: null where it is none (not finite, negative, past
     2**53)."""
-    return pl.when(nu.is_finite() & (nu >= 0) & (nu < _MAX_STEP)).then(nu.round()).cast(pl.Int64)
+    return pl.when(nu.is_finite() & (nu >= 0) & (nu < MAX_STEP)).then(nu.round()).cast(pl.Int64)
 
 
 def _with_steps(points: pl.LazyFrame) -> pl.LazyFrame:
