@@ -840,11 +840,13 @@ def test_rows_without_a_step_follow_the_previous_one_and_wandb_keys_are_no_point
     assert wall.select("tag", "step").rows() == [("a", 10), ("b", 10)]
 
 
-def _log_file(records: list[bytes]) -> bytes:
-    """A ``.wandb`` file of ``records``: the W&B header, then LevelDB log chunks in 32 KiB
-    blocks with W&B's checksum (IEEE CRC-32 over the type byte and the data)."""
-    out = bytearray(b":W&B\xe1\xbe\x00")
-    for data in records:
+def _log_file(records: list[bytes], start: bytes = b":W&B\xe1\xbe\x00") -> bytes:
+    """A ``.wandb`` file of ``records`` after ``start`` (the W&B header, or a whole file to add
+    them to): LevelDB log chunks in 32 KiB blocks with W&B's checksum (IEEE CRC-32 over the
+    type byte and the data)."""
+    out = bytearray(start)
+    for record in records:
+        data = memoryview(record)  # (pieces of a long record cut without copying the rest)
         first = True
         while True:
             room = 32768 - len(out) % 32768
@@ -853,7 +855,8 @@ def _log_file(records: list[bytes]) -> bytes:
                 continue
             piece, data = data[: room - 7], data[room - 7:]
             kind = (1 if not data else 2) if first else (4 if not data else 3)
-            out += struct.pack("<IHB", zlib.crc32(bytes([kind]) + piece), len(piece), kind)
+            out += struct.pack("<IHB", zlib.crc32(piece, zlib.crc32(bytes([kind]))), len(piece),
+                               kind)
             out += piece
             first = False
             if not data:
@@ -880,6 +883,51 @@ def test_rows_lost_to_a_corrupt_block_are_named_after_records_that_could_not_be_
     assert 0 < gone.size < 1000 and gone[-1] - gone[0] == gone.size - 1
     messages = " | ".join(p.message for p in run.problems)
     assert f"history lost where the file is damaged: steps {gone[0]}-{gone[-1]}" in messages
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field of any number and length."""
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while n >= 0x80:
+            out.append(n & 0x7F | 0x80)
+            n >>= 7
+        return bytes(out + bytes([n]))
+
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def _row(items: list[tuple[str, str]]) -> bytes:
+    """``Record{history{item{key, value_json}...}}`` of any size."""
+    return _field(2, b"".join(_field(1, _field(1, k.encode()) + _field(16, v.encode()))
+                              for k, v in items))
+
+
+@pytest.mark.parametrize("hostile", ["wide", "wide, an item of a long value first", "long"])
+def test_a_history_row_no_real_run_holds_is_skipped_and_the_rest_of_the_run_read(
+        wandb_root, tmp_path, hostile):
+    # A hostile-input review: one history row of 8 million items (84 MB) took 8 GB and two
+    # minutes. A row of more items than a real one holds (in the usual shape, decoded in
+    # NumPy, or another, one by one), and a record longer than W&B lets a log call be, are
+    # skipped and reported, walked no further than the limit (the record's chunks never
+    # joined); the real run they were added to, and a row after them, are read
+    if hostile.startswith("wide"):
+        first = [("note", '"' + "x" * 200 + '"')] if "long value" in hostile else []
+        bad = _row([("_step", "7000"), *first, *[("hostile", "7.0")] * 70_000])
+        said = "1 history row(s) of over 65,536 items skipped"
+    else:
+        bad = _row([("_step", "7000"), ("hostile", "7.0"),
+                    ("note", '"' + "x" * (64 << 20) + '"')])
+        said = "1 record(s) over 64 MiB skipped unread"
+    path = _copy_run(wandb_root["a"], tmp_path, "offline-run-20260101_000000-hostile")
+    after = _row([("_step", "7001"), ("train/grad_norm", "2.5")])
+    path.write_bytes(_log_file([bad, after], path.read_bytes()))
+    (run,) = gradaudit.read_runs([tmp_path])
+    steps, values = _expected_a()["train/grad_norm"]
+    _assert_series(run, "train/grad_norm", np.append(steps, 7001), np.append(values, 2.5))
+    assert "hostile" not in run.tags()
+    (problem,) = run.problems
+    assert problem.message.startswith(said), problem.message
 
 
 def test_a_trainer_step_twice_in_a_row_is_one_row_and_the_later_write_wins():

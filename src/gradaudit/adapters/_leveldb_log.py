@@ -8,7 +8,9 @@ the type byte and the data, neither masked nor CRC32C (checked on files written 
 
 Damage is contained: a chunk whose checksum or length is wrong costs the rest of its block (the
 reader resumes at the next block, as LevelDB does) and the record it was part of; a file that
-ends inside a record keeps every complete record before it.
+ends inside a record keeps every complete record before it. A record longer than
+:data:`MAX_RECORD` is skipped as its chunks come, never joined: a header chain of any length
+costs no memory.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ BLOCK_SIZE = 32 * 1024
 CHUNK_HEADER = 7
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 _READ_BLOCKS = 32  # read 1 MiB at a time
+#: Longest record assembled. W&B asks that one ``wandb.log`` call stay under 25 MB
+#: (docs.wandb.ai, "Experiments limits and performance"; media are files, not in the row), and
+#: its other records (config, summary, console lines) are smaller: a longer record is no real
+#: one, and is skipped unread.
+MAX_RECORD = 64 << 20
 
 _HEADER = struct.Struct("<IHB")
 _TYPE_SEED = {t: zlib.crc32(bytes([t])) for t in (FULL, FIRST, MIDDLE, LAST)}
@@ -37,6 +44,7 @@ class LogDamage:
     corrupt_blocks: int = 0
     first_bad_offset: int | None = None
     truncated: bool = False
+    oversized: int = 0  # records over MAX_RECORD, skipped unread
 
     def _corrupt(self, offset: int) -> None:
         self.corrupt_blocks += 1
@@ -51,6 +59,7 @@ def iter_records(stream: BinaryIO, start: int, damage: LogDamage) -> Iterator[by
     Problems are counted in ``damage`` instead of raised.
     """
     pending: list[bytes] | None = None
+    pending_size = 0
     zeroed: int | None = None  # offset of zeroed space that a sound chunk may still follow
     base = 0  # file offset of buf[0]
     unpack = _HEADER.unpack_from
@@ -103,11 +112,17 @@ def iter_records(stream: BinaryIO, start: int, damage: LogDamage) -> Iterator[by
                     yield data
                 elif kind == FIRST:
                     pending = [data]
+                    pending_size = len(data)
                 elif pending is None:
-                    # MIDDLE/LAST without its FIRST: the start was in a damaged block.
+                    # MIDDLE/LAST without its FIRST: the start was in a damaged block, or the
+                    # record is over MAX_RECORD.
                     continue
+                elif pending_size + len(data) > MAX_RECORD:
+                    damage.oversized += 1
+                    pending = None
                 elif kind == MIDDLE:
                     pending.append(data)
+                    pending_size += len(data)
                 else:
                     pending.append(data)
                     record = b"".join(pending)

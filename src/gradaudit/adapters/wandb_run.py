@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from gradaudit.adapters._leveldb_log import LogDamage, iter_records
+from gradaudit.adapters._leveldb_log import MAX_RECORD, LogDamage, iter_records
 from gradaudit.adapters._protowire import WireError, iter_fields, read_varint
 from gradaudit.adapters.base import STEP_LIMIT, RawRun, Source
 from gradaudit.errors import ReadError
@@ -57,6 +57,12 @@ _TELEMETRY_KEY = 0x5A  # Record.telemetry (field 11)
 _TB_FEATURES = (34, 35)  # Feature.tensorboard_patch, .tensorboard_sync (TelemetryRecord.feature)
 _RUN_KEY = 0x8A  # Record.run (field 17, length-delimited; the varint key 0x8A 0x01)
 _ROW_BATCH = 1 << 14  # history rows decoded per NumPy batch (its temporaries: ~40 MB)
+#: Most fields a history row may hold (its items, and its step). W&B asks that a whole project
+#: keep under 10,000 distinct metrics (docs.wandb.ai, "Experiments limits and performance"),
+#: and a row holds each of its keys once: real rows hold thousands of items at most (a large
+#: model's per-layer norms and histograms). A row of more is skipped and reported, its fields
+#: walked no further than this: the walk's cost grows with the widest row of a batch.
+MAX_ROW_ITEMS = 1 << 16
 _PAD = 512  # zero bytes after a batch, so lockstep reads past a malformed end stay in bounds
 _NUMERIC_TABLE = np.zeros(256, bool)
 _NUMERIC_TABLE[list(_NUMERIC_START)] = True
@@ -210,14 +216,21 @@ def _step_num(buf: bytes, start: int, stop: int) -> int:
     return num
 
 
+class _RowTooWide(WireError):
+    """A history row of more than :data:`MAX_ROW_ITEMS` items."""
+
+
 def _decode_history(buf: bytes, start: int, end: int) -> tuple[list[tuple[bytes, bytes]], int]:
     """Careful decoder of one ``HistoryRecord``: ``([(raw key, value_json)], step num)``.
 
-    Numeric-looking values only. Raises :class:`WireError` for malformed bytes.
+    Numeric-looking values only. Raises :class:`WireError` for malformed bytes, and
+    :class:`_RowTooWide` (before decoding more) for a row too wide.
     """
     points: list[tuple[bytes, bytes]] = []
     step_num = -1
-    for number, wire, a, b in iter_fields(buf, start, end):
+    for k, (number, wire, a, b) in enumerate(iter_fields(buf, start, end)):
+        if k > MAX_ROW_ITEMS:
+            raise _RowTooWide
         if wire != 2:
             continue
         if number == 2:
@@ -288,6 +301,7 @@ class _History:
             c: [] for c in _C_GLOBAL}
         self.n_rows = 0
         self.bad = 0
+        self.too_wide = 0  # rows of more than MAX_ROW_ITEMS items, skipped
         self.breaks: list[int] = []  # rows before which the file was damaged (rows were lost)
         self.pending_breaks: list[int] = []  # the same, as places in ``payloads``
         self.lost: list[tuple[int, int, int]] = []  # steps missing there (set by to_frame)
@@ -400,7 +414,9 @@ class _History:
         item_rows, item_s, item_e, step_rows, step_s = [], [], [], [], []
         pos = starts.copy()
         idx = np.nonzero(pos < ends)[0]
-        while idx.size:
+        for _ in range(MAX_ROW_ITEMS + 1):
+            if not idx.size:
+                break
             p = pos[idx]
             tag = arr[p]
             size = arr[p + 1].astype(np.int64)
@@ -417,6 +433,9 @@ class _History:
             idx, stop = idx[fine], stop[fine]
             pos[idx] = stop
             idx = idx[stop < ends[idx]]
+        wide = np.zeros(n, bool)
+        wide[idx] = True  # fields left after MAX_ROW_ITEMS + 1: no real row
+        slow |= wide
         rows = np.concatenate(item_rows)
         s = np.concatenate(item_s)
         e = np.concatenate(item_e)
@@ -452,9 +471,16 @@ class _History:
             dead = []
             for r in slow_rows.tolist():
                 try:
+                    if wide[r]:
+                        raise _RowTooWide
                     points, num = _decode_history(payloads[r], 0, len(payloads[r]))
+                except _RowTooWide:
+                    dead.append(r)
+                    self.too_wide += 1
+                    continue
                 except (WireError, IndexError):
                     dead.append(r)
+                    self.bad += 1
                     continue
                 step_num[r] = num
                 for k, (raw, text) in enumerate(points):
@@ -469,8 +495,6 @@ class _History:
                 codes = np.concatenate([codes, np.array(extra_codes, np.int64)])
                 values = np.concatenate([values, xv])
                 ok = np.concatenate([ok, xok])
-            if dead:
-                self.bad += len(dead)
         else:
             dead = []
         # HistoryStep.num of the regular rows (needed only where a row has no _step item).
@@ -783,6 +807,7 @@ def _read_file(path: Path, hist: _History) -> list[FileProblem]:
             )
         stream.seek(0)
         damage = LogDamage()
+        wide_before = hist.too_wide
         bad_records = hist.add_records(iter_records(stream, FILE_HEADER, damage), damage)
     if damage.corrupt_blocks:
         problems.append(
@@ -796,6 +821,15 @@ def _read_file(path: Path, hist: _History) -> list[FileProblem]:
         problems.append(
             FileProblem(str(path), f"{bad_records} record(s) skipped: not valid protobuf")
         )
+    if damage.oversized:
+        problems.append(FileProblem(
+            str(path), f"{damage.oversized} record(s) over {MAX_RECORD >> 20} MiB skipped unread "
+                       "(W&B asks that a wandb.log call stay under 25 MB)"))
+    if hist.too_wide > wide_before:
+        problems.append(FileProblem(
+            str(path), f"{hist.too_wide - wide_before} history row(s) of over {MAX_ROW_ITEMS:,} "
+                       "items skipped (no real row holds that many: W&B asks a project to keep "
+                       "under 10,000 metrics)"))
     if damage.truncated:
         problems.append(
             FileProblem(str(path), "file ends inside a record (run still being written?)")
