@@ -835,3 +835,24 @@ def test_a_tensor_claiming_a_vast_shape_is_skipped_at_once(tmp_path: Path) -> No
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "300"  # the vast tensor is no scalar; the rest is read
+
+
+def test_an_event_of_more_values_than_a_writer_puts_in_one_is_skipped(tmp_path: Path) -> None:
+    # A hostile-input review: one 60 MB record of 6 million simple values took 1.7 GB and 43 s
+    # (a Python tuple per value). An event of more values than a writer puts in one is skipped
+    # and reported, decoded no further than the limit; an event of a few values (a TF1 merged
+    # summary) and the run around it are read
+    run = tmp_path / "run"
+    write_tbx(run, range(300), extra=False)
+    writer = EventFileWriter(str(run))
+    for step, tags in ((5, ["hostile"] * 70_000), (6, ["merged/a", "merged/b", "merged/c"])):
+        values = [summary_pb2.Summary.Value(tag=t, simple_value=1.0) for t in tags]
+        writer.add_event(event_pb2.Event(wall_time=time.time(), step=step,
+                                         summary=summary_pb2.Summary(value=values)))
+    writer.close()
+    (got,) = gradaudit.read_runs([run])
+    assert _series(got, "train/loss")[0].tolist() == list(range(300))
+    assert "hostile" not in got.tags()
+    assert all(_series(got, f"merged/{t}")[0].tolist() == [6] for t in "abc")
+    (problem,) = got.problems
+    assert problem.message.startswith("1 event(s) of over 65,536 values skipped"), problem

@@ -59,6 +59,12 @@ _TORCH_TENSOR_TAIL = bytes.fromhex("42080801" "2a04") + b"\0\0\0\0" + bytes.from
 _TAIL_VALUE_AT = 6
 
 
+#: Most values one event's Summary may hold. torch, tensorboardX, Keras and TF2 write one per
+#: event; a TF1 ``merge_all`` summary holds every summary op of the graph, hundreds or a few
+#: thousand for a large model. An event of more is no real one: it is skipped and reported, its
+#: values decoded no further than this (each costs a Python tuple on this path).
+MAX_VALUES = 1 << 16
+
 SNIFF = 1 << 16  # bytes of a sub-folder's event file read to learn its tags
 SNIFF_FILES = 8  # a sub-folder's event files sniffed for one that holds a scalar
 SUBRUN_DEPTH = 4  # folder levels an add_scalars sub-folder may lie below its run's folder
@@ -271,6 +277,10 @@ class _Malformed(ValueError):
     pass
 
 
+class _TooManyValues(_Malformed):
+    """An event whose Summary holds more than :data:`MAX_VALUES` values."""
+
+
 def _varint(b: bytes, i: int, end: int) -> tuple[int, int]:
     result = shift = 0
     while True:
@@ -413,9 +423,13 @@ def _decode_event(b: bytes, tags: _Tags, out: list[tuple[int, int, float, float]
             summary = v
     if summary is None:
         return  # file_version, session_log, graph, ... : no scalars
+    values = 0
     for fn, wt, vspan in _fields(b, *summary):
         if fn != 1 or wt != 2:
             continue
+        values += 1
+        if values > MAX_VALUES:
+            raise _TooManyValues
         tag = ""
         simple: float | None = None
         tensor: tuple[int, int] | None = None
@@ -444,8 +458,10 @@ def _decode_event(b: bytes, tags: _Tags, out: list[tuple[int, int, float, float]
 # ---------------------------------------------------------------------------------------------
 
 
-def _decode_chunk(chunk: Chunk, tags: _Tags, bad: list[int]) -> tuple[np.ndarray, ...]:
-    """Scalars of one chunk in write order: (step, code, value, wall)."""
+def _decode_chunk(chunk: Chunk, tags: _Tags, bad: list[int],
+                  crowded: list[int]) -> tuple[np.ndarray, ...]:
+    """Scalars of one chunk in write order: (step, code, value, wall); the records that could
+    not be decoded go to ``bad``, those of over :data:`MAX_VALUES` values to ``crowded``."""
     buf, starts, lengths = chunk.buf, chunk.starts, chunk.lengths
     ok, step, value, wall, tpos, tlen = _decode_fast(buf, starts, lengths)
     fast = np.flatnonzero(ok)
@@ -461,9 +477,9 @@ def _decode_chunk(chunk: Chunk, tags: _Tags, bad: list[int]) -> tuple[np.ndarray
         before = len(slow_rows)
         try:
             _decode_event(payload, tags, slow_rows)
-        except (_Malformed, struct.error, IndexError):
+        except (_Malformed, struct.error, IndexError) as exc:
             del slow_rows[before:]
-            bad.append(int(chunk.index[i]))
+            (crowded if isinstance(exc, _TooManyValues) else bad).append(int(chunk.index[i]))
             continue
         slow_order.extend([i] * (len(slow_rows) - before))
     if not slow_rows:
@@ -484,11 +500,17 @@ def read_file(path: Path, tags: _Tags) -> tuple[list[tuple[np.ndarray, ...]], Fi
     status = FileStatus()
     parts: list[tuple[np.ndarray, ...]] = []
     bad: list[int] = []
+    crowded: list[int] = []
     for chunk in read_chunks(path, status):
-        parts.append(_decode_chunk(chunk, tags, bad))
+        parts.append(_decode_chunk(chunk, tags, bad, crowded))
     if bad:
         status.problems.append(
             f"{len(bad)} record(s) could not be decoded as events (first: record {bad[0]})"
+        )
+    if crowded:
+        status.problems.append(
+            f"{len(crowded)} event(s) of over {MAX_VALUES:,} values skipped (first: record "
+            f"{crowded[0]}; writers put one, or a few thousand at most, in an event)"
         )
     return parts, status
 
