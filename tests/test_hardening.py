@@ -108,26 +108,32 @@ def _scan_in_workers(tmp_path: Path, names: tuple[str, ...], on_read: str, *args
     ``signal`` and ``time`` imported). ``startup`` runs first, in every process, the scan's own
     too: the workers are fresh interpreters, so all this goes through a sitecustomize on their
     PYTHONPATH. The JSON report (or inspection) and the seconds the command took."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        startup + "import os, signal, time\n"
-        "from gradaudit.adapters import parquet\n"
-        "_real, _done = parquet.read, []\n"
-        "def _read(source):\n"
-        "    name = source.files[0].parent.name\n"
-        + textwrap.indent(on_read, "    ") +
-        "    _done.append(name)\n"
-        "    return _real(source)\n"
-        "parquet.read = _read\n")
     runs = tmp_path / "runs"
     for name in names:
         _good_run(runs / name)
+    return _with_hook(tmp_path, startup + "import os, signal, time\n"
+                      "from gradaudit.adapters import parquet\n"
+                      "_real, _done = parquet.read, []\n"
+                      "def _read(source):\n"
+                      "    name = source.files[0].parent.name\n"
+                      + textwrap.indent(on_read, "    ") +
+                      "    _done.append(name)\n"
+                      "    return _real(source)\n"
+                      "parquet.read = _read\n",
+                      command, str(runs), "--format", "json", "--workers", "2", *args)
+
+
+def _with_hook(tmp_path: Path, hook: str, *args: str) -> tuple[dict, float]:
+    """``gradaudit ARGS`` in a subprocess with a hard time limit, ``hook`` run first in every
+    process, the scan's own and its workers' (fresh interpreters: a sitecustomize on their
+    PYTHONPATH). The JSON it printed, and the seconds it took."""
+    folder = tmp_path / "hook"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(hook)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
-        str(hook), os.environ.get("PYTHONPATH", "")]))}
+        str(folder), os.environ.get("PYTHONPATH", "")]))}
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "gradaudit", command, str(runs), "--format",
-                             "json", "--workers", "2", *args], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "gradaudit", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
                             start_new_session=True)
     try:
@@ -226,6 +232,36 @@ def test_inspect_ends_a_stuck_input_at_the_timeout(tmp_path):
         "    time.sleep(3600)\n", "--timeout", "3", command="inspect")
     (err,) = doc["errors"]
     assert "stuck" in err["path"] and "took longer than 3 s" in err["message"]
+
+
+def test_a_trainers_tensorboard_log_read_in_discovery_is_ended_at_the_timeout(tmp_path):
+    # To tell a Hugging Face Trainer's TensorBoard copies, discovery reads the TensorBoard
+    # folders in its runs/ and its trainer_state.json: it did so in the scan's own process,
+    # where --timeout ends nothing (a review: a hostile event file beside a Trainer run held
+    # the whole scan). They are read by the worker processes, under the timeout: one that hangs
+    # is ended and reported once (not read again), and the real copy beside it is still told
+    from tests.test_hf_trainer import _history, _losses, _tensorboard_launch, _trainer_output
+
+    loss, grad = _losses(3)
+    out = _trainer_output(tmp_path / "runs" / "out", loss, grad)
+    for name in ("Nov29_07-28-10_vm", "stuck"):
+        _tensorboard_launch(out / "runs" / name, _history(range(1, 46), loss, grad))
+    doc, _ = _with_hook(tmp_path, "import time\n"
+                        "from gradaudit.adapters import tensorboard\n"
+                        "_real = tensorboard.read\n"
+                        "def _read(source):\n"
+                        "    if source.files[0].parent.name == 'stuck':\n"
+                        "        time.sleep(3600)\n"
+                        "    return _real(source)\n"
+                        "tensorboard.read = _read\n",
+                        "scan", "runs", "--format", "json", "--workers", "2", "--timeout", "5")
+    (run,) = doc["runs"]
+    assert run["run"] == "out" and run["format"] == "hf-trainer-state"
+    assert any("out/runs/Nov29_07-28-10_vm is this Trainer run's copy" in n
+               for n in run["notes"])
+    (err,) = doc["errors"]
+    assert "out/runs/stuck/" in err["path"]
+    assert "took longer than 5 s" in err["message"]
 
 
 def test_a_timeout_without_worker_processes_is_said_to_have_no_effect(tmp_path, capsys):

@@ -61,12 +61,15 @@ def _paths(paths: PathLike | Iterable[PathLike]) -> list[str]:
     return out
 
 
-def _sources(paths: PathLike | Iterable[PathLike]) -> tuple[list[Source], list[InputError]]:
-    """The sources under ``paths``, and an error for each file named that no reader takes."""
+def _sources(paths: PathLike | Iterable[PathLike], workers: int,
+             timeout: float) -> tuple[list[Source], list[InputError]]:
+    """The sources under ``paths``, and an error for each file named that no reader takes (and
+    each input that failed in a worker process while discovery read it: ``workers``,
+    ``timeout`` as for the scan)."""
     paths = _paths(paths)
     if not paths:
         raise UsageError("no path given")
-    found = discover(paths)
+    found = discover(paths, workers, timeout)
     if found.missing:
         odd = [p for p in found.missing if os.path.lexists(p)]
         gone = [p for p in found.missing if p not in odd]
@@ -75,7 +78,8 @@ def _sources(paths: PathLike | Iterable[PathLike]) -> tuple[list[Source], list[I
              f"{', '.join(odd)}"] if odd else [])
         raise UsageError("; ".join(why))
     return found.sources, [InputError(p, UNRECOGNISED) for p in found.unrecognised] + \
-        [InputError(p, why) for p, why in found.unreadable]
+        [InputError(p, why) for p, why in found.unreadable] + \
+        [InputError(source_label(s), why) for s, why in found.lost]
 
 
 def _unread(paths: list[str], audits: list[RunAudit], errors: list[InputError]) -> list[str]:
@@ -239,7 +243,7 @@ def inspect(
     checked = Settings(grad_tag=grad_tag, loss_tag=loss_tag, workers=workers, timeout=timeout)
     grad_tag, loss_tag = checked.grad_tag, checked.loss_tag
     workers, timeout = checked.workers, checked.timeout
-    sources, errors = _sources(paths)
+    sources, errors = _sources(paths, workers, timeout)
     runs: list[RunSeries] = []
     for got, bad in run_all(_ReadJob(grad_tag, loss_tag), sources, workers, _lost, timeout):
         runs.extend(got)
@@ -305,7 +309,7 @@ def scan(
 
     settings = (settings or Settings()).with_overrides(**overrides)
     given = _paths(paths)
-    sources, errors = _sources(given)
+    sources, errors = _sources(given, settings.workers, settings.timeout)
     audits: list[RunAudit] = []
     for got, bad in run_all(_ScanJob(settings), sources, settings.workers, _lost,
                             settings.timeout, progress):

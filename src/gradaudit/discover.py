@@ -30,6 +30,7 @@ from gradaudit.adapters.base import Source
 from gradaudit.adapters.hf_trainer import FORMAT as HF_FORMAT
 from gradaudit.adapters.tensorboard import FORMAT as TB_FORMAT
 from gradaudit.errors import UNEXPECTED
+from gradaudit.parallel import DEFAULT_TIMEOUT, run_all
 from gradaudit.resumes import REDONE_GRAD_FACTOR, REDONE_TOLERANCE, redone_differ
 
 
@@ -43,6 +44,9 @@ class Discovery:
     #: ``(path, why)``: folders that could not be listed, and files named like a log that are
     #: no regular file (a FIFO, a device, a dangling link), found while walking
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    #: ``(source, why)``: Trainer runs and TensorBoard folders beside them whose reading, to
+    #: tell the Trainer's copies, failed in a worker process (timed out, died): not read again
+    lost: list[tuple[Source, str]] = field(default_factory=list)
 
 
 #: Names that say a reader would take the file without looking inside: one that is no regular
@@ -198,6 +202,26 @@ def _train_loss(source: Source) -> _Logged | None:
         return None
 
 
+class _TrainLosses:
+    """:func:`_train_loss` as a job for :func:`gradaudit.parallel.run_all`: in worker
+    processes, each source is read under the scan's timeout, not in the scan's own process."""
+
+    @staticmethod
+    def prepare() -> None:
+        """Import the readers when a worker starts (:mod:`gradaudit.parallel`)."""
+        import gradaudit.ingest  # noqa: F401
+
+    def __call__(self, source: Source) -> _Logged | None:
+        return _train_loss(source)
+
+
+class _Lost(NamedTuple):
+    """A source whose reading failed in a worker process, and why."""
+
+    source: Source
+    why: str
+
+
 def _agrees(state: Loss, log: Loss) -> bool:
     """Whether ``log`` holds the same training loss as ``state`` at every step both hold
     (and they share one)."""
@@ -228,7 +252,8 @@ def _launches(state: Loss, logs: list[tuple[int, Loss]]) -> list[tuple[int, int 
     return copies[::-1]
 
 
-def _without_trainer_copies(sources: list[Source]) -> list[Source]:
+def _without_trainer_copies(sources: list[Source], workers: int,
+                            timeout: float) -> tuple[list[Source], list[_Lost]]:
     """Sources less the TensorBoard copies of a Hugging Face Trainer run: ``report_to=
     "tensorboard"`` writes the same log history into ``<output_dir>/runs/<date>_<host>`` (the
     default ``logging_dir``), one folder per launch (a resume from a checkpoint is a new one).
@@ -241,27 +266,37 @@ def _without_trainer_copies(sources: list[Source]) -> list[Source]:
     save): then the run is read from the copies, which hold every step the state has, under
     the Trainer run's name. Where they do not hold it all, a copy that goes on stays a run,
     and so does a launch cut short whose first pass over the steps trained again differs
-    from the later one (:func:`gradaudit.resumes.redone_differ`: what it crashed on is audited)."""
+    from the later one (:func:`gradaudit.resumes.redone_differ`: what it crashed on is audited).
+
+    The runs and folders compared are read by ``workers`` processes, each ended after
+    ``timeout`` seconds (:func:`gradaudit.parallel.run_all`); those that fail there are left
+    out of the sources, and returned."""
     trainers = {d: i for i, s in enumerate(sources) if (d := _trainer_dir(s)) is not None}
-    if not trainers:
-        return sources
+    owner_of: dict[int, int] = {}  # a TensorBoard folder in a Trainer's runs/ -> the Trainer
+    for i, s in enumerate(sources):
+        if s.format == TB_FORMAT and s.files and s.files[0].parent.parent.name == "runs":
+            owner = trainers.get(s.files[0].parent.parent.parent)
+            if owner is not None:
+                owner_of[i] = owner
+    if not owner_of:
+        return sources, []
+    asked = [*owner_of, *dict.fromkeys(owner_of.values())]
+    read = dict(zip(asked, run_all(_TrainLosses(), [sources[i] for i in asked], workers, _Lost,
+                                   timeout), strict=True))
     logs: dict[int, list[tuple[str, int, Loss]]] = {}
     grad_of: dict[int, Loss | None] = {}
-    for i, s in enumerate(sources):
-        if s.format != TB_FORMAT or not s.files:
-            continue
-        folder = s.files[0].parent
-        owner = trainers.get(folder.parent.parent) if folder.parent.name == "runs" else None
-        if owner is not None and (got := _train_loss(s)) is not None:
-            first = min(f.name for f in s.files)  # events.out.tfevents.<time>...: launch order
+    for i, owner in owner_of.items():
+        if isinstance(got := read[i], _Logged):
+            files = sources[i].files
+            first = min(f.name for f in files)  # events.out.tfevents.<time>...: launch order
             logs.setdefault(owner, []).append((first, i, got.loss))
             grad_of[i] = got.grad
-    drop: set[int] = set()
+    drop = {i for i, got in read.items() if isinstance(got, _Lost)}
     read_from: dict[int, Source] = {}
     notes: dict[int, list[str]] = {}
     for owner, found in logs.items():
-        state = _train_loss(sources[owner])
-        if state is None:
+        state = read[owner]
+        if not isinstance(state, _Logged):
             continue
         (steps, _), state_file = state.loss, state.file
         found.sort(key=lambda x: (x[0], sources[x[1]].name))
@@ -336,7 +371,7 @@ def _without_trainer_copies(sources: list[Source]) -> list[Source]:
         if i in notes:
             s = Source(s.format, s.name, s.files, s.notes + tuple(notes[i]))
         out.append(s)
-    return out
+    return out, [got for got in read.values() if isinstance(got, _Lost)]
 
 
 def file_key(path: str | os.PathLike[str]) -> tuple[int, int] | None:
@@ -387,8 +422,11 @@ def _join(prefix: str, rel: str) -> str:
     return posixpath.normpath(posixpath.join(prefix, rel))
 
 
-def discover(paths: Iterable[str | os.PathLike[str]]) -> Discovery:
-    """Find the sources under ``paths`` (files or folders)."""
+def discover(paths: Iterable[str | os.PathLike[str]], workers: int = 1,
+             timeout: float = DEFAULT_TIMEOUT) -> Discovery:
+    """Find the sources under ``paths`` (files or folders). The logs read to tell a Trainer
+    run's TensorBoard copies are read by ``workers`` processes, as the scan reads its inputs
+    (above 1: each ended after ``timeout`` seconds)."""
     paths = [str(p) for p in paths]
     merged: dict[tuple[str, str], dict[Path, None]] = {}  # a run's files, none twice
     missing: list[str] = []
@@ -440,7 +478,7 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> Discovery:
                 name = _join(prefix, rel)
                 merged.setdefault((src.format, name), {}).update(dict.fromkeys(src.files))
     sources = _regroup([Source(fmt, name, tuple(files)) for (fmt, name), files in merged.items()])
-    sources = _without_trainer_copies(sources)
+    sources, lost = _without_trainer_copies(sources, workers, timeout)
     sources.sort(key=lambda s: (s.name, s.format))
     return Discovery(sources=sources, missing=missing, unrecognised=unrecognised,
-                     unreadable=unreadable)
+                     unreadable=unreadable, lost=[(got.source, got.why) for got in lost])
