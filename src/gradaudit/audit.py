@@ -88,45 +88,62 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
     cand = _candidates(run)
     judge = _Judge(run, cand)
     episodes = [ep for k in range(len(cand.raw)) if (ep := judge.episode(k)) is not None]
-    head = _head_blowup(run, episodes)
-    if head is not None:
-        episodes.insert(0, head)
+    episodes = _with_head_blowup(run, episodes)
     return _finish(run, cand, episodes, judge.counterfactuals)
 
 
-def _head_blowup(run: _Run, episodes: list[Episode]) -> Episode | None:
-    """The run's blow-up before its first healthy level, for good (:mod:`gradaudit.detect.
-    head_blowup`), as an explosion whose loss never came back; None where there is none or an
-    explosion found in the head already tells it."""
+def _with_head_blowup(run: _Run, episodes: list[Episode]) -> list[Episode]:
+    """``episodes`` with the run's blow-up before its first healthy level (:mod:`gradaudit.
+    detect.head_blowup`), in onset order. One that never came back is an explosion that
+    diverged, and it takes the place of the episodes found in the head (judged against the
+    broken model's level, or read as a spike that ended). One that came back is added where no
+    episode found covers it: an explosion where it took the impact horizon or longer to come
+    back (the loss stood above its start that long, where a run that trains stands below it),
+    else a warning."""
     if not run.has_loss or run.n_usable <= run.p.min_history:
-        return None  # (a run too short for a level: only what needs none is judged, notes say)
+        return episodes  # (a run too short for a level: only what needs none is judged)
     ok = np.isfinite(run.g) & (run.g > 0)
     steps = run.gs[ok] if run.has_grad else run.ls[np.isfinite(run.lv)]
     if not steps.size:
-        return None
+        return episodes
     head_end = int(steps[min(run.skip(steps) + run.p.min_history, steps.size - 1)])
-    if any(e.severity == "explosion" and e.onset_step <= head_end for e in episodes):
-        return None
     hb = head_blowup(run.ls, run.lv, head_end, run.gs if run.has_grad else None,
-                     run.g if run.has_grad else None, spike_ratio=run.p.spike_ratio)
+                     run.g if run.has_grad else None, spike_ratio=run.p.spike_ratio,
+                     explosion_ratio=run.st.explosion_ratio)
     if hb is None:
-        return None
-    h = (run.ls >= hb.onset_step) & (run.ls < hb.onset_step + run.st.impact_horizon) \
-        & np.isfinite(run.lv)
-    excess = float(np.mean(run.lv[h]) - hb.loss_start) if h.any() else None
+        return episodes
+    if hb.back_step is None:
+        within = [e for e in episodes if e.onset_step <= head_end]
+    elif any(e.onset_step <= hb.back_step for e in episodes):
+        return episodes  # (reported already)
+    else:
+        within = []
+    fin = np.isfinite(run.lv)
+    ls, lv = run.ls[fin], run.lv[fin]
+    h = (ls >= hb.onset_step) & (ls < hb.onset_step + run.st.impact_horizon)
+    excess = float(np.mean(lv[h]) - hb.loss_start) if h.any() else None
+    came_back = hb.back_step is not None
     if hb.grad_start is None:
         kind, ratio, peak_step = "loss_spike", None, hb.loss_peak_step
     else:
         ratio = hb.grad_peak / hb.grad_start
         g_end = float(np.median(run.g[ok][-max(5, int(ok.sum()) // 10):]))
-        kind = "level_shift" if g_end >= run.p.level_ratio * hb.grad_start else "spike"
+        kind = "spike" if came_back or g_end < run.p.level_ratio * hb.grad_start \
+            else "level_shift"
         peak_step = hb.grad_peak_step
-    return Episode(
-        onset_step=hb.onset_step, peak_step=peak_step, end_step=None,
+    # (one that came back within the horizon has no counterfactual to measure its damage by:
+    # the first steps have no fit window; one that stood above its start longer lost that much)
+    harmful = not came_back or hb.back_step - hb.onset_step >= run.st.impact_horizon
+    head = Episode(
+        onset_step=hb.onset_step, peak_step=peak_step, end_step=hb.back_step,
         peak_grad_norm=hb.grad_peak, baseline_grad_norm=hb.grad_start, peak_ratio=ratio,
-        kind=kind, severity="explosion", detected_by=[ID_HEAD],
-        loss_impact=LossImpact(excess, hb.loss_peak - hb.loss_start, None, True),
+        kind=kind, severity="explosion" if harmful else "warning",
+        detected_by=sorted({ID_HEAD}.union(*(e.detected_by for e in within))),
+        loss_impact=LossImpact(excess, hb.loss_peak - hb.loss_start, hb.back_step,
+                               not came_back),
         reason=explain.head_blowup_reason(hb, run.st.impact_horizon, excess))
+    kept = [e for e in episodes if not any(e is x for x in within)]
+    return sorted([*kept, head], key=lambda e: e.onset_step)
 
 
 @dataclass

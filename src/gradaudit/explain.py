@@ -177,7 +177,8 @@ def advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.nda
     if not has_grad:
         parts.append("no usable grad norm is logged, so no clip threshold can be derived; "
                      "log the global grad norm (before clipping)")
-    elif no_level and not any(ID_HEAD in e.detected_by for e in episodes):  # (said below)
+    elif no_level and not any(ID_HEAD in e.detected_by and e.end_step is None
+                              for e in episodes):  # (said below)
         parts.append(f"fewer than {MIN_HEALTHY_LEVEL} grad norms could be judged against a "
                      "healthy level and found healthy (too few usable points, or most of them "
                      "in episodes), so no clip threshold can be derived: one from these norms "
@@ -187,7 +188,7 @@ def advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.nda
         # a shift that lasted: to the run's end, or to the next episode on its new level with
         # the grad norm still there at the run's end
         lasted = e.end_step is None or (interrupted(episodes, k) and _still_at(e, gs, g))
-        if ID_HEAD in e.detected_by:
+        if ID_HEAD in e.detected_by and e.end_step is None:
             parts.append(f"the run blew up at step {e.onset_step}, in its first steps, and never "
                          "trained from there: its learning rate was too high from the start for "
                          "this model (or its initialisation or data were broken); restart it "
@@ -253,12 +254,21 @@ def head_blowup_reason(hb: HeadBlowup, horizon: int, excess: float | None) -> st
         f"the grad norm rose {hb.grad_peak / hb.grad_start:.3g}x above its first values "
         f"({hb.grad_start:.3g}; peak {hb.grad_peak:.3g} at step {hb.grad_peak_step}) and ")
     over = "" if excess is None else \
-        f", {excess:+.3g} on average over the next {horizon} steps"
-    return (f"the run blew up in its first steps, before it had a healthy level: {grad}the loss "
-            f"rose from {hb.loss_start:.3g} to {hb.loss_peak:.3g} (step {hb.loss_peak_step}) "
-            f"and never came back: it ends the run at {hb.loss_end:.3g}, "
-            f"{hb.loss_end / hb.loss_start:.3g}x where it started (diverged; measured against "
-            f"the loss it started from{over}, which a run that trains stays below)")
+        f"; against the loss it started from, {excess:+.3g} on average over the next " \
+        f"{horizon} steps"
+    text = (f"the run blew up in its first steps, before it had a healthy level: {grad}the loss "
+            f"rose from {hb.loss_start:.3g} to {hb.loss_peak:.3g} (step {hb.loss_peak_step})")
+    if hb.back_step is None:
+        return (f"{text} and never came back: it ends the run at {hb.loss_end:.3g}, "
+                f"{hb.loss_end / hb.loss_start:.3g}x where it started (diverged{over}, which a "
+                "run that trains stays below)")
+    took = hb.back_step - hb.onset_step
+    lasted = (f": it stood above where it started for {took} steps, the impact horizon or "
+              "longer, where a run that trains stands below it, so the loss was harmed"
+              if took >= horizon else f": back within {took} steps, less than the impact "
+              "horizon, and with no counterfactual to measure its damage by in the run's "
+              "first steps, a warning")
+    return f"{text} and came back under 1.2x its start at step {hb.back_step}{over}{lasted}"
 
 
 #: what the detectors judge before a healthy grad-norm level exists
