@@ -347,3 +347,36 @@ def test_the_batch_suggestion_is_the_largest_p99_where_quantile_costs_rule_out_b
     monkeypatch.setattr(clip_module, "_cost", lambda q, thr: 0.02)
     b = batch_clip(audits)
     assert b.method == "max-of-runs-p99-healthy"
+
+
+def _recurring(sigma, n_spikes, seed=5):
+    """A 3000-step run whose grad norm is lognormal (``sigma``: its spread; p99/median =
+    exp(2.33 sigma)) with ``n_spikes`` harmful 200x spikes, 600 steps apart from step 500."""
+    rng = np.random.default_rng(seed)
+    s = np.arange(3000)
+    g = np.exp(rng.normal(0, sigma, s.size))
+    loss = 2.5 + 3 * (s + 20.0) ** -0.4 + rng.normal(0, 0.02, s.size)
+    for k in range(n_spikes):
+        at = 500 + 600 * k
+        g[at] = 200.0
+        loss[at:at + 30] += 1.0
+    return audit_run(run_series(s, g, loss))
+
+
+@pytest.mark.parametrize("sigma,n_spikes,unstable", [
+    (0.55, 4, True),  # explosions recur, healthy norms heavy-tailed (p99 3.5x the median)
+    (0.55, 2, False),  # heavy-tailed, but only two episodes
+    (0.2, 4, False),  # four episodes on a quiet norm (p99 1.6x the median)
+])
+def test_a_run_unstable_throughout_is_suggested_autoclip(sigma, n_spikes, unstable):
+    a = _recurring(sigma, n_spikes)
+    assert len(a.episodes) == n_spikes and a.status == "explosion"
+    opts = {o.method: o for o in a.clip.options}
+    if unstable:
+        # its "healthy" norms hold its instability: the percentile options are set by it
+        assert a.clip.method == "autoclip-p10"
+        assert a.clip.suggested_threshold == opts["autoclip-p10"].threshold
+        assert a.clip.suggested_threshold < a.healthy_grad_norm
+        assert "unstable throughout the run (4 episodes" in a.clip.advice
+    else:
+        assert a.clip.method == "p99-healthy" and "unstable" not in (a.clip.advice or "")

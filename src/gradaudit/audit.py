@@ -23,7 +23,13 @@ import numpy as np
 from scipy.special import ndtri
 
 from gradaudit import explain
-from gradaudit.clip import clip_ceiling, clip_options, healthy_quantiles, suggest
+from gradaudit.clip import (
+    clip_ceiling,
+    clip_options,
+    healthy_quantiles,
+    suggest,
+    unstable_tail,
+)
 from gradaudit.detect._common import diff_sigma, finite_argmax, holds_level
 from gradaudit.detect.head_blowup import ID as ID_HEAD
 from gradaudit.detect.head_blowup import head_blowup
@@ -967,7 +973,13 @@ def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],
             audit.notes += clip_notes
             audit.healthy_quantiles = healthy_quantiles(g, healthy)
             opts = clip_options(g, healthy, _grad_slices(gs, episodes), ga.zclip_final_bound)
-            audit.clip = suggest(opts, run.st.clip_max_cost, advice, int(healthy.sum()))
+            # (a regime's norms, after a harmless level shift, are not the whole run's)
+            tail = unstable_tail(g[healthy], len(episodes)) if regime is None else None
+            if tail is not None:
+                advice = "; ".join(x for x in (explain.unstable_advice(len(episodes), tail),
+                                               advice) if x)
+            audit.clip = suggest(opts, run.st.clip_max_cost, advice, int(healthy.sum()),
+                                 unstable=tail is not None)
     else:
         advice = explain.advice(episodes, series, gs, g, run.has_grad, run.g_every, restarts)
         audit.clip = suggest([], run.st.clip_max_cost, advice)

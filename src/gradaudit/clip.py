@@ -28,6 +28,15 @@ removed only 47 % (<= 1 % on 8 of 8); fixed 1.0 removed 84 % but broke the 1 % b
 (benchmarks/detection/README.md, "replay").
 The healthy norms exclude the lr warm-up and every episode (warnings too; an explosion up to
 where its loss came back), so an explosion never raises its own threshold.
+A run **unstable throughout** (``UNSTABLE_EPISODES`` (3) episodes or more, and healthy norms whose
+99th percentile against their level there - the higher of the medians of the 51 points up to
+and from each - is ``UNSTABLE_TAIL`` (2.5) x or more; 1.1-1.5x in vanilla RNNs that train
+calmly) holds its instability in its "healthy" norms: the percentile options are set by it.
+Such a run is suggested AutoClip's threshold (``UNSTABLE_METHOD``), near its healthy level:
+replayed with every option (``benchmarks/detection/replay_unstable.py`` and a reviewer's
+trainer: 10 unclipped vanilla RNNs found so), it ended within 0-2.4 % of the best option's final
+loss on each, where ``p99-healthy`` ended 7.7-65 % above it; clipped, the runs calmed and it
+clipped 0-0.2 % of their steps (its cost column, from the unclipped norms, reads 82-90 %).
 With fewer than ``MIN_HEALTHY_LEVEL`` (10) healthy norms nothing is suggested: the "99th
 percentile" of three norms is their largest. The engine passes no options at all where fewer
 than that were judged healthy against a healthy level (every ``RunAudit.too_short`` run):
@@ -46,6 +55,7 @@ of others.
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import median_filter
 
 from gradaudit.detect.ema_zscore import HUGE
 from gradaudit.model import MIN_HEALTHY_LEVEL, ClipOption, ClipSuggestion, RunAudit
@@ -110,12 +120,46 @@ def clip_options(
     return out
 
 
+#: a run unstable throughout: this many episodes or more, and healthy norms whose 99th
+#: percentile against their level there (``UNSTABLE_WINDOW`` points either side) is
+#: ``UNSTABLE_TAIL`` x or more (module doc)
+UNSTABLE_EPISODES = 3
+UNSTABLE_TAIL = 2.5
+UNSTABLE_WINDOW = 51
+UNSTABLE_METHOD = "autoclip-p10"  # what such a run is suggested
+
+
+def unstable_tail(h: np.ndarray, n_episodes: int) -> float | None:
+    """How far the healthy norms ``h`` (in order) reach above their level there - the 99th
+    percentile of their ratio to the higher of the medians of the ``UNSTABLE_WINDOW`` points
+    up to and from each - where the run is unstable throughout (``UNSTABLE_*``), else None.
+    Against the norms' level where they are, not their overall median: a grad norm that drifts
+    or changes its scale over a run is no instability (and a step up is high only against the
+    points before it)."""
+    h = h[np.isfinite(h) & (h > 0)]
+    if n_episodes < UNSTABLE_EPISODES or h.size < UNSTABLE_WINDOW:
+        return None
+    log_h = np.log(h)
+    half = UNSTABLE_WINDOW // 2
+    before, after = (median_filter(log_h, size=UNSTABLE_WINDOW, mode="nearest", origin=o)
+                     for o in (half, -half))
+    local = log_h - np.maximum(before, after)
+    tail = float(np.exp(np.quantile(local, 0.99)))
+    return tail if tail >= UNSTABLE_TAIL else None
+
+
 def suggest(options: list[ClipOption], max_cost: float, advice: str | None,
-            n_healthy: int | None = None) -> ClipSuggestion:
+            n_healthy: int | None = None, unstable: bool = False) -> ClipSuggestion:
     """Pick the smallest option clipping at most ``max_cost`` of healthy steps (none from fewer
-    than ``MIN_HEALTHY_LEVEL`` healthy norms: ``n_healthy``)."""
+    than ``MIN_HEALTHY_LEVEL`` healthy norms: ``n_healthy``); ``UNSTABLE_METHOD``'s in a run
+    unstable throughout (:func:`unstable_tail`)."""
+    if n_healthy is not None and n_healthy < MIN_HEALTHY_LEVEL:
+        return ClipSuggestion(None, "none", options, advice)
+    if unstable and (pick := next((o for o in options if o.method == UNSTABLE_METHOD),
+                                  None)) is not None:
+        return ClipSuggestion(pick.threshold, pick.method, options, advice)
     ok = [o for o in options if o.healthy_clipped_fraction <= max_cost + 1e-12]
-    if not ok or (n_healthy is not None and n_healthy < MIN_HEALTHY_LEVEL):
+    if not ok:
         return ClipSuggestion(None, "none", options, advice)
     best = min(ok, key=lambda o: o.threshold)
     return ClipSuggestion(best.threshold, best.method, options, advice)
