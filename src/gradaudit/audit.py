@@ -102,10 +102,11 @@ def _with_head_blowup(run: _Run, episodes: list[Episode]) -> list[Episode]:
     """``episodes`` with the run's blow-up before its first healthy level (:mod:`gradaudit.
     detect.head_blowup`), in onset order. One that never came back is an explosion that
     diverged, and it takes the place of the episodes found in the head (judged against the
-    broken model's level, or read as a spike that ended). One that came back is added where no
-    episode found covers it: an explosion where it took the impact horizon or longer to come
-    back (the loss stood above its start that long, where a run that trains stands below it),
-    else a warning."""
+    broken model's level, or read as a spike that ended) unless one is a divergence (the run
+    broke down to non-finite values there: that episode tells it). One that came back is
+    added where no episode found covers it: an explosion where it took the impact horizon or
+    longer to come back (the loss stood above its start that long, where a run that trains
+    stands below it), else a warning."""
     if not run.has_loss or run.n_usable <= run.p.min_history:
         return episodes  # (a run too short for a level: only what needs none is judged)
     ok = np.isfinite(run.g) & (run.g > 0)
@@ -120,6 +121,8 @@ def _with_head_blowup(run: _Run, episodes: list[Episode]) -> list[Episode]:
         return episodes
     if hb.back_step is None:
         within = [e for e in episodes if e.onset_step <= head_end]
+        if any(e.kind == "divergence" for e in within):
+            return episodes  # (a breakdown to non-finite values there tells it already)
     elif any(e.onset_step <= hb.back_step for e in episodes):
         return episodes  # (reported already)
     else:
