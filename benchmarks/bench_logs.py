@@ -1,0 +1,122 @@
+"""Training stdout logs (Megatron, fairseq) against the per-line Python parsers users write.
+
+    python benchmarks/bench_logs.py [--lines 1000000] [--repeat 3]
+
+Builds one Megatron log (``iteration N/ M | field: value | ...`` lines, as the shipped
+``sample_logs/megatron`` one writes them) and one fairseq ``--log-format json`` log (the
+``train_inner`` lines of ``tests/data/fairseq/json1.log``, written by fairseq's own logging),
+each of ``--lines`` training lines renumbered, and reads them with ``gradaudit.read_runs`` and
+with the parser a user would write: a regex split per Megatron line, ``json.loads`` per fairseq
+line, both into Python lists of (step, tag, value). Both must find the same number of points.
+Prints the median time of ``--repeat`` reads and the ratio (the machine is shared and noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import gradaudit
+
+ROOT = Path(__file__).resolve().parent.parent
+MEGATRON = ROOT / "sample_logs" / "megatron" / "charlm-lr-spike.log"
+FAIRSEQ = ROOT / "tests" / "data" / "fairseq" / "json1.log"
+_ITER = re.compile(r"iteration\s+(\d+)\s*/\s*\d+\s*\|(.*)")
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^[-+]?(nan|inf)$", re.I)
+
+
+def _template(path: Path, needle: str) -> list[str]:
+    return [line for line in path.read_text().splitlines() if needle in line]
+
+
+def _megatron_log(path: Path, lines: int) -> None:
+    body = [line for line in _template(MEGATRON, "iteration") if _ITER.search(line)]
+    with path.open("w") as fh:
+        for i in range(lines):
+            line = body[i % len(body)]
+            fh.write(re.sub(r"iteration\s+\d+/", f"iteration {i + 1:8d}/", line) + "\n")
+
+
+def _fairseq_log(path: Path, lines: int) -> None:
+    body = _template(FAIRSEQ, "| train_inner |")
+    with path.open("w") as fh:
+        for i in range(lines):
+            line = body[i % len(body)]
+            fh.write(re.sub(r'"num_updates": "\d+"', f'"num_updates": "{i + 1}"', line) + "\n")
+
+
+def _megatron_python(path: Path) -> int:
+    points = []
+    with path.open() as fh:
+        for line in fh:
+            m = _ITER.search(line)
+            if not m:
+                continue
+            step = int(m.group(1))
+            for field in m.group(2).split("|"):
+                key, sep, value = field.partition(":")
+                value = value.strip()
+                if sep and _NUMBER.match(value):
+                    points.append((step, key.strip(), float(value)))
+    return len(points)
+
+
+def _fairseq_python(path: Path) -> int:
+    points = []
+    with path.open() as fh:
+        for line in fh:
+            if "| train_inner |" not in line:
+                continue
+            stats = json.loads(line.split("| train_inner |", 1)[1])
+            step = int(float(stats.pop("num_updates")))
+            for key, value in stats.items():
+                if key in ("epoch", "update"):
+                    continue
+                try:
+                    points.append((step, "train_inner/" + key, float(value)))
+                except ValueError:
+                    pass
+    return len(points)
+
+
+def _ours(path: Path) -> int:
+    return sum(r.frame.height for r in gradaudit.read_runs([path]))
+
+
+def _median(fn: Callable[[], int], repeat: int) -> tuple[float, int]:
+    times, n = [], 0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        n = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lines", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = [("megatron", Path(tmp) / "train.log", _megatron_log, _megatron_python),
+                 ("fairseq", Path(tmp) / "fairseq.log", _fairseq_log, _fairseq_python)]
+        for label, path, make, python in cases:
+            make(path, args.lines)
+            size = path.stat().st_size / 1e6
+            t_ours, n_ours = _median(lambda p=path: _ours(p), args.repeat)
+            t_py, n_py = _median(lambda p=path, f=python: f(p), args.repeat)
+            # gradaudit keeps a repeated step's last value: the renumbered lines repeat none
+            assert n_ours == n_py, (label, n_ours, n_py)
+            print(f"{label:8s} {args.lines:,} lines, {size:.0f} MB, {n_ours:,} points: "
+                  f"read_runs {t_ours:.2f} s | per-line Python {t_py:.2f} s | ratio "
+                  f"{t_py / t_ours:.1f}x faster (median of {args.repeat})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
