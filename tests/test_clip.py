@@ -377,6 +377,31 @@ def test_a_run_unstable_throughout_is_suggested_autoclip(sigma, n_spikes, unstab
         assert a.clip.method == "autoclip-p10"
         assert a.clip.suggested_threshold == opts["autoclip-p10"].threshold
         assert a.clip.suggested_threshold < a.healthy_grad_norm
-        assert "unstable throughout the run (4 episodes" in a.clip.advice
+        assert "unstable throughout the run (4 grad-norm episodes" in a.clip.advice
     else:
         assert a.clip.method == "p99-healthy" and "unstable" not in (a.clip.advice or "")
+
+
+def test_fp16_overflow_steps_do_not_make_a_noisy_run_unstable():
+    # a review: 16 loss-scaler overflows (nonfinite warnings) on a calm small-batch run whose
+    # norms reach 2.6x their level were read as recurring episodes; AutoClip's threshold,
+    # below the healthy median, doubled its final loss in a replay
+    rng = np.random.default_rng(8)
+    s = np.arange(3000)
+    g = np.exp(rng.normal(0, 0.45, s.size))
+    g[100::180] = np.inf
+    loss = 2.5 + 3 * (s + 20.0) ** -0.4 + rng.normal(0, 0.02, s.size)
+    a = audit_run(run_series(s, g, loss))
+    assert sum(e.kind == "nonfinite" for e in a.episodes) >= 10
+    assert a.clip.method == "p99-healthy" and "unstable" not in (a.clip.advice or "")
+
+
+def test_the_batch_threshold_leaves_out_runs_unstable_throughout():
+    calm = [_recurring(0.2, 1, seed=k) for k in range(3)]
+    wild = _recurring(0.55, 4)
+    assert wild.clip.method == "autoclip-p10"
+    b = batch_clip([*calm, wild])
+    assert "1 run(s) unstable throughout left out" in b.advice
+    assert b.suggested_threshold == pytest.approx(batch_clip(calm).suggested_threshold)
+    alone = batch_clip([wild])
+    assert alone.suggested_threshold is None and "left out" in alone.advice

@@ -160,3 +160,14 @@ def test_a_blow_up_after_the_head_is_the_other_detectors():
     e = a.episodes[0]
     assert e.onset_step == 500 and "head-blowup" not in e.detected_by
     assert e.severity == "explosion"
+
+
+def test_a_loss_only_run_with_an_artefact_first_value_is_no_blow_up():
+    # a review: a healthy Adam run whose first logged loss was 1/50 of the loss (a mis-averaged
+    # first logging interval), logged without its grad norm, read as a 14x blow-up at step 1
+    rng = np.random.default_rng(9)
+    s = np.arange(N)
+    loss = 0.65 + 1.6 * np.exp(-s / 150.0) + 0.02 * rng.standard_normal(N)
+    loss[0] /= 50.0
+    a = audit_run(run_series(s, None, loss))
+    assert not any("head-blowup" in e.detected_by for e in a.episodes)

@@ -73,6 +73,8 @@ Candidate = tuple[RawEpisode, int, int | None]  # (episode, onset step, end step
 #: fall (the loss averaging above where the counterfactual was at the onset) removed more false
 #: harm, but took the explosion from 53 of 1,732 harmful benchmark runs, against 5 for a half
 DECLINE_SHARE = 0.5
+#: episode kinds of the grad norm itself (not a loss spike, not fp16 overflow steps)
+GRAD_KINDS = frozenset({"spike", "level_shift", "divergence"})
 
 
 def audit_run(series: RunSeries, settings: Settings | None = None) -> RunAudit:
@@ -977,10 +979,12 @@ def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],
             audit.healthy_quantiles = healthy_quantiles(g, healthy)
             opts = clip_options(g, healthy, _grad_slices(gs, episodes), ga.zclip_final_bound)
             # (a regime's norms, after a harmless level shift, are not the whole run's)
-            tail = unstable_tail(g[healthy], len(episodes)) if regime is None else None
+            # (episodes of the grad norm only: fp16 overflow steps and loss spikes are none)
+            n_grad = sum(e.kind in GRAD_KINDS for e in episodes)
+            tail = unstable_tail(g[healthy], n_grad) if regime is None else None
             if tail is not None:
-                advice = "; ".join(x for x in (explain.unstable_advice(len(episodes), tail),
-                                               advice) if x)
+                advice = "; ".join(x for x in (explain.unstable_advice(n_grad, tail), advice)
+                                   if x)
             audit.clip = suggest(opts, run.st.clip_max_cost, advice, int(healthy.sum()),
                                  unstable=tail is not None)
     else:

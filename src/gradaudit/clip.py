@@ -28,7 +28,7 @@ removed only 47 % (<= 1 % on 8 of 8); fixed 1.0 removed 84 % but broke the 1 % b
 (benchmarks/detection/README.md, "replay").
 The healthy norms exclude the lr warm-up and every episode (warnings too; an explosion up to
 where its loss came back), so an explosion never raises its own threshold.
-A run **unstable throughout** (``UNSTABLE_EPISODES`` (3) episodes or more, and healthy norms whose
+A run **unstable throughout** (``UNSTABLE_EPISODES`` (3) grad-norm episodes or more, and norms whose
 99th percentile against their level there - the higher of the medians of the 51 points up to
 and from each - is ``UNSTABLE_TAIL`` (2.5) x or more; 1.1-1.5x in vanilla RNNs that train
 calmly) holds its instability in its "healthy" norms: the percentile options are set by it.
@@ -46,7 +46,8 @@ notes it and passes no options (each would clip nothing of clipped norms).
 Batch rule (:func:`batch_clip`): the median over runs of their p99-healthy thresholds where it
 clips at most ``clip_max_cost`` of every run's healthy steps, else the largest of them (which
 always does): each with its cost on each run (the share of that run's healthy steps it clips,
-from quantiles the run keeps).
+from quantiles the run keeps). Runs unstable throughout are left out (their p99 is their
+instability's) and named in the batch suggestion's advice.
 No batch threshold where the runs' healthy grad norms are more than ``BATCH_MAX_SPREAD`` (10) x
 apart: different models, whose one shared threshold would clip every step of some runs and none
 of others.
@@ -215,14 +216,22 @@ def batch_clip(audits: list[RunAudit], max_cost: float = 0.01) -> ClipSuggestion
     largest where the median clips too much of a run, with what each clips on each run; none
     where the runs' healthy levels are too far apart (module doc)."""
     runs: list[tuple[str, float, float, np.ndarray]] = []
+    unstable: list[str] = []  # (their p99 is set by their instability: each has its own)
     for a in audits:
         if a.clip is None or a.healthy_quantiles is None or a.healthy_grad_norm is None:
+            continue
+        if a.clip.method == UNSTABLE_METHOD:
+            unstable.append(a.run)
             continue
         for o in a.clip.options:
             if o.method == "p99-healthy" and np.isfinite(o.threshold):
                 runs.append((a.run, o.threshold, a.healthy_grad_norm, a.healthy_quantiles))
+    left_out = None if not unstable else (
+        f"{len(unstable)} run(s) unstable throughout left out ({', '.join(unstable[:3])}"
+        f"{', ...' if len(unstable) > 3 else ''}): each is suggested AutoClip's threshold of "
+        "its own")
     if not runs:
-        return None
+        return ClipSuggestion(None, "none", [], left_out) if unstable else None
     lo = min(runs, key=lambda r: r[2])
     hi = max(runs, key=lambda r: r[2])
     if hi[2] > BATCH_MAX_SPREAD * lo[2]:
@@ -241,7 +250,7 @@ def batch_clip(audits: list[RunAudit], max_cost: float = 0.01) -> ClipSuggestion
     # (the largest p99 always does; the median does where the runs are alike)
     best = next((o for o in options if all(_cost(r[3], o.threshold) <= max_cost + 1e-12
                                            for r in runs)), options[-1])  # (quantiles to 0.1 %)
-    return ClipSuggestion(best.threshold, best.method, options, None)
+    return ClipSuggestion(best.threshold, best.method, options, left_out)
 
 
 def _batch_option(method: str, thr: float, runs: list[tuple[str, float, float, np.ndarray]],

@@ -249,12 +249,12 @@ def advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.nda
 
 def unstable_advice(n_episodes: int, tail: float) -> str:
     """The advice for a run unstable throughout (:func:`gradaudit.clip.unstable_tail`)."""
-    return (f"the grad norm is unstable throughout the run ({n_episodes} episodes, and its "
-            f"healthy norms' 99th percentile is {tail:.3g}x their running median, where a "
-            "stable run's is under 2x): the percentile options are set by that instability, "
-            "so AutoClip's threshold, near the healthy level, is suggested (its cost column "
-            "counts the unclipped norms; clipped, such a run calms and clips far fewer "
-            "steps); a lower learning rate would calm it too")
+    return (f"the grad norm is unstable throughout the run ({n_episodes} grad-norm episodes, "
+            f"and its healthy norms' 99th percentile is {tail:.3g}x their level there): the "
+            "percentile options are set by that instability, so AutoClip's threshold, near "
+            "the healthy level, is suggested (its cost column counts the unclipped norms; in "
+            "replays of vanilla RNNs unstable so, the clipped runs calmed and it clipped under "
+            "1 % of their steps); a lower learning rate would calm it too")
 
 
 def head_blowup_reason(hb: HeadBlowup, horizon: int, excess: float | None) -> str:

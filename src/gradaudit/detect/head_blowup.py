@@ -9,18 +9,19 @@ loss 4.9 at step 0, 301 at step 4, 30 for the rest of the run, grad norm 0.53 ->
 The start is the lowest of the loss's first ``START_POINTS`` finite values (a blow-up may begin
 at the second point: an AdamW GPT at lr 0.1 went 3.7, 18.9, 54 from its first step); none where
 the loss is <= 0 anywhere in the head (a loss that may cross zero, a WGAN's, has no scale to
-compare with). A blow-up in the
-head: the loss's running median of ``SMOOTH`` points reached ``FACTOR`` x the start within the
-head, and the loss itself ``PEAK`` x the start there - a blow-up, not a rise (a GAN's generator
-loss or an RL loss grows 2-4x at the start by design) - with the grad norm, where one is
-logged, rising ``spike_ratio`` x its own start (the lowest of its first ``START_POINTS``
-finite values) no later than the loss's peak and reaching ``explosion_ratio`` x it in the head
-(a loss rise the grad norm took no part in is no gradient explosion: an auxiliary loss switched
-on). Without a grad norm the loss must reach ``LOSS_ONLY_PEAK`` x its start (a GAN's generator
-loss logged alone reached 6.6x). It came
-back (``back_step``) where the running median is first under ``BACK`` x the start again; a run
-that never came back, to its end, never trained from there (one that slowly trained back down
-to 1.7x its start after a blow-up to 20x it is as broken as one that stayed there).
+compare with). A blow-up in the head: the loss's running median of ``SMOOTH`` points reached
+``FACTOR`` x the start within the head, and the loss itself ``PEAK`` x the start there - a blow-
+up, not a rise (a GAN's generator loss or an RL loss grows 2-4x at the start by design) - with
+the grad norm, where one is logged, rising ``spike_ratio`` x its own start (the lowest of its
+first ``START_POINTS`` finite values) no later than the loss's peak and reaching
+``explosion_ratio`` x it in the head (a loss rise the grad norm took no part in is no gradient
+explosion: an auxiliary loss switched on). Without a grad norm the loss must reach
+``LOSS_ONLY_PEAK`` x its start (a GAN's generator loss logged alone reached 6.6x), and the start
+is the median of its first values (one artefact first value, a mis-averaged first logging
+interval, made a healthy run's start 1/50 of its loss). It came back (``back_step``) where the
+running median is first under ``BACK`` x the start again; a run that never came back, to its
+end, never trained from there (one that slowly trained back down to 1.7x its start after a blow-
+up to 20x it is as broken as one that stayed there).
 
 Onset: where the climb starts - back from the running median's crossing over the points rising
 into it that stand out from the start (``CLIMB`` x it in the loss, the square root of
@@ -62,10 +63,13 @@ class HeadBlowup:
     grad_peak: float | None = None
 
 
-def _start(v: np.ndarray) -> float | None:
-    """The lowest of the first ``START_POINTS`` finite values, or None where one is <= 0."""
+def _start(v: np.ndarray, lowest: bool = True) -> float | None:
+    """The lowest (else the median) of the first ``START_POINTS`` finite values, or None where
+    one is <= 0."""
     first = v[np.isfinite(v)][:START_POINTS]
-    return float(first.min()) if first.size and (first > 0).all() else None
+    if not first.size or not (first > 0).all():
+        return None
+    return float(first.min() if lowest else np.median(first))
 
 
 def _climb_start(v: np.ndarray, bar: float, first_over: int) -> int:
@@ -87,7 +91,10 @@ def head_blowup(ls: np.ndarray, lv: np.ndarray, head_end: int,
     s, v = ls[fin], lv[fin]
     if s.size < 4 * SMOOTH:
         return None
-    start = _start(v)
+    has_grad = gs is not None and g is not None and bool((np.isfinite(g) & (g > 0)).any())
+    # (without a grad norm to rise with it, one artefact first value - a mis-averaged first
+    # logging interval, 1/50 of the loss - must not be the start: the median of the three)
+    start = _start(v, lowest=has_grad)
     if start is None:
         return None
     n_head = int(np.searchsorted(s, head_end, side="right"))
@@ -99,7 +106,6 @@ def head_blowup(ls: np.ndarray, lv: np.ndarray, head_end: int,
         return None
     i_up = int(over[0])
     i_peak = i_up + int(np.argmax(v[i_up:max(n_head, i_up + 1)]))
-    has_grad = gs is not None and g is not None and bool((np.isfinite(g) & (g > 0)).any())
     if v[i_peak] < (PEAK if has_grad else LOSS_ONLY_PEAK) * start:
         return None  # a rise, not a blow-up
     back = np.flatnonzero(sm[i_up:] < BACK * start)
