@@ -978,8 +978,8 @@ def _finish(run: _Run, cand: _Candidates, episodes: list[Episode],
             audit.notes += clip_notes
             audit.healthy_quantiles = healthy_quantiles(g, healthy)
             opts = clip_options(g, healthy, _grad_slices(gs, episodes), ga.zclip_final_bound)
-            # (a regime's norms, after a harmless level shift, are not the whole run's)
-            # (episodes of the grad norm only: fp16 overflow steps and loss spikes are none)
+            # (episodes of the grad norm only: fp16 overflow steps and loss spikes are none; and
+            # a regime's norms, after a harmless level shift, are not the whole run's)
             n_grad = sum(e.kind in GRAD_KINDS for e in episodes)
             tail = unstable_tail(g[healthy], n_grad) if regime is None else None
             if tail is not None:

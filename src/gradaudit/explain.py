@@ -264,21 +264,20 @@ def head_blowup_reason(hb: HeadBlowup, horizon: int, excess: float | None) -> st
         f"the grad norm rose {hb.grad_peak / hb.grad_start:.3g}x above its first values "
         f"({hb.grad_start:.3g}; peak {hb.grad_peak:.3g} at step {hb.grad_peak_step}) and ")
     over = "" if excess is None else \
-        f"; against the loss it started from, {excess:+.3g} on average over the next " \
-        f"{horizon} steps"
+        f", {excess:+.3g} on average over the next {horizon} steps against where it started,"
     text = (f"the run blew up in its first steps, before it had a healthy level: {grad}the loss "
             f"rose from {hb.loss_start:.3g} to {hb.loss_peak:.3g} (step {hb.loss_peak_step})")
     if hb.back_step is None:
-        return (f"{text} and never came back: it ends the run at {hb.loss_end:.3g}, "
-                f"{hb.loss_end / hb.loss_start:.3g}x where it started (diverged{over}, which a "
-                "run that trains stays below)")
+        return (f"{text}{over} and never came back: it ends the run at {hb.loss_end:.3g}, "
+                f"{hb.loss_end / hb.loss_start:.3g}x where it started, where a run that trains "
+                "stays below it (diverged)")
     took = hb.back_step - hb.onset_step
     lasted = (f": it stood above where it started for {took} steps, the impact horizon or "
               "longer, where a run that trains stands below it, so the loss was harmed"
               if took >= horizon else f": back within {took} steps, less than the impact "
               "horizon, and with no counterfactual to measure its damage by in the run's "
               "first steps, a warning")
-    return f"{text} and came back under 1.2x its start at step {hb.back_step}{over}{lasted}"
+    return f"{text}{over} and came back under 1.2x its start at step {hb.back_step}{lasted}"
 
 
 #: what the detectors judge before a healthy grad-norm level exists
