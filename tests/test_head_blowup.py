@@ -171,3 +171,20 @@ def test_a_loss_only_run_with_an_artefact_first_value_is_no_blow_up():
     loss[0] /= 50.0
     a = audit_run(run_series(s, None, loss))
     assert not any("head-blowup" in e.detected_by for e in a.episodes)
+
+
+def test_an_explosion_that_never_came_back_stays_diverged_past_a_later_warning():
+    # a review: a blow-up to 60x at step 50 (after the head: the other detectors' explosion)
+    # that stayed up read diverged: false, because a loss spike on its new level later on
+    # ended the window its recovery was looked for in
+    rng = np.random.default_rng(12)
+    run = _run(50, seed=12)
+    loss = run.frame.filter(pl.col("tag") == "loss").sort("step")["value"].to_numpy().copy()
+    g = run.frame.filter(pl.col("tag") == "grad_norm").sort("step")["value"].to_numpy()
+    loss[400:410] *= 2.0 + 0.1 * rng.random(10)  # the loss alone jumps on the broken level
+    a = audit_run(run_series(np.arange(N), g, loss))
+    first, *later = a.episodes
+    assert first.onset_step == 50 and first.severity == "explosion"
+    assert later and all(e.severity == "warning" for e in later), [e.to_dict() for e in later]
+    assert first.loss_impact.recovery_step is None and first.loss_impact.diverged
+    assert "never came back (diverged)" in first.reason

@@ -56,6 +56,7 @@ from gradaudit.impact import (
     Blowups,
     Impact,
     bucket_mean,
+    ends_above,
     loss_impact,
     post_end,
     step_origin,
@@ -96,8 +97,25 @@ def _audit(series: RunSeries, st: Settings) -> RunAudit:
     cand = _candidates(run)
     judge = _Judge(run, cand)
     episodes = [ep for k in range(len(cand.raw)) if (ep := judge.episode(k)) is not None]
+    _never_came_back_to_the_end(episodes, judge.ends_up)
     episodes = _with_head_blowup(run, episodes)
     return _finish(run, cand, episodes, judge.counterfactuals)
+
+
+def _never_came_back_to_the_end(episodes: list[Episode], ends_up: set[int]) -> None:
+    """Mark ``diverged`` (in place) an explosion whose loss had not come back when a later
+    episode began, where only warnings follow it and the loss ends the run above its level at
+    the onset (``ends_up``): the later warnings lie in its aftermath and answer for none of it
+    (a blow-up to 10x that stayed there read ``diverged: false`` for a loss spike on its new
+    level 200 steps later). The last episode's is judged with its impact already."""
+    for k, e in enumerate(episodes[:-1]):
+        li = e.loss_impact
+        if e.severity == "explosion" and li is not None and li.recovery_step is None and \
+                not li.diverged and e.onset_step in ends_up and \
+                all(x.severity == "warning" for x in episodes[k + 1:]):
+            li.diverged = True
+            e.reason += ("; the loss never came back (diverged): it ends the run above its "
+                         "level before the onset, and only warnings follow")
 
 
 def _with_head_blowup(run: _Run, episodes: list[Episode]) -> list[Episode]:
@@ -588,6 +606,8 @@ class _Judge:
         self.lr_harm: list[tuple[int, int, int | None]] = []
         # the episode judged last: (onset, end, harmful, recovery step, kind)
         self.last: tuple[int, int | None, bool | None, int | None, str] | None = None
+        # onsets of the episodes whose loss ends the run above its level at the onset
+        self.ends_up: set[int] = set()
 
     def episode(self, k: int) -> Episode | None:
         """The ``k``-th candidate judged (None: a schedule restart that left the loss alone)."""
@@ -679,6 +699,10 @@ class _Judge:
         if e.source == "lr" and not harmful and restart:
             return None  # a schedule restart that left no mark on the loss is no episode
         li = imp.impact if imp is not None else None
+        if imp is not None and imp.level is not None and ends_above(
+                run.lv[max(int(np.searchsorted(run.ls, on)), run.lv.size - 20):], imp.level,
+                imp.noise or 0.0):
+            self.ends_up.add(on)
         if li is not None and li.diverged and kind in ("spike", "level_shift") and \
                 loss_broke(np.isfinite(run.lv[np.searchsorted(run.ls, on):]), True):
             kind, sev = "divergence", "explosion"

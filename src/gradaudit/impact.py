@@ -88,7 +88,8 @@ and what was tried instead.
 - ``diverged``: the loss went non-finite after the onset (before the next episode's onset) for
   good (:func:`loss_broke`: 3 points in a row, or to the log's end; isolated non-finite points
   the loss carried on after are not), or it never recovered and ends the run above
-  ``L^(onset)`` by more than the tolerance.
+  ``L^(onset)`` by more than the tolerance (:func:`ends_above`; the engine also marks an
+  explosion whose recovery a later episode cut short, where only warnings follow it).
 """
 
 from __future__ import annotations
@@ -583,12 +584,19 @@ def _recovery(cf: _Counterfactual, loss: np.ndarray, win: np.ndarray, cf_win: np
     reached_end = win.size > 0 and (win[-1] == n - 1 or last_episode)
     # "never came back": no recovery to the counterfactual by the run's end AND the loss ends
     # above the level it had at the onset (a far extrapolation alone must not call divergence)
-    runaway = False
-    if recovery is None and reached_end and win.size > 1:
-        tail = loss[max(int(win[0]), n - 20):]
-        tail = tail[np.isfinite(tail)]
-        runaway = bool(tail.size and np.median(tail) > level + tol)
+    runaway = recovery is None and reached_end and win.size > 1 and \
+        ends_above(loss[max(int(win[0]), n - 20):], level, noise, recovery_tolerance)
     return recovery, runaway
+
+
+def ends_above(tail: np.ndarray, level: float, noise: float,
+               recovery_tolerance: float = 0.05) -> bool:
+    """Whether the loss's last points ``tail`` (their finite median) end above ``level`` by
+    more than the recovery tolerance: ``max(recovery_tolerance x |level|, 3 x`` the 5-point
+    median's noise ``)`` (:func:`_recovery`)."""
+    tol = max(recovery_tolerance * abs(level), 3.0 * noise * float(np.sqrt(np.pi / 2 / 5)))
+    tail = tail[np.isfinite(tail)]
+    return bool(tail.size and np.median(tail) > level + tol)
 
 
 def _sustained_from(d: np.ndarray, scale: np.ndarray, back: np.ndarray, j: int, h: int,
