@@ -188,3 +188,12 @@ def test_an_explosion_that_never_came_back_stays_diverged_past_a_later_warning()
     assert later and all(e.severity == "warning" for e in later), [e.to_dict() for e in later]
     assert first.loss_impact.recovery_step is None and first.loss_impact.diverged
     assert "never came back (diverged)" in first.reason
+
+
+def test_the_one_line_summary_measures_a_head_blowup_against_the_first_values():
+    from gradaudit.detect.head_blowup import ID
+    from gradaudit.report import HEAD_BLOWUP, run_headline
+
+    assert HEAD_BLOWUP == ID
+    line = run_headline(audit_run(_run(2)))
+    assert "x its first values)" in line and "x healthy" not in line

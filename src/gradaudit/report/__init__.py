@@ -24,6 +24,8 @@ from gradaudit.errors import UsageError
 from gradaudit.text import PRINTABLE, printable
 
 _MODULES = {"json": "json_report", "html": "html", "md": "markdown", "github": "github"}
+#: ``gradaudit.detect.head_blowup.ID``, not imported: the reports need no engine
+HEAD_BLOWUP = "head-blowup"
 
 
 def _lazy(module: str) -> Callable[[Any, TextIO], None]:
@@ -336,9 +338,11 @@ def run_headline(run: Any) -> str:
     worst = max(run.episodes, key=lambda e: _num(e.peak_ratio))
     parts = [f"{run.status}: {len(run.episodes)} episode(s)"
              + (f", {n_exp} explosion(s)" if n_exp else "")]
+    # (a blow-up before any healthy level is measured against the norm's first values)
+    base = "its first values" if HEAD_BLOWUP in worst.detected_by else "healthy"
     parts.append(f"worst {worst.kind} at step {worst.onset_step}"
                  + ((" (grad norm non-finite)" if math.isinf(worst.peak_ratio) else
-                     f" (peak {fmt_num(worst.peak_ratio)}x healthy)")
+                     f" (peak {fmt_num(worst.peak_ratio)}x {base})")
                     if worst.peak_ratio is not None else ""))
     excess = worst_excess_loss(run)
     if excess is not None:
