@@ -28,23 +28,14 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _timing import median_time
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-
-def _timed(fn, repeat):
-    out = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        res = fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out), res
 
 
 def _pathological(n):
@@ -86,20 +77,20 @@ def main() -> None:
         g[i:i + 3] *= 30
         loss[i + 1:i + 40] += 0.5
     run = run_series(s, g, loss)
-    t_audit, a = _timed(lambda: audit_run(run), args.repeat)
+    t_audit, a = median_time(lambda: audit_run(run), args.repeat)
     print(f"audit_run n=1e6: median {t_audit:.3f} s ({len(a.episodes)} episodes, {a.status})")
 
     # pathological 1e6-step runs (untrusted or chronically spiky logs): bounded work
     for name, (pg, pl_, plr) in _pathological(1_000_000).items():
         prun = run_series(np.arange(pg.size), pg, pl_, plr)
-        t_p, a = _timed(lambda prun=prun: audit_run(prun), args.repeat)
+        t_p, a = median_time(lambda prun=prun: audit_run(prun), args.repeat)
         print(f"audit_run {name} n=1e6: median {t_p:.3f} s ({len(a.episodes)} episodes, "
               f"{a.status})")
 
     sig, _ = rpt.pw_constant(30_000, 1, 30, noise_std=1.0, seed=1)
     x = sig.ravel()
     pen = 3 * np.log(x.size)
-    t_pelt, ours = _timed(lambda: pelt(x, cost="l2", penalty=pen, min_size=5), args.repeat)
+    t_pelt, ours = median_time(lambda: pelt(x, cost="l2", penalty=pen, min_size=5), args.repeat)
     print(f"pelt l2 n=3e4: median {t_pelt:.3f} s, {len(ours) - 1} breakpoints")
     q: mp.Queue = mp.Queue()
     p = mp.Process(target=_ruptures, args=(x, pen, q))

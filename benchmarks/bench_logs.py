@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from _timing import median_time
 
 import gradaudit
 
@@ -89,15 +88,6 @@ def _ours(path: Path) -> int:
     return sum(r.frame.height for r in gradaudit.read_runs([path]))
 
 
-def _median(fn: Callable[[], int], repeat: int) -> tuple[float, int]:
-    times, n = [], 0
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        n = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), n
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, default=1_000_000)
@@ -109,8 +99,8 @@ def main() -> None:
         for label, path, make, python in cases:
             make(path, args.lines)
             size = path.stat().st_size / 1e6
-            t_ours, n_ours = _median(lambda p=path: _ours(p), args.repeat)
-            t_py, n_py = _median(lambda p=path, f=python: f(p), args.repeat)
+            t_ours, n_ours = median_time(lambda p=path: _ours(p), args.repeat)
+            t_py, n_py = median_time(lambda p=path, f=python: f(p), args.repeat)
             # gradaudit keeps a repeated step's last value: the renumbered lines repeat none
             assert n_ours == n_py, (label, n_ours, n_py)
             print(f"{label:8s} {args.lines:,} lines, {size:.0f} MB, {n_ours:,} points: "

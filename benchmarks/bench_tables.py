@@ -16,9 +16,7 @@ Parquet and as CSV into a temporary folder, then times, median of ``--repeat``:
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from _timing import median_time
 
 import gradaudit
 from gradaudit.adapters import csv_table, parquet
@@ -52,16 +51,6 @@ def _unpivot(df: pl.DataFrame) -> pl.DataFrame:
     return df.unpivot(index="step", variable_name="tag", value_name="value").filter(
         pl.col("value").is_not_null()
     )
-
-
-def _median(fn: Callable[[], int], repeat: int) -> tuple[float, int]:
-    times = []
-    n = 0
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        n = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), n
 
 
 def main() -> None:
@@ -106,9 +95,9 @@ def main() -> None:
             ("csv", csv_path, base_csv, csv_table),
         )
         for label, path, base, mod in cases:
-            t_ours, n_ours = _median(ours(path), args.repeat)
-            t_adapt, n_adapt = _median(adapter_only(mod, path), args.repeat)
-            t_base, n_base = _median(base, args.repeat)
+            t_ours, n_ours = median_time(ours(path), args.repeat)
+            t_adapt, n_adapt = median_time(adapter_only(mod, path), args.repeat)
+            t_base, n_base = median_time(base, args.repeat)
             assert n_ours == n_base == n_adapt, (n_ours, n_base, n_adapt)
             print(
                 f"{label:8s} points {n_ours:,}: read_runs {t_ours:.3f} s "
