@@ -89,7 +89,6 @@ _SCHEMA = {"step": pl.Int64, "tag": pl.Categorical(), "value": pl.Float64,
            "wall_time": pl.Float64}
 
 
-
 def _sniff(path: Path) -> bool:
     return _textlog.sniff(path, _SNIFF, _STARTUP)
 
