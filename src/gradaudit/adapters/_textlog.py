@@ -12,6 +12,7 @@ import polars as pl
 
 from gradaudit.adapters._sparse import data_after
 from gradaudit.adapters.base import MAX_LINE
+from gradaudit.series import FileProblem
 
 #: the names a training job's stdout is saved under (``train.log``, ``slurm-123.out``, ``stdout``)
 SUFFIXES = frozenset({".log", ".txt", ".out", ".err", ""})
@@ -74,6 +75,19 @@ def last_line_end(data: bytes, dropped: list[int]) -> tuple[int, bytes]:
         dropped[1] += len(data)
         return -1, b""
     return -1, data
+
+
+def dropped_problems(name: str, dropped: list[int], nul_what: str) -> list[FileProblem]:
+    """The problems of file ``name`` read through :func:`blocks` and :func:`last_line_end`: its
+    NUL bytes (``dropped[0]``; ``nul_what`` says what they were and what became of them) and
+    its stretches without a line end (``dropped[1]``)."""
+    problems = []
+    if dropped[0]:
+        problems.append(FileProblem(name, f"{dropped[0]} NUL byte(s) ignored {nul_what}"))
+    if dropped[1]:
+        problems.append(FileProblem(name, f"{dropped[1]} bytes without a line end (longer than "
+                                    f"{MAX_LINE >> 20} MiB) skipped"))
+    return problems
 
 
 def line_feeds(data: bytes) -> bytes:

@@ -51,7 +51,7 @@ import numpy as np
 import polars as pl
 
 from gradaudit.adapters import _textlog
-from gradaudit.adapters.base import MAX_LINE, RawRun, Source, nonempty_size
+from gradaudit.adapters.base import RawRun, Source, nonempty_size
 from gradaudit.errors import ReadError
 from gradaudit.series import MAX_STEP, FileProblem
 
@@ -326,14 +326,9 @@ def read_file(path: Path) -> RawRun:
     if not inner:
         raise ReadError("no fairseq train_inner line with a num_updates and a numeric field "
                         "found (--log-format json or simple logs them; tqdm and none do not)")
-    problems: list[FileProblem] = []
-    if dropped[0]:
-        problems.append(FileProblem(path.name, f"{dropped[0]} NUL byte(s) ignored (NUL-filled "
-                                    "blocks that a crash or a full disk left); a line they cut "
-                                    "short keeps only its whole fields"))
-    if dropped[1]:
-        problems.append(FileProblem(path.name, f"{dropped[1]} bytes without a line end "
-                                    f"(longer than {MAX_LINE >> 20} MiB) skipped"))
+    problems = _textlog.dropped_problems(
+        path.name, dropped, "(NUL-filled blocks that a crash or a full disk left); a line they "
+        "cut short keeps only its whole fields")
     if dropped[2]:
         problems.append(FileProblem(path.name, "the last line has no line end (cut short by a "
                                     "crash?): its last field was left out"))

@@ -27,14 +27,14 @@ from gradaudit.adapters._textlog import (  # noqa: F401 - SNIFF_BYTES: megatron.
     SUFFIXES,
     TIMESTAMP,
     blocks,
+    dropped_problems,
     epoch_seconds,
     last_line_end,
     line_feeds,
     sniff,
 )
-from gradaudit.adapters.base import MAX_LINE, RawRun, Source, nonempty_size
+from gradaudit.adapters.base import RawRun, Source, nonempty_size
 from gradaudit.errors import ReadError
-from gradaudit.series import FileProblem
 
 FORMAT = "megatron-log"
 _STARTUP = re.compile(rb"NCCL INFO|[Mm]egatron|DeepSpeed|deepspeed|torch\.distributed|> building")
@@ -331,13 +331,8 @@ def read_file(path: Path) -> RawRun:
     frame = pl.concat(parts) if parts else pl.DataFrame(schema=_SCHEMA)
     if frame.height == 0:
         raise ReadError("no Megatron iteration line with a numeric field found")
-    problems: list[FileProblem] = []
-    if dropped[0]:
-        problems.append(FileProblem(path.name, f"{dropped[0]} NUL byte(s) ignored (NUL-filled "
-                                    "blocks that a crash or a full disk left, or UTF-16 text)"))
-    if dropped[1]:
-        problems.append(FileProblem(path.name, f"{dropped[1]} bytes without a line end "
-                                    f"(longer than {MAX_LINE >> 20} MiB) skipped"))
+    problems = dropped_problems(path.name, dropped, "(NUL-filled blocks that a crash or a "
+                                "full disk left, or UTF-16 text)")
     if frame.get_column("wall_time").null_count() == frame.height:
         frame = frame.drop("wall_time")
     # the iteration line's losses are averaged over the log interval (training_log)
