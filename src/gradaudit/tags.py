@@ -89,15 +89,17 @@ LR_NAMES: tuple[str, ...] = (
 # tags logged beside them (the loss tag, its companions, how many of them must be there). The HF
 # Trainer averages ``loss`` over its logging interval; its TensorBoard and W&B callbacks write
 # ``train/loss`` next to ``train/learning_rate``, ``train/epoch`` and (4.38+) ``train/grad_norm``,
-# and W&B also gets ``train/global_step``. fairseq restarts its ``train_inner`` meters at each
-# log: ``train_inner/loss`` in W&B, ``loss`` beside ``gnorm``, ``ups``, ``train_wall``... in the
-# ``train_inner`` TensorBoard folder (its ``valid`` folder has none of those three). Megatron's
-# TensorBoard ``lm loss`` is the iteration's own (only its stdout line averages). A loop of one's
-# own that logs its current loss under all of the Trainer's names is read as the Trainer's; the
-# run's notes say so.
+# and W&B also gets ``train/global_step``; its MLflow callback logs the Trainer's own keys,
+# ``loss`` beside ``learning_rate``, ``epoch`` and ``grad_norm``. fairseq restarts its
+# ``train_inner`` meters at each log: ``train_inner/loss`` in W&B, ``loss`` beside ``gnorm``,
+# ``ups``, ``train_wall``... in the ``train_inner`` TensorBoard folder (its ``valid`` folder has
+# none of those three). Megatron's TensorBoard ``lm loss`` is the iteration's own (only its stdout
+# line averages). A loop of one's own that logs its current loss under all of the Trainer's names
+# is read as the Trainer's; the run's notes say so.
 INTERVAL_MEAN_SIGNATURES: tuple[tuple[str, frozenset[str], int], ...] = (
     ("train/loss", frozenset({"train/learning_rate", "train/epoch", "train/grad_norm"}), 3),
     ("train/loss", frozenset({"train/learning_rate", "train/epoch", "train/global_step"}), 3),
+    ("loss", frozenset({"learning_rate", "epoch", "grad_norm"}), 3),
     ("train_inner/loss", frozenset({"train_inner/gnorm", "train_inner/wps", "train_inner/ups",
                                     "train_inner/wpb", "train_inner/bsz"}), 3),
     ("loss", frozenset({"gnorm", "ups", "train_wall", "wps", "wpb", "bsz"}), 5),

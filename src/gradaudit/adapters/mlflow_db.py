@@ -1,0 +1,216 @@
+"""MLflow's SQLite store (``mlflow.db``, the default tracking store since MLflow 3): every run of
+every experiment in one database file.
+
+MLflow's ``SqlAlchemyStore`` keeps each logged point as a row of its ``metrics`` table
+(``key``, ``value``, ``timestamp`` in ms, ``run_uuid``, ``step``, ``is_nan``), the runs in
+``runs`` (``run_uuid``, ``name``, ``experiment_id``, ``lifecycle_stage``) and the experiments'
+names in ``experiments``. A NaN is stored as 0 with ``is_nan`` set, and +-inf as +-1.797e308
+(the largest float): both are read back as what was logged.
+
+- Each run is ``mlflow.db#<run name>`` (``#<run name>-<first 8 of its id>`` where two runs share
+  a name); a note gives its id and experiment, and says when MLflow marked it deleted.
+- Points are read in the order written (the table's ``rowid``): repeated steps are resolved as
+  for every format. A key logged without a step is read in the order logged
+  (:func:`gradaudit.adapters._mlflow.order_stepless`).
+- The file is opened read-only, with ``trusted_schema`` off and a length limit: a database from
+  anywhere runs no SQL of its own (a ``metrics`` that is a view, or has generated columns, is
+  refused), and one of more than :data:`MAX_POINTS` points is refused before it is read.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import urllib.parse
+from pathlib import Path
+
+import polars as pl
+
+from gradaudit.adapters import _mlflow
+from gradaudit.adapters.base import RawRun, Source, nonempty_size
+from gradaudit.errors import ReadError
+from gradaudit.series import FileProblem
+
+FORMAT = "mlflow-sqlite"
+SUFFIXES = (".db", ".sqlite", ".sqlite3")
+MAGIC = b"SQLite format 3\x00"
+#: Largest ``metrics`` table read (every point of every run is held at once: ~40 bytes each)
+MAX_POINTS = 50_000_000
+#: Rows fetched at a time
+CHUNK = 200_000
+#: No text or blob in the database read longer (a key, a run name)
+MAX_LENGTH = 1 << 20
+#: Seconds any one statement may take (the whole ``metrics`` read is many)
+MAX_STATEMENT_SECONDS = 120.0
+_NEEDED = ("key", "value", "timestamp", "run_uuid", "step")
+#: The float MLflow stores for +inf (and its negative for -inf): ``sys.float_info.max``
+INF_STORED = 1.7976931348623157e308
+
+
+def _connect(path: Path, immutable: bool = False) -> sqlite3.Connection:
+    """``path`` opened read-only, running none of the database's own SQL."""
+    uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
+    if immutable:  # (no locks, no write-ahead log: for a folder it cannot write its -shm into)
+        uri += "&immutable=1"
+    con = sqlite3.connect(uri, uri=True)
+    con.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_LENGTH)
+    defensive = getattr(sqlite3, "SQLITE_DBCONFIG_DEFENSIVE", None)
+    if defensive is not None and hasattr(con, "setconfig"):
+        con.setconfig(defensive, True)
+    con.execute("PRAGMA trusted_schema = OFF")
+    con.execute("PRAGMA query_only = ON")
+    return con
+
+
+def _columns(con: sqlite3.Connection, table: str) -> dict[str, int] | None:
+    """A plain table's columns (name -> hidden flag), or None when there is no such table."""
+    kind = con.execute("SELECT type FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+    if kind is None or kind[0] != "table":
+        return None
+    return {str(r[1]): int(r[6]) for r in con.execute(f"PRAGMA table_xinfo({table})")}
+
+
+def _is_mlflow(path: Path) -> bool:
+    """An SQLite file with MLflow's tables, or one whose tables cannot be listed (corrupt: read
+    it, to say so)."""
+    try:
+        with path.open("rb") as fh:
+            if fh.read(len(MAGIC)) != MAGIC:
+                return False
+    except OSError:
+        return False
+    try:
+        con = _connect(path)
+        try:
+            metrics, runs = _columns(con, "metrics"), _columns(con, "runs")
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return True
+    return metrics is not None and runs is not None and all(c in metrics for c in _NEEDED)
+
+
+def claim(directory: Path, files: list[Path]) -> list[Source]:
+    """``.db``/``.sqlite``/``.sqlite3`` files holding MLflow's ``metrics`` and ``runs`` tables
+    (another program's database is passed over)."""
+    return [Source(FORMAT, f.name, (f,)) for f in files
+            if f.suffix.lower() in SUFFIXES and _is_mlflow(f)]
+
+
+class _Deadline:
+    """A progress handler that stops a statement running past its time."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.start = seconds, time.monotonic()
+
+    def restart(self) -> None:
+        self.start = time.monotonic()
+
+    def __call__(self) -> int:
+        return int(time.monotonic() - self.start > self.seconds)
+
+
+def _runs(con: sqlite3.Connection, cols: dict[str, int]) -> dict[str, tuple[str, str, bool]]:
+    """run id -> (name, experiment name, deleted)."""
+    experiments: dict[str, str] = {}
+    exp_cols = _columns(con, "experiments") or {}
+    if "experiment_id" in exp_cols and "name" in exp_cols:
+        experiments = {str(i): str(n) for i, n in
+                       con.execute("SELECT experiment_id, name FROM experiments")}
+    names: dict[str, str] = {}
+    tag_cols = _columns(con, "tags") or {}
+    if {"key", "value", "run_uuid"} <= set(tag_cols):  # (runs.name came in MLflow 1.29)
+        names = {str(r): str(v) for r, v in con.execute(
+            "SELECT run_uuid, value FROM tags WHERE key = 'mlflow.runName'")}
+    pick = [c if c in cols else "NULL" for c in ("name", "experiment_id", "lifecycle_stage")]
+    out = {}
+    for rid, name, exp, stage in con.execute(f"SELECT run_uuid, {', '.join(pick)} FROM runs"):
+        rid = str(rid)
+        out[rid] = (str(name) if name else names.get(rid, ""),
+                    experiments.get(str(exp), "") if exp is not None else "", stage == "deleted")
+    return out
+
+
+_SCHEMA = {"run": pl.String, "tag": pl.String, "step": pl.Int64, "value": pl.Float64,
+           "is_nan": pl.Int64, "ts": pl.Int64}
+
+
+def _points(con: sqlite3.Connection, cols: dict[str, int], deadline: _Deadline) -> pl.DataFrame:
+    """Every metric point, by run, in the order written."""
+    is_nan = "is_nan" if "is_nan" in cols else "0"
+    cur = con.execute(f"SELECT run_uuid, key, step, value, {is_nan}, timestamp FROM metrics "
+                      "ORDER BY run_uuid, rowid")
+    frames = []
+    while True:
+        deadline.restart()
+        rows = cur.fetchmany(CHUNK)
+        if not rows:
+            break
+        frames.append(pl.DataFrame(rows, schema=_SCHEMA, orient="row", strict=False))
+    if not frames:
+        return pl.DataFrame(schema=_SCHEMA)
+    got = pl.concat(frames)
+    value = pl.col("value")
+    return got.with_columns(
+        pl.when(pl.col("is_nan") != 0).then(float("nan"))
+        .when(value >= INF_STORED).then(float("inf"))
+        .when(value <= -INF_STORED).then(float("-inf"))
+        .otherwise(value).alias("value"))
+
+
+def _suffixes(ids: list[str], runs: dict[str, tuple[str, str, bool]]) -> dict[str, str]:
+    """Each run's name in the file: its MLflow name, with its id's head where names repeat."""
+    names = {rid: runs.get(rid, ("", "", False))[0] or rid for rid in ids}
+    seen: dict[str, int] = {}
+    for n in names.values():
+        seen[n] = seen.get(n, 0) + 1
+    return {rid: n if seen[n] == 1 or n == rid else f"{n}-{rid[:8]}" for rid, n in names.items()}
+
+
+def read(source: Source) -> list[RawRun]:
+    """Read every run of the database (one file)."""
+    (path,) = source.files
+    nonempty_size(path)
+    problems: list[FileProblem] = []
+    deadline = _Deadline(MAX_STATEMENT_SECONDS)
+    try:
+        try:
+            con = _connect(path)
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            con = _connect(path, immutable=True)
+            problems.append(FileProblem(str(path), "opened without its write-ahead log (its "
+                                                   "folder cannot be written): the latest "
+                                                   "points may be missing"))
+        con.set_progress_handler(deadline, 10_000)
+        try:
+            cols, run_cols = _columns(con, "metrics"), _columns(con, "runs")
+            if cols is None or run_cols is None or not all(c in cols for c in _NEEDED):
+                raise ReadError("not an MLflow database (no 'metrics' and 'runs' tables)")
+            if any(cols.values()):
+                raise ReadError("the 'metrics' table has generated columns: not MLflow's")
+            (n,) = con.execute("SELECT count(*) FROM metrics").fetchone()
+            if n > MAX_POINTS:
+                raise ReadError(f"{n:,} metric points, more than the {MAX_POINTS:,} read from "
+                                "one MLflow database")
+            runs = _runs(con, run_cols)
+            points = _points(con, cols, deadline)
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        why = "took too long" if isinstance(exc, sqlite3.OperationalError) and \
+            "interrupted" in str(exc) else str(exc)
+        raise ReadError(f"could not read the SQLite database: {why}") from exc
+    if points.height == 0:
+        raise ReadError("the MLflow database holds no metric point")
+    ids = points["run"].unique(maintain_order=True).to_list()
+    names = _suffixes(ids, runs)
+    out = []
+    for (rid,), part in points.group_by("run", maintain_order=True):
+        frame, notes = _mlflow.order_stepless(part.select(
+            "step", "tag", "value", (pl.col("ts").cast(pl.Float64) / 1000.0).alias("wall_time")))
+        name, experiment, deleted = runs.get(str(rid), ("", "", False))
+        note = _mlflow.run_note(name or None, experiment or None, deleted, str(rid))
+        out.append(RawRun(points=frame, suffix=names[str(rid)], problems=list(problems),
+                          notes=([note] if note else []) + notes))
+    return out
