@@ -7,7 +7,7 @@ MLflow's ``SqlAlchemyStore`` keeps each logged point as a row of its ``metrics``
 names in ``experiments``. A NaN is stored as 0 with ``is_nan`` set, and +-inf as +-1.797e308
 (the largest float): both are read back as what was logged.
 
-- Each run is ``mlflow.db#<run name>`` (``#<run name>-<first 8 of its id>`` where two runs share
+- Each run is ``mlflow.db#<run name>``, in the order the runs first logged (``#<run name>-<first 8 of its id>`` where two runs share
   a name); a note gives its id and experiment, and says when MLflow marked it deleted.
 - Points are read in the order written (the table's ``rowid``): repeated steps are resolved as
   for every format. A key logged without a step is read in the order logged
@@ -136,10 +136,10 @@ _SCHEMA = {"run": pl.String, "tag": pl.String, "step": pl.Int64, "value": pl.Flo
 
 
 def _points(con: sqlite3.Connection, cols: dict[str, int], deadline: _Deadline) -> pl.DataFrame:
-    """Every metric point, by run, in the order written."""
+    """Every metric point, in the order written (a plain scan of the table)."""
     is_nan = "is_nan" if "is_nan" in cols else "0"
     cur = con.execute(f"SELECT run_uuid, key, step, value, {is_nan}, timestamp FROM metrics "
-                      "ORDER BY run_uuid, rowid")
+                      "ORDER BY rowid")
     frames = []
     while True:
         deadline.restart()
