@@ -7,8 +7,9 @@ MLflow's ``SqlAlchemyStore`` keeps each logged point as a row of its ``metrics``
 names in ``experiments``. A NaN is stored as 0 with ``is_nan`` set, and +-inf as +-1.797e308
 (the largest float): both are read back as what was logged.
 
-- Each run is ``mlflow.db#<run name>``, in the order the runs first logged (``#<run name>-<first 8 of its id>`` where two runs share
-  a name); a note gives its id and experiment, and says when MLflow marked it deleted.
+- Each run is ``mlflow.db#<run name>`` (``#<run name>-<first 8 of its id>`` where two runs share
+  a name), in the order the runs first logged; a note gives its id and experiment, and says
+  when MLflow marked it deleted.
 - Points are read in the order written (the table's ``rowid``): repeated steps are resolved as
   for every format. A key logged without a step is read in the order logged
   (:func:`gradaudit.adapters._mlflow.order_stepless`).
