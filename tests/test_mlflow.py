@@ -320,3 +320,29 @@ def test_nan_and_inf_come_back_as_logged(store, database) -> None:
         assert np.isfinite(np.delete(g, log_runs.OVERFLOW)).all()
         steps, ev = run.series("eval/loss")
         assert steps.tolist() == [log_runs.N - 1] and math.isnan(ev[0])
+
+
+def test_params_and_tags_are_the_run_s_and_never_read(store, tmp_path) -> None:
+    # a param's file is the user's value: one that reads like a Megatron line is no log, and a
+    # store's many thousand of them are not each opened by the stdout-log readers' sniffs
+    root, ids = store
+    run = tmp_path / "run"
+    shutil.copytree(_run_folder(root, ids["exploded"][0]), run)
+    assert any((run / "params").iterdir()) or any((run / "tags").iterdir())
+    (run / "params" / "note").write_text(
+        " iteration        1/    100 | lm loss: 2.0 | grad norm: 0.5 |\n" * 3)
+    (got,) = gradaudit.read_runs([tmp_path])
+    assert got.format == "mlflow" and got.name == "run"
+    assert all("/metrics/" in f for f in got.files), got.files
+    assert "lm loss" not in got.tags()
+
+
+def test_a_run_that_logged_no_metric_is_reported(tmp_path) -> None:
+    run = tmp_path / "0" / "f00d"
+    (run / "params").mkdir(parents=True)
+    (run / "meta.yaml").write_text("run_id: f00d\nrun_name: parent\n")
+    (run / "params" / "lr").write_text("0.001")
+    result = gradaudit.scan([tmp_path])
+    assert result.runs == []
+    (err,) = result.errors
+    assert err.message == "the MLflow run logged no metric" and "f00d" in err.path
