@@ -12,10 +12,15 @@ task, seed, batch order, schedule and fault, through ``trainer.train``) with
   losses) with the threshold vs without; the bar is <= 1 %.
 
     python benchmarks/detection/replay_clip.py [--pairs ID,ID] [--all] [--methods M,M]
-        [--json FILE]
+        [--logs-only] [--json FILE]
 
 Needs torch (CPU); one thread, deterministic. Before anything is measured, the unclipped replay
-of every pair is checked against the logged losses (and grad norms) it must reproduce.
+of every pair is checked against the logged losses (and grad norms) it must reproduce: to RTOL
+it is the logged training exactly, to DRIFT the same training with another torch build's or
+CPU's float rounding (measured and reported). A replay beyond DRIFT is another training than the
+logs (chaos amplifies rounding): its own unclipped run is written the way make_runs writes the
+pair's logs and audited instead (``--logs-only``: skipped). Exits non-zero when no pair could be
+measured.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +43,7 @@ import make_runs  # noqa: E402
 import models  # noqa: E402
 import torch  # noqa: E402
 from faults import Fault  # noqa: E402
-from make_runs import NATURAL, STYLES, H, View, first_diff, logged  # noqa: E402
+from make_runs import NATURAL, STYLES, H, RunSpec, View, first_diff, logged  # noqa: E402
 from trainer import Schedule, Trace, train  # noqa: E402
 from writers import bucket  # noqa: E402
 
@@ -47,6 +53,12 @@ DATA = HERE / "data"
 FINAL = 100  # final loss = mean of the last FINAL per-step losses
 COST_BAR = 0.01  # a threshold may cost the clean run's final loss at most 1 %
 RTOL = 2e-6  # logged values: float32 (TensorBoard) or 7 significant digits (W&B CSV)
+# Float rounding drift tolerated between the replay and the logs (max relative error of any
+# logged loss or grad norm): torch 2.13 on this CPU puts the MLP pairs 1e-5 to 6.2e-4 off logs
+# written by another build (bit-identical up to a late step, then a slow walk), while the pairs
+# whose replay is another training (transformer LM, natural RNN) are 1.5e-2 and more off.
+DRIFT = 1e-3
+FORMATS = {"tensorboard": "tb", "parquet": "parquet", "wandb-csv": "csv"}  # label -> View.fmt
 
 # A representative default subset: lr spikes (Adam, SGD, AdamW), corrupted batches, loss-scaling
 # bugs (Adam, AdamW, RNN/SGD) and natural explosions of a vanilla RNN.
@@ -77,6 +89,7 @@ class Pair:
     fault: Fault | None  # None: a natural explosion (the run itself is unclipped)
     ref_clip: float | None = None  # natural: the twin is the run clipped at this threshold
     t0: int = 0  # per-step index of the onset
+    event: dict = field(default_factory=dict)  # the event judged (labels.json, or the replay's)
     clean: Trace | None = None  # clean twin, unclipped (natural: clipped at ref_clip)
     fault_tr: Trace | None = None  # fault run, unclipped
     checks: dict = field(default_factory=dict)
@@ -159,22 +172,82 @@ def _never_clips(g: np.ndarray, clip: float, upto: int) -> bool:
 def prepare(p: Pair) -> None:
     """Unclipped replay of the pair, its onset, and the check against the logs."""
     if p.fault is None:
-        p.fault_tr = train(p.task, p.n, p.sched)
+        # (snapshots: a replay that is not the logged run has its events measured by branches)
+        p.fault_tr = train(p.task, p.n, p.sched, snapshot_at=tuple(range(0, p.n, 10)))
         # the twin: the same run clipped at 3x its healthy level throughout (make_runs)
         p.ref_clip = float(3 * np.median(p.fault_tr.grad[50:]))
         p.clean = train(p.task, p.n, p.sched, clip=p.ref_clip)
-        ev = next(e for e in p.label["events"] if e["harmful"])  # first harmful event
-        p.t0 = ev["onset_step"] - STYLES[p.label["style"]][3]
+        p.event = next(e for e in p.label["events"] if e["harmful"])  # first harmful event
+        p.t0 = p.event["onset_step"] - STYLES[p.label["style"]][3]
     else:
         p.clean, p.fault_tr = replay(p, None)
         p.t0 = first_diff(p.clean, p.fault_tr, p.fault.start)
+        p.event = p.label["events"][0]
     p.checks["fault"] = check_logs(p.label, p.fault_tr, p.n)
     p.checks["twin"] = check_logs(p.twin, p.clean, p.n)
 
 
-def check_logs(label: dict, tr: Trace, n: int) -> dict:
-    """Max relative error of the replay against the logged loss / grad norm of ``label``."""
-    runs = gradaudit.read_runs([DATA / label["path"]])
+def verdict(p: Pair) -> tuple[str, float, str]:
+    """How the unclipped replay compares with the logs: ``exact`` (every logged loss and grad
+    norm within RTOL), ``drift`` (within DRIFT), ``differs`` (beyond DRIFT, a non-finite value
+    on one side only, or another onset than the label's: not the logged training) or ``error``
+    (the logs could not be compared); the max relative error and why."""
+    worst, why = 0.0, ""
+    for who, chk in p.checks.items():
+        for key, c in chk.items():
+            if isinstance(c, str) or "error" in c:
+                msg = c if isinstance(c, str) else c["error"]
+                return "error", math.nan, f"the logs could not be compared: {who} {key}: {msg}"
+            if not c["nonfinite_match"]:
+                return "differs", math.inf, ("not the logged training: "
+                                             f"{who} {key}: non-finite values differ from the logs")
+            if c["max_rel_err"] >= worst:
+                worst, why = c["max_rel_err"], f"{who} {key} max rel err {c['max_rel_err']:.2e}"
+    off = STYLES[p.label["style"]][3]
+    if p.fault is not None and p.label["log_every"] == 1 and not p.label["buckets"] \
+            and p.event["onset_step"] != p.t0 + off:
+        return "differs", worst, (f"not the logged training: onset step {p.t0 + off}, the "
+                                  f"label's {p.event['onset_step']}")
+    if worst > DRIFT:
+        return "differs", worst, f"not the logged training: {why} > {DRIFT:g}"
+    return ("exact" if worst <= RTOL else "drift"), worst, why
+
+
+def audit_replay(p: Pair, root: Path) -> str | None:
+    """Make the pair's unclipped replay, not its logs, the run audited and judged: write it
+    under ``root`` the way make_runs writes the pair's logs (format, tag style, log interval,
+    W&B buckets) and take its event as make_runs labels one (a natural run: its first harmful
+    explosion, measured by branches). Returns why the replay cannot be judged, else None."""
+    lab = p.label
+    view = View(FORMATS[lab["format"]], lab["style"], lab["log_every"], lab["buckets"])
+    series, t_idx = logged(view, p.fault_tr, p.n)
+    make_runs.write_view(root / lab["path"], lab["id"], view, [series])
+    p.checks["fault_as_written"] = chk = check_logs(lab, p.fault_tr, p.n, root)
+    if any(isinstance(c, str) or c.get("max_rel_err", math.inf) > RTOL for c in chk.values()):
+        return f"the replay does not read back as written: {chk}"
+    if p.fault is None:
+        warmup = next(c["warmup"] for c in NATURAL if lab["id"] == f"{c['bid']}-unclipped")
+        evs = make_runs._natural_truths(p.task, p.sched, view, p.fault_tr, p.n, t_idx, None,
+                                        make_runs.natural_events(p.fault_tr.grad, warmup))
+    else:
+        evs = make_runs.fault_truth(RunSpec(lab["id"], view, p.fault), p.clean, p.fault_tr,
+                                    p.n, t_idx)["events"]
+    # as harmful_pairs and prepare choose from the labels
+    judged = [e for e in evs if e["harmful"] and not e["ambiguous"]]
+    if not judged or any(e["diverged"] for e in judged):
+        return ("the replay's " + ("natural explosions" if p.fault is None else "fault")
+                + (" diverged" if judged else " did no clear harm") + ": "
+                + ", ".join(f"step {e['onset_step']} rel excess {e['rel_excess']}" for e in evs))
+    p.event = next(e for e in evs if e["harmful"])
+    if p.fault is None:  # (a fault run's onset is already the replay's: first_diff)
+        p.t0 = p.event["onset_step"] - STYLES[lab["style"]][3]
+    return None
+
+
+def check_logs(label: dict, tr: Trace, n: int, root: Path = DATA) -> dict:
+    """Max relative error of the replay against the logged loss / grad norm of ``label``
+    (under ``root``)."""
+    runs = gradaudit.read_runs([root / label["path"]])
     run = _pick(runs, label)
     if run is None:
         return {"error": "gradaudit read no matching run"}
@@ -227,9 +300,10 @@ def final_loss(tr: Trace) -> float:
     return float(np.mean(v)) if np.all(np.isfinite(v)) else math.inf
 
 
-def options_of(p: Pair) -> tuple[list[dict], dict]:
-    """The audit's clip options for the fault run's logs, and its suggestion."""
-    runs = gradaudit.read_runs([DATA / p.label["path"]])
+def options_of(p: Pair, root: Path = DATA) -> tuple[list[dict], dict]:
+    """The audit's clip options for the fault run's logs (under ``root``), and its
+    suggestion."""
+    runs = gradaudit.read_runs([root / p.label["path"]])
     run = _pick(runs, p.label)
     if run is None:
         raise SystemExit(f"{p.fid}: gradaudit read no matching run from {p.label['path']}")
@@ -352,18 +426,25 @@ def print_summary(summary: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_pair(fid: str, labels: dict[str, dict], methods: set[str] | None) -> dict:
+def run_pair(fid: str, labels: dict[str, dict], methods: set[str] | None,
+             logs_only: bool = False) -> dict:
+    """One pair measured, or ``{"pair", "skipped": why, ...}`` where it cannot be judged."""
     t = time.time()
     p = make_pair(fid, labels)
     prepare(p)
-    for who, chk in p.checks.items():
-        for key, c in chk.items():
-            if isinstance(c, str) or "error" in c:
-                raise AssertionError(f"{fid} {who} {key}: replay check failed: {c}")
-            if c["max_rel_err"] > RTOL or not c["nonfinite_match"]:
-                raise AssertionError(f"{fid} {who} {key}: unclipped replay differs from the "
-                                     f"logs (max rel err {c['max_rel_err']:.2e})")
-    opts, sug = options_of(p)
+    status, err, why = verdict(p)
+    head = {"pair": fid, "replay_vs_logs": status, "max_rel_err": err, "worst": why}
+    root, skip = DATA, None
+    with tempfile.TemporaryDirectory() as tmp:
+        if status == "error" or status == "differs" and logs_only:
+            skip = why
+        elif status == "differs":
+            root = Path(tmp)
+            skip = audit_replay(p, root)
+        if skip is None:
+            opts, sug = options_of(p, root)
+    if skip is not None:
+        return {**head, "skipped": skip, "checks": p.checks, "seconds": round(time.time() - t, 1)}
     cache: dict = {}
     no_clip = measure(p, None, cache)
     ex_u = no_clip["excess"]
@@ -377,17 +458,13 @@ def run_pair(fid: str, labels: dict[str, dict], methods: set[str] | None) -> dic
                  healthy_clipped_fraction=o["healthy_clipped_fraction"])
         rows.append(r)
     no_clip.update(method="none", suggested=True, healthy_clipped_fraction=0.0)
-    ev = p.label["events"][0] if p.fault is not None else next(
-        e for e in p.label["events"] if e["harmful"])
-    if p.label["log_every"] == 1 and not p.label["buckets"]:
-        off = STYLES[p.label["style"]][3]
-        assert ev["onset_step"] == p.t0 + off, (fid, ev["onset_step"], p.t0 + off)
     level = float(np.mean(p.clean.loss[p.t0:p.t0 + H]))
     res = {
-        "pair": fid, "twin": p.twin["id"], "kind": p.label["kind"],
+        **head, "audited": "logs" if root == DATA else "replay",
+        "twin": p.twin["id"], "kind": p.label["kind"],
         "fault": p.fault.describe() if p.fault else f"natural; twin clipped at {p.ref_clip:.4g}",
-        "onset_index": p.t0, "label_onset_step": ev["onset_step"],
-        "excess_unclipped": ex_u, "label_excess_loss": ev["excess_loss"],
+        "onset_index": p.t0, "label_onset_step": p.event["onset_step"],
+        "excess_unclipped": ex_u, "label_excess_loss": p.event["excess_loss"],
         "rel_excess": ex_u / level,
         "clean_final_loss": final_loss(p.clean), "checks": p.checks, "suggested": sug,
         "options": opts, "rows": rows, "no_clip": no_clip, "seconds": round(time.time() - t, 1),
@@ -403,6 +480,9 @@ def main() -> None:
     ap.add_argument("--methods", default=None,
                     help="comma-separated option methods to replay (the suggestion always is)")
     ap.add_argument("--list", action="store_true", help="list the replayable pairs and exit")
+    ap.add_argument("--logs-only", action="store_true",
+                    help="skip a pair whose replay is not the logged training (beyond the drift "
+                         "tolerated) instead of auditing its replay")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -415,29 +495,50 @@ def main() -> None:
            harmful_pairs(labels) if args.all else DEFAULT_PAIRS)
     methods = set(args.methods.split(",")) if args.methods else None
     t0 = time.time()
-    results = []
+    results, skipped = [], []
     for fid in ids:
-        res = run_pair(fid, labels, methods)
-        print_pair(res)
-        print(f"  ({res['seconds']:.0f}s; unclipped replay matches the logs: "
+        res = run_pair(fid, labels, methods, args.logs_only)
+        if "skipped" in res:
+            print(f"\n{fid}  SKIPPED: {res['skipped']}")
+            skipped.append(res)
+        else:
+            print_pair(res)
+            results.append(res)
+        print(f"  ({res['seconds']:.0f}s; unclipped replay vs the logs: {res['replay_vs_logs']} "
               + ", ".join(f"{w} {k} {c['max_rel_err']:.1e}" for w, ch in res["checks"].items()
-                          for k, c in ch.items()) + ")", flush=True)
-        results.append(res)
+                          for k, c in ch.items() if isinstance(c, dict) and "max_rel_err" in c)
+              + (f"; its own run audited instead: {res['worst']}"
+                 if res.get("audited") == "replay" else "") + ")", flush=True)
     summary = summarise(results)
-    print_summary(summary)
     kinds = by_kind(results)
-    print("\nsuggested threshold, median damage removed by fault kind: " + "; ".join(
-        f"{k} {_pct(v['median_damage_removed'])} % ({len(v['pairs'])})" for k, v in kinds.items()))
+    if results:
+        print_summary(summary)
+        print("\nsuggested threshold, median damage removed by fault kind: " + "; ".join(
+            f"{k} {_pct(v['median_damage_removed'])} % ({len(v['pairs'])})"
+            for k, v in kinds.items()))
+    drift = [r["pair"] for r in results if r["replay_vs_logs"] == "drift"]
+    own = [r["pair"] for r in results if r["audited"] == "replay"]
+    if drift:
+        print(f"\nreplay within {DRIFT:g} of the logs (float rounding, not exact): "
+              + ", ".join(drift))
+    if own:
+        print("audited the unclipped replay, not the logs (another training than the logs): "
+              + ", ".join(own))
+    for r in skipped:
+        print(f"skipped {r['pair']}: {r['skipped']}")
     secs = time.time() - t0
-    print(f"\n{len(results)} pairs in {secs:.0f}s. damage removed = 1 - excess_clipped / "
-          f"excess_unclipped over [onset, onset+{H}) vs the unclipped clean twin; clean cost = "
-          f"change of the clean twin's mean loss over its last {FINAL} steps (bar <= 1 %). "
-          "* = gradaudit's suggestion.")
+    print(f"\n{len(results)} pairs measured, {len(skipped)} skipped, in {secs:.0f}s. damage "
+          f"removed = 1 - excess_clipped / excess_unclipped over [onset, onset+{H}) vs the "
+          f"unclipped clean twin; clean cost = change of the clean twin's mean loss over its last "
+          f"{FINAL} steps (bar <= 1 %). * = gradaudit's suggestion.")
     if args.json:
         out = {"impact_horizon": H, "final_window": FINAL, "cost_bar": COST_BAR,
-               "torch": torch.__version__, "seconds": round(secs, 1), "pairs": results,
+               "rtol": RTOL, "drift_tolerated": DRIFT, "torch": torch.__version__,
+               "seconds": round(secs, 1), "pairs": results, "skipped": skipped,
                "summary": summary, "suggested_by_kind": kinds}
         Path(args.json).write_text(json.dumps(out, indent=1, default=_jsonable) + "\n")
+    if not results:
+        raise SystemExit("no pair could be measured")
 
 
 def _jsonable(x):
