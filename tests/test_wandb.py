@@ -73,9 +73,18 @@ def _settings() -> object:
     )  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def _no_tensorboard_patch_left():
+    """Every test here leaves the process without wandb's TensorBoard patch, also one that
+    fails before its ``_finish`` (see :func:`_unpatch_tensorboard`)."""
+    yield
+    _unpatch_tensorboard()
+
+
 @pytest.fixture(scope="module")
 def wandb_root(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """Two real offline runs (A: plain steps, B: HF-style train/global_step) in one root."""
+    _unpatch_tensorboard()  # (runs written as in a fresh process, whatever ran here before)
     root = tmp_path_factory.mktemp("wandb_runs")
     home = tmp_path_factory.mktemp("wandb_home")
     with pytest.MonkeyPatch.context() as mp:
@@ -117,6 +126,11 @@ def wandb_root(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         _finish(run)
     files = sorted(root.rglob("*.wandb"))
     by_id = {f.stem.removeprefix("run-"): f for f in files if "latest-run" not in f.parts}
+    # The tests hold gradaudit to the steps logged: wandb must have written them (read by its
+    # own protobuf classes). It does not where a TensorBoard patch was left on the process.
+    written = sorted(_reference_history(by_id[id_a])["train/loss"])
+    assert written == [_a_step(i) for i in range(N_A)], (
+        "wandb did not write the steps given with step= (is TensorBoard still patched?)")
     return {"root": root, "a": by_id[id_a], "b": by_id[id_b], "t0": t0, "t1": t1}
 
 
@@ -450,9 +464,22 @@ def test_a_zero_filled_block_mid_file_is_damage_with_its_steps_named(wandb_root,
 
 def _finish(run) -> None:
     """finish() and shut wandb's service down: finish() alone does not always wait for the
-    service to write the last rows on a loaded machine (a test read 269 of 300 rows once)."""
+    service to write the last rows on a loaded machine (a test read 269 of 300 rows once).
+    Then take off the TensorBoard patch a ``sync_tensorboard`` run leaves on the process."""
     run.finish()
     wandb.teardown()
+    _unpatch_tensorboard()
+
+
+def _unpatch_tensorboard() -> None:
+    """Undo what ``wandb.init(sync_tensorboard=True)`` does to the whole process: it patches
+    TensorBoard's writers and keeps the patch after finish() and teardown(). While the patch is
+    on, ``run.log(..., step=s)`` sends no step (wandb 0.31: ``publish_step`` is off when
+    ``wandb.patched["tensorboard"]`` is set), so a later run's rows silently stay on ``_step``,
+    and its telemetry says TensorBoard is patched. Under ``pytest -n 2`` a worker that ran a
+    synced test before it built ``wandb_root`` wrote run A on steps 0-2999."""
+    if wandb.patched["tensorboard"]:
+        wandb.tensorboard.unpatch()
 
 
 def _from_zero(steps: np.ndarray, at_least: int) -> bool:
@@ -778,6 +805,27 @@ def test_global_step_is_the_step_only_in_a_run_that_syncs_tensorboard(signal):
     else:
         assert loss == [0, 32, 64, 96] and set(frame["tag"].cast(str)) == {"loss"}
         assert len(notes) == 1 and "sync_tensorboard" in notes[0]
+
+
+def test_a_run_after_a_sync_tensorboard_run_keeps_the_steps_it_logged(tmp_path, monkeypatch):
+    # wandb keeps its TensorBoard patch on the process after a sync_tensorboard run ends, and
+    # with it on, wandb.log(step=...) sends no step: under pytest -n 2, a worker that had run a
+    # synced test first wrote the module's run A on _step, and 5 tests failed as if gradaudit had
+    # misread its step= rows (2 of 5 full runs on a loaded machine). _finish takes it off
+    root = _offline(tmp_path, monkeypatch)
+    run = wandb.init(mode="offline", dir=str(root), project="order", sync_tensorboard=True,
+                     settings=_settings())
+    run.log({"x": 1.0})
+    _finish(run)
+    run = wandb.init(mode="offline", dir=str(root), project="order", settings=_settings())
+    for s in range(5):
+        run.log({"train/loss": 2.0 - s / 10}, step=10 * s)
+    second = run.id
+    _finish(run)
+    (path,) = root.glob(f"wandb/offline-run-*-{second}/run-{second}.wandb")
+    assert sorted(_reference_history(path)["train/loss"]) == [0, 10, 20, 30, 40]  # what wandb wrote
+    (got,) = gradaudit.read_runs([path.parent])
+    assert got.series("train/loss")[0].tolist() == [0, 10, 20, 30, 40]
 
 
 def test_an_unusable_folder_of_a_resumed_run_is_a_problem_not_the_runs_end(tmp_path,
