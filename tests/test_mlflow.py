@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import re
 import shutil
 import sqlite3
 import sys
@@ -160,15 +161,19 @@ def test_points_logged_without_a_step_are_read_in_the_order_logged(store, databa
                for n in run.notes), run.notes
 
 
-def test_database_runs_are_named_by_run_name_and_deleted_runs_say_so(database) -> None:
+def test_database_runs_are_named_by_run_name_and_id_and_deleted_runs_say_so(database) -> None:
+    # <run name>-<its id's head>: the same in every scan (a baseline matches it next time, when
+    # another run of that name may have been logged), and two runs of one name told apart
     runs = gradaudit.read_runs([database])
-    names = sorted(r.name.split("#", 1)[1] for r in runs)
-    twins = [n for n in names if n.startswith("twin-")]
-    assert len(twins) == 2 and len(set(twins)) == 2  # one name, told apart by their ids
-    assert sorted(set(names) - set(twins)) == ["deleted", "exploded", "resumed", "stepless"]
+    assert len(runs) == 6
     for r in runs:
+        (rid,) = re.findall(r"\(id ([0-9a-f]{32})\)", r.notes[0])
+        (name,) = re.findall(r"MLflow run '([^']*)'", r.notes[0])
+        assert r.name == f"{database}#{name}-{rid[:8]}"
         assert f"in experiment '{log_runs.EXPERIMENT}'" in r.notes[0]
-        assert ("deleted in MLflow" in r.notes[0]) == r.name.endswith("#deleted")
+        assert ("deleted in MLflow" in r.notes[0]) == (name == "deleted")
+    assert sorted(re.findall(r"MLflow run '([^']*)'", r.notes[0])[0] for r in runs) == [
+        "deleted", "exploded", "resumed", "stepless", "twin", "twin"]
 
 
 def test_deleted_file_store_run_says_so(store) -> None:
@@ -346,3 +351,109 @@ def test_a_run_that_logged_no_metric_is_reported(tmp_path) -> None:
     assert result.runs == []
     (err,) = result.errors
     assert err.message == "the MLflow run logged no metric" and "f00d" in err.path
+
+
+def test_points_stored_out_of_order_are_read_in_the_order_logged(tmp_path, monkeypatch) -> None:
+    # MLflow's asynchronous logging (the HF Trainer's callback) stamps a point when it is
+    # logged and stores it later, out of order: MLflow's own client writes such a store here,
+    # with the points' stamps given, stored backwards in batches of 50
+    g, loss = log_runs.series(1, explode=True)
+    g[log_runs.OVERFLOW] = 1.0  # (finite: the test is about the order)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = mlflow.tracking.MlflowClient((tmp_path / "mlruns").as_uri())
+    run = client.create_run(client.create_experiment("async"), run_name="async")
+    t0 = 1_790_000_000_000
+    for first in range(0, log_runs.N, 50):
+        block = [mlflow.entities.Metric(k, float(v[s]), t0 + 10 * s, s)
+                 for s in reversed(range(first, first + 50))
+                 for k, v in (("loss", loss), ("grad_norm", g))]
+        client.log_batch(run.info.run_id, metrics=block)
+    stored = [int(line.split()[2]) for line in
+              (_run_folder(tmp_path / "mlruns", run.info.run_id) / "metrics" / "loss")
+              .read_text().splitlines()]
+    assert stored[:3] == [49, 48, 47]  # the store is out of order
+    (got,) = gradaudit.read_runs([tmp_path])
+    assert not any("#pass" in n or "rewound" in n for n in got.notes), got.notes
+    steps, values = got.series("loss")
+    assert steps.tolist() == list(range(log_runs.N)) and np.array_equal(values, loss)
+    (audit,) = gradaudit.scan([tmp_path]).runs
+    assert [e.onset_step for e in audit.episodes if e.severity == "explosion"] == \
+        [log_runs.ONSET]
+
+
+def test_database_rows_stored_out_of_order_are_read_in_the_order_logged(database,
+                                                                         tmp_path) -> None:
+    shuffled = _copy_db(database, tmp_path, "shuffled.db")
+    con = sqlite3.connect(shuffled)
+    con.execute("CREATE TABLE kept AS SELECT * FROM metrics")
+    con.execute("DELETE FROM metrics")
+    con.execute("INSERT INTO metrics SELECT * FROM kept ORDER BY (rowid * 7919) % 3943")
+    con.execute("DROP TABLE kept")
+    con.commit()
+    con.close()
+    want = {r.notes[0]: r for r in gradaudit.read_runs([database])}
+    got = {r.notes[0]: r for r in gradaudit.read_runs([shuffled])}
+    assert sorted(want) == sorted(got)
+    for note, r in got.items():
+        assert r.tags() == want[note].tags()
+        for tag in r.tags():
+            (sa, va), (sb, vb) = r.series(tag), want[note].series(tag)
+            assert np.array_equal(sa, sb) and np.array_equal(va, vb, equal_nan=True), tag
+
+
+def test_a_key_without_steps_beside_keys_with_steps_is_not_renumbered(tmp_path,
+                                                                     monkeypatch) -> None:
+    # its points cannot be put on the other keys' steps: left where MLflow put them (step 0)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    try:
+        mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
+        mlflow.set_experiment("mixed")
+        with mlflow.start_run(run_name="mixed"):
+            for s in range(100):
+                mlflow.log_metric("loss", 2.0 - 0.01 * s)
+                if s % 10 == 0:
+                    mlflow.log_metric("grad_norm", 0.5, step=s)
+    finally:
+        mlflow.set_tracking_uri(None)
+    (got,) = gradaudit.read_runs([tmp_path])
+    assert got.series("grad_norm")[0].tolist() == list(range(0, 100, 10))
+    steps, values = got.series("loss")
+    assert steps.tolist() == [0] and values.tolist() == [pytest.approx(2.0 - 0.99)]
+    assert any("'loss': logged without a step" in n and "cannot be placed" in n
+               for n in got.notes), got.notes
+
+
+def test_rows_not_of_mlflow_s_types_are_left_out_and_counted(database, tmp_path) -> None:
+    db = _copy_db(database, tmp_path)
+    con = sqlite3.connect(db)
+    con.execute("UPDATE metrics SET value = 'abc' WHERE step = 3 AND key = 'train/loss'")
+    con.execute("UPDATE metrics SET step = 'x' WHERE step = 4 AND key = 'train/loss'")
+    con.commit()
+    con.close()
+    runs = gradaudit.read_runs([db])
+    assert len(runs) == 6
+    (run,) = [r for r in runs if "'exploded'" in r.notes[0]]
+    steps, _ = run.series("train/loss")
+    assert 3 not in steps and 4 not in steps and steps.size == log_runs.N - 2
+    assert [p.message for p in run.problems] == [
+        "2 row(s) of the metrics table left out: not a metric point of MLflow's types (text "
+        "where a number belongs, a missing key)"]
+
+
+def test_a_database_with_damaged_schema_text_is_reported_beside_good_ones(database,
+                                                                           tmp_path) -> None:
+    # a byte flip can leave text that is not UTF-8 in the schema: SQLite's own message quotes
+    # it, and Python's sqlite3 raises UnicodeDecodeError, not sqlite3.Error
+    _copy_db(database, tmp_path, "good.db")
+    bad = _copy_db(database, tmp_path, "damaged.db")
+    con = sqlite3.connect(bad)
+    con.execute("PRAGMA writable_schema = ON")
+    con.execute("INSERT INTO sqlite_master VALUES ('table', CAST(X'78FF' AS TEXT), "
+                "CAST(X'78FF' AS TEXT), 0, CAST(X'435245415445205441424C452078FF28' AS TEXT))")
+    con.commit()
+    con.close()
+    result = gradaudit.scan([tmp_path])
+    assert len(result.runs) == 6 and {r.run.split("#")[0] for r in result.runs} == {"good.db"}
+    (err,) = result.errors
+    assert Path(err.path).name == "damaged.db"
+    assert err.message.startswith("could not read the SQLite database")

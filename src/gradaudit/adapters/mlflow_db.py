@@ -7,12 +7,13 @@ MLflow's ``SqlAlchemyStore`` keeps each logged point as a row of its ``metrics``
 names in ``experiments``. A NaN is stored as 0 with ``is_nan`` set, and +-inf as +-1.797e308
 (the largest float): both are read back as what was logged.
 
-- Each run is ``mlflow.db#<run name>`` (``#<run name>-<first 8 of its id>`` where two runs share
-  a name), in the order the runs first logged; a note gives its id and experiment, and says
-  when MLflow marked it deleted.
-- Points are read in the order written (the table's ``rowid``): repeated steps are resolved as
-  for every format. A key logged without a step is read in the order logged
-  (:func:`gradaudit.adapters._mlflow.order_stepless`).
+- Each run is ``mlflow.db#<run name>-<first 8 of its id>`` (the same in every scan), in the
+  order the runs first logged; a note gives its whole id and experiment, and says when MLflow
+  marked it deleted.
+- Points are read in the order logged (:func:`gradaudit.adapters._mlflow.in_call_order`):
+  repeated steps are resolved as for every format. A row not of MLflow's types (text where a
+  number belongs, a missing key) is left out and counted. A key logged without a step is read
+  in the order logged (:func:`gradaudit.adapters._mlflow.order_stepless`).
 - The file is opened read-only, with ``trusted_schema`` off and a length limit: a database from
   anywhere runs no SQL of its own (a ``metrics`` that is a view, or has generated columns, is
   refused), and one of more than :data:`MAX_POINTS` points is refused before it is read.
@@ -35,7 +36,7 @@ from gradaudit.series import FileProblem
 FORMAT = "mlflow-sqlite"
 SUFFIXES = (".db", ".sqlite", ".sqlite3")
 MAGIC = b"SQLite format 3\x00"
-#: Largest ``metrics`` table read (every point of every run is held at once: ~40 bytes each)
+#: Largest ``metrics`` table read (every point of every run is held at once)
 MAX_POINTS = 50_000_000
 #: Rows fetched at a time
 CHUNK = 200_000
@@ -48,12 +49,17 @@ _NEEDED = ("key", "value", "timestamp", "run_uuid", "step")
 INF_STORED = 1.7976931348623157e308
 
 
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")
+
+
 def _connect(path: Path, immutable: bool = False) -> sqlite3.Connection:
     """``path`` opened read-only, running none of the database's own SQL."""
     uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
     if immutable:  # (no locks, no write-ahead log: for a folder it cannot write its -shm into)
         uri += "&immutable=1"
     con = sqlite3.connect(uri, uri=True)
+    con.text_factory = _text  # (a damaged page's text need not be UTF-8)
     con.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_LENGTH)
     defensive = getattr(sqlite3, "SQLITE_DBCONFIG_DEFENSIVE", None)
     if defensive is not None and hasattr(con, "setconfig"):
@@ -86,7 +92,7 @@ def _is_mlflow(path: Path) -> bool:
             metrics, runs = _columns(con, "metrics"), _columns(con, "runs")
         finally:
             con.close()
-    except sqlite3.Error:
+    except Exception:  # noqa: BLE001 - corrupt (sqlite3.Error, or text that is not UTF-8)
         return True
     return metrics is not None and runs is not None and all(c in metrics for c in _NEEDED)
 
@@ -132,15 +138,20 @@ def _runs(con: sqlite3.Connection, cols: dict[str, int]) -> dict[str, tuple[str,
     return out
 
 
-_SCHEMA = {"run": pl.String, "tag": pl.String, "step": pl.Int64, "value": pl.Float64,
+# (the run and the key as categories: as text, each point held its 32-character run id)
+_SCHEMA = {"run": pl.Categorical, "tag": pl.Categorical, "step": pl.Int64, "value": pl.Float64,
            "is_nan": pl.Int64, "ts": pl.Int64}
+#: The rows read: MLflow's types (a row of another type - text in ``value``, a NULL key - is a
+#: damaged or foreign row, counted and left out)
+_TYPED = ("typeof(run_uuid) = 'text' AND typeof(key) = 'text' AND typeof(step) = 'integer' "
+          "AND typeof(value) IN ('real', 'integer') AND typeof(timestamp) = 'integer'")
 
 
 def _points(con: sqlite3.Connection, cols: dict[str, int], deadline: _Deadline) -> pl.DataFrame:
-    """Every metric point, in the order written (a plain scan of the table)."""
-    is_nan = "is_nan" if "is_nan" in cols else "0"
+    """Every metric point of MLflow's types, as stored (a plain scan of the table)."""
+    is_nan = "CAST(is_nan AS INTEGER)" if "is_nan" in cols else "0"
     cur = con.execute(f"SELECT run_uuid, key, step, value, {is_nan}, timestamp FROM metrics "
-                      "ORDER BY rowid")
+                      f"WHERE {_TYPED} ORDER BY _rowid_")
     frames = []
     while True:
         deadline.restart()
@@ -160,12 +171,15 @@ def _points(con: sqlite3.Connection, cols: dict[str, int], deadline: _Deadline) 
 
 
 def _suffixes(ids: list[str], runs: dict[str, tuple[str, str, bool]]) -> dict[str, str]:
-    """Each run's name in the file: its MLflow name, with its id's head where names repeat."""
-    names = {rid: runs.get(rid, ("", "", False))[0] or rid for rid in ids}
+    """Each run's name in the file: its MLflow name and its id's head, the same in every scan
+    (a name alone would change when another run of that name is logged, and a baseline would
+    match nothing); the whole id where two heads agree."""
+    names = {rid: f"{n}-{rid[:8]}" if (n := runs.get(rid, ("", "", False))[0]) else rid
+             for rid in ids}
     seen: dict[str, int] = {}
     for n in names.values():
         seen[n] = seen.get(n, 0) + 1
-    return {rid: n if seen[n] == 1 or n == rid else f"{n}-{rid[:8]}" for rid, n in names.items()}
+    return {rid: n if seen[n] == 1 else f"{runs[rid][0]}-{rid}" for rid, n in names.items()}
 
 
 def read(source: Source) -> list[RawRun]:
@@ -196,20 +210,28 @@ def read(source: Source) -> list[RawRun]:
                                 "one MLflow database")
             runs = _runs(con, run_cols)
             points = _points(con, cols, deadline)
+            skipped = n - points.height
         finally:
             con.close()
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, UnicodeDecodeError) as exc:  # (SQLite's message may quote bad text)
         why = "took too long" if isinstance(exc, sqlite3.OperationalError) and \
-            "interrupted" in str(exc) else str(exc)
+            "interrupted" in str(exc) else "damaged text in its schema" \
+            if isinstance(exc, UnicodeDecodeError) else str(exc)
         raise ReadError(f"could not read the SQLite database: {why}") from exc
     if points.height == 0:
-        raise ReadError("the MLflow database holds no metric point")
-    ids = points["run"].unique(maintain_order=True).to_list()
+        raise ReadError("the MLflow database holds no metric point"
+                        + (f" of MLflow's types ({skipped:,} rows of others)" if skipped else ""))
+    if skipped:
+        problems.append(FileProblem(str(path), f"{skipped:,} row(s) of the metrics table left "
+                                               "out: not a metric point of MLflow's types (text "
+                                               "where a number belongs, a missing key)"))
+    ids = [str(r) for r in points["run"].unique(maintain_order=True).to_list()]
     names = _suffixes(ids, runs)
     out = []
     for (rid,), part in points.group_by("run", maintain_order=True):
-        frame, notes = _mlflow.order_stepless(part.select(
-            "step", "tag", "value", (pl.col("ts").cast(pl.Float64) / 1000.0).alias("wall_time")))
+        frame, notes = _mlflow.order_stepless(_mlflow.in_call_order(part.select(
+            "step", pl.col("tag").cast(pl.String), "value",
+            (pl.col("ts").cast(pl.Float64) / 1000.0).alias("wall_time"))))
         name, experiment, deleted = runs.get(str(rid), ("", "", False))
         note = _mlflow.run_note(name or None, experiment or None, deleted, str(rid))
         out.append(RawRun(points=frame, suffix=names[str(rid)], problems=list(problems),

@@ -10,8 +10,10 @@ with a dataset holds five (its name and digest follow). Values are Python's ``st
 
 - The run is its folder, named by its path like every run; a note gives the run's and its
   experiment's names from their ``meta.yaml`` files, and says when MLflow marked it deleted.
-- Points are read in the order written (a run resumed with ``start_run(run_id=...)`` appends to
-  the same files): repeated steps are resolved as for every format.
+- Points are read in the order logged (:func:`gradaudit.adapters._mlflow.in_call_order`: MLflow's
+  asynchronous logging writes them out of order); a run resumed with
+  ``start_run(run_id=...)`` appends to the same files, and repeated steps are resolved as for
+  every format.
 - A key logged without a step (every point at step 0) is read in the order logged
   (:func:`gradaudit.adapters._mlflow.order_stepless`).
 - A line that is not 2, 3 or 5 fields, or whose fields are not numbers, is skipped and counted;
@@ -187,7 +189,7 @@ def read(source: Source) -> list[RawRun]:
     if not frames:
         raise ReadError("no MLflow metric file could be read"
                         + (f": {problems[0].message}" if problems else ""))
-    points, notes = _mlflow.order_stepless(pl.concat(frames))
+    points, notes = _mlflow.order_stepless(_mlflow.in_call_order(pl.concat(frames)))
     run_notes = [n for r in runs if (n := _note(r)) is not None]
     return [RawRun(points=points, problems=problems, notes=run_notes + notes, files=read_files)]
 
