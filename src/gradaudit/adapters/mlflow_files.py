@@ -133,7 +133,6 @@ def read_metric(path: Path, key: str) -> tuple[pl.DataFrame, int, bool]:
     parts = pl.col("line").str.split(" ")
     n = parts.list.len()
     got = lines.select(
-        pl.int_range(pl.len()).alias("row"),
         n.alias("n"),
         parts.list.get(0, null_on_oob=True).cast(pl.Int64, strict=False).alias("ts"),
         parts.list.get(1, null_on_oob=True).cast(pl.Float64, strict=False).alias("value"),
