@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
@@ -457,3 +458,31 @@ def test_a_database_with_damaged_schema_text_is_reported_beside_good_ones(databa
     (err,) = result.errors
     assert Path(err.path).name == "damaged.db"
     assert err.message.startswith("could not read the SQLite database")
+
+
+def test_a_journal_left_by_a_killed_writer_is_rolled_back_on_a_copy(database, tmp_path) -> None:
+    # a training killed in the middle of an MLflow commit leaves mlflow.db-journal: opened
+    # read-only, the database reads as malformed; SQLite rolls the cut write back on a copy
+    db = _copy_db(database, tmp_path)
+    writer = (
+        "import os, sqlite3\n"
+        f"c = sqlite3.connect({str(db)!r}); c.execute('PRAGMA cache_size = 10')\n"
+        "c.execute('BEGIN')\n"
+        "rid = c.execute('SELECT run_uuid FROM runs LIMIT 1').fetchone()[0]\n"
+        "c.executemany('INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) '\n"
+        "              'VALUES (?, ?, ?, ?, ?, 0)',\n"
+        "              [('cut', 1.0, 1795000000000 + s, rid, s) for s in range(200000)])\n"
+        "os._exit(0)  # killed before the commit\n")
+    subprocess.run([sys.executable, "-c", writer], check=True)
+    journal = db.with_name(db.name + "-journal")
+    assert journal.stat().st_size > 0
+    before = db.read_bytes(), journal.read_bytes()
+    runs = gradaudit.read_runs([db])
+    assert len(runs) == 6 and all("cut" not in r.tags() for r in runs)
+    want = {r.notes[0]: r for r in gradaudit.read_runs([database])}
+    for r in runs:
+        assert r.tags() == want[r.notes[0]].tags()
+        assert [p.message for p in r.problems] == [
+            "a rollback journal beside it (a write cut short: a killed process): read from a "
+            "copy, with that write rolled back"]
+    assert (db.read_bytes(), journal.read_bytes()) == before  # the files are left as found

@@ -16,12 +16,16 @@ names in ``experiments``. A NaN is stored as 0 with ``is_nan`` set, and +-inf as
   in the order logged (:func:`gradaudit.adapters._mlflow.order_stepless`).
 - The file is opened read-only, with ``trusted_schema`` off and a length limit: a database from
   anywhere runs no SQL of its own (a ``metrics`` that is a view, or has generated columns, is
-  refused), and one of more than :data:`MAX_POINTS` points is refused before it is read.
+  refused), and one of more than :data:`MAX_POINTS` points is refused before it is read. With a
+  rollback journal beside it (a write cut short), or a write-ahead log it cannot apply in place,
+  a copy is read (:func:`_open`); the files themselves are never written.
 """
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+import tempfile
 import time
 import urllib.parse
 from pathlib import Path
@@ -53,9 +57,10 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-def _connect(path: Path, immutable: bool = False) -> sqlite3.Connection:
-    """``path`` opened read-only, running none of the database's own SQL."""
-    uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
+def _connect(path: Path, immutable: bool = False, copy: bool = False) -> sqlite3.Connection:
+    """``path`` opened read-only (``copy``: our own copy, opened so that SQLite can apply the
+    journal or write-ahead log beside it), running none of the database's own SQL."""
+    uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode={'rw' if copy else 'ro'}"
     if immutable:  # (no locks, no write-ahead log: for a folder it cannot write its -shm into)
         uri += "&immutable=1"
     con = sqlite3.connect(uri, uri=True)
@@ -182,6 +187,39 @@ def _suffixes(ids: list[str], runs: dict[str, tuple[str, str, bool]]) -> dict[st
     return {rid: n if seen[n] == 1 else f"{runs[rid][0]}-{rid}" for rid, n in names.items()}
 
 
+def _copy(path: Path, into: Path, sides: tuple[str, ...]) -> Path:
+    """The database and those of its ``-journal``/``-wal`` files there are, copied ``into``."""
+    for side in ("", *sides):
+        src = path.with_name(path.name + side)
+        if src.is_file():
+            shutil.copyfile(src, into / (path.name + side))
+    return into / path.name
+
+
+def _open(path: Path, tmp: Path, problems: list[FileProblem]) -> sqlite3.Connection:
+    """The database opened for reading, with what a write cut short or a write-ahead log it
+    cannot apply in place would hide: a rollback journal beside it (a process killed in a
+    commit) makes the read-only open see a half-written database, so a copy of the two is read,
+    the cut write rolled back; a write-ahead log in a folder that cannot be written is read
+    from a copy too."""
+    journal = path.with_name(path.name + "-journal")
+    if journal.is_file() and journal.stat().st_size > 0:
+        problems.append(FileProblem(str(path), "a rollback journal beside it (a write cut short: "
+                                               "a killed process): read from a copy, with that "
+                                               "write rolled back"))
+        return _connect(_copy(path, tmp, ("-journal",)), copy=True)
+    try:
+        con = _connect(path)
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return con
+    except sqlite3.OperationalError:
+        if path.with_name(path.name + "-wal").is_file():
+            return _connect(_copy(path, tmp, ("-wal",)), copy=True)
+        problems.append(FileProblem(str(path), "opened without locks (its folder cannot be "
+                                               "written)"))
+        return _connect(path, immutable=True)
+
+
 def read(source: Source) -> list[RawRun]:
     """Read every run of the database (one file)."""
     (path,) = source.files
@@ -189,35 +227,32 @@ def read(source: Source) -> list[RawRun]:
     problems: list[FileProblem] = []
     deadline = _Deadline(MAX_STATEMENT_SECONDS)
     try:
-        try:
-            con = _connect(path)
-            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlite3.OperationalError:
-            con = _connect(path, immutable=True)
-            problems.append(FileProblem(str(path), "opened without its write-ahead log (its "
-                                                   "folder cannot be written): the latest "
-                                                   "points may be missing"))
-        con.set_progress_handler(deadline, 10_000)
-        try:
-            cols, run_cols = _columns(con, "metrics"), _columns(con, "runs")
-            if cols is None or run_cols is None or not all(c in cols for c in _NEEDED):
-                raise ReadError("not an MLflow database (no 'metrics' and 'runs' tables)")
-            if any(cols.values()):
-                raise ReadError("the 'metrics' table has generated columns: not MLflow's")
-            (n,) = con.execute("SELECT count(*) FROM metrics").fetchone()
-            if n > MAX_POINTS:
-                raise ReadError(f"{n:,} metric points, more than the {MAX_POINTS:,} read from "
-                                "one MLflow database")
-            runs = _runs(con, run_cols)
-            points = _points(con, cols, deadline)
-            skipped = n - points.height
-        finally:
-            con.close()
+        with tempfile.TemporaryDirectory(prefix="gradaudit-mlflow-") as tmp:
+            con = _open(path, Path(tmp), problems)
+            con.set_progress_handler(deadline, 10_000)
+            try:
+                cols, run_cols = _columns(con, "metrics"), _columns(con, "runs")
+                if cols is None or run_cols is None or not all(c in cols for c in _NEEDED):
+                    raise ReadError("not an MLflow database (no 'metrics' and 'runs' tables)")
+                if any(cols.values()):
+                    raise ReadError("the 'metrics' table has generated columns: not MLflow's")
+                (n,) = con.execute("SELECT count(*) FROM metrics").fetchone()
+                if n > MAX_POINTS:
+                    raise ReadError(f"{n:,} metric points, more than the {MAX_POINTS:,} read "
+                                    "from one MLflow database")
+                runs = _runs(con, run_cols)
+                points = _points(con, cols, deadline)
+                skipped = n - points.height
+            finally:
+                con.close()
     except (sqlite3.Error, UnicodeDecodeError) as exc:  # (SQLite's message may quote bad text)
         why = "took too long" if isinstance(exc, sqlite3.OperationalError) and \
             "interrupted" in str(exc) else "damaged text in its schema" \
             if isinstance(exc, UnicodeDecodeError) else str(exc)
         raise ReadError(f"could not read the SQLite database: {why}") from exc
+    except OSError as exc:  # (the copy: no room in the temporary folder)
+        raise ReadError(f"could not copy the database to read it: {exc.strerror or exc}") \
+            from exc
     if points.height == 0:
         raise ReadError("the MLflow database holds no metric point"
                         + (f" of MLflow's types ({skipped:,} rows of others)" if skipped else ""))
