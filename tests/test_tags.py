@@ -108,6 +108,16 @@ def test_interval_mean_losses_are_known_by_their_companion_tags():
     assert interval_mean_tags(["loss", "grad_norm", "learning_rate"]) == frozenset()
 
 
+def test_one_point_is_no_loss_series_beside_one_of_several() -> None:
+    # the HF Trainer's MLflow callback ends a run with its summary (train_loss, train_runtime,
+    # ...): one point, which beside a loss logged 10 times or fewer was picked as the loss
+    counts = {"loss": 5, "train_loss": 1, "learning_rate": 5, "epoch": 6, "grad_norm": 5,
+              "train_runtime": 1}
+    assert choose_tags(list(counts), counts=counts).loss == "loss"
+    counts = {"loss": 1, "train_loss": 1}  # (one point each: the names decide, as before)
+    assert choose_tags(list(counts), counts=counts).loss == "train_loss"
+
+
 @pytest.mark.parametrize(("train", "held_out"), [
     ("train/ce_loss", "eval/loss"), ("train/total_loss", "val/loss"), ("loss_train", "val/loss"),
     ("Metrics/TrainObjective_loss", "validation/lm loss")])

@@ -180,9 +180,10 @@ def _rank(
     """Candidates best first: known names, then a known last part, then names that ``accept``
     (validation and post-clip series after all of them). Among known names (whole or last
     part), and among the others, a candidate with under 1/``SPARSE_FACTOR`` of the points of
-    the densest one (``counts``) ranks after the rest: fairseq's W&B log has a per-epoch
-    ``train/loss`` beside the per-update ``train_inner/loss``, Keras a per-epoch ``loss``
-    beside ``batch/loss``; a dense name that only says loss never displaces a known one."""
+    the densest one (``counts``), or a single point beside more, ranks after the rest:
+    fairseq's W&B log has a per-epoch ``train/loss`` beside the per-update
+    ``train_inner/loss``, Keras a per-epoch ``loss`` beside ``batch/loss``; a dense name that
+    only says loss never displaces a known one."""
     found: list[tuple[tuple[bool, int], int, int, str]] = []  # (class, score, tie-break, tag)
     for tag in tags:
         if _BUCKET.search(tag):
@@ -204,7 +205,10 @@ def _rank(
         most[group(klass)] = max(most.get(group(klass), 0), (counts or {}).get(tag, 0))
 
     def sparse(klass: tuple[bool, int], tag: str) -> bool:
-        return counts is not None and SPARSE_FACTOR * counts.get(tag, 0) < most[group(klass)]
+        # (one point is no series: the HF Trainer's closing ``train_loss`` beside the ``loss``
+        # of a run logged 10 times or fewer)
+        n, top = (counts or {}).get(tag, 0), most[group(klass)]
+        return counts is not None and (SPARSE_FACTOR * n < top or n <= 1 < top)
 
     found.sort(key=lambda f: (f[0][0], not group(f[0])[1], sparse(f[0], f[3]), f[0][1], *f[1:]))
     return [tag for *_, tag in found]
