@@ -486,3 +486,18 @@ def test_a_journal_left_by_a_killed_writer_is_rolled_back_on_a_copy(database, tm
             "a rollback journal beside it (a write cut short: a killed process): read from a "
             "copy, with that write rolled back"]
     assert (db.read_bytes(), journal.read_bytes()) == before  # the files are left as found
+
+
+def test_a_long_run_name_is_named_as_logged(tmp_path, monkeypatch) -> None:
+    # meta.yaml folds a long name onto several lines; the run's mlflow.runName tag holds it whole
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    name = "sweep lr=3e-4 " + "warm-up 2000 steps, cosine to 10 percent, " * 3 + "it's seed 7"
+    client = mlflow.tracking.MlflowClient((tmp_path / "mlruns").as_uri())
+    run = client.create_run(client.create_experiment("names"), run_name=name)
+    client.log_batch(run.info.run_id, metrics=[
+        mlflow.entities.Metric("loss", 1.0 / (s + 1), 1_790_000_000_000 + s, s)
+        for s in range(50)])
+    meta = (_run_folder(tmp_path / "mlruns", run.info.run_id) / "meta.yaml").read_text()
+    assert name not in meta  # folded
+    (got,) = gradaudit.read_runs([tmp_path])
+    assert got.notes[0] == f"MLflow run '{name}' in experiment 'names'"

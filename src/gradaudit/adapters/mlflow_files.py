@@ -105,6 +105,16 @@ def _fields(head: bytes | None) -> dict[str, str]:
     return {k: _unquote(v) for k, v in _FIELD.findall(text)}
 
 
+def _run_name(run_folder: Path, meta: dict[str, str]) -> str | None:
+    """The run's name: its ``mlflow.runName`` tag, as logged (``meta.yaml`` folds a long name
+    onto lines of its own, which ``_fields`` does not join), else ``meta.yaml``'s."""
+    try:
+        with (run_folder / "tags" / "mlflow.runName").open("rb") as fh:
+            return fh.read(META_BYTES).decode("utf-8", errors="replace") or None
+    except OSError:
+        return meta.get("run_name") or None
+
+
 def _note(run_folder: Path) -> str | None:
     run = _fields(_run_meta(run_folder))
     try:
@@ -112,7 +122,7 @@ def _note(run_folder: Path) -> str | None:
             experiment = _fields(fh.read(META_BYTES)).get("name")
     except OSError:
         experiment = None
-    return _mlflow.run_note(run.get("run_name") or None, experiment or None,
+    return _mlflow.run_note(_run_name(run_folder, run), experiment or None,
                             run.get("lifecycle_stage") == "deleted")
 
 
