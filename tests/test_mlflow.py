@@ -299,9 +299,17 @@ def test_a_database_runs_none_of_its_own_sql(database, tmp_path) -> None:
                 "s.is_nan FROM stored s, c")
     con.commit()
     con.close()
-    assert mlflow_db.claim(tmp_path, [view]) == []
-    with pytest.raises(ReadError, match="not an MLflow database"):
+    assert mlflow_db.claim(tmp_path, [view]) != []  # (reported, not passed over)
+    with pytest.raises(ReadError, match="^'metrics' is a view, not MLflow's table: not read"):
         mlflow_db.read(Source(mlflow_db.FORMAT, view.name, (view,)))
+    virtual = tmp_path / "virtual.db"
+    con = sqlite3.connect(virtual)
+    con.execute("CREATE TABLE runs (run_uuid TEXT, name TEXT)")
+    con.execute("CREATE VIRTUAL TABLE metrics USING fts5(key, value, timestamp, run_uuid, step)")
+    con.commit()
+    con.close()
+    with pytest.raises(ReadError, match="^'metrics' is a virtual table, not MLflow's table"):
+        mlflow_db.read(Source(mlflow_db.FORMAT, virtual.name, (virtual,)))
     gen = _copy_db(database, tmp_path, "generated.db")
     con = sqlite3.connect(gen)
     con.execute("ALTER TABLE metrics ADD COLUMN big BLOB AS (zeroblob(1000000000))")

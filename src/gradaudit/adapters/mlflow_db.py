@@ -82,9 +82,18 @@ def _columns(con: sqlite3.Connection, table: str) -> dict[str, int] | None:
     return {str(r[1]): int(r[6]) for r in con.execute(f"PRAGMA table_xinfo({table})")}
 
 
+def _kinds(con: sqlite3.Connection) -> dict[str, str]:
+    """What ``metrics`` and ``runs`` are: ``table``, ``view`` or ``virtual table`` (absent: not
+    in)."""
+    return {str(n): "virtual table" if str(sql or "").upper().startswith("CREATE VIRTUAL")
+            else str(t)
+            for n, t, sql in con.execute("SELECT name, type, sql FROM sqlite_master "
+                                         "WHERE name IN ('metrics', 'runs')")}
+
+
 def _is_mlflow(path: Path) -> bool:
-    """An SQLite file with MLflow's tables, or one whose tables cannot be listed (corrupt: read
-    it, to say so)."""
+    """An SQLite file with MLflow's tables (or ``metrics`` and ``runs`` of another kind: read,
+    to say why not), or one whose tables cannot be listed (corrupt: read it, to say so)."""
     try:
         with path.open("rb") as fh:
             if fh.read(len(MAGIC)) != MAGIC:
@@ -94,12 +103,15 @@ def _is_mlflow(path: Path) -> bool:
     try:
         con = _connect(path)
         try:
-            metrics, runs = _columns(con, "metrics"), _columns(con, "runs")
+            kinds = _kinds(con)
+            metrics = _columns(con, "metrics")
         finally:
             con.close()
     except Exception:  # noqa: BLE001 - corrupt (sqlite3.Error, or text that is not UTF-8)
         return True
-    return metrics is not None and runs is not None and all(c in metrics for c in _NEEDED)
+    if len(kinds) == 2 and set(kinds.values()) != {"table"}:
+        return True
+    return len(kinds) == 2 and metrics is not None and all(c in metrics for c in _NEEDED)
 
 
 def claim(directory: Path, files: list[Path]) -> list[Source]:
@@ -231,6 +243,10 @@ def read(source: Source) -> list[RawRun]:
             con = _open(path, Path(tmp), problems)
             con.set_progress_handler(deadline, 10_000)
             try:
+                odd = sorted(f"'{n}' is a {k}" for n, k in _kinds(con).items() if k != "table")
+                if odd:
+                    raise ReadError(f"{' and '.join(odd)}, not MLflow's table: not read (it "
+                                    "would run the database's own SQL)")
                 cols, run_cols = _columns(con, "metrics"), _columns(con, "runs")
                 if cols is None or run_cols is None or not all(c in cols for c in _NEEDED):
                     raise ReadError("not an MLflow database (no 'metrics' and 'runs' tables)")
