@@ -509,3 +509,17 @@ def test_a_long_run_name_is_named_as_logged(tmp_path, monkeypatch) -> None:
     assert name not in meta  # folded
     (got,) = gradaudit.read_runs([tmp_path])
     assert got.notes[0] == f"MLflow run '{name}' in experiment 'names'"
+
+
+def test_a_metric_file_reads_the_same_in_blocks_of_any_size(store, monkeypatch) -> None:
+    root, ids = store
+    folder = _run_folder(root, ids["exploded"][0])
+    loss = folder / "metrics" / "train" / "loss"
+    whole = mlflow_files.read_metric(loss, "train/loss")
+    for size in (1, 37, 4096):  # (a line is about 40 bytes: blocks of none, one or many)
+        monkeypatch.setattr(mlflow_files, "BLOCK_BYTES", size)
+        got = mlflow_files.read_metric(loss, "train/loss")
+        assert got[1:] == whole[1:] == (0, False), (size, got[1:], whole[1:])
+        assert got[0].drop("wall_time").equals(whole[0].drop("wall_time")), size
+        # (ms / 1000 may round 1 ulp apart in polars' vectorised and single-row division)
+        assert np.allclose(got[0]["wall_time"], whole[0]["wall_time"], rtol=0, atol=1e-6)

@@ -126,20 +126,17 @@ def _note(run_folder: Path) -> str | None:
                             run.get("lifecycle_stage") == "deleted")
 
 
-def read_metric(path: Path, key: str) -> tuple[pl.DataFrame, int, bool]:
-    """One metric file: its points (``step``, ``tag``, ``value``, ``wall_time``) in file order,
-    the number of lines skipped as malformed, and whether its last line was cut short."""
-    nonempty_size(path)
-    check_text(path)
-    try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except OSError as exc:
-        raise ReadError(f"cannot read the file: {exc.strerror or exc}") from exc
-    cut = not text.endswith("\n")
+#: A metric file is parsed this many bytes at a time (whole lines): parsing takes about 9 times
+#: the text it parses, so a file of 567 MB took 5.3 GB read whole
+BLOCK_BYTES = 32 << 20
+
+
+def _parse(text: str, key: str) -> tuple[pl.DataFrame, int]:
+    """Whole lines of a metric file: their points, and how many lines were malformed."""
     lines = (pl.DataFrame({"line": [text]}, schema={"line": pl.String})
              .select(pl.col("line").str.split("\n")).explode("line")
              .select(pl.col("line").str.strip_chars_end("\r")))
-    lines = lines.head(lines.height - 1)  # after the last line end: "" or the cut line
+    lines = lines.head(lines.height - 1)  # after the last line end: ""
     parts = pl.col("line").str.split(" ")
     n = parts.list.len()
     got = lines.select(
@@ -157,7 +154,31 @@ def read_metric(path: Path, key: str) -> tuple[pl.DataFrame, int, bool]:
         pl.col("value"),
         (pl.col("ts").cast(pl.Float64) / 1000.0).alias("wall_time"),
     )
-    return points, got.height - good.height, cut
+    return points, got.height - good.height
+
+
+def read_metric(path: Path, key: str) -> tuple[pl.DataFrame, int, bool]:
+    """One metric file: its points (``step``, ``tag``, ``value``, ``wall_time``) in file order,
+    the number of lines skipped as malformed, and whether its last line was cut short (read
+    :data:`BLOCK_BYTES` of whole lines at a time)."""
+    nonempty_size(path)
+    check_text(path)
+    frames, bad, rest = [], 0, b""
+    try:
+        with path.open("rb") as fh:
+            while block := fh.read(BLOCK_BYTES):
+                block = rest + block
+                end = block.rfind(b"\n") + 1
+                rest = block[end:]
+                if end:
+                    points, skipped = _parse(block[:end].decode("utf-8", errors="replace"), key)
+                    frames.append(points)
+                    bad += skipped
+    except OSError as exc:
+        raise ReadError(f"cannot read the file: {exc.strerror or exc}") from exc
+    if not frames:
+        frames.append(_parse("", key)[0])
+    return pl.concat(frames), bad, bool(rest)
 
 
 def read(source: Source) -> list[RawRun]:
