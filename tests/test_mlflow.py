@@ -177,6 +177,18 @@ def test_database_runs_are_named_by_run_name_and_id_and_deleted_runs_say_so(data
         "deleted", "exploded", "resumed", "stepless", "twin", "twin"]
 
 
+def test_runs_of_a_deleted_experiment_say_so(database, tmp_path) -> None:
+    # (the file store moves a deleted experiment to its .trash folder, which no scan walks)
+    db = _copy_db(database, tmp_path)
+    con = sqlite3.connect(db)
+    con.execute("UPDATE experiments SET lifecycle_stage = 'deleted' WHERE name = ?",
+                (log_runs.EXPERIMENT,))
+    con.commit()
+    con.close()
+    runs = gradaudit.read_runs([db])
+    assert len(runs) == 6 and all("deleted in MLflow" in r.notes[0] for r in runs)
+
+
 def test_deleted_file_store_run_says_so(store) -> None:
     root, ids = store
     runs = gradaudit.read_runs([root])

@@ -135,12 +135,13 @@ class _Deadline:
 
 
 def _runs(con: sqlite3.Connection, cols: dict[str, int]) -> dict[str, tuple[str, str, bool]]:
-    """run id -> (name, experiment name, deleted)."""
-    experiments: dict[str, str] = {}
+    """run id -> (name, experiment name, deleted: the run or its experiment)."""
+    experiments: dict[str, tuple[str, bool]] = {}
     exp_cols = _columns(con, "experiments") or {}
     if "experiment_id" in exp_cols and "name" in exp_cols:
-        experiments = {str(i): str(n) for i, n in
-                       con.execute("SELECT experiment_id, name FROM experiments")}
+        stage = "lifecycle_stage" if "lifecycle_stage" in exp_cols else "NULL"
+        experiments = {str(i): (str(n), st == "deleted") for i, n, st in con.execute(
+            f"SELECT experiment_id, name, {stage} FROM experiments")}
     names: dict[str, str] = {}
     tag_cols = _columns(con, "tags") or {}
     if {"key", "value", "run_uuid"} <= set(tag_cols):  # (runs.name came in MLflow 1.29)
@@ -150,8 +151,9 @@ def _runs(con: sqlite3.Connection, cols: dict[str, int]) -> dict[str, tuple[str,
     out = {}
     for rid, name, exp, stage in con.execute(f"SELECT run_uuid, {', '.join(pick)} FROM runs"):
         rid = str(rid)
-        out[rid] = (str(name) if name else names.get(rid, ""),
-                    experiments.get(str(exp), "") if exp is not None else "", stage == "deleted")
+        exp_name, exp_deleted = experiments.get(str(exp), ("", False))
+        out[rid] = (str(name) if name else names.get(rid, ""), exp_name,
+                    stage == "deleted" or exp_deleted)
     return out
 
 
