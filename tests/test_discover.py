@@ -270,3 +270,20 @@ def test_a_redone_step_differs_where_the_grad_norm_went_nan_on_one_pass_only():
         first = (steps, np.where(steps >= 33, blown, 1.0))
         assert redone_differ(31, (loss, first), (loss, healthy)) == 3
     assert redone_differ(31, (loss, healthy), (loss, healthy)) == 0
+
+
+def test_a_file_a_sniff_chokes_on_hides_no_other_file_of_its_folder(tmp_path, monkeypatch):
+    # an adapter's claim that raises on one hostile file (Python's sqlite3 raised
+    # UnicodeDecodeError on a damaged database) is asked again file by file: the good files
+    # beside it are still found (before, that adapter lost the whole folder)
+    class Choking(_FileRuns):
+        @staticmethod
+        def claim(directory: Path, files: list[Path]) -> list[Source]:
+            if any(f.name == "hostile.tab" for f in files):
+                raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "a damaged header")
+            return _FileRuns.claim(directory, files)
+
+    monkeypatch.setattr(discover_module, "REGISTRY", {"tab": Choking})
+    for name in ("a.tab", "b.tab", "hostile.tab"):
+        _touch(tmp_path / name)
+    assert names([tmp_path]) == ["a.tab", "b.tab"]

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from gradaudit.adapters import REGISTRY
-from gradaudit.adapters.base import Source
+from gradaudit.adapters.base import Adapter, Source
 from gradaudit.adapters.hf_trainer import FORMAT as HF_FORMAT
 from gradaudit.adapters.tensorboard import FORMAT as TB_FORMAT
 from gradaudit.errors import UNEXPECTED
@@ -134,6 +134,18 @@ def _walk(root: Path, unreadable: list[tuple[str, str]]) -> Iterator[tuple[Path,
             heapq.heappush(heap, ((links + is_link, is_link, -next(order)), child))
 
 
+def _one_by_one(adapter: Adapter, folder: Path, files: list[Path]) -> list[Source]:
+    """What ``adapter`` claims of ``files`` asked one file at a time, leaving out only those
+    its sniff chokes on (a damaged file must not hide the good ones beside it)."""
+    claimed: list[Source] = []
+    for f in files:
+        try:
+            claimed.extend(adapter.claim(folder, [f]))
+        except Exception:  # noqa: BLE001 - as above
+            continue
+    return claimed
+
+
 def _claim(folder: Path, files: list[Path]) -> list[Source]:
     sources: list[Source] = []
     remaining = list(files)
@@ -143,7 +155,7 @@ def _claim(folder: Path, files: list[Path]) -> list[Source]:
         try:
             claimed = adapter.claim(folder, remaining)
         except Exception:  # noqa: BLE001 - a sniff that chokes on a hostile file skips it
-            claimed = []
+            claimed = _one_by_one(adapter, folder, remaining)
         if claimed:
             taken = {f for s in claimed for f in s.files}
             remaining = [f for f in remaining if f not in taken]
