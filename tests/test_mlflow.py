@@ -535,3 +535,27 @@ def test_a_metric_file_reads_the_same_in_blocks_of_any_size(store, monkeypatch) 
         assert got[0].drop("wall_time").equals(whole[0].drop("wall_time")), size
         # (ms / 1000 may round 1 ulp apart in polars' vectorised and single-row division)
         assert np.allclose(got[0]["wall_time"], whole[0]["wall_time"], rtol=0, atol=1e-6)
+
+
+def test_per_batch_values_logged_at_the_epoch_are_read_in_the_order_logged(tmp_path,
+                                                                        monkeypatch) -> None:
+    # log_metrics(..., step=epoch) in the batch loop: 200 points on each of 3 steps; read as
+    # stored, one point per epoch is left and the explosion with it
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    g, loss = log_runs.series(1, explode=True)
+    g[log_runs.OVERFLOW] = 1.0
+    client = mlflow.tracking.MlflowClient((tmp_path / "mlruns").as_uri())
+    run = client.create_run(client.create_experiment("epochs"), run_name="epochs")
+    t0 = 1_790_000_000_000
+    for first in range(0, log_runs.N, 100):
+        client.log_batch(run.info.run_id, metrics=[
+            mlflow.entities.Metric(k, float(v[s]), t0 + 10 * s, s // 200)
+            for s in range(first, first + 100) for k, v in (("loss", loss), ("grad_norm", g))])
+    (got,) = gradaudit.read_runs([tmp_path])
+    steps, values = got.series("loss")
+    assert steps.tolist() == list(range(log_runs.N)) and np.array_equal(values, loss)
+    assert any("logged with a step that repeats (600 points on 3 steps" in n
+               and "read in the order logged" in n for n in got.notes), got.notes
+    (audit,) = gradaudit.scan([tmp_path]).runs
+    assert [e.onset_step for e in audit.episodes if e.severity == "explosion"] == \
+        [log_runs.ONSET]

@@ -17,31 +17,52 @@ def in_call_order(points: pl.DataFrame) -> pl.DataFrame:
                                                 nulls_last=True).drop("_order")
 
 
+#: A key whose points average this many or more per step, its steps never going back, was
+#: logged with a step that is no step (the epoch, for per-batch values)
+PILED = 5
+
+
 def order_stepless(points: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
-    """``points`` (``step``, ``tag``, ``value``, ``wall_time``, in the order logged) with each tag
-    whose points all share one step (and are more than one) stepped 0, 1, ... in that order,
-    where no tag of the run has steps of its own, and a note naming those tags. MLflow stores a
-    point logged without a step at step 0: a loss logged so in a loop would otherwise read as
-    one point rewritten again and again. Beside keys logged with steps, such a key's points
-    cannot be placed on those steps: they are left at 0 (the later kept), and the note says so.
-    """
+    """``points`` (``step``, ``tag``, ``value``, ``wall_time``, in the order logged) with the
+    tags logged without a step (all their points at one step, MLflow's 0 for a point logged
+    without one) or with a step that is no step (:data:`PILED` points or more per step, never
+    going back: ``step=epoch`` for per-batch values) stepped 0, 1, 2, ... in that order, where
+    every tag of the run is such a tag; and notes naming them. Read as logged, a loss logged so
+    is one point per step, the rest rewritten. Beside keys with steps of their own, their
+    points cannot be placed on those steps: they are left as logged (the last of each step
+    kept), and the note says so."""
     if points.height == 0:
         return points, []
-    by_tag = points.group_by("tag").agg(pl.len().alias("n"), pl.col("step").n_unique().alias("k"))
-    stepless = sorted(by_tag.filter((pl.col("n") > 1) & (pl.col("k") == 1))["tag"].to_list())
-    if not stepless:
+    by_tag = points.group_by("tag").agg(
+        pl.len().alias("n"), pl.col("step").n_unique().alias("k"),
+        (pl.col("step").diff().min().fill_null(0) >= 0).alias("forward"))
+    by_tag = by_tag.filter(pl.col("n") > 1).with_columns(
+        (pl.col("k") == 1).alias("stepless"),
+        ((pl.col("k") > 1) & (pl.col("n") >= PILED * pl.col("k")) & pl.col("forward"))
+        .alias("piled"))
+    odd = by_tag.filter(pl.col("stepless") | pl.col("piled")).sort("tag")
+    if odd.height == 0:
         return points, []
-    shown = ", ".join(f"'{t}'" for t in stepless[:5]) + (" ..." if len(stepless) > 5 else "")
-    if (by_tag["k"] > 1).any():
-        return points, [f"{shown}: logged without a step (MLflow puts every such point at step "
-                        "0) beside keys logged with steps: its points cannot be placed on those "
-                        "steps, so only the last one logged is read"]
+
+    def shown(rows: pl.DataFrame) -> str:
+        names = rows["tag"].to_list()
+        return ", ".join(f"'{t}'" for t in names[:5]) + (" ..." if len(names) > 5 else "")
+
+    stepless, piled = odd.filter(pl.col("stepless")), odd.filter(pl.col("piled"))
+    what = [f"{shown(stepless)}: logged without a step (MLflow puts every such point at step 0)"
+            if stepless.height else "",
+            f"{shown(piled)}: logged with a step that repeats ({int(piled['n'][0]):,} points on "
+            f"{int(piled['k'][0]):,} steps: the epoch?)" if piled.height else ""]
+    what = [w for w in what if w]
+    if odd.height < by_tag.height:
+        return points, [f"{w} beside keys logged with steps: its points cannot be placed on "
+                        "those steps, so only the last one of each step is read" for w in what]
+    names = odd["tag"].to_list()
     ordinal = pl.int_range(pl.len(), dtype=pl.Int64).over("tag")
     points = points.with_columns(
-        pl.when(pl.col("tag").is_in(stepless)).then(ordinal).otherwise(pl.col("step"))
+        pl.when(pl.col("tag").is_in(names)).then(ordinal).otherwise(pl.col("step"))
         .alias("step"))
-    return points, [f"{shown}: logged without a step (MLflow puts every such point at step 0): "
-                    "read in the order logged, as steps 0, 1, 2, ..."]
+    return points, [f"{w}: read in the order logged, as steps 0, 1, 2, ..." for w in what]
 
 
 def run_note(run_name: str | None, experiment: str | None, deleted: bool,

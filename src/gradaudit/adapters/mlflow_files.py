@@ -14,7 +14,8 @@ with a dataset holds five (its name and digest follow). Values are Python's ``st
   asynchronous logging writes them out of order); a run resumed with
   ``start_run(run_id=...)`` appends to the same files, and repeated steps are resolved as for
   every format.
-- A key logged without a step (every point at step 0) is read in the order logged
+- A key logged without a step (every point at step 0), or with one that repeats (``step=epoch``
+  in the batch loop), is read in the order logged
   (:func:`gradaudit.adapters._mlflow.order_stepless`).
 - A line that is not 2, 3 or 5 fields, or whose fields are not numbers, is skipped and counted;
   so is a last line without its line end (a write cut short).
