@@ -405,3 +405,18 @@ def test_the_batch_threshold_leaves_out_runs_unstable_throughout():
     assert b.suggested_threshold == pytest.approx(batch_clip(calm).suggested_threshold)
     alone = batch_clip([wild])
     assert alone.suggested_threshold is None and "left out" in alone.advice
+
+
+def test_an_explosion_after_the_loss_ends_is_not_a_loss_that_never_came_back() -> None:
+    # a loss logged only at the start (a key logged without a step, beside a stepped grad
+    # norm) says nothing of a recovery: no "never came back" note, and the clip comes from the
+    # healthy norms around the episode as for any run
+    s, g, loss = healthy(n=1000, seed=3)
+    g = g.copy()
+    g[45:50] *= 40.0  # (early: fewer than 50 healthy norms before it)
+    run = run_series(s, g, loss[:1], loss_steps=s[:1])
+    audit = audit_run(run)
+    (e,) = [e for e in audit.episodes if e.severity == "explosion"]
+    assert e.onset_step == 45 and e.loss_impact.recovery_step is None
+    assert not any("never came back" in n for n in audit.notes), audit.notes
+    assert audit.clip.suggested_threshold < 2 * np.quantile(np.delete(g, range(45, 50)), 0.99)

@@ -442,6 +442,7 @@ def test_a_key_without_steps_beside_keys_with_steps_is_not_renumbered(tmp_path,
     assert steps.tolist() == [0] and values.tolist() == [pytest.approx(2.0 - 0.99)]
     assert any("'loss': logged without a step" in n and "cannot be placed" in n
                for n in got.notes), got.notes
+    assert not any("written again" in n for n in got.notes), got.notes  # (no resume)
 
 
 def test_rows_not_of_mlflow_s_types_are_left_out_and_counted(database, tmp_path) -> None:

@@ -1128,12 +1128,15 @@ def _settled_loss(v: np.ndarray, min_points: int = 10) -> bool:
 
 def _never_came_back(episodes: list[Episode], k: int, horizon: int) -> bool:
     """Whether explosion ``episodes[k]``'s loss is known never to have come back: no recovery
-    step, and not a level shift that the next episode interrupted on its new level within a
-    horizon (its recovery was not seen)."""
+    step where its loss was judged (a run whose loss ends before the onset tells nothing), and
+    not a level shift that the next episode interrupted on its new level within a horizon (its
+    recovery was not seen)."""
     e = episodes[k]
-    if e.severity != "explosion" or e.loss_impact is None or \
-            e.loss_impact.recovery_step is not None:
+    li = e.loss_impact
+    if e.severity != "explosion" or li is None or li.recovery_step is not None:
         return False
+    if li.excess_loss is None and li.loss_jump is None and not li.diverged:
+        return False  # no loss after its onset: nothing known of a recovery
     return not (interrupted(episodes, k) and e.end_step - e.onset_step < horizon)
 
 

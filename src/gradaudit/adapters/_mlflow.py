@@ -54,10 +54,12 @@ def order_stepless(points: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
             f"{shown(piled)}: logged with a step that repeats ({int(piled['n'][0]):,} points on "
             f"{int(piled['k'][0]):,} steps: the epoch?)" if piled.height else ""]
     what = [w for w in what if w]
-    if odd.height < by_tag.height:
-        return points, [f"{w} beside keys logged with steps: its points cannot be placed on "
-                        "those steps, so only the last one of each step is read" for w in what]
     names = odd["tag"].to_list()
+    if odd.height < by_tag.height:  # (the rest left out here: no resume to tell of)
+        last = pl.struct("tag", "step").is_last_distinct()
+        return points.filter(~pl.col("tag").is_in(names) | last), [
+            f"{w} beside keys logged with steps: its points cannot be placed on those steps, "
+            "so only the last one of each step is read" for w in what]
     ordinal = pl.int_range(pl.len(), dtype=pl.Int64).over("tag")
     points = points.with_columns(
         pl.when(pl.col("tag").is_in(names)).then(ordinal).otherwise(pl.col("step"))
