@@ -28,6 +28,7 @@ import sqlite3
 import tempfile
 import time
 import urllib.parse
+from collections import Counter
 from pathlib import Path
 
 import polars as pl
@@ -91,6 +92,24 @@ def _kinds(con: sqlite3.Connection) -> dict[str, str]:
                                          "WHERE name IN ('metrics', 'runs')")}
 
 
+#: Why a database is passed over (another program's)
+NOT_MLFLOW = "not an MLflow database (no 'metrics' and 'runs' tables)"
+
+
+def _why_not(con: sqlite3.Connection, kinds: dict[str, str]) -> str | None:
+    """Why the database (its ``metrics`` and ``runs`` of ``kinds``) is not read, or None."""
+    odd = sorted(f"'{n}' is a {k}" for n, k in kinds.items() if k != "table")
+    if odd:
+        return (f"{' and '.join(odd)}, not MLflow's table: not read (it would run the "
+                "database's own SQL)")
+    metrics = _columns(con, "metrics")
+    if metrics is None or "runs" not in kinds or not all(c in metrics for c in _NEEDED):
+        return NOT_MLFLOW
+    if any(metrics.values()):
+        return "the 'metrics' table has generated columns: not MLflow's"
+    return None
+
+
 def _is_mlflow(path: Path) -> bool:
     """An SQLite file with MLflow's tables (or ``metrics`` and ``runs`` of another kind: read,
     to say why not), or one whose tables cannot be listed (corrupt: read it, to say so)."""
@@ -104,14 +123,12 @@ def _is_mlflow(path: Path) -> bool:
         con = _connect(path)
         try:
             kinds = _kinds(con)
-            metrics = _columns(con, "metrics")
+            why = _why_not(con, kinds)
         finally:
             con.close()
     except Exception:  # noqa: BLE001 - corrupt (sqlite3.Error, or text that is not UTF-8)
         return True
-    if len(kinds) == 2 and set(kinds.values()) != {"table"}:
-        return True
-    return len(kinds) == 2 and metrics is not None and all(c in metrics for c in _NEEDED)
+    return len(kinds) == 2 and why != NOT_MLFLOW
 
 
 def claim(directory: Path, files: list[Path]) -> list[Source]:
@@ -195,9 +212,7 @@ def _suffixes(ids: list[str], runs: dict[str, tuple[str, str, bool]]) -> dict[st
     match nothing); the whole id where two heads agree."""
     names = {rid: f"{n}-{rid[:8]}" if (n := runs.get(rid, ("", "", False))[0]) else rid
              for rid in ids}
-    seen: dict[str, int] = {}
-    for n in names.values():
-        seen[n] = seen.get(n, 0) + 1
+    seen = Counter(names.values())
     return {rid: n if seen[n] == 1 else f"{runs[rid][0]}-{rid}" for rid, n in names.items()}
 
 
@@ -245,15 +260,10 @@ def read(source: Source) -> list[RawRun]:
             con = _open(path, Path(tmp), problems)
             con.set_progress_handler(deadline, 10_000)
             try:
-                odd = sorted(f"'{n}' is a {k}" for n, k in _kinds(con).items() if k != "table")
-                if odd:
-                    raise ReadError(f"{' and '.join(odd)}, not MLflow's table: not read (it "
-                                    "would run the database's own SQL)")
-                cols, run_cols = _columns(con, "metrics"), _columns(con, "runs")
-                if cols is None or run_cols is None or not all(c in cols for c in _NEEDED):
-                    raise ReadError("not an MLflow database (no 'metrics' and 'runs' tables)")
-                if any(cols.values()):
-                    raise ReadError("the 'metrics' table has generated columns: not MLflow's")
+                why = _why_not(con, _kinds(con))
+                if why is not None:
+                    raise ReadError(why)
+                cols, run_cols = _columns(con, "metrics") or {}, _columns(con, "runs") or {}
                 (n,) = con.execute("SELECT count(*) FROM metrics").fetchone()
                 if n > MAX_POINTS:
                     raise ReadError(f"{n:,} metric points, more than the {MAX_POINTS:,} read "
