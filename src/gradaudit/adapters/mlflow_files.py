@@ -72,20 +72,25 @@ def metrics_root(folder: Path) -> Path | None:
     return None
 
 
-def claim(directory: Path, files: list[Path]) -> list[Source]:
-    """Every file under a run's ``metrics`` folder (but a dot-file: a Finder's ``.DS_Store``);
-    the run is the folder holding it."""
-    files = [f for f in files if not f.name.startswith(".")]
-    if not files:
-        return []
-    root = metrics_root(directory)
+def placed(folder: Path) -> tuple[Path, Path | None] | None:
+    """The MLflow run whose files ``folder`` holds, and its ``metrics`` folder where they are
+    metric files (None: its ``params/`` or ``tags/``); None where it holds no run's files."""
+    root = metrics_root(folder)
     if root is not None:
-        run = root.parent
-    elif directory.name in SIDE_FOLDERS and _run_meta(directory.absolute().parent) is not None:
-        run = directory.absolute().parent
-    else:
+        return root.parent, root
+    if folder.name in SIDE_FOLDERS and _run_meta(folder.absolute().parent) is not None:
+        return folder.absolute().parent, None
+    return None
+
+
+def claim(directory: Path, files: list[Path]) -> list[Source]:
+    """Every file under a run's ``metrics`` folder and in its ``params/`` and ``tags/`` (but a
+    dot-file: a Finder's ``.DS_Store``); the run is the folder holding them."""
+    files = [f for f in files if not f.name.startswith(".")]
+    where = placed(directory) if files else None
+    if where is None:
         return []
-    return [Source(FORMAT, Path(os.path.relpath(run, directory.absolute())).as_posix(),
+    return [Source(FORMAT, Path(os.path.relpath(where[0], directory.absolute())).as_posix(),
                    tuple(files))]
 
 
@@ -188,20 +193,20 @@ def read(source: Source) -> list[RawRun]:
     frames: list[pl.DataFrame] = []
     problems: list[FileProblem] = []
     runs: dict[Path, None] = {}
-    roots: dict[Path, Path | None] = {}  # a file's folder -> its run's metrics folder
+    folders: dict[Path, tuple[Path, Path | None] | None] = {}  # a file's folder -> placed()
     read_files: list[Path] = []
     for f in source.files:
-        if f.parent not in roots:
-            roots[f.parent] = metrics_root(f.parent)
-        root = roots[f.parent]
-        if root is None:
-            if f.parent.name in SIDE_FOLDERS and _run_meta(f.parent.parent) is not None:
-                runs[f.parent.parent.absolute()] = None
-                continue
+        if f.parent not in folders:
+            folders[f.parent] = placed(f.parent)
+        where = folders[f.parent]
+        if where is None:
             problems.append(FileProblem(str(f), "not under an MLflow run's metrics folder"))
             continue
-        run_folder, key = root.parent, f.absolute().relative_to(root).as_posix()
+        run_folder, root = where
         runs[run_folder] = None
+        if root is None:  # (a param or tag: the run's, not read)
+            continue
+        key = f.absolute().relative_to(root).as_posix()
         read_files.append(f)
         try:
             points, bad, cut = read_metric(f, key)
