@@ -1,19 +1,24 @@
-"""Training stdout logs (Megatron, fairseq) against the per-line Python parsers users write.
+"""Training stdout logs (Megatron, fairseq, HF Trainer) against the per-line Python parsers
+users write.
 
     python benchmarks/bench_logs.py [--lines 1000000] [--repeat 3]
 
 Builds one Megatron log (``iteration N/ M | field: value | ...`` lines, as the shipped
 ``sample_logs/megatron`` one writes them) and one fairseq ``--log-format json`` log (the
 ``train_inner`` lines of ``tests/data/fairseq/json1.log``, written by fairseq's own logging),
-each of ``--lines`` training lines renumbered, and reads them with ``gradaudit.read_runs`` and
+each of ``--lines`` training lines renumbered, and a Hugging Face Trainer stdout log laid out as
+transformers 5.24 writes it with its bar in the same file (``tests/data/hf-stdout``: each line
+after the bar's redraw, its epoch advancing), and reads them with ``gradaudit.read_runs`` and
 with the parser a user would write: a regex split per Megatron line, ``json.loads`` per fairseq
-line, both into Python lists of (step, tag, value). Both must find the same number of points.
+line, ``ast.literal_eval`` per Trainer line (its step counted), all into Python lists of (step,
+tag, value). Both must find the same number of points.
 Prints the median time of ``--repeat`` reads and the ratio (the machine is shared and noisy).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
 import tempfile
@@ -48,6 +53,33 @@ def _fairseq_log(path: Path, lines: int) -> None:
         for i in range(lines):
             line = body[i % len(body)]
             fh.write(re.sub(r'"num_updates": "\d+"', f'"num_updates": "{i + 1}"', line) + "\n")
+
+
+def _hf_log(path: Path, lines: int) -> None:
+    per_epoch, bar = 5000, " 37%|###7      | {}/{} [00:10<00:17, 99.00it/s]"
+    with path.open("w") as fh:
+        for i in range(1, lines + 1):
+            logs = {"loss": 3 + i % 97 / 100, "grad_norm": 0.5 + i % 89 / 100,
+                    "learning_rate": 1e-4 * (1 - i / lines), "epoch": i / per_epoch}
+            fh.write("\r" + bar.format(i - 1, lines) + "\r" + " " * 50 + "\r"
+                     + str({k: f"{v:.4g}" for k, v in logs.items()}) + "\n")
+
+
+def _hf_python(path: Path) -> int:
+    points = []
+    step = 0
+    with path.open(newline="\n") as fh:
+        for line in fh:
+            at = line.find("{'loss'")
+            if at < 0:
+                continue
+            step += 1
+            for key, value in ast.literal_eval(line[at:]).items():
+                try:
+                    points.append((step, "train/" + key, float(value)))
+                except ValueError:
+                    pass
+    return len(points)
 
 
 def _megatron_python(path: Path) -> int:
@@ -95,7 +127,8 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cases = [("megatron", Path(tmp) / "train.log", _megatron_log, _megatron_python),
-                 ("fairseq", Path(tmp) / "fairseq.log", _fairseq_log, _fairseq_python)]
+                 ("fairseq", Path(tmp) / "fairseq.log", _fairseq_log, _fairseq_python),
+                 ("hf", Path(tmp) / "slurm-1.out", _hf_log, _hf_python)]
         for label, path, make, python in cases:
             make(path, args.lines)
             size = path.stat().st_size / 1e6

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gradaudit.adapters.hf_log import FORMAT as HF_LOG_FORMAT
 from gradaudit.adapters.hf_trainer import FORMAT as HF_FORMAT
 from gradaudit.detect.head_blowup import ID as ID_HEAD
 from gradaudit.detect.head_blowup import HeadBlowup
@@ -240,7 +241,7 @@ def advice(episodes: list[Episode], series: RunSeries, gs: np.ndarray, g: np.nda
         elif e.kind == "loss_spike" and has_grad:
             parts.append(f"clipping would not help the loss spike at step {e.onset_step}: the "
                          f"grad norm stayed healthy; look at the data at step {e.onset_step}")
-    if has_grad and episodes and series.format == HF_FORMAT:
+    if has_grad and episodes and series.format in (HF_FORMAT, HF_LOG_FORMAT):
         parts.append("the Hugging Face Trainer clips at max_grad_norm (1.0 by default) and logs "
                      "the grad norm before clipping: compare the options with the clip this run "
                      "trained with")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from gradaudit.adapters import (
     csv_table,
     fairseq_log,
+    hf_log,
     hf_trainer,
     json_table,
     megatron,
@@ -32,6 +33,7 @@ REGISTRY: dict[str, Adapter] = {
     hf_trainer.FORMAT: hf_trainer,
     fairseq_log.FORMAT: fairseq_log,
     megatron.FORMAT: megatron,
+    hf_log.FORMAT: hf_log,
     wandb_csv.FORMAT: wandb_csv,
     parquet.FORMAT: parquet,
     csv_table.FORMAT: csv_table,
