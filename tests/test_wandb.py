@@ -1033,3 +1033,50 @@ def test_zeros_read_through_a_large_buffer_give_the_records_a_small_one_does(tmp
     records, damage = got[8192]
     assert damage.corrupt_blocks == 1 and len(records) < len(rows)
     assert len(set(records)) == len(records)  # (each row once: _step differs)
+
+
+_CONSOLE_SCRIPT = """
+import wandb
+run = wandb.init(mode="offline", project="console", settings=wandb.Settings(
+    console="wrap", save_code=False, disable_git=True, x_disable_stats=True))
+for s in range(1, 61):
+    logs = {"loss": 2 - s / 100, "grad_norm": 0.5 + (9 if s == 40 else 0),
+            "learning_rate": 1e-4, "epoch": s / 20}
+    run.log({"train/" + k: v for k, v in logs.items()}, step=s)
+    print(str({k: f"{v:.4g}" for k, v in logs.items()}), flush=True)  # as the Trainer prints
+print(" iteration       60/     100 | lm loss: 1.4E+00 | grad norm: 0.5 |", flush=True)
+run.finish()
+"""
+
+
+def test_the_console_copy_in_a_run_folder_is_not_a_second_run(tmp_path):
+    # wandb saves what the script printed in <run folder>/files/output.log: a Trainer's (or
+    # Megatron's, fairseq's) lines there are the run's metrics again, already in its .wandb
+    # file. Each stdout reader read it as a second run.
+    import subprocess
+    import sys
+
+    from gradaudit.adapters import fairseq_log, hf_log, megatron
+
+    root, home = tmp_path / "runs", tmp_path / "home"
+    root.mkdir()
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(root),
+           "WANDB_CACHE_DIR": str(home / "c"), "WANDB_CONFIG_DIR": str(home / "g"),
+           "WANDB_DATA_DIR": str(home / "d")}
+    subprocess.run([sys.executable, "-c", _CONSOLE_SCRIPT], env=env, check=True, timeout=300,
+                   capture_output=True)
+    (console,) = root.glob("wandb/*run-*/files/output.log")
+    assert "{'loss': '1.6'" in console.read_text()  # the copy holds the Trainer's lines
+    result = gradaudit.scan([root])
+    assert [r.format for r in result.runs] == ["wandb"] and not result.errors
+    steps, _ = gradaudit.read_runs([root])[0].series("train/grad_norm")
+    assert steps.tolist() == list(range(1, 61))
+    files = sorted(console.parent.iterdir())
+    for adapter in (hf_log, megatron, fairseq_log):
+        assert not adapter.claim(console.parent, files)
+    # without the run's .wandb file beside it, the copy is all there is: a run of its own
+    shutil.copy(console, tmp_path / "output.log")
+    assert [s.name for s in hf_log.claim(tmp_path, [tmp_path / "output.log"])] == ["output.log"]
+    (wandb_file,) = root.glob("wandb/*run-*/*.wandb")
+    wandb_file.unlink()
+    assert [s.name for s in hf_log.claim(console.parent, files)] == ["output.log"]

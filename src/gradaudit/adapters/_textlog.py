@@ -26,6 +26,26 @@ LONG_SNIFF_BYTES = 256 * 1024 * 1024
 STARTUP_REACH = 16 * 1024 * 1024  # (a job's per-rank warnings can follow for megabytes)
 
 
+#: W&B's copy of a run's console, in its run folder: ``run-<time>-<id>/files/output.log``
+WANDB_CONSOLE = "output.log"
+
+
+def candidates(directory: Path, files: list[Path]) -> list[Path]:
+    """The files of ``directory`` a stdout-log reader sniffs: names a job's output is saved
+    under (``SUFFIXES``), less W&B's copy of the console (``files/output.log`` in a run folder
+    holding the run's ``.wandb`` file, which has the same metrics: read, it was the run
+    twice)."""
+    out = [f for f in files if f.suffix.lower() in SUFFIXES]
+    if directory.name == "files" and any(f.name == WANDB_CONSOLE for f in out):
+        try:
+            run = any(p.name.endswith(".wandb") for p in directory.parent.iterdir())
+        except OSError:
+            run = False
+        if run:
+            out = [f for f in out if f.name != WANDB_CONSOLE]
+    return out
+
+
 def sniff(path: Path, wanted: re.Pattern[bytes], startup: re.Pattern[bytes]) -> bool:
     """Whether ``wanted`` occurs in the first ``SNIFF_BYTES`` of ``path`` or, where those show
     a job's start-up (``startup``), within ``STARTUP_REACH`` past the last block holding one

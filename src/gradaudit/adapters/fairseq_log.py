@@ -96,9 +96,8 @@ def _sniff(path: Path) -> bool:
 def claim(directory: Path, files: list[Path]) -> list[Source]:
     """Text-ish files whose first MiB holds a ``train_inner`` line (or, after fairseq's own
     start-up output, the next ``STARTUP_REACH`` past its last start-up line)."""
-    return [
-        Source(FORMAT, f.name, (f,)) for f in files if f.suffix.lower() in SUFFIXES and _sniff(f)
-    ]
+    return [Source(FORMAT, f.name, (f,)) for f in _textlog.candidates(directory, files)
+            if _sniff(f)]
 
 
 def _chunks(path: Path, dropped: list[int]):  # noqa: ANN202 - a generator of str

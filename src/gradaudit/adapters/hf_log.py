@@ -35,8 +35,8 @@ import numpy as np
 import polars as pl
 
 from gradaudit.adapters._textlog import (
-    SUFFIXES,
     blocks,
+    candidates,
     dropped_problems,
     last_line_end,
     line_feeds,
@@ -71,8 +71,8 @@ _NUMBER = (r"^'?\s*(?:np\.float\d*\(|tensor\()?\s*([-+]?(?:\d+\.?\d*(?:[eE][-+]?
 def claim(directory: Path, files: list[Path]) -> list[Source]:
     """Text-ish files whose first MiB (or, after a job's start-up output, a little more) holds
     a Trainer's ``{'loss': ...`` line."""
-    return [Source(FORMAT, f.name, (f,)) for f in files
-            if f.suffix.lower() in SUFFIXES and sniff(f, _WANTED, _STARTUP)]
+    return [Source(FORMAT, f.name, (f,)) for f in candidates(directory, files)
+            if sniff(f, _WANTED, _STARTUP)]
 
 
 class _Found:

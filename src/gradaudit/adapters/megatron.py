@@ -27,6 +27,7 @@ from gradaudit.adapters._textlog import (  # noqa: F401 - SNIFF_BYTES: megatron.
     SUFFIXES,
     TIMESTAMP,
     blocks,
+    candidates,
     dropped_problems,
     epoch_seconds,
     last_line_end,
@@ -77,9 +78,7 @@ def _sniff(path: Path) -> bool:
 def claim(directory: Path, files: list[Path]) -> list[Source]:
     """Text-ish files whose first MiB holds a Megatron iteration line (or, after a distributed
     job's start-up output, the next ``STARTUP_REACH`` past its last start-up line)."""
-    return [
-        Source(FORMAT, f.name, (f,)) for f in files if f.suffix.lower() in SUFFIXES and _sniff(f)
-    ]
+    return [Source(FORMAT, f.name, (f,)) for f in candidates(directory, files) if _sniff(f)]
 
 
 def _fields_generic(records: pl.DataFrame, prefix: str) -> pl.DataFrame:
