@@ -154,17 +154,20 @@ def test_one_training_logged_by_two_loggers_is_noted_as_such(tmp_path):
     result = gradaudit.scan([tmp_path])
     notes = {r.run: [n for n in r.notes if "one training logged twice" in n] for r in result.runs}
     assert len(notes) == 3
-    assert notes["other/metrics.csv"] == []
-    assert notes["lightning_logs/version_0"] == [
+    # the same series but its last point: the same training's first 100 points, not its series
+    assert [n[:49] for n in notes["other/metrics.csv"]] == [
+        "the same first 100 grad-norm and loss points as '"]
+    assert notes["lightning_logs/version_0"][1:] == [
         "the same grad-norm and loss series (steps and values) as "
         "'lightning_logs/version_1/metrics.csv': one training logged twice (two loggers, or a "
         "copy) or an exact re-run; each is counted in this scan"]
-    assert len(notes["lightning_logs/version_1/metrics.csv"]) == 1
+    assert "as 'other/metrics.csv' (steps" in notes["lightning_logs/version_0"][0]
+    assert len(notes["lightning_logs/version_1/metrics.csv"]) == 2  # and "other"'s
     assert "series_digest" not in json.dumps(result.to_dict())
     # the Markdown report (a CI summary) shows no notes of runs without findings: it counts
     from gradaudit.report.markdown import render
 
-    assert "**2** of them have the same grad-norm and loss series" in render(result)
+    assert "**3** of them have the same grad-norm and loss series" in render(result)
 
 
 def test_runs_that_carry_too_little_to_tell_apart_are_no_copies(tmp_path):

@@ -286,3 +286,26 @@ def test_claimed_after_the_other_stdout_logs(tmp_path: Path) -> None:
                  "--out", str(tmp_path / "r.md")]) == 1  # the explosion fails the gate
     doc = json.loads(out.read_text())
     assert doc["runs"][0]["format"] == "hf-trainer-log" and doc["errors"] == []
+
+
+def test_the_log_and_its_trainer_state_json_are_noted_as_one_training(tmp_path: Path) -> None:
+    # transformers 5 prints 4 digits, the state keeps the floats: not the same series, but one
+    # training, counted twice by the scan; a run 0.3 % off at one early point is another one
+    shutil.copy(DATA / "5.24.0-merged-buffered.log", tmp_path / "slurm-1.out")
+    (tmp_path / "out").mkdir()
+    shutil.copy(DATA / "5.24.0-merged-buffered.state.json", tmp_path / "out" / "trainer_state.json")
+    text = (DATA / "5.24.0-merged-buffered.log").read_text()
+    assert text.count("'grad_norm': '0.6216'") == 1
+    (tmp_path / "other.out").write_text(text.replace("'grad_norm': '0.6216'",
+                                                     "'grad_norm': '0.6235'"))
+    result = gradaudit.scan([tmp_path])
+    notes = {r.run: [n for n in r.notes if "logged twice" in n] for r in result.runs}
+    assert notes["slurm-1.out"] == [
+        "the same first 61 grad-norm and loss points as 'out' (steps, and values within 0.1%): "
+        "one training logged twice by writers that round it differently (a Trainer's stdout "
+        "log and its trainer_state.json), or an exact re-run; each is counted in this scan"]
+    assert len(notes["out"]) == 1 and "as 'slurm-1.out' (steps" in notes["out"][0]
+    assert notes["other.out"] == []
+    from gradaudit.report.markdown import render
+
+    assert "**2** of them have the same grad-norm and loss series" in render(result)

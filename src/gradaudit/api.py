@@ -12,7 +12,14 @@ from gradaudit.adapters.base import Source
 from gradaudit.discover import discover, entry_key, file_key, replaced
 from gradaudit.errors import UNEXPECTED, UsageError
 from gradaudit.ingest import read_source, source_label
-from gradaudit.model import SCHEMA_VERSION, InputError, RunAudit, same_series
+from gradaudit.model import (
+    HEAD_RTOL,
+    SCHEMA_VERSION,
+    InputError,
+    RunAudit,
+    close_series,
+    same_series,
+)
 from gradaudit.parallel import DEFAULT_TIMEOUT, run_all
 from gradaudit.result import AuditResult
 from gradaudit.series import RunSeries
@@ -191,8 +198,8 @@ class _ScanJob:
         for run in runs:
             audit = _audit_run(run, self.settings)
             try:
-                audit.series_digest = run.digest()
-            except UNEXPECTED:  # only a note depends on it
+                audit.series_digest, audit.series_head = run.digest(), run.head()
+            except UNEXPECTED:  # only a note depends on them
                 pass
             audits.append(audit)
         return audits, errors
@@ -227,6 +234,15 @@ def _note_copies(audits: list[RunAudit]) -> None:
             audit.notes.insert(0, f"the same {what} (steps and values) as {others}: one "
                                "training logged twice (two loggers, or a copy) or an exact "
                                "re-run; each is counted in this scan")
+    for audit, others in close_series(audits):
+        names = ", ".join(repr(o.run) for o in others)
+        head = audit.series_head or ()
+        points = max((a.size for a in head), default=0)
+        audit.notes.insert(0, f"the same first {points} grad-norm and loss points as "
+                           f"{names} (steps, and values within {HEAD_RTOL:.1%}): one "
+                           "training logged twice by writers that round it differently (a "
+                           "Trainer's stdout log and its trainer_state.json), or an exact "
+                           "re-run; each is counted in this scan")
 
 
 def inspect(

@@ -168,6 +168,9 @@ class RunAudit:
     # RunSeries.digest of the series audited (not in the JSON): the same in two runs of a scan
     # means one training logged twice
     series_digest: str | None = field(default=None, repr=False)
+    # RunSeries.head of the series audited (not in the JSON): the same within rounding in two
+    # runs of a scan means one training logged twice in two formats
+    series_head: tuple[np.ndarray, ...] | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:  # short: the episodes and clip have their own reprs
         clip = self.clip.suggested_threshold if self.clip is not None else None
@@ -204,6 +207,46 @@ def same_series(runs: list[RunAudit]) -> list[list[RunAudit]]:
         if run.series_digest is not None:
             groups.setdefault(run.series_digest, []).append(run)
     return [g for g in groups.values() if len(g) > 1]
+
+
+#: how far apart two runs' head values may be and still be one training: 4 significant
+#: digits (transformers 5 prints its logs so; its trainer_state.json keeps the floats)
+HEAD_RTOL = 1e-3
+
+
+def close_series(runs: list[RunAudit]) -> list[tuple[RunAudit, list[RunAudit]]]:
+    """Each run with the others of ``runs`` whose series heads (``series_head``) have the same
+    steps and values within ``HEAD_RTOL``, but not the same series (:func:`same_series`
+    groups those): one training logged twice by writers that round it differently, or an
+    exact re-run. Runs are compared within groups of the same head steps, each with those
+    whose first value is close to its own."""
+    buckets: dict[bytes, list[RunAudit]] = {}
+    for run in runs:
+        head = run.series_head
+        if head is not None:
+            key = b"|".join(np.ascontiguousarray(a).tobytes() for a in head[0::2])
+            buckets.setdefault(key, []).append(run)
+    close: dict[int, list[RunAudit]] = {}
+    for members in buckets.values():
+        if len(members) < 2:
+            continue
+        values = np.stack([np.concatenate(r.series_head[1::2]) for r in members])  # type: ignore[index]
+        order = np.argsort(values[:, 0], kind="stable")
+        values, members = values[order], [members[i] for i in order]
+        first = values[:, 0].astype(np.float64)
+        reach = np.searchsorted(first, first + np.abs(first) * 2 * HEAD_RTOL, side="right")
+        for i in range(len(members)):
+            if reach[i] <= i + 1:
+                continue
+            near = np.isclose(values[i + 1:reach[i]], values[i], rtol=HEAD_RTOL, atol=0,
+                              equal_nan=True).all(axis=1)
+            for j in np.flatnonzero(near) + i + 1:
+                a, b = members[i], members[j]
+                if a.series_digest is not None and a.series_digest == b.series_digest:
+                    continue
+                close.setdefault(id(a), [a]).append(b)
+                close.setdefault(id(b), [b]).append(a)
+    return [(group[0], group[1:]) for group in close.values()]
 
 
 def interrupted(episodes: list[Episode], k: int) -> bool:

@@ -19,6 +19,9 @@ import polars as pl
 
 from gradaudit.errors import clip_message
 
+#: how many first points of a run's grad-norm and loss series :meth:`RunSeries.head` keeps
+HEAD_POINTS = 100
+
 #: steps further from 0 are not exact in float64, and no training gets there: a point beyond is
 #: a stray (a corrupt record), left out of a run's audit and of its resumes' passes
 MAX_STEP = 2**53
@@ -118,6 +121,22 @@ class RunSeries:
         if values.size < min_points or np.unique(values[::max(1, values.size // 1000)]).size < 3:
             return None
         return h.hexdigest()
+
+    def head(self, points: int = HEAD_POINTS,
+             min_points: int = 25) -> tuple[np.ndarray, ...] | None:
+        """The first ``points`` steps and values (float32) of the chosen grad-norm and loss
+        series: ``(grad steps, grad values, loss steps, loss values)``. Two runs whose heads
+        agree within rounding (:func:`gradaudit.model.close_series`) are one training logged
+        twice in two formats that round it differently (a Trainer's stdout log and its
+        ``trainer_state.json``). None where :meth:`digest` is: too little to tell trainings
+        apart."""
+        if self.digest(min_points) is None:
+            return None
+        out: list[np.ndarray] = []
+        for tag in (self.grad_norm_tag, self.loss_tag):
+            steps, values = self.series(tag)
+            out += [steps[:points].copy(), values[:points].astype(np.float32)]
+        return tuple(out)
 
     def wall_times(self, tag: str | None) -> np.ndarray:
         """Wall times (seconds since the epoch, NaN where unknown) of one tag, by step."""

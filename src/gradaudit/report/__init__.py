@@ -321,11 +321,13 @@ def partly_read(runs: list[Any]) -> list[Any]:
 
 
 def copies(runs: list[Any]) -> int:
-    """How many of ``runs`` have the same grad-norm and loss series as another of them (one
-    training logged twice: each such run's notes say with which)."""
-    from gradaudit.model import same_series
+    """How many of ``runs`` have the same grad-norm and loss series as another of them, or the
+    same first points within rounding (one training logged twice: each such run's notes say
+    with which)."""
+    from gradaudit.model import close_series, same_series
 
-    return sum(len(group) for group in same_series(runs))
+    same = {id(r) for group in same_series(runs) for r in group}
+    return len(same | {id(r) for r, _ in close_series(runs)})
 
 
 def run_headline(run: Any) -> str:
