@@ -154,20 +154,48 @@ def test_one_training_logged_by_two_loggers_is_noted_as_such(tmp_path):
     result = gradaudit.scan([tmp_path])
     notes = {r.run: [n for n in r.notes if "one training logged twice" in n] for r in result.runs}
     assert len(notes) == 3
-    # the same series but its last point: the same training's first 100 points, not its series
-    assert [n[:49] for n in notes["other/metrics.csv"]] == [
-        "the same first 100 grad-norm and loss points as '"]
+    # the same series but its last point: a copy cut short, not the same series
+    assert [n[:54] for n in notes["other/metrics.csv"]] == [
+        "the same grad-norm and loss series within 0.1% as 'lig"]
     assert notes["lightning_logs/version_0"][1:] == [
         "the same grad-norm and loss series (steps and values) as "
         "'lightning_logs/version_1/metrics.csv': one training logged twice (two loggers, or a "
         "copy) or an exact re-run; each is counted in this scan"]
-    assert "as 'other/metrics.csv' (steps" in notes["lightning_logs/version_0"][0]
+    assert "as 'other/metrics.csv' (at the steps" in notes["lightning_logs/version_0"][0]
     assert len(notes["lightning_logs/version_1/metrics.csv"]) == 2  # and "other"'s
     assert "series_digest" not in json.dumps(result.to_dict())
     # the Markdown report (a CI summary) shows no notes of runs without findings: it counts
     from gradaudit.report.markdown import render
 
     assert "**3** of them have the same grad-norm and loss series" in render(result)
+
+
+def test_a_copy_rounded_is_one_training_and_a_twin_that_parts_later_is_not(tmp_path):
+    # one training written at full precision and again rounded to 4 digits (a Trainer's
+    # stdout log), cut short; and a twin with the same seed whose lr was raised at step 250:
+    # the same first 100 points, another training after them
+    rng = np.random.default_rng(1)
+    g = 0.7 * np.exp(rng.normal(0, 0.1, 400))
+    loss = 2.5 + 3.0 * (np.arange(400) + 20.0) ** -0.4
+
+    def write(name: str, g: np.ndarray, loss: np.ndarray, fmt: str = "{!r}") -> None:
+        rows = [f"{s},{fmt.format(float(g[s]))},{fmt.format(float(loss[s]))}"
+                for s in range(g.size)]
+        (tmp_path / name).write_text("step,grad_norm,loss\n" + "\n".join(rows) + "\n")
+    write("full.csv", g, loss)
+    write("rounded.csv", g[:300], loss[:300], "{:.4g}")
+    twin_g, twin_loss = g.copy(), loss.copy()
+    twin_g[250:] *= 1.5
+    twin_loss[250:] += 0.05
+    write("twin.csv", twin_g, twin_loss)
+    result = gradaudit.scan([tmp_path])
+    notes = {r.run: [n for n in r.notes if "logged twice" in n] for r in result.runs}
+    assert notes["full.csv"] == [
+        "the same grad-norm and loss series within 0.1% as 'rounded.csv' (at the steps both "
+        "logged): one training logged twice by writers that round it differently (a Trainer's "
+        "stdout log and its trainer_state.json), or an exact re-run; each is counted in this "
+        "scan"]
+    assert len(notes["rounded.csv"]) == 1 and notes["twin.csv"] == []
 
 
 def test_runs_that_carry_too_little_to_tell_apart_are_no_copies(tmp_path):

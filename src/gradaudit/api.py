@@ -198,7 +198,7 @@ class _ScanJob:
         for run in runs:
             audit = _audit_run(run, self.settings)
             try:
-                audit.series_digest, audit.series_head = run.digest(), run.head()
+                audit.series_digest, audit.fingerprint = run.digest(), run.fingerprint()
             except UNEXPECTED:  # only a note depends on them
                 pass
             audits.append(audit)
@@ -236,10 +236,8 @@ def _note_copies(audits: list[RunAudit]) -> None:
                                "re-run; each is counted in this scan")
     for audit, others in close_series(audits):
         names = ", ".join(repr(o.run) for o in others)
-        head = audit.series_head or ()
-        points = max((a.size for a in head), default=0)
-        audit.notes.insert(0, f"the same first {points} grad-norm and loss points as "
-                           f"{names} (steps, and values within {HEAD_RTOL:.1%}): one "
+        audit.notes.insert(0, f"the same grad-norm and loss series within {HEAD_RTOL:.1%} as "
+                           f"{names} (at the steps both logged): one "
                            "training logged twice by writers that round it differently (a "
                            "Trainer's stdout log and its trainer_state.json), or an exact "
                            "re-run; each is counted in this scan")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from gradaudit.errors import clip_message
-from gradaudit.series import FileProblem
+from gradaudit.series import FileProblem, Fingerprint
 
 SCHEMA_VERSION = 1
 
@@ -168,9 +168,9 @@ class RunAudit:
     # RunSeries.digest of the series audited (not in the JSON): the same in two runs of a scan
     # means one training logged twice
     series_digest: str | None = field(default=None, repr=False)
-    # RunSeries.head of the series audited (not in the JSON): the same within rounding in two
-    # runs of a scan means one training logged twice in two formats
-    series_head: tuple[np.ndarray, ...] | None = field(default=None, repr=False)
+    # RunSeries.fingerprint of the series audited (not in the JSON): the same within rounding
+    # in two runs of a scan means one training logged twice in two formats
+    fingerprint: Fingerprint | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:  # short: the episodes and clip have their own reprs
         clip = self.clip.suggested_threshold if self.clip is not None else None
@@ -214,23 +214,35 @@ def same_series(runs: list[RunAudit]) -> list[list[RunAudit]]:
 HEAD_RTOL = 1e-3
 
 
+def _agree(a: Fingerprint, b: Fingerprint) -> bool:
+    """Whether two fingerprints whose heads agree agree over the whole shorter run: at every
+    step both sampled, up to where the shorter one ends, within ``HEAD_RTOL``."""
+    for k in (0, 2):
+        (sa, va), (sb, vb) = a.sample[k:k + 2], b.sample[k:k + 2]
+        _, i, j = np.intersect1d(sa, sb, assume_unique=True, return_indices=True)
+        if not np.isclose(va[i], vb[j], rtol=HEAD_RTOL, atol=0, equal_nan=True).all():
+            return False
+    return True
+
+
 def close_series(runs: list[RunAudit]) -> list[tuple[RunAudit, list[RunAudit]]]:
-    """Each run with the others of ``runs`` whose series heads (``series_head``) have the same
-    steps and values within ``HEAD_RTOL``, but not the same series (:func:`same_series`
-    groups those): one training logged twice by writers that round it differently, or an
-    exact re-run. Runs are compared within groups of the same head steps, each with those
-    whose first value is close to its own."""
+    """Each run with the others of ``runs`` whose series agree with its own within
+    ``HEAD_RTOL`` at the same steps (their fingerprints' heads, and their samples up to where
+    the shorter run ends), but are not the same series (:func:`same_series` groups those): one
+    training logged twice by writers that round it differently, or an exact re-run. Runs are
+    compared within groups of the same head steps, each with those whose first value is close
+    to its own."""
     buckets: dict[bytes, list[RunAudit]] = {}
     for run in runs:
-        head = run.series_head
-        if head is not None:
-            key = b"|".join(np.ascontiguousarray(a).tobytes() for a in head[0::2])
+        if run.fingerprint is not None:
+            key = b"|".join(np.ascontiguousarray(a).tobytes() for a in run.fingerprint.head[0::2])
             buckets.setdefault(key, []).append(run)
     close: dict[int, list[RunAudit]] = {}
     for members in buckets.values():
         if len(members) < 2:
             continue
-        values = np.stack([np.concatenate(r.series_head[1::2]) for r in members])  # type: ignore[index]
+        values = np.stack([np.concatenate(r.fingerprint.head[1::2])  # type: ignore[union-attr]
+                           for r in members])
         order = np.argsort(values[:, 0], kind="stable")
         values, members = values[order], [members[i] for i in order]
         first = values[:, 0].astype(np.float64)
@@ -243,6 +255,8 @@ def close_series(runs: list[RunAudit]) -> list[tuple[RunAudit, list[RunAudit]]]:
             for j in np.flatnonzero(near) + i + 1:
                 a, b = members[i], members[j]
                 if a.series_digest is not None and a.series_digest == b.series_digest:
+                    continue
+                if not _agree(a.fingerprint, b.fingerprint):  # type: ignore[arg-type]
                     continue
                 close.setdefault(id(a), [a]).append(b)
                 close.setdefault(id(b), [b]).append(a)

@@ -19,8 +19,30 @@ import polars as pl
 
 from gradaudit.errors import clip_message
 
-#: how many first points of a run's grad-norm and loss series :meth:`RunSeries.head` keeps
+#: how many first points of a run's grad-norm and loss series a :class:`Fingerprint` holds
 HEAD_POINTS = 100
+#: about how many points of each series a :class:`Fingerprint` samples over the whole run
+SAMPLE_POINTS = 128
+
+
+def sampled(steps: np.ndarray, n: int) -> np.ndarray:
+    """Which of ``steps`` (of a series of ``n`` points) a fingerprint samples: those whose
+    hashed step is a multiple of the power of two that leaves about ``SAMPLE_POINTS`` of them.
+    A step sampled in a longer run's fingerprint is sampled in a shorter one's too, so two
+    runs always share the sampled steps of the coarser within the steps both logged."""
+    every = 1 << max(0, int(np.ceil(np.log2(max(n, 1) / SAMPLE_POINTS))))
+    hashed = steps.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    return (hashed >> np.uint64(40)) % np.uint64(every) == 0
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """The first ``HEAD_POINTS`` (steps, values) of a run's grad-norm and loss series, and a
+    sample of each over the whole run (:func:`sampled`), values as float32:
+    ``(grad steps, grad values, loss steps, loss values)`` each."""
+
+    head: tuple[np.ndarray, ...]
+    sample: tuple[np.ndarray, ...]
 
 #: steps further from 0 are not exact in float64, and no training gets there: a point beyond is
 #: a stray (a corrupt record), left out of a run's audit and of its resumes' passes
@@ -122,21 +144,20 @@ class RunSeries:
             return None
         return h.hexdigest()
 
-    def head(self, points: int = HEAD_POINTS,
-             min_points: int = 25) -> tuple[np.ndarray, ...] | None:
-        """The first ``points`` steps and values (float32) of the chosen grad-norm and loss
-        series: ``(grad steps, grad values, loss steps, loss values)``. Two runs whose heads
-        agree within rounding (:func:`gradaudit.model.close_series`) are one training logged
-        twice in two formats that round it differently (a Trainer's stdout log and its
-        ``trainer_state.json``). None where :meth:`digest` is: too little to tell trainings
-        apart."""
+    def fingerprint(self, min_points: int = 25) -> Fingerprint | None:
+        """What tells this run's training from others within rounding
+        (:func:`gradaudit.model.close_series`); None where :meth:`digest` is: too little to
+        tell trainings apart."""
         if self.digest(min_points) is None:
             return None
-        out: list[np.ndarray] = []
+        head: list[np.ndarray] = []
+        sample: list[np.ndarray] = []
         for tag in (self.grad_norm_tag, self.loss_tag):
             steps, values = self.series(tag)
-            out += [steps[:points].copy(), values[:points].astype(np.float32)]
-        return tuple(out)
+            head += [steps[:HEAD_POINTS].copy(), values[:HEAD_POINTS].astype(np.float32)]
+            keep = sampled(steps, steps.size)
+            sample += [steps[keep], values[keep].astype(np.float32)]
+        return Fingerprint(tuple(head), tuple(sample))
 
     def wall_times(self, tag: str | None) -> np.ndarray:
         """Wall times (seconds since the epoch, NaN where unknown) of one tag, by step."""
