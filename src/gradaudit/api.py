@@ -51,7 +51,8 @@ class Inspection:
 
 
 UNRECOGNISED = ("not a log gradaudit reads (TensorBoard event files, W&B run files or CSV "
-                "exports, Parquet/CSV/JSON tables, HF trainer_state.json, Megatron logs with "
+                "exports, Parquet/CSV/JSON tables, HF trainer_state.json, HF Trainer stdout "
+                "logs with {'loss': ...} lines, Megatron logs with "
                 "'iteration N/ M |' lines, fairseq/metaseq logs with '| train_inner |' lines, "
                 "MLflow mlruns/ folders and mlflow.db files)")
 

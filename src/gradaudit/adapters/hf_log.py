@@ -9,25 +9,28 @@ tags the Trainer reports elsewhere (:func:`gradaudit.adapters.hf_trainer.tag_for
 ...) is no point. transformers 5 prints each float as a 4-digit text (``'4.025'``), 4.x as the
 float itself with the epoch rounded to 2 decimals; both are read, with ``nan``/``inf``.
 
-The lines carry no step. It is worked out from each line's epoch (``step = epoch x steps per
-epoch``) and the logging interval (lines are ``logging_steps`` apart, the first one perhaps at
-step 1), with the steps per epoch taken from, in this order:
+The lines carry no step (a line printing its own ``'step'``, as ``log_history`` entries do, is
+read at it). Within a stretch of lines whose epoch never goes back, the Trainer logged every
+``logging_steps`` steps (the first line perhaps at step 1): the steps are ``first + k x
+logging_steps``. The epoch places the stretch: ``step ~ epoch x steps per epoch``, with the
+steps per epoch taken, for each stretch, from
 
-- the training bar drawn right after the lines (``45/120 [``): where Python's stdout is not
-  buffered (``python -u``, ``PYTHONUNBUFFERED``) and stderr goes to the same file, the bar
-  redrawn after each line shows its step;
+- the training bar redrawn right after each line (``45/120 [``), which shows the line's step
+  where stderr goes to the same file and Python's stdout is not buffered (``python -u``);
 - the ``Num update steps per epoch = N`` the Trainer prints at info level (transformers 5);
-- ``logging_steps=N`` in a printed ``TrainingArguments``.
+- the training bar's total over the epoch the closing summary line gives (a run that ended;
+  without a bar, the steps that line says were trained);
+- the logging interval of the log's other stretches, or a printed ``logging_steps=N``.
 
-Without any of them the steps are counted in logging intervals (step 1 is the first interval),
-and a note says so. A line's epoch going back (a resume from a checkpoint appended to the same
-log) starts the steps again from there, as in every format.
+Without any of them the steps are counted in logging intervals, and a note says so. A stretch
+that starts again at the run's first steps (a second training appended to the log, a
+hyperparameter search) is a run of its own (``#training-2``, ...); one that goes back less (a
+resume from a checkpoint) is the same run, resolved as in every format.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -57,15 +60,21 @@ _STARTUP = re.compile(rb"transformers|Running training|it/s\]|s/it\]")
 MAX_DICT_LINE = 64 * 1024
 #: a logged dict: from its first key to the line's end (a bar may precede it on the line)
 _DICT = r"\{('[A-Za-z_][^'\n]{0,255}': .*)\}[ \t]*$"
-#: a bar with no description (the Trainer's training and evaluation bars): ``37%|███▋ | 45/120 [``
-_BAR = r"^[ \t]*\d+%\|[^|]*\|\s*(\d+)/(\d+)\s*\["
+#: a bar with no description (the Trainer's training and evaluation bars), perhaps after a
+#: launcher's line prefix (``[default0]:`` from torchrun --tee, ``0:`` from srun --label):
+#: ``37%|███▋ | 45/120 [``
+_BAR = r"^[ \t]*(?:\[[^\]\n]{0,64}\]:?|\d{1,6}:)?[ \t]*\d+%\|[^|]*\|\s*(\d+)/(\d+)\s*\["
 _PER_EPOCH = r"Num update steps per epoch = ([\d,]+)"
 _LOGGING_STEPS = r"\blogging_steps=(\d+),"
-_START = r"\*{5} Running training \*{5}"
-_FINAL_EPOCH = r"'epoch': '?([0-9.eE+-]+)"
 _PAIR = r"'([^'\n]{1,256})': ('[^'\n]*'|np\.float\d*\([^()\n]*\)|tensor\([^()\n]*\)|[^,\n]+)"
 _NUMBER = (r"^'?\s*(?:np\.float\d*\(|tensor\()?\s*([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?"
            r"|\.\d+(?:[eE][-+]?\d+)?|nan|inf))")
+#: how far the steps per epoch read off a bar may be from the true one (a bar drawn a step
+#: ahead; a closing epoch printed to 2 decimals), as a fraction
+PER_EPOCH_SLACK = 2e-3
+#: how far a line's epoch may put it from its step besides: gradient accumulation counts the
+#: epoch in micro-batches, which runs up to a step ahead of the update steps within an epoch
+STEP_SLACK = 1.5
 
 
 def claim(directory: Path, files: list[Path]) -> list[Source]:
@@ -75,64 +84,81 @@ def claim(directory: Path, files: list[Path]) -> list[Source]:
             if sniff(f, _WANTED, _STARTUP)]
 
 
+class _Log(NamedTuple):
+    """What :func:`_scan` found, by line number over the whole file."""
+
+    lines: pl.DataFrame  # a dict line: n, digest (of its text), bar (the count drawn next, -1)
+    pairs: pl.DataFrame  # its numbers: n, key, value, and text (the epoch's, as printed)
+    per_epoch: pl.DataFrame  # n, per: 'Num update steps per epoch = per' at line n
+    bars: pl.DataFrame  # n, total: the bars drawn (with no description)
+    logging_steps: int | None  # from a printed TrainingArguments
+
+
 class _Found:
-    """What a log's text holds, by line number over the whole file: the dict lines (``n``,
-    ``body``, and ``bar``: the count of the training bar drawn on the next line, -1 for none),
-    and the Trainer's own statements."""
+    """The pieces of :class:`_Log`, gathered one piece of text at a time."""
 
     def __init__(self) -> None:
-        self.dicts: list[pl.DataFrame] = []
+        self.lines: list[pl.DataFrame] = []
+        self.pairs: list[pl.DataFrame] = []
         self.per_epoch: list[pl.DataFrame] = []
-        self.starts: list[pl.Series] = []
+        self.bars: list[pl.DataFrame] = []
         self.logging_steps: int | None = None
-        self.bar_totals: list[pl.Series] = []
-        self.final_epoch: float | None = None
-        self.lines = 0
+        self.count = 0
 
     def add(self, text: str) -> None:
         """Take in one piece of the log, cut at a line end."""
         line = pl.col("line")
         frame = (pl.Series("line", [text]).str.split("\n").explode().to_frame()
-                 .with_row_index("n", offset=self.lines)
+                 .with_row_index("n", offset=self.count)
+                 .with_columns(pl.col("n").cast(pl.Int64))
                  .filter(line.str.len_bytes() <= MAX_DICT_LINE)
                  .filter(line.str.contains(r"\S")))  # a bar's redraw leaves blank lines
-        self.lines += text.count("\n") + 1
+        self.count += text.count("\n") + 1
         bar = line.str.extract(_BAR, 1).cast(pl.Int64, strict=False)
         marked = frame.with_columns(line.str.extract(_DICT, 1).alias("body"),
-                                    bar.shift(-1).fill_null(-1).alias("bar"),
+                                    bar.alias("count"), bar.shift(-1).fill_null(-1).alias("bar"),
                                     line.str.extract(_BAR, 2).cast(pl.Int64, strict=False)
                                     .alias("total"))
         dicts = marked.filter(pl.col("body").is_not_null())
-        self.dicts.append(dicts.select("n", "body", "bar"))
-        self.bar_totals.append(marked.get_column("total").drop_nulls())
+        self.lines.append(dicts.select("n", pl.col("body").hash().alias("digest"), "bar"))
+        pairs = (dicts.lazy().select("n", pl.col("body").str.extract_all(_PAIR).alias("pair"))
+                 .explode("pair")
+                 .select("n", pl.col("pair").str.extract(r"^'([^']*)'", 1).alias("key"),
+                         pl.col("pair").str.extract(r"^'[^']*': (.*)$", 1).alias("text"))
+                 .with_columns(pl.col("text").str.extract(_NUMBER, 1).str.to_lowercase()
+                               .cast(pl.Float64, strict=False).alias("value"))
+                 .filter(pl.col("value").is_not_null())
+                 .unique(subset=["n", "key"], keep="first", maintain_order=True)
+                 .with_columns(pl.when(pl.col("key") == "epoch").then(pl.col("text"))
+                               .alias("text"), pl.col("key").cast(pl.Categorical))
+                 .collect())
+        self.pairs.append(pairs)
+        self.bars.append(marked.filter(pl.col("total").is_not_null()).select("n", "total"))
         said = frame.filter(line.str.contains("Num update steps per epoch", literal=True))
         self.per_epoch.append(said.select("n", line.str.extract(_PER_EPOCH, 1)
                                           .str.replace_all(",", "").cast(pl.Int64, strict=False)
                                           .alias("per")).drop_nulls())
-        self.starts.append(frame.filter(line.str.contains(_START)).get_column("n"))
         if self.logging_steps is None:
             found = frame.get_column("line").str.extract(_LOGGING_STEPS, 1).drop_nulls()
             if found.len() and int(found[0]) > 0:
                 self.logging_steps = int(found[0])
-        final = dicts.filter(pl.col("body").str.contains("'train_runtime': ", literal=True))
-        epochs = final.get_column("body").str.extract(_FINAL_EPOCH, 1).cast(
-            pl.Float64, strict=False).drop_nulls()
-        if epochs.len():
-            self.final_epoch = float(epochs[-1])
 
-    def done(self) -> tuple[pl.DataFrame, _Log]:
-        """The dict lines, and what else the log said."""
-        dicts = pl.concat(self.dicts) if self.dicts else pl.DataFrame(
-            schema={"n": pl.UInt32, "body": pl.String, "bar": pl.Int64})
-        per = (pl.concat(self.per_epoch) if self.per_epoch
-               else pl.DataFrame(schema={"n": pl.UInt32, "per": pl.Int64}))
-        starts = pl.concat(self.starts).to_numpy() if self.starts else np.zeros(0, np.int64)
-        totals = Counter(pl.concat(self.bar_totals).to_list()) if self.bar_totals else Counter()
-        return dicts, _Log(per, starts, self.logging_steps, totals, self.final_epoch)
+    def done(self) -> _Log:
+        """What the log said."""
+        def joined(parts: list[pl.DataFrame], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+            return pl.concat(parts) if parts else pl.DataFrame(schema=schema)
+
+        return _Log(
+            joined(self.lines, {"n": pl.Int64, "digest": pl.UInt64, "bar": pl.Int64}),
+            joined(self.pairs, {"n": pl.Int64, "key": pl.Categorical, "text": pl.String,
+                                "value": pl.Float64}),
+            joined(self.per_epoch, {"n": pl.Int64, "per": pl.Int64}),
+            joined(self.bars, {"n": pl.Int64, "total": pl.Int64}),
+            self.logging_steps)
 
 
-def _scan(path: Path, dropped: list[int]) -> tuple[pl.DataFrame, _Log]:
-    """The dict lines of the log at ``path``, and what else it says."""
+def _scan(path: Path, dropped: list[int]) -> _Log:
+    """What the log at ``path`` says; a run of NULs (a crash's) ends a line."""
     found, carry = _Found(), b""
     with path.open("rb") as fh:
         for block, nul in blocks(fh, CHUNK_BYTES, dropped):
@@ -147,31 +173,25 @@ def _scan(path: Path, dropped: list[int]) -> tuple[pl.DataFrame, _Log]:
     return found.done()
 
 
-def _tables(dicts: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The log's lines (``i``: line number; a line printed again whole right after itself, as
-    by each node's ``PrinterCallback``, counts once; the closing summary is left out) and one
-    row per (line, key) holding a number: ``i``, ``key``, ``text`` (as printed), ``value``."""
-    body = pl.col("body")
-    lines = (dicts.select(pl.col("n").cast(pl.Int64).alias("i"), "body")
-             .filter(body.ne_missing(body.shift(1))
-                     & ~body.str.contains("'train_runtime': ", literal=True)))
-    pairs = (lines.lazy()
-             .with_columns(pl.col("body").str.extract_all(_PAIR).alias("pair"))
-             .explode("pair")
-             .select("i",
-                     pl.col("pair").str.extract(r"^'([^']*)'", 1).alias("key"),
-                     pl.col("pair").str.extract(r"^'[^']*': (.*)$", 1).alias("text"))
-             .with_columns(pl.col("text").str.extract(_NUMBER, 1).str.to_lowercase()
-                           .cast(pl.Float64, strict=False).alias("value"))
-             .filter(pl.col("value").is_not_null())
-             .unique(subset=["i", "key"], keep="first", maintain_order=True)
-             .collect())
-    return lines.select("i"), pairs
+def _once(lines: pl.DataFrame) -> pl.DataFrame:
+    """The lines less the copies of a log printed by each node (``PrinterCallback`` prints on
+    each node's process 0): where lines come in runs of the same text, nearly all of one length
+    m > 1, each run stands for len / m lines. Elsewhere a line like the one before it is a log
+    of its own (a diverged run prints the same nan line at every step)."""
+    run = (pl.col("digest") != pl.col("digest").shift(1)).fill_null(True).cum_sum()
+    runs = lines.with_columns(run.alias("run")).group_by("run", maintain_order=True).agg(
+        pl.col("n"), pl.len().alias("len"))
+    lengths = runs.get_column("len").to_numpy()
+    m = int(np.median(lengths)) if lengths.size else 1
+    if m < 2 or (lengths == m).mean() < 0.9:
+        return lines
+    keep = runs.with_columns(pl.col("n").list.gather_every(m)).explode("n").select("n")
+    return lines.join(keep, on="n", how="semi")
 
 
 def _tag() -> pl.Expr:
     """The tag the Trainer reports a key under (:func:`hf_trainer.tag_for`), as an expression."""
-    key = pl.col("key")
+    key = pl.col("key").cast(pl.String)
     return (pl.when(key.str.starts_with("eval_")).then("eval/" + key.str.slice(5))
             .when(key.str.starts_with("test_")).then("test/" + key.str.slice(5))
             .otherwise("train/" + key)).alias("tag")
@@ -180,7 +200,7 @@ def _tag() -> pl.Expr:
 def _epoch_error(text: pl.Series, value: np.ndarray) -> np.ndarray:
     """How far a printed epoch may be from the true one: 4 significant digits where printed as
     text (transformers 5), 2 decimals otherwise (4.x rounds it so for its bar)."""
-    quoted = text.str.starts_with("'").to_numpy()
+    quoted = text.str.starts_with("'").fill_null(False).to_numpy()
     exponent = text.str.extract(r"[eE]([-+]?\d+)", 1).cast(pl.Int64, strict=False)
     exponent = exponent.fill_null(0).to_numpy().astype(float)
     decimals = text.str.strip_chars("'").str.extract(r"^[-+]?\d*\.?(\d*)", 1)
@@ -191,175 +211,292 @@ def _epoch_error(text: pl.Series, value: np.ndarray) -> np.ndarray:
                     0.5 * 10.0 ** (exponent - np.minimum(decimals, 2)))
 
 
-class _Log(NamedTuple):
-    """What :func:`_scan` found besides the dict lines."""
-
-    per_epoch: pl.DataFrame  # (n, per): 'Num update steps per epoch = per' at line n
-    starts: np.ndarray  # the lines where a training starts ('***** Running training *****')
-    logging_steps: int | None  # from a printed TrainingArguments
-    bar_totals: Counter[int]  # the totals of the bars drawn, with how often each was
-    final_epoch: float | None  # the epoch of the closing summary line
-
-
-def _steps_per_epoch(log: _Log, at: np.ndarray, bar: np.ndarray, epoch: np.ndarray,
-                     err: np.ndarray) -> tuple[np.ndarray | None, str]:
-    """Steps per epoch at each training line (lines ``at``, followed by bar counts ``bar``),
-    and where it came from; None where the log does not say."""
-    paired = (bar > 0) & (epoch > 0)
-    if paired.sum() >= 3:
-        per = float(np.median(bar[paired] / epoch[paired]))
-        fits = np.abs(bar[paired] - epoch[paired] * per) <= err[paired] * per + 1
-        if fits.mean() >= 0.9 and per >= 1:
-            return np.full(epoch.size, per), ("the training bar drawn after each line "
-                                               f"({per:.6g} steps per epoch)")
-    said = log.per_epoch.filter(pl.col("per") > 0)
-    if said.height:
-        lines = said.get_column("n").to_numpy()
-        values = said.get_column("per").to_numpy().astype(float)
-        k = np.clip(np.searchsorted(lines, at) - 1, 0, None)  # the last statement before
-        shown = ", ".join(f"{n:g}" for n in dict.fromkeys(values))
-        return values[k], f"the update steps per epoch the Trainer printed ({shown})"
-    if log.final_epoch and log.bar_totals:
-        total = log.bar_totals.most_common(1)[0][0]  # the training bar is redrawn the most
-        per = total / log.final_epoch
-        if per >= 1:
-            return np.full(epoch.size, per), (
-                f"the {total} steps of the training bar over the {log.final_epoch:g} epochs "
-                f"the run ended at ({per:.6g} steps per epoch)")
-    return None, ""
-
-
-def _interval_rate(epoch: np.ndarray) -> float | None:
-    """Epochs per logging interval: over the longest stretch of rising epochs, less its first
-    line (a ``logging_first_step`` line at step 1 comes early)."""
+def _slope(epoch: np.ndarray) -> float | None:
+    """Epochs per line over a stretch of ``epoch`` (least squares), None under 3 lines."""
     if epoch.size < 3:
         return None
-    breaks = np.flatnonzero(np.diff(epoch) < 0) + 1
-    edges = np.concatenate(([0], breaks, [epoch.size]))
-    a, b = max(zip(edges[:-1], edges[1:], strict=True), key=lambda e: e[1] - e[0])
-    a += 1
-    if b - a < 2 or epoch[b - 1] <= epoch[a]:
-        return None
-    return float((epoch[b - 1] - epoch[a]) / (b - 1 - a))
+    k = np.arange(epoch.size, dtype=float)
+    slope = float(np.polyfit(k, epoch, 1)[0])
+    return slope if slope > 0 else None
 
 
-def _walk(raw: np.ndarray, err: np.ndarray, every: int, starts: np.ndarray) -> np.ndarray:
-    """Integer steps for positions ``raw`` (each within ``err`` of its true step).
+class _Stretch(NamedTuple):
+    """Training lines ``a:b`` whose epoch never goes back, and what places them."""
 
-    Lines are ``every`` steps apart, the first perhaps at step 1 (``logging_first_step``),
-    within stretches that end where the position goes back (a resume) or a new training
-    starts (``starts``: line indices). A stretch that does not fit is cut where its offset
-    from the pattern changes most (a resume that went back less than the epochs' rounding
-    shows) and each part is fitted again; a lone line takes its nearest step."""
-    n = raw.size
-    steps = np.rint(raw).astype(np.int64)
-    tol = err + 0.5
-    back = np.flatnonzero(np.diff(raw) < -(tol[1:] + tol[:-1])) + 1
-    edges = sorted(set(starts.tolist()) | set(back.tolist()) | {0, n})
-    todo = list(zip(edges[:-1], edges[1:], strict=True))
-    stretch_starts = set(edges)
-    while todo:
-        a, b = todo.pop()
-        if b - a < 2:
-            continue
-        offset = raw[a:b] - np.arange(b - a) * every  # the step of the stretch's first line
-        first = every * np.rint(np.mean(offset) / every)
-        if every > 1 and first <= 0 and a in stretch_starts and abs(raw[a] - 1) <= tol[a]:
-            steps[a] = 1  # the first line was logged at step 1, the next one at `every`
-            todo.append((a + 1, b))
-            continue
-        if (np.abs(offset - first) <= tol[a:b]).all():
-            steps[a:b] = first + np.arange(b - a) * every
-            continue
-        k = np.arange(1, b - a)
-        total = np.cumsum(offset)
-        left = total[:-1] / k
-        right = (total[-1] - total[:-1]) / (b - a - k)
-        cut = a + int(k[np.argmax(k * (b - a - k) * (left - right) ** 2)])
-        todo += [(a, cut), (cut, b)]
+    a: int
+    b: int
+    slope: float | None  # epochs per line
+    per: float | None  # steps per epoch
+    said: str  # where ``per`` came from
+    exact: bool  # whether ``per`` is exact (the Trainer printed it)
+    total: int | None = None  # the steps of the training the stretch ends (its bar's total)
+
+
+def _from_summary(log: _Log, last: int, end: int, slope: float | None,
+                  fresh: bool) -> tuple[float | None, str, int | None]:
+    """Steps per epoch from the closing summary line after line ``last`` (before line
+    ``end``): the training bar's total over the epoch the line ends at, the total being one
+    that puts the stretch's lines (``slope`` epochs apart) a whole number of steps apart. Of
+    several, the least that is not below the steps the line says this launch trained
+    (``train_runtime x train_steps_per_second``; a resumed launch trains the rest), or else
+    the one drawn most. Without a bar (``disable_tqdm``), the steps the line says were
+    trained, where the stretch is the training's first (``fresh``). (The bar goes to stderr:
+    where it stands beside a buffered stdout's lines says nothing.)"""
+    summary = log.pairs.filter((pl.col("n") > last) & (pl.col("n") < end)
+                               & (pl.col("key") == "train_runtime")).get_column("n")
+    if not summary.len() or not slope:
+        return None, "", None
+    values = dict(log.pairs.filter(pl.col("n") == summary[0]).select(
+        pl.col("key").cast(pl.String), "value").iter_rows())
+    epoch = values.get("epoch")
+    if not epoch or epoch <= 0:
+        return None, "", None
+    drawn = log.bars.get_column("total").value_counts(sort=True)
+    totals = drawn.get_column("total").to_numpy().astype(float)
+    apart = slope * totals / epoch
+    whole = (np.rint(apart) >= 1) & (np.abs(apart - np.rint(apart)) <= 0.05 * np.rint(apart))
+    totals = totals[whole]
+    trained = values.get("train_runtime", 0.0) * values.get("train_steps_per_second", 0.0)
+    if not totals.size:
+        apart = slope * trained / epoch
+        if fresh and trained >= 1 and abs(apart - np.rint(apart)) <= 0.05 * max(np.rint(apart), 1):
+            return trained / epoch, (  # no bar (disable_tqdm): the line's own steps, to its digits
+                f"the steps the closing line gives (train_runtime x train_steps_per_second: "
+                f"{trained:.6g}) over the {epoch:g} epochs the run ended at "
+                f"({trained / epoch:.6g} steps per epoch)"), None
+        return None, "", None
+    enough = totals[totals >= trained * (1 - PER_EPOCH_SLACK) - 1]  # a resumed launch trains
+    total = int(enough.min() if trained > 0 and enough.size else totals[0])  # fewer
+    return total / epoch, (f"the {total} steps of the training bar over the {epoch:g} epochs "
+                           f"the run ended at ({total / epoch:.6g} steps per epoch)"), total
+
+
+def _stretches(log: _Log, n: np.ndarray, epoch: np.ndarray, err: np.ndarray,
+               bar: np.ndarray) -> list[_Stretch]:
+    """Cut the training lines (file lines ``n``) where the epoch goes back, and find each
+    stretch's steps per epoch. (The Trainer's '***** Running training *****' is no cut: it
+    goes to stderr, which a buffered stdout's lines can come after.)"""
+    back = np.flatnonzero(np.diff(epoch) < -(err[1:] + err[:-1])) + 1
+    edges = [0, *back.tolist(), n.size]
+    said_at = log.per_epoch.filter(pl.col("per") > 0)
+    out = []
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        end = n[b] if b < n.size else np.iinfo(np.int64).max  # up to the next stretch
+        slope = _slope(epoch[a + 1:b] if b - a > 3 else epoch[a:b])
+        paired = (bar[a:b] > 0) & (epoch[a:b] > 0)
+        before = said_at.filter(pl.col("n") < n[a])
+        per = float(np.median(bar[a:b][paired] / epoch[a:b][paired])) if paired.any() else 0
+        fits = np.abs(bar[a:b] - epoch[a:b] * per) <= err[a:b] * per + STEP_SLACK
+        if paired.sum() >= 3 and (paired & fits).sum() >= 0.9 * (b - a):
+            # (with a buffered stdout, lines come in blocks: a bar after the last of a block
+            # shows a later step)
+            out.append(_Stretch(a, b, slope, per, "the training bar drawn after each line "
+                                                  f"({per:.6g} steps per epoch)", False))
+        elif before.height:
+            per = float(before.get_column("per")[-1])
+            out.append(_Stretch(a, b, slope, per, "the update steps per epoch the Trainer "
+                                                  f"printed ({per:g})", True))
+        else:
+            fresh = slope is not None and epoch[a] <= 1.5 * slope  # from the first interval
+            per, said, total = _from_summary(log, n[b - 1], end, slope, fresh)
+            out.append(_Stretch(a, b, slope, per, said, False, total))
+    return out
+
+
+def _place(epoch: np.ndarray, err: np.ndarray, bar: np.ndarray, per: float, slack: float,
+           every: int, fresh: bool, interval: bool, total: int | None = None) -> np.ndarray:
+    """Steps of one stretch's lines: ``first + k x every``, the first line perhaps at step 1
+    (``fresh``: the stretch starts a training; ``interval``: steps are logging intervals, the
+    first line perhaps at 0). Where a line's epoch (``err``; ``per`` steps per epoch, ``slack``
+    of it unsure) cannot be at its step, the pattern starts again there (a log line lost)."""
+    steps = np.zeros(epoch.size, np.int64)
+    raw = epoch * per
+    tol = (err + slack * epoch) * per + STEP_SLACK
+    if total is not None and not interval:
+        # the training ended: its last line was logged at the last multiple of `every`, and
+        # the lines before it `every` apart (the first perhaps at step 1): exact where the
+        # epochs are printed too short to tell the first line's step
+        last = every * (total // every)
+        fit = last - every * np.arange(epoch.size - 1, -1, -1)
+        if fresh and fit[0] <= 0 and every > 1 and epoch.size > 1:
+            fit[0] = 1
+        if fit[0] >= 1 and (np.abs(fit - raw) <= tol).all():
+            return fit
+        # more lines than the steps hold: a resume went back by less than the epochs tell
+        # (a crash right after a save). Cut where the lines' offset from the pattern drops
+        # most: before it the lines go on from the first one, after it up to the last.
+        offset = raw - every * np.arange(epoch.size)
+        k = np.arange(1, epoch.size)
+        total_ = np.cumsum(offset)
+        drop = total_[:-1] / k - (total_[-1] - total_[:-1]) / (epoch.size - k)
+        cut = int(k[np.argmax(drop)]) if k.size else 0
+        if cut:
+            head = slice(0, min(10, cut))
+            first = every * np.rint(np.median(offset[head]) / every)
+            if fresh and first <= 0 and every > 1:
+                first = 0.0  # the first line at step 1 below
+            fit = np.concatenate((first + every * np.arange(cut),
+                                  last - every * np.arange(epoch.size - cut - 1, -1, -1)))
+            if fresh and fit[0] <= 0 and every > 1:
+                fit[0] = 1
+            if fit[0] >= 1 and fit[cut] < fit[cut - 1] and (np.abs(fit - raw) <= tol).all():
+                return fit
+    a = 0
+    if fresh and not interval and every > 1 and epoch.size > 1 and abs(raw[0] - 1) <= tol[0] \
+            and abs(raw[1] - every) <= tol[1]:
+        steps[0] = 1  # logging_first_step
+        a = 1
+    while a < epoch.size:
+        k = np.arange(epoch.size - a)
+        lowest = (0 if interval else every) if a == 0 else steps[a - 1] + 1
+        lead = np.flatnonzero(bar[a:] > 0)[:10]  # the bar after each line shows its step
+        offsets = bar[a:][lead] - lead * every
+        if lead.size >= 3 and (offsets == np.median(offsets)).sum() > lead.size / 2:
+            first = float(np.median(offsets))
+        else:
+            head = slice(a, min(a + 10, epoch.size))  # the most exact epochs: the first
+            first = every * float(np.rint(np.median(raw[head] - np.arange(head.stop - a)
+                                                    * every) / every))
+        first = max(first, every * np.ceil(lowest / every))
+        fit = first + k * every
+        bad = np.flatnonzero(np.abs(fit - raw[a:]) > tol[a:])
+        if bad.size and bad[0] == 0:  # this line is off the pattern: its own nearest step
+            first = max(every * float(np.rint(raw[a] / every)), every * np.ceil(lowest / every))
+            fit = first + k * every
+            bad = np.flatnonzero(np.abs(fit - raw[a:]) > tol[a:])
+        end = epoch.size if not bad.size else a + max(1, int(bad[0]))
+        steps[a:end] = fit[: end - a]
+        a = end
     return steps
 
 
-def _training_steps(log: _Log, train: pl.DataFrame) -> tuple[np.ndarray, np.ndarray | None,
-                                                            list[str]]:
-    """The steps of the training lines, the steps per epoch at each (None: not known), and a
-    note on how the steps were found."""
+def _training_steps(log: _Log, train: pl.DataFrame) -> tuple[np.ndarray, np.ndarray,
+                                                            np.ndarray, list[list[str]]]:
+    """The steps of the training lines, the steps per epoch at each (NaN: not known), the
+    training each belongs to (0, 1, ...), and each training's notes on how its steps were
+    found."""
+    size = train.height
+    if train.get_column("own_step").null_count() == 0:
+        steps = train.get_column("own_step").to_numpy().astype(np.int64)
+        return steps, np.full(size, np.nan), np.zeros(size, np.int64), [[
+            "steps as each line printed them (its 'step')"]]
     if train.get_column("epoch").null_count():
-        return np.arange(1, train.height + 1), None, [
+        return np.arange(1, size + 1), np.full(size, np.nan), np.zeros(size, np.int64), [[
             "the log prints no step and no epoch: its training lines are numbered 1, 2, 3, "
-            "... in the order printed"]
-    at = train.get_column("i").to_numpy()
+            "... in the order printed"]]
+    n = train.get_column("n").to_numpy()
     epoch = train.get_column("epoch").to_numpy()
     err = _epoch_error(train.get_column("epoch_text"), epoch)
-    per, said = _steps_per_epoch(log, at, train.get_column("bar").to_numpy().astype(float),
-                                 epoch, err)
-    rate = _interval_rate(epoch)
-    every = max(1, int(np.rint(rate * per[0]))) if per is not None and rate else 1
-    if per is None and log.logging_steps and rate:
-        every = log.logging_steps
-        per, said = np.full(epoch.size, every / rate), (
-            f"the logging_steps={every} of the TrainingArguments printed")
-    if per is None and rate:
-        per, every = np.full(epoch.size, 1 / rate), 1
-        note = ("the log prints no step, nor what gives one (the Trainer's info-level 'Num "
-                "update steps per epoch', or its bar after each line as with 'python -u'): "
-                "steps are counted in logging intervals, from each line's epoch (multiply by "
-                "logging_steps for the Trainer's steps)")
-    elif per is None:
-        return np.arange(1, train.height + 1), None, [
-            "the log prints no step, and its epochs do not say how far apart its lines are: "
-            "its training lines are numbered 1, 2, 3, ... in the order printed"]
+    bar = train.get_column("bar").to_numpy()
+    steps = np.zeros(size, np.int64)
+    per_line = np.full(size, np.nan)
+    training = np.zeros(size, np.int64)
+    notes: list[list[str]] = [[]]
+    first_step: int | None = None
+    stretches = _stretches(log, n, epoch, err, bar)
+    placed = [st for st in stretches if st.per is not None and st.slope]
+    longest = max(placed, key=lambda st: st.b - st.a, default=None)
+    if log.logging_steps:
+        known, known_said = log.logging_steps, (f"the logging_steps={log.logging_steps} of the "
+                                                "TrainingArguments printed")
+    elif longest is not None:
+        known = max(1, int(np.rint(longest.slope * longest.per)))  # type: ignore[operator]
+        known_said = f"the logging interval of the log's other lines ({known} steps)"
     else:
-        note = f"steps from each line's epoch and {said}"
-    starts = np.searchsorted(at, log.starts)
-    starts = starts[(starts > 0) & (starts < at.size)]
-    return _walk(epoch * per, err * per, every, starts), per, [note]
+        known, known_said = None, ""
+    for st in stretches:
+        part = slice(st.a, st.b)
+        per, said, slack = st.per, st.said, 0.0 if st.exact else PER_EPOCH_SLACK
+        interval = False
+        if per is not None:
+            every = max(1, int(np.rint(st.slope * per))) if st.slope else (known or 1)
+        elif known and st.slope:
+            every, per, said, slack = known, known / st.slope, known_said, PER_EPOCH_SLACK
+        elif st.slope:
+            per, every, slack, interval = 1 / st.slope, 1, PER_EPOCH_SLACK, True
+            said = ("no step, nor what gives one (the Trainer's info-level 'Num update steps per "
+                    "epoch', or its bar after each line as with 'python -u'): steps are counted "
+                    "in logging intervals, from each line's epoch (multiply by logging_steps "
+                    "for the Trainer's steps)")
+        else:  # two lines or fewer, nothing to place them by
+            per, every, interval, said = 1.0 / max(epoch[part].max(initial=0), 1e-9), 1, True, (
+                "no step, and too few lines to tell how far apart they are: numbered in order")
+        fresh = first_step is None or epoch[st.a] * per <= first_step + err[st.a] * per + every
+        steps[part] = _place(epoch[part], err[part], bar[part], per, slack, every, fresh,
+                             interval, st.total)
+        per_line[part] = per
+        if first_step is None:
+            first_step = int(steps[st.a])
+        elif fresh and st.a:
+            training[st.a:] = training[st.a - 1] + 1
+            notes.append([])
+        said = (f"the log prints {said}" if said.startswith("no step")
+                else f"steps from each line's epoch and {said}")
+        if said not in notes[-1]:
+            notes[-1].append(said)
+    return steps, per_line, training, notes
 
 
-def read_file(path: Path) -> RawRun:
-    """Read one Trainer stdout log."""
+def read_file(path: Path) -> list[RawRun]:
+    """Read one Trainer stdout log: a run for each training it holds."""
     nonempty_size(path)
     dropped = [0, 0]
     try:
-        dicts, log = _scan(path, dropped)
+        log = _scan(path, dropped)
     except OSError as exc:
         raise ReadError(f"cannot read the file: {exc.strerror}") from exc
-    kept, pairs = _tables(dicts)
-    key = pl.col("key")
-    bars = dicts.select(pl.col("n").cast(pl.Int64).alias("i"), "bar")
-    lines = kept.join(bars, on="i").join(pairs.group_by("i").agg(
+    key = pl.col("key").cast(pl.String)
+    kinds = log.pairs.group_by("n").agg(
         (key.str.starts_with("eval_") | key.str.starts_with("test_")).any().alias("eval"),
+        (key == "train_runtime").any().alias("summary"),
         pl.col("text").filter(key == "epoch").first().alias("epoch_text"),
         pl.col("value").filter(key == "epoch").first().alias("epoch"),
-    ), on="i").sort("i")
+        pl.col("value").filter(key == "step").first().alias("own_step"),
+    )
+    lines = _once(log.lines).join(kinds, on="n").filter(~pl.col("summary")).sort("n")
     train = lines.filter(~pl.col("eval"))
     if train.height == 0:
         raise ReadError("no Trainer training line ({'loss': ...}) with a number found")
-    steps, per, notes = _training_steps(log, train)
-    step_of = train.select("i", "epoch_text", "epoch").with_columns(
-        pl.Series("step", steps, dtype=pl.Int64),
-        pl.Series("per", per if per is not None else np.full(train.height, np.nan)))
+    steps, per, training, notes = _training_steps(log, train)
+    placed = train.select("n", "epoch_text").with_columns(
+        pl.Series("step", steps, dtype=pl.Int64), pl.Series("per", per),
+        pl.Series("training", training))
     # An evaluation prints the epoch of the training line logged at its step, just before it;
-    # where it comes between logs, its own epoch gives its step.
-    evals = lines.filter(pl.col("eval")).select("i", "epoch_text", "epoch").join_asof(
-        step_of.select("i", pl.col("epoch_text").alias("train_epoch"), "step", "per"),
-        on="i", strategy="backward")
+    # where it comes between logs, its own epoch (or step) gives its step.
+    evals = lines.filter(pl.col("eval")).select("n", "epoch_text", "epoch", "own_step").join_asof(
+        placed.rename({"epoch_text": "train_epoch", "step": "train_step"}), on="n",
+        strategy="backward")
     evals = evals.with_columns(
-        pl.when(pl.col("epoch_text").eq_missing(pl.col("train_epoch"))).then(pl.col("step"))
-        .otherwise((pl.col("epoch") * pl.col("per")).round().cast(pl.Int64, strict=False))
-        .alias("step")).filter(pl.col("step").is_not_null())
+        pl.coalesce(pl.col("own_step").cast(pl.Int64, strict=False),
+                    pl.when(pl.col("epoch_text").eq_missing(pl.col("train_epoch")))
+                    .then(pl.col("train_step")),
+                    (pl.col("epoch") * pl.col("per")).round().cast(pl.Int64, strict=False))
+        .alias("step"), pl.col("training").fill_null(0)).filter(pl.col("step").is_not_null())
     lost = lines.height - train.height - evals.height
     if lost:
-        notes.append(f"{lost} evaluation line(s) left out: the log does not say their step")
-    steps_all = pl.concat([step_of.select("i", "step"), evals.select("i", "step")])
-    frame = (pairs.join(steps_all, on="i")
-             .sort("i", maintain_order=True)
-             .select(pl.col("step").cast(pl.Int64), _tag(), "value"))
+        notes[0].append(f"{lost} evaluation line(s) left out: the log does not say their step")
+    where = pl.concat([placed.select("n", "step", "training"),
+                       evals.select("n", "step", "training")])
+    frame = (log.pairs.join(where, on="n").filter(pl.col("key") != "step")
+             .sort("n", maintain_order=True)
+             .select(pl.col("step").cast(pl.Int64), _tag(), "value", "training"))
     problems = dropped_problems(path.name, dropped, "(NUL-filled blocks that a crash or a "
                                 "full disk left)")
-    return RawRun(points=frame, problems=problems, notes=notes, interval_means=INTERVAL_MEANS)
+    count = int(training.max()) + 1
+    runs = []
+    for t in range(count):
+        one = frame.filter(pl.col("training") == t).drop("training")
+        said = list(notes[t])
+        if count > 1:
+            said.insert(0, f"training {t + 1} of the {count} this log holds (each starts "
+                           "again at the first steps: a second training appended to the log, "
+                           "or a hyperparameter search)")
+        runs.append(RawRun(points=one, suffix=None if t == 0 else f"training-{t + 1}",
+                           problems=problems if t == 0 else [], notes=said,
+                           interval_means=INTERVAL_MEANS))
+    return runs
 
 
 def read(source: Source) -> list[RawRun]:
     """Read the source's log (one file)."""
-    return [read_file(path) for path in source.files]
+    return [run for path in source.files for run in read_file(path)]
