@@ -50,7 +50,7 @@ from gradaudit.adapters.hf_trainer import INTERVAL_MEANS
 from gradaudit.errors import ReadError
 
 FORMAT = "hf-trainer-log"
-CHUNK_BYTES = 32 * 1024 * 1024
+CHUNK_BYTES = 8 * 1024 * 1024
 
 _WANTED = re.compile(rb"\{'loss': (?:'|np\.float|tensor\(|[-+0-9.]|nan|inf)")
 _NUL_RUN = re.compile(rb"\x00{2,}")
@@ -178,15 +178,12 @@ def _once(lines: pl.DataFrame) -> pl.DataFrame:
     each node's process 0): where lines come in runs of the same text, nearly all of one length
     m > 1, each run stands for len / m lines. Elsewhere a line like the one before it is a log
     of its own (a diverged run prints the same nan line at every step)."""
-    run = (pl.col("digest") != pl.col("digest").shift(1)).fill_null(True).cum_sum()
-    runs = lines.with_columns(run.alias("run")).group_by("run", maintain_order=True).agg(
-        pl.col("n"), pl.len().alias("len"))
-    lengths = runs.get_column("len").to_numpy()
+    lengths = lines.get_column("digest").rle().struct.field("len").to_numpy()
     m = int(np.median(lengths)) if lengths.size else 1
     if m < 2 or (lengths == m).mean() < 0.9:
         return lines
-    keep = runs.with_columns(pl.col("n").list.gather_every(m)).explode("n").select("n")
-    return lines.join(keep, on="n", how="semi")
+    run = (pl.col("digest") != pl.col("digest").shift(1)).fill_null(True).cum_sum()
+    return lines.filter(pl.int_range(pl.len()).over(run) % m == 0)
 
 
 def _tag() -> pl.Expr:
@@ -445,15 +442,23 @@ def read_file(path: Path) -> list[RawRun]:
         log = _scan(path, dropped)
     except OSError as exc:
         raise ReadError(f"cannot read the file: {exc.strerror}") from exc
-    key = pl.col("key").cast(pl.String)
-    kinds = log.pairs.group_by("n").agg(
-        (key.str.starts_with("eval_") | key.str.starts_with("test_")).any().alias("eval"),
-        (key == "train_runtime").any().alias("summary"),
-        pl.col("text").filter(key == "epoch").first().alias("epoch_text"),
-        pl.col("value").filter(key == "epoch").first().alias("epoch"),
-        pl.col("value").filter(key == "step").first().alias("own_step"),
-    )
-    lines = _once(log.lines).join(kinds, on="n").filter(~pl.col("summary")).sort("n")
+    # (by the keys' categories: a column of 5 million key names is no small thing)
+    names = log.pairs.get_column("key").unique().cast(pl.String)
+    evals = names.filter(names.str.starts_with("eval_") | names.str.starts_with("test_"))
+    key = pl.col("key")
+
+    def lines_with(*names: str) -> pl.Series:
+        return log.pairs.filter(key.is_in(list(names))).get_column("n").unique()
+
+    epochs = log.pairs.filter(key == "epoch").select("n", pl.col("text").alias("epoch_text"),
+                                                     pl.col("value").alias("epoch"))
+    steps_said = log.pairs.filter(key == "step").select("n", pl.col("value").alias("own_step"))
+    lines = (_once(log.lines)
+             .filter(pl.col("n").is_in(log.pairs.get_column("n").unique().implode())
+                     & ~pl.col("n").is_in(lines_with("train_runtime").implode()))
+             .with_columns(pl.col("n").is_in(lines_with(*evals).implode()).alias("eval"))
+             .join(epochs, on="n", how="left").join(steps_said, on="n", how="left")
+             .sort("n"))
     train = lines.filter(~pl.col("eval"))
     if train.height == 0:
         raise ReadError("no Trainer training line ({'loss': ...}) with a number found")
@@ -477,9 +482,10 @@ def read_file(path: Path) -> list[RawRun]:
         notes[0].append(f"{lost} evaluation line(s) left out: the log does not say their step")
     where = pl.concat([placed.select("n", "step", "training"),
                        evals.select("n", "step", "training")])
-    frame = (log.pairs.join(where, on="n").filter(pl.col("key") != "step")
+    frame = (log.pairs.lazy().select("n", "key", "value")
+             .join(where.lazy(), on="n").filter(pl.col("key") != "step")
              .sort("n", maintain_order=True)
-             .select(pl.col("step").cast(pl.Int64), _tag(), "value", "training"))
+             .select(pl.col("step").cast(pl.Int64), _tag(), "value", "training").collect())
     problems = dropped_problems(path.name, dropped, "(NUL-filled blocks that a crash or a "
                                 "full disk left)")
     count = int(training.max()) + 1
