@@ -176,12 +176,13 @@ def _scan(path: Path, dropped: list[int]) -> _Log:
 def _once(lines: pl.DataFrame) -> pl.DataFrame:
     """The lines less the copies of a log printed by each node (``PrinterCallback`` prints on
     each node's process 0): where lines come in runs of the same text, nearly all of one length
-    m > 1, each run stands for len / m lines. Elsewhere a line like the one before it is a log
-    of its own (a diverged run prints the same nan line at every step)."""
+    m > 1 and the first 20 all of it, each run stands for len / m lines. Elsewhere a line like
+    the one before it is a log of its own (a diverged run prints the same nan line at every
+    step while its 2-decimal epoch stays)."""
     lengths = lines.get_column("digest").rle().struct.field("len").to_numpy()
     m = int(np.median(lengths)) if lengths.size else 1
-    if m < 2 or (lengths == m).mean() < 0.9:
-        return lines
+    if m < 2 or (lengths == m).mean() < 0.9 or (lengths[:20] != m).any():
+        return lines  # (copies begin with the log; a diverged run's repeats come later)
     run = (pl.col("digest") != pl.col("digest").shift(1)).fill_null(True).cum_sum()
     return lines.filter(pl.int_range(pl.len()).over(run) % m == 0)
 
@@ -196,7 +197,8 @@ def _tag() -> pl.Expr:
 
 def _epoch_error(text: pl.Series, value: np.ndarray) -> np.ndarray:
     """How far a printed epoch may be from the true one: 4 significant digits where printed as
-    text (transformers 5), 2 decimals otherwise (4.x rounds it so for its bar)."""
+    text (transformers 5), 2 decimals where it shows no more (4.x rounds it so for its bar,
+    and ``0.1`` is its 0.10), else the digits shown (4.x's ``PrinterCallback``)."""
     quoted = text.str.starts_with("'").fill_null(False).to_numpy()
     exponent = text.str.extract(r"[eE]([-+]?\d+)", 1).cast(pl.Int64, strict=False)
     exponent = exponent.fill_null(0).to_numpy().astype(float)
@@ -205,7 +207,7 @@ def _epoch_error(text: pl.Series, value: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
         magnitude = np.floor(np.log10(np.abs(np.where(value == 0, 1.0, value))))
     return np.where(quoted, 0.5 * 10.0 ** (magnitude - 3),
-                    0.5 * 10.0 ** (exponent - np.minimum(decimals, 2)))
+                    0.5 * 10.0 ** (exponent - np.maximum(decimals, 2)))
 
 
 def _slope(epoch: np.ndarray) -> float | None:
@@ -225,12 +227,12 @@ class _Stretch(NamedTuple):
     slope: float | None  # epochs per line
     per: float | None  # steps per epoch
     said: str  # where ``per`` came from
-    exact: bool  # whether ``per`` is exact (the Trainer printed it)
+    slack: float  # how far ``per`` may be from the true one, as a fraction of it
     total: int | None = None  # the steps of the training the stretch ends (its bar's total)
 
 
 def _from_summary(log: _Log, last: int, end: int, slope: float | None,
-                  fresh: bool) -> tuple[float | None, str, int | None]:
+                  fresh: bool) -> tuple[float | None, str, int | None, float]:
     """Steps per epoch from the closing summary line after line ``last`` (before line
     ``end``): the training bar's total over the epoch the line ends at, the total being one
     that puts the stretch's lines (``slope`` epochs apart) a whole number of steps apart. Of
@@ -242,12 +244,17 @@ def _from_summary(log: _Log, last: int, end: int, slope: float | None,
     summary = log.pairs.filter((pl.col("n") > last) & (pl.col("n") < end)
                                & (pl.col("key") == "train_runtime")).get_column("n")
     if not summary.len() or not slope:
-        return None, "", None
+        return None, "", None, 0.0
     values = dict(log.pairs.filter(pl.col("n") == summary[0]).select(
         pl.col("key").cast(pl.String), "value").iter_rows())
     epoch = values.get("epoch")
-    if not epoch or epoch <= 0:
-        return None, "", None
+    shown = log.pairs.filter((pl.col("n") == summary[0]) & (pl.col("key") == "epoch"))
+    if not epoch or epoch <= 0 or not shown.height:
+        return None, "", None, 0.0
+    unsure = float(_epoch_error(shown.get_column("text"), np.array([epoch]))[0]) / epoch
+    if unsure > 0.01:
+        return None, "", None, 0.0  # printed too short to divide by (0.03 for 0.025)
+    slack = max(PER_EPOCH_SLACK, 2 * unsure)
     drawn = log.bars.get_column("total").value_counts(sort=True)
     totals = drawn.get_column("total").to_numpy().astype(float)
     apart = slope * totals / epoch
@@ -260,12 +267,12 @@ def _from_summary(log: _Log, last: int, end: int, slope: float | None,
             return trained / epoch, (  # no bar (disable_tqdm): the line's own steps, to its digits
                 f"the steps the closing line gives (train_runtime x train_steps_per_second: "
                 f"{trained:.6g}) over the {epoch:g} epochs the run ended at "
-                f"({trained / epoch:.6g} steps per epoch)"), None
-        return None, "", None
+                f"({trained / epoch:.6g} steps per epoch)"), None, slack
+        return None, "", None, 0.0
     enough = totals[totals >= trained * (1 - PER_EPOCH_SLACK) - 1]  # a resumed launch trains
     total = int(enough.min() if trained > 0 and enough.size else totals[0])  # fewer
     return total / epoch, (f"the {total} steps of the training bar over the {epoch:g} epochs "
-                           f"the run ended at ({total / epoch:.6g} steps per epoch)"), total
+                           f"the run ended at ({total / epoch:.6g} steps per epoch)"), total, slack
 
 
 def _stretches(log: _Log, n: np.ndarray, epoch: np.ndarray, err: np.ndarray,
@@ -273,8 +280,12 @@ def _stretches(log: _Log, n: np.ndarray, epoch: np.ndarray, err: np.ndarray,
     """Cut the training lines (file lines ``n``) where the epoch goes back, and find each
     stretch's steps per epoch. (The Trainer's '***** Running training *****' is no cut: it
     goes to stderr, which a buffered stdout's lines can come after.)"""
-    back = np.flatnonzero(np.diff(epoch) < -(err[1:] + err[:-1])) + 1
-    edges = [0, *back.tolist(), n.size]
+    step = np.diff(epoch)
+    back = step < -(err[1:] + err[:-1])
+    if epoch.size > 2:  # where lines are epochs apart and their epochs exact (logging_strategy
+        rise = np.median(step)  # "epoch"), one that does not go on is a resume too
+        back |= (step <= 0) & (rise > 4 * np.maximum(err[1:], err[:-1]))
+    edges = [0, *(np.flatnonzero(back) + 1).tolist(), n.size]
     said_at = log.per_epoch.filter(pl.col("per") > 0)
     out = []
     for a, b in zip(edges[:-1], edges[1:], strict=True):
@@ -288,15 +299,15 @@ def _stretches(log: _Log, n: np.ndarray, epoch: np.ndarray, err: np.ndarray,
             # (with a buffered stdout, lines come in blocks: a bar after the last of a block
             # shows a later step)
             out.append(_Stretch(a, b, slope, per, "the training bar drawn after each line "
-                                                  f"({per:.6g} steps per epoch)", False))
+                                                  f"({per:.6g} steps per epoch)", PER_EPOCH_SLACK))
         elif before.height:
             per = float(before.get_column("per")[-1])
             out.append(_Stretch(a, b, slope, per, "the update steps per epoch the Trainer "
-                                                  f"printed ({per:g})", True))
+                                                  f"printed ({per:g})", 0.0))
         else:
             fresh = slope is not None and epoch[a] <= 1.5 * slope  # from the first interval
-            per, said, total = _from_summary(log, n[b - 1], end, slope, fresh)
-            out.append(_Stretch(a, b, slope, per, said, False, total))
+            per, said, total, slack = _from_summary(log, n[b - 1], end, slope, fresh)
+            out.append(_Stretch(a, b, slope, per, said, slack, total))
     return out
 
 
@@ -308,7 +319,7 @@ def _place(epoch: np.ndarray, err: np.ndarray, bar: np.ndarray, per: float, slac
     of it unsure) cannot be at its step, the pattern starts again there (a log line lost)."""
     steps = np.zeros(epoch.size, np.int64)
     raw = epoch * per
-    tol = (err + slack * epoch) * per + STEP_SLACK
+    tol = (err + slack * epoch) * per + (0.3 if interval else STEP_SLACK)
     if total is not None and not interval:
         # the training ended: its last line was logged at the last multiple of `every`, and
         # the lines before it `every` apart (the first perhaps at step 1): exact where the
@@ -345,7 +356,12 @@ def _place(epoch: np.ndarray, err: np.ndarray, bar: np.ndarray, per: float, slac
         a = 1
     while a < epoch.size:
         k = np.arange(epoch.size - a)
-        lowest = (0 if interval else every) if a == 0 else steps[a - 1] + 1
+        if a:
+            lowest = steps[a - 1] + 1
+        elif interval:  # interval 0 only for a line seen to come before the first interval
+            lowest = 0 if fresh and raw[0] + err[0] * per < 0.75 else 1
+        else:
+            lowest = every
         lead = np.flatnonzero(bar[a:] > 0)[:10]  # the bar after each line shows its step
         offsets = bar[a:][lead] - lead * every
         if lead.size >= 3 and (offsets == np.median(offsets)).sum() > lead.size / 2:
@@ -367,6 +383,32 @@ def _place(epoch: np.ndarray, err: np.ndarray, bar: np.ndarray, per: float, slac
     return steps
 
 
+def _from_bars(train: pl.DataFrame, bar: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                             np.ndarray, list[list[str]]]:
+    """:func:`_training_steps` where the training bar is drawn right after (nearly) every line:
+    its count is the line's step (stdout not buffered, stderr in the same file). A line
+    without one is a logging interval after the line before; a count that goes back is a
+    resume, or, back at the first steps, another training."""
+    steps = bar.astype(np.int64)
+    shown = np.flatnonzero(bar > 0)
+    gaps = np.diff(steps[shown])
+    every = int(np.median(gaps[gaps > 0])) if (gaps > 0).any() else 1
+    for i in np.flatnonzero(bar <= 0):  # few: the lines whose bar a piece's end cut off
+        steps[i] = steps[i - 1] + every if i else max(1, int(steps[shown[0]]) - every)
+    back = np.flatnonzero(np.diff(steps) < 0) + 1
+    first = int(steps[0])
+    training = np.zeros(steps.size, np.int64)
+    notes = [["steps from the training bar drawn after each line (it shows the line's step)"]]
+    for i in back:
+        if steps[i] <= first + every:  # back at the first steps: another training
+            training[i:] = training[i - 1] + 1
+            notes.append(list(notes[0]))
+    epoch = train.get_column("epoch").to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per = np.where(epoch > 0, steps / epoch, np.nan)
+    return steps, per, training, notes
+
+
 def _training_steps(log: _Log, train: pl.DataFrame) -> tuple[np.ndarray, np.ndarray,
                                                             np.ndarray, list[list[str]]]:
     """The steps of the training lines, the steps per epoch at each (NaN: not known), the
@@ -381,10 +423,12 @@ def _training_steps(log: _Log, train: pl.DataFrame) -> tuple[np.ndarray, np.ndar
         return np.arange(1, size + 1), np.full(size, np.nan), np.zeros(size, np.int64), [[
             "the log prints no step and no epoch: its training lines are numbered 1, 2, 3, "
             "... in the order printed"]]
+    bar = train.get_column("bar").to_numpy()
+    if (bar > 0).mean() >= 0.9:
+        return _from_bars(train, bar)
     n = train.get_column("n").to_numpy()
     epoch = train.get_column("epoch").to_numpy()
     err = _epoch_error(train.get_column("epoch_text"), epoch)
-    bar = train.get_column("bar").to_numpy()
     steps = np.zeros(size, np.int64)
     per_line = np.full(size, np.nan)
     training = np.zeros(size, np.int64)
@@ -403,22 +447,30 @@ def _training_steps(log: _Log, train: pl.DataFrame) -> tuple[np.ndarray, np.ndar
         known, known_said = None, ""
     for st in stretches:
         part = slice(st.a, st.b)
-        per, said, slack = st.per, st.said, 0.0 if st.exact else PER_EPOCH_SLACK
+        per, said, slack = st.per, st.said, st.slack
         interval = False
         if per is not None:
             every = max(1, int(np.rint(st.slope * per))) if st.slope else (known or 1)
         elif known and st.slope:
             every, per, said, slack = known, known / st.slope, known_said, PER_EPOCH_SLACK
+        elif known and longest is not None:  # a stretch of a line or two
+            every, per, slack = known, longest.per, longest.slack
+            said = (f"the steps per epoch of the log's other lines ({per:.6g}) and "
+                    f"{known_said}")
         elif st.slope:
-            per, every, slack, interval = 1 / st.slope, 1, PER_EPOCH_SLACK, True
-            said = ("no step, nor what gives one (the Trainer's info-level 'Num update steps per "
-                    "epoch', or its bar after each line as with 'python -u'): steps are counted "
-                    "in logging intervals, from each line's epoch (multiply by logging_steps "
-                    "for the Trainer's steps)")
+            # (the slope is as unsure as the stretch's epochs are short: 0.03 +- 0.005)
+            span = max(float(epoch[st.b - 1] - epoch[st.a]), 1e-12)
+            slack = max(PER_EPOCH_SLACK, 2 * float(np.median(err[part])) / span)
+            per, every, interval = 1 / st.slope, 1, True
+            said = ("no step, nor how many steps an epoch has, exactly enough (the Trainer's "
+                    "info-level 'Num update steps per epoch', its bar after each line as with "
+                    "'python -u', or a closing line of a run that ended): steps are counted in "
+                    "logging intervals, from each line's epoch (multiply by logging_steps for "
+                    "the Trainer's steps)")
         else:  # two lines or fewer, nothing to place them by
             per, every, interval, said = 1.0 / max(epoch[part].max(initial=0), 1e-9), 1, True, (
                 "no step, and too few lines to tell how far apart they are: numbered in order")
-        fresh = first_step is None or epoch[st.a] * per <= first_step + err[st.a] * per + every
+        fresh = first_step is None or epoch[st.a] * per <= first_step + err[st.a] * per + 1.5
         steps[part] = _place(epoch[part], err[part], bar[part], per, slack, every, fresh,
                              interval, st.total)
         per_line[part] = per
