@@ -440,3 +440,22 @@ def test_a_closing_epoch_printed_too_short_gives_no_steps_per_epoch(tmp_path: Pa
     steps = raw.points.filter(pl.col("tag") == "train/loss").get_column("step").to_list()
     assert steps == list(range(1, 21))
     assert any("counted in logging intervals" in n for n in raw.notes)
+
+
+def test_an_evaluation_between_logs_takes_the_bar_after_it(tmp_path: Path) -> None:
+    # 4.x, eval_steps 7 and logging_steps 5 at 1,000 steps per epoch: the eval's epoch (0.01)
+    # is the line's before it, but the bar redrawn after it shows its step
+    lines = []
+    for s in range(1, 71):
+        if s % 5 == 0:
+            lines.append(_callback_line("4", {"loss": 2.0, "grad_norm": 0.5,
+                                              "learning_rate": 1e-3, "epoch": s / 1000}))
+            lines.append(f" 10%|#   | {s}/70 [00:01<00:09, 9.9it/s]")
+        if s % 7 == 0:
+            lines.append(str({"eval_loss": 2.5 + s / 1000, "epoch": round(s / 1000, 2)}))
+            lines.append(f" 10%|#   | {s}/70 [00:01<00:09, 9.9it/s]")
+    log = tmp_path / "train.log"
+    log.write_text("\n".join(lines) + "\n")
+    got = _points(log)
+    assert sorted(got["eval/loss"]) == list(range(7, 71, 7))
+    assert sorted(got["train/loss"]) == list(range(5, 71, 5))

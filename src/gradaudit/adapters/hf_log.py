@@ -520,11 +520,15 @@ def read_file(path: Path) -> list[RawRun]:
         pl.Series("training", training))
     # An evaluation prints the epoch of the training line logged at its step, just before it;
     # where it comes between logs, its own epoch (or step) gives its step.
-    evals = lines.filter(pl.col("eval")).select("n", "epoch_text", "epoch", "own_step").join_asof(
+    # Where the bar follows the lines, it follows this one too: its count is the step.
+    bars_follow = (train.get_column("bar") > 0).mean() >= 0.9
+    evals = lines.filter(pl.col("eval")).select("n", "epoch_text", "epoch", "own_step",
+                                                "bar").join_asof(
         placed.rename({"epoch_text": "train_epoch", "step": "train_step"}), on="n",
         strategy="backward")
     evals = evals.with_columns(
         pl.coalesce(pl.col("own_step").cast(pl.Int64, strict=False),
+                    pl.when(pl.lit(bars_follow) & (pl.col("bar") > 0)).then(pl.col("bar")),
                     pl.when(pl.col("epoch_text").eq_missing(pl.col("train_epoch")))
                     .then(pl.col("train_step")),
                     (pl.col("epoch") * pl.col("per")).round().cast(pl.Int64, strict=False))
