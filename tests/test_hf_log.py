@@ -255,7 +255,8 @@ def test_no_training_line_is_a_read_error_and_a_hostile_line_is_quick(tmp_path: 
 
     (tmp_path / "eval.log").write_text("{'eval_loss': '2.5', 'epoch': '1'}\n")
     (tmp_path / "words.log").write_text("{'loss': 'high', 'epoch': 'one'}\n")
-    for name in ("eval.log", "words.log"):
+    (tmp_path / "prose.txt").write_text("We print the logs, as in {'loss': 1.0}\n")
+    for name in ("eval.log", "words.log", "prose.txt"):
         with pytest.raises(ReadError, match="no Trainer training line"):
             hf_log.read(Source(hf_log.FORMAT, name, (tmp_path / name,)))
     # a line of two million "{'a': " and lines of "{'loss': " with no end: a backtracking

@@ -505,8 +505,11 @@ def read_file(path: Path) -> list[RawRun]:
     epochs = log.pairs.filter(key == "epoch").select("n", pl.col("text").alias("epoch_text"),
                                                      pl.col("value").alias("epoch"))
     steps_said = log.pairs.filter(key == "step").select("n", pl.col("value").alias("own_step"))
+    # a Trainer's line holds two numbers at least (its log and the epoch, or the lr):
+    # "... {'loss': 1.0}" ending a sentence is none
+    counts = log.pairs.group_by("n").len().filter(pl.col("len") >= 2).get_column("n")
     lines = (_once(log.lines)
-             .filter(pl.col("n").is_in(log.pairs.get_column("n").unique().implode())
+             .filter(pl.col("n").is_in(counts.implode())
                      & ~pl.col("n").is_in(lines_with("train_runtime").implode()))
              .with_columns(pl.col("n").is_in(lines_with(*evals).implode()).alias("eval"))
              .join(epochs, on="n", how="left").join(steps_said, on="n", how="left")
