@@ -281,11 +281,16 @@ def test_claimed_after_the_other_stdout_logs(tmp_path: Path) -> None:
     order = list(REGISTRY)
     assert order.index("megatron-log") < order.index("hf-trainer-log")
     # startup output before the first line (the Trainer logs after its first interval)
-    startup = "".join(f"[transformers] Map: {i}%|#| {i}/100 [00:01<00:00, 99.0it/s]\n"
+    # (datasets' bars, as its map() draws them; a tqdm bar of any other script is no reason
+    # to read on)
+    startup = "".join(f"Map (num_proc=4):  {i % 100}%|#| {i}/40000 [00:01<00:00, 99.0ex/s]\n"
                       for i in range(40000))
     assert len(startup) > 2 * (1 << 20)
     (tmp_path / "late.log").write_text(startup + (DATA / "5.24.0-merged.log").read_text())
     assert [s.name for s in hf_log.claim(tmp_path, [tmp_path / "late.log"])] == ["late.log"]
+    other = "".join(f"\r 37%|###7  | {i}/90000 [01:40<02:50, 99.00it/s]" for i in range(40000))
+    (tmp_path / "tqdm.log").write_text(other + "\n" + (DATA / "5.24.0-merged.log").read_text())
+    assert not hf_log.claim(tmp_path, [tmp_path / "tqdm.log"])  # its first MiB only
     from gradaudit.cmdline import main
 
     out = tmp_path / "r.json"

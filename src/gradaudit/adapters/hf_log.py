@@ -54,7 +54,11 @@ CHUNK_BYTES = 8 * 1024 * 1024
 
 _WANTED = re.compile(rb"\{'loss': (?:'|np\.float|tensor\(|[-+0-9.]|nan|inf)")
 _NUL_RUN = re.compile(rb"\x00{2,}")
-_STARTUP = re.compile(rb"transformers|Running training|it/s\]|s/it\]")
+#: what a Trainer job prints before its first log line, which can be megabytes away: the
+#: library's own lines, and the datasets library's bars (not any bar: a tqdm log of another
+#: script would be read 256 MiB deep)
+_STARTUP = re.compile(rb"transformers|Running training|Trainer|Generating \w+ split"
+                      rb"|(?:Map|Filter)(?: \(num_proc=\d+\))?: +\d+%")
 #: Every pattern below runs on Polars' regex engine (linear time: a hostile line cannot make
 #: it backtrack), one log line at a time; lines longer than ``MAX_DICT_LINE`` are no log line.
 MAX_DICT_LINE = 64 * 1024
