@@ -192,9 +192,9 @@ def test_a_copy_rounded_is_one_training_and_a_twin_that_parts_later_is_not(tmp_p
     notes = {r.run: [n for n in r.notes if "logged twice" in n] for r in result.runs}
     assert notes["full.csv"] == [
         "the same grad-norm and loss series within 0.1% as 'rounded.csv' (at the steps both "
-        "logged): one training logged twice by writers that round it differently (a Trainer's "
-        "stdout log and its trainer_state.json), or an exact re-run; each is counted in this "
-        "scan"]
+        "logged): one training logged twice by writers that round it differently (e.g. a "
+        "Trainer's stdout log and its trainer_state.json), or an exact re-run; each is counted "
+        "in this scan"]
     assert len(notes["rounded.csv"]) == 1 and notes["twin.csv"] == []
 
 

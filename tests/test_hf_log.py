@@ -257,7 +257,7 @@ def test_no_training_line_is_a_read_error_and_a_hostile_line_is_quick(tmp_path: 
     (tmp_path / "words.log").write_text("{'loss': 'high', 'epoch': 'one'}\n")
     (tmp_path / "prose.txt").write_text("We print the logs, as in {'loss': 1.0}\n")
     for name in ("eval.log", "words.log", "prose.txt"):
-        with pytest.raises(ReadError, match="no Trainer training line"):
+        with pytest.raises(ReadError, match="no whole Trainer training line"):
             hf_log.read(Source(hf_log.FORMAT, name, (tmp_path / name,)))
     # a line of two million "{'a': " and lines of "{'loss': " with no end: a backtracking
     # regex takes hours on them (each start tried against the rest of the line)
@@ -314,13 +314,26 @@ def test_the_log_and_its_trainer_state_json_are_noted_as_one_training(tmp_path: 
     notes = {r.run: [n for n in r.notes if "logged twice" in n] for r in result.runs}
     assert notes["slurm-1.out"] == [
         "the same grad-norm and loss series within 0.1% as 'out' (at the steps both logged): "
-        "one training logged twice by writers that round it differently (a Trainer's stdout "
-        "log and its trainer_state.json), or an exact re-run; each is counted in this scan"]
+        "one training logged twice by writers that round it differently (e.g. a Trainer's "
+        "stdout log and its trainer_state.json), or an exact re-run; each is counted in this "
+        "scan"]
     assert len(notes["out"]) == 1 and "as 'slurm-1.out' (at the" in notes["out"][0]
     assert notes["other.out"] == []
     from gradaudit.report.markdown import render
 
     assert "**2** of them have the same grad-norm and loss series" in render(result)
+    # the job killed after its last checkpoint: its log goes on past the state's steps (a
+    # second review: a log of fewer points than the head was never compared)
+    (tmp_path / "other.out").unlink()
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    state["log_history"] = [e for e in state["log_history"] if e.get("step", 0) <= 60]
+    (tmp_path / "out" / "trainer_state.json").write_text(json.dumps(state))
+    unbuffered = (DATA / "5.24.0-merged.log").read_text()  # the bar after each line: steps
+    cut = [ln for ln in unbuffered.splitlines(keepends=True) if "train_runtime" not in ln]
+    (tmp_path / "slurm-1.out").write_text("".join(cut))
+    result = gradaudit.scan([tmp_path])
+    notes = {r.run: [n for n in r.notes if "logged twice" in n] for r in result.runs}
+    assert len(notes["out"]) == 1 and len(notes["slurm-1.out"]) == 1
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -349,7 +362,12 @@ def test_lines_that_print_their_own_step_are_read_at_it(tmp_path: Path) -> None:
     assert sorted(got["train/loss"]) == list(range(10, 1001, 10))
     assert "train/step" not in got
     (raw,) = hf_log.read(Source(hf_log.FORMAT, "x", (log,)))
-    assert raw.notes == ["steps as each line printed them (its 'step')"]
+    assert raw.notes == ["steps as each line printed them (its 'step' or 'global_step')"]
+    other = tmp_path / "loop.log"  # a loop of one's own printing its 'global_step'
+    other.write_text(log.read_text().replace("'step'", "'global_step'"))
+    got = _points(other)
+    assert sorted(got["train/loss"]) == list(range(10, 1001, 10))
+    assert "train/global_step" not in got
 
 
 def test_a_launchers_line_prefix_before_the_bar(tmp_path: Path) -> None:

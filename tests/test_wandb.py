@@ -1074,6 +1074,8 @@ def test_the_console_copy_in_a_run_folder_is_not_a_second_run(tmp_path):
     files = sorted(console.parent.iterdir())
     for adapter in (hf_log, megatron, fairseq_log):
         assert not adapter.claim(console.parent, files)
+    # named alone on the command line, it is read (a .wandb file cut short holds less)
+    assert [s.name for s in hf_log.claim(console.parent, [console])] == ["output.log"]
     # without the run's .wandb file beside it, the copy is all there is: a run of its own
     shutil.copy(console, tmp_path / "output.log")
     assert [s.name for s in hf_log.claim(tmp_path, [tmp_path / "output.log"])] == ["output.log"]

@@ -236,11 +236,12 @@ def _note_copies(audits: list[RunAudit]) -> None:
                                "training logged twice (two loggers, or a copy) or an exact "
                                "re-run; each is counted in this scan")
     for audit, others in close_series(audits):
-        names = ", ".join(repr(o.run) for o in others)
+        names = ", ".join(repr(o.run) for o in others[:5]) + (
+            f" and {len(others) - 5} more" if len(others) > 5 else "")
         audit.notes.insert(0, f"the same grad-norm and loss series within {HEAD_RTOL:.1%} as "
                            f"{names} (at the steps both logged): one "
-                           "training logged twice by writers that round it differently (a "
-                           "Trainer's stdout log and its trainer_state.json), or an exact "
+                           "training logged twice by writers that round it differently (e.g. "
+                           "a Trainer's stdout log and its trainer_state.json), or an exact "
                            "re-run; each is counted in this scan")
 
 

@@ -214,34 +214,46 @@ def same_series(runs: list[RunAudit]) -> list[list[RunAudit]]:
 HEAD_RTOL = 1e-3
 
 
+#: the first steps two runs must share to be compared (runs of fewer points carry no
+#: fingerprint: :meth:`RunSeries.digest`)
+KEY_POINTS = 25
+
+
 def _agree(a: Fingerprint, b: Fingerprint) -> bool:
-    """Whether two fingerprints whose heads agree agree over the whole shorter run: at every
-    step both sampled, up to where the shorter one ends, within ``HEAD_RTOL``."""
-    for k in (0, 2):
-        (sa, va), (sb, vb) = a.sample[k:k + 2], b.sample[k:k + 2]
-        _, i, j = np.intersect1d(sa, sb, assume_unique=True, return_indices=True)
-        if not np.isclose(va[i], vb[j], rtol=HEAD_RTOL, atol=0, equal_nan=True).all():
-            return False
+    """Whether two fingerprints agree within ``HEAD_RTOL`` at every step both hold: their
+    heads' and their samples' (a shorter run's all lie among the longer one's steps)."""
+    for (ha, hb) in ((a.head, b.head), (a.sample, b.sample)):
+        for k in (0, 2):
+            (sa, va), (sb, vb) = ha[k:k + 2], hb[k:k + 2]
+            _, i, j = np.intersect1d(sa, sb, assume_unique=True, return_indices=True)
+            if not np.isclose(va[i], vb[j], rtol=HEAD_RTOL, atol=0, equal_nan=True).all():
+                return False
     return True
+
+
+def _key(print_: Fingerprint) -> bytes:
+    """The first ``KEY_POINTS`` steps of both series: runs are compared only with runs that
+    logged the same first steps."""
+    return b"|".join(np.ascontiguousarray(a[:KEY_POINTS]).tobytes() for a in print_.head[0::2])
 
 
 def close_series(runs: list[RunAudit]) -> list[tuple[RunAudit, list[RunAudit]]]:
     """Each run with the others of ``runs`` whose series agree with its own within
-    ``HEAD_RTOL`` at the same steps (their fingerprints' heads, and their samples up to where
-    the shorter run ends), but are not the same series (:func:`same_series` groups those): one
-    training logged twice by writers that round it differently, or an exact re-run. Runs are
-    compared within groups of the same head steps, each with those whose first value is close
-    to its own."""
+    ``HEAD_RTOL`` at every step both hold (their fingerprints' heads and samples: a log cut
+    short beside its full copy agrees), but are not the same series (:func:`same_series`
+    groups those): one training logged twice by writers that round it differently, or an
+    exact re-run. Runs are compared within groups of the same first steps, each with those
+    whose first value is close to its own."""
     buckets: dict[bytes, list[RunAudit]] = {}
     for run in runs:
         if run.fingerprint is not None:
-            key = b"|".join(np.ascontiguousarray(a).tobytes() for a in run.fingerprint.head[0::2])
-            buckets.setdefault(key, []).append(run)
+            buckets.setdefault(_key(run.fingerprint), []).append(run)
     close: dict[int, list[RunAudit]] = {}
     for members in buckets.values():
         if len(members) < 2:
             continue
-        values = np.stack([np.concatenate(r.fingerprint.head[1::2])  # type: ignore[union-attr]
+        # (the same first steps: their first values stack)
+        values = np.stack([np.concatenate([v[:KEY_POINTS] for v in r.fingerprint.head[1::2]])  # type: ignore[union-attr]
                            for r in members])
         order = np.argsort(values[:, 0], kind="stable")
         values, members = values[order], [members[i] for i in order]

@@ -34,9 +34,10 @@ def candidates(directory: Path, files: list[Path]) -> list[Path]:
     """The files of ``directory`` a stdout-log reader sniffs: names a job's output is saved
     under (``SUFFIXES``), less W&B's copy of the console (``files/output.log`` in a run folder
     holding the run's ``.wandb`` file, which has the same metrics: read, it was the run
-    twice)."""
+    twice). Named alone on the command line, the copy is read."""
     out = [f for f in files if f.suffix.lower() in SUFFIXES]
-    if directory.name == "files" and any(f.name == WANDB_CONSOLE for f in out):
+    if directory.name == "files" and len(files) > 1 and any(f.name == WANDB_CONSOLE
+                                                            for f in out):
         try:
             run = any(p.name.endswith(".wandb") for p in directory.parent.iterdir())
         except OSError:

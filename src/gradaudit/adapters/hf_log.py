@@ -73,6 +73,8 @@ _LOGGING_STEPS = r"\blogging_steps=(\d+),"
 _PAIR = r"'([^'\n]{1,256})': ('[^'\n]*'|np\.float\d*\([^()\n]*\)|tensor\([^()\n]*\)|[^,\n]+)"
 _NUMBER = (r"^'?\s*(?:np\.float\d*\(|tensor\()?\s*([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?"
            r"|\.\d+(?:[eE][-+]?\d+)?|nan|inf))")
+#: keys that are a line's own step (a printed ``log_history`` entry, a loop of one's own)
+OWN_STEP = ("global_step", "step")
 #: how far the steps per epoch read off a bar may be from the true one (a bar drawn a step
 #: ahead; a closing epoch printed to 2 decimals), as a fraction
 PER_EPOCH_SLACK = 2e-3
@@ -422,7 +424,7 @@ def _training_steps(log: _Log, train: pl.DataFrame) -> tuple[np.ndarray, np.ndar
     if train.get_column("own_step").null_count() == 0:
         steps = train.get_column("own_step").to_numpy().astype(np.int64)
         return steps, np.full(size, np.nan), np.zeros(size, np.int64), [[
-            "steps as each line printed them (its 'step')"]]
+            "steps as each line printed them (its 'step' or 'global_step')"]]
     if train.get_column("epoch").null_count():
         return np.arange(1, size + 1), np.full(size, np.nan), np.zeros(size, np.int64), [[
             "the log prints no step and no epoch: its training lines are numbered 1, 2, 3, "
@@ -508,7 +510,9 @@ def read_file(path: Path) -> list[RawRun]:
 
     epochs = log.pairs.filter(key == "epoch").select("n", pl.col("text").alias("epoch_text"),
                                                      pl.col("value").alias("epoch"))
-    steps_said = log.pairs.filter(key == "step").select("n", pl.col("value").alias("own_step"))
+    steps_said = (log.pairs.filter(key.is_in(list(OWN_STEP))).sort("n", "key")
+                  .unique("n", keep="last", maintain_order=True)  # "step" before "global_step"
+                  .select("n", pl.col("value").alias("own_step")))
     # a Trainer's line holds two numbers at least (its log and the epoch, or the lr):
     # "... {'loss': 1.0}" ending a sentence is none
     counts = log.pairs.group_by("n").len().filter(pl.col("len") >= 2).get_column("n")
@@ -520,7 +524,8 @@ def read_file(path: Path) -> list[RawRun]:
              .sort("n"))
     train = lines.filter(~pl.col("eval"))
     if train.height == 0:
-        raise ReadError("no Trainer training line ({'loss': ...}) with a number found")
+        raise ReadError("no whole Trainer training line ({'loss': ..., 'epoch': ...}) found (a "
+                        "line cut short is not read)")
     steps, per, training, notes = _training_steps(log, train)
     placed = train.select("n", "epoch_text").with_columns(
         pl.Series("step", steps, dtype=pl.Int64), pl.Series("per", per),
@@ -546,7 +551,7 @@ def read_file(path: Path) -> list[RawRun]:
     where = pl.concat([placed.select("n", "step", "training"),
                        evals.select("n", "step", "training")])
     frame = (log.pairs.lazy().select("n", "key", "value")
-             .join(where.lazy(), on="n").filter(pl.col("key") != "step")
+             .join(where.lazy(), on="n").filter(~pl.col("key").is_in(list(OWN_STEP)))
              .sort("n", maintain_order=True)
              .select(pl.col("step").cast(pl.Int64), _tag(), "value", "training").collect())
     problems = dropped_problems(path.name, dropped, "(NUL-filled blocks that a crash or a "

@@ -322,7 +322,7 @@ def partly_read(runs: list[Any]) -> list[Any]:
 
 def copies(runs: list[Any]) -> int:
     """How many of ``runs`` have the same grad-norm and loss series as another of them, or the
-    same first points within rounding (one training logged twice: each such run's notes say
+    same within rounding (one training logged twice: each such run's notes say
     with which)."""
     from gradaudit.model import close_series, same_series
 

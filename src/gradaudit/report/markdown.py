@@ -80,7 +80,7 @@ def _summary(result: Any) -> list[str]:
                  + f" · fail-on `{result.settings.fail_on}`")
     if (twice := copies(result.runs)):
         lines += ["", f"**{twice}** of them have the same grad-norm and loss series as another "
-                      "run of this scan, or its first points within rounding (one training "
+                      "run of this scan, or within rounding (one training "
                       "logged twice, e.g. by two loggers, or an exact re-run): each is counted, "
                       "and the JSON report's notes say with which."]
     clip = result.batch_clip
