@@ -483,3 +483,28 @@ def test_an_evaluation_between_logs_takes_the_bar_after_it(tmp_path: Path) -> No
     got = _points(log)
     assert sorted(got["eval/loss"]) == list(range(7, 71, 7))
     assert sorted(got["train/loss"]) == list(range(5, 71, 5))
+
+
+def test_epochs_that_jump_about_or_never_fit_cost_the_log_s_length(tmp_path: Path) -> None:
+    # a hostile log: epochs going back on every other line (it was cut into 48,546 runs of
+    # 100,000 lines, in 25 s), and epochs rising at random, off every pattern (100,000 lines
+    # took 11.5 s, 1,000,000 would take 20 minutes: each line that broke the pattern was
+    # checked against all the lines after it)
+    import time
+
+    rng = np.random.default_rng(1)
+    jumpy = tmp_path / "jumpy.log"
+    jumpy.write_text("".join(_callback_line("5", {"loss": 2.0, "grad_norm": 0.5,
+                                                  "epoch": float(e)}) + "\n"
+                             for e in rng.random(20000) * 5))
+    start = time.perf_counter()
+    runs = hf_log.read(Source(hf_log.FORMAT, "x", (jumpy,)))
+    assert len(runs) == 1 and "go back 1000 times or more" in runs[0].notes[0]
+    irregular = tmp_path / "irregular.log"
+    irregular.write_text("".join(_callback_line("5", {"loss": 2.0, "grad_norm": 0.5,
+                                                      "epoch": float(e)}) + "\n"
+                                 for e in np.cumsum(rng.exponential(1.0, 200000)) / 1000))
+    (raw,) = hf_log.read(Source(hf_log.FORMAT, "x", (irregular,)))
+    steps = raw.points.filter(pl.col("tag") == "train/loss").get_column("step").to_numpy()
+    assert steps.size == 200000 and (np.diff(steps) > 0).all()
+    assert time.perf_counter() - start < 60

@@ -73,6 +73,9 @@ _LOGGING_STEPS = r"\blogging_steps=(\d+),"
 _PAIR = r"'([^'\n]{1,256})': ('[^'\n]*'|np\.float\d*\([^()\n]*\)|tensor\([^()\n]*\)|[^,\n]+)"
 _NUMBER = (r"^'?\s*(?:np\.float\d*\(|tensor\()?\s*([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?"
            r"|\.\d+(?:[eE][-+]?\d+)?|nan|inf))")
+#: a log whose epochs go back this often is no training's (nor a few resumes): its lines are
+#: numbered in order, not cut into thousands of runs
+MAX_STRETCHES = 1000
 #: keys that are a line's own step (a printed ``log_history`` entry, a loop of one's own)
 OWN_STEP = ("global_step", "step")
 #: how far the steps per epoch read off a bar may be from the true one (a bar drawn a step
@@ -361,32 +364,45 @@ def _place(epoch: np.ndarray, err: np.ndarray, bar: np.ndarray, per: float, slac
         steps[0] = 1  # logging_first_step
         a = 1
     while a < epoch.size:
-        k = np.arange(epoch.size - a)
         if a:
             lowest = steps[a - 1] + 1
         elif interval:  # interval 0 only for a line seen to come before the first interval
             lowest = 0 if fresh and raw[0] + err[0] * per < 0.75 else 1
         else:
             lowest = every
-        lead = np.flatnonzero(bar[a:] > 0)[:10]  # the bar after each line shows its step
-        offsets = bar[a:][lead] - lead * every
+        near = slice(a, min(a + 64, epoch.size))
+        lead = np.flatnonzero(bar[near] > 0)[:10]  # the bar after each line shows its step
+        offsets = bar[near][lead] - lead * every
         if lead.size >= 3 and (offsets == np.median(offsets)).sum() > lead.size / 2:
             first = float(np.median(offsets))
         else:
             head = slice(a, min(a + 10, epoch.size))  # the most exact epochs: the first
             first = every * float(np.rint(np.median(raw[head] - np.arange(head.stop - a)
                                                     * every) / every))
-        first = max(first, every * np.ceil(lowest / every))
-        fit = first + k * every
-        bad = np.flatnonzero(np.abs(fit - raw[a:]) > tol[a:])
-        if bad.size and bad[0] == 0:  # this line is off the pattern: its own nearest step
-            first = max(every * float(np.rint(raw[a] / every)), every * np.ceil(lowest / every))
-            fit = first + k * every
-            bad = np.flatnonzero(np.abs(fit - raw[a:]) > tol[a:])
-        end = epoch.size if not bad.size else a + max(1, int(bad[0]))
-        steps[a:end] = fit[: end - a]
+        floor = every * np.ceil(lowest / every)
+        first = max(first, floor)
+        if abs(first - raw[a]) > tol[a]:  # this line is off the pattern: its own nearest step
+            first = max(every * float(np.rint(raw[a] / every)), floor)
+        end = _fits_to(raw, tol, a, first, every)
+        steps[a:end] = first + np.arange(end - a) * every
         a = end
     return steps
+
+
+def _fits_to(raw: np.ndarray, tol: np.ndarray, a: int, first: float, every: int) -> int:
+    """Where the pattern ``first + k x every`` from line ``a`` stops fitting ``raw`` (within
+    ``tol``), at least a line on: looked for in windows that double, so that a log whose
+    pattern breaks often costs its length, not its square."""
+    size = 16
+    while True:
+        hi = min(a + size, raw.size)
+        fit = first + np.arange(hi - a) * every
+        bad = np.flatnonzero(np.abs(fit - raw[a:hi]) > tol[a:hi])
+        if bad.size:
+            return a + max(1, int(bad[0]))
+        if hi == raw.size:
+            return hi
+        size *= 2
 
 
 def _from_bars(train: pl.DataFrame, bar: np.ndarray) -> tuple[np.ndarray, np.ndarray,
@@ -405,7 +421,7 @@ def _from_bars(train: pl.DataFrame, bar: np.ndarray) -> tuple[np.ndarray, np.nda
     first = int(steps[0])
     training = np.zeros(steps.size, np.int64)
     notes = [["steps from the training bar drawn after each line (it shows the line's step)"]]
-    for i in back:
+    for i in back if back.size < MAX_STRETCHES else ():  # (else no training's log: one run)
         if steps[i] <= first + every:  # back at the first steps: another training
             training[i:] = training[i - 1] + 1
             notes.append(list(notes[0]))
@@ -440,6 +456,11 @@ def _training_steps(log: _Log, train: pl.DataFrame) -> tuple[np.ndarray, np.ndar
     training = np.zeros(size, np.int64)
     notes: list[list[str]] = [[]]
     first_step: int | None = None
+    if (np.diff(epoch) < -(err[1:] + err[:-1])).sum() >= MAX_STRETCHES:
+        return np.arange(1, size + 1), np.full(size, np.nan), np.zeros(size, np.int64), [[
+            f"the epochs of its lines go back {MAX_STRETCHES} times or more: no training's "
+            "log, nor a few resumes; its training lines are numbered 1, 2, 3, ... in the "
+            "order printed"]]
     stretches = _stretches(log, n, epoch, err, bar)
     placed = [st for st in stretches if st.per is not None and st.slope]
     longest = max(placed, key=lambda st: st.b - st.a, default=None)
