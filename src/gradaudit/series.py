@@ -131,29 +131,35 @@ class RunSeries:
         loggers, a copied folder) or an exact re-run. None where the series carry too little
         to tell trainings apart: fewer than ``min_points`` finite values, or fewer than 3
         distinct ones (runs that diverged at once, a single logged point)."""
+        chosen = self._chosen(min_points)
+        if chosen is None:
+            return None
         h = hashlib.blake2b(digest_size=16)
-        finite = []
-        for tag in (self.grad_norm_tag, self.loss_tag):
-            steps, values = self.series(tag)
-            finite.append(values[np.isfinite(values)])
+        for steps, values in chosen:
             h.update(struct.pack("<q", steps.size))
             h.update(np.ascontiguousarray(steps).tobytes())
             h.update(np.ascontiguousarray(values).tobytes())
-        values = np.concatenate(finite)
+        return h.hexdigest()
+
+    def _chosen(self, min_points: int) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """The chosen grad-norm and loss series, or None where they carry too little to tell
+        trainings apart (:meth:`digest`)."""
+        chosen = [self.series(tag) for tag in (self.grad_norm_tag, self.loss_tag)]
+        values = np.concatenate([v[np.isfinite(v)] for _, v in chosen])
         if values.size < min_points or np.unique(values[::max(1, values.size // 1000)]).size < 3:
             return None
-        return h.hexdigest()
+        return chosen
 
     def fingerprint(self, min_points: int = 25) -> Fingerprint | None:
         """What tells this run's training from others within rounding
         (:func:`gradaudit.model.close_series`); None where :meth:`digest` is: too little to
         tell trainings apart."""
-        if self.digest(min_points) is None:
+        chosen = self._chosen(min_points)
+        if chosen is None:
             return None
         head: list[np.ndarray] = []
         sample: list[np.ndarray] = []
-        for tag in (self.grad_norm_tag, self.loss_tag):
-            steps, values = self.series(tag)
+        for steps, values in chosen:
             head += [steps[:HEAD_POINTS].copy(), values[:HEAD_POINTS].astype(np.float32)]
             keep = sampled(steps, steps.size)
             sample += [steps[keep], values[keep].astype(np.float32)]
