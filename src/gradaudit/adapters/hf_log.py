@@ -125,7 +125,7 @@ class _Found:
         self.count += text.count("\n") + 1
         bar = line.str.extract(_BAR, 1).cast(pl.Int64, strict=False)
         marked = frame.with_columns(line.str.extract(_DICT, 1).alias("body"),
-                                    bar.alias("count"), bar.shift(-1).fill_null(-1).alias("bar"),
+                                    bar.shift(-1).fill_null(-1).alias("bar"),
                                     line.str.extract(_BAR, 2).cast(pl.Int64, strict=False)
                                     .alias("total"))
         dicts = marked.filter(pl.col("body").is_not_null())
@@ -240,7 +240,22 @@ class _Stretch(NamedTuple):
     total: int | None = None  # the steps of the training the stretch ends (its bar's total)
 
 
-def _from_summary(log: _Log, last: int, end: int, slope: float | None,
+class _Closing(NamedTuple):
+    """The log's closing summary lines, and its bars' totals: what :func:`_from_summary`
+    looks at for each stretch, gathered once."""
+
+    pairs: pl.DataFrame  # the numbers of the lines holding 'train_runtime'
+    totals: np.ndarray  # the bars' totals, the one drawn most first
+
+    @classmethod
+    def of(cls, log: _Log) -> _Closing:
+        lines = log.pairs.filter(pl.col("key") == "train_runtime").get_column("n")
+        drawn = log.bars.get_column("total").value_counts(sort=True)
+        return cls(log.pairs.filter(pl.col("n").is_in(lines.implode())),
+                   drawn.get_column("total").to_numpy().astype(float))
+
+
+def _from_summary(closing: _Closing, last: int, end: int, slope: float | None,
                   fresh: bool) -> tuple[float | None, str, int | None, float]:
     """Steps per epoch from the closing summary line after line ``last`` (before line
     ``end``): the training bar's total over the epoch the line ends at, the total being one
@@ -250,22 +265,21 @@ def _from_summary(log: _Log, last: int, end: int, slope: float | None,
     the one drawn most. Without a bar (``disable_tqdm``), the steps the line says were
     trained, where the stretch is the training's first (``fresh``). (The bar goes to stderr:
     where it stands beside a buffered stdout's lines says nothing.)"""
-    summary = log.pairs.filter((pl.col("n") > last) & (pl.col("n") < end)
-                               & (pl.col("key") == "train_runtime")).get_column("n")
+    summary = closing.pairs.filter((pl.col("n") > last) & (pl.col("n") < end)
+                                   & (pl.col("key") == "train_runtime")).get_column("n")
     if not summary.len() or not slope:
         return None, "", None, 0.0
-    values = dict(log.pairs.filter(pl.col("n") == summary[0]).select(
-        pl.col("key").cast(pl.String), "value").iter_rows())
+    line = closing.pairs.filter(pl.col("n") == summary[0])
+    values = dict(line.select(pl.col("key").cast(pl.String), "value").iter_rows())
     epoch = values.get("epoch")
-    shown = log.pairs.filter((pl.col("n") == summary[0]) & (pl.col("key") == "epoch"))
+    shown = line.filter(pl.col("key") == "epoch")
     if not epoch or epoch <= 0 or not shown.height:
         return None, "", None, 0.0
     unsure = float(_epoch_error(shown.get_column("text"), np.array([epoch]))[0]) / epoch
     if unsure > 0.01:
         return None, "", None, 0.0  # printed too short to divide by (0.03 for 0.025)
     slack = max(PER_EPOCH_SLACK, 2 * unsure)
-    drawn = log.bars.get_column("total").value_counts(sort=True)
-    totals = drawn.get_column("total").to_numpy().astype(float)
+    totals = closing.totals
     apart = slope * totals / epoch
     whole = (np.rint(apart) >= 1) & (np.abs(apart - np.rint(apart)) <= 0.05 * np.rint(apart))
     totals = totals[whole]
@@ -296,6 +310,7 @@ def _stretches(log: _Log, n: np.ndarray, epoch: np.ndarray, err: np.ndarray,
         back |= (step <= 0) & (rise > 4 * np.maximum(err[1:], err[:-1]))
     edges = [0, *(np.flatnonzero(back) + 1).tolist(), n.size]
     said_at = log.per_epoch.filter(pl.col("per") > 0)
+    closing = _Closing.of(log)
     out = []
     for a, b in zip(edges[:-1], edges[1:], strict=True):
         end = n[b] if b < n.size else np.iinfo(np.int64).max  # up to the next stretch
@@ -315,7 +330,7 @@ def _stretches(log: _Log, n: np.ndarray, epoch: np.ndarray, err: np.ndarray,
                                                   f"printed ({per:g})", 0.0))
         else:
             fresh = slope is not None and epoch[a] <= 1.5 * slope  # from the first interval
-            per, said, total, slack = _from_summary(log, n[b - 1], end, slope, fresh)
+            per, said, total, slack = _from_summary(closing, n[b - 1], end, slope, fresh)
             out.append(_Stretch(a, b, slope, per, said, slack, total))
     return out
 
