@@ -16,6 +16,7 @@ import gradaudit
 from gradaudit.adapters import REGISTRY, fairseq_log, megatron
 from gradaudit.adapters.base import Source
 from gradaudit.errors import ReadError
+from tests._points import by_tag
 
 DATA = Path(__file__).parent / "data" / "fairseq"
 #: the three logs of one run (--log-interval 10): json, simple, and json in Hydra's format
@@ -25,11 +26,7 @@ INTERVAL10 = ("json10.log", "simple10.log", "hydra10.log")
 def _points(path: Path) -> dict[str, dict[int, float]]:
     """``{tag: {step: value}}`` as the adapter reads ``path`` (in write order)."""
     (raw,) = fairseq_log.read(Source(fairseq_log.FORMAT, path.name, (path,)))
-    frame = raw.points if isinstance(raw.points, pl.DataFrame) else raw.points.collect()
-    out: dict[str, dict[int, float]] = {}
-    for step, tag, value in frame.select("step", pl.col("tag").cast(pl.String), "value").rows():
-        out.setdefault(tag, {})[step] = value
-    return out
+    return by_tag(raw)
 
 
 def _same(a: float, b: float, rtol: float) -> bool:

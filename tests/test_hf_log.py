@@ -18,6 +18,7 @@ import gradaudit
 from gradaudit.adapters import REGISTRY, hf_log, hf_trainer
 from gradaudit.adapters.base import Source
 from gradaudit.errors import ReadError
+from tests._points import by_tag
 
 DATA = Path(__file__).parent / "data" / "hf-stdout"
 VERSIONS = ("5.24.0", "4.57.6")
@@ -33,21 +34,14 @@ STEPPED = ("merged", "merged-buffered", "merged-info", "resumed", "accumulation"
 def _points(path: Path) -> dict[str, dict[int, float]]:
     """``{tag: {step: value}}`` as the adapter reads ``path`` (a later point at a step wins)."""
     (raw,) = hf_log.read(Source(hf_log.FORMAT, path.name, (path,)))
-    out: dict[str, dict[int, float]] = {}
-    for step, tag, value in raw.points.select("step", "tag", "value").rows():
-        out.setdefault(tag, {})[step] = value
-    return out
+    return by_tag(raw)
 
 
 def _state(path: Path) -> dict[str, dict[int, float]]:
     """The same from the run's trainer_state.json, read by gradaudit's own reader of it."""
     state = path.with_name(path.name.replace(".log", ".state.json"))
     (raw,) = hf_trainer.read(Source(hf_trainer.FORMAT, "x", (state,)))
-    frame = raw.points if isinstance(raw.points, pl.DataFrame) else raw.points.collect()
-    out: dict[str, dict[int, float]] = {}
-    for step, tag, value in frame.select("step", pl.col("tag").cast(pl.String), "value").rows():
-        out.setdefault(tag, {})[step] = value
-    return out
+    return by_tag(raw)
 
 
 def _close(a: float, b: float, version: str) -> bool:
