@@ -25,7 +25,7 @@ from gradaudit.result import AuditResult
 from gradaudit.series import RunSeries
 from gradaudit.settings import Settings
 from gradaudit.tags import choose_tags
-from gradaudit.text import printable
+from gradaudit.text import listed, printable
 
 PathLike = str | os.PathLike[str]
 
@@ -236,8 +236,7 @@ def _note_copies(audits: list[RunAudit]) -> None:
                                "training logged twice (two loggers, or a copy) or an exact "
                                "re-run; each is counted in this scan")
     for audit, others in close_series(audits):
-        names = ", ".join(repr(o.run) for o in others[:5]) + (
-            f" and {len(others) - 5} more" if len(others) > 5 else "")
+        names = listed([o.run for o in others], 5)
         audit.notes.insert(0, f"the same grad-norm and loss series within {HEAD_RTOL:.1%} as "
                            f"{names} (at the steps both logged): one "
                            "training logged twice by writers that round it differently (e.g. "

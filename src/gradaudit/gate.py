@@ -40,6 +40,7 @@ from gradaudit.errors import UsageError
 from gradaudit.model import MIN_HEALTHY_LEVEL, STATUSES
 from gradaudit.result import AuditResult
 from gradaudit.settings import fails_gate
+from gradaudit.text import listed
 
 EXIT_OK, EXIT_GATE, EXIT_NOTHING = 0, 1, 2
 
@@ -140,23 +141,19 @@ def compare(result: AuditResult, baseline: dict[str, dict[str, Any]]) -> tuple[
             notes.append(f"note: run {run.run!r} was readable in the baseline and is not now")
     missing = [name for name in baseline if name not in current]
     if missing:
-        notes.append(f"note: {len(missing)} baseline run(s) missing now: {_listed(missing)}")
+        notes.append(f"note: {len(missing)} baseline run(s) missing now: "
+                     f"{listed(missing, MAX_LISTED)}")
     new = [run.run for run in result.runs if run.run not in baseline]
     if new and len(new) == len(result.runs):
         notes.append(
             f"note: no run matched a baseline run by name, so nothing was compared (new: "
-            f"{_listed(new)}); runs are matched by their path relative to the scanned folder, "
-            "and W&B offline-run-<time>-<id> or HF runs/<date>_<host> folders change name every "
-            "run: scan them under a stable name (copy or link each to a fixed folder)")
+            f"{listed(new, MAX_LISTED)}); runs are matched by their path relative to the scanned "
+            "folder, and W&B offline-run-<time>-<id> or HF runs/<date>_<host> folders change "
+            "name every run: scan them under a stable name (copy or link each to a fixed folder)")
     elif new:
         notes.append(f"note: {len(new)} run(s) not in the baseline (new, not compared): "
-                     f"{_listed(new)}")
+                     f"{listed(new, MAX_LISTED)}")
     return regressions, notes
-
-
-def _listed(names: list[str]) -> str:
-    shown = ", ".join(repr(m) for m in names[:MAX_LISTED])
-    return shown + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
 
 
 def evaluate_gate(result: AuditResult, baseline: dict[str, dict[str, Any]] | None = None) -> None:
@@ -194,17 +191,13 @@ def evaluate_gate(result: AuditResult, baseline: dict[str, dict[str, Any]] | Non
     failing = [r.run for r in result.runs if fails_gate(r.status, settings.fail_on)]
     if failing:
         level = "explosion" if settings.fail_on == "explosion" else "warning or explosion"
-        shown = ", ".join(repr(n) for n in failing[:MAX_LISTED])
-        more = f" and {len(failing) - MAX_LISTED} more" if len(failing) > MAX_LISTED else ""
         reasons.append(f"{len(failing)} run(s) at {level} (--fail-on {settings.fail_on}): "
-                       f"{shown}{more}")
+                       f"{listed(failing, MAX_LISTED)}")
     regressions_fail = bool(regressions) and settings.fail_on != "never"
     if regressions_fail:
         runs = sorted({r["run"] for r in regressions})
-        shown = ", ".join(repr(n) for n in runs[:MAX_LISTED])
-        more = f" and {len(runs) - MAX_LISTED} more" if len(runs) > MAX_LISTED else ""
         reasons.append(f"{len(regressions)} regression(s) against the baseline in "
-                       f"{len(runs)} run(s): {shown}{more}")
+                       f"{len(runs)} run(s): {listed(runs, MAX_LISTED)}")
     elif regressions:
         reasons.append(f"{len(regressions)} regression(s) against the baseline "
                        "(not failing: --fail-on never)")
@@ -213,6 +206,6 @@ def evaluate_gate(result: AuditResult, baseline: dict[str, dict[str, Any]] | Non
         # a path given that yielded no run could hold anything: the gate cannot vouch for it
         # (DESIGN's exit 2; the failed gate's 1 says more where a run failed it too)
         reasons.append(f"{len(result.unread_paths)} path(s) given yielded no run, so the gate "
-                       f"could not check them: {_listed(result.unread_paths)}")
+                       f"could not check them: {listed(result.unread_paths, MAX_LISTED)}")
         result.exit_code = EXIT_NOTHING
     result.gate_reasons = reasons + notes

@@ -69,3 +69,9 @@ def json_text(doc: Any, indent: int | None = 2) -> str:
         text = json.dumps(_printable_tree(doc), indent=indent, allow_nan=False,
                           ensure_ascii=False)
     return _C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def listed(names: list[str], limit: int) -> str:
+    """``names`` as a reader sees them: the first ``limit`` quoted, then how many more."""
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
